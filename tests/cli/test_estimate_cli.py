@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from vramplan.cli import main
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_estimate_json_contract():
+    r = run("estimate", "llama-2-7b", "--method", "lora", "--batch", "2", "--seq", "2048", "--gpu", "4090", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    for key in ("peak_bytes", "reserved_bytes", "device_bytes", "paged_bytes", "peak_phase", "components",
+                "gpu_bytes", "verdict", "params", "inputs"):
+        assert key in d
+    assert d["reserved_bytes"] > d["peak_bytes"] and d["device_bytes"] > d["reserved_bytes"]
+    assert d["peak_bytes"] == sum(d["components"].values())
+    assert d["verdict"] in ("fits", "tight", "oom")
+    assert d["inputs"]["batch"] == 2 and d["inputs"]["seq"] == 2048 and d["inputs"]["optim"] == "adamw_torch_fused"
+    assert d["params"]["trainable"] < d["params"]["total"]
+
+
+def test_estimate_table_shows_verdict_and_components():
+    r = run("estimate", "llama-7b", "--method", "qlora", "--gpu", "3060ti")
+    assert r.exit_code == 0, r.output
+    assert "weights" in r.output and "quantization constants" in r.output
+    assert "GiB" in r.output and ("fits" in r.output or "tight" in r.output)
+
+
+@pytest.mark.parametrize("alias", ["3060ti", "rtx-3060-ti", "RTX 3060 Ti", "NVIDIA GeForce RTX 3060 Ti"])
+def test_gpu_aliases(alias):
+    r = run("estimate", "llama-7b", "--gpu", alias, "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["inputs"]["gpu"] == "rtx-3060-ti"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["estimate", "llama-8b"], "did you mean"),
+        (["estimate", "llama-7b", "--gpu", "3060tii"], "did you mean 'rtx-3060-ti'"),
+        (["estimate", "llama-7b", "--batch", "0"], "--batch must be a positive integer"),
+        (["estimate", "llama-7b", "--seq", "-5"], "--seq must be a positive integer"),
+        (["estimate", "llama-7b", "--lora-rank", "0"], "--lora-rank"),
+        (["estimate", "llama-7b", "--optim", "adam"], "unknown optimizer 'adam'"),
+        (["estimate", "llama-7b", "--method", "full", "--quant", "nf4"], "cannot be combined"),
+        (["estimate", "llama-7b", "--method", "qlro"], "did you mean 'qlora'"),
+        (["estimate", "llama-7b", "--lora-target", "q_prj"], "did you mean 'q_proj'"),
+        (["estimate", "no/such/config.json"], "no such file"),
+    ],
+)
+def test_bad_input_one_line_exit_2(args, needle):
+    r = run(*args)
+    assert r.exit_code == 2
+    assert needle in r.output
+    assert "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_malformed_config_names_missing_key(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4}))
+    r = run("estimate", str(cfg))
+    assert r.exit_code == 2
+    assert "'intermediate_size'" in r.output or "'vocab_size'" in r.output
+
+
+def test_invalid_json_config(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text('{"model_type": "llama",\n "hidden_size": }')
+    r = run("estimate", str(cfg))
+    assert r.exit_code == 2 and "line 2" in r.output
+
+
+def test_bf16_on_t4_switches_to_fp16():
+    r = run("estimate", "llama-7b", "--gpu", "t4", "--mixed-precision", "bf16", "--json")
+    assert r.exit_code == 0
+    d = json.loads(r.output.splitlines()[-1])
+    assert d["inputs"]["mixed_precision"] == "fp16"
+    assert any("bf16" in n for n in d["inputs"]["notes"])
+
+
+def test_config_folder_and_path(tmp_path):
+    from vramplan.profiles import profiles_dir
+
+    src = json.loads((profiles_dir() / "models" / "llama-2-7b.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(src))
+    a = json.loads(run("estimate", str(tmp_path), "--json").output)
+    b = json.loads(run("estimate", str(tmp_path / "config.json"), "--json").output)
+    c = json.loads(run("estimate", "llama-2-7b", "--json").output)
+    assert a["peak_bytes"] == b["peak_bytes"] == c["peak_bytes"]
+
+
+def test_hub_id_from_local_cache(tmp_path, monkeypatch):
+    snap = tmp_path / "hub" / "models--org--tiny" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    from vramplan.profiles import profiles_dir
+
+    (snap / "config.json").write_text((profiles_dir() / "models" / "tinyllama-1.1b.json").read_text())
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    r = run("estimate", "org/tiny", "--json")
+    assert r.exit_code == 0, r.output
+    r = run("estimate", "org/missing", "--json")
+    assert r.exit_code == 2 and "local Hugging Face cache" in r.output
+
+
+def test_estimate_does_not_import_torch():
+    code = (
+        "import sys\n"
+        "from vramplan.cli import main\n"
+        "try:\n    main(['estimate', 'llama-7b', '--method', 'qlora', '--gpu', '3060ti', '--json'])\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+
+
+def test_gpus_and_models_commands():
+    r = run("gpus", "--json")
+    assert r.exit_code == 0
+    gpus = json.loads(r.output)
+    assert len(gpus) >= 30
+    assert all(g["bf16"] == (float(g["compute_capability"]) >= 8.0) for g in gpus)
+    r = run("models", "--json")
+    names = {m["name"] for m in json.loads(r.output)}
+    assert {"llama-7b", "llama-2-7b", "mistral-7b", "qwen2.5-7b", "tinyllama-1.1b", "mixtral-8x7b"} <= names
+    assert run("gpus").exit_code == 0 and run("models").exit_code == 0

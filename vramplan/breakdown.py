@@ -1,0 +1,123 @@
+"""Breakdown: the one result type of `estimate`, `measure` and `simulate`.
+
+Component names are a closed set, so an estimate and a measurement line up key by key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+Phase = Literal["forward", "backward", "optimizer"]
+PHASES: tuple[Phase, ...] = ("forward", "backward", "optimizer")
+Verdict = Literal["fits", "tight", "oom"]
+
+COMPONENT_LABELS: dict[str, str] = {
+    "weights": "weights",
+    "quant_state": "quantization constants",
+    "adapters": "trainable adapters / params",
+    "gradients": "gradients",
+    "optimizer_states": "optimizer states",
+    "activations": "activations (saved for backward)",
+    "logits": "logits / loss",
+    "temporaries": "temporaries (workspace)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Components:
+    """Bytes per component at one instant (tensor level: what `torch.cuda.memory_allocated` counts).
+
+    `weights` are frozen parameters; `adapters` are the trainable parameters (LoRA adapters, or every
+    trained parameter of full / freeze tuning).
+    """
+
+    weights: int = 0
+    quant_state: int = 0
+    adapters: int = 0
+    gradients: int = 0
+    optimizer_states: int = 0
+    activations: int = 0
+    logits: int = 0
+    temporaries: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, f.name) for f in fields(self))
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+COMPONENTS: tuple[str, ...] = tuple(f.name for f in fields(Components))
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseUsage:
+    phase: Phase
+    components: Components
+
+    @property
+    def total(self) -> int:
+        return self.components.total
+
+
+@dataclass(frozen=True, slots=True)
+class Breakdown:
+    """Peak memory of one steady-state training step, where it goes, and whether it fits.
+
+    `peak_bytes` is the tensor-level peak (`torch.cuda.max_memory_allocated`); `reserved_bytes` adds the
+    caching allocator's slack (`max_memory_reserved`); `device_bytes` adds the CUDA context (what nvidia-smi
+    shows). Paged (CUDA managed) optimizer states are outside all three and reported as `paged_bytes`.
+    """
+
+    model: str
+    phases: tuple[PhaseUsage, ...]
+    params_total: int
+    params_trainable: int
+    allocator_overhead_bytes: int
+    cuda_context_bytes: int
+    paged_bytes: int
+    gpu_bytes: int | None
+    error_band: float  # relative error of the estimator used for the `tight` verdict
+    inputs: dict[str, Any]
+    source: Literal["estimate", "measure", "simulate"] = "estimate"
+
+    @property
+    def peak(self) -> PhaseUsage:
+        return max(self.phases, key=lambda p: p.total)
+
+    @property
+    def peak_phase(self) -> Phase:
+        return self.peak.phase
+
+    @property
+    def components(self) -> Components:
+        return self.peak.components
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.peak.total
+
+    @property
+    def reserved_bytes(self) -> int:
+        return self.peak_bytes + self.allocator_overhead_bytes
+
+    @property
+    def device_bytes(self) -> int:
+        return self.reserved_bytes + self.cuda_context_bytes
+
+    @property
+    def headroom_bytes(self) -> int | None:
+        return None if self.gpu_bytes is None else self.gpu_bytes - self.device_bytes
+
+    @property
+    def verdict(self) -> Verdict | None:
+        """`oom` above the GPU's memory; `tight` when within the estimator's error band of it; else `fits`."""
+        if self.gpu_bytes is None:
+            return None
+        if self.device_bytes > self.gpu_bytes:
+            return "oom"
+        if self.device_bytes * (1 + self.error_band) > self.gpu_bytes:
+            return "tight"
+        return "fits"

@@ -1,0 +1,37 @@
+"""The analytic estimator: pure arithmetic on ModelSpec / TrainSpec, no torch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vramplan.breakdown import Breakdown
+from vramplan.estimate.peak import build_breakdown
+from vramplan.profiles import GpuProfile, find_gpu, load_model
+from vramplan.spec import ModelSpec, TrainSpec, resolve_train
+
+
+def estimate(
+    model: str | ModelSpec,
+    *,
+    gpu: str | GpuProfile | None = None,
+    train: TrainSpec | None = None,
+    **options: Any,
+) -> Breakdown:
+    """Estimate the peak memory of one training step.
+
+    `model`: a built-in name (`vramplan models`), a path to a config.json (or its folder), a cached hub id,
+    or a ModelSpec. `gpu`: a name or alias (`vramplan gpus`) or a GpuProfile. `options`: the keyword
+    arguments of `vramplan.spec.resolve_train` (method, batch, seq, lora_rank, optim, grad_ckpt, ...), or a
+    resolved `train`.
+
+    >>> b = estimate("llama-2-7b", method="qlora", gpu="3060ti")
+    >>> b.verdict, b.peak_phase
+    """
+    m = load_model(model) if isinstance(model, str) else model
+    g = find_gpu(gpu) if isinstance(gpu, str) else gpu
+    t = train or resolve_train(m, gpu_bf16=g.bf16 if g else True, **options)
+    inputs = {"model": m.name, "gpu": g.key if g else None, **t.as_dict()}
+    return build_breakdown(m, t, g.memory_bytes if g else None, inputs)
+
+
+__all__ = ["estimate"]

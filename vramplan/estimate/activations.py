@@ -1,0 +1,365 @@
+"""Activations: what autograd saves for backward, found by walking the decoder layer op by op.
+
+The walk mirrors the forward code of transformers 5.24 (modeling_llama.py and siblings), PEFT 0.21.2
+(tuners/lora/layer.py `Linear.forward`, tuners/lora/bnb.py `Linear4bit.forward`) and bitsandbytes 0.50.2
+(`Linear4bit.forward`, `MatMul4Bit`), with torch 2.13's autograd saving rules, on the kernels CUDA runs.
+Each symbolic tensor has an identity, so a tensor saved by several ops (the normed hidden state read by
+q/k/v) is counted once, as the tracker counts storages.
+
+Saved-tensor inventory (per decoder layer, T = batch·seq tokens; "rg" = requires grad):
+- RMSNorm (HF): `x.to(fp32)` (a new fp32 copy unless x is fp32 already) saved by `pow` and `mul`; rsqrt
+  (T·4 B). A frozen weight saves nothing more; a trainable one also saves `y.to(input_dtype)`.
+- LayerNorm: under autocast an fp32 op: fp32 copy of the input, mean and rstd (T·4 B each); output fp32.
+- frozen nn.Linear: saves nothing (its weight needs no grad; autograd saves the input only for dW).
+  Trainable: the input in the compute dtype; with fp32 master weights under autocast also the bf16 copy of
+  the weight held in autocast's cast cache.
+- bitsandbytes Linear4bit: `x.to(compute_dtype)` (transient), output `.to(input dtype)`; MatMul4Bit saves
+  no activation (ctx.tensors = (None, B)).
+- LoRA branch (PEFT Linear): `x.to(adapter dtype)` (fp32 by default: a new tensor); dropout p>0 saves a
+  bool mask (CUDA native_dropout; CPU's non-fused path would save an fp32 noise tensor instead); lora_A
+  saves its input in the autocast dtype (a new copy unless already that dtype); lora_B saves lora_A's
+  output (T·r). On a bnb base under autocast PEFT does not cast x first. Each target makes its own copies.
+- RoPE: q·cos + rotate_half(q)·sin saves only cos/sin (shared); the result dtype promotes with cos, which
+  has the residual stream's dtype (fp32 after kbit prep).
+- SDPA / flash: q, k, v (cast to the autocast dtype: new copies if they were fp32), output, fp32
+  logsumexp (B·heads·S). GQA without a mask uses `enable_gqa` (no repeat). Eager: repeat_kv copies,
+  fp32 softmax output and its cast (B·heads·S² each), output and its transposed contiguous copy.
+- Gated MLP: gate output (SiLU input), SiLU output and up output (saved by the product); fused gate_up
+  (Phi-3) keeps the T·2I storage alive through its views; plain MLP saves fc1's output (GELU input).
+- Gradient checkpointing (HF, non-reentrant): per layer only its input hidden state; one layer's
+  activations are recomputed during backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramplan.spec import ModelSpec, TrainSpec
+
+_B = {"fp32": 4, "bf16": 2, "fp16": 2, "bool": 1}
+
+
+def _promote(a: str, b: str) -> str:
+    return a if a == b else "fp32"
+
+
+@dataclass(slots=True)
+class _Tok:
+    id: int
+    nbytes: int
+    dt: str
+    rg: bool
+    numel: int
+
+
+class _Walk:
+    """Symbolic forward: creates tensors, records which are saved, tracks the largest transient set."""
+
+    __slots__ = ("live_peak", "n", "saved", "weight_copies")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.saved: dict[int, int] = {}
+        self.weight_copies = 0
+        self.live_peak = 0
+
+    def new(self, numel: int, dt: str, rg: bool) -> _Tok:
+        self.n += 1
+        return _Tok(self.n, numel * _B[dt], dt, rg, numel)
+
+    def cast(self, x: _Tok, dt: str) -> _Tok:
+        return x if x.dt == dt else self.new(x.numel, dt, x.rg)
+
+    def save(self, *toks: _Tok) -> None:
+        for t in toks:
+            self.saved[t.id] = t.nbytes
+
+    def transient(self, *toks: _Tok) -> None:
+        live = sum(t.nbytes for t in toks if t.id not in self.saved)
+        self.live_peak = max(self.live_peak, live)
+
+    @property
+    def saved_bytes(self) -> int:
+        return sum(self.saved.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _Ctx:
+    T: int
+    b: int
+    s: int
+    ac: str | None  # autocast dtype
+    wdt: str  # dtype of unquantized linear weights
+    ndt: str  # dtype of norm weights
+    ad: str  # LoRA adapter dtype
+    quant: bool
+    bnb_cd: str  # bnb compute dtype
+    lora: frozenset[str]
+    dropout: bool
+    rank: int
+    dora: bool
+    attn: str
+
+
+def _ctx(m: ModelSpec, t: TrainSpec) -> _Ctx:
+    ac = None if t.mixed_precision == "no" else t.mixed_precision
+    attn = t.attn
+    if m.model_type in ("gemma2", "bloom"):
+        attn = "eager"  # gemma2: _supports_sdpa = False (softcapping); bloom: alibi baddbmm attention
+    return _Ctx(
+        T=t.tokens,
+        b=t.batch,
+        s=t.seq,
+        ac=ac,
+        wdt=t.dtype,
+        ndt="fp32" if t.kbit_prep else t.dtype,
+        ad="fp32",  # PEFT autocast_adapter_dtype=True keeps adapters in fp32
+        quant=t.quant != "none",
+        bnb_cd=t.compute_dtype,
+        lora=frozenset(t.lora_target) if t.uses_lora else frozenset(),
+        dropout=t.lora_dropout > 0 and t.uses_lora,
+        rank=t.lora_rank,
+        dora=t.dora,
+        attn=attn,
+    )
+
+
+def _linear(w: _Walk, c: _Ctx, x: _Tok, name: str, out_f: int, trainable: bool, quantized: bool) -> _Tok:
+    T = c.T
+    if quantized:
+        xc = w.cast(x, c.bnb_cd)
+        out = w.new(T * out_f, c.bnb_cd, x.rg)
+        w.transient(x, xc, out)
+        out = w.cast(out, x.dt)
+    else:
+        xc = w.cast(x, c.ac) if c.ac else x
+        out = w.new(T * out_f, c.ac or c.wdt, x.rg or trainable)
+        w.transient(x, xc, out)
+        if trainable:
+            w.save(xc)
+            if c.ac and c.wdt != c.ac:
+                w.weight_copies += 0  # counted per model in activation_bytes (autocast cast cache)
+    if name not in c.lora:
+        return out
+    # LoRA branch: lora_B(lora_A(dropout(x))) * scaling
+    xa = x if (quantized and c.ac) else w.cast(x, c.ad)
+    if c.dropout:
+        mask = w.new(x.numel, "bool", False)
+        w.save(mask)
+        xd = w.new(xa.numel, xa.dt, xa.rg)
+    else:
+        xd = xa
+    xin = w.cast(xd, c.ac) if c.ac else xd
+    w.save(xin)
+    a = w.new(T * c.rank, c.ac or c.ad, True)
+    w.save(a)
+    bout = w.new(T * out_f, c.ac or c.ad, True)
+    w.transient(x, xa, xd, xin, a, bout, out)
+    res = w.new(T * out_f, _promote(out.dt, bout.dt), True)
+    if c.dora:
+        # DoRA: result = (m/||W+sBA|| - 1)·base + (m/||W+sBA||)·lora·s; both products save their
+        # tensor operand (base result and lora result), the norm is detached.
+        w.save(out, bout)
+    if not quantized:
+        res = w.cast(res, out.dt)
+    return res
+
+
+def _norm(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, trainable: bool) -> _Tok:
+    T, h = c.T, m.hidden_size
+    if m.norm == "layer":
+        dt = "fp32" if c.ac else x.dt
+        xi = w.cast(x, dt)
+        out = w.new(T * h, dt, x.rg or trainable)
+        if x.rg or trainable:
+            w.save(xi, w.new(T, "fp32", False), w.new(T, "fp32", False))
+        w.transient(x, xi, out)
+        return out
+    x32 = w.cast(x, "fp32")
+    rs = w.new(T, "fp32", False)
+    y32 = w.new(T * h, "fp32", x.rg)
+    y = w.cast(y32, x.dt)
+    out = w.new(T * h, _promote(c.ndt, x.dt), x.rg or trainable)
+    if x.rg:
+        w.save(x32, rs)
+    if trainable:
+        w.save(y)
+    w.transient(x, x32, y32, y, out)
+    return out
+
+
+def _attention(w: _Walk, c: _Ctx, m: ModelSpec, q: _Tok, k: _Tok, v: _Tok, kv_store: _Tok | None) -> _Tok:
+    T, b, s = c.T, c.b, c.s
+    heads, kvh = m.num_attention_heads, m.num_key_value_heads
+    rg = q.rg or k.rg or v.rg
+    masked = m.sliding_window is not None and c.s > m.sliding_window and m.model_type in ("mistral", "mixtral")
+    if c.attn == "eager":
+        dt = c.ac or q.dt
+        qc, kc, vc = w.cast(q, dt), w.cast(k, dt), w.cast(v, dt)
+        if kvh != heads:
+            kc, vc = w.new(T * m.q_dim, dt, k.rg), w.new(T * m.q_dim, dt, v.rg)
+        scores = b * heads * s * s
+        sc = w.new(scores, dt, rg)
+        probs32 = w.new(scores, "fp32", rg)
+        probs = w.new(scores, dt, rg)
+        out = w.new(T * m.q_dim, dt, rg)
+        if rg:
+            w.save(qc, kc, probs32, probs, vc)
+        w.transient(sc, probs32, probs, out)
+        return w.new(T * m.q_dim, dt, rg)  # transpose(1, 2).contiguous()
+    dt = c.ac or q.dt
+    qc, kc, vc = w.cast(q, dt), w.cast(k, dt), w.cast(v, dt)
+    if masked and kvh != heads:  # repeat_kv before SDPA when a mask is passed (sdpa_attention.py)
+        kc, vc = w.new(T * m.q_dim, dt, k.rg), w.new(T * m.q_dim, dt, v.rg)
+    out = w.new(T * m.q_dim, dt, rg)
+    lse = w.new(b * heads * s, "fp32", False)
+    if rg:
+        w.save(qc, kc, out, lse)
+        w.save(kv_store if (kv_store is not None and vc is v) else vc)
+    w.transient(qc, kc, vc, out)
+    return out
+
+
+def _rope(w: _Walk, q: _Tok, rd: str) -> _Tok:
+    return w.new(q.numel, _promote(q.dt, rd), q.rg)
+
+
+def _layer(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, trainable: bool) -> _Tok:
+    """One decoder layer; returns its output hidden state."""
+    T, rd = c.T, x.dt
+    q_quant = c.quant
+
+    def lin(inp: _Tok, name: str) -> _Tok:
+        spec = next(li for li in m.linears if li.name == name)
+        return _linear(w, c, inp, name, spec.out_features, trainable, q_quant)
+
+    n1 = _norm(w, c, m, x, trainable)
+    names = {li.name for li in m.linears}
+    kv_store = None
+    if "q_proj" in names:
+        q, k, v = lin(n1, "q_proj"), lin(n1, "k_proj"), lin(n1, "v_proj")
+    else:
+        fused = "qkv_proj" if "qkv_proj" in names else "query_key_value"
+        qkv = lin(n1, fused)
+        kv_store = qkv  # q, k, v are views of one storage
+        q = _Tok(qkv.id, T * m.q_dim * _B[qkv.dt], qkv.dt, qkv.rg, T * m.q_dim)
+        k = _Tok(qkv.id, T * m.kv_dim * _B[qkv.dt], qkv.dt, qkv.rg, T * m.kv_dim)
+        v = _Tok(qkv.id, T * m.kv_dim * _B[qkv.dt], qkv.dt, qkv.rg, T * m.kv_dim)
+    q, k = _rope(w, q, rd), _rope(w, k, rd)
+    a = _attention(w, c, m, q, k, v, kv_store)
+    o = lin(a, "o_proj" if "o_proj" in names else "dense")
+    if m.norms_per_layer == 4:  # gemma2: post_attention_layernorm on the attention output
+        o = _norm(w, c, m, o, trainable)
+    if m.parallel_residual:
+        n2 = n1 if m.norms_per_layer == 1 else _norm(w, c, m, x, trainable)
+        mo = _mlp(w, c, m, n2, lin)
+        return w.new(T * m.hidden_size, _promote(_promote(mo.dt, o.dt), rd), True)
+    h1 = w.new(T * m.hidden_size, _promote(rd, o.dt), x.rg or o.rg)
+    n2 = _norm(w, c, m, h1, trainable)
+    mo = _mlp(w, c, m, n2, lin)
+    if m.norms_per_layer == 4:
+        mo = _norm(w, c, m, mo, trainable)
+    return w.new(T * m.hidden_size, _promote(h1.dt, mo.dt), h1.rg or mo.rg)
+
+
+def _mlp(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, lin) -> _Tok:  # noqa: ANN001
+    T, i = c.T, m.intermediate_size
+    if m.mlp == "gated":
+        g, u = lin(x, "gate_proj"), lin(x, "up_proj")
+        act = w.new(T * i, g.dt, g.rg)
+        prod = w.new(T * i, _promote(act.dt, u.dt), g.rg or u.rg)
+        if g.rg:
+            w.save(g)
+        if prod.rg:
+            w.save(act, u)
+        w.transient(g, u, act, prod)
+        return lin(prod, "down_proj")
+    if m.mlp == "gated_fused":
+        gu = lin(x, "gate_up_proj")
+        act = w.new(T * i, gu.dt, gu.rg)
+        prod = w.new(T * i, gu.dt, gu.rg)
+        if gu.rg:
+            w.save(gu, act)
+        w.transient(gu, act, prod)
+        return lin(prod, "down_proj")
+    if m.mlp == "plain":
+        up, down = ("fc1", "fc2") if m.model_type == "phi" else ("dense_h_to_4h", "dense_4h_to_h")
+        f = lin(x, up)
+        g = w.new(T * i, f.dt, f.rg)
+        if f.rg:
+            w.save(f)
+        w.transient(f, g)
+        return lin(g, down)
+    # MoE (Mixtral, transformers 5 MixtralExperts): each token visits top_k experts; frozen expert
+    # weights save no inputs; per routed token SiLU input, SiLU output and up output (T·k·I each), the
+    # expert output scaled by its routing weight (T·k·H), router logits/probs (T·E fp32).
+    k, e, h = m.num_experts_per_tok, m.num_local_experts, m.hidden_size
+    dt = c.ac or x.dt
+    if x.rg:
+        w.save(w.new(3 * T * k * i, dt, True), w.new(T * k * h, dt, True), w.new(2 * T * e, "fp32", False))
+    w.transient(w.new(T * k * 2 * i, dt, True))
+    return w.new(T * h, dt, x.rg)
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationBytes:
+    """Saved-for-backward bytes of a forward, and the workspace around it.
+
+    `saved`: all decoder layers (with checkpointing: the layer inputs); `layer`: one layer's saved set
+    (what a checkpointed layer recomputes during backward); `layer_transient`: the largest set of
+    unsaved intermediates alive at one op; `weight_copies`: autocast's cached low-precision copies of
+    fp32 trainable weights (held until backward uses them); `hidden_bytes`: one T·hidden tensor in the
+    residual stream's dtype; `final_dt_bytes`: bytes per element of the final hidden state.
+    """
+
+    saved: int
+    layer: int
+    layer_transient: int
+    weight_copies: int
+    hidden_bytes: int
+
+
+def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
+    c = _ctx(m, t)
+    L = m.num_hidden_layers
+    rd = "fp32" if (t.kbit_prep or t.dtype == "fp32") else t.dtype
+    embed_trainable = t.method == "full"
+    # kbit prep + checkpointing calls enable_input_require_grads (peft/utils/other.py): the embedding output
+    # requires grad, so layer 0 saves like the others.
+    x0_rg = embed_trainable or (t.kbit_prep and t.grad_ckpt)
+    first_trainable = L - t.freeze_trainable_layers if t.method == "freeze" else (0 if t.method == "full" else L)
+    kinds = []
+    # layer 0 may see an input that does not require grad; later layers always see one that does
+    # (the LoRA branches or trainable weights of earlier layers); freeze: frozen layers below the
+    # trainable ones see no grad at all.
+    for idx in range(L):
+        trainable = idx >= first_trainable
+        if t.method == "freeze":
+            rg_in = idx > first_trainable or (idx == first_trainable and False)
+        else:
+            rg_in = x0_rg if idx == 0 else True
+        kinds.append((trainable, rg_in))
+    per_kind: dict[tuple[bool, bool], tuple[int, int]] = {}
+    for kind in set(kinds):
+        w = _Walk()
+        x = w.new(c.T * m.hidden_size, rd, kind[1])
+        _layer(w, c, m, x, kind[0])
+        per_kind[kind] = (w.saved_bytes, w.live_peak)
+    hidden = c.T * m.hidden_size * _B[rd]
+    if t.grad_ckpt:
+        # non-reentrant checkpoint keeps each layer's input hidden state
+        saved = L * hidden
+    else:
+        saved = sum(per_kind[k][0] for k in kinds)
+    layer = max(v[0] for v in per_kind.values())
+    transient = max(v[1] for v in per_kind.values())
+    copies = 0
+    if c.ac and t.dtype != c.ac and t.method in ("full", "freeze"):
+        # autocast's cast cache: a low-precision copy of each trainable fp32 linear weight, saved by mm
+        n_layers = L if t.method == "full" else t.freeze_trainable_layers
+        copies = n_layers * sum(li.weight_params for li in m.linears) * _B[c.ac]
+        if t.method == "full" and not m.tie_word_embeddings:
+            copies += m.vocab_size * m.hidden_size * _B[c.ac]
+    return ActivationBytes(
+        saved=saved, layer=layer, layer_transient=transient, weight_copies=copies, hidden_bytes=hidden
+    )

@@ -1,0 +1,103 @@
+"""Parameter counts: total, trainable, and how they split by storage.
+
+Exact against what transformers 5.24 builds from the same config.json (tests build it on the meta device)
+and against PEFT 0.21.2 `get_nb_trainable_parameters()` for the adapters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramplan.spec import LinearSpec, ModelSpec, TrainSpec
+
+
+def lora_params_per_linear(lin: LinearSpec, r: int, dora: bool) -> int:
+    """lora_A (r x in) + lora_B (out x r); DoRA adds a magnitude vector of out_features.
+
+    Source: peft/tuners/lora/layer.py LoraLayer.update_layer (nn.Linear(in, r), nn.Linear(r, out), no bias);
+    peft/tuners/lora/dora.py DoraLinearLayer (`weight` of shape out_features).
+    """
+    return r * (lin.in_features + lin.out_features) + (lin.out_features if dora else 0)
+
+
+def lora_targets(m: ModelSpec, t: TrainSpec) -> tuple[LinearSpec, ...]:
+    return tuple(lin for lin in m.linears if lin.name in t.lora_target)
+
+
+def lora_params(m: ModelSpec, t: TrainSpec) -> int:
+    per_layer = sum(lora_params_per_linear(lin, t.lora_rank, t.dora) for lin in lora_targets(m, t))
+    return m.num_hidden_layers * per_layer
+
+
+@dataclass(frozen=True, slots=True)
+class ParamCount:
+    """`total` as `model.parameters()` counts after PEFT wrapping (4-bit weights counted unpacked, as PEFT does)."""
+
+    total: int
+    trainable: int
+
+
+def count_params(m: ModelSpec, t: TrainSpec) -> ParamCount:
+    base = m.total_params
+    if t.uses_lora:
+        adapters = lora_params(m, t)
+        return ParamCount(total=base + adapters, trainable=adapters)
+    if t.method == "freeze":
+        return ParamCount(total=base, trainable=t.freeze_trainable_layers * m.layer_params)
+    return ParamCount(total=base, trainable=base)
+
+
+Shape = tuple[int, ...]
+
+
+def layer_tensor_shapes(m: ModelSpec) -> list[tuple[Shape, int]]:
+    """(shape, count) of every parameter tensor of one decoder layer, as transformers registers them."""
+    h = m.hidden_size
+    out: list[tuple[Shape, int]] = []
+    for lin in m.linears:
+        out.append(((lin.out_features, lin.in_features), 1))
+        if lin.bias:
+            out.append(((lin.out_features,), 1))
+    out.append(((h,), m.norms_per_layer * (2 if m.norm == "layer" else 1)))
+    if m.head_norm_params:
+        out.append(((m.head_dim,), m.head_norm_params // m.head_dim))
+    if m.mlp == "moe":
+        e, i = m.num_local_experts, m.intermediate_size
+        out += [((e, 2 * i, h), 1), ((e, h, i), 1), ((e, h), 1)]
+    return out
+
+
+def model_tensor_shapes(m: ModelSpec) -> list[tuple[Shape, int]]:
+    h, v = m.hidden_size, m.vocab_size
+    out: list[tuple[Shape, int]] = [((v, h), 1)]
+    if m.embed_norm:
+        out.append(((h,), 2))
+    out += [(shape, n * m.num_hidden_layers) for shape, n in layer_tensor_shapes(m)]
+    out.append(((h,), 2 if m.norm == "layer" else 1))
+    if not m.tie_word_embeddings:
+        out.append(((v, h), 1))
+        if m.lm_head_bias:
+            out.append(((v,), 1))
+    return out
+
+
+def trainable_shapes(m: ModelSpec, t: TrainSpec) -> list[tuple[Shape, int]]:
+    """(shape, count) of every trainable tensor: what gradients and optimizer states are made of."""
+    if t.uses_lora:
+        out: list[tuple[Shape, int]] = []
+        for lin in lora_targets(m, t):
+            out += [((t.lora_rank, lin.in_features), m.num_hidden_layers)]
+            out += [((lin.out_features, t.lora_rank), m.num_hidden_layers)]
+            if t.dora:
+                out += [((lin.out_features,), m.num_hidden_layers)]
+        return out
+    if t.method == "freeze":
+        return [(shape, n * t.freeze_trainable_layers) for shape, n in layer_tensor_shapes(m)]
+    return model_tensor_shapes(m)
+
+
+def numel(shape: Shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n

@@ -1,0 +1,105 @@
+"""Assemble one steady-state training step phase by phase and pick the peak.
+
+Steady state: optimizer states exist (they are created at the first `step()`), and with gradient
+accumulation the gradients of earlier micro-batches are alive during forward. `zero_grad(set_to_none=True)`
+(the Trainer's default) frees gradients after the step.
+- forward: persistent + saved activations + the loss's logits copies (or the largest layer transient).
+- backward: the largest of its start (all activations + the loss gradient), a decoder layer's backward
+  (the layer's recomputed activations when checkpointing, its gradient workspace) and its end (all grads).
+- optimizer: persistent + all grads + the step's temporaries.
+"""
+
+from __future__ import annotations
+
+from vramplan.breakdown import Breakdown, Components, PhaseUsage
+from vramplan.estimate.activations import activation_bytes
+from vramplan.estimate.adapters import adapter_bytes
+from vramplan.estimate.logits import logits_bytes
+from vramplan.estimate.optimizer import optimizer_bytes
+from vramplan.estimate.overhead import (
+    ALLOCATOR_OVERHEAD_RATIO,
+    CUBLAS_WORKSPACE_BYTES,
+    CUDA_CONTEXT_BYTES,
+    ERROR_BAND,
+    allocator_overhead_bytes,
+)
+from vramplan.estimate.params import count_params
+from vramplan.estimate.weights import weight_bytes
+from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
+
+
+def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
+    """(forward, backward, optimizer) usage and the paged bytes."""
+    wb = weight_bytes(m, t)
+    trainable_bytes = wb.trainable + adapter_bytes(m, t)
+    param_bytes = 4 if t.uses_lora else DTYPE_BYTES[t.dtype]
+    grads = count_params(m, t).trainable * param_bytes
+    ob = optimizer_bytes(m, t, param_bytes)
+    act = activation_bytes(m, t)
+    lg = logits_bytes(m, t)
+    base = {
+        "weights": wb.frozen,
+        "quant_state": wb.quant_state,
+        "adapters": trainable_bytes,
+        "optimizer_states": ob.states,
+    }
+    accum_grads = grads if t.grad_accum > 1 else 0
+    saved = act.saved + act.weight_copies
+    fwd = Components(
+        **base,
+        gradients=accum_grads,
+        activations=saved,
+        logits=lg.forward_peak,
+        temporaries=0 if lg.forward_peak >= act.layer_transient else act.layer_transient - lg.forward_peak,
+    )
+    head_grad = 0
+    if t.method == "full":
+        head_grad = m.vocab_size * m.hidden_size * param_bytes
+    bwd_start = Components(
+        **base,
+        gradients=max(accum_grads, head_grad),
+        activations=saved,
+        logits=lg.backward_peak,
+    )
+    layer_work = act.layer_transient + 2 * act.hidden_bytes
+    bwd_layer = Components(
+        **base,
+        gradients=max(accum_grads, head_grad),
+        activations=saved + (act.layer if t.grad_ckpt else 0),
+        temporaries=layer_work,
+    )
+    bwd_end = Components(**base, gradients=grads, temporaries=2 * act.hidden_bytes)
+    bwd = max((bwd_start, bwd_layer, bwd_end), key=lambda c: c.total)
+    opt = Components(**base, gradients=grads, temporaries=ob.step_temporaries)
+    return (
+        PhaseUsage("forward", fwd),
+        PhaseUsage("backward", bwd),
+        PhaseUsage("optimizer", opt),
+    ), ob.paged
+
+
+def build_breakdown(
+    m: ModelSpec,
+    t: TrainSpec,
+    gpu_bytes: int | None,
+    inputs: dict,
+    *,
+    cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
+    allocator_ratio: float = ALLOCATOR_OVERHEAD_RATIO,
+    error_band: float = ERROR_BAND,
+) -> Breakdown:
+    ph, paged = phases(m, t)
+    pc = count_params(m, t)
+    peak = max(p.total for p in ph)
+    return Breakdown(
+        model=m.name,
+        phases=ph,
+        params_total=pc.total,
+        params_trainable=pc.trainable,
+        allocator_overhead_bytes=allocator_overhead_bytes(peak, allocator_ratio) + CUBLAS_WORKSPACE_BYTES,
+        cuda_context_bytes=cuda_context_bytes,
+        paged_bytes=paged,
+        gpu_bytes=gpu_bytes,
+        error_band=error_band,
+        inputs=inputs,
+    )

@@ -1,0 +1,85 @@
+"""Weight storage: unquantized parameters in their dtype, bitsandbytes 4-bit / 8-bit linears and their constants.
+
+What transformers quantizes (BitsAndBytesConfig): every `nn.Linear` inside the decoder layers; `lm_head`,
+embeddings, norms, biases and Mixtral's 3-D expert tensors (plain `nn.Parameter` in transformers 5) stay in
+the load dtype (transformers/quantizers/quantizer_bnb_4bit.py, `modules_to_not_convert` = output embeddings).
+`prepare_model_for_kbit_training` then casts every remaining fp16/bf16 parameter to fp32
+(peft/utils/other.py, peft 0.21.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
+
+NF4_BLOCK = 64  # elements per absmax block: bitsandbytes Linear4bit default blocksize (quantize_4bit)
+DQ_BLOCK = 256  # absmax values per second-level block with double quantization (quantize_blockwise, 0.50)
+CODE_4BIT_BYTES = 16 * 4  # quant_state.code: the 16-entry nf4/fp4 table, fp32
+DQ_CODE_BYTES = 256 * 4  # state2.code: the 8-bit dynamic map used for the absmax, fp32
+DQ_OFFSET_BYTES = 4  # quant_state.offset: fp32 scalar (mean of absmax)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def bnb_4bit_bytes(numel: int, double_quant: bool) -> tuple[int, int]:
+    """(packed weight, quant state) bytes of one bitsandbytes 4-bit weight of `numel` elements.
+
+    Packed: uint8, two 4-bit codes a byte. State: fp32 absmax per 64 elements; with double quantization the
+    absmax is uint8 plus fp32 state2.absmax per 256 blocks, fp32 offset and the 256-entry dynamic code.
+    Source: bitsandbytes 0.50.2 functional.quantize_4bit / QuantState; checked in tests on a real Linear4bit.
+    """
+    blocks = _ceil_div(numel, NF4_BLOCK)
+    if double_quant:
+        state = blocks + 4 * _ceil_div(blocks, DQ_BLOCK) + DQ_OFFSET_BYTES + DQ_CODE_BYTES + CODE_4BIT_BYTES
+    else:
+        state = 4 * blocks + CODE_4BIT_BYTES
+    return _ceil_div(numel, 2), state
+
+
+def bnb_int8_bytes(out_features: int, in_features: int) -> tuple[int, int]:
+    """(int8 weight, SCB) of an LLM.int8 `Linear8bitLt`: 1 byte per weight and one fp32 scale per row.
+
+    Source: bitsandbytes 0.50.2 nn.Int8Params (`CB`, `SCB` from int8_vectorwise_quant).
+    """
+    return out_features * in_features, 4 * out_features
+
+
+@dataclass(frozen=True, slots=True)
+class WeightBytes:
+    frozen: int  # frozen parameters (quantized packed weights + unquantized frozen params)
+    quant_state: int
+    trainable: int  # trainable base parameters (full / freeze); adapters are counted in adapters.py
+
+
+def base_param_dtype_bytes(t: TrainSpec) -> int:
+    """Bytes per element of unquantized base parameters after loading (and after kbit prep's fp32 cast)."""
+    return 4 if t.kbit_prep else DTYPE_BYTES[t.dtype]
+
+
+def weight_bytes(m: ModelSpec, t: TrainSpec) -> WeightBytes:
+    p = DTYPE_BYTES[t.dtype]
+    if t.quant == "none":
+        total = m.total_params * p
+        if t.method == "full":
+            return WeightBytes(frozen=0, quant_state=0, trainable=total)
+        if t.method == "freeze":
+            train = t.freeze_trainable_layers * m.layer_params * p
+            return WeightBytes(frozen=total - train, quant_state=0, trainable=train)
+        return WeightBytes(frozen=total, quant_state=0, trainable=0)
+    packed = state = 0
+    for lin in m.linears:
+        if t.quant == "int8":
+            w, s = bnb_int8_bytes(lin.out_features, lin.in_features)
+        else:
+            w, s = bnb_4bit_bytes(lin.weight_params, t.double_quant)
+        packed += w
+        state += s
+    rest = m.total_params - m.linear_weight_params
+    return WeightBytes(
+        frozen=m.num_hidden_layers * packed + rest * base_param_dtype_bytes(t),
+        quant_state=m.num_hidden_layers * state,
+        trainable=0,
+    )

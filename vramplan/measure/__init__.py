@@ -1,0 +1,10 @@
+"""The measurement harness: runs real (or fake/meta) torch code and records what it allocates.
+
+Imports torch; the CLI imports this package inside its commands only.
+"""
+
+from __future__ import annotations
+
+from vramplan.measure.tracker import CategoryBytes, MemoryTracker, PhasePeak, TrackedPeak
+
+__all__ = ["CategoryBytes", "MemoryTracker", "PhasePeak", "TrackedPeak"]

@@ -1,0 +1,440 @@
+"""Live-tensor memory tracker: the bytes of every tensor storage alive, by category and phase.
+
+`MemoryTracker` is a `TorchDispatchMode`. Every aten op that runs while it is active passes through it; each
+output storage it has not seen before is counted once (`untyped_storage().nbytes()`) and uncounted when the
+storage dies. Views, in-place ops and `out=` variants return storages already counted (or storages of inputs
+that existed before tracking) and add nothing. It works the same for real (CPU/CUDA), meta and
+`FakeTensorMode` tensors, so a fake or meta trace of a full-size model gives the same tensor-level peak as the
+real run, without allocating it.
+
+Categories (the closed set `CATEGORIES`):
+- weights: frozen parameters and buffers, registered by `register_module`.
+- trainable: parameters with `requires_grad`.
+- quant_state: bitsandbytes tensors beside the packed weight: `Params4bit.quant_state` (absmax, code, offset,
+  and with double quantization the nested `state2.absmax` / `state2.code`), `Int8Params.SCB` / `CB`.
+- gradients: `param.grad` storages (relabelled by a post-accumulate-grad hook and before `optimizer.step`).
+- optimizer_states: the tensors in `optimizer.state` (relabelled after each `step`; torch AdamW's
+  non-capturable `step` counter is a 4-byte fp32 CPU scalar per parameter and is counted here too).
+- activations: storages created while `phase == "forward"` that are still alive (saved for backward, outputs,
+  the loss).
+- temporaries: everything else: allocated in backward or optimizer phases (or with no phase) and not a
+  gradient or optimizer state, e.g. AdamW's `exp_avg_sq.sqrt() / c` pair, recomputed checkpoint activations.
+
+A relabel also moves the storage in the recorded peaks when it was alive at the peak (allocated before it and
+alive now), so an optimizer state created lazily inside the first `step()` counts as optimizer_states, not as
+a temporary, in a peak inside that step.
+
+Not seen (tensor level only, by design or by torch): allocations inside a kernel that do not go through the
+dispatcher (workspaces, cuBLAS/cuDNN scratch, the caching allocator's rounding and reserve), and
+`UntypedStorage.resize_` (FSDP's way of freeing/refilling parameters), which bypasses dispatch; only
+`Tensor.resize_` (an aten op, also used by `out=` kernels) is seen. A storage first seen as an alias of an
+input that was never registered (e.g. the batch created before tracking) is not counted; register it with
+`register_tensor`.
+
+Source: torch 2.13 `torch/utils/_python_dispatch.py` (TorchDispatchMode), `torch/optim/adam.py`
+(`_single_tensor_adam`, lazy state in `_init_group`), bitsandbytes 0.50 `functional.QuantState`.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal, get_args
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
+
+Category = Literal[
+    "weights", "trainable", "quant_state", "gradients", "optimizer_states", "activations", "temporaries"
+]
+Phase = Literal["forward", "backward", "optimizer"]
+CATEGORIES: tuple[Category, ...] = get_args(Category)
+PHASES: tuple[Phase, ...] = get_args(Phase)
+
+# `torch.tensor(...)`, `as_tensor`, `from_numpy` build their storage outside the dispatcher and then pass it
+# through `lift_fresh`, which returns its input: that storage is new although it aliases the op's input.
+_FRESH_OPS = frozenset({torch.ops.aten.lift_fresh.default})
+
+# Tensor attributes of bitsandbytes parameters that are quantization state, not the packed weight.
+_QUANT_ATTRS = ("quant_state", "SCB", "CB")
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryBytes:
+    """Live bytes per category at one moment (see the module docstring for what each holds)."""
+
+    weights: int = 0
+    trainable: int = 0
+    quant_state: int = 0
+    gradients: int = 0
+    optimizer_states: int = 0
+    activations: int = 0
+    temporaries: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.get(c) for c in CATEGORIES)
+
+    def get(self, category: Category) -> int:
+        return getattr(self, category)
+
+    def items(self) -> tuple[tuple[Category, int], ...]:
+        return tuple((c, self.get(c)) for c in CATEGORIES)
+
+
+@dataclass(frozen=True, slots=True)
+class PhasePeak:
+    """The highest live bytes seen while `phase` was set, and the breakdown at that moment."""
+
+    phase: Phase
+    peak_bytes: int
+    breakdown: CategoryBytes
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedPeak:
+    """What a `MemoryTracker` saw: the overall peak, its phase and breakdown, and each phase's own peak."""
+
+    peak_bytes: int
+    peak_phase: Phase | None
+    breakdown: CategoryBytes
+    phases: tuple[PhasePeak, ...]
+    current_bytes: int
+
+    def phase(self, name: Phase) -> PhasePeak | None:
+        return next((p for p in self.phases if p.phase == name), None)
+
+
+class _Entry:
+    """One tracked storage: its bytes, category, allocation sequence number and weak reference."""
+
+    __slots__ = ("category", "nbytes", "ref", "seq")
+
+    def __init__(self, nbytes: int, category: Category, seq: int, ref: weakref.ref) -> None:
+        self.nbytes = nbytes
+        self.category = category
+        self.seq = seq
+        self.ref = ref
+
+
+class _Peak:
+    """A mutable peak record: bytes, the sequence number when reached, the per-category totals then."""
+
+    __slots__ = ("breakdown", "nbytes", "phase", "seq")
+
+    def __init__(self, nbytes: int, seq: int, breakdown: dict[Category, int], phase: Phase | None) -> None:
+        self.nbytes = nbytes
+        self.seq = seq
+        self.breakdown = breakdown
+        self.phase = phase
+
+
+class MemoryTracker(TorchDispatchMode):
+    """Count every tensor storage once, by category, and keep the overall and per-phase peaks.
+
+    Usage::
+
+        tracker = MemoryTracker()
+        tracker.register_module(model)        # parameters, buffers, bitsandbytes quant state
+        tracker.register_optimizer(optimizer)  # gradients before / optimizer states after each step
+        with tracker:
+            with tracker.phase_scope("forward"):
+                loss = model(**batch).loss
+            with tracker.phase_scope("backward"):
+                loss.backward()
+            del loss
+            with tracker.phase_scope("optimizer"):
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        tracker.result()
+
+    Under `FakeTensorMode`, enter the tracker inside (after) the fake mode so it sees ops first.
+    `device_type` ("cuda", "cpu", "meta", ...) restricts counting to tensors on that device type; for fake
+    tensors it is the fake device, not "meta".
+    """
+
+    def __init__(self, device_type: str | None = None) -> None:
+        super().__init__()
+        self.device_type = device_type
+        self._entries: dict[int, _Entry] = {}
+        self._totals: dict[Category, int] = dict.fromkeys(CATEGORIES, 0)
+        self._current = 0
+        self._seq = 0
+        self._phase: Phase | None = None
+        self._peak = _Peak(0, 0, dict(self._totals), None)
+        self._phase_peaks: dict[Phase, _Peak] = {}
+        self._handles: list[Any] = []
+
+    # phases
+
+    @property
+    def phase(self) -> Phase | None:
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: Phase | None) -> None:
+        if value is not None and value not in PHASES:
+            raise ValueError(f"unknown phase {value!r}; expected one of {', '.join(PHASES)} or None")
+        self._phase = value
+        self._update_peaks()  # what is alive on entry already counts towards the new phase's peak
+
+    @contextmanager
+    def phase_scope(self, phase: Phase) -> Iterator[MemoryTracker]:
+        """Set `phase` for the duration of the block, then restore the previous one."""
+        previous = self._phase
+        self.phase = phase
+        try:
+            yield self
+        finally:
+            self.phase = previous
+
+    # readings
+
+    @property
+    def current_bytes(self) -> int:
+        return self._current
+
+    @property
+    def current_breakdown(self) -> dict[Category, int]:
+        return dict(self._totals)
+
+    @property
+    def peak_bytes(self) -> int:
+        return self._peak.nbytes
+
+    @property
+    def peak_breakdown(self) -> dict[Category, int]:
+        return dict(self._peak.breakdown)
+
+    @property
+    def phase_peaks(self) -> dict[Phase, tuple[int, dict[Category, int]]]:
+        return {p: (pk.nbytes, dict(pk.breakdown)) for p, pk in self._phase_peaks.items()}
+
+    def result(self) -> TrackedPeak:
+        phases = tuple(
+            PhasePeak(p, self._phase_peaks[p].nbytes, CategoryBytes(**self._phase_peaks[p].breakdown))
+            for p in PHASES
+            if p in self._phase_peaks
+        )
+        return TrackedPeak(
+            peak_bytes=self._peak.nbytes,
+            peak_phase=self._peak.phase,
+            breakdown=CategoryBytes(**self._peak.breakdown),
+            phases=phases,
+            current_bytes=self._current,
+        )
+
+    def reset_peaks(self) -> None:
+        """Forget the peaks so far (e.g. after a warm-up step); what is alive now is the new baseline."""
+        self._peak = _Peak(self._current, self._seq, dict(self._totals), self._phase)
+        self._phase_peaks = {}
+        self._update_peaks()
+
+    # registration of tensors that exist before tracking
+
+    def register_tensor(self, tensor: torch.Tensor, category: Category) -> None:
+        """Count `tensor`'s storage under `category` (or move it there if already counted)."""
+        if category not in CATEGORIES:
+            raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
+        for t in _leaf_tensors(tensor):
+            if self._counts(t):
+                self._assign(t.untyped_storage(), category)
+
+    def register_module(self, module: torch.nn.Module) -> None:
+        """Count parameters (weights / trainable), buffers (weights) and bitsandbytes quant state.
+
+        Installs a post-accumulate-grad hook on each trainable parameter that relabels its `.grad` storage as
+        gradients. Shared (tied) parameters count once.
+        """
+        for param in module.parameters():
+            self.register_tensor(param, "trainable" if param.requires_grad else "weights")
+            if param.requires_grad:
+                self._handles.append(param.register_post_accumulate_grad_hook(self._on_grad_accumulated))
+            if param.grad is not None:
+                self.register_tensor(param.grad, "gradients")
+        for buf in module.buffers():
+            self.register_tensor(buf, "weights")
+        for sub in module.modules():
+            for tensor in _quant_state_tensors(sub):
+                # Add-only: `Int8Params.CB` aliases the int8 weight, which stays under weights.
+                if self._counts(tensor) and tensor.untyped_storage()._cdata not in self._entries:
+                    self._track(tensor.untyped_storage(), "quant_state")
+
+    def register_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Relabel gradients before each `step()` and `optimizer.state` tensors after it.
+
+        States are created lazily inside the first `step()`; until the post-step hook runs they count as
+        temporaries, and the relabel then moves them in the recorded peaks too.
+        """
+        self._handles.append(optimizer.register_step_pre_hook(self._on_step_pre))
+        self._handles.append(optimizer.register_step_post_hook(self._on_step_post))
+        self._relabel_optimizer_states(optimizer)
+
+    def remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    # the dispatch mode
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        category: Category = "activations" if self._phase == "forward" else "temporaries"
+        input_keys: set[int] | None = None
+        for tensor in _leaf_tensors(out):
+            if not self._counts(tensor):
+                continue
+            storage = tensor.untyped_storage()
+            key = storage._cdata
+            entry = self._entries.get(key)
+            if entry is not None:
+                # A view, in-place or out= result: the storage is counted already. `Tensor.resize_` (and the
+                # out= kernels that call it) can have grown it, though. `UntypedStorage.resize_` bypasses
+                # dispatch entirely: such a change shows only at the storage's next op, or never.
+                nbytes = storage.nbytes()
+                if nbytes != entry.nbytes:
+                    self._resize(entry, nbytes)
+                continue
+            if func not in _FRESH_OPS:
+                if input_keys is None:
+                    input_keys = {
+                        t.untyped_storage()._cdata
+                        for t in _leaf_tensors((args, kwargs))
+                        if t.layout is torch.strided
+                    }
+                if key in input_keys:
+                    continue  # aliases an input that predates tracking and was never registered
+            self._track(storage, category)
+        return out
+
+    # bookkeeping
+
+    def _counts(self, tensor: torch.Tensor) -> bool:
+        # Sparse and other non-strided layouts have no single storage; LLM fine-tuning does not use them.
+        if tensor.layout is not torch.strided:
+            return False
+        return self.device_type is None or tensor.device.type == self.device_type
+
+    def _track(self, storage: torch.UntypedStorage, category: Category) -> None:
+        # The UntypedStorage Python object is tied one-to-one to its StorageImpl (PyObject preservation), so
+        # its weakref callback fires exactly when the last tensor or view of the storage dies, for real, meta
+        # and fake storages alike; `_cdata` (the StorageImpl address) is a stable key while it is alive.
+        key = storage._cdata
+        nbytes = int(storage.nbytes())
+        self._seq += 1
+        ref = weakref.ref(storage, partial(self._on_free, key))
+        self._entries[key] = _Entry(nbytes, category, self._seq, ref)
+        self._totals[category] += nbytes
+        self._current += nbytes
+        self._update_peaks()
+
+    def _on_free(self, key: int, ref: weakref.ref) -> None:
+        entry = self._entries.get(key)
+        if entry is None or entry.ref is not ref:
+            return
+        del self._entries[key]
+        self._totals[entry.category] -= entry.nbytes
+        self._current -= entry.nbytes
+
+    def _resize(self, entry: _Entry, nbytes: int) -> None:
+        delta = nbytes - entry.nbytes
+        entry.nbytes = nbytes
+        self._totals[entry.category] += delta
+        self._current += delta
+        if delta > 0:
+            self._update_peaks()
+
+    def _assign(self, storage: torch.UntypedStorage, category: Category) -> None:
+        entry = self._entries.get(storage._cdata)
+        if entry is None:
+            self._track(storage, category)
+            return
+        old = entry.category
+        if old == category:
+            return
+        entry.category = category
+        self._totals[old] -= entry.nbytes
+        self._totals[category] += entry.nbytes
+        # Alive now and allocated no later than a peak means alive at that peak: move it there too.
+        for peak in (self._peak, *self._phase_peaks.values()):
+            if entry.seq <= peak.seq:
+                peak.breakdown[old] -= entry.nbytes
+                peak.breakdown[category] += entry.nbytes
+
+    def _update_peaks(self) -> None:
+        current = self._current
+        if current > self._peak.nbytes:
+            self._peak = _Peak(current, self._seq, dict(self._totals), self._phase)
+        phase = self._phase
+        if phase is not None:
+            peak = self._phase_peaks.get(phase)
+            if peak is None or current > peak.nbytes:
+                self._phase_peaks[phase] = _Peak(current, self._seq, dict(self._totals), phase)
+
+    # hooks
+
+    def _on_grad_accumulated(self, param: torch.Tensor) -> None:
+        if param.grad is not None:
+            self.register_tensor(param.grad, "gradients")
+
+    def _on_step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    self.register_tensor(param.grad, "gradients")
+
+    def _on_step_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self._relabel_optimizer_states(optimizer)
+
+    def _relabel_optimizer_states(self, optimizer: torch.optim.Optimizer) -> None:
+        for state in optimizer.state.values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor):
+                    self.register_tensor(value, "optimizer_states")
+
+
+def _leaf_tensors(obj: object) -> Iterator[torch.Tensor]:
+    """Tensors in nested lists/tuples/dicts; traceable wrapper subclasses opened to their inner tensors."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            if is_traceable_wrapper_subclass(item):
+                attrs, _ = item.__tensor_flatten__()
+                stack.extend(getattr(item, a) for a in attrs)
+            else:
+                yield item
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+
+
+def _quant_state_tensors(module: torch.nn.Module) -> Iterable[torch.Tensor]:
+    """bitsandbytes quantization state of `module`'s own parameters (bitsandbytes 0.50 attribute names).
+
+    `Params4bit.quant_state` is a `QuantState` (absmax, code, offset, nested `state2`); `Int8Params` carries
+    `SCB` (fp32 row scales) and `CB` (which aliases the int8 weight: already counted, so it adds nothing).
+    """
+    for param in module.parameters(recurse=False):
+        for attr in _QUANT_ATTRS:
+            yield from _tensors_in(getattr(param, attr, None))
+    state = getattr(module, "state", None)  # Linear8bitLt's MatmulLtState
+    for attr in ("CB", "SCB"):
+        yield from _tensors_in(getattr(state, attr, None))
+
+
+def _tensors_in(obj: object) -> Iterator[torch.Tensor]:
+    if obj is None:
+        return
+    if isinstance(obj, torch.Tensor):
+        yield obj
+        return
+    if hasattr(obj, "absmax") and hasattr(obj, "__dict__"):  # a bitsandbytes QuantState
+        for value in vars(obj).values():
+            if isinstance(value, torch.Tensor) or (hasattr(value, "absmax") and hasattr(value, "__dict__")):
+                yield from _tensors_in(value)

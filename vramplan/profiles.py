@@ -1,0 +1,150 @@
+"""GPU and model profiles (data under profiles/), Hugging Face config.json files, aliases, did-you-mean."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from vramplan.errors import VramplanError, did_you_mean
+from vramplan.spec import ModelSpec, model_spec_from_config
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProfile:
+    """A GPU as NVML reports it: total memory in bytes, compute capability, bf16 support."""
+
+    key: str
+    name: str
+    memory_bytes: int
+    compute_capability: str
+    bf16: bool
+    aliases: tuple[str, ...]
+    source: str
+
+
+def profiles_dir() -> Path:
+    """profiles/ shipped inside the wheel (vramplan/profiles), else the checkout's top-level profiles/."""
+    here = Path(__file__).resolve().parent
+    for cand in (here / "profiles", here.parent / "profiles"):
+        if (cand / "gpus.toml").is_file():
+            return cand
+    raise VramplanError(f"vramplan's profiles/ folder is missing (looked in {here}); reinstall the package")
+
+
+def _norm(name: str) -> str:
+    """Lowercase, no spaces/dashes/underscores, no vendor words: 'NVIDIA GeForce RTX 3060 Ti' -> 'rtx3060ti'."""
+    s = name.lower()
+    s = re.sub(r"\b(nvidia|geforce|tesla)\b", "", s)
+    return re.sub(r"[\s_\-]+", "", s)
+
+
+@cache
+def load_gpus() -> dict[str, GpuProfile]:
+    data = tomllib.loads((profiles_dir() / "gpus.toml").read_text())
+    out = {}
+    for key, d in data.items():
+        out[key] = GpuProfile(
+            key=key,
+            name=d["name"],
+            memory_bytes=int(d["memory_bytes"]),
+            compute_capability=str(d["compute_capability"]),
+            bf16=bool(d["bf16"]),
+            aliases=tuple(d.get("aliases", ())),
+            source=d.get("source", ""),
+        )
+    return out
+
+
+@cache
+def _gpu_index() -> dict[str, str]:
+    index: dict[str, str] = {}
+    for key, g in load_gpus().items():
+        for label in (key, g.name, *g.aliases):
+            index.setdefault(_norm(label), key)
+    return index
+
+
+def find_gpu(name: str) -> GpuProfile:
+    """Resolve a GPU by slug, NVML name or alias, case- and punctuation-insensitive."""
+    key = _gpu_index().get(_norm(name))
+    if key is None:
+        raise did_you_mean(name, load_gpus().keys(), "GPU", "see `vramplan gpus`")
+    return load_gpus()[key]
+
+
+def builtin_model_names() -> list[str]:
+    return sorted(p.stem for p in (profiles_dir() / "models").glob("*.json"))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise VramplanError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except OSError as e:
+        raise VramplanError(f"cannot read {path}: {e.strerror}") from None
+    if not isinstance(data, dict):
+        raise VramplanError(f"{path}: expected a JSON object (a config.json)")
+    return data
+
+
+def _hf_cache_config(repo_id: str) -> Path | None:
+    """`config.json` of `repo_id` in the local Hugging Face hub cache, without importing huggingface_hub."""
+    roots = []
+    if os.environ.get("HF_HUB_CACHE"):
+        roots.append(Path(os.environ["HF_HUB_CACHE"]))
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    roots.append(hf_home / "hub")
+    folder = "models--" + repo_id.replace("/", "--")
+    for root in roots:
+        snaps = root / folder / "snapshots"
+        if snaps.is_dir():
+            ref = root / folder / "refs" / "main"
+            if ref.is_file() and (snaps / ref.read_text().strip() / "config.json").is_file():
+                return snaps / ref.read_text().strip() / "config.json"
+            found = sorted(snaps.glob("*/config.json"), key=lambda p: p.stat().st_mtime)
+            if found:
+                return found[-1]
+    return None
+
+
+def load_model_config(model: str) -> tuple[str, dict[str, Any]]:
+    """(display name, config mapping) for a built-in name, a config.json path/folder, or a cached hub id."""
+    builtin = profiles_dir() / "models" / f"{model.lower()}.json"
+    if builtin.is_file():
+        return model.lower(), _read_json(builtin)
+    path = Path(model)
+    if path.is_dir():
+        path = path / "config.json"
+        if not path.is_file():
+            raise VramplanError(f"{model}: folder has no config.json")
+    if path.is_file():
+        return str(model), _read_json(path)
+    if model.count("/") == 1 and not model.endswith(".json"):
+        cached = _hf_cache_config(model)
+        if cached is not None:
+            return model, _read_json(cached)
+        raise VramplanError(
+            f"{model!r} is not a built-in model and its config.json is not in the local Hugging Face cache; "
+            f"run `huggingface-cli download {model} config.json` or pass a path to config.json"
+        )
+    if model.endswith(".json") or "/" in model:
+        raise VramplanError(f"no such file: {model}")
+    raise did_you_mean(model, builtin_model_names(), "model", "see `vramplan models`, or pass a config.json")
+
+
+@cache
+def load_model(model: str) -> ModelSpec:
+    name, cfg = load_model_config(model)
+    return model_spec_from_config(cfg, name)
