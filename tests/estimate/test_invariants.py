@@ -44,12 +44,16 @@ def test_components_sum_to_peak(model, cfg):
 
 
 def test_weights_order_qlora_lora_full():
+    # kbit prep's fp32 upcast of embeddings can outweigh 4-bit savings on small large-vocab models
+    # (qwen2.5-0.5b: 136M embedding params in fp32), so the order is asserted without it, and with it on 7B.
+    q7 = estimate("llama-2-7b", method="qlora").components
+    assert q7.weights + q7.quant_state < estimate("llama-2-7b", method="lora").components.weights
     for m in MODELS:
-        q = estimate(m, method="qlora").components
+        q = estimate(m, method="qlora", kbit_prep=False).components
         lo = estimate(m, method="lora").components
         f = estimate(m, method="full").components
         assert q.weights + q.quant_state < lo.weights <= f.weights + f.adapters
-        assert estimate(m, method="qlora").peak_bytes < estimate(m, method="lora").peak_bytes
+        assert estimate(m, method="qlora", kbit_prep=False).peak_bytes < estimate(m, method="lora").peak_bytes
         assert estimate(m, method="lora").peak_bytes < estimate(m, method="full").peak_bytes
 
 
