@@ -79,11 +79,60 @@ TRAIN_KEYS = (
 )  # fmt: skip
 
 
-def resolve_inputs(model: str, gpu: str | None, kw: dict[str, Any]):
-    """(ModelSpec, TrainSpec, GpuProfile | None) from CLI values; raises VramplanError on bad input."""
-    from vramplan.profiles import find_gpu, load_model
+def from_options(f: Callable) -> Callable:
+    """--from FILE (repeatable) and --model, for any command with train_options: its resolve_inputs /
+    resolve_plan reads them from **kw (make MODEL `required=False` so --from can name the model)."""
+    f = click.option(
+        "--model", "model_option", default=None, help="the model, instead of MODEL [the --from file's]"
+    )(f)
+    return click.option(
+        "--from", "from_files", multiple=True, metavar="FILE",
+        help="settings from a LLaMA-Factory or axolotl YAML, a TrainingArguments JSON, an "
+        "adapter_config.json or a config.json (repeatable); options you type override them",
+    )(f)  # fmt: skip
+
+
+def parallel_options(f: Callable) -> Callable:
+    """--gpus, --strategy, --gpus-per-node, --offload: one GPU's share of a DDP / DeepSpeed / FSDP run."""
+    opts = [
+        click.option("--gpus", type=int, default=1, show_default=True, help="data-parallel GPUs (ranks)"),
+        click.option("--strategy", default=None, help="ddp | zero1 | zero2 | zero3 | fsdp | fsdp-hybrid [ddp]"),
+        click.option("--gpus-per-node", type=int, default=8, show_default=True, help="fsdp-hybrid's group"),
+        click.option("--offload", default="none", show_default=True, help="none | optimizer | params (CPU)"),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def parallel_plan(m, t, b, kw: dict[str, Any]):  # noqa: ANN001
+    """The ParallelPlan of the one-GPU Breakdown `b` for kw's --gpus/--strategy/...; warnings to stderr."""
+    from vramplan.estimate.distributed import shard
+    from vramplan.parallel import resolve_parallel
+
+    p = resolve_parallel(
+        t, gpus=kw["gpus"], strategy=kw["strategy"], gpus_per_node=kw["gpus_per_node"], offload=kw["offload"]
+    )
+    for note in p.notes:
+        click.echo(f"warning: {note}", err=True)
+    return shard(m, t, p, b)
+
+
+def resolve_plan(model: str | None, gpu: str | None, kw: dict[str, Any]):
+    """(ModelSpec, TrainSpec, GpuProfile | None, Plan) from CLI values and kw's --from files: an option the
+    user typed (click's ParameterSource) beats a file's value. Prints what is not modeled on one line."""
+    from click.core import ParameterSource
+
+    from vramplan.inputs import plan_inputs
+    from vramplan.profiles import find_gpu
     from vramplan.spec import resolve_train
 
+    option = kw.get("model_option")
+    if model and option and model != option:
+        raise VramplanError(f"two models: MODEL {model!r} and --model {option!r}; pass one")
+    ctx = click.get_current_context(silent=True)
+    defaults = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    typed = {k for k in TRAIN_KEYS if ctx is None or ctx.get_parameter_source(k) not in defaults}
     g = None
     if gpu == "auto":
         from vramplan.local_gpu import local_gpu_profile
@@ -91,9 +140,16 @@ def resolve_inputs(model: str, gpu: str | None, kw: dict[str, Any]):
         g = local_gpu_profile()
     elif gpu:
         g = find_gpu(gpu)
-    m = load_model(model)
-    t = resolve_train(m, gpu_bf16=g.bf16 if g else True, **{k: kw[k] for k in TRAIN_KEYS})
-    return m, t, g
+    plan = plan_inputs(model or option, kw.get("from_files") or (), {k: kw[k] for k in TRAIN_KEYS}, typed)
+    if plan.not_modeled:
+        click.echo("note: not modeled, estimated without: " + "; ".join(map(str, plan.not_modeled)), err=True)
+    t = resolve_train(plan.model, gpu_bf16=g.bf16 if g else True, **plan.settings)
+    return plan.model, t, g, plan
+
+
+def resolve_inputs(model: str | None, gpu: str | None, kw: dict[str, Any]):
+    """(ModelSpec, TrainSpec, GpuProfile | None) from CLI values; raises VramplanError on bad input."""
+    return resolve_plan(model, gpu, kw)[:3]
 
 
 def _emit_notes(t) -> None:  # noqa: ANN001
@@ -102,48 +158,136 @@ def _emit_notes(t) -> None:  # noqa: ANN001
 
 
 @main.command()
-@click.argument("model")
+@click.argument("model", required=False)
 @train_options
+@from_options
+@parallel_options
 @click.option("--suggest", is_flag=True, help="rank the cheapest changes that make it fit (needs --gpu)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
-def estimate(model: str, gpu: str | None, suggest: bool, as_json: bool, **kw: Any) -> None:
+def estimate(model: str | None, gpu: str | None, suggest: bool, as_json: bool, **kw: Any) -> None:
     """Estimate the peak GPU memory of one training step of MODEL.
 
-    MODEL: a built-in name (`vramplan models`), a config.json or its folder, or a hub id in the local HF cache.
+    MODEL: a built-in name (`vramplan models`), a config.json or its folder, or a hub id (the local HF cache,
+    else its built-in profile); optional when a --from file names the model.
     """
     from vramplan.estimate import estimate as run_estimate
     from vramplan.fit import advice_lines
     from vramplan.fit import suggest as run_suggest
 
-    m, t, g = resolve_inputs(model, gpu, kw)
+    m, t, g, plan = resolve_plan(model, gpu, kw)
     _emit_notes(t)
-    b = run_estimate(m, gpu=g, train=t)
+    pp = parallel_plan(m, t, run_estimate(m, gpu=g, train=t), kw)
+    b = pp.breakdown  # one GPU's share; the one-GPU estimate itself when pp.spec.plain
     if suggest and g is None:
         raise VramplanError("--suggest needs a GPU to fit: add --gpu NAME (see `vramplan gpus`)")
-    suggestions = run_suggest(m, t, g) if (g is not None and (suggest or b.verdict != "fits")) else []
+    wants_advice = g is not None and (suggest or b.verdict != "fits")
+    suggestions = run_suggest(m, t, g) if (wants_advice and pp.spec.plain) else []  # one-GPU changes
     if as_json:
-        from vramplan.report import breakdown_json
+        from vramplan.report import breakdown_json, parallel_json
 
-        extra = {}
+        extra: dict[str, Any] = {"parallel": parallel_json(pp)}
         if suggest:
             extra["suggestions"] = [
                 {"change": s.change, "cost": s.cost, "device_bytes": s.device_bytes, "verdict": s.breakdown.verdict}
                 for s in suggestions
             ]
-        click.echo(json.dumps(breakdown_json(b, extra)))
+        out = breakdown_json(b, extra)
+        skipped = [str(u) for u in plan.not_modeled]
+        out["inputs"].update(sources=dict(plan.sources), not_modeled=skipped, model_config=plan.model_config)
+        click.echo(json.dumps(out))
         return
-    from vramplan.report import render_advice, render_breakdown
+    from vramplan.report import parallel_advice_lines, render_advice, render_parallel
 
     con = _console()
-    render_breakdown(b, con)
-    if g is not None and (suggest or b.verdict != "fits"):
+    render_parallel(pp, con)
+    if g is not None and not pp.spec.plain and (suggest or b.verdict != "fits"):
+        from vramplan.estimate.distributed import alternatives
+
+        render_advice(parallel_advice_lines(alternatives(m, t, pp)), con)
+    elif g is not None and (suggest or b.verdict != "fits"):
         render_advice(advice_lines(m, t, g, n=6 if suggest else 2), con)
 
 
+def _seq_list(f: Callable) -> Callable:
+    """`fit` takes a list of sequence lengths: its --seq replaces train_options' single one."""
+    f.__click_params__ = [p for p in f.__click_params__ if p.name != "seq"]  # type: ignore[attr-defined]
+    return click.option(
+        "--seq", "seq_list", default=None, metavar="N[,N...]",
+        help="sequence lengths (columns) [512,1024,2048,4096,8192]; the first is the rank search's [1024]",
+    )(f)  # fmt: skip
+
+
 @main.command()
+@click.argument("model")
+@_seq_list
+@train_options
+@click.option("--plot", default=None, is_flag=False, flag_value="-", metavar="[FILE.png]",
+              help="peak vs sequence length per method (at --batch): in the terminal, or a PNG file")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
+@click.pass_context
+def fit(
+    ctx: click.Context, model: str, gpu: str | None, seq_list: str | None, plot: str | None, as_json: bool,
+    **kw: Any,
+) -> None:  # fmt: skip
+    """What fits on a GPU: the largest batch per method and sequence length, the longest sequence, the largest
+    LoRA rank.
+
+    Rows: full, LoRA, QLoRA (only --method's when given), each without / with gradient checkpointing, with
+    --optim and with 8-bit AdamW. A cell is the largest batch whose verdict is `fits` or `tight` (* = tight).
+    """
+    from click.core import ParameterSource
+
+    from vramplan.fit import fit_table, parse_seqs, peak_curves
+
+    if gpu is None:
+        raise VramplanError("fit needs a GPU: --gpu NAME (see `vramplan gpus`) or --gpu auto")
+    if plot == "-" and as_json:
+        raise VramplanError("the terminal plot cannot go with --json; write a file instead: --plot out.png")
+    seqs, kw["seq"] = parse_seqs(seq_list)
+    m, t, g = resolve_inputs(model, gpu, kw)
+    _emit_notes(t)
+    methods = None if ctx.get_parameter_source("method") is ParameterSource.DEFAULT else (t.method,)
+    ft = fit_table(m, t, g, seqs, methods)
+    curves = peak_curves(m, t, g, seqs, methods) if plot else []
+    local = None
+    if gpu == "auto":
+        from vramplan.local_gpu import query_local_gpus
+
+        local = query_local_gpus()[0]
+    from vramplan import report
+
+    title = report.plot_title(m.name, g, t.batch)
+    if plot and plot != "-":
+        report.plot_png(curves, g, title, plot, ft.error_band)
+    if as_json:
+        extra = {"local_gpu": report.local_gpus_json([local])[0] if local else None, "plot": plot}
+        click.echo(json.dumps(report.fit_json(ft, extra)))
+        return
+    con = _console()
+    if local is not None:
+        con.print(report.local_gpu_line(local, g))
+    report.render_fit_table(ft, con)
+    if plot == "-":
+        click.echo(report.plot_terminal(curves, g, title, width=con.width, color=con.is_terminal))
+    elif plot:
+        con.print(f"plot written to {plot}")
+
+
+@main.command()
+@click.option("--local", is_flag=True, help="the GPUs NVML sees in this machine: name, total and free memory")
 @click.option("--json", "as_json", is_flag=True)
-def gpus(as_json: bool) -> None:
+def gpus(local: bool, as_json: bool) -> None:
     """The GPU profiles: memory (GiB, as NVML reports it) and bf16 support."""
+    if local:
+        from vramplan.local_gpu import query_local_gpus
+        from vramplan.report import local_gpus_json, render_local_gpus
+
+        found = query_local_gpus()
+        if as_json:
+            click.echo(json.dumps(local_gpus_json(found)))
+        else:
+            render_local_gpus(found, _console())
+        return
     from vramplan.profiles import load_gpus
 
     rows = list(load_gpus().values())
@@ -188,6 +332,58 @@ def models(as_json: bool) -> None:
         t.add_row(s.name, s.model_type, f"{s.total_params / 1e9:.2f} B", str(s.num_hidden_layers),
                   str(s.hidden_size), f"{s.num_attention_heads}/{s.num_key_value_heads}", f"{s.vocab_size:,}")
     _console().print(t)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--gpu", default=None, help="GPU name or alias (see `vramplan gpus`); `auto` = this machine's")
+@click.option("--engine", default="vllm", show_default=True, help="vllm | hf (transformers generate)")
+@click.option("--dtype", default=None, help="model dtype: bf16 | fp16 | fp32 [bf16; fp16 w/o bf16]")
+@click.option("--quant", default=None, help="bitsandbytes: none | nf4 | fp4 | int8 [none]")
+@click.option("--double-quant/--no-double-quant", default=True, help="bnb_4bit_use_double_quant [on]")
+@click.option("--kv-cache-dtype", default="auto", help="vLLM: auto | fp8 | fp8_e4m3 | fp8_e5m2 [auto]")
+@click.option("--enable-lora", is_flag=True, help="serve LoRA adapters (implied by --max-loras, --lora-rank)")
+@click.option("--max-loras", type=int, default=None, help="adapters resident on the GPU [1]")
+@click.option("--max-lora-rank", "--lora-rank", "max_lora_rank", type=int, default=None, help="LoRA r [16]")
+@click.option("--lora-target", default="all-linear", show_default=True,
+              help="PEFT targets: all-linear | attn | qv | names (vLLM: lora_target_modules)")  # fmt: skip
+@click.option("--merged-lora", is_flag=True, help="adapter merged into the weights: no adapter memory")
+@click.option("--batch", type=int, default=None, help="hf: sequences per generate() [1]")
+@click.option("--prompt-tokens", type=int, default=None, help="hf: prompt length [512]")
+@click.option("--new-tokens", type=int, default=None, help="hf: max_new_tokens [512]")
+@click.option("--max-model-len", type=int, default=None, help="vLLM [the model's max_position_embeddings]")
+@click.option("--max-num-seqs", type=int, default=None, help="vLLM [256; 1024 on >= 70 GiB GPUs but A100]")
+@click.option("--max-num-batched-tokens", type=int, default=None, help="vLLM [2048; 8192 on >= 70 GiB]")
+@click.option("--gpu-memory-utilization", type=float, default=None, help="vLLM [0.9]")
+@click.option("--block-size", type=int, default=None, help="vLLM KV block, tokens [16]")
+@click.option("--enforce-eager", is_flag=True, help="vLLM: no CUDA graphs")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
+def serve(model: str, gpu: str | None, as_json: bool, **kw: Any) -> None:
+    """Estimate the GPU memory to serve MODEL (weights + KV cache + adapters) with vLLM or HF generate.
+
+    vLLM: the KV-cache tokens its pool holds and the concurrency at --max-model-len, as vLLM logs at start.
+    """
+    from vramplan.estimate.serve import estimate_serve
+    from vramplan.profiles import find_gpu, load_model
+
+    g = None
+    if gpu == "auto":
+        from vramplan.local_gpu import local_gpu_profile
+
+        g = local_gpu_profile()
+    elif gpu:
+        g = find_gpu(gpu)
+    b = estimate_serve(load_model(model), gpu=g, **kw)
+    for note in b.inputs.get("notes", ()):
+        click.echo(f"warning: {note}", err=True)
+    if as_json:
+        from vramplan.report import serve_json
+
+        click.echo(json.dumps(serve_json(b)))
+        return
+    from vramplan.report import render_serve
+
+    render_serve(b, _console())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,12 @@ class LocalGpu:
     free_bytes: int
     used_bytes: int
     driver: str
+    compute_capability: str = "?"  # "8.6"; "?" when the driver does not report it
+
+    @property
+    def profile_key(self) -> str | None:
+        """The gpus.toml profile with this NVML name, if any."""
+        return _gpu_index().get(_norm(self.name))
 
 
 def query_local_gpus() -> list[LocalGpu]:
@@ -36,6 +42,10 @@ def query_local_gpus() -> list[LocalGpu]:
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
             name = pynvml.nvmlDeviceGetName(h)
             mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            try:
+                cc = "{}.{}".format(*pynvml.nvmlDeviceGetCudaComputeCapability(h))
+            except pynvml.NVMLError:
+                cc = "?"
             out.append(
                 LocalGpu(
                     index=i,
@@ -44,9 +54,12 @@ def query_local_gpus() -> list[LocalGpu]:
                     free_bytes=int(mem.free),
                     used_bytes=int(mem.used),
                     driver=driver.decode() if isinstance(driver, bytes) else driver,
+                    compute_capability=cc,
                 )
             )
         return out
+    except pynvml.NVMLError as e:
+        raise VramplanError(f"NVML could not read the GPUs ({e}); pass --gpu NAME instead") from None
     finally:
         pynvml.nvmlShutdown()
 
@@ -56,17 +69,20 @@ def local_gpu_profile(index: int = 0) -> GpuProfile:
     gpus = query_local_gpus()
     if not gpus:
         raise VramplanError("NVML sees no GPU in this machine; pass --gpu NAME instead")
+    if not 0 <= index < len(gpus):
+        raise VramplanError(f"no local GPU {index}: NVML sees {len(gpus)} (vramplan gpus --local)")
     lg = gpus[index]
-    key = _gpu_index().get(_norm(lg.name))
+    key = lg.profile_key
     if key is not None:
         base = load_gpus()[key]
         return dataclasses.replace(base, memory_bytes=lg.free_bytes, name=f"{lg.name} (free now)")
+    cc = lg.compute_capability
     return GpuProfile(
         key="local",
         name=f"{lg.name} (free now)",
         memory_bytes=lg.free_bytes,
-        compute_capability="?",
-        bf16=True,
+        compute_capability=cc,
+        bf16=cc == "?" or float(cc) >= 8.0,  # bf16 from Ampere (compute capability 8.0) on
         aliases=(),
         source="NVML",
     )

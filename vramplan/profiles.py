@@ -119,22 +119,91 @@ def _hf_cache_config(repo_id: str) -> Path | None:
     return None
 
 
-def load_model_config(model: str) -> tuple[str, dict[str, Any]]:
-    """(display name, config mapping) for a built-in name, a config.json path/folder, or a cached hub id."""
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """A model's `config.json` mapping, the name to show, and where it was found.
+
+    `origin`: `builtin:<profile>`, the path of the config.json, or `hf-cache:<path>` / `hub:<path>` for a hub
+    id read from the local Hugging Face cache or downloaded.
+    """
+
+    name: str
+    config: dict[str, Any]
+    origin: str
+
+
+# Words that name a variant with the base model's shapes: `-Instruct`, `-chat`, `-it` (Gemma), `-hf`, `-Base`.
+_VARIANT_WORDS = frozenset({"instruct", "chat", "it", "hf", "base"})
+
+
+def _repo_key(repo_id: str) -> str:
+    """'meta-llama/Meta-Llama-3-8B-Instruct' -> 'llama-3-8b': name without owner, `Meta-`, variant words."""
+    name = repo_id.rsplit("/", 1)[-1].lower().removeprefix("meta-")
+    return "-".join(w for w in name.split("-") if w not in _VARIANT_WORDS)
+
+
+@cache
+def _builtin_repo_index() -> dict[str, str]:
+    index: dict[str, str] = {}
+    for name in builtin_model_names():
+        repo = _read_json(profiles_dir() / "models" / f"{name}.json").get("vramplan_profile", {}).get("repo")
+        if repo:
+            index.setdefault(_repo_key(repo), name)
+    return index
+
+
+def builtin_for_repo(repo_id: str) -> str | None:
+    """The built-in profile whose `vramplan_profile.repo` is `repo_id`, a mirror of it under another owner
+    (`NousResearch/Meta-Llama-3-8B`) or its instruct/chat variant (`meta-llama/Llama-2-7b-chat-hf`), or None.
+    """
+    return _builtin_repo_index().get(_repo_key(repo_id))
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _hub_download_config(repo_id: str) -> Path | None:
+    """Download `config.json` of `repo_id` (huggingface_hub, imported only here); None if offline/absent."""
+    if _hub_offline():
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        return None
+    try:
+        return Path(hf_hub_download(repo_id, "config.json"))
+    except Exception as e:  # no network, gated or missing repo: say which, with the way out
+        raise VramplanError(
+            f"{repo_id!r}: config.json is not in the local Hugging Face cache and downloading it failed "
+            f"({type(e).__name__}); run `huggingface-cli download {repo_id} config.json` or pass --model PATH"
+        ) from None
+
+
+def find_model_config(model: str) -> ModelConfig:
+    """A built-in name, a config.json path/folder, or a hub id: from the local HF cache, else the built-in
+    profile of that repo (or its instruct/chat variant), else downloaded unless HF_HUB_OFFLINE is set."""
     builtin = profiles_dir() / "models" / f"{model.lower()}.json"
     if builtin.is_file():
-        return model.lower(), _read_json(builtin)
+        return ModelConfig(model.lower(), _read_json(builtin), f"builtin:{model.lower()}")
     path = Path(model)
     if path.is_dir():
         path = path / "config.json"
         if not path.is_file():
             raise VramplanError(f"{model}: folder has no config.json")
     if path.is_file():
-        return str(model), _read_json(path)
+        return ModelConfig(str(model), _read_json(path), str(path))
     if model.count("/") == 1 and not model.endswith(".json"):
         cached = _hf_cache_config(model)
         if cached is not None:
-            return model, _read_json(cached)
+            return ModelConfig(model, _read_json(cached), f"hf-cache:{cached}")
+        profile = builtin_for_repo(model)
+        if profile is not None:
+            cfg = _read_json(profiles_dir() / "models" / f"{profile}.json")
+            return ModelConfig(model, cfg, f"builtin:{profile}")
+        downloaded = _hub_download_config(model)
+        if downloaded is not None:
+            return ModelConfig(model, _read_json(downloaded), f"hub:{downloaded}")
         raise VramplanError(
             f"{model!r} is not a built-in model and its config.json is not in the local Hugging Face cache; "
             f"run `huggingface-cli download {model} config.json` or pass a path to config.json"
@@ -142,6 +211,12 @@ def load_model_config(model: str) -> tuple[str, dict[str, Any]]:
     if model.endswith(".json") or "/" in model:
         raise VramplanError(f"no such file: {model}")
     raise did_you_mean(model, builtin_model_names(), "model", "see `vramplan models`, or pass a config.json")
+
+
+def load_model_config(model: str) -> tuple[str, dict[str, Any]]:
+    """(display name, config mapping) for a built-in name, a config.json path/folder, or a hub id."""
+    found = find_model_config(model)
+    return found.name, found.config
 
 
 @cache

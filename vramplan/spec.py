@@ -28,6 +28,9 @@ ATTNS: tuple[str, ...] = ("eager", "sdpa", "flash_attention_2")
 # Families whose decoder layer is Llama-shaped (separate q/k/v/o, gated MLP, RMSNorm).
 LLAMA_LIKE = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "mixtral", "phi3"})
 SUPPORTED_MODEL_TYPES = frozenset(LLAMA_LIKE | {"gpt_neox", "bloom", "phi"})
+# `head_dim` when config.json has none: a fixed class default here (transformers 5.24 Qwen3Config 128,
+# GemmaConfig / Gemma2Config 256), hidden_size // num_attention_heads for every other family.
+HEAD_DIM_DEFAULTS: dict[str, int] = {"qwen3": 128, "gemma": 256, "gemma2": 256}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,12 +53,43 @@ class LinearSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ParamSpec:
+    """A per-layer weight that is a plain `nn.Parameter`, not an `nn.Linear` (Mixtral's router and experts).
+
+    `shape` as transformers registers it: (out, in), or (experts, out, in) for stacked experts. PEFT adapts it
+    through `target_parameters` (lora.ParamWrapper) when its transformers-4 Linear names `peft_names` are in
+    `target_modules` (peft/utils/transformers_weight_conversion.py `_MOE_TARGET_MODULE_MAPPING`, peft 0.21.2);
+    a fused weight (gate_up_proj = w1 + w3) gets rank r · len(peft_names) (PEFT's `rank_pattern`).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    peft_names: tuple[str, ...]
+
+    @property
+    def experts(self) -> int:
+        return self.shape[0] if len(self.shape) == 3 else 1
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[-1]
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[-2]
+
+    @property
+    def params(self) -> int:
+        return self.experts * self.out_features * self.in_features
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     """Shapes of a causal LM, everything the estimator needs and nothing more.
 
     `linears` are the per-layer `nn.Linear` modules; `norm_params` the per-layer norm parameters;
-    `other_layer_params` per-layer parameters that are not in a Linear or norm (Mixtral's 3-D expert
-    tensors and router weight, which transformers 5 stores as plain `nn.Parameter`s).
+    `moe_params` the per-layer weights that are not in a Linear or norm (Mixtral's router weight and
+    3-D expert tensors, which transformers 5 stores as plain `nn.Parameter`s), summed in `other_layer_params`.
     """
 
     name: str
@@ -73,7 +107,7 @@ class ModelSpec:
     norm: Literal["rms", "layer"]
     norms_per_layer: int
     head_norm_params: int = 0  # per layer: qwen3's q_norm/k_norm over head_dim
-    other_layer_params: int = 0
+    moe_params: tuple[ParamSpec, ...] = ()
     embed_norm: bool = False  # bloom's word_embeddings_layernorm
     lm_head_bias: bool = False  # phi
     mlp: Literal["gated", "gated_fused", "plain", "moe"] = "gated"
@@ -100,6 +134,10 @@ class ModelSpec:
         if self.tie_word_embeddings:
             return 0
         return self.vocab_size * self.hidden_size + (self.vocab_size if self.lm_head_bias else 0)
+
+    @property
+    def other_layer_params(self) -> int:
+        return sum(p.params for p in self.moe_params)
 
     @property
     def attn_params_per_layer(self) -> int:
@@ -172,7 +210,7 @@ def model_spec_from_config(cfg: Mapping[str, Any], name: str) -> ModelSpec:
 
 def _common(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> dict[str, Any]:
     kv = cfg.get("num_key_value_heads") or heads
-    head_dim = cfg.get("head_dim") or h // heads
+    head_dim = cfg.get("head_dim") or HEAD_DIM_DEFAULTS.get(cfg.get("model_type", ""), h // heads)
     return {
         "name": name,
         "hidden_size": h,
@@ -207,14 +245,18 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
             LinearSpec("v_proj", h, kv, qkv_bias, "attn"),
             LinearSpec("o_proj", q, h, o_bias, "attn"),
         )
-    other = 0
+    other: tuple[ParamSpec, ...] = ()
     experts = top_k = 0
     if mt == "mixtral":
         # transformers 5 MixtralExperts: gate_up_proj (E, 2I, H) and down_proj (E, H, I) as nn.Parameter,
         # MixtralTopKRouter.weight (E, H): no nn.Linear in the MoE block (modeling_mixtral.py, 5.24).
         experts = _req(cfg, "num_local_experts", name)
         top_k = cfg.get("num_experts_per_tok", 2)
-        other = experts * 3 * h * inter + experts * h
+        other = (
+            ParamSpec("gate.weight", (experts, h), ("gate",)),
+            ParamSpec("gate_up_proj", (experts, 2 * inter, h), ("w1", "w3")),
+            ParamSpec("down_proj", (experts, h, inter), ("w2",)),
+        )
         mlp: tuple[LinearSpec, ...] = ()
         mlp_kind = "moe"
     elif mt == "phi3":
@@ -241,7 +283,7 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         norm="rms",
         norms_per_layer=4 if mt == "gemma2" else 2,
         head_norm_params=2 * c["head_dim"] if mt == "qwen3" else 0,
-        other_layer_params=other,
+        moe_params=other,
         mlp=mlp_kind,
         num_local_experts=experts,
         num_experts_per_tok=top_k,
@@ -333,7 +375,8 @@ OPTIM_ALIASES = {"adamw_bnb_8bit": "adamw_8bit"}
 LORA_TARGET_PRESETS: tuple[str, ...] = ("all-linear", "attn", "qv")
 
 # PEFT's per-architecture default targets (peft/utils/constants.py,
-# TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, peft 0.21.2).
+# TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, peft 0.21.2). phi3 has no entry there (PEFT asks for
+# target_modules); vramplan's `qv` for it is the fused qkv_proj.
 PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "llama": ("q_proj", "v_proj"),
     "mistral": ("q_proj", "v_proj"),
@@ -401,28 +444,48 @@ def _positive(value: int, flag: str) -> int:
     return int(value)
 
 
+def lora_moe_targets(model: ModelSpec, targets: tuple[str, ...]) -> tuple[ParamSpec, ...]:
+    """The MoE parameters PEFT adapts (lora.ParamWrapper) for these `target_modules` names."""
+    return tuple(p for p in model.moe_params if set(p.peft_names) & set(targets))
+
+
 def resolve_lora_target(model: ModelSpec, target: str) -> tuple[tuple[str, ...], str]:
-    """Map `all-linear` / `attn` / `qv` / a comma list onto this model's Linear names (PEFT semantics)."""
+    """Map `all-linear` / `attn` / `qv` / a comma list onto PEFT `target_modules` names of this model.
+
+    `all-linear` is every `nn.Linear` of the decoder layers (not lm_head) and, on Mixtral, the router and
+    experts by their transformers-4 names `gate`, `w1`, `w3`, `w2`: PEFT 0.21.2 resolves "all-linear" on
+    transformers 5 to exactly these and adapts the router / expert parameters through `target_parameters`
+    (peft/utils/transformers_weight_conversion.py `_resolve_string_target_modules`).
+    """
     names = tuple(lin.name for lin in model.linears)
+    moe_names = tuple(n for p in model.moe_params for n in p.peft_names)
     if target == "all-linear":
-        return names, target
+        return names + moe_names, target
     if target == "attn":
         return tuple(lin.name for lin in model.linears if lin.group == "attn"), target
     if target == "qv":
         return PEFT_DEFAULT_TARGETS.get(model.model_type, names[:1]), target
     wanted = tuple(t.strip() for t in target.split(",") if t.strip())
     if "all" in wanted:  # LLaMA-Factory's spelling of all-linear
-        return names, "all-linear"
-    bad = [t for t in wanted if t not in names]
+        return names + moe_names, "all-linear"
+    bad = [t for t in wanted if t not in names + moe_names]
     if bad or not wanted:
         from vramplan.errors import did_you_mean
 
         raise did_you_mean(
             bad[0] if bad else target,
-            (*LORA_TARGET_PRESETS, *names),
+            (*LORA_TARGET_PRESETS, *names, *moe_names),
             "LoRA target",
-            f"{model.name} has: {', '.join(names)}",
+            f"{model.name} has: {', '.join(names + moe_names)}",
         )
+    for p in lora_moe_targets(model, wanted):
+        missing = [n for n in p.peft_names if n not in wanted]
+        if missing:  # PEFT: "Cannot convert PEFT target(s) w1 without also targeting w3 ..."
+            present = ",".join(n for n in p.peft_names if n in wanted)
+            raise VramplanError(
+                f"LoRA target {present} of {model.name} is fused with {','.join(missing)} into {p.name} "
+                f"in transformers 5; add {','.join(missing)} to --lora-target"
+            )
     return wanted, "custom"
 
 
@@ -503,6 +566,17 @@ def resolve_train(
     if not 0.0 <= lora_dropout < 1.0:
         raise VramplanError(f"--lora-dropout must be in [0, 1), got {lora_dropout!r}")
     targets, preset = resolve_lora_target(model, lora_target)
+    moe = lora_moe_targets(model, targets) if method in ("lora", "qlora") else ()
+    if moe and dora:
+        raise VramplanError(
+            f"--dora cannot adapt {model.name}'s router/experts ({', '.join(p.name for p in moe)}): PEFT's "
+            "lora.ParamWrapper does not support DoRA; use --lora-target attn or --no-dora"
+        )
+    if moe and lora_dropout > 0:
+        notes.append(
+            f"PEFT rejects lora_dropout != 0 on {model.name}'s router/experts (lora.ParamWrapper): "
+            "train with --lora-dropout 0 (estimated as given) or --lora-target attn"
+        )
     if method == "freeze" and not 1 <= freeze_trainable_layers <= model.num_hidden_layers:
         raise VramplanError(
             f"--freeze-trainable-layers must be between 1 and {model.num_hidden_layers} "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vramplan.breakdown import Breakdown
+from vramplan.estimate.overhead import error_band_for
 from vramplan.estimate.peak import build_breakdown
 from vramplan.profiles import GpuProfile, find_gpu, load_model
 from vramplan.spec import ModelSpec, TrainSpec, resolve_train
@@ -31,7 +32,8 @@ def estimate(
     g = find_gpu(gpu) if isinstance(gpu, str) else gpu
     t = train or resolve_train(m, gpu_bf16=g.bf16 if g else True, **options)
     inputs = {"model": m.name, "gpu": g.key if g else None, **t.as_dict()}
-    return build_breakdown(m, t, g.memory_bytes if g else None, inputs)
+    band = error_band_for(g.key if g else None)
+    return build_breakdown(m, t, g.memory_bytes if g else None, inputs, error_band=band)
 
 
 __all__ = ["estimate"]

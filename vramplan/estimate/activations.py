@@ -55,12 +55,11 @@ class _Tok:
 class _Walk:
     """Symbolic forward: creates tensors, records which are saved, tracks the largest transient set."""
 
-    __slots__ = ("live_peak", "n", "saved", "weight_copies")
+    __slots__ = ("live_peak", "n", "saved")
 
     def __init__(self) -> None:
         self.n = 0
         self.saved: dict[int, int] = {}
-        self.weight_copies = 0
         self.live_peak = 0
 
     def new(self, numel: int, dt: str, rg: bool) -> _Tok:
@@ -137,8 +136,6 @@ def _linear(w: _Walk, c: _Ctx, x: _Tok, name: str, out_f: int, trainable: bool, 
         w.transient(x, xc, out)
         if trainable:
             w.save(xc)
-            if c.ac and c.wdt != c.ac:
-                w.weight_copies += 0  # counted per model in activation_bytes (autocast cast cache)
     if name not in c.lora:
         return out
     # LoRA branch: lora_B(lora_A(dropout(x))) * scaling
@@ -309,7 +306,9 @@ class ActivationBytes:
     (what a checkpointed layer recomputes during backward); `layer_transient`: the largest set of
     unsaved intermediates alive at one op; `weight_copies`: autocast's cached low-precision copies of
     fp32 trainable weights (held until backward uses them); `hidden_bytes`: one T·hidden tensor in the
-    residual stream's dtype; `final_dt_bytes`: bytes per element of the final hidden state.
+    residual stream's dtype; `backward_workspace`: gradients alive at once inside one layer's backward:
+    the MLP's (grad of the down-projection input and of both product operands, 3·T·I in the compute dtype;
+    2·T·I for a plain MLP) plus the layer's output and input gradients (2·T·H).
     """
 
     saved: int
@@ -317,6 +316,8 @@ class ActivationBytes:
     layer_transient: int
     weight_copies: int
     hidden_bytes: int
+    backward_workspace: int
+    final_hidden_bytes: int  # the final norm's output, held by the model output until the loss is computed
 
 
 def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
@@ -351,15 +352,40 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         saved = L * hidden
     else:
         saved = sum(per_kind[k][0] for k in kinds)
+    # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
+    w = _Walk()
+    final = _norm(w, c, m, w.new(c.T * m.hidden_size, rd, True), t.method == "full")
+    saved += w.saved_bytes
     layer = max(v[0] for v in per_kind.values())
     transient = max(v[1] for v in per_kind.values())
     copies = 0
-    if c.ac and t.dtype != c.ac and t.method in ("full", "freeze"):
-        # autocast's cast cache: a low-precision copy of each trainable fp32 linear weight, saved by mm
-        n_layers = L if t.method == "full" else t.freeze_trainable_layers
-        copies = n_layers * sum(li.weight_params for li in m.linears) * _B[c.ac]
-        if t.method == "full" and not m.tie_word_embeddings:
-            copies += m.vocab_size * m.hidden_size * _B[c.ac]
+    if c.ac:
+        ab = _B[c.ac]
+        if c.lora:
+            # autocast casts each fp32 adapter weight to the autocast dtype; mm saves the copy (its input needs
+            # a gradient), so a low-precision copy of every adapter lives from forward until its backward
+            copies += sum(
+                L * (t.lora_rank * (li.in_features + li.out_features)) * ab for li in m.linears if li.name in c.lora
+            )
+        if not c.quant and t.dtype != c.ac:
+            # unquantized linear weights stored in another dtype (fp32 master weights, or a frozen fp32 base):
+            # mm saves the cast copy whenever its input needs a gradient (trainable weights: autocast's cache)
+            n_layers = t.freeze_trainable_layers if t.method == "freeze" else L
+            copies += n_layers * sum(li.weight_params for li in m.linears) * ab
+        head_dt = "fp32" if t.kbit_prep else t.dtype
+        if head_dt != c.ac:
+            # lm_head (the embedding matrix when tied): kbit prep leaves it fp32, so under autocast its cast
+            # copy (vocab·hidden) is saved for the input gradient until lm_head's backward
+            copies += m.vocab_size * m.hidden_size * ab
+    cdb = _B[c.ac or rd]
+    n_int = {"gated": 3, "gated_fused": 3, "plain": 2}.get(m.mlp, 3 * max(m.num_experts_per_tok, 1))
+    workspace = n_int * c.T * m.intermediate_size * cdb + 2 * hidden
     return ActivationBytes(
-        saved=saved, layer=layer, layer_transient=transient, weight_copies=copies, hidden_bytes=hidden
+        saved=saved,
+        layer=layer,
+        layer_transient=transient,
+        weight_copies=copies,
+        hidden_bytes=hidden,
+        backward_workspace=workspace,
+        final_hidden_bytes=final.nbytes,
     )

@@ -13,6 +13,9 @@
   7–20 % above max_memory_allocated (shared/TRACING-NOTES.md). We model 10 % of the peak.
 - Error band: a meta-device trace of the real code agrees with max_memory_allocated of published A100 runs
   within about ±6 % (TRACING-NOTES.md), so `tight` means within 6 % of the GPU's memory until calibration.
+  `error_band_for(gpu_key)` is the one place the band is read (estimate, fit, advice thread it into
+  `build_breakdown(error_band=...)`); it will return the accuracy grid's measured error combined with the
+  calibration residuals of that GPU, and returns the constant until then.
 """
 
 from __future__ import annotations
@@ -22,6 +25,15 @@ CUDA_CONTEXT_BYTES = 450 * MIB
 CUBLAS_WORKSPACE_BYTES = 8 * 4 * MIB + 8 * 16 * 1024
 ALLOCATOR_OVERHEAD_RATIO = 0.10
 ERROR_BAND = 0.06
+
+
+def error_band_for(gpu_key: str | None) -> float:
+    """Relative error of the estimator's device total on `gpu_key` (a gpus.toml key, "local", or None).
+
+    `tight` = predicted to fit with less headroom than this fraction of the peak. For now the ±6 % agreement
+    of traced peaks with published A100 runs (module docstring) for every GPU.
+    """
+    return ERROR_BAND
 
 
 def allocator_overhead_bytes(peak_bytes: int, ratio: float = ALLOCATOR_OVERHEAD_RATIO) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vramplan.spec import LinearSpec, ModelSpec, TrainSpec
+from vramplan.spec import LinearSpec, ModelSpec, ParamSpec, TrainSpec, lora_moe_targets
 
 
 def lora_params_per_linear(lin: LinearSpec, r: int, dora: bool) -> int:
@@ -20,12 +20,25 @@ def lora_params_per_linear(lin: LinearSpec, r: int, dora: bool) -> int:
     return r * (lin.in_features + lin.out_features) + (lin.out_features if dora else 0)
 
 
+def lora_moe_shapes(p: ParamSpec, r: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(lora_A, lora_B) weight shapes PEFT gives a router / expert parameter: in -> r'·E -> out.
+
+    r' = r · len(peft_names): PEFT's rank_pattern doubles r for gate_up_proj (w1 + w3 fused). No DoRA or bias.
+    Source: peft/tuners/lora/layer.py ParamWrapper.update_layer (`nn.Linear(in_features, r * num_experts)`,
+    `nn.Linear(r * num_experts, out_features)`); transformers_weight_conversion.py `_convert_peft_config_moe`.
+    """
+    rank = r * len(p.peft_names) * p.experts
+    return (rank, p.in_features), (p.out_features, rank)
+
+
 def lora_targets(m: ModelSpec, t: TrainSpec) -> tuple[LinearSpec, ...]:
     return tuple(lin for lin in m.linears if lin.name in t.lora_target)
 
 
 def lora_params(m: ModelSpec, t: TrainSpec) -> int:
     per_layer = sum(lora_params_per_linear(lin, t.lora_rank, t.dora) for lin in lora_targets(m, t))
+    for p in lora_moe_targets(m, t.lora_target):
+        per_layer += sum(numel(shape) for shape in lora_moe_shapes(p, t.lora_rank))
     return m.num_hidden_layers * per_layer
 
 
@@ -61,9 +74,7 @@ def layer_tensor_shapes(m: ModelSpec) -> list[tuple[Shape, int]]:
     out.append(((h,), m.norms_per_layer * (2 if m.norm == "layer" else 1)))
     if m.head_norm_params:
         out.append(((m.head_dim,), m.head_norm_params // m.head_dim))
-    if m.mlp == "moe":
-        e, i = m.num_local_experts, m.intermediate_size
-        out += [((e, 2 * i, h), 1), ((e, h, i), 1), ((e, h), 1)]
+    out += [(p.shape, 1) for p in m.moe_params]
     return out
 
 
@@ -90,6 +101,8 @@ def trainable_shapes(m: ModelSpec, t: TrainSpec) -> list[tuple[Shape, int]]:
             out += [((lin.out_features, t.lora_rank), m.num_hidden_layers)]
             if t.dora:
                 out += [((lin.out_features,), m.num_hidden_layers)]
+        for p in lora_moe_targets(m, t.lora_target):
+            out += [(shape, m.num_hidden_layers) for shape in lora_moe_shapes(p, t.lora_rank)]
         return out
     if t.method == "freeze":
         return [(shape, n * t.freeze_trainable_layers) for shape, n in layer_tensor_shapes(m)]

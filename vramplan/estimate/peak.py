@@ -49,7 +49,7 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
         **base,
         gradients=accum_grads,
         activations=saved,
-        logits=lg.forward_peak,
+        logits=lg.forward_peak + act.final_hidden_bytes,
         temporaries=0 if lg.forward_peak >= act.layer_transient else act.layer_transient - lg.forward_peak,
     )
     head_grad = 0
@@ -61,7 +61,7 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
         activations=saved,
         logits=lg.backward_peak,
     )
-    layer_work = act.layer_transient + 2 * act.hidden_bytes
+    layer_work = act.backward_workspace
     bwd_layer = Components(
         **base,
         gradients=max(accum_grads, head_grad),

@@ -17,6 +17,8 @@ Categories (the closed set `CATEGORIES`):
   non-capturable `step` counter is a 4-byte fp32 CPU scalar per parameter and is counted here too).
 - activations: storages created while `phase == "forward"` that are still alive (saved for backward, outputs,
   the loss).
+- logits: nothing by default; storages created inside `label_scope("logits")` (the harness labels the lm_head,
+  the loss and their backward so). Any category can label a scope: `label_scope` overrides the phase rule.
 - temporaries: everything else: allocated in backward or optimizer phases (or with no phase) and not a
   gradient or optimizer state, e.g. AdamW's `exp_avg_sq.sqrt() / c` pair, recomputed checkpoint activations.
 
@@ -29,7 +31,8 @@ dispatcher (workspaces, cuBLAS/cuDNN scratch, the caching allocator's rounding a
 `UntypedStorage.resize_` (FSDP's way of freeing/refilling parameters), which bypasses dispatch; only
 `Tensor.resize_` (an aten op, also used by `out=` kernels) is seen. A storage first seen as an alias of an
 input that was never registered (e.g. the batch created before tracking) is not counted; register it with
-`register_tensor`.
+`register_tensor`. Storages created inside `excluded()` are never counted (CUDA managed memory, e.g.
+bitsandbytes' paged optimizer states, is outside `torch.cuda.memory_allocated`).
 
 Source: torch 2.13 `torch/utils/_python_dispatch.py` (TorchDispatchMode), `torch/optim/adam.py`
 (`_single_tensor_adam`, lazy state in `_init_group`), bitsandbytes 0.50 `functional.QuantState`.
@@ -48,7 +51,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 
 Category = Literal[
-    "weights", "trainable", "quant_state", "gradients", "optimizer_states", "activations", "temporaries"
+    "weights", "trainable", "quant_state", "gradients", "optimizer_states", "activations", "logits", "temporaries"
 ]
 Phase = Literal["forward", "backward", "optimizer"]
 CATEGORIES: tuple[Category, ...] = get_args(Category)
@@ -72,6 +75,7 @@ class CategoryBytes:
     gradients: int = 0
     optimizer_states: int = 0
     activations: int = 0
+    logits: int = 0
     temporaries: int = 0
 
     @property
@@ -164,6 +168,9 @@ class MemoryTracker(TorchDispatchMode):
         self._current = 0
         self._seq = 0
         self._phase: Phase | None = None
+        self._label: Category | None = None
+        self._excluding = False
+        self._excluded: dict[int, weakref.ref] = {}
         self._peak = _Peak(0, 0, dict(self._totals), None)
         self._phase_peaks: dict[Phase, _Peak] = {}
         self._handles: list[Any] = []
@@ -190,6 +197,38 @@ class MemoryTracker(TorchDispatchMode):
             yield self
         finally:
             self.phase = previous
+
+    # labels: a category for new storages that overrides the phase rule
+
+    @property
+    def label(self) -> Category | None:
+        return self._label
+
+    @label.setter
+    def label(self, value: Category | None) -> None:
+        if value is not None and value not in CATEGORIES:
+            raise ValueError(f"unknown category {value!r}; expected one of {', '.join(CATEGORIES)} or None")
+        self._label = value
+
+    @contextmanager
+    def label_scope(self, category: Category | None) -> Iterator[MemoryTracker]:
+        """Count storages created in the block as `category` (None: by phase), then restore the previous label."""
+        previous = self._label
+        self.label = category
+        try:
+            yield self
+        finally:
+            self._label = previous
+
+    @contextmanager
+    def excluded(self) -> Iterator[MemoryTracker]:
+        """Never count storages created in the block, now or later (memory outside the device allocator)."""
+        previous = self._excluding
+        self._excluding = True
+        try:
+            yield self
+        finally:
+            self._excluding = previous
 
     # readings
 
@@ -283,7 +322,7 @@ class MemoryTracker(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        category: Category = "activations" if self._phase == "forward" else "temporaries"
+        category: Category = self._label or ("activations" if self._phase == "forward" else "temporaries")
         input_keys: set[int] | None = None
         for tensor in _leaf_tensors(out):
             if not self._counts(tensor):
@@ -308,6 +347,9 @@ class MemoryTracker(TorchDispatchMode):
                     }
                 if key in input_keys:
                     continue  # aliases an input that predates tracking and was never registered
+            if self._excluding:
+                self._exclude(storage)
+                continue
             self._track(storage, category)
         return out
 
@@ -317,7 +359,17 @@ class MemoryTracker(TorchDispatchMode):
         # Sparse and other non-strided layouts have no single storage; LLM fine-tuning does not use them.
         if tensor.layout is not torch.strided:
             return False
+        if self._excluded and tensor.untyped_storage()._cdata in self._excluded:
+            return False
         return self.device_type is None or tensor.device.type == self.device_type
+
+    def _exclude(self, storage: torch.UntypedStorage) -> None:
+        key = storage._cdata
+        self._excluded[key] = weakref.ref(storage, partial(self._on_excluded_free, key))
+
+    def _on_excluded_free(self, key: int, ref: weakref.ref) -> None:
+        if self._excluded.get(key) is ref:
+            del self._excluded[key]
 
     def _track(self, storage: torch.UntypedStorage, category: Category) -> None:
         # The UntypedStorage Python object is tied one-to-one to its StorageImpl (PyObject preservation), so

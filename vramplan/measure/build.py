@@ -1,0 +1,283 @@
+"""Build the model and optimizer of a training step the way users' Hugging Face recipes do.
+
+- Base model: `AutoConfig.for_model(**config.json)` (our `vramplan_profile` key removed, `use_cache=False`),
+  random weights (`AutoModelForCausalLM.from_config(config, dtype=..., attn_implementation=...)`); `weights=PATH`
+  loads a checkpoint with `from_pretrained` instead.
+- QLoRA: transformers' own bitsandbytes quantizer (`AutoHfQuantizer` for a `BitsAndBytesConfig`) swaps the decoder
+  `nn.Linear`s for `Linear4bit` / `Linear8bitLt` on the meta device (lm_head and tied weights kept, as
+  `from_pretrained(quantization_config=...)` does), then each weight is drawn on the target device and quantized
+  by transformers' `Bnb4bitQuantize` / `Bnb8bitQuantize` one layer at a time: the full-precision model never exists.
+- `prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)` with PEFT's default kwargs
+  when `kbit_prep`; then `model.gradient_checkpointing_enable()` (transformers' defaults: non-reentrant), as the
+  Trainer does for `gradient_checkpointing=True`.
+- LoRA: `get_peft_model(model, LoraConfig(r, lora_alpha, lora_dropout, target_modules, use_dora))`.
+- freeze: LLaMA-Factory's `finetuning_type: freeze`: the last N decoder layers trainable, everything else frozen
+  (LLaMA-Factory also upcasts the trainable ones to fp32 unless `pure_bf16`; we keep `--dtype`, as the estimator).
+- Optimizer: the Trainer's two parameter groups (decay / no decay), lr 5e-5, betas (0.9, 0.999), eps 1e-8, and the
+  class the Trainer picks for the HF name (transformers 5.24 trainer_optimizer.py), with the implementation CUDA
+  would run made explicit: `adamw_torch` = AdamW(foreach=True), `adamw_torch_fused` = AdamW(fused=True).
+
+`device`: "cpu" / "cuda" (real tensors), "meta" (meta tensors, for QLoRA traces: `Params4bit` cannot wrap a
+FakeTensor, and bitsandbytes registers meta kernels), or "fake" (build inside the caller's FakeTensorMode on a
+fake "cpu" device; never call `Module.to()` there: `swap_tensors` fails on fake parameters).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from vramplan.errors import VramplanError
+from vramplan.spec import ModelSpec, TrainSpec
+
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+TRAINER_LR = 5e-5  # TrainingArguments.learning_rate default
+TRAINER_ADAM_KWARGS = {"betas": (0.9, 0.999), "eps": 1e-8}  # adam_beta1, adam_beta2, adam_epsilon defaults
+# Trainer.get_decay_parameter_names (transformers 5.24): no weight decay for biases and norms.
+NO_DECAY_PATTERNS = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """A model ready to train and its optimizer; `causal_lm` is the transformers `*ForCausalLM` inside any PEFT
+    wrapper (its `lm_head` and loss are what the harness labels as logits)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    causal_lm: nn.Module
+    device: torch.device
+    notes: tuple[str, ...]
+
+
+def hf_config(m: ModelSpec, t: TrainSpec, attn: str):  # noqa: ANN201
+    """The transformers config of `m` (its config.json minus our metadata), training-ready."""
+    from transformers import AutoConfig
+
+    cfg = {k: v for k, v in m.config.items() if k != "vramplan_profile"}
+    model_type = cfg.pop("model_type")
+    for key in ("torch_dtype", "dtype", "transformers_version", "_name_or_path", "architectures"):
+        cfg.pop(key, None)
+    config = AutoConfig.for_model(model_type, **cfg)
+    config.use_cache = False  # training (the Trainer's recipes set it; checkpointing forces it)
+    config._attn_implementation = attn
+    return config
+
+
+def bnb_config(t: TrainSpec):  # noqa: ANN201
+    from transformers import BitsAndBytesConfig
+
+    if t.quant == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=t.quant,
+        bnb_4bit_use_double_quant=t.double_quant,
+        bnb_4bit_compute_dtype=TORCH_DTYPES[t.compute_dtype],
+    )
+
+
+def attn_implementation(t: TrainSpec, device: str) -> tuple[str, str | None]:
+    """`t.attn`, except flash_attention_2 off CUDA (or without flash-attn): SDPA's flash kernel saves the same."""
+    if t.attn != "flash_attention_2":
+        return t.attn, None
+    if device == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            return "sdpa", "flash-attn is not installed: traced with SDPA (its flash kernel saves the same tensors)"
+        return t.attn, None
+    return "sdpa", "flash_attention_2 traced as SDPA's flash kernel (same saved tensors: q, k, v, output, logsumexp)"
+
+
+def build(
+    m: ModelSpec, t: TrainSpec, device: str, *, weights: str | None = None, progress: Progress | None = None
+) -> Built:
+    """Model (+ quantization, kbit prep, checkpointing, LoRA / freeze) and optimizer for `t` on `device`."""
+    say = progress or (lambda _msg: None)
+    attn, note = attn_implementation(t, device)
+    notes = [note] if note else []
+    target = torch.device("cpu" if device == "fake" else device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        if weights is not None:
+            model = _from_pretrained(weights, t, attn, target, say)
+        elif t.quant != "none":
+            model = _quantized_from_config(m, t, attn, target, say)
+        else:
+            say(f"building {m.name} ({t.dtype}, random weights)")
+            model = _from_config(m, t, attn, target)
+        model.config.use_cache = False
+        causal_lm = model
+        if t.kbit_prep:
+            from peft import prepare_model_for_kbit_training
+
+            say("prepare_model_for_kbit_training")
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.grad_ckpt)
+        if t.grad_ckpt:
+            model.gradient_checkpointing_enable()  # what Trainer(gradient_checkpointing=True) calls
+        if t.method == "freeze":
+            freeze_all_but_last_layers(model, t.freeze_trainable_layers)
+        if t.uses_lora:
+            from peft import LoraConfig, get_peft_model
+
+            say(f"adding LoRA r={t.lora_rank} to {', '.join(t.lora_target)}")
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=t.lora_rank,
+                    lora_alpha=t.lora_alpha,
+                    lora_dropout=t.lora_dropout,
+                    target_modules=list(t.lora_target),
+                    use_dora=t.dora,
+                    task_type="CAUSAL_LM",
+                ),
+            )
+    model.train()
+    optimizer = build_optimizer(model, t.optim)
+    return Built(model=model, optimizer=optimizer, causal_lm=causal_lm, device=target, notes=tuple(notes))
+
+
+def _from_config(m: ModelSpec, t: TrainSpec, attn: str, device: torch.device) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    config = hf_config(m, t, attn)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config, dtype=TORCH_DTYPES[t.dtype], attn_implementation=attn)
+
+
+def _from_pretrained(path: str, t: TrainSpec, attn: str, device: torch.device, say: Progress) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    if device.type not in ("cpu", "cuda"):
+        raise VramplanError("--weights loads a real checkpoint: use it with `vramplan measure`, not `simulate`")
+    say(f"loading {path}")
+    kwargs: dict[str, Any] = {"dtype": TORCH_DTYPES[t.dtype], "attn_implementation": attn, "device_map": {"": device}}
+    if t.quant != "none":
+        kwargs["quantization_config"] = bnb_config(t)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise VramplanError(f"--weights {path}: cannot load a checkpoint there ({e})") from None
+
+
+def _quantized_from_config(m: ModelSpec, t: TrainSpec, attn: str, device: torch.device, say: Progress) -> nn.Module:
+    """Build on meta, swap the decoder linears for bitsandbytes ones with transformers' quantizer, then draw and
+    quantize one weight at a time on `device` (transformers' Bnb4bitQuantize / Bnb8bitQuantize ops)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.quantizers import AutoHfQuantizer
+
+    say(f"building {m.name} on meta")
+    config = hf_config(m, t, attn)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=TORCH_DTYPES[t.dtype], attn_implementation=attn)
+    quantizer = AutoHfQuantizer.from_config(bnb_config(t), pre_quantized=False)
+    quantizer.preprocess_model(model, device_map={"": device}, dtype=TORCH_DTYPES[t.dtype])
+    materialize(model, quantizer, TORCH_DTYPES[t.dtype], device, say)
+    quantizer.postprocess_model(model)
+    model.hf_quantizer = quantizer
+    return model
+
+
+def materialize(
+    model: nn.Module, quantizer: Any, dtype: torch.dtype, device: torch.device, say: Progress
+) -> None:
+    """Give every meta parameter and buffer of `model` a value on `device`: quantized bitsandbytes weights for
+    the swapped linears (drawn N(0, 0.02) in `dtype`, one at a time), transformers' `_init_weights` for the rest."""
+    import bitsandbytes as bnb
+
+    quantize = quantizer.get_quantize_ops()
+    bnb_types = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    std = getattr(model.config, "initializer_range", 0.02) or 0.02
+    layers = _decoder_layers(model)
+    layer_of = {id(mod): i for i, layer in enumerate(layers) for mod in layer.modules()}
+    done_layer = -1
+    new: dict[int, nn.Parameter] = {}  # tied parameters stay tied
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            i = layer_of.get(id(module))
+            if i is not None and i > done_layer:
+                say(f"quantizing layer {i + 1}/{len(layers)}")
+                done_layer = i
+            if isinstance(module, bnb_types):
+                value = torch.empty(module.weight.shape, dtype=dtype, device=device).normal_(0.0, std)
+                param = quantize.convert({f"{name}.weight": value}, model=model, full_layer_name=f"{name}.weight")
+                weight = param[f"{name}.weight"]
+                if device.type == "meta":  # Params4bit/Int8Params.to("meta") skip quantization
+                    weight = weight._quantize(device)
+                module.weight = weight
+                if module.bias is not None and module.bias.device.type == "meta":
+                    module.bias = nn.Parameter(torch.zeros(module.bias.shape, dtype=dtype, device=device), False)
+                del value
+                continue
+            touched = False
+            for pname, p in list(module._parameters.items()):
+                if p is None or p.device.type != "meta" or device.type == "meta":
+                    continue
+                if id(p) not in new:
+                    new[id(p)] = nn.Parameter(torch.empty_like(p, device=device), requires_grad=p.requires_grad)
+                    touched = True
+                module._parameters[pname] = new[id(p)]
+            for bname, b in list(module._buffers.items()):
+                if b is not None and b.device.type == "meta" and device.type != "meta":
+                    module._buffers[bname] = torch.empty_like(b, device=device)
+                    touched = True
+            if touched:
+                model._init_weights(module)
+
+
+def _decoder_layers(model: nn.Module) -> list[nn.Module]:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [mod for mod in model.modules() if isinstance(mod, GradientCheckpointingLayer)]
+
+
+def freeze_all_but_last_layers(model: nn.Module, n: int) -> None:
+    """LLaMA-Factory `_setup_freeze_tuning` (freeze_trainable_modules=all): parameters of the last `n` decoder
+    layers train; embeddings, the other layers, the final norm and lm_head are frozen."""
+    layers = _decoder_layers(model)
+    trainable = {id(p) for layer in layers[len(layers) - n :] for p in layer.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+
+
+def param_groups(model: nn.Module) -> list[dict[str, Any]]:
+    """The Trainer's groups: trainable parameters with weight decay, and biases / norms without."""
+    from transformers.trainer_pt_utils import get_parameter_names
+
+    decay = set(get_parameter_names(model, [nn.LayerNorm], list(NO_DECAY_PATTERNS)))
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if n in decay and p.requires_grad], "weight_decay": 0.0},
+        {"params": [p for n, p in model.named_parameters() if n not in decay and p.requires_grad], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, optim: str) -> torch.optim.Optimizer:
+    """The optimizer HF `TrainingArguments(optim=optim)` creates, with CUDA's implementation choice made explicit."""
+    groups = param_groups(model)
+    if not groups:
+        raise VramplanError("nothing to train: no parameter requires grad")
+    if optim in ("adamw_torch", "adamw_torch_fused"):
+        impl = {"fused": True} if optim == "adamw_torch_fused" else {"foreach": True}  # CUDA's default is foreach
+        return torch.optim.AdamW(groups, lr=TRAINER_LR, **TRAINER_ADAM_KWARGS, **impl)
+    if optim == "sgd":
+        return torch.optim.SGD(groups, lr=TRAINER_LR, foreach=True)
+    if optim == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=TRAINER_LR, scale_parameter=False, relative_step=False)
+    if optim in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_32bit"):
+        import bitsandbytes as bnb
+
+        bits = {"optim_bits": 8 if "8bit" in optim else 32, "is_paged": optim.startswith("paged")}
+        if optim.startswith("lion"):
+            return bnb.optim.Lion(groups, lr=TRAINER_LR, betas=TRAINER_ADAM_KWARGS["betas"], **bits)
+        return bnb.optim.AdamW(groups, lr=TRAINER_LR, **TRAINER_ADAM_KWARGS, **bits)
+    raise VramplanError(f"optimizer {optim!r} has no harness mapping yet")

@@ -1,0 +1,380 @@
+"""Make a CPU, meta or fake-tensor trace allocate what the same step allocates on CUDA.
+
+The estimator models what CUDA runs, so the oracle has to trace the same kernels. Four places where torch picks
+another kernel off CUDA change what autograd saves, and one transformers check cannot run on meta tensors:
+
+- dropout: off CUDA, `F.dropout` takes the non-fused path (`input * bernoulli_(noise) / (1 - p)`) and saves the
+  noise tensor in the input's dtype (fp32 for PEFT's fp32 LoRA inputs); CUDA's `native_dropout` saves a bool mask
+  (aten/src/ATen/native/Dropout.cpp `is_fused_kernel_acceptable`: CUDA, XPU, lazy, privateuse1 only). Patched:
+  training dropout with 0 < p < 1 runs `torch.native_dropout` (it has CPU and meta kernels).
+- SDPA: on meta (and fake) tensors `F.scaled_dot_product_attention` takes the math path, which saves the
+  B·H·S² probabilities. Patched there (not on real CPU tensors, whose flash kernel already saves q, k, v, output
+  and the fp32 logsumexp, as CUDA's flash does: `test_cpu_sdpa_saves_what_cuda_flash_saves`) to the op CUDA
+  would pick (`cuda_sdpa_backend`), both of which have meta kernels.
+- autocast: `torch.autocast` does nothing for meta tensors, and on CPU it applies the CPU policy, not CUDA's.
+  `CudaAutocast` applies CUDA's op lists at the Python level (a TorchFunctionMode, above autograd, so the casts
+  are recorded and saved as on CUDA), with the cast cache for fp32 leaf tensors that require grad, and answers
+  `torch.is_autocast_enabled()` as CUDA would (PEFT's bnb LoRA asks it). The harness enters it around the
+  forward and around each gradient-checkpoint recompute (which restores autocast on CUDA).
+- AdamW: `fused=True` refuses meta tensors although `_fused_adamw_` has a meta kernel: "meta" is added to the
+  fused-capable devices during the trace. (foreach vs for-loop is set explicitly by `build.build_optimizer`.)
+- transformers `find_packed_sequence_indices` calls `bool(tensor.all())` (fails on meta) and reports packing
+  for every fake tensor (it counts fake tensors as tracing), which would make the model build an explicit mask
+  and leave the flash kernel. The harness never packs sequences: patched to return None off CUDA.
+
+These lean on private or version-specific behaviour; `check_versions` warns when the installed versions are not
+the ones they were checked against (`PINNED`), and tests/measure/test_cuda_equiv.py checks each patch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from importlib import metadata
+from typing import Any, Literal
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+# Versions the patches were written against and checked with (major.minor prefixes).
+PINNED: tuple[tuple[str, str], ...] = (
+    ("torch", "2.13"),
+    ("transformers", "5.24"),
+    ("peft", "0.21"),
+    ("bitsandbytes", "0.50"),
+)
+
+SdpaBackend = Literal["flash", "efficient", "math"]
+FLASH_MAX_HEAD_DIM = 256  # sdp_utils.cpp check_head_dim_size_flash (torch 2.13)
+
+
+def installed_versions() -> tuple[tuple[str, str], ...]:
+    out = []
+    for name, _ in PINNED:
+        try:
+            out.append((name, metadata.version(name)))
+        except metadata.PackageNotFoundError:
+            out.append((name, "absent"))
+    return tuple(out)
+
+
+def version_mismatches() -> list[str]:
+    """'name installed (patches checked with X)' for every pinned package whose version differs."""
+    have = dict(installed_versions())
+    return [
+        f"{name} {have[name]} (patches checked with {want}.x)"
+        for name, want in PINNED
+        if not (have[name] == want or have[name].startswith(want + "."))
+    ]
+
+
+def check_versions() -> None:
+    """Warn once per process when the installed stack differs from the versions the patches were checked with."""
+    bad = version_mismatches()
+    if bad:
+        warnings.warn(
+            "vramplan's CUDA-equivalence patches were checked with other versions: " + ", ".join(bad)
+            + "; traced numbers may differ from a CUDA run",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+# ---- dropout -------------------------------------------------------------------------------------------------
+
+_original_dropout = torch.nn.functional.dropout
+
+
+def cuda_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
+    """`F.dropout` as CUDA runs it: `native_dropout`, which saves a bool mask (not an input-dtype noise tensor)."""
+    if training and 0.0 < p < 1.0 and not inplace and input.numel() > 0:
+        return torch.native_dropout(input, p, True)[0]
+    return _original_dropout(input, p, training, inplace)
+
+
+# ---- scaled dot product attention -----------------------------------------------------------------------------
+
+_original_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+
+def cuda_sdpa_backend(dtype: torch.dtype, has_mask: bool, head_dim: int) -> SdpaBackend:
+    """The SDPA kernel torch 2.13 picks on an Ampere-or-newer GPU (sdp_utils.cpp `select_sdp_backend`).
+
+    Flash: fp16/bf16, no explicit mask, head_dim <= 256 (GQA supported natively). Memory-efficient: masks and
+    fp32. Math otherwise (it saves the B·H·S² probabilities). Pre-Ampere GPUs (T4) run the efficient kernel where
+    flash would run; both save the output and an fp32 logsumexp, so the memory is the same to within padding.
+    """
+    if not has_mask and dtype in (torch.float16, torch.bfloat16) and head_dim <= FLASH_MAX_HEAD_DIM:
+        return "flash"
+    if dtype in (torch.float16, torch.bfloat16, torch.float32):
+        return "efficient"
+    return "math"
+
+
+def cuda_sdpa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """`F.scaled_dot_product_attention` routed to the aten op CUDA would run (saved tensors as on CUDA)."""
+    autocast = CudaAutocast.active()
+    if autocast is not None:  # sdpa is a lower-precision op in CUDA's autocast policy
+        query, key, value = (autocast.cast(t, autocast.dtype) for t in (query, key, value))
+    backend = cuda_sdpa_backend(query.dtype, attn_mask is not None, query.shape[-1])
+    if backend == "flash":
+        return torch.ops.aten._scaled_dot_product_flash_attention(
+            query, key, value, dropout_p, is_causal, False, scale=scale
+        )[0]
+    if backend == "efficient":
+        if enable_gqa and key.shape[1] != query.shape[1]:
+            groups = query.shape[1] // key.shape[1]
+            key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
+        bias = _efficient_attn_bias(attn_mask, query)
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+        return torch.ops.aten._scaled_dot_product_efficient_attention(
+            query, key, value, bias, needs_grad, dropout_p, is_causal, scale=scale
+        )[0]
+    return _original_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+
+
+MEM_EFF_ALIGNMENT = 16  # attention.cpp preprocess_mask: the bias's last dim is padded to a multiple of 16
+
+
+def _efficient_attn_bias(mask: torch.Tensor | None, query: torch.Tensor) -> torch.Tensor | None:
+    """torch 2.13 attention.cpp: a bool mask becomes an additive bias in the query dtype
+    (`convert_boolean_attn_mask`), padded to a multiple of 16 in its last dim and expanded (a view) to B·H·S·S."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        bias = torch.zeros(mask.shape, dtype=query.dtype, device=mask.device)
+        mask = bias.masked_fill_(mask.logical_not(), float("-inf"))
+    last = mask.shape[-1]
+    if last % MEM_EFF_ALIGNMENT:
+        pad = MEM_EFF_ALIGNMENT - last % MEM_EFF_ALIGNMENT
+        mask = torch.nn.functional.pad(mask, (0, pad))[..., :last]
+    b, h, s = query.shape[0], query.shape[1], query.shape[2]
+    return mask.expand(b, h, s, last)
+
+
+# ---- autocast ----------------------------------------------------------------------------------------------------
+
+# CUDA autocast op lists, torch 2.13 aten/src/ATen/autocast_mode.cpp (by op name; in-place ops are not cast).
+LOWER_PRECISION_OPS = frozenset({
+    "_convolution", "conv1d", "conv2d", "conv3d", "conv_tbc", "conv_transpose1d", "conv_transpose2d",
+    "conv_transpose3d", "convolution", "prelu", "addmm", "addmv", "addr", "matmul", "einsum", "mm", "mv",
+    "linalg_vecdot", "linear", "addbmm", "baddbmm", "bmm", "chain_matmul", "linalg_multi_dot",
+    "_thnn_fused_lstm_cell", "_thnn_fused_gru_cell", "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell",
+    "_scaled_dot_product_flash_attention", "scaled_dot_product_attention",
+})  # fmt: skip
+FP32_OPS = frozenset({
+    "acos", "asin", "cosh", "erfinv", "exp", "expm1", "log", "log10", "log2", "log1p", "reciprocal", "rsqrt",
+    "sinh", "tan", "pow", "softplus", "layer_norm", "native_layer_norm", "group_norm", "frobenius_norm",
+    "nuclear_norm", "cosine_similarity", "poisson_nll_loss", "cosine_embedding_loss", "nll_loss", "nll_loss2d",
+    "hinge_embedding_loss", "kl_div", "l1_loss", "smooth_l1_loss", "huber_loss", "mse_loss",
+    "margin_ranking_loss", "multilabel_margin_loss", "soft_margin_loss", "triplet_margin_loss",
+    "multi_margin_loss", "binary_cross_entropy_with_logits", "dist", "pdist", "cdist", "renorm", "logsumexp",
+})  # fmt: skip
+FP32_SET_OPT_DTYPE_OPS = frozenset({
+    "prod", "softmax", "log_softmax", "cumprod", "cumsum", "linalg_vector_norm", "linalg_matrix_norm", "sum",
+})  # fmt: skip
+PROMOTE_OPS = frozenset({
+    "addcdiv", "addcmul", "atan2", "bilinear", "cross", "dot", "vdot", "grid_sampler", "index_put", "tensordot",
+    "scatter_add", "cat", "stack",
+})  # fmt: skip
+_DUNDER = {"__matmul__": "matmul", "__rmatmul__": "matmul", "__pow__": "pow", "__rpow__": "pow"}
+
+
+def _op_name(func: Any) -> str:
+    name = getattr(func, "__name__", "")
+    if name in _DUNDER:
+        return _DUNDER[name]
+    if name.endswith(".default") or "." in name:  # OpOverload names such as "mm.default"
+        name = name.split(".")[0]
+    return name
+
+
+def _tensors(obj: Any) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for item in obj:
+            yield from _tensors(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors(item)
+
+
+def _map(obj: Any, fn) -> Any:  # noqa: ANN001
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, (list, tuple)):
+        mapped = [_map(item, fn) for item in obj]
+        return type(obj)(mapped) if isinstance(obj, tuple) and not hasattr(obj, "_fields") else mapped
+    if isinstance(obj, dict):
+        return {k: _map(v, fn) for k, v in obj.items()}
+    return obj
+
+
+class CudaAutocast(TorchFunctionMode):
+    """CUDA's `torch.autocast(dtype=...)` policy, applied by hand (for meta, fake and CPU tensors).
+
+    Open `region()` where the Trainer's autocast is on: the forward, and each gradient-checkpoint recompute
+    (torch.utils.checkpoint restores CUDA autocast there). The mode is pushed only inside regions: a torch
+    function mode is switched off inside its own handler, so a mode left on around `loss.backward()` would be
+    off during the recompute. The cast cache holds the low-precision copy of each fp32 leaf tensor that
+    requires grad until the outermost region closes, as `cached_cast` does (autocast_mode.cpp).
+    """
+
+    _current: CudaAutocast | None = None
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self._depth = 0
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def active(cls) -> CudaAutocast | None:
+        """The instance whose region is open, if any."""
+        cur = cls._current
+        return cur if cur is not None and cur._depth > 0 else None
+
+    @property
+    def enabled(self) -> bool:
+        return self._depth > 0
+
+    @contextlib.contextmanager
+    def region(self) -> Iterator[CudaAutocast]:
+        previous = CudaAutocast._current
+        CudaAutocast._current = self
+        if self._depth == 0:
+            super().__enter__()
+        self._depth += 1
+        try:
+            yield self
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                super().__exit__(None, None, None)
+                self._cache.clear()
+            CudaAutocast._current = previous
+
+    def cast(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if not t.is_floating_point() or t.dtype in (dtype, torch.float64):
+            return t
+        cacheable = (
+            dtype == self.dtype and t.dtype == torch.float32 and t.requires_grad and t.is_leaf
+            and not t._is_view()
+        )  # fmt: skip
+        if cacheable:
+            hit = self._cache.get(id(t))
+            if hit is not None and hit[0] is t:
+                return hit[1]
+        out = t.to(dtype)
+        if cacheable:
+            self._cache[id(t)] = (t, out)
+        return out
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if self._depth == 0:
+            return func(*args, **kwargs)
+        name = _op_name(func)
+        if name in LOWER_PRECISION_OPS:
+            args, kwargs = _map((args, kwargs), lambda t: self.cast(t, self.dtype))
+        elif name in FP32_OPS:
+            args, kwargs = _map((args, kwargs), lambda t: self.cast(t, torch.float32))
+        elif name in FP32_SET_OPT_DTYPE_OPS:
+            floats = [t for t in _tensors(args) if t.is_floating_point()]
+            if kwargs.get("dtype") is None and floats and any(t.dtype != torch.float32 for t in floats):
+                kwargs = {**kwargs, "dtype": torch.float32}
+        elif name in PROMOTE_OPS:
+            floats = [t for t in _tensors(args) if t.is_floating_point()]
+            if floats:
+                widest = max((t.dtype for t in floats), key=lambda d: torch.finfo(d).bits)
+                args = _map(args, lambda t: t.to(widest) if t.is_floating_point() else t)
+        return func(*args, **kwargs)
+
+
+_original_is_autocast_enabled = torch.is_autocast_enabled
+_original_get_autocast_dtype = torch.get_autocast_dtype
+
+
+def _is_autocast_enabled(*args: Any, **kwargs: Any) -> bool:
+    device = args[0] if args else kwargs.get("device_type")
+    if (device is None or device == "cuda") and CudaAutocast.active() is not None:
+        return True
+    return _original_is_autocast_enabled(*args, **kwargs)
+
+
+def _get_autocast_dtype(device_type: str) -> torch.dtype:
+    active = CudaAutocast.active()
+    if device_type == "cuda" and active is not None:
+        return active.dtype
+    return _original_get_autocast_dtype(device_type)
+
+
+# ---- transformers' packed-sequence detection ---------------------------------------------------------------------
+
+
+def _no_packed_sequences(position_ids: torch.Tensor) -> None:
+    """The harness feeds one unpadded sequence per row: nothing is packed (transformers masking_utils)."""
+    return None
+
+
+# ---- all together ----------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
+def _fused_devices_with_meta():  # noqa: ANN202
+    import torch.optim.optimizer as optimizer_module
+
+    original = optimizer_module._get_fused_kernels_supported_devices
+
+    def devices() -> list[str]:
+        return [*original(), "meta"]
+
+    return _patched(optimizer_module, "_get_fused_kernels_supported_devices", devices)
+
+
+@contextlib.contextmanager
+def cuda_equivalence(device_type: str, autocast_dtype: torch.dtype | None) -> Iterator[CudaAutocast | None]:
+    """Apply the patches for a trace on `device_type` ("cpu", "meta", or "fake"); nothing on "cuda".
+
+    Yields a `CudaAutocast` (open its `region()` around the forward) when
+    `autocast_dtype` is set and the device is not CUDA, else None (on CUDA use `torch.autocast`).
+    """
+    if device_type == "cuda":
+        yield None
+        return
+    import transformers.masking_utils as masking_utils
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_patched(torch.nn.functional, "dropout", cuda_dropout))
+        stack.enter_context(_patched(masking_utils, "find_packed_sequence_indices", _no_packed_sequences))
+        if device_type in ("meta", "fake"):
+            stack.enter_context(_patched(torch.nn.functional, "scaled_dot_product_attention", cuda_sdpa))
+        if device_type == "meta":
+            stack.enter_context(_fused_devices_with_meta())
+        mode = None
+        if autocast_dtype is not None:
+            stack.enter_context(_patched(torch, "is_autocast_enabled", _is_autocast_enabled))
+            stack.enter_context(_patched(torch, "get_autocast_dtype", _get_autocast_dtype))
+            mode = CudaAutocast(autocast_dtype)
+        yield mode
+

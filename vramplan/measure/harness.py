@@ -1,0 +1,481 @@
+"""Run real training steps under the tracker and return the same `Breakdown` the estimator returns.
+
+One step is what the HF Trainer runs (transformers 5.24 `Trainer.training_step` / `_inner_training_loop`):
+for each of `grad_accum` micro-batches a forward under autocast (forward only) whose `ModelOutput` is dropped
+except the loss (`compute_loss` returns the loss alone), the loss divided by `grad_accum`, `backward()`; then
+`clip_grad_norm_(1.0)`, `optimizer.step()`, `zero_grad(set_to_none=True)`. Inputs: random token ids, labels =
+input_ids, no attention mask (one unpadded sequence per row, so SDPA runs causal without a mask). Several steps
+run (default 3) so the steady state (optimizer states alive, gradients of earlier micro-batches alive) is in the
+peak; the peak is over all steps, and each phase keeps its own peak.
+
+Tracker categories map onto `Breakdown` components: weights → weights, trainable → adapters, quant_state,
+gradients, optimizer_states, activations (storages created in forward and still alive; allocations of a
+gradient-checkpoint recompute are labelled activations too, as the estimator counts the recomputed layer),
+logits (everything allocated inside `lm_head` and the loss in forward, and in backward until the gradient of
+lm_head's input exists), temporaries (the rest: backward workspace, optimizer-step temporaries).
+
+Devices: "cuda" (real run; adds `max_memory_allocated`, `max_memory_reserved`, NVML's figure for this process;
+an out-of-memory error is a result), "cpu" (real tensors, CUDA-equivalent kernels, `cuda_equiv`), "meta" and
+"fake" (no memory: meta tensors, or FakeTensorMode on a fake cpu device; quantized models always trace on meta).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from vramplan.breakdown import Breakdown, Components, PhaseUsage
+from vramplan.errors import VramplanError
+from vramplan.estimate.overhead import (
+    ALLOCATOR_OVERHEAD_RATIO,
+    CUBLAS_WORKSPACE_BYTES,
+    CUDA_CONTEXT_BYTES,
+    ERROR_BAND,
+    allocator_overhead_bytes,
+)
+from vramplan.measure.build import TORCH_DTYPES, Built, build
+from vramplan.measure.cuda_equiv import CudaAutocast, check_versions, cuda_equivalence, installed_versions
+from vramplan.measure.tracker import CategoryBytes, MemoryTracker, TrackedPeak
+from vramplan.spec import ModelSpec, TrainSpec
+
+Device = Literal["cuda", "cpu", "meta", "fake"]
+DEVICES: tuple[str, ...] = ("cuda", "cpu", "meta", "fake")
+CPU_MAX_PARAMS = 2_000_000_000  # above this a CPU step takes many minutes and tens of GB of RAM
+TRAINER_MAX_GRAD_NORM = 1.0  # TrainingArguments.max_grad_norm default
+MEASURED_ERROR_BAND = 0.0  # a CUDA measurement has no estimator error
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class CudaFigures:
+    """What the CUDA caching allocator and the driver report for the run (bytes)."""
+
+    device_name: str
+    total_bytes: int
+    max_memory_allocated: int
+    max_memory_reserved: int
+    nvml_process_bytes: int | None  # None when NVML (nvidia-ml-py or the driver) is absent
+
+
+@dataclass(frozen=True, slots=True)
+class OutOfMemory:
+    """Where the run ran out of memory: step (1-based, 0 = while building), phase, and the bytes reached."""
+
+    step: int
+    phase: str  # "build" | "forward" | "backward" | "optimizer"
+    reached_bytes: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureResult:
+    breakdown: Breakdown  # source "measure" (cuda, cpu) or "simulate" (meta, fake)
+    device: Device
+    steps: int  # steps completed
+    tracked: TrackedPeak  # the tracker's own reading (categories as the tracker names them)
+    cuda: CudaFigures | None
+    oom: OutOfMemory | None
+    paged_bytes: int  # bitsandbytes paged optimizer states (CUDA managed memory, outside the peak)
+    seconds: float
+    notes: tuple[str, ...]
+    versions: tuple[tuple[str, str], ...]
+
+    @property
+    def outcome(self) -> Literal["ok", "oom"]:
+        return "oom" if self.oom else "ok"
+
+    @property
+    def verdict(self) -> str | None:
+        return "oom" if self.oom else self.breakdown.verdict
+
+
+def resolve_device(device: str, t: TrainSpec) -> tuple[Device, str | None]:
+    """Validate `device`; quantized models trace on meta (bitsandbytes' Params4bit cannot wrap a FakeTensor)."""
+    if device not in DEVICES:
+        from vramplan.errors import did_you_mean
+
+        raise did_you_mean(device, DEVICES, "device")
+    if device == "cuda" and not torch.cuda.is_available():
+        build_kind = "a CPU-only build" if torch.version.cuda is None else "no GPU visible"
+        raise VramplanError(
+            f"--device cuda: torch {torch.__version__} sees no CUDA device ({build_kind}); "
+            "use --device cpu for small models, or `vramplan simulate`"
+        )
+    if device == "fake" and t.quant != "none":
+        return "meta", "quantized model traced on the meta device (bitsandbytes cannot wrap fake tensors)"
+    return device, None  # type: ignore[return-value]
+
+
+def check_cpu_size(m: ModelSpec) -> None:
+    if m.total_params > CPU_MAX_PARAMS:
+        size = f"{m.total_params / 1e9:.0f}B" if m.total_params >= 1e10 else f"{m.total_params / 1e9:.1f}B"
+        raise VramplanError(
+            f"{m.name} has {size} parameters: {size} on CPU is impractical (limit "
+            f"{CPU_MAX_PARAMS / 1e9:.0f}B): use `vramplan simulate` or a GPU"
+        )
+
+
+def simulate(m: ModelSpec, t: TrainSpec, *, steps: int = 2, gpu: Any = None, progress: Progress | None = None):
+    """Trace the real step at full size without memory: fake tensors, or meta tensors for quantized models."""
+    return run_step(m, t, device="fake", steps=steps, gpu=gpu, progress=progress)
+
+
+def run_step(
+    model_spec: ModelSpec,
+    train_spec: TrainSpec,
+    device: str = "cpu",
+    steps: int = 3,
+    *,
+    weights: str | None = None,
+    gpu: Any = None,
+    progress: Progress | None = None,
+) -> MeasureResult:
+    """Build `model_spec` for `train_spec` on `device`, run `steps` training steps under the tracker.
+
+    `gpu`: a `GpuProfile` for the verdict (on CUDA the local card is used when None). A CUDA (or simulated)
+    `torch.OutOfMemoryError` is returned as `result.oom`, after freeing the model and emptying the cache.
+    """
+    m, t = model_spec, train_spec
+    if steps < 1:
+        raise VramplanError(f"--steps must be a positive integer, got {steps!r}")
+    check_versions()
+    dev, note = resolve_device(device, t)
+    if dev == "cpu" and weights is None:
+        check_cpu_size(m)
+    notes: list[str] = [note] if note else []
+    say = progress or (lambda _msg: None)
+    autocast_dtype = TORCH_DTYPES[t.mixed_precision] if t.mixed_precision != "no" else None
+    start = time.perf_counter()
+    if dev == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    fake = dev == "fake"
+    state = _RunState()
+    tracker = MemoryTracker(device_type="cpu" if fake else dev)
+    try:
+        with _fake_mode(fake), cuda_equivalence(dev, autocast_dtype) as emu:
+            _build_and_train(m, t, dev, weights, tracker, emu, autocast_dtype, steps, state, notes, say)
+    except torch.OutOfMemoryError as e:  # a result, not a crash; the model died with _build_and_train's frame
+        reached = torch.cuda.max_memory_allocated() if dev == "cuda" else tracker.peak_bytes
+        state.oom = OutOfMemory(state.step, state.phase, int(reached), str(e).split("\n")[0][:300])
+    cuda = _cuda_figures() if dev == "cuda" else None
+    tracker.remove_hooks()
+    gc.collect()
+    if dev == "cuda":
+        torch.cuda.empty_cache()
+    tracked = tracker.result()
+    b = _breakdown(m, t, dev, tracked, state, cuda, gpu, notes)
+    return MeasureResult(
+        breakdown=b,
+        device=dev,
+        steps=state.steps_done,
+        tracked=tracked,
+        cuda=cuda,
+        oom=state.oom,
+        paged_bytes=state.paged_bytes,
+        seconds=time.perf_counter() - start,
+        notes=tuple(notes),
+        versions=installed_versions(),
+    )
+
+
+def _build_and_train(
+    m: ModelSpec,
+    t: TrainSpec,
+    dev: str,
+    weights: str | None,
+    tracker: MemoryTracker,
+    emu: CudaAutocast | None,
+    autocast_dtype: torch.dtype | None,
+    steps: int,
+    state: _RunState,
+    notes: list[str],
+    say: Progress,
+) -> None:
+    state.phase = "build"
+    built = build(m, t, dev, weights=weights, progress=say)
+    notes += built.notes
+    state.params = _param_counts(built.model)
+    _train(built, t, tracker, emu, dev, autocast_dtype, steps, state, say)
+    state.paged_bytes = _paged_bytes(built.optimizer)
+
+
+class _RunState:
+    __slots__ = ("oom", "paged_bytes", "params", "phase", "step", "steps_done")
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.steps_done = 0
+        self.phase = "build"
+        self.oom: OutOfMemory | None = None
+        self.paged_bytes = 0
+        self.params: tuple[int, int] = (0, 0)
+
+
+@contextlib.contextmanager
+def _fake_mode(on: bool) -> Iterator[None]:
+    if not on:
+        yield
+        return
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        yield
+
+
+def _train(
+    built: Built,
+    t: TrainSpec,
+    tracker: MemoryTracker,
+    emu: CudaAutocast | None,
+    dev: str,
+    autocast_dtype: torch.dtype | None,
+    steps: int,
+    state: _RunState,
+    say: Progress,
+) -> None:
+    model, optimizer = built.model, built.optimizer
+    tracker.register_module(model)
+    tracker.register_optimizer(optimizer)
+    logits = _LogitsLabel(built.causal_lm, tracker)
+    _wrap_checkpointing(model, tracker, emu)
+    if getattr(optimizer, "is_paged", False) and dev != "cuda":
+        _exclude_paged_states(optimizer, tracker)
+    vocab = built.causal_lm.config.get_text_config().vocab_size
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if autocast_dtype is None:
+            return contextlib.nullcontext()
+        if dev == "cuda":
+            return torch.autocast("cuda", dtype=autocast_dtype)
+        assert emu is not None
+        return emu.region()
+
+    with tracker:
+        for step in range(1, steps + 1):
+            state.step = step
+            say(f"step {step}/{steps}")
+            for _ in range(t.grad_accum):
+                state.phase = "forward"
+                with tracker.phase_scope("forward"):
+                    ids = torch.randint(0, vocab, (t.batch, t.seq), device=built.device)
+                    with autocast():
+                        loss = model(input_ids=ids, labels=ids).loss  # the ModelOutput (logits) dies here
+                    if t.grad_accum > 1:
+                        loss = loss / t.grad_accum
+                state.phase = "backward"
+                with tracker.phase_scope("backward"):
+                    tracker.label = "logits" if logits.hooked else None
+                    loss.backward()
+                    tracker.label = None
+                del loss, ids
+            state.phase = "optimizer"
+            with tracker.phase_scope("optimizer"):
+                torch.nn.utils.clip_grad_norm_(params, TRAINER_MAX_GRAD_NORM)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.steps_done = step
+
+
+class _LogitsLabel:
+    """Label what lm_head and the loss allocate as logits: from lm_head's forward to the end of the model's
+    forward, and in backward (the caller sets the label when `hooked`) until the gradient of lm_head's input
+    has been computed."""
+
+    def __init__(self, causal_lm: torch.nn.Module, tracker: MemoryTracker) -> None:
+        self.tracker = tracker
+        self.hooked = False
+        head = causal_lm.get_output_embeddings()
+        if head is not None:
+            tracker._handles.append(head.register_forward_pre_hook(self._pre))
+            tracker._handles.append(causal_lm.register_forward_hook(self._post))
+
+    def _pre(self, module: torch.nn.Module, args: tuple) -> None:
+        self.hooked = False
+        if self.tracker.phase != "forward" or torch._C._current_graph_task_id() != -1:
+            return
+        self.tracker.label = "logits"
+        hidden = args[0] if args else None
+        if isinstance(hidden, torch.Tensor) and hidden.requires_grad:
+            hidden.register_hook(self._end_of_logits_backward)
+            self.hooked = True
+
+    def _post(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        if self.tracker.phase == "forward":
+            self.tracker.label = None
+
+    def _end_of_logits_backward(self, grad: torch.Tensor) -> None:
+        self.tracker.label = None
+
+
+def _wrap_checkpointing(model: torch.nn.Module, tracker: MemoryTracker, emu: CudaAutocast | None) -> None:
+    """Label a gradient-checkpoint recompute's allocations as activations, and reopen the emulated autocast in it
+    (torch.utils.checkpoint restores CUDA autocast itself; it cannot restore an emulation)."""
+    for module in model.modules():
+        ckpt = module.__dict__.get("_gradient_checkpointing_func")
+        if ckpt is not None and not isinstance(ckpt, _RecomputeAware):
+            module._gradient_checkpointing_func = _RecomputeAware(ckpt, tracker, emu)
+
+
+class _RecomputeAware:
+    __slots__ = ("ckpt", "emu", "tracker")
+
+    def __init__(self, ckpt: Callable, tracker: MemoryTracker, emu: CudaAutocast | None) -> None:
+        self.ckpt, self.tracker, self.emu = ckpt, tracker, emu
+
+    def __call__(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+        return self.ckpt(functools.partial(self._run, function), *args, **kwargs)
+
+    def _run(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+        if torch._C._current_graph_task_id() == -1:  # the first forward
+            return function(*args, **kwargs)
+        region = self.emu.region() if self.emu is not None else contextlib.nullcontext()
+        with region, self.tracker.label_scope("activations"):
+            return function(*args, **kwargs)
+
+
+def _exclude_paged_states(optimizer: Any, tracker: MemoryTracker) -> None:
+    """bitsandbytes pages states of tensors with >= 1e5 elements into CUDA managed memory (`get_state_buffer`),
+    which `memory_allocated` never sees; off CUDA it falls back to device tensors: keep those out of the count."""
+    original = optimizer.get_state_buffer
+
+    def get_state_buffer(p: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if p.numel() < 1e5:  # bitsandbytes 0.50 optim/optimizer.py: small tensors are not paged
+            return original(p, dtype=dtype)
+        with tracker.excluded():
+            buf = torch.zeros_like(p, dtype=dtype)
+        buf.is_paged = True
+        return buf
+
+    optimizer.get_state_buffer = get_state_buffer
+
+
+def _paged_bytes(optimizer: Any) -> int:
+    seen: set[int] = set()
+    total = 0
+    for st in optimizer.state.values():
+        for v in st.values():
+            if isinstance(v, torch.Tensor) and getattr(v, "is_paged", False) and id(v) not in seen:
+                seen.add(id(v))
+                total += v.numel() * v.element_size()
+    return total
+
+
+def _param_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(total, trainable) as PEFT counts them (4-bit weights counted unpacked)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+        return int(total), int(trainable)
+    seen: dict[int, torch.nn.Parameter] = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() for p in seen.values())
+    return total, sum(p.numel() for p in seen.values() if p.requires_grad)
+
+
+def _cuda_figures() -> CudaFigures:
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return CudaFigures(
+        device_name=props.name,
+        total_bytes=int(props.total_memory),
+        max_memory_allocated=int(torch.cuda.max_memory_allocated()),
+        max_memory_reserved=int(torch.cuda.max_memory_reserved()),
+        nvml_process_bytes=nvml_process_bytes(torch.cuda.current_device()),
+    )
+
+
+def nvml_process_bytes(index: int = 0) -> int | None:
+    """Device memory NVML attributes to this process (context + reserved), or None without NVML."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return None
+    try:
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
+                return int(proc.usedGpuMemory)
+        return None
+    except pynvml.NVMLError:
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def components(c: CategoryBytes) -> Components:
+    """Tracker categories onto Breakdown components (trainable parameters are the `adapters` component)."""
+    return Components(
+        weights=c.weights,
+        quant_state=c.quant_state,
+        adapters=c.trainable,
+        gradients=c.gradients,
+        optimizer_states=c.optimizer_states,
+        activations=c.activations,
+        logits=c.logits,
+        temporaries=c.temporaries,
+    )
+
+
+def _breakdown(
+    m: ModelSpec,
+    t: TrainSpec,
+    dev: str,
+    tracked: TrackedPeak,
+    state: _RunState,
+    cuda: CudaFigures | None,
+    gpu: Any,
+    notes: list[str],
+) -> Breakdown:
+    phases = tuple(PhaseUsage(p.phase, components(p.breakdown)) for p in tracked.phases)
+    if not phases:  # out of memory while building: nothing traced but what was loaded
+        phases = (PhaseUsage("forward", Components(weights=tracked.current_bytes)),)
+    peak = max(p.total for p in phases)
+    if cuda is not None:
+        overhead = max(cuda.max_memory_reserved - peak, 0)
+        if cuda.nvml_process_bytes is not None:
+            context = max(cuda.nvml_process_bytes - int(torch.cuda.memory_reserved()), 0)
+        else:
+            context = CUDA_CONTEXT_BYTES
+            notes.append("NVML unavailable: CUDA context is the modelled figure, not measured")
+        gpu_bytes = gpu.memory_bytes if gpu is not None else cuda.total_bytes
+        band = MEASURED_ERROR_BAND
+    else:
+        overhead = allocator_overhead_bytes(peak, ALLOCATOR_OVERHEAD_RATIO) + CUBLAS_WORKSPACE_BYTES
+        context = CUDA_CONTEXT_BYTES
+        gpu_bytes = gpu.memory_bytes if gpu is not None else None
+        band = ERROR_BAND
+    total, trainable = state.params
+    inputs: dict[str, Any] = {
+        "model": m.name,
+        "gpu": getattr(gpu, "key", None) if gpu is not None else (cuda.device_name if cuda else None),
+        **t.as_dict(),
+        "device": dev,
+        "steps": state.steps_done,
+    }
+    inputs["notes"] = (*t.notes, *notes)
+    return Breakdown(
+        model=m.name,
+        phases=phases,
+        params_total=total,
+        params_trainable=trainable,
+        allocator_overhead_bytes=overhead,
+        cuda_context_bytes=context,
+        paged_bytes=state.paged_bytes,
+        gpu_bytes=gpu_bytes,
+        error_band=band,
+        inputs=inputs,
+        source="simulate" if dev in ("meta", "fake") else "measure",
+    )

@@ -1,0 +1,136 @@
+"""ServeBreakdown: the result of `estimate_serve`, apart from training's `Breakdown`.
+
+Serving has its own closed set of components (a KV cache, no gradients or optimizer states) and its own
+phases (prefill / decode for transformers generate, one steady state for vLLM), so it does not widen
+breakdown.py's `Components`; the names it shares with it (weights, quant_state, adapters, logits,
+temporaries) mean the same thing, so JSON consumers read both the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from vramplan.estimate.kvcache import PagedKV
+
+ServeVerdict = Literal["fits", "tight", "oom"]
+
+SERVE_COMPONENT_LABELS: dict[str, str] = {
+    "weights": "weights",
+    "quant_state": "quantization constants",
+    "adapters": "LoRA adapters",
+    "kv_cache": "KV cache",
+    "logits": "logits / sampling",
+    "temporaries": "temporaries (workspace)",
+    "non_torch": "non-torch buffers (vLLM)",
+    "cuda_graphs": "CUDA graphs (vLLM)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ServeComponents:
+    """Bytes per component at one instant; `non_torch` and `cuda_graphs` are not torch tensors (vLLM only)."""
+
+    weights: int = 0
+    quant_state: int = 0
+    adapters: int = 0
+    kv_cache: int = 0
+    logits: int = 0
+    temporaries: int = 0
+    non_torch: int = 0
+    cuda_graphs: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(getattr(self, f.name) for f in fields(self))
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+SERVE_COMPONENTS: tuple[str, ...] = tuple(f.name for f in fields(ServeComponents))
+
+
+@dataclass(frozen=True, slots=True)
+class ServePhase:
+    phase: Literal["prefill", "decode", "serving"]
+    components: ServeComponents
+
+    @property
+    def total(self) -> int:
+        return self.components.total
+
+
+@dataclass(frozen=True, slots=True)
+class VllmPool:
+    """vLLM's start-up arithmetic: the memory budget and the KV pool it leaves."""
+
+    requested_bytes: int  # total × gpu_memory_utilization
+    non_kv_bytes: int  # weights + LoRA slots + profiled activation peak + non-torch increase
+    forward_bytes: int  # profile run: forward of max_num_batched_tokens
+    sampler_bytes: int  # profile run: sampler on max_num_seqs rows
+    available_kv_bytes: int  # requested − non_kv ("Available KV cache memory")
+    kv: PagedKV
+    max_model_len: int
+    max_model_len_fit: int  # largest max_model_len one request of which fits the pool
+
+
+@dataclass(frozen=True, slots=True)
+class ServeBreakdown:
+    """Peak memory of serving, where it goes and whether it fits; for vLLM also the KV pool it allocates.
+
+    Totals as in `Breakdown`: `peak_bytes` tensors (+ vLLM's non-torch buffers and CUDA graphs),
+    `reserved_bytes` + the caching allocator's slack, `device_bytes` + the CUDA context (nvidia-smi).
+    """
+
+    model: str
+    engine: Literal["vllm", "hf"]
+    phases: tuple[ServePhase, ...]  # hf: prefill, decode; vllm: serving
+    params_total: int
+    adapter_params: int
+    allocator_overhead_bytes: int
+    cuda_context_bytes: int
+    gpu_bytes: int | None
+    error_band: float
+    inputs: dict[str, Any]
+    vllm: VllmPool | None = None
+    problems: tuple[str, ...] = ()  # why vLLM would refuse to start or run out of memory
+
+    @property
+    def peak(self) -> ServePhase:
+        return max(self.phases, key=lambda p: p.total)
+
+    @property
+    def peak_phase(self) -> str:
+        return self.peak.phase
+
+    @property
+    def components(self) -> ServeComponents:
+        return self.peak.components
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.peak.total
+
+    @property
+    def reserved_bytes(self) -> int:
+        return self.peak_bytes + self.allocator_overhead_bytes
+
+    @property
+    def device_bytes(self) -> int:
+        return self.reserved_bytes + self.cuda_context_bytes
+
+    @property
+    def headroom_bytes(self) -> int | None:
+        return None if self.gpu_bytes is None else self.gpu_bytes - self.device_bytes
+
+    @property
+    def verdict(self) -> ServeVerdict | None:
+        """`oom` above the GPU's memory or when vLLM would refuse to start; `tight` within the error band."""
+        if self.gpu_bytes is None:
+            return None
+        if self.problems or self.device_bytes > self.gpu_bytes:
+            return "oom"
+        if self.device_bytes * (1 + self.error_band) > self.gpu_bytes:
+            return "tight"
+        return "fits"
