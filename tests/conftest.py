@@ -86,3 +86,9 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 def tiny_config(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     """(family, config mapping) for each family in TINY_CONFIGS; a fresh copy, safe to modify."""
     return request.param, dict(TINY_CONFIGS[request.param])
+
+
+@pytest.fixture(autouse=True)
+def _isolated_calibration_store(tmp_path_factory, monkeypatch):
+    """No test reads the user's calibration store: VRAMPLAN_STORE points at an empty temporary file."""
+    monkeypatch.setenv("VRAMPLAN_STORE", str(tmp_path_factory.mktemp("vramplan-store") / "runs.jsonl"))

@@ -96,7 +96,7 @@ def parallel_options(f: Callable) -> Callable:
     """--gpus, --strategy, --gpus-per-node, --offload: one GPU's share of a DDP / DeepSpeed / FSDP run."""
     opts = [
         click.option("--gpus", type=int, default=1, show_default=True, help="data-parallel GPUs (ranks)"),
-        click.option("--strategy", default=None, help="ddp | zero1 | zero2 | zero3 | fsdp | fsdp-hybrid [ddp]"),
+        click.option("--strategy", default=None, help="ddp | zero1 | zero2 | zero3 | fsdp | fsdp-hybrid"),
         click.option("--gpus-per-node", type=int, default=8, show_default=True, help="fsdp-hybrid's group"),
         click.option("--offload", default="none", show_default=True, help="none | optimizer | params (CPU)"),
     ]
@@ -105,9 +105,15 @@ def parallel_options(f: Callable) -> Callable:
     return f
 
 
-def parallel_plan(m, t, b, kw: dict[str, Any]):  # noqa: ANN001
+def parallel_plan(m, t, b, kw: dict[str, Any]):
     """The ParallelPlan of the one-GPU Breakdown `b` for kw's --gpus/--strategy/...; warnings to stderr."""
     from vramplan.estimate.distributed import shard
+
+    return shard(m, t, resolve_parallel_spec(t, kw), b)
+
+
+def resolve_parallel_spec(t, kw: dict[str, Any]):
+    """The ParallelSpec of kw's --gpus/--strategy/--gpus-per-node/--offload; warnings to stderr."""
     from vramplan.parallel import resolve_parallel
 
     p = resolve_parallel(
@@ -115,7 +121,7 @@ def parallel_plan(m, t, b, kw: dict[str, Any]):  # noqa: ANN001
     )
     for note in p.notes:
         click.echo(f"warning: {note}", err=True)
-    return shard(m, t, p, b)
+    return p
 
 
 def resolve_plan(model: str | None, gpu: str | None, kw: dict[str, Any]):
@@ -200,6 +206,9 @@ def estimate(model: str | None, gpu: str | None, suggest: bool, as_json: bool, *
 
     con = _console()
     render_parallel(pp, con)
+    from vramplan.report import render_calibration_note
+
+    render_calibration_note(b, con)
     if g is not None and not pp.spec.plain and (suggest or b.verdict != "fits"):
         from vramplan.estimate.distributed import alternatives
 
@@ -221,6 +230,7 @@ def _seq_list(f: Callable) -> Callable:
 @click.argument("model")
 @_seq_list
 @train_options
+@parallel_options
 @click.option("--plot", default=None, is_flag=False, flag_value="-", metavar="[FILE.png]",
               help="peak vs sequence length per method (at --batch): in the terminal, or a PNG file")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
@@ -247,8 +257,9 @@ def fit(
     m, t, g = resolve_inputs(model, gpu, kw)
     _emit_notes(t)
     methods = None if ctx.get_parameter_source("method") is ParameterSource.DEFAULT else (t.method,)
-    ft = fit_table(m, t, g, seqs, methods)
-    curves = peak_curves(m, t, g, seqs, methods) if plot else []
+    p = resolve_parallel_spec(t, kw)
+    ft = fit_table(m, t, g, seqs, methods, parallel=p)
+    curves = peak_curves(m, t, g, seqs, methods, parallel=p) if plot else []
     local = None
     if gpu == "auto":
         from vramplan.local_gpu import query_local_gpus
@@ -384,6 +395,44 @@ def serve(model: str, gpu: str | None, as_json: bool, **kw: Any) -> None:
     from vramplan.report import render_serve
 
     render_serve(b, _console())
+
+
+@main.command()
+@click.option("--data", default=None, metavar="FILE.jsonl", help="a validation set [shipped published-dev]")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
+def validate(data: str | None, as_json: bool) -> None:
+    """Compare the estimator with published measurements (papers, READMEs): error by confidence level."""
+    from vramplan.validate import validate as run_validate
+
+    v = run_validate(data)
+    if as_json:
+        from vramplan.report import validation_json
+
+        click.echo(json.dumps(validation_json(v)))
+        return
+    from vramplan.report import render_validation
+
+    render_validation(v, _console())
+
+
+@main.command()
+@click.option("--store", default=None, metavar="PATH", help="runs file [$VRAMPLAN_STORE, else user data dir]")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the tables")
+def calibration(store: str | None, as_json: bool) -> None:
+    """Runs stored by `measure --save` and the per-GPU figures `estimate` uses from them."""
+    from vramplan.calibration import calibrations, default_store, read_runs
+
+    path = store or str(default_store())
+    runs = read_runs(path)
+    cals = calibrations(runs)
+    if as_json:
+        from vramplan.report import calibration_json
+
+        click.echo(json.dumps(calibration_json(runs, cals, path)))
+        return
+    from vramplan.report import render_calibration
+
+    render_calibration(runs, cals, path, _console())
 
 
 if __name__ == "__main__":  # pragma: no cover

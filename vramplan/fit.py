@@ -20,8 +20,10 @@ from typing import Any
 
 from vramplan.breakdown import Breakdown, Verdict
 from vramplan.errors import VramplanError
+from vramplan.estimate.distributed import shard
 from vramplan.estimate.overhead import error_band_for
 from vramplan.estimate.peak import build_breakdown
+from vramplan.parallel import ParallelSpec
 from vramplan.profiles import GpuProfile
 from vramplan.spec import ModelSpec, TrainSpec, resolve_train
 
@@ -93,6 +95,7 @@ class FitTable:
     rank_cap: int
     seq_cap: int
     notes: tuple[str, ...] = ()
+    parallel: ParallelSpec | None = None  # cells are per GPU of this multi-GPU run
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +110,12 @@ class Curve:
 # ---------------------------------------------------------------- primitives
 
 
-def run(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> Breakdown:
-    """One estimate on `gpu` with its error band; no re-resolving of `t`."""
+def run(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, parallel: ParallelSpec | None = None) -> Breakdown:
+    """One estimate on `gpu` with its error band; no re-resolving of `t`. With `parallel` (--gpus, --strategy,
+    ...): one GPU's share of the run (vramplan.estimate.distributed), which fits or not per GPU."""
     inputs = {"model": m.name, "gpu": gpu.key, **t.as_dict()}
-    return build_breakdown(m, t, gpu.memory_bytes, inputs, error_band=error_band_for(gpu.key))
+    b = build_breakdown(m, t, gpu.memory_bytes, inputs, error_band=error_band_for(gpu.key))
+    return b if parallel is None or parallel.plain else shard(m, t, parallel, b).breakdown
 
 
 def fits(b: Breakdown) -> bool:
@@ -153,26 +158,39 @@ def _limit(
     lo: int,
     cap: int,
     known_bad: int | None = None,
+    parallel: ParallelSpec | None = None,
 ) -> Limit:
     seen: dict[int, Breakdown] = {}
 
     def ok(n: int) -> bool:
-        seen[n] = run(m, vary(n), gpu)
+        seen[n] = run(m, vary(n), gpu, parallel)
         return fits(seen[n])
 
     n = largest(ok, lo, cap, known_bad)
     if n < lo:
         return Limit(0, False, None)
-    return Limit(n, n == cap, seen.get(n) or run(m, vary(n), gpu))
+    return Limit(n, n == cap, seen.get(n) or run(m, vary(n), gpu, parallel))
 
 
-def max_batch(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, known_bad: int | None = None) -> Limit:
+def max_batch(
+    m: ModelSpec,
+    t: TrainSpec,
+    gpu: GpuProfile,
+    known_bad: int | None = None,
+    parallel: ParallelSpec | None = None,
+) -> Limit:
     """Largest per_device_train_batch_size that fits at `t.seq` (0 = not even batch 1)."""
-    return _limit(m, gpu, lambda b: dataclasses.replace(t, batch=b), 1, MAX_BATCH, known_bad)
+    return _limit(m, gpu, lambda b: dataclasses.replace(t, batch=b), 1, MAX_BATCH, known_bad, parallel)
 
 
 def max_seq(
-    m: ModelSpec, t: TrainSpec, gpu: GpuProfile, cap: int, good: int = 0, bad: int | None = None
+    m: ModelSpec,
+    t: TrainSpec,
+    gpu: GpuProfile,
+    cap: int,
+    good: int = 0,
+    bad: int | None = None,
+    parallel: ParallelSpec | None = None,
 ) -> Limit:
     """Longest sequence that fits at `t.batch`, rounded down to a multiple of SEQ_MULTIPLE (exact below it).
 
@@ -181,17 +199,21 @@ def max_seq(
     step = SEQ_MULTIPLE
     k_cap = cap // step
     k_bad = None if bad is None else math.ceil(bad / step)
-    lim = _limit(m, gpu, lambda k: dataclasses.replace(t, seq=k * step), max(1, good // step), k_cap, k_bad)
+    lim = _limit(
+        m, gpu, lambda k: dataclasses.replace(t, seq=k * step), max(1, good // step), k_cap, k_bad, parallel
+    )
     if lim.value:
         return Limit(lim.value * step, lim.capped, lim.breakdown)
-    return _limit(m, gpu, lambda s: dataclasses.replace(t, seq=s), 1, min(step - 1, cap))
+    return _limit(m, gpu, lambda s: dataclasses.replace(t, seq=s), 1, min(step - 1, cap), None, parallel)
 
 
-def max_lora_rank(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, cap: int) -> Limit | None:
+def max_lora_rank(
+    m: ModelSpec, t: TrainSpec, gpu: GpuProfile, cap: int, parallel: ParallelSpec | None = None
+) -> Limit | None:
     """Largest LoRA r that fits with every other setting of `t`; None when `t` trains no LoRA."""
     if not t.uses_lora:
         return None
-    return _limit(m, gpu, lambda r: dataclasses.replace(t, lora_rank=r), 1, cap)
+    return _limit(m, gpu, lambda r: dataclasses.replace(t, lora_rank=r), 1, cap, None, parallel)
 
 
 # ---------------------------------------------------------------- the table
@@ -262,7 +284,14 @@ def row_variants(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, methods: tuple[str
     ]
 
 
-def fit_row(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, seqs: tuple[int, ...], seq_cap: int) -> FitRow:
+def fit_row(
+    m: ModelSpec,
+    t: TrainSpec,
+    gpu: GpuProfile,
+    seqs: tuple[int, ...],
+    seq_cap: int,
+    parallel: ParallelSpec | None = None,
+) -> FitRow:
     """Largest batch per (ascending) seq, then the longest seq at batch 1, each bracketed by the last.
 
     A longer sequence never allows a larger batch, so each column's limit + 1 bounds the next column's
@@ -274,12 +303,12 @@ def fit_row(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, seqs: tuple[int, ...], 
         if bound == 1:  # the previous column was 0: a longer sequence cannot fit either
             cells.append(Cell(s, Limit(0, False, None)))
             continue
-        lim = max_batch(m, dataclasses.replace(t, seq=s), gpu, known_bad=bound)
+        lim = max_batch(m, dataclasses.replace(t, seq=s), gpu, known_bad=bound, parallel=parallel)
         cells.append(Cell(s, lim))
         bound = None if lim.capped else lim.value + 1
     good = max((c.seq for c in cells if c.batch.value), default=0)
     bad = min((c.seq for c in cells if not c.batch.value), default=None)
-    longest = max_seq(m, dataclasses.replace(t, batch=1), gpu, seq_cap, good=good, bad=bad)
+    longest = max_seq(m, dataclasses.replace(t, batch=1), gpu, seq_cap, good=good, bad=bad, parallel=parallel)
     return FitRow(train=t, cells=tuple(cells), max_seq=longest)
 
 
@@ -289,6 +318,7 @@ def fit_table(
     gpu: GpuProfile,
     seqs: tuple[int, ...] = DEFAULT_SEQS,
     methods: tuple[str, ...] | None = None,
+    parallel: ParallelSpec | None = None,
 ) -> FitTable:
     """The `vramplan fit` table: rows = `methods` (default full, LoRA, QLoRA) × gradient checkpointing off/on
     × optimizer (`t.optim`, 8-bit AdamW), columns = `seqs`, cells = the largest batch that fits; per row the
@@ -299,7 +329,8 @@ def fit_table(
         raise VramplanError("fit needs at least one positive sequence length (--seq)")
     seq_cap = max(m.max_position_embeddings, seqs[-1])
     rank_cap = m.hidden_size
-    rows = tuple(fit_row(m, v, gpu, seqs, seq_cap) for v in row_variants(m, t, gpu, methods or FIT_METHODS))
+    variants = row_variants(m, t, gpu, methods or FIT_METHODS)
+    rows = tuple(fit_row(m, v, gpu, seqs, seq_cap, parallel) for v in variants)
     notes = tuple(dict.fromkeys(n for r in rows for n in r.train.notes))
     return FitTable(
         model=m.name,
@@ -308,10 +339,11 @@ def fit_table(
         seqs=seqs,
         rows=rows,
         train=t,
-        max_lora_rank=max_lora_rank(m, t, gpu, rank_cap),
+        max_lora_rank=max_lora_rank(m, t, gpu, rank_cap, parallel),
         rank_cap=rank_cap,
         seq_cap=seq_cap,
         notes=notes,
+        parallel=None if parallel is None or parallel.plain else parallel,
     )
 
 
@@ -330,7 +362,12 @@ def plot_seqs(seqs: tuple[int, ...], per_octave: int = 4) -> tuple[int, ...]:
 
 
 def peak_curves(
-    m: ModelSpec, t: TrainSpec, gpu: GpuProfile, seqs: tuple[int, ...], methods: tuple[str, ...] | None = None
+    m: ModelSpec,
+    t: TrainSpec,
+    gpu: GpuProfile,
+    seqs: tuple[int, ...],
+    methods: tuple[str, ...] | None = None,
+    parallel: ParallelSpec | None = None,
 ) -> list[Curve]:
     """One curve per method at `t.batch`, with `t`'s checkpointing (or the method's default) and optimizer."""
     xs = plot_seqs(seqs)
@@ -338,7 +375,7 @@ def peak_curves(
     for meth in methods or FIT_METHODS:
         ckpt = t.grad_ckpt if meth == t.method else meth == "qlora"
         v = variant(m, t, gpu, meth, ckpt, t.optim)
-        ys = tuple(run(m, dataclasses.replace(v, seq=s), gpu).device_bytes for s in xs)
+        ys = tuple(run(m, dataclasses.replace(v, seq=s), gpu, parallel).device_bytes for s in xs)
         label = f"{meth}{' + ckpt' if v.grad_ckpt else ''} · {v.optim}"
         out.append(Curve(label=label, seqs=xs, device_bytes=ys))
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
@@ -171,13 +172,18 @@ def _hub_download_config(repo_id: str) -> Path | None:
         from huggingface_hub import hf_hub_download
     except ImportError:
         return None
+    hub_log = logging.getLogger("huggingface_hub")  # its retry warnings would break the one-line error
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
     try:
-        return Path(hf_hub_download(repo_id, "config.json"))
+        return Path(hf_hub_download(repo_id, "config.json", etag_timeout=5))
     except Exception as e:  # no network, gated or missing repo: say which, with the way out
         raise VramplanError(
             f"{repo_id!r}: config.json is not in the local Hugging Face cache and downloading it failed "
             f"({type(e).__name__}); run `huggingface-cli download {repo_id} config.json` or pass --model PATH"
         ) from None
+    finally:
+        hub_log.setLevel(level)
 
 
 def find_model_config(model: str) -> ModelConfig:

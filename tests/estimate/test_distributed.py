@@ -80,13 +80,17 @@ def ds_zero3(
             if zero_init:
                 cpu_mem = total_params * 18 * gpus_factor * additional_buffer_factor
             else:
-                cpu_mem = total_params * max(4 * num_gpus_per_node, 18 * gpus_factor) * additional_buffer_factor
+                cpu_mem = (
+                    total_params * max(4 * num_gpus_per_node, 18 * gpus_factor) * additional_buffer_factor
+                )
         else:
             gpu_mem = largest_layer_memory + int(2 * total_params / total_gpus)
             if zero_init:
                 cpu_mem = total_params * 16 * gpus_factor * additional_buffer_factor
             else:
-                cpu_mem = total_params * max(4 * num_gpus_per_node, 16 * gpus_factor) * additional_buffer_factor
+                cpu_mem = (
+                    total_params * max(4 * num_gpus_per_node, 16 * gpus_factor) * additional_buffer_factor
+                )
     else:
         gpu_mem = largest_layer_memory + int(18 * total_params / total_gpus)
         if zero_init:
@@ -127,8 +131,14 @@ def test_docs_zero3_t5_3b_table():
     for (op, oo, zi), (cpu, gpu) in rows.items():
         c, g, _ = ds_zero3(2851e6, 32e6, 8, 1, cpu_offload=oo, cpu_offload_params=op, zero_init=zi)
         assert (gb(c), gb(g)) == (cpu, gpu)
-        ours = zero_states(3, trainable=2851_000_000, gpus=8, largest_param_bytes=2 * 32_000_000,
-                           largest_grad_numel=32_000_000, offload="params" if op else "optimizer" if oo else "none")
+        ours = zero_states(
+            3,
+            trainable=2851_000_000,
+            gpus=8,
+            largest_param_bytes=2 * 32_000_000,
+            largest_grad_numel=32_000_000,
+            offload="params" if op else "optimizer" if oo else "none",
+        )
         assert gb(ours.gpu) == gpu
         if zi and oo:  # steady-state host RAM of the node's 8 ranks, with DeepSpeed's 1.5 headroom
             assert gb(ours.host * 8 * 1.5) == cpu
@@ -151,7 +161,9 @@ def test_docs_zero3_t5_large_cases():
     p, big, n = 737_670_000, 32_900_000, 4
     cases = {"none": 3291, "params": 125, "optimizer": 477}
     for off, mb in cases.items():
-        ours = zero_states(3, trainable=p, gpus=n, largest_param_bytes=2 * big, largest_grad_numel=big, offload=off)
+        ours = zero_states(
+            3, trainable=p, gpus=n, largest_param_bytes=2 * big, largest_grad_numel=big, offload=off
+        )
         assert ours.gpu >> 20 == mb
 
 
@@ -179,7 +191,7 @@ def test_zero_states_match_deepspeed(params: int, gpus: int):
 
 
 def test_zero3_host_ram_over_nodes():
-    """ZeRO-3's host RAM is per node: DeepSpeed's gpus_factor = 1 / num_nodes; ours = a rank's share × ranks."""
+    """ZeRO-3 host RAM is per node: DeepSpeed's gpus_factor = 1 / num_nodes; ours = a rank's share × ranks."""
     p = 6_738_415_616
     for nodes, per_node in ((2, 8), (4, 8), (3, 4)):
         n = nodes * per_node
@@ -270,7 +282,9 @@ def test_one_gpu_is_the_single_gpu_estimate(name, method, optim, ckpt, accum):
         pp = shard(m, t, resolve_parallel(t, gpus=1, strategy=strategy), single)
         assert pp.breakdown == single
         assert breakdown_json(pp.breakdown) == breakdown_json(single)
-        assert pp.total_bytes == single.device_bytes and pp.buffers == () and pp.host_offload_bytes == 0
+        assert pp.total_bytes == single.device_bytes
+        assert pp.buffers == ()
+        assert pp.host_offload_bytes == 0
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "qlora"])
@@ -285,7 +299,10 @@ def test_zero_on_one_gpu_changes_model_states_only(method: str, strategy: str):
     single = estimate(m, train=t)
     pp = shard(m, t, p, single)
     for a, b in zip(single.phases, pp.breakdown.phases, strict=True):
-        assert (a.components.activations, a.components.logits) == (b.components.activations, b.components.logits)
+        assert (a.components.activations, a.components.logits) == (
+            b.components.activations,
+            b.components.logits,
+        )
     z = zero_states_for(m, t, p)
     assert pp.master_weights_bytes == z.master == 4 * pp.breakdown.params_trainable
 
@@ -293,8 +310,10 @@ def test_zero_on_one_gpu_changes_model_states_only(method: str, strategy: str):
 # ---------------------------------------------------------------- sharding arithmetic
 
 
-@pytest.mark.parametrize(("name", "method"), [("llama-2-13b", "full"), ("llama-3-8b", "lora"),
-                                              ("llama-3-70b", "qlora"), ("mixtral-8x7b", "qlora")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "method"),
+    [("llama-2-13b", "full"), ("llama-3-8b", "lora"), ("llama-3-70b", "qlora"), ("mixtral-8x7b", "qlora")],
+)
 @pytest.mark.parametrize(("strategy", "offload"), [("zero1", "none"), ("zero2", "none"), ("zero3", "none"),
                                                    ("zero2", "optimizer"), ("zero3", "optimizer"),
                                                    ("zero3", "params"), ("fsdp", "none"), ("fsdp", "params"),
@@ -341,8 +360,10 @@ def test_fsdp_worked_example_llama_2_7b_full():
     fwd, bwd, opt = (ph.components for ph in pp.breakdown.phases)
     s_fwd, s_bwd, s_opt = (ph.components for ph in single.phases)
     for c, s in ((fwd, s_fwd), (bwd, s_bwd), (opt, s_opt)):
-        assert c.adapters == -(-s.adapters // 8) and c.optimizer_states == -(-s.optimizer_states // 8)
-        assert c.gradients == -(-s.gradients // 8) and c.activations == s.activations
+        assert c.adapters == -(-s.adapters // 8)
+        assert c.optimizer_states == -(-s.optimizer_states // 8)
+        assert c.gradients == -(-s.gradients // 8)
+        assert c.activations == s.activations
     assert fwd.temporaries - s_fwd.temporaries == root + layer
     assert bwd.temporaries - s_bwd.temporaries == root + 2 * layer + (layer_params + root // 2) * 2
     assert opt.temporaries == -(-s_opt.temporaries // 8)  # torch foreach AdamW's temporary, on the shard
@@ -405,7 +426,9 @@ def test_qlora_zero3_and_fsdp_note_the_storage_dtype():
     m = load_model("llama-3-70b")
     t = resolve_train(m, method="qlora")
     for s in ("zero3", "fsdp", "fsdp-hybrid"):
-        assert any("bnb_4bit_quant_storage=bfloat16" in n for n in resolve_parallel(t, gpus=2, strategy=s).notes)
+        assert any(
+            "bnb_4bit_quant_storage=bfloat16" in n for n in resolve_parallel(t, gpus=2, strategy=s).notes
+        )
     assert not resolve_parallel(t, gpus=2, strategy="zero2").notes
 
 
@@ -414,13 +437,16 @@ def test_alternatives_lower_the_per_gpu_total():
     t = resolve_train(m, method="full")
     pp = shard(m, t, ParallelSpec("zero2", 4), estimate(m, train=t, gpu=find_gpu("3090")))
     alts = alternatives(m, t, pp)
-    assert alts and all(a.per_gpu_bytes < pp.per_gpu_bytes for _, a in alts)
+    assert alts
+    assert all(a.per_gpu_bytes < pp.per_gpu_bytes for _, a in alts)
     assert alts[0][1].breakdown.verdict in ("fits", "tight")
 
 
 def test_parallel_spec_is_frozen_and_json_ready():
     p = resolve_parallel(resolve_train(load_model("llama-2-7b")), gpus=16, strategy="HYBRID_SHARD")
-    assert p.strategy == "fsdp-hybrid" and p.nodes == 2 and p.ranks_per_node == 8
+    assert p.strategy == "fsdp-hybrid"
+    assert p.nodes == 2
+    assert p.ranks_per_node == 8
     json.dumps(p.as_dict())
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.gpus = 2  # type: ignore[misc]

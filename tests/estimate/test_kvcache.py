@@ -1,9 +1,9 @@
 """KV cache: exact against transformers 5.24's DynamicCache on tiny CPU models; by hand; vLLM's block math.
 
 Oracle: build the model from a config dict, run a forward with use_cache=True or `generate`, and sum
-`untyped_storage().nbytes()` of every layer's K and V (the storage, not the view: a sliding-window layer keeps
-a view of window − 1 tokens over a window-sized tensor). vLLM: the arithmetic of vllm/v1/core/kv_cache_utils.py
-checked on numbers vLLM itself logged (issues cited at each test).
+`untyped_storage().nbytes()` of every layer's K and V (the storage, not the view: a sliding-window layer
+keeps a view of window − 1 tokens over a window-sized tensor). vLLM: the arithmetic of
+vllm/v1/core/kv_cache_utils.py checked on numbers vLLM itself logged (issues cited at each test).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _model(cfg: dict[str, Any]):
     return transformers.AutoModelForCausalLM.from_config(config).to(torch.bfloat16).eval()
 
 
-def _storage_bytes(cache) -> int:  # noqa: ANN001
+def _storage_bytes(cache) -> int:
     """Bytes of the storages behind every layer's K and V (each counted once)."""
     seen: dict[int, int] = {}
     for layer in cache.layers:
@@ -66,8 +66,10 @@ def _storage_bytes(cache) -> int:  # noqa: ANN001
     return sum(seen.values())
 
 
-def _real_windows(cache) -> tuple[int | None, ...]:  # noqa: ANN001
-    return tuple(getattr(layer, "sliding_window", None) if layer.is_sliding else None for layer in cache.layers)
+def _real_windows(cache) -> tuple[int | None, ...]:
+    return tuple(
+        getattr(layer, "sliding_window", None) if layer.is_sliding else None for layer in cache.layers
+    )
 
 
 # ---------------------------------------------------------------- oracle: transformers DynamicCache
@@ -179,7 +181,8 @@ def test_vllm_worked_example_rtx3090_llama31_8b() -> None:
     m = load_model("llama-3.1-8b")
     block = 32 * vllm_page_bytes(m, BF16)  # one block in all 32 layers: 2 MiB
     kv = vllm_paged_kv(m, 1952 * block, BF16, 20000, 20000)
-    assert kv.num_blocks == 1952 and kv.tokens == 1952 * 16
+    assert kv.num_blocks == 1952
+    assert kv.tokens == 1952 * 16
     assert f"{kv.max_concurrency:.2f}" == "1.56"
     assert f"{kv.pool_bytes / GIB:.2f}" == "3.81"
     low = vllm_paged_kv(m, 1478 * block, BF16, 29000, 29000)
@@ -211,7 +214,8 @@ def test_vllm_sliding_and_hybrid_groups_by_hand() -> None:
     page = vllm_page_bytes(g9, BF16)
     assert page == 2 * 16 * 8 * 256 * 2
     kv = vllm_paged_kv(g9, 1000 * 21 * page, BF16, 8192, 2048)
-    assert kv.num_blocks == 1000 and kv.tokens == 1000 // 2 * 16
+    assert kv.num_blocks == 1000
+    assert kv.tokens == 1000 // 2 * 16
     assert kv.blocks_per_request == 512 + (-(-min(4095 + 2048, 8192) // 16) + 1)  # full 512 + sliding 385
     assert kv.pool_bytes == 21 * page * 1000
     assert vllm_request_bytes(g9, BF16, 8192, 2048) == 21 * 512 * page + 21 * 385 * page

@@ -32,6 +32,7 @@ Saved-tensor inventory (per decoder layer, T = batch·seq tokens; "rg" = require
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from vramplan.spec import ModelSpec, TrainSpec
@@ -43,26 +44,32 @@ def _promote(a: str, b: str) -> str:
     return a if a == b else "fp32"
 
 
+# The walk runs once per token (T = 1); a term that also grows with the sequence length (eager attention's
+# B·heads·S² scores = T·heads·S) carries the imaginary unit S, so one walk serves every batch and seq:
+# bytes(T, s) = T·(re + im·s). Walk results are cached by the settings that shape them.
+S = 1j
+
+
 @dataclass(slots=True)
 class _Tok:
     id: int
-    nbytes: int
+    nbytes: complex
     dt: str
     rg: bool
-    numel: int
+    numel: complex
 
 
 class _Walk:
     """Symbolic forward: creates tensors, records which are saved, tracks the largest transient set."""
 
-    __slots__ = ("live_peak", "n", "saved")
+    __slots__ = ("live", "n", "saved")
 
     def __init__(self) -> None:
         self.n = 0
-        self.saved: dict[int, int] = {}
-        self.live_peak = 0
+        self.saved: dict[int, complex] = {}
+        self.live: list[complex] = []
 
-    def new(self, numel: int, dt: str, rg: bool) -> _Tok:
+    def new(self, numel: complex, dt: str, rg: bool) -> _Tok:
         self.n += 1
         return _Tok(self.n, numel * _B[dt], dt, rg, numel)
 
@@ -74,19 +81,17 @@ class _Walk:
             self.saved[t.id] = t.nbytes
 
     def transient(self, *toks: _Tok) -> None:
-        live = sum(t.nbytes for t in toks if t.id not in self.saved)
-        self.live_peak = max(self.live_peak, live)
+        self.live.append(sum(t.nbytes for t in toks if t.id not in self.saved))
 
     @property
-    def saved_bytes(self) -> int:
+    def saved_bytes(self) -> complex:
         return sum(self.saved.values())
 
 
 @dataclass(frozen=True, slots=True)
 class _Ctx:
-    T: int
-    b: int
-    s: int
+    T = 1  # the walk counts per token
+    masked: bool  # an explicit attention mask (sliding window shorter than seq): repeat_kv + mem-efficient
     ac: str | None  # autocast dtype
     wdt: str  # dtype of unquantized linear weights
     ndt: str  # dtype of norm weights
@@ -106,9 +111,7 @@ def _ctx(m: ModelSpec, t: TrainSpec) -> _Ctx:
     if m.model_type in ("gemma2", "bloom"):
         attn = "eager"  # gemma2: _supports_sdpa = False (softcapping); bloom: alibi baddbmm attention
     return _Ctx(
-        T=t.tokens,
-        b=t.batch,
-        s=t.seq,
+        masked=m.sliding_window is not None and t.seq > m.sliding_window and m.model_type in ("mistral", "mixtral"),
         ac=ac,
         wdt=t.dtype,
         ndt="fp32" if t.kbit_prep else t.dtype,
@@ -186,16 +189,16 @@ def _norm(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, trainable: bool) -> _Tok:
 
 
 def _attention(w: _Walk, c: _Ctx, m: ModelSpec, q: _Tok, k: _Tok, v: _Tok, kv_store: _Tok | None) -> _Tok:
-    T, b, s = c.T, c.b, c.s
+    T = c.T
     heads, kvh = m.num_attention_heads, m.num_key_value_heads
     rg = q.rg or k.rg or v.rg
-    masked = m.sliding_window is not None and c.s > m.sliding_window and m.model_type in ("mistral", "mixtral")
+    masked = c.masked
     if c.attn == "eager":
         dt = c.ac or q.dt
         qc, kc, vc = w.cast(q, dt), w.cast(k, dt), w.cast(v, dt)
         if kvh != heads:
             kc, vc = w.new(T * m.q_dim, dt, k.rg), w.new(T * m.q_dim, dt, v.rg)
-        scores = b * heads * s * s
+        scores = T * heads * S  # B·heads·S² = T·heads·S
         sc = w.new(scores, dt, rg)
         probs32 = w.new(scores, "fp32", rg)
         probs = w.new(scores, dt, rg)
@@ -209,7 +212,7 @@ def _attention(w: _Walk, c: _Ctx, m: ModelSpec, q: _Tok, k: _Tok, v: _Tok, kv_st
     if masked and kvh != heads:  # repeat_kv before SDPA when a mask is passed (sdpa_attention.py)
         kc, vc = w.new(T * m.q_dim, dt, k.rg), w.new(T * m.q_dim, dt, v.rg)
     out = w.new(T * m.q_dim, dt, rg)
-    lse = w.new(b * heads * s, "fp32", False)
+    lse = w.new(T * heads, "fp32", False)  # B·heads·S
     if rg:
         w.save(qc, kc, out, lse)
         w.save(kv_store if (kv_store is not None and vc is v) else vc)
@@ -320,6 +323,22 @@ class ActivationBytes:
     final_hidden_bytes: int  # the final norm's output, held by the model output until the loss is computed
 
 
+@functools.lru_cache(maxsize=4096)
+def _walk_layer(m: ModelSpec, c: _Ctx, trainable: bool, rg_in: bool, rd: str) -> tuple[complex, tuple[complex, ...]]:
+    """(saved bytes, live bytes at each op) per token of one decoder layer."""
+    w = _Walk()
+    _layer(w, c, m, w.new(m.hidden_size, rd, rg_in), trainable)
+    return w.saved_bytes, tuple(w.live)
+
+
+@functools.lru_cache(maxsize=4096)
+def _walk_final(m: ModelSpec, c: _Ctx, rd: str, trainable: bool) -> tuple[complex, complex]:
+    """(saved bytes, output bytes) per token of the final norm."""
+    w = _Walk()
+    out = _norm(w, c, m, w.new(m.hidden_size, rd, True), trainable)
+    return w.saved_bytes, out.nbytes
+
+
 def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     c = _ctx(m, t)
     L = m.num_hidden_layers
@@ -329,35 +348,31 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     # requires grad, so layer 0 saves like the others.
     x0_rg = embed_trainable or (t.kbit_prep and t.grad_ckpt)
     first_trainable = L - t.freeze_trainable_layers if t.method == "freeze" else (0 if t.method == "full" else L)
-    kinds = []
     # layer 0 may see an input that does not require grad; later layers always see one that does
     # (the LoRA branches or trainable weights of earlier layers); freeze: frozen layers below the
-    # trainable ones see no grad at all.
+    # trainable ones, and the first trainable one's input, see no grad at all.
+    kinds: dict[tuple[bool, bool], int] = {}
     for idx in range(L):
-        trainable = idx >= first_trainable
-        if t.method == "freeze":
-            rg_in = idx > first_trainable or (idx == first_trainable and False)
-        else:
-            rg_in = x0_rg if idx == 0 else True
-        kinds.append((trainable, rg_in))
-    per_kind: dict[tuple[bool, bool], tuple[int, int]] = {}
-    for kind in set(kinds):
-        w = _Walk()
-        x = w.new(c.T * m.hidden_size, rd, kind[1])
-        _layer(w, c, m, x, kind[0])
-        per_kind[kind] = (w.saved_bytes, w.live_peak)
-    hidden = c.T * m.hidden_size * _B[rd]
+        rg_in = idx > first_trainable if t.method == "freeze" else (x0_rg if idx == 0 else True)
+        kind = (idx >= first_trainable, rg_in)
+        kinds[kind] = kinds.get(kind, 0) + 1
+    T, s = t.tokens, t.seq
+
+    def at(z: complex) -> int:
+        return round(T * (z.real + z.imag * s))
+
+    walks = {kind: _walk_layer(m, c, kind[0], kind[1], rd) for kind in kinds}
+    hidden = T * m.hidden_size * _B[rd]
     if t.grad_ckpt:
         # non-reentrant checkpoint keeps each layer's input hidden state
         saved = L * hidden
     else:
-        saved = sum(per_kind[k][0] for k in kinds)
+        saved = sum(n * at(walks[k][0]) for k, n in kinds.items())
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
-    w = _Walk()
-    final = _norm(w, c, m, w.new(c.T * m.hidden_size, rd, True), t.method == "full")
-    saved += w.saved_bytes
-    layer = max(v[0] for v in per_kind.values())
-    transient = max(v[1] for v in per_kind.values())
+    final_saved, final_out = _walk_final(m, c, rd, t.method == "full")
+    saved += at(final_saved)
+    layer = max(at(v[0]) for v in walks.values())
+    transient = max((at(z) for v in walks.values() for z in v[1]), default=0)
     copies = 0
     if c.ac:
         ab = _B[c.ac]
@@ -379,7 +394,7 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
             copies += m.vocab_size * m.hidden_size * ab
     cdb = _B[c.ac or rd]
     n_int = {"gated": 3, "gated_fused": 3, "plain": 2}.get(m.mlp, 3 * max(m.num_experts_per_tok, 1))
-    workspace = n_int * c.T * m.intermediate_size * cdb + 2 * hidden
+    workspace = n_int * T * m.intermediate_size * cdb + 2 * hidden
     return ActivationBytes(
         saved=saved,
         layer=layer,
@@ -387,5 +402,5 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         weight_copies=copies,
         hidden_bytes=hidden,
         backward_workspace=workspace,
-        final_hidden_bytes=final.nbytes,
+        final_hidden_bytes=at(final_out),
     )

@@ -30,10 +30,14 @@ ERROR_BAND = 0.06
 def error_band_for(gpu_key: str | None) -> float:
     """Relative error of the estimator's device total on `gpu_key` (a gpus.toml key, "local", or None).
 
-    `tight` = predicted to fit with less headroom than this fraction of the peak. For now the ±6 % agreement
-    of traced peaks with published A100 runs (module docstring) for every GPU.
+    `tight` = predicted to fit with less headroom than this fraction of the peak: the residual band of the
+    calibration stored for this GPU (`vramplan.calibration.derive`) when its runs carry an estimate, else the
+    ±6 % agreement of traced peaks with published A100 runs (module docstring).
     """
-    return ERROR_BAND
+    from vramplan.calibration import derive
+
+    cal = derive(gpu_key)
+    return cal.residual_band if cal is not None and cal.residual_band is not None else ERROR_BAND
 
 
 def allocator_overhead_bytes(peak_bytes: int, ratio: float = ALLOCATOR_OVERHEAD_RATIO) -> int:

@@ -24,8 +24,9 @@ fake "cpu" device; never call `Module.to()` there: `swap_tensors` fails on fake 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +105,7 @@ def build(
     attn, note = attn_implementation(t, device)
     notes = [note] if note else []
     target = torch.device("cpu" if device == "fake" else device)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), (_fake_safe_module_apply() if device == "fake" else contextlib.nullcontext()):
         warnings.simplefilter("ignore", FutureWarning)
         if weights is not None:
             model = _from_pretrained(weights, t, attn, target, say)
@@ -142,6 +143,41 @@ def build(
     model.train()
     optimizer = build_optimizer(model, t.optim)
     return Built(model=model, optimizer=optimizer, causal_lm=causal_lm, device=target, notes=tuple(notes))
+
+
+@contextlib.contextmanager
+def _fake_safe_module_apply() -> Iterator[None]:
+    """`Module._apply` (behind `.to()`, `.float()`, ...) swaps fake parameters with `torch.utils.swap_tensors`,
+    which fails: the fake-tensor converter holds weak references to them (torch 2.13 nn/modules/module.py).
+    PEFT moves each new adapter with `.to()`; during a fake build, move by `.data =` (what `_apply` does for real
+    tensors), which allocates the same."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    original = nn.Module._apply
+
+    def _apply(self: nn.Module, fn: Callable, recurse: bool = True) -> nn.Module:
+        if not any(isinstance(t, FakeTensor) for t in (*self._parameters.values(), *self._buffers.values())):
+            return original(self, fn, recurse)
+        if recurse:
+            for child in self.children():
+                child._apply(fn)
+        for param in self._parameters.values():
+            if param is None:
+                continue
+            with torch.no_grad():
+                param.data = fn(param)
+                if param.grad is not None:
+                    param.grad.data = fn(param.grad)
+        for key, buf in self._buffers.items():
+            if buf is not None:
+                self._buffers[key] = fn(buf)
+        return self
+
+    nn.Module._apply = _apply
+    try:
+        yield
+    finally:
+        nn.Module._apply = original
 
 
 def _from_config(m: ModelSpec, t: TrainSpec, attn: str, device: torch.device) -> nn.Module:

@@ -1,0 +1,207 @@
+"""Calibration from the user's own GPU: a JSON-lines store of measured runs and the figures derived from it.
+
+The store is `platformdirs.user_data_dir("vramplan")/runs.jsonl`, or the `VRAMPLAN_STORE` environment
+variable, or `--store PATH`. `vramplan measure ... --save` calls `append_run` once per run; one JSON object
+per line, written with this schema (`RunRecord`, schema 1):
+
+    schema            1
+    time              ISO 8601 UTC time of the run
+    gpu_name          NVML name, "NVIDIA A100-SXM4-40GB"
+    gpu_key           its gpus.toml key ("a100-40gb"), or null when not in profiles
+    driver            NVIDIA driver version (nvmlSystemGetDriverVersion)
+    cuda              torch.version.cuda
+    versions          {"torch": ..., "transformers": ..., "peft": ..., "bitsandbytes": ..., "vramplan": ...}
+    model             model name as resolved
+    inputs            the resolved TrainSpec (`TrainSpec.as_dict()`, tuples as lists)
+    allocated_bytes   torch.cuda.max_memory_allocated over the step
+    reserved_bytes    torch.cuda.max_memory_reserved over the step
+    device_bytes      device memory used by the process at the peak (NVML), or null
+    tracker           measured bytes per Breakdown component at the peak {"weights": ..., ...}
+    estimate          the estimate at the time: {"peak_bytes", "reserved_bytes", "device_bytes"}, or null
+
+Derived per GPU (`derive`): CUDA context = device − reserved (median over runs), allocator ratio =
+reserved / allocated − 1 (median), residual = |estimated − measured| / measured of the device total (tensor
+peak when a run has no device figure); the error band is the largest residual, or its 90th percentile
+(nearest rank) from 10 runs on. Nothing is fitted beyond these three physical quantities.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from vramplan.errors import VramplanError
+
+STORE_ENV = "VRAMPLAN_STORE"
+STORE_FILE = "runs.jsonl"
+SCHEMA = 1
+P90_MIN_RUNS = 10  # from this many residuals on, the band is their 90th percentile instead of their max
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One measured run, as stored (schema in the module docstring)."""
+
+    gpu_name: str
+    model: str
+    allocated_bytes: int
+    reserved_bytes: int
+    device_bytes: int | None = None
+    gpu_key: str | None = None
+    driver: str | None = None
+    cuda: str | None = None
+    versions: Mapping[str, str] = field(default_factory=dict)
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    tracker: Mapping[str, int] = field(default_factory=dict)
+    estimate: Mapping[str, int] | None = None
+    time: str = ""
+    schema: int = SCHEMA
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> RunRecord:
+        missing = [k for k in ("gpu_name", "model", "allocated_bytes", "reserved_bytes") if k not in d]
+        if missing:
+            raise VramplanError(f"run record lacks {', '.join(missing)}")
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @property
+    def key(self) -> str:
+        """The GPU this run calibrates: its gpus.toml key, else its NVML name."""
+        return self.gpu_key or self.gpu_name
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """Figures of one GPU derived from its stored runs; None where no run gives them."""
+
+    gpu_key: str
+    n_runs: int
+    cuda_context_bytes: int | None
+    allocator_ratio: float | None
+    residual_band: float | None
+
+
+def default_store() -> Path:
+    """`$VRAMPLAN_STORE`, else runs.jsonl under platformdirs.user_data_dir("vramplan")."""
+    env = os.environ.get(STORE_ENV)
+    if env:
+        return Path(env)
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("vramplan")) / STORE_FILE
+
+
+def append_run(record: RunRecord | Mapping[str, Any], path: str | Path | None = None) -> Path:
+    """Append one run to the store (created with its folder if absent); returns the store's path.
+
+    `record`: a RunRecord or a mapping with its fields (schema in the module docstring); `time` is filled in.
+    """
+    rec = record if isinstance(record, RunRecord) else RunRecord.from_json(record)
+    d = asdict(rec)
+    d["time"] = d["time"] or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    p = Path(path) if path else default_store()
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with p.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(d, default=list) + "\n")
+    except OSError as e:
+        raise VramplanError(f"cannot write calibration store {p}: {e.strerror}; pass --store PATH") from None
+    return p
+
+
+def read_runs(path: str | Path | None = None) -> list[RunRecord]:
+    """Every run in the store ([] if there is none). A corrupt line is skipped with a warning naming it."""
+    p = Path(path) if path else default_store()
+    if not p.is_file():
+        return []
+    runs = []
+    for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            if not isinstance(d, dict):
+                raise VramplanError("not a JSON object")
+            runs.append(RunRecord.from_json(d))
+        except (json.JSONDecodeError, VramplanError, TypeError) as e:
+            warnings.warn(f"{p} line {n}: skipped, not a run record ({e})", stacklevel=2)
+    return runs
+
+
+def _residual(r: RunRecord) -> float | None:
+    if not r.estimate:
+        return None
+    for measured, est_key in ((r.device_bytes, "device_bytes"), (r.allocated_bytes, "peak_bytes")):
+        est = r.estimate.get(est_key)
+        if measured and est is not None:
+            return abs(est - measured) / measured
+    return None
+
+
+def _band(residuals: list[float]) -> float | None:
+    if not residuals:
+        return None
+    if len(residuals) < P90_MIN_RUNS:
+        return max(residuals)
+    s = sorted(residuals)
+    return s[math.ceil(0.9 * len(s)) - 1]
+
+
+def derive_from(runs: list[RunRecord], gpu_key: str) -> Calibration | None:
+    """The calibration of `gpu_key` from these runs, or None when none of them ran on it."""
+    mine = [r for r in runs if r.key == gpu_key]
+    if not mine:
+        return None
+    ctx = [
+        r.device_bytes - r.reserved_bytes
+        for r in mine
+        if r.device_bytes and r.device_bytes >= r.reserved_bytes
+    ]
+    ratio = [r.reserved_bytes / r.allocated_bytes - 1 for r in mine if r.allocated_bytes > 0]
+    res = [x for x in map(_residual, mine) if x is not None]
+    return Calibration(
+        gpu_key=gpu_key,
+        n_runs=len(mine),
+        cuda_context_bytes=int(statistics.median(ctx)) if ctx else None,
+        allocator_ratio=statistics.median(ratio) if ratio else None,
+        residual_band=_band(res),
+    )
+
+
+@cache
+def _cached_runs(path: str, mtime_ns: int, size: int) -> tuple[RunRecord, ...]:
+    return tuple(read_runs(path))
+
+
+def derive(gpu_key: str | None, path: str | Path | None = None) -> Calibration | None:
+    """The calibration of `gpu_key` from the store, or None (no store, no run on that GPU, or no GPU).
+
+    The store is re-read only when its modification time or size changes.
+    """
+    if gpu_key is None:
+        return None
+    p = Path(path) if path else default_store()
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return derive_from(list(_cached_runs(str(p), st.st_mtime_ns, st.st_size)), gpu_key)
+
+
+def calibrations(runs: list[RunRecord]) -> list[Calibration]:
+    """One calibration per GPU in these runs."""
+    keys = sorted({r.key for r in runs})
+    return [c for c in (derive_from(runs, k) for k in keys) if c is not None]
+
+
+__all__ = ["Calibration", "RunRecord", "append_run", "calibrations", "default_store", "derive", "read_runs"]
