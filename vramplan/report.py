@@ -384,12 +384,11 @@ def render_parallel(pp: ParallelPlan, console: Console) -> None:
     if pp.master_weights_bytes:
         console.print(f"  fp32 master weights: {gib(pp.master_weights_bytes)} GiB (in optimizer states)")
     if p.offload != "none":
-        host = pp.host_offload_bytes
-        console.print(
-            f"host RAM per node for --offload {p.offload}: {gib(host)} GiB "
-            f"(DeepSpeed's estimator adds {100 * (DS_ADDITIONAL_BUFFER_FACTOR - 1):.0f} %: "
-            f"{gib(host * DS_ADDITIONAL_BUFFER_FACTOR)} GiB)"
-        )
+        host, ds = pp.host_offload_bytes, DS_ADDITIONAL_BUFFER_FACTOR
+        line = f"host RAM per node for --offload {p.offload}: {gib(host)} GiB"
+        if p.stage:
+            line += f" (DeepSpeed's estimator adds {100 * (ds - 1):.0f} %: {gib(host * ds)} GiB)"
+        console.print(line)
     console.print(f"one GPU, no engine: {gib(pp.single.device_bytes)} GiB (peak in {pp.single.peak_phase})")
 
 

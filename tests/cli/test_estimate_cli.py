@@ -135,3 +135,15 @@ def test_gpus_and_models_commands():
     names = {m["name"] for m in json.loads(r.output)}
     assert {"llama-7b", "llama-2-7b", "mistral-7b", "qwen2.5-7b", "tinyllama-1.1b", "mixtral-8x7b"} <= names
     assert run("gpus").exit_code == 0 and run("models").exit_code == 0
+
+
+def test_readme_documents_every_estimate_option():
+    from pathlib import Path
+
+    from vramplan.cli import estimate
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for param in estimate.params:
+        for opt in param.opts:
+            if opt.startswith("--") and opt != "--help":
+                assert f"`{opt}" in readme, f"{opt} is not in the README's options table"

@@ -119,3 +119,28 @@ def test_help_lists_parallel_options():
     r = run("estimate", "--help")
     for opt in ("--gpus", "--strategy", "--gpus-per-node", "--offload"):
         assert opt in r.output
+
+
+def _fit(*args: str) -> dict:
+    r = run("fit", "llama-3-8b", "--gpu", "3090", "--method", "full", "--seq", "1024", *args, "--json")
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def test_fit_per_gpu_of_a_sharded_run():
+    """Full fine-tuning of Llama-3-8B fits no 3090 alone; one GPU of 8 under ZeRO-3 + optimizer offload or
+    FSDP does, and `fit --gpus 1` is plain `fit`."""
+    single = _fit()
+    assert single["parallel"] is None
+    assert all(r["max_batch"][0]["batch"] == 0 for r in single["rows"])
+    for args in (("--strategy", "zero3", "--offload", "optimizer"), ("--strategy", "fsdp")):
+        d = _fit("--gpus", "8", *args)
+        assert d["parallel"]["gpus"] == 8
+        assert max(r["max_batch"][0]["batch"] for r in d["rows"]) >= 1
+    assert _fit("--gpus", "1") == single
+
+
+def test_fit_bad_gpus_exit_2():
+    r = run("fit", "llama-3-8b", "--gpu", "3090", "--gpus", "0")
+    assert r.exit_code == 2
+    assert "--gpus must be a positive integer" in r.stderr

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from vramplan.breakdown import Breakdown, Components, PhaseUsage
 from vramplan.estimate.adapters import ADAPTER_BYTES
 from vramplan.estimate.optimizer import optimizer_bytes
-from vramplan.estimate.overhead import allocator_overhead_bytes
+from vramplan.estimate.overhead import CUBLAS_WORKSPACE_BYTES
 from vramplan.estimate.params import count_params, lora_params, lora_targets, model_tensor_shapes, numel
 from vramplan.estimate.weights import base_param_dtype_bytes, bnb_4bit_bytes, bnb_int8_bytes
 from vramplan.parallel import ParallelSpec
@@ -416,10 +416,16 @@ def _zero_trainable_params(m: ModelSpec, t: TrainSpec, p: ParallelSpec) -> int:
     return (_ceil_div(pt, p.gpus) if p.stage == 3 else pt) * engine_bytes(t)
 
 
+def _allocator_ratio(single: Breakdown) -> float:
+    """The allocator's share of the tensor peak in `single` (10 %, or a GPU's calibrated ratio), read back
+    from its overhead minus the fixed cuBLAS workspace (estimate.overhead)."""
+    return (single.allocator_overhead_bytes - CUBLAS_WORKSPACE_BYTES) / max(single.peak_bytes, 1)
+
+
 def shard(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> ParallelPlan:
-    """One rank's plan from the one-GPU Breakdown `single` of (m, t). The allocator overhead keeps its
-    proportional model (10 % of the tensor peak): only the difference in peak moves it, so an unchanged
-    plan (--gpus 1 with ddp / fsdp) is the one-GPU Breakdown exactly."""
+    """One rank's plan from the one-GPU Breakdown `single` of (m, t). The allocator overhead keeps the
+    proportional model of `single` (its ratio of the tensor peak): only the change in peak moves it, so an
+    unchanged plan (--gpus 1 with ddp / fsdp) is the one-GPU Breakdown exactly."""
     if p.strategy == "ddp":
         phased, host = _ddp(m, t, p, single)
     elif p.stage:
@@ -428,11 +434,7 @@ def shard(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> Par
         phased, host = _fsdp(m, t, p, single)
     phases = tuple(PhaseUsage(ph.phase, c) for ph, (c, _) in zip(single.phases, phased, strict=True))
     peak = max(phases, key=lambda ph: ph.total)
-    alloc = (
-        single.allocator_overhead_bytes
-        - allocator_overhead_bytes(single.peak_bytes)
-        + allocator_overhead_bytes(peak.total)
-    )
+    alloc = single.allocator_overhead_bytes + int((peak.total - single.peak_bytes) * _allocator_ratio(single))
     paged = single.paged_bytes
     if p.stage:
         paged = 0 if p.offload != "none" else _ceil_div(optimizer_bytes(m, t, MASTER_BYTES).paged, p.gpus)
