@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
 import pytest
 
 _TOKENS: dict[str, Any] = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}

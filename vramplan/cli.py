@@ -435,5 +435,95 @@ def calibration(store: str | None, as_json: bool) -> None:
     render_calibration(runs, cals, path, _console())
 
 
+class _Progress:
+    """Harness progress (building, quantizing layer i/N, step k/N) on stderr: a rich status line on a terminal,
+    plain lines otherwise."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.status = self.console.status("starting") if self.console.is_terminal else None
+
+    def __enter__(self) -> _Progress:
+        if self.status is not None:
+            self.status.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+    def __call__(self, message: str) -> None:
+        if self.status is not None:
+            self.status.update(message)
+        elif not message.startswith(("quantizing layer", "initializing layer")):
+            click.echo(message, err=True)
+
+
+def _measured(r, estimate_b, as_json: bool) -> None:  # noqa: ANN001
+    if as_json:
+        from vramplan.report import measurement_json
+
+        click.echo(json.dumps(measurement_json(r, estimate_b)))
+        return
+    from vramplan.report import render_measurement
+
+    render_measurement(r, estimate_b, _console())
+
+
+@main.command()
+@click.argument("model")
+@train_options
+@click.option("--steps", type=int, default=3, show_default=True, help="training steps (states appear in step 1)")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None, help="[cuda if torch sees one, else cpu]")
+@click.option("--weights", default=None, metavar="PATH", help="real weights: from_pretrained(PATH) instead of random")
+@click.option("--json", "as_json", is_flag=True, help="estimate's JSON shape with the measurement, plus measured fields")
+def measure(
+    model: str, gpu: str | None, steps: int, device: str | None, weights: str | None, as_json: bool, **kw: Any
+) -> None:
+    """Run real training steps of MODEL (transformers + peft + bitsandbytes) and measure their memory.
+
+    On CUDA: torch's max_memory_allocated / max_memory_reserved, NVML's figure for this process and the tracked
+    breakdown; an out-of-memory error is a result (verdict oom). On CPU: the same step, traced tensor by tensor
+    with the kernels CUDA would run (models up to 2B parameters). The estimate is printed beside it.
+    """
+    from vramplan.estimate import estimate as run_estimate
+
+    m, t, g = resolve_inputs(model, gpu, kw)
+    _emit_notes(t)
+    from vramplan.measure.harness import run_step
+
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    with _Progress() as progress:
+        r = run_step(m, t, device=device, steps=steps, weights=weights, gpu=g, progress=progress)
+    _measured(r, run_estimate(m, gpu=g, train=t), as_json)
+
+
+@main.command()
+@click.argument("model")
+@train_options
+@click.option("--steps", type=int, default=2, show_default=True, help="training steps to trace")
+@click.option("--json", "as_json", is_flag=True, help="estimate's JSON shape with the trace, plus traced fields")
+def simulate(model: str, gpu: str | None, steps: int, as_json: bool, **kw: Any) -> None:
+    """Trace real training steps of MODEL at full size without memory (fake / meta tensors, no GPU needed).
+
+    The real transformers + peft + bitsandbytes code runs on tensors that have shapes but no data; the tracker
+    records what CUDA would allocate (tensor level) and the estimate is printed beside it.
+    """
+    from vramplan.estimate import estimate as run_estimate
+
+    m, t, g = resolve_inputs(model, gpu, kw)
+    _emit_notes(t)
+    from vramplan.measure.harness import simulate as run_simulate
+
+    with _Progress() as progress:
+        r = run_simulate(m, t, steps=steps, gpu=g, progress=progress)
+    _measured(r, run_estimate(m, gpu=g, train=t), as_json)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -307,8 +307,11 @@ class ActivationBytes:
 
     `saved`: all decoder layers (with checkpointing: the layer inputs); `layer`: one layer's saved set
     (what a checkpointed layer recomputes during backward); `layer_transient`: the largest set of
-    unsaved intermediates alive at one op; `weight_copies`: autocast's cached low-precision copies of
-    fp32 trainable weights (held until backward uses them); `hidden_bytes`: one T·hidden tensor in the
+    unsaved intermediates alive at one op; `layer_copies`: autocast's low-precision copies of one
+    layer's fp32 weights that mm saves (adapters, fp32 base or master weights), held by `copy_layers` layers
+    from forward to their backward (without checkpointing; with it the recompute makes one layer's again);
+    `layer_cached`: the part autocast's cast cache holds (trainable leaves) until forward ends; `head_copy`: the same for an
+    fp32 `lm_head`, alive until lm_head's backward; `hidden_bytes`: one T·hidden tensor in the
     residual stream's dtype; `backward_workspace`: gradients alive at once inside one layer's backward:
     the MLP's (grad of the down-projection input and of both product operands, 3·T·I in the compute dtype;
     2·T·I for a plain MLP) plus the layer's output and input gradients (2·T·H).
@@ -317,7 +320,10 @@ class ActivationBytes:
     saved: int
     layer: int
     layer_transient: int
-    weight_copies: int
+    layer_copies: int
+    layer_cached: int
+    copy_layers: int
+    head_copy: int
     hidden_bytes: int
     backward_workspace: int
     final_hidden_bytes: int  # the final norm's output, held by the model output until the loss is computed
@@ -373,25 +379,32 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     saved += at(final_saved)
     layer = max(at(v[0]) for v in walks.values())
     transient = max((at(z) for v in walks.values() for z in v[1]), default=0)
-    copies = 0
+    layer_copies = layer_cached = head_copy = 0
+    n_copy_layers = t.freeze_trainable_layers if t.method == "freeze" else L
     if c.ac:
         ab = _B[c.ac]
         if c.lora:
             # autocast casts each fp32 adapter weight to the autocast dtype; mm saves the copy (its input needs
             # a gradient), so a low-precision copy of every adapter lives from forward until its backward
-            copies += sum(
-                L * (t.lora_rank * (li.in_features + li.out_features)) * ab for li in m.linears if li.name in c.lora
+            layer_copies += sum(
+                t.lora_rank * (li.in_features + li.out_features) * ab for li in m.linears if li.name in c.lora
             )
+            layer_cached = layer_copies
         if not c.quant and t.dtype != c.ac:
             # unquantized linear weights stored in another dtype (fp32 master weights, or a frozen fp32 base):
-            # mm saves the cast copy whenever its input needs a gradient (trainable weights: autocast's cache)
-            n_layers = t.freeze_trainable_layers if t.method == "freeze" else L
-            copies += n_layers * sum(li.weight_params for li in m.linears) * ab
+            # mm saves the cast copy whenever its input needs a gradient
+            base_copy = sum(li.weight_params for li in m.linears) * ab
+            layer_copies += base_copy
+            if t.method in ("full", "freeze"):
+                layer_cached += base_copy
+        # autocast's cast cache keeps the copies of leaf tensors that require grad (adapters, trainable weights)
+        # until the autocast region exits, i.e. through the whole forward even under checkpointing
+        # (aten/src/ATen/autocast_mode.cpp `cached_cast`)
         head_dt = "fp32" if t.kbit_prep else t.dtype
         if head_dt != c.ac:
             # lm_head (the embedding matrix when tied): kbit prep leaves it fp32, so under autocast its cast
             # copy (vocab·hidden) is saved for the input gradient until lm_head's backward
-            copies += m.vocab_size * m.hidden_size * ab
+            head_copy = m.vocab_size * m.hidden_size * ab
     cdb = _B[c.ac or rd]
     n_int = {"gated": 3, "gated_fused": 3, "plain": 2}.get(m.mlp, 3 * max(m.num_experts_per_tok, 1))
     workspace = n_int * T * m.intermediate_size * cdb + 2 * hidden
@@ -399,7 +412,10 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         saved=saved,
         layer=layer,
         layer_transient=transient,
-        weight_copies=copies,
+        layer_copies=layer_copies,
+        layer_cached=layer_cached,
+        copy_layers=n_copy_layers,
+        head_copy=head_copy,
         hidden_bytes=hidden,
         backward_workspace=workspace,
         final_hidden_bytes=at(final_out),

@@ -44,11 +44,14 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
         "optimizer_states": ob.states,
     }
     accum_grads = grads if t.grad_accum > 1 else 0
-    saved = act.saved + act.weight_copies
+    # autocast copies of fp32 weights: saved by mm (without checkpointing), or held by the cast cache in forward
+    copies = 0 if t.grad_ckpt else act.layer_copies * act.copy_layers
+    fwd_copies = act.layer_cached * act.copy_layers if t.grad_ckpt else copies
+    saved = act.saved + copies + act.head_copy
     fwd = Components(
         **base,
         gradients=accum_grads,
-        activations=saved,
+        activations=act.saved + fwd_copies + act.head_copy,
         logits=lg.forward_peak + act.final_hidden_bytes,
         temporaries=0 if lg.forward_peak >= act.layer_transient else act.layer_transient - lg.forward_peak,
     )
@@ -61,15 +64,27 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
         activations=saved,
         logits=lg.backward_peak,
     )
-    layer_work = act.backward_workspace
-    bwd_layer = Components(
+    # a decoder layer's backward: at the top layer all activations are still alive; at the bottom one only its
+    # own remain while the gradients of every layer above exist (full / freeze tuning). The usage is linear
+    # in between, so the two ends bound it.
+    n_train_layers = {"full": m.num_hidden_layers, "freeze": t.freeze_trainable_layers}.get(t.method, 0)
+    layer_grad = m.layer_params * param_bytes if n_train_layers else 0
+    recompute = (act.layer + act.layer_copies) if t.grad_ckpt else 0
+    bwd_top = Components(
         **base,
         gradients=max(accum_grads, head_grad),
-        activations=saved + (act.layer if t.grad_ckpt else 0),
-        temporaries=layer_work,
+        activations=act.saved + copies + recompute,
+        temporaries=act.backward_workspace,
+    )
+    bottom_grads = head_grad + max(n_train_layers - 1, 0) * layer_grad
+    bwd_bottom = Components(
+        **base,
+        gradients=max(accum_grads, bottom_grads),
+        activations=(act.hidden_bytes if t.grad_ckpt else act.layer + act.layer_copies) + recompute,
+        temporaries=act.backward_workspace,
     )
     bwd_end = Components(**base, gradients=grads, temporaries=2 * act.hidden_bytes)
-    bwd = max((bwd_start, bwd_layer, bwd_end), key=lambda c: c.total)
+    bwd = max((bwd_start, bwd_top, bwd_bottom, bwd_end), key=lambda c: c.total)
     opt = Components(**base, gradients=grads, temporaries=ob.step_temporaries)
     return (
         PhaseUsage("forward", fwd),

@@ -71,6 +71,15 @@ def hf_config(m: ModelSpec, t: TrainSpec, attn: str):  # noqa: ANN201
     return config
 
 
+def supports_sdpa(m: ModelSpec) -> bool:
+    """Whether transformers' model class for `m` implements SDPA (gemma2 and bloom do not, 5.24)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config_cls = type(AutoConfig.for_model(m.model_type))
+    model_cls = AutoModelForCausalLM._model_mapping.get(config_cls, None)
+    return bool(getattr(model_cls, "_supports_sdpa", True))
+
+
 def bnb_config(t: TrainSpec):  # noqa: ANN201
     from transformers import BitsAndBytesConfig
 
@@ -103,6 +112,8 @@ def build(
     """Model (+ quantization, kbit prep, checkpointing, LoRA / freeze) and optimizer for `t` on `device`."""
     say = progress or (lambda _msg: None)
     attn, note = attn_implementation(t, device)
+    if attn == "sdpa" and not supports_sdpa(m):
+        attn, note = "eager", f"{m.model_type} has no SDPA attention in transformers: traced with eager"
     notes = [note] if note else []
     target = torch.device("cpu" if device == "fake" else device)
     with warnings.catch_warnings(), (_fake_safe_module_apply() if device == "fake" else contextlib.nullcontext()):
@@ -113,7 +124,7 @@ def build(
             model = _quantized_from_config(m, t, attn, target, say)
         else:
             say(f"building {m.name} ({t.dtype}, random weights)")
-            model = _from_config(m, t, attn, target)
+            model = _from_config(m, t, attn, target, say, fake=device == "fake")
         model.config.use_cache = False
         causal_lm = model
         if t.kbit_prep:
@@ -129,17 +140,20 @@ def build(
             from peft import LoraConfig, get_peft_model
 
             say(f"adding LoRA r={t.lora_rank} to {', '.join(t.lora_target)}")
-            model = get_peft_model(
-                model,
-                LoraConfig(
-                    r=t.lora_rank,
-                    lora_alpha=t.lora_alpha,
-                    lora_dropout=t.lora_dropout,
-                    target_modules=list(t.lora_target),
-                    use_dora=t.dora,
-                    task_type="CAUSAL_LM",
-                ),
-            )
+            try:
+                model = get_peft_model(
+                    model,
+                    LoraConfig(
+                        r=t.lora_rank,
+                        lora_alpha=t.lora_alpha,
+                        lora_dropout=t.lora_dropout,
+                        target_modules=list(t.lora_target),
+                        use_dora=t.dora,
+                        task_type="CAUSAL_LM",
+                    ),
+                )
+            except ValueError as e:  # the real stack refuses it, e.g. dropout on Mixtral's expert parameters
+                raise VramplanError(f"PEFT refuses this LoRA setup: {e}") from None
     model.train()
     optimizer = build_optimizer(model, t.optim)
     return Built(model=model, optimizer=optimizer, causal_lm=causal_lm, device=target, notes=tuple(notes))
@@ -180,12 +194,21 @@ def _fake_safe_module_apply() -> Iterator[None]:
         nn.Module._apply = original
 
 
-def _from_config(m: ModelSpec, t: TrainSpec, attn: str, device: torch.device) -> nn.Module:
+def _from_config(
+    m: ModelSpec, t: TrainSpec, attn: str, device: torch.device, say: Progress, *, fake: bool
+) -> nn.Module:
+    """Random weights. Real devices: on meta, then one module at a time on `device` with transformers'
+    `_init_weights` (as `from_pretrained` initializes missing weights; half the time of `from_config`, which runs
+    torch's init and then transformers'). Fake tensors cost nothing: `from_config` directly."""
     from transformers import AutoModelForCausalLM
 
     config = hf_config(m, t, attn)
-    with torch.device(device):
-        return AutoModelForCausalLM.from_config(config, dtype=TORCH_DTYPES[t.dtype], attn_implementation=attn)
+    dtype = TORCH_DTYPES[t.dtype]
+    with torch.device("cpu" if fake else "meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
+    if not fake and device.type != "meta":
+        materialize(model, None, dtype, device, say)
+    return model
 
 
 def _from_pretrained(path: str, t: TrainSpec, attn: str, device: torch.device, say: Progress) -> nn.Module:
@@ -226,10 +249,13 @@ def materialize(
 ) -> None:
     """Give every meta parameter and buffer of `model` a value on `device`: quantized bitsandbytes weights for
     the swapped linears (drawn N(0, 0.02) in `dtype`, one at a time), transformers' `_init_weights` for the rest."""
-    import bitsandbytes as bnb
+    if quantizer is not None:
+        import bitsandbytes as bnb
 
-    quantize = quantizer.get_quantize_ops()
-    bnb_types = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+        quantize = quantizer.get_quantize_ops()
+        bnb_types: tuple[type, ...] = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+    else:
+        bnb_types = ()
     std = getattr(model.config, "initializer_range", 0.02) or 0.02
     layers = _decoder_layers(model)
     layer_of = {id(mod): i for i, layer in enumerate(layers) for mod in layer.modules()}
@@ -239,7 +265,7 @@ def materialize(
         for name, module in model.named_modules():
             i = layer_of.get(id(module))
             if i is not None and i > done_layer:
-                say(f"quantizing layer {i + 1}/{len(layers)}")
+                say(f"{'quantizing' if bnb_types else 'initializing'} layer {i + 1}/{len(layers)}")
                 done_layer = i
             if isinstance(module, bnb_types):
                 value = torch.empty(module.weight.shape, dtype=dtype, device=device).normal_(0.0, std)

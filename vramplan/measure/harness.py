@@ -117,10 +117,9 @@ def resolve_device(device: str, t: TrainSpec) -> tuple[Device, str | None]:
 
 def check_cpu_size(m: ModelSpec) -> None:
     if m.total_params > CPU_MAX_PARAMS:
-        size = f"{m.total_params / 1e9:.0f}B" if m.total_params >= 1e10 else f"{m.total_params / 1e9:.1f}B"
         raise VramplanError(
-            f"{m.name} has {size} parameters: {size} on CPU is impractical (limit "
-            f"{CPU_MAX_PARAMS / 1e9:.0f}B): use `vramplan simulate` or a GPU"
+            f"{m.name} ({m.total_params / 1e9:.1f}B parameters) on CPU is impractical: use `vramplan simulate` "
+            f"or a GPU (`measure --device cpu` takes models up to {CPU_MAX_PARAMS / 1e9:.0f}B)"
         )
 
 
