@@ -155,6 +155,8 @@ def _linear(w: _Walk, c: _Ctx, x: _Tok, name: str, out_f: int, trainable: bool, 
     w.save(a)
     bout = w.new(T * out_f, c.ac or c.ad, True)
     w.transient(x, xa, xd, xin, a, bout, out)
+    if quantized and not c.ac:
+        bout = w.cast(bout, out.dt)  # peft lora/bnb.py: `output.to(expected_dtype)` when autocast is off
     res = w.new(T * out_f, _promote(out.dt, bout.dt), True)
     if c.dora:
         # DoRA: result = (m/||W+sBA|| - 1)·base + (m/||W+sBA||)·lora·s; both products save their
