@@ -116,6 +116,9 @@ class ModelSpec:
     num_experts_per_tok: int = 0
     sliding_window: int | None = None
     layer_types: tuple[str, ...] = ()
+    attn_softcap: bool = False  # gemma2 attn_logit_softcapping: tanh on the scores (eager attention)
+    final_softcap: bool = False  # gemma2 final_logit_softcapping: tanh on the logits
+    hidden_act: str = "silu"  # ACT2FN name; "gelu_new" (phi) is a Python tanh-GELU that saves 3 more tensors
     config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     # ---- parameter counts by module kind (exact; tests compare them to transformers on meta) ----
@@ -208,6 +211,11 @@ def model_spec_from_config(cfg: Mapping[str, Any], name: str) -> ModelSpec:
     return _llama_like(cfg, name, mt)
 
 
+# transformers 5.24 config classes' default `hidden_act` where it is not SiLU
+DEFAULT_ACT = {"phi": "gelu_new", "gpt_neox": "gelu", "bloom": "bloom_gelu", "gemma": "gelu_pytorch_tanh",
+               "gemma2": "gelu_pytorch_tanh"}  # fmt: skip
+
+
 def _common(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> dict[str, Any]:
     kv = cfg.get("num_key_value_heads") or heads
     head_dim = cfg.get("head_dim") or HEAD_DIM_DEFAULTS.get(cfg.get("model_type", ""), h // heads)
@@ -219,6 +227,12 @@ def _common(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> dict[str, 
         "head_dim": head_dim,
         "vocab_size": _req(cfg, "vocab_size", name),
         "max_position_embeddings": cfg.get("max_position_embeddings") or cfg.get("seq_length") or 2048,
+        # Gemma2Config defaults: attn_logit_softcapping 50.0, final_logit_softcapping 30.0
+        "attn_softcap": cfg.get("model_type") == "gemma2" and cfg.get("attn_logit_softcapping", 50.0) is not None,
+        "final_softcap": cfg.get("model_type") == "gemma2" and cfg.get("final_logit_softcapping", 30.0) is not None,
+        "hidden_act": str(
+            cfg.get("hidden_activation") or cfg.get("hidden_act") or DEFAULT_ACT.get(cfg.get("model_type"), "silu")
+        ),
         "config": dict(cfg),
     }
 
@@ -566,6 +580,12 @@ def resolve_train(
     if not 0.0 <= lora_dropout < 1.0:
         raise VramplanError(f"--lora-dropout must be in [0, 1), got {lora_dropout!r}")
     targets, preset = resolve_lora_target(model, lora_target)
+    # transformers 5.24 refuses SDPA for these (`_supports_sdpa = False`): gemma2 (logit softcapping) and
+    # bloom (ALiBi); HF picks eager for them by default
+    eager_only = {"gemma2": ("sdpa",), "bloom": ("sdpa", "flash_attention_2")}.get(model.model_type, ())
+    if attn in eager_only:
+        notes.append(f"{model.model_type} has no {attn} attention in transformers: using eager")
+        attn = "eager"
     moe = lora_moe_targets(model, targets) if method in ("lora", "qlora") else ()
     if moe and dora:
         raise VramplanError(

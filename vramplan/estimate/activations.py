@@ -62,9 +62,10 @@ class _Tok:
 class _Walk:
     """Symbolic forward: creates tensors, records which are saved, tracks the largest transient set."""
 
-    __slots__ = ("live", "n", "saved")
+    __slots__ = ("const", "live", "n", "saved")
 
     def __init__(self) -> None:
+        self.const = 0  # saved bytes that do not scale with tokens (PEFT's MoE weight deltas)
         self.n = 0
         self.saved: dict[int, complex] = {}
         self.live: list[complex] = []
@@ -167,8 +168,10 @@ def _linear(w: _Walk, c: _Ctx, x: _Tok, name: str, out_f: int, trainable: bool, 
     return res
 
 
-def _norm(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, trainable: bool) -> _Tok:
-    T, h = c.T, m.hidden_size
+def _norm(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, trainable: bool, dim: int = 0) -> _Tok:
+    """A norm over the last `dim` features of x (hidden_size by default; qwen3's q/k norms: head_dim)."""
+    h = dim or m.hidden_size
+    T = x.numel / h  # rows
     if m.norm == "layer":
         dt = "fp32" if c.ac else x.dt
         xi = w.cast(x, dt)
@@ -207,6 +210,8 @@ def _attention(w: _Walk, c: _Ctx, m: ModelSpec, q: _Tok, k: _Tok, v: _Tok, kv_st
         out = w.new(T * m.q_dim, dt, rg)
         if rg:
             w.save(qc, kc, probs32, probs, vc)
+            if m.attn_softcap:  # gemma2: scores / cap -> tanh (saves its output) -> * cap
+                w.save(w.new(scores, dt, True))
         w.transient(sc, probs32, probs, out)
         return w.new(T * m.q_dim, dt, rg)  # transpose(1, 2).contiguous()
     dt = c.ac or q.dt
@@ -247,6 +252,9 @@ def _layer(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, trainable: bool) -> _Tok:
         q = _Tok(qkv.id, T * m.q_dim * _B[qkv.dt], qkv.dt, qkv.rg, T * m.q_dim)
         k = _Tok(qkv.id, T * m.kv_dim * _B[qkv.dt], qkv.dt, qkv.rg, T * m.kv_dim)
         v = _Tok(qkv.id, T * m.kv_dim * _B[qkv.dt], qkv.dt, qkv.rg, T * m.kv_dim)
+    if m.head_norm_params and m.norm == "rms":  # qwen3: RMSNorm over head_dim on q and k before RoPE
+        q = _norm(w, c, m, q, trainable, m.head_dim)
+        k = _norm(w, c, m, k, trainable, m.head_dim)
     q, k = _rope(w, q, rd), _rope(w, k, rd)
     a = _attention(w, c, m, q, k, v, kv_store)
     o = lin(a, "o_proj" if "o_proj" in names else "dense")
@@ -290,15 +298,26 @@ def _mlp(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, lin) -> _Tok:  # noqa: ANN001
         g = w.new(T * i, f.dt, f.rg)
         if f.rg:
             w.save(f)
+            if m.hidden_act == "gelu_new":
+                # NewGELUActivation: 0.5·x·(1 + tanh(c·(x + 0.044715·x³))) saves tanh's output and both
+                # factors of the last product (transformers/activations.py)
+                w.save(w.new(T * i, f.dt, True), w.new(T * i, f.dt, True), w.new(T * i, f.dt, True))
         w.transient(f, g)
         return lin(g, down)
-    # MoE (Mixtral, transformers 5 MixtralExperts): each token visits top_k experts; frozen expert
-    # weights save no inputs; per routed token SiLU input, SiLU output and up output (T·k·I each), the
-    # expert output scaled by its routing weight (T·k·H), router logits/probs (T·E fp32).
+    # MoE (Mixtral, transformers 5 MixtralExperts): each token visits top_k experts, gathered per expert.
+    # Saved per routed token: the gate_up output (2I, kept whole by the SiLU's and product's views), the SiLU
+    # output (I), the expert output scaled by its routing weight (H); router softmax (T·E fp32). With LoRA on
+    # the experts (PEFT `target_parameters`, ParamWrapper) the expert weights require grad, so the gathered
+    # input (H) and the down-projection input (I) are saved too, and PEFT materialises each layer's weight
+    # deltas (E·3·I·H in the compute dtype), saved for the backward: a per-layer constant, not per token.
     k, e, h = m.num_experts_per_tok, m.num_local_experts, m.hidden_size
     dt = c.ac or x.dt
-    if x.rg:
-        w.save(w.new(3 * T * k * i, dt, True), w.new(T * k * h, dt, True), w.new(2 * T * e, "fp32", False))
+    expert_lora = bool(c.lora & {"w1", "w3", "w2"})
+    if x.rg or expert_lora:
+        w.save(w.new(T * k * (3 * i + h), dt, True), w.new(2 * T * e, "fp32", False))
+        if expert_lora:
+            w.save(w.new(T * k * (h + i), dt, True))
+            w.const += e * 3 * i * h * _B[dt]
     w.transient(w.new(T * k * 2 * i, dt, True))
     return w.new(T * h, dt, x.rg)
 
@@ -332,11 +351,13 @@ class ActivationBytes:
 
 
 @functools.lru_cache(maxsize=4096)
-def _walk_layer(m: ModelSpec, c: _Ctx, trainable: bool, rg_in: bool, rd: str) -> tuple[complex, tuple[complex, ...]]:
-    """(saved bytes, live bytes at each op) per token of one decoder layer."""
+def _walk_layer(
+    m: ModelSpec, c: _Ctx, trainable: bool, rg_in: bool, rd: str
+) -> tuple[complex, tuple[complex, ...], int]:
+    """(saved bytes per token, live bytes per token at each op, saved bytes per layer) of one decoder layer."""
     w = _Walk()
     _layer(w, c, m, w.new(m.hidden_size, rd, rg_in), trainable)
-    return w.saved_bytes, tuple(w.live)
+    return w.saved_bytes, tuple(w.live), w.const
 
 
 @functools.lru_cache(maxsize=4096)
@@ -375,11 +396,11 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         # non-reentrant checkpoint keeps each layer's input hidden state
         saved = L * hidden
     else:
-        saved = sum(n * at(walks[k][0]) for k, n in kinds.items())
+        saved = sum(n * (at(walks[k][0]) + walks[k][2]) for k, n in kinds.items())
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
     final_saved, final_out = _walk_final(m, c, rd, t.method == "full")
     saved += at(final_saved)
-    layer = max(at(v[0]) for v in walks.values())
+    layer = max(at(v[0]) + v[2] for v in walks.values())
     transient = max((at(z) for v in walks.values() for z in v[1]), default=0)
     layer_copies = layer_cached = head_copy = 0
     n_copy_layers = t.freeze_trainable_layers if t.method == "freeze" else L

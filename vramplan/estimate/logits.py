@@ -29,8 +29,10 @@ def logits_bytes(m: ModelSpec, t: TrainSpec) -> LogitsBytes:
     if t.kbit_prep and t.mixed_precision == "no":
         head_dt = 4  # fp32 lm_head after kbit prep, no autocast
     upcast = 0 if head_dt == 4 else 4 * tv
+    # gemma2 final_logit_softcapping: logits / cap -> tanh -> * cap; tanh saves its output (head dtype)
+    softcap = head_dt * tv if m.final_softcap else 0
     return LogitsBytes(
-        forward_peak=head_dt * tv + upcast + 4 * tv,
-        saved=4 * tv,
-        backward_peak=3 * 4 * tv,
+        forward_peak=head_dt * tv + upcast + 4 * tv + 2 * softcap,
+        saved=4 * tv + softcap,
+        backward_peak=3 * 4 * tv + softcap,
     )
