@@ -461,7 +461,7 @@ class _Progress:
             click.echo(message, err=True)
 
 
-def _measured(r, estimate_b, as_json: bool) -> None:  # noqa: ANN001
+def _measured(r, estimate_b, as_json: bool) -> None:
     if as_json:
         from vramplan.report import measurement_json
 
@@ -475,18 +475,30 @@ def _measured(r, estimate_b, as_json: bool) -> None:  # noqa: ANN001
 @main.command()
 @click.argument("model")
 @train_options
-@click.option("--steps", type=int, default=3, show_default=True, help="training steps (states appear in step 1)")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None, help="[cuda if torch sees one, else cpu]")
-@click.option("--weights", default=None, metavar="PATH", help="real weights: from_pretrained(PATH) instead of random")
-@click.option("--json", "as_json", is_flag=True, help="estimate's JSON shape with the measurement, plus measured fields")
+@click.option("--steps", type=int, default=3, show_default=True, help="training steps (states appear in 1)")
+@click.option(
+    "--device", type=click.Choice(["cuda", "cpu"]), default=None, help="[cuda if torch sees one, else cpu]"
+)
+@click.option("--weights", default=None, metavar="PATH", help="from_pretrained(PATH), not random weights")
+@click.option("--save", is_flag=True, help="add this CUDA run to the calibration store")
+@click.option("--store", default=None, metavar="PATH", help="--save's file [$VRAMPLAN_STORE, else user dir]")
+@click.option("--json", "as_json", is_flag=True, help="estimate's JSON shape, measured, plus measured fields")
 def measure(
-    model: str, gpu: str | None, steps: int, device: str | None, weights: str | None, as_json: bool, **kw: Any
+    model: str,
+    gpu: str | None,
+    steps: int,
+    device: str | None,
+    weights: str | None,
+    save: bool,
+    store: str | None,
+    as_json: bool,
+    **kw: Any,
 ) -> None:
     """Run real training steps of MODEL (transformers + peft + bitsandbytes) and measure their memory.
 
-    On CUDA: torch's max_memory_allocated / max_memory_reserved, NVML's figure for this process and the tracked
-    breakdown; an out-of-memory error is a result (verdict oom). On CPU: the same step, traced tensor by tensor
-    with the kernels CUDA would run (models up to 2B parameters). The estimate is printed beside it.
+    On CUDA: torch's max_memory_allocated / max_memory_reserved, NVML's figure for this process and the
+    tracked breakdown; an out-of-memory error is a result (verdict oom). On CPU: the same step, traced tensor
+    by tensor with the kernels CUDA would run (models up to 2B parameters). The estimate is printed beside it.
     """
     from vramplan.estimate import estimate as run_estimate
 
@@ -498,21 +510,30 @@ def measure(
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if save and device != "cuda":
+        raise VramplanError(f"--save stores CUDA measurements; --device {device} has none")
     with _Progress() as progress:
         r = run_step(m, t, device=device, steps=steps, weights=weights, gpu=g, progress=progress)
-    _measured(r, run_estimate(m, gpu=g, train=t), as_json)
+    estimate_b = run_estimate(m, gpu=g, train=t)
+    if save and r.oom is None:
+        from vramplan.calibration import append_run
+        from vramplan.measure.harness import run_record
+
+        path = append_run(run_record(r, estimate_b), store)
+        click.echo(f"saved to {path}", err=True)
+    _measured(r, estimate_b, as_json)
 
 
 @main.command()
 @click.argument("model")
 @train_options
 @click.option("--steps", type=int, default=2, show_default=True, help="training steps to trace")
-@click.option("--json", "as_json", is_flag=True, help="estimate's JSON shape with the trace, plus traced fields")
+@click.option("--json", "as_json", is_flag=True, help="estimate's JSON shape, traced, plus traced fields")
 def simulate(model: str, gpu: str | None, steps: int, as_json: bool, **kw: Any) -> None:
     """Trace real training steps of MODEL at full size without memory (fake / meta tensors, no GPU needed).
 
-    The real transformers + peft + bitsandbytes code runs on tensors that have shapes but no data; the tracker
-    records what CUDA would allocate (tensor level) and the estimate is printed beside it.
+    The real transformers + peft + bitsandbytes code runs on tensors that have shapes but no data; the
+    tracker records what CUDA would allocate (tensor level) and the estimate is printed beside it.
     """
     from vramplan.estimate import estimate as run_estimate
 

@@ -635,7 +635,7 @@ def render_calibration(runs: list[RunRecord], cals: list[Calibration], store: st
     console.print(c)
 
 
-# ---- measure / simulate: the measurement beside the estimate -----------------------------------------------------
+# ---- measure / simulate: the measurement beside the estimate ----------------------------------------------
 
 
 def error_pct(estimated: int, measured: int) -> float | None:
@@ -671,7 +671,12 @@ def measurement_json(r: Any, estimate: Breakdown) -> dict[str, Any]:
         "verdict": r.verdict,
         "oom": None
         if r.oom is None
-        else {"step": r.oom.step, "phase": r.oom.phase, "reached_bytes": r.oom.reached_bytes, "message": r.oom.message},
+        else {
+            "step": r.oom.step,
+            "phase": r.oom.phase,
+            "reached_bytes": r.oom.reached_bytes,
+            "message": r.oom.message,
+        },
         "cuda": None
         if r.cuda is None
         else {
@@ -680,6 +685,7 @@ def measurement_json(r: Any, estimate: Breakdown) -> dict[str, Any]:
             "max_memory_allocated": r.cuda.max_memory_allocated,
             "max_memory_reserved": r.cuda.max_memory_reserved,
             "nvml_process_bytes": r.cuda.nvml_process_bytes,
+            "cuda_context_bytes": r.cuda.cuda_context_bytes,
         },
         "seconds": round(r.seconds, 2),
         "versions": dict(r.versions),
@@ -693,7 +699,7 @@ def measurement_json(r: Any, estimate: Breakdown) -> dict[str, Any]:
 
 
 def render_measurement(r: Any, estimate: Breakdown, console: Console) -> None:
-    """The measured (or traced) breakdown and the estimate side by side, component by component, with the error.
+    """The measured (or traced) breakdown and the estimate side by side, component by component, with error.
 
     `r`: a vramplan.measure MeasureResult. Components are compared at each one's own peak; the phase rows
     compare each phase's peak.
@@ -707,13 +713,15 @@ def render_measurement(r: Any, estimate: Breakdown, console: Console) -> None:
         f"{r.steps} step{'s' if r.steps != 1 else ''} vs estimate"
     )
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    for col, just in (("component", "left"), ("measured GiB", "right"), ("estimated GiB", "right"),
+    measured = "measured GiB" if r.device == "cuda" else "traced GiB"
+    for col, just in (("component", "left"), (measured, "right"), ("estimated GiB", "right"),
                       ("error", "right")):  # fmt: skip
         t.add_column(col, justify=just)
     comps, est = b.components.as_dict(), estimate.components.as_dict()
     for name in comps:
         if comps[name] or est[name]:
-            t.add_row(COMPONENT_LABELS[name], gib(comps[name]), gib(est[name]), _err_text(est[name], comps[name]))
+            err = _err_text(est[name], comps[name])
+            t.add_row(COMPONENT_LABELS[name], gib(comps[name]), gib(est[name]), err)
     t.add_row(
         Text(f"tensor peak (measured in {b.peak_phase}, estimated in {estimate.peak_phase})", style="bold"),
         Text(gib(b.peak_bytes), style="bold"),
@@ -743,7 +751,7 @@ def render_measurement(r: Any, estimate: Breakdown, console: Console) -> None:
     console.print(t)
     console.print(
         f"params: {b.params_total:,} total, {b.params_trainable:,} trainable · {r.seconds:.1f} s · "
-        "error = (estimated − measured) / measured · units GiB = 1024³ B",
+        "error = (estimated − measured) / measured · GiB = 1024³ B",
         highlight=False,
     )
     if r.oom is not None:

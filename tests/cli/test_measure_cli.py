@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from tests.conftest import TINY_CONFIGS
@@ -29,13 +28,15 @@ def test_measure_prints_the_side_by_side(tiny_config: str) -> None:
     r = run("measure", tiny_config, "--method", "lora", "--seq", "32", "--device", "cpu", "--steps", "2")
     assert r.exit_code == 0, r.output
     out = r.stdout
-    for line in ("measured GiB", "estimated GiB", "error", "weights", "optimizer states", "logits / loss",
+    for line in ("traced GiB", "estimated GiB", "error", "weights", "optimizer states", "logits / loss",
                  "tensor peak", "backward phase peak", "traced on CPU, 2 steps vs estimate"):  # fmt: skip
         assert line in out
     assert "step 2/2" in r.stderr  # progress on stderr
 
 
 def test_measure_json_is_the_estimate_shape_plus_measured_fields(tiny_config: str) -> None:
+    import torch
+
     r = run("measure", tiny_config, "--method", "qlora", "--seq", "32", "--device", "cpu", "--steps", "2",
             "--gpu", "3060ti", "--json")  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -43,16 +44,23 @@ def test_measure_json_is_the_estimate_shape_plus_measured_fields(tiny_config: st
     estimate = json.loads(run("estimate", tiny_config, "--method", "qlora", "--seq", "32", "--gpu", "3060ti",
                               "--json").stdout)  # fmt: skip
     assert set(estimate) - {"parallel"} <= set(d)
-    assert d["source"] == "measure" and d["estimate"]["source"] == "estimate"
+    assert d["source"] == "measure"
+    assert d["estimate"]["source"] == "estimate"
     assert d["components"].keys() == estimate["components"].keys()
     assert d["peak_bytes"] == sum(d["components"].values())
-    assert d["device"] == "cpu" and d["steps"] == 2 and d["outcome"] == "ok" and d["oom"] is None
-    assert d["verdict"] == "fits" and d["cuda"] is None
+    assert d["device"] == "cpu"
+    assert d["steps"] == 2
+    assert d["outcome"] == "ok"
+    assert d["oom"] is None
+    assert d["verdict"] == "fits"
+    assert d["cuda"] is None
     assert set(d["error_pct"]) == {*d["components"], "peak_bytes"}
     assert d["versions"]["torch"] == torch.__version__
 
 
 def test_measure_out_of_memory_is_a_result(tiny_config: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
     def backward(self: torch.Tensor, *args, **kwargs) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
 
@@ -62,8 +70,10 @@ def test_measure_out_of_memory_is_a_result(tiny_config: str, monkeypatch: pytest
     assert "does not fit: out of memory in backward of step 1, after reaching 0.00 GiB" in r.stdout
     r = run("measure", tiny_config, "--method", "lora", "--seq", "32", "--device", "cpu", "--json")
     d = json.loads(r.stdout)
-    assert d["outcome"] == "oom" and d["verdict"] == "oom"
-    assert d["oom"]["phase"] == "backward" and d["oom"]["step"] == 1
+    assert d["outcome"] == "oom"
+    assert d["verdict"] == "oom"
+    assert d["oom"]["phase"] == "backward"
+    assert d["oom"]["step"] == 1
 
 
 def test_measure_refuses_7b_on_cpu() -> None:
@@ -77,7 +87,8 @@ def test_measure_refuses_7b_on_cpu() -> None:
 def test_measure_cuda_without_cuda_is_one_line() -> None:
     r = run("measure", "tinyllama-1.1b", "--method", "lora", "--device", "cuda")
     assert r.exit_code == 2
-    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: --device cuda: torch ")
+    assert r.stderr.count("\n") == 1
+    assert r.stderr.startswith("error: --device cuda: torch ")
 
 
 def test_simulate_qlora_7b_on_a_3060ti() -> None:
@@ -85,8 +96,10 @@ def test_simulate_qlora_7b_on_a_3060ti() -> None:
     r = run("simulate", "llama-2-7b", "--method", "qlora", "--gpu", "3060ti")
     seconds = time.perf_counter() - start
     assert r.exit_code == 0, r.output
-    assert "traced on meta tensors" in r.stdout and "quantization constants" in r.stdout
-    assert "rtx-3060-ti" in r.stdout and ("fits" in r.stdout or "tight" in r.stdout)
+    assert "traced on meta tensors" in r.stdout
+    assert "quantization constants" in r.stdout
+    assert "rtx-3060-ti" in r.stdout
+    assert "fits" in r.stdout or "tight" in r.stdout
     assert seconds < 30
 
 
@@ -94,7 +107,8 @@ def test_simulate_lora_7b_on_fake_tensors() -> None:
     r = run("simulate", "llama-2-7b", "--method", "lora", "--seq", "512", "--json")
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
-    assert d["source"] == "simulate" and d["device"] == "fake"
+    assert d["source"] == "simulate"
+    assert d["device"] == "fake"
     gib = 1024**3
     assert 16 * gib < d["peak_bytes"] < 18 * gib  # 12.6 GiB bf16 weights + 3.7 GiB activations + adapters
 
@@ -105,3 +119,9 @@ def test_measure_tinyllama_on_cpu() -> None:
     r = run("measure", "tinyllama-1.1b", "--method", "lora", "--seq", "128", "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert "tinyllama-1.1b · lora · batch 1 × seq 128 · traced on CPU, 3 steps vs estimate" in r.stdout
+
+
+def test_measure_save_needs_cuda(tiny_config: str) -> None:
+    r = run("measure", tiny_config, "--method", "lora", "--device", "cpu", "--save")
+    assert r.exit_code == 2
+    assert "--save stores CUDA measurements; --device cpu has none" in r.stderr

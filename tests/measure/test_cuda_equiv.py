@@ -21,7 +21,7 @@ def _saved(grad_fn: torch.autograd.graph.Node) -> dict[str, torch.Tensor]:
             isinstance(getattr(grad_fn, n), torch.Tensor)}  # fmt: skip
 
 
-# ---- versions ------------------------------------------------------------------------------------------------
+# ---- versions ----------------------------------------------------------------------------------------------
 
 
 def test_installed_versions_are_the_pinned_ones() -> None:
@@ -35,7 +35,7 @@ def test_version_mismatch_warns(monkeypatch: pytest.MonkeyPatch) -> None:
         cuda_equiv.check_versions()
 
 
-# ---- dropout ---------------------------------------------------------------------------------------------------
+# ---- dropout -----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("device", ["cpu", "meta"])
@@ -69,13 +69,14 @@ def test_nn_dropout_module_is_routed() -> None:
     assert y.grad_fn.name() == "NativeDropoutBackward0"
 
 
-# ---- SDPA ------------------------------------------------------------------------------------------------------
+# ---- SDPA --------------------------------------------------------------------------------------------------
 
 
 def test_backend_choice_is_cudas() -> None:
     assert cuda_sdpa_backend(torch.bfloat16, has_mask=False, head_dim=128) == "flash"
     assert cuda_sdpa_backend(torch.float16, has_mask=False, head_dim=256) == "flash"
-    assert cuda_sdpa_backend(torch.bfloat16, has_mask=True, head_dim=128) == "efficient"  # flash takes no mask
+    # flash takes no mask
+    assert cuda_sdpa_backend(torch.bfloat16, has_mask=True, head_dim=128) == "efficient"
     assert cuda_sdpa_backend(torch.float32, has_mask=False, head_dim=128) == "efficient"  # flash: half only
     assert cuda_sdpa_backend(torch.bfloat16, has_mask=False, head_dim=512) == "efficient"
     assert cuda_sdpa_backend(torch.float64, has_mask=False, head_dim=64) == "math"
@@ -91,7 +92,8 @@ def _qkv(device: str, dtype: torch.dtype, kv: int = KV) -> tuple[torch.Tensor, .
 def test_meta_sdpa_unpatched_takes_the_math_path() -> None:
     q, k, v = _qkv("meta", torch.bfloat16, kv=H)
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    assert "Flash" not in out.grad_fn.name() and "Efficient" not in out.grad_fn.name()
+    assert "Flash" not in out.grad_fn.name()
+    assert "Efficient" not in out.grad_fn.name()
 
 
 def test_meta_sdpa_routes_to_flash_without_mask() -> None:
@@ -101,7 +103,8 @@ def test_meta_sdpa_routes_to_flash_without_mask() -> None:
     assert out.grad_fn.name() == "ScaledDotProductFlashAttentionBackward0"
     saved = _saved(out.grad_fn)
     assert saved["_saved_key"].shape == (B, KV, S, D)  # GQA: K/V are not expanded to all heads
-    assert saved["_saved_logsumexp"].shape == (B, H, S) and saved["_saved_logsumexp"].dtype == torch.float32
+    assert saved["_saved_logsumexp"].shape == (B, H, S)
+    assert saved["_saved_logsumexp"].dtype == torch.float32
     assert out.shape == (B, H, S, D)
     assert F.scaled_dot_product_attention is cuda_equiv._original_sdpa
 
@@ -141,7 +144,7 @@ def test_cpu_sdpa_saves_what_cuda_flash_saves() -> None:
     assert saved["_saved_logsumexp"].dtype == torch.float32
 
 
-# ---- autocast --------------------------------------------------------------------------------------------------
+# ---- autocast ----------------------------------------------------------------------------------------------
 
 
 def test_autocast_policy_on_meta() -> None:
@@ -159,7 +162,8 @@ def test_autocast_policy_on_meta() -> None:
             assert torch.softmax(x, -1).dtype == torch.float32  # fp32_set_opt_dtype
             assert x.sum().dtype == torch.float32
             assert torch.cat([x, x.float()]).dtype == torch.float32  # promote
-            assert torch.is_autocast_enabled() and torch.is_autocast_enabled("cuda")  # what PEFT asks
+            assert torch.is_autocast_enabled()
+            assert torch.is_autocast_enabled("cuda")
             assert torch.get_autocast_dtype("cuda") == torch.bfloat16
             assert not torch.is_autocast_enabled("cpu")
             assert emu.cast(w, torch.bfloat16) is emu.cast(w, torch.bfloat16)  # the cast cache
@@ -190,7 +194,8 @@ def test_autocast_is_reopened_in_checkpoint_recompute() -> None:
         with emu.region():
             y = torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
         y.sum().backward()
-    assert w.grad is not None and w.grad.dtype == torch.float32
+    assert w.grad is not None
+    assert w.grad.dtype == torch.float32
 
 
 def test_fused_adamw_on_meta() -> None:

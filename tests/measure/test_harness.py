@@ -1,5 +1,5 @@
-"""The harness on tiny configs: real CPU runs whose categories add up, meta/fake traces equal to them, OOM as a
-result, device selection without CUDA, NVML absent."""
+"""The harness on tiny configs: real CPU runs whose categories add up, meta/fake traces equal to them, OOM as
+a result, device selection without CUDA, NVML absent."""
 
 from __future__ import annotations
 
@@ -20,10 +20,10 @@ from vramplan.spec import model_spec_from_config, resolve_train
 BF16, F32 = 2, 4
 BATCH, SEQ = 2, 32
 LLAMA = model_spec_from_config(TINY_CONFIGS["llama"], "tiny-llama")
-H, I, V, L = 64, 128, 256, 2  # hidden, intermediate, vocab, layers of TINY_CONFIGS["llama"]
+H, INTER, V, L = 64, 128, 256, 2  # hidden, intermediate, vocab, layers of TINY_CONFIGS["llama"]
 HEAD_DIM, KV_DIM = 16, 2 * 16  # 4 heads x 16, 2 kv heads
 # q, k, v, o, gate, up, down: (in, out)
-LINEARS = ((H, H), (H, KV_DIM), (H, KV_DIM), (H, H), (H, I), (H, I), (I, H))
+LINEARS = ((H, H), (H, KV_DIM), (H, KV_DIM), (H, H), (H, INTER), (H, INTER), (INTER, H))
 ROTARY_BUFFERS = 2 * (HEAD_DIM // 2) * F32  # inv_freq and original_inv_freq, fp32
 R = 16  # default LoRA rank
 
@@ -44,8 +44,12 @@ def lora() -> MeasureResult:
 
 def test_result_shape(lora: MeasureResult) -> None:
     b = lora.breakdown
-    assert isinstance(b, Breakdown) and b.source == "measure"
-    assert lora.device == "cpu" and lora.steps == 2 and lora.outcome == "ok" and lora.cuda is None
+    assert isinstance(b, Breakdown)
+    assert b.source == "measure"
+    assert lora.device == "cpu"
+    assert lora.steps == 2
+    assert lora.outcome == "ok"
+    assert lora.cuda is None
     assert [p.phase for p in b.phases] == ["forward", "backward", "optimizer"]
     assert b.peak_bytes == lora.tracked.peak_bytes  # every tracked byte lands in a component
     assert b.peak_bytes == max(p.total for p in b.phases)
@@ -61,11 +65,15 @@ def test_lora_categories_are_consistent(lora: MeasureResult) -> None:
     assert lora.breakdown.params_trainable == adapter_params
     for phase in lora.breakdown.phases:
         c = phase.components
-        assert c.weights == frozen and c.adapters == adapters and c.quant_state == 0
-        assert c.optimizer_states == 2 * adapters + steps  # exp_avg, exp_avg_sq (second step: alive everywhere)
+        assert c.weights == frozen
+        assert c.adapters == adapters
+        assert c.quant_state == 0
+        # exp_avg, exp_avg_sq (second step: alive in every phase)
+        assert c.optimizer_states == 2 * adapters + steps
     opt = _phase(lora, "optimizer")
     assert opt.gradients == adapters  # gradients: the trainable parameters' bytes
-    assert opt.activations == 0 and opt.logits == 0  # everything of forward/backward is freed
+    assert opt.activations == 0
+    assert opt.logits == 0
     fwd = _phase(lora, "forward")
     assert fwd.gradients == 0  # zero_grad(set_to_none=True) after each step
     # at the loss: bf16 logits, their fp32 upcast and log_softmax's fp32 output
@@ -76,10 +84,12 @@ def test_lora_categories_are_consistent(lora: MeasureResult) -> None:
 def test_qlora_nf4_categories_are_consistent() -> None:
     r = _run("qlora")
     blocks = [i * o // 64 for i, o in LINEARS]  # fp32 absmax per 64 elements before double quantization
-    # uint8 absmax + fp32 offset + fp32 second-level absmax per 256 blocks + 256-entry code + 16-entry nf4 code
+    # uint8 absmax + fp32 offset + fp32 second-level absmax per 256 blocks + 256-entry code + 16-entry nf4
+    # code
     quant_state = L * sum(b + F32 + math.ceil(b / 256) * F32 + 256 * F32 + 16 * F32 for b in blocks)
     packed = L * sum(i * o // 2 for i, o in LINEARS)  # two 4-bit codes per byte
-    rest = (LLAMA.total_params - LLAMA.linear_weight_params) * F32  # kbit prep: embeddings, norms, lm_head fp32
+    # kbit prep: embeddings, norms, lm_head fp32
+    rest = (LLAMA.total_params - LLAMA.linear_weight_params) * F32
     adapters = L * sum(R * (i + o) for i, o in LINEARS) * F32
     for phase in r.breakdown.phases:
         c = phase.components
@@ -95,7 +105,8 @@ def test_full_categories_are_consistent() -> None:
     params = LLAMA.total_params * BF16
     for phase in r.breakdown.phases:
         c = phase.components
-        assert c.adapters == params and c.weights == ROTARY_BUFFERS
+        assert c.adapters == params
+        assert c.weights == ROTARY_BUFFERS
     assert _phase(r, "optimizer").gradients == params
     assert r.breakdown.params_trainable == LLAMA.total_params
 
@@ -128,12 +139,13 @@ def test_meta_and_fake_trace_what_cpu_runs(lora: MeasureResult, device: str) -> 
 def test_quantized_simulation_runs_on_meta() -> None:
     t = resolve_train(LLAMA, method="qlora", batch=BATCH, seq=SEQ)
     r = simulate(LLAMA, t)
-    assert r.device == "meta" and r.breakdown.source == "simulate"
+    assert r.device == "meta"
+    assert r.breakdown.source == "simulate"
     assert any("meta" in n for n in r.notes)
     assert r.breakdown.components.quant_state > 0
 
 
-# ---- out of memory, devices, NVML ---------------------------------------------------------------------------------
+# ---- out of memory, devices, NVML --------------------------------------------------------------------------
 
 
 def test_out_of_memory_in_backward_is_a_result(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,7 +154,8 @@ def test_out_of_memory_in_backward_is_a_result(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(torch.Tensor, "backward", backward)
     r = _run("lora")
-    assert r.outcome == "oom" and r.verdict == "oom"
+    assert r.outcome == "oom"
+    assert r.verdict == "oom"
     assert (r.oom.step, r.oom.phase) == (1, "backward")
     assert r.oom.reached_bytes == r.tracked.peak_bytes > 0
     assert "out of memory" in r.oom.message
@@ -195,6 +208,107 @@ def test_nvml_without_driver(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.gpu
 def test_cuda_run_reports_allocator_figures() -> None:
     r = _run("lora", device="cuda")
-    assert r.cuda is not None and r.cuda.max_memory_reserved >= r.cuda.max_memory_allocated > 0
+    assert r.cuda is not None
+    assert r.cuda.max_memory_reserved >= r.cuda.max_memory_allocated > 0
     assert r.breakdown.reserved_bytes == r.cuda.max_memory_reserved
     assert torch.cuda.memory_allocated() == 0  # the GPU is left clean
+
+
+def test_kernel_out_of_memory_runtime_errors_count() -> None:
+    assert harness._is_oom(RuntimeError("CUDA error: out of memory"))
+    assert harness._is_oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 MiB"))
+    assert not harness._is_oom(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+class _FakeCuda:
+    """Stand-ins for the torch.cuda calls of the CUDA path, recording which ran."""
+
+    GIB = 1024**3
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        props = type("Props", (), {"name": "NVIDIA GeForce RTX 3060 Ti", "total_memory": 8 * self.GIB})()
+        stubs = {
+            "is_available": lambda: True,
+            "empty_cache": lambda: self.calls.append("empty_cache"),
+            "reset_peak_memory_stats": lambda *a: self.calls.append("reset_peak_memory_stats"),
+            "max_memory_allocated": lambda *a: 7 * self.GIB,
+            "max_memory_reserved": lambda *a: 7 * self.GIB + 512 * 1024**2,
+            "memory_reserved": lambda *a: 1 * self.GIB,
+            "current_device": lambda: 0,
+            "get_device_properties": lambda *a: props,
+        }
+        for name, fn in stubs.items():
+            monkeypatch.setattr(torch.cuda, name, fn)
+
+
+def test_cuda_path_out_of_memory_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA path without a GPU: device accepted, peak stats reset, an OOM while building is a result, the
+    cache is emptied, NVML absent means a modelled CUDA context and a note."""
+    cuda = _FakeCuda()
+    cuda.install(monkeypatch)
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+
+    def build(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 172.00 MiB")
+
+    monkeypatch.setattr(harness, "build", build)
+    r = run_step(LLAMA, resolve_train(LLAMA, method="lora"), device="cuda")
+    assert r.outcome == "oom"
+    assert (r.oom.phase, r.oom.step) == ("build", 0)
+    assert r.oom.reached_bytes == 7 * _FakeCuda.GIB  # max_memory_allocated at the failure
+    assert cuda.calls[0] == "empty_cache"
+    assert "reset_peak_memory_stats" in cuda.calls
+    assert cuda.calls[-1] == "empty_cache"  # the GPU is left clean
+    assert r.cuda is not None
+    assert r.cuda.nvml_process_bytes is None
+    assert r.cuda.cuda_context_bytes is None
+    assert r.breakdown.gpu_bytes == 8 * _FakeCuda.GIB  # the local card when no --gpu
+    assert any("NVML unavailable" in n for n in r.breakdown.inputs["notes"])
+
+
+def test_cuda_figures_with_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    _FakeCuda().install(monkeypatch)
+    monkeypatch.setattr(harness, "nvml_process_bytes", lambda index=0: 1 * _FakeCuda.GIB + 400 * 1024**2)
+    c = harness._cuda_figures()
+    assert c.cuda_context_bytes == 400 * 1024**2  # NVML − memory_reserved, read together
+    assert (c.max_memory_allocated, c.total_bytes) == (7 * _FakeCuda.GIB, 8 * _FakeCuda.GIB)
+
+
+def test_paged_optimizer_states_are_outside_the_peak() -> None:
+    # vocab 2048 x hidden 64 = 131072 elements: embeddings and lm_head are paged (>= 1e5, bitsandbytes 0.50)
+    m = model_spec_from_config({**TINY_CONFIGS["llama"], "vocab_size": 2048}, "tiny-llama-v2048")
+    paged = run_step(m, resolve_train(m, method="full", seq=SEQ, optim="paged_adamw_32bit"), steps=2)
+    plain = run_step(m, resolve_train(m, method="full", seq=SEQ, optim="adamw_torch_fused"), steps=2)
+    big = 2 * 2048 * H * F32  # embed_tokens and lm_head, fp32 state1 and state2 each
+    assert paged.paged_bytes == paged.breakdown.paged_bytes == 2 * big
+    states = _phase(paged, "optimizer").optimizer_states
+    assert states == 2 * (m.total_params - 2 * 2048 * H) * F32  # the other tensors: two fp32 states each
+    assert _phase(plain, "optimizer").optimizer_states > states
+
+
+def test_run_record_round_trips_through_the_calibration_store(lora: MeasureResult, tmp_path) -> None:
+    from vramplan.calibration import append_run, derive_from, read_runs
+
+    gib = 1024**3
+    cuda = harness.CudaFigures(
+        device_name="NVIDIA GeForce RTX 3060 Ti",
+        total_bytes=8 * gib,
+        max_memory_allocated=5 * gib,
+        max_memory_reserved=6 * gib,
+        nvml_process_bytes=7 * gib,
+        cuda_context_bytes=gib // 2,
+    )
+    with pytest.raises(VramplanError, match="ran on cpu"):
+        harness.run_record(lora)
+    record = harness.run_record(dataclasses.replace(lora, cuda=cuda), lora.breakdown)
+    append_run(record, tmp_path / "runs.jsonl")
+    (run,) = read_runs(tmp_path / "runs.jsonl")
+    assert run.gpu_key == "rtx-3060-ti"
+    assert run.device_bytes == 6 * gib + gib // 2  # max_memory_reserved + the context NVML showed
+    assert run.tracker == lora.breakdown.components.as_dict()
+    cal = derive_from([run], "rtx-3060-ti")
+    assert cal.cuda_context_bytes == gib // 2
+    assert cal.allocator_ratio == pytest.approx(6 / 5 - 1)

@@ -62,9 +62,10 @@ class _Tok:
 class _Walk:
     """Symbolic forward: creates tensors, records which are saved, tracks the largest transient set."""
 
-    __slots__ = ("const", "live", "n", "saved")
+    __slots__ = ("const", "down_saved", "live", "n", "saved")
 
     def __init__(self) -> None:
+        self.down_saved: complex = 0
         self.const = 0  # saved bytes that do not scale with tokens (PEFT's MoE weight deltas)
         self.n = 0
         self.saved: dict[int, complex] = {}
@@ -82,7 +83,9 @@ class _Walk:
             self.saved[t.id] = t.nbytes
 
     def transient(self, *toks: _Tok) -> None:
-        self.live.append(sum(t.nbytes for t in toks if t.id not in self.saved))
+        """Record what is alive at this op: everything saved so far plus the op's unsaved operands."""
+        unsaved = {t.id: t.nbytes for t in toks if t.id not in self.saved}
+        self.live.append(sum(self.saved.values()) + sum(unsaved.values()))
 
     @property
     def saved_bytes(self) -> complex:
@@ -272,6 +275,14 @@ def _layer(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, trainable: bool) -> _Tok:
     return w.new(T * m.hidden_size, _promote(h1.dt, mo.dt), h1.rg or mo.rg)
 
 
+def _down(w: _Walk, lin, x: _Tok, name: str) -> _Tok:  # noqa: ANN001
+    """The MLP's down projection; records what it saves (freed first in the layer's backward)."""
+    before = w.saved_bytes
+    out = lin(x, name)
+    w.down_saved = w.saved_bytes - before
+    return out
+
+
 def _mlp(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, lin) -> _Tok:  # noqa: ANN001
     T, i = c.T, m.intermediate_size
     if m.mlp == "gated":
@@ -283,7 +294,7 @@ def _mlp(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, lin) -> _Tok:  # noqa: ANN001
         if prod.rg:
             w.save(act, u)
         w.transient(g, u, act, prod)
-        return lin(prod, "down_proj")
+        return _down(w, lin, prod, "down_proj")
     if m.mlp == "gated_fused":
         gu = lin(x, "gate_up_proj")
         act = w.new(T * i, gu.dt, gu.rg)
@@ -291,7 +302,7 @@ def _mlp(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, lin) -> _Tok:  # noqa: ANN001
         if gu.rg:
             w.save(gu, act)
         w.transient(gu, act, prod)
-        return lin(prod, "down_proj")
+        return _down(w, lin, prod, "down_proj")
     if m.mlp == "plain":
         up, down = ("fc1", "fc2") if m.model_type == "phi" else ("dense_h_to_4h", "dense_4h_to_h")
         f = lin(x, up)
@@ -303,7 +314,7 @@ def _mlp(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, lin) -> _Tok:  # noqa: ANN001
                 # factors of the last product (transformers/activations.py)
                 w.save(w.new(T * i, f.dt, True), w.new(T * i, f.dt, True), w.new(T * i, f.dt, True))
         w.transient(f, g)
-        return lin(g, down)
+        return _down(w, lin, g, down)
     # MoE (Mixtral, transformers 5 MixtralExperts): each token visits top_k experts, gathered per expert.
     # Saved per routed token: the gate_up output (2I, kept whole by the SiLU's and product's views), the SiLU
     # output (I), the expert output scaled by its routing weight (H); router softmax (T·E fp32). With LoRA on
@@ -327,15 +338,15 @@ class ActivationBytes:
     """Saved-for-backward bytes of a forward, and the workspace around it.
 
     `saved`: all decoder layers (with checkpointing: the layer inputs); `layer`: one layer's saved set
-    (what a checkpointed layer recomputes during backward); `layer_transient`: the largest set of
-    unsaved intermediates alive at one op; `layer_copies`: autocast's low-precision copies of one
+    (what a checkpointed layer recomputes during backward); `layer_transient`: the most one layer's forward holds at
+    once (what it has saved so far plus the operands of the op at hand); `layer_copies`: autocast's low-precision copies of one
     layer's fp32 weights that mm saves (adapters, fp32 base or master weights), held by `copy_layers` layers
     from forward to their backward (without checkpointing; with it the recompute makes one layer's again);
     `layer_cached`: the part autocast's cast cache holds (trainable leaves) until forward ends; `head_copy`: the same for an
     fp32 `lm_head`, alive until lm_head's backward; `hidden_bytes`: one T·hidden tensor in the
     residual stream's dtype; `backward_workspace`: gradients alive at once inside one layer's backward:
-    the MLP's (grad of the down-projection input and of both product operands, 3·T·I in the compute dtype;
-    2·T·I for a plain MLP) plus the layer's output and input gradients (2·T·H).
+    the MLP's (grad of the down-projection input and of both product operands, 3·T·I in the MLP's dtype;
+    2·T·I for a plain MLP) plus the incoming gradient of the layer's output (T·H).
     """
 
     saved: int
@@ -347,17 +358,20 @@ class ActivationBytes:
     head_copy: int
     hidden_bytes: int
     backward_workspace: int
+    down_saved: int  # what the MLP's down projection saved: freed before the MLP workspace peaks
+    final_saved: int  # what the final norm saves (part of `saved`; freed before the top layer's backward)
     final_hidden_bytes: int  # the final norm's output, held by the model output until the loss is computed
 
 
 @functools.lru_cache(maxsize=4096)
 def _walk_layer(
     m: ModelSpec, c: _Ctx, trainable: bool, rg_in: bool, rd: str
-) -> tuple[complex, tuple[complex, ...], int]:
-    """(saved bytes per token, live bytes per token at each op, saved bytes per layer) of one decoder layer."""
+) -> tuple[complex, tuple[complex, ...], int, complex]:
+    """Per token: saved bytes, live bytes at each op; per layer: saved constants; per token: what the MLP's
+    down projection saved, of one decoder layer."""
     w = _Walk()
     _layer(w, c, m, w.new(m.hidden_size, rd, rg_in), trainable)
-    return w.saved_bytes, tuple(w.live), w.const
+    return w.saved_bytes, tuple(w.live), w.const, w.down_saved
 
 
 @functools.lru_cache(maxsize=4096)
@@ -401,6 +415,7 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     final_saved, final_out = _walk_final(m, c, rd, t.method == "full")
     saved += at(final_saved)
     layer = max(at(v[0]) + v[2] for v in walks.values())
+    down_saved = max(at(v[3]) for v in walks.values())
     transient = max((at(z) for v in walks.values() for z in v[1]), default=0)
     layer_copies = layer_cached = head_copy = 0
     n_copy_layers = t.freeze_trainable_layers if t.method == "freeze" else L
@@ -428,9 +443,11 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
             # lm_head (the embedding matrix when tied): kbit prep leaves it fp32, so under autocast its cast
             # copy (vocab·hidden) is saved for the input gradient until lm_head's backward
             head_copy = m.vocab_size * m.hidden_size * ab
-    cdb = _B[c.ac or rd]
+    # MLP intermediates: the autocast dtype, except on a bnb base whose Linear4bit returns the input's dtype
+    # (fp32 after kbit prep) and the LoRA sum promotes to it
+    cdb = _B[rd if c.quant else (c.ac or rd)]
     n_int = {"gated": 3, "gated_fused": 3, "plain": 2}.get(m.mlp, 3 * max(m.num_experts_per_tok, 1))
-    workspace = n_int * T * m.intermediate_size * cdb + 2 * hidden
+    workspace = n_int * T * m.intermediate_size * cdb + hidden
     return ActivationBytes(
         saved=saved,
         layer=layer,
@@ -441,5 +458,7 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         head_copy=head_copy,
         hidden_bytes=hidden,
         backward_workspace=workspace,
+        down_saved=down_saved,
+        final_saved=at(final_saved),
         final_hidden_bytes=at(final_out),
     )

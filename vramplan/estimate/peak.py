@@ -47,13 +47,14 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     # autocast copies of fp32 weights: saved by mm (without checkpointing), or held by the cast cache in forward
     copies = 0 if t.grad_ckpt else act.layer_copies * act.copy_layers
     fwd_copies = act.layer_cached * act.copy_layers if t.grad_ckpt else copies
-    saved = act.saved + copies + act.head_copy
+    saved = act.saved + copies
+    # lm_head's autocast copy of an fp32 weight is made inside lm_head: counted with the logits / loss
     fwd = Components(
         **base,
         gradients=accum_grads,
-        activations=act.saved + fwd_copies + act.head_copy,
-        logits=lg.forward_peak + act.final_hidden_bytes,
-        temporaries=0 if lg.forward_peak >= act.layer_transient else act.layer_transient - lg.forward_peak,
+        activations=act.saved + fwd_copies,
+        logits=lg.forward_peak + act.final_hidden_bytes + act.head_copy,
+        temporaries=0,
     )
     head_grad = 0
     if t.method == "full":
@@ -62,29 +63,41 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
         **base,
         gradients=max(accum_grads, head_grad),
         activations=saved,
-        logits=lg.backward_peak,
+        logits=lg.backward_peak + act.head_copy,
     )
     # a decoder layer's backward: at the top layer all activations are still alive; at the bottom one only its
-    # own remain while the gradients of every layer above exist (full / freeze tuning). The usage is linear
-    # in between, so the two ends bound it.
-    n_train_layers = {"full": m.num_hidden_layers, "freeze": t.freeze_trainable_layers}.get(t.method, 0)
-    layer_grad = m.layer_params * param_bytes if n_train_layers else 0
-    recompute = (act.layer + act.layer_copies) if t.grad_ckpt else 0
-    bwd_top = Components(
-        **base,
-        gradients=max(accum_grads, head_grad),
-        activations=act.saved + copies + recompute,
-        temporaries=act.backward_workspace,
+    # own remain while the gradients of every layer above exist. The usage is linear in between, so the two
+    # ends bound it. At each end, with checkpointing, either the recompute (the layer's forward again: its
+    # saved set plus its largest forward transient, with the incoming gradient) or the layer's own backward
+    # (its saved set plus the gradient workspace) is the larger.
+    L = m.num_hidden_layers
+    n_train_layers = {"full": L, "freeze": t.freeze_trainable_layers}.get(t.method, L if t.uses_lora else 0)
+    layer_grad = grads // L if t.uses_lora else (m.layer_params * param_bytes if n_train_layers else 0)
+    ends = (
+        (max(accum_grads, head_grad), act.saved - act.final_saved + copies),
+        (
+            max(accum_grads, head_grad + max(n_train_layers - 1, 0) * layer_grad),
+            act.hidden_bytes if t.grad_ckpt else act.layer + act.layer_copies,
+        ),
     )
-    bottom_grads = head_grad + max(n_train_layers - 1, 0) * layer_grad
-    bwd_bottom = Components(
-        **base,
-        gradients=max(accum_grads, bottom_grads),
-        activations=(act.hidden_bytes if t.grad_ckpt else act.layer + act.layer_copies) + recompute,
-        temporaries=act.backward_workspace,
-    )
+    layer_phases = []
+    for g, kept in ends:
+        if t.grad_ckpt:
+            one = act.layer + act.layer_copies
+            layer_phases.append(
+                Components(**base, gradients=g, activations=kept + act.layer_copies + max(act.layer, act.layer_transient),
+                           temporaries=2 * act.hidden_bytes)  # fmt: skip
+            )
+            layer_phases.append(
+                Components(**base, gradients=g, activations=kept + one - act.down_saved,
+                           temporaries=act.backward_workspace)  # fmt: skip
+            )
+        else:
+            layer_phases.append(
+                Components(**base, gradients=g, activations=kept - act.down_saved, temporaries=act.backward_workspace)
+            )
     bwd_end = Components(**base, gradients=grads, temporaries=2 * act.hidden_bytes)
-    bwd = max((bwd_start, bwd_top, bwd_bottom, bwd_end), key=lambda c: c.total)
+    bwd = max((bwd_start, *layer_phases, bwd_end), key=lambda c: c.total)
     opt = Components(**base, gradients=grads, temporaries=ob.step_temporaries)
     return (
         PhaseUsage("forward", fwd),

@@ -1,21 +1,24 @@
 """Build the model and optimizer of a training step the way users' Hugging Face recipes do.
 
 - Base model: `AutoConfig.for_model(**config.json)` (our `vramplan_profile` key removed, `use_cache=False`),
-  random weights (`AutoModelForCausalLM.from_config(config, dtype=..., attn_implementation=...)`); `weights=PATH`
-  loads a checkpoint with `from_pretrained` instead.
-- QLoRA: transformers' own bitsandbytes quantizer (`AutoHfQuantizer` for a `BitsAndBytesConfig`) swaps the decoder
-  `nn.Linear`s for `Linear4bit` / `Linear8bitLt` on the meta device (lm_head and tied weights kept, as
-  `from_pretrained(quantization_config=...)` does), then each weight is drawn on the target device and quantized
-  by transformers' `Bnb4bitQuantize` / `Bnb8bitQuantize` one layer at a time: the full-precision model never exists.
+  random weights (`AutoModelForCausalLM.from_config(config, dtype=..., attn_implementation=...)`);
+  `weights=PATH` loads a checkpoint with `from_pretrained` instead.
+- QLoRA: transformers' own bitsandbytes quantizer (`AutoHfQuantizer` for a `BitsAndBytesConfig`) swaps the
+  decoder `nn.Linear`s for `Linear4bit` / `Linear8bitLt` on the meta device (lm_head and tied weights kept, as
+  `from_pretrained(quantization_config=...)` does), then each weight is drawn on the target device and
+  quantized by transformers' `Bnb4bitQuantize` / `Bnb8bitQuantize` one layer at a time: the full-precision
+  model never exists.
 - `prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)` with PEFT's default kwargs
-  when `kbit_prep`; then `model.gradient_checkpointing_enable()` (transformers' defaults: non-reentrant), as the
-  Trainer does for `gradient_checkpointing=True`.
+  when `kbit_prep`; then `model.gradient_checkpointing_enable()` (transformers' defaults: non-reentrant), as
+  the Trainer does for `gradient_checkpointing=True`.
 - LoRA: `get_peft_model(model, LoraConfig(r, lora_alpha, lora_dropout, target_modules, use_dora))`.
-- freeze: LLaMA-Factory's `finetuning_type: freeze`: the last N decoder layers trainable, everything else frozen
-  (LLaMA-Factory also upcasts the trainable ones to fp32 unless `pure_bf16`; we keep `--dtype`, as the estimator).
-- Optimizer: the Trainer's two parameter groups (decay / no decay), lr 5e-5, betas (0.9, 0.999), eps 1e-8, and the
-  class the Trainer picks for the HF name (transformers 5.24 trainer_optimizer.py), with the implementation CUDA
-  would run made explicit: `adamw_torch` = AdamW(foreach=True), `adamw_torch_fused` = AdamW(fused=True).
+- freeze: LLaMA-Factory's `finetuning_type: freeze`: the last N decoder layers trainable, everything else
+  frozen (LLaMA-Factory also upcasts the trainable ones to fp32 unless `pure_bf16`; we keep `--dtype`, as the
+  estimator).
+- Optimizer: the Trainer's two parameter groups (decay / no decay), lr 5e-5, betas (0.9, 0.999), eps 1e-8,
+  and the class the Trainer picks for the HF name (transformers 5.24 trainer_optimizer.py), with the
+  implementation CUDA would run made explicit: `adamw_torch` = AdamW(foreach=True), `adamw_torch_fused` =
+  AdamW(fused=True).
 
 `device`: "cpu" / "cuda" (real tensors), "meta" (meta tensors, for QLoRA traces: `Params4bit` cannot wrap a
 FakeTensor, and bitsandbytes registers meta kernels), or "fake" (build inside the caller's FakeTensorMode on a
@@ -47,8 +50,8 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True, slots=True)
 class Built:
-    """A model ready to train and its optimizer; `causal_lm` is the transformers `*ForCausalLM` inside any PEFT
-    wrapper (its `lm_head` and loss are what the harness labels as logits)."""
+    """A model ready to train and its optimizer; `causal_lm` is the transformers `*ForCausalLM` inside any
+    PEFT wrapper (its `lm_head` and loss are what the harness labels as logits)."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -57,7 +60,7 @@ class Built:
     notes: tuple[str, ...]
 
 
-def hf_config(m: ModelSpec, t: TrainSpec, attn: str):  # noqa: ANN201
+def hf_config(m: ModelSpec, t: TrainSpec, attn: str):
     """The transformers config of `m` (its config.json minus our metadata), training-ready."""
     from transformers import AutoConfig
 
@@ -80,7 +83,7 @@ def supports_sdpa(m: ModelSpec) -> bool:
     return bool(getattr(model_cls, "_supports_sdpa", True))
 
 
-def bnb_config(t: TrainSpec):  # noqa: ANN201
+def bnb_config(t: TrainSpec):
     from transformers import BitsAndBytesConfig
 
     if t.quant == "int8":
@@ -94,16 +97,23 @@ def bnb_config(t: TrainSpec):  # noqa: ANN201
 
 
 def attn_implementation(t: TrainSpec, device: str) -> tuple[str, str | None]:
-    """`t.attn`, except flash_attention_2 off CUDA (or without flash-attn): SDPA's flash kernel saves the same."""
+    """`t.attn`, except flash_attention_2 off CUDA (or without flash-attn): SDPA's flash kernel saves the
+    same."""
     if t.attn != "flash_attention_2":
         return t.attn, None
     if device == "cuda":
         try:
             import flash_attn  # noqa: F401
         except ImportError:
-            return "sdpa", "flash-attn is not installed: traced with SDPA (its flash kernel saves the same tensors)"
+            return (
+                "sdpa",
+                "flash-attn is not installed: traced with SDPA (its flash kernel saves the same tensors)",
+            )
         return t.attn, None
-    return "sdpa", "flash_attention_2 traced as SDPA's flash kernel (same saved tensors: q, k, v, output, logsumexp)"
+    return (
+        "sdpa",
+        "flash_attention_2 traced as SDPA's flash kernel (same saved tensors: q, k, v, output, logsumexp)",
+    )
 
 
 def build(
@@ -116,7 +126,10 @@ def build(
         attn, note = "eager", f"{m.model_type} has no SDPA attention in transformers: traced with eager"
     notes = [note] if note else []
     target = torch.device("cpu" if device == "fake" else device)
-    with warnings.catch_warnings(), (_fake_safe_module_apply() if device == "fake" else contextlib.nullcontext()):
+    with (
+        warnings.catch_warnings(),
+        _fake_safe_module_apply() if device == "fake" else contextlib.nullcontext(),
+    ):
         warnings.simplefilter("ignore", FutureWarning)
         if weights is not None:
             model = _from_pretrained(weights, t, attn, target, say)
@@ -161,10 +174,10 @@ def build(
 
 @contextlib.contextmanager
 def _fake_safe_module_apply() -> Iterator[None]:
-    """`Module._apply` (behind `.to()`, `.float()`, ...) swaps fake parameters with `torch.utils.swap_tensors`,
-    which fails: the fake-tensor converter holds weak references to them (torch 2.13 nn/modules/module.py).
-    PEFT moves each new adapter with `.to()`; during a fake build, move by `.data =` (what `_apply` does for real
-    tensors), which allocates the same."""
+    """`Module._apply` (behind `.to()`, `.float()`, ...) swaps fake parameters with
+    `torch.utils.swap_tensors`, which fails: the fake-tensor converter holds weak references to them (torch
+    2.13 nn/modules/module.py). PEFT moves each new adapter with `.to()`; during a fake build, move by
+    `.data =` (what `_apply` does for real tensors), which allocates the same."""
     from torch._subclasses.fake_tensor import FakeTensor
 
     original = nn.Module._apply
@@ -198,8 +211,8 @@ def _from_config(
     m: ModelSpec, t: TrainSpec, attn: str, device: torch.device, say: Progress, *, fake: bool
 ) -> nn.Module:
     """Random weights. Real devices: on meta, then one module at a time on `device` with transformers'
-    `_init_weights` (as `from_pretrained` initializes missing weights; half the time of `from_config`, which runs
-    torch's init and then transformers'). Fake tensors cost nothing: `from_config` directly."""
+    `_init_weights` (as `from_pretrained` initializes missing weights; half the time of `from_config`, which
+    runs torch's init and then transformers'). Fake tensors cost nothing: `from_config` directly."""
     from transformers import AutoModelForCausalLM
 
     config = hf_config(m, t, attn)
@@ -215,9 +228,15 @@ def _from_pretrained(path: str, t: TrainSpec, attn: str, device: torch.device, s
     from transformers import AutoModelForCausalLM
 
     if device.type not in ("cpu", "cuda"):
-        raise VramplanError("--weights loads a real checkpoint: use it with `vramplan measure`, not `simulate`")
+        raise VramplanError(
+            "--weights loads a real checkpoint: use it with `vramplan measure`, not `simulate`"
+        )
     say(f"loading {path}")
-    kwargs: dict[str, Any] = {"dtype": TORCH_DTYPES[t.dtype], "attn_implementation": attn, "device_map": {"": device}}
+    kwargs: dict[str, Any] = {
+        "dtype": TORCH_DTYPES[t.dtype],
+        "attn_implementation": attn,
+        "device_map": {"": device},
+    }
     if t.quant != "none":
         kwargs["quantization_config"] = bnb_config(t)
     try:
@@ -226,16 +245,20 @@ def _from_pretrained(path: str, t: TrainSpec, attn: str, device: torch.device, s
         raise VramplanError(f"--weights {path}: cannot load a checkpoint there ({e})") from None
 
 
-def _quantized_from_config(m: ModelSpec, t: TrainSpec, attn: str, device: torch.device, say: Progress) -> nn.Module:
-    """Build on meta, swap the decoder linears for bitsandbytes ones with transformers' quantizer, then draw and
-    quantize one weight at a time on `device` (transformers' Bnb4bitQuantize / Bnb8bitQuantize ops)."""
+def _quantized_from_config(
+    m: ModelSpec, t: TrainSpec, attn: str, device: torch.device, say: Progress
+) -> nn.Module:
+    """Build on meta, swap the decoder linears for bitsandbytes ones with transformers' quantizer, then draw
+    and quantize one weight at a time on `device` (transformers' Bnb4bitQuantize / Bnb8bitQuantize ops)."""
     from transformers import AutoModelForCausalLM
     from transformers.quantizers import AutoHfQuantizer
 
     say(f"building {m.name} on meta")
     config = hf_config(m, t, attn)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=TORCH_DTYPES[t.dtype], attn_implementation=attn)
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=TORCH_DTYPES[t.dtype], attn_implementation=attn
+        )
     quantizer = AutoHfQuantizer.from_config(bnb_config(t), pre_quantized=False)
     quantizer.preprocess_model(model, device_map={"": device}, dtype=TORCH_DTYPES[t.dtype])
     materialize(model, quantizer, TORCH_DTYPES[t.dtype], device, say)
@@ -248,7 +271,8 @@ def materialize(
     model: nn.Module, quantizer: Any, dtype: torch.dtype, device: torch.device, say: Progress
 ) -> None:
     """Give every meta parameter and buffer of `model` a value on `device`: quantized bitsandbytes weights for
-    the swapped linears (drawn N(0, 0.02) in `dtype`, one at a time), transformers' `_init_weights` for the rest."""
+    the swapped linears (drawn N(0, 0.02) in `dtype`, one at a time), transformers' `_init_weights` for the
+    rest."""
     if quantizer is not None:
         import bitsandbytes as bnb
 
@@ -269,13 +293,17 @@ def materialize(
                 done_layer = i
             if isinstance(module, bnb_types):
                 value = torch.empty(module.weight.shape, dtype=dtype, device=device).normal_(0.0, std)
-                param = quantize.convert({f"{name}.weight": value}, model=model, full_layer_name=f"{name}.weight")
+                param = quantize.convert(
+                    {f"{name}.weight": value}, model=model, full_layer_name=f"{name}.weight"
+                )
                 weight = param[f"{name}.weight"]
                 if device.type == "meta":  # Params4bit/Int8Params.to("meta") skip quantization
                     weight = weight._quantize(device)
                 module.weight = weight
                 if module.bias is not None and module.bias.device.type == "meta":
-                    module.bias = nn.Parameter(torch.zeros(module.bias.shape, dtype=dtype, device=device), False)
+                    module.bias = nn.Parameter(
+                        torch.zeros(module.bias.shape, dtype=dtype, device=device), False
+                    )
                 del value
                 continue
             touched = False
@@ -283,7 +311,9 @@ def materialize(
                 if p is None or p.device.type != "meta" or device.type == "meta":
                     continue
                 if id(p) not in new:
-                    new[id(p)] = nn.Parameter(torch.empty_like(p, device=device), requires_grad=p.requires_grad)
+                    new[id(p)] = nn.Parameter(
+                        torch.empty_like(p, device=device), requires_grad=p.requires_grad
+                    )
                     touched = True
                 module._parameters[pname] = new[id(p)]
             for bname, b in list(module._buffers.items()):
@@ -315,19 +345,28 @@ def param_groups(model: nn.Module) -> list[dict[str, Any]]:
 
     decay = set(get_parameter_names(model, [nn.LayerNorm], list(NO_DECAY_PATTERNS)))
     groups = [
-        {"params": [p for n, p in model.named_parameters() if n in decay and p.requires_grad], "weight_decay": 0.0},
-        {"params": [p for n, p in model.named_parameters() if n not in decay and p.requires_grad], "weight_decay": 0.0},
+        {
+            "params": [p for n, p in model.named_parameters() if n in decay and p.requires_grad],
+            "weight_decay": 0.0,
+        },
+        {
+            "params": [p for n, p in model.named_parameters() if n not in decay and p.requires_grad],
+            "weight_decay": 0.0,
+        },
     ]
     return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: nn.Module, optim: str) -> torch.optim.Optimizer:
-    """The optimizer HF `TrainingArguments(optim=optim)` creates, with CUDA's implementation choice made explicit."""
+    """The optimizer HF `TrainingArguments(optim=optim)` creates, with CUDA's implementation choice made
+    explicit."""
     groups = param_groups(model)
     if not groups:
         raise VramplanError("nothing to train: no parameter requires grad")
     if optim in ("adamw_torch", "adamw_torch_fused"):
-        impl = {"fused": True} if optim == "adamw_torch_fused" else {"foreach": True}  # CUDA's default is foreach
+        impl = (
+            {"fused": True} if optim == "adamw_torch_fused" else {"foreach": True}
+        )  # CUDA's default is foreach
         return torch.optim.AdamW(groups, lr=TRAINER_LR, **TRAINER_ADAM_KWARGS, **impl)
     if optim == "sgd":
         return torch.optim.SGD(groups, lr=TRAINER_LR, foreach=True)
@@ -337,9 +376,13 @@ def build_optimizer(model: nn.Module, optim: str) -> torch.optim.Optimizer:
         return Adafactor(groups, lr=TRAINER_LR, scale_parameter=False, relative_step=False)
     if optim in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_32bit"):
         import bitsandbytes as bnb
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
 
         bits = {"optim_bits": 8 if "8bit" in optim else 32, "is_paged": optim.startswith("paged")}
-        if optim.startswith("lion"):
-            return bnb.optim.Lion(groups, lr=TRAINER_LR, betas=TRAINER_ADAM_KWARGS["betas"], **bits)
-        return bnb.optim.AdamW(groups, lr=TRAINER_LR, **TRAINER_ADAM_KWARGS, **bits)
+        # The 8-bit quantization maps are built from Python floats of real tensors (`create_dynamic_map`),
+        # which a FakeTensorMode refuses: build the optimizer outside it (a no-op without one).
+        with unset_fake_temporarily():
+            if optim.startswith("lion"):
+                return bnb.optim.Lion(groups, lr=TRAINER_LR, betas=TRAINER_ADAM_KWARGS["betas"], **bits)
+            return bnb.optim.AdamW(groups, lr=TRAINER_LR, **TRAINER_ADAM_KWARGS, **bits)
     raise VramplanError(f"optimizer {optim!r} has no harness mapping yet")

@@ -1,29 +1,30 @@
 """Make a CPU, meta or fake-tensor trace allocate what the same step allocates on CUDA.
 
-The estimator models what CUDA runs, so the oracle has to trace the same kernels. Four places where torch picks
-another kernel off CUDA change what autograd saves, and one transformers check cannot run on meta tensors:
+The estimator models what CUDA runs, so the oracle has to trace the same kernels. Four places where torch
+picks another kernel off CUDA change what autograd saves, and one transformers check cannot run on meta
+tensors:
 
-- dropout: off CUDA, `F.dropout` takes the non-fused path (`input * bernoulli_(noise) / (1 - p)`) and saves the
-  noise tensor in the input's dtype (fp32 for PEFT's fp32 LoRA inputs); CUDA's `native_dropout` saves a bool mask
-  (aten/src/ATen/native/Dropout.cpp `is_fused_kernel_acceptable`: CUDA, XPU, lazy, privateuse1 only). Patched:
-  training dropout with 0 < p < 1 runs `torch.native_dropout` (it has CPU and meta kernels).
+- dropout: off CUDA, `F.dropout` takes the non-fused path (`input * bernoulli_(noise) / (1 - p)`) and saves
+  the noise tensor in the input's dtype (fp32 for PEFT's fp32 LoRA inputs); CUDA's `native_dropout` saves a
+  bool mask (aten/src/ATen/native/Dropout.cpp `is_fused_kernel_acceptable`: CUDA, XPU, lazy, privateuse1
+  only). Patched: training dropout with 0 < p < 1 runs `torch.native_dropout` (it has CPU and meta kernels).
 - SDPA: on meta (and fake) tensors `F.scaled_dot_product_attention` takes the math path, which saves the
-  B·H·S² probabilities. Patched there (not on real CPU tensors, whose flash kernel already saves q, k, v, output
-  and the fp32 logsumexp, as CUDA's flash does: `test_cpu_sdpa_saves_what_cuda_flash_saves`) to the op CUDA
-  would pick (`cuda_sdpa_backend`), both of which have meta kernels.
+  B·H·S² probabilities. Patched there (not on real CPU tensors, whose flash kernel already saves q, k, v,
+  output and the fp32 logsumexp, as CUDA's flash does: `test_cpu_sdpa_saves_what_cuda_flash_saves`) to the op
+  CUDA would pick (`cuda_sdpa_backend`), both of which have meta kernels.
 - autocast: `torch.autocast` does nothing for meta tensors, and on CPU it applies the CPU policy, not CUDA's.
-  `CudaAutocast` applies CUDA's op lists at the Python level (a TorchFunctionMode, above autograd, so the casts
-  are recorded and saved as on CUDA), with the cast cache for fp32 leaf tensors that require grad, and answers
-  `torch.is_autocast_enabled()` as CUDA would (PEFT's bnb LoRA asks it). The harness enters it around the
-  forward and around each gradient-checkpoint recompute (which restores autocast on CUDA).
+  `CudaAutocast` applies CUDA's op lists at the Python level (a TorchFunctionMode, above autograd, so the
+  casts are recorded and saved as on CUDA), with the cast cache for fp32 leaf tensors that require grad, and
+  answers `torch.is_autocast_enabled()` as CUDA would (PEFT's bnb LoRA asks it). The harness enters it around
+  the forward and around each gradient-checkpoint recompute (which restores autocast on CUDA).
 - AdamW: `fused=True` refuses meta tensors although `_fused_adamw_` has a meta kernel: "meta" is added to the
   fused-capable devices during the trace. (foreach vs for-loop is set explicitly by `build.build_optimizer`.)
 - transformers `find_packed_sequence_indices` calls `bool(tensor.all())` (fails on meta) and reports packing
   for every fake tensor (it counts fake tensors as tracing), which would make the model build an explicit mask
   and leave the flash kernel. The harness never packs sequences: patched to return None off CUDA.
 
-These lean on private or version-specific behaviour; `check_versions` warns when the installed versions are not
-the ones they were checked against (`PINNED`), and tests/measure/test_cuda_equiv.py checks each patch.
+These lean on private or version-specific behaviour; `check_versions` warns when the installed versions are
+not the ones they were checked against (`PINNED`), and tests/measure/test_cuda_equiv.py checks each patch.
 """
 
 from __future__ import annotations
@@ -70,30 +71,35 @@ def version_mismatches() -> list[str]:
 
 
 def check_versions() -> None:
-    """Warn once per process when the installed stack differs from the versions the patches were checked with."""
+    """Warn once per process when the installed stack differs from the versions the patches were checked
+    with."""
     bad = version_mismatches()
     if bad:
         warnings.warn(
-            "vramplan's CUDA-equivalence patches were checked with other versions: " + ", ".join(bad)
+            "vramplan's CUDA-equivalence patches were checked with other versions: "
+            + ", ".join(bad)
             + "; traced numbers may differ from a CUDA run",
             RuntimeWarning,
             stacklevel=2,
         )
 
 
-# ---- dropout -------------------------------------------------------------------------------------------------
+# ---- dropout -----------------------------------------------------------------------------------------------
 
 _original_dropout = torch.nn.functional.dropout
 
 
-def cuda_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
-    """`F.dropout` as CUDA runs it: `native_dropout`, which saves a bool mask (not an input-dtype noise tensor)."""
+def cuda_dropout(
+    input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False
+) -> torch.Tensor:
+    """`F.dropout` as CUDA runs it: `native_dropout`, which saves a bool mask (not an input-dtype noise
+    tensor)."""
     if training and 0.0 < p < 1.0 and not inplace and input.numel() > 0:
         return torch.native_dropout(input, p, True)[0]
     return _original_dropout(input, p, training, inplace)
 
 
-# ---- scaled dot product attention -----------------------------------------------------------------------------
+# ---- scaled dot product attention --------------------------------------------------------------------------
 
 _original_sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -102,8 +108,9 @@ def cuda_sdpa_backend(dtype: torch.dtype, has_mask: bool, head_dim: int) -> Sdpa
     """The SDPA kernel torch 2.13 picks on an Ampere-or-newer GPU (sdp_utils.cpp `select_sdp_backend`).
 
     Flash: fp16/bf16, no explicit mask, head_dim <= 256 (GQA supported natively). Memory-efficient: masks and
-    fp32. Math otherwise (it saves the B·H·S² probabilities). Pre-Ampere GPUs (T4) run the efficient kernel where
-    flash would run; both save the output and an fp32 logsumexp, so the memory is the same to within padding.
+    fp32. Math otherwise (it saves the B·H·S² probabilities). Pre-Ampere GPUs (T4) run the efficient kernel
+    where flash would run; both save the output and an fp32 logsumexp, so the memory is the same to within
+    padding.
     """
     if not has_mask and dtype in (torch.float16, torch.bfloat16) and head_dim <= FLASH_MAX_HEAD_DIM:
         return "flash"
@@ -140,7 +147,9 @@ def cuda_sdpa(
         return torch.ops.aten._scaled_dot_product_efficient_attention(
             query, key, value, bias, needs_grad, dropout_p, is_causal, scale=scale
         )[0]
-    return _original_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+    return _original_sdpa(
+        query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
+    )
 
 
 MEM_EFF_ALIGNMENT = 16  # attention.cpp preprocess_mask: the bias's last dim is padded to a multiple of 16
@@ -148,7 +157,8 @@ MEM_EFF_ALIGNMENT = 16  # attention.cpp preprocess_mask: the bias's last dim is 
 
 def _efficient_attn_bias(mask: torch.Tensor | None, query: torch.Tensor) -> torch.Tensor | None:
     """torch 2.13 attention.cpp: a bool mask becomes an additive bias in the query dtype
-    (`convert_boolean_attn_mask`), padded to a multiple of 16 in its last dim and expanded (a view) to B·H·S·S."""
+    (`convert_boolean_attn_mask`), padded to a multiple of 16 in its last dim and expanded (a view) to
+    B·H·S·S."""
     if mask is None:
         return None
     if mask.dtype == torch.bool:
@@ -162,20 +172,22 @@ def _efficient_attn_bias(mask: torch.Tensor | None, query: torch.Tensor) -> torc
     return mask.expand(b, h, s, last)
 
 
-# ---- autocast ----------------------------------------------------------------------------------------------------
+# ---- autocast ----------------------------------------------------------------------------------------------
 
 # CUDA autocast op lists, torch 2.13 aten/src/ATen/autocast_mode.cpp (by op name; in-place ops are not cast).
 LOWER_PRECISION_OPS = frozenset({
     "_convolution", "conv1d", "conv2d", "conv3d", "conv_tbc", "conv_transpose1d", "conv_transpose2d",
     "conv_transpose3d", "convolution", "prelu", "addmm", "addmv", "addr", "matmul", "einsum", "mm", "mv",
     "linalg_vecdot", "linear", "addbmm", "baddbmm", "bmm", "chain_matmul", "linalg_multi_dot",
-    "_thnn_fused_lstm_cell", "_thnn_fused_gru_cell", "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell",
+    "_thnn_fused_lstm_cell", "_thnn_fused_gru_cell", "lstm_cell", "gru_cell", "rnn_tanh_cell",
+    "rnn_relu_cell",
     "_scaled_dot_product_flash_attention", "scaled_dot_product_attention",
 })  # fmt: skip
 FP32_OPS = frozenset({
     "acos", "asin", "cosh", "erfinv", "exp", "expm1", "log", "log10", "log2", "log1p", "reciprocal", "rsqrt",
     "sinh", "tan", "pow", "softplus", "layer_norm", "native_layer_norm", "group_norm", "frobenius_norm",
-    "nuclear_norm", "cosine_similarity", "poisson_nll_loss", "cosine_embedding_loss", "nll_loss", "nll_loss2d",
+    "nuclear_norm", "cosine_similarity", "poisson_nll_loss", "cosine_embedding_loss", "nll_loss",
+    "nll_loss2d",
     "hinge_embedding_loss", "kl_div", "l1_loss", "smooth_l1_loss", "huber_loss", "mse_loss",
     "margin_ranking_loss", "multilabel_margin_loss", "soft_margin_loss", "triplet_margin_loss",
     "multi_margin_loss", "binary_cross_entropy_with_logits", "dist", "pdist", "cdist", "renorm", "logsumexp",
@@ -184,7 +196,8 @@ FP32_SET_OPT_DTYPE_OPS = frozenset({
     "prod", "softmax", "log_softmax", "cumprod", "cumsum", "linalg_vector_norm", "linalg_matrix_norm", "sum",
 })  # fmt: skip
 PROMOTE_OPS = frozenset({
-    "addcdiv", "addcmul", "atan2", "bilinear", "cross", "dot", "vdot", "grid_sampler", "index_put", "tensordot",
+    "addcdiv", "addcmul", "atan2", "bilinear", "cross", "dot", "vdot", "grid_sampler", "index_put",
+    "tensordot",
     "scatter_add", "cat", "stack",
 })  # fmt: skip
 _DUNDER = {"__matmul__": "matmul", "__rmatmul__": "matmul", "__pow__": "pow", "__rpow__": "pow"}
@@ -210,7 +223,7 @@ def _tensors(obj: Any) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
-def _map(obj: Any, fn) -> Any:  # noqa: ANN001
+def _map(obj: Any, fn) -> Any:
     if isinstance(obj, torch.Tensor):
         return fn(obj)
     if isinstance(obj, (list, tuple)):
@@ -281,7 +294,7 @@ class CudaAutocast(TorchFunctionMode):
             self._cache[id(t)] = (t, out)
         return out
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if self._depth == 0:
             return func(*args, **kwargs)
@@ -320,7 +333,7 @@ def _get_autocast_dtype(device_type: str) -> torch.dtype:
     return _original_get_autocast_dtype(device_type)
 
 
-# ---- transformers' packed-sequence detection ---------------------------------------------------------------------
+# ---- transformers' packed-sequence detection ---------------------------------------------------------------
 
 
 def _no_packed_sequences(position_ids: torch.Tensor) -> None:
@@ -328,7 +341,7 @@ def _no_packed_sequences(position_ids: torch.Tensor) -> None:
     return None
 
 
-# ---- all together ----------------------------------------------------------------------------------------------
+# ---- all together ------------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -341,7 +354,7 @@ def _patched(obj: Any, name: str, value: Any) -> Iterator[None]:
         setattr(obj, name, old)
 
 
-def _fused_devices_with_meta():  # noqa: ANN202
+def _fused_devices_with_meta():
     import torch.optim.optimizer as optimizer_module
 
     original = optimizer_module._get_fused_kernels_supported_devices
@@ -377,4 +390,3 @@ def cuda_equivalence(device_type: str, autocast_dtype: torch.dtype | None) -> It
             stack.enter_context(_patched(torch, "get_autocast_dtype", _get_autocast_dtype))
             mode = CudaAutocast(autocast_dtype)
         yield mode
-

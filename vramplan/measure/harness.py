@@ -4,9 +4,9 @@ One step is what the HF Trainer runs (transformers 5.24 `Trainer.training_step` 
 for each of `grad_accum` micro-batches a forward under autocast (forward only) whose `ModelOutput` is dropped
 except the loss (`compute_loss` returns the loss alone), the loss divided by `grad_accum`, `backward()`; then
 `clip_grad_norm_(1.0)`, `optimizer.step()`, `zero_grad(set_to_none=True)`. Inputs: random token ids, labels =
-input_ids, no attention mask (one unpadded sequence per row, so SDPA runs causal without a mask). Several steps
-run (default 3) so the steady state (optimizer states alive, gradients of earlier micro-batches alive) is in the
-peak; the peak is over all steps, and each phase keeps its own peak.
+input_ids, no attention mask (one unpadded sequence per row, so SDPA runs causal without a mask). Several
+steps run (default 3) so the steady state (optimizer states alive, gradients of earlier micro-batches alive)
+is in the peak; the peak is over all steps, and each phase keeps its own peak.
 
 Tracker categories map onto `Breakdown` components: weights → weights, trainable → adapters, quant_state,
 gradients, optimizer_states, activations (storages created in forward and still alive; allocations of a
@@ -16,7 +16,8 @@ lm_head's input exists), temporaries (the rest: backward workspace, optimizer-st
 
 Devices: "cuda" (real run; adds `max_memory_allocated`, `max_memory_reserved`, NVML's figure for this process;
 an out-of-memory error is a result), "cpu" (real tensors, CUDA-equivalent kernels, `cuda_equiv`), "meta" and
-"fake" (no memory: meta tensors, or FakeTensorMode on a fake cpu device; quantized models always trace on meta).
+"fake" (no memory: meta tensors, or FakeTensorMode on a fake cpu device; quantized models always trace on
+meta).
 """
 
 from __future__ import annotations
@@ -57,13 +58,19 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True, slots=True)
 class CudaFigures:
-    """What the CUDA caching allocator and the driver report for the run (bytes)."""
+    """What the CUDA caching allocator and the driver report for the run (bytes).
+
+    `nvml_process_bytes`: the device memory NVML attributes to this process after the steps (CUDA context plus
+    what the caching allocator still reserves), None when NVML (nvidia-ml-py or the driver) is absent;
+    `cuda_context_bytes` = that minus `torch.cuda.memory_reserved()` read at the same moment.
+    """
 
     device_name: str
     total_bytes: int
     max_memory_allocated: int
     max_memory_reserved: int
-    nvml_process_bytes: int | None  # None when NVML (nvidia-ml-py or the driver) is absent
+    nvml_process_bytes: int | None
+    cuda_context_bytes: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +106,7 @@ class MeasureResult:
 
 
 def resolve_device(device: str, t: TrainSpec) -> tuple[Device, str | None]:
-    """Validate `device`; quantized models trace on meta (bitsandbytes' Params4bit cannot wrap a FakeTensor)."""
+    """Validate `device`; quantized models trace on meta (bitsandbytes' Params4bit cannot wrap fakes)."""
     if device not in DEVICES:
         from vramplan.errors import did_you_mean
 
@@ -118,12 +125,15 @@ def resolve_device(device: str, t: TrainSpec) -> tuple[Device, str | None]:
 def check_cpu_size(m: ModelSpec) -> None:
     if m.total_params > CPU_MAX_PARAMS:
         raise VramplanError(
-            f"{m.name} ({m.total_params / 1e9:.1f}B parameters) on CPU is impractical: use `vramplan simulate` "
-            f"or a GPU (`measure --device cpu` takes models up to {CPU_MAX_PARAMS / 1e9:.0f}B)"
+            f"{m.name} ({m.total_params / 1e9:.1f}B parameters) on CPU is impractical: use "
+            f"`vramplan simulate` or a GPU (`measure --device cpu` takes models up to "
+            f"{CPU_MAX_PARAMS / 1e9:.0f}B)"
         )
 
 
-def simulate(m: ModelSpec, t: TrainSpec, *, steps: int = 2, gpu: Any = None, progress: Progress | None = None):
+def simulate(
+    m: ModelSpec, t: TrainSpec, *, steps: int = 2, gpu: Any = None, progress: Progress | None = None
+) -> MeasureResult:
     """Trace the real step at full size without memory: fake tensors, or meta tensors for quantized models."""
     return run_step(m, t, device="fake", steps=steps, gpu=gpu, progress=progress)
 
@@ -148,7 +158,7 @@ def run_step(
         raise VramplanError(f"--steps must be a positive integer, got {steps!r}")
     check_versions()
     dev, note = resolve_device(device, t)
-    if dev == "cpu" and weights is None:
+    if dev == "cpu":
         check_cpu_size(m)
     notes: list[str] = [note] if note else []
     say = progress or (lambda _msg: None)
@@ -164,10 +174,14 @@ def run_step(
     try:
         with _fake_mode(fake), cuda_equivalence(dev, autocast_dtype) as emu:
             _build_and_train(m, t, dev, weights, tracker, emu, autocast_dtype, steps, state, notes, say)
-    except torch.OutOfMemoryError as e:  # a result, not a crash; the model died with _build_and_train's frame
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        # Out of memory is a result: the model and optimizer died with _build_and_train's frame.
+        if not _is_oom(e):
+            raise
         reached = torch.cuda.max_memory_allocated() if dev == "cuda" else tracker.peak_bytes
         state.oom = OutOfMemory(state.step, state.phase, int(reached), str(e).split("\n")[0][:300])
-    cuda = _cuda_figures() if dev == "cuda" else None
+    gc.collect()
+    cuda = _cuda_figures() if dev == "cuda" else None  # NVML and reserved read together, before empty_cache
     tracker.remove_hooks()
     gc.collect()
     if dev == "cuda":
@@ -207,6 +221,11 @@ def _build_and_train(
     state.params = _param_counts(built.model)
     _train(built, t, tracker, emu, dev, autocast_dtype, steps, state, say)
     state.paged_bytes = _paged_bytes(built.optimizer)
+
+
+def _is_oom(e: BaseException) -> bool:
+    """torch's OutOfMemoryError, or a kernel's RuntimeError saying so (bitsandbytes' CUDA ops raise those)."""
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
 class _RunState:
@@ -319,8 +338,8 @@ class _LogitsLabel:
 
 
 def _wrap_checkpointing(model: torch.nn.Module, tracker: MemoryTracker, emu: CudaAutocast | None) -> None:
-    """Label a gradient-checkpoint recompute's allocations as activations, and reopen the emulated autocast in it
-    (torch.utils.checkpoint restores CUDA autocast itself; it cannot restore an emulation)."""
+    """Label a gradient-checkpoint recompute's allocations as activations, and reopen the emulated autocast in
+    it (torch.utils.checkpoint restores CUDA autocast itself; it cannot restore an emulation)."""
     for module in model.modules():
         ckpt = module.__dict__.get("_gradient_checkpointing_func")
         if ckpt is not None and not isinstance(ckpt, _RecomputeAware):
@@ -345,16 +364,16 @@ class _RecomputeAware:
 
 
 def _exclude_paged_states(optimizer: Any, tracker: MemoryTracker) -> None:
-    """bitsandbytes pages states of tensors with >= 1e5 elements into CUDA managed memory (`get_state_buffer`),
-    which `memory_allocated` never sees; off CUDA it falls back to device tensors: keep those out of the count."""
-    original = optimizer.get_state_buffer
+    """bitsandbytes pages states of tensors with >= 1e5 elements into CUDA managed memory
+    (`get_state_buffer`), which `memory_allocated` never sees; off CUDA it falls back to device tensors: keep
+    those out of the count."""
 
     def get_state_buffer(p: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         if p.numel() < 1e5:  # bitsandbytes 0.50 optim/optimizer.py: small tensors are not paged
-            return original(p, dtype=dtype)
+            return torch.zeros_like(p, dtype=dtype)
         with tracker.excluded():
             buf = torch.zeros_like(p, dtype=dtype)
-        buf.is_paged = True
+        buf._vramplan_paged = True  # not `is_paged`: bitsandbytes would prefetch it as CUDA managed memory
         return buf
 
     optimizer.get_state_buffer = get_state_buffer
@@ -365,7 +384,8 @@ def _paged_bytes(optimizer: Any) -> int:
     total = 0
     for st in optimizer.state.values():
         for v in st.values():
-            if isinstance(v, torch.Tensor) and getattr(v, "is_paged", False) and id(v) not in seen:
+            paged = getattr(v, "is_paged", False) or getattr(v, "_vramplan_paged", False)
+            if isinstance(v, torch.Tensor) and paged and id(v) not in seen:
                 seen.add(id(v))
                 total += v.numel() * v.element_size()
     return total
@@ -382,13 +402,17 @@ def _param_counts(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def _cuda_figures() -> CudaFigures:
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    index = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    nvml = nvml_process_bytes(index)
+    reserved = int(torch.cuda.memory_reserved(index))
     return CudaFigures(
         device_name=props.name,
         total_bytes=int(props.total_memory),
-        max_memory_allocated=int(torch.cuda.max_memory_allocated()),
-        max_memory_reserved=int(torch.cuda.max_memory_reserved()),
-        nvml_process_bytes=nvml_process_bytes(torch.cuda.current_device()),
+        max_memory_allocated=int(torch.cuda.max_memory_allocated(index)),
+        max_memory_reserved=int(torch.cuda.max_memory_reserved(index)),
+        nvml_process_bytes=nvml,
+        cuda_context_bytes=None if nvml is None else max(nvml - reserved, 0),
     )
 
 
@@ -412,6 +436,58 @@ def nvml_process_bytes(index: int = 0) -> int | None:
         return None
     finally:
         pynvml.nvmlShutdown()
+
+
+def run_record(r: MeasureResult, estimate: Breakdown | None = None) -> dict[str, Any]:
+    """A CUDA run as a calibration-store record (`vramplan.calibration.RunRecord`'s fields, schema 1).
+
+    `device_bytes` is the device memory at the peak: `max_memory_reserved` + the CUDA context NVML showed.
+    """
+    if r.cuda is None or r.oom is not None:
+        raise VramplanError(
+            "--save stores completed CUDA measurements; this run "
+            + ("ran out of memory" if r.oom is not None else f"ran on {r.device}")
+        )
+    from vramplan.local_gpu import query_local_gpus
+    from vramplan.profiles import _gpu_index, _norm
+
+    c = r.cuda
+    try:
+        driver: str | None = query_local_gpus()[torch.cuda.current_device()].driver
+    except (VramplanError, IndexError):
+        driver = None
+    inputs = {k: list(v) if isinstance(v, tuple) else v for k, v in r.breakdown.inputs.items()}
+    return {
+        "gpu_name": c.device_name,
+        "gpu_key": _gpu_index().get(_norm(c.device_name)),
+        "driver": driver,
+        "cuda": torch.version.cuda,
+        "versions": {**dict(r.versions), "vramplan": _vramplan_version()},
+        "model": r.breakdown.model,
+        "inputs": inputs,
+        "allocated_bytes": c.max_memory_allocated,
+        "reserved_bytes": c.max_memory_reserved,
+        "device_bytes": (
+            None if c.cuda_context_bytes is None else c.max_memory_reserved + c.cuda_context_bytes
+        ),
+        "tracker": r.breakdown.components.as_dict(),
+        "estimate": None
+        if estimate is None
+        else {
+            "peak_bytes": estimate.peak_bytes,
+            "reserved_bytes": estimate.reserved_bytes,
+            "device_bytes": estimate.device_bytes,
+        },
+    }
+
+
+def _vramplan_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vramplan")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def components(c: CategoryBytes) -> Components:
@@ -444,8 +520,8 @@ def _breakdown(
     peak = max(p.total for p in phases)
     if cuda is not None:
         overhead = max(cuda.max_memory_reserved - peak, 0)
-        if cuda.nvml_process_bytes is not None:
-            context = max(cuda.nvml_process_bytes - int(torch.cuda.memory_reserved()), 0)
+        if cuda.cuda_context_bytes is not None:
+            context = cuda.cuda_context_bytes
         else:
             context = CUDA_CONTEXT_BYTES
             notes.append("NVML unavailable: CUDA context is the modelled figure, not measured")

@@ -51,7 +51,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 
 Category = Literal[
-    "weights", "trainable", "quant_state", "gradients", "optimizer_states", "activations", "logits", "temporaries"
+    "weights", "trainable", "quant_state", "gradients", "optimizer_states", "activations", "logits",
+    "temporaries",
 ]
 Phase = Literal["forward", "backward", "optimizer"]
 CATEGORIES: tuple[Category, ...] = get_args(Category)
@@ -212,7 +213,7 @@ class MemoryTracker(TorchDispatchMode):
 
     @contextmanager
     def label_scope(self, category: Category | None) -> Iterator[MemoryTracker]:
-        """Count storages created in the block as `category` (None: by phase), then restore the previous label."""
+        """Count storages created in the block as `category` (None: by phase); restore the label after."""
         previous = self._label
         self.label = category
         try:

@@ -1,0 +1,47 @@
+"""The oracle: the analytic estimate held to a traced run of the real transformers + PEFT + bitsandbytes step.
+
+`check(m, t, device)` runs the harness (`vramplan.measure.harness.run_step`) and asserts, phase by phase, that
+the estimated total is within `PEAK_TOL` of the traced one and every component within `COMPONENT_TOL` or
+`abs_tol` bytes. On CPU the harness runs the kernels CUDA would pick (bool dropout masks, flash SDPA, AdamW
+foreach/fused as on CUDA); on meta / fake tensors it traces full-size models without allocating them.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+PEAK_TOL = 0.03
+COMPONENT_TOL = 0.05
+
+
+def check(m, t, device: str = "cpu", steps: int = 2, abs_tol: int = 64 * 1024):  # noqa: ANN001
+    from vramplan.estimate.peak import phases
+    from vramplan.measure.harness import run_step
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = run_step(m, t, device=device, steps=steps)
+    assert r.oom is None, r.oom
+    est, _ = phases(m, t)
+    traced = {p.phase: p for p in r.breakdown.phases}
+    problems = []
+    for e in est:
+        tp = traced[e.phase]
+        if abs(e.total - tp.total) > PEAK_TOL * tp.total:
+            problems.append(f"{e.phase} total: estimated {e.total:,} vs traced {tp.total:,}")
+        for name, ev in e.components.as_dict().items():
+            tv = getattr(tp.components, name)
+            if abs(ev - tv) > max(COMPONENT_TOL * tv, abs_tol):
+                problems.append(f"{e.phase}/{name}: estimated {ev:,} vs traced {tv:,}")
+    peak_e = max(e.total for e in est)
+    peak_t = r.breakdown.peak_bytes
+    assert abs(peak_e - peak_t) <= PEAK_TOL * peak_t, f"peak: estimated {peak_e:,} vs traced {peak_t:,}"
+    assert not problems, "\n".join(problems)
+    return r
+
+
+@pytest.fixture
+def oracle():
+    return check

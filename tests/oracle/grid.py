@@ -1,0 +1,54 @@
+"""The accuracy grid: configurations the estimator is held to (tests/oracle, benchmarks/accuracy.py)."""
+
+from __future__ import annotations
+
+SMALL_LLAMA = {
+    "model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 1000, "max_position_embeddings": 2048,
+    "tie_word_embeddings": False,
+}  # fmt: skip
+BASE = {"method": "lora", "batch": 2, "seq": 128, "lora_rank": 8, "lora_dropout": 0.0}
+
+CASES = {
+    "lora": {},
+    "lora-dropout": {"lora_dropout": 0.05},
+    "lora-qv": {"lora_target": "qv"},
+    "lora-ckpt": {"grad_ckpt": True},
+    "lora-eager": {"attn": "eager"},
+    "lora-no-autocast": {"mixed_precision": "no"},
+    "lora-fp32-autocast": {"dtype": "fp32"},
+    "lora-fp16": {"dtype": "fp16", "mixed_precision": "fp16"},
+    "lora-dora": {"dora": True},
+    "lora-batch4-seq256": {"batch": 4, "seq": 256},
+    "lora-grad-accum": {"grad_accum": 4},
+    "lora-adamw-foreach": {"optim": "adamw_torch"},
+    "lora-sgd": {"optim": "sgd"},
+    "full": {"method": "full"},
+    "full-ckpt": {"method": "full", "grad_ckpt": True},
+    "full-fp32-master": {"method": "full", "dtype": "fp32"},
+    "full-fp32-no-autocast": {"method": "full", "dtype": "fp32", "mixed_precision": "no"},
+    "freeze": {"method": "freeze", "freeze_trainable_layers": 2},
+    "qlora": {"method": "qlora"},
+    "qlora-no-ckpt": {"method": "qlora", "grad_ckpt": False},
+    "qlora-fp4-no-dq": {"method": "qlora", "quant": "fp4", "double_quant": False},
+    "qlora-no-kbit-prep": {"method": "qlora", "kbit_prep": False, "grad_ckpt": False},
+    "qlora-no-autocast": {"method": "qlora", "kbit_prep": False, "mixed_precision": "no", "grad_ckpt": False},
+    "qlora-dropout": {"method": "qlora", "lora_dropout": 0.05},
+    "qlora-int8": {"method": "qlora", "quant": "int8"},
+    "qlora-8bit-optim": {"method": "qlora", "optim": "adamw_8bit"},
+    "qlora-paged-optim": {"method": "qlora", "optim": "paged_adamw_8bit"},
+}
+
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "mixtral", "gpt_neox", "bloom", "phi"]
+
+# Full-size simulations (meta / fake tensors; bitsandbytes runs on meta), (model, device, estimate options)
+FULL_SIZE = {
+    "llama-2-7b lora seq512": ("llama-2-7b", "fake", {"method": "lora", "seq": 512}),
+    "llama-2-7b lora seq512 ckpt": ("llama-2-7b", "fake", {"method": "lora", "seq": 512, "grad_ckpt": True}),
+    "llama-2-7b qlora seq512": ("llama-2-7b", "meta", {"method": "qlora", "seq": 512}),
+    "llama-2-7b qlora seq512 no-ckpt": ("llama-2-7b", "meta", {"method": "qlora", "seq": 512, "grad_ckpt": False}),
+    "llama-3-8b qlora seq1024": ("llama-3-8b", "meta", {"method": "qlora", "seq": 1024}),
+    "qwen2.5-7b qlora seq1024 b2": ("qwen2.5-7b", "meta", {"method": "qlora", "seq": 1024, "batch": 2}),
+    "gemma-2-2b lora seq1024": ("gemma-2-2b", "fake", {"method": "lora", "seq": 1024}),
+    "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
+}
