@@ -1,8 +1,10 @@
 """The oracle: the analytic estimate held to a traced run of the real transformers + PEFT + bitsandbytes step.
 
 `check(m, t, device)` runs the harness (`vramplan.measure.harness.run_step`) and asserts, phase by phase, that
-the estimated total is within `PEAK_TOL` of the traced one and every component within `COMPONENT_TOL` or
-`abs_tol` bytes. On CPU the harness runs the kernels CUDA would pick (bool dropout masks, flash SDPA, AdamW
+the estimated total is within `PEAK_TOL` (3 %) of the traced one and every component within `COMPONENT_TOL`
+(5 %) of its traced value or `abs_tol` bytes: 4 MiB for full-size simulations (the issue's rule for small
+components); for tiny CPU models, whose every component is under 4 MiB, 3 % of the phase total instead, so
+the components are still held to something. On CPU the harness runs the kernels CUDA would pick (bool dropout masks, flash SDPA, AdamW
 foreach/fused as on CUDA); on meta / fake tensors it traces full-size models without allocating them.
 """
 
@@ -16,7 +18,7 @@ PEAK_TOL = 0.03
 COMPONENT_TOL = 0.05
 
 
-def check(m, t, device: str = "cpu", steps: int = 2, abs_tol: int = 64 * 1024):  # noqa: ANN001
+def check(m, t, device: str = "cpu", steps: int = 2, abs_tol: int | None = None):  # noqa: ANN001
     from vramplan.estimate.peak import phases
     from vramplan.measure.harness import run_step
 
@@ -33,7 +35,8 @@ def check(m, t, device: str = "cpu", steps: int = 2, abs_tol: int = 64 * 1024): 
             problems.append(f"{e.phase} total: estimated {e.total:,} vs traced {tp.total:,}")
         for name, ev in e.components.as_dict().items():
             tv = getattr(tp.components, name)
-            if abs(ev - tv) > max(COMPONENT_TOL * tv, abs_tol):
+            floor = abs_tol if abs_tol is not None else PEAK_TOL * tp.total
+            if abs(ev - tv) > max(COMPONENT_TOL * tv, floor):
                 problems.append(f"{e.phase}/{name}: estimated {ev:,} vs traced {tv:,}")
     peak_e = max(e.total for e in est)
     peak_t = r.breakdown.peak_bytes

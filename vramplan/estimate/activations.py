@@ -62,9 +62,12 @@ class _Tok:
 class _Walk:
     """Symbolic forward: creates tensors, records which are saved, tracks the largest transient set."""
 
-    __slots__ = ("const", "down_saved", "live", "n", "saved")
+    __slots__ = ("const", "ctx_saved", "down_saved", "live", "n", "saved")
 
     def __init__(self) -> None:
+        # saved through `ctx.tensors` attributes (MatMul8bitLt) rather than save_for_backward: checkpointing's
+        # saved-tensor hooks never see them, so they stay alive through a checkpointed forward too
+        self.ctx_saved: complex = 0
         self.down_saved: complex = 0
         self.const = 0  # saved bytes that do not scale with tokens (PEFT's MoE weight deltas)
         self.n = 0
@@ -101,6 +104,7 @@ class _Ctx:
     ndt: str  # dtype of norm weights
     ad: str  # LoRA adapter dtype
     quant: bool
+    int8: bool  # LLM.int8 (Linear8bitLt) rather than 4-bit
     bnb_cd: str  # bnb compute dtype
     lora: frozenset[str]
     dropout: bool
@@ -121,6 +125,7 @@ def _ctx(m: ModelSpec, t: TrainSpec) -> _Ctx:
         ndt="fp32" if t.kbit_prep else t.dtype,
         ad="fp32",  # PEFT autocast_adapter_dtype=True keeps adapters in fp32
         quant=t.quant != "none",
+        int8=t.quant == "int8",
         bnb_cd=t.compute_dtype,
         lora=frozenset(t.lora_target) if t.uses_lora else frozenset(),
         dropout=t.lora_dropout > 0 and t.uses_lora,
@@ -132,7 +137,16 @@ def _ctx(m: ModelSpec, t: TrainSpec) -> _Ctx:
 
 def _linear(w: _Walk, c: _Ctx, x: _Tok, name: str, out_f: int, trainable: bool, quantized: bool) -> _Tok:
     T = c.T
-    if quantized:
+    if quantized and c.int8:
+        # bitsandbytes Linear8bitLt -> MatMul8bitLt: keeps its input A in ctx.tensors whenever A needs a
+        # gradient (autograd/_functions.py, 0.50.2); the output is in the autocast dtype (x's without it)
+        out = w.new(T * out_f, c.ac or x.dt, x.rg)
+        if x.rg:
+            if x.id not in w.saved:
+                w.ctx_saved += x.nbytes
+            w.save(x)
+        w.transient(x, w.new(x.numel, "fp16", False), out)
+    elif quantized:
         xc = w.cast(x, c.bnb_cd)
         out = w.new(T * out_f, c.bnb_cd, x.rg)
         w.transient(x, xc, out)
@@ -306,13 +320,18 @@ def _mlp(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, lin) -> _Tok:  # noqa: ANN001
     if m.mlp == "plain":
         up, down = ("fc1", "fc2") if m.model_type == "phi" else ("dense_h_to_4h", "dense_4h_to_h")
         f = lin(x, up)
-        g = w.new(T * i, f.dt, f.rg)
-        if f.rg:
-            w.save(f)
-            if m.hidden_act == "gelu_new":
-                # NewGELUActivation: 0.5·x·(1 + tanh(c·(x + 0.044715·x³))) saves tanh's output and both
-                # factors of the last product (transformers/activations.py)
-                w.save(w.new(T * i, f.dt, True), w.new(T * i, f.dt, True), w.new(T * i, f.dt, True))
+        if m.hidden_act == "gelu_new":
+            # NewGELUActivation: 0.5·x·(1 + tanh(c·(x + 0.044715·pow(x, 3)))) (transformers/activations.py)
+            # saves x for pow, tanh's output, and both factors of the last product. Under autocast `pow` is an
+            # fp32 op: it saves an fp32 copy of x and everything after it is fp32 but 0.5·x.
+            hi = "fp32" if c.ac else f.dt
+            g = w.new(T * i, hi, f.rg)
+            if f.rg:  # pow saves its (autocast-cast) input, not x itself
+                w.save(w.cast(f, hi), w.new(T * i, hi, True), w.new(T * i, f.dt, True), w.new(T * i, hi, True))
+        else:
+            g = w.new(T * i, f.dt, f.rg)
+            if f.rg:
+                w.save(f)
         w.transient(f, g)
         return _down(w, lin, g, down)
     # MoE (Mixtral, transformers 5 MixtralExperts): each token visits top_k experts, gathered per expert.
@@ -359,6 +378,7 @@ class ActivationBytes:
     hidden_bytes: int
     backward_workspace: int
     down_saved: int  # what the MLP's down projection saved: freed before the MLP workspace peaks
+    hidden_grad_bytes: int  # a T·hidden gradient in the compute dtype (flows out of the attention / MLP)
     final_saved: int  # what the final norm saves (part of `saved`; freed before the top layer's backward)
     final_hidden_bytes: int  # the final norm's output, held by the model output until the loss is computed
 
@@ -366,12 +386,12 @@ class ActivationBytes:
 @functools.lru_cache(maxsize=4096)
 def _walk_layer(
     m: ModelSpec, c: _Ctx, trainable: bool, rg_in: bool, rd: str
-) -> tuple[complex, tuple[complex, ...], int, complex]:
+) -> tuple[complex, tuple[complex, ...], int, complex, complex]:
     """Per token: saved bytes, live bytes at each op; per layer: saved constants; per token: what the MLP's
-    down projection saved, of one decoder layer."""
+    down projection saved, and what is kept outside autograd's saved tensors, of one decoder layer."""
     w = _Walk()
     _layer(w, c, m, w.new(m.hidden_size, rd, rg_in), trainable)
-    return w.saved_bytes, tuple(w.live), w.const, w.down_saved
+    return w.saved_bytes, tuple(w.live), w.const, w.down_saved, w.ctx_saved
 
 
 @functools.lru_cache(maxsize=4096)
@@ -407,8 +427,9 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     walks = {kind: _walk_layer(m, c, kind[0], kind[1], rd) for kind in kinds}
     hidden = T * m.hidden_size * _B[rd]
     if t.grad_ckpt:
-        # non-reentrant checkpoint keeps each layer's input hidden state
-        saved = L * hidden
+        # non-reentrant checkpoint keeps each layer's input hidden state (and whatever ops keep outside
+        # autograd's saved tensors: bitsandbytes int8 matmul inputs)
+        saved = L * hidden + sum(n * at(walks[k][4]) for k, n in kinds.items())
     else:
         saved = sum(n * (at(walks[k][0]) + walks[k][2]) for k, n in kinds.items())
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
@@ -460,5 +481,6 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         backward_workspace=workspace,
         down_saved=down_saved,
         final_saved=at(final_saved),
+        hidden_grad_bytes=T * m.hidden_size * _B[c.ac or rd],
         final_hidden_bytes=at(final_out),
     )

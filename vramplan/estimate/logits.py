@@ -32,7 +32,7 @@ def logits_bytes(m: ModelSpec, t: TrainSpec) -> LogitsBytes:
     # gemma2 final_logit_softcapping: logits / cap -> tanh -> * cap; tanh saves its output (head dtype)
     softcap = head_dt * tv if m.final_softcap else 0
     return LogitsBytes(
-        forward_peak=head_dt * tv + upcast + 4 * tv + 2 * softcap,
+        forward_peak=head_dt * tv + upcast + 4 * tv + softcap,
         saved=4 * tv + softcap,
         backward_peak=3 * 4 * tv + softcap,
     )

@@ -52,8 +52,8 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     fwd = Components(
         **base,
         gradients=accum_grads,
-        activations=act.saved + fwd_copies,
-        logits=lg.forward_peak + act.final_hidden_bytes + act.head_copy,
+        activations=act.saved + fwd_copies + act.final_hidden_bytes,
+        logits=lg.forward_peak + act.head_copy,
         temporaries=0,
     )
     head_grad = 0
@@ -86,7 +86,7 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
             one = act.layer + act.layer_copies
             layer_phases.append(
                 Components(**base, gradients=g, activations=kept + act.layer_copies + max(act.layer, act.layer_transient),
-                           temporaries=2 * act.hidden_bytes)  # fmt: skip
+                           temporaries=act.hidden_bytes + act.hidden_grad_bytes)  # fmt: skip
             )
             layer_phases.append(
                 Components(**base, gradients=g, activations=kept + one - act.down_saved,

@@ -172,7 +172,7 @@ def run_step(
     state = _RunState()
     tracker = MemoryTracker(device_type="cpu" if fake else dev)
     try:
-        with _fake_mode(fake), cuda_equivalence(dev, autocast_dtype) as emu:
+        with _bnb_cache_scope(), _fake_mode(fake), cuda_equivalence(dev, autocast_dtype) as emu:
             _build_and_train(m, t, dev, weights, tracker, emu, autocast_dtype, steps, state, notes, say)
     except (torch.OutOfMemoryError, RuntimeError) as e:
         # Out of memory is a result: the model and optimizer died with _build_and_train's frame.
@@ -238,6 +238,26 @@ class _RunState:
         self.oom: OutOfMemory | None = None
         self.paged_bytes = 0
         self.params: tuple[int, int] = (0, 0)
+
+
+@contextlib.contextmanager
+def _bnb_cache_scope() -> Iterator[None]:
+    """Keep bitsandbytes' module-level quantization-map cache (`functional.name2qmap`) as it was.
+
+    bitsandbytes caches the dynamic map on the device of the first tensor it quantizes; a meta-device trace
+    would leave a meta map behind that a later real run in the same process cannot copy from.
+    """
+    import sys
+
+    bnbf = sys.modules.get("bitsandbytes.functional")
+    before = dict(bnbf.name2qmap) if bnbf is not None else None
+    try:
+        yield
+    finally:
+        bnbf = sys.modules.get("bitsandbytes.functional")
+        if bnbf is not None:
+            bnbf.name2qmap.clear()
+            bnbf.name2qmap.update(before or {})
 
 
 @contextlib.contextmanager
