@@ -18,17 +18,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.conftest import TINY_CONFIGS  # noqa: E402
-from tests.oracle.grid import BASE, CASES, FAMILIES, FULL_SIZE, SMALL_LLAMA  # noqa: E402
-from vramplan.estimate.peak import phases  # noqa: E402
-from vramplan.measure.harness import run_step  # noqa: E402
-from vramplan.profiles import load_model  # noqa: E402
-from vramplan.spec import model_spec_from_config, resolve_train  # noqa: E402
+from tests.conftest import TINY_CONFIGS
+from tests.oracle.grid import BASE, CASES, FAMILIES, FULL_SIZE, SMALL_LLAMA
+from vramplan.estimate.peak import phases
+from vramplan.measure.harness import run_step
+from vramplan.profiles import load_model
+from vramplan.spec import model_spec_from_config, resolve_train
 
 MIB = 1024**2
 
 
-def compare(m, t, device):  # noqa: ANN001
+def compare(m, t, device):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         r = run_step(m, t, device=device, steps=2)
@@ -74,8 +74,10 @@ def main() -> None:
             f"{label:44s} {device:6s} {peak_t / MIB:11.2f} {peak_e / MIB:13.2f} {100 * err:+6.1f}%  "
             f"{wname} {100 * wrel:+.1f}% of phase ({time.perf_counter() - t0:.0f} s)"
         )
-    print(f"\n{len(errs)} configurations: median |error| {100 * statistics.median(errs):.1f} %, "
-          f"worst {100 * max(errs):.1f} %")
+    print(
+        f"\n{len(errs)} configurations: median |error| {100 * statistics.median(errs):.1f} %, "
+        f"worst {100 * max(errs):.1f} %"
+    )
 
 
 if __name__ == "__main__":

@@ -66,9 +66,7 @@ def main() -> None:
             est_phases = {p.phase: p.total for p in e.phases}
             for p in b.phases:
                 err = error_pct(est_phases[p.phase], p.total)
-                print(
-                    f"  {p.phase + ' phase':<18}{gib(p.total):>9}{gib(est_phases[p.phase]):>10}{pct(err):>9}"
-                )
+                print(f"  {p.phase + ' phase':<18}{gib(p.total):>9}{gib(est_phases[p.phase]):>10}{pct(err):>9}")
 
 
 if __name__ == "__main__":

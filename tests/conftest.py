@@ -11,9 +11,8 @@ Build one with `AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg))`;
 
 from __future__ import annotations
 
-from typing import Any
-
 import os
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
 import pytest

@@ -41,9 +41,7 @@ def test_store_is_isolated_in_tests(tmp_path):
 def test_append_then_read(tmp_path):
     store = tmp_path / "sub" / "runs.jsonl"
     append_run(_run(), store)
-    append_run(
-        {"gpu_name": "NVIDIA A100-SXM4-40GB", "model": "m", "allocated_bytes": 1, "reserved_bytes": 2}, store
-    )
+    append_run({"gpu_name": "NVIDIA A100-SXM4-40GB", "model": "m", "allocated_bytes": 1, "reserved_bytes": 2}, store)
     runs = read_runs(store)
     assert [r.model for r in runs] == ["llama-2-7b", "m"]
     assert runs[0].tracker == {"weights": 4 * GIB}

@@ -98,9 +98,7 @@ def test_reported_maxima_fit_and_one_more_does_not(model, gpu, opts):
             assert not fits(run(m, rep(one, seq=nxt), g))
         # the columns agree with the longest sequence at batch 1
         for cell in row.cells:
-            assert (cell.batch.value >= 1) == (
-                cell.seq <= s or (row.max_seq.capped and cell.seq <= ft.seq_cap)
-            )
+            assert (cell.batch.value >= 1) == (cell.seq <= s or (row.max_seq.capped and cell.seq <= ft.seq_cap))
     r = ft.max_lora_rank
     if t.uses_lora:
         if r.value:
@@ -135,9 +133,7 @@ def test_rows_are_the_method_variants():
 def test_qlora_beats_lora_beats_full_on_a_small_card():
     m, t, g = setup("llama-2-7b", "3060ti")
     ft = fit_table(m, t, g)
-    best = {
-        meth: max(r.max_seq.value for r in ft.rows if r.method == meth) for meth in ("full", "lora", "qlora")
-    }
+    best = {meth: max(r.max_seq.value for r in ft.rows if r.method == meth) for meth in ("full", "lora", "qlora")}
     assert best["full"] == 0
     assert best["lora"] == 0
     assert best["qlora"] >= 1024
@@ -193,9 +189,7 @@ def test_error_band_is_threaded_through(monkeypatch):
 def test_suggestions_cover_every_kind_of_change():
     from vramplan.advice import suggest
 
-    m, t, g = setup(
-        "llama-2-7b", "a100-80gb", method="lora", batch=4, seq=2048, attn="eager", optim="adamw_torch"
-    )
+    m, t, g = setup("llama-2-7b", "a100-80gb", method="lora", batch=4, seq=2048, attn="eager", optim="adamw_torch")
     labels = " | ".join(s.change for s in suggest(m, t, g, limit=50))
     for needle in (
         "--attn sdpa",
@@ -310,9 +304,7 @@ def test_nvml_without_driver(monkeypatch):
 def test_nvml_known_gpu_maps_to_profile_with_free_memory(monkeypatch):
     from vramplan.local_gpu import local_gpu_profile, query_local_gpus
 
-    monkeypatch.setitem(
-        sys.modules, "pynvml", fake_pynvml([("NVIDIA GeForce RTX 3060 Ti", 8 * GIB, 7 * GIB)])
-    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([("NVIDIA GeForce RTX 3060 Ti", 8 * GIB, 7 * GIB)]))
     (lg,) = query_local_gpus()
     assert (lg.name, lg.total_bytes, lg.free_bytes, lg.used_bytes) == (
         "NVIDIA GeForce RTX 3060 Ti",
@@ -332,9 +324,7 @@ def test_nvml_known_gpu_maps_to_profile_with_free_memory(monkeypatch):
 def test_nvml_unknown_gpu_gets_a_local_profile(monkeypatch):
     from vramplan.local_gpu import local_gpu_profile
 
-    monkeypatch.setitem(
-        sys.modules, "pynvml", fake_pynvml([("NVIDIA Future X1", 96 * GIB, 90 * GIB)], cc=(7, 5))
-    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([("NVIDIA Future X1", 96 * GIB, 90 * GIB)], cc=(7, 5)))
     g = local_gpu_profile()
     assert g.key == "local"
     assert g.memory_bytes == 90 * GIB

@@ -96,9 +96,7 @@ def test_quantity_follows_measure_kind_in_the_rows(tmp_path):
     rec = next(r for r in RECORDS if r["id"] == "litgpt-rt-llama2-7b-lora-mb1")
     path = tmp_path / "set.jsonl"
     path.write_text(
-        "\n".join(
-            json.dumps({**rec, "id": k, "measure_kind": k}) for k in ("max_memory_allocated", "nvidia-smi")
-        )
+        "\n".join(json.dumps({**rec, "id": k, "measure_kind": k}) for k in ("max_memory_allocated", "nvidia-smi"))
     )
     rows = {r.id: r for r in validate(path).rows}
     assert rows["nvidia-smi"].estimated_bytes > rows["max_memory_allocated"].estimated_bytes

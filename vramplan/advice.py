@@ -55,14 +55,10 @@ def _changes(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> list[_Change]:
     out: list[_Change] = []
     if t.attn == "eager":
         out.append(
-            _Change(
-                "attn", "--attn sdpa (or flash_attention_2): no S×S attention matrix", 0, rep(t, attn="sdpa")
-            )
+            _Change("attn", "--attn sdpa (or flash_attention_2): no S×S attention matrix", 0, rep(t, attn="sdpa"))
         )
     if not t.grad_ckpt:
-        out.append(
-            _Change("ckpt", "--grad-ckpt (recompute activations, ~30 % slower)", 1, rep(t, grad_ckpt=True))
-        )
+        out.append(_Change("ckpt", "--grad-ckpt (recompute activations, ~30 % slower)", 1, rep(t, grad_ckpt=True)))
     if t.optim in FULL_PRECISION_OPTIMS:
         out.append(_Change("optim", "--optim adamw_8bit (8-bit AdamW states)", 2, rep(t, optim="adamw_8bit")))
         out.append(

@@ -162,11 +162,7 @@ def derive_from(runs: list[RunRecord], gpu_key: str) -> Calibration | None:
     mine = [r for r in runs if r.key == gpu_key]
     if not mine:
         return None
-    ctx = [
-        r.device_bytes - r.reserved_bytes
-        for r in mine
-        if r.device_bytes and r.device_bytes >= r.reserved_bytes
-    ]
+    ctx = [r.device_bytes - r.reserved_bytes for r in mine if r.device_bytes and r.device_bytes >= r.reserved_bytes]
     ratio = [r.reserved_bytes / r.allocated_bytes - 1 for r in mine if r.allocated_bytes > 0]
     res = [x for x in map(_residual, mine) if x is not None]
     return Calibration(

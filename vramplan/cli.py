@@ -49,7 +49,11 @@ def train_options(f: Callable) -> Callable:
         ),
         click.option("--quant", default=None, help="none | nf4 | fp4 | int8 [nf4 for qlora, else none]"),
         click.option("--double-quant/--no-double-quant", default=None, help="bnb_4bit_use_double_quant [on]"),
-        click.option("--kbit-prep/--no-kbit-prep", default=None, help="prepare_model_for_kbit_training [on if quantized]"),
+        click.option(
+            "--kbit-prep/--no-kbit-prep",
+            default=None,
+            help="prepare_model_for_kbit_training [on if quantized]",
+        ),
         click.option("--batch", type=int, default=1, show_default=True, help="per_device_train_batch_size"),
         click.option("--seq", type=int, default=1024, show_default=True, help="tokens per sequence"),
         click.option("--grad-accum", type=int, default=1, show_default=True, help="gradient_accumulation_steps"),
@@ -57,15 +61,22 @@ def train_options(f: Callable) -> Callable:
         click.option("--lora-alpha", type=int, default=None, help="lora_alpha [2 × rank]"),
         click.option("--lora-dropout", type=float, default=0.05, show_default=True),
         click.option(
-            "--lora-target", default="all-linear", show_default=True,
+            "--lora-target",
+            default="all-linear",
+            show_default=True,
             help="all-linear | attn | qv (PEFT's default) | comma list of module names",
         ),
         click.option("--dora/--no-dora", default=False, show_default=True, help="use_dora"),
         click.option("--optim", default="adamw_torch_fused", show_default=True, help="HF TrainingArguments.optim"),
         click.option("--grad-ckpt/--no-grad-ckpt", default=None, help="gradient checkpointing [on for qlora]"),
         click.option("--attn", default="sdpa", show_default=True, help="eager | sdpa | flash_attention_2"),
-        click.option("--freeze-trainable-layers", type=int, default=2, show_default=True,
-                     help="freeze: train the last N layers"),
+        click.option(
+            "--freeze-trainable-layers",
+            type=int,
+            default=2,
+            show_default=True,
+            help="freeze: train the last N layers",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -82,9 +93,7 @@ TRAIN_KEYS = (
 def from_options(f: Callable) -> Callable:
     """--from FILE (repeatable) and --model, for any command with train_options: its resolve_inputs /
     resolve_plan reads them from **kw (make MODEL `required=False` so --from can name the model)."""
-    f = click.option(
-        "--model", "model_option", default=None, help="the model, instead of MODEL [the --from file's]"
-    )(f)
+    f = click.option("--model", "model_option", default=None, help="the model, instead of MODEL [the --from file's]")(f)
     return click.option(
         "--from", "from_files", multiple=True, metavar="FILE",
         help="settings from a LLaMA-Factory or axolotl YAML, a TrainingArguments JSON, an "
@@ -158,7 +167,7 @@ def resolve_inputs(model: str | None, gpu: str | None, kw: dict[str, Any]):
     return resolve_plan(model, gpu, kw)[:3]
 
 
-def _emit_notes(t) -> None:  # noqa: ANN001
+def _emit_notes(t) -> None:
     for note in t.notes:
         click.echo(f"warning: {note}", err=True)
 
@@ -194,7 +203,12 @@ def estimate(model: str | None, gpu: str | None, suggest: bool, as_json: bool, *
         extra: dict[str, Any] = {"parallel": parallel_json(pp)}
         if suggest:
             extra["suggestions"] = [
-                {"change": s.change, "cost": s.cost, "device_bytes": s.device_bytes, "verdict": s.breakdown.verdict}
+                {
+                    "change": s.change,
+                    "cost": s.cost,
+                    "device_bytes": s.device_bytes,
+                    "verdict": s.breakdown.verdict,
+                }
                 for s in suggestions
             ]
         out = breakdown_json(b, extra)
@@ -231,8 +245,14 @@ def _seq_list(f: Callable) -> Callable:
 @_seq_list
 @train_options
 @parallel_options
-@click.option("--plot", default=None, is_flag=False, flag_value="-", metavar="[FILE.png]",
-              help="peak vs sequence length per method (at --batch): in the terminal, or a PNG file")
+@click.option(
+    "--plot",
+    default=None,
+    is_flag=False,
+    flag_value="-",
+    metavar="[FILE.png]",
+    help="peak vs sequence length per method (at --batch): in the terminal, or a PNG file",
+)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
 @click.pass_context
 def fit(
@@ -316,8 +336,14 @@ def gpus(local: bool, as_json: bool) -> None:
     for col in ("key", "name", "GiB", "cc", "bf16", "aliases"):
         t.add_column(col, justify="right" if col == "GiB" else "left")
     for g in sorted(rows, key=lambda g: (g.memory_bytes, g.key)):
-        t.add_row(g.key, g.name, gib(g.memory_bytes), g.compute_capability, "yes" if g.bf16 else "no",
-                  ", ".join(g.aliases))
+        t.add_row(
+            g.key,
+            g.name,
+            gib(g.memory_bytes),
+            g.compute_capability,
+            "yes" if g.bf16 else "no",
+            ", ".join(g.aliases),
+        )
     _console().print(t)
 
 
@@ -340,8 +366,15 @@ def models(as_json: bool) -> None:
     for col in ("name", "type", "params", "layers", "hidden", "heads/kv", "vocab"):
         t.add_column(col, justify="left" if col in ("name", "type") else "right")
     for s in specs:
-        t.add_row(s.name, s.model_type, f"{s.total_params / 1e9:.2f} B", str(s.num_hidden_layers),
-                  str(s.hidden_size), f"{s.num_attention_heads}/{s.num_key_value_heads}", f"{s.vocab_size:,}")
+        t.add_row(
+            s.name,
+            s.model_type,
+            f"{s.total_params / 1e9:.2f} B",
+            str(s.num_hidden_layers),
+            str(s.hidden_size),
+            f"{s.num_attention_heads}/{s.num_key_value_heads}",
+            f"{s.vocab_size:,}",
+        )
     _console().print(t)
 
 
@@ -476,9 +509,7 @@ def _measured(r, estimate_b, as_json: bool) -> None:
 @click.argument("model")
 @train_options
 @click.option("--steps", type=int, default=3, show_default=True, help="training steps (states appear in 1)")
-@click.option(
-    "--device", type=click.Choice(["cuda", "cpu"]), default=None, help="[cuda if torch sees one, else cpu]"
-)
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None, help="[cuda if torch sees one, else cpu]")
 @click.option("--weights", default=None, metavar="PATH", help="from_pretrained(PATH), not random weights")
 @click.option("--save", is_flag=True, help="add this CUDA run to the calibration store")
 @click.option("--store", default=None, metavar="PATH", help="--save's file [$VRAMPLAN_STORE, else user dir]")

@@ -199,9 +199,7 @@ def max_seq(
     step = SEQ_MULTIPLE
     k_cap = cap // step
     k_bad = None if bad is None else math.ceil(bad / step)
-    lim = _limit(
-        m, gpu, lambda k: dataclasses.replace(t, seq=k * step), max(1, good // step), k_cap, k_bad, parallel
-    )
+    lim = _limit(m, gpu, lambda k: dataclasses.replace(t, seq=k * step), max(1, good // step), k_cap, k_bad, parallel)
     if lim.value:
         return Limit(lim.value * step, lim.capped, lim.breakdown)
     return _limit(m, gpu, lambda s: dataclasses.replace(t, seq=s), 1, min(step - 1, cap), None, parallel)
@@ -241,9 +239,7 @@ def parse_seqs(text: str | None) -> tuple[tuple[int, ...], int]:
     return tuple(sorted(set(vals))), vals[0]
 
 
-def variant(
-    m: ModelSpec, t: TrainSpec, gpu: GpuProfile, method: str, grad_ckpt: bool, optim: str
-) -> TrainSpec:
+def variant(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, method: str, grad_ckpt: bool, optim: str) -> TrainSpec:
     """`t` with another method / checkpointing / optimizer, resolved as `estimate` would.
 
     Quantization settings (--quant, --double-quant, --kbit-prep) carry over only to the same method; other
@@ -279,9 +275,7 @@ def row_variants(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, methods: tuple[str
     """Each method without / with gradient checkpointing, with `t.optim` and (unless already 8-bit or paged)
     bitsandbytes 8-bit AdamW."""
     optims = (t.optim,) if t.optim in LOW_MEMORY_OPTIMS else (t.optim, EIGHT_BIT_OPTIM)
-    return [
-        variant(m, t, gpu, meth, ckpt, opt) for meth in methods for ckpt in (False, True) for opt in optims
-    ]
+    return [variant(m, t, gpu, meth, ckpt, opt) for meth in methods for ckpt in (False, True) for opt in optims]
 
 
 def fit_row(

@@ -31,9 +31,7 @@ class Plan:
     model_config: str
 
 
-def plan_inputs(
-    model: str | None, files: Sequence[str], flags: Mapping[str, Any], typed: Collection[str] = ()
-) -> Plan:
+def plan_inputs(model: str | None, files: Sequence[str], flags: Mapping[str, Any], typed: Collection[str] = ()) -> Plan:
     """Layer `flags` (a command's option values; `typed`: those the user set) over the --from `files` and the
     model's quantization_config. `model`: MODEL / --model, else the model the last naming file names."""
     read = [read_config(f) for f in files]

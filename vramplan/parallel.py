@@ -78,16 +78,12 @@ def resolve_parallel(
     s = (strategy or "ddp").lower()
     s = STRATEGY_ALIASES.get(s, s)
     if s not in STRATEGIES:
-        raise did_you_mean(
-            str(strategy), STRATEGIES, "--strategy", "ddp, zero1|zero2|zero3 = DeepSpeed, fsdp"
-        )
+        raise did_you_mean(str(strategy), STRATEGIES, "--strategy", "ddp, zero1|zero2|zero3 = DeepSpeed, fsdp")
     if offload not in OFFLOADS:
         raise did_you_mean(str(offload), OFFLOADS, "--offload value")
     notes: list[str] = []
     if offload != "none" and s == "ddp":
-        raise VramplanError(
-            "--offload needs a sharding engine: --strategy zero1|zero2|zero3 or fsdp (not ddp)"
-        )
+        raise VramplanError("--offload needs a sharding engine: --strategy zero1|zero2|zero3 or fsdp (not ddp)")
     if offload == "params" and s in ("zero1", "zero2"):
         raise VramplanError(
             f"--offload params needs --strategy zero3 or fsdp: {s} keeps every parameter on every GPU "
@@ -116,9 +112,7 @@ def resolve_parallel(
                 "and buckets: planned as DeepSpeed on one GPU"
             )
         else:
-            notes.append(
-                f"--strategy {s} with --gpus 1 shards nothing (FSDP switches to NO_SHARD): one-GPU plan"
-            )
+            notes.append(f"--strategy {s} with --gpus 1 shards nothing (FSDP switches to NO_SHARD): one-GPU plan")
     elif s == "fsdp-hybrid" and gpus <= gpus_per_node:
         notes.append(f"fsdp-hybrid on one node of {gpus_per_node} GPUs shards like fsdp")
     if sharded_weights and t.quant in ("nf4", "fp4"):

@@ -79,8 +79,11 @@ def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -
         if val:
             t.add_row(COMPONENT_LABELS[name], gib(val), bar(val / dev))
     t.add_row(Text(f"tensor peak ({b.peak_phase})", style="bold"), Text(gib(b.peak_bytes), style="bold"), "")
-    t.add_row("allocator overhead (reserved − allocated)", gib(b.allocator_overhead_bytes),
-              bar(b.allocator_overhead_bytes / dev))
+    t.add_row(
+        "allocator overhead (reserved − allocated)",
+        gib(b.allocator_overhead_bytes),
+        bar(b.allocator_overhead_bytes / dev),
+    )
     t.add_row("CUDA context", gib(b.cuda_context_bytes), bar(b.cuda_context_bytes / dev))
     t.add_row(Text("device total (as nvidia-smi)", style="bold"), Text(gib(b.device_bytes), style="bold"), "")
     if b.paged_bytes:
@@ -521,15 +524,17 @@ def validation_json(v: Validation) -> dict[str, Any]:
                 "error": r.error,
                 "headline": r.headline,
                 "excluded": list(r.reasons),
-                "inputs": (
-                    {"model": r.mapped.model, "gpu": r.mapped.gpu, **r.mapped.options} if r.mapped else None
-                ),
+                "inputs": ({"model": r.mapped.model, "gpu": r.mapped.gpu, **r.mapped.options} if r.mapped else None),
             }
             for r in v.rows
         ],
         "summary": [
-            {"confidence": s.confidence, "n": s.n, "median_abs_error": s.median_abs_error,
-             "worst_abs_error": s.worst_abs_error}
+            {
+                "confidence": s.confidence,
+                "n": s.n,
+                "median_abs_error": s.median_abs_error,
+                "worst_abs_error": s.worst_abs_error,
+            }
             for s in v.summaries
         ],
         "exclusions": v.exclusions,
@@ -551,8 +556,9 @@ def validation_summary_lines(v: Validation) -> list[str]:
     n_head = sum(r.headline for r in v.rows)
     lines = [f"{len(v.rows)} records, {n_mapped} mapped onto estimate inputs, {n_head} in the headline"]
     for s in v.summaries:
-        lines.append(f"  {s.confidence:>6}: n={s.n}  median |error| {_pct(s.median_abs_error)}"
-                     f"  worst {_pct(s.worst_abs_error)}")
+        lines.append(
+            f"  {s.confidence:>6}: n={s.n}  median |error| {_pct(s.median_abs_error)}  worst {_pct(s.worst_abs_error)}"
+        )
     lines.append("excluded from the headline (records per reason; a record can have several):")
     lines += [f"  {n:3d}  {reason}" for reason, n in v.exclusions.items()]
     return lines
@@ -560,20 +566,34 @@ def validation_summary_lines(v: Validation) -> list[str]:
 
 def render_validation(v: Validation, console: Console) -> None:
     """Table of every record (measured vs estimated, GB = 10⁹ B as the sources print) and the summary."""
-    t = Table(title="published validation set (GB = 10⁹ B)", title_justify="left", show_edge=False,
-              pad_edge=False)
-    for col, just in (("id", "left"), ("framework", "left"), ("config", "left"), ("measured", "right"),
-                      ("estimated", "right"), ("error", "right"), ("excluded because", "left")):
+    t = Table(title="published validation set (GB = 10⁹ B)", title_justify="left", show_edge=False, pad_edge=False)
+    for col, just in (
+        ("id", "left"),
+        ("framework", "left"),
+        ("config", "left"),
+        ("measured", "right"),
+        ("estimated", "right"),
+        ("error", "right"),
+        ("excluded because", "left"),
+    ):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in v.rows:
-        kind = {"max_memory_allocated": "alloc", "max_memory_reserved": "resv", "reserved": "resv",
-                "nvidia-smi": "smi"}.get(r.measure_kind, "?")
+        kind = {
+            "max_memory_allocated": "alloc",
+            "max_memory_reserved": "resv",
+            "reserved": "resv",
+            "nvidia-smi": "smi",
+        }.get(r.measure_kind, "?")
         t.add_row(
-            r.id, r.framework, r.config, f"{r.measured_bytes / 1e9:.2f} {kind}",
+            r.id,
+            r.framework,
+            r.config,
+            f"{r.measured_bytes / 1e9:.2f} {kind}",
             "—" if r.estimated_bytes is None else f"{r.estimated_bytes / 1e9:.2f}",
             "—" if r.error is None else f"{100 * r.error:+.1f} %",
             Text(r.reasons[0] + (f" (+{len(r.reasons) - 1})" if len(r.reasons) > 1 else ""), style="dim")
-            if r.reasons else Text("headline", style="green"),
+            if r.reasons
+            else Text("headline", style="green"),
         )
     console.print(t)
     for line in validation_summary_lines(v):
@@ -581,7 +601,7 @@ def render_validation(v: Validation, console: Console) -> None:
 
 
 def calibration_line(b: Breakdown) -> str:
-    """"calibrated on N runs" with the figures used, or the defaults' provenance when uncalibrated."""
+    """ "calibrated on N runs" with the figures used, or the defaults' provenance when uncalibrated."""
     cal = b.inputs.get("calibration")
     if not cal:
         return "overheads: documented defaults (no calibration for this GPU; `vramplan calibration`)"
@@ -618,16 +638,24 @@ def render_calibration(runs: list[RunRecord], cals: list[Calibration], store: st
         t.add_column(col, justify="right" if "GiB" in col else "left")
     for r in runs:
         est = (r.estimate or {}).get("device_bytes")
-        t.add_row(r.time, r.key, r.model, str(r.inputs.get("method", "")), gib(r.allocated_bytes),
-                  gib(r.reserved_bytes), "—" if r.device_bytes is None else gib(r.device_bytes),
-                  "—" if est is None else gib(est))
+        t.add_row(
+            r.time,
+            r.key,
+            r.model,
+            str(r.inputs.get("method", "")),
+            gib(r.allocated_bytes),
+            gib(r.reserved_bytes),
+            "—" if r.device_bytes is None else gib(r.device_bytes),
+            "—" if est is None else gib(est),
+        )
     console.print(t)
     c = Table(title="per GPU", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("GPU", "runs", "CUDA context GiB", "allocator ratio", "error band"):
         c.add_column(col, justify="left" if col == "GPU" else "right")
     for cal in cals:
         c.add_row(
-            cal.gpu_key, str(cal.n_runs),
+            cal.gpu_key,
+            str(cal.n_runs),
             "—" if cal.cuda_context_bytes is None else gib(cal.cuda_context_bytes),
             "—" if cal.allocator_ratio is None else f"{100 * cal.allocator_ratio:.1f} %",
             "—" if cal.residual_band is None else f"±{100 * cal.residual_band:.1f} %",
@@ -731,23 +759,47 @@ def render_measurement(r: Any, estimate: Breakdown, console: Console) -> None:
     est_phases = {p.phase: p.total for p in estimate.phases}
     for p in b.phases:
         if p.phase in est_phases:
-            t.add_row(f"  {p.phase} phase peak", gib(p.total), gib(est_phases[p.phase]),
-                      _err_text(est_phases[p.phase], p.total))
+            t.add_row(
+                f"  {p.phase} phase peak",
+                gib(p.total),
+                gib(est_phases[p.phase]),
+                _err_text(est_phases[p.phase], p.total),
+            )
     if r.cuda is not None:
         c = r.cuda
-        t.add_row("torch max_memory_allocated", gib(c.max_memory_allocated), gib(estimate.peak_bytes),
-                  _err_text(estimate.peak_bytes, c.max_memory_allocated))
-        t.add_row("torch max_memory_reserved", gib(c.max_memory_reserved), gib(estimate.reserved_bytes),
-                  _err_text(estimate.reserved_bytes, c.max_memory_reserved))
+        t.add_row(
+            "torch max_memory_allocated",
+            gib(c.max_memory_allocated),
+            gib(estimate.peak_bytes),
+            _err_text(estimate.peak_bytes, c.max_memory_allocated),
+        )
+        t.add_row(
+            "torch max_memory_reserved",
+            gib(c.max_memory_reserved),
+            gib(estimate.reserved_bytes),
+            _err_text(estimate.reserved_bytes, c.max_memory_reserved),
+        )
         nvml = c.nvml_process_bytes
-        t.add_row("NVML, this process (now)", "—" if nvml is None else gib(nvml), gib(estimate.device_bytes),
-                  Text("—", style="dim") if nvml is None else _err_text(estimate.device_bytes, nvml))
+        t.add_row(
+            "NVML, this process (now)",
+            "—" if nvml is None else gib(nvml),
+            gib(estimate.device_bytes),
+            Text("—", style="dim") if nvml is None else _err_text(estimate.device_bytes, nvml),
+        )
     else:
-        t.add_row(Text("device total (modelled overheads on both)", style="dim"), gib(b.device_bytes),
-                  gib(estimate.device_bytes), _err_text(estimate.device_bytes, b.device_bytes))
+        t.add_row(
+            Text("device total (modelled overheads on both)", style="dim"),
+            gib(b.device_bytes),
+            gib(estimate.device_bytes),
+            _err_text(estimate.device_bytes, b.device_bytes),
+        )
     if r.paged_bytes or estimate.paged_bytes:
-        t.add_row("paged optimizer states (managed, apart)", gib(r.paged_bytes), gib(estimate.paged_bytes),
-                  _err_text(estimate.paged_bytes, r.paged_bytes))
+        t.add_row(
+            "paged optimizer states (managed, apart)",
+            gib(r.paged_bytes),
+            gib(estimate.paged_bytes),
+            _err_text(estimate.paged_bytes, r.paged_bytes),
+        )
     console.print(t)
     console.print(
         f"params: {b.params_total:,} total, {b.params_trainable:,} trainable · {r.seconds:.1f} s · "

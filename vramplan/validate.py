@@ -160,9 +160,7 @@ def measured_bytes(value: float, unit: str) -> int:
     if unit == "unspecified":
         unit = "GB"
     if unit not in UNIT_BYTES:
-        raise VramplanError(
-            f"unknown unit {unit!r} in the validation set; expected one of {', '.join(UNIT_BYTES)}"
-        )
+        raise VramplanError(f"unknown unit {unit!r} in the validation set; expected one of {', '.join(UNIT_BYTES)}")
     return round(value * UNIT_BYTES[unit])
 
 

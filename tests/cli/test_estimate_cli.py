@@ -15,24 +15,51 @@ def run(*args: str):
 
 
 def test_estimate_json_contract():
-    r = run("estimate", "llama-2-7b", "--method", "lora", "--batch", "2", "--seq", "2048", "--gpu", "4090", "--json")
+    r = run(
+        "estimate",
+        "llama-2-7b",
+        "--method",
+        "lora",
+        "--batch",
+        "2",
+        "--seq",
+        "2048",
+        "--gpu",
+        "4090",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
-    for key in ("peak_bytes", "reserved_bytes", "device_bytes", "paged_bytes", "peak_phase", "components",
-                "gpu_bytes", "verdict", "params", "inputs"):
+    for key in (
+        "peak_bytes",
+        "reserved_bytes",
+        "device_bytes",
+        "paged_bytes",
+        "peak_phase",
+        "components",
+        "gpu_bytes",
+        "verdict",
+        "params",
+        "inputs",
+    ):
         assert key in d
-    assert d["reserved_bytes"] > d["peak_bytes"] and d["device_bytes"] > d["reserved_bytes"]
+    assert d["reserved_bytes"] > d["peak_bytes"]
+    assert d["device_bytes"] > d["reserved_bytes"]
     assert d["peak_bytes"] == sum(d["components"].values())
     assert d["verdict"] in ("fits", "tight", "oom")
-    assert d["inputs"]["batch"] == 2 and d["inputs"]["seq"] == 2048 and d["inputs"]["optim"] == "adamw_torch_fused"
+    assert d["inputs"]["batch"] == 2
+    assert d["inputs"]["seq"] == 2048
+    assert d["inputs"]["optim"] == "adamw_torch_fused"
     assert d["params"]["trainable"] < d["params"]["total"]
 
 
 def test_estimate_table_shows_verdict_and_components():
     r = run("estimate", "llama-7b", "--method", "qlora", "--gpu", "3060ti")
     assert r.exit_code == 0, r.output
-    assert "weights" in r.output and "quantization constants" in r.output
-    assert "GiB" in r.output and ("fits" in r.output or "tight" in r.output)
+    assert "weights" in r.output
+    assert "quantization constants" in r.output
+    assert "GiB" in r.output
+    assert "fits" in r.output or "tight" in r.output
 
 
 @pytest.mark.parametrize("alias", ["3060ti", "rtx-3060-ti", "RTX 3060 Ti", "NVIDIA GeForce RTX 3060 Ti"])
@@ -77,7 +104,8 @@ def test_invalid_json_config(tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text('{"model_type": "llama",\n "hidden_size": }')
     r = run("estimate", str(cfg))
-    assert r.exit_code == 2 and "line 2" in r.output
+    assert r.exit_code == 2
+    assert "line 2" in r.output
 
 
 def test_bf16_on_t4_switches_to_fp16():
@@ -109,7 +137,8 @@ def test_hub_id_from_local_cache(tmp_path, monkeypatch):
     r = run("estimate", "org/tiny", "--json")
     assert r.exit_code == 0, r.output
     r = run("estimate", "org/missing", "--json")
-    assert r.exit_code == 2 and "local Hugging Face cache" in r.output
+    assert r.exit_code == 2
+    assert "local Hugging Face cache" in r.output
 
 
 def test_estimate_does_not_import_torch():
@@ -134,7 +163,8 @@ def test_gpus_and_models_commands():
     r = run("models", "--json")
     names = {m["name"] for m in json.loads(r.output)}
     assert {"llama-7b", "llama-2-7b", "mistral-7b", "qwen2.5-7b", "tinyllama-1.1b", "mixtral-8x7b"} <= names
-    assert run("gpus").exit_code == 0 and run("models").exit_code == 0
+    assert run("gpus").exit_code == 0
+    assert run("models").exit_code == 0
 
 
 def test_readme_documents_every_estimate_option():

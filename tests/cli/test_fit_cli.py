@@ -67,9 +67,7 @@ def test_fit_json_keys():
     assert set(row["max_batch"][0]) == {"seq", "batch", "capped", "verdict", "device_bytes"}
     assert all(c["verdict"] in ("fits", "tight") for c in row["max_batch"] if c["batch"])
     assert all(c["verdict"] is None for r in d["rows"] for c in r["max_batch"] if not c["batch"])
-    assert all(
-        c["device_bytes"] <= d["gpu"]["memory_bytes"] for r in d["rows"] for c in r["max_batch"] if c["batch"]
-    )
+    assert all(c["device_bytes"] <= d["gpu"]["memory_bytes"] for r in d["rows"] for c in r["max_batch"] if c["batch"])
     assert set(row["max_seq"]) == {"seq", "capped", "verdict", "device_bytes"}
     rank = d["max_lora_rank"]
     assert rank["lora_rank"] >= 1
@@ -207,20 +205,14 @@ def fake_pynvml(gpus=(), fail_init=False):
 
 @pytest.fixture
 def one_3060ti(monkeypatch):
-    monkeypatch.setitem(
-        sys.modules, "pynvml", fake_pynvml([("NVIDIA GeForce RTX 3060 Ti", 8 * GIB, 7 * GIB)])
-    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml([("NVIDIA GeForce RTX 3060 Ti", 8 * GIB, 7 * GIB)]))
 
 
 def test_fit_gpu_auto(one_3060ti):
     r = run("fit", "llama-2-7b", "--gpu", "auto")
     assert r.exit_code == 0, r.output
-    assert "local GPU 0: NVIDIA GeForce RTX 3060 Ti, 8.00 GiB total, 7.00 GiB free now" in r.output.replace(
-        "\n", " "
-    )
-    d = json.loads(
-        run("fit", "llama-2-7b", "--gpu", "auto", "--method", "qlora", "--seq", "2048", "--json").output
-    )
+    assert "local GPU 0: NVIDIA GeForce RTX 3060 Ti, 8.00 GiB total, 7.00 GiB free now" in r.output.replace("\n", " ")
+    d = json.loads(run("fit", "llama-2-7b", "--gpu", "auto", "--method", "qlora", "--seq", "2048", "--json").output)
     assert d["gpu"]["memory_bytes"] == 7 * GIB
     assert d["gpu"]["key"] == "rtx-3060-ti"
     assert d["local_gpu"]["free_bytes"] == 7 * GIB

@@ -43,9 +43,7 @@ def test_gpus_1_json_is_the_single_gpu_json(strategy):
     base = ("llama-2-7b", "--method", "lora", "--gpu", "4090", "--batch", "2")
     single = _json(*base)
     one = _json(*base, "--gpus", "1", *(("--strategy", strategy) if strategy else ()))
-    assert (
-        one.pop("parallel")["total_bytes"] == single.pop("parallel")["total_bytes"] == single["device_bytes"]
-    )
+    assert one.pop("parallel")["total_bytes"] == single.pop("parallel")["total_bytes"] == single["device_bytes"]
     assert one == single
 
 
@@ -62,9 +60,7 @@ def test_table_shows_per_gpu_total_and_host_ram():
 
 
 def test_oom_per_gpu_offers_engine_changes():
-    r = run(
-        "estimate", "llama-3-8b", "--method", "full", "--gpu", "3090", "--gpus", "4", "--strategy", "zero2"
-    )
+    r = run("estimate", "llama-3-8b", "--method", "full", "--gpu", "3090", "--gpus", "4", "--strategy", "zero2")
     assert r.exit_code == 0, r.output
     assert "does not fit" in r.stdout
     assert "advice: --strategy zero3" in r.stdout

@@ -80,17 +80,13 @@ def ds_zero3(
             if zero_init:
                 cpu_mem = total_params * 18 * gpus_factor * additional_buffer_factor
             else:
-                cpu_mem = (
-                    total_params * max(4 * num_gpus_per_node, 18 * gpus_factor) * additional_buffer_factor
-                )
+                cpu_mem = total_params * max(4 * num_gpus_per_node, 18 * gpus_factor) * additional_buffer_factor
         else:
             gpu_mem = largest_layer_memory + int(2 * total_params / total_gpus)
             if zero_init:
                 cpu_mem = total_params * 16 * gpus_factor * additional_buffer_factor
             else:
-                cpu_mem = (
-                    total_params * max(4 * num_gpus_per_node, 16 * gpus_factor) * additional_buffer_factor
-                )
+                cpu_mem = total_params * max(4 * num_gpus_per_node, 16 * gpus_factor) * additional_buffer_factor
     else:
         gpu_mem = largest_layer_memory + int(18 * total_params / total_gpus)
         if zero_init:
@@ -161,9 +157,7 @@ def test_docs_zero3_t5_large_cases():
     p, big, n = 737_670_000, 32_900_000, 4
     cases = {"none": 3291, "params": 125, "optimizer": 477}
     for off, mb in cases.items():
-        ours = zero_states(
-            3, trainable=p, gpus=n, largest_param_bytes=2 * big, largest_grad_numel=big, offload=off
-        )
+        ours = zero_states(3, trainable=p, gpus=n, largest_param_bytes=2 * big, largest_grad_numel=big, offload=off)
         assert ours.gpu >> 20 == mb
 
 
@@ -426,9 +420,7 @@ def test_qlora_zero3_and_fsdp_note_the_storage_dtype():
     m = load_model("llama-3-70b")
     t = resolve_train(m, method="qlora")
     for s in ("zero3", "fsdp", "fsdp-hybrid"):
-        assert any(
-            "bnb_4bit_quant_storage=bfloat16" in n for n in resolve_parallel(t, gpus=2, strategy=s).notes
-        )
+        assert any("bnb_4bit_quant_storage=bfloat16" in n for n in resolve_parallel(t, gpus=2, strategy=s).notes)
     assert not resolve_parallel(t, gpus=2, strategy="zero2").notes
 
 

@@ -67,9 +67,7 @@ def _storage_bytes(cache) -> int:
 
 
 def _real_windows(cache) -> tuple[int | None, ...]:
-    return tuple(
-        getattr(layer, "sliding_window", None) if layer.is_sliding else None for layer in cache.layers
-    )
+    return tuple(getattr(layer, "sliding_window", None) if layer.is_sliding else None for layer in cache.layers)
 
 
 # ---------------------------------------------------------------- oracle: transformers DynamicCache

@@ -203,9 +203,7 @@ def test_lora_counts_match_peft(family: str, preset: str, dora: bool) -> None:
         with pytest.raises(ValueError, match="use_dora"):
             get_peft_model(model, LoraConfig(r=LORA_R, target_modules=targets, use_dora=True))
         return
-    t = resolve_train(
-        m, method="lora", lora_rank=LORA_R, lora_alpha=LORA_ALPHA, lora_target=target, dora=dora
-    )
+    t = resolve_train(m, method="lora", lora_rank=LORA_R, lora_alpha=LORA_ALPHA, lora_target=target, dora=dora)
     config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=list(t.lora_target), use_dora=dora)
     _assert_matches_peft(m, t, get_peft_model(model, config))
 

@@ -63,9 +63,9 @@ def test_vllm_pool_adds_up() -> None:
     assert v.kv.tokens == v.kv.num_blocks * 16
     assert v.kv.max_concurrency == pytest.approx(v.kv.num_blocks / (8192 // 16))
     # the process: CUDA context + gpu_memory_utilization × total + CUDA graphs, less the unused partial block
-    assert b.device_bytes == CUDA_CONTEXT_BYTES + v.requested_bytes - (
-        v.available_kv_bytes - v.kv.pool_bytes
-    ) + (VLLM_CUDA_GRAPH_BYTES)
+    assert b.device_bytes == CUDA_CONTEXT_BYTES + v.requested_bytes - (v.available_kv_bytes - v.kv.pool_bytes) + (
+        VLLM_CUDA_GRAPH_BYTES
+    )
     assert b.peak_bytes == sum(b.components.as_dict().values())
     assert b.verdict in ("fits", "tight")
 

@@ -64,9 +64,7 @@ def test_linear4bit_bytes(shape: tuple[int, int], quant_type: str, double_quant:
         quant_type=quant_type,
     )
     w = torch.randn(out_features, in_features, dtype=torch.bfloat16)
-    lin.weight = bnb.nn.Params4bit(
-        w, requires_grad=False, compress_statistics=double_quant, quant_type=quant_type
-    )
+    lin.weight = bnb.nn.Params4bit(w, requires_grad=False, compress_statistics=double_quant, quant_type=quant_type)
     lin = lin.to("cpu")
     if not lin.weight.bnb_quantized:
         lin.weight._quantize("cpu")
@@ -141,9 +139,7 @@ def _load_and_check(folder: Path, family: str, quant: str, double_quant: bool) -
     for kbit_prep in (False, True):
         if kbit_prep:
             model = prepare_model_for_kbit_training(model)  # fp32 upcast of every non-quantized parameter
-        t = resolve_train(
-            m, method="qlora", dtype="bf16", quant=quant, double_quant=double_quant, kbit_prep=kbit_prep
-        )
+        t = resolve_train(m, method="qlora", dtype="bf16", quant=quant, double_quant=double_quant, kbit_prep=kbit_prep)
         want = weight_bytes(m, t)
         measured = (
             _storage_bytes(model.parameters()),

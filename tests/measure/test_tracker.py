@@ -44,9 +44,7 @@ def _run_mlp(device: str = "cpu", fake: bool = False, steps: int = 2) -> tuple[T
     mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
     with mode:  # the tracker is entered inside the fake mode, so it sees each op before the fake mode does
         torch.manual_seed(0)
-        model = torch.nn.Sequential(
-            torch.nn.Linear(D_IN, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, D_OUT)
-        )
+        model = torch.nn.Sequential(torch.nn.Linear(D_IN, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, D_OUT))
         if device != "cpu":
             model = model.to(device)
         x = torch.randn(BATCH, D_IN, device=device)
@@ -94,9 +92,7 @@ def test_mlp_peak_equals_hand_count() -> None:
 def test_mlp_agrees_with_torch_memtracker() -> None:
     mem_tracker = pytest.importorskip("torch.distributed._tools.mem_tracker")
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(D_IN, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, D_OUT)
-    )
+    model = torch.nn.Sequential(torch.nn.Linear(D_IN, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, D_OUT))
     x, y = torch.randn(BATCH, D_IN), torch.randn(BATCH, D_OUT)
     optimizer = torch.optim.AdamW(model.parameters(), foreach=False)
     theirs = mem_tracker.MemTracker()
@@ -128,9 +124,7 @@ def test_mlp_meta_and_fake_match_cpu(device: str, fake: bool) -> None:
 
 def test_gradient_accumulation_and_reset_peaks() -> None:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(D_IN, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, D_OUT)
-    )
+    model = torch.nn.Sequential(torch.nn.Linear(D_IN, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, D_OUT))
     x, y = torch.randn(BATCH, D_IN), torch.randn(BATCH, D_OUT)
     optimizer = torch.optim.AdamW(model.parameters(), foreach=False)
     tracker = MemoryTracker()
@@ -366,9 +360,7 @@ def test_tiny_llama_lora_categories() -> None:
 
     kv = KV_HEADS * HIDDEN_SIZE // HEADS
     # LoRA r·(d_in + d_out) per target: q, k, v, o, gate, up, down; fp32 (peft autocast_adapter_dtype).
-    lora_elems = R * (
-        2 * HIDDEN_SIZE + 2 * (HIDDEN_SIZE + kv) + 2 * HIDDEN_SIZE + 3 * (HIDDEN_SIZE + INTERMEDIATE)
-    )
+    lora_elems = R * (2 * HIDDEN_SIZE + 2 * (HIDDEN_SIZE + kv) + 2 * HIDDEN_SIZE + 3 * (HIDDEN_SIZE + INTERMEDIATE))
     trainable_bytes = LAYERS * lora_elems * F32
     assert trainable_bytes == sum(p.numel() * p.element_size() for p in trainable)
     states = 2 * trainable_bytes + len(trainable) * F32  # exp_avg, exp_avg_sq, step

@@ -4,8 +4,9 @@
 the estimated total is within `PEAK_TOL` (3 %) of the traced one and every component within `COMPONENT_TOL`
 (5 %) of its traced value or `abs_tol` bytes: 4 MiB for full-size simulations (the issue's rule for small
 components); for tiny CPU models, whose every component is under 4 MiB, 3 % of the phase total instead, so
-the components are still held to something. On CPU the harness runs the kernels CUDA would pick (bool dropout masks, flash SDPA, AdamW
-foreach/fused as on CUDA); on meta / fake tensors it traces full-size models without allocating them.
+the components are still held to something. On CPU the harness runs the kernels CUDA would pick (bool
+dropout masks, flash SDPA, AdamW foreach/fused as on CUDA); on meta / fake tensors it traces full-size
+models without allocating them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ PEAK_TOL = 0.03
 COMPONENT_TOL = 0.05
 
 
-def check(m, t, device: str = "cpu", steps: int = 2, abs_tol: int | None = None):  # noqa: ANN001
+def check(m, t, device: str = "cpu", steps: int = 2, abs_tol: int | None = None):
     from vramplan.estimate.peak import phases
     from vramplan.measure.harness import run_step
 

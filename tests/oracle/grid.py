@@ -39,14 +39,30 @@ CASES = {
     "qlora-paged-optim": {"method": "qlora", "optim": "paged_adamw_8bit"},
 }
 
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "mixtral", "gpt_neox", "bloom", "phi"]
+FAMILIES = [
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "phi3",
+    "mixtral",
+    "gpt_neox",
+    "bloom",
+    "phi",
+]
 
 # Full-size simulations (meta / fake tensors; bitsandbytes runs on meta), (model, device, estimate options)
 FULL_SIZE = {
     "llama-2-7b lora seq512": ("llama-2-7b", "fake", {"method": "lora", "seq": 512}),
     "llama-2-7b lora seq512 ckpt": ("llama-2-7b", "fake", {"method": "lora", "seq": 512, "grad_ckpt": True}),
     "llama-2-7b qlora seq512": ("llama-2-7b", "meta", {"method": "qlora", "seq": 512}),
-    "llama-2-7b qlora seq512 no-ckpt": ("llama-2-7b", "meta", {"method": "qlora", "seq": 512, "grad_ckpt": False}),
+    "llama-2-7b qlora seq512 no-ckpt": (
+        "llama-2-7b",
+        "meta",
+        {"method": "qlora", "seq": 512, "grad_ckpt": False},
+    ),
     "llama-3-8b qlora seq1024": ("llama-3-8b", "meta", {"method": "qlora", "seq": 1024}),
     "qwen2.5-7b qlora seq1024 b2": ("qwen2.5-7b", "meta", {"method": "qlora", "seq": 1024, "batch": 2}),
     "gemma-2-2b lora seq1024": ("gemma-2-2b", "fake", {"method": "lora", "seq": 1024}),

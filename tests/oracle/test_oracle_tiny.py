@@ -10,10 +10,8 @@ from __future__ import annotations
 import pytest
 
 from tests.oracle.conftest import check
-from vramplan.spec import model_spec_from_config, resolve_train
-
 from tests.oracle.grid import BASE, CASES, FAMILIES, SMALL_LLAMA
-
+from vramplan.spec import model_spec_from_config, resolve_train
 
 # Known gaps, kept visible: strict xfails turn into failures the day the estimator models them.
 KNOWN_GAPS = {

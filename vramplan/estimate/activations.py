@@ -289,7 +289,7 @@ def _layer(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, trainable: bool) -> _Tok:
     return w.new(T * m.hidden_size, _promote(h1.dt, mo.dt), h1.rg or mo.rg)
 
 
-def _down(w: _Walk, lin, x: _Tok, name: str) -> _Tok:  # noqa: ANN001
+def _down(w: _Walk, lin, x: _Tok, name: str) -> _Tok:
     """The MLP's down projection; records what it saves (freed first in the layer's backward)."""
     before = w.saved_bytes
     out = lin(x, name)
@@ -297,7 +297,7 @@ def _down(w: _Walk, lin, x: _Tok, name: str) -> _Tok:  # noqa: ANN001
     return out
 
 
-def _mlp(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, lin) -> _Tok:  # noqa: ANN001
+def _mlp(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, lin) -> _Tok:
     T, i = c.T, m.intermediate_size
     if m.mlp == "gated":
         g, u = lin(x, "gate_proj"), lin(x, "up_proj")
@@ -356,16 +356,16 @@ def _mlp(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, lin) -> _Tok:  # noqa: ANN001
 class ActivationBytes:
     """Saved-for-backward bytes of a forward, and the workspace around it.
 
-    `saved`: all decoder layers (with checkpointing: the layer inputs); `layer`: one layer's saved set
-    (what a checkpointed layer recomputes during backward); `layer_transient`: the most one layer's forward holds at
-    once (what it has saved so far plus the operands of the op at hand); `layer_copies`: autocast's low-precision copies of one
-    layer's fp32 weights that mm saves (adapters, fp32 base or master weights), held by `copy_layers` layers
-    from forward to their backward (without checkpointing; with it the recompute makes one layer's again);
-    `layer_cached`: the part autocast's cast cache holds (trainable leaves) until forward ends; `head_copy`: the same for an
-    fp32 `lm_head`, alive until lm_head's backward; `hidden_bytes`: one T·hidden tensor in the
-    residual stream's dtype; `backward_workspace`: gradients alive at once inside one layer's backward:
-    the MLP's (grad of the down-projection input and of both product operands, 3·T·I in the MLP's dtype;
-    2·T·I for a plain MLP) plus the incoming gradient of the layer's output (T·H).
+    `saved`: all decoder layers (with checkpointing: the layer inputs); `layer`: one layer's saved set (what a
+    checkpointed layer recomputes during backward); `layer_transient`: the most one layer's forward holds at
+    once (what it has saved so far plus the operands of the op at hand); `layer_copies`: autocast's low-
+    precision copies of one layer's fp32 weights that mm saves (adapters, fp32 base or master weights), held by
+    `copy_layers` layers from forward to their backward (without checkpointing; with it the recompute makes one
+    layer's again); `layer_cached`: the part autocast's cast cache holds (trainable leaves) until forward ends;
+    `head_copy`: the same for an fp32 `lm_head`, alive until lm_head's backward; `hidden_bytes`: one T·hidden
+    tensor in the residual stream's dtype; `backward_workspace`: gradients alive at once inside one layer's
+    backward: the MLP's (grad of the down-projection input and of both product operands, 3·T·I in the MLP's
+    dtype; 2·T·I for a plain MLP) plus the incoming gradient of the layer's output (T·H).
     """
 
     saved: int

@@ -457,9 +457,7 @@ ALTERNATIVES: tuple[tuple[str, str], ...] = (
 )
 
 
-def alternatives(
-    m: ModelSpec, t: TrainSpec, pp: ParallelPlan, limit: int = 3
-) -> tuple[tuple[str, ParallelPlan], ...]:
+def alternatives(m: ModelSpec, t: TrainSpec, pp: ParallelPlan, limit: int = 3) -> tuple[tuple[str, ParallelPlan], ...]:
     """Other engines / offloads on the same GPUs that lower the per-GPU total, each planned in full: those
     that fit first, less offload first (optimizer states before parameters), then by per-GPU bytes."""
     p = pp.spec

@@ -113,9 +113,7 @@ def hf_layer_cache_tokens(window: int | None, prompt_tokens: int, new_tokens: in
     return min(seen, window)
 
 
-def hf_generate_cache_bytes(
-    m: ModelSpec, batch: int, prompt_tokens: int, new_tokens: int, elem_bytes: int
-) -> int:
+def hf_generate_cache_bytes(m: ModelSpec, batch: int, prompt_tokens: int, new_tokens: int, elem_bytes: int) -> int:
     """Storage of the DynamicCache when generate() returns; `new_tokens=1` gives the state after prefill.
 
     Σ over layers of kv_bytes_per_token · batch · hf_layer_cache_tokens. Lifetime: the whole generate call.
@@ -226,8 +224,7 @@ def vllm_request_bytes(
     """
     page = vllm_page_bytes(m, elem_bytes, block_size)
     return sum(
-        vllm_blocks_per_layer(w, max_model_len, max_num_batched_tokens, block_size) * page
-        for w in layer_windows(m)
+        vllm_blocks_per_layer(w, max_model_len, max_num_batched_tokens, block_size) * page for w in layer_windows(m)
     )
 
 
@@ -249,9 +246,7 @@ def vllm_paged_kv(
     size, groups = vllm_kv_groups(windows)
     page = vllm_page_bytes(m, elem_bytes, block_size)
     blocks = max(int(available_bytes // page // size), 0)
-    per_request = sum(
-        vllm_blocks_per_layer(w, max_model_len, max_num_batched_tokens, block_size) for w in groups
-    )
+    per_request = sum(vllm_blocks_per_layer(w, max_model_len, max_num_batched_tokens, block_size) for w in groups)
     return PagedKV(
         page_bytes=page,
         group_size=size,

@@ -85,12 +85,20 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
         if t.grad_ckpt:
             one = act.layer + act.layer_copies
             layer_phases.append(
-                Components(**base, gradients=g, activations=kept + act.layer_copies + max(act.layer, act.layer_transient),
-                           temporaries=act.hidden_bytes + act.hidden_grad_bytes)  # fmt: skip
+                Components(
+                    **base,
+                    gradients=g,
+                    activations=kept + act.layer_copies + max(act.layer, act.layer_transient),
+                    temporaries=act.hidden_bytes + act.hidden_grad_bytes,
+                )
             )
             layer_phases.append(
-                Components(**base, gradients=g, activations=kept + one - act.down_saved,
-                           temporaries=act.backward_workspace)  # fmt: skip
+                Components(
+                    **base,
+                    gradients=g,
+                    activations=kept + one - act.down_saved,
+                    temporaries=act.backward_workspace,
+                )
             )
         else:
             layer_phases.append(

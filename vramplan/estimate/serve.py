@@ -150,9 +150,7 @@ def resolve_serve(
     for name in VLLM_ONLY if engine == "hf" else HF_ONLY:
         if engine_only[name] is not None:
             other = "vllm" if engine == "hf" else "hf"
-            raise VramplanError(
-                f"--{name.replace('_', '-')} applies to --engine {other}, not --engine {engine}"
-            )
+            raise VramplanError(f"--{name.replace('_', '-')} applies to --engine {other}, not --engine {engine}")
     if engine == "hf" and enforce_eager:
         raise VramplanError("--enforce-eager applies to --engine vllm (CUDA graphs), not --engine hf")
     for flag, val, choices in (
@@ -174,9 +172,7 @@ def resolve_serve(
     dtype = dtype or ("bf16" if bf16 else "fp16")
     quant = quant or "none"
     if engine == "vllm" and quant in ("fp4", "int8"):
-        notes.append(
-            f"vLLM quantizes in flight to nf4 only; --quant {quant} needs a pre-quantized checkpoint"
-        )
+        notes.append(f"vLLM quantizes in flight to nf4 only; --quant {quant} needs a pre-quantized checkpoint")
     enable_lora = enable_lora or max_loras is not None or max_lora_rank is not None
     max_loras = _positive(_or(max_loras, 1), "--max-loras")
     max_lora_rank = _positive(_or(max_lora_rank, 16), "--max-lora-rank")
@@ -332,9 +328,7 @@ def hf_phases(m: ModelSpec, s: ServeSpec, resident: ServeComponents) -> tuple[Se
         resident,
         kv_cache=hf_generate_cache_bytes(m, b, p, 1, e),
         logits=logits,
-        temporaries=b * p * per_token
-        + dequant_bytes(m, s, fused=False)
-        + hf_lora_workspace_bytes(m, s, b * p),
+        temporaries=b * p * per_token + dequant_bytes(m, s, fused=False) + hf_lora_workspace_bytes(m, s, b * p),
     )
     if n == 1:
         return (ServePhase("prefill", prefill),)
@@ -372,15 +366,11 @@ def estimate_serve(
     g = find_gpu(gpu) if isinstance(gpu, str) else gpu
     s = serve or resolve_serve(m, g, **options)
     w, q = serve_weight_bytes(m, s)
-    resident = ServeComponents(
-        weights=w, quant_state=q, adapters=adapter_params(m, s) * adapter_elem_bytes(s)
-    )
+    resident = ServeComponents(weights=w, quant_state=q, adapters=adapter_params(m, s) * adapter_elem_bytes(s))
     inputs = {"model": m.name, "gpu": g.key if g else None, **s.as_dict()}
     if s.engine == "vllm":
         if g is None:
-            raise VramplanError(
-                "--engine vllm sizes its KV pool from the GPU's memory: add --gpu NAME (vramplan gpus)"
-            )
+            raise VramplanError("--engine vllm sizes its KV pool from the GPU's memory: add --gpu NAME (vramplan gpus)")
         return vllm_breakdown(m, s, g, resident, inputs)
     phases = hf_phases(m, s, resident)
     peak = max(p.total for p in phases)
@@ -390,8 +380,7 @@ def estimate_serve(
         phases=phases,
         params_total=m.total_params,
         adapter_params=adapter_params(m, s),
-        allocator_overhead_bytes=allocator_overhead_bytes(peak, ALLOCATOR_OVERHEAD_RATIO)
-        + CUBLAS_WORKSPACE_BYTES,
+        allocator_overhead_bytes=allocator_overhead_bytes(peak, ALLOCATOR_OVERHEAD_RATIO) + CUBLAS_WORKSPACE_BYTES,
         cuda_context_bytes=CUDA_CONTEXT_BYTES,
         gpu_bytes=g.memory_bytes if g else None,
         error_band=error_band_for(g.key if g else None),

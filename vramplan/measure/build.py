@@ -228,9 +228,7 @@ def _from_pretrained(path: str, t: TrainSpec, attn: str, device: torch.device, s
     from transformers import AutoModelForCausalLM
 
     if device.type not in ("cpu", "cuda"):
-        raise VramplanError(
-            "--weights loads a real checkpoint: use it with `vramplan measure`, not `simulate`"
-        )
+        raise VramplanError("--weights loads a real checkpoint: use it with `vramplan measure`, not `simulate`")
     say(f"loading {path}")
     kwargs: dict[str, Any] = {
         "dtype": TORCH_DTYPES[t.dtype],
@@ -245,9 +243,7 @@ def _from_pretrained(path: str, t: TrainSpec, attn: str, device: torch.device, s
         raise VramplanError(f"--weights {path}: cannot load a checkpoint there ({e})") from None
 
 
-def _quantized_from_config(
-    m: ModelSpec, t: TrainSpec, attn: str, device: torch.device, say: Progress
-) -> nn.Module:
+def _quantized_from_config(m: ModelSpec, t: TrainSpec, attn: str, device: torch.device, say: Progress) -> nn.Module:
     """Build on meta, swap the decoder linears for bitsandbytes ones with transformers' quantizer, then draw
     and quantize one weight at a time on `device` (transformers' Bnb4bitQuantize / Bnb8bitQuantize ops)."""
     from transformers import AutoModelForCausalLM
@@ -256,9 +252,7 @@ def _quantized_from_config(
     say(f"building {m.name} on meta")
     config = hf_config(m, t, attn)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(
-            config, dtype=TORCH_DTYPES[t.dtype], attn_implementation=attn
-        )
+        model = AutoModelForCausalLM.from_config(config, dtype=TORCH_DTYPES[t.dtype], attn_implementation=attn)
     quantizer = AutoHfQuantizer.from_config(bnb_config(t), pre_quantized=False)
     quantizer.preprocess_model(model, device_map={"": device}, dtype=TORCH_DTYPES[t.dtype])
     materialize(model, quantizer, TORCH_DTYPES[t.dtype], device, say)
@@ -267,9 +261,7 @@ def _quantized_from_config(
     return model
 
 
-def materialize(
-    model: nn.Module, quantizer: Any, dtype: torch.dtype, device: torch.device, say: Progress
-) -> None:
+def materialize(model: nn.Module, quantizer: Any, dtype: torch.dtype, device: torch.device, say: Progress) -> None:
     """Give every meta parameter and buffer of `model` a value on `device`: quantized bitsandbytes weights for
     the swapped linears (drawn N(0, 0.02) in `dtype`, one at a time), transformers' `_init_weights` for the
     rest."""
@@ -293,17 +285,13 @@ def materialize(
                 done_layer = i
             if isinstance(module, bnb_types):
                 value = torch.empty(module.weight.shape, dtype=dtype, device=device).normal_(0.0, std)
-                param = quantize.convert(
-                    {f"{name}.weight": value}, model=model, full_layer_name=f"{name}.weight"
-                )
+                param = quantize.convert({f"{name}.weight": value}, model=model, full_layer_name=f"{name}.weight")
                 weight = param[f"{name}.weight"]
                 if device.type == "meta":  # Params4bit/Int8Params.to("meta") skip quantization
                     weight = weight._quantize(device)
                 module.weight = weight
                 if module.bias is not None and module.bias.device.type == "meta":
-                    module.bias = nn.Parameter(
-                        torch.zeros(module.bias.shape, dtype=dtype, device=device), False
-                    )
+                    module.bias = nn.Parameter(torch.zeros(module.bias.shape, dtype=dtype, device=device), False)
                 del value
                 continue
             touched = False
@@ -311,9 +299,7 @@ def materialize(
                 if p is None or p.device.type != "meta" or device.type == "meta":
                     continue
                 if id(p) not in new:
-                    new[id(p)] = nn.Parameter(
-                        torch.empty_like(p, device=device), requires_grad=p.requires_grad
-                    )
+                    new[id(p)] = nn.Parameter(torch.empty_like(p, device=device), requires_grad=p.requires_grad)
                     touched = True
                 module._parameters[pname] = new[id(p)]
             for bname, b in list(module._buffers.items()):
@@ -364,9 +350,7 @@ def build_optimizer(model: nn.Module, optim: str) -> torch.optim.Optimizer:
     if not groups:
         raise VramplanError("nothing to train: no parameter requires grad")
     if optim in ("adamw_torch", "adamw_torch_fused"):
-        impl = (
-            {"fused": True} if optim == "adamw_torch_fused" else {"foreach": True}
-        )  # CUDA's default is foreach
+        impl = {"fused": True} if optim == "adamw_torch_fused" else {"foreach": True}  # CUDA's default is foreach
         return torch.optim.AdamW(groups, lr=TRAINER_LR, **TRAINER_ADAM_KWARGS, **impl)
     if optim == "sgd":
         return torch.optim.SGD(groups, lr=TRAINER_LR, foreach=True)

@@ -89,9 +89,7 @@ def check_versions() -> None:
 _original_dropout = torch.nn.functional.dropout
 
 
-def cuda_dropout(
-    input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False
-) -> torch.Tensor:
+def cuda_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
     """`F.dropout` as CUDA runs it: `native_dropout`, which saves a bool mask (not an input-dtype noise
     tensor)."""
     if training and 0.0 < p < 1.0 and not inplace and input.numel() > 0:
@@ -147,9 +145,7 @@ def cuda_sdpa(
         return torch.ops.aten._scaled_dot_product_efficient_attention(
             query, key, value, bias, needs_grad, dropout_p, is_causal, scale=scale
         )[0]
-    return _original_sdpa(
-        query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
-    )
+    return _original_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
 
 
 MEM_EFF_ALIGNMENT = 16  # attention.cpp preprocess_mask: the bias's last dim is padded to a multiple of 16

@@ -487,9 +487,7 @@ def run_record(r: MeasureResult, estimate: Breakdown | None = None) -> dict[str,
         "inputs": inputs,
         "allocated_bytes": c.max_memory_allocated,
         "reserved_bytes": c.max_memory_reserved,
-        "device_bytes": (
-            None if c.cuda_context_bytes is None else c.max_memory_reserved + c.cuda_context_bytes
-        ),
+        "device_bytes": (None if c.cuda_context_bytes is None else c.max_memory_reserved + c.cuda_context_bytes),
         "tracker": r.breakdown.components.as_dict(),
         "estimate": None
         if estimate is None

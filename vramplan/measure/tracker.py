@@ -51,7 +51,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 
 Category = Literal[
-    "weights", "trainable", "quant_state", "gradients", "optimizer_states", "activations", "logits",
+    "weights",
+    "trainable",
+    "quant_state",
+    "gradients",
+    "optimizer_states",
+    "activations",
+    "logits",
     "temporaries",
 ]
 Phase = Literal["forward", "backward", "optimizer"]
@@ -342,9 +348,7 @@ class MemoryTracker(TorchDispatchMode):
             if func not in _FRESH_OPS:
                 if input_keys is None:
                     input_keys = {
-                        t.untyped_storage()._cdata
-                        for t in _leaf_tensors((args, kwargs))
-                        if t.layout is torch.strided
+                        t.untyped_storage()._cdata for t in _leaf_tensors((args, kwargs)) if t.layout is torch.strided
                     }
                 if key in input_keys:
                     continue  # aliases an input that predates tracking and was never registered
