@@ -62,8 +62,58 @@ class PhaseUsage:
         return self.components.total
 
 
+class PeakAccounting:
+    """The arithmetic every result with phases, overheads and a GPU shares (training `Breakdown`, serving
+    `ServeBreakdown`): the peak phase, the three memory figures, headroom and the verdict.
+
+    Needs `phases` (each with `phase`, `components`, `total`), `allocator_overhead_bytes`,
+    `cuda_context_bytes`, `gpu_bytes` and `error_band`.
+    """
+
+    __slots__ = ()
+
+    @property
+    def peak(self):
+        return max(self.phases, key=lambda p: p.total)
+
+    @property
+    def peak_phase(self) -> str:
+        return self.peak.phase
+
+    @property
+    def components(self):
+        return self.peak.components
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.peak.total
+
+    @property
+    def reserved_bytes(self) -> int:
+        return self.peak_bytes + self.allocator_overhead_bytes
+
+    @property
+    def device_bytes(self) -> int:
+        return self.reserved_bytes + self.cuda_context_bytes
+
+    @property
+    def headroom_bytes(self) -> int | None:
+        return None if self.gpu_bytes is None else self.gpu_bytes - self.device_bytes
+
+    def _verdict(self, refused: bool = False) -> Verdict | None:
+        """`oom` above the GPU's memory (or when `refused`); `tight` when within the estimator's error band of
+        it; else `fits`."""
+        if self.gpu_bytes is None:
+            return None
+        if refused or self.device_bytes > self.gpu_bytes:
+            return "oom"
+        if self.device_bytes * (1 + self.error_band) > self.gpu_bytes:
+            return "tight"
+        return "fits"
+
+
 @dataclass(frozen=True, slots=True)
-class Breakdown:
+class Breakdown(PeakAccounting):
     """Peak memory of one steady-state training step, where it goes, and whether it fits.
 
     `peak_bytes` is the tensor-level peak (`torch.cuda.max_memory_allocated`); `reserved_bytes` adds the
@@ -84,40 +134,5 @@ class Breakdown:
     source: Literal["estimate", "measure", "simulate"] = "estimate"
 
     @property
-    def peak(self) -> PhaseUsage:
-        return max(self.phases, key=lambda p: p.total)
-
-    @property
-    def peak_phase(self) -> Phase:
-        return self.peak.phase
-
-    @property
-    def components(self) -> Components:
-        return self.peak.components
-
-    @property
-    def peak_bytes(self) -> int:
-        return self.peak.total
-
-    @property
-    def reserved_bytes(self) -> int:
-        return self.peak_bytes + self.allocator_overhead_bytes
-
-    @property
-    def device_bytes(self) -> int:
-        return self.reserved_bytes + self.cuda_context_bytes
-
-    @property
-    def headroom_bytes(self) -> int | None:
-        return None if self.gpu_bytes is None else self.gpu_bytes - self.device_bytes
-
-    @property
     def verdict(self) -> Verdict | None:
-        """`oom` above the GPU's memory; `tight` when within the estimator's error band of it; else `fits`."""
-        if self.gpu_bytes is None:
-            return None
-        if self.device_bytes > self.gpu_bytes:
-            return "oom"
-        if self.device_bytes * (1 + self.error_band) > self.gpu_bytes:
-            return "tight"
-        return "fits"
+        return self._verdict()

@@ -36,14 +36,12 @@ def bar(frac: float, width: int = 24) -> str:
     return "█" * full + ("▌" if rest >= 0.5 else "") if frac > 0 else ""
 
 
-def breakdown_json(b: Breakdown, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "model": b.model,
-        "source": b.source,
+def _figures_json(b: Any) -> dict[str, Any]:
+    """The keys training and serving results share (`PeakAccounting`)."""
+    return {
         "peak_bytes": b.peak_bytes,
         "reserved_bytes": b.reserved_bytes,
         "device_bytes": b.device_bytes,
-        "paged_bytes": b.paged_bytes,
         "peak_phase": b.peak_phase,
         "components": b.components.as_dict(),
         "overhead": {
@@ -55,8 +53,21 @@ def breakdown_json(b: Breakdown, extra: dict[str, Any] | None = None) -> dict[st
         "headroom_bytes": b.headroom_bytes,
         "verdict": b.verdict,
         "error_band": b.error_band,
+    }
+
+
+def _inputs_json(inputs: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in inputs.items()}
+
+
+def breakdown_json(b: Breakdown, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "model": b.model,
+        "source": b.source,
+        **_figures_json(b),
+        "paged_bytes": b.paged_bytes,
         "params": {"total": b.params_total, "trainable": b.params_trainable},
-        "inputs": {k: list(v) if isinstance(v, tuple) else v for k, v in b.inputs.items()},
+        "inputs": _inputs_json(b.inputs),
     }
     if extra:
         out.update(extra)
@@ -413,23 +424,10 @@ def serve_json(b: ServeBreakdown) -> dict[str, Any]:
         "model": b.model,
         "engine": b.engine,
         "source": "estimate",
-        "peak_bytes": b.peak_bytes,
-        "reserved_bytes": b.reserved_bytes,
-        "device_bytes": b.device_bytes,
-        "peak_phase": b.peak_phase,
-        "components": b.components.as_dict(),
-        "overhead": {
-            "allocator_overhead_bytes": b.allocator_overhead_bytes,
-            "cuda_context_bytes": b.cuda_context_bytes,
-        },
-        "phases": {p.phase: {"total_bytes": p.total, **p.components.as_dict()} for p in b.phases},
-        "gpu_bytes": b.gpu_bytes,
-        "headroom_bytes": b.headroom_bytes,
-        "verdict": b.verdict,
-        "error_band": b.error_band,
+        **_figures_json(b),
         "params": {"total": b.params_total, "adapters": b.adapter_params},
         "problems": list(b.problems),
-        "inputs": {k: list(v) if isinstance(v, tuple) else v for k, v in b.inputs.items()},
+        "inputs": _inputs_json(b.inputs),
     }
     if b.vllm is not None:
         v = b.vllm

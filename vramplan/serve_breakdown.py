@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
+from vramplan.breakdown import PeakAccounting
 from vramplan.estimate.kvcache import PagedKV
 
 ServeVerdict = Literal["fits", "tight", "oom"]
@@ -76,7 +77,7 @@ class VllmPool:
 
 
 @dataclass(frozen=True, slots=True)
-class ServeBreakdown:
+class ServeBreakdown(PeakAccounting):
     """Peak memory of serving, where it goes and whether it fits; for vLLM also the KV pool it allocates.
 
     Totals as in `Breakdown`: `peak_bytes` tensors (+ vLLM's non-torch buffers and CUDA graphs),
@@ -97,40 +98,6 @@ class ServeBreakdown:
     problems: tuple[str, ...] = ()  # why vLLM would refuse to start or run out of memory
 
     @property
-    def peak(self) -> ServePhase:
-        return max(self.phases, key=lambda p: p.total)
-
-    @property
-    def peak_phase(self) -> str:
-        return self.peak.phase
-
-    @property
-    def components(self) -> ServeComponents:
-        return self.peak.components
-
-    @property
-    def peak_bytes(self) -> int:
-        return self.peak.total
-
-    @property
-    def reserved_bytes(self) -> int:
-        return self.peak_bytes + self.allocator_overhead_bytes
-
-    @property
-    def device_bytes(self) -> int:
-        return self.reserved_bytes + self.cuda_context_bytes
-
-    @property
-    def headroom_bytes(self) -> int | None:
-        return None if self.gpu_bytes is None else self.gpu_bytes - self.device_bytes
-
-    @property
     def verdict(self) -> ServeVerdict | None:
         """`oom` above the GPU's memory or when vLLM would refuse to start; `tight` within the error band."""
-        if self.gpu_bytes is None:
-            return None
-        if self.problems or self.device_bytes > self.gpu_bytes:
-            return "oom"
-        if self.device_bytes * (1 + self.error_band) > self.gpu_bytes:
-            return "tight"
-        return "fits"
+        return self._verdict(refused=bool(self.problems))
