@@ -66,7 +66,11 @@ def optimizer_bytes(m: ModelSpec, t: TrainSpec, param_bytes: int) -> OptimizerBy
         for s, n in shapes:
             b = _bnb_states(s, n_states, eight) * n
             if is_paged and numel(s) >= BNB_PAGED_MIN_NUMEL:
-                paged += b
+                # only state1/state2 come from get_state_buffer (paged); absmax1/absmax2 are plain device
+                # tensors (torch.zeros in Optimizer2State.init_state)
+                on_device = b - n_states * numel(s) * (1 if eight else 4) * n
+                paged += b - on_device
+                states += on_device
             else:
                 states += b
         if eight:
