@@ -19,6 +19,7 @@ CASES = {
     "lora-fp32-autocast": {"dtype": "fp32"},
     "lora-fp16": {"dtype": "fp16", "mixed_precision": "fp16"},
     "lora-dora": {"dora": True},
+    "lora-dora-dropout": {"dora": True, "lora_dropout": 0.05},
     "lora-batch4-seq256": {"batch": 4, "seq": 256},
     "lora-grad-accum": {"grad_accum": 4},
     "lora-adamw-foreach": {"optim": "adamw_torch"},
@@ -65,6 +66,7 @@ FULL_SIZE = {
     ),
     "llama-3-8b qlora seq1024": ("llama-3-8b", "meta", {"method": "qlora", "seq": 1024}),
     "qwen2.5-7b qlora seq1024 b2": ("qwen2.5-7b", "meta", {"method": "qlora", "seq": 1024, "batch": 2}),
+    "llama-2-7b dora seq512": ("llama-2-7b", "fake", {"method": "lora", "seq": 512, "dora": True}),
     "gemma-2-2b lora seq1024": ("gemma-2-2b", "fake", {"method": "lora", "seq": 1024}),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
 }

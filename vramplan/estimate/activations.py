@@ -48,6 +48,11 @@ def _promote(a: str, b: str) -> str:
 # B·heads·S² scores = T·heads·S) carries the imaginary unit S, so one walk serves every batch and seq:
 # bytes(T, s) = T·(re + im·s). Walk results are cached by the settings that shape them.
 S = 1j
+# DoRA (peft/tuners/lora/dora.py, peft 0.21.2) builds, per target and per forward, fp32 weight-sized tensors:
+# lora_B·lora_A cast to fp32, the base weight cast to fp32, s·BA and W + s·BA for the column norm (detached):
+# 4 × 4 B per weight element while that layer runs; the backward does the same again. Measured on single
+# DoRA layers under the tracker: 12.5-16.4 B per weight element, both phases.
+DORA_BYTES_PER_WEIGHT = 16
 
 
 @dataclass(slots=True)
@@ -180,6 +185,13 @@ def _linear(w: _Walk, c: _Ctx, x: _Tok, name: str, out_f: int, trainable: bool, 
         # DoRA: result = (m/||W+sBA|| - 1)·base + (m/||W+sBA||)·lora·s; both products save their
         # tensor operand (base result and lora result), the norm is detached.
         w.save(out, bout)
+        if c.dropout:
+            # with dropout DoRA does not reuse the base result: it recomputes F.linear(dropout(x), W) with W cast
+            # to x's dtype, which autograd saves (a weight-sized copy per target, per layer) together with
+            # its own cast of the dropped input
+            in_f = int(x.numel.real)
+            w.const += out_f * in_f * _B[c.ac or c.ad]
+            w.save(w.new(xd.numel, c.ac or xd.dt, True))
     if not quantized:
         res = w.cast(res, out.dt)
     return res
@@ -377,6 +389,7 @@ class ActivationBytes:
     head_copy: int
     hidden_bytes: int
     backward_workspace: int
+    dora_transient: int  # DoRA's weight-sized fp32 intermediates of the largest target, in forward and backward
     down_saved: int  # what the MLP's down projection saved: freed before the MLP workspace peaks
     hidden_grad_bytes: int  # a T·hidden gradient in the compute dtype (flows out of the attention / MLP)
     final_saved: int  # what the final norm saves (part of `saved`; freed before the top layer's backward)
@@ -479,6 +492,10 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         head_copy=head_copy,
         hidden_bytes=hidden,
         backward_workspace=workspace,
+        dora_transient=(DORA_BYTES_PER_WEIGHT + (2 if c.quant else 0))  # + the dequantized bf16 weight
+        * max((li.weight_params for li in m.linears if li.name in c.lora), default=0)
+        if t.dora and c.lora
+        else 0,
         down_saved=down_saved,
         final_saved=at(final_saved),
         hidden_grad_bytes=T * m.hidden_size * _B[c.ac or rd],

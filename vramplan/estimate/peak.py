@@ -56,6 +56,20 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
         logits=lg.forward_peak + act.head_copy,
         temporaries=0,
     )
+    if act.dora_transient:
+        # inside the last layer's DoRA targets: all saved activations plus DoRA's weight-sized intermediates
+        in_layer = Components(
+            **base,
+            gradients=accum_grads,
+            # (what forward allocates is activations, as the tracker files it)
+            activations=act.saved
+            - act.final_saved
+            - act.layer
+            + max(act.layer, act.layer_transient)
+            + fwd_copies
+            + act.dora_transient,
+        )
+        fwd = max(fwd, in_layer, key=lambda c: c.total)
     head_grad = 0
     if t.method == "full":
         head_grad = m.vocab_size * m.hidden_size * param_bytes
@@ -89,7 +103,7 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
                     **base,
                     gradients=g,
                     activations=kept + act.layer_copies + max(act.layer, act.layer_transient),
-                    temporaries=act.hidden_bytes + act.hidden_grad_bytes,
+                    temporaries=act.hidden_bytes + act.hidden_grad_bytes + act.dora_transient,
                 )
             )
             layer_phases.append(
@@ -97,7 +111,7 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
                     **base,
                     gradients=g,
                     activations=kept + one - act.down_saved,
-                    temporaries=act.backward_workspace,
+                    temporaries=max(act.backward_workspace, act.dora_transient),
                 )
             )
         else:
