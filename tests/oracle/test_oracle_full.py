@@ -14,7 +14,7 @@ from vramplan.spec import resolve_train
 SLOW: set[str] = set()  # each runs in 4-13 s here; all are in CI
 
 
-KNOWN_GAPS = {"llama-2-7b dora seq512": "DoRA + dropout: the estimate is 3-4 % above the trace at 7B"}
+KNOWN_GAPS: dict[str, str] = {}  # label -> reason, for a strict xfail
 
 
 def _param(k: str):

@@ -187,11 +187,9 @@ def _linear(w: _Walk, c: _Ctx, x: _Tok, name: str, out_f: int, trainable: bool, 
         w.save(out, bout)
         if c.dropout:
             # with dropout DoRA does not reuse the base result: it recomputes F.linear(dropout(x), W) with W cast
-            # to x's dtype, which autograd saves (a weight-sized copy per target, per layer) together with
-            # its own cast of the dropped input
+            # to x's dtype, which autograd saves (a weight-sized copy per target, per layer)
             in_f = int(x.numel.real)
             w.const += out_f * in_f * _B[c.ac or c.ad]
-            w.save(w.new(xd.numel, c.ac or xd.dt, True))
     if not quantized:
         res = w.cast(res, out.dt)
     return res
@@ -492,7 +490,8 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         head_copy=head_copy,
         hidden_bytes=hidden,
         backward_workspace=workspace,
-        dora_transient=(DORA_BYTES_PER_WEIGHT + (2 if c.quant else 0))  # + the dequantized bf16 weight
+        # + the dequantized bf16 weight (4-bit base); + with dropout, the fp32 weight copy F.linear then reads
+        dora_transient=(DORA_BYTES_PER_WEIGHT + (2 if c.quant else 0) + (4 if c.dropout else 0))
         * max((li.weight_params for li in m.linears if li.name in c.lora), default=0)
         if t.dora and c.lora
         else 0,
