@@ -94,3 +94,24 @@ def tiny_config(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
 def _isolated_calibration_store(tmp_path_factory, monkeypatch):
     """No test reads the user's calibration store: VRAMPLAN_STORE points at an empty temporary file."""
     monkeypatch.setenv("VRAMPLAN_STORE", str(tmp_path_factory.mktemp("vramplan-store") / "runs.jsonl"))
+
+
+HEAVY_MODULES = ("torch", "transformers", "peft", "bitsandbytes")
+
+
+def heavy_imports_after(*argvs: list[str], modules: tuple[str, ...] = HEAVY_MODULES) -> list[str]:
+    """Run `vramplan` with each argv in a fresh interpreter; return which of `modules` got imported."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from vramplan.cli import main\n"
+        f"for argv in {json.dumps([list(a) for a in argvs])}:\n"
+        "    try:\n        main(argv)\n"
+        "    except SystemExit:\n        pass\n"
+        f"print('HEAVY=' + json.dumps([m for m in {json.dumps(list(modules))} if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.rsplit("HEAVY=", 1)[1])

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
@@ -142,16 +140,9 @@ def test_hub_id_from_local_cache(tmp_path, monkeypatch):
 
 
 def test_estimate_does_not_import_torch():
-    code = (
-        "import sys\n"
-        "from vramplan.cli import main\n"
-        "try:\n    main(['estimate', 'llama-7b', '--method', 'qlora', '--gpu', '3060ti', '--json'])\n"
-        "except SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules]\n"
-        "print('HEAVY', heavy)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "HEAVY []" in out
+    from tests.conftest import heavy_imports_after
+
+    assert heavy_imports_after(["estimate", "llama-7b", "--method", "qlora", "--gpu", "3060ti", "--json"]) == []
 
 
 def test_gpus_and_models_commands():

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import types
 
@@ -150,17 +149,10 @@ def test_fit_png_plot(tmp_path):
 
 
 def test_fit_does_not_import_torch_or_plot_libraries():
-    code = (
-        "import sys\n"
-        "from vramplan.cli import main\n"
-        "try:\n    main(['fit', 'llama-2-7b', '--gpu', '3060ti', '--json'])\n"
-        "except SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'matplotlib', 'plotext')"
-        " if m in sys.modules]\n"
-        "print('HEAVY', heavy)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "HEAVY []" in out
+    from tests.conftest import HEAVY_MODULES, heavy_imports_after
+
+    argv = ["fit", "llama-2-7b", "--gpu", "3060ti", "--json"]
+    assert heavy_imports_after(argv, modules=(*HEAVY_MODULES, "matplotlib", "plotext")) == []
 
 
 def test_estimate_suggest_still_works():

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
@@ -124,15 +122,12 @@ def test_vllm_without_gpu_is_one_line_error():
 
 
 def test_serve_does_not_import_torch():
-    code = (
-        "import sys\n"
-        "from vramplan.cli import main\n"
-        "for args in (['serve', 'llama-3-8b', '--gpu', '4090', '--json'],\n"
-        "             ['serve', 'llama-2-7b', '--engine', 'hf', '--quant', 'nf4', '--max-loras', '2']):\n"
-        "    try:\n        main(args)\n"
-        "    except SystemExit:\n        pass\n"
-        "heavy = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules]\n"
-        "print('HEAVY', heavy)\n"
+    from tests.conftest import heavy_imports_after
+
+    assert (
+        heavy_imports_after(
+            ["serve", "llama-3-8b", "--gpu", "4090", "--json"],
+            ["serve", "llama-2-7b", "--engine", "hf", "--quant", "nf4", "--max-loras", "2"],
+        )
+        == []
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "HEAVY []" in out
