@@ -388,6 +388,7 @@ class ActivationBytes:
     hidden_bytes: int
     backward_workspace: int
     dora_transient: int  # DoRA's weight-sized fp32 intermediates of the largest target, in forward and backward
+    layer_ctx: int  # one layer's tensors kept outside saved tensors (int8 matmul inputs): not kept by a recompute
     down_saved: int  # what the MLP's down projection saved: freed before the MLP workspace peaks
     hidden_grad_bytes: int  # a T·hidden gradient in the compute dtype (flows out of the attention / MLP)
     final_saved: int  # what the final norm saves (part of `saved`; freed before the top layer's backward)
@@ -448,6 +449,7 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     saved += at(final_saved)
     layer = max(at(v[0]) + v[2] for v in walks.values())
     down_saved = max(at(v[3]) for v in walks.values())
+    layer_ctx = max(at(v[4]) for v in walks.values())
     transient = max((at(z) for v in walks.values() for z in v[1]), default=0)
     layer_copies = layer_cached = head_copy = 0
     n_copy_layers = t.freeze_trainable_layers if t.method == "freeze" else L
@@ -496,6 +498,7 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         if t.dora and c.lora
         else 0,
         down_saved=down_saved,
+        layer_ctx=layer_ctx,
         final_saved=at(final_saved),
         hidden_grad_bytes=T * m.hidden_size * _B[c.ac or rd],
         final_hidden_bytes=at(final_out),

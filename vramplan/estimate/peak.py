@@ -97,12 +97,13 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     layer_phases = []
     for g, kept in ends:
         if t.grad_ckpt:
-            one = act.layer + act.layer_copies
+            # the recompute's own graph is dropped: what ops keep outside saved tensors dies with it
+            one = act.layer + act.layer_copies - act.layer_ctx
             layer_phases.append(
                 Components(
                     **base,
                     gradients=g,
-                    activations=kept + act.layer_copies + max(act.layer, act.layer_transient),
+                    activations=kept + act.layer_copies + max(act.layer, act.layer_transient) - act.layer_ctx,
                     temporaries=act.hidden_bytes + act.hidden_grad_bytes + act.dora_transient,
                 )
             )
