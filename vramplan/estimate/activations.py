@@ -50,8 +50,8 @@ def _promote(a: str, b: str) -> str:
 S = 1j
 # DoRA (peft/tuners/lora/dora.py, peft 0.21.2) builds, per target and per forward, fp32 weight-sized tensors:
 # lora_B·lora_A cast to fp32, the base weight cast to fp32, s·BA and W + s·BA for the column norm (detached):
-# 4 × 4 B per weight element while that layer runs; the backward does the same again. Measured on single
-# DoRA layers under the tracker: 12.5-16.4 B per weight element, both phases.
+# 4 × 4 B per weight element while that layer's forward runs (measured on single DoRA layers under the tracker:
+# 15-19 B per weight element); its backward holds one weight-sized tensor in the compute dtype (2 B measured).
 DORA_BYTES_PER_WEIGHT = 16
 
 
@@ -387,7 +387,8 @@ class ActivationBytes:
     head_copy: int
     hidden_bytes: int
     backward_workspace: int
-    dora_transient: int  # DoRA's weight-sized fp32 intermediates of the largest target, in forward and backward
+    dora_transient: int  # DoRA's weight-sized fp32 intermediates of the largest target while its forward runs
+    dora_backward: int  # DoRA's weight-sized tensor in its backward (one copy in the compute dtype)
     layer_ctx: int  # one layer's tensors kept outside saved tensors (int8 matmul inputs): not kept by a recompute
     down_saved: int  # what the MLP's down projection saved: freed before the MLP workspace peaks
     hidden_grad_bytes: int  # a T·hidden gradient in the compute dtype (flows out of the attention / MLP)
@@ -495,6 +496,9 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         # + the dequantized bf16 weight (4-bit base); + with dropout, the fp32 weight copy F.linear then reads
         dora_transient=(DORA_BYTES_PER_WEIGHT + (2 if c.quant else 0) + (4 if c.dropout else 0))
         * max((li.weight_params for li in m.linears if li.name in c.lora), default=0)
+        if t.dora and c.lora
+        else 0,
+        dora_backward=_B[c.ac or c.ad] * max((li.weight_params for li in m.linears if li.name in c.lora), default=0)
         if t.dora and c.lora
         else 0,
         down_saved=down_saved,

@@ -112,7 +112,7 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
                     **base,
                     gradients=g,
                     activations=kept + one - act.down_saved,
-                    temporaries=max(act.backward_workspace, act.dora_transient),
+                    temporaries=max(act.backward_workspace, act.dora_backward),
                 )
             )
         else:
