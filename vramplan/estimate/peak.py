@@ -48,6 +48,8 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     copies = 0 if t.grad_ckpt else act.layer_copies * act.copy_layers
     fwd_copies = act.layer_cached * act.copy_layers if t.grad_ckpt else copies
     saved = act.saved + copies
+    # how far one layer's forward rises above what it finally saves (its largest transient set)
+    in_layer_excess = max(0, act.layer_transient - act.layer)
     # lm_head's autocast copy of an fp32 weight is made inside lm_head: counted with the logits / loss
     fwd = Components(
         **base,
@@ -62,12 +64,7 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
             **base,
             gradients=accum_grads,
             # (what forward allocates is activations, as the tracker files it)
-            activations=act.saved
-            - act.final_saved
-            - act.layer
-            + max(act.layer, act.layer_transient)
-            + fwd_copies
-            + act.dora_transient,
+            activations=act.saved - act.final_saved + in_layer_excess + fwd_copies + act.dora_transient,
         )
         fwd = max(fwd, in_layer, key=lambda c: c.total)
     head_grad = 0
@@ -88,22 +85,23 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     n_train_layers = {"full": L, "freeze": t.freeze_trainable_layers}.get(t.method, L if t.uses_lora else 0)
     layer_grad = grads // L if t.uses_lora else (m.layer_params * param_bytes if n_train_layers else 0)
     ends = (
-        (max(accum_grads, head_grad), act.saved - act.final_saved + copies),
+        (max(accum_grads, head_grad), saved - act.final_saved),
         (
             max(accum_grads, head_grad + max(n_train_layers - 1, 0) * layer_grad),
             act.hidden_bytes if t.grad_ckpt else act.layer + act.layer_copies,
         ),
     )
+    # a checkpointed layer's recomputed set; the recompute's own graph is dropped, so what ops keep outside
+    # saved tensors (int8 matmul inputs) dies with it
+    one = act.layer + act.layer_copies - act.layer_ctx
     layer_phases = []
     for g, kept in ends:
         if t.grad_ckpt:
-            # the recompute's own graph is dropped: what ops keep outside saved tensors dies with it
-            one = act.layer + act.layer_copies - act.layer_ctx
             layer_phases.append(
                 Components(
                     **base,
                     gradients=g,
-                    activations=kept + act.layer_copies + max(act.layer, act.layer_transient) - act.layer_ctx,
+                    activations=kept + one + in_layer_excess,
                     temporaries=act.hidden_bytes + act.hidden_grad_bytes + act.dora_transient,
                 )
             )
