@@ -219,6 +219,42 @@ def test_packed_sequence_detection_is_off() -> None:
         assert mu.find_packed_sequence_indices(positions) is None
 
 
+# ---- bitsandbytes LLM.int8 ----------------------------------------------------------------------------------
+
+
+def _int8_linear(n_in: int, n_out: int):
+    import bitsandbytes as bnb
+
+    lin = bnb.nn.Linear8bitLt(n_in, n_out, bias=False, has_fp16_weights=False, threshold=6.0)
+    lin.weight = bnb.nn.Int8Params(torch.randn(n_out, n_in) / n_in**0.5, requires_grad=False, has_fp16_weights=False)
+    return lin.to("cpu").train()  # .to() quantizes
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_int8_matmul_runs_cudas_kernel_on_cpu() -> None:
+    import bitsandbytes as bnb
+
+    original = bnb.matmul
+    lin = _int8_linear(64, 32)
+    dense = lin.weight.data.float() * lin.weight.SCB.unsqueeze(1) / 127  # the int8 weight, dequantized
+    x = torch.randn(16, 64, requires_grad=True)
+    # bitsandbytes 0.50 off CUDA: MatMul8bitFp, which dequantizes the weight and keeps only x
+    assert lin(x).grad_fn.name() == "MatMul8bitFpBackward"
+    with cuda_equivalence("cpu", None):
+        tracker = MemoryTracker()
+        with tracker:
+            y = lin(x)
+        assert bnb.matmul is cuda_equiv.cuda_int8_matmul
+    assert bnb.matmul is original  # restored on exit
+    assert y.grad_fn.name() == "MatMul8bitLtBackward"
+    assert y.dtype == x.dtype  # int8_scaled_mm(..., dtype=A.dtype): fp32 in, fp32 out
+    # kept for backward outside saved tensors: the input itself (no weight-sized dequantized copy)
+    assert y.grad_fn.tensors[2] is x
+    assert tracker.current_bytes == 16 * 32 * F32  # what stays alive is the output alone
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.ones(16, 32) @ dense, rtol=0.02, atol=0.02)
+
+
 def test_nothing_is_patched_on_cuda() -> None:
     with warnings.catch_warnings(), cuda_equivalence("cuda", torch.bfloat16) as emu:
         assert emu is None

@@ -20,6 +20,7 @@ CASES = {
     "lora-fp16": {"dtype": "fp16", "mixed_precision": "fp16"},
     "lora-dora": {"dora": True},
     "lora-dora-dropout": {"dora": True, "lora_dropout": 0.05},
+    "lora-dora-ckpt": {"dora": True, "grad_ckpt": True},
     "lora-batch4-seq256": {"batch": 4, "seq": 256},
     "lora-grad-accum": {"grad_accum": 4},
     "lora-adamw-foreach": {"optim": "adamw_torch"},
@@ -36,6 +37,8 @@ CASES = {
     "qlora-no-autocast": {"method": "qlora", "kbit_prep": False, "mixed_precision": "no", "grad_ckpt": False},
     "qlora-dropout": {"method": "qlora", "lora_dropout": 0.05},
     "qlora-int8": {"method": "qlora", "quant": "int8"},
+    "qlora-int8-no-ckpt": {"method": "qlora", "quant": "int8", "grad_ckpt": False},
+    "qlora-dora": {"method": "qlora", "dora": True},
     "qlora-8bit-optim": {"method": "qlora", "optim": "adamw_8bit"},
     "qlora-paged-optim": {"method": "qlora", "optim": "paged_adamw_8bit"},
 }
@@ -67,6 +70,8 @@ FULL_SIZE = {
     "llama-3-8b qlora seq1024": ("llama-3-8b", "meta", {"method": "qlora", "seq": 1024}),
     "qwen2.5-7b qlora seq1024 b2": ("qwen2.5-7b", "meta", {"method": "qlora", "seq": 1024, "batch": 2}),
     "llama-2-7b dora seq512": ("llama-2-7b", "fake", {"method": "lora", "seq": 512, "dora": True}),
+    "llama-2-7b qlora dora seq512": ("llama-2-7b", "meta", {"method": "qlora", "seq": 512, "dora": True}),
+    "llama-2-7b qlora int8 seq512": ("llama-2-7b", "meta", {"method": "qlora", "seq": 512, "quant": "int8"}),
     "gemma-2-2b lora seq1024": ("gemma-2-2b", "fake", {"method": "lora", "seq": 1024}),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
 }

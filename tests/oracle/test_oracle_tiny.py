@@ -14,11 +14,7 @@ from tests.oracle.grid import BASE, CASES, FAMILIES, SMALL_LLAMA
 from vramplan.spec import model_spec_from_config, resolve_train
 
 # Known gaps, kept visible: strict xfails turn into failures the day the estimator models them.
-KNOWN_GAPS = {
-    "lora-dora": "DoRA's in-layer forward peak is 3.1 % above the estimate (its transients are modelled per weight)",
-    "lora-dora-dropout": "DoRA with dropout: the in-layer forward peak is 3.2 % above the estimate here",
-    "qlora-int8": "int8 + checkpointing: the forward peak inside a checkpointed layer is 3.6 % above the estimate",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(

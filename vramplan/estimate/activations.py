@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from vramplan.spec import ModelSpec, TrainSpec
 
@@ -48,11 +49,6 @@ def _promote(a: str, b: str) -> str:
 # B·heads·S² scores = T·heads·S) carries the imaginary unit S, so one walk serves every batch and seq:
 # bytes(T, s) = T·(re + im·s). Walk results are cached by the settings that shape them.
 S = 1j
-# DoRA (peft/tuners/lora/dora.py, peft 0.21.2) builds, per target and per forward, fp32 weight-sized tensors:
-# lora_B·lora_A cast to fp32, the base weight cast to fp32, s·BA and W + s·BA for the column norm (detached):
-# 4 × 4 B per weight element while that layer's forward runs (measured on single DoRA layers under the tracker:
-# 15-19 B per weight element); its backward holds one weight-sized tensor in the compute dtype (2 B measured).
-DORA_BYTES_PER_WEIGHT = 16
 
 
 @dataclass(slots=True)
@@ -67,17 +63,26 @@ class _Tok:
 class _Walk:
     """Symbolic forward: creates tensors, records which are saved, tracks the largest transient set."""
 
-    __slots__ = ("const", "ctx_saved", "down_saved", "live", "n", "saved")
+    __slots__ = ("const", "ctx_only", "ctx_saved", "down_saved", "live", "n", "pinned", "refs", "saved", "tail")
 
     def __init__(self) -> None:
         # saved through `ctx.tensors` attributes (MatMul8bitLt) rather than save_for_backward: checkpointing's
-        # saved-tensor hooks never see them, so they stay alive through a checkpointed forward too
-        self.ctx_saved: complex = 0
+        # saved-tensor hooks never see them, so they stay alive through a checkpointed forward too (each once,
+        # whether or not another op also saves it: under checkpointing those saves are dropped)
+        self.ctx_saved: dict[int, complex] = {}
+        self.ctx_only: complex = 0  # the part no op saves through autograd (a recompute does not keep it)
         self.down_saved: complex = 0
+        # gradients the layer's last linear leaves alive before its first node that needs saved tensors (where
+        # a checkpointed layer's recompute starts), beyond the incoming T·hidden gradient
+        self.tail: complex = 0
         self.const = 0  # saved bytes that do not scale with tokens (PEFT's MoE weight deltas)
         self.n = 0
         self.saved: dict[int, complex] = {}
-        self.live: list[complex] = []
+        self.live: list[tuple[complex, int]] = []  # (per token, per layer) bytes alive at each op
+        self.pinned: dict[int, complex] = {}  # referenced through a stretch of ops (residuals, operands-to-be)
+        # (per token, per layer) bytes referenced at each op: its operands, the pinned tensors, the extras; what
+        # a checkpointed forward holds, where autograd keeps nothing
+        self.refs: list[tuple[complex, int]] = []
 
     def new(self, numel: complex, dt: str, rg: bool) -> _Tok:
         self.n += 1
@@ -90,10 +95,14 @@ class _Walk:
         for t in toks:
             self.saved[t.id] = t.nbytes
 
-    def transient(self, *toks: _Tok) -> None:
-        """Record what is alive at this op: everything saved so far plus the op's unsaved operands."""
-        unsaved = {t.id: t.nbytes for t in toks if t.id not in self.saved}
-        self.live.append(sum(self.saved.values()) + sum(unsaved.values()))
+    def transient(self, *toks: _Tok, extra: int = 0, extra_ref: int | None = None) -> None:
+        """Record what is alive at this op: everything saved so far plus the op's unsaved operands, and `extra`
+        bytes that do not scale with tokens (DoRA's weight-sized intermediates), of which `extra_ref` (default:
+        all) are referenced rather than only saved by autograd."""
+        held = {t.id: t.nbytes for t in toks} | self.pinned
+        unsaved = sum(v for k, v in held.items() if k not in self.saved)
+        self.live.append((sum(self.saved.values()) + unsaved, self.const + extra))
+        self.refs.append((sum(held.values()), extra if extra_ref is None else extra_ref))
 
     @property
     def saved_bytes(self) -> complex:
@@ -143,14 +152,16 @@ def _ctx(m: ModelSpec, t: TrainSpec) -> _Ctx:
 def _linear(w: _Walk, c: _Ctx, x: _Tok, name: str, out_f: int, trainable: bool, quantized: bool) -> _Tok:
     T = c.T
     if quantized and c.int8:
-        # bitsandbytes Linear8bitLt -> MatMul8bitLt: keeps its input A in ctx.tensors whenever A needs a
-        # gradient (autograd/_functions.py, 0.50.2); the output is in the autocast dtype (x's without it)
-        out = w.new(T * out_f, c.ac or x.dt, x.rg)
+        # bitsandbytes Linear8bitLt -> MatMul8bitLt (autograd/_functions.py, 0.50.2; CUDA's path): keeps its
+        # input A in ctx.tensors whenever A needs a gradient; quantizes A.to(fp16) row-wise to int8 and returns
+        # int8_scaled_mm(..., dtype=A.dtype): the output is in x's dtype (a custom op: autocast does not apply)
+        out = w.new(T * out_f, x.dt, x.rg)
         if x.rg:
             if x.id not in w.saved:
-                w.ctx_saved += x.nbytes
+                w.ctx_only += x.nbytes
+            w.ctx_saved[x.id] = x.nbytes
             w.save(x)
-        w.transient(x, w.new(x.numel, "fp16", False), out)
+        w.transient(x, w.new(x.numel, "fp16", False), w.new(x.numel / 2, "fp16", False), out)  # A16, CA
     elif quantized:
         xc = w.cast(x, c.bnb_cd)
         out = w.new(T * out_f, c.bnb_cd, x.rg)
@@ -162,6 +173,7 @@ def _linear(w: _Walk, c: _Ctx, x: _Tok, name: str, out_f: int, trainable: bool, 
         w.transient(x, xc, out)
         if trainable:
             w.save(xc)
+    w.tail = 0
     if name not in c.lora:
         return out
     # LoRA branch: lora_B(lora_A(dropout(x))) * scaling
@@ -172,6 +184,8 @@ def _linear(w: _Walk, c: _Ctx, x: _Tok, name: str, out_f: int, trainable: bool, 
         xd = w.new(xa.numel, xa.dt, xa.rg)
     else:
         xd = xa
+    in_f = int(x.numel.real)  # the walk runs per token
+    held, kept, wx = _dora_weight_norm(w, c, (x, xa, xd, out), in_f, out_f, quantized) if c.dora else (0, 0, 0)
     xin = w.cast(xd, c.ac) if c.ac else xd
     w.save(xin)
     a = w.new(T * c.rank, c.ac or c.ad, True)
@@ -182,17 +196,70 @@ def _linear(w: _Walk, c: _Ctx, x: _Tok, name: str, out_f: int, trainable: bool, 
         bout = w.cast(bout, out.dt)  # peft lora/bnb.py: `output.to(expected_dtype)` when autocast is off
     res = w.new(T * out_f, _promote(out.dt, bout.dt), True)
     if c.dora:
-        # DoRA: result = (m/||W+sBA|| - 1)·base + (m/||W+sBA||)·lora·s; both products save their
-        # tensor operand (base result and lora result), the norm is detached.
-        w.save(out, bout)
+        # result_dora = (m/||W+sBA|| - 1)·base + (m/||W+sBA||)·lora·s: both products save their tensor operand
+        # (the base result and the lora result); m/||.|| is fp32 (the magnitude is), so are the products.
+        base = out
         if c.dropout:
-            # with dropout DoRA does not reuse the base result: it recomputes F.linear(dropout(x), W) with W cast
-            # to x's dtype, which autograd saves (a weight-sized copy per target, per layer)
-            in_f = int(x.numel.real)
-            w.const += out_f * in_f * _B[c.ac or c.ad]
+            # with dropout DoRA does not reuse the base result: it recomputes F.linear(dropout(x), W) with W in
+            # x's dtype; autograd saves W (its autocast copy, or W itself): a weight-sized tensor per target
+            if c.ac and c.ac != xd.dt:
+                w.const += out_f * in_f * _B[c.ac]
+            else:
+                w.const += wx  # the weight in x's dtype, if that was a copy, now saved rather than held
+                held -= wx
+            base = w.new(T * out_f, c.ac or xd.dt, True)
+        w.save(base, bout)
+        pdt = _promote(c.ad, base.dt)
+        # per output feature: the detached norm (divisor of m/||.||), m/||.|| and m/||.|| - 1 (mul operands)
+        w.const += out_f * (_B[xd.dt] + 2 * _B[pdt])
+        prods = [w.new(T * out_f, pdt, True) for _ in range(3)]  # (m-1)·base, m·lora, (m·lora)·s
+        w.transient(x, xa, xd, a, bout, out, *prods, extra=held, extra_ref=held - kept)  # (xin: saved only)
+        res = w.new(T * out_f, _promote(out.dt, pdt), True)
+        # backward reaches DoRA's first saving node after the nodes that save nothing: the result's .to(dtype)
+        # (a gradient in the result's dtype), result + result_dora (the base's share in its own dtype) and
+        # `· s` (m·lora's gradient); measured where a checkpointed layer's recompute starts
+        cast = not quantized and res.dt != out.dt
+        w.tail = T * out_f * (_B[pdt] + (_B[res.dt] if cast else 0) + (_B[out.dt] if out.dt != res.dt else 0))
     if not quantized:
         res = w.cast(res, out.dt)
     return res
+
+
+def _dora_weight_norm(
+    w: _Walk, c: _Ctx, live: tuple[_Tok, ...], in_f: int, out_f: int, quantized: bool
+) -> tuple[int, int, int]:
+    """DoRA's weight-sized intermediates inside one target's forward: (what stays alive until it returns, the
+    part of it only autograd keeps, the base weight's copy in x's dtype).
+
+    peft/tuners/lora/dora.py `DoraLinearLayer.forward` (peft 0.21.2, DoRA caching off, as in training):
+    `get_lora_weight` runs lora_B(lora_A(eye(in))) with an `in × in` identity in the adapter dtype (autocast
+    casts it, and lora_A's mm saves the cast for lora_A's gradient, alive while the lora weight is: not under
+    checkpointing, which keeps no saved tensor); the lora weight and the base weight (dequantized first when
+    4-/8-bit) are moved to x's dtype, and the column norm of W + s·BA allocates s·BA and the sum before
+    `linalg_vector_norm` (fp32 accumulation, no copy under CUDA autocast). The lora weight and the base weight
+    in x's dtype stay alive until forward returns. Measured op by op under the tracker on single DoRA layers
+    (in² and weight terms separate) and in checkpointed 7B QLoRA layers (peak at the identity's cast).
+    """
+    wn = in_f * out_f
+    xdt = live[2].dt  # PEFT casts x to the adapter dtype (a bnb base under autocast leaves it)
+    cdt = c.ac or c.ad  # lora_B(lora_A(eye)) output
+    eye = in_f * in_f * _B[c.ad]
+    eye_c = in_f * in_f * _B[c.ac] if c.ac and c.ac != c.ad else 0
+    a_out = in_f * c.rank * _B[cdt]
+    kept = (eye_c or eye) + a_out  # saved by lora_A's and lora_B's mm
+    w.transient(*live, extra=eye + eye_c)  # the identity's autocast cast
+    # lora_B(lora_A(eye)): the lora weight; with checkpointing the cast is gone (lora_A saved nothing)
+    w.transient(*live, extra=eye + eye_c + a_out + wn * _B[cdt], extra_ref=eye + a_out + wn * _B[cdt])
+    lw = wn * _B[xdt]
+    wdt = ("fp32" if c.int8 else c.wdt) if quantized else c.wdt  # int8_vectorwise_dequant computes in fp32
+    if quantized:
+        # dequantize: 4-bit -> the original dtype; int8 -> A·SCB·(1/127), two fp32 weight-sized temporaries
+        dq = wn * _B[wdt] * (2 if c.int8 else 1)
+        w.transient(*live, extra=kept + lw + dq, extra_ref=lw + dq)
+    wx = wn * _B[xdt] if (quantized or wdt != xdt) else 0
+    # s·BA and W + s·BA, both in x's dtype, while the norm runs
+    w.transient(*live, extra=kept + lw + wx + 2 * wn * _B[xdt], extra_ref=lw + wx + 2 * wn * _B[xdt])
+    return kept + lw + wx, kept, wx
 
 
 def _norm(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, trainable: bool, dim: int = 0) -> _Tok:
@@ -239,7 +306,7 @@ def _attention(w: _Walk, c: _Ctx, m: ModelSpec, q: _Tok, k: _Tok, v: _Tok, kv_st
             w.save(qc, kc, probs32, probs, vc)
             if m.attn_softcap:  # gemma2: scores / cap -> tanh (saves its output) -> * cap
                 w.save(w.new(scores, dt, True))
-        w.transient(sc, probs32, probs, out)
+        w.transient(qc, kc, vc, sc, probs32, probs, out)
         return w.new(T * m.q_dim, dt, rg)  # transpose(1, 2).contiguous()
     dt = c.ac or q.dt
     qc, kc, vc = w.cast(q, dt), w.cast(k, dt), w.cast(v, dt)
@@ -292,32 +359,40 @@ def _layer(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, trainable: bool) -> _Tok:
         mo = _mlp(w, c, m, n2, lin)
         return w.new(T * m.hidden_size, _promote(_promote(mo.dt, o.dt), rd), True)
     h1 = w.new(T * m.hidden_size, _promote(rd, o.dt), x.rg or o.rg)
+    w.pinned[h1.id] = h1.nbytes  # the residual, alive through the MLP for the second residual add
     n2 = _norm(w, c, m, h1, trainable)
     mo = _mlp(w, c, m, n2, lin)
     if m.norms_per_layer == 4:
         mo = _norm(w, c, m, mo, trainable)
+    del w.pinned[h1.id]
     return w.new(T * m.hidden_size, _promote(h1.dt, mo.dt), h1.rg or mo.rg)
 
 
 def _down(w: _Walk, lin, x: _Tok, name: str) -> _Tok:
-    """The MLP's down projection; records what it saves (freed first in the layer's backward)."""
-    before = w.saved_bytes
+    """The MLP's down projection; records what it saves (freed first in the layer's backward), except what it
+    keeps in ctx.tensors (int8): that lives until its backward has run."""
+    before, ctx_before = w.saved_bytes, sum(w.ctx_saved.values())
     out = lin(x, name)
-    w.down_saved = w.saved_bytes - before
+    w.down_saved = w.saved_bytes - before - (sum(w.ctx_saved.values()) - ctx_before)
     return out
 
 
 def _mlp(w: _Walk, c: _Ctx, m: ModelSpec, x: _Tok, lin) -> _Tok:
     T, i = c.T, m.intermediate_size
     if m.mlp == "gated":
-        g, u = lin(x, "gate_proj"), lin(x, "up_proj")
+        # act_fn(gate_proj(x)) * up_proj(x): the activation waits for up_proj
+        g = lin(x, "gate_proj")
         act = w.new(T * i, g.dt, g.rg)
-        prod = w.new(T * i, _promote(act.dt, u.dt), g.rg or u.rg)
         if g.rg:
             w.save(g)
+        w.transient(g, act)
+        w.pinned[act.id] = act.nbytes
+        u = lin(x, "up_proj")
+        del w.pinned[act.id]
+        prod = w.new(T * i, _promote(act.dt, u.dt), g.rg or u.rg)
         if prod.rg:
             w.save(act, u)
-        w.transient(g, u, act, prod)
+        w.transient(act, u, prod)
         return _down(w, lin, prod, "down_proj")
     if m.mlp == "gated_fused":
         gu = lin(x, "gate_up_proj")
@@ -381,30 +456,53 @@ class ActivationBytes:
     saved: int
     layer: int
     layer_transient: int
+    layer_refs: int  # the most one layer's forward references at once (operands, residuals), autograd aside
     layer_copies: int
     layer_cached: int
     copy_layers: int
     head_copy: int
     hidden_bytes: int
     backward_workspace: int
-    dora_transient: int  # DoRA's weight-sized fp32 intermediates of the largest target while its forward runs
     dora_backward: int  # DoRA's weight-sized tensor in its backward (one copy in the compute dtype)
     layer_ctx: int  # one layer's tensors kept outside saved tensors (int8 matmul inputs): not kept by a recompute
+    layer_input_saved: int  # the part of `layer` that is the layer's input (a checkpointed input already)
+    recompute_tail: int  # gradients alive when a checkpointed layer's recompute starts, beyond the incoming one
     down_saved: int  # what the MLP's down projection saved: freed before the MLP workspace peaks
     hidden_grad_bytes: int  # a T·hidden gradient in the compute dtype (flows out of the attention / MLP)
     final_saved: int  # what the final norm saves (part of `saved`; freed before the top layer's backward)
     final_hidden_bytes: int  # the final norm's output, held by the model output until the loss is computed
 
 
+class _LayerWalk(NamedTuple):
+    """One decoder layer's walk. Per token (complex: the imaginary part grows with seq) unless noted."""
+
+    saved: complex  # what autograd saves
+    const: int  # saved bytes per layer that do not scale with tokens
+    live: tuple[tuple[complex, int], ...]  # (per token, per layer) alive at each op: saved so far + operands
+    refs: tuple[tuple[complex, int], ...]  # (per token, per layer) referenced at each op, autograd aside
+    down_saved: complex  # what the MLP's down projection saved
+    ctx: complex  # kept through `ctx.tensors` (int8 matmul inputs), alive even under checkpointing
+    ctx_only: complex  # the part of `ctx` no op saves through autograd
+    input_saved: complex  # the layer's input itself, when an op saves it (an fp32 residual's RMSNorm: no cast)
+    tail: complex  # gradients alive when the layer's recompute starts, beyond the incoming one (DoRA)
+
+
 @functools.lru_cache(maxsize=4096)
-def _walk_layer(
-    m: ModelSpec, c: _Ctx, trainable: bool, rg_in: bool, rd: str
-) -> tuple[complex, tuple[complex, ...], int, complex, complex]:
-    """Per token: saved bytes, live bytes at each op; per layer: saved constants; per token: what the MLP's
-    down projection saved, and what is kept outside autograd's saved tensors, of one decoder layer."""
+def _walk_layer(m: ModelSpec, c: _Ctx, trainable: bool, rg_in: bool, rd: str) -> _LayerWalk:
     w = _Walk()
-    _layer(w, c, m, w.new(m.hidden_size, rd, rg_in), trainable)
-    return w.saved_bytes, tuple(w.live), w.const, w.down_saved, w.ctx_saved
+    x = w.new(m.hidden_size, rd, rg_in)
+    _layer(w, c, m, x, trainable)
+    return _LayerWalk(
+        w.saved_bytes,
+        w.const,
+        tuple(w.live),
+        tuple(w.refs),
+        w.down_saved,
+        sum(w.ctx_saved.values()),
+        w.ctx_only,
+        w.saved.get(x.id, 0),
+        w.tail,
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -442,16 +540,19 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     if t.grad_ckpt:
         # non-reentrant checkpoint keeps each layer's input hidden state (and whatever ops keep outside
         # autograd's saved tensors: bitsandbytes int8 matmul inputs)
-        saved = L * hidden + sum(n * at(walks[k][4]) for k, n in kinds.items())
+        saved = L * hidden + sum(n * at(walks[k].ctx) for k, n in kinds.items())
     else:
-        saved = sum(n * (at(walks[k][0]) + walks[k][2]) for k, n in kinds.items())
+        saved = sum(n * (at(walks[k].saved) + walks[k].const) for k, n in kinds.items())
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
     final_saved, final_out = _walk_final(m, c, rd, t.method == "full")
     saved += at(final_saved)
-    layer = max(at(v[0]) + v[2] for v in walks.values())
-    down_saved = max(at(v[3]) for v in walks.values())
-    layer_ctx = max(at(v[4]) for v in walks.values())
-    transient = max((at(z) for v in walks.values() for z in v[1]), default=0)
+    layer = max(at(v.saved) + v.const for v in walks.values())
+    down_saved = max(at(v.down_saved) for v in walks.values())
+    layer_ctx = max(at(v.ctx_only) for v in walks.values())
+    layer_input_saved = max(at(v.input_saved) for v in walks.values())
+    recompute_tail = max(at(v.tail) for v in walks.values())
+    transient = max((at(z) + k for v in walks.values() for z, k in v.live), default=0)
+    refs = max((at(z) + k for v in walks.values() for z, k in v.refs), default=0)
     layer_copies = layer_cached = head_copy = 0
     n_copy_layers = t.freeze_trainable_layers if t.method == "freeze" else L
     if c.ac:
@@ -487,22 +588,20 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         saved=saved,
         layer=layer,
         layer_transient=transient,
+        layer_refs=refs,
         layer_copies=layer_copies,
         layer_cached=layer_cached,
         copy_layers=n_copy_layers,
         head_copy=head_copy,
         hidden_bytes=hidden,
         backward_workspace=workspace,
-        # + the dequantized bf16 weight (4-bit base); + with dropout, the fp32 weight copy F.linear then reads
-        dora_transient=(DORA_BYTES_PER_WEIGHT + (2 if c.quant else 0) + (4 if c.dropout else 0))
-        * max((li.weight_params for li in m.linears if li.name in c.lora), default=0)
-        if t.dora and c.lora
-        else 0,
         dora_backward=_B[c.ac or c.ad] * max((li.weight_params for li in m.linears if li.name in c.lora), default=0)
         if t.dora and c.lora
         else 0,
         down_saved=down_saved,
         layer_ctx=layer_ctx,
+        layer_input_saved=layer_input_saved,
+        recompute_tail=recompute_tail,
         final_saved=at(final_saved),
         hidden_grad_bytes=T * m.hidden_size * _B[c.ac or rd],
         final_hidden_bytes=at(final_out),

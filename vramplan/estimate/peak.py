@@ -58,15 +58,20 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
         logits=lg.forward_peak + act.head_copy,
         temporaries=0,
     )
-    if act.dora_transient:
-        # inside the last layer's DoRA targets: all saved activations plus DoRA's weight-sized intermediates
-        in_layer = Components(
-            **base,
-            gradients=accum_grads,
-            # (what forward allocates is activations, as the tracker files it)
-            activations=act.saved - act.final_saved + in_layer_excess + fwd_copies + act.dora_transient,
-        )
-        fwd = max(fwd, in_layer, key=lambda c: c.total)
+    # inside the last layer's forward: all saved activations and the layer's largest transient set (DoRA's
+    # weight-sized intermediates, a large MLP intermediate). Without checkpointing, add the layer's input (the
+    # decoder loop holds it) and the embedding output (the model's forward holds `inputs_embeds` until it
+    # returns); with it, both are checkpointed inputs already, and the layer keeps only what it references.
+    if t.grad_ckpt:
+        in_layer_act = act.saved - act.final_saved + act.layer_refs + fwd_copies
+    else:
+        in_layer_act = act.saved - act.final_saved + 2 * act.hidden_bytes + in_layer_excess + fwd_copies
+    in_layer = Components(
+        **base,
+        gradients=accum_grads,
+        activations=in_layer_act,  # (what forward allocates is activations, as the tracker files it)
+    )
+    fwd = max(fwd, in_layer, key=lambda c: c.total)
     head_grad = 0
     if t.method == "full":
         head_grad = m.vocab_size * m.hidden_size * param_bytes
@@ -92,8 +97,8 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
         ),
     )
     # a checkpointed layer's recomputed set; the recompute's own graph is dropped, so what ops keep outside
-    # saved tensors (int8 matmul inputs) dies with it
-    one = act.layer + act.layer_copies - act.layer_ctx
+    # saved tensors (int8 matmul inputs) dies with it; its input, if an op saves it, is the checkpointed one
+    one = act.layer + act.layer_copies - act.layer_ctx - act.layer_input_saved
     layer_phases = []
     for g, kept in ends:
         if t.grad_ckpt:
@@ -102,7 +107,7 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
                     **base,
                     gradients=g,
                     activations=kept + one + in_layer_excess,
-                    temporaries=act.hidden_bytes + act.hidden_grad_bytes + act.dora_transient,
+                    temporaries=act.hidden_bytes + act.hidden_grad_bytes + act.recompute_tail,
                 )
             )
             layer_phases.append(

@@ -135,6 +135,12 @@ def build(
             model = _from_pretrained(weights, t, attn, target, say)
         elif t.quant != "none":
             model = _quantized_from_config(m, t, attn, target, say)
+            if t.quant == "int8" and target.type == "meta":
+                _int8_without_outliers(model)
+                notes.append(
+                    "int8 on meta: the outlier decomposition (threshold 6.0) is data-dependent and is traced off; "
+                    "its T x outlier-columns slices are not counted"
+                )
         else:
             say(f"building {m.name} ({t.dtype}, random weights)")
             model = _from_config(m, t, attn, target, say, fake=device == "fake")
@@ -153,23 +159,40 @@ def build(
             from peft import LoraConfig, get_peft_model
 
             say(f"adding LoRA r={t.lora_rank} to {', '.join(t.lora_target)}")
+            meta_dora = t.dora and t.quant in ("nf4", "fp4") and target.type == "meta"
             try:
-                model = get_peft_model(
-                    model,
-                    LoraConfig(
-                        r=t.lora_rank,
-                        lora_alpha=t.lora_alpha,
-                        lora_dropout=t.lora_dropout,
-                        target_modules=list(t.lora_target),
-                        use_dora=t.dora,
-                        task_type="CAUSAL_LM",
-                    ),
-                )
+                with _dora_base_not_copied() if meta_dora else contextlib.nullcontext():
+                    model = get_peft_model(
+                        model,
+                        LoraConfig(
+                            r=t.lora_rank,
+                            lora_alpha=t.lora_alpha,
+                            lora_dropout=t.lora_dropout,
+                            target_modules=list(t.lora_target),
+                            use_dora=t.dora,
+                            task_type="CAUSAL_LM",
+                        ),
+                    )
             except ValueError as e:  # the real stack refuses it, e.g. dropout on Mixtral's expert parameters
                 raise VramplanError(f"PEFT refuses this LoRA setup: {e}") from None
     model.train()
     optimizer = build_optimizer(model, t.optim)
     return Built(model=model, optimizer=optimizer, causal_lm=causal_lm, device=target, notes=tuple(notes))
+
+
+@contextlib.contextmanager
+def _dora_base_not_copied() -> Iterator[None]:
+    """PEFT's `DoraLinearLayer.update_layer` deep-copies a `Linear4bit` base before dequantizing it for the
+    initial weight norm (peft/tuners/lora/dora.py, 0.21.2: for FSDP), and `Params4bit` cannot be deep-copied on
+    meta. The copy is a temporary at build time, before any step: use the layer itself."""
+    from peft.tuners.lora import dora
+
+    original = dora.deepcopy
+    dora.deepcopy = lambda module: module
+    try:
+        yield
+    finally:
+        dora.deepcopy = original
 
 
 @contextlib.contextmanager
@@ -261,6 +284,16 @@ def _quantized_from_config(m: ModelSpec, t: TrainSpec, attn: str, device: torch.
     return model
 
 
+def _int8_without_outliers(model: nn.Module) -> None:
+    """LLM.int8's outlier columns (`threshold` > 0) have a data-dependent count, which meta tensors cannot
+    express (bitsandbytes' fake kernels ask for a dynamic size): trace the int8 matmuls with threshold 0."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear8bitLt):
+            module.state.threshold = 0.0
+
+
 def materialize(model: nn.Module, quantizer: Any, dtype: torch.dtype, device: torch.device, say: Progress) -> None:
     """Give every meta parameter and buffer of `model` a value on `device`: quantized bitsandbytes weights for
     the swapped linears (drawn N(0, 0.02) in `dtype`, one at a time), transformers' `_init_weights` for the
@@ -285,10 +318,16 @@ def materialize(model: nn.Module, quantizer: Any, dtype: torch.dtype, device: to
                 done_layer = i
             if isinstance(module, bnb_types):
                 value = torch.empty(module.weight.shape, dtype=dtype, device=device).normal_(0.0, std)
-                param = quantize.convert({f"{name}.weight": value}, model=model, full_layer_name=f"{name}.weight")
-                weight = param[f"{name}.weight"]
-                if device.type == "meta":  # Params4bit/Int8Params.to("meta") skip quantization
-                    weight = weight._quantize(device)
+                if device.type == "meta" and isinstance(module, bnb.nn.Linear8bitLt):
+                    # transformers' Bnb8bitQuantize copies the value to CPU first (no data on meta): build the
+                    # Int8Params it would, with the same attributes, and quantize on meta
+                    kwargs = {k: v for k, v in module.weight.__dict__.items() if k != "SCB"}
+                    weight = bnb.nn.Int8Params(value, requires_grad=False, **kwargs)._quantize(device)
+                else:
+                    param = quantize.convert({f"{name}.weight": value}, model=model, full_layer_name=f"{name}.weight")
+                    weight = param[f"{name}.weight"]
+                    if device.type == "meta":  # Params4bit.to("meta") skips quantization
+                        weight = weight._quantize(device)
                 module.weight = weight
                 if module.bias is not None and module.bias.device.type == "meta":
                     module.bias = nn.Parameter(torch.zeros(module.bias.shape, dtype=dtype, device=device), False)

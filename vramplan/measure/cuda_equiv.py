@@ -1,8 +1,8 @@
 """Make a CPU, meta or fake-tensor trace allocate what the same step allocates on CUDA.
 
 The estimator models what CUDA runs, so the oracle has to trace the same kernels. Four places where torch
-picks another kernel off CUDA change what autograd saves, and one transformers check cannot run on meta
-tensors:
+picks another kernel off CUDA change what autograd saves, bitsandbytes picks another int8 matmul off CUDA, and
+one transformers check cannot run on meta tensors:
 
 - dropout: off CUDA, `F.dropout` takes the non-fused path (`input * bernoulli_(noise) / (1 - p)`) and saves
   the noise tensor in the input's dtype (fp32 for PEFT's fp32 LoRA inputs); CUDA's `native_dropout` saves a
@@ -19,6 +19,11 @@ tensors:
   the forward and around each gradient-checkpoint recompute (which restores autocast on CUDA).
 - AdamW: `fused=True` refuses meta tensors although `_fused_adamw_` has a meta kernel: "meta" is added to the
   fused-capable devices during the trace. (foreach vs for-loop is set explicitly by `build.build_optimizer`.)
+- LLM.int8: `bitsandbytes.matmul` sends training CPU (and XPU) inputs to `MatMul8bitFp`, which dequantizes the
+  whole int8 weight to the input's dtype in forward and backward and keeps only its input; CUDA runs
+  `MatMul8bitLt` (autograd/_functions.py, 0.50.2: the input cast to fp16 and quantized row-wise in forward; a
+  weight-sized `CB` copy in the input's dtype in backward). Patched: `bitsandbytes.matmul` (the name
+  `Linear8bitLt.forward` calls) always runs `MatMul8bitLt`, whose int8 ops have CPU and meta kernels.
 - transformers `find_packed_sequence_indices` calls `bool(tensor.all())` (fails on meta) and reports packing
   for every fake tensor (it counts fake tensors as tracing), which would make the model build an explicit mask
   and leave the flash kernel. The harness never packs sequences: patched to return None off CUDA.
@@ -337,6 +342,35 @@ def _no_packed_sequences(position_ids: torch.Tensor) -> None:
     return None
 
 
+# ---- bitsandbytes LLM.int8 matmul ---------------------------------------------------------------------------
+
+
+def cuda_int8_matmul(
+    A: torch.Tensor,
+    B: torch.Tensor,
+    out: torch.Tensor | None = None,
+    state: Any = None,
+    threshold: float = 0.0,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`bitsandbytes.matmul` as it runs on CUDA: `MatMul8bitLt` whatever the device (0.50.2 sends training
+    CPU/XPU inputs to `MatMul8bitFp`)."""
+    from bitsandbytes.autograd._functions import MatMul8bitLt, MatmulLtState
+
+    state = state or MatmulLtState()
+    if threshold > 0.0:
+        state.threshold = threshold
+    return MatMul8bitLt.apply(A, B, out, bias, state)
+
+
+def _int8_matmul_as_on_cuda():
+    try:
+        import bitsandbytes
+    except ImportError:  # no bitsandbytes: no int8 layers to route
+        return contextlib.nullcontext()
+    return _patched(bitsandbytes, "matmul", cuda_int8_matmul)
+
+
 # ---- all together ------------------------------------------------------------------------------------------
 
 
@@ -376,6 +410,7 @@ def cuda_equivalence(device_type: str, autocast_dtype: torch.dtype | None) -> It
     with contextlib.ExitStack() as stack:
         stack.enter_context(_patched(torch.nn.functional, "dropout", cuda_dropout))
         stack.enter_context(_patched(masking_utils, "find_packed_sequence_indices", _no_packed_sequences))
+        stack.enter_context(_int8_matmul_as_on_cuda())
         if device_type in ("meta", "fake"):
             stack.enter_context(_patched(torch.nn.functional, "scaled_dot_product_attention", cuda_sdpa))
         if device_type == "meta":

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -172,7 +173,7 @@ def run_step(
     state = _RunState()
     tracker = MemoryTracker(device_type="cpu" if fake else dev)
     try:
-        with _bnb_cache_scope(), _fake_mode(fake), cuda_equivalence(dev, autocast_dtype) as emu:
+        with _quiet_bnb(), _bnb_cache_scope(), _fake_mode(fake), cuda_equivalence(dev, autocast_dtype) as emu:
             _build_and_train(m, t, dev, weights, tracker, emu, autocast_dtype, steps, state, notes, say)
     except (torch.OutOfMemoryError, RuntimeError) as e:
         # Out of memory is a result: the model and optimizer died with _build_and_train's frame.
@@ -238,6 +239,36 @@ class _RunState:
         self.oom: OutOfMemory | None = None
         self.paged_bytes = 0
         self.params: tuple[int, int] = (0, 0)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str) -> None:
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() for f in self.fragments)
+
+
+# bitsandbytes 0.50 logs a warning on every int8 matmul whose input is not fp16 (`MatMul8bitLt: inputs will be
+# cast ...`: thousands per step) and, importing its CPU backend, that the optional `kernels` package is absent.
+# Neither changes what is allocated; the harness drops both while it runs.
+_BNB_NOISE = {
+    "bitsandbytes.autograd._functions": ("inputs will be cast",),
+    "bitsandbytes.backends.cpu.ops": ("kernels-community",),
+}
+
+
+@contextlib.contextmanager
+def _quiet_bnb() -> Iterator[None]:
+    filters = [(logging.getLogger(name), _DropMessages(*frags)) for name, frags in _BNB_NOISE.items()]
+    for logger, f in filters:
+        logger.addFilter(f)
+    try:
+        yield
+    finally:
+        for logger, f in filters:
+            logger.removeFilter(f)
 
 
 @contextlib.contextmanager
