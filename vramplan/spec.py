@@ -602,11 +602,6 @@ def resolve_train(
             f"--freeze-trainable-layers must be between 1 and {model.num_hidden_layers} "
             f"(layers of {model.name}), got {freeze_trainable_layers!r}"
         )
-    if dora:
-        notes.append(
-            "DoRA is modelled less closely than LoRA (its weight-sized intermediates): within 0.3 % of a traced "
-            "Llama-2-7B step, about 3 % under on small models"
-        )
     return TrainSpec(
         method=method,  # type: ignore[arg-type]
         dtype=dtype,  # type: ignore[arg-type]

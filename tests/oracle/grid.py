@@ -38,6 +38,7 @@ CASES = {
     "qlora-dropout": {"method": "qlora", "lora_dropout": 0.05},
     "qlora-int8": {"method": "qlora", "quant": "int8"},
     "qlora-int8-no-ckpt": {"method": "qlora", "quant": "int8", "grad_ckpt": False},
+    "qlora-int8-dropout": {"method": "qlora", "quant": "int8", "lora_dropout": 0.05},
     "qlora-dora": {"method": "qlora", "dora": True},
     "qlora-8bit-optim": {"method": "qlora", "optim": "adamw_8bit"},
     "qlora-paged-optim": {"method": "qlora", "optim": "paged_adamw_8bit"},
@@ -74,4 +75,9 @@ FULL_SIZE = {
     "llama-2-7b qlora int8 seq512": ("llama-2-7b", "meta", {"method": "qlora", "seq": 512, "quant": "int8"}),
     "gemma-2-2b lora seq1024": ("gemma-2-2b", "fake", {"method": "lora", "seq": 1024}),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
+    "mistral-7b qlora seq4096 window no-ckpt": (
+        "mistral-7b",
+        "meta",
+        {"method": "qlora", "seq": 4096, "grad_ckpt": False},
+    ),
 }

@@ -26,8 +26,19 @@ Saved-tensor inventory (per decoder layer, T = batch·seq tokens; "rg" = require
   fp32 softmax output and its cast (B·heads·S² each), output and its transposed contiguous copy.
 - Gated MLP: gate output (SiLU input), SiLU output and up output (saved by the product); fused gate_up
   (Phi-3) keeps the T·2I storage alive through its views; plain MLP saves fc1's output (GELU input).
+- bitsandbytes Linear8bitLt (LLM.int8) -> MatMul8bitLt, CUDA's path (bitsandbytes sends CPU inputs to
+  MatMul8bitFp instead; the harness routes them back): keeps its input in `ctx.tensors` (not a saved tensor:
+  checkpointing does not drop it, a recompute's copy dies with the recompute's graph); the output has the
+  input's dtype (int8_scaled_mm(..., dtype=A.dtype), a custom op autocast leaves alone): fp32 after kbit prep.
+- DoRA (PEFT `DoraLinearLayer.forward`): per target, the base and lora results saved by the two products,
+  three fp32 vectors per output feature, and transients while the target runs: an `in × in` identity (and
+  its autocast cast, saved while the lora weight lives), the lora weight and the base weight in x's dtype,
+  s·BA and W + s·BA (`_dora_weight_norm`), then three fp32 T·out products.
 - Gradient checkpointing (HF, non-reentrant): per layer only its input hidden state; one layer's
-  activations are recomputed during backward.
+  activations are recomputed during backward. Inside a checkpointed forward a layer holds only what Python
+  references (operands, the residual, DoRA's weight-sized locals), not what autograd would save (`refs`).
+- Alive without being saved: the decoder loop's reference to the layer input, the model's `inputs_embeds`
+  until its forward returns, the attention residual through the MLP (`pinned`).
 """
 
 from __future__ import annotations
@@ -133,7 +144,8 @@ def _ctx(m: ModelSpec, t: TrainSpec) -> _Ctx:
     if m.model_type in ("gemma2", "bloom"):
         attn = "eager"  # gemma2: _supports_sdpa = False (softcapping); bloom: alibi baddbmm attention
     return _Ctx(
-        masked=m.sliding_window is not None and t.seq > m.sliding_window and m.model_type in ("mistral", "mixtral"),
+        # transformers masking_utils `_ignore_causal_mask_sdpa` skips the mask only while kv_length < window
+        masked=m.sliding_window is not None and t.seq >= m.sliding_window and m.model_type in ("mistral", "mixtral"),
         ac=ac,
         wdt=t.dtype,
         ndt="fp32" if t.kbit_prep else t.dtype,
@@ -317,6 +329,10 @@ def _attention(w: _Walk, c: _Ctx, m: ModelSpec, q: _Tok, k: _Tok, v: _Tok, kv_st
     if rg:
         w.save(qc, kc, out, lse)
         w.save(kv_store if (kv_store is not None and vc is v) else vc)
+        if masked:
+            # the memory-efficient kernel takes the bool mask as an additive bias in q's dtype (torch
+            # `convert_boolean_attn_mask`: B·1·S·S) and saves it for backward
+            w.save(w.new(T * S, dt, False))
     w.transient(qc, kc, vc, out)
     return out
 
@@ -543,6 +559,9 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         saved = L * hidden + sum(n * at(walks[k].ctx) for k, n in kinds.items())
     else:
         saved = sum(n * (at(walks[k].saved) + walks[k].const) for k, n in kinds.items())
+    if c.masked:
+        # the model's bool sliding-window mask (B·1·S·S), built once and passed to every layer (and recompute)
+        saved += t.batch * s * s
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
     final_saved, final_out = _walk_final(m, c, rd, t.method == "full")
     saved += at(final_saved)
