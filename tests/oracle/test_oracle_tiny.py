@@ -14,10 +14,7 @@ from tests.oracle.grid import BASE, CASES, FAMILIES, SMALL_LLAMA
 from vramplan.spec import model_spec_from_config, resolve_train
 
 # Known gaps, kept visible: strict xfails turn into failures the day the estimator models them.
-KNOWN_GAPS: dict[str, str] = {
-    "qlora-int8-dropout": "int8 + LoRA dropout + checkpointing: a recompute keeps more than the recomputed set "
-    "modelled (backward -3.8 %; Llama-2-7B with the same settings is within 0.1 %, its peak is the loss)",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(

@@ -173,7 +173,9 @@ def _linear(w: _Walk, c: _Ctx, x: _Tok, name: str, out_f: int, trainable: bool, 
                 w.ctx_only += x.nbytes
             w.ctx_saved[x.id] = x.nbytes
             w.save(x)
-        w.transient(x, w.new(x.numel, "fp16", False), w.new(x.numel / 2, "fp16", False), out)  # A16, CA
+        ca = w.new(x.numel / 2, "fp16", False)  # int8 CA (1 B per element)
+        w.transient(x, w.new(x.numel, "fp16", False), ca)  # int8_vectorwise_quant(A.to(fp16)): A16 then dies
+        w.transient(x, ca, out)  # int8_mixed_scaled_mm
     elif quantized:
         xc = w.cast(x, c.bnb_cd)
         out = w.new(T * out_f, c.bnb_cd, x.rg)

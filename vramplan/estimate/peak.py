@@ -27,6 +27,8 @@ from vramplan.estimate.params import count_params
 from vramplan.estimate.weights import weight_bytes
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
 
+_MLP_OUT = frozenset({"down_proj", "dense_4h_to_h", "fc2", "w2"})  # the MLP's last linear, per family
+
 
 def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     """(forward, backward, optimizer) usage and the paged bytes."""
@@ -96,9 +98,17 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
             act.hidden_bytes if t.grad_ckpt else act.layer + act.layer_copies,
         ),
     )
-    # a checkpointed layer's recomputed set; the recompute's own graph is dropped, so what ops keep outside
-    # saved tensors (int8 matmul inputs) dies with it; its input, if an op saves it, is the checkpointed one
+    # a checkpointed layer's recomputed set (its input, if an op saves it, is the checkpointed one). While the
+    # recompute runs, its graph is alive (the residual references it) and so is what ops keep outside saved
+    # tensors (int8 matmul inputs); once it is done only the saved tensors, detached, remain
     one = act.layer + act.layer_copies - act.layer_ctx - act.layer_input_saved
+    # at the MLP workspace peak of a layer's backward, its down projection's gradients are already there
+    down = [li for li in m.linears if li.name in _MLP_OUT]
+    if t.uses_lora:
+        down_grad = sum(t.lora_rank * (li.in_features + li.out_features) for li in down if li.name in t.lora_target)
+        down_grad *= param_bytes
+    else:
+        down_grad = sum(li.params for li in down) * param_bytes if n_train_layers else 0
     layer_phases = []
     for g, kept in ends:
         if t.grad_ckpt:
@@ -106,21 +116,26 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
                 Components(
                     **base,
                     gradients=g,
-                    activations=kept + one + in_layer_excess,
+                    activations=kept + one + act.layer_ctx + in_layer_excess,
                     temporaries=act.hidden_bytes + act.hidden_grad_bytes + act.recompute_tail,
                 )
             )
             layer_phases.append(
                 Components(
                     **base,
-                    gradients=g,
+                    gradients=max(accum_grads, g + down_grad),
                     activations=kept + one - act.down_saved,
                     temporaries=max(act.backward_workspace, act.dora_backward),
                 )
             )
         else:
             layer_phases.append(
-                Components(**base, gradients=g, activations=kept - act.down_saved, temporaries=act.backward_workspace)
+                Components(
+                    **base,
+                    gradients=max(accum_grads, g + down_grad),
+                    activations=kept - act.down_saved,
+                    temporaries=act.backward_workspace,
+                )
             )
     bwd_end = Components(**base, gradients=grads, temporaries=2 * act.hidden_bytes)
     bwd = max((bwd_start, *layer_phases, bwd_end), key=lambda c: c.total)
