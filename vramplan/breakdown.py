@@ -43,10 +43,19 @@ class Components:
 
     @property
     def total(self) -> int:
-        return sum(getattr(self, f.name) for f in fields(self))
+        return (
+            self.weights
+            + self.quant_state
+            + self.adapters
+            + self.gradients
+            + self.optimizer_states
+            + self.activations
+            + self.logits
+            + self.temporaries
+        )
 
     def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in COMPONENTS}
 
 
 COMPONENTS: tuple[str, ...] = tuple(f.name for f in fields(Components))
