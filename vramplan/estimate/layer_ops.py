@@ -59,7 +59,7 @@ def _linear(w: Walk, c: Ctx, x: Tok, name: str, out_f: int, trainable: bool, qua
                 w.ctx_only += x.nbytes
             w.ctx_saved[x.id] = x.nbytes
             w.save(x)
-        ca = w.new(x.numel / 2, "fp16", False)  # int8 CA (1 B per element)
+        ca = w.new(x.numel, "int8", False)
         w.transient(x, w.new(x.numel, "fp16", False), ca)  # int8_vectorwise_quant(A.to(fp16)): A16 then dies
         w.transient(x, ca, out)  # int8_mixed_scaled_mm
     elif quantized:

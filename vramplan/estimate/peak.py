@@ -27,7 +27,7 @@ from vramplan.estimate.params import count_params
 from vramplan.estimate.weights import weight_bytes
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
 
-_MLP_OUT = frozenset({"down_proj", "dense_4h_to_h", "fc2", "w2"})  # the MLP's last linear, per family
+_MLP_OUT = frozenset({"down_proj", "dense_4h_to_h", "fc2"})  # the MLP's last linear, per family
 
 
 def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from vramplan.spec import ModelSpec, TrainSpec
 
-BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "bool": 1}
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "bool": 1}
 
 
 def promote(a: str, b: str) -> str:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from vramplan.errors import VramplanError
+from vramplan.measure.cuda_equiv import patched
 from vramplan.spec import ModelSpec, TrainSpec
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -180,19 +181,13 @@ def build(
     return Built(model=model, optimizer=optimizer, causal_lm=causal_lm, device=target, notes=tuple(notes))
 
 
-@contextlib.contextmanager
-def _dora_base_not_copied() -> Iterator[None]:
+def _dora_base_not_copied() -> contextlib.AbstractContextManager[None]:
     """PEFT's `DoraLinearLayer.update_layer` deep-copies a `Linear4bit` base before dequantizing it for the
     initial weight norm (peft/tuners/lora/dora.py, 0.21.2: for FSDP), and `Params4bit` cannot be deep-copied on
     meta. The copy is a temporary at build time, before any step: use the layer itself."""
     from peft.tuners.lora import dora
 
-    original = dora.deepcopy
-    dora.deepcopy = lambda module: module
-    try:
-        yield
-    finally:
-        dora.deepcopy = original
+    return patched(dora, "deepcopy", lambda module: module)
 
 
 @contextlib.contextmanager

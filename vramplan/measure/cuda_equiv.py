@@ -368,14 +368,15 @@ def _int8_matmul_as_on_cuda():
         import bitsandbytes
     except ImportError:  # no bitsandbytes: no int8 layers to route
         return contextlib.nullcontext()
-    return _patched(bitsandbytes, "matmul", cuda_int8_matmul)
+    return patched(bitsandbytes, "matmul", cuda_int8_matmul)
 
 
 # ---- all together ------------------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def _patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
+    """`obj.name = value` inside the block, the old value back after it."""
     old = getattr(obj, name)
     setattr(obj, name, value)
     try:
@@ -392,7 +393,7 @@ def _fused_devices_with_meta():
     def devices() -> list[str]:
         return [*original(), "meta"]
 
-    return _patched(optimizer_module, "_get_fused_kernels_supported_devices", devices)
+    return patched(optimizer_module, "_get_fused_kernels_supported_devices", devices)
 
 
 @contextlib.contextmanager
@@ -408,16 +409,16 @@ def cuda_equivalence(device_type: str, autocast_dtype: torch.dtype | None) -> It
     import transformers.masking_utils as masking_utils
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_patched(torch.nn.functional, "dropout", cuda_dropout))
-        stack.enter_context(_patched(masking_utils, "find_packed_sequence_indices", _no_packed_sequences))
+        stack.enter_context(patched(torch.nn.functional, "dropout", cuda_dropout))
+        stack.enter_context(patched(masking_utils, "find_packed_sequence_indices", _no_packed_sequences))
         stack.enter_context(_int8_matmul_as_on_cuda())
         if device_type in ("meta", "fake"):
-            stack.enter_context(_patched(torch.nn.functional, "scaled_dot_product_attention", cuda_sdpa))
+            stack.enter_context(patched(torch.nn.functional, "scaled_dot_product_attention", cuda_sdpa))
         if device_type == "meta":
             stack.enter_context(_fused_devices_with_meta())
         mode = None
         if autocast_dtype is not None:
-            stack.enter_context(_patched(torch, "is_autocast_enabled", _is_autocast_enabled))
-            stack.enter_context(_patched(torch, "get_autocast_dtype", _get_autocast_dtype))
+            stack.enter_context(patched(torch, "is_autocast_enabled", _is_autocast_enabled))
+            stack.enter_context(patched(torch, "get_autocast_dtype", _get_autocast_dtype))
             mode = CudaAutocast(autocast_dtype)
         yield mode
