@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import TINY_CONFIGS
 from tests.oracle.grid import BASE, CASES, FAMILIES, FULL_SIZE, SMALL_LLAMA
-from vramplan.estimate.peak import phases
+from vramplan.estimator.peak import phases
 from vramplan.measure.harness import run_step
-from vramplan.profiles import load_model
+from vramplan.sources.profiles import load_model
 from vramplan.spec import model_spec_from_config, resolve_train
 
 MIB = 1024**2

@@ -19,11 +19,11 @@ from importlib.metadata import version
 
 from click.testing import CliRunner
 
-import vramplan.fit as fit_mod
-from vramplan.advice import suggest
+import vramplan.plan.fit as fit_mod
 from vramplan.cli import main
-from vramplan.fit import fit_table
-from vramplan.profiles import find_gpu, load_model
+from vramplan.plan.advice import suggest
+from vramplan.plan.fit import fit_table
+from vramplan.sources.profiles import find_gpu, load_model
 from vramplan.spec import resolve_train
 
 PAIRS = [

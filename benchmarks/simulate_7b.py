@@ -33,12 +33,12 @@ def main() -> None:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
+    from vramplan.api import estimate
     from vramplan.breakdown import COMPONENTS
-    from vramplan.estimate import estimate
     from vramplan.measure.cuda_equiv import installed_versions
     from vramplan.measure.harness import simulate
-    from vramplan.profiles import load_model
     from vramplan.report import error_pct, gib
+    from vramplan.sources.profiles import load_model
     from vramplan.spec import resolve_train
 
     m = load_model(args.model)

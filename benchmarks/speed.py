@@ -24,8 +24,8 @@ def cold_start(runs: int = 7) -> float:
 
 
 def throughput(n: int = 10_000) -> float:
-    from vramplan.estimate.peak import phases
-    from vramplan.profiles import load_model
+    from vramplan.estimator.peak import phases
+    from vramplan.sources.profiles import load_model
     from vramplan.spec import resolve_train
 
     models = [load_model(x) for x in ("llama-2-7b", "llama-3-8b", "qwen2.5-7b", "mistral-7b", "phi-2")]

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path("tests") / "data"  # relative: the same command lines in any checkout (run from ROOT)
 RENAMED = {"adapters": "trainable"}  # old JSON key -> new JSON key
 IGNORED = {"moment", "approximation", "recipe", "stack"}  # keys added by later versions (not figures)
 
@@ -54,7 +55,7 @@ def commands() -> list[list[str]]:
     ]
     cmds += [base + v for v in variants]
     cmds.append(["estimate", "llama-3.1-8b", "--method", "qlora", "--gpu", "3060ti", "--seq", "8192", "--suggest"])
-    for f in sorted(DATA.glob("*/*.y*ml")) + [DATA / "transformers" / "training_args.json"]:
+    for f in [*sorted(DATA.glob("*/*.y*ml")), DATA / "transformers" / "training_args.json"]:
         cmds.append(["estimate", "--from", str(f), "--model", "llama-3.1-8b", "--gpu", "4090"])
     cmds.append(["estimate", str(DATA / "my-model"), "--method", "lora", "--gpu", "4090"])
     cmds.append(["estimate", "llama-2-7b", "--from", str(DATA / "peft" / "adapter_config.json"), "--gpu", "4090"])
@@ -129,5 +130,6 @@ def _figures(x, prefix: str = "") -> dict[str, object]:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--compare"]:
         sys.exit(compare(sys.argv[2], sys.argv[3]))
+    os.chdir(ROOT)
     for c in commands():
         print(json.dumps(run(c), sort_keys=True))

@@ -11,7 +11,7 @@ import platform
 from importlib.metadata import version
 
 from vramplan.report import validation_summary_lines
-from vramplan.validate import Row, validate
+from vramplan.trust.validate import Row, validate
 
 
 def _row(r: Row) -> str:

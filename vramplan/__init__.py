@@ -5,9 +5,9 @@ The estimator is pure Python (no torch import); the measurement harness lives in
 
 from __future__ import annotations
 
+from vramplan.api import estimate
 from vramplan.breakdown import Breakdown
 from vramplan.errors import VramplanError
-from vramplan.estimate import estimate
 
 __all__ = ["Breakdown", "VramplanError", "estimate"]
 __version__ = "0.1.0"

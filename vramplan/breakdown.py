@@ -15,7 +15,7 @@ Verdict = Literal["fits", "tight", "oom"]
 COMPONENT_LABELS: dict[str, str] = {
     "weights": "weights",
     "quant_state": "quantization constants",
-    "adapters": "trainable adapters / params",
+    "trainable": "trainable parameters",
     "gradients": "gradients",
     "optimizer_states": "optimizer states",
     "activations": "activations (saved for backward)",
@@ -28,13 +28,13 @@ COMPONENT_LABELS: dict[str, str] = {
 class Components:
     """Bytes per component at one instant (tensor level: what `torch.cuda.memory_allocated` counts).
 
-    `weights` are frozen parameters; `adapters` are the trainable parameters (LoRA adapters, or every
+    `weights` are frozen parameters; `trainable` are the trainable parameters (LoRA adapters, or every
     trained parameter of full / freeze tuning).
     """
 
     weights: int = 0
     quant_state: int = 0
-    adapters: int = 0
+    trainable: int = 0
     gradients: int = 0
     optimizer_states: int = 0
     activations: int = 0
@@ -46,7 +46,7 @@ class Components:
         return (
             self.weights
             + self.quant_state
-            + self.adapters
+            + self.trainable
             + self.gradients
             + self.optimizer_states
             + self.activations

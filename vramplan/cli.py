@@ -116,14 +116,14 @@ def parallel_options(f: Callable) -> Callable:
 
 def parallel_plan(m, t, b, kw: dict[str, Any]):
     """The ParallelPlan of the one-GPU Breakdown `b` for kw's --gpus/--strategy/...; warnings to stderr."""
-    from vramplan.estimate.distributed import shard
+    from vramplan.estimator.distributed import shard
 
     return shard(m, t, resolve_parallel_spec(t, kw), b)
 
 
 def resolve_parallel_spec(t, kw: dict[str, Any]):
     """The ParallelSpec of kw's --gpus/--strategy/--gpus-per-node/--offload; warnings to stderr."""
-    from vramplan.parallel import resolve_parallel
+    from vramplan.spec.parallel import resolve_parallel
 
     p = resolve_parallel(
         t, gpus=kw["gpus"], strategy=kw["strategy"], gpus_per_node=kw["gpus_per_node"], offload=kw["offload"]
@@ -138,8 +138,8 @@ def resolve_plan(model: str | None, gpu: str | None, kw: dict[str, Any]):
     user typed (click's ParameterSource) beats a file's value. Prints what is not modeled on one line."""
     from click.core import ParameterSource
 
-    from vramplan.inputs import plan_inputs
-    from vramplan.profiles import find_gpu
+    from vramplan.sources.inputs import plan_inputs
+    from vramplan.sources.profiles import find_gpu
     from vramplan.spec import resolve_train
 
     option = kw.get("model_option")
@@ -150,7 +150,7 @@ def resolve_plan(model: str | None, gpu: str | None, kw: dict[str, Any]):
     typed = {k for k in TRAIN_KEYS if ctx is None or ctx.get_parameter_source(k) not in defaults}
     g = None
     if gpu == "auto":
-        from vramplan.local_gpu import local_gpu_profile
+        from vramplan.sources.local_gpu import local_gpu_profile
 
         g = local_gpu_profile()
     elif gpu:
@@ -185,9 +185,9 @@ def estimate(model: str | None, gpu: str | None, suggest: bool, as_json: bool, *
     MODEL: a built-in name (`vramplan models`), a config.json or its folder, or a hub id (the local HF cache,
     else its built-in profile); optional when a --from file names the model.
     """
-    from vramplan.estimate import estimate as run_estimate
-    from vramplan.fit import advice_lines
-    from vramplan.fit import suggest as run_suggest
+    from vramplan.api import estimate as run_estimate
+    from vramplan.plan.advice import advice_lines
+    from vramplan.plan.advice import suggest as run_suggest
 
     m, t, g, plan = resolve_plan(model, gpu, kw)
     _emit_notes(t)
@@ -224,7 +224,7 @@ def estimate(model: str | None, gpu: str | None, suggest: bool, as_json: bool, *
 
     render_calibration_note(b, con)
     if g is not None and not pp.spec.plain and (suggest or b.verdict != "fits"):
-        from vramplan.estimate.distributed import alternatives
+        from vramplan.estimator.distributed import alternatives
 
         render_advice(parallel_advice_lines(alternatives(m, t, pp)), con)
     elif g is not None and (suggest or b.verdict != "fits"):
@@ -267,7 +267,7 @@ def fit(
     """
     from click.core import ParameterSource
 
-    from vramplan.fit import fit_table, parse_seqs, peak_curves
+    from vramplan.plan.fit import fit_table, parse_seqs, peak_curves
 
     if gpu is None:
         raise VramplanError("fit needs a GPU: --gpu NAME (see `vramplan gpus`) or --gpu auto")
@@ -282,7 +282,7 @@ def fit(
     curves = peak_curves(m, t, g, seqs, methods, parallel=p) if plot else []
     local = None
     if gpu == "auto":
-        from vramplan.local_gpu import query_local_gpus
+        from vramplan.sources.local_gpu import query_local_gpus
 
         local = query_local_gpus()[0]
     from vramplan import report
@@ -310,8 +310,8 @@ def fit(
 def gpus(local: bool, as_json: bool) -> None:
     """The GPU profiles: memory (GiB, as NVML reports it) and bf16 support."""
     if local:
-        from vramplan.local_gpu import query_local_gpus
         from vramplan.report import local_gpus_json, render_local_gpus
+        from vramplan.sources.local_gpu import query_local_gpus
 
         found = query_local_gpus()
         if as_json:
@@ -319,7 +319,7 @@ def gpus(local: bool, as_json: bool) -> None:
         else:
             render_local_gpus(found, _console())
         return
-    from vramplan.profiles import load_gpus
+    from vramplan.sources.profiles import load_gpus
 
     rows = list(load_gpus().values())
     if as_json:
@@ -351,7 +351,7 @@ def gpus(local: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def models(as_json: bool) -> None:
     """The built-in model profiles, with parameter counts."""
-    from vramplan.profiles import builtin_model_names, load_model
+    from vramplan.sources.profiles import builtin_model_names, load_model
 
     specs = [load_model(n) for n in builtin_model_names()]
     if as_json:
@@ -407,12 +407,12 @@ def serve(model: str, gpu: str | None, as_json: bool, **kw: Any) -> None:
 
     vLLM: the KV-cache tokens its pool holds and the concurrency at --max-model-len, as vLLM logs at start.
     """
-    from vramplan.estimate.serve import estimate_serve
-    from vramplan.profiles import find_gpu, load_model
+    from vramplan.estimator.serve import estimate_serve
+    from vramplan.sources.profiles import find_gpu, load_model
 
     g = None
     if gpu == "auto":
-        from vramplan.local_gpu import local_gpu_profile
+        from vramplan.sources.local_gpu import local_gpu_profile
 
         g = local_gpu_profile()
     elif gpu:
@@ -435,7 +435,7 @@ def serve(model: str, gpu: str | None, as_json: bool, **kw: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
 def validate(data: str | None, as_json: bool) -> None:
     """Compare the estimator with published measurements (papers, READMEs): error by confidence level."""
-    from vramplan.validate import validate as run_validate
+    from vramplan.trust.validate import validate as run_validate
 
     v = run_validate(data)
     if as_json:
@@ -453,7 +453,7 @@ def validate(data: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the tables")
 def calibration(store: str | None, as_json: bool) -> None:
     """Runs stored by `measure --save` and the per-GPU figures `estimate` uses from them."""
-    from vramplan.calibration import calibrations, default_store, read_runs
+    from vramplan.trust.calibration import calibrations, default_store, read_runs
 
     path = store or str(default_store())
     runs = read_runs(path)
@@ -531,7 +531,7 @@ def measure(
     tracked breakdown; an out-of-memory error is a result (verdict oom). On CPU: the same step, traced tensor
     by tensor with the kernels CUDA would run (models up to 2B parameters). The estimate is printed beside it.
     """
-    from vramplan.estimate import estimate as run_estimate
+    from vramplan.api import estimate as run_estimate
 
     m, t, g = resolve_inputs(model, gpu, kw)
     _emit_notes(t)
@@ -547,8 +547,8 @@ def measure(
         r = run_step(m, t, device=device, steps=steps, weights=weights, gpu=g, progress=progress)
     estimate_b = run_estimate(m, gpu=g, train=t)
     if save and r.oom is None:
-        from vramplan.calibration import append_run
         from vramplan.measure.harness import run_record
+        from vramplan.trust.calibration import append_run
 
         path = append_run(run_record(r, estimate_b), store)
         click.echo(f"saved to {path}", err=True)
@@ -566,7 +566,7 @@ def simulate(model: str, gpu: str | None, steps: int, as_json: bool, **kw: Any) 
     The real transformers + peft + bitsandbytes code runs on tensors that have shapes but no data; the
     tracker records what CUDA would allocate (tensor level) and the estimate is printed beside it.
     """
-    from vramplan.estimate import estimate as run_estimate
+    from vramplan.api import estimate as run_estimate
 
     m, t, g = resolve_inputs(model, gpu, kw)
     _emit_notes(t)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from vramplan.breakdown import PeakAccounting
-from vramplan.estimate.kvcache import PagedKV
+from vramplan.estimator.kvcache import PagedKV
 
 ServeVerdict = Literal["fits", "tight", "oom"]
 

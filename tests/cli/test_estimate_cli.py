@@ -115,7 +115,7 @@ def test_bf16_on_t4_switches_to_fp16():
 
 
 def test_config_folder_and_path(tmp_path):
-    from vramplan.profiles import profiles_dir
+    from vramplan.sources.profiles import profiles_dir
 
     src = json.loads((profiles_dir() / "models" / "llama-2-7b.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(src))
@@ -128,7 +128,7 @@ def test_config_folder_and_path(tmp_path):
 def test_hub_id_from_local_cache(tmp_path, monkeypatch):
     snap = tmp_path / "hub" / "models--org--tiny" / "snapshots" / "abc123"
     snap.mkdir(parents=True)
-    from vramplan.profiles import profiles_dir
+    from vramplan.sources.profiles import profiles_dir
 
     (snap / "config.json").write_text((profiles_dir() / "models" / "tinyllama-1.1b.json").read_text())
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))

@@ -66,7 +66,7 @@ def test_lora_categories_are_consistent(lora: MeasureResult) -> None:
     for phase in lora.breakdown.phases:
         c = phase.components
         assert c.weights == frozen
-        assert c.adapters == adapters
+        assert c.trainable == adapters
         assert c.quant_state == 0
         # exp_avg, exp_avg_sq (second step: alive in every phase)
         assert c.optimizer_states == 2 * adapters + steps
@@ -95,7 +95,7 @@ def test_qlora_nf4_categories_are_consistent() -> None:
         c = phase.components
         assert c.quant_state == quant_state
         assert c.weights == packed + rest + ROTARY_BUFFERS
-        assert c.adapters == adapters
+        assert c.trainable == adapters
     assert _phase(r, "optimizer").gradients == adapters
     assert r.breakdown.inputs["grad_ckpt"] is True  # QLoRA's default recipe checkpoints
 
@@ -105,7 +105,7 @@ def test_full_categories_are_consistent() -> None:
     params = LLAMA.total_params * BF16
     for phase in r.breakdown.phases:
         c = phase.components
-        assert c.adapters == params
+        assert c.trainable == params
         assert c.weights == ROTARY_BUFFERS
     assert _phase(r, "optimizer").gradients == params
     assert r.breakdown.params_trainable == LLAMA.total_params
@@ -183,7 +183,7 @@ def test_cuda_absent_is_one_clear_error() -> None:
 
 
 def test_cpu_refuses_big_models() -> None:
-    from vramplan.profiles import load_model
+    from vramplan.sources.profiles import load_model
 
     m = load_model("llama-2-7b")
     with pytest.raises(VramplanError, match=r"llama-2-7b \(6\.7B parameters\) on CPU is impractical: use "):
@@ -290,7 +290,7 @@ def test_paged_optimizer_states_are_outside_the_peak() -> None:
 
 
 def test_run_record_round_trips_through_the_calibration_store(lora: MeasureResult, tmp_path) -> None:
-    from vramplan.calibration import append_run, derive_from, read_runs
+    from vramplan.trust.calibration import append_run, derive_from, read_runs
 
     gib = 1024**3
     cuda = harness.CudaFigures(

@@ -20,7 +20,7 @@ COMPONENT_TOL = 0.05
 
 
 def check(m, t, device: str = "cpu", steps: int = 2, abs_tol: int | None = None):
-    from vramplan.estimate.peak import phases
+    from vramplan.estimator.peak import phases
     from vramplan.measure.harness import run_step
 
     with warnings.catch_warnings():

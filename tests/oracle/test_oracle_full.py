@@ -8,7 +8,7 @@ import pytest
 
 from tests.oracle.conftest import check
 from tests.oracle.grid import FULL_SIZE
-from vramplan.profiles import load_model
+from vramplan.sources.profiles import load_model
 from vramplan.spec import resolve_train
 
 SLOW: set[str] = set()  # each runs in 4-13 s here; all are in CI

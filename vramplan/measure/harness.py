@@ -8,7 +8,7 @@ input_ids, no attention mask (one unpadded sequence per row, so SDPA runs causal
 steps run (default 3) so the steady state (optimizer states alive, gradients of earlier micro-batches alive)
 is in the peak; the peak is over all steps, and each phase keeps its own peak.
 
-Tracker categories map onto `Breakdown` components: weights → weights, trainable → adapters, quant_state,
+Tracker categories map onto `Breakdown` components: weights → weights, trainable → trainable, quant_state,
 gradients, optimizer_states, activations (storages created in forward and still alive; allocations of a
 gradient-checkpoint recompute are labelled activations too, as the estimator counts the recomputed layer),
 logits (everything allocated inside `lm_head` and the loss in forward, and in backward until the gradient of
@@ -36,7 +36,7 @@ import torch
 
 from vramplan.breakdown import Breakdown, Components, PhaseUsage
 from vramplan.errors import VramplanError
-from vramplan.estimate.overhead import (
+from vramplan.estimator.overhead import (
     ALLOCATOR_OVERHEAD_RATIO,
     CUBLAS_WORKSPACE_BYTES,
     CUDA_CONTEXT_BYTES,
@@ -490,7 +490,7 @@ def nvml_process_bytes(index: int = 0) -> int | None:
 
 
 def run_record(r: MeasureResult, estimate: Breakdown | None = None) -> dict[str, Any]:
-    """A CUDA run as a calibration-store record (`vramplan.calibration.RunRecord`'s fields, schema 1).
+    """A CUDA run as a calibration-store record (`vramplan.trust.calibration.RunRecord`'s fields, schema 1).
 
     `device_bytes` is the device memory at the peak: `max_memory_reserved` + the CUDA context NVML showed.
     """
@@ -499,8 +499,8 @@ def run_record(r: MeasureResult, estimate: Breakdown | None = None) -> dict[str,
             "--save stores completed CUDA measurements; this run "
             + ("ran out of memory" if r.oom is not None else f"ran on {r.device}")
         )
-    from vramplan.local_gpu import query_local_gpus
-    from vramplan.profiles import _gpu_index, _norm
+    from vramplan.sources.local_gpu import query_local_gpus
+    from vramplan.sources.profiles import _gpu_index, _norm
 
     c = r.cuda
     try:
@@ -540,11 +540,11 @@ def _vramplan_version() -> str:
 
 
 def components(c: CategoryBytes) -> Components:
-    """Tracker categories onto Breakdown components (trainable parameters are the `adapters` component)."""
+    """Tracker categories onto Breakdown components (trainable parameters are the `trainable` component)."""
     return Components(
         weights=c.weights,
         quant_state=c.quant_state,
-        adapters=c.trainable,
+        trainable=c.trainable,
         gradients=c.gradients,
         optimizer_states=c.optimizer_states,
         activations=c.activations,

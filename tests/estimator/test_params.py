@@ -1,0 +1,262 @@
+"""Parameter counts are exact: ModelSpec vs transformers 5.24 built on meta, LoRA/DoRA vs PEFT 0.21.2.
+
+Oracles: `AutoModelForCausalLM.from_config` on the meta device (every built-in profile and TINY_CONFIGS),
+split by module kind; `get_peft_model(...).get_nb_trainable_parameters()` on the tiny CPU models.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from tests.conftest import TINY_CONFIGS
+from vramplan.errors import VramplanError
+from vramplan.estimator.params import count_params, lora_targets, model_tensor_shapes, trainable_shapes
+from vramplan.sources.profiles import builtin_model_names, load_model_config
+from vramplan.spec import (
+    ModelSpec,
+    TrainSpec,
+    lora_moe_targets,
+    model_spec_from_config,
+    resolve_lora_target,
+    resolve_train,
+)
+
+# PEFT warns that the gate_up_proj rank/alpha pattern matched no *module*; it does apply to the parameter
+# (the counts below check the doubled rank).
+pytestmark = pytest.mark.filterwarnings("ignore:The following (rank|alpha)_pattern keys:RuntimeWarning")
+
+KINDS = ("embed", "attn", "mlp", "norm", "lm_head")
+LORA_R, LORA_ALPHA = 8, 16
+PRESETS = ("all-linear", "attn", "qv", "custom")
+
+
+def _builtin_config(name: str) -> dict[str, Any]:
+    _, cfg = load_model_config(name)
+    return {k: v for k, v in cfg.items() if k != "vramplan_profile"}
+
+
+def _build(cfg: dict[str, Any], device: str = "meta") -> Any:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg))
+
+
+def _kind(path: str, module: Any) -> str:
+    """Module kind of a parameter's owner, in ModelSpec's split (bloom's embedding LayerNorm is `embed`)."""
+    parts = path.split(".")
+    if parts[-1] == "lm_head":
+        return "lm_head"
+    if any("embed" in p for p in parts):
+        return "embed"
+    if "norm" in type(module).__name__.lower():  # RMSNorm, LayerNorm, also qwen3 q_norm and phi q_layernorm
+        return "norm"
+    if "mlp" in parts:  # incl. Mixtral's router `mlp.gate` and 3-D `mlp.experts` parameters
+        return "mlp"
+    if {"self_attn", "attention", "self_attention"} & set(parts):
+        return "attn"
+    raise AssertionError(f"unclassified parameter owner {path} ({type(module).__name__})")
+
+
+def _hf_counts(model: Any) -> dict[str, int]:
+    """Parameters by kind, each tensor once (a tied lm_head is the embedding and counts under `embed`)."""
+    counts = dict.fromkeys(KINDS, 0)
+    seen: set[int] = set()
+    for path, module in model.named_modules():
+        for p in module.parameters(recurse=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                counts[_kind(path, module)] += p.numel()
+    return counts
+
+
+def _our_counts(m: ModelSpec) -> dict[str, int]:
+    layers = m.num_hidden_layers
+    return {
+        "embed": m.embed_params,
+        "attn": layers * m.attn_params_per_layer,
+        "mlp": layers * m.mlp_params_per_layer,
+        "norm": layers * m.norm_params_per_layer + m.final_norm_params,
+        "lm_head": m.lm_head_params,
+    }
+
+
+def _layer_linears(model: Any) -> set[tuple[str, int, int, bool]]:
+    """(name, in, out, bias) of the `nn.Linear`s in decoder layer 0: what LoRA and bitsandbytes see."""
+    import torch
+
+    decoder = model.get_decoder()
+    layer = decoder.layers[0] if hasattr(decoder, "layers") else decoder.h[0]  # bloom: transformer.h
+    return {
+        (path.rsplit(".", 1)[-1], mod.in_features, mod.out_features, mod.bias is not None)
+        for path, mod in layer.named_modules()
+        if isinstance(mod, torch.nn.Linear)
+    }
+
+
+def _assert_counts_match(cfg: dict[str, Any], name: str) -> None:
+    m = model_spec_from_config(cfg, name)
+    model = _build(cfg)
+    assert _our_counts(m) == _hf_counts(model)
+    assert m.total_params == sum(p.numel() for p in model.parameters())
+    ours_linears = {(lin.name, lin.in_features, lin.out_features, lin.bias) for lin in m.linears}
+    assert ours_linears == _layer_linears(model)
+    ours = Counter({shape: 0 for shape, _ in model_tensor_shapes(m)})
+    for shape, n in model_tensor_shapes(m):
+        ours[shape] += n
+    assert +ours == Counter(tuple(p.shape) for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", builtin_model_names())
+def test_builtin_model_counts_match_transformers(name: str) -> None:
+    _assert_counts_match(_builtin_config(name), name)
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_tiny_model_counts_match_transformers(family: str) -> None:
+    _assert_counts_match(dict(TINY_CONFIGS[family]), f"tiny-{family}")
+
+
+def _without(cfg: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items() if k not in keys}
+
+
+# Config keys left to the family's defaults, and bias / norm switches the built-in profiles leave off.
+VARIANTS: dict[str, dict[str, Any]] = {
+    **{f"{f}-default-tie": _without(c, "tie_word_embeddings") for f, c in TINY_CONFIGS.items()},
+    **{f"{f}-default-head-dim": _without(c, "head_dim") for f, c in TINY_CONFIGS.items() if "head_dim" in c},
+    "llama-biases": {**TINY_CONFIGS["llama"], "attention_bias": True, "mlp_bias": True},
+    "qwen3-attention-bias": {**TINY_CONFIGS["qwen3"], "attention_bias": True},
+    "gemma-attention-bias": {**TINY_CONFIGS["gemma"], "attention_bias": True},
+    "gpt_neox-no-attention-bias": {**TINY_CONFIGS["gpt_neox"], "attention_bias": False},
+    "gpt_neox-tied": {**TINY_CONFIGS["gpt_neox"], "tie_word_embeddings": True},
+    "bloom-untied": {**TINY_CONFIGS["bloom"], "tie_word_embeddings": False},
+    "phi-qk-layernorm": {**TINY_CONFIGS["phi"], "qk_layernorm": True},
+    "llama-tied": {**TINY_CONFIGS["llama"], "tie_word_embeddings": True},
+    "mixtral-8-experts-top-1": {**TINY_CONFIGS["mixtral"], "num_local_experts": 8, "num_experts_per_tok": 1},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_config_variant_counts_match_transformers(variant: str) -> None:
+    _assert_counts_match(dict(VARIANTS[variant]), variant)
+
+
+# ---------------------------------------------------------------- LoRA / DoRA adapters vs PEFT
+
+
+def _lora_target(m: ModelSpec, preset: str) -> str:
+    """The preset, or for `custom` a comma list of the first and the last Linear of the layer."""
+    if preset != "custom":
+        return preset
+    return ",".join(dict.fromkeys((m.linears[0].name, m.linears[-1].name)))
+
+
+def _peft_adapted(peft_model: Any) -> set[str]:
+    """What PEFT put an adapter on: Linear leaf names, and `target_parameters` names for lora.ParamWrapper."""
+    from peft.tuners.lora import LoraLayer, ParamWrapper
+
+    out = set()
+    for path, module in peft_model.named_modules():
+        leaf = path.rsplit(".", 1)[-1]
+        if isinstance(module, ParamWrapper):  # the router weight `gate.weight`, experts' `gate_up_proj`, ...
+            out.add(f"{leaf}.weight" if module.parameter_name == "weight" else module.parameter_name)
+        elif isinstance(module, LoraLayer):
+            out.add(leaf)
+    return out
+
+
+def _our_adapted(m: ModelSpec, t: TrainSpec) -> set[str]:
+    return {lin.name for lin in lora_targets(m, t)} | {p.name for p in lora_moe_targets(m, t.lora_target)}
+
+
+def _assert_matches_peft(m: ModelSpec, t: TrainSpec, peft_model: Any) -> None:
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    ours = count_params(m, t)
+    assert (ours.trainable, ours.total) == (trainable, total)
+    assert _our_adapted(m, t) == _peft_adapted(peft_model)
+    want: Counter[tuple[int, ...]] = Counter()
+    for shape, n in trainable_shapes(m, t):
+        want[shape] += n
+    assert want == Counter(tuple(p.shape) for p in peft_model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_lora_counts_match_peft(family: str, preset: str, dora: bool) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    m = model_spec_from_config(TINY_CONFIGS[family], f"tiny-{family}")
+    target = _lora_target(m, preset)
+    model = _build(TINY_CONFIGS[family])
+    if dora and m.moe_params and preset == "all-linear":
+        # Mixtral's router/experts go through lora.ParamWrapper, which rejects DoRA; so do we.
+        with pytest.raises(VramplanError, match="DoRA"):
+            resolve_train(m, method="lora", lora_target=target, dora=True)
+        targets = list(resolve_lora_target(m, target)[0])
+        with pytest.raises(ValueError, match="use_dora"):
+            get_peft_model(model, LoraConfig(r=LORA_R, target_modules=targets, use_dora=True))
+        return
+    t = resolve_train(m, method="lora", lora_rank=LORA_R, lora_alpha=LORA_ALPHA, lora_target=target, dora=dora)
+    config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, target_modules=list(t.lora_target), use_dora=dora)
+    _assert_matches_peft(m, t, get_peft_model(model, config))
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_all_linear_matches_peft(family: str) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    m = model_spec_from_config(TINY_CONFIGS[family], f"tiny-{family}")
+    t = resolve_train(m, method="lora", lora_rank=LORA_R, lora_target="all-linear")
+    config = LoraConfig(r=LORA_R, target_modules="all-linear")
+    _assert_matches_peft(m, t, get_peft_model(_build(TINY_CONFIGS[family]), config))
+
+
+@pytest.mark.parametrize("family", sorted(TINY_CONFIGS))
+def test_qv_matches_peft_default_targets(family: str) -> None:
+    from peft import LoraConfig, get_peft_model
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+    from peft.utils.error import NoMatchingPeftModuleError
+
+    m = model_spec_from_config(TINY_CONFIGS[family], f"tiny-{family}")
+    t = resolve_train(m, method="lora", lora_rank=LORA_R, lora_target="qv")
+    model = _build(TINY_CONFIGS[family])
+    if family not in PEFT_DEFAULTS:
+        # phi3: PEFT 0.21.2 has no default and asks for target_modules; vramplan's `qv` is the fused qkv_proj.
+        assert t.lora_target == ("qkv_proj",)
+        with pytest.raises(ValueError, match="target_modules"):
+            get_peft_model(model, LoraConfig())
+        return
+    try:
+        peft_model = get_peft_model(model, LoraConfig(r=LORA_R))
+    except NoMatchingPeftModuleError:
+        # Mixtral: PEFT 0.21.2's v4->v5 MoE config conversion (convert_peft_config_for_transformers) turns
+        # target_modules=None into an empty set before the default mapping is looked up, so LoraConfig()
+        # adapts nothing. Our `qv` is the mapping's entry.
+        assert family == "mixtral"
+        assert t.lora_target == tuple(PEFT_DEFAULTS[family])
+        return
+    _assert_matches_peft(m, t, peft_model)
+
+
+def test_mixtral_fused_experts_and_dropout_follow_peft() -> None:
+    """PEFT rejects w1 without w3 (fused into gate_up_proj) and lora_dropout != 0 on the experts."""
+    from peft import LoraConfig, get_peft_model
+
+    m = model_spec_from_config(TINY_CONFIGS["mixtral"], "tiny-mixtral")
+    with pytest.raises(VramplanError, match="w3"):
+        resolve_train(m, method="lora", lora_target="q_proj,w1")
+    with pytest.raises(ValueError, match="w3"):
+        get_peft_model(_build(TINY_CONFIGS["mixtral"]), LoraConfig(target_modules=["q_proj", "w1"]))
+    t = resolve_train(m, method="lora", lora_target="all-linear", lora_dropout=0.05)
+    assert any("lora_dropout" in note for note in t.notes)
+    config = LoraConfig(target_modules=list(t.lora_target), lora_dropout=0.05)
+    with pytest.raises(ValueError, match="lora_dropout"):
+        get_peft_model(_build(TINY_CONFIGS["mixtral"]), config)
+    assert not resolve_train(m, method="lora", lora_target="attn", lora_dropout=0.05).notes

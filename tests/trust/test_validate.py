@@ -1,0 +1,130 @@
+"""The published validation set: every record maps onto estimate inputs or is excluded with a reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from vramplan.api import estimate
+from vramplan.cli import main
+from vramplan.trust.validate import (
+    DATA_PATH,
+    MEASURE_KIND_QUANTITY,
+    load_records,
+    map_record,
+    measured_bytes,
+    validate,
+)
+
+RECORDS = load_records()
+
+
+def test_shipped_copy_keeps_every_field_and_source():
+    shared = DATA_PATH.parents[3] / ".." / "shared" / "validation" / "published-dev.jsonl"
+    if shared.is_file():
+        assert DATA_PATH.read_text() == shared.read_text()
+    assert RECORDS
+    assert all(r["source"].startswith("http") and "quote" in r for r in RECORDS)
+
+
+@pytest.mark.parametrize("rec", RECORDS, ids=[r["id"] for r in RECORDS])
+def test_every_record_maps_or_is_excluded_with_a_reason(rec):
+    mapped, reasons = map_record(rec)
+    if mapped is None:
+        assert reasons, f"{rec['id']} neither maps nor says why"
+        return
+    assert all(isinstance(x, str) and x for x in reasons)
+    b = estimate(mapped.model, gpu=mapped.gpu, **mapped.options)
+    assert b.peak_bytes > 0
+
+
+def test_headline_excludes_what_the_estimator_does_not_model():
+    v = validate()
+    by_id = {r.id: r for r in v.rows}
+    assert by_id["litgpt-rt-llama2-7b-lora-mb1"].headline
+    assert by_id["litgpt-rt-phi15-lora-mb1"].reasons == ("architecture not in profiles",)
+    paged = by_id["litgpt-rt-llama2-7b-qlora-nf4-mb1"]
+    assert paged.mapped is not None
+    assert not paged.headline
+    assert any("paged optimizer" in x for x in paged.reasons)
+    assert not by_id["litgpt-rt-llama2-7b-lora-mb4-oom"].headline
+    for r in v.rows:
+        rec = next(x for x in RECORDS if x["id"] == r.id)
+        if not rec["is_measurement"] or not rec["config_complete"]:
+            assert not r.headline
+    assert sum(r.headline for r in v.rows) == v.summaries[-1].n
+
+
+def test_lit_gpt_maps_onto_hf_equivalent_settings():
+    rec = next(r for r in RECORDS if r["id"] == "litgpt-rt-llama2-7b-qlora-nf4dq-mb1")
+    mapped, _ = map_record(rec)
+    assert mapped is not None
+    assert mapped.model == "llama-2-7b"
+    assert mapped.gpu == "a100-40gb"
+    o = mapped.options
+    assert o["lora_target"] == "q_proj,v_proj"
+    assert (o["quant"], o["double_quant"], o["dtype"], o["mixed_precision"]) == ("nf4", True, "bf16", "no")
+    assert o["optim"] == "paged_adamw_32bit"
+    assert o["kbit_prep"] is False
+    lora = map_record(next(r for r in RECORDS if r["id"] == "litgpt-rt-llama2-7b-lora-mb1"))[0]
+    assert lora.options["optim"] == "adamw_torch"
+    assert lora.options["grad_accum"] == 128
+
+
+def test_unit_conversion():
+    assert measured_bytes(4.82, "GB") == 4_820_000_000  # lit-gpt prints max_memory_allocated() / 1e9
+    assert measured_bytes(1.0, "GiB") == 1024**3
+    assert measured_bytes(2.5, "GiB") == 5 * 1024**3 // 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "quantity"),
+    [("max_memory_allocated", "peak_bytes"), ("reserved", "reserved_bytes"), ("nvidia-smi", "device_bytes")],
+)
+def test_quantity_compared_matches_measure_kind(kind, quantity):
+    rec = {**next(r for r in RECORDS if r["id"] == "litgpt-rt-llama2-7b-lora-mb1"), "measure_kind": kind}
+    mapped, _ = map_record(rec)
+    assert mapped.quantity == quantity == MEASURE_KIND_QUANTITY[kind]
+    b = estimate(mapped.model, gpu=mapped.gpu, **mapped.options)
+    assert b.reserved_bytes > b.peak_bytes
+    assert b.device_bytes > b.reserved_bytes
+
+
+def test_quantity_follows_measure_kind_in_the_rows(tmp_path):
+    rec = next(r for r in RECORDS if r["id"] == "litgpt-rt-llama2-7b-lora-mb1")
+    path = tmp_path / "set.jsonl"
+    path.write_text(
+        "\n".join(json.dumps({**rec, "id": k, "measure_kind": k}) for k in ("max_memory_allocated", "nvidia-smi"))
+    )
+    rows = {r.id: r for r in validate(path).rows}
+    assert rows["nvidia-smi"].estimated_bytes > rows["max_memory_allocated"].estimated_bytes
+
+
+def test_cli_validate_json():
+    res = CliRunner().invoke(main, ["validate", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert set(out) >= {"rows", "summary", "exclusions", "counts"}
+    assert out["counts"]["records"] == len(RECORDS)
+    row = out["rows"][0]
+    assert set(row) >= {
+        "id",
+        "source",
+        "framework",
+        "config",
+        "measured_bytes",
+        "estimated_bytes",
+        "error",
+        "excluded",
+        "headline",
+    }
+    assert {s["confidence"] for s in out["summary"]} >= {"all"}
+
+
+def test_cli_validate_table():
+    res = CliRunner().invoke(main, ["validate"])
+    assert res.exit_code == 0, res.output
+    assert "median |error|" in res.output
+    assert "architecture not in profiles" in res.output

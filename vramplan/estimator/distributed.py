@@ -1,0 +1,479 @@
+"""Several GPUs: one GPU's share of a data-parallel run under DDP, DeepSpeed ZeRO-1/2/3 or PyTorch FSDP.
+
+`shard(m, t, p, single)` takes the one-GPU Breakdown (the phases of `estimate.peak.phases`) and rewrites its
+model-state components as each engine lays them out on one rank. Activations, logits and the layer workspace
+belong to one micro-batch and are unchanged by data parallelism: every rank runs the same
+`per_device_train_batch_size`. Engine buffers (communication buckets, all-gathered layers) are added to
+`temporaries` and named in `ParallelPlan.buffers`; host RAM held by offload is reported apart.
+
+Component mapping: `weights` frozen parameters, `trainable` trainable parameters (engine storage dtype),
+`gradients` low-precision gradients + ZeRO's fp32 gradient partition, `optimizer_states` optimizer states +
+ZeRO's fp32 master weights.
+
+Sources read for this module:
+- DeepSpeed, github.com/deepspeedai/DeepSpeed @ edaa7221267243c7be7fb49c5d5f5c4fb97b4641:
+  runtime/zero/stage_1_and_2.py (`estimate_zero2_model_states_mem_needs`, `setup_buckets`,
+  `_release_ipg_buffers`), runtime/zero/stage3.py (`estimate_zero3_model_states_mem_needs`, `model_to_params`,
+  the IPG bucket and `grad_partitions_flat_buffer`), runtime/zero/config.py (bucket defaults; `overlap_comm`
+  defaults to True for stage 3 only), runtime/engine.py `_configure_distributed_model` (bf16/fp16 casts every
+  floating parameter), docs/code-docs/source/memory.rst ("Memory Requirements").
+- PyTorch, github.com/pytorch/pytorch: torch/distributed/fsdp/api.py @ 0aafd810d15f (`BackwardPrefetch`:
+  BACKWARD_PRE holds current + next parameters + current gradients; `MixedPrecision`; `CPUOffload`),
+  _init_utils.py `_init_core_state` @ 00743e70eda2 (NO_SHARD at world size 1),
+  _fully_shard/_fully_shard.py @ 0257dd1c405a (FSDP2: the root keeps its parameters unsharded after forward),
+  torch/nn/parallel/distributed.py (DDP `gradient_as_bucket_view=False`: buckets hold a second gradient copy).
+- accelerate, github.com/huggingface/accelerate @ 16cb6eb80dd9 utils/dataclasses.py
+  `FullyShardedDataParallelPlugin` (fsdp_version 1, FULL_SHARD, forward_prefetch False),
+  `GradientAccumulationPlugin.sync_each_batch=False` (accelerator.py: `no_sync` between accumulation steps).
+- FSDP-QLoRA: https://huggingface.co/docs/bitsandbytes/fsdp_qlora (bnb_4bit_quant_storage must equal the
+  model's float dtype); PEFT examples/sft/configs/fsdp_config_qlora.yaml (BACKWARD_PRE, offload_params).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from vramplan.breakdown import Breakdown, Components, PhaseUsage
+from vramplan.estimator.adapters import ADAPTER_BYTES
+from vramplan.estimator.optimizer import optimizer_bytes
+from vramplan.estimator.overhead import CUBLAS_WORKSPACE_BYTES
+from vramplan.estimator.params import count_params, lora_params, lora_targets, model_tensor_shapes, numel
+from vramplan.estimator.weights import base_param_dtype_bytes, bnb_4bit_bytes, bnb_int8_bytes
+from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
+from vramplan.spec.parallel import ParallelSpec
+
+# DeepSpeed ZeRO defaults, in elements (runtime/zero/config.py DeepSpeedZeroConfig).
+REDUCE_BUCKET_SIZE = 500_000_000  # reduce_bucket_size = 5e8
+ALLGATHER_BUCKET_SIZE = 500_000_000  # allgather_bucket_size = 5e8: splits the all-gather, allocates nothing
+STAGE3_PREFETCH_BUCKET_SIZE = 50_000_000  # stage3_prefetch_bucket_size = 5e7
+STAGE3_MAX_LIVE_PARAMETERS = 1_000_000_000  # stage3_max_live_parameters = 1e9
+STAGE3_PARAM_PERSISTENCE_THRESHOLD = 100_000  # stage3_param_persistence_threshold = 1e5
+DS_ADDITIONAL_BUFFER_FACTOR = 1.5  # estimate_zero*_model_states_mem_needs' host-RAM headroom
+MASTER_BYTES = 4  # fp32 master copy of each trainable parameter (single_partition_of_fp32_groups)
+GRAD32_BYTES = 4  # fp32 gradient partition handed to the optimizer
+# FSDP1 through accelerate / PEFT's FSDP-QLoRA config: forward_prefetch=False, BackwardPrefetch.BACKWARD_PRE.
+FSDP_LAYERS_FORWARD = 1
+FSDP_LAYERS_BACKWARD = 2
+
+
+# ---------------------------------------------------------------- storage helpers
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def grad_elem_bytes(t: TrainSpec) -> int:
+    """Bytes per gradient element on one GPU: fp32 LoRA adapters, else the load dtype (as peak.phases)."""
+    return ADAPTER_BYTES if t.uses_lora else DTYPE_BYTES[t.dtype]
+
+
+def engine_bytes(t: TrainSpec) -> int:
+    """Bytes per element of the engine's low-precision copy: the autocast dtype (DeepSpeed bf16/fp16 mode,
+    FSDP MixedPrecision.param_dtype), else the load dtype."""
+    return DTYPE_BYTES[t.compute_dtype]
+
+
+def frozen_float_numel(m: ModelSpec, t: TrainSpec) -> int:
+    """Frozen parameters stored as floats (not bitsandbytes-packed): the ones an engine casts or gathers."""
+    if t.quant != "none":
+        return m.total_params - m.linear_weight_params
+    if t.method == "full":
+        return 0
+    if t.method == "freeze":
+        return m.total_params - t.freeze_trainable_layers * m.layer_params
+    return m.total_params
+
+
+def _packed_bytes(t: TrainSpec, out_f: int, in_f: int) -> int:
+    if t.quant == "int8":
+        return bnb_int8_bytes(out_f, in_f)[0]
+    return bnb_4bit_bytes(out_f * in_f, t.double_quant)[0]
+
+
+def _layer_packed_bytes(m: ModelSpec, t: TrainSpec) -> int:
+    """Packed bitsandbytes bytes of one decoder layer's quantized Linear weights (0 unquantized)."""
+    if t.quant == "none":
+        return 0
+    return sum(_packed_bytes(t, lin.out_features, lin.in_features) for lin in m.linears)
+
+
+def largest_module(m: ModelSpec, t: TrainSpec) -> tuple[int, int]:
+    """(parameter bytes, trainable elements) of the module ZeRO-3 gathers whole, in engine storage.
+
+    DeepSpeed's `model_to_params` (stage3.py): the largest
+    `sum(p.numel() for p in mod.parameters(recurse=False))` over `model.modules()`: embeddings, lm_head, each
+    Linear (PEFT: base_layer, lora_A, lora_B apart), Mixtral's experts block. A 4-bit Linear counts its packed
+    bytes (bnb_4bit_quant_storage holds 2 codes a byte).
+    """
+    lp = engine_bytes(t)
+    full = t.method in ("full", "freeze")
+    h, v = m.hidden_size, m.vocab_size
+    mods: list[tuple[int, int]] = [(v * h * lp, v * h if t.method == "full" else 0)]
+    if not m.tie_word_embeddings:
+        head = v * h + (v if m.lm_head_bias else 0)
+        mods.append((head * lp, head if t.method == "full" else 0))
+    for lin in m.linears:
+        bias = lin.out_features if lin.bias else 0
+        if t.quant != "none":
+            mods.append((_packed_bytes(t, lin.out_features, lin.in_features) + bias * lp, 0))
+        else:
+            mods.append((lin.params * lp, lin.params if full else 0))
+    if t.uses_lora:
+        for lin in lora_targets(m, t):
+            for k in (t.lora_rank * lin.in_features, lin.out_features * t.lora_rank):
+                mods.append((k * lp, k))
+    if m.other_layer_params:
+        experts = m.other_layer_params - m.num_local_experts * h  # the router is its own Linear-like module
+        mods.append((experts * lp, experts if full else 0))
+    return max(b for b, _ in mods), max(n for _, n in mods)
+
+
+def persistent_numel(m: ModelSpec, t: TrainSpec) -> int:
+    """Elements of parameters ZeRO-3 never partitions: tensors under stage3_param_persistence_threshold
+    (norm weights, biases, small LoRA matrices); stage3.py `persistence_threshold`."""
+    shapes = model_tensor_shapes(m)
+    if t.uses_lora:
+        for lin in lora_targets(m, t):
+            shapes += [((t.lora_rank, lin.in_features), m.num_hidden_layers)]
+            shapes += [((lin.out_features, t.lora_rank), m.num_hidden_layers)]
+    return sum(numel(s) * n for s, n in shapes if numel(s) < STAGE3_PARAM_PERSISTENCE_THRESHOLD)
+
+
+# ---------------------------------------------------------------- DeepSpeed ZeRO model states
+
+
+@dataclass(frozen=True, slots=True)
+class ZeroStates:
+    """One rank's ZeRO model states in bytes: what `estimate_zero{2,3}_model_states_mem_needs` counts on the
+    GPU (`gpu`), and what offload puts in host RAM (`host`, this rank's share; DeepSpeed adds 50 % to it)."""
+
+    params: int  # low-precision parameters kept on this GPU (frozen + trainable)
+    gradients: int  # low-precision gradients (stage 1: all; stage 2: this rank's partition; stage 3: none)
+    grads32: int  # fp32 gradient partition
+    master: int  # fp32 master weights of this rank's partition
+    optimizer: int  # optimizer states of this rank's partition
+    gathered: int  # stage 3: the largest module gathered, params + grads (DeepSpeed's largest_layer_memory)
+    host: int
+
+    @property
+    def gpu(self) -> int:
+        return self.params + self.gradients + self.grads32 + self.master + self.optimizer + self.gathered
+
+
+def zero_states(
+    stage: int,
+    *,
+    trainable: int,
+    gpus: int,
+    frozen_bytes: int = 0,
+    lp: int = 2,
+    optim_bytes: int | None = None,
+    largest_param_bytes: int = 0,
+    largest_grad_numel: int = 0,
+    offload: str = "none",
+    grad_numel: int | None = None,
+) -> ZeroStates:
+    """Per-rank model states of ZeRO stage 1/2/3 over N = `gpus` ranks; P = trainable, lp = 2 (bf16/fp16).
+
+    Per trainable element (`optim_bytes` = optimizer states for fp32 params, 8·P for Adam):
+      stage 1: lp·P params + lp·P grads + (4 grads32 + 4 master + 8 Adam)·P/N
+      stage 2: lp·P params + (lp grads + 4 grads32 + 4 master + 8 Adam)·P/N   = 2P + 18P/N   (bf16, Adam)
+      stage 3: (lp params + 4 grads32 + 4 master + 8 Adam)·P/N + 2·lp·largest = 18P/N + 4·largest
+    offload optimizer: grads32, master and optimizer states go to host (stage 2 also its lp grads: 2P on the
+    GPU); offload params (stage 3): lp params too, leaving only the gathered largest module on the GPU.
+    Frozen parameters (LoRA's base) add `frozen_bytes` to params, partitioned only by stage 3.
+    `grad_numel`: low-precision gradient elements alive (default: all trainable, as after backward).
+    Source: DeepSpeed stage_1_and_2.py `estimate_zero2_model_states_mem_needs` ("2 = params_16bit, 18 =
+    2_grads_16bit + 4_grads_32bit + 4_params_32bit + 8_optimizer_states_32bit"; PR #5099, commit f4cb866c2e,
+    replaced the older 4P + 16P/N that docs memory.rst's worked example still prints), stage3.py
+    `estimate_zero3_model_states_mem_needs` (`largest_layer_memory = 4 * largest_layer_params`); stage 1 has
+    no DeepSpeed estimator: its gradients are not partitioned (`partition_grads = stage == 2`, engine.py).
+    """
+    n = gpus
+
+    def sh(x: int) -> int:
+        return _ceil_div(x, n)
+
+    optim_bytes = 8 * trainable if optim_bytes is None else optim_bytes
+    g = trainable if grad_numel is None else grad_numel
+    off_opt = offload in ("optimizer", "params")
+    off_par = offload == "params"
+    if stage == 3:
+        params = sh(frozen_bytes) + sh(trainable) * lp
+        grads = 0
+    else:
+        params = frozen_bytes + trainable * lp
+        grads = g * lp if stage == 1 else (0 if off_opt else sh(g) * lp)
+    grads32 = sh(trainable) * GRAD32_BYTES
+    master = sh(trainable) * MASTER_BYTES
+    optim = sh(optim_bytes)
+    gathered = largest_param_bytes + largest_grad_numel * lp if stage == 3 else 0
+    host = 0
+    if off_opt:
+        host += grads32 + master + optim
+        grads32 = master = optim = 0
+    if off_par:
+        host += params
+        params = 0
+    return ZeroStates(params, grads, grads32, master, optim, gathered, host)
+
+
+def zero_states_for(m: ModelSpec, t: TrainSpec, p: ParallelSpec, grad_numel: int | None = None) -> ZeroStates:
+    """`zero_states` for this model and step: frozen floats cast to the engine dtype, optimizer states from
+    `estimate.optimizer` on fp32 (master) parameters, DeepSpeed's largest module."""
+    lp = engine_bytes(t)
+    big_bytes, big_grad = largest_module(m, t)
+    ff = frozen_float_numel(m, t)
+    packed = _layer_packed_bytes(m, t)
+    return zero_states(
+        p.stage,
+        trainable=count_params(m, t).trainable,
+        gpus=p.gpus,
+        frozen_bytes=m.num_hidden_layers * packed + ff * lp,
+        lp=lp,
+        optim_bytes=optimizer_bytes(m, t, MASTER_BYTES).states,
+        largest_param_bytes=big_bytes,
+        largest_grad_numel=big_grad,
+        offload=p.offload,
+        grad_numel=grad_numel,
+    )
+
+
+# ---------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True, slots=True)
+class ParallelPlan:
+    """One GPU of a data-parallel run: its Breakdown (verdict per GPU), engine buffers in it, host RAM."""
+
+    spec: ParallelSpec
+    breakdown: Breakdown  # one rank's GPU
+    single: Breakdown  # the one-GPU estimate it was derived from
+    buffers: tuple[tuple[str, int], ...]  # engine-added bytes at the peak phase, by name (in `temporaries`)
+    host_offload_bytes_per_rank: int
+    master_weights_bytes: int = 0  # ZeRO's fp32 master copy on this GPU (inside `optimizer_states`)
+
+    @property
+    def per_gpu_bytes(self) -> int:
+        return self.breakdown.device_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return self.per_gpu_bytes * self.spec.gpus
+
+    @property
+    def host_offload_bytes(self) -> int:
+        """Host RAM per node held by offloaded states (steady state; DeepSpeed's estimator adds 50 %)."""
+        return self.host_offload_bytes_per_rank * self.spec.ranks_per_node
+
+
+Phased = tuple[tuple[Components, tuple[tuple[str, int], ...]], ...]
+
+
+def _ddp(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> tuple[Phased, int]:
+    """DDP keeps every state replicated; its Reducer's buckets hold a second copy of the gradients
+    (`gradient_as_bucket_view=False`, the default: "the saved memory size will be equal to the total gradients
+    size", torch/nn/parallel/distributed.py). At one GPU HF/accelerate do not wrap in DDP."""
+    if p.gpus == 1:
+        return tuple((ph.components, ()) for ph in single.phases), 0
+    buckets = (("DDP gradient buckets", count_params(m, t).trainable * grad_elem_bytes(t)),)
+    return tuple((_add_temps(ph.components, buckets), buckets) for ph in single.phases), 0
+
+
+def _add_temps(c: Components, buffers: tuple[tuple[str, int], ...]) -> Components:
+    return dataclasses.replace(c, temporaries=c.temporaries + sum(b for _, b in buffers))
+
+
+def fsdp_units(m: ModelSpec, t: TrainSpec) -> tuple[int, int, int, int]:
+    """(root bytes, one decoder layer's bytes, a layer's trainable elements, the root's trainable elements) as
+    FSDP all-gathers them: the root unit is embeddings + final norm + lm_head (accelerate's
+    TRANSFORMER_BASED_WRAP wraps each decoder layer), in MixedPrecision.param_dtype when autocasting (else the
+    stored dtype); 4-bit weights at their packed size."""
+    lp = engine_bytes(t)
+    mixed = t.mixed_precision != "no"
+    fb = lp if mixed else base_param_dtype_bytes(t)
+    ab = lp if mixed else ADAPTER_BYTES
+    L = m.num_hidden_layers
+    root = m.embed_params + m.final_norm_params + m.lm_head_params
+    packed = _layer_packed_bytes(m, t)
+    layer_float = m.layer_params - (sum(lin.weight_params for lin in m.linears) if packed else 0)
+    lora_layer = lora_params(m, t) // L if t.uses_lora else 0
+    layer_bytes = packed + layer_float * fb + lora_layer * ab
+    layer_train = lora_layer if t.uses_lora else m.layer_params
+    return root * fb, layer_bytes, layer_train, root if t.method == "full" else 0
+
+
+def _fsdp(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> tuple[Phased, int]:
+    """FSDP FULL_SHARD over S ranks (S = a node for fsdp-hybrid, HYBRID_SHARD): parameters, gradients and
+    optimizer states / S in their stored dtype (MixedPrecision keeps the sharded params in full precision).
+    Unsharded, in flight: the root unit from forward to the end of backward (not resharded after forward),
+    1 decoder layer in forward (forward_prefetch=False), 2 in backward + that layer's unsharded gradients
+    (BACKWARD_PRE: "current set of parameters, next set of parameters, and current set of gradients"), and
+    the root's gradients (lm_head/embeddings, full fine-tuning) until the root's reduce-scatter.
+    Gradient accumulation: accelerate runs the micro-batches before the last under `no_sync`, where FSDP
+    keeps the accumulated gradients unsharded: forward/backward hold them whole, as on one GPU.
+    CPUOffload(offload_params=True): parameters, gradients and optimizer states in host RAM, step on CPU.
+    S = 1: FSDP clamps to NO_SHARD (`_init_core_state`): the one-GPU plan.
+    """
+    s = p.shard_size
+    if s == 1:
+        return tuple((ph.components, ()) for ph in single.phases), 0
+    off = p.offload == "params"
+    ob = optimizer_bytes(m, t, grad_elem_bytes(t))
+    root, layer, layer_train, root_train = fsdp_units(m, t)
+    rb = engine_bytes(t) if t.mixed_precision != "no" else grad_elem_bytes(t)
+    root_name = "FSDP unsharded root unit (embeddings, lm_head)"
+    out = []
+    host = 0
+    for ph in single.phases:
+        c = ph.components
+        keys = ["weights", "trainable", "optimizer_states"]
+        if ph.phase == "optimizer" or t.grad_accum == 1:
+            keys.append("gradients")
+        states = {k: _ceil_div(getattr(c, k), s) for k in keys}
+        temps = c.temporaries
+        if ph.phase == "optimizer":
+            temps += (0 if off else _ceil_div(ob.step_temporaries, s)) - ob.step_temporaries
+            if off:
+                host = sum(states.values())
+        if off:
+            states = dict.fromkeys(states, 0)
+        buffers: tuple[tuple[str, int], ...] = ()
+        if ph.phase == "forward":
+            buffers = ((root_name, root), ("FSDP unsharded decoder layer (1)", FSDP_LAYERS_FORWARD * layer))
+        elif ph.phase == "backward":
+            buffers = (
+                (root_name, root),
+                (f"FSDP unsharded decoder layers ({FSDP_LAYERS_BACKWARD})", FSDP_LAYERS_BACKWARD * layer),
+                ("FSDP unsharded gradients (a layer + the root)", (layer_train + root_train) * rb),
+            )
+        out.append((_add_temps(dataclasses.replace(c, **states, temporaries=temps), buffers), buffers))
+    return tuple(out), host
+
+
+def _zero(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> tuple[Phased, int]:
+    """DeepSpeed ZeRO stage 1/2/3 (see `zero_states`), phase by phase:
+    - low-precision gradients follow the one-GPU phases (alive in backward, and in forward with accumulation);
+      stage 1/2's fp32 gradient partition exists during `step()` only; stage 3's `grad_partitions_flat_buffer`
+      (fp32) is allocated at init and kept.
+    - buffers: the reduce (IPG) bucket, reduce_bucket_size elements in the engine dtype, one since
+      overlap_comm defaults to False for stages 1/2 (two if enabled), allocated in backward and released
+      after it (stage_1_and_2.py `setup_buckets`, `_release_ipg_buffers`); stage 3 allocates it once at
+      init. allgather_bucket_size allocates nothing: stage 1/2 all-gather into the flat low-precision buffer
+      in place (runtime/utils.py `all_gather_dp_groups` -> `all_gather_into_tensor`).
+    - stage 3: the largest module gathered (params in forward, + grads in backward), prefetch up to
+      stage3_prefetch_bucket_size elements, all within stage3_max_live_parameters; parameters under
+      stage3_param_persistence_threshold elements stay whole on every rank.
+    The optimizer step's temporaries are those of the fp32 partition (none on the GPU with offload: CPU Adam).
+    """
+    lp = engine_bytes(t)
+    ge = grad_elem_bytes(t)
+    stage, n = p.stage, p.gpus
+    off_opt = p.offload in ("optimizer", "params")
+    ob_single = optimizer_bytes(m, t, ge)
+    ob32 = optimizer_bytes(m, t, MASTER_BYTES)
+    bucket = ("reduce bucket (reduce_bucket_size 5e8)", REDUCE_BUCKET_SIZE * lp)
+    big_bytes, big_grad = largest_module(m, t)
+    prefetch = max(0, min(STAGE3_PREFETCH_BUCKET_SIZE, STAGE3_MAX_LIVE_PARAMETERS - big_bytes // lp)) * lp
+    pers = persistent_numel(m, t) * lp  # whole on every rank; params count a 1/N share (none if offloaded)
+    pers -= 0 if p.offload == "params" else _ceil_div(pers, n)
+    trainable = _zero_trainable_params(m, t, p)
+    out = []
+    host = 0
+    for ph in single.phases:
+        c = ph.components
+        st = zero_states_for(m, t, p, grad_numel=c.gradients // ge)
+        host = max(host, st.host)
+        temps = c.temporaries
+        if ph.phase == "optimizer":
+            temps += (0 if off_opt else _ceil_div(ob32.step_temporaries, n)) - ob_single.step_temporaries
+        buffers: list[tuple[str, int]] = []
+        if stage == 3 or ph.phase == "backward":
+            buffers.append(bucket)
+        if stage == 3:
+            if ph.phase != "optimizer":
+                grads = big_grad * lp if ph.phase == "backward" else 0
+                buffers.append(("largest module all-gathered (ZeRO-3)", big_bytes + grads))
+                buffers.append(("prefetch (stage3_prefetch_bucket_size 5e7)", prefetch))
+            buffers.append(("persistent small params (threshold 1e5)", pers))
+        c2 = dataclasses.replace(
+            c,
+            weights=st.params - trainable if st.params else 0,
+            trainable=trainable if st.params else 0,
+            gradients=st.gradients + (st.grads32 if (stage == 3 or ph.phase == "optimizer") else 0),
+            optimizer_states=st.master + st.optimizer,
+            temporaries=temps,
+        )
+        out.append((_add_temps(c2, tuple(buffers)), tuple(buffers)))
+    return tuple(out), host
+
+
+def _zero_trainable_params(m: ModelSpec, t: TrainSpec, p: ParallelSpec) -> int:
+    """Bytes of this rank's low-precision trainable parameters (all of them below stage 3)."""
+    pt = count_params(m, t).trainable
+    return (_ceil_div(pt, p.gpus) if p.stage == 3 else pt) * engine_bytes(t)
+
+
+def _allocator_ratio(single: Breakdown) -> float:
+    """The allocator's share of the tensor peak in `single` (10 %, or a GPU's calibrated ratio), read back
+    from its overhead minus the fixed cuBLAS workspace (estimate.overhead)."""
+    return (single.allocator_overhead_bytes - CUBLAS_WORKSPACE_BYTES) / max(single.peak_bytes, 1)
+
+
+def shard(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> ParallelPlan:
+    """One rank's plan from the one-GPU Breakdown `single` of (m, t). The allocator overhead keeps the
+    proportional model of `single` (its ratio of the tensor peak): only the change in peak moves it, so an
+    unchanged plan (--gpus 1 with ddp / fsdp) is the one-GPU Breakdown exactly."""
+    if p.strategy == "ddp":
+        phased, host = _ddp(m, t, p, single)
+    elif p.stage:
+        phased, host = _zero(m, t, p, single)
+    else:
+        phased, host = _fsdp(m, t, p, single)
+    phases = tuple(PhaseUsage(ph.phase, c) for ph, (c, _) in zip(single.phases, phased, strict=True))
+    peak = max(phases, key=lambda ph: ph.total)
+    alloc = single.allocator_overhead_bytes + int((peak.total - single.peak_bytes) * _allocator_ratio(single))
+    paged = single.paged_bytes
+    if p.stage:
+        paged = 0 if p.offload != "none" else _ceil_div(optimizer_bytes(m, t, MASTER_BYTES).paged, p.gpus)
+    elif p.shard_size > 1:
+        paged = 0 if p.offload == "params" else _ceil_div(paged, p.shard_size)
+    b = dataclasses.replace(single, phases=phases, allocator_overhead_bytes=alloc, paged_bytes=paged)
+    buffers = phased[phases.index(peak)][1]
+    master = zero_states_for(m, t, p).master if p.stage else 0
+    return ParallelPlan(p, b, single, buffers, host, master)
+
+
+ALTERNATIVES: tuple[tuple[str, str], ...] = (
+    ("zero2", "none"),
+    ("zero3", "none"),
+    ("fsdp", "none"),
+    ("zero2", "optimizer"),
+    ("zero3", "optimizer"),
+    ("zero3", "params"),
+    ("fsdp", "params"),
+)
+
+
+def alternatives(m: ModelSpec, t: TrainSpec, pp: ParallelPlan, limit: int = 3) -> tuple[tuple[str, ParallelPlan], ...]:
+    """Other engines / offloads on the same GPUs that lower the per-GPU total, each planned in full: those
+    that fit first, less offload first (optimizer states before parameters), then by per-GPU bytes."""
+    p = pp.spec
+    found = []
+    for strategy, offload in ALTERNATIVES:
+        if (strategy, offload) == (p.strategy, p.offload) or (p.gpus == 1 and offload == "none"):
+            continue
+        q = dataclasses.replace(p, strategy=strategy, offload=offload, notes=())
+        alt = shard(m, t, q, pp.single)
+        if alt.per_gpu_bytes < pp.per_gpu_bytes:
+            flags = f"--strategy {strategy}" + (f" --offload {offload}" if offload != "none" else "")
+            found.append((flags, alt))
+    order = {"fits": 0, "tight": 1, "oom": 2, None: 3}
+    slower = {"none": 0, "optimizer": 1, "params": 2}
+    found.sort(key=lambda f: (order[f[1].breakdown.verdict], slower[f[1].spec.offload], f[1].per_gpu_bytes))
+    return tuple(found[:limit])
+
+
+__all__ = ["ParallelPlan", "ZeroStates", "alternatives", "shard", "zero_states", "zero_states_for"]

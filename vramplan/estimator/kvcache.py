@@ -1,0 +1,287 @@
+"""KV cache: the K and V tensors kept for every attention layer between generation steps.
+
+Two layouts, both `2 · kv_heads · head_dim` elements per token per layer (GQA/MQA: the KV heads, not the
+query heads; `head_dim` from config.json, which is not hidden/heads on Gemma):
+
+- transformers 5.24 `DynamicCache` (what `generate()` builds by default, cache_utils.py): per layer one K and
+  one V tensor [batch, kv_heads, tokens, head_dim] in the model dtype, grown by `torch.cat` every step. Layers
+  the config marks as sliding use `DynamicSlidingWindowLayer`, whose `update` keeps the view
+  `full[:, :, -sliding_window + 1:]`: sliding_window − 1 tokens visible, but the view keeps its parent's
+  storage alive, so the layer holds `sliding_window` tokens in steady decoding and the whole prompt right
+  after prefill. The tests sum `untyped_storage().nbytes()` of a real cache to check this.
+- vLLM's paged cache (v1 engine): preallocated blocks of `block_size` (16) tokens; one block of one layer is
+  a "page" of 2 · 16 · kv_heads · head_dim · dtype bytes (vllm/v1/kv_cache_interface.py
+  `AttentionSpec.real_page_size_bytes`, vllm-project/vllm@bc8282e6). The pool is whatever the memory budget
+  leaves (see serve.py); the block arithmetic below is vllm/v1/core/kv_cache_utils.py
+  (vllm-project/vllm@bbf906a8): `get_num_blocks`, `_get_kv_cache_config_uniform_type`,
+  `_get_kv_cache_config_uniform_page_size`, `get_max_concurrency_for_kv_cache_config`,
+  `check_enough_kv_cache_memory`, `estimate_max_model_len`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramplan.spec import ModelSpec
+
+VLLM_BLOCK_SIZE = 16  # tokens per KV block: vLLM CacheConfig.block_size default on CUDA
+FP8_BYTES = 1  # vLLM --kv-cache-dtype fp8 / fp8_e4m3 / fp8_e5m2: one byte per element
+KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")  # vllm/config/cache.py CacheDType
+# Config-class defaults that apply when config.json omits `sliding_window` (transformers 5.24
+# configuration_mistral.py / configuration_gemma2.py: `sliding_window: int | None = 4096`).
+HF_DEFAULT_SLIDING_WINDOW: dict[str, int] = {"mistral": 4096, "gemma2": 4096}
+SLIDING_LAYER_TYPES = frozenset({"sliding_attention", "chunked_attention"})
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ---------------------------------------------------------------- per token, per layer
+
+
+def kv_bytes_per_token(m: ModelSpec, elem_bytes: int) -> int:
+    """K and V of one token in one layer: 2 · kv_heads · head_dim · elem_bytes.
+
+    Source: transformers cache_utils.py DynamicLayer (K, V of shape [b, kv_heads, s, head_dim]); vLLM
+    AttentionSpec.real_page_size_bytes / block_size.
+    """
+    return 2 * m.num_key_value_heads * m.head_dim * elem_bytes
+
+
+def kv_cache_bytes(m: ModelSpec, tokens: int, elem_bytes: int) -> int:
+    """K and V of every layer: 2 · layers · kv_heads · head_dim · tokens, full attention everywhere.
+
+    Cache tensors only, not vLLM's block table; GQA: kv heads. Sliding-window layers: hf_generate_cache_bytes.
+    Source: transformers cache_utils.py DynamicCache.
+    """
+    return m.num_hidden_layers * kv_bytes_per_token(m, elem_bytes) * tokens
+
+
+def layer_windows(m: ModelSpec) -> tuple[int | None, ...]:
+    """Sliding window of each layer's cache (None = full attention), as transformers 5.24 decides it.
+
+    `layer_types` from config.json if present; else the family's own rule: Gemma 2 alternates, sliding first
+    (`"sliding_attention" if (i + 1) % 2`); Qwen2/Qwen3 slide layers i >= max_window_layers when
+    use_sliding_window; otherwise every layer slides iff the config has a sliding_window (Mistral v0.1,
+    Phi-3) — cache_utils.get_layer_types_and_kwargs. vLLM reads the same fields (llama.py per-layer
+    `layer_types`, else CacheConfig.sliding_window), so both engines share this.
+    Source: transformers configuration_gemma2.py / configuration_qwen2.py `__post_init__`.
+    """
+    n = m.num_hidden_layers
+    if m.model_type in ("gpt_neox", "bloom", "phi", "llama", "gemma"):
+        return (None,) * n  # these configs have no sliding_window field
+    window = m.sliding_window
+    if window is None and "sliding_window" not in m.config:
+        window = HF_DEFAULT_SLIDING_WINDOW.get(m.model_type)
+    if window is None:
+        return (None,) * n
+    if m.layer_types:
+        return tuple(window if t in SLIDING_LAYER_TYPES else None for t in m.layer_types)
+    if m.model_type == "gemma2":
+        return tuple(window if (i + 1) % 2 else None for i in range(n))
+    if m.model_type in ("qwen2", "qwen3"):
+        first = int(m.config.get("max_window_layers", 28))
+        return tuple(window if i >= first else None for i in range(n))
+    return (window,) * n
+
+
+# ---------------------------------------------------------------- transformers DynamicCache
+
+
+def hf_generate_seen_tokens(prompt_tokens: int, new_tokens: int) -> int:
+    """Tokens that went through the model in `generate(max_new_tokens=new_tokens)`: prompt + new − 1.
+
+    The last sampled token is returned, never fed back. Source: transformers generation/utils.py `_sample`.
+    """
+    return prompt_tokens + new_tokens - 1
+
+
+def hf_layer_cache_tokens(window: int | None, prompt_tokens: int, new_tokens: int) -> int:
+    """Tokens of K (and of V) storage one DynamicCache layer holds when generate() returns.
+
+    Full layer: every seen token. Sliding layer: the prompt's whole storage if generate stopped after
+    prefill (the kept view [-window+1:] pins it), else min(seen, window): each decode step concatenates the
+    window − 1 kept tokens and the new one into a `window`-token tensor and keeps a view of its tail.
+    Source: transformers 5.24 cache_utils.py DynamicLayer.update / DynamicSlidingWindowLayer.update.
+    """
+    seen = hf_generate_seen_tokens(prompt_tokens, new_tokens)
+    if window is None:
+        return seen
+    if new_tokens == 1:
+        return prompt_tokens
+    return min(seen, window)
+
+
+def hf_generate_cache_bytes(m: ModelSpec, batch: int, prompt_tokens: int, new_tokens: int, elem_bytes: int) -> int:
+    """Storage of the DynamicCache when generate() returns; `new_tokens=1` gives the state after prefill.
+
+    Σ over layers of kv_bytes_per_token · batch · hf_layer_cache_tokens. Lifetime: the whole generate call.
+    Source: transformers 5.24 cache_utils.py; checked against a real cache in tests/estimator/test_kvcache.py.
+    """
+    per = kv_bytes_per_token(m, elem_bytes) * batch
+    return sum(per * hf_layer_cache_tokens(w, prompt_tokens, new_tokens) for w in layer_windows(m))
+
+
+def hf_cache_step_transient_bytes(
+    m: ModelSpec, batch: int, prompt_tokens: int, new_tokens: int, elem_bytes: int
+) -> int:
+    """The old K and V of one layer alive while `torch.cat` builds the new ones, in the last decode step.
+
+    The largest layer's storage before the step (full layer: seen − 1 tokens); 0 for prefill only.
+    Source: transformers 5.24 cache_utils.py DynamicLayer.update (`self.keys = torch.cat([self.keys, k])`).
+    """
+    if new_tokens <= 1:
+        return 0
+    before = max(hf_layer_cache_tokens(w, prompt_tokens, new_tokens - 1) for w in layer_windows(m))
+    return kv_bytes_per_token(m, elem_bytes) * batch * before
+
+
+# ---------------------------------------------------------------- vLLM paged cache
+
+
+def vllm_page_bytes(m: ModelSpec, elem_bytes: int, block_size: int = VLLM_BLOCK_SIZE) -> int:
+    """One block of one layer: 2 · block_size · kv_heads · head_dim · elem_bytes.
+
+    Source: vllm/v1/kv_cache_interface.py AttentionSpec.real_page_size_bytes (vllm-project/vllm@bc8282e6).
+    """
+    return 2 * block_size * m.num_key_value_heads * m.head_dim * elem_bytes
+
+
+def vllm_blocks_per_layer(
+    window: int | None, max_model_len: int, max_num_batched_tokens: int, block_size: int = VLLM_BLOCK_SIZE
+) -> int:
+    """Blocks one request of max_model_len tokens needs in one layer.
+
+    Full attention: cdiv(max_model_len, block_size). Sliding window: the window − 1 computed tokens plus
+    one scheduled chunk, capped at max_model_len, plus one block because the window need not start on a block
+    boundary. Source: kv_cache_interface.py FullAttentionSpec / SlidingWindowSpec.max_memory_usage_bytes.
+    """
+    if window is None:
+        return _cdiv(max_model_len, block_size)
+    return _cdiv(min(window - 1 + max_num_batched_tokens, max_model_len), block_size) + 1
+
+
+def vllm_kv_groups(windows: tuple[int | None, ...]) -> tuple[int, tuple[int | None, ...]]:
+    """(layers per group, window of each group) of vLLM's KV cache groups.
+
+    One attention type: one group of all layers. Several (Gemma 2's full + sliding): group_size = the
+    smallest type's layer count, each type split into ceil(count / group_size) groups (the last padded).
+    Source: kv_cache_utils.py `_get_kv_cache_config_uniform_page_size` (vllm-project/vllm@bbf906a8).
+    """
+    counts: dict[int | None, int] = {}
+    for w in windows:
+        counts[w] = counts.get(w, 0) + 1
+    if len(counts) == 1:
+        return len(windows), (windows[0],)
+    size = min(counts.values())
+    groups: list[int | None] = []
+    for w, c in counts.items():
+        groups += [w] * _cdiv(c, size)
+    return size, tuple(groups)
+
+
+@dataclass(frozen=True, slots=True)
+class PagedKV:
+    """vLLM's KV pool for `available_bytes`: what it logs at start-up.
+
+    `tokens` is "GPU KV cache size: N tokens"; `max_concurrency` is "Maximum concurrency for
+    {max_model_len} tokens per request: X.XXx"; `pool_bytes` the KV tensors allocated.
+    """
+
+    page_bytes: int
+    group_size: int  # layers sharing one pool tensor (all layers when uniform)
+    num_groups: int
+    num_blocks: int
+    block_size: int
+    blocks_per_request: int  # blocks one max_model_len request needs, summed over groups
+    request_bytes: int  # check_enough_kv_cache_memory's `needed_memory` for one max_model_len request
+
+    @property
+    def tokens(self) -> int:
+        return self.num_blocks // self.num_groups * self.block_size
+
+    @property
+    def pool_bytes(self) -> int:
+        return self.group_size * self.page_bytes * self.num_blocks
+
+    @property
+    def max_concurrency(self) -> float:
+        return self.num_blocks / self.blocks_per_request
+
+
+def vllm_request_bytes(
+    m: ModelSpec,
+    elem_bytes: int,
+    max_model_len: int,
+    max_num_batched_tokens: int,
+    block_size: int = VLLM_BLOCK_SIZE,
+) -> int:
+    """KV bytes one max_model_len request needs: Σ over layers of blocks × page.
+
+    vLLM refuses to start when this exceeds the available KV memory ("To serve at least one request with
+    the models's max seq len ..."). Source: kv_cache_utils.py check_enough_kv_cache_memory.
+    """
+    page = vllm_page_bytes(m, elem_bytes, block_size)
+    return sum(
+        vllm_blocks_per_layer(w, max_model_len, max_num_batched_tokens, block_size) * page for w in layer_windows(m)
+    )
+
+
+def vllm_paged_kv(
+    m: ModelSpec,
+    available_bytes: int,
+    elem_bytes: int,
+    max_model_len: int,
+    max_num_batched_tokens: int,
+    block_size: int = VLLM_BLOCK_SIZE,
+) -> PagedKV:
+    """Blocks, tokens and concurrency of vLLM's pool.
+
+    num_blocks = available // page // group_size (`get_num_blocks`); tokens = num_blocks // groups ·
+    block_size; concurrency = num_blocks / Σ_groups blocks per request
+    (`get_max_concurrency_for_kv_cache_config`). Source: kv_cache_utils.py (vllm-project/vllm@bbf906a8).
+    """
+    windows = layer_windows(m)
+    size, groups = vllm_kv_groups(windows)
+    page = vllm_page_bytes(m, elem_bytes, block_size)
+    blocks = max(int(available_bytes // page // size), 0)
+    per_request = sum(vllm_blocks_per_layer(w, max_model_len, max_num_batched_tokens, block_size) for w in groups)
+    return PagedKV(
+        page_bytes=page,
+        group_size=size,
+        num_groups=len(groups),
+        num_blocks=blocks,
+        block_size=block_size,
+        blocks_per_request=per_request,
+        request_bytes=vllm_request_bytes(m, elem_bytes, max_model_len, max_num_batched_tokens, block_size),
+    )
+
+
+def vllm_max_model_len(
+    m: ModelSpec,
+    available_bytes: int,
+    elem_bytes: int,
+    max_model_len: int,
+    max_num_batched_tokens: int,
+    block_size: int = VLLM_BLOCK_SIZE,
+) -> int:
+    """Largest max_model_len (≤ the one asked) whose one-request KV fits `available_bytes`; 0 if not even 1.
+
+    The binary search vLLM prints in its "estimated maximum model length is N" error.
+    Source: kv_cache_utils.py estimate_max_model_len (vllm-project/vllm@bbf906a8).
+    """
+
+    def fits(n: int) -> bool:
+        return vllm_request_bytes(m, elem_bytes, n, max_num_batched_tokens, block_size) <= available_bytes
+
+    if not fits(1):
+        return 0
+    lo, hi, best = 1, max_model_len, 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best

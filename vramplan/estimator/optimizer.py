@@ -1,0 +1,89 @@
+"""Optimizer states and the optimizer step's temporaries, by HF `TrainingArguments.optim` name.
+
+All optimizer-state counting lives here. States exist from the first `step()` on; a steady-state step holds
+them in every phase.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramplan.estimator.params import Shape, numel, trainable_shapes
+from vramplan.spec import ModelSpec, TrainSpec
+
+BNB_OPTIM_BLOCK = 256  # 8-bit optimizer absmax block (bitsandbytes optim/optimizer.py Optimizer2State.init_state)
+BNB_MIN_8BIT_SIZE = 4096  # tensors with fewer elements keep fp32 states (min_8bit_size default)
+BNB_PAGED_MIN_NUMEL = 100_000  # smaller tensors are not paged (Optimizer8bit.get_state_buffer, `p.numel() < 1e5`)
+BNB_QMAP_BYTES = 2 * 256 * 4  # the shared signed/unsigned dynamic maps, fp32, once per optimizer
+TORCH_STEP_BYTES = 4  # fused AdamW keeps `step` as a float32 tensor on the device, one per parameter
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizerBytes:
+    states: int  # device memory held between steps
+    paged: int  # CUDA managed (paged) memory: can spill to host, invisible to memory_allocated
+    step_temporaries: int  # extra memory during `optimizer.step()`
+
+
+def _bnb_states(shape: Shape, n_states: int, eight_bit: bool) -> int:
+    k = numel(shape)
+    if eight_bit and k >= BNB_MIN_8BIT_SIZE:
+        blocks = -(-k // BNB_OPTIM_BLOCK)
+        return n_states * (k + 4 * blocks)
+    return n_states * 4 * k
+
+
+def optimizer_bytes(m: ModelSpec, t: TrainSpec, param_bytes: int) -> OptimizerBytes:
+    """States and step temporaries for the trainable tensors stored with `param_bytes` bytes per element.
+
+    - adamw_torch_fused: exp_avg, exp_avg_sq in the parameter dtype + a device `step` tensor each; the fused
+      kernel updates in place (torch/optim/adamw.py `_fused_adamw`, torch 2.13).
+    - adamw_torch: CUDA default `foreach` path: the same states; `_multi_tensor_adam` allocates
+      `exp_avg_sq_sqrt = _foreach_sqrt(exp_avg_sqs)`, one temporary the size of the largest param group.
+    - adamw_8bit / paged_adamw_8bit: bitsandbytes Optimizer2State: uint8 state1/state2 + fp32 absmax per
+      256 elements; fp32 states for tensors under 4096 elements. paged_*: states of tensors with >= 1e5
+      elements in CUDA managed memory.
+    - paged_adamw_32bit: two fp32 states, paged as above. lion_32bit: one fp32 state.
+    - sgd: the Trainer builds `torch.optim.SGD` without momentum: no state.
+    - adafactor (transformers.optimization.Adafactor, beta1=None): factored row/col second moments for
+      tensors of rank >= 2, a full one otherwise, in the gradient dtype; step works on fp32 copies of the
+      param and grad of one tensor at a time.
+    """
+    shapes = trainable_shapes(m, t)
+    opt = t.optim
+    states = paged = temp = 0
+    if opt in ("adamw_torch", "adamw_torch_fused"):
+        total = sum(numel(s) * n for s, n in shapes)
+        states = 2 * total * param_bytes
+        if opt == "adamw_torch_fused":
+            states += TORCH_STEP_BYTES * sum(n for _, n in shapes)
+        else:
+            temp = total * param_bytes
+    elif opt in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_32bit"):
+        eight = "8bit" in opt
+        n_states = 1 if opt.startswith("lion") else 2
+        is_paged = opt.startswith("paged")
+        for s, n in shapes:
+            b = _bnb_states(s, n_states, eight) * n
+            if is_paged and numel(s) >= BNB_PAGED_MIN_NUMEL:
+                # only state1/state2 come from get_state_buffer (paged); absmax1/absmax2 are plain device
+                # tensors (torch.zeros in Optimizer2State.init_state)
+                on_device = b - n_states * numel(s) * (1 if eight else 4) * n
+                paged += b - on_device
+                states += on_device
+            else:
+                states += b
+        if eight:
+            states += BNB_QMAP_BYTES
+    elif opt == "adafactor":
+        for s, n in shapes:
+            if len(s) >= 2:
+                states += n * param_bytes * (numel(s[:-1]) + numel(s[:-2] + s[-1:]))
+            else:
+                states += n * param_bytes * numel(s)
+        biggest = max((numel(s) for s, _ in shapes), default=0)
+        # fp32 grad copy + update (grad**2 + eps) + fp32 param copy when the param is half precision
+        temp = biggest * 4 * (3 if param_bytes < 4 else 2)
+    elif opt == "sgd":
+        pass
+    return OptimizerBytes(states=states, paged=paged, step_temporaries=temp)

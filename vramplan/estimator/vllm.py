@@ -1,0 +1,133 @@
+"""vLLM (v1 engine) start-up budget: how much memory its KV pool gets, and what else the process holds.
+
+At start-up vLLM loads the weights (+ preallocated LoRA slots), runs one profiling forward of
+max_num_batched_tokens tokens and a sampler pass, and gives the KV cache what is left of its budget:
+
+    available_kv = total × gpu_memory_utilization − (weights + activation peak + non-torch increase)
+
+(vllm/v1/worker/gpu_worker.py `determine_available_memory`, vllm-project/vllm@35d5cda1;
+vllm/utils/mem_utils.py `memory_profiling`, @a6d5c390). The CUDA context exists before vLLM's baseline
+snapshot, and CUDA graphs are captured after the KV cache is allocated (`compile_or_warm_up_model`;
+`VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS` defaults to 0), so both sit on top of the budget: the process
+holds about context + total × gpu_memory_utilization + graphs. The pool is then cut into blocks (kvcache.py).
+Worked check (tests): Llama-3-8B on an H100 (79.22 GiB, 0.9): 71.29 − 14.96 − 1.79 − 1.26 = 53.29 GiB
+available, as vLLM logged it (vllm-project/vllm#10511).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from vramplan.estimator.kvcache import vllm_max_model_len, vllm_paged_kv
+from vramplan.estimator.overhead import CUDA_CONTEXT_BYTES, MIB, error_band_for
+from vramplan.estimator.serve import adapter_params, dequant_bytes, layer_peak_elems_per_token
+from vramplan.serve_breakdown import ServeBreakdown, ServeComponents, ServePhase, VllmPool
+
+if TYPE_CHECKING:
+    from vramplan.estimator.serve import ServeSpec
+    from vramplan.sources.profiles import GpuProfile
+    from vramplan.spec import ModelSpec
+
+# Non-torch memory added during profiling (attention-backend buffers; NCCL with TP > 1). One-GPU start-up
+# logs report 0.16 GiB (H100, vllm-project/vllm#12126), 0.20 GiB (3090, #14447), 0.35 GiB (3090, #10517).
+VLLM_NON_TORCH_BYTES = 256 * MIB
+# CUDA graphs of the decode batch sizes (up to 512): vLLM logs "Graph capturing finished in N secs, took
+# X GiB"; 0.5–8B models on one GPU show 0.1–0.5 GiB (0.13 GiB for a 1 GiB model in
+# generative-computing/mellea#416). 0 with --enforce-eager.
+VLLM_CUDA_GRAPH_BYTES = 256 * MIB
+PUNICA_SLICES = 3  # qkv_proj: the most LoRA slices of one layer (column_parallel_linear.py, @4f54575c)
+
+
+def available_kv_bytes(total_bytes: int, gpu_memory_utilization: float, non_kv_bytes: int) -> int:
+    """total × gpu_memory_utilization − non-KV memory (weights, activation peak, non-torch increase).
+
+    Source: vllm/v1/worker/gpu_worker.py determine_available_memory (`requested_memory -
+    profile_result.non_kv_cache_memory`), vllm-project/vllm@35d5cda1.
+    """
+    return int(total_bytes * gpu_memory_utilization) - non_kv_bytes
+
+
+def vllm_forward_bytes(m: ModelSpec, s: ServeSpec) -> int:
+    """The profile run's forward of max_num_batched_tokens tokens: the layer peak (serve.py), a dequantized
+    bnb weight, punica's fp32 LoRA shrink buffer (slices × tokens × rank, `_mcp_apply`)."""
+    n = s.max_num_batched_tokens
+    lora = PUNICA_SLICES * n * s.max_lora_rank * 4 if s.lora_resident else 0
+    return n * layer_peak_elems_per_token(m) * s.dtype_bytes + dequant_bytes(m, s, fused=True) + lora
+
+
+def vllm_sampler_bytes(m: ModelSpec, s: ServeSpec) -> int:
+    """The profile's sampler pass on min(max_num_seqs, max_num_batched_tokens) rows: logits in the model
+    dtype, their fp32 copy and the probabilities (the profile skips top-k / top-p and logprobs:
+    gpu_model_runner.py `_dummy_sampler_run`), with the forward's hidden states still alive."""
+    rows = min(s.max_num_seqs, s.max_num_batched_tokens)
+    hidden = s.max_num_batched_tokens * m.hidden_size * s.dtype_bytes
+    return rows * m.vocab_size * (s.dtype_bytes + 4 + 4) + hidden
+
+
+def _problems(s: ServeSpec, total: int, pool: VllmPool) -> tuple[str, ...]:
+    """Why vLLM would refuse to start, in vLLM's own terms."""
+    out = []
+    if total - CUDA_CONTEXT_BYTES < pool.requested_bytes:
+        out.append(
+            f"free memory after the CUDA context ({total - CUDA_CONTEXT_BYTES:,} B) is below "
+            f"gpu_memory_utilization × total ({pool.requested_bytes:,} B): vLLM refuses to start; "
+            "lower --gpu-memory-utilization"
+        )
+    if pool.available_kv_bytes <= 0:
+        out.append(
+            "no memory left for the KV cache after weights and activations (vLLM: 'No available memory for "
+            "the cache blocks'); raise --gpu-memory-utilization or use --quant nf4"
+        )
+    elif pool.kv.request_bytes > pool.available_kv_bytes:
+        out.append(
+            f"one {s.max_model_len:,}-token request needs {pool.kv.request_bytes:,} B of KV cache, the pool "
+            f"has {pool.available_kv_bytes:,} B: vLLM refuses to start; largest --max-model-len that fits: "
+            f"{pool.max_model_len_fit:,}"
+        )
+    return tuple(out)
+
+
+def vllm_breakdown(
+    m: ModelSpec, s: ServeSpec, gpu: GpuProfile, resident: ServeComponents, inputs: dict
+) -> ServeBreakdown:
+    """The steady state of a vLLM server: resident weights, the KV pool sized by the budget, the activation
+    peak (reused each step), non-torch buffers, CUDA graphs; plus the pool's tokens and concurrency."""
+    total = gpu.memory_bytes
+    fwd, sampler = vllm_forward_bytes(m, s), vllm_sampler_bytes(m, s)
+    act = max(fwd, sampler)
+    non_kv = resident.total + act + VLLM_NON_TORCH_BYTES
+    avail = available_kv_bytes(total, s.gpu_memory_utilization, non_kv)
+    args = (max(avail, 0), s.kv_elem_bytes, s.max_model_len, s.max_num_batched_tokens, s.block_size)
+    kv = vllm_paged_kv(m, *args)
+    pool = VllmPool(
+        requested_bytes=int(total * s.gpu_memory_utilization),
+        non_kv_bytes=non_kv,
+        forward_bytes=fwd,
+        sampler_bytes=sampler,
+        available_kv_bytes=avail,
+        kv=kv,
+        max_model_len=s.max_model_len,
+        max_model_len_fit=vllm_max_model_len(m, *args),
+    )
+    comps = replace(
+        resident,
+        kv_cache=kv.pool_bytes,
+        temporaries=act,
+        non_torch=VLLM_NON_TORCH_BYTES,
+        cuda_graphs=0 if s.enforce_eager else VLLM_CUDA_GRAPH_BYTES,
+    )
+    return ServeBreakdown(
+        model=m.name,
+        engine="vllm",
+        phases=(ServePhase("serving", comps),),
+        params_total=m.total_params,
+        adapter_params=adapter_params(m, s),
+        allocator_overhead_bytes=0,  # KV tensors are single allocations; the activation peak is reserved once
+        cuda_context_bytes=CUDA_CONTEXT_BYTES,
+        gpu_bytes=total,
+        error_band=error_band_for(gpu.key),
+        inputs=inputs,
+        vllm=pool,
+        problems=_problems(s, total, pool),
+    )

@@ -1,0 +1,196 @@
+"""What to change when a configuration does not fit: concrete changes, each with its computed peak, verdict.
+
+Every suggestion is one `TrainSpec` edit estimated in full (never a guessed saving). Ranking: changes that
+make it fit come first, cheapest first (cost to the user, below), then fewer changes, `fits` before
+`tight`, lower peak; changes that do not make it fit follow, by memory saved. When no single change fits,
+pairs of changes from different groups are tried, and the cheapest pairs that fit are offered first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from vramplan.breakdown import Breakdown, Verdict
+from vramplan.plan.fit import fits, max_seq, run
+from vramplan.sources.profiles import GpuProfile
+from vramplan.spec import ModelSpec, TrainSpec, resolve_lora_target
+
+# Cost to the user of each change: 0 = free, 1 = slower, 2 = changes the training recipe (accuracy may move),
+# 3 = less data per step
+COST_LABEL = {0: "free", 1: "slower", 2: "changes the recipe", 3: "fewer tokens per step"}
+# Pairs combine changes of different groups, in this order (a method change before its LoRA targets).
+GROUPS: tuple[str, ...] = ("attn", "ckpt", "optim", "method", "kbit", "target", "dora", "batch", "seq")
+FULL_PRECISION_OPTIMS = frozenset({"adamw_torch", "adamw_torch_fused", "lion_32bit", "paged_adamw_32bit"})
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    change: str  # the flags to pass, with a short reason; "A + B" for a pair
+    cost: int  # the largest COST_LABEL key among the changes
+    breakdown: Breakdown  # the estimate with the change applied
+    saved_bytes: int = 0  # device bytes saved against the unchanged configuration
+    cost_text: str = ""  # COST_LABEL of each change, joined
+
+    @property
+    def device_bytes(self) -> int:
+        return self.breakdown.device_bytes
+
+    @property
+    def verdict(self) -> Verdict | None:
+        return self.breakdown.verdict
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    group: str
+    label: str
+    cost: int
+    train: TrainSpec
+
+
+def _changes(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> list[_Change]:
+    """Every single change that could lower the peak of `t`, with the resulting TrainSpec."""
+    rep = dataclasses.replace
+    out: list[_Change] = []
+    if t.attn == "eager":
+        out.append(
+            _Change("attn", "--attn sdpa (or flash_attention_2): no S×S attention matrix", 0, rep(t, attn="sdpa"))
+        )
+    if not t.grad_ckpt:
+        out.append(_Change("ckpt", "--grad-ckpt (recompute activations, ~30 % slower)", 1, rep(t, grad_ckpt=True)))
+    if t.optim in FULL_PRECISION_OPTIMS:
+        out.append(_Change("optim", "--optim adamw_8bit (8-bit AdamW states)", 2, rep(t, optim="adamw_8bit")))
+        out.append(
+            _Change(
+                "optim",
+                "--optim paged_adamw_8bit (8-bit states in managed memory)",
+                2,
+                rep(t, optim="paged_adamw_8bit"),
+            )
+        )
+    elif t.optim == "adamw_8bit":
+        out.append(
+            _Change(
+                "optim",
+                "--optim paged_adamw_8bit (states spill to host RAM when short)",
+                1,
+                rep(t, optim="paged_adamw_8bit"),
+            )
+        )
+    if t.method in ("full", "freeze"):
+        out.append(_Change("method", "--method lora", 2, rep(t, method="lora", dtype=t.compute_dtype)))
+    if t.method in ("full", "freeze", "lora"):
+        out.append(
+            _Change(
+                "method",
+                "--method qlora (nf4 base, kbit prep, checkpointing)",
+                2,
+                rep(t, method="qlora", quant="nf4", double_quant=True, kbit_prep=True, grad_ckpt=True),
+            )
+        )
+    if t.kbit_prep:
+        out.append(
+            _Change(
+                "kbit",
+                "--no-kbit-prep (no fp32 upcast of embeddings/norms/lm_head)",
+                2,
+                rep(t, kbit_prep=False),
+            )
+        )
+    if t.uses_lora:
+        smaller = {"all-linear": ("attn", "qv"), "attn": ("qv",)}.get(t.lora_target_preset, ())
+        for preset in smaller:
+            targets, _ = resolve_lora_target(m, preset)
+            if targets != t.lora_target:
+                out.append(
+                    _Change(
+                        "target",
+                        f"--lora-target {preset} ({', '.join(targets)})",
+                        2,
+                        rep(t, lora_target=targets, lora_target_preset=preset),
+                    )
+                )
+        if t.dora:
+            out.append(_Change("dora", "--no-dora (no merged weight in forward)", 2, rep(t, dora=False)))
+    if t.batch > 1:
+        out.append(_batch_change(m, t, gpu))
+    if t.seq > 1:
+        out.append(_seq_change(m, t, gpu))
+    return out
+
+
+def _batch_change(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> _Change:
+    """The largest smaller batch dividing the effective batch that fits (else 1), with the accumulation
+    steps that keep per_device_train_batch_size × gradient_accumulation_steps unchanged."""
+    eff = t.batch * t.grad_accum
+    best = 1
+    for b in range(t.batch - 1, 1, -1):
+        if eff % b == 0 and fits(run(m, dataclasses.replace(t, batch=b, grad_accum=eff // b), gpu)):
+            best = b
+            break
+    ga = eff // best
+    label = f"--batch {best} --grad-accum {ga} (same effective batch {eff})"
+    return _Change("batch", label, 1, dataclasses.replace(t, batch=best, grad_accum=ga))
+
+
+def _seq_change(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> _Change:
+    """The longest shorter sequence that fits at this batch; half the sequence when none does."""
+    lim = max_seq(m, t, gpu, cap=t.seq - 1)
+    if lim.value:
+        return _Change(
+            "seq",
+            f"--seq {lim.value} (the longest that fits; now {t.seq})",
+            3,
+            dataclasses.replace(t, seq=lim.value),
+        )
+    s = max(1, t.seq // 2)
+    return _Change("seq", f"--seq {s}", 3, dataclasses.replace(t, seq=s))
+
+
+def _suggestion(changes: list[_Change], b: Breakdown, now: int) -> Suggestion:
+    costs = [c.cost for c in changes]
+    return Suggestion(
+        change=" + ".join(c.label for c in changes),
+        cost=max(costs),
+        breakdown=b,
+        saved_bytes=now - b.device_bytes,
+        cost_text=", ".join(dict.fromkeys(COST_LABEL[k] for k in sorted(costs))),
+    )
+
+
+def _rank(s: Suggestion) -> tuple:
+    n = s.change.count(" + ") + 1
+    if fits(s.breakdown):
+        return (0, s.cost, n, s.verdict == "tight", s.device_bytes)
+    return (1, -s.saved_bytes, s.cost, n)
+
+
+def suggest(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, limit: int = 6) -> list[Suggestion]:
+    """Changes that lower the peak of `t` on `gpu`, ranked (see the module); pairs when no single one fits."""
+    now = run(m, t, gpu).device_bytes
+    singles: list[Suggestion] = []
+    for c in _changes(m, t, gpu):
+        b = run(m, c.train, gpu)
+        if b.device_bytes < now:
+            singles.append(_suggestion([c], b, now))
+    found = list(singles)
+    if not any(fits(s.breakdown) for s in singles):
+        for a in _changes(m, t, gpu):
+            for c in _changes(m, a.train, gpu):
+                if GROUPS.index(c.group) <= GROUPS.index(a.group):
+                    continue
+                b = run(m, c.train, gpu)
+                if fits(b):
+                    found.append(_suggestion([a, c], b, now))
+    found.sort(key=_rank)
+    return found[:limit]
+
+
+def advice_lines(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, n: int = 2) -> list[str]:
+    from vramplan.report import gib
+
+    return [
+        f"{s.change}: {gib(s.device_bytes)} GiB → {s.verdict} (saves {gib(s.saved_bytes)} GiB; {s.cost_text})"
+        for s in suggest(m, t, gpu, limit=n)
+    ]

@@ -1,0 +1,71 @@
+"""Every input of one estimate and where it came from: flags, --from files, the model's config.json, defaults.
+
+Layers, lowest first: vramplan's defaults (resolve_train's, which click's option defaults repeat); the tool's
+own defaults for keys a file leaves out (`default:llamafactory`: LLaMA-Factory's lora_rank 8); the files'
+values, a later --from over an earlier one; the model config.json's `quantization_config` (a pre-quantized
+checkpoint loads quantized whatever the training config says); flags the user typed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vramplan.errors import VramplanError
+from vramplan.sources.configs import FileSettings, Unmodeled, read_config, read_model_config
+from vramplan.sources.profiles import find_model_config
+from vramplan.spec import ModelSpec, model_spec_from_config
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """`settings`: resolve_train's keywords. `sources`: per setting and for `model`, where its value came
+    from: `flag`, `file:<path>`, `default` (vramplan's) or `default:<tool>` (the tool's default for a key its
+    file leaves out). `not_modeled`: file settings the estimate ignores. `model_config`: its origin."""
+
+    model: ModelSpec
+    settings: Mapping[str, Any]
+    sources: Mapping[str, str]
+    not_modeled: tuple[Unmodeled, ...]
+    model_config: str
+
+
+def plan_inputs(model: str | None, files: Sequence[str], flags: Mapping[str, Any], typed: Collection[str] = ()) -> Plan:
+    """Layer `flags` (a command's option values; `typed`: those the user set) over the --from `files` and the
+    model's quantization_config. `model`: MODEL / --model, else the model the last naming file names."""
+    read = [read_config(f) for f in files]
+    settings = dict(flags)
+    sources = {k: "flag" if k in typed else "default" for k in flags}
+
+    def apply(fs: FileSettings, tool_defaults: bool | None) -> None:
+        for k, v in fs.settings.items():
+            layer_ok = tool_defaults is None or fs.sources[k].startswith("default:") == tool_defaults
+            if k not in typed and layer_ok:
+                settings[k], sources[k] = v, fs.sources[k]
+
+    for tool_defaults in (True, False):
+        for fs in read:
+            apply(fs, tool_defaults)
+    if model:
+        sources["model"] = "flag"
+    else:
+        named = [fs for fs in read if fs.model]
+        if not named:
+            raise VramplanError(
+                "no model: pass MODEL or --model (a built-in name, a config.json or its folder, a hub id)"
+                + (", or a --from file that names one (model_name_or_path, base_model)" if read else "")
+            )
+        model, sources["model"] = named[-1].model, f"file:{named[-1].path}"
+    mc = find_model_config(model)
+    where = mc.origin.split(":", 1)[1] if mc.origin.startswith(("hf-cache:", "hub:")) else mc.origin
+    quant = read_model_config(mc.config, where)
+    if "quant" in quant.settings and settings.get("method") == "lora" and "method" not in typed:
+        settings["method"], sources["method"] = "qlora", f"file:{where}"  # LoRA on a quantized checkpoint
+    apply(quant, None)
+    spec = model_spec_from_config(mc.config, mc.name)
+    target = settings.get("lora_target")
+    if isinstance(target, str) and set(target.split(",")) == {lin.name for lin in spec.linears}:
+        settings["lora_target"] = "all-linear"  # PEFT saves all-linear as the list of every Linear
+    unmodeled = [u for fs in (*read, quant) for u in fs.not_modeled if u.affects not in typed]
+    return Plan(spec, settings, sources, tuple(dict.fromkeys(unmodeled)), mc.origin)

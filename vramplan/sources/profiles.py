@@ -1,0 +1,231 @@
+"""GPU and model profiles (data under profiles/), Hugging Face config.json files, aliases, did-you-mean."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from vramplan.errors import VramplanError, did_you_mean
+from vramplan.spec import ModelSpec, model_spec_from_config
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True, slots=True)
+class GpuProfile:
+    """A GPU as NVML reports it: total memory in bytes, compute capability, bf16 support."""
+
+    key: str
+    name: str
+    memory_bytes: int
+    compute_capability: str
+    bf16: bool
+    aliases: tuple[str, ...]
+    source: str
+
+
+def profiles_dir() -> Path:
+    """profiles/ shipped inside the wheel (vramplan/profiles), else the checkout's top-level profiles/."""
+    package = Path(__file__).resolve().parent.parent  # vramplan/
+    for cand in (package / "profiles", package.parent / "profiles"):
+        if (cand / "gpus.toml").is_file():
+            return cand
+    raise VramplanError(f"vramplan's profiles/ folder is missing under {package.parent}; reinstall the package")
+
+
+def _norm(name: str) -> str:
+    """Lowercase, no spaces/dashes/underscores, no vendor words: 'NVIDIA GeForce RTX 3060 Ti' -> 'rtx3060ti'."""
+    s = name.lower()
+    s = re.sub(r"\b(nvidia|geforce|tesla)\b", "", s)
+    return re.sub(r"[\s_\-]+", "", s)
+
+
+@cache
+def load_gpus() -> dict[str, GpuProfile]:
+    data = tomllib.loads((profiles_dir() / "gpus.toml").read_text())
+    out = {}
+    for key, d in data.items():
+        out[key] = GpuProfile(
+            key=key,
+            name=d["name"],
+            memory_bytes=int(d["memory_bytes"]),
+            compute_capability=str(d["compute_capability"]),
+            bf16=bool(d["bf16"]),
+            aliases=tuple(d.get("aliases", ())),
+            source=d.get("source", ""),
+        )
+    return out
+
+
+@cache
+def _gpu_index() -> dict[str, str]:
+    index: dict[str, str] = {}
+    for key, g in load_gpus().items():
+        for label in (key, g.name, *g.aliases):
+            index.setdefault(_norm(label), key)
+    return index
+
+
+def find_gpu(name: str) -> GpuProfile:
+    """Resolve a GPU by slug, NVML name or alias, case- and punctuation-insensitive."""
+    key = _gpu_index().get(_norm(name))
+    if key is None:
+        raise did_you_mean(name, load_gpus().keys(), "GPU", "see `vramplan gpus`")
+    return load_gpus()[key]
+
+
+def builtin_model_names() -> list[str]:
+    return sorted(p.stem for p in (profiles_dir() / "models").glob("*.json"))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise VramplanError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except OSError as e:
+        raise VramplanError(f"cannot read {path}: {e.strerror}") from None
+    if not isinstance(data, dict):
+        raise VramplanError(f"{path}: expected a JSON object (a config.json)")
+    return data
+
+
+def _hf_cache_config(repo_id: str) -> Path | None:
+    """`config.json` of `repo_id` in the local Hugging Face hub cache, without importing huggingface_hub."""
+    roots = []
+    if os.environ.get("HF_HUB_CACHE"):
+        roots.append(Path(os.environ["HF_HUB_CACHE"]))
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    roots.append(hf_home / "hub")
+    folder = "models--" + repo_id.replace("/", "--")
+    for root in roots:
+        snaps = root / folder / "snapshots"
+        if snaps.is_dir():
+            ref = root / folder / "refs" / "main"
+            if ref.is_file() and (snaps / ref.read_text().strip() / "config.json").is_file():
+                return snaps / ref.read_text().strip() / "config.json"
+            found = sorted(snaps.glob("*/config.json"), key=lambda p: p.stat().st_mtime)
+            if found:
+                return found[-1]
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """A model's `config.json` mapping, the name to show, and where it was found.
+
+    `origin`: `builtin:<profile>`, the path of the config.json, or `hf-cache:<path>` / `hub:<path>` for a hub
+    id read from the local Hugging Face cache or downloaded.
+    """
+
+    name: str
+    config: dict[str, Any]
+    origin: str
+
+
+# Words that name a variant with the base model's shapes: `-Instruct`, `-chat`, `-it` (Gemma), `-hf`, `-Base`.
+_VARIANT_WORDS = frozenset({"instruct", "chat", "it", "hf", "base"})
+
+
+def _repo_key(repo_id: str) -> str:
+    """'meta-llama/Meta-Llama-3-8B-Instruct' -> 'llama-3-8b': name without owner, `Meta-`, variant words."""
+    name = repo_id.rsplit("/", 1)[-1].lower().removeprefix("meta-")
+    return "-".join(w for w in name.split("-") if w not in _VARIANT_WORDS)
+
+
+@cache
+def _builtin_repo_index() -> dict[str, str]:
+    index: dict[str, str] = {}
+    for name in builtin_model_names():
+        repo = _read_json(profiles_dir() / "models" / f"{name}.json").get("vramplan_profile", {}).get("repo")
+        if repo:
+            index.setdefault(_repo_key(repo), name)
+    return index
+
+
+def builtin_for_repo(repo_id: str) -> str | None:
+    """The built-in profile whose `vramplan_profile.repo` is `repo_id`, a mirror of it under another owner
+    (`NousResearch/Meta-Llama-3-8B`) or its instruct/chat variant (`meta-llama/Llama-2-7b-chat-hf`), or None.
+    """
+    return _builtin_repo_index().get(_repo_key(repo_id))
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _hub_download_config(repo_id: str) -> Path | None:
+    """Download `config.json` of `repo_id` (huggingface_hub, imported only here); None if offline/absent."""
+    if _hub_offline():
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        return None
+    hub_log = logging.getLogger("huggingface_hub")  # its retry warnings would break the one-line error
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
+    try:
+        return Path(hf_hub_download(repo_id, "config.json", etag_timeout=5))
+    except Exception as e:  # no network, gated or missing repo: say which, with the way out
+        raise VramplanError(
+            f"{repo_id!r}: config.json is not in the local Hugging Face cache and downloading it failed "
+            f"({type(e).__name__}); run `huggingface-cli download {repo_id} config.json` or pass --model PATH"
+        ) from None
+    finally:
+        hub_log.setLevel(level)
+
+
+def find_model_config(model: str) -> ModelConfig:
+    """A built-in name, a config.json path/folder, or a hub id: from the local HF cache, else the built-in
+    profile of that repo (or its instruct/chat variant), else downloaded unless HF_HUB_OFFLINE is set."""
+    builtin = profiles_dir() / "models" / f"{model.lower()}.json"
+    if builtin.is_file():
+        return ModelConfig(model.lower(), _read_json(builtin), f"builtin:{model.lower()}")
+    path = Path(model)
+    if path.is_dir():
+        path = path / "config.json"
+        if not path.is_file():
+            raise VramplanError(f"{model}: folder has no config.json")
+    if path.is_file():
+        return ModelConfig(str(model), _read_json(path), str(path))
+    if model.count("/") == 1 and not model.endswith(".json"):
+        cached = _hf_cache_config(model)
+        if cached is not None:
+            return ModelConfig(model, _read_json(cached), f"hf-cache:{cached}")
+        profile = builtin_for_repo(model)
+        if profile is not None:
+            cfg = _read_json(profiles_dir() / "models" / f"{profile}.json")
+            return ModelConfig(model, cfg, f"builtin:{profile}")
+        downloaded = _hub_download_config(model)
+        if downloaded is not None:
+            return ModelConfig(model, _read_json(downloaded), f"hub:{downloaded}")
+        raise VramplanError(
+            f"{model!r} is not a built-in model and its config.json is not in the local Hugging Face cache; "
+            f"run `huggingface-cli download {model} config.json` or pass a path to config.json"
+        )
+    if model.endswith(".json") or "/" in model:
+        raise VramplanError(f"no such file: {model}")
+    raise did_you_mean(model, builtin_model_names(), "model", "see `vramplan models`, or pass a config.json")
+
+
+def load_model_config(model: str) -> tuple[str, dict[str, Any]]:
+    """(display name, config mapping) for a built-in name, a config.json path/folder, or a hub id."""
+    found = find_model_config(model)
+    return found.name, found.config
+
+
+@cache
+def load_model(model: str) -> ModelSpec:
+    name, cfg = load_model_config(model)
+    return model_spec_from_config(cfg, name)

@@ -1,0 +1,38 @@
+"""The inputs, in one place: a model's shapes (`model`), a training step (`train`), a multi-GPU run (`parallel`).
+
+Serving's ServeSpec lives in `vramplan.estimator.serve` beside its resolver.
+"""
+
+from __future__ import annotations
+
+from vramplan.spec.model import (  # noqa: F401
+    ATTNS,
+    DEFAULT_ACT,
+    DTYPE_BYTES,
+    DTYPES,
+    HEAD_DIM_DEFAULTS,
+    LLAMA_LIKE,
+    METHODS,
+    MIXED,
+    QUANTS,
+    SUPPORTED_MODEL_TYPES,
+    Attn,
+    Dtype,
+    LinearSpec,
+    Method,
+    MixedPrecision,
+    ModelSpec,
+    ParamSpec,
+    Quant,
+    model_spec_from_config,
+)
+from vramplan.spec.train import (  # noqa: F401
+    LORA_TARGET_PRESETS,
+    OPTIM_ALIASES,
+    OPTIMIZERS,
+    PEFT_DEFAULT_TARGETS,
+    TrainSpec,
+    lora_moe_targets,
+    resolve_lora_target,
+    resolve_train,
+)

@@ -1,0 +1,375 @@
+"""The inputs: a model's shapes (ModelSpec, read from a Hugging Face config.json) and a training step (TrainSpec).
+
+The module layout each family gets mirrors what transformers 5.24 builds (modeling_<family>.py), so parameter
+counts are exact and LoRA / bitsandbytes targeting sees the same `nn.Linear` names as PEFT and transformers do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from vramplan.errors import VramplanError
+
+Method = Literal["full", "lora", "qlora", "freeze"]
+Dtype = Literal["bf16", "fp16", "fp32"]
+MixedPrecision = Literal["bf16", "fp16", "no"]
+Quant = Literal["none", "nf4", "fp4", "int8"]
+Attn = Literal["eager", "sdpa", "flash_attention_2"]
+
+DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
+METHODS: tuple[str, ...] = ("full", "lora", "qlora", "freeze")
+DTYPES: tuple[str, ...] = ("bf16", "fp16", "fp32")
+MIXED: tuple[str, ...] = ("bf16", "fp16", "no")
+QUANTS: tuple[str, ...] = ("none", "nf4", "fp4", "int8")
+ATTNS: tuple[str, ...] = ("eager", "sdpa", "flash_attention_2")
+
+# Families whose decoder layer is Llama-shaped (separate q/k/v/o, gated MLP, RMSNorm).
+LLAMA_LIKE = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "mixtral", "phi3"})
+SUPPORTED_MODEL_TYPES = frozenset(LLAMA_LIKE | {"gpt_neox", "bloom", "phi"})
+# `head_dim` when config.json has none: a fixed class default here (transformers 5.24 Qwen3Config 128,
+# GemmaConfig / Gemma2Config 256), hidden_size // num_attention_heads for every other family.
+HEAD_DIM_DEFAULTS: dict[str, int] = {"qwen3": 128, "gemma": 256, "gemma2": 256}
+
+
+@dataclass(frozen=True, slots=True)
+class LinearSpec:
+    """One `nn.Linear` of a decoder layer, under its transformers attribute name."""
+
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool
+    group: Literal["attn", "mlp"]
+
+    @property
+    def weight_params(self) -> int:
+        return self.in_features * self.out_features
+
+    @property
+    def params(self) -> int:
+        return self.weight_params + (self.out_features if self.bias else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ParamSpec:
+    """A per-layer weight that is a plain `nn.Parameter`, not an `nn.Linear` (Mixtral's router and experts).
+
+    `shape` as transformers registers it: (out, in), or (experts, out, in) for stacked experts. PEFT adapts it
+    through `target_parameters` (lora.ParamWrapper) when its transformers-4 Linear names `peft_names` are in
+    `target_modules` (peft/utils/transformers_weight_conversion.py `_MOE_TARGET_MODULE_MAPPING`, peft 0.21.2);
+    a fused weight (gate_up_proj = w1 + w3) gets rank r · len(peft_names) (PEFT's `rank_pattern`).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    peft_names: tuple[str, ...]
+
+    @property
+    def experts(self) -> int:
+        return self.shape[0] if len(self.shape) == 3 else 1
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[-1]
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[-2]
+
+    @property
+    def params(self) -> int:
+        return self.experts * self.out_features * self.in_features
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """Shapes of a causal LM, everything the estimator needs and nothing more.
+
+    `linears` are the per-layer `nn.Linear` modules; `norm_params` the per-layer norm parameters;
+    `moe_params` the per-layer weights that are not in a Linear or norm (Mixtral's router weight and
+    3-D expert tensors, which transformers 5 stores as plain `nn.Parameter`s), summed in `other_layer_params`.
+    """
+
+    name: str
+    model_type: str
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    max_position_embeddings: int
+    linears: tuple[LinearSpec, ...]
+    norm: Literal["rms", "layer"]
+    norms_per_layer: int
+    head_norm_params: int = 0  # per layer: qwen3's q_norm/k_norm over head_dim
+    moe_params: tuple[ParamSpec, ...] = ()
+    embed_norm: bool = False  # bloom's word_embeddings_layernorm
+    lm_head_bias: bool = False  # phi
+    mlp: Literal["gated", "gated_fused", "plain", "moe"] = "gated"
+    parallel_residual: bool = False  # gpt_neox, phi: attention and MLP read the same normed input
+    num_local_experts: int = 0
+    num_experts_per_tok: int = 0
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] = ()
+    attn_softcap: bool = False  # gemma2 attn_logit_softcapping: tanh on the scores (eager attention)
+    final_softcap: bool = False  # gemma2 final_logit_softcapping: tanh on the logits
+    hidden_act: str = "silu"  # ACT2FN name; "gelu_new" (phi) is a Python tanh-GELU that saves 3 more tensors
+    config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    # ---- parameter counts by module kind (exact; tests compare them to transformers on meta) ----
+    @property
+    def norm_size(self) -> int:
+        """Parameters of one norm over hidden_size (RMSNorm: weight; LayerNorm: weight + bias)."""
+        return self.hidden_size * (2 if self.norm == "layer" else 1)
+
+    @property
+    def embed_params(self) -> int:
+        return self.vocab_size * self.hidden_size + (self.norm_size if self.embed_norm else 0)
+
+    @property
+    def lm_head_params(self) -> int:
+        """0 when tied to the embeddings (counted once, as `model.parameters()` does)."""
+        if self.tie_word_embeddings:
+            return 0
+        return self.vocab_size * self.hidden_size + (self.vocab_size if self.lm_head_bias else 0)
+
+    @property
+    def other_layer_params(self) -> int:
+        return sum(p.params for p in self.moe_params)
+
+    @property
+    def attn_params_per_layer(self) -> int:
+        return sum(lin.params for lin in self.linears if lin.group == "attn")
+
+    @property
+    def mlp_params_per_layer(self) -> int:
+        return sum(lin.params for lin in self.linears if lin.group == "mlp") + self.other_layer_params
+
+    @property
+    def norm_params_per_layer(self) -> int:
+        return self.norms_per_layer * self.norm_size + self.head_norm_params
+
+    @property
+    def layer_params(self) -> int:
+        return self.attn_params_per_layer + self.mlp_params_per_layer + self.norm_params_per_layer
+
+    @property
+    def final_norm_params(self) -> int:
+        return self.norm_size
+
+    @property
+    def total_params(self) -> int:
+        return (
+            self.embed_params
+            + self.num_hidden_layers * self.layer_params
+            + self.final_norm_params
+            + self.lm_head_params
+        )
+
+    @property
+    def linear_weight_params(self) -> int:
+        """Weights of all decoder-layer `nn.Linear`s: what bitsandbytes quantizes (lm_head excluded)."""
+        return self.num_hidden_layers * sum(lin.weight_params for lin in self.linears)
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_attention_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_key_value_heads * self.head_dim
+
+
+def _req(cfg: Mapping[str, Any], key: str, name: str) -> Any:
+    if key not in cfg or cfg[key] is None:
+        raise VramplanError(f"model config {name!r} has no {key!r}; is it a causal-LM config.json?")
+    return cfg[key]
+
+
+def _text_config(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
+    inner = cfg.get("text_config")
+    return {**inner, "model_type": inner.get("model_type", cfg.get("model_type"))} if inner else cfg
+
+
+def model_spec_from_config(cfg: Mapping[str, Any], name: str) -> ModelSpec:
+    """Build a ModelSpec from a Hugging Face `config.json` mapping (the keys transformers reads)."""
+    cfg = _text_config(cfg)
+    mt = _req(cfg, "model_type", name)
+    if mt not in SUPPORTED_MODEL_TYPES:
+        from vramplan.errors import did_you_mean
+
+        raise did_you_mean(mt, SUPPORTED_MODEL_TYPES, "model_type", f"in {name}")
+    if mt in ("gpt_neox", "bloom"):
+        return _neox_like(cfg, name, mt)
+    if mt == "phi":
+        return _phi(cfg, name)
+    return _llama_like(cfg, name, mt)
+
+
+# transformers 5.24 config classes' default `hidden_act` where it is not SiLU
+DEFAULT_ACT = {"phi": "gelu_new", "gpt_neox": "gelu", "bloom": "bloom_gelu", "gemma": "gelu_pytorch_tanh",
+               "gemma2": "gelu_pytorch_tanh"}  # fmt: skip
+
+
+def _common(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> dict[str, Any]:
+    kv = cfg.get("num_key_value_heads") or heads
+    head_dim = cfg.get("head_dim") or HEAD_DIM_DEFAULTS.get(cfg.get("model_type", ""), h // heads)
+    return {
+        "name": name,
+        "hidden_size": h,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "head_dim": head_dim,
+        "vocab_size": _req(cfg, "vocab_size", name),
+        "max_position_embeddings": cfg.get("max_position_embeddings") or cfg.get("seq_length") or 2048,
+        # Gemma2Config defaults: attn_logit_softcapping 50.0, final_logit_softcapping 30.0
+        "attn_softcap": cfg.get("model_type") == "gemma2" and cfg.get("attn_logit_softcapping", 50.0) is not None,
+        "final_softcap": cfg.get("model_type") == "gemma2" and cfg.get("final_logit_softcapping", 30.0) is not None,
+        "hidden_act": str(
+            cfg.get("hidden_activation") or cfg.get("hidden_act") or DEFAULT_ACT.get(cfg.get("model_type"), "silu")
+        ),
+        "config": dict(cfg),
+    }
+
+
+def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
+    h = _req(cfg, "hidden_size", name)
+    heads = _req(cfg, "num_attention_heads", name)
+    c = _common(cfg, name, h, heads)
+    inter = _req(cfg, "intermediate_size", name)
+    layers = _req(cfg, "num_hidden_layers", name)
+    q, kv = heads * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
+    qkv_bias = True if mt == "qwen2" else bool(cfg.get("attention_bias", False))
+    o_bias = False if mt == "qwen2" else bool(cfg.get("attention_bias", False))
+    mlp_bias = bool(cfg.get("mlp_bias", False))
+    if mt == "phi3":
+        attn = (
+            LinearSpec("qkv_proj", h, q + 2 * kv, False, "attn"),
+            LinearSpec("o_proj", q, h, False, "attn"),
+        )
+    else:
+        attn = (
+            LinearSpec("q_proj", h, q, qkv_bias, "attn"),
+            LinearSpec("k_proj", h, kv, qkv_bias, "attn"),
+            LinearSpec("v_proj", h, kv, qkv_bias, "attn"),
+            LinearSpec("o_proj", q, h, o_bias, "attn"),
+        )
+    other: tuple[ParamSpec, ...] = ()
+    experts = top_k = 0
+    if mt == "mixtral":
+        # transformers 5 MixtralExperts: gate_up_proj (E, 2I, H) and down_proj (E, H, I) as nn.Parameter,
+        # MixtralTopKRouter.weight (E, H): no nn.Linear in the MoE block (modeling_mixtral.py, 5.24).
+        experts = _req(cfg, "num_local_experts", name)
+        top_k = cfg.get("num_experts_per_tok", 2)
+        other = (
+            ParamSpec("gate.weight", (experts, h), ("gate",)),
+            ParamSpec("gate_up_proj", (experts, 2 * inter, h), ("w1", "w3")),
+            ParamSpec("down_proj", (experts, h, inter), ("w2",)),
+        )
+        mlp: tuple[LinearSpec, ...] = ()
+        mlp_kind = "moe"
+    elif mt == "phi3":
+        mlp = (
+            LinearSpec("gate_up_proj", h, 2 * inter, False, "mlp"),
+            LinearSpec("down_proj", inter, h, False, "mlp"),
+        )
+        mlp_kind = "gated_fused"
+    else:
+        mlp = (
+            LinearSpec("gate_proj", h, inter, mlp_bias, "mlp"),
+            LinearSpec("up_proj", h, inter, mlp_bias, "mlp"),
+            LinearSpec("down_proj", inter, h, mlp_bias, "mlp"),
+        )
+        mlp_kind = "gated"
+    tie_default = mt in ("gemma", "gemma2")
+    layer_types = tuple(cfg.get("layer_types") or ())
+    return ModelSpec(
+        model_type=mt,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", tie_default)),
+        linears=attn + mlp,
+        norm="rms",
+        norms_per_layer=4 if mt == "gemma2" else 2,
+        head_norm_params=2 * c["head_dim"] if mt == "qwen3" else 0,
+        moe_params=other,
+        mlp=mlp_kind,
+        num_local_experts=experts,
+        num_experts_per_tok=top_k,
+        sliding_window=cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None,
+        layer_types=layer_types,
+        **c,
+    )
+
+
+def _neox_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
+    if mt == "bloom":
+        h = cfg.get("hidden_size") or _req(cfg, "n_embed", name)
+        heads = cfg.get("n_head") or _req(cfg, "num_attention_heads", name)
+        layers = cfg.get("n_layer") or _req(cfg, "num_hidden_layers", name)
+        inter = 4 * h
+        tie = bool(cfg.get("tie_word_embeddings", True))
+    else:
+        h = _req(cfg, "hidden_size", name)
+        heads = _req(cfg, "num_attention_heads", name)
+        layers = _req(cfg, "num_hidden_layers", name)
+        inter = _req(cfg, "intermediate_size", name)
+        tie = bool(cfg.get("tie_word_embeddings", False))
+    c = _common({**cfg, "num_key_value_heads": None, "head_dim": None}, name, h, heads)
+    bias = bool(cfg.get("attention_bias", True)) if mt == "gpt_neox" else True
+    return ModelSpec(
+        model_type=mt,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        tie_word_embeddings=tie,
+        linears=(
+            LinearSpec("query_key_value", h, 3 * h, bias, "attn"),
+            LinearSpec("dense", h, h, bias, "attn"),
+            LinearSpec("dense_h_to_4h", h, inter, True, "mlp"),
+            LinearSpec("dense_4h_to_h", inter, h, True, "mlp"),
+        ),
+        norm="layer",
+        norms_per_layer=2,
+        embed_norm=mt == "bloom",
+        mlp="plain",
+        parallel_residual=bool(cfg.get("use_parallel_residual", True)) if mt == "gpt_neox" else False,
+        **c,
+    )
+
+
+def _phi(cfg: Mapping[str, Any], name: str) -> ModelSpec:
+    h = _req(cfg, "hidden_size", name)
+    heads = _req(cfg, "num_attention_heads", name)
+    c = _common(cfg, name, h, heads)
+    inter = _req(cfg, "intermediate_size", name)
+    q, kv = heads * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
+    qk_ln = bool(cfg.get("qk_layernorm", False))
+    return ModelSpec(
+        model_type="phi",
+        intermediate_size=inter,
+        num_hidden_layers=_req(cfg, "num_hidden_layers", name),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        linears=(
+            LinearSpec("q_proj", h, q, True, "attn"),
+            LinearSpec("k_proj", h, kv, True, "attn"),
+            LinearSpec("v_proj", h, kv, True, "attn"),
+            LinearSpec("dense", q, h, True, "attn"),
+            LinearSpec("fc1", h, inter, True, "mlp"),
+            LinearSpec("fc2", inter, h, True, "mlp"),
+        ),
+        norm="layer",
+        norms_per_layer=1,
+        head_norm_params=2 * 2 * c["head_dim"] if qk_ln else 0,
+        lm_head_bias=True,
+        mlp="plain",
+        parallel_residual=True,
+        **c,
+    )
+
+
+# ---------------------------------------------------------------- the training step

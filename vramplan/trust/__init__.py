@@ -1,0 +1,1 @@
+"""Whether to trust the estimate: the calibration store from `measure --save`, and the published validation set."""
