@@ -6,7 +6,11 @@ Component names are a closed set, so an estimate and a measurement line up key b
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from vramplan.estimator.overhead import Overheads
+    from vramplan.spec.train import TrainSpec
 
 Phase = Literal["forward", "backward", "optimizer"]
 PHASES: tuple[Phase, ...] = ("forward", "backward", "optimizer")
@@ -122,25 +126,56 @@ class PeakAccounting:
 
 
 @dataclass(frozen=True, slots=True)
+class MeasuredRun:
+    """Where a measured or traced step ran: `device` (cuda, cpu, meta, fake) and the steps completed."""
+
+    device: str
+    steps: int
+
+
+@dataclass(frozen=True, slots=True)
 class Breakdown(PeakAccounting):
     """Peak memory of one steady-state training step, where it goes, and whether it fits.
 
     `peak_bytes` is the tensor-level peak (`torch.cuda.max_memory_allocated`); `reserved_bytes` adds the
     caching allocator's slack (`max_memory_reserved`); `device_bytes` adds the CUDA context (what nvidia-smi
     shows). Paged (CUDA managed) optimizer states are outside all three and reported as `paged_bytes`.
+    Built only by `vramplan.estimator.build` (`build_breakdown`, `measured_breakdown`).
+
+    Inputs, typed: `train` (the resolved step), `gpu` (its gpus.toml key, "local", or the CUDA device a
+    measurement ran on; None without a GPU) and `overheads` (CUDA context, allocator, error band and the
+    calibration they came from). `notes`: what a measurement adds to `train.notes`; `run`: where it ran.
     """
 
     model: str
     phases: tuple[PhaseUsage, ...]
     params_total: int
     params_trainable: int
-    allocator_overhead_bytes: int
-    cuda_context_bytes: int
     paged_bytes: int
+    train: TrainSpec
+    gpu: str | None
     gpu_bytes: int | None
-    error_band: float  # relative error of the estimator used for the `tight` verdict
-    inputs: dict[str, Any]
+    overheads: Overheads
     source: Literal["estimate", "measure", "simulate"] = "estimate"
+    notes: tuple[str, ...] = ()
+    run: MeasuredRun | None = None
+
+    @property
+    def allocator_overhead_bytes(self) -> int:
+        return self.overheads.allocator_bytes(self.peak_bytes)
+
+    @property
+    def cuda_context_bytes(self) -> int:
+        return self.overheads.cuda_context_bytes
+
+    @property
+    def error_band(self) -> float:
+        """Relative error of the estimator used for the `tight` verdict."""
+        return self.overheads.error_band
+
+    @property
+    def all_notes(self) -> tuple[str, ...]:
+        return (*self.train.notes, *self.notes)
 
     @property
     def verdict(self) -> Verdict | None:

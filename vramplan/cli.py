@@ -133,13 +133,28 @@ def resolve_parallel_spec(t, kw: dict[str, Any]):
     return p
 
 
+def resolve_gpu(gpu: str | None):
+    """The GpuProfile of --gpu (a name, an alias, or `auto` for this machine's), with the overheads of the
+    user's stored calibration: resolved once per command, so every estimate the command makes agrees."""
+    if not gpu:
+        return None
+    from vramplan.trust.calibration import calibrate
+
+    if gpu == "auto":
+        from vramplan.sources.local_gpu import local_gpu_profile
+
+        return calibrate(local_gpu_profile())
+    from vramplan.sources.profiles import find_gpu
+
+    return calibrate(find_gpu(gpu))
+
+
 def resolve_plan(model: str | None, gpu: str | None, kw: dict[str, Any]):
     """(ModelSpec, TrainSpec, GpuProfile | None, Plan) from CLI values and kw's --from files: an option the
     user typed (click's ParameterSource) beats a file's value. Prints what is not modeled on one line."""
     from click.core import ParameterSource
 
     from vramplan.sources.inputs import plan_inputs
-    from vramplan.sources.profiles import find_gpu
     from vramplan.spec import resolve_train
 
     option = kw.get("model_option")
@@ -148,13 +163,7 @@ def resolve_plan(model: str | None, gpu: str | None, kw: dict[str, Any]):
     ctx = click.get_current_context(silent=True)
     defaults = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
     typed = {k for k in TRAIN_KEYS if ctx is None or ctx.get_parameter_source(k) not in defaults}
-    g = None
-    if gpu == "auto":
-        from vramplan.sources.local_gpu import local_gpu_profile
-
-        g = local_gpu_profile()
-    elif gpu:
-        g = find_gpu(gpu)
+    g = resolve_gpu(gpu)
     plan = plan_inputs(model or option, kw.get("from_files") or (), {k: kw[k] for k in TRAIN_KEYS}, typed)
     if plan.not_modeled:
         click.echo("note: not modeled, estimated without: " + "; ".join(map(str, plan.not_modeled)), err=True)
@@ -407,18 +416,10 @@ def serve(model: str, gpu: str | None, as_json: bool, **kw: Any) -> None:
 
     vLLM: the KV-cache tokens its pool holds and the concurrency at --max-model-len, as vLLM logs at start.
     """
-    from vramplan.estimator.serve import estimate_serve
-    from vramplan.sources.profiles import find_gpu, load_model
+    from vramplan.api import estimate_serve
 
-    g = None
-    if gpu == "auto":
-        from vramplan.sources.local_gpu import local_gpu_profile
-
-        g = local_gpu_profile()
-    elif gpu:
-        g = find_gpu(gpu)
-    b = estimate_serve(load_model(model), gpu=g, **kw)
-    for note in b.inputs.get("notes", ()):
+    b = estimate_serve(model, gpu=resolve_gpu(gpu), **kw)
+    for note in b.serve.notes:
         click.echo(f"warning: {note}", err=True)
     if as_json:
         from vramplan.report import serve_json

@@ -9,10 +9,13 @@ temporaries) mean the same thing, so JSON consumers read both the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from vramplan.breakdown import PeakAccounting
-from vramplan.estimator.kvcache import PagedKV
+
+if TYPE_CHECKING:
+    from vramplan.estimator.overhead import Overheads
+    from vramplan.spec.serve import ServeSpec
 
 ServeVerdict = Literal["fits", "tight", "oom"]
 
@@ -63,6 +66,35 @@ class ServePhase:
 
 
 @dataclass(frozen=True, slots=True)
+class PagedKV:
+    """vLLM's KV pool for `available_bytes`: what it logs at start-up.
+
+    `tokens` is "GPU KV cache size: N tokens"; `max_concurrency` is "Maximum concurrency for
+    {max_model_len} tokens per request: X.XXx"; `pool_bytes` the KV tensors allocated.
+    """
+
+    page_bytes: int
+    group_size: int  # layers sharing one pool tensor (all layers when uniform)
+    num_groups: int
+    num_blocks: int
+    block_size: int
+    blocks_per_request: int  # blocks one max_model_len request needs, summed over groups
+    request_bytes: int  # check_enough_kv_cache_memory's `needed_memory` for one max_model_len request
+
+    @property
+    def tokens(self) -> int:
+        return self.num_blocks // self.num_groups * self.block_size
+
+    @property
+    def pool_bytes(self) -> int:
+        return self.group_size * self.page_bytes * self.num_blocks
+
+    @property
+    def max_concurrency(self) -> float:
+        return self.num_blocks / self.blocks_per_request
+
+
+@dataclass(frozen=True, slots=True)
 class VllmPool:
     """vLLM's start-up arithmetic: the memory budget and the KV pool it leaves."""
 
@@ -90,12 +122,20 @@ class ServeBreakdown(PeakAccounting):
     params_total: int
     adapter_params: int
     allocator_overhead_bytes: int
-    cuda_context_bytes: int
+    serve: ServeSpec
+    gpu: str | None
     gpu_bytes: int | None
-    error_band: float
-    inputs: dict[str, Any]
+    overheads: Overheads
     vllm: VllmPool | None = None
     problems: tuple[str, ...] = ()  # why vLLM would refuse to start or run out of memory
+
+    @property
+    def cuda_context_bytes(self) -> int:
+        return self.overheads.cuda_context_bytes
+
+    @property
+    def error_band(self) -> float:
+        return self.overheads.error_band
 
     @property
     def verdict(self) -> ServeVerdict | None:

@@ -6,20 +6,20 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import TINY_CONFIGS
+from vramplan.api import estimate_serve
 from vramplan.errors import VramplanError
 from vramplan.estimator.kvcache import vllm_page_bytes
 from vramplan.estimator.overhead import CUDA_CONTEXT_BYTES
 from vramplan.estimator.serve import (
     adapter_elem_bytes,
     adapter_params,
-    estimate_serve,
     layer_peak_elems_per_token,
-    resolve_serve,
     serve_weight_bytes,
 )
 from vramplan.estimator.vllm import VLLM_CUDA_GRAPH_BYTES, available_kv_bytes
 from vramplan.sources.profiles import find_gpu, load_model
 from vramplan.spec import model_spec_from_config
+from vramplan.spec.serve import resolve_serve
 
 GIB = 1024**3
 

@@ -97,7 +97,7 @@ def test_qlora_nf4_categories_are_consistent() -> None:
         assert c.weights == packed + rest + ROTARY_BUFFERS
         assert c.trainable == adapters
     assert _phase(r, "optimizer").gradients == adapters
-    assert r.breakdown.inputs["grad_ckpt"] is True  # QLoRA's default recipe checkpoints
+    assert r.breakdown.train.grad_ckpt is True  # QLoRA's default recipe checkpoints
 
 
 def test_full_categories_are_consistent() -> None:
@@ -266,7 +266,7 @@ def test_cuda_path_out_of_memory_cleans_up(monkeypatch: pytest.MonkeyPatch) -> N
     assert r.cuda.nvml_process_bytes is None
     assert r.cuda.cuda_context_bytes is None
     assert r.breakdown.gpu_bytes == 8 * _FakeCuda.GIB  # the local card when no --gpu
-    assert any("NVML unavailable" in n for n in r.breakdown.inputs["notes"])
+    assert any("NVML unavailable" in n for n in r.breakdown.all_notes)
 
 
 def test_cuda_figures_with_nvml(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -162,18 +162,15 @@ def test_parse_seqs():
             parse_seqs(bad)
 
 
-def test_error_band_is_threaded_through(monkeypatch):
-    import vramplan.api as est
-    import vramplan.plan.fit as fit_mod
-    from vramplan.estimator.overhead import ERROR_BAND, error_band_for
+def test_error_band_is_threaded_through():
+    from vramplan.api import estimate
+    from vramplan.estimator.overhead import ERROR_BAND, Overheads
 
-    assert error_band_for("rtx-4090") == ERROR_BAND
     m, t, g = setup("llama-2-7b", "3060ti")
     assert run(m, t, g).error_band == ERROR_BAND
     before = fit_table(m, t, g)
-    monkeypatch.setattr(fit_mod, "error_band_for", lambda key: 0.5)
-    monkeypatch.setattr(est, "error_band_for", lambda key: 0.5)
-    assert est.estimate(m, gpu=g, train=t).error_band == 0.5
+    g = dataclasses.replace(g, overheads=Overheads(error_band=0.5))
+    assert estimate(m, gpu=g, train=t).error_band == 0.5
     wide = fit_table(m, t, g)
     assert wide.error_band == 0.5
     # the band moves verdicts between fits and tight, never the limits themselves

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from vramplan.api import estimate
 from vramplan.cli import main
-from vramplan.estimator.overhead import CUDA_CONTEXT_BYTES, ERROR_BAND, MIB, error_band_for
+from vramplan.estimator.overhead import CUDA_CONTEXT_BYTES, ERROR_BAND, MIB
 from vramplan.trust.calibration import RunRecord, append_run, default_store, derive, read_runs
 
 GIB = 1024**3
@@ -84,7 +84,7 @@ def test_derive(tmp_path):
 
 def test_uncalibrated_estimate_uses_defaults():
     b = estimate("llama-2-7b", gpu="3060ti")
-    assert "calibration" not in b.inputs
+    assert b.overheads.calibration is None
     assert b.cuda_context_bytes == CUDA_CONTEXT_BYTES
     assert b.error_band == ERROR_BAND
 
@@ -97,10 +97,10 @@ def test_large_cuda_context_turns_fits_into_tight_or_oom(monkeypatch, tmp_path):
     big = before.headroom_bytes + 600 * MIB  # context beyond the headroom the default left
     append_run(_run(device_bytes=5 * GIB + 512 * MIB + CUDA_CONTEXT_BYTES + big), store)
     after = estimate("llama-2-7b", gpu="3060ti")
-    assert after.inputs["calibration"]["n_runs"] == 1
+    assert after.overheads.calibration.n_runs == 1
     assert after.cuda_context_bytes == CUDA_CONTEXT_BYTES + big
     assert after.verdict in ("tight", "oom")
-    assert error_band_for("rtx-3060-ti") == after.error_band == after.inputs["calibration"]["residual_band"]
+    assert after.error_band == after.overheads.calibration.residual_band
 
 
 def test_cli_calibration_json_and_estimate_note(tmp_path):

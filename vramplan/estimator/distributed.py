@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 from vramplan.breakdown import Breakdown, Components, PhaseUsage
 from vramplan.estimator.adapters import ADAPTER_BYTES
+from vramplan.estimator.build import with_phases
 from vramplan.estimator.optimizer import optimizer_bytes
-from vramplan.estimator.overhead import CUBLAS_WORKSPACE_BYTES
 from vramplan.estimator.params import count_params, lora_params, lora_targets, model_tensor_shapes, numel
 from vramplan.estimator.weights import base_param_dtype_bytes, bnb_4bit_bytes, bnb_int8_bytes
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
@@ -416,16 +416,10 @@ def _zero_trainable_params(m: ModelSpec, t: TrainSpec, p: ParallelSpec) -> int:
     return (_ceil_div(pt, p.gpus) if p.stage == 3 else pt) * engine_bytes(t)
 
 
-def _allocator_ratio(single: Breakdown) -> float:
-    """The allocator's share of the tensor peak in `single` (10 %, or a GPU's calibrated ratio), read back
-    from its overhead minus the fixed cuBLAS workspace (estimate.overhead)."""
-    return (single.allocator_overhead_bytes - CUBLAS_WORKSPACE_BYTES) / max(single.peak_bytes, 1)
-
-
 def shard(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> ParallelPlan:
-    """One rank's plan from the one-GPU Breakdown `single` of (m, t). The allocator overhead keeps the
-    proportional model of `single` (its ratio of the tensor peak): only the change in peak moves it, so an
-    unchanged plan (--gpus 1 with ddp / fsdp) is the one-GPU Breakdown exactly."""
+    """One rank's plan from the one-GPU Breakdown `single` of (m, t): the same overheads (the allocator's
+    figure follows the rank's own tensor peak), so an unchanged plan (--gpus 1 with ddp / fsdp) is the
+    one-GPU Breakdown exactly."""
     if p.strategy == "ddp":
         phased, host = _ddp(m, t, p, single)
     elif p.stage:
@@ -434,13 +428,12 @@ def shard(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> Par
         phased, host = _fsdp(m, t, p, single)
     phases = tuple(PhaseUsage(ph.phase, c) for ph, (c, _) in zip(single.phases, phased, strict=True))
     peak = max(phases, key=lambda ph: ph.total)
-    alloc = single.allocator_overhead_bytes + int((peak.total - single.peak_bytes) * _allocator_ratio(single))
     paged = single.paged_bytes
     if p.stage:
         paged = 0 if p.offload != "none" else _ceil_div(optimizer_bytes(m, t, MASTER_BYTES).paged, p.gpus)
     elif p.shard_size > 1:
         paged = 0 if p.offload == "params" else _ceil_div(paged, p.shard_size)
-    b = dataclasses.replace(single, phases=phases, allocator_overhead_bytes=alloc, paged_bytes=paged)
+    b = with_phases(single, phases, paged)
     buffers = phased[phases.index(peak)][1]
     master = zero_states_for(m, t, p).master if p.stage else 0
     return ParallelPlan(p, b, single, buffers, host, master)

@@ -20,13 +20,10 @@ query heads; `head_dim` from config.json, which is not hidden/heads on Gemma):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from vramplan.serve_breakdown import PagedKV
 from vramplan.spec import ModelSpec
+from vramplan.spec.serve import FP8_BYTES, KV_CACHE_DTYPES, VLLM_BLOCK_SIZE  # noqa: F401 (re-exported)
 
-VLLM_BLOCK_SIZE = 16  # tokens per KV block: vLLM CacheConfig.block_size default on CUDA
-FP8_BYTES = 1  # vLLM --kv-cache-dtype fp8 / fp8_e4m3 / fp8_e5m2: one byte per element
-KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")  # vllm/config/cache.py CacheDType
 # Config-class defaults that apply when config.json omits `sliding_window` (transformers 5.24
 # configuration_mistral.py / configuration_gemma2.py: `sliding_window: int | None = 4096`).
 HF_DEFAULT_SLIDING_WINDOW: dict[str, int] = {"mistral": 4096, "gemma2": 4096}
@@ -179,35 +176,6 @@ def vllm_kv_groups(windows: tuple[int | None, ...]) -> tuple[int, tuple[int | No
     for w, c in counts.items():
         groups += [w] * _cdiv(c, size)
     return size, tuple(groups)
-
-
-@dataclass(frozen=True, slots=True)
-class PagedKV:
-    """vLLM's KV pool for `available_bytes`: what it logs at start-up.
-
-    `tokens` is "GPU KV cache size: N tokens"; `max_concurrency` is "Maximum concurrency for
-    {max_model_len} tokens per request: X.XXx"; `pool_bytes` the KV tensors allocated.
-    """
-
-    page_bytes: int
-    group_size: int  # layers sharing one pool tensor (all layers when uniform)
-    num_groups: int
-    num_blocks: int
-    block_size: int
-    blocks_per_request: int  # blocks one max_model_len request needs, summed over groups
-    request_bytes: int  # check_enough_kv_cache_memory's `needed_memory` for one max_model_len request
-
-    @property
-    def tokens(self) -> int:
-        return self.num_blocks // self.num_groups * self.block_size
-
-    @property
-    def pool_bytes(self) -> int:
-        return self.group_size * self.page_bytes * self.num_blocks
-
-    @property
-    def max_concurrency(self) -> float:
-        return self.num_blocks / self.blocks_per_request
 
 
 def vllm_request_bytes(

@@ -13,12 +13,16 @@
   7–20 % above max_memory_allocated (shared/TRACING-NOTES.md). We model 10 % of the peak.
 - Error band: a meta-device trace of the real code agrees with max_memory_allocated of published A100 runs
   within about ±6 % (TRACING-NOTES.md), so `tight` means within 6 % of the GPU's memory until calibration.
-  `error_band_for(gpu_key)` is the one place the band is read (estimate, fit, advice thread it into
-  `build_breakdown(error_band=...)`); it will return the accuracy grid's measured error combined with the
-  calibration residuals of that GPU, and returns the constant until then.
+
+These figures travel as one typed value, `Overheads`, attached to the GPU a command plans for
+(`GpuProfile.overheads`). The documented defaults are `Overheads()`; `vramplan.trust.calibration.calibrate`
+(the only code that reads the user's calibration store) replaces them with a GPU's `Calibration`, once per
+command, so estimate, fit, advice and serve all compute with the same figures.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 MIB = 1024**2
 CUDA_CONTEXT_BYTES = 450 * MIB
@@ -27,17 +31,49 @@ ALLOCATOR_OVERHEAD_RATIO = 0.10
 ERROR_BAND = 0.06
 
 
-def error_band_for(gpu_key: str | None) -> float:
-    """Relative error of the estimator's device total on `gpu_key` (a gpus.toml key, "local", or None).
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """Figures of one GPU derived from its stored runs (`vramplan.trust.calibration.derive`); None where no run
+    gives them."""
 
-    `tight` = predicted to fit with less headroom than this fraction of the peak: the residual band of the
-    calibration stored for this GPU (`vramplan.trust.calibration.derive`) when its runs carry an estimate, else the
-    ±6 % agreement of traced peaks with published A100 runs (module docstring).
+    gpu_key: str
+    n_runs: int
+    cuda_context_bytes: int | None
+    allocator_ratio: float | None
+    residual_band: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Overheads:
+    """What a GPU adds to the tensor peak, and how far the estimate is trusted there.
+
+    `allocator_bytes(peak)` is the caching allocator's slack plus the cuBLAS workspace; with
+    `measured_allocator_bytes` set (a CUDA measurement: max_memory_reserved − max_memory_allocated) it is that
+    figure. `calibration`: the stored runs these figures came from, or None for the documented defaults.
     """
-    from vramplan.trust.calibration import derive
 
-    cal = derive(gpu_key)
-    return cal.residual_band if cal is not None and cal.residual_band is not None else ERROR_BAND
+    cuda_context_bytes: int = CUDA_CONTEXT_BYTES
+    allocator_ratio: float = ALLOCATOR_OVERHEAD_RATIO
+    error_band: float = ERROR_BAND
+    calibration: Calibration | None = None
+    measured_allocator_bytes: int | None = None
+
+    def allocator_bytes(self, peak_bytes: int) -> int:
+        if self.measured_allocator_bytes is not None:
+            return self.measured_allocator_bytes
+        return allocator_overhead_bytes(peak_bytes, self.allocator_ratio) + CUBLAS_WORKSPACE_BYTES
+
+    @classmethod
+    def calibrated(cls, cal: Calibration | None) -> Overheads:
+        """The defaults, with each figure `cal` gives replacing its default."""
+        if cal is None:
+            return cls()
+        return cls(
+            cuda_context_bytes=CUDA_CONTEXT_BYTES if cal.cuda_context_bytes is None else cal.cuda_context_bytes,
+            allocator_ratio=ALLOCATOR_OVERHEAD_RATIO if cal.allocator_ratio is None else cal.allocator_ratio,
+            error_band=ERROR_BAND if cal.residual_band is None else cal.residual_band,
+            calibration=cal,
+        )
 
 
 def allocator_overhead_bytes(peak_bytes: int, ratio: float = ALLOCATOR_OVERHEAD_RATIO) -> int:

@@ -11,18 +11,11 @@ accumulation the gradients of earlier micro-batches are alive during forward. `z
 
 from __future__ import annotations
 
-from vramplan.breakdown import Breakdown, Components, PhaseUsage
+from vramplan.breakdown import Components, PhaseUsage
 from vramplan.estimator.activations import activation_bytes
 from vramplan.estimator.adapters import adapter_bytes
 from vramplan.estimator.logits import logits_bytes
 from vramplan.estimator.optimizer import optimizer_bytes
-from vramplan.estimator.overhead import (
-    ALLOCATOR_OVERHEAD_RATIO,
-    CUBLAS_WORKSPACE_BYTES,
-    CUDA_CONTEXT_BYTES,
-    ERROR_BAND,
-    allocator_overhead_bytes,
-)
 from vramplan.estimator.params import count_params
 from vramplan.estimator.weights import weight_bytes
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
@@ -145,30 +138,3 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
         PhaseUsage("backward", bwd),
         PhaseUsage("optimizer", opt),
     ), ob.paged
-
-
-def build_breakdown(
-    m: ModelSpec,
-    t: TrainSpec,
-    gpu_bytes: int | None,
-    inputs: dict,
-    *,
-    cuda_context_bytes: int = CUDA_CONTEXT_BYTES,
-    allocator_ratio: float = ALLOCATOR_OVERHEAD_RATIO,
-    error_band: float = ERROR_BAND,
-) -> Breakdown:
-    ph, paged = phases(m, t)
-    pc = count_params(m, t)
-    peak = max(p.total for p in ph)
-    return Breakdown(
-        model=m.name,
-        phases=ph,
-        params_total=pc.total,
-        params_trainable=pc.trainable,
-        allocator_overhead_bytes=allocator_overhead_bytes(peak, allocator_ratio) + CUBLAS_WORKSPACE_BYTES,
-        cuda_context_bytes=cuda_context_bytes,
-        paged_bytes=paged,
-        gpu_bytes=gpu_bytes,
-        error_band=error_band,
-        inputs=inputs,
-    )

@@ -20,14 +20,14 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from vramplan.estimator.kvcache import vllm_max_model_len, vllm_paged_kv
-from vramplan.estimator.overhead import CUDA_CONTEXT_BYTES, MIB, error_band_for
-from vramplan.estimator.serve import adapter_params, dequant_bytes, layer_peak_elems_per_token
-from vramplan.serve_breakdown import ServeBreakdown, ServeComponents, ServePhase, VllmPool
+from vramplan.estimator.overhead import MIB
+from vramplan.estimator.serve import dequant_bytes, layer_peak_elems_per_token
+from vramplan.serve_breakdown import ServeComponents, ServePhase, VllmPool
 
 if TYPE_CHECKING:
-    from vramplan.estimator.serve import ServeSpec
-    from vramplan.sources.profiles import GpuProfile
     from vramplan.spec import ModelSpec
+    from vramplan.spec.gpu import GpuProfile
+    from vramplan.spec.serve import ServeSpec
 
 # Non-torch memory added during profiling (attention-backend buffers; NCCL with TP > 1). One-GPU start-up
 # logs report 0.16 GiB (H100, vllm-project/vllm#12126), 0.20 GiB (3090, #14447), 0.35 GiB (3090, #10517).
@@ -65,12 +65,12 @@ def vllm_sampler_bytes(m: ModelSpec, s: ServeSpec) -> int:
     return rows * m.vocab_size * (s.dtype_bytes + 4 + 4) + hidden
 
 
-def _problems(s: ServeSpec, total: int, pool: VllmPool) -> tuple[str, ...]:
+def _problems(s: ServeSpec, total: int, pool: VllmPool, cuda_context_bytes: int) -> tuple[str, ...]:
     """Why vLLM would refuse to start, in vLLM's own terms."""
     out = []
-    if total - CUDA_CONTEXT_BYTES < pool.requested_bytes:
+    if total - cuda_context_bytes < pool.requested_bytes:
         out.append(
-            f"free memory after the CUDA context ({total - CUDA_CONTEXT_BYTES:,} B) is below "
+            f"free memory after the CUDA context ({total - cuda_context_bytes:,} B) is below "
             f"gpu_memory_utilization × total ({pool.requested_bytes:,} B): vLLM refuses to start; "
             "lower --gpu-memory-utilization"
         )
@@ -88,11 +88,12 @@ def _problems(s: ServeSpec, total: int, pool: VllmPool) -> tuple[str, ...]:
     return tuple(out)
 
 
-def vllm_breakdown(
-    m: ModelSpec, s: ServeSpec, gpu: GpuProfile, resident: ServeComponents, inputs: dict
-) -> ServeBreakdown:
+def vllm_serving(
+    m: ModelSpec, s: ServeSpec, gpu: GpuProfile, resident: ServeComponents
+) -> tuple[ServePhase, VllmPool, tuple[str, ...]]:
     """The steady state of a vLLM server: resident weights, the KV pool sized by the budget, the activation
-    peak (reused each step), non-torch buffers, CUDA graphs; plus the pool's tokens and concurrency."""
+    peak (reused each step), non-torch buffers, CUDA graphs; the pool's tokens and concurrency; and why vLLM
+    would refuse to start (the CUDA context is `gpu.overheads`')."""
     total = gpu.memory_bytes
     fwd, sampler = vllm_forward_bytes(m, s), vllm_sampler_bytes(m, s)
     act = max(fwd, sampler)
@@ -117,17 +118,4 @@ def vllm_breakdown(
         non_torch=VLLM_NON_TORCH_BYTES,
         cuda_graphs=0 if s.enforce_eager else VLLM_CUDA_GRAPH_BYTES,
     )
-    return ServeBreakdown(
-        model=m.name,
-        engine="vllm",
-        phases=(ServePhase("serving", comps),),
-        params_total=m.total_params,
-        adapter_params=adapter_params(m, s),
-        allocator_overhead_bytes=0,  # KV tensors are single allocations; the activation peak is reserved once
-        cuda_context_bytes=CUDA_CONTEXT_BYTES,
-        gpu_bytes=total,
-        error_band=error_band_for(gpu.key),
-        inputs=inputs,
-        vllm=pool,
-        problems=_problems(s, total, pool),
-    )
+    return ServePhase("serving", comps), pool, _problems(s, total, pool, gpu.overheads.cuda_context_bytes)

@@ -34,15 +34,10 @@ from typing import Any, Literal
 
 import torch
 
-from vramplan.breakdown import Breakdown, Components, PhaseUsage
+from vramplan.breakdown import Breakdown, Components, MeasuredRun, PhaseUsage
 from vramplan.errors import VramplanError
-from vramplan.estimator.overhead import (
-    ALLOCATOR_OVERHEAD_RATIO,
-    CUBLAS_WORKSPACE_BYTES,
-    CUDA_CONTEXT_BYTES,
-    ERROR_BAND,
-    allocator_overhead_bytes,
-)
+from vramplan.estimator.build import measured_breakdown
+from vramplan.estimator.overhead import CUDA_CONTEXT_BYTES, Overheads
 from vramplan.measure.build import TORCH_DTYPES, Built, build
 from vramplan.measure.cuda_equiv import CudaAutocast, check_versions, cuda_equivalence, installed_versions
 from vramplan.measure.tracker import CategoryBytes, MemoryTracker, TrackedPeak
@@ -507,7 +502,7 @@ def run_record(r: MeasureResult, estimate: Breakdown | None = None) -> dict[str,
         driver: str | None = query_local_gpus()[torch.cuda.current_device()].driver
     except (VramplanError, IndexError):
         driver = None
-    inputs = {k: list(v) if isinstance(v, tuple) else v for k, v in r.breakdown.inputs.items()}
+    inputs = {k: list(v) if isinstance(v, tuple) else v for k, v in r.breakdown.train.as_dict().items()}
     return {
         "gpu_name": c.device_name,
         "gpu_key": _gpu_index().get(_norm(c.device_name)),
@@ -568,38 +563,32 @@ def _breakdown(
         phases = (PhaseUsage("forward", Components(weights=tracked.current_bytes)),)
     peak = max(p.total for p in phases)
     if cuda is not None:
-        overhead = max(cuda.max_memory_reserved - peak, 0)
         if cuda.cuda_context_bytes is not None:
             context = cuda.cuda_context_bytes
         else:
             context = CUDA_CONTEXT_BYTES
             notes.append("NVML unavailable: CUDA context is the modelled figure, not measured")
+        overheads = Overheads(
+            cuda_context_bytes=context,
+            error_band=MEASURED_ERROR_BAND,
+            measured_allocator_bytes=max(cuda.max_memory_reserved - peak, 0),
+        )
         gpu_bytes = gpu.memory_bytes if gpu is not None else cuda.total_bytes
-        band = MEASURED_ERROR_BAND
     else:
-        overhead = allocator_overhead_bytes(peak, ALLOCATOR_OVERHEAD_RATIO) + CUBLAS_WORKSPACE_BYTES
-        context = CUDA_CONTEXT_BYTES
+        overheads = Overheads()  # a trace has no GPU side: the documented defaults
         gpu_bytes = gpu.memory_bytes if gpu is not None else None
-        band = ERROR_BAND
     total, trainable = state.params
-    inputs: dict[str, Any] = {
-        "model": m.name,
-        "gpu": getattr(gpu, "key", None) if gpu is not None else (cuda.device_name if cuda else None),
-        **t.as_dict(),
-        "device": dev,
-        "steps": state.steps_done,
-    }
-    inputs["notes"] = (*t.notes, *notes)
-    return Breakdown(
-        model=m.name,
-        phases=phases,
+    return measured_breakdown(
+        m.name,
+        t,
+        phases,
         params_total=total,
         params_trainable=trainable,
-        allocator_overhead_bytes=overhead,
-        cuda_context_bytes=context,
         paged_bytes=state.paged_bytes,
+        gpu=getattr(gpu, "key", None) if gpu is not None else (cuda.device_name if cuda else None),
         gpu_bytes=gpu_bytes,
-        error_band=band,
-        inputs=inputs,
+        overheads=overheads,
         source="simulate" if dev in ("meta", "fake") else "measure",
+        notes=tuple(notes),
+        run=MeasuredRun(device=dev, steps=state.steps_done),
     )

@@ -6,7 +6,7 @@ after it, and a doubling (galloping) search followed by bisection finds that val
 (~0.4 ms each), without re-resolving the inputs: each probe is a `dataclasses.replace` of a TrainSpec.
 
 "Fits" means verdict `fits` or `tight` (device total ≤ the GPU's memory); `tight` results are flagged,
-since they are within the estimator's error band (`vramplan.estimator.overhead.error_band_for`).
+since they are within the estimator's error band (the GPU's `overheads.error_band`).
 Suggestions (what to change when it does not fit) live in `vramplan.plan.advice`.
 """
 
@@ -19,9 +19,8 @@ from dataclasses import dataclass
 
 from vramplan.breakdown import Breakdown, Verdict
 from vramplan.errors import VramplanError
+from vramplan.estimator.build import build_breakdown
 from vramplan.estimator.distributed import shard
-from vramplan.estimator.overhead import error_band_for
-from vramplan.estimator.peak import build_breakdown
 from vramplan.sources.profiles import GpuProfile
 from vramplan.spec import ModelSpec, TrainSpec, resolve_train
 from vramplan.spec.parallel import ParallelSpec
@@ -110,10 +109,10 @@ class Curve:
 
 
 def run(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, parallel: ParallelSpec | None = None) -> Breakdown:
-    """One estimate on `gpu` with its error band; no re-resolving of `t`. With `parallel` (--gpus, --strategy,
-    ...): one GPU's share of the run (vramplan.estimator.distributed), which fits or not per GPU."""
-    inputs = {"model": m.name, "gpu": gpu.key, **t.as_dict()}
-    b = build_breakdown(m, t, gpu.memory_bytes, inputs, error_band=error_band_for(gpu.key))
+    """One estimate on `gpu` with its overheads (calibrated once by the command); no re-resolving of `t`.
+    With `parallel` (--gpus, --strategy, ...): one GPU's share of the run (vramplan.estimator.distributed),
+    which fits or not per GPU."""
+    b = build_breakdown(m, t, gpu)
     return b if parallel is None or parallel.plain else shard(m, t, parallel, b).breakdown
 
 
@@ -328,7 +327,7 @@ def fit_table(
     return FitTable(
         model=m.name,
         gpu=gpu,
-        error_band=error_band_for(gpu.key),
+        error_band=gpu.overheads.error_band,
         seqs=seqs,
         rows=rows,
         train=t,

@@ -56,8 +56,42 @@ def _figures_json(b: Any) -> dict[str, Any]:
     }
 
 
-def _inputs_json(inputs: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in inputs.items()}
+def _listed(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _calibration_json(b: Any) -> dict[str, Any]:
+    cal = b.overheads.calibration
+    if cal is None:
+        return {}
+    return {
+        "calibration": {
+            "gpu_key": cal.gpu_key,
+            "n_runs": cal.n_runs,
+            "cuda_context_bytes": cal.cuda_context_bytes,
+            "allocator_ratio": cal.allocator_ratio,
+            "residual_band": cal.residual_band,
+        }
+    }
+
+
+def train_inputs_json(b: Breakdown) -> dict[str, Any]:
+    """The resolved inputs of a training result: model, GPU, the TrainSpec, the calibration used, and for a
+    measurement the device, steps and every note."""
+    out = {"model": b.model, "gpu": b.gpu, **_listed(b.train.as_dict()), **_calibration_json(b)}
+    if b.run is not None:
+        out.update(device=b.run.device, steps=b.run.steps)
+    out["notes"] = list(b.all_notes)
+    return out
+
+
+def serve_inputs_json(b: ServeBreakdown) -> dict[str, Any]:
+    return {"model": b.model, "gpu": b.gpu, **_listed(b.serve.as_dict()), **_calibration_json(b)}
+
+
+def _train_title(b: Breakdown) -> str:
+    t = b.train
+    return f"{b.model} · {t.method} · batch {t.batch} × seq {t.seq}" + (f" · {b.gpu}" if b.gpu else "")
 
 
 def breakdown_json(b: Breakdown, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -67,7 +101,7 @@ def breakdown_json(b: Breakdown, extra: dict[str, Any] | None = None) -> dict[st
         **_figures_json(b),
         "paged_bytes": b.paged_bytes,
         "params": {"total": b.params_total, "trainable": b.params_trainable},
-        "inputs": _inputs_json(b.inputs),
+        "inputs": train_inputs_json(b),
     }
     if extra:
         out.update(extra)
@@ -75,11 +109,7 @@ def breakdown_json(b: Breakdown, extra: dict[str, Any] | None = None) -> dict[st
 
 
 def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -> None:
-    inp = b.inputs
-    head = title or (
-        f"{b.model} · {inp.get('method')} · batch {inp.get('batch')} × seq {inp.get('seq')}"
-        + (f" · {inp['gpu']}" if inp.get("gpu") else "")
-    )
+    head = title or _train_title(b)
     t = Table(title=head, title_justify="left", show_edge=False, pad_edge=False)
     t.add_column("component")
     t.add_column("GiB", justify="right")
@@ -109,11 +139,11 @@ def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -
         console.print(
             Text.assemble(
                 (VERDICT_TEXT[b.verdict], VERDICT_STYLE[b.verdict]),
-                f"  on {inp.get('gpu')} ({gib(b.gpu_bytes)} GiB): headroom {head_gib} GiB"
+                f"  on {b.gpu} ({gib(b.gpu_bytes)} GiB): headroom {head_gib} GiB"
                 f" (tight = within ±{100 * b.error_band:.0f} % estimator error)",
             )
         )
-    for note in inp.get("notes", ()):
+    for note in b.all_notes:
         console.print(f"[yellow]note:[/] {note}")
 
 
@@ -379,13 +409,8 @@ def render_parallel(pp: ParallelPlan, console: Console) -> None:
     if p.plain:
         render_breakdown(b, console)
         return
-    inp = b.inputs
     off = f", offload {p.offload}" if p.offload != "none" else ""
-    title = (
-        f"{b.model} · {inp.get('method')} · batch {inp.get('batch')} × seq {inp.get('seq')}"
-        + (f" · {inp['gpu']}" if inp.get("gpu") else "")
-        + f" · {p.strategy} × {p.gpus} GPUs{off}: one GPU"
-    )
+    title = _train_title(b) + f" · {p.strategy} × {p.gpus} GPUs{off}: one GPU"
     render_breakdown(b, console, title)
     nodes = f"{p.nodes} node{'s' if p.nodes > 1 else ''} × {p.ranks_per_node}"
     console.print(
@@ -427,7 +452,7 @@ def serve_json(b: ServeBreakdown) -> dict[str, Any]:
         **_figures_json(b),
         "params": {"total": b.params_total, "adapters": b.adapter_params},
         "problems": list(b.problems),
-        "inputs": _inputs_json(b.inputs),
+        "inputs": serve_inputs_json(b),
     }
     if b.vllm is not None:
         v = b.vllm
@@ -452,16 +477,16 @@ def render_serve(b: ServeBreakdown, console: Console) -> None:
     """Components table, vLLM's own start-up lines (KV tokens, concurrency), verdict with headroom."""
     from vramplan.serve_breakdown import SERVE_COMPONENT_LABELS
 
-    inp = b.inputs
-    gpu = f" · {inp['gpu']}" if inp.get("gpu") else ""
-    lora = f" · LoRA {inp['max_loras']} × r{inp['max_lora_rank']}" if inp.get("enable_lora") else ""
-    quant = f" · {inp['quant']}" if inp.get("quant") != "none" else ""
+    s = b.serve
+    gpu = f" · {b.gpu}" if b.gpu else ""
+    lora = f" · LoRA {s.max_loras} × r{s.max_lora_rank}" if s.enable_lora else ""
+    quant = f" · {s.quant}" if s.quant != "none" else ""
     if b.engine == "vllm":
-        head = f"{b.model} · vLLM · max_model_len {inp['max_model_len']:,} · {inp['dtype']}{quant}{lora}{gpu}"
+        head = f"{b.model} · vLLM · max_model_len {s.max_model_len:,} · {s.dtype}{quant}{lora}{gpu}"
     else:
         head = (
-            f"{b.model} · transformers generate · batch {inp['batch']} × ({inp['prompt_tokens']} prompt + "
-            f"{inp['new_tokens']} new tokens) · {inp['dtype']}{quant}{lora}{gpu}"
+            f"{b.model} · transformers generate · batch {s.batch} × ({s.prompt_tokens} prompt + "
+            f"{s.new_tokens} new tokens) · {s.dtype}{quant}{lora}{gpu}"
         )
     console.print(Text(head, style="italic"))
     t = Table(show_edge=False, pad_edge=False)
@@ -482,7 +507,7 @@ def render_serve(b: ServeBreakdown, console: Console) -> None:
     if b.vllm is not None:
         v = b.vllm
         console.print(
-            f"vLLM budget: {inp['gpu_memory_utilization']} × {gib(b.gpu_bytes or 0)} GiB = "
+            f"vLLM budget: {s.gpu_memory_utilization} × {gib(b.gpu_bytes or 0)} GiB = "
             f"{gib(v.requested_bytes)} GiB − {gib(v.non_kv_bytes)} GiB (weights, activation peak, non-torch) "
             f"= {gib(max(v.available_kv_bytes, 0))} GiB for the KV cache, in {v.kv.num_blocks:,} blocks of "
             f"{v.kv.block_size} tokens ({v.kv.page_bytes:,} B per layer)"
@@ -494,13 +519,13 @@ def render_serve(b: ServeBreakdown, console: Console) -> None:
         console.print(
             Text.assemble(
                 (VERDICT_TEXT[b.verdict], VERDICT_STYLE[b.verdict]),
-                f"  on {inp.get('gpu')} ({gib(b.gpu_bytes)} GiB): headroom {gib(b.headroom_bytes or 0)} GiB"
+                f"  on {b.gpu} ({gib(b.gpu_bytes)} GiB): headroom {gib(b.headroom_bytes or 0)} GiB"
                 f" (tight = within ±{100 * b.error_band:.0f} % estimator error) · units GiB = 1024³ B",
             )
         )
     for p in b.problems:
         console.print(f"[red]problem:[/] {p}")
-    for note in inp.get("notes", ()):
+    for note in s.notes:
         console.print(f"[yellow]note:[/] {note}")
 
 
@@ -600,21 +625,21 @@ def render_validation(v: Validation, console: Console) -> None:
 
 def calibration_line(b: Breakdown) -> str:
     """ "calibrated on N runs" with the figures used, or the defaults' provenance when uncalibrated."""
-    cal = b.inputs.get("calibration")
-    if not cal:
+    cal = b.overheads.calibration
+    if cal is None:
         return "overheads: documented defaults (no calibration for this GPU; `vramplan calibration`)"
-    parts = [f"calibrated on {cal['n_runs']} run{'s' if cal['n_runs'] != 1 else ''} of {cal['gpu_key']}"]
-    if cal.get("cuda_context_bytes") is not None:
-        parts.append(f"CUDA context {gib(cal['cuda_context_bytes'])} GiB")
-    if cal.get("allocator_ratio") is not None:
-        parts.append(f"allocator +{100 * cal['allocator_ratio']:.1f} %")
-    if cal.get("residual_band") is not None:
-        parts.append(f"error band ±{100 * cal['residual_band']:.1f} %")
+    parts = [f"calibrated on {cal.n_runs} run{'s' if cal.n_runs != 1 else ''} of {cal.gpu_key}"]
+    if cal.cuda_context_bytes is not None:
+        parts.append(f"CUDA context {gib(cal.cuda_context_bytes)} GiB")
+    if cal.allocator_ratio is not None:
+        parts.append(f"allocator +{100 * cal.allocator_ratio:.1f} %")
+    if cal.residual_band is not None:
+        parts.append(f"error band ±{100 * cal.residual_band:.1f} %")
     return " · ".join(parts)
 
 
 def render_calibration_note(b: Breakdown, console: Console) -> None:
-    if b.inputs.get("gpu"):
+    if b.gpu:
         console.print(calibration_line(b), style="dim", highlight=False)
 
 
@@ -731,11 +756,10 @@ def render_measurement(r: Any, estimate: Breakdown, console: Console) -> None:
     compare each phase's peak.
     """
     b = r.breakdown
-    inp = b.inputs
     kind = {"cuda": "measured on CUDA", "cpu": "traced on CPU", "meta": "traced on meta tensors",
             "fake": "traced on fake tensors"}[r.device]  # fmt: skip
     title = (
-        f"{b.model} · {inp.get('method')} · batch {inp.get('batch')} × seq {inp.get('seq')} · {kind}, "
+        f"{b.model} · {b.train.method} · batch {b.train.batch} × seq {b.train.seq} · {kind}, "
         f"{r.steps} step{'s' if r.steps != 1 else ''} vs estimate"
     )
     t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
@@ -810,9 +834,9 @@ def render_measurement(r: Any, estimate: Breakdown, console: Console) -> None:
         console.print(
             Text.assemble(
                 (VERDICT_TEXT[b.verdict], VERDICT_STYLE[b.verdict]),
-                f"  on {inp.get('gpu')} ({gib(b.gpu_bytes)} GiB): headroom {gib(b.headroom_bytes or 0)} GiB"
+                f"  on {b.gpu} ({gib(b.gpu_bytes)} GiB): headroom {gib(b.headroom_bytes or 0)} GiB"
                 + ("" if r.cuda is not None else " (traced tensor peak + modelled CUDA overheads)"),
             )
         )
-    for note in inp.get("notes", ()):
+    for note in b.all_notes:
         console.print(f"[yellow]note:[/] {note}")

@@ -14,24 +14,12 @@ from typing import Any
 
 from vramplan.errors import VramplanError, did_you_mean
 from vramplan.spec import ModelSpec, model_spec_from_config
+from vramplan.spec.gpu import GpuProfile
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-
-@dataclass(frozen=True, slots=True)
-class GpuProfile:
-    """A GPU as NVML reports it: total memory in bytes, compute capability, bf16 support."""
-
-    key: str
-    name: str
-    memory_bytes: int
-    compute_capability: str
-    bf16: bool
-    aliases: tuple[str, ...]
-    source: str
 
 
 def profiles_dir() -> Path:

@@ -33,13 +33,15 @@ import os
 import statistics
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from vramplan.errors import VramplanError
+from vramplan.estimator.overhead import Calibration, Overheads
+from vramplan.spec.gpu import GpuProfile
 
 STORE_ENV = "VRAMPLAN_STORE"
 STORE_FILE = "runs.jsonl"
@@ -78,17 +80,6 @@ class RunRecord:
     def key(self) -> str:
         """The GPU this run calibrates: its gpus.toml key, else its NVML name."""
         return self.gpu_key or self.gpu_name
-
-
-@dataclass(frozen=True, slots=True)
-class Calibration:
-    """Figures of one GPU derived from its stored runs; None where no run gives them."""
-
-    gpu_key: str
-    n_runs: int
-    cuda_context_bytes: int | None
-    allocator_ratio: float | None
-    residual_band: float | None
 
 
 def default_store() -> Path:
@@ -194,10 +185,28 @@ def derive(gpu_key: str | None, path: str | Path | None = None) -> Calibration |
     return derive_from(list(_cached_runs(str(p), st.st_mtime_ns, st.st_size)), gpu_key)
 
 
+def calibrate(gpu: GpuProfile | None, path: str | Path | None = None) -> GpuProfile | None:
+    """`gpu` with the overheads of its stored calibration (`derive`), or the documented defaults when the store
+    has no run on it. Commands call this once, right after resolving their GPU: it is the only reader of the
+    store on the estimate path, so every estimate of the command uses the same figures."""
+    if gpu is None:
+        return None
+    return replace(gpu, overheads=Overheads.calibrated(derive(gpu.key, path)))
+
+
 def calibrations(runs: list[RunRecord]) -> list[Calibration]:
     """One calibration per GPU in these runs."""
     keys = sorted({r.key for r in runs})
     return [c for c in (derive_from(runs, k) for k in keys) if c is not None]
 
 
-__all__ = ["Calibration", "RunRecord", "append_run", "calibrations", "default_store", "derive", "read_runs"]
+__all__ = [
+    "Calibration",
+    "RunRecord",
+    "append_run",
+    "calibrate",
+    "calibrations",
+    "default_store",
+    "derive",
+    "read_runs",
+]

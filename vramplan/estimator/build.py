@@ -1,0 +1,122 @@
+"""The one road to a result: every `Breakdown` and `ServeBreakdown` is constructed here.
+
+- `build_breakdown(model, spec, gpu)`: the estimate of a training step (`TrainSpec`) or of serving
+  (`ServeSpec`) on `gpu`, with the overheads the GPU carries (`GpuProfile.overheads`: the documented defaults,
+  or the user's calibration, resolved once per command by `vramplan.trust.calibration.calibrate`). estimate,
+  fit, advice, the multi-GPU plans and serve all come through here, so they cannot disagree.
+- `measured_breakdown(...)`: a traced or measured step (`vramplan.measure`), the same result type, so an
+  estimate and a measurement line up component by component.
+- `with_phases(b, phases, paged_bytes)`: one GPU's share of a multi-GPU run (estimator/distributed.py): the
+  same inputs and overheads, other phases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import overload
+
+from vramplan.breakdown import Breakdown, MeasuredRun, PhaseUsage
+from vramplan.errors import VramplanError
+from vramplan.estimator.overhead import Overheads
+from vramplan.estimator.params import count_params
+from vramplan.estimator.peak import phases as training_phases
+from vramplan.estimator.serve import adapter_elem_bytes, adapter_params, hf_phases, serve_weight_bytes
+from vramplan.estimator.vllm import vllm_serving
+from vramplan.serve_breakdown import ServeBreakdown, ServeComponents
+from vramplan.spec import ModelSpec, TrainSpec
+from vramplan.spec.gpu import GpuProfile
+from vramplan.spec.serve import ServeSpec
+
+
+@overload
+def build_breakdown(model: ModelSpec, spec: TrainSpec, gpu: GpuProfile | None) -> Breakdown: ...
+@overload
+def build_breakdown(model: ModelSpec, spec: ServeSpec, gpu: GpuProfile | None) -> ServeBreakdown: ...
+def build_breakdown(
+    model: ModelSpec, spec: TrainSpec | ServeSpec, gpu: GpuProfile | None
+) -> Breakdown | ServeBreakdown:
+    """The estimate of `spec` (a training step or a serving setup) of `model` on `gpu` (None: no verdict,
+    documented overheads)."""
+    overheads = gpu.overheads if gpu is not None else Overheads()
+    if isinstance(spec, ServeSpec):
+        return _serve(model, spec, gpu, overheads)
+    phases, paged = training_phases(model, spec)
+    counts = count_params(model, spec)
+    return Breakdown(
+        model=model.name,
+        phases=phases,
+        params_total=counts.total,
+        params_trainable=counts.trainable,
+        paged_bytes=paged,
+        train=spec,
+        gpu=gpu.key if gpu else None,
+        gpu_bytes=gpu.memory_bytes if gpu else None,
+        overheads=overheads,
+    )
+
+
+def _serve(m: ModelSpec, s: ServeSpec, gpu: GpuProfile | None, overheads: Overheads) -> ServeBreakdown:
+    w, q = serve_weight_bytes(m, s)
+    resident = ServeComponents(weights=w, quant_state=q, adapters=adapter_params(m, s) * adapter_elem_bytes(s))
+    common = {
+        "model": m.name,
+        "params_total": m.total_params,
+        "adapter_params": adapter_params(m, s),
+        "serve": s,
+        "gpu": gpu.key if gpu else None,
+        "gpu_bytes": gpu.memory_bytes if gpu else None,
+        "overheads": overheads,
+    }
+    if s.engine == "vllm":
+        if gpu is None:
+            raise VramplanError("--engine vllm sizes its KV pool from the GPU's memory: add --gpu NAME (vramplan gpus)")
+        phase, pool, problems = vllm_serving(m, s, gpu, resident)
+        # KV tensors are single allocations and the activation peak is reserved once: no allocator slack
+        return ServeBreakdown(
+            engine="vllm", phases=(phase,), allocator_overhead_bytes=0, vllm=pool, problems=problems, **common
+        )
+    phases = hf_phases(m, s, resident)
+    peak = max(p.total for p in phases)
+    allocator = overheads.allocator_bytes(peak)
+    return ServeBreakdown(engine="hf", phases=phases, allocator_overhead_bytes=allocator, **common)
+
+
+def measured_breakdown(
+    model: str,
+    train: TrainSpec,
+    phases: tuple[PhaseUsage, ...],
+    *,
+    params_total: int,
+    params_trainable: int,
+    paged_bytes: int,
+    gpu: str | None,
+    gpu_bytes: int | None,
+    overheads: Overheads,
+    source: str,
+    notes: tuple[str, ...],
+    run: MeasuredRun,
+) -> Breakdown:
+    """A traced (`simulate`, CPU `measure`) or measured (CUDA `measure`) step as a Breakdown; `overheads`
+    carries the measured CUDA context and allocator slack where a GPU showed them."""
+    return Breakdown(
+        model=model,
+        phases=phases,
+        params_total=params_total,
+        params_trainable=params_trainable,
+        paged_bytes=paged_bytes,
+        train=train,
+        gpu=gpu,
+        gpu_bytes=gpu_bytes,
+        overheads=overheads,
+        source=source,  # type: ignore[arg-type]
+        notes=notes,
+        run=run,
+    )
+
+
+def with_phases(b: Breakdown, phases: tuple[PhaseUsage, ...], paged_bytes: int) -> Breakdown:
+    """`b` with other phases (one GPU's share of a multi-GPU run): same inputs, overheads and GPU."""
+    return dataclasses.replace(b, phases=phases, paged_bytes=paged_bytes)
+
+
+__all__ = ["build_breakdown", "measured_breakdown", "with_phases"]
