@@ -79,11 +79,20 @@ class PeakAccounting:
     """The arithmetic every result with phases, overheads and a GPU shares (training `Breakdown`, serving
     `ServeBreakdown`): the peak phase, the three memory figures, headroom and the verdict.
 
-    Needs `phases` (each with `phase`, `components`, `total`), `allocator_overhead_bytes`,
-    `cuda_context_bytes`, `gpu_bytes` and `error_band`.
+    Needs `phases` (each with `phase`, `components`, `total`), `allocator_overhead_bytes`, `overheads` and
+    `gpu_bytes`.
     """
 
     __slots__ = ()
+
+    @property
+    def cuda_context_bytes(self) -> int:
+        return self.overheads.cuda_context_bytes
+
+    @property
+    def error_band(self) -> float:
+        """Relative error of the estimator used for the `tight` verdict."""
+        return self.overheads.error_band
 
     @property
     def peak(self):
@@ -163,15 +172,6 @@ class Breakdown(PeakAccounting):
     @property
     def allocator_overhead_bytes(self) -> int:
         return self.overheads.allocator_bytes(self.peak_bytes)
-
-    @property
-    def cuda_context_bytes(self) -> int:
-        return self.overheads.cuda_context_bytes
-
-    @property
-    def error_band(self) -> float:
-        """Relative error of the estimator used for the `tight` verdict."""
-        return self.overheads.error_band
 
     @property
     def all_notes(self) -> tuple[str, ...]:

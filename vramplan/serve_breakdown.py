@@ -130,14 +130,6 @@ class ServeBreakdown(PeakAccounting):
     problems: tuple[str, ...] = ()  # why vLLM would refuse to start or run out of memory
 
     @property
-    def cuda_context_bytes(self) -> int:
-        return self.overheads.cuda_context_bytes
-
-    @property
-    def error_band(self) -> float:
-        return self.overheads.error_band
-
-    @property
     def verdict(self) -> ServeVerdict | None:
         """`oom` above the GPU's memory or when vLLM would refuse to start; `tight` within the error band."""
         return self._verdict(refused=bool(self.problems))

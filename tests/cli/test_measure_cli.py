@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -92,15 +91,12 @@ def test_measure_cuda_without_cuda_is_one_line() -> None:
 
 
 def test_simulate_qlora_7b_on_a_3060ti() -> None:
-    start = time.perf_counter()
-    r = run("simulate", "llama-2-7b", "--method", "qlora", "--gpu", "3060ti")
-    seconds = time.perf_counter() - start
+    r = run("simulate", "llama-2-7b", "--method", "qlora", "--gpu", "3060ti")  # its time: benchmarks/simulate_7b.py
     assert r.exit_code == 0, r.output
     assert "traced on meta tensors" in r.stdout
     assert "quantization constants" in r.stdout
     assert "rtx-3060-ti" in r.stdout
     assert "fits" in r.stdout or "tight" in r.stdout
-    assert seconds < 30
 
 
 def test_simulate_lora_7b_on_fake_tensors() -> None:

@@ -42,6 +42,7 @@ from vramplan.estimator.params import count_params, lora_params, lora_targets, m
 from vramplan.estimator.weights import base_param_dtype_bytes, bnb_4bit_bytes, bnb_int8_bytes
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
 from vramplan.spec.parallel import ParallelSpec
+from vramplan.units import ceil_div
 
 # DeepSpeed ZeRO defaults, in elements (runtime/zero/config.py DeepSpeedZeroConfig).
 REDUCE_BUCKET_SIZE = 500_000_000  # reduce_bucket_size = 5e8
@@ -58,10 +59,6 @@ FSDP_LAYERS_BACKWARD = 2
 
 
 # ---------------------------------------------------------------- storage helpers
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def grad_elem_bytes(t: TrainSpec) -> int:
@@ -194,7 +191,7 @@ def zero_states(
     n = gpus
 
     def sh(x: int) -> int:
-        return _ceil_div(x, n)
+        return ceil_div(x, n)
 
     optim_bytes = 8 * trainable if optim_bytes is None else optim_bytes
     g = trainable if grad_numel is None else grad_numel
@@ -332,10 +329,10 @@ def _fsdp(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> tup
         keys = ["weights", "trainable", "optimizer_states"]
         if ph.phase == "optimizer" or t.grad_accum == 1:
             keys.append("gradients")
-        states = {k: _ceil_div(getattr(c, k), s) for k in keys}
+        states = {k: ceil_div(getattr(c, k), s) for k in keys}
         temps = c.temporaries
         if ph.phase == "optimizer":
-            temps += (0 if off else _ceil_div(ob.step_temporaries, s)) - ob.step_temporaries
+            temps += (0 if off else ceil_div(ob.step_temporaries, s)) - ob.step_temporaries
             if off:
                 host = sum(states.values())
         if off:
@@ -378,7 +375,7 @@ def _zero(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> tup
     big_bytes, big_grad = largest_module(m, t)
     prefetch = max(0, min(STAGE3_PREFETCH_BUCKET_SIZE, STAGE3_MAX_LIVE_PARAMETERS - big_bytes // lp)) * lp
     pers = persistent_numel(m, t) * lp  # whole on every rank; params count a 1/N share (none if offloaded)
-    pers -= 0 if p.offload == "params" else _ceil_div(pers, n)
+    pers -= 0 if p.offload == "params" else ceil_div(pers, n)
     trainable = _zero_trainable_params(m, t, p)
     out = []
     host = 0
@@ -388,7 +385,7 @@ def _zero(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> tup
         host = max(host, st.host)
         temps = c.temporaries
         if ph.phase == "optimizer":
-            temps += (0 if off_opt else _ceil_div(ob32.step_temporaries, n)) - ob_single.step_temporaries
+            temps += (0 if off_opt else ceil_div(ob32.step_temporaries, n)) - ob_single.step_temporaries
         buffers: list[tuple[str, int]] = []
         if stage == 3 or ph.phase == "backward":
             buffers.append(bucket)
@@ -413,7 +410,7 @@ def _zero(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> tup
 def _zero_trainable_params(m: ModelSpec, t: TrainSpec, p: ParallelSpec) -> int:
     """Bytes of this rank's low-precision trainable parameters (all of them below stage 3)."""
     pt = count_params(m, t).trainable
-    return (_ceil_div(pt, p.gpus) if p.stage == 3 else pt) * engine_bytes(t)
+    return (ceil_div(pt, p.gpus) if p.stage == 3 else pt) * engine_bytes(t)
 
 
 def shard(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> ParallelPlan:
@@ -430,9 +427,9 @@ def shard(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> Par
     peak = max(phases, key=lambda ph: ph.total)
     paged = single.paged_bytes
     if p.stage:
-        paged = 0 if p.offload != "none" else _ceil_div(optimizer_bytes(m, t, MASTER_BYTES).paged, p.gpus)
+        paged = 0 if p.offload != "none" else ceil_div(optimizer_bytes(m, t, MASTER_BYTES).paged, p.gpus)
     elif p.shard_size > 1:
-        paged = 0 if p.offload == "params" else _ceil_div(paged, p.shard_size)
+        paged = 0 if p.offload == "params" else ceil_div(paged, p.shard_size)
     b = with_phases(single, phases, paged)
     buffers = phased[phases.index(peak)][1]
     master = zero_states_for(m, t, p).master if p.stage else 0

@@ -23,15 +23,12 @@ from __future__ import annotations
 from vramplan.serve_breakdown import PagedKV
 from vramplan.spec import ModelSpec
 from vramplan.spec.serve import FP8_BYTES, KV_CACHE_DTYPES, VLLM_BLOCK_SIZE  # noqa: F401 (re-exported)
+from vramplan.units import ceil_div
 
 # Config-class defaults that apply when config.json omits `sliding_window` (transformers 5.24
 # configuration_mistral.py / configuration_gemma2.py: `sliding_window: int | None = 4096`).
 HF_DEFAULT_SLIDING_WINDOW: dict[str, int] = {"mistral": 4096, "gemma2": 4096}
 SLIDING_LAYER_TYPES = frozenset({"sliding_attention", "chunked_attention"})
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 # ---------------------------------------------------------------- per token, per layer
@@ -155,8 +152,8 @@ def vllm_blocks_per_layer(
     boundary. Source: kv_cache_interface.py FullAttentionSpec / SlidingWindowSpec.max_memory_usage_bytes.
     """
     if window is None:
-        return _cdiv(max_model_len, block_size)
-    return _cdiv(min(window - 1 + max_num_batched_tokens, max_model_len), block_size) + 1
+        return ceil_div(max_model_len, block_size)
+    return ceil_div(min(window - 1 + max_num_batched_tokens, max_model_len), block_size) + 1
 
 
 def vllm_kv_groups(windows: tuple[int | None, ...]) -> tuple[int, tuple[int | None, ...]]:
@@ -174,7 +171,7 @@ def vllm_kv_groups(windows: tuple[int | None, ...]) -> tuple[int, tuple[int | No
     size = min(counts.values())
     groups: list[int | None] = []
     for w, c in counts.items():
-        groups += [w] * _cdiv(c, size)
+        groups += [w] * ceil_div(c, size)
     return size, tuple(groups)
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from vramplan.estimator.params import Shape, numel, trainable_shapes
 from vramplan.spec import ModelSpec, TrainSpec
+from vramplan.units import ceil_div
 
 BNB_OPTIM_BLOCK = 256  # 8-bit optimizer absmax block (bitsandbytes optim/optimizer.py Optimizer2State.init_state)
 BNB_MIN_8BIT_SIZE = 4096  # tensors with fewer elements keep fp32 states (min_8bit_size default)
@@ -28,7 +29,7 @@ class OptimizerBytes:
 def _bnb_states(shape: Shape, n_states: int, eight_bit: bool) -> int:
     k = numel(shape)
     if eight_bit and k >= BNB_MIN_8BIT_SIZE:
-        blocks = -(-k // BNB_OPTIM_BLOCK)
+        blocks = ceil_div(k, BNB_OPTIM_BLOCK)
         return n_states * (k + 4 * blocks)
     return n_states * 4 * k
 

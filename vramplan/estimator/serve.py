@@ -22,7 +22,7 @@ from vramplan.estimator.kvcache import (
     hf_generate_cache_bytes,
 )
 from vramplan.estimator.params import lora_params_per_linear
-from vramplan.estimator.weights import bnb_4bit_bytes, bnb_int8_bytes
+from vramplan.estimator.weights import quantized_linear_bytes
 from vramplan.serve_breakdown import ServeComponents, ServePhase
 from vramplan.spec import ModelSpec
 from vramplan.spec.serve import ServeSpec
@@ -41,15 +41,8 @@ def serve_weight_bytes(m: ModelSpec, s: ServeSpec) -> tuple[int, int]:
     p = s.dtype_bytes
     if s.quant == "none":
         return m.total_params * p, 0
-    packed = state = 0
-    for lin in m.linears:
-        if s.quant == "int8":
-            w, q = bnb_int8_bytes(lin.out_features, lin.in_features)
-        else:
-            w, q = bnb_4bit_bytes(lin.weight_params, s.double_quant)
-        packed, state = packed + w, state + q
-    rest = (m.total_params - m.linear_weight_params) * p
-    return m.num_hidden_layers * packed + rest, m.num_hidden_layers * state
+    packed, state = quantized_linear_bytes(m, s.quant, s.double_quant)
+    return packed + (m.total_params - m.linear_weight_params) * p, state
 
 
 def adapter_params(m: ModelSpec, s: ServeSpec) -> int:

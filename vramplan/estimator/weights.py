@@ -12,16 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
+from vramplan.units import ceil_div
 
 NF4_BLOCK = 64  # elements per absmax block: bitsandbytes Linear4bit default blocksize (quantize_4bit)
 DQ_BLOCK = 256  # absmax values per second-level block with double quantization (quantize_blockwise, 0.50)
 CODE_4BIT_BYTES = 16 * 4  # quant_state.code: the 16-entry nf4/fp4 table, fp32
 DQ_CODE_BYTES = 256 * 4  # state2.code: the 8-bit dynamic map used for the absmax, fp32
 DQ_OFFSET_BYTES = 4  # quant_state.offset: fp32 scalar (mean of absmax)
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def bnb_4bit_bytes(numel: int, double_quant: bool) -> tuple[int, int]:
@@ -31,12 +28,12 @@ def bnb_4bit_bytes(numel: int, double_quant: bool) -> tuple[int, int]:
     absmax is uint8 plus fp32 state2.absmax per 256 blocks, fp32 offset and the 256-entry dynamic code.
     Source: bitsandbytes 0.50.2 functional.quantize_4bit / QuantState; checked in tests on a real Linear4bit.
     """
-    blocks = _ceil_div(numel, NF4_BLOCK)
+    blocks = ceil_div(numel, NF4_BLOCK)
     if double_quant:
-        state = blocks + 4 * _ceil_div(blocks, DQ_BLOCK) + DQ_OFFSET_BYTES + DQ_CODE_BYTES + CODE_4BIT_BYTES
+        state = blocks + 4 * ceil_div(blocks, DQ_BLOCK) + DQ_OFFSET_BYTES + DQ_CODE_BYTES + CODE_4BIT_BYTES
     else:
         state = 4 * blocks + CODE_4BIT_BYTES
-    return _ceil_div(numel, 2), state
+    return ceil_div(numel, 2), state
 
 
 def bnb_int8_bytes(out_features: int, in_features: int) -> tuple[int, int]:
@@ -45,6 +42,19 @@ def bnb_int8_bytes(out_features: int, in_features: int) -> tuple[int, int]:
     Source: bitsandbytes 0.50.2 nn.Int8Params (`CB`, `SCB` from int8_vectorwise_quant).
     """
     return out_features * in_features, 4 * out_features
+
+
+def quantized_linear_bytes(m: ModelSpec, quant: str, double_quant: bool) -> tuple[int, int]:
+    """(packed weights, quant state) of every decoder-layer `nn.Linear` bitsandbytes replaces, all layers:
+    `quant` "int8" (Linear8bitLt) or "nf4"/"fp4" (Linear4bit). Training and serving load them alike."""
+    packed = state = 0
+    for lin in m.linears:
+        if quant == "int8":
+            w, s = bnb_int8_bytes(lin.out_features, lin.in_features)
+        else:
+            w, s = bnb_4bit_bytes(lin.weight_params, double_quant)
+        packed, state = packed + w, state + s
+    return m.num_hidden_layers * packed, m.num_hidden_layers * state
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,17 +79,6 @@ def weight_bytes(m: ModelSpec, t: TrainSpec) -> WeightBytes:
             train = t.freeze_trainable_layers * m.layer_params * p
             return WeightBytes(frozen=total - train, quant_state=0, trainable=train)
         return WeightBytes(frozen=total, quant_state=0, trainable=0)
-    packed = state = 0
-    for lin in m.linears:
-        if t.quant == "int8":
-            w, s = bnb_int8_bytes(lin.out_features, lin.in_features)
-        else:
-            w, s = bnb_4bit_bytes(lin.weight_params, t.double_quant)
-        packed += w
-        state += s
+    packed, state = quantized_linear_bytes(m, t.quant, t.double_quant)
     rest = m.total_params - m.linear_weight_params
-    return WeightBytes(
-        frozen=m.num_hidden_layers * packed + rest * base_param_dtype_bytes(t),
-        quant_state=m.num_hidden_layers * state,
-        trainable=0,
-    )
+    return WeightBytes(frozen=packed + rest * base_param_dtype_bytes(t), quant_state=state, trainable=0)

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import torch
 
-from vramplan.breakdown import Breakdown, Components, MeasuredRun, PhaseUsage
+from vramplan.breakdown import COMPONENTS, Breakdown, Components, MeasuredRun, PhaseUsage
 from vramplan.errors import VramplanError
 from vramplan.estimator.build import measured_breakdown
 from vramplan.estimator.overhead import CUDA_CONTEXT_BYTES, Overheads
@@ -535,17 +535,8 @@ def _vramplan_version() -> str:
 
 
 def components(c: CategoryBytes) -> Components:
-    """Tracker categories onto Breakdown components (trainable parameters are the `trainable` component)."""
-    return Components(
-        weights=c.weights,
-        quant_state=c.quant_state,
-        trainable=c.trainable,
-        gradients=c.gradients,
-        optimizer_states=c.optimizer_states,
-        activations=c.activations,
-        logits=c.logits,
-        temporaries=c.temporaries,
-    )
+    """Tracker categories as Breakdown components (the same names, one to one)."""
+    return Components(**{name: getattr(c, name) for name in COMPONENTS})
 
 
 def _breakdown(

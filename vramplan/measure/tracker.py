@@ -50,6 +50,8 @@ from typing import Any, Literal, get_args
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 
+from vramplan.breakdown import Components
+
 Category = Literal[
     "weights",
     "trainable",
@@ -73,17 +75,9 @@ _QUANT_ATTRS = ("quant_state", "SCB", "CB")
 
 
 @dataclass(frozen=True, slots=True)
-class CategoryBytes:
-    """Live bytes per category at one moment (see the module docstring for what each holds)."""
-
-    weights: int = 0
-    trainable: int = 0
-    quant_state: int = 0
-    gradients: int = 0
-    optimizer_states: int = 0
-    activations: int = 0
-    logits: int = 0
-    temporaries: int = 0
+class CategoryBytes(Components):
+    """Live bytes per category at one moment (see the module docstring for what each holds): the Breakdown's
+    components, one to one, read by category name."""
 
     @property
     def total_bytes(self) -> int:

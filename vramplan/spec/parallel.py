@@ -11,6 +11,7 @@ from typing import Literal
 
 from vramplan.errors import VramplanError, did_you_mean
 from vramplan.spec import TrainSpec
+from vramplan.units import ceil_div
 
 Strategy = Literal["ddp", "zero1", "zero2", "zero3", "fsdp", "fsdp-hybrid"]
 Offload = Literal["none", "optimizer", "params"]
@@ -51,7 +52,7 @@ class ParallelSpec:
 
     @property
     def nodes(self) -> int:
-        return -(-self.gpus // self.gpus_per_node)
+        return ceil_div(self.gpus, self.gpus_per_node)
 
     @property
     def stage(self) -> int:
