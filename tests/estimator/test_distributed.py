@@ -22,13 +22,11 @@ import json
 import pytest
 
 from vramplan.api import estimate
-from vramplan.estimator.distributed import (
+from vramplan.estimator.distributed import alternatives, fsdp_units, shard
+from vramplan.estimator.zero import (
     REDUCE_BUCKET_SIZE,
     STAGE3_PREFETCH_BUCKET_SIZE,
-    alternatives,
-    fsdp_units,
     largest_module,
-    shard,
     zero_states,
     zero_states_for,
 )
@@ -430,8 +428,9 @@ def test_alternatives_lower_the_per_gpu_total():
     pp = shard(m, t, ParallelSpec("zero2", 4), estimate(m, train=t, gpu=find_gpu("3090")))
     alts = alternatives(m, t, pp)
     assert alts
-    assert all(a.per_gpu_bytes < pp.per_gpu_bytes for _, a in alts)
-    assert alts[0][1].breakdown.verdict in ("fits", "tight")
+    assert all(a.per_gpu_bytes < pp.per_gpu_bytes for a in alts)
+    assert alts[0].breakdown.verdict in ("fits", "tight")
+    assert all((a.spec.strategy, a.spec.offload) != (pp.spec.strategy, pp.spec.offload) for a in alts)
 
 
 def test_parallel_spec_is_frozen_and_json_ready():

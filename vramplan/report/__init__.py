@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     from vramplan.plan.fit import Curve, FitTable, Limit
     from vramplan.serve_breakdown import ServeBreakdown
     from vramplan.sources.local_gpu import LocalGpu
-    from vramplan.sources.profiles import GpuProfile
+    from vramplan.spec.gpu import GpuProfile
+    from vramplan.spec.parallel import ParallelSpec
     from vramplan.trust.calibration import Calibration, RunRecord
     from vramplan.trust.validate import Validation
 
@@ -403,7 +404,7 @@ def parallel_json(pp: ParallelPlan) -> dict[str, Any]:
 
 def render_parallel(pp: ParallelPlan, console: Console) -> None:
     """One GPU's table (verdict per GPU), then the run's totals; just the table for one plain GPU."""
-    from vramplan.estimator.distributed import DS_ADDITIONAL_BUFFER_FACTOR
+    from vramplan.estimator.zero import DS_ADDITIONAL_BUFFER_FACTOR
 
     p, b = pp.spec, pp.breakdown
     if p.plain:
@@ -431,12 +432,17 @@ def render_parallel(pp: ParallelPlan, console: Console) -> None:
     console.print(f"one GPU, no engine: {gib(pp.single.device_bytes)} GiB (peak in {pp.single.peak_phase})")
 
 
-def parallel_advice_lines(alts: tuple[tuple[str, ParallelPlan], ...]) -> list[str]:
-    """`estimate.distributed.alternatives` as advice: the flags, per-GPU total and verdict of each."""
+def parallel_flags(p: ParallelSpec) -> str:
+    """The CLI flags that select `p`'s engine and offload."""
+    return f"--strategy {p.strategy}" + (f" --offload {p.offload}" if p.offload != "none" else "")
+
+
+def parallel_advice_lines(alts: tuple[ParallelPlan, ...]) -> list[str]:
+    """`estimator.distributed.alternatives` as advice: the flags, per-GPU total and verdict of each."""
     return [
-        f"{flags}: {gib(alt.per_gpu_bytes)} GiB per GPU → {alt.breakdown.verdict}"
+        f"{parallel_flags(alt.spec)}: {gib(alt.per_gpu_bytes)} GiB per GPU → {alt.breakdown.verdict}"
         + (f", host RAM {gib(alt.host_offload_bytes)} GiB per node" if alt.spec.offload != "none" else "")
-        for flags, alt in alts
+        for alt in alts
     ]
 
 
