@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vramplan.measure import cuda_equiv
-from vramplan.measure.cuda_equiv import CudaAutocast, cuda_equivalence, cuda_sdpa_backend
+from vramplan.measure import cuda_autocast, cuda_equiv
+from vramplan.measure.cuda_autocast import CudaAutocast
+from vramplan.measure.cuda_equiv import cuda_equivalence, cuda_sdpa_backend
 from vramplan.measure.tracker import MemoryTracker
 
 BF16, F32, BOOL = 2, 4, 1  # bytes per element
@@ -168,7 +169,7 @@ def test_autocast_policy_on_meta() -> None:
             assert not torch.is_autocast_enabled("cpu")
             assert emu.cast(w, torch.bfloat16) is emu.cast(w, torch.bfloat16)  # the cast cache
         assert emu._cache == {}  # cleared when the outermost region closes
-    assert torch.is_autocast_enabled is cuda_equiv._original_is_autocast_enabled
+    assert torch.is_autocast_enabled is cuda_autocast._original_is_autocast_enabled
 
 
 def test_autocast_cache_only_for_leaves_that_require_grad() -> None:
