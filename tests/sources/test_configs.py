@@ -381,7 +381,8 @@ def test_prequantized_mirror_is_noted_not_silently_fp16():
 def test_unsupported_builtin_type_is_one_line():
     r = run("gpt-oss-20b")
     assert r.exit_code == 2
-    assert r.output.strip().splitlines() == [r.output.strip()] and "unknown model_type 'gpt_oss'" in r.output
+    assert r.output.strip().splitlines() == [r.output.strip()]
+    assert "unknown model_type 'gpt_oss'" in r.output
 
 
 def test_hf_cache_beats_builtin(tmp_path: Path):

@@ -154,7 +154,7 @@ def repo_key(repo_id: str) -> RepoKey:
     cut = next((i for i, w in enumerate(words) if w in _QUANT_WORDS), len(words))
     if cut > 0 and words[cut - 1] == "unsloth" and cut < len(words):  # unsloth's dynamic `-unsloth-bnb-4bit`
         cut -= 1
-    prequantized = "-".join(name.split("-")[cut - len(words):]) if cut < len(words) else ""
+    prequantized = "-".join(name.split("-")[cut - len(words) :]) if cut < len(words) else ""
     kept = [w for w in words[:cut] if w not in _VARIANT_WORDS]
     while kept and kept[-1] in _DTYPE_WORDS:
         kept.pop()
