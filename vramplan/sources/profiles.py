@@ -113,37 +113,76 @@ class ModelConfig:
     """A model's `config.json` mapping, the name to show, and where it was found.
 
     `origin`: `builtin:<profile>`, the path of the config.json, or `hf-cache:<path>` / `hub:<path>` for a hub
-    id read from the local Hugging Face cache or downloaded.
+    id read from the local Hugging Face cache or downloaded. `prequantized`: for a hub id resolved to a
+    built-in profile, the quantization words of its name (`GPTQ`, `bnb-4bit`): the checkpoint is a
+    pre-quantized copy whose own `quantization_config` was not read.
     """
 
     name: str
     config: dict[str, Any]
     origin: str
+    prequantized: str = ""
 
 
 # Words that name a variant with the base model's shapes: `-Instruct`, `-chat`, `-it` (Gemma), `-hf`, `-Base`.
 _VARIANT_WORDS = frozenset({"instruct", "chat", "it", "hf", "base"})
+# Words from which on a name describes a pre-quantized copy (`-GPTQ`, `-AWQ`, `-bnb-4bit`, `-AQLM-2Bit-1x16`,
+# `-unsloth-bnb-4bit`): the architecture is the name before them.
+_QUANT_WORDS = frozenset(
+    {"gptq", "awq", "aqlm", "bnb", "4bit", "8bit", "nf4", "int4", "int8", "gguf", "exl2", "fp8", "nvfp4", "mlx"}
+)
+# Trailing words of a re-saved full-precision copy (`casperhansen/llama-3-70b-fp16`).
+_DTYPE_WORDS = frozenset({"fp16", "bf16", "fp32", "dequantized"})
+
+
+@dataclass(frozen=True, slots=True)
+class RepoKey:
+    """A hub id reduced to what names its architecture, and the quantization words cut off its name."""
+
+    key: str
+    prequantized: str
+
+
+def repo_key(repo_id: str) -> RepoKey:
+    """'meta-llama/Meta-Llama-3-8B-Instruct' -> 'llama-3-8b'; 'TheBloke/Llama-2-7B-GPTQ' -> 'llama-2-7b' (GPTQ).
+
+    Name without owner, lowercase, `_` and spaces as `-`, no `Meta-` prefix, no variant words, cut at the first
+    quantization word, trailing dtype words dropped.
+    """
+    name = re.sub(r"[\s_]+", "-", repo_id.rstrip("/").rsplit("/", 1)[-1])
+    words = name.lower().removeprefix("meta-").split("-")
+    cut = next((i for i, w in enumerate(words) if w in _QUANT_WORDS), len(words))
+    if cut > 0 and words[cut - 1] == "unsloth" and cut < len(words):  # unsloth's dynamic `-unsloth-bnb-4bit`
+        cut -= 1
+    prequantized = "-".join(name.split("-")[cut - len(words) :]) if cut < len(words) else ""
+    kept = [w for w in words[:cut] if w not in _VARIANT_WORDS]
+    while kept and kept[-1] in _DTYPE_WORDS:
+        kept.pop()
+    return RepoKey("-".join(kept), prequantized)
 
 
 def _repo_key(repo_id: str) -> str:
-    """'meta-llama/Meta-Llama-3-8B-Instruct' -> 'llama-3-8b': name without owner, `Meta-`, variant words."""
-    name = repo_id.rsplit("/", 1)[-1].lower().removeprefix("meta-")
-    return "-".join(w for w in name.split("-") if w not in _VARIANT_WORDS)
+    return repo_key(repo_id).key
 
 
 @cache
 def _builtin_repo_index() -> dict[str, str]:
+    """Repo key -> profile, from each profile's `vramplan_profile.repo` and `aliases`; a profile's own name too."""
     index: dict[str, str] = {}
     for name in builtin_model_names():
-        repo = _read_json(profiles_dir() / "models" / f"{name}.json").get("vramplan_profile", {}).get("repo")
-        if repo:
-            index.setdefault(_repo_key(repo), name)
+        meta = _read_json(profiles_dir() / "models" / f"{name}.json").get("vramplan_profile", {})
+        for repo in (meta.get("repo"), *meta.get("aliases", ())):
+            if repo:
+                index.setdefault(_repo_key(repo), name)
+    for name in builtin_model_names():
+        index.setdefault(_repo_key(name), name)
     return index
 
 
 def builtin_for_repo(repo_id: str) -> str | None:
-    """The built-in profile whose `vramplan_profile.repo` is `repo_id`, a mirror of it under another owner
-    (`NousResearch/Meta-Llama-3-8B`) or its instruct/chat variant (`meta-llama/Llama-2-7b-chat-hf`), or None.
+    """The built-in profile whose `vramplan_profile.repo` (or one of its `aliases`) is `repo_id`, a mirror of
+    it under another owner (`NousResearch/Meta-Llama-3-8B`), its instruct/chat variant
+    (`meta-llama/Llama-2-7b-chat-hf`) or a pre-quantized copy (`TheBloke/Llama-2-7B-GPTQ`), or None.
     """
     return _builtin_repo_index().get(_repo_key(repo_id))
 
@@ -194,7 +233,7 @@ def find_model_config(model: str) -> ModelConfig:
         profile = builtin_for_repo(model)
         if profile is not None:
             cfg = _read_json(profiles_dir() / "models" / f"{profile}.json")
-            return ModelConfig(model, cfg, f"builtin:{profile}")
+            return ModelConfig(model, cfg, f"builtin:{profile}", repo_key(model).prequantized)
         downloaded = _hub_download_config(model)
         if downloaded is not None:
             return ModelConfig(model, _read_json(downloaded), f"hub:{downloaded}")
@@ -204,6 +243,10 @@ def find_model_config(model: str) -> ModelConfig:
         )
     if model.endswith(".json") or "/" in model:
         raise VramplanError(f"no such file: {model}")
+    profile = builtin_for_repo(model)  # `Qwen3-4B-Instruct`, `llama_3_8b`: a built-in by its hub name
+    if profile is not None:
+        cfg = _read_json(profiles_dir() / "models" / f"{profile}.json")
+        return ModelConfig(profile, cfg, f"builtin:{profile}", repo_key(model).prequantized)
     raise did_you_mean(model, builtin_model_names(), "model", "see `vramplan models`, or pass a config.json")
 
 
