@@ -249,32 +249,6 @@ def calibration(store: str | None, as_json: bool) -> None:
         report.render_calibration(runs, cals, path, _console())
 
 
-class _Progress:
-    """Harness progress (building, quantizing layer i/N, step k/N) on stderr: a rich status line on a terminal,
-    plain lines otherwise."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self.status = self.console.status("starting") if self.console.is_terminal else None
-
-    def __enter__(self) -> _Progress:
-        if self.status is not None:
-            self.status.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.status is not None:
-            self.status.stop()
-
-    def __call__(self, message: str) -> None:
-        if self.status is not None:
-            self.status.update(message)
-        elif not message.startswith(("quantizing layer", "initializing layer")):
-            click.echo(message, err=True)
-
-
 def _measured(r, estimate_b, as_json: bool) -> None:
     if as_json:
         from vramplan.report.measure import measurement_json
@@ -324,7 +298,9 @@ def measure(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if save and device != "cuda":
         raise VramplanError(f"--save stores CUDA measurements; --device {device} has none")
-    with _Progress() as progress:
+    from vramplan.report.measure import Progress
+
+    with Progress() as progress:
         r = run_step(m, t, device=device, steps=steps, weights=weights, gpu=g, progress=progress)
     estimate_b = run_estimate(m, gpu=g, train=t)
     if save and r.oom is None:
@@ -352,8 +328,9 @@ def simulate(model: str, gpu: str | None, steps: int, as_json: bool, **kw: Any) 
     m, t, g = resolve_inputs(model, gpu, kw)
     emit_notes(t)
     from vramplan.measure.harness import simulate as run_simulate
+    from vramplan.report.measure import Progress
 
-    with _Progress() as progress:
+    with Progress() as progress:
         r = run_simulate(m, t, steps=steps, gpu=g, progress=progress)
     _measured(r, run_estimate(m, gpu=g, train=t), as_json)
 

@@ -161,3 +161,31 @@ def render_measurement(r: Any, estimate: Breakdown, console: Console) -> None:
     elif b.gpu_bytes is not None and b.verdict is not None:
         console.print(verdict_line(b, "" if r.cuda is not None else " (traced tensor peak + modelled CUDA overheads)"))
     print_notes(b.all_notes, console)
+
+
+class Progress:
+    """Harness progress (building, quantizing layer i/N, step k/N) on stderr: a rich status line on a terminal,
+    plain lines otherwise."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.status = self.console.status("starting") if self.console.is_terminal else None
+
+    def __enter__(self) -> Progress:
+        if self.status is not None:
+            self.status.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+    def __call__(self, message: str) -> None:
+        if self.status is not None:
+            self.status.update(message)
+        elif not message.startswith(("quantizing layer", "initializing layer")):
+            import click
+
+            click.echo(message, err=True)
