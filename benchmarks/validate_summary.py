@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform
 from importlib.metadata import version
 
-from vramplan.report import validation_summary_lines
+from vramplan.report.trust import validation_summary_lines
 from vramplan.trust.validate import Row, validate
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 class VramplanError(Exception):
@@ -12,6 +14,8 @@ class VramplanError(Exception):
 
 def did_you_mean(value: str, choices: Iterable[str], what: str, hint: str = "") -> VramplanError:
     """Build the error for an unknown `value`, naming the closest `choices`."""
+    import difflib  # only on this error path: `vramplan --help` does not pay for it
+
     choices = sorted(set(choices))
     close = difflib.get_close_matches(value.lower(), [c.lower() for c in choices], n=3, cutoff=0.5)
     lower_to_choice = {c.lower(): c for c in choices}

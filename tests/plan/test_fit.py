@@ -239,10 +239,11 @@ def test_pairs_when_no_single_change_fits():
 
 
 def test_advice_lines_state_peak_verdict_and_cost():
-    from vramplan.plan.advice import advice_lines
+    from vramplan.plan.advice import suggest
+    from vramplan.report.estimate import advice_lines
 
     m, t, g = setup("qwen2.5-7b", "4090", method="lora")
-    lines = advice_lines(m, t, g, n=3)
+    lines = advice_lines(suggest(m, t, g, limit=3))
     assert len(lines) == 3
     assert all("GiB →" in ln and "saves" in ln for ln in lines)
     assert any(v in lines[0] for v in ("fits", "tight"))
@@ -348,7 +349,7 @@ def test_peak_curves_rise_with_seq():
 
 
 def test_terminal_plot_renders_to_a_string():
-    from vramplan.report import plot_terminal
+    from vramplan.report.plot import plot_terminal
 
     curves, g = curves_for()
     out = plot_terminal(curves, g, "llama-2-7b on rtx-3060-ti", width=90, height=20, color=False)
@@ -364,7 +365,7 @@ def test_terminal_plot_renders_to_a_string():
 
 def test_png_plot_is_written(tmp_path):
     pytest.importorskip("matplotlib")
-    from vramplan.report import plot_png
+    from vramplan.report.plot import plot_png
 
     curves, g = curves_for()
     path = tmp_path / "fit.png"
@@ -375,7 +376,7 @@ def test_png_plot_is_written(tmp_path):
 
 
 def test_png_plot_without_matplotlib_is_one_line(monkeypatch, tmp_path):
-    from vramplan.report import plot_png
+    from vramplan.report.plot import plot_png
 
     for mod in ("matplotlib", "matplotlib.figure", "matplotlib.ticker", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, mod, None)

@@ -81,7 +81,7 @@ def test_suggestions_are_estimates_under_the_same_calibration(calibrated_store):
     """Each suggestion's figure is the estimate of its changed settings with the calibrated overheads, and its
     device total is what `estimate` says for those settings."""
     from vramplan.api import estimate
-    from vramplan.cli import resolve_gpu
+    from vramplan.cli_options import resolve_gpu
     from vramplan.plan.advice import suggest
     from vramplan.sources.profiles import load_model
     from vramplan.spec import resolve_train

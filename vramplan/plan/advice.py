@@ -185,12 +185,3 @@ def suggest(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, limit: int = 6) -> list
                     found.append(_suggestion([a, c], b, now))
     found.sort(key=_rank)
     return found[:limit]
-
-
-def advice_lines(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, n: int = 2) -> list[str]:
-    from vramplan.report import gib
-
-    return [
-        f"{s.change}: {gib(s.device_bytes)} GiB → {s.verdict} (saves {gib(s.saved_bytes)} GiB; {s.cost_text})"
-        for s in suggest(m, t, gpu, limit=n)
-    ]

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from vramplan.errors import VramplanError, did_you_mean
 from vramplan.spec import OPTIM_ALIASES, OPTIMIZERS
 
@@ -452,6 +450,8 @@ def load_file(path: str) -> Mapping[str, Any]:
         except json.JSONDecodeError as e:
             raise VramplanError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     else:
+        import yaml  # PyYAML only when a YAML file is read: `estimate --json` without --from does not load it
+
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import sys
@@ -15,11 +14,6 @@ from typing import Any
 from vramplan.errors import VramplanError, did_you_mean
 from vramplan.spec import ModelSpec, model_spec_from_config
 from vramplan.spec.gpu import GpuProfile
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 def profiles_dir() -> Path:
@@ -40,6 +34,11 @@ def _norm(name: str) -> str:
 
 @cache
 def load_gpus() -> dict[str, GpuProfile]:
+    if sys.version_info >= (3, 11):  # the TOML parser only when a GPU is looked up
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
     data = tomllib.loads((profiles_dir() / "gpus.toml").read_text())
     out = {}
     for key, d in data.items():
@@ -199,6 +198,8 @@ def _hub_download_config(repo_id: str) -> Path | None:
         from huggingface_hub import hf_hub_download
     except ImportError:
         return None
+    import logging
+
     hub_log = logging.getLogger("huggingface_hub")  # its retry warnings would break the one-line error
     level = hub_log.level
     hub_log.setLevel(logging.ERROR)

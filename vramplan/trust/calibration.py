@@ -30,11 +30,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -97,6 +95,8 @@ def append_run(record: RunRecord | Mapping[str, Any], path: str | Path | None = 
 
     `record`: a RunRecord or a mapping with its fields (schema in the module docstring); `time` is filled in.
     """
+    from datetime import datetime, timezone  # writing a run only: estimates do not load datetime
+
     rec = record if isinstance(record, RunRecord) else RunRecord.from_json(record)
     d = asdict(rec)
     d["time"] = d["time"] or datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -153,6 +153,8 @@ def derive_from(runs: list[RunRecord], gpu_key: str) -> Calibration | None:
     mine = [r for r in runs if r.key == gpu_key]
     if not mine:
         return None
+    import statistics  # only with runs stored: statistics loads fractions and decimal
+
     ctx = [r.device_bytes - r.reserved_bytes for r in mine if r.device_bytes and r.device_bytes >= r.reserved_bytes]
     ratio = [r.reserved_bytes / r.allocated_bytes - 1 for r in mine if r.allocated_bytes > 0]
     res = [x for x in map(_residual, mine) if x is not None]
