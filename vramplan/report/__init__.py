@@ -44,12 +44,13 @@ def _figures_json(b: Any) -> dict[str, Any]:
         "reserved_bytes": b.reserved_bytes,
         "device_bytes": b.device_bytes,
         "peak_phase": b.peak_phase,
+        "peak_moment": b.peak_moment,
         "components": b.components.as_dict(),
         "overhead": {
             "allocator_overhead_bytes": b.allocator_overhead_bytes,
             "cuda_context_bytes": b.cuda_context_bytes,
         },
-        "phases": {p.phase: {"total_bytes": p.total, **p.components.as_dict()} for p in b.phases},
+        "phases": {p.phase: {"total_bytes": p.total, "moment": p.moment, **p.components.as_dict()} for p in b.phases},
         "gpu_bytes": b.gpu_bytes,
         "headroom_bytes": b.headroom_bytes,
         "verdict": b.verdict,
@@ -133,7 +134,8 @@ def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -
     console.print(t)
     console.print(
         f"params: {b.params_total:,} total, {b.params_trainable:,} trainable "
-        f"({100 * b.params_trainable / max(b.params_total, 1):.3g} %) · peak in {b.peak_phase} · units GiB = 1024³ B"
+        f"({100 * b.params_trainable / max(b.params_total, 1):.3g} %) · peak in {b.peak_phase}"
+        f"{f' ({b.peak_moment})' if b.peak_moment else ''} · units GiB = 1024³ B"
     )
     if b.gpu_bytes is not None and b.verdict is not None:
         head_gib = gib(b.headroom_bytes or 0)
