@@ -97,11 +97,12 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     layers = m.num_hidden_layers
     n_train_layers = {"full": layers, "freeze": t.freeze_trainable_layers}.get(t.method, layers if t.uses_lora else 0)
     layer_grad = all_grads // layers if t.uses_lora else (m.layer_params * param_bytes if n_train_layers else 0)
-    # (name of the layer, gradients alive when its backward starts, activations still kept then)
+    # (its recompute's and its backward's moments, gradients alive when its backward starts, activations kept then)
     layer_ends = (
-        ("top", max(accum_grads, head_grad), saved - act.final_saved),
+        (TOP_LAYER_RECOMPUTE, TOP_LAYER_BACKWARD, max(accum_grads, head_grad), saved - act.final_saved),
         (
-            "bottom",
+            BOTTOM_LAYER_RECOMPUTE,
+            BOTTOM_LAYER_BACKWARD,
             max(accum_grads, head_grad + max(n_train_layers - 1, 0) * layer_grad),
             act.hidden_bytes if t.grad_ckpt else act.layer + act.layer_copies,
         ),
@@ -120,7 +121,7 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     # under checkpointing DoRA's weight-sized backward tensor may outgrow the MLP's workspace
     dora_workspace = t.grad_ckpt and act.dora_backward > act.backward_workspace
     layer_moments = []
-    for end, grads_then, kept in layer_ends:
+    for recompute_moment, backward_moment, grads_then, kept in layer_ends:
         if t.grad_ckpt:
             recompute = Components(
                 **persistent,
@@ -128,7 +129,7 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
                 activations=kept + recomputed + act.layer_ctx + in_layer_excess,
                 temporaries=act.hidden_bytes + act.hidden_grad_bytes + act.recompute_tail,
             )
-            layer_moments.append((f"{end}-layer recompute", recompute))
+            layer_moments.append((recompute_moment, recompute))
             layer_backward = Components(
                 **persistent,
                 gradients=max(accum_grads, grads_then + down_grad),
@@ -142,7 +143,9 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
                 activations=kept - act.down_saved,
                 temporaries=act.backward_workspace,
             )
-        layer_moments.append((f"{end}-layer {'DoRA' if dora_workspace else 'MLP'} backward", layer_backward))
+        layer_moments.append(
+            (backward_moment.replace("MLP", "DoRA") if dora_workspace else backward_moment, layer_backward)
+        )
     end_of_backward = Components(**persistent, gradients=all_grads, temporaries=2 * act.hidden_bytes)
     step = Components(**persistent, gradients=all_grads, temporaries=optimizer.step_temporaries)
     return (
