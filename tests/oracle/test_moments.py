@@ -20,6 +20,12 @@ from tests.oracle.grid import BASE, CASES, SMALL_LLAMA
 from vramplan.estimator import peak
 from vramplan.spec import model_spec_from_config, resolve_train
 
+LAYER_BACKWARDS = {
+    peak.TOP_LAYER_BACKWARD,
+    peak.TOP_LAYER_DORA_BACKWARD,
+    peak.BOTTOM_LAYER_BACKWARD,
+    peak.BOTTOM_LAYER_DORA_BACKWARD,
+}
 TRACED_CASES = ("lora", "lora-ckpt", "full-ckpt", "qlora", "lora-dora-ckpt")
 
 # (case, estimated moment) -> why the estimate misses the traced moment: strict, so a fix turns it into a failure
@@ -37,10 +43,10 @@ def _traced_name(moment: str, layers: int) -> str:
         peak.LOSS_BACKWARD: "logits gradient",
         peak.TOP_LAYER_RECOMPUTE: f"layer {top} recompute",
         peak.TOP_LAYER_BACKWARD: f"layer {top} backward",
-        peak.TOP_LAYER_BACKWARD.replace("MLP", "DoRA"): f"layer {top} backward",
+        peak.TOP_LAYER_DORA_BACKWARD: f"layer {top} backward",
         peak.BOTTOM_LAYER_RECOMPUTE: f"layer {bottom} recompute",
         peak.BOTTOM_LAYER_BACKWARD: f"layer {bottom} backward",
-        peak.BOTTOM_LAYER_BACKWARD.replace("MLP", "DoRA"): f"layer {bottom} backward",
+        peak.BOTTOM_LAYER_DORA_BACKWARD: f"layer {bottom} backward",
         peak.END_OF_BACKWARD: "after the layers",
         peak.OPTIMIZER_STEP: "step",
     }[moment]
@@ -83,7 +89,7 @@ def test_each_observable_moment_holds_the_traced_bytes(case):
         if traced is None:  # e.g. "after the layers" when layer 0's input needs no gradient
             continue
         compared += 1
-        layer_backward = usage.moment.startswith(("top-layer", "bottom-layer")) and "backward" in usage.moment
+        layer_backward = usage.moment in LAYER_BACKWARDS
         if t.grad_ckpt and layer_backward:
             ok = usage.total <= traced.peak_bytes * (1 + PEAK_TOL)
         else:

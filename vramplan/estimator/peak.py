@@ -32,6 +32,8 @@ TOP_LAYER_RECOMPUTE = "top-layer recompute"
 TOP_LAYER_BACKWARD = "top-layer MLP backward"
 BOTTOM_LAYER_RECOMPUTE = "bottom-layer recompute"
 BOTTOM_LAYER_BACKWARD = "bottom-layer MLP backward"
+TOP_LAYER_DORA_BACKWARD = "top-layer DoRA backward"  # DoRA's weight-sized tensor above the MLP's workspace
+BOTTOM_LAYER_DORA_BACKWARD = "bottom-layer DoRA backward"
 END_OF_BACKWARD = "all gradients"  # the end of backward
 OPTIMIZER_STEP = "step"
 
@@ -44,7 +46,7 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     param_bytes = 4 if t.uses_lora else DTYPE_BYTES[t.dtype]
     all_grads = count_params(m, t).trainable * param_bytes
     optimizer = optimizer_bytes(m, t, param_bytes)
-    act = activation_bytes(m, t)
+    activation = activation_bytes(m, t)
     logits = logits_bytes(m, t)
     persistent = {
         "weights": weights.frozen,
@@ -54,17 +56,17 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     }
     accum_grads = all_grads if t.grad_accum > 1 else 0
     # autocast copies of fp32 weights: saved by mm (without checkpointing), or held by the cast cache in forward
-    saved_copies = 0 if t.grad_ckpt else act.layer_copies * act.copy_layers
-    forward_copies = act.layer_cached * act.copy_layers if t.grad_ckpt else saved_copies
-    saved = act.saved + saved_copies
+    saved_copies = 0 if t.grad_ckpt else activation.layer_copies * activation.copy_layers
+    forward_copies = activation.layer_cached * activation.copy_layers if t.grad_ckpt else saved_copies
+    saved = activation.saved + saved_copies
     # how far one layer's forward rises above what it finally saves (its largest transient set)
-    in_layer_excess = max(0, act.layer_transient - act.layer)
+    in_layer_excess = max(0, activation.layer_transient - activation.layer)
     # lm_head's autocast copy of an fp32 weight is made inside lm_head: counted with the logits / loss
     loss = Components(
         **persistent,
         gradients=accum_grads,
-        activations=act.saved + forward_copies + act.final_hidden_bytes,
-        logits=logits.forward_peak + act.head_copy,
+        activations=activation.saved + forward_copies + activation.final_hidden_bytes,
+        logits=logits.forward_peak + activation.head_copy,
         temporaries=0,
     )
     # inside the last layer's forward: all saved activations and the layer's largest transient set (DoRA's
@@ -72,9 +74,11 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     # decoder loop holds it) and the embedding output (the model's forward holds `inputs_embeds` until it
     # returns); with it, both are checkpointed inputs already, and the layer keeps only what it references.
     if t.grad_ckpt:
-        in_layer_act = act.saved - act.final_saved + act.layer_refs + forward_copies
+        in_layer_act = activation.saved - activation.final_saved + activation.layer_refs + forward_copies
     else:
-        in_layer_act = act.saved - act.final_saved + 2 * act.hidden_bytes + in_layer_excess + forward_copies
+        in_layer_act = (
+            activation.saved - activation.final_saved + 2 * activation.hidden_bytes + in_layer_excess + forward_copies
+        )
     inside_top_layer = Components(
         **persistent,
         gradients=accum_grads,
@@ -87,7 +91,7 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
         **persistent,
         gradients=max(accum_grads, head_grad),
         activations=saved,
-        logits=logits.backward_peak + act.head_copy,
+        logits=logits.backward_peak + activation.head_copy,
     )
     # a decoder layer's backward: at the top layer all activations are still alive; at the bottom one only its
     # own remain while the gradients of every layer above exist. The usage is linear in between, so the two
@@ -97,20 +101,27 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     layers = m.num_hidden_layers
     n_train_layers = {"full": layers, "freeze": t.freeze_trainable_layers}.get(t.method, layers if t.uses_lora else 0)
     layer_grad = all_grads // layers if t.uses_lora else (m.layer_params * param_bytes if n_train_layers else 0)
+    # under checkpointing DoRA's weight-sized backward tensor may outgrow the MLP's workspace
+    dora_workspace = t.grad_ckpt and activation.dora_backward > activation.backward_workspace
     # (its recompute's and its backward's moments, gradients alive when its backward starts, activations kept then)
     layer_ends = (
-        (TOP_LAYER_RECOMPUTE, TOP_LAYER_BACKWARD, max(accum_grads, head_grad), saved - act.final_saved),
+        (
+            TOP_LAYER_RECOMPUTE,
+            TOP_LAYER_DORA_BACKWARD if dora_workspace else TOP_LAYER_BACKWARD,
+            max(accum_grads, head_grad),
+            saved - activation.final_saved,
+        ),
         (
             BOTTOM_LAYER_RECOMPUTE,
-            BOTTOM_LAYER_BACKWARD,
+            BOTTOM_LAYER_DORA_BACKWARD if dora_workspace else BOTTOM_LAYER_BACKWARD,
             max(accum_grads, head_grad + max(n_train_layers - 1, 0) * layer_grad),
-            act.hidden_bytes if t.grad_ckpt else act.layer + act.layer_copies,
+            activation.hidden_bytes if t.grad_ckpt else activation.layer + activation.layer_copies,
         ),
     )
     # a checkpointed layer's recomputed set (its input, if an op saves it, is the checkpointed one). While the
     # recompute runs, its graph is alive (the residual references it) and so is what ops keep outside saved
     # tensors (int8 matmul inputs); once it is done only the saved tensors, detached, remain
-    recomputed = act.layer + act.layer_copies - act.layer_ctx - act.layer_input_saved
+    recomputed = activation.layer + activation.layer_copies - activation.layer_ctx - activation.layer_input_saved
     # at the MLP workspace peak of a layer's backward, its down projection's gradients are already there
     down = [li for li in m.linears if li.name in _MLP_OUT]
     if t.uses_lora:
@@ -118,35 +129,31 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
         down_grad *= param_bytes
     else:
         down_grad = sum(li.params for li in down) * param_bytes if n_train_layers else 0
-    # under checkpointing DoRA's weight-sized backward tensor may outgrow the MLP's workspace
-    dora_workspace = t.grad_ckpt and act.dora_backward > act.backward_workspace
     layer_moments = []
     for recompute_moment, backward_moment, grads_then, kept in layer_ends:
         if t.grad_ckpt:
             recompute = Components(
                 **persistent,
                 gradients=grads_then,
-                activations=kept + recomputed + act.layer_ctx + in_layer_excess,
-                temporaries=act.hidden_bytes + act.hidden_grad_bytes + act.recompute_tail,
+                activations=kept + recomputed + activation.layer_ctx + in_layer_excess,
+                temporaries=activation.hidden_bytes + activation.hidden_grad_bytes + activation.recompute_tail,
             )
             layer_moments.append((recompute_moment, recompute))
             layer_backward = Components(
                 **persistent,
                 gradients=max(accum_grads, grads_then + down_grad),
-                activations=kept + recomputed - act.down_saved,
-                temporaries=max(act.backward_workspace, act.dora_backward),
+                activations=kept + recomputed - activation.down_saved,
+                temporaries=max(activation.backward_workspace, activation.dora_backward),
             )
         else:
             layer_backward = Components(
                 **persistent,
                 gradients=max(accum_grads, grads_then + down_grad),
-                activations=kept - act.down_saved,
-                temporaries=act.backward_workspace,
+                activations=kept - activation.down_saved,
+                temporaries=activation.backward_workspace,
             )
-        layer_moments.append(
-            (backward_moment.replace("MLP", "DoRA") if dora_workspace else backward_moment, layer_backward)
-        )
-    end_of_backward = Components(**persistent, gradients=all_grads, temporaries=2 * act.hidden_bytes)
+        layer_moments.append((backward_moment, layer_backward))
+    end_of_backward = Components(**persistent, gradients=all_grads, temporaries=2 * activation.hidden_bytes)
     step = Components(**persistent, gradients=all_grads, temporaries=optimizer.step_temporaries)
     return (
         PhaseUsage("forward", loss, LOSS),
