@@ -118,4 +118,5 @@ def vllm_serving(
         non_torch=VLLM_NON_TORCH_BYTES,
         cuda_graphs=0 if s.enforce_eager else VLLM_CUDA_GRAPH_BYTES,
     )
-    return ServePhase("serving", comps), pool, _problems(s, total, pool, gpu.overheads.cuda_context_bytes)
+    moment = "sampler" if sampler > fwd else "forward of a full token budget"
+    return ServePhase("serving", comps, moment), pool, _problems(s, total, pool, gpu.overheads.cuda_context_bytes)

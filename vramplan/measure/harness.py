@@ -40,6 +40,14 @@ from vramplan.estimator.build import measured_breakdown
 from vramplan.estimator.overhead import CUDA_CONTEXT_BYTES, Overheads
 from vramplan.measure.build import TORCH_DTYPES, Built, build
 from vramplan.measure.cuda_equiv import CudaAutocast, check_versions, cuda_equivalence, installed_versions
+from vramplan.measure.moments import (
+    LOGITS_AND_LOSS,
+    LOGITS_GRADIENT,
+    STEP,
+    LayerMoments,
+    decoder_layers,
+    layer_recompute,
+)
 from vramplan.measure.tracker import CategoryBytes, MemoryTracker, TrackedPeak
 from vramplan.spec import ModelSpec, TrainSpec
 
@@ -313,6 +321,7 @@ def _train(
     tracker.register_optimizer(optimizer)
     logits = _LogitsLabel(built.causal_lm, tracker)
     _wrap_checkpointing(model, tracker, emu)
+    LayerMoments(model, tracker)
     if getattr(optimizer, "is_paged", False) and dev != "cuda":
         _exclude_paged_states(optimizer, tracker)
     vocab = built.causal_lm.config.get_text_config().vocab_size
@@ -341,11 +350,13 @@ def _train(
                 state.phase = "backward"
                 with tracker.phase_scope("backward"):
                     tracker.label = "logits" if logits.hooked else None
+                    tracker.moment = LOGITS_GRADIENT if logits.hooked else None
                     loss.backward()
                     tracker.label = None
+                    tracker.moment = None
                 del loss, ids
             state.phase = "optimizer"
-            with tracker.phase_scope("optimizer"):
+            with tracker.phase_scope("optimizer"), tracker.moment_scope(STEP):
                 torch.nn.utils.clip_grad_norm_(params, TRAINER_MAX_GRAD_NORM)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -370,6 +381,7 @@ class _LogitsLabel:
         if self.tracker.phase != "forward" or torch._C._current_graph_task_id() != -1:
             return
         self.tracker.label = "logits"
+        self.tracker.moment = LOGITS_AND_LOSS
         hidden = args[0] if args else None
         if isinstance(hidden, torch.Tensor) and hidden.requires_grad:
             hidden.register_hook(self._end_of_logits_backward)
@@ -378,25 +390,30 @@ class _LogitsLabel:
     def _post(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
         if self.tracker.phase == "forward":
             self.tracker.label = None
+            self.tracker.moment = None
 
     def _end_of_logits_backward(self, grad: torch.Tensor) -> None:
         self.tracker.label = None
+        self.tracker.moment = None
 
 
 def _wrap_checkpointing(model: torch.nn.Module, tracker: MemoryTracker, emu: CudaAutocast | None) -> None:
     """Label a gradient-checkpoint recompute's allocations as activations, and reopen the emulated autocast in
-    it (torch.utils.checkpoint restores CUDA autocast itself; it cannot restore an emulation)."""
+    it (torch.utils.checkpoint restores CUDA autocast itself; it cannot restore an emulation); name the
+    recompute's moment ("layer i recompute")."""
+    index = {id(layer): i for i, layer in enumerate(decoder_layers(model))}
     for module in model.modules():
         ckpt = module.__dict__.get("_gradient_checkpointing_func")
         if ckpt is not None and not isinstance(ckpt, _RecomputeAware):
-            module._gradient_checkpointing_func = _RecomputeAware(ckpt, tracker, emu)
+            moment = layer_recompute(index[id(module)]) if id(module) in index else "recompute"
+            module._gradient_checkpointing_func = _RecomputeAware(ckpt, tracker, emu, moment)
 
 
 class _RecomputeAware:
-    __slots__ = ("ckpt", "emu", "tracker")
+    __slots__ = ("ckpt", "emu", "moment", "tracker")
 
-    def __init__(self, ckpt: Callable, tracker: MemoryTracker, emu: CudaAutocast | None) -> None:
-        self.ckpt, self.tracker, self.emu = ckpt, tracker, emu
+    def __init__(self, ckpt: Callable, tracker: MemoryTracker, emu: CudaAutocast | None, moment: str) -> None:
+        self.ckpt, self.tracker, self.emu, self.moment = ckpt, tracker, emu, moment
 
     def __call__(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
         return self.ckpt(functools.partial(self._run, function), *args, **kwargs)
@@ -405,7 +422,7 @@ class _RecomputeAware:
         if torch._C._current_graph_task_id() == -1:  # the first forward
             return function(*args, **kwargs)
         region = self.emu.region() if self.emu is not None else contextlib.nullcontext()
-        with region, self.tracker.label_scope("activations"):
+        with region, self.tracker.label_scope("activations"), self.tracker.moment_scope(self.moment):
             return function(*args, **kwargs)
 
 
@@ -549,7 +566,7 @@ def _breakdown(
     gpu: Any,
     notes: list[str],
 ) -> Breakdown:
-    phases = tuple(PhaseUsage(p.phase, components(p.breakdown)) for p in tracked.phases)
+    phases = tuple(PhaseUsage(p.phase, components(p.breakdown), p.moment or "") for p in tracked.phases)
     if not phases:  # out of memory while building: nothing traced but what was loaded
         phases = (PhaseUsage("forward", Components(weights=tracked.current_bytes)),)
     peak = max(p.total for p in phases)

@@ -74,7 +74,8 @@ def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -
     console.print(t)
     console.print(
         f"params: {b.params_total:,} total, {b.params_trainable:,} trainable "
-        f"({100 * b.params_trainable / max(b.params_total, 1):.3g} %) · peak in {b.peak_phase} · units GiB = 1024³ B"
+        f"({100 * b.params_trainable / max(b.params_total, 1):.3g} %) · peak in {b.peak_phase}"
+        f"{f' ({b.peak_moment})' if b.peak_moment else ''} · units GiB = 1024³ B"
     )
     if b.gpu_bytes is not None and b.verdict is not None:
         console.print(verdict_line(b, band_text(b.error_band)))
