@@ -1,0 +1,57 @@
+"""No test reads outside the repository: a user's checkout has nothing beside it.
+
+Two guards: conftest's audit hook fails any test that opens a file beside the repository at run time
+(`beside_repo`, held here to synthetic paths), and the tests' source spells no path that climbs out of it.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT, beside_repo
+
+
+def test_beside_repo_flags_siblings_and_nothing_else(tmp_path: Path) -> None:
+    parent = tmp_path / "work"
+    root = parent / "repo"
+    (root / "tests").mkdir(parents=True)
+    (parent / "shared").mkdir()
+    (parent / "venv").mkdir()
+    sibling = parent / "shared" / "notes.md"
+    assert beside_repo(sibling, root)
+    assert beside_repo(root / "tests" / os.pardir / os.pardir / "shared" / "notes.md", root)  # spelled from inside
+    assert beside_repo(os.fsencode(sibling), root)
+    assert not beside_repo(root / "tests" / "data.json", root)
+    assert not beside_repo(tmp_path / "elsewhere.txt", root)  # not under the repository's parent
+    assert not beside_repo(parent / "venv" / "lib" / "x.py", root, allowed=(str(parent / "venv"),))
+    assert beside_repo(sibling, root, allowed=(str(parent),))  # the parent itself never counts as allowed
+    (root / "link").symlink_to(parent / "shared")
+    assert beside_repo(root / "link" / "notes.md", root)  # a symlink out of the repository is still outside
+
+
+def _climbing_literals(source: str) -> list[str]:
+    """String constants that spell a path out of the repository: a `..` segment, or the workplace's `shared`."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            parts = node.value.replace("\\", "/").split("/")
+            if ".." in parts or "shared" in parts and len(parts) > 1 or node.value == "shared":
+                found.append(node.value)
+    return found
+
+
+def test_the_scan_sees_climbing_paths() -> None:
+    assert sorted(_climbing_literals('p = root / ".." / "shared" / "x.jsonl"')) == ["..", "shared"]
+    assert _climbing_literals('open("../shared/validation/a.jsonl")') == ["../shared/validation/a.jsonl"]
+    assert _climbing_literals('"the shared maps"; x = "a/b.json"') == []
+
+
+def test_no_test_spells_a_path_out_of_the_repository() -> None:
+    offenders = {}
+    for path in sorted((REPO_ROOT / "tests").rglob("*.py")):
+        found = _climbing_literals(path.read_text())
+        if found:
+            offenders[str(path.relative_to(REPO_ROOT))] = found
+    assert not offenders, f"paths out of the repository in tests: {offenders}"
