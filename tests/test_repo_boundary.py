@@ -51,6 +51,8 @@ def test_the_scan_sees_climbing_paths() -> None:
 def test_no_test_spells_a_path_out_of_the_repository() -> None:
     offenders = {}
     for path in sorted((REPO_ROOT / "tests").rglob("*.py")):
+        if path == Path(__file__).resolve():
+            continue  # this module spells such paths on purpose, as examples the scan must see
         found = _climbing_literals(path.read_text())
         if found:
             offenders[str(path.relative_to(REPO_ROOT))] = found
