@@ -89,6 +89,34 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--pretend-cuda",
+        action="store_true",
+        help="run as on a GPU machine: torch.cuda.is_available() is True (tests/test_gpu_independence.py)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With --pretend-cuda, torch sees one CUDA device, as on a GPU machine. A test that assumes there is none
+    (or lets the code pick the device) then fails here, as it would there: tests of the CPU path say so by
+    patching `torch.cuda.is_available` to False (`no_cuda`); tests that need a GPU are marked `gpu`."""
+    if config.getoption("--pretend-cuda"):
+        import torch
+
+        torch.cuda.is_available = lambda: True
+        torch.cuda.device_count = lambda: 1
+
+
+@pytest.fixture
+def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine has no CUDA device, whatever this one has: for tests of the CPU-only path."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
 @pytest.fixture(params=sorted(TINY_CONFIGS))
 def tiny_config(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     """(family, config mapping) for each family in TINY_CONFIGS; a fresh copy, safe to modify."""

@@ -83,7 +83,7 @@ def test_measure_refuses_7b_on_cpu() -> None:
     assert "llama-2-7b (6.7B parameters) on CPU is impractical: use `vramplan simulate` or a GPU" in lines[0]
 
 
-def test_measure_cuda_without_cuda_is_one_line() -> None:
+def test_measure_cuda_without_cuda_is_one_line(no_cuda: None) -> None:
     r = run("measure", "tinyllama-1.1b", "--method", "lora", "--device", "cuda")
     assert r.exit_code == 2
     assert r.stderr.count("\n") == 1

@@ -173,8 +173,7 @@ def test_out_of_memory_while_building(monkeypatch: pytest.MonkeyPatch) -> None:
     assert r.breakdown.peak_bytes == 0
 
 
-def test_cuda_absent_is_one_clear_error() -> None:
-    assert not torch.cuda.is_available()  # this machine; a GPU machine runs the gpu-marked tests
+def test_cuda_absent_is_one_clear_error(no_cuda: None) -> None:
     t = resolve_train(LLAMA, method="lora")
     with pytest.raises(VramplanError, match=r"--device cuda: torch .* sees no CUDA device"):
         run_step(LLAMA, t, device="cuda")
