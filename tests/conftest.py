@@ -104,6 +104,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--pretend-cuda"):
         import torch
 
+        # import-time set-up sees the real (CPU) build: bitsandbytes would bind CUDA-only torch._C symbols
+        for library in ("bitsandbytes", "transformers", "peft", "accelerate"):
+            __import__(library)
         torch.cuda.is_available = lambda: True
         torch.cuda.device_count = lambda: 1
 
