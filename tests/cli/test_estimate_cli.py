@@ -5,6 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from vramplan import estimate
 from vramplan.cli import main
 
 
@@ -41,9 +42,18 @@ def test_estimate_json_contract():
         "inputs",
     ):
         assert key in d
-    assert d["reserved_bytes"] > d["peak_bytes"]
-    assert d["device_bytes"] > d["reserved_bytes"]
-    assert d["peak_bytes"] == sum(d["components"].values())
+    # the JSON is the library's Breakdown for the same inputs, figure by figure
+    b = estimate("llama-2-7b", gpu="4090", method="lora", batch=2, seq=2048)
+    assert d["components"] == b.components.as_dict()
+    assert {k: d[k] for k in ("peak_bytes", "reserved_bytes", "device_bytes", "paged_bytes", "peak_phase")} == {
+        "peak_bytes": b.peak_bytes,
+        "reserved_bytes": b.reserved_bytes,
+        "device_bytes": b.device_bytes,
+        "paged_bytes": b.paged_bytes,
+        "peak_phase": b.peak_phase,
+    }
+    assert d["phases"] == {p.phase: {"total_bytes": p.total, **p.components.as_dict()} for p in b.phases}
+    assert d["params"] == {"total": b.params_total, "trainable": b.params_trainable}
     assert d["verdict"] in ("fits", "tight", "oom")
     assert d["inputs"]["batch"] == 2
     assert d["inputs"]["seq"] == 2048

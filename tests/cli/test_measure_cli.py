@@ -46,7 +46,16 @@ def test_measure_json_is_the_estimate_shape_plus_measured_fields(tiny_config: st
     assert d["source"] == "measure"
     assert d["estimate"]["source"] == "estimate"
     assert d["components"].keys() == estimate["components"].keys()
-    assert d["peak_bytes"] == sum(d["components"].values())
+    # the traced adapters, by hand: 2 layers × r16 × Σ(in + out) over q 64→64, k 64→32, v 64→32, o 64→64,
+    # gate 64→128, up 64→128, down 128→64; fp32 (PEFT's autocast_adapter_dtype)
+    adapters = 2 * 16 * ((64 + 64) + 2 * (64 + 32) + (64 + 64) + 2 * (64 + 128) + (128 + 64))
+    assert d["params"]["trainable"] == adapters
+    assert d["components"]["trainable"] == 4 * adapters
+    # the top level is the traced peak phase, and the error is the estimate's against it
+    assert d["phases"][d["peak_phase"]]["total_bytes"] == d["peak_bytes"]
+    assert d["peak_bytes"] == max(p["total_bytes"] for p in d["phases"].values())
+    peak_error = 100 * (d["estimate"]["peak_bytes"] - d["peak_bytes"]) / d["peak_bytes"]
+    assert d["error_pct"]["peak_bytes"] == pytest.approx(peak_error)
     assert d["device"] == "cpu"
     assert d["steps"] == 2
     assert d["outcome"] == "ok"

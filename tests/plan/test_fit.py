@@ -217,7 +217,9 @@ def test_suggestions_are_ranked_and_computed():
     assert got[: len(fitting)] == fitting
     assert [s.cost for s in fitting] == sorted(s.cost for s in fitting)  # cheapest first
     assert [s.saved_bytes for s in rest] == sorted((s.saved_bytes for s in rest), reverse=True)
-    assert all(s.verdict == s.breakdown.verdict for s in got)
+    # a verdict is the GPU's memory against the device total: the fitting ones are inside it, the rest beyond
+    assert all(s.device_bytes <= g.memory_bytes for s in fitting)
+    assert all(s.device_bytes > g.memory_bytes for s in rest)
     # the single cheapest fitting change here: checkpointing (slower) beats QLoRA (changes the recipe)
     assert fitting[0].cost <= 1
     assert " + " not in " ".join(s.change for s in got)  # no pairs when a single change fits
