@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from vramplan.cli import main
-from vramplan.estimator.serve import estimate_serve
+from vramplan.api import estimate_serve
 
 
 def run(*args: str):
