@@ -37,7 +37,7 @@ def _climbing_literals(source: str) -> list[str]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             parts = node.value.replace("\\", "/").split("/")
-            if ".." in parts or "shared" in parts and len(parts) > 1 or node.value == "shared":
+            if ".." in parts or "shared" in parts:
                 found.append(node.value)
     return found
 

@@ -5,8 +5,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from vramplan.cli import main
 from vramplan.api import estimate_serve
+from vramplan.cli import main
 
 
 def run(*args: str):

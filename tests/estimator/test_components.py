@@ -19,8 +19,8 @@ def test_total_counts_every_component_once() -> None:
 
 
 # llama-2-7b's config.json: hidden 4096, intermediate 11008, 32 layers, 32 heads (no GQA), vocab 32000, untied
-H, I, L, V = 4096, 11008, 32, 32000
-LINEARS = [(H, H)] * 4 + [(H, I), (H, I), (I, H)]  # (in, out): q, k, v, o, gate, up, down
+H, INTER, L, V = 4096, 11008, 32, 32000
+LINEARS = [(H, H)] * 4 + [(H, INTER), (H, INTER), (INTER, H)]  # (in, out): q, k, v, o, gate, up, down
 N = 2 * V * H + L * (sum(i * o for i, o in LINEARS) + 2 * H) + H  # embed + lm_head, layers (+2 norms), final norm
 ADAPTERS = L * sum(16 * (i + o) for i, o in LINEARS)  # r=16 all-linear: lora_A r·in + lora_B out·r
 
@@ -52,7 +52,7 @@ def test_lora_model_states_by_hand() -> None:
 
 
 def test_qlora_nf4_double_quant_by_hand() -> None:
-    b, c = _step("qlora")
+    _, c = _step("qlora")
     numels = [i * o for i, o in LINEARS]
     rest = N - L * sum(numels)  # embeddings, lm_head, norms: fp32 after prepare_model_for_kbit_training
     assert c.weights == L * sum(n // 2 for n in numels) + 4 * rest  # two 4-bit codes a byte

@@ -104,7 +104,7 @@ def test_adamw_state_layouts_by_hand() -> None:
 @pytest.mark.parametrize("method", ["full", "lora"])
 @pytest.mark.parametrize("optim", OPTIMIZERS)
 def test_step_temporaries_are_traced(method: str, optim: str) -> None:
-    t, opt, peak = _one_step(method, optim)
+    t, _, peak = _one_step(method, optim)
     est = optimizer_bytes(M, t, 4 if t.uses_lora else DTYPE_BYTES[t.dtype]).step_temporaries
     traced = peak.breakdown.temporaries
     if optim == "adamw_torch":
