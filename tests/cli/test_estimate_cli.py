@@ -52,7 +52,9 @@ def test_estimate_json_contract():
         "paged_bytes": b.paged_bytes,
         "peak_phase": b.peak_phase,
     }
-    assert d["phases"] == {p.phase: {"total_bytes": p.total, **p.components.as_dict()} for p in b.phases}
+    assert d["phases"] == {
+        p.phase: {"total_bytes": p.total, "moment": p.moment, **p.components.as_dict()} for p in b.phases
+    }
     assert d["params"] == {"total": b.params_total, "trainable": b.params_trainable}
     assert d["verdict"] in ("fits", "tight", "oom")
     assert d["inputs"]["batch"] == 2
