@@ -136,7 +136,7 @@ def resolve_parallel_spec(t, kw: dict[str, Any]):
 def resolve_gpu(gpu: str | None):
     """The GpuProfile of --gpu (a name, an alias, or `auto` for this machine's), with the overheads of the
     user's stored calibration: resolved once per command, so every estimate the command makes agrees."""
-    if not gpu:
+    if gpu is None:  # `--gpu ""` is an unknown GPU, not no GPU
         return None
     from vramplan.trust.calibration import calibrate
 
