@@ -167,7 +167,13 @@ def resolve_plan(model: str | None, gpu: str | None, kw: dict[str, Any]):
     plan = plan_inputs(model or option, kw.get("from_files") or (), {k: kw[k] for k in TRAIN_KEYS}, typed)
     if plan.not_modeled:
         click.echo("note: not modeled, estimated without: " + "; ".join(map(str, plan.not_modeled)), err=True)
-    t = resolve_train(plan.model, gpu_bf16=g.bf16 if g else True, **plan.settings)
+    t = resolve_train(
+        plan.model,
+        gpu_bf16=g.bf16 if g else True,
+        gpu_compute_capability=g.compute_capability if g else None,
+        explicit={k for k, source in plan.sources.items() if source == "flag"},
+        **plan.settings,
+    )
     return plan.model, t, g, plan
 
 
