@@ -210,7 +210,7 @@ def estimate(model: str | None, gpu: str | None, suggest: bool, as_json: bool, *
     b = pp.breakdown  # one GPU's share; the one-GPU estimate itself when pp.spec.plain
     if suggest and g is None:
         raise VramplanError("--suggest needs a GPU to fit: add --gpu NAME (see `vramplan gpus`)")
-    wants_advice = g is not None and (suggest or b.verdict != "fits")
+    wants_advice = g is not None and (suggest or (b.verdict != "fits" and not as_json))  # --json: only --suggest
     suggestions = run_suggest(m, t, g) if (wants_advice and pp.spec.plain) else []  # one-GPU changes
     if as_json:
         from vramplan.report import breakdown_json, parallel_json
