@@ -485,6 +485,24 @@ def calibration(store: str | None, as_json: bool) -> None:
     render_calibration(runs, cals, path, _console())
 
 
+HARNESS_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+
+
+def _harness(command: str):
+    """vramplan.measure.harness, or one line naming what to install when torch & co are missing (the
+    quickstart's `pip install vramplan` installs the estimator only)."""
+    try:
+        import vramplan.measure.harness as harness
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in HARNESS_PACKAGES:
+            raise
+        raise VramplanError(
+            f"`vramplan {command}` runs the real training step and needs {e.name}, which is not installed: "
+            "pip install torch (the CPU build is enough), then pip install 'vramplan[measure]'"
+        ) from None
+    return harness
+
+
 class _Progress:
     """Harness progress (building, quantizing layer i/N, step k/N) on stderr: a rich status line on a terminal,
     plain lines otherwise."""
@@ -552,24 +570,27 @@ def measure(
 
     m, t, g = resolve_inputs(model, gpu, kw)
     _emit_notes(t)
-    from vramplan.measure.harness import run_step
-
+    harness = _harness("measure")
     if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if harness.torch.cuda.is_available() else "cpu"
     if save and device != "cuda":
         raise VramplanError(f"--save stores CUDA measurements; --device {device} has none")
     with _Progress() as progress:
-        r = run_step(m, t, device=device, steps=steps, weights=weights, gpu=g, progress=progress)
+        r = harness.run_step(m, t, device=device, steps=steps, weights=weights, gpu=g, progress=progress)
     estimate_b = run_estimate(m, gpu=g, train=t)
+    _measured(r, estimate_b, as_json)  # shown first: a store that cannot be written loses nothing on screen
     if save and r.oom is None:
-        from vramplan.measure.harness import run_record
         from vramplan.trust.calibration import append_run
 
-        path = append_run(run_record(r, estimate_b), store)
+        record = harness.run_record(r, estimate_b)
+        try:
+            path = append_run(record, store)
+        except VramplanError as e:
+            from dataclasses import asdict, is_dataclass
+
+            line = json.dumps(asdict(record) if is_dataclass(record) else record, default=list)
+            raise VramplanError(f"{e}; the run, to append by hand: {line}") from None
         click.echo(f"saved to {path}", err=True)
-    _measured(r, estimate_b, as_json)
 
 
 @main.command()
@@ -587,10 +608,9 @@ def simulate(model: str, gpu: str | None, steps: int, as_json: bool, **kw: Any) 
 
     m, t, g = resolve_inputs(model, gpu, kw)
     _emit_notes(t)
-    from vramplan.measure.harness import simulate as run_simulate
-
+    harness = _harness("simulate")
     with _Progress() as progress:
-        r = run_simulate(m, t, steps=steps, gpu=g, progress=progress)
+        r = harness.simulate(m, t, steps=steps, gpu=g, progress=progress)
     _measured(r, run_estimate(m, gpu=g, train=t), as_json)
 
 
