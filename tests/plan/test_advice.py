@@ -81,7 +81,7 @@ def test_no_advice_repeats_a_setting_already_made():
 def test_serve_advice_one_direction_and_not_what_is_set():
     """serve: at utilization 1.0 vLLM refuses to start: lower it (not also raise it); llama-3-70b at nf4
     on a 4090 has no fix in one setting, and --quant nf4 is not offered again."""
-    from vramplan.estimator.serve import estimate_serve
+    from vramplan.api import estimate_serve
 
     b = estimate_serve("llama-2-7b", gpu="t4", gpu_memory_utilization=1.0)
     text = " ".join(b.problems)
@@ -94,7 +94,7 @@ def test_serve_advice_one_direction_and_not_what_is_set():
 
 def test_serve_advice_is_re_estimated():
     """The fix offered for llama-2-13b on a T4 (no room for a KV cache in bf16) works when applied."""
-    from vramplan.estimator.serve import estimate_serve
+    from vramplan.api import estimate_serve
 
     b = estimate_serve("llama-2-13b", gpu="t4")
     (problem,) = b.problems

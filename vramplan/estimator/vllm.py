@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING
 
 from vramplan.estimator.kvcache import vllm_max_model_len, vllm_paged_kv
 from vramplan.estimator.overhead import MIB
-from vramplan.estimator.serve import dequant_bytes, layer_peak_elems_per_token
+from vramplan.estimator.serve import (
+    adapter_elem_bytes,
+    adapter_params,
+    dequant_bytes,
+    layer_peak_elems_per_token,
+    serve_weight_bytes,
+)
 from vramplan.serve_breakdown import ServeComponents, ServePhase, VllmPool
 
 if TYPE_CHECKING:
@@ -69,8 +75,6 @@ def vllm_sampler_bytes(m: ModelSpec, s: ServeSpec) -> int:
 def non_kv_bytes(m: ModelSpec, s: ServeSpec) -> int:
     """What vLLM's budget holds besides the KV cache: weights and their quantization constants, LoRA slots,
     the profile's activation peak (forward or sampler), non-torch buffers (`determine_available_memory`)."""
-    from vramplan.estimator.serve import adapter_elem_bytes, adapter_params, serve_weight_bytes
-
     weights, quant_state = serve_weight_bytes(m, s)
     adapters = adapter_params(m, s) * adapter_elem_bytes(s)
     return weights + quant_state + adapters + max(vllm_forward_bytes(m, s), vllm_sampler_bytes(m, s)) + VLLM_NON_TORCH_BYTES
