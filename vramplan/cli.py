@@ -22,7 +22,9 @@ def _console():  # rich is imported lazily: `--json` and `--help` don't pay for 
 
 
 class _Group(click.Group):
-    """Turn a VramplanError anywhere in a command into one line on stderr and exit code 2."""
+    """One error style: a VramplanError anywhere in a command, and click's own usage errors (a bad option
+    value, an unknown option or command, a missing argument), become one `error: …` line on stderr and exit
+    code 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -30,6 +32,27 @@ class _Group(click.Group):
         except VramplanError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            message = e.format_message().replace("\n", " ")
+            click.echo(f"error: {message} (see `{where} --help`)", err=True)
+            ctx.exit(2)
+
+
+class Count(click.ParamType):
+    """A positive count as typed: 2048, or 2k / 2K (× 1024), as LLaMA-Factory writes cutoff_len."""
+
+    name = "N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from vramplan.spec.train import parse_count
+
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_count(value, "value")
+        except VramplanError:
+            self.fail(f"{str(value)[:40]!r} is not a positive integer such as 2048 or 2k (× 1024)", param, ctx)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,7 +78,7 @@ def train_options(f: Callable) -> Callable:
             help="prepare_model_for_kbit_training [on if quantized]",
         ),
         click.option("--batch", type=int, default=1, show_default=True, help="per_device_train_batch_size"),
-        click.option("--seq", type=int, default=1024, show_default=True, help="tokens per sequence"),
+        click.option("--seq", type=Count(), default=1024, show_default=True, help="tokens per sequence (2k = 2048)"),
         click.option("--grad-accum", type=int, default=1, show_default=True, help="gradient_accumulation_steps"),
         click.option("--lora-rank", type=int, default=16, show_default=True, help="LoRA r"),
         click.option("--lora-alpha", type=int, default=None, help="lora_alpha [2 × rank]"),
@@ -80,7 +103,7 @@ def train_options(f: Callable) -> Callable:
     ]
     for opt in reversed(opts):
         f = opt(f)
-    return f
+    return from_options(f)
 
 
 TRAIN_KEYS = (
@@ -162,7 +185,9 @@ def resolve_plan(model: str | None, gpu: str | None, kw: dict[str, Any]):
         raise VramplanError(f"two models: MODEL {model!r} and --model {option!r}; pass one")
     ctx = click.get_current_context(silent=True)
     defaults = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
-    typed = {k for k in TRAIN_KEYS if ctx is None or ctx.get_parameter_source(k) not in defaults}
+    # fit's --seq is a list (parameter `seq_list`); its first value is the chosen seq
+    param = {k: k if ctx is None or k in ctx.params else {"seq": "seq_list"}.get(k, k) for k in TRAIN_KEYS}
+    typed = {k for k in TRAIN_KEYS if ctx is None or ctx.get_parameter_source(param[k]) not in defaults}
     g = resolve_gpu(gpu)
     plan = plan_inputs(model or option, kw.get("from_files") or (), {k: kw[k] for k in TRAIN_KEYS}, typed)
     if plan.not_modeled:
@@ -190,7 +215,6 @@ def _emit_notes(t) -> None:
 @main.command()
 @click.argument("model", required=False)
 @train_options
-@from_options
 @parallel_options
 @click.option("--suggest", is_flag=True, help="rank the cheapest changes that make it fit (needs --gpu)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
@@ -256,7 +280,7 @@ def _seq_list(f: Callable) -> Callable:
 
 
 @main.command()
-@click.argument("model")
+@click.argument("model", required=False)
 @_seq_list
 @train_options
 @parallel_options
@@ -271,7 +295,7 @@ def _seq_list(f: Callable) -> Callable:
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
 @click.pass_context
 def fit(
-    ctx: click.Context, model: str, gpu: str | None, seq_list: str | None, plot: str | None, as_json: bool,
+    ctx: click.Context, model: str | None, gpu: str | None, seq_list: str | None, plot: str | None, as_json: bool,
     **kw: Any,
 ) -> None:  # fmt: skip
     """What fits on a GPU: the largest batch per method and sequence length, the longest sequence, the largest
@@ -321,8 +345,9 @@ def fit(
 
 @main.command()
 @click.option("--local", is_flag=True, help="the GPUs NVML sees in this machine: name, total and free memory")
+@click.option("--all", "show_all", is_flag=True, help="also every alias --gpu takes")
 @click.option("--json", "as_json", is_flag=True)
-def gpus(local: bool, as_json: bool) -> None:
+def gpus(local: bool, show_all: bool, as_json: bool) -> None:
     """The GPU profiles: memory (GiB, as NVML reports it) and bf16 support."""
     if local:
         from vramplan.report import local_gpus_json, render_local_gpus
@@ -347,19 +372,21 @@ def gpus(local: bool, as_json: bool) -> None:
 
     from vramplan.report import gib
 
+    con = _console()
     t = Table(title="GPU profiles (memory in GiB = 1024³ B)", title_justify="left", show_edge=False)
-    for col in ("key", "name", "GiB", "cc", "bf16", "aliases"):
-        t.add_column(col, justify="right" if col == "GiB" else "left")
+    t.add_column("key", no_wrap=True)  # what --gpu takes: never cut
+    t.add_column("name", overflow="ellipsis", no_wrap=True)
+    for col in ("GiB", "cc", "bf16"):
+        t.add_column(col, justify="right" if col == "GiB" else "left", no_wrap=True)
+    if show_all:
+        t.add_column("aliases (also taken by --gpu)")
     for g in sorted(rows, key=lambda g: (g.memory_bytes, g.key)):
-        t.add_row(
-            g.key,
-            g.name,
-            gib(g.memory_bytes),
-            g.compute_capability,
-            "yes" if g.bf16 else "no",
-            ", ".join(g.aliases),
-        )
-    _console().print(t)
+        name = g.name.removeprefix("NVIDIA ").removeprefix("GeForce ").removeprefix("Tesla ")
+        cells = [g.key, name, gib(g.memory_bytes), g.compute_capability, "yes" if g.bf16 else "no"]
+        t.add_row(*cells, *([", ".join(g.aliases)] if show_all else []))
+    con.print(t)
+    if not show_all:
+        con.print("--gpu also takes NVML names and aliases (2080ti, a100, ...): `vramplan gpus --all` lists them")
 
 
 @main.command()
@@ -385,22 +412,25 @@ def models(as_json: bool) -> None:
         return
     from rich.table import Table
 
+    con = _console()
+    wide = con.width >= 100  # the family column is decoration: dropped at 80 columns, the name never cut
     t = Table(title="built-in models", title_justify="left", show_edge=False)
     for col in ("name", "type", "params", "layers", "hidden", "heads/kv", "vocab"):
-        t.add_column(col, justify="left" if col in ("name", "type") else "right")
+        if col != "type" or wide:
+            t.add_column(col, justify="left" if col in ("name", "type") else "right", no_wrap=True)
     for s in specs:
         t.add_row(
             s.name,
-            s.model_type,
+            *([s.model_type] if wide else []),
             f"{s.total_params / 1e9:.2f} B",
             str(s.num_hidden_layers),
             str(s.hidden_size),
             f"{s.num_attention_heads}/{s.num_key_value_heads}",
             f"{s.vocab_size:,}",
         )
-    _console().print(t)
+    con.print(t)
     if pending:
-        _console().print("config only, model type not estimated yet: " + ", ".join(pending))
+        con.print("config only, model type not estimated yet: " + ", ".join(pending))
 
 
 @main.command()
@@ -449,8 +479,9 @@ def serve(model: str, gpu: str | None, as_json: bool, **kw: Any) -> None:
 
 @main.command()
 @click.option("--data", default=None, metavar="FILE.jsonl", help="a validation set [shipped published-dev]")
+@click.option("--all", "show_all", is_flag=True, help="every record, not only those with an estimate")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
-def validate(data: str | None, as_json: bool) -> None:
+def validate(data: str | None, show_all: bool, as_json: bool) -> None:
     """Compare the estimator with published measurements (papers, READMEs): error by confidence level."""
     from vramplan.trust.validate import validate as run_validate
 
@@ -462,7 +493,7 @@ def validate(data: str | None, as_json: bool) -> None:
         return
     from vramplan.report import render_validation
 
-    render_validation(v, _console())
+    render_validation(v, _console(), show_all=show_all)
 
 
 @main.command()
@@ -541,16 +572,16 @@ def _measured(r, estimate_b, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("model")
+@click.argument("model", required=False)
 @train_options
 @click.option("--steps", type=int, default=3, show_default=True, help="training steps (states appear in 1)")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None, help="[cuda if torch sees one, else cpu]")
+@click.option("--device", type=click.Choice(["cuda", "cpu"], case_sensitive=False), default=None, help="[cuda if torch sees one, else cpu]")
 @click.option("--weights", default=None, metavar="PATH", help="from_pretrained(PATH), not random weights")
 @click.option("--save", is_flag=True, help="add this CUDA run to the calibration store")
 @click.option("--store", default=None, metavar="PATH", help="--save's file [$VRAMPLAN_STORE, else user dir]")
 @click.option("--json", "as_json", is_flag=True, help="estimate's JSON shape, measured, plus measured fields")
 def measure(
-    model: str,
+    model: str | None,
     gpu: str | None,
     steps: int,
     device: str | None,
@@ -594,11 +625,11 @@ def measure(
 
 
 @main.command()
-@click.argument("model")
+@click.argument("model", required=False)
 @train_options
 @click.option("--steps", type=int, default=2, show_default=True, help="training steps to trace")
 @click.option("--json", "as_json", is_flag=True, help="estimate's JSON shape, traced, plus traced fields")
-def simulate(model: str, gpu: str | None, steps: int, as_json: bool, **kw: Any) -> None:
+def simulate(model: str | None, gpu: str | None, steps: int, as_json: bool, **kw: Any) -> None:
     """Trace real training steps of MODEL at full size without memory (fake / meta tensors, no GPU needed).
 
     The real transformers + peft + bitsandbytes code runs on tensors that have shapes but no data; the
