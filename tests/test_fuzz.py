@@ -99,8 +99,17 @@ def check_verdict(d: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- values
 
-MODELS = ["llama-2-7b", "llama-3-8b", "mixtral-8x7b", "gemma-2-9b", "phi-2", "qwen3-8b", "bloom-560m", "phi-3-mini",
-          "LLAMA-2-7B"]
+MODELS = [
+    "llama-2-7b",
+    "llama-3-8b",
+    "mixtral-8x7b",
+    "gemma-2-9b",
+    "phi-2",
+    "qwen3-8b",
+    "bloom-560m",
+    "phi-3-mini",
+    "LLAMA-2-7B",
+]
 GPUS = ["3060ti", "t4", "4090", "a100-80gb", "h100", "V100", "rtx 3090"]
 
 
@@ -117,19 +126,25 @@ def mostly(valid: st.SearchStrategy[str], odd: st.SearchStrategy[str]) -> st.Sea
 
 
 def int_text() -> st.SearchStrategy[str]:
-    return mostly(st.integers(1, 4096).map(str), st.one_of(
-        st.integers(-5, 70_000).map(str),
-        st.sampled_from(["0", "-1", "1e9", "2k", "4K", "1.5k", "99999999999999999999", "1000000000", "2**31"]),
-        st.integers(-(10**30), 10**30).map(str),
-        odd_text(),
-    ))
+    return mostly(
+        st.integers(1, 4096).map(str),
+        st.one_of(
+            st.integers(-5, 70_000).map(str),
+            st.sampled_from(["0", "-1", "1e9", "2k", "4K", "1.5k", "99999999999999999999", "1000000000", "2**31"]),
+            st.integers(-(10**30), 10**30).map(str),
+            odd_text(),
+        ),
+    )
 
 
 def float_text() -> st.SearchStrategy[str]:
-    return mostly(st.sampled_from(["0", "0.05", "0.1", "0.5"]), st.one_of(
-        st.floats(allow_nan=True, allow_infinity=True).map(str),
-        st.sampled_from(["0", "0.05", "1", "-0.1", "nan", "inf", "1e300", "abc"]),
-    ))
+    return mostly(
+        st.sampled_from(["0", "0.05", "0.1", "0.5"]),
+        st.one_of(
+            st.floats(allow_nan=True, allow_infinity=True).map(str),
+            st.sampled_from(["0", "0.05", "1", "-0.1", "nan", "inf", "1e300", "abc"]),
+        ),
+    )
 
 
 def choice(values: list[str]) -> st.SearchStrategy[str]:
@@ -274,8 +289,9 @@ JSON_VALUES = st.one_of(
 
 @_settings(900)
 @given(
-    model_type=st.sampled_from(["llama", "mistral", "mixtral", "qwen3", "gemma2", "phi3", "phi", "gpt_neox",
-                                "bloom", "LLAMA", "t5"]),
+    model_type=st.sampled_from(
+        ["llama", "mistral", "mixtral", "qwen3", "gemma2", "phi3", "phi", "gpt_neox", "bloom", "LLAMA", "t5"]
+    ),
     changes=st.dictionaries(st.sampled_from(CONFIG_FIELDS), JSON_VALUES, max_size=4),
     drop=st.lists(st.sampled_from(list(BASE_CONFIG)), max_size=2),
     command=st.sampled_from(["estimate", "fit", "serve", "simulate-refusal"]),

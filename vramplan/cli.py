@@ -575,7 +575,12 @@ def _measured(r, estimate_b, as_json: bool) -> None:
 @click.argument("model", required=False)
 @train_options
 @click.option("--steps", type=int, default=3, show_default=True, help="training steps (states appear in 1)")
-@click.option("--device", type=click.Choice(["cuda", "cpu"], case_sensitive=False), default=None, help="[cuda if torch sees one, else cpu]")
+@click.option(
+    "--device",
+    type=click.Choice(["cuda", "cpu"], case_sensitive=False),
+    default=None,
+    help="[cuda if torch sees one, else cpu]",
+)
 @click.option("--weights", default=None, metavar="PATH", help="from_pretrained(PATH), not random weights")
 @click.option("--save", is_flag=True, help="add this CUDA run to the calibration store")
 @click.option("--store", default=None, metavar="PATH", help="--save's file [$VRAMPLAN_STORE, else user dir]")

@@ -31,8 +31,10 @@ def test_model_option_and_from_file_on_fit(tmp_path: Path):
     yaml.write_text("model_name_or_path: meta-llama/Llama-2-7b-hf\nfinetuning_type: lora\nquantization_bit: 4\n")
     by_option = run("fit", "--model", "llama-2-7b", "--gpu", "4090", "--method", "qlora", "--json")
     by_file = run("fit", "--from", str(yaml), "--gpu", "4090", "--method", "qlora", "--json")
-    assert by_option.exit_code == 0 and by_file.exit_code == 0, (by_option.output, by_file.output)
-    assert json.loads(by_option.stdout)["rows"] and json.loads(by_file.stdout)["rows"]
+    assert by_option.exit_code == 0, by_option.output
+    assert by_file.exit_code == 0, by_file.output
+    assert json.loads(by_option.stdout)["rows"]
+    assert json.loads(by_file.stdout)["rows"]
 
 
 def test_seq_2k_on_estimate_as_on_fit():
@@ -72,7 +74,8 @@ def test_one_error_style(args: list[str]):
     assert r.exit_code == 2
     assert r.stdout == ""
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: "), r.stderr
 
 
 @pytest.mark.parametrize(
@@ -91,10 +94,13 @@ def test_contradictions_warn(args: list[str], warning: str):
     assert any(line.startswith("warning: ") and warning in line for line in r.stderr.splitlines()), r.stderr
 
 
-@pytest.mark.parametrize("args", [["estimate", "llama-2-7b", "--lora-alpha", "-16"], ["estimate", "llama-2-7b", "--lora-alpha", "0"]])
+@pytest.mark.parametrize(
+    "args", [["estimate", "llama-2-7b", "--lora-alpha", "-16"], ["estimate", "llama-2-7b", "--lora-alpha", "0"]]
+)
 def test_negative_lora_alpha_refused(args: list[str]):
     r = run(*args)
-    assert r.exit_code == 2 and "--lora-alpha must be a positive integer" in r.stderr
+    assert r.exit_code == 2
+    assert "--lora-alpha must be a positive integer" in r.stderr
 
 
 def _typed_values(text: str, values: list[str]) -> None:
@@ -118,7 +124,8 @@ def test_validate_at_80_columns_is_summarised():
     """The default listing shows the records with an estimate, ids whole; --all shows every record."""
     short, full = run("validate"), run("validate", "--all")
     records = json.loads(run("validate", "--json").stdout)
-    assert short.exit_code == 0 and full.exit_code == 0
+    assert short.exit_code == 0
+    assert full.exit_code == 0
     assert len(short.stdout.splitlines()) < len(full.stdout.splitlines())
     assert max(map(len, short.stdout.splitlines())) <= 80
     _typed_values(short.stdout, [r["id"] for r in records["rows"] if r["estimated_bytes"] is not None])

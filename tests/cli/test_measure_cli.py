@@ -141,7 +141,8 @@ def test_missing_torch_is_one_line_naming_the_install(command: str):
     assert "Traceback" not in r.stderr
     lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1
-    assert "needs torch" in lines[0] and "pip install 'vramplan[measure]'" in lines[0]
+    assert "needs torch" in lines[0]
+    assert "pip install 'vramplan[measure]'" in lines[0]
 
 
 def test_cpu_measure_refuses_a_step_larger_than_ram_up_front():

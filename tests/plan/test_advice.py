@@ -62,7 +62,8 @@ def test_batch_advice_is_logarithmic_in_the_batch():
 def test_largest_divisor_at_most(n: int, cap: int, expected: int):
     got = largest_divisor_at_most(n, cap)
     assert got == expected
-    assert n % got == 0 and got <= max(cap, 1)
+    assert n % got == 0
+    assert got <= max(cap, 1)
     # nothing between got and cap divides n (checked directly where the range is small)
     assert all(n % d for d in range(got + 1, min(cap, got + 10_000) + 1))
 

@@ -77,7 +77,13 @@ def non_kv_bytes(m: ModelSpec, s: ServeSpec) -> int:
     the profile's activation peak (forward or sampler), non-torch buffers (`determine_available_memory`)."""
     weights, quant_state = serve_weight_bytes(m, s)
     adapters = adapter_params(m, s) * adapter_elem_bytes(s)
-    return weights + quant_state + adapters + max(vllm_forward_bytes(m, s), vllm_sampler_bytes(m, s)) + VLLM_NON_TORCH_BYTES
+    return (
+        weights
+        + quant_state
+        + adapters
+        + max(vllm_forward_bytes(m, s), vllm_sampler_bytes(m, s))
+        + VLLM_NON_TORCH_BYTES
+    )
 
 
 def highest_utilization(total: int, cuda_context_bytes: int) -> float:

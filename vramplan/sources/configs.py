@@ -442,7 +442,9 @@ def load_file(path: str) -> Mapping[str, Any]:
     check_name(path, "--from")
     p = Path(path)
     if is_dir(p):
-        raise VramplanError(f"{short(path, 120)} is a folder; pass a file in it (--from {short(path, 60)}/adapter_config.json)")
+        raise VramplanError(
+            f"{short(path, 120)} is a folder; pass a file in it (--from {short(path, 60)}/adapter_config.json)"
+        )
     text = read_text(p, "training config")
     shown = short(path, 120)
     if p.suffix.lower() == ".json":

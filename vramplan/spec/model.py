@@ -259,7 +259,10 @@ def _common(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> dict[str, 
         "attn_softcap": cfg.get("model_type") == "gemma2" and cfg.get("attn_logit_softcapping", 50.0) is not None,
         "final_softcap": cfg.get("model_type") == "gemma2" and cfg.get("final_logit_softcapping", 30.0) is not None,
         "hidden_act": config_str(
-            cfg, "hidden_activation", name, config_str(cfg, "hidden_act", name, DEFAULT_ACT.get(cfg["model_type"], "silu"))
+            cfg,
+            "hidden_activation",
+            name,
+            config_str(cfg, "hidden_act", name, DEFAULT_ACT.get(cfg["model_type"], "silu")),
         ),
         "config": dict(cfg),
     }

@@ -5,7 +5,6 @@ Names follow HF TrainingArguments, PEFT's LoraConfig and bitsandbytes' BitsAndBy
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -382,7 +381,9 @@ def _contradictions(
     if method not in ("lora", "qlora"):
         dead = [FLAG_NAMES[k] for k in LORA_ONLY if k in explicit]
         if dead:
-            out.append(f"{', '.join(dead)} {'does' if len(dead) == 1 else 'do'} nothing with --method {method}: ignored")
+            out.append(
+                f"{', '.join(dead)} {'does' if len(dead) == 1 else 'do'} nothing with --method {method}: ignored"
+            )
     if method != "freeze" and "freeze_trainable_layers" in explicit:
         out.append(f"--freeze-trainable-layers applies to --method freeze, not --method {method}: ignored")
     return out

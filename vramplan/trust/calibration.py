@@ -105,6 +105,7 @@ class RunRecord:
             _check(isinstance(value, Mapping) and all(map(_is_bytes, value.values())), key, value,
                    "an object of byte counts")  # fmt: skip
         return cls(**known)
+
     @property
     def key(self) -> str:
         """The GPU this run calibrates: its gpus.toml key, else its NVML name."""
