@@ -48,7 +48,9 @@ def estimate(
     """
     m = load_model(model) if isinstance(model, str) else model
     g = _gpu(gpu)
-    t = train or resolve_train(m, gpu_bf16=g.bf16 if g else True, **options)
+    t = train or resolve_train(
+        m, gpu_bf16=g.bf16 if g else True, gpu_compute_capability=g.compute_capability if g else None, **options
+    )
     return build_breakdown(m, t, g)
 
 

@@ -15,7 +15,6 @@ import click
 
 from vramplan.cli_options import (
     emit_notes,
-    from_options,
     parallel_options,
     parallel_plan,
     resolve_gpu,
@@ -36,13 +35,20 @@ def _console():  # rich is imported lazily: `--json` and `--help` don't pay for 
 
 
 class _Group(click.Group):
-    """Turn a VramplanError anywhere in a command into one line on stderr and exit code 2."""
+    """One error style: a VramplanError anywhere in a command, and click's own usage errors (a bad option
+    value, an unknown option or command, a missing argument), become one `error: …` line on stderr and exit
+    code 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except VramplanError as e:
             click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            message = e.format_message().replace("\n", " ")
+            click.echo(f"error: {message} (see `{where} --help`)", err=True)
             ctx.exit(2)
 
 
@@ -55,7 +61,6 @@ def main() -> None:
 @main.command()
 @click.argument("model", required=False)
 @train_options
-@from_options
 @parallel_options
 @click.option("--suggest", is_flag=True, help="rank the cheapest changes that make it fit (needs --gpu)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
@@ -96,7 +101,7 @@ def estimate(model: str | None, gpu: str | None, suggest: bool, as_json: bool, *
 
 
 @main.command()
-@click.argument("model")
+@click.argument("model", required=False)
 @seq_list_option
 @train_options
 @parallel_options
@@ -111,7 +116,7 @@ def estimate(model: str | None, gpu: str | None, suggest: bool, as_json: bool, *
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
 @click.pass_context
 def fit(
-    ctx: click.Context, model: str, gpu: str | None, seq_list: str | None, plot: str | None, as_json: bool,
+    ctx: click.Context, model: str | None, gpu: str | None, seq_list: str | None, plot: str | None, as_json: bool,
     **kw: Any,
 ) -> None:  # fmt: skip
     """What fits on a GPU: the largest batch per method and sequence length, the longest sequence, the largest
@@ -156,8 +161,9 @@ def fit(
 
 @main.command()
 @click.option("--local", is_flag=True, help="the GPUs NVML sees in this machine: name, total and free memory")
+@click.option("--all", "show_all", is_flag=True, help="also every alias --gpu takes")
 @click.option("--json", "as_json", is_flag=True)
-def gpus(local: bool, as_json: bool) -> None:
+def gpus(local: bool, show_all: bool, as_json: bool) -> None:
     """The GPU profiles: memory (GiB, as NVML reports it) and bf16 support."""
     from vramplan.report import profiles as report
 
@@ -176,7 +182,7 @@ def gpus(local: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.gpus_json(rows)))
     else:
-        report.render_gpus(rows, _console())
+        report.render_gpus(rows, _console(), show_all=show_all)
 
 
 @main.command()
@@ -229,8 +235,9 @@ def serve(model: str, gpu: str | None, as_json: bool, **kw: Any) -> None:
 
 @main.command()
 @click.option("--data", default=None, metavar="FILE.jsonl", help="a validation set [shipped published-dev]")
+@click.option("--all", "show_all", is_flag=True, help="every record, not only those with an estimate")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
-def validate(data: str | None, as_json: bool) -> None:
+def validate(data: str | None, show_all: bool, as_json: bool) -> None:
     """Compare the estimator with published measurements (papers, READMEs): error by confidence level."""
     from vramplan.report import trust as report
     from vramplan.trust.validate import validate as run_validate
@@ -239,7 +246,7 @@ def validate(data: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.validation_json(v)))
     else:
-        report.render_validation(v, _console())
+        report.render_validation(v, _console(), show_all=show_all)
 
 
 @main.command()
@@ -259,6 +266,24 @@ def calibration(store: str | None, as_json: bool) -> None:
         report.render_calibration(runs, cals, path, _console())
 
 
+HARNESS_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")
+
+
+def _harness(command: str):
+    """vramplan.measure.harness, or one line naming what to install when torch & co are missing (the
+    quickstart's `pip install vramplan` installs the estimator only)."""
+    try:
+        import vramplan.measure.harness as harness
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in HARNESS_PACKAGES:
+            raise
+        raise VramplanError(
+            f"`vramplan {command}` runs the real training step and needs {e.name}, which is not installed: "
+            "pip install torch (the CPU build is enough), then pip install 'vramplan[measure]'"
+        ) from None
+    return harness
+
+
 def _measured(r, estimate_b, as_json: bool) -> None:
     if as_json:
         from vramplan.report.measure import measurement_json
@@ -271,16 +296,21 @@ def _measured(r, estimate_b, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("model")
+@click.argument("model", required=False)
 @train_options
 @click.option("--steps", type=int, default=3, show_default=True, help="training steps (states appear in 1)")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None, help="[cuda if torch sees one, else cpu]")
+@click.option(
+    "--device",
+    type=click.Choice(["cuda", "cpu"], case_sensitive=False),
+    default=None,
+    help="[cuda if torch sees one, else cpu]",
+)
 @click.option("--weights", default=None, metavar="PATH", help="from_pretrained(PATH), not random weights")
 @click.option("--save", is_flag=True, help="add this CUDA run to the calibration store")
 @click.option("--store", default=None, metavar="PATH", help="--save's file [$VRAMPLAN_STORE, else user dir]")
 @click.option("--json", "as_json", is_flag=True, help="estimate's JSON shape, measured, plus measured fields")
 def measure(
-    model: str,
+    model: str | None,
     gpu: str | None,
     steps: int,
     device: str | None,
@@ -300,34 +330,37 @@ def measure(
 
     m, t, g = resolve_inputs(model, gpu, kw)
     emit_notes(t)
-    from vramplan.measure.harness import run_step
-
+    harness = _harness("measure")
     if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if harness.torch.cuda.is_available() else "cpu"
     if save and device != "cuda":
         raise VramplanError(f"--save stores CUDA measurements; --device {device} has none")
     from vramplan.report.measure import Progress
 
     with Progress() as progress:
-        r = run_step(m, t, device=device, steps=steps, weights=weights, gpu=g, progress=progress)
+        r = harness.run_step(m, t, device=device, steps=steps, weights=weights, gpu=g, progress=progress)
     estimate_b = run_estimate(m, gpu=g, train=t)
+    _measured(r, estimate_b, as_json)  # shown first: a store that cannot be written loses nothing on screen
     if save and r.oom is None:
-        from vramplan.measure.harness import run_record
         from vramplan.trust.calibration import append_run
 
-        path = append_run(run_record(r, estimate_b), store)
+        record = harness.run_record(r, estimate_b)
+        try:
+            path = append_run(record, store)
+        except VramplanError as e:
+            from dataclasses import asdict, is_dataclass
+
+            line = json.dumps(asdict(record) if is_dataclass(record) else record, default=list)
+            raise VramplanError(f"{e}; the run, to append by hand: {line}") from None
         click.echo(f"saved to {path}", err=True)
-    _measured(r, estimate_b, as_json)
 
 
 @main.command()
-@click.argument("model")
+@click.argument("model", required=False)
 @train_options
 @click.option("--steps", type=int, default=2, show_default=True, help="training steps to trace")
 @click.option("--json", "as_json", is_flag=True, help="estimate's JSON shape, traced, plus traced fields")
-def simulate(model: str, gpu: str | None, steps: int, as_json: bool, **kw: Any) -> None:
+def simulate(model: str | None, gpu: str | None, steps: int, as_json: bool, **kw: Any) -> None:
     """Trace real training steps of MODEL at full size without memory (fake / meta tensors, no GPU needed).
 
     The real transformers + peft + bitsandbytes code runs on tensors that have shapes but no data; the
@@ -337,11 +370,11 @@ def simulate(model: str, gpu: str | None, steps: int, as_json: bool, **kw: Any) 
 
     m, t, g = resolve_inputs(model, gpu, kw)
     emit_notes(t)
-    from vramplan.measure.harness import simulate as run_simulate
+    harness = _harness("simulate")
     from vramplan.report.measure import Progress
 
     with Progress() as progress:
-        r = run_simulate(m, t, steps=steps, gpu=g, progress=progress)
+        r = harness.simulate(m, t, steps=steps, gpu=g, progress=progress)
     _measured(r, run_estimate(m, gpu=g, train=t), as_json)
 
 

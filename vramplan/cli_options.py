@@ -15,6 +15,22 @@ import click
 from vramplan.errors import VramplanError
 
 
+class Count(click.ParamType):
+    """A positive count as typed: 2048, or 2k / 2K (× 1024), as LLaMA-Factory writes cutoff_len."""
+
+    name = "N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from vramplan.spec.train import parse_count
+
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_count(value, "value")
+        except VramplanError:
+            self.fail(f"{str(value)[:40]!r} is not a positive integer such as 2048 or 2k (× 1024)", param, ctx)
+
+
 def train_options(f: Callable) -> Callable:
     """The options every training command shares (estimate, fit, measure, simulate); names follow HF."""
     opts = [
@@ -32,7 +48,7 @@ def train_options(f: Callable) -> Callable:
             help="prepare_model_for_kbit_training [on if quantized]",
         ),
         click.option("--batch", type=int, default=1, show_default=True, help="per_device_train_batch_size"),
-        click.option("--seq", type=int, default=1024, show_default=True, help="tokens per sequence"),
+        click.option("--seq", type=Count(), default=1024, show_default=True, help="tokens per sequence (2k = 2048)"),
         click.option("--grad-accum", type=int, default=1, show_default=True, help="gradient_accumulation_steps"),
         click.option("--lora-rank", type=int, default=16, show_default=True, help="LoRA r"),
         click.option("--lora-alpha", type=int, default=None, help="lora_alpha [2 × rank]"),
@@ -57,7 +73,7 @@ def train_options(f: Callable) -> Callable:
     ]
     for opt in reversed(opts):
         f = opt(f)
-    return f
+    return from_options(f)
 
 
 TRAIN_KEYS = (
@@ -113,7 +129,7 @@ def resolve_parallel_spec(t, kw: dict[str, Any]):
 def resolve_gpu(gpu: str | None):
     """The GpuProfile of --gpu (a name, an alias, or `auto` for this machine's), with the overheads of the
     user's stored calibration: resolved once per command, so every estimate the command makes agrees."""
-    if not gpu:
+    if gpu is None:  # `--gpu ""` is an unknown GPU, not no GPU
         return None
     from vramplan.trust.calibration import calibrate
 
@@ -139,12 +155,20 @@ def resolve_plan(model: str | None, gpu: str | None, kw: dict[str, Any]):
         raise VramplanError(f"two models: MODEL {model!r} and --model {option!r}; pass one")
     ctx = click.get_current_context(silent=True)
     defaults = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
-    typed = {k for k in TRAIN_KEYS if ctx is None or ctx.get_parameter_source(k) not in defaults}
+    # fit's --seq is a list (parameter `seq_list`); its first value is the chosen seq
+    param = {k: k if ctx is None or k in ctx.params else {"seq": "seq_list"}.get(k, k) for k in TRAIN_KEYS}
+    typed = {k for k in TRAIN_KEYS if ctx is None or ctx.get_parameter_source(param[k]) not in defaults}
     g = resolve_gpu(gpu)
     plan = plan_inputs(model or option, kw.get("from_files") or (), {k: kw[k] for k in TRAIN_KEYS}, typed)
     if plan.not_modeled:
         click.echo("note: not modeled, estimated without: " + "; ".join(map(str, plan.not_modeled)), err=True)
-    t = resolve_train(plan.model, gpu_bf16=g.bf16 if g else True, **plan.settings)
+    t = resolve_train(
+        plan.model,
+        gpu_bf16=g.bf16 if g else True,
+        gpu_compute_capability=g.compute_capability if g else None,
+        explicit={k for k, source in plan.sources.items() if source == "flag"},
+        **plan.settings,
+    )
     return plan.model, t, g, plan
 
 

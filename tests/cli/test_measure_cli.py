@@ -130,3 +130,38 @@ def test_measure_save_needs_cuda(tiny_config: str) -> None:
     r = run("measure", tiny_config, "--method", "lora", "--device", "cpu", "--save")
     assert r.exit_code == 2
     assert "--save stores CUDA measurements; --device cpu has none" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["measure", "simulate"])
+def test_missing_torch_is_one_line_naming_the_install(command: str):
+    """After the quickstart's `pip install vramplan` only (no torch): one `error:` line, exit 2, naming what
+    to install, not a ModuleNotFoundError traceback (issue 16)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # as if torch were not installed\n"
+        "from vramplan.cli import main\n"
+        f"main(['{command}', 'tinyllama-1.1b', '--method', 'lora'])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1
+    assert "needs torch" in lines[0]
+    assert "pip install 'vramplan[measure]'" in lines[0]
+
+
+def test_cpu_measure_refuses_a_step_larger_than_ram_up_front():
+    """batch 4096 × seq 8192 of TinyLlama needs ~90,000 GiB: refused before building anything."""
+    import time
+
+    start = time.monotonic()
+    r = CliRunner().invoke(
+        main, ["measure", "tinyllama-1.1b", "--device", "cpu", "--method", "lora", "--batch", "4096", "--seq", "8192"]
+    )
+    assert r.exit_code == 2, r.output
+    assert "of RAM" in r.output
+    assert time.monotonic() - start < 20

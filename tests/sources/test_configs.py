@@ -405,9 +405,30 @@ def test_unknown_hub_id_offline_is_one_line(tmp_path: Path):
     assert "Traceback" not in r.output
     assert r.output.strip().splitlines() == [
         "error: 'someone/my-private-model' is not a built-in model and its config.json is not in the local "
-        "Hugging Face cache; run `huggingface-cli download someone/my-private-model config.json` or pass a "
-        "path to config.json"
-    ]
+        "Hugging Face cache (HF_HUB_OFFLINE is set); run `hf download someone/my-private-model config.json` or "
+        "pass a path to config.json"
+    ]  # huggingface_hub >= 1.0 ships `hf` only (no `huggingface-cli`)
+
+
+def test_unreachable_hub_fails_fast_with_the_installed_command(monkeypatch):
+    """A hub that never answers: one line after HUB_TIMEOUT_SECONDS, naming `hf download` (hub 2.x's CLI)."""
+    import threading
+    import time
+
+    import huggingface_hub
+
+    from vramplan.errors import VramplanError
+    from vramplan.sources import profiles
+
+    release = threading.Event()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: release.wait(60))
+    monkeypatch.setattr(profiles, "HUB_TIMEOUT_SECONDS", 0.2)
+    start = time.monotonic()
+    with pytest.raises(VramplanError, match=r"no answer in 0 s.*`hf download someone/x config.json`"):
+        profiles.find_model_config("someone/x")
+    release.set()
+    assert time.monotonic() - start < 5
 
 
 # ---------------------------------------------------------------- errors

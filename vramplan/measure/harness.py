@@ -126,12 +126,37 @@ def resolve_device(device: str, t: TrainSpec) -> tuple[Device, str | None]:
     return device, None  # type: ignore[return-value]
 
 
-def check_cpu_size(m: ModelSpec) -> None:
+CPU_RAM_SHARE = 0.8  # of physical memory a CPU step may plan to use; past it the allocator fails mid-step
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's RAM (POSIX sysconf), or None where it cannot be read."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_cpu_size(m: ModelSpec, t: TrainSpec | None = None) -> None:
+    """Refuse up front what a CPU step cannot finish: over CPU_MAX_PARAMS parameters, or a tensor peak
+    (the analytic estimate, within its error band of the traced one) over CPU_RAM_SHARE of the RAM, which
+    would otherwise end in an allocator error after a minute of building."""
     if m.total_params > CPU_MAX_PARAMS:
         raise VramplanError(
             f"{m.name} ({m.total_params / 1e9:.1f}B parameters) on CPU is impractical: use "
             f"`vramplan simulate` or a GPU (`measure --device cpu` takes models up to "
             f"{CPU_MAX_PARAMS / 1e9:.0f}B)"
+        )
+    ram = physical_memory_bytes()
+    if t is None or ram is None:
+        return
+    from vramplan.estimator.peak import phases
+
+    peak = max(p.total for p in phases(m, t)[0])
+    if peak > CPU_RAM_SHARE * ram:
+        raise VramplanError(
+            f"this step needs about {peak / 1024**3:,.1f} GiB (estimated), over {CPU_RAM_SHARE:.0%} of this "
+            f"machine's {ram / 1024**3:,.1f} GiB of RAM: lower --batch / --seq, or use `vramplan simulate`"
         )
 
 
@@ -163,7 +188,7 @@ def run_step(
     check_versions()
     dev, note = resolve_device(device, t)
     if dev == "cpu":
-        check_cpu_size(m)
+        check_cpu_size(m, t)
     notes: list[str] = [note] if note else []
     say = progress or (lambda _msg: None)
     autocast_dtype = TORCH_DTYPES[t.mixed_precision] if t.mixed_precision != "no" else None

@@ -24,17 +24,25 @@ def gpus_json(gpus: Sequence[GpuProfile]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def render_gpus(gpus: Sequence[GpuProfile], console: Console) -> None:
-    """One row per profile, smallest memory first."""
+def render_gpus(gpus: Sequence[GpuProfile], console: Console, show_all: bool = False) -> None:
+    """One row per profile, smallest memory first; the key (what --gpu takes) is never cut, the aliases only
+    with `show_all`."""
     from rich.table import Table
 
     t = Table(title="GPU profiles (memory in GiB = 1024³ B)", title_justify="left", show_edge=False)
-    for col in ("key", "name", "GiB", "cc", "bf16", "aliases"):
-        t.add_column(col, justify="right" if col == "GiB" else "left")
+    t.add_column("key", no_wrap=True)
+    t.add_column("name", overflow="ellipsis", no_wrap=True)
+    for col in ("GiB", "cc", "bf16"):
+        t.add_column(col, justify="right" if col == "GiB" else "left", no_wrap=True)
+    if show_all:
+        t.add_column("aliases (also taken by --gpu)")
     for g in sorted(gpus, key=lambda g: (g.memory_bytes, g.key)):
-        t.add_row(g.key, g.name, gib(g.memory_bytes), g.compute_capability, "yes" if g.bf16 else "no",
-                  ", ".join(g.aliases))  # fmt: skip
+        name = g.name.removeprefix("NVIDIA ").removeprefix("GeForce ").removeprefix("Tesla ")
+        cells = [g.key, name, gib(g.memory_bytes), g.compute_capability, "yes" if g.bf16 else "no"]
+        t.add_row(*cells, *([", ".join(g.aliases)] if show_all else []))
     console.print(t)
+    if not show_all:
+        console.print("--gpu also takes NVML names and aliases (2080ti, a100, ...): `vramplan gpus --all` lists them")
 
 
 def models_json(specs: Sequence[ModelSpec]) -> list[dict[str, Any]]:
@@ -47,12 +55,15 @@ def models_json(specs: Sequence[ModelSpec]) -> list[dict[str, Any]]:
 def render_models(specs: Sequence[ModelSpec], console: Console) -> None:
     from rich.table import Table
 
+    wide = console.width >= 100  # the family column is decoration: dropped at 80 columns, the name never cut
     t = Table(title="built-in models", title_justify="left", show_edge=False)
     for col in ("name", "type", "params", "layers", "hidden", "heads/kv", "vocab"):
-        t.add_column(col, justify="left" if col in ("name", "type") else "right")
+        if col != "type" or wide:
+            t.add_column(col, justify="left" if col in ("name", "type") else "right", no_wrap=True)
     for s in specs:
-        t.add_row(s.name, s.model_type, f"{s.total_params / 1e9:.2f} B", str(s.num_hidden_layers), str(s.hidden_size),
-                  f"{s.num_attention_heads}/{s.num_key_value_heads}", f"{s.vocab_size:,}")  # fmt: skip
+        t.add_row(s.name, *([s.model_type] if wide else []), f"{s.total_params / 1e9:.2f} B",
+                  str(s.num_hidden_layers), str(s.hidden_size), f"{s.num_attention_heads}/{s.num_key_value_heads}",
+                  f"{s.vocab_size:,}")  # fmt: skip
     console.print(t)
 
 

@@ -73,8 +73,43 @@ def validation_summary_lines(v: Validation) -> list[str]:
     return lines
 
 
-def render_validation(v: Validation, console: Console) -> None:
-    """Table of every record (measured vs estimated, GB = 10⁹ B as the sources print) and the summary."""
+def render_validation(v: Validation, console: Console, show_all: bool = True) -> None:
+    """The records (measured vs estimated, GB = 10⁹ B as the sources print) and the summary; without
+    `show_all`, only the records that have an estimate (the rest are counted in the summary). Narrow
+    terminals get one line of figures per record with its config and reason indented below."""
+    rows = v.rows if show_all else [r for r in v.rows if r.estimated_bytes is not None]
+    if console.width < 120:
+        _render_validation_lines(rows, console)
+    else:
+        _render_validation_table(rows, console)
+    for line in validation_summary_lines(v):
+        console.print(line, highlight=False)
+    if not show_all:
+        console.print(f"{len(v.rows) - len(rows)} records without an estimate not shown: `vramplan validate --all`")
+
+
+_KIND = {"max_memory_allocated": "alloc", "max_memory_reserved": "resv", "reserved": "resv", "nvidia-smi": "smi"}
+
+
+def _validation_figures(r: Any) -> tuple[str, str, str, str]:
+    measured = f"{r.measured_bytes / 1e9:.2f} {_KIND.get(r.measure_kind, '?')}"
+    estimated = "—" if r.estimated_bytes is None else f"{r.estimated_bytes / 1e9:.2f}"
+    error = "—" if r.error is None else f"{100 * r.error:+.1f} %"
+    reason = r.reasons[0] + (f" (+{len(r.reasons) - 1})" if len(r.reasons) > 1 else "") if r.reasons else "headline"
+    return measured, estimated, error, reason
+
+
+def _render_validation_lines(rows: Any, console: Console) -> None:
+    from rich.text import Text
+
+    console.print("published validation set (GB = 10⁹ B): id, measured → estimated, error", highlight=False)
+    for r in rows:
+        measured, estimated, error, reason = _validation_figures(r)
+        console.print(Text(f"{r.id}  {measured} → {estimated}  {error}", no_wrap=True, overflow="ignore"))
+        console.print(Text(f"    {r.framework} · {r.config} · {reason}", style="dim"))
+
+
+def _render_validation_table(rows: Any, console: Console) -> None:
     from rich.table import Table
     from rich.text import Text
 
@@ -88,28 +123,12 @@ def render_validation(v: Validation, console: Console) -> None:
         ("error", "right"),
         ("excluded because", "left"),
     ):
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
-    for r in v.rows:
-        kind = {
-            "max_memory_allocated": "alloc",
-            "max_memory_reserved": "resv",
-            "reserved": "resv",
-            "nvidia-smi": "smi",
-        }.get(r.measure_kind, "?")
-        t.add_row(
-            r.id,
-            r.framework,
-            r.config,
-            f"{r.measured_bytes / 1e9:.2f} {kind}",
-            "—" if r.estimated_bytes is None else f"{r.estimated_bytes / 1e9:.2f}",
-            "—" if r.error is None else f"{100 * r.error:+.1f} %",
-            Text(r.reasons[0] + (f" (+{len(r.reasons) - 1})" if len(r.reasons) > 1 else ""), style="dim")
-            if r.reasons
-            else Text("headline", style="green"),
-        )
+        t.add_column(col, justify=just, no_wrap=col == "id")  # type: ignore[arg-type]
+    for r in rows:
+        measured, estimated, error, reason = _validation_figures(r)
+        t.add_row(r.id, r.framework, r.config, measured, estimated, error,
+                  Text(reason, style="green" if not r.reasons else "dim"))  # fmt: skip
     console.print(t)
-    for line in validation_summary_lines(v):
-        console.print(line, highlight=False)
 
 
 def calibration_line(b: Breakdown) -> str:

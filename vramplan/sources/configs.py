@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vramplan.errors import VramplanError, did_you_mean
+from vramplan.sources.files import check_name, is_dir, read_text, short
 from vramplan.spec import OPTIM_ALIASES, OPTIMIZERS
 
 Format = Literal["llamafactory", "axolotl", "training_args", "peft_adapter", "model_config"]
@@ -434,21 +435,23 @@ def detect_format(data: Mapping[str, Any], path: str) -> Format:
 
 
 def load_file(path: str) -> Mapping[str, Any]:
-    """The mapping in a YAML or JSON file; a syntax error names the file and line."""
+    """The mapping in a YAML or JSON file; a syntax error names the file and line, a non-UTF-8 or oversized
+    file is one error line (vramplan.sources.files.read_text)."""
+    check_name(path, "--from")
     p = Path(path)
-    if p.is_dir():
-        raise VramplanError(f"{path} is a folder; pass a file in it (--from {path}/adapter_config.json)")
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise VramplanError(f"no such file: {path}") from None
-    except OSError as e:
-        raise VramplanError(f"cannot read {path}: {e.strerror}") from None
+    if is_dir(p):
+        raise VramplanError(
+            f"{short(path, 120)} is a folder; pass a file in it (--from {short(path, 60)}/adapter_config.json)"
+        )
+    text = read_text(p, "training config")
+    shown = short(path, 120)
     if p.suffix.lower() == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise VramplanError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+            raise VramplanError(f"{shown}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        except RecursionError:
+            raise VramplanError(f"{shown}: JSON nested too deeply to be a training config") from None
     else:
         import yaml  # PyYAML only when a YAML file is read: `estimate --json` without --from does not load it
 
@@ -458,9 +461,11 @@ def load_file(path: str) -> Mapping[str, Any]:
             mark = getattr(e, "problem_mark", None)
             where = f"line {mark.line + 1}: " if mark is not None else ""
             problem = getattr(e, "problem", None) or e
-            raise VramplanError(f"{path}: not valid YAML ({where}{problem})") from None
+            raise VramplanError(f"{shown}: not valid YAML ({where}{problem})") from None
+        except RecursionError:
+            raise VramplanError(f"{shown}: YAML nested too deeply to be a training config") from None
     if not isinstance(data, dict):
-        raise VramplanError(f"{path}: expected a mapping of settings (key: value), got {type(data).__name__}")
+        raise VramplanError(f"{shown}: expected a mapping of settings (key: value), got {type(data).__name__}")
     return data
 
 

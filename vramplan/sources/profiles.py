@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vramplan.errors import VramplanError, did_you_mean
+from vramplan.sources.files import check_name, is_dir, is_file, read_text, short
 from vramplan.spec import ModelSpec, model_spec_from_config
 from vramplan.spec.gpu import GpuProfile
 
@@ -76,14 +77,15 @@ def builtin_model_names() -> list[str]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    text = read_text(path, "config.json")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise VramplanError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    except OSError as e:
-        raise VramplanError(f"cannot read {path}: {e.strerror}") from None
+        raise VramplanError(f"{short(str(path), 120)}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except RecursionError:
+        raise VramplanError(f"{short(str(path), 120)}: JSON nested too deeply to be a config.json") from None
     if not isinstance(data, dict):
-        raise VramplanError(f"{path}: expected a JSON object (a config.json)")
+        raise VramplanError(f"{short(str(path), 120)}: expected a JSON object (a config.json)")
     return data
 
 
@@ -122,6 +124,10 @@ class ModelConfig:
     origin: str
     prequantized: str = ""
 
+
+# A Hugging Face repo id: owner/name, letters, digits, `-`, `_`, `.`, at most 96 characters each
+# (huggingface_hub utils/_validators.py `REPO_ID_REGEX`)
+HUB_ID = re.compile(r"[\w\-.]{1,96}/[\w\-.]{1,96}")
 
 # Words that name a variant with the base model's shapes: `-Instruct`, `-chat`, `-it` (Gemma), `-hf`, `-Base`.
 _VARIANT_WORDS = frozenset({"instruct", "chat", "it", "hf", "base"})
@@ -190,8 +196,26 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
+HUB_TIMEOUT_SECONDS = 10.0  # the whole download of config.json; an unreachable hub fails after this
+
+
+def hub_download_command(repo_id: str) -> str:
+    """The command that fetches `repo_id`'s config.json with the installed huggingface_hub: `hf download`
+    (huggingface_hub >= 1.0 ships only `hf`), `huggingface-cli download` before it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major = int(version("huggingface_hub").split(".", 1)[0])
+    except (PackageNotFoundError, ValueError):
+        return f"pip install huggingface_hub && hf download {repo_id} config.json"
+    cli = "hf" if major >= 1 else "huggingface-cli"
+    return f"{cli} download {repo_id} config.json"
+
+
 def _hub_download_config(repo_id: str) -> Path | None:
-    """Download `config.json` of `repo_id` (huggingface_hub, imported only here); None if offline/absent."""
+    """Download `config.json` of `repo_id` (huggingface_hub, imported only here) within HUB_TIMEOUT_SECONDS;
+    None when HF_HUB_OFFLINE is set or huggingface_hub is absent. The download runs in a daemon thread so
+    an unreachable network (DNS or connect waits, the client's retries) cannot hold the command."""
     if _hub_offline():
         return None
     try:
@@ -199,35 +223,51 @@ def _hub_download_config(repo_id: str) -> Path | None:
     except ImportError:
         return None
     import logging
+    import threading
+
+    result: dict[str, Any] = {}
+
+    def fetch() -> None:
+        try:
+            result["path"] = Path(hf_hub_download(repo_id, "config.json", etag_timeout=5))
+        except Exception as e:  # no network, gated or missing repo: reported below by type
+            result["error"] = e
 
     hub_log = logging.getLogger("huggingface_hub")  # its retry warnings would break the one-line error
     level = hub_log.level
     hub_log.setLevel(logging.ERROR)
     try:
-        return Path(hf_hub_download(repo_id, "config.json", etag_timeout=5))
-    except Exception as e:  # no network, gated or missing repo: say which, with the way out
-        raise VramplanError(
-            f"{repo_id!r}: config.json is not in the local Hugging Face cache and downloading it failed "
-            f"({type(e).__name__}); run `huggingface-cli download {repo_id} config.json` or pass --model PATH"
-        ) from None
+        worker = threading.Thread(target=fetch, name="vramplan-hub-download", daemon=True)
+        worker.start()
+        worker.join(HUB_TIMEOUT_SECONDS)
     finally:
         hub_log.setLevel(level)
+    if "path" in result:
+        return result["path"]
+    why = type(result["error"]).__name__ if "error" in result else f"no answer in {HUB_TIMEOUT_SECONDS:.0f} s"
+    raise VramplanError(
+        f"{repo_id!r}: config.json is not in the local Hugging Face cache and downloading it failed ({why}); "
+        f"run `{hub_download_command(repo_id)}` or pass a path to config.json"
+    )
 
 
 def find_model_config(model: str) -> ModelConfig:
     """A built-in name, a config.json path/folder, or a hub id: from the local HF cache, else the built-in
     profile of that repo (or its instruct/chat variant), else downloaded unless HF_HUB_OFFLINE is set."""
+    check_name(model, "MODEL")
+    if not model.strip():
+        raise VramplanError("MODEL is empty; pass a built-in name (`vramplan models`), a config.json or a hub id")
     builtin = profiles_dir() / "models" / f"{model.lower()}.json"
-    if builtin.is_file():
+    if "/" not in model and is_file(builtin):
         return ModelConfig(model.lower(), _read_json(builtin), f"builtin:{model.lower()}")
     path = Path(model)
-    if path.is_dir():
+    if is_dir(path):
         path = path / "config.json"
-        if not path.is_file():
-            raise VramplanError(f"{model}: folder has no config.json")
-    if path.is_file():
+        if not is_file(path):
+            raise VramplanError(f"{short(model, 120)}: folder has no config.json")
+    if is_file(path):
         return ModelConfig(str(model), _read_json(path), str(path))
-    if model.count("/") == 1 and not model.endswith(".json"):
+    if model.count("/") == 1 and not model.endswith(".json") and HUB_ID.fullmatch(model):
         cached = _hf_cache_config(model)
         if cached is not None:
             return ModelConfig(model, _read_json(cached), f"hf-cache:{cached}")
@@ -239,16 +279,16 @@ def find_model_config(model: str) -> ModelConfig:
         if downloaded is not None:
             return ModelConfig(model, _read_json(downloaded), f"hub:{downloaded}")
         raise VramplanError(
-            f"{model!r} is not a built-in model and its config.json is not in the local Hugging Face cache; "
-            f"run `huggingface-cli download {model} config.json` or pass a path to config.json"
+            f"{model!r} is not a built-in model and its config.json is not in the local Hugging Face cache "
+            f"(HF_HUB_OFFLINE is set); run `{hub_download_command(model)}` or pass a path to config.json"
         )
     if model.endswith(".json") or "/" in model:
-        raise VramplanError(f"no such file: {model}")
+        raise VramplanError(f"no such file: {short(model, 120)}")
     profile = builtin_for_repo(model)  # `Qwen3-4B-Instruct`, `llama_3_8b`: a built-in by its hub name
     if profile is not None:
         cfg = _read_json(profiles_dir() / "models" / f"{profile}.json")
         return ModelConfig(profile, cfg, f"builtin:{profile}", repo_key(model).prequantized)
-    raise did_you_mean(model, builtin_model_names(), "model", "see `vramplan models`, or pass a config.json")
+    raise did_you_mean(short(model), builtin_model_names(), "model", "see `vramplan models`, or pass a config.json")
 
 
 def load_model_config(model: str) -> tuple[str, dict[str, Any]]:
