@@ -206,7 +206,11 @@ def models(as_json: bool) -> None:
         return
     report.render_models(specs, _console())
     if pending:
-        click.echo("config only, model type not estimated yet: " + ", ".join(pending))
+        import shutil
+        import textwrap
+
+        width = min(shutil.get_terminal_size().columns, 100)
+        click.echo(textwrap.fill("config only, model type not estimated yet: " + ", ".join(pending), width=width))
 
 
 @main.command()

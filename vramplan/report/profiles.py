@@ -55,15 +55,22 @@ def models_json(specs: Sequence[ModelSpec]) -> list[dict[str, Any]]:
 def render_models(specs: Sequence[ModelSpec], console: Console) -> None:
     from rich.table import Table
 
-    wide = console.width >= 100  # the family column is decoration: dropped at 80 columns, the name never cut
+    # type, layers and hidden size are decoration: dropped below 110 columns; the name is never cut
+    wide = console.width >= 110
+    cols = (
+        ("name", "type", "params", "layers", "hidden", "heads/kv", "vocab")
+        if wide
+        else ("name", "params", "heads/kv", "vocab")
+    )
     t = Table(title="built-in models", title_justify="left", show_edge=False)
-    for col in ("name", "type", "params", "layers", "hidden", "heads/kv", "vocab"):
-        if col != "type" or wide:
-            t.add_column(col, justify="left" if col in ("name", "type") else "right", no_wrap=True)
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("name", "type") else "right", no_wrap=True)
     for s in specs:
-        t.add_row(s.name, *([s.model_type] if wide else []), f"{s.total_params / 1e9:.2f} B",
-                  str(s.num_hidden_layers), str(s.hidden_size), f"{s.num_attention_heads}/{s.num_key_value_heads}",
-                  f"{s.vocab_size:,}")  # fmt: skip
+        cells = {"name": s.name, "type": s.model_type, "params": f"{s.total_params / 1e9:.2f} B",
+                 "layers": str(s.num_hidden_layers), "hidden": str(s.hidden_size),
+                 "heads/kv": f"{s.num_attention_heads}/{s.num_key_value_heads}",
+                 "vocab": f"{s.vocab_size:,}"}  # fmt: skip
+        t.add_row(*(cells[c] for c in cols))
     console.print(t)
 
 
