@@ -31,11 +31,16 @@ def test_beside_repo_flags_siblings_and_nothing_else(tmp_path: Path) -> None:
     assert beside_repo(root / "link" / "notes.md", root)  # a symlink out of the repository is still outside
 
 
+# Hostile inputs the tests feed vramplan to see it refuse them (tests/test_fuzz.py): never read as test data,
+# and the audit hook in conftest.py still fails the test if one is ever opened beside the repository.
+HOSTILE_INPUTS = frozenset({"../../etc/passwd"})
+
+
 def _climbing_literals(source: str) -> list[str]:
     """String constants that spell a path out of the repository: a `..` segment, or the workplace's `shared`."""
     found = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value not in HOSTILE_INPUTS:
             parts = node.value.replace("\\", "/").split("/")
             if ".." in parts or "shared" in parts:
                 found.append(node.value)
