@@ -340,3 +340,35 @@ def test_odd_files(tmp_path: Path, content: bytes, where: str):
 @pytest.mark.parametrize("name", ["x" * 100_000, "a/" * 5000 + "b", "bad\x00name", "../../etc/passwd"])
 def test_odd_model_names(name: str):
     invoke(["estimate", name, "--gpu", "t4"])
+
+
+# ---------------------------------------------------------------- --from training configs
+
+FROM_KEYS = {
+    "train.yaml": ["model_name_or_path", "finetuning_type", "quantization_bit", "quantization_type", "lora_rank",
+                   "lora_alpha", "lora_dropout", "lora_target", "cutoff_len", "per_device_train_batch_size",
+                   "gradient_accumulation_steps", "bf16", "pure_bf16", "optim", "flash_attn",
+                   "freeze_trainable_layers", "double_quantization", "disable_gradient_checkpointing"],
+    "axolotl.yml": ["base_model", "adapter", "load_in_4bit", "load_in_8bit", "bnb_config_kwargs", "lora_r",
+                    "lora_target_modules", "lora_target_linear", "sequence_len", "micro_batch_size", "optimizer",
+                    "gradient_checkpointing", "attn_implementation", "bf16", "fp16"],
+    "adapter_config.json": ["peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "use_dora",
+                            "base_model_name_or_path", "bias"],
+}  # fmt: skip
+FROM_BASE = {
+    "train.yaml": {"model_name_or_path": "meta-llama/Llama-2-7b-hf"},
+    "axolotl.yml": {"base_model": "llama-2-7b"},
+    "adapter_config.json": {"peft_type": "LORA", "base_model_name_or_path": "llama-2-7b"},
+}
+
+
+@_settings(300)
+@given(data=st.data(), name=st.sampled_from(sorted(FROM_KEYS)))
+def test_from_file_values(tmp_path_factory, data: st.DataObject, name: str):
+    """Each reader of `--from` takes any value for its keys: a setting, or one error line."""
+    changes = data.draw(st.dictionaries(st.sampled_from(FROM_KEYS[name]), JSON_VALUES, max_size=4))
+    path = tmp_path_factory.mktemp("from") / name
+    path.write_text(json.dumps({**FROM_BASE[name], **changes}))  # JSON is YAML too
+    r = invoke(["estimate", "--from", str(path), "--gpu", "4090", "--json"])
+    if r.exit_code == 0:
+        check_verdict(json.loads(r.stdout))

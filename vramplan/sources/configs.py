@@ -10,6 +10,7 @@ under the flags. Unknown keys are ignored; known keys whose values we do not mod
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,7 @@ class _Reader:
         elif kind is int and not isinstance(v, bool):
             if isinstance(v, int) or (isinstance(v, float) and v.is_integer()):
                 return int(v)
-            if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+            if isinstance(v, str) and re.fullmatch(r"-?[0-9]{1,18}", v.strip()):  # ASCII digits only ('²')
                 return int(v)
         elif kind is float and not isinstance(v, bool):
             try:
@@ -264,6 +265,8 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
     adapter = str(data.get("adapter") or "").lower()
     b4, b8 = (r.has(k) and r.typed(k, bool) for k in ("load_in_4bit", "load_in_8bit"))
     bnb = data.get("bnb_config_kwargs") or {}
+    if not isinstance(bnb, Mapping):
+        raise VramplanError(f"{path}: bnb_config_kwargs must be a mapping (key: value), got {_show(bnb)}")
     quant = None
     if adapter and (adapter == "qlora" or b4):
         quant = str(bnb.get("bnb_4bit_quant_type") or "nf4")
@@ -286,7 +289,7 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
     if r.has("lora_target_linear") and r.typed("lora_target_linear", bool):
         r.set("lora_target", "all-linear")
     elif _set(modules):
-        r.set("lora_target", ",".join(modules) if isinstance(modules, list) else str(modules))
+        r.set("lora_target", ",".join(map(str, modules)) if isinstance(modules, list) else str(modules))
     r.copy("peft_use_dora", "dora", bool)
     r.copy("sequence_len", "seq", int)
     r.copy("micro_batch_size", "batch", int)
