@@ -204,9 +204,10 @@ def models(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.models_json(specs)))
         return
-    report.render_models(specs, _console())
-    if pending:
-        click.echo("config only, model type not estimated yet: " + ", ".join(pending))
+    con = _console()
+    report.render_models(specs, con)
+    if pending:  # wrapped at the console's width, between names (a name is never cut)
+        con.print("config only, model type not estimated yet: " + ", ".join(pending), highlight=False)
 
 
 @main.command()
