@@ -204,13 +204,10 @@ def models(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report.models_json(specs)))
         return
-    report.render_models(specs, _console())
-    if pending:
-        import shutil
-        import textwrap
-
-        width = min(shutil.get_terminal_size().columns, 100)
-        click.echo(textwrap.fill("config only, model type not estimated yet: " + ", ".join(pending), width=width))
+    con = _console()
+    report.render_models(specs, con)
+    if pending:  # wrapped at the console's width, between names (a name is never cut)
+        con.print("config only, model type not estimated yet: " + ", ".join(pending), highlight=False)
 
 
 @main.command()
