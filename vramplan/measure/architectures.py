@@ -30,6 +30,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 OUT = Path(__file__).resolve().parent.parent / "spec" / "architectures.json"
@@ -217,6 +218,7 @@ def _fit_fields(samples: list[dict[str, int]], target: list[int], fields: list[s
     if len(keep) < 2:
         return None
     tgt = [target[i] for i in keep]
+    tgt_f = np.array(tgt, dtype=float)
     vals = {}
     for m in mons:
         try:
@@ -235,6 +237,10 @@ def _fit_fields(samples: list[dict[str, int]], target: list[int], fields: list[s
                     cols = [vals[m] for m in combo] + ([[1] * len(keep)] if const else [])
                     if len(keep) < len(cols) + 1:
                         continue
+                    a = np.array(cols, dtype=float).T
+                    x, *_ = np.linalg.lstsq(a, tgt_f, rcond=None)
+                    if not np.allclose(a @ x, tgt_f, rtol=1e-9, atol=1e-6):
+                        continue  # a float pass first; the exact solve below decides
                     sol = _solve([list(r) for r in zip(*cols, strict=True)], tgt)
                     if sol is None or any(c == 0 or c.denominator > 2 for c in sol):
                         continue
