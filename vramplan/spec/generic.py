@@ -177,4 +177,5 @@ def generic_model_spec(cfg: Mapping[str, Any], name: str, text_only: bool = Fals
         approximation=Approximation("generic", basis_name, GENERIC_ERROR_BAND, note),
         walk_basis=basis,
         walk_roles=roles,
+        module_prefix=prefix,
     )

@@ -128,6 +128,7 @@ class ModelSpec:
     approximation: Approximation | None = None
     walk_basis: ModelSpec | None = None  # the hand-modelled layer the activations are walked on
     walk_roles: tuple[tuple[str, str], ...] = ()  # (linear name here, its name in walk_basis)
+    module_prefix: str = ""  # generic: the decoder layers' module names (`model.layers.*.`)
 
     def instances(self, lin: LinearSpec) -> int:
         """How many times the model holds this linear (once per decoder layer unless counted otherwise)."""
