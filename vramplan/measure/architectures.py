@@ -145,7 +145,9 @@ def _monomials(fields: list[str]) -> list[tuple[str, ...]]:
     mons: list[tuple[str, ...]] = [()]
     mons += [(f,) for f in fields]
     mons += [(a, b) for a, b in itertools.combinations_with_replacement(fields, 2)]
-    mons += [(f"{a}//{b}",) for a, b in itertools.permutations(fields, 2)]
+    ratios = [f"{a}//{b}" for a, b in itertools.permutations(fields, 2)]
+    mons += [(r,) for r in ratios]
+    mons += [(f, r) for f in fields for r in ratios]  # num_key_value_heads * (hidden_size // num_attention_heads)
     return mons
 
 
@@ -227,11 +229,12 @@ def _fit_fields(samples: list[dict[str, int]], target: list[int], fields: list[s
             continue
     mons = [m for m in mons if m in vals]
     # fewest terms first (a constant is a term), floor division only when nothing else fits
-    for pool in ([m for m in mons if "//" not in "".join(m)], mons):
-        for terms in (1, 2, 3):
+    plain = [m for m in mons if "//" not in "".join(m)]
+    for terms in (1, 2, 3):  # fewest terms first; floor division only when no plain sum that long fits
+        for pool in (plain, mons):
             for const in (False, True):
                 size = terms - const
-                if size < 1 or (size == 3 and len(pool) > 40):
+                if size < 1 or (size >= 2 and len(pool) > 400) or (size == 3 and len(pool) > 40):
                     continue
                 for combo in itertools.combinations(pool, size):
                     cols = [vals[m] for m in combo] + ([[1] * len(keep)] if const else [])
