@@ -17,10 +17,10 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from vramplan.api import estimate  # noqa: E402
-from vramplan.sources.profiles import builtin_model_names, load_model, load_model_config  # noqa: E402
-from vramplan.spec.architectures import known_types  # noqa: E402
-from vramplan.spec.generic import generic_model_spec  # noqa: E402
+from vramplan.api import estimate
+from vramplan.sources.profiles import builtin_model_names, load_model, load_model_config
+from vramplan.spec.architectures import known_types
+from vramplan.spec.generic import generic_model_spec
 
 
 def main() -> int:
@@ -34,7 +34,8 @@ def main() -> int:
         cfg = {k: v for k, v in cfg.items() if k != "vramplan_profile"}
         generic = generic_model_spec(cfg, name)
         assert generic.total_params == exact.total_params, name
-        for method, batch, seq, ckpt in itertools.product(("full", "lora", "qlora"), (1, 4), (512, 2048), (False, True)):
+        grid = itertools.product(("full", "lora", "qlora"), (1, 4), (512, 2048), (False, True))
+        for method, batch, seq, ckpt in grid:
             opts = {"method": method, "batch": batch, "seq": seq, "grad_ckpt": ckpt}
             a = estimate(exact, gpu="a100-80gb", **opts).device_bytes
             b = estimate(generic, gpu="a100-80gb", **opts).device_bytes

@@ -66,8 +66,9 @@ def _check(model_type: str) -> None:
         for mod in model.modules()
         if (isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "Conv1D")
     )
-    if model.get_output_embeddings() is not None and model.get_output_embeddings().weight is model.get_input_embeddings().weight:
-        linear -= model.get_output_embeddings().weight.numel()  # tied: the embedding's tensor, counted once
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is model.get_input_embeddings().weight:
+        linear -= head.weight.numel()  # tied: the embedding's tensor, counted once
     ts = tensors(model_type, cfg)
     got_total = sum(t.count * t.numel for t in ts)
     got_linear = sum(t.count * t.numel for t in ts if t.kind and t.key.endswith(".weight"))

@@ -271,9 +271,17 @@ def record(model_type: str) -> dict[str, Any]:
     t0 = time.time()
     default_cfg = AutoConfig.for_model(model_type, **BUILD_FIXES.get(model_type, {}))
     defaults = _flatten(default_cfg.to_dict())
-    layers_key = next((k for k in ("num_hidden_layers", "text_config.num_hidden_layers", "n_layer", "num_layers",
-                                   "decoder_layers", "n_layers") if isinstance(defaults.get(k), int)), None)  # fmt: skip
+    layer_names = ("num_hidden_layers", "text_config.num_hidden_layers", "n_layer", "num_layers", "decoder_layers")
+    layers_key = next((k for k in layer_names if isinstance(defaults.get(k), int)), None)
     start: dict[str, Any] = {}
+    none_defaults: dict[str, list] = {}
+    if defaults.get("head_dim") is None and isinstance(defaults.get("hidden_size"), int) and defaults.get(
+        "num_attention_heads"
+    ):
+        # head_dim None means hidden_size // num_attention_heads to the modeling code; a config.json may set it
+        # to something else (Qwen3-MoE), so it is sampled as a field with that rule for when it is absent
+        start["head_dim"] = defaults["hidden_size"] // defaults["num_attention_heads"]
+        none_defaults["head_dim"] = [[1, ["hidden_size//num_attention_heads"]]]
     if layers_key and defaults[layers_key] > LAYERS:
         start[layers_key] = LAYERS
     try:
@@ -358,6 +366,7 @@ def record(model_type: str) -> dict[str, Any]:
         "defaults": {k: v for k, v in defaults.items() if _jsonable(v)},
         "attribute_map": dict(getattr(type(default_cfg), "attribute_map", {}) or {}),
         "derived": derived,
+        "none_defaults": none_defaults,
         "params": entries,
         "unresolved": unresolved,
         "samples": len(samples) + len(flips),

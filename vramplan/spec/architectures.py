@@ -103,7 +103,7 @@ def config_fields(model_type: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     user = {renames.get(k, k): v for k, v in user.items()}
     fields = {**arch["defaults"], **{k: v for k, v in user.items() if v is not None}}
     for _ in range(3):  # derived fields may depend on derived fields (qk_head_dim on head_dim)
-        for name, expr in arch["derived"].items():
+        for name, expr in (arch["derived"] | arch.get("none_defaults", {})).items():
             if user.get(name) is None:
                 try:
                     fields[name] = evaluate_expr(expr, fields)
