@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from vramplan.estimator.overhead import Overheads
+    from vramplan.spec.model import Approximation
     from vramplan.spec.train import TrainSpec
 
 Phase = Literal["forward", "backward", "optimizer"]
@@ -177,6 +178,7 @@ class Breakdown(PeakAccounting):
     source: Literal["estimate", "measure", "simulate"] = "estimate"
     notes: tuple[str, ...] = ()
     run: MeasuredRun | None = None
+    approximation: Approximation | None = None  # a generic family (spec/generic.py): its band is in `overheads`
 
     @property
     def allocator_overhead_bytes(self) -> int:

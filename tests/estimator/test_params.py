@@ -128,9 +128,11 @@ def test_builtin_model_counts_match_transformers(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", PENDING)
-def test_pending_profile_is_a_valid_config_and_is_not_estimated(name: str) -> None:
-    """transformers' config class takes the profile as it is; the estimator refuses the type in one line."""
-    from transformers import AutoConfig
+def test_generic_profile_is_a_valid_config_with_exact_counts(name: str) -> None:
+    """transformers' config class takes the profile as it is; the generic path (spec/generic.py) counts its
+    text model exactly: `from_config` of the text config on the meta device."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = _builtin_config(name)
     hf = AutoConfig.for_model(**cfg)
@@ -139,8 +141,11 @@ def test_pending_profile_is_a_valid_config_and_is_not_estimated(name: str) -> No
         _text_model_type(cfg), (cfg.get("text_config") or cfg).get("num_hidden_layers", text.num_hidden_layers),
         (cfg.get("text_config") or cfg).get("hidden_size", text.hidden_size),
     )  # fmt: skip
-    with pytest.raises(VramplanError, match=f"unknown model_type '{text.model_type}'"):
-        model_spec_from_config(cfg, name)
+    spec = model_spec_from_config(cfg, name)
+    assert spec.approximation is not None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(text)
+    assert spec.total_params == sum(p.numel() for p in model.parameters())
 
 
 @pytest.mark.parametrize("family", sorted(TINY_CONFIGS))

@@ -378,11 +378,19 @@ def test_prequantized_mirror_is_noted_not_silently_fp16():
     assert not any(u.startswith("model=") for u in inputs("meta-llama/Llama-2-7b-chat-hf")["not_modeled"])
 
 
-def test_unsupported_builtin_type_is_one_line():
-    r = run("gpt-oss-20b")
+def test_generic_builtin_type_is_estimated_and_says_so():
+    """gpt_oss is not hand-modelled: estimated on the generic path (spec/generic.py), flagged as approximated."""
+    r = run("gpt-oss-20b", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["inputs"]["approximation"]["kind"] == "generic"
+
+
+def test_unknown_type_is_one_line(tmp_path: Path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "no_such_model", "hidden_size": 8}))
+    r = run(str(tmp_path))
     assert r.exit_code == 2
     assert r.output.strip().splitlines() == [r.output.strip()]
-    assert "unknown model_type 'gpt_oss'" in r.output
+    assert "unknown model_type 'no_such_model'" in r.output
 
 
 def test_hf_cache_beats_builtin(tmp_path: Path):

@@ -8,7 +8,7 @@ and layers at hand.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from vramplan.estimator.layer_ops import decoder_layer, norm
@@ -110,6 +110,9 @@ def _walk_final(m: ModelSpec, settings: WalkSettings, residual_dtype: str, train
 
 
 def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
+    if m.walk_basis is not None:  # a generic family: walked on its hand-modelled stand-in (spec/generic.py)
+        targets = {role for name, role in m.walk_roles if name in t.lora_target}
+        m, t = m.walk_basis, replace(t, lora_target=tuple(sorted(targets)))
     settings = walk_settings(m, t)
     autocast_dtype = settings.autocast_dtype
     layers = m.num_hidden_layers

@@ -40,6 +40,8 @@ def build_breakdown(
     overheads = gpu.overheads if gpu is not None else Overheads()
     if not isinstance(spec, TrainSpec):
         return _serve(model, spec, gpu, overheads)
+    if model.approximation is not None:  # a generic family: its stand-in's error adds to the estimator's
+        overheads = dataclasses.replace(overheads, error_band=overheads.error_band + model.approximation.error_band)
     phases, paged = training_phases(model, spec)
     counts = count_params(model, spec)
     return Breakdown(
@@ -52,6 +54,7 @@ def build_breakdown(
         gpu=gpu.key if gpu else None,
         gpu_bytes=gpu.memory_bytes if gpu else None,
         overheads=overheads,
+        approximation=model.approximation,
     )
 
 

@@ -30,6 +30,10 @@ def train_inputs_json(b: Breakdown) -> dict[str, Any]:
     if b.run is not None:
         out.update(device=b.run.device, steps=b.run.steps)
     out["notes"] = list(b.all_notes)
+    if b.approximation is not None:
+        a = b.approximation
+        out["approximation"] = {"kind": a.kind, "basis": a.basis, "error_band": a.error_band,
+                                **({"note": a.note} if a.note else {})}  # fmt: skip
     return out
 
 
@@ -80,3 +84,10 @@ def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -
     if b.gpu_bytes is not None and b.verdict is not None:
         console.print(verdict_line(b, band_text(b.error_band)))
     print_notes(b.all_notes, console)
+    if b.approximation is not None:
+        a = b.approximation
+        console.print(
+            f"[yellow]approximated:[/] {b.model} is not hand-modelled: parameters exact from transformers' "
+            f"module tree, activations from a {a.basis} (±{100 * a.error_band:.0f} % more error, in the band)"
+            + (f"; {a.note}" if a.note else "")
+        )

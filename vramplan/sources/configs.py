@@ -382,10 +382,8 @@ def read_peft_adapter(data: Mapping[str, Any], path: str) -> FileSettings:
     tm = data.get("target_modules")
     if isinstance(tm, list) and tm:
         r.set("lora_target", ",".join(str(t) for t in tm))
-    elif isinstance(tm, str) and (tm == "all-linear" or tm.isidentifier()):
+    elif isinstance(tm, str) and tm:  # "all-linear", or a regex PEFT full-matches on module names
         r.set("lora_target", tm)
-    elif tm is not None:
-        r.skip("target_modules", "a regular expression; estimated with --lora-target", "lora_target")
     r.copy("use_dora", "dora", bool)
     r.skip_if_set(_PEFT_UNMODELED)
     if str(data.get("bias") or "none") != "none":

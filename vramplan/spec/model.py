@@ -43,6 +43,8 @@ class LinearSpec:
     out_features: int
     bias: bool
     group: Literal["attn", "mlp"]
+    path: str = ""  # the module's path inside the decoder layer (`self_attn.q_proj`), for LoRA target matching
+    count: int = 0  # instances in the whole model; 0: one per decoder layer (the hand-modelled families)
 
     @property
     def weight_params(self) -> int:
@@ -121,6 +123,16 @@ class ModelSpec:
     final_softcap: bool = False  # gemma2 final_logit_softcapping: tanh on the logits
     hidden_act: str = "silu"  # ACT2FN name; "gelu_new" (phi) is a Python tanh-GELU that saves 3 more tensors
     config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # ---- generic families (spec/generic.py): counted from the architecture table, walked as a stand-in ----
+    other_tensors: tuple[tuple[tuple[int, ...], int], ...] = ()  # (shape, count) of every non-Linear tensor
+    approximation: Approximation | None = None
+    walk_basis: ModelSpec | None = None  # the hand-modelled layer the activations are walked on
+    walk_roles: tuple[tuple[str, str], ...] = ()  # (linear name here, its name in walk_basis)
+    module_prefix: str = ""  # generic: the decoder layers' module names (`model.layers.*.`)
+
+    def instances(self, lin: LinearSpec) -> int:
+        """How many times the model holds this linear (once per decoder layer unless counted otherwise)."""
+        return lin.count or self.num_hidden_layers
 
     # ---- parameter counts by module kind (exact; tests compare them to transformers on meta) ----
     @property
@@ -130,12 +142,15 @@ class ModelSpec:
 
     @property
     def embed_params(self) -> int:
+        """Generic families: every parameter outside the decoder-layer linears (embeddings, norms, ...)."""
+        if self.approximation is not None:
+            return sum(_numel(shape) * n for shape, n in self.other_tensors)
         return self.vocab_size * self.hidden_size + (self.norm_size if self.embed_norm else 0)
 
     @property
     def lm_head_params(self) -> int:
         """0 when tied to the embeddings (counted once, as `model.parameters()` does)."""
-        if self.tie_word_embeddings:
+        if self.tie_word_embeddings or self.approximation is not None:
             return 0
         return self.vocab_size * self.hidden_size + (self.vocab_size if self.lm_head_bias else 0)
 
@@ -161,10 +176,12 @@ class ModelSpec:
 
     @property
     def final_norm_params(self) -> int:
-        return self.norm_size
+        return 0 if self.approximation is not None else self.norm_size
 
     @property
     def total_params(self) -> int:
+        if self.approximation is not None:  # exact: every tensor the architecture table lists
+            return sum(lin.params * self.instances(lin) for lin in self.linears) + self.embed_params
         return (
             self.embed_params
             + self.num_hidden_layers * self.layer_params
@@ -175,7 +192,7 @@ class ModelSpec:
     @property
     def linear_weight_params(self) -> int:
         """Weights of all decoder-layer `nn.Linear`s: what bitsandbytes quantizes (lm_head excluded)."""
-        return self.num_hidden_layers * sum(lin.weight_params for lin in self.linears)
+        return sum(lin.weight_params * self.instances(lin) for lin in self.linears)
 
     @property
     def q_dim(self) -> int:
@@ -184,6 +201,23 @@ class ModelSpec:
     @property
     def kv_dim(self) -> int:
         return self.num_key_value_heads * self.head_dim
+
+
+@dataclass(frozen=True, slots=True)
+class Approximation:
+    """A family estimated through another one's activation walk: what stands in, and how far it can be off."""
+
+    kind: str  # "generic"
+    basis: str  # "llama-like walk"
+    error_band: float  # relative: measured on the hand-modelled families run as if unknown (spec/generic.py)
+    note: str = ""  # e.g. "text model only: the vision tower is not counted"
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def _req(cfg: Mapping[str, Any], key: str, name: str) -> int:
@@ -222,12 +256,12 @@ def _check_shapes(m: ModelSpec) -> ModelSpec:
 def model_spec_from_config(cfg: Mapping[str, Any], name: str) -> ModelSpec:
     """Build a ModelSpec from a Hugging Face `config.json` mapping (the keys transformers reads); every field
     it reads is type- and range-checked (vramplan.spec.fields)."""
-    cfg = _text_config(cfg, name)
+    outer, cfg = cfg, _text_config(cfg, name)
     mt = config_str(cfg, "model_type", name)
     if mt not in SUPPORTED_MODEL_TYPES:
-        from vramplan.errors import did_you_mean
+        from vramplan.spec.generic import generic_model_spec
 
-        raise did_you_mean(mt, SUPPORTED_MODEL_TYPES, "model_type", f"in {name}")
+        return generic_model_spec(cfg, name, text_only=cfg is not outer)
     if mt in ("gpt_neox", "bloom"):
         return _check_shapes(_neox_like(cfg, name, mt))
     if mt == "phi":
