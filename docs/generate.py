@@ -4,6 +4,7 @@ example block in README.md and docs/*.md from the command it names.
     python docs/generate.py            # rewrite options.md and every fast example in place
     python docs/generate.py --slow     # also the slow examples (measure, simulate, benchmarks/: minutes, torch)
     python docs/generate.py --check    # change nothing; exit 1 and print each stale block (CI: tests/test_docs.py)
+    python docs/generate.py --slow --only simulate   # only the examples whose command contains "simulate"
 
 An example block is a fenced block between two markers; the generator replaces what is between them:
 
@@ -195,8 +196,9 @@ def pages() -> list[Path]:
     return found
 
 
-def regenerate(page: Path, slow: bool, root: Path = ROOT) -> tuple[str, list[Stale]]:
-    """The page with its examples regenerated (slow ones only if `slow`), and the blocks that changed."""
+def regenerate(page: Path, slow: bool, root: Path = ROOT, only: str = "") -> tuple[str, list[Stale]]:
+    """The page with its examples regenerated (slow ones only if `slow`; only commands containing `only`), and
+    the blocks that changed."""
     text = page.read_text()
     name = str(page.relative_to(root))
     if text.count("<!-- example: ") != len(EXAMPLE.findall(text)):
@@ -205,7 +207,7 @@ def regenerate(page: Path, slow: bool, root: Path = ROOT) -> tuple[str, list[Sta
 
     def replace(match: re.Match[str]) -> str:
         command, body = match["command"], match["body"]
-        if command != "python" and is_slow(command) and not slow:
+        if (command != "python" and is_slow(command) and not slow) or only not in command:
             return match[0]
         new = render_example(command, body)
         if new != body:
@@ -220,6 +222,7 @@ def main() -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="write nothing; exit 1 if a fast block is stale")
     mode.add_argument("--slow", action="store_true", help="also regenerate measure / simulate / benchmark examples")
+    parser.add_argument("--only", default="", metavar="TEXT", help="only the examples whose command contains TEXT")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)  # examples name repo files by relative path (tests/data/...)
@@ -232,7 +235,7 @@ def main() -> int:
         if not args.check:
             OPTIONS_PAGE.write_text(options)
     for page in pages():
-        text, changed = regenerate(page, slow=args.slow)
+        text, changed = regenerate(page, slow=args.slow, only=args.only)
         stale += changed
         if changed and not args.check:
             page.write_text(text)
