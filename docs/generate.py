@@ -18,7 +18,7 @@ An example block is a fenced block between two markers; the generator replaces w
 `<!-- example: python -->` marks a ```pycon block instead: its `>>>` / `...` lines are run in one namespace
 and the lines after each statement become what the interpreter prints.
 
-Every command runs as a user would see it in a 110-column terminal, reproducibly: in-process through click's
+Every command runs as a user would see it in a 120-column terminal, reproducibly: in-process through click's
 CliRunner (stdout and stderr interleaved, no colour), offline (HF_HUB_OFFLINE=1), with an empty calibration
 store (VRAMPLAN_STORE=/tmp/vramplan-docs/runs.jsonl, a fixed path since `vramplan calibration` prints it; see
 `default_store` in vramplan/trust/calibration.py), so runs stored on this machine don't leak in. Slow
@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WIDTH = 110
+WIDTH = 120
 SLOW_COMMANDS = ("measure", "simulate")
 PAGES = ("README.md", "docs/*.md")
 OPTIONS_PAGE = ROOT / "docs" / "options.md"
