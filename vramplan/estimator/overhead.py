@@ -9,10 +9,12 @@
   cuBLAS docs "cublasSetWorkspace"): 4 MiB × 8 + 16 KiB × 8 per handle/stream, allocated through the
   caching allocator (counted in memory_allocated since torch 2.3): ~32 MiB.
 - Caching allocator: reserved − allocated. Blocks round up to 512 B (small pool) / 2 MiB segments and large
-  blocks are split without returning memory; published A100 runs of the HF stack show max_memory_reserved
-  7–20 % above max_memory_allocated (shared/TRACING-NOTES.md). We model 10 % of the peak.
-- Error band: a meta-device trace of the real code agrees with max_memory_allocated of published A100 runs
-  within about ±6 % (TRACING-NOTES.md), so `tight` means within 6 % of the GPU's memory until calibration.
+  blocks are split without returning memory (c10/cuda/CUDACachingAllocator.cpp), so reserved exceeds the
+  tensor peak by an amount that depends on the order of allocations. We model 10 % of the peak, a default
+  (not measured here) that a calibration from `measure --save` replaces.
+- Error band: ±6 %, a chosen margin for the overheads above, which are defaults until calibrated; the tensor
+  peak itself is within 1.3 % of the traced step (docs/accuracy.md). `tight` means within 6 % of the GPU's
+  memory until calibration.
 
 These figures travel as one typed value, `Overheads`, attached to the GPU a command plans for
 (`GpuProfile.overheads`). The documented defaults are `Overheads()`; `vramplan.trust.calibration.calibrate`

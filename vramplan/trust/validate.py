@@ -1,10 +1,10 @@
 """The published validation set: peak-memory figures others measured, mapped onto `estimate` inputs.
 
-`vramplan/data/validation/published-dev.jsonl` (a copy of shared/validation/published-dev.jsonl, every field
-kept, `source` and `quote` included) holds one record per published number. `validate()` maps each record
-onto the HF-equivalent estimate inputs, compares the estimate's quantity that the source measured
-(`max_memory_allocated` -> `peak_bytes`, reserved -> `reserved_bytes`, nvidia-smi -> `device_bytes`), and
-summarises the absolute relative error by confidence level over the headline records.
+`vramplan/trust/data/validation/published-dev.jsonl` (every field kept, `source` and `quote` included) holds
+one record per published number. `validate()` maps each record onto the HF-equivalent estimate inputs,
+compares the estimate's quantity that the source measured (`max_memory_allocated` -> `peak_bytes`, reserved ->
+`reserved_bytes`, nvidia-smi -> `device_bytes`), and summarises the absolute relative error by confidence
+level over the headline records.
 
 A record is *mapped* when the estimator can run on it, and in the *headline* when it is mapped and nothing
 in it is outside what the estimator models. Every other record carries the reasons. No constant of the model
