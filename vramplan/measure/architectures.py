@@ -275,8 +275,10 @@ def record(model_type: str) -> dict[str, Any]:
     layers_key = next((k for k in layer_names if isinstance(defaults.get(k), int)), None)
     start: dict[str, Any] = {}
     none_defaults: dict[str, list] = {}
-    if defaults.get("head_dim") is None and isinstance(defaults.get("hidden_size"), int) and defaults.get(
-        "num_attention_heads"
+    if (
+        defaults.get("head_dim") is None
+        and isinstance(defaults.get("hidden_size"), int)
+        and defaults.get("num_attention_heads")
     ):
         # head_dim None means hidden_size // num_attention_heads to the modeling code; a config.json may set it
         # to something else (Qwen3-MoE), so it is sampled as a field with that rule for when it is absent

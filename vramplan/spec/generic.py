@@ -21,7 +21,7 @@ from typing import Any
 
 from vramplan.errors import VramplanError
 from vramplan.spec import architectures
-from vramplan.spec.model import SUPPORTED_MODEL_TYPES, Approximation, LinearSpec, ModelSpec
+from vramplan.spec.model import SUPPORTED_MODEL_TYPES, Approximation, LinearSpec, ModelSpec, known_model_spec
 
 # Largest relative difference of the device total between this path and the exact one on the hand-modelled
 # families run as if unknown (benchmarks/generic_band.py: 26 built-in profiles x full/lora/qlora x batch 1, 4
@@ -149,13 +149,9 @@ def generic_model_spec(cfg: Mapping[str, Any], name: str, text_only: bool = Fals
         basis_cfg.update(model_type="mixtral", num_local_experts=experts, num_experts_per_tok=top_k,
                          intermediate_size=moe_inter)  # fmt: skip
         basis_name, band = "mixtral-like walk", GENERIC_MOE_ERROR_BAND
-    from vramplan.spec.model import model_spec_from_config
-
-    basis = model_spec_from_config(basis_cfg, f"{name} (stand-in)")
+    basis = known_model_spec(basis_cfg, f"{name} (stand-in)")
     basis_names = {lin.name for lin in basis.linears}
-    roles = tuple(
-        (lin.name, role) for lin in linears for role in _roles(lin.path, lin.group) if role in basis_names
-    )
+    roles = tuple((lin.name, role) for lin in linears for role in _roles(lin.path, lin.group) if role in basis_names)
     note = "text model only: the vision / audio towers are not counted" if text_only else ""
     tie = architectures._tied(fields)
     return ModelSpec(

@@ -253,15 +253,14 @@ def _check_shapes(m: ModelSpec) -> ModelSpec:
     return m
 
 
-def model_spec_from_config(cfg: Mapping[str, Any], name: str) -> ModelSpec:
-    """Build a ModelSpec from a Hugging Face `config.json` mapping (the keys transformers reads); every field
-    it reads is type- and range-checked (vramplan.spec.fields)."""
-    outer, cfg = cfg, _text_config(cfg, name)
+def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
+    """The ModelSpec of a hand-modelled family (SUPPORTED_MODEL_TYPES) from a Hugging Face `config.json`
+    mapping (the keys transformers reads); every field it reads is type- and range-checked
+    (vramplan.spec.fields). Any family: `vramplan.spec.config.model_spec_from_config`."""
+    cfg = _text_config(cfg, name)
     mt = config_str(cfg, "model_type", name)
     if mt not in SUPPORTED_MODEL_TYPES:
-        from vramplan.spec.generic import generic_model_spec
-
-        return generic_model_spec(cfg, name, text_only=cfg is not outer)
+        raise VramplanError(f"model config {name!r}: model_type {mt!r} is not hand-modelled")
     if mt in ("gpt_neox", "bloom"):
         return _check_shapes(_neox_like(cfg, name, mt))
     if mt == "phi":
