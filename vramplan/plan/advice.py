@@ -93,7 +93,10 @@ def _changes(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> list[_Change]:
         out.append(
             _Change(
                 "kbit",
-                "--no-kbit-prep (no fp32 upcast of embeddings/norms/lm_head)",
+                # kbit prep is what turns checkpointing on by default: keep it on explicitly, as estimated
+                "--no-kbit-prep"
+                + (" --grad-ckpt" if t.grad_ckpt else "")
+                + " (no fp32 upcast of embeddings/norms/lm_head)",
                 2,
                 rep(t, kbit_prep=False),
             )
