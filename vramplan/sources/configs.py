@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vramplan.errors import VramplanError, did_you_mean
-from vramplan.sources.files import check_name, is_dir, read_text, short
+from vramplan.sources.files import check_name, is_dir, parse_json, read_text, short
 from vramplan.spec import OPTIM_ALIASES, OPTIMIZERS
 
 Format = Literal["llamafactory", "axolotl", "training_args", "peft_adapter", "model_config"]
@@ -447,12 +447,7 @@ def load_file(path: str) -> Mapping[str, Any]:
     text = read_text(p, "training config")
     shown = short(path, 120)
     if p.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise VramplanError(f"{shown}: not valid JSON (line {e.lineno}: {e.msg})") from None
-        except RecursionError:
-            raise VramplanError(f"{shown}: JSON nested too deeply to be a training config") from None
+        data = parse_json(text, shown, "a training config")
     else:
         import yaml  # PyYAML only when a YAML file is read: `estimate --json` without --from does not load it
 

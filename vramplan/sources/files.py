@@ -8,7 +8,9 @@ UTF-8 (a Latin-1 export, a binary file passed by mistake).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from vramplan.errors import VramplanError
 
@@ -74,3 +76,14 @@ def read_text(path: str | Path, what: str = "file", max_bytes: int = MAX_CONFIG_
         raise VramplanError(
             f"{shown}: byte {e.start} is not UTF-8 ({kind}); pass a UTF-8 {what} (re-save it as UTF-8)"
         ) from None
+
+
+def parse_json(text: str, shown: str, what: str) -> Any:
+    """`text` as JSON, or one line naming `shown` (the file as displayed) and the line of the error; `what`
+    the file is expected to be ("a config.json"), named when it is nested too deeply to be one."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise VramplanError(f"{shown}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except RecursionError:
+        raise VramplanError(f"{shown}: JSON nested too deeply to be {what}") from None

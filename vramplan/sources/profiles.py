@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from vramplan.errors import VramplanError, did_you_mean
-from vramplan.sources.files import check_name, is_dir, is_file, read_text, short
+from vramplan.sources.files import check_name, is_dir, is_file, parse_json, read_text, short
 from vramplan.spec import ModelSpec, model_spec_from_config
 from vramplan.spec.gpu import GpuProfile
 
@@ -77,13 +76,7 @@ def builtin_model_names() -> list[str]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    text = read_text(path, "config.json")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise VramplanError(f"{short(str(path), 120)}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    except RecursionError:
-        raise VramplanError(f"{short(str(path), 120)}: JSON nested too deeply to be a config.json") from None
+    data = parse_json(read_text(path, "config.json"), short(str(path), 120), "a config.json")
     if not isinstance(data, dict):
         raise VramplanError(f"{short(str(path), 120)}: expected a JSON object (a config.json)")
     return data
