@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from vramplan.spec.architectures import flatten
+
 OUT = Path(__file__).resolve().parent.parent / "spec" / "architectures.json"
 LAYERS = 6  # decoder layers of the samples (fewer than the defaults: a meta build costs per module)
 SKIP_FIELDS = ("_id", "_ids", "num_labels", "transformers_version")
@@ -45,16 +47,6 @@ BUILD_FIXES: dict[str, dict[str, Any]] = {
 
 
 # ------------------------------------------------------------------ building
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _size_fields(flat: dict[str, Any]) -> dict[str, int]:
     return {
         k: v
@@ -93,7 +85,7 @@ def make_config(model_type: str, changes: dict[str, Any]):
         top, _, rest = k.partition(".")
         if rest:
             sub = kwargs.get(top) or getattr(base, top).to_dict()
-            sub = _flatten(sub)
+            sub = flatten(sub)
             sub[rest] = v
             kwargs[top] = _nest(sub)
         else:
@@ -132,7 +124,7 @@ def build(config) -> tuple[dict[str, Any], dict[str, list], dict[str, str], str 
             out_key = _key(full)
             if out_key not in params:  # tied: not in named_parameters(); record its shape anyway
                 params[out_key] = [list(out_emb.weight.shape), 0, type(out_emb).__name__]
-    flat = _flatten(config.to_dict())
+    flat = flatten(config.to_dict())
     return flat, params, linear_weights, out_key
 
 
@@ -270,7 +262,7 @@ def record(model_type: str) -> dict[str, Any]:
 
     t0 = time.time()
     default_cfg = AutoConfig.for_model(model_type, **BUILD_FIXES.get(model_type, {}))
-    defaults = _flatten(default_cfg.to_dict())
+    defaults = flatten(default_cfg.to_dict())
     layer_names = ("num_hidden_layers", "text_config.num_hidden_layers", "n_layer", "num_layers", "decoder_layers")
     layers_key = next((k for k in layer_names if isinstance(defaults.get(k), int)), None)
     start: dict[str, Any] = {}
