@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from vramplan.errors import VramplanError, did_you_mean
 from vramplan.spec.gpu import GpuProfile
+from vramplan.spec.lora_targets import resolve_lora_target
 from vramplan.spec.model import DTYPE_BYTES, DTYPES, QUANTS, Dtype, ModelSpec, Quant
-from vramplan.spec.train import resolve_lora_target
 
 VLLM_BLOCK_SIZE = 16  # tokens per KV block: vLLM CacheConfig.block_size default on CUDA
 FP8_BYTES = 1  # vLLM --kv-cache-dtype fp8 / fp8_e4m3 / fp8_e5m2: one byte per element
