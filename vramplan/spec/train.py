@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vramplan.errors import VramplanError
+from vramplan.spec.fields import positive
 from vramplan.spec.lora_targets import lora_moe_targets, resolve_lora_target
 from vramplan.spec.model import (
     ATTNS,
@@ -101,16 +102,6 @@ class TrainSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
-
-
-def positive(value: Any, flag: str, limit: int | None = None) -> int:
-    """`value` as an int in [1, limit]; else the error naming the flag, the value and the range."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + "…"
-        raise VramplanError(f"{flag} must be a positive integer, got {shown}")
-    if limit is not None and value > limit:
-        raise VramplanError(f"{flag} {value:,} is beyond vramplan's limit of {limit:,}; is it a typo?")
-    return value
 
 
 _COUNT = re.compile(r"\s*(\d{1,12})\s*([kK]?)\s*")
