@@ -63,8 +63,9 @@ def estimate_serve(
 ) -> ServeBreakdown:
     """Estimate the serving memory of `model` with vLLM (default) or transformers generate (`engine="hf"`).
 
-    `options`: the keyword arguments of `vramplan.spec.serve.resolve_serve`, or a resolved `serve`. vLLM
-    needs a `gpu`: its KV pool is a fraction of the GPU's memory.
+    `options`: the keyword arguments of `vramplan.spec.serve.resolve_serve`, or a resolved `serve`;
+    `gpu_memory_gib` replaces the GPU's CUDA-visible total (any card: without `gpu`, a bf16-capable one of
+    compute capability 8.0). vLLM needs a `gpu` or `gpu_memory_gib`: its KV pool is a fraction of the memory.
 
     >>> b = estimate_serve("llama-3-8b", gpu="4090", max_model_len=8192, max_num_seqs=16)
     >>> b.vllm.kv.tokens, b.vllm.kv.max_concurrency
@@ -73,6 +74,11 @@ def estimate_serve(
 
     m = load_model(model) if isinstance(model, str) else model
     g = _gpu(gpu)
+    gpu_memory_gib = options.pop("gpu_memory_gib", None)
+    if gpu_memory_gib is not None:
+        from vramplan.spec.gpu import with_cuda_total
+
+        g = with_cuda_total(g, gpu_memory_gib)
     s = serve or resolve_serve(m, g, **options)
     return build_breakdown(m, s, g)
 

@@ -197,7 +197,12 @@ def serve_options(f: Callable) -> Callable:
         click.option("--gpu", default=None, help="GPU name or alias (see `vramplan gpus`); `auto` = this machine's"),
         click.option("--engine", default="vllm", show_default=True, help="vllm | hf (transformers generate)"),
         click.option("--dtype", default=None, help="model dtype: bf16 | fp16 | fp32 [bf16; fp16 w/o bf16]"),
-        click.option("--quant", default=None, help="bitsandbytes: none | nf4 | fp4 | int8 [none]"),
+        click.option(
+            "--quant",
+            default=None,
+            help="bitsandbytes in flight: none | nf4 | fp4 | int8 [none; a "
+            "checkpoint's own quantization_config is read from its config.json]",
+        ),
         click.option("--double-quant/--no-double-quant", default=True, help="bnb_4bit_use_double_quant [on]"),
         click.option("--kv-cache-dtype", default="auto", help="vLLM: auto | fp8 | fp8_e4m3 | fp8_e5m2 [auto]"),
         click.option("--enable-lora", is_flag=True, help="serve LoRA adapters (implied by --max-loras, --lora-rank)"),
@@ -216,9 +221,28 @@ def serve_options(f: Callable) -> Callable:
         click.option("--max-model-len", type=int, default=None, help="vLLM [the model's max_position_embeddings]"),
         click.option("--max-num-seqs", type=int, default=None, help="vLLM [256; 1024 on >= 70 GiB GPUs but A100]"),
         click.option("--max-num-batched-tokens", type=int, default=None, help="vLLM [2048; 8192 on >= 70 GiB]"),
-        click.option("--gpu-memory-utilization", type=float, default=None, help="vLLM [0.9]"),
+        click.option(
+            "--gpu-memory-utilization",
+            type=float,
+            default=None,
+            help="vLLM [1.0 in 0.34 (extensible KV cache); 0.92 in 0.21; 0.9 before]",
+        ),
         click.option("--block-size", type=int, default=None, help="vLLM KV block, tokens [16]"),
         click.option("--enforce-eager", is_flag=True, help="vLLM: no CUDA graphs"),
+        click.option("--tensor-parallel-size", "-tp", type=int, default=None, help="vLLM: GPUs per layer [1]"),
+        click.option("--pipeline-parallel-size", "-pp", type=int, default=None, help="vLLM: pipeline stages [1]"),
+        click.option("--enable-expert-parallel", is_flag=True, help="vLLM: MoE experts split across the TP ranks"),
+        click.option(
+            "--vllm-version",
+            default=None,
+            help="vLLM release whose start-up sizing applies: 0.6 | 0.10 | 0.21 | 0.34, or e.g. 0.8.5 [0.34]",
+        ),
+        click.option(
+            "--gpu-memory-gib",
+            type=float,
+            default=None,
+            help="the GPU's CUDA total in GiB (vLLM's total_gpu_memory) [from --gpu]",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)

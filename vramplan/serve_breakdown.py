@@ -107,6 +107,8 @@ class VllmPool:
     kv: PagedKV
     max_model_len: int
     max_model_len_fit: int  # largest max_model_len one request of which fits the pool
+    total_bytes: int = 0  # the CUDA-visible total vLLM budgets from (torch.cuda.mem_get_info)
+    cuda_graph_bytes: int = 0  # the captured graphs' pool (in the budget from vLLM 0.21 on)
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,7 +76,7 @@ def test_serve_json_contract():
     assert v["max_model_len"] == 8192
     assert v["max_concurrency"] == pytest.approx(v["num_blocks"] / (8192 // 16), abs=1e-4)
     assert d["components"]["kv_cache"] == v["num_blocks"] * v["page_bytes"] * 32
-    assert d["inputs"]["gpu_memory_utilization"] == 0.9
+    assert d["inputs"]["gpu_memory_utilization"] == 1.0  # vLLM 0.34: the extensible KV cache's default
     assert d["inputs"]["max_num_seqs"] == 256
     hf = json.loads(run("serve", "llama-2-7b", "--engine", "hf", "--json").output)
     assert "vllm" not in hf
@@ -85,10 +85,13 @@ def test_serve_json_contract():
 
 
 def test_too_long_max_model_len_is_oom_with_the_length_that_fits():
-    r = run("serve", "qwen2.5-7b", "--gpu", "3060ti", "--quant", "nf4")
+    r = run("serve", "qwen2.5-7b", "--gpu", "3060ti", "--quant", "nf4", "--vllm-version", "0.10")
     assert r.exit_code == 0, r.output
     assert "does not fit" in r.output
     assert "largest --max-model-len that fits" in r.output
+    # vLLM 0.34 keeps max(1 GiB, 0.75 × peak) free besides the peak: nothing is left for the cache on 8 GiB
+    r = run("serve", "qwen2.5-7b", "--gpu", "3060ti", "--quant", "nf4")
+    assert "No available memory for the cache blocks" in r.output
 
 
 @pytest.mark.parametrize(

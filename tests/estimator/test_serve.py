@@ -16,7 +16,7 @@ from vramplan.estimator.serve import (
     layer_peak_elems_per_token,
     serve_weight_bytes,
 )
-from vramplan.estimator.vllm import VLLM_CUDA_GRAPH_BYTES, available_kv_bytes
+from vramplan.estimator.vllm import available_kv_bytes
 from vramplan.sources.profiles import find_gpu, load_model
 from vramplan.spec import model_spec_from_config
 from vramplan.spec.serve import resolve_serve
@@ -51,30 +51,54 @@ def test_activation_peak_per_token_matches_vllm_profile(tokens: int, logged_gib:
 
 
 def test_vllm_pool_adds_up() -> None:
-    b = estimate_serve("llama-3-8b", gpu="4090", max_model_len=8192, max_num_seqs=16)
+    """vLLM 0.8–0.20 (`--vllm-version 0.10`): the pool is CUDA's total × utilization − what the profile saw."""
+    b = estimate_serve("llama-3-8b", gpu="4090", max_model_len=8192, max_num_seqs=16, vllm_version="0.10")
     v = b.vllm
     assert v is not None
     g = find_gpu("4090")
-    assert v.requested_bytes == int(g.memory_bytes * 0.9)
-    assert v.available_kv_bytes == v.requested_bytes - v.non_kv_bytes
+    assert g.cuda_total_bytes is None  # no log of its CUDA total in gpus.toml: NVML's 24564 MiB less 448 MiB
+    assert v.total_bytes == (24564 - 448) * 1024**2
+    assert v.requested_bytes == -(-v.total_bytes * 9 // 10)
+    assert v.available_kv_bytes == int(v.total_bytes * 0.9) - v.non_kv_bytes
     page32 = 32 * vllm_page_bytes(load_model("llama-3-8b"), 2)
     assert v.kv.num_blocks == v.available_kv_bytes // page32
     assert 0 <= v.available_kv_bytes - v.kv.pool_bytes < page32  # the pool is the budget, down to a block
     assert v.kv.tokens == v.kv.num_blocks * 16
     assert v.kv.max_concurrency == pytest.approx(v.kv.num_blocks / (8192 // 16))
-    # the process: CUDA context + gpu_memory_utilization × total + CUDA graphs, less the unused partial block
-    assert b.device_bytes == CUDA_CONTEXT_BYTES + v.requested_bytes - (v.available_kv_bytes - v.kv.pool_bytes) + (
-        VLLM_CUDA_GRAPH_BYTES
-    )
-    # the breakdown's components are the pool's budget: what vLLM subtracts before sizing the KV cache
+    # CUDA graphs: sizes 1, 2, 4, 8, 16, 24, 32 (up to 2 × max_num_seqs) × 33 pieces (32 layers + 1) of 256 KiB,
+    # + the activations of a 32-token decode: 32 · (3·14336 + 3·4096) · bf16
+    graphs = 7 * 33 * 256 * 1024 + 32 * (3 * 14336 + 3 * 4096) * 2
     c, m = b.components, load_model("llama-3-8b")
+    assert c.cuda_graphs == v.cuda_graph_bytes == graphs
+    # up to 0.20 the graphs are captured after the pool: the process holds context + budget + graphs
+    slack = v.available_kv_bytes - v.kv.pool_bytes  # the unused partial block
+    assert b.device_bytes == CUDA_CONTEXT_BYTES + int(v.total_bytes * 0.9) - slack + graphs
+    # the breakdown's components are the pool's budget: what vLLM subtracts before sizing the KV cache
     assert (c.weights, c.quant_state) == serve_weight_bytes(m, resolve_serve(m, g))
     assert c.temporaries == max(v.forward_bytes, v.sampler_bytes)  # the profile run's activation peak, reused
     assert c.weights + c.quant_state + c.adapters + c.temporaries + c.non_torch == v.non_kv_bytes
     assert c.kv_cache == v.kv.pool_bytes
-    assert c.cuda_graphs == VLLM_CUDA_GRAPH_BYTES
     assert b.reserved_bytes == b.peak_bytes  # vLLM allocates the KV cache once: no allocator slack modelled
     assert b.verdict in ("fits", "tight")
+
+
+def test_vllm_releases_budget_the_graphs_differently() -> None:
+    """0.21 subtracts the graphs from the same budget; 0.34 (default) sizes the extensible pool from what is
+    free after capture: total − context − (weights + non-torch + graphs) − max(1 GiB, 0.75 · peak) − peak."""
+    kw = {"gpu": "4090", "max_model_len": 8192, "max_num_seqs": 16, "gpu_memory_utilization": 0.9}
+    old, mid = (estimate_serve("llama-3-8b", vllm_version=v, **kw).vllm for v in ("0.10", "0.21"))
+    assert old is not None
+    assert mid is not None
+    assert mid.available_kv_bytes == -(-old.total_bytes * 9 // 10) - old.non_kv_bytes - old.cuda_graph_bytes
+    now = estimate_serve("llama-3-8b", gpu="4090", max_model_len=8192, max_num_seqs=16)
+    assert now.serve.gpu_memory_utilization == 1.0  # CacheConfig.resolved_gpu_memory_utilization, extensible
+    v, c = now.vllm, now.components
+    assert v is not None
+    peak = c.temporaries
+    used = c.weights + c.quant_state + c.non_torch + c.cuda_graphs
+    margin = max(GIB, int(0.75 * peak))
+    assert v.available_kv_bytes == v.total_bytes - CUDA_CONTEXT_BYTES - used - margin - peak
+    assert now.problems == ()  # the budget is only a cap with the extensible cache: no start-up refusal
 
 
 def test_vllm_kv_grows_with_less_weight_and_fp8() -> None:
@@ -91,12 +115,12 @@ def test_vllm_kv_grows_with_less_weight_and_fp8() -> None:
 
 
 def test_vllm_refuses_a_max_model_len_the_pool_cannot_hold() -> None:
-    b = estimate_serve("qwen2.5-7b", gpu="3060ti", quant="nf4")  # 131,072 tokens on an 8 GiB card
+    b = estimate_serve("qwen2.5-7b", gpu="3060ti", quant="nf4", vllm_version="0.10")  # 131,072 tokens, 8 GiB
     assert b.vllm is not None
     assert b.verdict == "oom"
     assert any("largest --max-model-len that fits" in p for p in b.problems)
     fit = b.vllm.max_model_len_fit
-    ok = estimate_serve("qwen2.5-7b", gpu="3060ti", quant="nf4", max_model_len=fit)
+    ok = estimate_serve("qwen2.5-7b", gpu="3060ti", quant="nf4", max_model_len=fit, vllm_version="0.10")
     assert not ok.problems
     assert ok.vllm is not None
     assert ok.vllm.kv.max_concurrency >= 1.0

@@ -25,20 +25,49 @@ from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.weights import quantized_linear_bytes
 from vramplan.serve_breakdown import ServeComponents, ServePhase
 from vramplan.spec import ModelSpec
+from vramplan.spec.checkpoint_quant import CheckpointQuant
 from vramplan.spec.serve import ServeSpec
 
 # ---------------------------------------------------------------- pieces both engines share
 
 
 def serve_weight_bytes(m: ModelSpec, s: ServeSpec) -> tuple[int, int]:
-    """(weights, quantization constants): decoder linears packed by bitsandbytes, the rest in the model dtype.
+    """(weights, quantization constants) on one GPU: decoder linears packed by bitsandbytes, the rest in the
+    model dtype; a pre-quantized checkpoint or a sharded model is counted by served_weights.py.
 
     Same storage rules as training (weights.py, bitsandbytes 0.50.2): lm_head, embeddings and norms stay
     unquantized. vLLM's in-flight bnb is nf4 with double quantization (model_loader/bitsandbytes_loader.py
     `quantize_4bit(..., compress_statistics=True, quant_type="nf4")`); its fused qkv / gate_up tensors
     change the absmax block count by less than one block each.
     """
+    if s.engine == "vllm":
+        weights, state = _weights_and_state(m, s)
+        return weights + rotary_cache_bytes(m, s), state
+    return _weights_and_state(m, s)
+
+
+def rotary_cache_bytes(m: ModelSpec, s: ServeSpec) -> int:
+    """vLLM's RoPE cos/sin table, one per model (get_rope caches it): max_position_embeddings × rotary_dim
+    in the model dtype (model_executor/layers/rotary_embedding/base.py `_compute_cos_sin_cache`). Part of
+    what vLLM logs as the weights: Llama-3.1-8B 14.958 + 131072 · 128 · 2 B = 14.989 GiB, logged "Loading model
+    weights took 14.9888 GB" (vllm-project/vllm#10517)."""
+    rotary_dim = int(m.head_dim * float(m.config.get("partial_rotary_factor", 1.0)))
+    return m.max_position_embeddings * rotary_dim * s.dtype_bytes
+
+
+def _weights_and_state(m: ModelSpec, s: ServeSpec) -> tuple[int, int]:
     p = s.dtype_bytes
+    if s.checkpoint is not None or s.tensor_parallel_size > 1 or s.pipeline_parallel_size > 1:
+        from vramplan.estimator.served_weights import served_weight_bytes
+        from vramplan.spec.vllm_versions import vllm_release
+
+        q = s.checkpoint
+        if q is None and s.quant != "none":  # in-flight bitsandbytes, sharded
+            q = CheckpointQuant("bitsandbytes", bits=8 if s.quant == "int8" else 4, bnb_quant_type=s.quant,
+                                bnb_double_quant=s.double_quant)  # fmt: skip
+        index = s.engine == "hf" or vllm_release(s.vllm_version).act_order_index
+        return served_weight_bytes(m, p, q, s.tensor_parallel_size, s.pipeline_parallel_size,
+                                   s.enable_expert_parallel, act_order_index=index)  # fmt: skip
     if s.quant == "none":
         return m.total_params * p, 0
     packed, state = quantized_linear_bytes(m, s.quant, s.double_quant)

@@ -50,6 +50,8 @@ def load_gpus() -> dict[str, GpuProfile]:
             bf16=bool(d["bf16"]),
             aliases=tuple(d.get("aliases", ())),
             source=d.get("source", ""),
+            cuda_total_bytes=int(d["cuda_total_bytes"]) if "cuda_total_bytes" in d else None,
+            cuda_total_source=d.get("cuda_total_source", ""),
         )
     return out
 

@@ -6,6 +6,12 @@ from dataclasses import dataclass, field
 
 from vramplan.estimator.overhead import Overheads
 
+MIB = 1024**2
+# NVML total − CUDA-visible total (torch.cuda.mem_get_info()[1], vLLM's total_gpu_memory) where a profile has no
+# measured figure: RTX 3090 24576 MiB vs 23.58 GiB (vllm-project/vllm#10517), H100 80GB 81559 MiB vs 79.22 GiB
+# (#10511): 430–438 MiB the driver keeps on Ampere/Hopper. The larger, rounded up, so a plan is not optimistic.
+CUDA_RESERVED_FALLBACK_BYTES = 448 * MIB
+
 
 @dataclass(frozen=True, slots=True)
 class GpuProfile:
@@ -24,3 +30,29 @@ class GpuProfile:
     aliases: tuple[str, ...]
     source: str
     overheads: Overheads = field(default_factory=Overheads)
+    cuda_total_bytes: int | None = None  # torch.cuda.mem_get_info()[1] where a log shows it (gpus.toml)
+    cuda_total_source: str = ""
+
+    @property
+    def cuda_visible_bytes(self) -> int:
+        """What CUDA reports as the device's total (vLLM budgets from it): measured, else NVML total less
+        CUDA_RESERVED_FALLBACK_BYTES."""
+        if self.cuda_total_bytes is not None:
+            return self.cuda_total_bytes
+        return self.memory_bytes - CUDA_RESERVED_FALLBACK_BYTES
+
+
+def with_cuda_total(gpu: GpuProfile | None, gib: float) -> GpuProfile:
+    """`gpu` with the CUDA-visible total the user read (`--gpu-memory-gib`, vLLM's total_gpu_memory); without a
+    GPU, an unnamed one of that size (bf16, compute capability 8.0, NVML total = the same figure)."""
+    from dataclasses import replace
+
+    from vramplan.errors import VramplanError
+
+    if not gib > 0:
+        raise VramplanError(f"--gpu-memory-gib must be a positive number of GiB, got {gib!r}")
+    total = int(gib * 1024**3)
+    if gpu is None:
+        return GpuProfile(key="custom", name=f"GPU with {gib:g} GiB", memory_bytes=total, compute_capability="8.0",
+                          bf16=True, aliases=(), source="--gpu-memory-gib", cuda_total_bytes=total)  # fmt: skip
+    return replace(gpu, cuda_total_bytes=total, memory_bytes=max(gpu.memory_bytes, total))

@@ -6,10 +6,12 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from vramplan.errors import VramplanError, did_you_mean
+from vramplan.spec.checkpoint_quant import CheckpointQuant, read_checkpoint_quant
 from vramplan.spec.fields import positive
 from vramplan.spec.gpu import GpuProfile
 from vramplan.spec.lora_targets import resolve_lora_target
 from vramplan.spec.model import DTYPE_BYTES, DTYPES, QUANTS, Dtype, ModelSpec, Quant
+from vramplan.spec.vllm_versions import CURRENT_VLLM, vllm_release
 
 VLLM_BLOCK_SIZE = 16  # tokens per KV block: vLLM CacheConfig.block_size default on CUDA
 FP8_BYTES = 1  # vLLM --kv-cache-dtype fp8 / fp8_e4m3 / fp8_e5m2: one byte per element
@@ -26,6 +28,9 @@ VLLM_ONLY = (
     "max_num_batched_tokens",
     "gpu_memory_utilization",
     "block_size",
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "vllm_version",
 )
 HF_ONLY = ("batch", "prompt_tokens", "new_tokens")
 
@@ -54,6 +59,11 @@ class ServeSpec:
     block_size: int
     enforce_eager: bool
     notes: tuple[str, ...] = ()
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    enable_expert_parallel: bool = False
+    vllm_version: str = "0.34"  # the release line whose start-up arithmetic applies (spec/vllm_versions.py)
+    checkpoint: CheckpointQuant | None = None  # the checkpoint's own quantization_config (pre-quantized)
 
     @property
     def dtype_bytes(self) -> int:
@@ -67,8 +77,16 @@ class ServeSpec:
     def lora_resident(self) -> bool:
         return self.enable_lora and not self.merged_lora
 
+    @property
+    def quant_label(self) -> str:
+        if self.checkpoint is not None:
+            return self.checkpoint.label
+        return self.quant if self.quant != "none" else ""
+
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["checkpoint"] = self.checkpoint.label if self.checkpoint is not None else None
+        return out
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -98,6 +116,10 @@ def resolve_serve(
     gpu_memory_utilization: float | None = None,
     block_size: int | None = None,
     enforce_eager: bool = False,
+    tensor_parallel_size: int | None = None,
+    pipeline_parallel_size: int | None = None,
+    enable_expert_parallel: bool = False,
+    vllm_version: str | None = None,
 ) -> ServeSpec:
     """Validate and fill in defaults. vLLM's are `vllm serve`'s (vllm/engine/arg_utils.py
     get_batch_defaults, vllm-project/vllm@99d7eb5d: max_num_batched_tokens 2048 and max_num_seqs 256, or
@@ -117,6 +139,9 @@ def resolve_serve(
         "max_num_batched_tokens": max_num_batched_tokens,
         "gpu_memory_utilization": gpu_memory_utilization,
         "block_size": block_size,
+        "tensor_parallel_size": tensor_parallel_size,
+        "pipeline_parallel_size": pipeline_parallel_size,
+        "vllm_version": vllm_version,
         "batch": batch,
         "prompt_tokens": prompt_tokens,
         "new_tokens": new_tokens,
@@ -164,12 +189,32 @@ def resolve_serve(
             f"--max-model-len {max_model_len} exceeds {m.name}'s max_position_embeddings "
             f"{m.max_position_embeddings}; vLLM refuses it"
         )
+    release = vllm_release(str(_or(vllm_version, CURRENT_VLLM)))
+    checkpoint = read_checkpoint_quant(m.config)
+    if checkpoint is not None and quant != "none":
+        raise VramplanError(f"{m.name}'s config.json is already quantized ({checkpoint.label}); drop --quant {quant}")
+    if checkpoint is not None:
+        notes.extend(checkpoint_notes(checkpoint, gpu, engine))
+    tp = positive(_or(tensor_parallel_size, 1), "--tensor-parallel-size")
+    pp = positive(_or(pipeline_parallel_size, 1), "--pipeline-parallel-size")
+    if m.num_attention_heads % tp:
+        raise VramplanError(
+            f"--tensor-parallel-size {tp} does not divide {m.name}'s {m.num_attention_heads} attention heads "
+            "(vLLM's rule); use a divisor"
+        )
+    if pp > m.num_hidden_layers:
+        raise VramplanError(f"--pipeline-parallel-size {pp} exceeds {m.name}'s {m.num_hidden_layers} layers")
     big = gpu is not None and gpu.memory_bytes >= 70 * GIB and "a100" not in gpu.name.lower()
     seqs = positive(_or(max_num_seqs, 1024 if big else 256), "--max-num-seqs")
-    mnbt = positive(_or(max_num_batched_tokens, 8192 if big else 2048), "--max-num-batched-tokens")
+    model_len = positive(_or(max_model_len, m.max_position_embeddings), "--max-model-len")
+    if release.engine == "v0" and model_len <= 32768:  # V0: no chunked prefill below 32k tokens
+        default_mnbt = max(model_len, 2048)
+    else:
+        default_mnbt = 8192 if big and release.engine == "v1" else 2048
+    mnbt = positive(_or(max_num_batched_tokens, default_mnbt), "--max-num-batched-tokens")
     if engine == "vllm" and mnbt < seqs:
         raise VramplanError(f"--max-num-batched-tokens {mnbt} must be >= --max-num-seqs {seqs} (vLLM's rule)")
-    util = float(_or(gpu_memory_utilization, 0.9))
+    util = float(_or(gpu_memory_utilization, release.default_gpu_memory_utilization))
     if not 0.0 < util <= 1.0:
         raise VramplanError(f"--gpu-memory-utilization must be in (0, 1], got {gpu_memory_utilization!r}")
     bs = _or(block_size, VLLM_BLOCK_SIZE)
@@ -189,11 +234,33 @@ def resolve_serve(
         batch=positive(_or(batch, 1), "--batch"),
         prompt_tokens=positive(_or(prompt_tokens, 512), "--prompt-tokens"),
         new_tokens=positive(_or(new_tokens, 512), "--new-tokens"),
-        max_model_len=positive(_or(max_model_len, m.max_position_embeddings), "--max-model-len"),
+        max_model_len=model_len,
         max_num_seqs=seqs,
         max_num_batched_tokens=mnbt,
         gpu_memory_utilization=util,
         block_size=bs,
         enforce_eager=bool(enforce_eager),
         notes=tuple(notes),
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        enable_expert_parallel=bool(enable_expert_parallel),
+        vllm_version=release.version,
+        checkpoint=checkpoint,
     )
+
+
+def checkpoint_notes(q: CheckpointQuant, gpu: GpuProfile | None, engine: str) -> list[str]:
+    """What the GPU does with the format (storage is the same; the kernel differs), from vLLM 0.34's
+    capability checks: FP8 W8A8 needs compute capability 8.9 (Marlin runs it weight-only from 8.0), MXFP4 /
+    NVFP4 run natively from 10.0 (Blackwell) and through Marlin from 8.0, AWQ / GPTQ Marlin from 8.0."""
+    notes = []
+    cc = float(gpu.compute_capability) if gpu is not None else None
+    if cc is not None and q.format in ("fp8", "mxfp4", "nvfp4") and cc < 8.0:
+        notes.append(f"{q.label} has no vLLM kernel below compute capability 8.0 ({gpu.key if gpu else ''} is {cc})")
+    elif cc is not None and q.format == "fp8" and cc < 8.9:
+        notes.append("fp8 on compute capability < 8.9: vLLM runs it weight-only through Marlin (same storage)")
+    elif cc is not None and q.format in ("mxfp4", "nvfp4") and cc < 10.0:
+        notes.append(f"{q.format} on compute capability < 10.0: weight-only through Marlin (same storage)")
+    if engine == "hf" and q.format in ("mxfp4", "nvfp4"):
+        notes.append(f"transformers dequantizes {q.format} to the model dtype where it has no kernel")
+    return notes
