@@ -131,19 +131,29 @@ def _shard(w: WeightMatrix, m: ModelSpec, tp: int, expert_parallel: bool) -> tup
     return 1, w.out_features, w.in_features
 
 
-def _mxfp4_padded(out_features: int, in_features: int, hidden: int) -> tuple[int, int]:
-    """Expert dims as the MXFP4 MoE kernels pad them: hidden to 256, the intermediate (or 2×) to 128."""
+def _mxfp4_padded(out_features: int, in_features: int, hidden: int, inter: int) -> tuple[int, int]:
+    """One expert's dims as the MXFP4 MoE kernels pad them (per rank): the hidden side to a multiple of 256,
+    the intermediate to 128 (a fused gate_up: twice the padded intermediate). `inter`: one rank's expert
+    intermediate size. The out side is taken as hidden when it equals hidden_size (gpt-oss stores [H, 2I])."""
 
-    def pad(d: int) -> int:
-        return round_up(d, 256) if d == hidden else round_up(d, 128)
+    def pad_intermediate(d: int) -> int:
+        return 2 * round_up(inter, 128) if d == 2 * inter else round_up(d, 128)
 
-    return pad(out_features), pad(in_features)
+    if out_features == hidden:
+        return round_up(out_features, 256), pad_intermediate(in_features)
+    return pad_intermediate(out_features), round_up(in_features, 256)
 
 
 def matrix_bytes(
-    q: CheckpointQuant | None, n: int, k: int, dtype_bytes: int, hidden: int, expert: bool, act_order_index: bool
+    q: CheckpointQuant | None,
+    n: int,
+    k: int,
+    dtype_bytes: int,
+    act_order_index: bool = False,
+    expert_dims: tuple[int, int] | None = None,
 ) -> tuple[int, int]:
-    """(weights, quantization constants) of one N×K matrix on one rank in format `q` (None: unquantized)."""
+    """(weights, quantization constants) of one N×K matrix on one rank in format `q` (None: unquantized).
+    `expert_dims`: (hidden_size, one rank's expert intermediate) for a MoE expert (MXFP4 pads those)."""
     if q is None:
         return n * k * dtype_bytes, 0
     if q.format in ("awq", "gptq"):
@@ -158,8 +168,8 @@ def matrix_bytes(
         scales = {"tensor": 1, "channel": n}.get(q.fp8_strategy) or ceil_div(n, q.block[0]) * ceil_div(k, q.block[1])
         return n * k, scales * 4
     if q.format == "mxfp4":
-        if expert:
-            n, k = _mxfp4_padded(n, k, hidden)
+        if expert_dims is not None:
+            n, k = _mxfp4_padded(n, k, *expert_dims)
         return n * k // 2, ceil_div(n * k, MX_BLOCK)
     if q.format == "nvfp4":
         return n * k // 2, ceil_div(n * k, NVFP4_BLOCK) + 2 * 4
@@ -189,12 +199,15 @@ def served_weight_bytes(
     pipeline stage (the first holds the embeddings, the last the lm_head)."""
     tp, pp = tensor_parallel_size, pipeline_parallel_size
     stage_layers = ceil_div(m.num_hidden_layers, pp)
+    inter = int(m.config.get("moe_intermediate_size") or m.intermediate_size)
+    expert_dims = (m.hidden_size, inter if expert_parallel else ceil_div(inter, tp))
     layer_w = layer_q = 0
     first_w = last_w = 0  # per-stage extras: embeddings (first stage), lm_head and norms (last)
     for w in weight_matrices(m):
         experts, n, k = _shard(w, m, tp, expert_parallel)
         fmt = q if _quantized(w, q) else None
-        wb, qb = matrix_bytes(fmt, n, k, dtype_bytes, m.hidden_size, w.sharding == "expert", act_order_index)
+        dims = expert_dims if w.sharding == "expert" else None
+        wb, qb = matrix_bytes(fmt, n, k, dtype_bytes, act_order_index, dims)
         wb, qb = wb * experts, qb * experts
         if w.per_layer:
             copies = ceil_div(w.count * stage_layers, m.num_hidden_layers) if pp > 1 else w.count

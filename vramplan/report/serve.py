@@ -39,7 +39,9 @@ def serve_json(b: ServeBreakdown) -> dict[str, Any]:
     if b.vllm is not None:
         v = b.vllm
         out["vllm"] = {
+            "total_bytes": v.total_bytes,
             "requested_bytes": v.requested_bytes,
+            "cuda_graph_bytes": v.cuda_graph_bytes,
             "non_kv_bytes": v.non_kv_bytes,
             "forward_bytes": v.forward_bytes,
             "sampler_bytes": v.sampler_bytes,
@@ -55,6 +57,18 @@ def serve_json(b: ServeBreakdown) -> dict[str, Any]:
     return out
 
 
+def budget_extra(b: ServeBreakdown) -> str:
+    """What else comes off the budget in the release modelled (spec/vllm_versions.py)."""
+    from vramplan.spec.vllm_versions import vllm_release
+
+    release, v = vllm_release(b.serve.vllm_version), b.vllm
+    if v is None or not release.graphs_in_budget:
+        return "; CUDA graphs on top"
+    if release.extensible_kv_cache:
+        return f"; CUDA graphs {gib(v.cuda_graph_bytes)} GiB, CUDA context and the free margin of the extensible cache"
+    return f"; CUDA graphs {gib(v.cuda_graph_bytes)} GiB"
+
+
 def render_serve(b: ServeBreakdown, console: Console) -> None:
     """Components table, vLLM's own start-up lines (KV tokens, concurrency), verdict with headroom."""
     from rich.table import Table
@@ -65,9 +79,15 @@ def render_serve(b: ServeBreakdown, console: Console) -> None:
     s = b.serve
     gpu = f" · {b.gpu}" if b.gpu else ""
     lora = f" · LoRA {s.max_loras} × r{s.max_lora_rank}" if s.enable_lora else ""
-    quant = f" · {s.quant}" if s.quant != "none" else ""
+    quant = f" · {s.quant_label}" if s.quant_label else ""
     if b.engine == "vllm":
-        head = f"{b.model} · vLLM · max_model_len {s.max_model_len:,} · {s.dtype}{quant}{lora}{gpu}"
+        parallel = ""
+        if s.tensor_parallel_size * s.pipeline_parallel_size > 1:
+            parallel = f" · TP {s.tensor_parallel_size} × PP {s.pipeline_parallel_size}, figures per GPU"
+        head = (
+            f"{b.model} · vLLM {s.vllm_version} · max_model_len {s.max_model_len:,} · {s.dtype}{quant}{lora}{gpu}"
+            f"{parallel}"
+        )
     else:
         head = (
             f"{b.model} · transformers generate · batch {s.batch} × ({s.prompt_tokens} prompt + "
@@ -92,10 +112,10 @@ def render_serve(b: ServeBreakdown, console: Console) -> None:
     if b.vllm is not None:
         v = b.vllm
         console.print(
-            f"vLLM budget: {s.gpu_memory_utilization} × {gib(b.gpu_bytes or 0)} GiB = "
-            f"{gib(v.requested_bytes)} GiB − {gib(v.non_kv_bytes)} GiB (weights, activation peak, non-torch) "
-            f"= {gib(max(v.available_kv_bytes, 0))} GiB for the KV cache, in {v.kv.num_blocks:,} blocks of "
-            f"{v.kv.block_size} tokens ({v.kv.page_bytes:,} B per layer)"
+            f"vLLM {s.vllm_version} budget: {s.gpu_memory_utilization} × {gib(v.total_bytes)} GiB (CUDA's total) = "
+            f"{gib(v.requested_bytes)} GiB; weights, activation peak, non-torch {gib(v.non_kv_bytes)} GiB"
+            f"{budget_extra(b)} → {gib(max(v.available_kv_bytes, 0))} GiB for the KV cache, in "
+            f"{v.kv.num_blocks:,} blocks of {v.kv.block_size} tokens ({v.kv.page_bytes:,} B per layer)"
         )
         console.print(Text(f"GPU KV cache size: {v.kv.tokens:,} tokens", style="bold"))
         conc = f"Maximum concurrency for {v.max_model_len:,} tokens per request: {v.kv.max_concurrency:.2f}x"
