@@ -164,6 +164,13 @@ def highest_utilization(total: int, cuda_context_bytes: int) -> float:
     return math.floor((total - cuda_context_bytes) / total * 100) / 100
 
 
+def available_for(m: ModelSpec, s: ServeSpec, gpu: GpuProfile) -> int:
+    """The KV pool of `s` from scratch (to re-estimate a suggested change)."""
+    rm = rank_model(m, s)
+    act = max(vllm_forward_bytes(rm, s), vllm_sampler_bytes(rm, s))
+    return pool_bytes(s, gpu, non_kv_bytes(m, s, gpu), act, vllm_cuda_graph_bytes(rm, s, gpu))
+
+
 def _problems(m: ModelSpec, s: ServeSpec, gpu: GpuProfile, pool: VllmPool) -> tuple[str, ...]:
     """Why vLLM would refuse to start, in vLLM's own terms, each with the changes that remove it: every
     change offered is re-estimated here and offered only when it works, one direction per knob, never a
@@ -179,18 +186,14 @@ def _problems(m: ModelSpec, s: ServeSpec, gpu: GpuProfile, pool: VllmPool) -> tu
             f"lower --gpu-memory-utilization to {top:.2f}"
         )
     if pool.available_kv_bytes <= 0:
-        fixes = []
-        act = max(pool.forward_bytes, pool.sampler_bytes)
+        candidates = []  # (setting, applies here): each is re-estimated and offered only when it works
         if s.gpu_memory_utilization < top and not extensible:
-            higher = replace(s, gpu_memory_utilization=top)
-            if pool_bytes(higher, gpu, pool.non_kv_bytes, act, pool.cuda_graph_bytes) > 0:
-                fixes.append(f"raise --gpu-memory-utilization to {top:.2f}")
+            candidates.append((f"raise --gpu-memory-utilization to {top:.2f}", {"gpu_memory_utilization": top}))
         if s.quant not in ("nf4", "fp4") and s.checkpoint is None:
-            nf4 = replace(s, quant="nf4", double_quant=True)
-            if pool_bytes(s, gpu, non_kv_bytes(m, nf4, gpu), act, pool.cuda_graph_bytes) > 0:
-                fixes.append("use --quant nf4")
+            candidates.append(("use --quant nf4", {"quant": "nf4", "double_quant": True}))
         if s.tensor_parallel_size == 1 and m.num_attention_heads % 2 == 0:
-            fixes.append("spread it over two GPUs (--tensor-parallel-size 2)")
+            candidates.append(("spread it over two GPUs (--tensor-parallel-size 2)", {"tensor_parallel_size": 2}))
+        fixes = [text for text, change in candidates if available_for(m, replace(s, **change), gpu) > 0]
         way_out = " or ".join(fixes) if fixes else "no single setting frees enough: use a GPU with more memory"
         out.append(
             "no memory left for the KV cache after weights and activations (vLLM: 'No available memory for "
