@@ -50,8 +50,10 @@ VLLM_V0_NON_TORCH_BYTES = 384 * MIB  # V0 (0.6.x), before Hopper: #10517's 0.35 
 VLLM_V0_NON_TORCH_HOPPER_BYTES = 1843 * MIB  # V0 on Hopper: #10511's 1.79 GiB
 VLLM_TP_NON_TORCH_BYTES = 256 * MIB  # NCCL communicators + custom all-reduce (2 × 8 MiB IPC buffers), per rank
 # CUDA graphs: one graph per capture size and piecewise per decoder layer (+1 for the rest), on one memory
-# pool that also keeps the largest size's activations. 0.25 MiB a piece reproduces vLLM's own estimate of
-# 0.42 GiB for a 28-layer model at 51 sizes (vllm-project/vllm#57047) and the 0.5 GiB 8B models log.
+# pool that also keeps the largest size's activations. The 256 KiB a piece is an assumption sized to what
+# vLLM logs for 1–8B models on one GPU, not fitted to one log: 0.13 GiB for a 1 GiB model
+# (generative-computing/mellea#416), "CUDA graph pool memory: 0.22 GiB (actual), 0.42 GiB (estimated)" for a
+# model of 2.8 GiB (vllm-project/vllm#57047); Llama-3-8B at 256 sequences gets 0.46 GiB here.
 CUDA_GRAPH_PIECE_BYTES = 256 * 1024
 PUNICA_SLICES = 3  # qkv_proj: the most LoRA slices of one layer (column_parallel_linear.py, @4f54575c)
 

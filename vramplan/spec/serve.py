@@ -123,9 +123,11 @@ def resolve_serve(
 ) -> ServeSpec:
     """Validate and fill in defaults. vLLM's are `vllm serve`'s (vllm/engine/arg_utils.py
     get_batch_defaults, vllm-project/vllm@99d7eb5d: max_num_batched_tokens 2048 and max_num_seqs 256, or
-    8192 / 1024 on GPUs of >= 70 GiB that are not an A100; gpu_memory_utilization 0.9; max_model_len = the
-    model's max_position_embeddings; LoRA max_loras 1, max_lora_rank 16). HF's: batch 1, 512 + 512 tokens.
-    Flags of the other engine are an error rather than silently ignored.
+    8192 / 1024 on GPUs of >= 70 GiB that are not an A100 (V1 engine; V0 kept 256 sequences and
+    max(max_model_len, 2048) tokens below 32k); gpu_memory_utilization as the release's default
+    (spec/vllm_versions.py: 1.0 in 0.34); max_model_len = the model's max_position_embeddings; LoRA
+    max_loras 1, max_lora_rank 16). The checkpoint's own quantization_config is read (spec/checkpoint_quant.py).
+    HF's: batch 1, 512 + 512 tokens. Flags of the other engine are an error rather than silently ignored.
     """
     notes: list[str] = []
     # choices are case-insensitive, as resolve_train's are
@@ -205,7 +207,7 @@ def resolve_serve(
     if pp > m.num_hidden_layers:
         raise VramplanError(f"--pipeline-parallel-size {pp} exceeds {m.name}'s {m.num_hidden_layers} layers")
     big = gpu is not None and gpu.memory_bytes >= 70 * GIB and "a100" not in gpu.name.lower()
-    seqs = positive(_or(max_num_seqs, 1024 if big else 256), "--max-num-seqs")
+    seqs = positive(_or(max_num_seqs, 1024 if big and release.engine == "v1" else 256), "--max-num-seqs")
     model_len = positive(_or(max_model_len, m.max_position_embeddings), "--max-model-len")
     if release.engine == "v0" and model_len <= 32768:  # V0: no chunked prefill below 32k tokens
         default_mnbt = max(model_len, 2048)
