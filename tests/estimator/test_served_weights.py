@@ -187,3 +187,15 @@ def test_a_quantized_checkpoint_refuses_a_second_quantization() -> None:
 def test_tp_must_divide_the_heads() -> None:
     with pytest.raises(VramplanError, match="--tensor-parallel-size 3 does not divide"):
         resolve_serve(load_model("llama-3-8b"), find_gpu("h100"), tensor_parallel_size=3)
+
+
+def test_hf_counts_fp4_dequantized() -> None:
+    """transformers' generate() on gpt-oss without its MXFP4 kernels holds bf16 experts: counted dequantized
+    (with a note); vLLM keeps them packed."""
+    m = quantized("gpt-oss-20b", MXFP4)
+    hf = estimate_serve(m, engine="hf")
+    assert hf.components.weights == m.total_params * 2
+    assert hf.components.quant_state == 0
+    assert any("counted dequantized" in n for n in hf.serve.notes)
+    vllm = estimate_serve(m, gpu="h100")
+    assert vllm.components.weights < hf.components.weights / 2

@@ -62,6 +62,8 @@ def _weights_and_state(m: ModelSpec, s: ServeSpec) -> tuple[int, int]:
         from vramplan.spec.vllm_versions import vllm_release
 
         q = s.checkpoint
+        if s.engine == "hf" and q is not None and q.format in ("mxfp4", "nvfp4"):
+            q = None  # transformers dequantizes FP4 to the model dtype where it has no kernel: counted so
         if q is None and s.quant != "none":  # in-flight bitsandbytes, sharded
             q = CheckpointQuant("bitsandbytes", bits=8 if s.quant == "int8" else 4, bnb_quant_type=s.quant,
                                 bnb_double_quant=s.double_quant)  # fmt: skip

@@ -264,5 +264,7 @@ def checkpoint_notes(q: CheckpointQuant, gpu: GpuProfile | None, engine: str) ->
     elif cc is not None and q.format in ("mxfp4", "nvfp4") and cc < 10.0:
         notes.append(f"{q.format} on compute capability < 10.0: weight-only through Marlin (same storage)")
     if engine == "hf" and q.format in ("mxfp4", "nvfp4"):
-        notes.append(f"transformers dequantizes {q.format} to the model dtype where it has no kernel")
+        notes.append(
+            f"transformers dequantizes {q.format} to the model dtype where it has no kernel: counted dequantized"
+        )
     return notes
