@@ -4,8 +4,9 @@ took"). Each case cites its log (issue, vLLM release); `vllm_version` selects th
 
 What was fitted to which log (so the reader knows which checks are independent): the V0 non-torch constants
 (vllm.py VLLM_V0_NON_TORCH_BYTES / _HOPPER_BYTES) come from #10517 and #10511; the CUDA totals of the 3090 and
-H100 (gpus.toml cuda_total_bytes) from the same logs; the 448 MiB fallback from both. #13061 (TP 2), the
-weight logs of #23278 (MXFP4) and #17469 (TP 4 MoE) were used for nothing but these checks.
+H100 (gpus.toml cuda_total_bytes) from the same logs; the 448 MiB fallback from both; the V0 sampler's bytes
+per logit were read from vLLM's code and checked on #10511's activation peak. #13061 (TP 2), #10511's TP 2
+run, the weight logs of #23278 (MXFP4) and #17469 (TP 4 MoE) were used for nothing but these checks.
 """
 
 from __future__ import annotations
@@ -66,12 +67,20 @@ LOGS = [
     ),
     Log(
         "vllm-project/vllm#13061 (vLLM 0.7.2, V0): DeepSeek-R1-Distill-Qwen-14B (Qwen2.5-14B architecture) on "
-        "2 × RTX 4090, --tensor-parallel-size 2 --gpu_memory_utilization 0.98, max_model_len 131072: the worker "
-        "'rest of the memory reserved for KV Cache is 8.69GiB'; per rank 4 KV heads, 1.5 MiB a block",
+        "2 × RTX 4090, --tensor-parallel-size 2 --gpu_memory_utilization 0.98, max_model_len 131072: 'maximum "
+        "number of tokens that can be stored in KV cache (81536)'",
         "qwen2.5-14b",
         "4090",
-        int(8.69 * 1024 / 1.5) * 16,
+        81536,
         {"gpu_memory_utilization": 0.98, "tensor_parallel_size": 2, "vllm_version": "0.7.2"},
+    ),
+    Log(
+        "vllm-project/vllm#10511 (vLLM 0.6.4, V0): `vllm serve meta-llama/Meta-Llama-3-8B -tp 2` on H100s: "
+        "71.29 − 7.48 (weights) − 3.58 (non-torch) − 1.26 (activations) GiB per rank, 1 MiB blocks (4 KV heads)",
+        "llama-3-8b",
+        "h100",
+        int((71.29 - 7.48 - 3.58 - 1.26) * 1024) * 16,
+        {"gpu_memory_utilization": 0.9, "tensor_parallel_size": 2, "vllm_version": "0.6"},
     ),
 ]
 
@@ -85,12 +94,18 @@ def test_kv_cache_tokens_within_five_percent_of_the_log(log: Log) -> None:
     assert abs(error) <= 0.05, f"{log.cite}: predicted {predicted:,}, logged {log.logged_tokens:,} ({error:+.1%})"
 
 
-def test_13061_total_is_the_fallback_cuda_total() -> None:
-    """#13061's engine logged 'maximum number of tokens that can be stored in KV cache (81536)': the minimum
-    over the two ranks, and rank 0 had 1.23 GiB less than rank 1 for a reason the log does not give (memory
-    held on GPU 0 by other processes is no stated input), so the per-rank line above is what is held. The
-    4090's CUDA total there: 23.08 GiB = 0.98 × total, i.e. 23.55 GiB, which the 448 MiB fallback gives."""
+def test_13061_ranks_differ_by_the_driver_sampler() -> None:
+    """#13061's non-driver worker logged 'the rest of the memory reserved for KV Cache is 8.69GiB' with a
+    0.19 GiB activation peak; the engine took the smaller pool of rank 0, whose V0 profile also samples
+    (top-k/top-p sort path, vllm.py V0_SAMPLER_BYTES_PER_LOGIT): 81,536 tokens = 7.46 GiB of 1.5 MiB blocks,
+    1.23 GiB less. The estimate's per-GPU peak is the driver's, so its sampler minus the forward is that gap.
+    The 4090's CUDA total there: 23.08 GiB = 0.98 × total, i.e. 23.55 GiB, which the 448 MiB fallback gives."""
     assert find_gpu("4090").cuda_visible_bytes / GIB == pytest.approx(23.08 / 0.98, abs=0.01)
+    b = estimate_serve(_model(LOGS[3]), gpu="4090", **LOGS[3].options)
+    assert b.vllm is not None
+    gap = (b.vllm.sampler_bytes - b.vllm.forward_bytes) / GIB
+    # 1.33 GiB here: the forward is 0.14 GiB against the 0.19 GiB the worker logged
+    assert gap == pytest.approx(8.69 - 81536 / 16 * 1.5 / 1024, abs=0.15)
 
 
 @pytest.mark.parametrize(

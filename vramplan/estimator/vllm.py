@@ -92,12 +92,24 @@ def vllm_forward_bytes(m: ModelSpec, s: ServeSpec) -> int:
     return n * layer_peak_elems_per_token(m) * s.dtype_bytes + dequant_bytes(m, s, fused=True) + lora
 
 
+# V0's profile samples with top_p=0.99, top_k=vocab−1 (worker/model_runner.py profile_run), so its sampler
+# takes the sort path of model_executor/layers/sampler.py `_apply_top_k_top_p` (vLLM 0.6.4): fp32 logits,
+# sorted values, int64 indices, softmax, cumsum, int64 inverse indices, the gathered result and the final
+# probabilities: 4 + 4 + 8 + 4 + 4 + 8 + 4 + 4 bytes per row element. Check: Llama-3-8B on an H100 at 8,192
+# tokens, 256 sequences, logged "PyTorch activation peak memory 1.26GiB" at TP 1 and TP 2 alike (PR #10511):
+# 256 · 128256 · 40 B + the hidden states 8192 · 4096 · 2 B = 1.29 GiB, above the forward's 0.84 GiB.
+V0_SAMPLER_BYTES_PER_LOGIT = 40
+
+
 def vllm_sampler_bytes(m: ModelSpec, s: ServeSpec) -> int:
-    """The profile's sampler pass on min(max_num_seqs, max_num_batched_tokens) rows: logits in the model
-    dtype (gathered to the full vocabulary), their fp32 copy and the probabilities (the profile skips top-k /
-    top-p and logprobs: gpu_model_runner.py `_dummy_sampler_run`), with the forward's hidden states alive."""
+    """The profile's sampler pass on min(max_num_seqs, max_num_batched_tokens) rows, with the forward's
+    hidden states alive. V1: logits in the model dtype (gathered to the full vocabulary), their fp32 copy and
+    the probabilities (gpu_model_runner.py `_dummy_sampler_run`; 0.34's second pass with every sampling
+    option is not modelled apart); V0: the top-k/top-p sort path (V0_SAMPLER_BYTES_PER_LOGIT)."""
     rows = min(s.max_num_seqs, s.max_num_batched_tokens)
     hidden = s.max_num_batched_tokens * m.hidden_size * s.dtype_bytes
+    if vllm_release(s.vllm_version).engine == "v0":
+        return rows * m.vocab_size * V0_SAMPLER_BYTES_PER_LOGIT + hidden
     return rows * m.vocab_size * (s.dtype_bytes + 4 + 4) + hidden
 
 
