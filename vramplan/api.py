@@ -80,6 +80,18 @@ def estimate_serve(
 
         g = with_cuda_total(g, gpu_memory_gib)
     s = serve or resolve_serve(m, g, **options)
+    if isinstance(model, str) and s.checkpoint is None and s.quant == "none":
+        from dataclasses import replace
+
+        from vramplan.sources.profiles import find_model_config
+
+        words = find_model_config(model).prequantized  # `-AWQ`, `-GPTQ-Int4`: a built-in profile stood in
+        if words:
+            note = (
+                f"{model} ({words}) was resolved to a built-in profile without its quantization_config: "
+                "counted unquantized; pass the checkpoint's config.json (or its folder) to count its format"
+            )
+            s = replace(s, notes=(*s.notes, note))
     return build_breakdown(m, s, g)
 
 

@@ -79,3 +79,11 @@ def test_vllm_version_is_checked() -> None:
     r = run("serve", "llama-3-8b", "--gpu", "4090", "--vllm-version", "1.2")
     assert r.exit_code == 2
     assert "--vllm-version '1.2' is not a 0.x release" in r.output
+
+
+def test_a_quantized_hub_name_resolved_to_a_profile_is_said() -> None:
+    """`Qwen/Qwen2.5-7B-Instruct-AWQ` offline is the qwen2.5-7b profile, which has no quantization_config:
+    the estimate is unquantized and says so."""
+    r = run("serve", "Qwen/Qwen2.5-7B-Instruct-AWQ", "--gpu", "4090", "--max-model-len", "8192")
+    assert r.exit_code == 0, r.output
+    assert "(AWQ) was resolved to a built-in profile without its quantization_config" in r.output
