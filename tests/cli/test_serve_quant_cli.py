@@ -87,3 +87,23 @@ def test_a_quantized_hub_name_resolved_to_a_profile_is_said() -> None:
     r = run("serve", "Qwen/Qwen2.5-7B-Instruct-AWQ", "--gpu", "4090", "--max-model-len", "8192")
     assert r.exit_code == 0, r.output
     assert "(AWQ) was resolved to a built-in profile without its quantization_config" in r.output
+
+
+@pytest.mark.parametrize(
+    ("base", "q", "gpu", "sizes"),
+    [
+        ("gpt-oss-120b", {"quant_method": "mxfp4"}, "h100", (1, 2, 4, 8)),
+        ("qwen3-235b-a22b", FORMATS["fp8"][1], "h200", (2, 4, 8)),  # 220 GiB of FP8: from two H200s on
+        ("deepseek-v3", FORMATS["fp8"][1], "h200", (8,)),  # 628 GiB of FP8; MLA: one latent per token
+    ],
+)
+def test_the_large_families_quantized_per_gpu(tmp_path: Path, base: str, q: dict, gpu: str, sizes: tuple) -> None:
+    cfg = {k: v for k, v in load_model(base).config.items() if k != "vramplan_profile"}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg | {"quantization_config": q}))
+    for tp in sizes:
+        r = run("serve", str(path), "--gpu", gpu, "--max-model-len", "8192", "-tp", str(tp), "--json")
+        assert r.exit_code == 0, r.output
+        d = json.loads(r.stdout)
+        assert d["problems"] == [], (tp, d["problems"])
+        assert d["vllm"]["kv_cache_tokens"] >= 8192

@@ -199,3 +199,13 @@ def test_hf_counts_fp4_dequantized() -> None:
     assert any("counted dequantized" in n for n in hf.serve.notes)
     vllm = estimate_serve(m, gpu="h100")
     assert vllm.components.weights < hf.components.weights / 2
+
+
+def test_mla_keeps_one_latent_per_token_on_every_rank() -> None:
+    """DeepSeek-V3 (MLA): a page is 16 · (kv_lora_rank 512 + qk_rope_head_dim 64) · bf16 per layer, the same on
+    every tensor-parallel rank, instead of 2 · 16 · 128 heads · head_dim."""
+    m = load_model("deepseek-v3")
+    page = 16 * (512 + 64) * 2
+    for tp in (1, 8):
+        s = resolve_serve(m, find_gpu("h200"), tensor_parallel_size=tp)
+        assert vllm_page_bytes(rank_model(m, s), 2) == page

@@ -4,9 +4,10 @@ took"). Each case cites its log (issue, vLLM release); `vllm_version` selects th
 
 What was fitted to which log (so the reader knows which checks are independent): the V0 non-torch constants
 (vllm.py VLLM_V0_NON_TORCH_BYTES / _HOPPER_BYTES) come from #10517 and #10511; the CUDA totals of the 3090 and
-H100 (gpus.toml cuda_total_bytes) from the same logs; the 448 MiB fallback from both; the V0 sampler's bytes
-per logit were read from vLLM's code and checked on #10511's activation peak. #13061 (TP 2), #10511's TP 2
-run, the weight logs of #23278 (MXFP4) and #17469 (TP 4 MoE) were used for nothing but these checks.
+H100 (gpus.toml cuda_total_bytes) from the same logs; the 448 MiB fallback from both; the Hopper multi-GPU
+non-torch share (VLLM_TP_NON_TORCH_HOPPER_BYTES) from #10511's TP 2 run; the V0 sampler's bytes per logit were
+read from vLLM's code and checked on #10511's activation peak. #13061 (TP 2 on 4090s), the weight logs of
+#23278 (MXFP4) and #17469 (TP 4 MoE) were used for nothing but these checks.
 """
 
 from __future__ import annotations
@@ -121,14 +122,8 @@ def test_13061_ranks_differ_by_the_driver_sampler() -> None:
         ),
         (
             "#23278 (vLLM 0.10.1, H100, Marlin MXFP4): gpt-oss-120b 'Model loading took 65.9651 GiB'",
-            "gpt-oss-20b",  # the 20b profile reshaped to gpt-oss-120b's config: 36 layers, 128 experts, 64 heads
-            {
-                "num_hidden_layers": 36,
-                "num_local_experts": 128,
-                "num_attention_heads": 64,
-                "layer_types": ["sliding_attention", "full_attention"] * 18,
-                "quantization_config": {"quant_method": "mxfp4"},
-            },
+            "gpt-oss-120b",  # the profile is the unquantized architecture; the checkpoint ships this config
+            {"quantization_config": {"quant_method": "mxfp4"}},
             {"gpu": "h100"},
             65.9651,
             0.002,

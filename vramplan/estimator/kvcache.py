@@ -137,8 +137,15 @@ def hf_cache_step_transient_bytes(
 def vllm_page_bytes(m: ModelSpec, elem_bytes: int, block_size: int = VLLM_BLOCK_SIZE) -> int:
     """One block of one layer: 2 · block_size · kv_heads · head_dim · elem_bytes.
 
+    Multi-head latent attention (DeepSeek-V2/V3, Kimi: `kv_lora_rank` in config.json) keeps one latent vector
+    per token, no separate V, and every tensor-parallel rank holds it whole: block_size · (kv_lora_rank +
+    qk_rope_head_dim) · elem_bytes (vLLM 0.34 kv_cache_interface.py MLAAttentionSpec, head_size_v = 0;
+    models/deepseek_v2.py head_size = kv_lora_rank + qk_rope_head_dim).
     Source: vllm/v1/kv_cache_interface.py AttentionSpec.real_page_size_bytes (vllm-project/vllm@bc8282e6).
     """
+    if m.config.get("kv_lora_rank"):
+        latent = int(m.config["kv_lora_rank"]) + int(m.config.get("qk_rope_head_dim") or 0)
+        return block_size * latent * elem_bytes
     return 2 * block_size * m.num_key_value_heads * m.head_dim * elem_bytes
 
 

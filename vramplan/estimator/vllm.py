@@ -49,6 +49,9 @@ VLLM_NON_TORCH_HOPPER_BYTES = 512 * MIB  # V1 on compute capability >= 9.0 (Flas
 VLLM_V0_NON_TORCH_BYTES = 384 * MIB  # V0 (0.6.x), before Hopper: #10517's 0.35 GiB
 VLLM_V0_NON_TORCH_HOPPER_BYTES = 1843 * MIB  # V0 on Hopper: #10511's 1.79 GiB
 VLLM_TP_NON_TORCH_BYTES = 256 * MIB  # NCCL communicators + custom all-reduce (2 × 8 MiB IPC buffers), per rank
+# Hopper and later with several GPUs: NCCL's NVLink SHARP buffers. `vllm serve meta-llama/Meta-Llama-3-8B -tp 2`
+# on H100s logged non_torch_memory 3.58 GiB against 1.79 GiB at TP 1 (vLLM 0.6.4, PR #10511): +1.79 GiB.
+VLLM_TP_NON_TORCH_HOPPER_BYTES = 1833 * MIB
 # CUDA graphs: one graph per capture size and piecewise per decoder layer (+1 for the rest), on one memory
 # pool that also keeps the largest size's activations. The 256 KiB a piece is an assumption sized to what
 # vLLM logs for 1–8B models on one GPU, not fitted to one log: 0.13 GiB for a 1 GiB model
@@ -120,7 +123,9 @@ def vllm_non_torch_bytes(s: ServeSpec, gpu: GpuProfile) -> int:
         base = VLLM_V0_NON_TORCH_HOPPER_BYTES if hopper else VLLM_V0_NON_TORCH_BYTES
     else:
         base = VLLM_NON_TORCH_HOPPER_BYTES if hopper else VLLM_NON_TORCH_BYTES
-    return base + (VLLM_TP_NON_TORCH_BYTES if s.tensor_parallel_size * s.pipeline_parallel_size > 1 else 0)
+    if s.tensor_parallel_size * s.pipeline_parallel_size == 1:
+        return base
+    return base + (VLLM_TP_NON_TORCH_HOPPER_BYTES if hopper else VLLM_TP_NON_TORCH_BYTES)
 
 
 def cuda_graph_capture_sizes(s: ServeSpec, gpu: GpuProfile) -> tuple[int, ...]:
