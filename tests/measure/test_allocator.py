@@ -1,0 +1,221 @@
+"""The caching-allocator replay, driven through the behaviours c10/cuda/CUDACachingAllocator.cpp documents.
+
+Each expected figure is derived by hand from the rule named in the test (see vramplan/measure/allocator.py for
+the source commit), not read back from the model.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from vramplan.errors import VramplanError
+from vramplan.estimate.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig, parse_alloc_conf
+from vramplan.measure.allocator import ALLOC, FREE, CachingAllocator, allocation_size, replay, smallest_limit
+
+KiB, MiB = 1024, 1024**2
+
+
+def events(*steps: tuple[str, int, int]) -> list[tuple[int, int, int]]:
+    """("a", id, bytes) / ("f", id, 0) → replay events."""
+    return [(ALLOC if op == "a" else FREE, key, nbytes) for op, key, nbytes in steps]
+
+
+# rounding and segment sizes
+
+
+def test_round_size_512_and_power2_divisions():
+    a = CachingAllocator()
+    assert a.round_size(1) == 512  # kMinBlockSize
+    assert a.round_size(513) == 2 * 512
+    assert a.round_size(10 * MiB + 1) == 10 * MiB + 512
+    four = CachingAllocator(AllocatorConfig(roundup_power2_divisions=4))
+    # 1200 MiB lies in [1024, 2048) MiB, four steps of 256 MiB: 1024, 1280, 1536, 1792 → 1280 MiB (the source's
+    # own example, in MiB so that it is above 512 B · 4 where round_size applies the divisions)
+    assert four.round_size(1200 * MiB) == 1280 * MiB
+    assert four.round_size(1024 * MiB) == 1024 * MiB  # a power of two stays
+    assert four.round_size(1000) == 1024  # at most 512 B · 4: only the 512 B rounding
+
+
+def test_allocation_size_per_request_class():
+    assert allocation_size(512) == 2 * MiB  # small: kSmallBuffer
+    assert allocation_size(1 * MiB) == 2 * MiB  # kSmallSize itself is small
+    assert allocation_size(1 * MiB + 512) == 20 * MiB  # 1–10 MiB: kLargeBuffer
+    assert allocation_size(10 * MiB) == 10 * MiB  # from kMinLargeAlloc: rounded to 2 MiB
+    assert allocation_size(11 * MiB) == 12 * MiB
+
+
+def test_small_requests_pack_into_one_2mib_segment():
+    r = replay(events(("a", 1, 1000), ("a", 2, 1000), ("a", 3, 100 * KiB)))
+    assert r.stats.max_reserved_bytes == 2 * MiB
+    assert r.stats.max_allocated_bytes == 1024 + 1024 + 100 * KiB  # 512-rounded blocks, split off one segment
+    assert r.stats.max_requested_bytes == 1000 + 1000 + 100 * KiB
+    assert r.stats.num_segments == 1
+
+
+def test_small_and_large_pools_never_share_a_segment():
+    # a 1 MiB request is small; the 20 MiB segment of a 3 MiB request stays out of its reach
+    r = replay(events(("a", 1, 3 * MiB), ("a", 2, 1 * MiB)))
+    assert r.stats.max_reserved_bytes == 20 * MiB + 2 * MiB
+
+
+# split, merge, best fit
+
+
+def test_a_split_serves_the_next_request_from_the_remainder():
+    # 3 MiB → a 20 MiB segment split into 3 MiB + 17 MiB (remainder > 1 MiB); 5 MiB fits the 17 MiB remainder
+    r = replay(events(("a", 1, 3 * MiB), ("a", 2, 5 * MiB)))
+    assert r.stats.max_reserved_bytes == 20 * MiB
+    assert r.stats.max_allocated_bytes == 3 * MiB + 5 * MiB
+    assert r.stats.num_segments == 1
+
+
+def test_no_split_when_the_large_remainder_is_at_most_1mib():
+    # 11.5 MiB → a 12 MiB segment; the 0.5 MiB remainder is not split off, and allocated counts the whole block
+    r = replay(events(("a", 1, 11 * MiB + 512 * KiB)))
+    assert r.stats.max_allocated_bytes == 12 * MiB
+    assert r.stats.max_requested_bytes == 11 * MiB + 512 * KiB
+
+
+def test_freed_neighbours_merge_back_into_the_whole_segment():
+    # 3 + 5 MiB split one 20 MiB segment; once both are freed it is one 20 MiB block again, so an 18 MiB request
+    # (≥ 10 MiB: rounded to 512 B only) fits it without a new segment
+    merged = replay(events(("a", 1, 3 * MiB), ("a", 2, 5 * MiB), ("f", 1, 0), ("f", 2, 0), ("a", 3, 18 * MiB)))
+    assert merged.stats.max_reserved_bytes == 20 * MiB
+    # with the 5 MiB block still alive the free pieces are 3 and 12 MiB: 18 MiB needs its own segment
+    apart = replay(events(("a", 1, 3 * MiB), ("a", 2, 5 * MiB), ("f", 1, 0), ("a", 3, 18 * MiB)))
+    assert apart.stats.max_reserved_bytes == 20 * MiB + 18 * MiB
+
+
+def test_best_fit_takes_the_smallest_block_that_fits():
+    # cached: a 40 MiB and a 24 MiB segment. 22 MiB takes the 24 MiB one (2 MiB remainder split off), so a
+    # following 38 MiB request still finds the 40 MiB block: nothing new is reserved
+    r = replay(
+        events(
+            ("a", 1, 40 * MiB),
+            ("a", 2, 24 * MiB),
+            ("f", 1, 0),
+            ("f", 2, 0),
+            ("a", 3, 22 * MiB),
+            ("a", 4, 38 * MiB),
+        )
+    )
+    assert r.stats.max_reserved_bytes == 40 * MiB + 24 * MiB
+    assert r.stats.num_segments == 2
+
+
+# oversize blocks (max_split_size_mb)
+
+
+def test_oversize_blocks_are_not_split_for_small_requests():
+    steps = events(("a", 1, 40 * MiB), ("f", 1, 0), ("a", 2, 8 * MiB))
+    # default: 8 MiB takes the cached 40 MiB block (best fit) and splits it
+    assert replay(steps).stats.max_reserved_bytes == 40 * MiB
+    # max_split_size 32 MiB: a request under it never takes a block at or above it → a new 20 MiB segment
+    capped = AllocatorConfig(max_split_size_bytes=32 * MiB)
+    assert replay(steps, capped).stats.max_reserved_bytes == 40 * MiB + 20 * MiB
+
+
+def test_oversize_block_serves_a_large_request_within_20mib_unsplit():
+    capped = AllocatorConfig(max_split_size_bytes=32 * MiB)
+    # 36 MiB ≥ max_split_size takes the 40 MiB block (< 36 + 20 MiB) and does not split it: allocated = 40 MiB
+    r = replay(events(("a", 1, 40 * MiB), ("f", 1, 0), ("a", 2, 36 * MiB)), capped)
+    assert (r.stats.max_reserved_bytes, r.stats.max_allocated_bytes) == (40 * MiB, 40 * MiB)
+    # 60 MiB cannot use it (60 > 40) and 100 MiB cached is too large for a 70 MiB request (≥ 70 + 20 MiB? no: 100
+    # ≥ 90) → new segment
+    r = replay(events(("a", 1, 100 * MiB), ("f", 1, 0), ("a", 2, 70 * MiB)), capped)
+    assert r.stats.max_reserved_bytes == 100 * MiB + 70 * MiB
+
+
+# release and retry before OOM
+
+
+def test_release_cached_segments_and_retry_before_oom():
+    # limit 64 MiB: a cached free 40 MiB segment + a new 50 MiB one would be 90 MiB; the allocator frees the
+    # whole cached segment and retries: 50 MiB
+    steps = events(("a", 1, 40 * MiB), ("f", 1, 0), ("a", 2, 50 * MiB))
+    r = replay(steps, limit_bytes=64 * MiB)
+    assert r.ok
+    assert r.stats.num_alloc_retries == 1
+    assert r.stats.reserved_bytes == 50 * MiB
+    assert replay(steps).stats.max_reserved_bytes == 90 * MiB  # no limit: nothing is released
+
+
+def test_split_segments_are_not_released():
+    # the 17 MiB free remainder of a split 20 MiB segment stays reserved while its 3 MiB block lives, so a
+    # 50 MiB request after a cached 30 MiB segment needs 20 + 50 = 70 MiB
+    steps = events(("a", 1, 3 * MiB), ("a", 2, 30 * MiB), ("f", 2, 0), ("a", 3, 50 * MiB))
+    assert not replay(steps, limit_bytes=68 * MiB).ok
+    assert replay(steps, limit_bytes=70 * MiB).ok
+
+
+def test_out_of_memory_names_the_failing_event():
+    r = replay(events(("a", 1, 40 * MiB), ("a", 2, 30 * MiB)), limit_bytes=64 * MiB)
+    assert r.oom_event == 1
+
+
+def test_smallest_limit_is_below_the_unlimited_reserved_peak():
+    steps = events(("a", 1, 40 * MiB), ("f", 1, 0), ("a", 2, 50 * MiB))
+    # unlimited: 90 MiB reserved; at 50 MiB it runs by releasing the cached 40 MiB segment; 48 MiB cannot hold 50
+    assert smallest_limit(steps) == 50 * MiB
+
+
+def test_zero_byte_storages_take_no_block():
+    r = replay(events(("a", 1, 0), ("f", 1, 0)))
+    assert r.stats.max_reserved_bytes == 0
+
+
+# expandable segments
+
+
+def test_expandable_segment_grows_in_20mib_pages_and_stays_one_block():
+    # 3 MiB maps one 20 MiB page; 30 MiB: the 17 MiB free tail plus one more page (17 + 20 ≥ 30) → 40 MiB.
+    # Without expandable segments: 20 MiB + a 30 MiB segment.
+    steps = events(("a", 1, 3 * MiB), ("a", 2, 30 * MiB))
+    assert replay(steps, EXPANDABLE).stats.max_reserved_bytes == 40 * MiB
+    assert replay(steps, DEFAULT).stats.max_reserved_bytes == 50 * MiB
+
+
+def test_expandable_small_pool_maps_2mib_pages():
+    r = replay(events(("a", 1, 1000), ("a", 2, 1 * MiB)), EXPANDABLE)
+    assert r.stats.max_reserved_bytes == 2 * MiB  # 1024 B + 1 MiB: one 2 MiB page
+    r = replay(events(("a", 1, 1000), ("a", 2, 1 * MiB), ("a", 3, 1 * MiB)), EXPANDABLE)
+    assert r.stats.max_reserved_bytes == 2 * MiB + 2 * MiB  # 1024 B + 2 MiB > 2 MiB: a second page
+
+
+def test_expandable_reuses_a_freed_range_and_extends_it():
+    # 30 MiB (two pages, 40 MiB), freed: one free 40 MiB mapped block. 50 MiB: the block plus one more page.
+    # Without expandable segments a new 50 MiB segment is added to the cached 30 MiB one.
+    steps = events(("a", 1, 30 * MiB), ("f", 1, 0), ("a", 2, 50 * MiB))
+    assert replay(steps, EXPANDABLE).stats.max_reserved_bytes == 60 * MiB
+    assert replay(steps, DEFAULT).stats.max_reserved_bytes == 30 * MiB + 50 * MiB
+
+
+def test_expandable_unmaps_free_pages_and_retries():
+    # 50 MiB maps three pages (0–60 MiB); 5 MiB sits at 50–55; freeing the 50 MiB leaves 0–50 free. 60 MiB
+    # needs pages at the end (55 MiB more → three pages, 120 MiB). Limit 80 MiB: the retry unmaps the two free
+    # whole pages 0–40 (reserved 20 MiB) and maps three at the end: 80 MiB. At 70 MiB it cannot.
+    steps = events(("a", 1, 50 * MiB), ("a", 2, 5 * MiB), ("f", 1, 0), ("a", 3, 60 * MiB))
+    r = replay(steps, EXPANDABLE, limit_bytes=80 * MiB)
+    assert r.ok
+    assert r.stats.num_alloc_retries == 1
+    assert r.stats.reserved_bytes == 80 * MiB
+    assert not replay(steps, EXPANDABLE, limit_bytes=70 * MiB).ok
+
+
+# PYTORCH_CUDA_ALLOC_CONF
+
+
+def test_parse_alloc_conf():
+    assert parse_alloc_conf(None) == DEFAULT
+    assert parse_alloc_conf("expandable_segments:True") == EXPANDABLE
+    c = parse_alloc_conf("max_split_size_mb:128, roundup_power2_divisions:4,garbage_collection_threshold:0.6")
+    assert (c.max_split_size_bytes, c.roundup_power2_divisions) == (128 * MiB, 4)
+    assert c.text == "max_split_size_mb:128,roundup_power2_divisions:4"
+
+
+@pytest.mark.parametrize(
+    "text", ["expandable_segments:yes", "max_split_size_mb:1", "roundup_power2_divisions:3", "foo:1", "junk"]
+)
+def test_parse_alloc_conf_rejects(text):
+    with pytest.raises(VramplanError, match="--alloc-conf"):
+        parse_alloc_conf(text)

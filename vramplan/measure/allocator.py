@@ -1,0 +1,532 @@
+"""A replay model of PyTorch's CUDA caching allocator: what `max_memory_allocated` and `max_memory_reserved`
+become for a given sequence of tensor allocations and frees, and whether it runs within a memory limit.
+
+Source, rule by rule: pytorch/pytorch `c10/cuda/CUDACachingAllocator.cpp` at commit
+001074d25084fdb87a799823e395a50f5ec044d3 (the newest copy at hand; the installed torch 2.13 wheel is built from
+cf30153c, whose source was not available: the rules below have been stable since torch 2.1, when expandable
+segments arrived). Function names below are that file's.
+
+- `round_size`: requests round up to 512 B (`kMinBlockSize`); with `roundup_power2_divisions` d > 1 and a
+  request above 512·d bytes, up to the next of d equal steps between two powers of two
+  (`roundup_power2_next_division`).
+- `get_pool`: rounded sizes up to 1 MiB (`kSmallSize`) use the small pool, larger ones the large pool; blocks
+  never move between pools.
+- `get_allocation_size`: a new segment (`cudaMalloc`) is 2 MiB (`kSmallBuffer`) for small requests, 20 MiB
+  (`kLargeBuffer`) for requests under 10 MiB (`kMinLargeAlloc`), else the request rounded up to 2 MiB.
+- `get_free_block`: best fit, the smallest cached free block of the pool at least as large as the request
+  (ties: the lower address; `BlockComparatorSize`). With `max_split_size`, a request below it never takes a
+  block at or above it, and a request at or above it takes only a block less than 20 MiB
+  (`max_non_split_rounding_size`, default `kLargeBuffer`) larger.
+- `should_split` / `alloc_found_block`: the block found is split when the remainder is >= 512 B (small pool,
+  or expandable segments), or, in the large pool, when the remainder is > 1 MiB and the request is below
+  `max_split_size`; the remainder goes back to the pool. `allocated_bytes` counts the whole block handed out
+  (rounded size, plus any unsplit remainder).
+- `free_block` / `try_merge_blocks`: a freed block merges with its free neighbours of the same segment.
+- `malloc` on a miss: `alloc_block` (new segment) → if that fails, `release_available_cached_blocks` (only with
+  `max_split_size`: free cached oversize blocks, the smallest one large enough, else the largest ones) and
+  retry → `release_cached_blocks` (free every cached block that is a whole segment, both pools) and retry →
+  OutOfMemoryError.
+- Expandable segments (`Note [Expandable Segments]`, `find_expandable_block`, `map_block`,
+  `try_allocate_expandable_block`, `unmap_block`): one segment per pool with address space for 1⅛ of the
+  card, mapped in 2 MiB pages (small pool) or 20 MiB pages (large pool). A miss maps just enough pages at
+  the lowest address where free + unmapped space fits the request (usually the segment's end, merging with
+  the free block before it); best fit prefers blocks that cannot grow into unmapped space; split whenever
+  the remainder is >= 512 B; on a failed map, free pages are unmapped and the map retried.
+
+Not modelled: several streams (`recordStream`, events), CUDA graphs' private pools, `set_per_process_memory_
+fraction` and garbage collection, the order of cudaMalloc addresses (segments get increasing addresses, which
+only breaks ties in best fit). A replay sees only what the tracker sees: tensor storages, not allocations
+inside kernels (cuBLAS workspaces and kernel scratch go through the allocator too, outside the tracker).
+
+Pure Python, no torch: the replay runs on a list of `(op, id, bytes)` events.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from vramplan.estimate.alloc_conf import DEFAULT, AllocatorConfig
+
+KiB, MiB = 1024, 1024**2
+MIN_BLOCK_SIZE = 512  # kMinBlockSize
+SMALL_SIZE = 1 * MiB  # kSmallSize: largest "small" request
+SMALL_BUFFER = 2 * MiB  # kSmallBuffer: small-pool segment, and small-pool expandable page
+LARGE_BUFFER = 20 * MiB  # kLargeBuffer: segment for 1–10 MiB requests, large-pool expandable page
+MIN_LARGE_ALLOC = 10 * MiB  # kMinLargeAlloc
+ROUND_LARGE = 2 * MiB  # kRoundLarge
+MAX_NON_SPLIT_ROUNDING = LARGE_BUFFER  # CUDAAllocatorConfig max_non_split_rounding_size default
+EXPANDABLE_ADDRESS_SPACE = 1.125  # ExpandableSegment: address space for 1 1/8 the device's memory
+UNLIMITED_DEVICE_BYTES = 1 << 46  # address space of an expandable segment when no device size is given
+
+ALLOC, FREE = 0, 1
+Event = tuple[int, int, int]  # (ALLOC, id, bytes) or (FREE, id, 0)
+
+
+class AllocatorOutOfMemory(Exception):
+    """The replay's `torch.OutOfMemoryError`: no segment could be had within the limit, after releasing."""
+
+    def __init__(self, index: int, request_bytes: int, reserved_bytes: int, allocated_bytes: int) -> None:
+        super().__init__(
+            f"out of memory at event {index}: tried to allocate {request_bytes} B with {reserved_bytes} B "
+            f"reserved, {allocated_bytes} B allocated"
+        )
+        self.index = index
+        self.request_bytes = request_bytes
+
+
+class _Block:
+    __slots__ = ("allocated", "mapped", "next", "prev", "ptr", "requested", "segment", "size", "small")
+
+    def __init__(self, size: int, ptr: int, small: bool, segment: _Segment | None = None) -> None:
+        self.size = size
+        self.ptr = ptr
+        self.small = small
+        self.segment = segment  # the expandable segment, or None for a cudaMalloc segment
+        self.allocated = False
+        self.mapped = True
+        self.prev: _Block | None = None
+        self.next: _Block | None = None
+        self.requested = 0
+
+    @property
+    def is_split(self) -> bool:
+        return self.prev is not None or self.next is not None
+
+
+class _Segment:
+    """An expandable segment: a range of address space mapped page by page (`ExpandableSegment`)."""
+
+    __slots__ = ("base", "page", "size")
+
+    def __init__(self, base: int, page: int, size: int) -> None:
+        self.base, self.page, self.size = base, page, size
+
+
+class _Pool:
+    """Free blocks ordered by (size, address) (`BlockPool::blocks`) and unmapped ones by address."""
+
+    __slots__ = ("free", "free_by_ptr", "small", "unmapped", "unmapped_by_ptr")
+
+    def __init__(self, small: bool) -> None:
+        self.small = small
+        self.free: list[tuple[int, int]] = []
+        self.free_by_ptr: dict[int, _Block] = {}
+        self.unmapped: list[int] = []
+        self.unmapped_by_ptr: dict[int, _Block] = {}
+
+    def insert(self, block: _Block) -> None:
+        bisect.insort(self.free, (block.size, block.ptr))
+        self.free_by_ptr[block.ptr] = block
+
+    def remove(self, block: _Block) -> None:
+        i = bisect.bisect_left(self.free, (block.size, block.ptr))
+        del self.free[i]
+        del self.free_by_ptr[block.ptr]
+
+    def at(self, i: int) -> _Block:
+        return self.free_by_ptr[self.free[i][1]]
+
+    def insert_unmapped(self, block: _Block) -> None:
+        bisect.insort(self.unmapped, block.ptr)
+        self.unmapped_by_ptr[block.ptr] = block
+
+    def remove_unmapped(self, block: _Block) -> None:
+        del self.unmapped[bisect.bisect_left(self.unmapped, block.ptr)]
+        del self.unmapped_by_ptr[block.ptr]
+
+
+@dataclass(frozen=True, slots=True)
+class AllocatorStats:
+    """Peaks and counts of one replay (`torch.cuda.memory_stats()` names)."""
+
+    max_allocated_bytes: int  # max_memory_allocated: blocks handed out, rounded
+    max_reserved_bytes: int  # max_memory_reserved: segments (mapped pages) held
+    max_requested_bytes: int  # requested_bytes.all.peak: the tensor-level peak
+    allocated_bytes: int  # at the end of the replay
+    reserved_bytes: int
+    num_alloc_retries: int  # release-and-retry rounds
+    num_segments: int  # cudaMalloc calls (or page-mapping calls with expandable segments)
+
+
+class CachingAllocator:
+    """One device's caching allocator on the default stream. `limit_bytes`: the memory cudaMalloc can get
+    (the card's free memory after the CUDA context); None for no limit."""
+
+    def __init__(
+        self, config: AllocatorConfig = DEFAULT, limit_bytes: int | None = None, device_bytes: int | None = None
+    ) -> None:
+        self.config = config
+        self.limit_bytes = limit_bytes
+        self.device_bytes = device_bytes or limit_bytes or UNLIMITED_DEVICE_BYTES
+        self.small_pool = _Pool(small=True)
+        self.large_pool = _Pool(small=False)
+        self.segments: list[_Segment] = []
+        self._next_address = 1 << 40
+        self.allocated = self.reserved = self.requested = 0
+        self.max_allocated = self.max_reserved = self.max_requested = 0
+        self.num_alloc_retries = 0
+        self.num_segments = 0
+        self.max_split = config.max_split_size_bytes
+
+    # public interface
+
+    def malloc(self, nbytes: int) -> _Block:
+        """`DeviceCachingAllocator::malloc`: a block of at least `nbytes` (> 0), or AllocatorOutOfMemory."""
+        size = self.round_size(nbytes)
+        pool = self.small_pool if size <= SMALL_SIZE else self.large_pool
+        block = self._get_free_block(pool, size)
+        if block is None:
+            block = self._alloc_block(pool, size)
+            if block is None and self._release_available_cached_blocks(pool, size):
+                block = self._alloc_block(pool, size)
+            if block is None:
+                self.num_alloc_retries += 1
+                self.release_cached_blocks()
+                block = self._alloc_block(pool, size)
+            if block is None:
+                raise AllocatorOutOfMemory(-1, size, self.reserved, self.allocated)
+        return self._alloc_found_block(pool, block, size, nbytes)
+
+    def free(self, block: _Block) -> None:
+        """`DeviceCachingAllocator::free` → `free_block`: back to the pool, merged with free neighbours."""
+        block.allocated = False
+        self.allocated -= block.size
+        self.requested -= block.requested
+        pool = self.small_pool if block.small else self.large_pool
+        self._try_merge(block, block.prev, pool)
+        self._try_merge(block, block.next, pool)
+        pool.insert(block)
+
+    def empty_cache(self) -> None:
+        self.release_cached_blocks()
+
+    def stats(self) -> AllocatorStats:
+        return AllocatorStats(
+            max_allocated_bytes=self.max_allocated,
+            max_reserved_bytes=self.max_reserved,
+            max_requested_bytes=self.max_requested,
+            allocated_bytes=self.allocated,
+            reserved_bytes=self.reserved,
+            num_alloc_retries=self.num_alloc_retries,
+            num_segments=self.num_segments,
+        )
+
+    def round_size(self, size: int) -> int:
+        """`round_size` with `roundup_power2_next_division`."""
+        if size < MIN_BLOCK_SIZE:
+            return MIN_BLOCK_SIZE
+        divisions = self.config.roundup_power2_divisions
+        if divisions > 1 and size > MIN_BLOCK_SIZE * divisions:
+            if size & (size - 1) == 0:
+                return size
+            floor = 1 << (size.bit_length() - 1)
+            step = floor >> (divisions.bit_length() - 1)
+            if step == 0:
+                return floor << 1
+            rounded = size & ~(step - 1)
+            return size if rounded == size else rounded + step
+        return MIN_BLOCK_SIZE * -(-size // MIN_BLOCK_SIZE)
+
+    # finding and splitting blocks
+
+    def _get_free_block(self, pool: _Pool, size: int) -> _Block | None:
+        i = bisect.bisect_left(pool.free, (size, -1))
+        if i == len(pool.free):
+            return None
+        block = pool.at(i)
+        if block.segment is not None:
+            # best fit by the size a block can grow to: prefer blocks not followed by unmapped space
+            def expandable_size(b: _Block) -> int:
+                return b.size + (b.next.size if b.next is not None and not b.next.mapped else 0)
+
+            j = i + 1
+            while j < len(pool.free) and expandable_size(pool.at(j)) < expandable_size(block):
+                block = pool.at(j)
+                j += 1
+        if self.max_split is not None:
+            if size < self.max_split and block.size >= self.max_split:
+                return None
+            if size >= self.max_split and block.size >= size + MAX_NON_SPLIT_ROUNDING:
+                return None
+        pool.remove(block)
+        return block
+
+    def _should_split(self, block: _Block, size: int) -> bool:
+        remaining = block.size - size
+        if block.small or self.config.expandable_segments:
+            return remaining >= MIN_BLOCK_SIZE
+        return (self.max_split is None or size < self.max_split) and remaining > SMALL_SIZE
+
+    def _alloc_found_block(self, pool: _Pool, block: _Block, size: int, nbytes: int) -> _Block:
+        if self._should_split(block, size):
+            remaining = block
+            block = _Block(size, remaining.ptr, remaining.small, remaining.segment)
+            block.prev = remaining.prev
+            if block.prev is not None:
+                block.prev.next = block
+            block.next = remaining
+            remaining.prev = block
+            remaining.ptr += size
+            remaining.size -= size
+            pool.insert(remaining)
+        block.allocated = True
+        block.requested = nbytes
+        self.allocated += block.size
+        self.requested += nbytes
+        self.max_allocated = max(self.max_allocated, self.allocated)
+        self.max_requested = max(self.max_requested, self.requested)
+        return block
+
+    def _try_merge(self, dst: _Block, src: _Block | None, pool: _Pool) -> int:
+        if src is None or src.allocated or dst.mapped != src.mapped:
+            return 0
+        if dst.prev is src:
+            dst.ptr = src.ptr
+            dst.prev = src.prev
+            if dst.prev is not None:
+                dst.prev.next = dst
+        else:
+            dst.next = src.next
+            if dst.next is not None:
+                dst.next.prev = dst
+        dst.size += src.size
+        if src.mapped:
+            pool.remove(src)
+        else:
+            pool.remove_unmapped(src)
+        return src.size
+
+    # new memory
+
+    def _fits(self, nbytes: int) -> bool:
+        return self.limit_bytes is None or self.reserved + nbytes <= self.limit_bytes
+
+    def _reserve(self, nbytes: int) -> None:
+        self.reserved += nbytes
+        self.num_segments += 1
+        self.max_reserved = max(self.max_reserved, self.reserved)
+
+    def _alloc_block(self, pool: _Pool, size: int) -> _Block | None:
+        if self.config.expandable_segments:
+            return self._try_allocate_expandable_block(pool, size)
+        alloc_size = allocation_size(size)
+        if not self._fits(alloc_size):
+            return None
+        self._reserve(alloc_size)
+        block = _Block(alloc_size, self._next_address, pool.small)
+        self._next_address += alloc_size + ROUND_LARGE  # a gap: segments never merge
+        return block
+
+    def _release_available_cached_blocks(self, pool: _Pool, size: int) -> bool:
+        if self.max_split is None:
+            return False
+        key = max(size, self.max_split)
+        i = bisect.bisect_left(pool.free, (key, -1))
+        if i < len(pool.free):
+            self._release_block(pool, pool.at(i))
+            return True
+        released = 0
+        i -= 1
+        while i >= 0 and released < key:
+            block = pool.at(i)
+            if block.size < self.max_split:
+                break
+            released += block.size
+            self._release_block(pool, block)
+            i -= 1
+        return released >= key
+
+    def release_cached_blocks(self) -> None:
+        """`release_cached_blocks` → `release_blocks` on both pools: free whole cached segments; with
+        expandable segments, unmap the free pages."""
+        for pool in (self.large_pool, self.small_pool):
+            to_unmap = []
+            for _, ptr in list(pool.free):
+                block = pool.free_by_ptr[ptr]
+                if block.segment is not None:
+                    to_unmap.append(block)
+                elif not block.is_split:
+                    self._release_block(pool, block)
+            for block in to_unmap:
+                self._unmap_block(pool, block)
+                if not block.mapped and not block.is_split:
+                    pool.remove_unmapped(block)
+                    self.segments.remove(block.segment)
+
+    def _release_block(self, pool: _Pool, block: _Block) -> None:
+        pool.remove(block)
+        self.reserved -= block.size
+
+    # expandable segments
+
+    def _find_expandable_block(self, pool: _Pool, size: int) -> _Block:
+        def allocatable(b: _Block | None) -> bool:
+            return b is not None and not b.allocated
+
+        for ptr in pool.unmapped:
+            candidate = pool.unmapped_by_ptr[ptr]
+            if allocatable(candidate.prev):
+                candidate = candidate.prev
+            room, b = 0, candidate
+            while room < size and allocatable(b):
+                room += b.size
+                b = b.next
+            if room >= size:
+                return candidate
+        page = SMALL_BUFFER if pool.small else LARGE_BUFFER
+        pages = -(-int(self.device_bytes * EXPANDABLE_ADDRESS_SPACE) // page)
+        segment = _Segment(self._next_address, page, pages * page)
+        self._next_address += segment.size + page
+        self.segments.append(segment)
+        block = _Block(segment.size, segment.base, pool.small, segment)
+        block.mapped = False
+        pool.insert_unmapped(block)
+        return block
+
+    def _map_block(self, pool: _Pool, block: _Block, size: int) -> bool:
+        segment = block.segment
+        assert segment is not None and not block.mapped
+        offset = block.ptr - segment.base
+        mapped = (-(-(offset + size) // segment.page) - offset // segment.page) * segment.page
+        if not self._fits(mapped):
+            return False
+        pool.remove_unmapped(block)
+        block.mapped = True
+        if mapped < block.size:
+            remaining = _Block(block.size - mapped, block.ptr + mapped, block.small, segment)
+            remaining.mapped = False
+            remaining.prev, remaining.next = block, block.next
+            if block.next is not None:
+                block.next.prev = remaining
+            block.next = remaining
+            pool.insert_unmapped(remaining)
+            block.size = mapped
+        self._try_merge(block, block.prev, pool)
+        self._try_merge(block, block.next, pool)
+        pool.insert(block)
+        self._reserve(mapped)
+        return True
+
+    def _try_allocate_expandable_block(self, pool: _Pool, size: int) -> _Block | None:
+        candidate = self._find_expandable_block(pool, size)
+        if not candidate.mapped and not self._map_block(pool, candidate, min(candidate.size, size)):
+            return None
+        while candidate.size < size:
+            following = candidate.next
+            assert following is not None
+            if not self._map_block(pool, following, min(size - candidate.size, following.size)):
+                return None
+            candidate = following  # map_block merged the free candidate into it
+        pool.remove(candidate)
+        return candidate
+
+    def _unmap_block(self, pool: _Pool, block: _Block) -> None:
+        segment = block.segment
+        assert segment is not None
+        offset = block.ptr - segment.base
+        begin = -(-offset // segment.page)
+        end = (offset + block.size) // segment.page
+        if begin >= end:
+            return
+        pool.remove(block)
+        start = segment.base + begin * segment.page
+        length = (end - begin) * segment.page
+        before = start - block.ptr
+        if before > 0:
+            head = _Block(before, block.ptr, block.small, segment)
+            head.prev, head.next = block.prev, block
+            if block.prev is not None:
+                block.prev.next = head
+            block.prev = head
+            pool.insert(head)
+        after = block.size - before - length
+        if after > 0:
+            tail = _Block(after, start + length, block.small, segment)
+            tail.prev, tail.next = block, block.next
+            if block.next is not None:
+                block.next.prev = tail
+            block.next = tail
+            pool.insert(tail)
+        block.ptr, block.size, block.mapped = start, length, False
+        self._try_merge(block, block.prev, pool)
+        self._try_merge(block, block.next, pool)
+        pool.insert_unmapped(block)
+        self.reserved -= length
+
+
+def allocation_size(size: int) -> int:
+    """`get_allocation_size`: the segment cudaMalloc'd for a rounded request that found no cached block."""
+    if size <= SMALL_SIZE:
+        return SMALL_BUFFER
+    if size < MIN_LARGE_ALLOC:
+        return LARGE_BUFFER
+    return ROUND_LARGE * -(-size // ROUND_LARGE)
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """One replay of an event sequence: the allocator's peaks, or where it ran out of memory."""
+
+    config: AllocatorConfig
+    limit_bytes: int | None
+    stats: AllocatorStats
+    oom_event: int | None  # index of the allocation that failed, None when the sequence ran through
+
+    @property
+    def ok(self) -> bool:
+        return self.oom_event is None
+
+
+def replay(
+    events: Iterable[Event],
+    config: AllocatorConfig = DEFAULT,
+    limit_bytes: int | None = None,
+    device_bytes: int | None = None,
+) -> Replay:
+    """Run `events` through a fresh allocator. Zero-byte allocations take no block (`allocate`: `size != 0`)."""
+    allocator = CachingAllocator(config, limit_bytes, device_bytes)
+    live: dict[int, _Block] = {}
+    malloc, free = allocator.malloc, allocator.free
+    for index, (op, key, nbytes) in enumerate(events):
+        if op == ALLOC:
+            if nbytes <= 0:
+                continue
+            try:
+                live[key] = malloc(nbytes)
+            except AllocatorOutOfMemory:
+                return Replay(config, limit_bytes, allocator.stats(), index)
+        else:
+            block = live.pop(key, None)
+            if block is not None:
+                free(block)
+    return Replay(config, limit_bytes, allocator.stats(), None)
+
+
+def smallest_limit(
+    events: Sequence[Event],
+    config: AllocatorConfig = DEFAULT,
+    unlimited: Replay | None = None,
+    granularity: int = ROUND_LARGE,
+) -> int:
+    """The least memory (to `granularity`) on which the sequence runs: bisection between the largest request
+    peak and the unlimited reserved peak, replaying with release-and-retry at each limit.
+
+    Success is not strictly monotonic in the limit (a tighter limit changes which segments are released and
+    so the layout); bisection returns a limit that runs, with every tested limit below it failing.
+    """
+    unlimited = unlimited or replay(events, config)
+    high = unlimited.stats.max_reserved_bytes
+    low = unlimited.stats.max_requested_bytes - 1  # below the tensor peak nothing runs
+    while high - low > granularity:
+        middle = (low + high) // 2 // granularity * granularity
+        if middle <= low:
+            middle = low + granularity
+        if middle >= high:
+            break
+        if replay(events, config, limit_bytes=middle).ok:
+            high = middle
+        else:
+            low = middle
+    return high
