@@ -91,6 +91,8 @@ class MeasureResult:
     seconds: float
     notes: tuple[str, ...]
     versions: tuple[tuple[str, str], ...]
+    # the tracked allocation sequence, (ALLOC, id, bytes) / (FREE, id, 0), for `vramplan.measure.allocator`
+    events: tuple[tuple[int, int, int], ...] = ()
 
     @property
     def outcome(self) -> Literal["ok", "oom"]:
@@ -166,7 +168,7 @@ def run_step(
         torch.cuda.reset_peak_memory_stats()
     fake = dev == "fake"
     state = _RunState()
-    tracker = MemoryTracker(device_type="cpu" if fake else dev)
+    tracker = MemoryTracker(device_type="cpu" if fake else dev, record_events=True)
     try:
         with _quiet_bnb(), _bnb_cache_scope(), _fake_mode(fake), cuda_equivalence(dev, autocast_dtype) as emu:
             _build_and_train(m, t, dev, weights, tracker, emu, autocast_dtype, steps, state, notes, say)
@@ -195,6 +197,7 @@ def run_step(
         seconds=time.perf_counter() - start,
         notes=tuple(notes),
         versions=installed_versions(),
+        events=tuple(tracker.events or ()),
     )
 
 

@@ -51,6 +51,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 
 from vramplan.breakdown import Components
+from vramplan.measure.allocator import ALLOC, FREE
 
 Category = Literal[
     "weights",
@@ -114,15 +115,17 @@ class TrackedPeak:
 
 
 class _Entry:
-    """One tracked storage: its bytes, category, allocation sequence number and weak reference."""
+    """One tracked storage: its bytes, category, allocation sequence number, weak reference, and the id of its
+    current device allocation in the event log (a resize is a new allocation)."""
 
-    __slots__ = ("category", "nbytes", "ref", "seq")
+    __slots__ = ("category", "event_id", "nbytes", "ref", "seq")
 
     def __init__(self, nbytes: int, category: Category, seq: int, ref: weakref.ref) -> None:
         self.nbytes = nbytes
         self.category = category
         self.seq = seq
         self.ref = ref
+        self.event_id = seq
 
 
 class _Peak:
@@ -159,11 +162,18 @@ class MemoryTracker(TorchDispatchMode):
     Under `FakeTensorMode`, enter the tracker inside (after) the fake mode so it sees ops first.
     `device_type` ("cuda", "cpu", "meta", ...) restricts counting to tensors on that device type; for fake
     tensors it is the fake device, not "meta".
+
+    `record_events`: keep the allocation sequence in `events`, `(ALLOC, id, bytes)` when a counted storage
+    appears (registration included) and `(FREE, id, 0)` when it dies, for `vramplan.measure.allocator.replay`.
+    A storage grown by `Tensor.resize_` is a new allocation followed by the free of the old one, as
+    `resize_bytes_cuda` allocates, copies and frees.
     """
 
-    def __init__(self, device_type: str | None = None) -> None:
+    def __init__(self, device_type: str | None = None, record_events: bool = False) -> None:
         super().__init__()
         self.device_type = device_type
+        self.events: list[tuple[int, int, int]] | None = [] if record_events else None
+        self._resize_ids = 0
         self._entries: dict[int, _Entry] = {}
         self._totals: dict[Category, int] = dict.fromkeys(CATEGORIES, 0)
         self._current = 0
@@ -379,6 +389,8 @@ class MemoryTracker(TorchDispatchMode):
         self._seq += 1
         ref = weakref.ref(storage, partial(self._on_free, key))
         self._entries[key] = _Entry(nbytes, category, self._seq, ref)
+        if self.events is not None:
+            self.events.append((ALLOC, self._seq, nbytes))
         self._totals[category] += nbytes
         self._current += nbytes
         self._update_peaks()
@@ -388,11 +400,18 @@ class MemoryTracker(TorchDispatchMode):
         if entry is None or entry.ref is not ref:
             return
         del self._entries[key]
+        if self.events is not None:
+            self.events.append((FREE, entry.event_id, 0))
         self._totals[entry.category] -= entry.nbytes
         self._current -= entry.nbytes
 
     def _resize(self, entry: _Entry, nbytes: int) -> None:
         delta = nbytes - entry.nbytes
+        if self.events is not None:
+            self._resize_ids -= 1  # negative ids: apart from the sequence numbers of `_track`
+            self.events.append((ALLOC, self._resize_ids, nbytes))
+            self.events.append((FREE, entry.event_id, 0))
+            entry.event_id = self._resize_ids
         entry.nbytes = nbytes
         self._totals[entry.category] += delta
         self._current += delta
