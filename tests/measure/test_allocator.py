@@ -219,3 +219,54 @@ def test_parse_alloc_conf():
 def test_parse_alloc_conf_rejects(text):
     with pytest.raises(VramplanError, match="--alloc-conf"):
         parse_alloc_conf(text)
+
+
+# the tracker's event log
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_events():
+    from tests.conftest import TINY_CONFIGS
+    from vramplan.measure.harness import run_step
+    from vramplan.spec import model_spec_from_config, resolve_train
+
+    m = model_spec_from_config(TINY_CONFIGS["llama"], "tiny-llama")
+    r = run_step(m, resolve_train(m, method="lora", seq=32, batch=2), device="cpu", steps=2)
+    return r.tracked.peak_bytes, r.events
+
+
+def test_tracker_records_allocations_frees_and_resizes():
+    import torch
+
+    from vramplan.measure.tracker import MemoryTracker
+
+    tracker = MemoryTracker(device_type="cpu", record_events=True)
+    with tracker:
+        x = torch.empty(3 * MiB, dtype=torch.uint8)
+        y = torch.empty(5 * MiB, dtype=torch.uint8)
+        del x
+        y.resize_(6 * MiB)  # a new 6 MiB storage, then the 5 MiB one freed (resize_bytes_cuda's order)
+    assert tracker.events is not None
+    kinds = [(op, nbytes) for op, _, nbytes in tracker.events]
+    assert kinds == [(ALLOC, 3 * MiB), (ALLOC, 5 * MiB), (FREE, 0), (ALLOC, 6 * MiB), (FREE, 0)]
+    ids = [key for _, key, _ in tracker.events]
+    assert ids[2] == ids[0] and ids[4] == ids[1]  # the frees name the storages allocated first
+    r = replay(tracker.events)
+    # 3 and 5 MiB split one 20 MiB segment; 6 MiB does not fit the freed 3 MiB block, best fit takes the 12 MiB
+    # remainder; at most 5 + 6 MiB are alive at once (the resize's new storage before the old one is freed)
+    assert r.stats.max_requested_bytes == 5 * MiB + 6 * MiB
+    assert r.stats.max_reserved_bytes == 20 * MiB
+    del y
+
+
+def test_tracker_keeps_no_events_unless_asked():
+    from vramplan.measure.tracker import MemoryTracker
+
+    assert MemoryTracker().events is None
+
+
+def test_tiny_llama_step_replays_to_the_tracked_peak(tiny_llama_events):
+    peak, events = tiny_llama_events
+    figures = replay(events).stats
+    assert figures.max_requested_bytes == peak  # the event log carries the tracker's peak
+    assert peak <= figures.max_allocated_bytes <= figures.max_reserved_bytes

@@ -530,3 +530,38 @@ def smallest_limit(
         else:
             low = middle
     return high
+
+
+@dataclass(frozen=True, slots=True)
+class AllocatorFigures:
+    """What the caching allocator makes of one traced step under one setting (bytes).
+
+    `max_allocated_bytes` / `max_reserved_bytes`: `torch.cuda.max_memory_allocated()` / `max_memory_reserved()`
+    on a card with room to spare; `min_limit_bytes`: the least memory the allocator must be able to get for the
+    step to run (release-and-retry included), i.e. the card's memory minus the CUDA context and anything else.
+    """
+
+    config: AllocatorConfig
+    tensor_peak_bytes: int
+    max_allocated_bytes: int
+    max_reserved_bytes: int
+    min_limit_bytes: int
+    num_segments: int
+
+    def share(self, nbytes: int) -> float:
+        """`nbytes` above the tensor peak, as a fraction of it."""
+        return nbytes / self.tensor_peak_bytes - 1 if self.tensor_peak_bytes else 0.0
+
+
+def allocator_figures(events: Sequence[Event], config: AllocatorConfig = DEFAULT) -> AllocatorFigures:
+    """Replay `events` without a limit, then bisect for the least limit on which they run."""
+    unlimited = replay(events, config)
+    s = unlimited.stats
+    return AllocatorFigures(
+        config=config,
+        tensor_peak_bytes=s.max_requested_bytes,
+        max_allocated_bytes=s.max_allocated_bytes,
+        max_reserved_bytes=s.max_reserved_bytes,
+        min_limit_bytes=smallest_limit(events, config, unlimited) if events else 0,
+        num_segments=s.num_segments,
+    )

@@ -1,0 +1,104 @@
+"""The caching allocator on traced steps: the real HF/PEFT/bitsandbytes step traced at full size on fake or meta
+tensors (2 steps, HF Trainer loop), its allocation sequence replayed through `vramplan.measure.allocator` under
+torch's default settings and under expandable_segments:True. Prints, per configuration, the tensor peak and
+max_memory_allocated, max_memory_reserved and the least memory on which the step runs, as a share of the
+tensor peak; and the estimator's allocator figures beside them. Asserts nothing.
+
+    python benchmarks/allocator.py                 # the configurations of issue 19
+    python benchmarks/allocator.py --grid FILE     # the oracle grid, one JSON line per configuration, appended
+                                                   # to FILE (configurations already in FILE are skipped)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.oracle.allocator_grid import GRID, ISSUE_CONFIGS, label_of  # noqa: E402
+from vramplan.estimate.alloc_conf import DEFAULT, EXPANDABLE  # noqa: E402
+
+GIB = 1024**3
+
+
+def trace(name: str, opts: dict):
+    from vramplan.measure.allocator import allocator_figures
+    from vramplan.measure.harness import simulate
+    from vramplan.profiles import load_model
+    from vramplan.spec import resolve_train
+
+    m = load_model(name)
+    t = resolve_train(m, **opts)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = simulate(m, t, steps=2)
+    seconds = time.perf_counter() - start
+    figures = {c.label: allocator_figures(r.events, c) for c in (DEFAULT, EXPANDABLE)}
+    return m, t, r, figures, seconds
+
+
+def record(name: str, opts: dict) -> dict:
+    m, t, r, figures, seconds = trace(name, opts)
+    b = r.breakdown
+    return {
+        "label": label_of(name, opts),
+        "model": name,
+        "opts": opts,
+        "tensor_peak_bytes": b.peak_bytes,
+        "peak_phase": b.peak_phase,
+        "components": b.components.as_dict(),
+        "events": len(r.events),
+        "trace_seconds": round(seconds, 1),
+        "replay": {
+            label: {
+                "max_allocated_bytes": f.max_allocated_bytes,
+                "max_reserved_bytes": f.max_reserved_bytes,
+                "min_limit_bytes": f.min_limit_bytes,
+            }
+            for label, f in figures.items()
+        },
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grid", metavar="FILE", help="trace the oracle grid and append JSON lines to FILE")
+    args = ap.parse_args()
+    if args.grid:
+        path = Path(args.grid)
+        done = {json.loads(line)["label"] for line in path.read_text().splitlines()} if path.exists() else set()
+        for name, opts in GRID:
+            if label_of(name, opts) in done:
+                continue
+            rec = record(name, opts)
+            with path.open("a") as f:
+                f.write(json.dumps(rec, sort_keys=True) + "\n")
+            rs = rec["replay"]
+            print(rec["label"], f"{rec['trace_seconds']} s", {k: round(v['max_reserved_bytes'] / rec['tensor_peak_bytes'] - 1, 3) for k, v in rs.items()}, flush=True)
+        return
+    from vramplan.estimate import estimate
+
+    print(f"{'configuration':52s} {'peak GiB':>8s}  {'setting':9s} {'allocated':>9s} {'reserved':>9s} {'runs on':>8s}  estimate")
+    for name, opts in ISSUE_CONFIGS:
+        m, t, r, figures, _ = trace(name, opts)
+        e = estimate(m, train=t)
+        for i, (label, f) in enumerate(figures.items()):
+            head = f"{label_of(name, opts):52s} {f.tensor_peak_bytes / GIB:8.2f}" if i == 0 else " " * 61
+            short = "default" if label == "default" else "expand."
+            print(
+                f"{head}  {short:9s} {100 * f.share(f.max_allocated_bytes):+8.2f}% {100 * f.share(f.max_reserved_bytes):+8.1f}% "
+                f"{100 * f.share(f.min_limit_bytes):+7.1f}%  {100 * (e.reserved_bytes / e.peak_bytes - 1):+.1f}% (reserved/peak)"
+                if i == 0
+                else f"{head}  {short:9s} {100 * f.share(f.max_allocated_bytes):+8.2f}% {100 * f.share(f.max_reserved_bytes):+8.1f}% "
+                f"{100 * f.share(f.min_limit_bytes):+7.1f}%"
+            )
+
+
+if __name__ == "__main__":
+    main()
