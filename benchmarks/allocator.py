@@ -7,6 +7,7 @@ tensor peak; and the estimator's allocator figures beside them. Asserts nothing.
     python benchmarks/allocator.py                 # the configurations of issue 19
     python benchmarks/allocator.py --grid FILE     # the oracle grid, one JSON line per configuration, appended
                                                    # to FILE (configurations already in FILE are skipped)
+    python benchmarks/allocator.py --held-out FILE # the held-out configurations, likewise
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.oracle.allocator_grid import GRID, ISSUE_CONFIGS, label_of  # noqa: E402
+from tests.oracle.allocator_grid import GRID, HELD_OUT, ISSUE_CONFIGS, label_of  # noqa: E402
 from vramplan.estimate.alloc_conf import DEFAULT, EXPANDABLE  # noqa: E402
 
 GIB = 1024**3
@@ -69,11 +70,13 @@ def record(name: str, opts: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--grid", metavar="FILE", help="trace the oracle grid and append JSON lines to FILE")
+    ap.add_argument("--held-out", metavar="FILE", help="trace the held-out configurations likewise")
     args = ap.parse_args()
-    if args.grid:
-        path = Path(args.grid)
+    if args.grid or args.held_out:
+        path = Path(args.grid or args.held_out)
+        configs = GRID if args.grid else HELD_OUT
         done = {json.loads(line)["label"] for line in path.read_text().splitlines()} if path.exists() else set()
-        for name, opts in GRID:
+        for name, opts in configs:
             if label_of(name, opts) in done:
                 continue
             rec = record(name, opts)

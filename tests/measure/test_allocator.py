@@ -270,3 +270,33 @@ def test_tiny_llama_step_replays_to_the_tracked_peak(tiny_llama_events):
     figures = replay(events).stats
     assert figures.max_requested_bytes == peak  # the event log carries the tracker's peak
     assert peak <= figures.max_allocated_bytes <= figures.max_reserved_bytes
+
+
+@pytest.mark.slow
+def test_stored_replays_are_current():
+    """A grid row traced and replayed again gives the figures stored in tests/data/allocator/grid.jsonl (the
+    replay is deterministic; a change in the stack or the harness shows here first)."""
+    import json
+    from pathlib import Path
+
+    from tests.oracle.allocator_grid import label_of
+    from vramplan.measure.allocator import allocator_figures
+    from vramplan.measure.harness import simulate
+    from vramplan.profiles import load_model
+    from vramplan.spec import resolve_train
+
+    path = Path(__file__).resolve().parents[1] / "data" / "allocator" / "grid.jsonl"
+    stored = {r["label"]: r for r in map(json.loads, path.read_text().splitlines())}
+    name, opts = "llama-3.2-1b", {"method": "qlora", "grad_ckpt": True, "batch": 1, "seq": 512}
+    m = load_model(name)
+    r = simulate(m, resolve_train(m, **opts), steps=2)
+    row = stored[label_of(name, opts)]
+    assert r.breakdown.peak_bytes == row["tensor_peak_bytes"]
+    for config in (DEFAULT, EXPANDABLE):
+        f = allocator_figures(r.events, config)
+        want = row["replay"][config.label]
+        assert (f.max_allocated_bytes, f.max_reserved_bytes, f.min_limit_bytes) == (
+            want["max_allocated_bytes"],
+            want["max_reserved_bytes"],
+            want["min_limit_bytes"],
+        )

@@ -23,6 +23,15 @@ def _grid() -> list[tuple[str, dict]]:
 
 GRID: list[tuple[str, dict]] = _grid()
 
+# held out of the fit: other families and shapes, to state the model's error out of sample
+HELD_OUT: list[tuple[str, dict]] = [
+    (name, {"method": method, "grad_ckpt": grad_ckpt, "batch": batch, "seq": seq})
+    for name in ("gemma-2-2b", "llama-3-8b", "phi-3-mini", "qwen2.5-7b")
+    for method in ("lora", "qlora")
+    for grad_ckpt in (False, True)
+    for batch, seq in ((2, 1024), (1, 4096))
+]
+
 ISSUE_CONFIGS: list[tuple[str, dict]] = [
     ("llama-3.2-1b", {"method": "lora", "seq": 2048, "mixed_precision": "no"}),
     ("llama-2-7b", {"method": "qlora", "seq": 512}),

