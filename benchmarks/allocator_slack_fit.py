@@ -11,6 +11,7 @@ the held-out configurations. Prints the coefficients to paste into allocator_sla
 from __future__ import annotations
 
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -73,6 +74,11 @@ def main() -> None:
             )
             print(f"    ({setting!r}, {figure!r}): ({', '.join(f'{v:.4f}' for v in coef)}),")
             report.append((setting, figure, y, fit, lofo, out))
+    print("}\n")
+    print("ERRORS = {  # rounded up to 0.1 %")
+    for setting, figure, y, fit, lofo, out in report:
+        values = (np.sqrt((lofo**2).mean()), abs(lofo).max(), np.sqrt((out**2).mean()), abs(out).max())
+        print(f"    ({setting!r}, {figure!r}): ({', '.join(f'{math.ceil(v * 1000) / 1000:.3f}' for v in values)}),")
     print("}\n")
     print(f"{'setting':26s} {'figure':19s} {'replay share':>16s} {'fit rms/max':>13s} {'LOFO rms/max':>13s} {'held-out rms/max':>17s}")
     for setting, figure, y, fit, lofo, out in report:

@@ -14,12 +14,16 @@ oracle grid (tests/oracle/allocator_grid.py: method × checkpointing × batch·s
 `benchmarks/allocator_slack_fit.py`. Its error against the replays, left-one-family-out and on held-out
 families and shapes, is in `ERRORS`; tests/estimate/test_allocator_slack.py holds the model to them.
 
-What the replays show: under torch's default settings the slack depends on the exact order and sizes of
-allocations (a cached logits segment split by a small request cannot be released), from +0.4 % to +28 % of the
-peak for the needed memory on the grid; aggregates of the peak phase predict it only to about ±6 % (rms). With
-`expandable_segments:True` the need is +0.1 to +3.4 % and predicted to about ±1 %. Settings other than
-expandable_segments (max_split_size_mb, roundup_power2_divisions) are replayed by `simulate`; the estimate
-uses the default-settings model for them.
+What the replays show (92 traces: the grid and 32 held-out ones, gemma-2-2b, llama-3-8b, phi-3-mini and
+qwen2.5-7b at 2×1024 and 1×4096): under torch's default settings the slack depends on the exact order and
+sizes of allocations (a cached logits segment split by a small request cannot be released); the least memory
+that runs is +0.4 % to +28 % above the tensor peak on the grid, and aggregates of the peak phase predict it to
+6.0 % rms (worst 22.7 %) left-one-family-out, 3.4 % rms (worst 9.6 %) held out. With `expandable_segments:True`
+it is +0.1 % to +3.4 %, predicted to 0.9 % rms (worst 2.5 %) / 0.7 % (1.7 %). The route that would reach a few
+percent under default settings is to emit the step's allocation sequence from the analytic walk and replay it
+(not done: the walk keeps live sets, not an order of frees). Settings other than expandable_segments
+(max_split_size_mb, roundup_power2_divisions) are replayed by `simulate`; the estimate uses the
+default-settings model for them.
 """
 
 from __future__ import annotations
@@ -35,19 +39,19 @@ FIGURES = ("max_reserved_bytes", "min_limit_bytes")
 # slack / tensor peak = Σ coefficient · feature (clamped at 0); fitted by benchmarks/allocator_slack_fit.py on
 # tests/data/allocator/grid.jsonl (torch 2.13, transformers 5.24, peft 0.21, bitsandbytes 0.50)
 COEFFICIENTS: dict[tuple[str, str], tuple[float, ...]] = {
-    ("default", "max_reserved_bytes"): (0.0, 0.0, 0.0, 0.0),
-    ("default", "min_limit_bytes"): (0.0, 0.0, 0.0, 0.0),
-    ("expandable_segments:True", "max_reserved_bytes"): (0.0, 0.0, 0.0, 0.0),
-    ("expandable_segments:True", "min_limit_bytes"): (0.0, 0.0, 0.0, 0.0),
+    ("default", "max_reserved_bytes"): (0.0069, 0.0886, 0.1418, 0.0458),
+    ("default", "min_limit_bytes"): (0.0230, 0.0282, 0.0223, 0.0172),
+    ("expandable_segments:True", "max_reserved_bytes"): (0.0140, 0.0153, 0.1639, 0.0027),
+    ("expandable_segments:True", "min_limit_bytes"): (0.0175, -0.0037, -0.0018, -0.0112),
 }
 
 # the model's error against the replays, as a share of the tensor peak: (rms, worst) left-one-family-out over
 # the grid, and (rms, worst) on the held-out configurations (benchmarks/allocator_slack_fit.py)
 ERRORS: dict[tuple[str, str], tuple[float, float, float, float]] = {
-    ("default", "max_reserved_bytes"): (0.0, 0.0, 0.0, 0.0),
-    ("default", "min_limit_bytes"): (0.0, 0.0, 0.0, 0.0),
-    ("expandable_segments:True", "max_reserved_bytes"): (0.0, 0.0, 0.0, 0.0),
-    ("expandable_segments:True", "min_limit_bytes"): (0.0, 0.0, 0.0, 0.0),
+    ("default", "max_reserved_bytes"): (0.056, 0.194, 0.029, 0.062),
+    ("default", "min_limit_bytes"): (0.060, 0.227, 0.034, 0.096),
+    ("expandable_segments:True", "max_reserved_bytes"): (0.025, 0.121, 0.018, 0.046),
+    ("expandable_segments:True", "min_limit_bytes"): (0.009, 0.025, 0.007, 0.017),
 }
 
 
