@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.oracle.allocator_grid import GRID, HELD_OUT, ISSUE_CONFIGS, label_of  # noqa: E402
-from vramplan.estimate.alloc_conf import DEFAULT, EXPANDABLE  # noqa: E402
+from tests.oracle.allocator_grid import GRID, HELD_OUT, ISSUE_CONFIGS, label_of
+from vramplan.estimator.alloc_conf import DEFAULT, EXPANDABLE
 
 GIB = 1024**3
 
@@ -30,7 +30,7 @@ GIB = 1024**3
 def trace(name: str, opts: dict):
     from vramplan.measure.allocator import allocator_figures
     from vramplan.measure.harness import simulate
-    from vramplan.profiles import load_model
+    from vramplan.sources.profiles import load_model
     from vramplan.spec import resolve_train
 
     m = load_model(name)
@@ -45,7 +45,7 @@ def trace(name: str, opts: dict):
 
 
 def record(name: str, opts: dict) -> dict:
-    m, t, r, figures, seconds = trace(name, opts)
+    _, _, r, figures, seconds = trace(name, opts)
     b = r.breakdown
     return {
         "label": label_of(name, opts),
@@ -83,24 +83,35 @@ def main() -> None:
             with path.open("a") as f:
                 f.write(json.dumps(rec, sort_keys=True) + "\n")
             rs = rec["replay"]
-            print(rec["label"], f"{rec['trace_seconds']} s", {k: round(v['max_reserved_bytes'] / rec['tensor_peak_bytes'] - 1, 3) for k, v in rs.items()}, flush=True)
+            shares = {k: round(v["max_reserved_bytes"] / rec["tensor_peak_bytes"] - 1, 3) for k, v in rs.items()}
+            print(rec["label"], f"{rec['trace_seconds']} s", shares, flush=True)
         return
-    from vramplan.estimate import estimate
+    from vramplan.api import estimate
 
-    print(f"{'configuration':52s} {'peak GiB':>8s}  {'setting':9s} {'allocated':>9s} {'reserved':>9s} {'runs on':>8s}  estimate")
+    print(
+        f"{'configuration':52s} {'peak GiB':>8s}  {'setting':9s} {'allocated':>9s} {'reserved':>9s} "
+        f"{'runs on':>8s}  estimate (reserved / runs on)"
+    )
     for name, opts in ISSUE_CONFIGS:
-        m, t, r, figures, _ = trace(name, opts)
+        m, t, _, figures, _ = trace(name, opts)
         e = estimate(m, train=t)
         for i, (label, f) in enumerate(figures.items()):
             head = f"{label_of(name, opts):52s} {f.tensor_peak_bytes / GIB:8.2f}" if i == 0 else " " * 61
             short = "default" if label == "default" else "expand."
             print(
-                f"{head}  {short:9s} {100 * f.share(f.max_allocated_bytes):+8.2f}% {100 * f.share(f.max_reserved_bytes):+8.1f}% "
-                f"{100 * f.share(f.min_limit_bytes):+7.1f}%  {100 * (e.reserved_bytes / e.peak_bytes - 1):+.1f}% (reserved/peak)"
-                if i == 0
-                else f"{head}  {short:9s} {100 * f.share(f.max_allocated_bytes):+8.2f}% {100 * f.share(f.max_reserved_bytes):+8.1f}% "
-                f"{100 * f.share(f.min_limit_bytes):+7.1f}%"
+                f"{head}  {short:9s} {100 * f.share(f.max_allocated_bytes):+8.2f}% "
+                f"{100 * f.share(f.max_reserved_bytes):+8.1f}% {100 * f.share(f.min_limit_bytes):+7.1f}%  "
+                + estimated(e, label)
             )
+
+
+def estimated(e, label: str) -> str:
+    """The estimator's allocator figures for the same step under the setting `label`."""
+    from vramplan.estimator.alloc_conf import parse_alloc_conf
+    from vramplan.estimator.allocator_slack import allocator_slack
+
+    s = allocator_slack(e.components, bool(e.inputs.get("grad_ckpt")), parse_alloc_conf(label.replace("default", "")))
+    return f"{100 * s.reserved_bytes / e.peak_bytes:+.1f}% / {100 * s.need_bytes / e.peak_bytes:+.1f}%"
 
 
 if __name__ == "__main__":

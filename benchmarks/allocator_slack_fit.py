@@ -1,4 +1,4 @@
-"""Derive the estimator's caching-allocator model (`vramplan/estimate/allocator_slack.py`) from replays of traced
+"""Derive the estimator's caching-allocator model (`vramplan/estimator/allocator_slack.py`) from replays of traced
 steps: least squares of the slack (as a share of the tensor peak) on the features `slack_features` reads from
 the estimate's peak phase, per allocator setting and figure; its error left-one-family-out over the grid and on
 the held-out configurations. Prints the coefficients to paste into allocator_slack.py, and the errors.
@@ -21,9 +21,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vramplan.estimate.allocator_slack import FIGURES, SETTINGS, slack_features  # noqa: E402
-from vramplan.estimate.peak import phases  # noqa: E402
-from vramplan.profiles import load_model  # noqa: E402
+from vramplan.estimator.allocator_slack import FIGURES, SETTINGS, slack_features  # noqa: E402
+from vramplan.estimator.peak import phases  # noqa: E402
+from vramplan.sources.profiles import load_model  # noqa: E402
 from vramplan.spec import resolve_train  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "allocator"
@@ -76,11 +76,14 @@ def main() -> None:
             report.append((setting, figure, y, fit, lofo, out))
     print("}\n")
     print("ERRORS = {  # rounded up to 0.1 %")
-    for setting, figure, y, fit, lofo, out in report:
+    for setting, figure, _, _, lofo, out in report:
         values = (np.sqrt((lofo**2).mean()), abs(lofo).max(), np.sqrt((out**2).mean()), abs(out).max())
         print(f"    ({setting!r}, {figure!r}): ({', '.join(f'{math.ceil(v * 1000) / 1000:.3f}' for v in values)}),")
     print("}\n")
-    print(f"{'setting':26s} {'figure':19s} {'replay share':>16s} {'fit rms/max':>13s} {'LOFO rms/max':>13s} {'held-out rms/max':>17s}")
+    print(
+        f"{'setting':26s} {'figure':19s} {'replay share':>16s} {'fit rms/max':>13s} {'LOFO rms/max':>13s} "
+        f"{'held-out rms/max':>17s}"
+    )
     for setting, figure, y, fit, lofo, out in report:
         print(
             f"{setting:26s} {figure:19s} {100 * y.min():+6.1f}..{100 * y.max():+5.1f}% "

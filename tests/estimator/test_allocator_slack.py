@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from vramplan.estimate.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig
-from vramplan.estimate.allocator_slack import ERRORS, FIGURES, SETTINGS, allocator_slack, slack_features
-from vramplan.estimate.peak import phases
-from vramplan.profiles import load_model
+from vramplan.estimator.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig
+from vramplan.estimator.allocator_slack import ERRORS, FIGURES, SETTINGS, allocator_slack, slack_features
+from vramplan.estimator.peak import phases
+from vramplan.sources.profiles import load_model
 from vramplan.spec import resolve_train
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "allocator"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from vramplan.errors import VramplanError
-from vramplan.estimate.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig, parse_alloc_conf
+from vramplan.estimator.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig, parse_alloc_conf
 from vramplan.measure.allocator import ALLOC, FREE, CachingAllocator, allocation_size, replay, smallest_limit
 
 KiB, MiB = 1024, 1024**2
@@ -250,7 +250,8 @@ def test_tracker_records_allocations_frees_and_resizes():
     kinds = [(op, nbytes) for op, _, nbytes in tracker.events]
     assert kinds == [(ALLOC, 3 * MiB), (ALLOC, 5 * MiB), (FREE, 0), (ALLOC, 6 * MiB), (FREE, 0)]
     ids = [key for _, key, _ in tracker.events]
-    assert ids[2] == ids[0] and ids[4] == ids[1]  # the frees name the storages allocated first
+    assert ids[2] == ids[0]  # the frees name the storages allocated first
+    assert ids[4] == ids[1]
     r = replay(tracker.events)
     # 3 and 5 MiB split one 20 MiB segment; 6 MiB does not fit the freed 3 MiB block, best fit takes the 12 MiB
     # remainder; at most 5 + 6 MiB are alive at once (the resize's new storage before the old one is freed)
@@ -282,7 +283,7 @@ def test_stored_replays_are_current():
     from tests.oracle.allocator_grid import label_of
     from vramplan.measure.allocator import allocator_figures
     from vramplan.measure.harness import simulate
-    from vramplan.profiles import load_model
+    from vramplan.sources.profiles import load_model
     from vramplan.spec import resolve_train
 
     path = Path(__file__).resolve().parents[1] / "data" / "allocator" / "grid.jsonl"

@@ -12,7 +12,7 @@ Each is a share of the tensor peak, linear in `slack_features` (1, gradient chec
 activations' shares of the peak phase), with coefficients fitted by least squares to the replays of the
 oracle grid (tests/oracle/allocator_grid.py: method × checkpointing × batch·seq × family, 60 full-size traces),
 `benchmarks/allocator_slack_fit.py`. Its error against the replays, left-one-family-out and on held-out
-families and shapes, is in `ERRORS`; tests/estimate/test_allocator_slack.py holds the model to them.
+families and shapes, is in `ERRORS`; tests/estimator/test_allocator_slack.py holds the model to them.
 
 What the replays show (92 traces: the grid and 32 held-out ones, gemma-2-2b, llama-3-8b, phi-3-mini and
 qwen2.5-7b at 2×1024 and 1×4096): under torch's default settings the slack depends on the exact order and
@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vramplan.breakdown import Components
-from vramplan.estimate.alloc_conf import AllocatorConfig
+from vramplan.estimator.alloc_conf import AllocatorConfig
 
 SETTINGS = ("default", "expandable_segments:True")
 FIGURES = ("max_reserved_bytes", "min_limit_bytes")

@@ -47,7 +47,7 @@ import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from vramplan.estimate.alloc_conf import DEFAULT, AllocatorConfig
+from vramplan.estimator.alloc_conf import DEFAULT, AllocatorConfig
 
 KiB, MiB = 1024, 1024**2
 MIN_BLOCK_SIZE = 512  # kMinBlockSize
@@ -387,7 +387,8 @@ class CachingAllocator:
 
     def _map_block(self, pool: _Pool, block: _Block, size: int) -> bool:
         segment = block.segment
-        assert segment is not None and not block.mapped
+        assert segment is not None
+        assert not block.mapped
         offset = block.ptr - segment.base
         mapped = (-(-(offset + size) // segment.page) - offset // segment.page) * segment.page
         if not self._fits(mapped):
