@@ -44,6 +44,11 @@ def trace(name: str, opts: dict):
     return m, t, r, figures, seconds
 
 
+def load_warmup_figures(r) -> dict:
+    """The same replays as if the weights were loaded by from_pretrained(device_map=...)."""
+    return {c.label: r.allocator_figures(c, load_warmup=True) for c in (DEFAULT, EXPANDABLE)}
+
+
 def record(name: str, opts: dict) -> dict:
     _, _, r, figures, seconds = trace(name, opts)
     b = r.breakdown
@@ -89,19 +94,21 @@ def main() -> None:
     from vramplan.api import estimate
 
     print(
-        f"{'configuration':52s} {'peak GiB':>8s}  {'setting':9s} {'allocated':>9s} {'reserved':>9s} "
+        f"{'configuration':52s} {'peak GiB':>8s}  {'setting':13s} {'allocated':>9s} {'reserved':>9s} "
         f"{'runs on':>8s}  estimate (reserved / runs on)"
     )
     for name, opts in ISSUE_CONFIGS:
-        m, t, _, figures, _ = trace(name, opts)
+        m, t, r, figures, _ = trace(name, opts)
         e = estimate(m, train=t)
-        for i, (label, f) in enumerate(figures.items()):
+        rows = [(label, label, f) for label, f in figures.items()]
+        rows += [(label, label + " + from_pretrained load", f) for label, f in load_warmup_figures(r).items()]
+        for i, (label, shown, f) in enumerate(rows):
             head = f"{label_of(name, opts):52s} {f.tensor_peak_bytes / GIB:8.2f}" if i == 0 else " " * 61
-            short = "default" if label == "default" else "expand."
+            short = shown.replace("expandable_segments:True", "expand.").replace(" + from_pretrained load", "+load")
             print(
-                f"{head}  {short:9s} {100 * f.share(f.max_allocated_bytes):+8.2f}% "
+                f"{head}  {short:13s} {100 * f.share(f.max_allocated_bytes):+8.2f}% "
                 f"{100 * f.share(f.max_reserved_bytes):+8.1f}% {100 * f.share(f.min_limit_bytes):+7.1f}%  "
-                + estimated(e, label)
+                + (estimated(e, label) if i < 2 else "")
             )
 
 

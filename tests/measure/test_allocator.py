@@ -231,8 +231,7 @@ def tiny_llama_events():
     from vramplan.spec import model_spec_from_config, resolve_train
 
     m = model_spec_from_config(TINY_CONFIGS["llama"], "tiny-llama")
-    r = run_step(m, resolve_train(m, method="lora", seq=32, batch=2), device="cpu", steps=2)
-    return r.tracked.peak_bytes, r.events
+    return run_step(m, resolve_train(m, method="lora", seq=32, batch=2), device="cpu", steps=2)
 
 
 def test_tracker_records_allocations_frees_and_resizes():
@@ -267,10 +266,15 @@ def test_tracker_keeps_no_events_unless_asked():
 
 
 def test_tiny_llama_step_replays_to_the_tracked_peak(tiny_llama_events):
-    peak, events = tiny_llama_events
-    figures = replay(events).stats
-    assert figures.max_requested_bytes == peak  # the event log carries the tracker's peak
-    assert peak <= figures.max_allocated_bytes <= figures.max_reserved_bytes
+    r = tiny_llama_events
+    figures = replay(r.events).stats
+    assert figures.max_requested_bytes == r.tracked.peak_bytes  # the event log carries the tracker's peak
+    assert r.tracked.peak_bytes <= figures.max_allocated_bytes <= figures.max_reserved_bytes
+    # the load: every registered tensor (weights, adapters) before the first step, allocations only
+    assert r.load_events > 0
+    assert all(op == ALLOC for op, _, _ in r.events[: r.load_events])
+    warm = r.allocator_figures(load_warmup=True)
+    assert warm.tensor_peak_bytes == r.tracked.peak_bytes
 
 
 @pytest.mark.slow
@@ -301,3 +305,16 @@ def test_stored_replays_are_current():
             want["max_reserved_bytes"],
             want["min_limit_bytes"],
         )
+
+
+def test_load_warmup_packs_the_weights_into_one_segment():
+    from vramplan.measure.allocator import with_load_warmup
+
+    # three 8 MiB weights (1–10 MiB requests): one by one they take a 20 MiB segment for the first two (8 + 8,
+    # 4 MiB left) and a second for the third; after a 24 MiB warmup allocation is freed, all three split it
+    weights = events(("a", 1, 8 * MiB), ("a", 2, 8 * MiB), ("a", 3, 8 * MiB), ("a", 4, 30 * MiB), ("f", 4, 0))
+    assert replay(weights).stats.max_reserved_bytes == 20 * MiB + 20 * MiB + 30 * MiB
+    warm = with_load_warmup(weights)
+    assert warm[0] == (ALLOC, -1 + min(k for _, k, _ in weights), 3 * 8 * MiB + 30 * MiB)  # the leading run
+    # warmup: one 54 MiB segment, freed; the weights and the 30 MiB tensor split it exactly
+    assert replay(warm).stats.max_reserved_bytes == 54 * MiB

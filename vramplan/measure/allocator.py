@@ -505,6 +505,21 @@ def replay(
     return Replay(config, limit_bytes, allocator.stats(), None)
 
 
+def with_load_warmup(events: Sequence[Event], load_events: int | None = None) -> list[Event]:
+    """`events` preceded by transformers' `caching_allocator_warmup` (5.24 modeling_utils.py): before
+    `from_pretrained(device_map=...)` loads the weights it allocates and frees one tensor of the model's byte
+    count, so the weights are split off one cached segment instead of each taking its own. The model's bytes are
+    those of the first `load_events` events (`MeasureResult.load_events`: what was registered before the first
+    step), or of the leading run of allocations; the real load (bitsandbytes quantizes each weight from a bf16
+    copy on the device) is not traced.
+    """
+    if load_events is None:
+        load_events = next((i for i, (op, _, _) in enumerate(events) if op == FREE), len(events))
+    load_bytes = sum(nbytes for op, _, nbytes in events[:load_events] if op == ALLOC)
+    warmup_id = min((key for _, key, _ in events), default=0) - 1
+    return [(ALLOC, warmup_id, load_bytes), (FREE, warmup_id, 0), *events]
+
+
 def smallest_limit(
     events: Sequence[Event],
     config: AllocatorConfig = DEFAULT,
@@ -554,8 +569,15 @@ class AllocatorFigures:
         return nbytes / self.tensor_peak_bytes - 1 if self.tensor_peak_bytes else 0.0
 
 
-def allocator_figures(events: Sequence[Event], config: AllocatorConfig = DEFAULT) -> AllocatorFigures:
-    """Replay `events` without a limit, then bisect for the least limit on which they run."""
+def allocator_figures(
+    events: Sequence[Event], config: AllocatorConfig = DEFAULT, load_events: int | None = None
+) -> AllocatorFigures:
+    """Replay `events` without a limit, then bisect for the least limit on which they run. `load_events`: model
+    the weights loaded by `from_pretrained(device_map=...)` (`with_load_warmup`), the first `load_events` events
+    being the load; None: allocated one by one as they were registered (`model.to("cuda")`, or the harness's own
+    build)."""
+    if load_events is not None:
+        events = with_load_warmup(events, load_events)
     unlimited = replay(events, config)
     s = unlimited.stats
     return AllocatorFigures(

@@ -93,12 +93,15 @@ class MeasureResult:
     seconds: float
     notes: tuple[str, ...]
     versions: tuple[tuple[str, str], ...]
-    # the tracked allocation sequence, (ALLOC, id, bytes) / (FREE, id, 0), for `vramplan.measure.allocator`
+    # the tracked allocation sequence, (ALLOC, id, bytes) / (FREE, id, 0), for `vramplan.measure.allocator`;
+    # its first `load_events` events register what the build left on the device (weights, adapters, ...)
     events: tuple[tuple[int, int, int], ...] = ()
+    load_events: int = 0
 
-    def allocator_figures(self, config: AllocatorConfig = DEFAULT) -> AllocatorFigures:
-        """The traced allocation sequence replayed through the caching-allocator model under `config`."""
-        return allocator_figures(self.events, config)
+    def allocator_figures(self, config: AllocatorConfig = DEFAULT, load_warmup: bool = False) -> AllocatorFigures:
+        """The traced allocation sequence replayed through the caching-allocator model under `config`;
+        `load_warmup`: as if loaded by `from_pretrained(device_map=...)` (`allocator.with_load_warmup`)."""
+        return allocator_figures(self.events, config, self.load_events if load_warmup else None)
 
     @property
     def outcome(self) -> Literal["ok", "oom"]:
@@ -204,6 +207,7 @@ def run_step(
         notes=tuple(notes),
         versions=installed_versions(),
         events=tuple(tracker.events or ()),
+        load_events=state.load_events,
     )
 
 
@@ -234,7 +238,7 @@ def _is_oom(e: BaseException) -> bool:
 
 
 class _RunState:
-    __slots__ = ("oom", "paged_bytes", "params", "phase", "step", "steps_done")
+    __slots__ = ("load_events", "oom", "paged_bytes", "params", "phase", "step", "steps_done")
 
     def __init__(self) -> None:
         self.step = 0
@@ -243,6 +247,7 @@ class _RunState:
         self.oom: OutOfMemory | None = None
         self.paged_bytes = 0
         self.params: tuple[int, int] = (0, 0)
+        self.load_events = 0
 
 
 class _DropMessages(logging.Filter):
@@ -326,6 +331,7 @@ def _train(
         _exclude_paged_states(optimizer, tracker)
     vocab = built.causal_lm.config.get_text_config().vocab_size
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    state.load_events = len(tracker.events or ())
 
     def autocast() -> contextlib.AbstractContextManager:
         if autocast_dtype is None:
