@@ -318,3 +318,68 @@ def test_load_warmup_packs_the_weights_into_one_segment():
     assert warm[0] == (ALLOC, -1 + min(k for _, k, _ in weights), 3 * 8 * MiB + 30 * MiB)  # the leading run
     # warmup: one 54 MiB segment, freed; the weights and the 30 MiB tensor split it exactly
     assert replay(warm).stats.max_reserved_bytes == 54 * MiB
+
+
+# invariants over random sequences (hypothesis)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from vramplan.measure.allocator import AllocatorOutOfMemory  # noqa: E402
+
+_SIZES = st.one_of(
+    st.integers(1, 1 * MiB),  # small pool
+    st.integers(1 * MiB + 1, 10 * MiB),  # 20 MiB segments
+    st.integers(10 * MiB, 300 * MiB),  # own segments
+)
+_CONFIGS = st.sampled_from([DEFAULT, EXPANDABLE, AllocatorConfig(max_split_size_bytes=64 * MiB)])
+
+
+def _blocks(allocator: CachingAllocator, live: dict) -> list:
+    """Every block: live ones, cached free ones and unmapped ones, by address."""
+    blocks = list(live.values())
+    for pool in (allocator.small_pool, allocator.large_pool):
+        blocks += list(pool.free_by_ptr.values()) + list(pool.unmapped_by_ptr.values())
+    return sorted(blocks, key=lambda b: b.ptr)
+
+
+def _check(allocator: CachingAllocator, live: dict) -> None:
+    blocks = _blocks(allocator, live)
+    assert len({b.ptr for b in blocks}) == len(blocks)  # no block twice
+    # reserved is exactly the mapped blocks; allocated exactly the live ones
+    assert allocator.reserved == sum(b.size for b in blocks if b.mapped)
+    assert allocator.allocated == sum(b.size for b in live.values())
+    for b in blocks:
+        if b.next is not None:
+            assert b.next.prev is b
+            assert b.ptr + b.size == b.next.ptr  # neighbours are contiguous
+            # two free neighbours of the same kind would have merged
+            assert b.allocated or b.next.allocated or b.mapped != b.next.mapped
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    config=_CONFIGS,
+    steps=st.lists(st.tuples(st.booleans(), _SIZES, st.integers(0, 30)), min_size=1, max_size=60),
+    limit_mib=st.one_of(st.none(), st.integers(100, 2000)),
+)
+def test_block_bookkeeping_holds_on_random_sequences(config, steps, limit_mib):
+    limit = None if limit_mib is None else limit_mib * MiB
+    allocator = CachingAllocator(config, limit_bytes=limit, device_bytes=4096 * MiB)
+    live: dict = {}
+    for key, (alloc, nbytes, victim) in enumerate(steps):
+        if alloc or not live:
+            try:
+                live[key] = allocator.malloc(nbytes)
+            except AllocatorOutOfMemory:
+                pass
+        else:
+            allocator.free(live.pop(sorted(live)[victim % len(live)]))
+        _check(allocator, live)
+        assert allocator.requested <= allocator.allocated <= allocator.reserved
+        assert limit is None or allocator.reserved <= limit
+    for key in list(live):
+        allocator.free(live.pop(key))
+    allocator.release_cached_blocks()
+    _check(allocator, live)
+    assert allocator.reserved == 0  # everything freed and released: every segment whole, every page free
