@@ -47,7 +47,7 @@ import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from vramplan.estimator.alloc_conf import DEFAULT, AllocatorConfig
+from vramplan.estimator.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig
 
 KiB, MiB = 1024, 1024**2
 MIN_BLOCK_SIZE = 512  # kMinBlockSize
@@ -587,4 +587,31 @@ def allocator_figures(
         max_reserved_bytes=s.max_reserved_bytes,
         min_limit_bytes=smallest_limit(events, config, unlimited) if events else 0,
         num_segments=s.num_segments,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AllocatorSummary:
+    """A traced step replayed under torch's defaults (weights allocated one by one, as the harness builds them
+    and as `model.to("cuda")` does; and loaded by `from_pretrained(device_map=...)`) and under
+    expandable_segments:True."""
+
+    default: AllocatorFigures
+    default_from_pretrained: AllocatorFigures
+    expandable: AllocatorFigures
+
+    def rows(self) -> tuple[tuple[str, AllocatorFigures], ...]:
+        return (
+            ("default", self.default),
+            ("default, from_pretrained(device_map) load", self.default_from_pretrained),
+            ("expandable_segments:True", self.expandable),
+        )
+
+
+def allocator_summary(events: Sequence[Event], load_events: int) -> AllocatorSummary:
+    """The three replays of `AllocatorSummary` (a few seconds for a 7B step)."""
+    return AllocatorSummary(
+        default=allocator_figures(events, DEFAULT),
+        default_from_pretrained=allocator_figures(events, DEFAULT, load_events),
+        expandable=allocator_figures(events, EXPANDABLE),
     )
