@@ -28,8 +28,8 @@ GIB = 1024**3
 
 
 def trace(name: str, opts: dict):
-    from vramplan.measure.allocator import allocator_figures
     from vramplan.measure.harness import simulate
+    from vramplan.measure.replay import allocator_figures
     from vramplan.sources.profiles import load_model
     from vramplan.spec import resolve_train
 

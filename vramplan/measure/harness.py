@@ -39,9 +39,9 @@ from vramplan.errors import VramplanError
 from vramplan.estimator.alloc_conf import DEFAULT, AllocatorConfig
 from vramplan.estimator.build import measured_breakdown
 from vramplan.estimator.overhead import CUDA_CONTEXT_BYTES, Overheads
-from vramplan.measure.allocator import AllocatorFigures, allocator_figures
 from vramplan.measure.build import TORCH_DTYPES, Built, build
 from vramplan.measure.cuda_equiv import CudaAutocast, check_versions, cuda_equivalence, installed_versions
+from vramplan.measure.replay import AllocatorFigures, allocator_figures
 from vramplan.measure.tracker import CategoryBytes, MemoryTracker, TrackedPeak
 from vramplan.spec import ModelSpec, TrainSpec
 

@@ -51,7 +51,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 
 from vramplan.breakdown import Components
-from vramplan.measure.allocator import ALLOC, FREE
+from vramplan.measure.replay import ALLOC, FREE
 
 Category = Literal[
     "weights",
