@@ -72,7 +72,7 @@ class AllocatorOutOfMemory(Exception):
         self.request_bytes = request_bytes
 
 
-class _Block:
+class Block:
     __slots__ = ("allocated", "mapped", "next", "prev", "ptr", "requested", "segment", "size", "small")
 
     def __init__(self, size: int, ptr: int, small: bool, segment: _Segment | None = None) -> None:
@@ -82,8 +82,8 @@ class _Block:
         self.segment = segment  # the expandable segment, or None for a cudaMalloc segment
         self.allocated = False
         self.mapped = True
-        self.prev: _Block | None = None
-        self.next: _Block | None = None
+        self.prev: Block | None = None
+        self.next: Block | None = None
         self.requested = 0
 
     @property
@@ -108,27 +108,27 @@ class _Pool:
     def __init__(self, small: bool) -> None:
         self.small = small
         self.free: list[tuple[int, int]] = []
-        self.free_by_ptr: dict[int, _Block] = {}
+        self.free_by_ptr: dict[int, Block] = {}
         self.unmapped: list[int] = []
-        self.unmapped_by_ptr: dict[int, _Block] = {}
+        self.unmapped_by_ptr: dict[int, Block] = {}
 
-    def insert(self, block: _Block) -> None:
+    def insert(self, block: Block) -> None:
         bisect.insort(self.free, (block.size, block.ptr))
         self.free_by_ptr[block.ptr] = block
 
-    def remove(self, block: _Block) -> None:
+    def remove(self, block: Block) -> None:
         i = bisect.bisect_left(self.free, (block.size, block.ptr))
         del self.free[i]
         del self.free_by_ptr[block.ptr]
 
-    def at(self, i: int) -> _Block:
+    def at(self, i: int) -> Block:
         return self.free_by_ptr[self.free[i][1]]
 
-    def insert_unmapped(self, block: _Block) -> None:
+    def insert_unmapped(self, block: Block) -> None:
         bisect.insort(self.unmapped, block.ptr)
         self.unmapped_by_ptr[block.ptr] = block
 
-    def remove_unmapped(self, block: _Block) -> None:
+    def remove_unmapped(self, block: Block) -> None:
         del self.unmapped[bisect.bisect_left(self.unmapped, block.ptr)]
         del self.unmapped_by_ptr[block.ptr]
 
@@ -168,7 +168,7 @@ class CachingAllocator:
 
     # public interface
 
-    def malloc(self, nbytes: int) -> _Block:
+    def malloc(self, nbytes: int) -> Block:
         """`DeviceCachingAllocator::malloc`: a block of at least `nbytes` (> 0), or AllocatorOutOfMemory."""
         size = self.round_size(nbytes)
         pool = self.small_pool if size <= SMALL_SIZE else self.large_pool
@@ -185,7 +185,7 @@ class CachingAllocator:
                 raise AllocatorOutOfMemory(-1, size, self.reserved, self.allocated)
         return self._alloc_found_block(pool, block, size, nbytes)
 
-    def free(self, block: _Block) -> None:
+    def free(self, block: Block) -> None:
         """`DeviceCachingAllocator::free` → `free_block`: back to the pool, merged with free neighbours."""
         block.allocated = False
         self.allocated -= block.size
@@ -227,14 +227,14 @@ class CachingAllocator:
 
     # finding and splitting blocks
 
-    def _get_free_block(self, pool: _Pool, size: int) -> _Block | None:
+    def _get_free_block(self, pool: _Pool, size: int) -> Block | None:
         i = bisect.bisect_left(pool.free, (size, -1))
         if i == len(pool.free):
             return None
         block = pool.at(i)
         if block.segment is not None:
             # best fit by the size a block can grow to: prefer blocks not followed by unmapped space
-            def expandable_size(b: _Block) -> int:
+            def expandable_size(b: Block) -> int:
                 return b.size + (b.next.size if b.next is not None and not b.next.mapped else 0)
 
             j = i + 1
@@ -249,16 +249,16 @@ class CachingAllocator:
         pool.remove(block)
         return block
 
-    def _should_split(self, block: _Block, size: int) -> bool:
+    def _should_split(self, block: Block, size: int) -> bool:
         remaining = block.size - size
         if block.small or self.config.expandable_segments:
             return remaining >= MIN_BLOCK_SIZE
         return (self.max_split is None or size < self.max_split) and remaining > SMALL_SIZE
 
-    def _alloc_found_block(self, pool: _Pool, block: _Block, size: int, nbytes: int) -> _Block:
+    def _alloc_found_block(self, pool: _Pool, block: Block, size: int, nbytes: int) -> Block:
         if self._should_split(block, size):
             remaining = block
-            block = _Block(size, remaining.ptr, remaining.small, remaining.segment)
+            block = Block(size, remaining.ptr, remaining.small, remaining.segment)
             block.prev = remaining.prev
             if block.prev is not None:
                 block.prev.next = block
@@ -275,7 +275,7 @@ class CachingAllocator:
         self.max_requested = max(self.max_requested, self.requested)
         return block
 
-    def _try_merge(self, dst: _Block, src: _Block | None, pool: _Pool) -> int:
+    def _try_merge(self, dst: Block, src: Block | None, pool: _Pool) -> int:
         if src is None or src.allocated or dst.mapped != src.mapped:
             return 0
         if dst.prev is src:
@@ -304,14 +304,14 @@ class CachingAllocator:
         self.num_segments += 1
         self.max_reserved = max(self.max_reserved, self.reserved)
 
-    def _alloc_block(self, pool: _Pool, size: int) -> _Block | None:
+    def _alloc_block(self, pool: _Pool, size: int) -> Block | None:
         if self.config.expandable_segments:
             return self._try_allocate_expandable_block(pool, size)
         alloc_size = allocation_size(size)
         if not self._fits(alloc_size):
             return None
         self._reserve(alloc_size)
-        block = _Block(alloc_size, self._next_address, pool.small)
+        block = Block(alloc_size, self._next_address, pool.small)
         self._next_address += alloc_size + ROUND_LARGE  # a gap: segments never merge
         return block
 
@@ -351,14 +351,14 @@ class CachingAllocator:
                     pool.remove_unmapped(block)
                     self.segments.remove(block.segment)
 
-    def _release_block(self, pool: _Pool, block: _Block) -> None:
+    def _release_block(self, pool: _Pool, block: Block) -> None:
         pool.remove(block)
         self.reserved -= block.size
 
     # expandable segments
 
-    def _find_expandable_block(self, pool: _Pool, size: int) -> _Block:
-        def allocatable(b: _Block | None) -> bool:
+    def _find_expandable_block(self, pool: _Pool, size: int) -> Block:
+        def allocatable(b: Block | None) -> bool:
             return b is not None and not b.allocated
 
         for ptr in pool.unmapped:
@@ -376,12 +376,12 @@ class CachingAllocator:
         segment = _Segment(self._next_address, page, pages * page)
         self._next_address += segment.size + page
         self.segments.append(segment)
-        block = _Block(segment.size, segment.base, pool.small, segment)
+        block = Block(segment.size, segment.base, pool.small, segment)
         block.mapped = False
         pool.insert_unmapped(block)
         return block
 
-    def _map_block(self, pool: _Pool, block: _Block, size: int) -> bool:
+    def _map_block(self, pool: _Pool, block: Block, size: int) -> bool:
         segment = block.segment
         assert segment is not None
         assert not block.mapped
@@ -392,7 +392,7 @@ class CachingAllocator:
         pool.remove_unmapped(block)
         block.mapped = True
         if mapped < block.size:
-            remaining = _Block(block.size - mapped, block.ptr + mapped, block.small, segment)
+            remaining = Block(block.size - mapped, block.ptr + mapped, block.small, segment)
             remaining.mapped = False
             remaining.prev, remaining.next = block, block.next
             if block.next is not None:
@@ -406,7 +406,7 @@ class CachingAllocator:
         self._reserve(mapped)
         return True
 
-    def _try_allocate_expandable_block(self, pool: _Pool, size: int) -> _Block | None:
+    def _try_allocate_expandable_block(self, pool: _Pool, size: int) -> Block | None:
         candidate = self._find_expandable_block(pool, size)
         if not candidate.mapped and not self._map_block(pool, candidate, min(candidate.size, size)):
             return None
@@ -419,7 +419,7 @@ class CachingAllocator:
         pool.remove(candidate)
         return candidate
 
-    def _unmap_block(self, pool: _Pool, block: _Block) -> None:
+    def _unmap_block(self, pool: _Pool, block: Block) -> None:
         segment = block.segment
         assert segment is not None
         offset = block.ptr - segment.base
@@ -432,7 +432,7 @@ class CachingAllocator:
         length = (end - begin) * segment.page
         before = start - block.ptr
         if before > 0:
-            head = _Block(before, block.ptr, block.small, segment)
+            head = Block(before, block.ptr, block.small, segment)
             head.prev, head.next = block.prev, block
             if block.prev is not None:
                 block.prev.next = head
@@ -440,7 +440,7 @@ class CachingAllocator:
             pool.insert(head)
         after = block.size - before - length
         if after > 0:
-            tail = _Block(after, start + length, block.small, segment)
+            tail = Block(after, start + length, block.small, segment)
             tail.prev, tail.next = block, block.next
             if block.next is not None:
                 block.next.prev = tail

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from vramplan.estimator.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig
-from vramplan.measure.allocator import ROUND_LARGE, AllocatorOutOfMemory, AllocatorStats, CachingAllocator, _Block
+from vramplan.measure.allocator import ROUND_LARGE, AllocatorOutOfMemory, AllocatorStats, CachingAllocator, Block
 
 ALLOC, FREE = 0, 1
 Event = tuple[int, int, int]  # (ALLOC, id, bytes) or (FREE, id, 0)
@@ -39,7 +39,7 @@ def replay(
 ) -> Replay:
     """Run `events` through a fresh allocator. Zero-byte allocations take no block (`allocate`: `size != 0`)."""
     allocator = CachingAllocator(config, limit_bytes, device_bytes)
-    live: dict[int, _Block] = {}
+    live: dict[int, Block] = {}
     malloc, free = allocator.malloc, allocator.free
     for index, (op, key, nbytes) in enumerate(events):
         if op == ALLOC:
