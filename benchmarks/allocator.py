@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.oracle.allocator_grid import GRID, HELD_OUT, ISSUE_CONFIGS, label_of
-from vramplan.estimator.alloc_conf import DEFAULT, EXPANDABLE
+from vramplan.spec.alloc_conf import DEFAULT, EXPANDABLE
 
 GIB = 1024**3
 
@@ -114,8 +114,8 @@ def main() -> None:
 
 def estimated(e, label: str) -> str:
     """The estimator's allocator figures for the same step under the setting `label`."""
-    from vramplan.estimator.alloc_conf import parse_alloc_conf
     from vramplan.estimator.allocator_slack import allocator_slack
+    from vramplan.spec.alloc_conf import parse_alloc_conf
 
     s = allocator_slack(e.components, bool(e.inputs.get("grad_ckpt")), parse_alloc_conf(label.replace("default", "")))
     return f"{100 * s.reserved_bytes / e.peak_bytes:+.1f}% / {100 * s.need_bytes / e.peak_bytes:+.1f}%"

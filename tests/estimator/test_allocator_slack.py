@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from vramplan.estimator.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig
 from vramplan.estimator.allocator_slack import ERRORS, FIGURES, SETTINGS, allocator_slack, slack_features
 from vramplan.estimator.peak import phases
 from vramplan.sources.profiles import load_model
 from vramplan.spec import resolve_train
+from vramplan.spec.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "allocator"
 CONFIG = {SETTINGS[0]: DEFAULT, SETTINGS[1]: EXPANDABLE}

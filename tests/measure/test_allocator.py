@@ -11,9 +11,9 @@ import contextlib
 import pytest
 
 from vramplan.errors import VramplanError
-from vramplan.estimator.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig, parse_alloc_conf
 from vramplan.measure.allocator import CachingAllocator, allocation_size
 from vramplan.measure.replay import ALLOC, FREE, replay, smallest_limit
+from vramplan.spec.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig, parse_alloc_conf
 
 KiB, MiB = 1024, 1024**2
 

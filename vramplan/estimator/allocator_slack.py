@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vramplan.breakdown import Components
-from vramplan.estimator.alloc_conf import AllocatorConfig
+from vramplan.spec.alloc_conf import AllocatorConfig
 
 SETTINGS = ("default", "expandable_segments:True")
 FIGURES = ("max_reserved_bytes", "min_limit_bytes")
@@ -81,6 +81,11 @@ class AllocatorSlack:
     need_error: float
 
 
+def need_error(config: AllocatorConfig) -> float:
+    """The rms error of the modelled least memory (share of the peak, left-one-family-out) under `config`."""
+    return ERRORS[setting_of(config), "min_limit_bytes"][0]
+
+
 def _share(setting: str, figure: str, features: tuple[float, ...]) -> float:
     return max(sum(c * f for c, f in zip(COEFFICIENTS[setting, figure], features, strict=True)), 0.0)
 
@@ -92,4 +97,4 @@ def allocator_slack(peak: Components, grad_ckpt: bool, config: AllocatorConfig) 
     total = peak.total
     reserved = int(total * _share(setting, "max_reserved_bytes", features))
     need = int(total * _share(setting, "min_limit_bytes", features))
-    return AllocatorSlack(config, reserved, min(need, reserved), ERRORS[setting, "min_limit_bytes"][0])
+    return AllocatorSlack(config, reserved, min(need, reserved), need_error(config))

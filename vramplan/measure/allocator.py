@@ -46,7 +46,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from vramplan.estimator.alloc_conf import DEFAULT, AllocatorConfig
+from vramplan.spec.alloc_conf import DEFAULT, AllocatorConfig
 
 KiB, MiB = 1024, 1024**2
 MIN_BLOCK_SIZE = 512  # kMinBlockSize

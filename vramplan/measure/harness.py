@@ -36,14 +36,14 @@ import torch
 
 from vramplan.breakdown import COMPONENTS, Breakdown, Components, MeasuredRun, PhaseUsage
 from vramplan.errors import VramplanError
-from vramplan.estimator.alloc_conf import DEFAULT, AllocatorConfig
 from vramplan.estimator.build import measured_breakdown
-from vramplan.estimator.overhead import CUDA_CONTEXT_BYTES, Overheads
+from vramplan.estimator.overhead import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, Overheads
 from vramplan.measure.build import TORCH_DTYPES, Built, build
 from vramplan.measure.cuda_equiv import CudaAutocast, check_versions, cuda_equivalence, installed_versions
 from vramplan.measure.replay import AllocatorFigures, allocator_figures
 from vramplan.measure.tracker import CategoryBytes, MemoryTracker, TrackedPeak
 from vramplan.spec import ModelSpec, TrainSpec
+from vramplan.spec.alloc_conf import DEFAULT, AllocatorConfig, parse_alloc_conf
 
 Device = Literal["cuda", "cpu", "meta", "fake"]
 DEVICES: tuple[str, ...] = ("cuda", "cpu", "meta", "fake")
@@ -194,7 +194,8 @@ def run_step(
     if dev == "cuda":
         torch.cuda.empty_cache()
     tracked = tracker.result()
-    b = _breakdown(m, t, dev, tracked, state, cuda, gpu, notes)
+    events = tuple(tracker.events or ())
+    b = _breakdown(m, t, dev, tracked, state, cuda, gpu, notes, events)
     return MeasureResult(
         breakdown=b,
         device=dev,
@@ -206,7 +207,7 @@ def run_step(
         seconds=time.perf_counter() - start,
         notes=tuple(notes),
         versions=installed_versions(),
-        events=tuple(tracker.events or ()),
+        events=events,
         load_events=state.load_events,
     )
 
@@ -563,6 +564,7 @@ def _breakdown(
     cuda: CudaFigures | None,
     gpu: Any,
     notes: list[str],
+    events: tuple[tuple[int, int, int], ...] = (),
 ) -> Breakdown:
     phases = tuple(PhaseUsage(p.phase, components(p.breakdown)) for p in tracked.phases)
     if not phases:  # out of memory while building: nothing traced but what was loaded
@@ -580,8 +582,17 @@ def _breakdown(
             measured_allocator_bytes=max(cuda.max_memory_reserved - peak, 0),
         )
         gpu_bytes = gpu.memory_bytes if gpu is not None else cuda.total_bytes
+    elif events:
+        # a trace: the caching allocator replayed on its allocation sequence under the step's alloc_conf, with
+        # the cuBLAS workspace (not a tensor) on top; the CUDA context is the documented default
+        f = allocator_figures(events, parse_alloc_conf(t.alloc_conf))
+        overheads = Overheads(
+            measured_allocator_bytes=f.max_reserved_bytes - peak + CUBLAS_WORKSPACE_BYTES,
+            measured_need_bytes=f.min_limit_bytes - peak + CUBLAS_WORKSPACE_BYTES,
+        )
+        gpu_bytes = gpu.memory_bytes if gpu is not None else None
     else:
-        overheads = Overheads()  # a trace has no GPU side: the documented defaults
+        overheads = Overheads()  # nothing traced (out of memory while building): the documented defaults
         gpu_bytes = gpu.memory_bytes if gpu is not None else None
     total, trainable = state.params
     return measured_breakdown(

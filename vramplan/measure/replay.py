@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from vramplan.estimator.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig
-from vramplan.measure.allocator import ROUND_LARGE, AllocatorOutOfMemory, AllocatorStats, CachingAllocator, Block
+from vramplan.measure.allocator import ROUND_LARGE, AllocatorOutOfMemory, AllocatorStats, Block, CachingAllocator
+from vramplan.spec.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig
 
 ALLOC, FREE = 0, 1
 Event = tuple[int, int, int]  # (ALLOC, id, bytes) or (FREE, id, 0)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vramplan.errors import VramplanError
+from vramplan.spec.alloc_conf import parse_alloc_conf
 from vramplan.spec.model import (
     ATTNS,
     DTYPES,
@@ -83,6 +84,7 @@ class TrainSpec:
     grad_ckpt: bool
     attn: Attn
     freeze_trainable_layers: int
+    alloc_conf: str = ""  # PYTORCH_CUDA_ALLOC_CONF as modelled (`spec.alloc_conf`); "" = torch's defaults
     notes: tuple[str, ...] = ()  # warnings raised while resolving (e.g. bf16 -> fp16 on a T4)
 
     @property
@@ -175,12 +177,14 @@ def resolve_train(
     grad_ckpt: bool | None = None,
     attn: str = "sdpa",
     freeze_trainable_layers: int = 2,
+    alloc_conf: str | None = None,
 ) -> TrainSpec:
     """Fill in the defaults of the common HF Trainer / PEFT recipe for `method` and validate everything.
 
     Defaults: batch 1, seq 1024, bf16 autocast (fp16 on GPUs without bf16); QLoRA = nf4 + double quant +
     kbit prep + gradient checkpointing; LoRA = bf16 weights; full = pure bf16; r=16, alpha=32, dropout 0.05,
-    all-linear; `adamw_torch_fused` (HF Trainer default with torch >= 2.8); SDPA attention.
+    all-linear; `adamw_torch_fused` (HF Trainer default with torch >= 2.8); SDPA attention; the caching
+    allocator's defaults (`alloc_conf`, PYTORCH_CUDA_ALLOC_CONF syntax, e.g. "expandable_segments:True").
     """
     from vramplan.errors import did_you_mean
 
@@ -272,5 +276,6 @@ def resolve_train(
         grad_ckpt=bool(grad_ckpt),
         attn=attn,  # type: ignore[arg-type]
         freeze_trainable_layers=int(freeze_trainable_layers),
+        alloc_conf=parse_alloc_conf(alloc_conf).text,
         notes=tuple(notes),
     )
