@@ -77,6 +77,12 @@ def train_options(f: Callable) -> Callable:
             show_default=True,
             help="freeze: train the last N layers",
         ),
+        click.option(
+            "--alloc-conf",
+            default=None,
+            metavar="CONF",
+            help="PYTORCH_CUDA_ALLOC_CONF to plan for, e.g. expandable_segments:True [torch's defaults]",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -86,7 +92,7 @@ def train_options(f: Callable) -> Callable:
 TRAIN_KEYS = (
     "method", "dtype", "mixed_precision", "quant", "double_quant", "kbit_prep", "batch", "seq", "grad_accum",
     "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "dora", "optim", "grad_ckpt", "attn",
-    "freeze_trainable_layers",
+    "freeze_trainable_layers", "alloc_conf",
 )  # fmt: skip
 
 
@@ -496,14 +502,26 @@ class _Progress:
 
 
 def _measured(r, estimate_b, as_json: bool) -> None:
+    from vramplan.estimator.allocator_slack import allocator_slacks
+
+    summary = r.allocator_summary()
+    modelled = allocator_slacks(estimate_b.components, estimate_b.train.grad_ckpt)
     if as_json:
         from vramplan.report import measurement_json
+        from vramplan.report.allocator import allocator_json
 
-        click.echo(json.dumps(measurement_json(r, estimate_b)))
+        out = measurement_json(r, estimate_b)
+        if summary is not None:
+            out["allocator"] = allocator_json(summary, modelled, r.cuda)
+        click.echo(json.dumps(out))
         return
     from vramplan.report import render_measurement
+    from vramplan.report.allocator import render_allocator
 
-    render_measurement(r, estimate_b, _console())
+    console = _console()
+    render_measurement(r, estimate_b, console)
+    if summary is not None:
+        render_allocator(summary, modelled, estimate_b.peak_bytes, console, r.cuda)
 
 
 @main.command()

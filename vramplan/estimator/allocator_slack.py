@@ -81,6 +81,13 @@ class AllocatorSlack:
     need_error: float
 
 
+def allocator_slacks(peak: Components, grad_ckpt: bool) -> dict[str, AllocatorSlack]:
+    """The model under each fitted setting, by its label ("default", "expandable_segments:True")."""
+    from vramplan.spec.alloc_conf import DEFAULT, EXPANDABLE
+
+    return {s: allocator_slack(peak, grad_ckpt, c) for s, c in zip(SETTINGS, (DEFAULT, EXPANDABLE), strict=True)}
+
+
 def need_error(config: AllocatorConfig) -> float:
     """The rms error of the modelled least memory (share of the peak, left-one-family-out) under `config`."""
     return ERRORS[setting_of(config), "min_limit_bytes"][0]

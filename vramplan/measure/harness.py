@@ -40,7 +40,7 @@ from vramplan.estimator.build import measured_breakdown
 from vramplan.estimator.overhead import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, Overheads
 from vramplan.measure.build import TORCH_DTYPES, Built, build
 from vramplan.measure.cuda_equiv import CudaAutocast, check_versions, cuda_equivalence, installed_versions
-from vramplan.measure.replay import AllocatorFigures, allocator_figures
+from vramplan.measure.replay import AllocatorFigures, AllocatorSummary, allocator_figures, allocator_summary
 from vramplan.measure.tracker import CategoryBytes, MemoryTracker, TrackedPeak
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.spec.alloc_conf import DEFAULT, AllocatorConfig, parse_alloc_conf
@@ -102,6 +102,11 @@ class MeasureResult:
         """The traced allocation sequence replayed through the caching-allocator model under `config`;
         `load_warmup`: as if loaded by `from_pretrained(device_map=...)` (`allocator.with_load_warmup`)."""
         return allocator_figures(self.events, config, self.load_events if load_warmup else None)
+
+    def allocator_summary(self) -> AllocatorSummary | None:
+        """The step replayed under torch's defaults (both loads) and expandable segments; None if nothing was
+        traced (out of memory while building)."""
+        return allocator_summary(self.events, self.load_events) if self.events else None
 
     @property
     def outcome(self) -> Literal["ok", "oom"]:

@@ -816,7 +816,7 @@ def render_measurement(r: Any, estimate: Breakdown, console: Console) -> None:
         )
     else:
         t.add_row(
-            Text("device total (modelled overheads on both)", style="dim"),
+            Text("device total (traced: replayed allocator)", style="dim"),
             gib(b.device_bytes),
             gib(estimate.device_bytes),
             _err_text(estimate.device_bytes, b.device_bytes),
@@ -841,7 +841,7 @@ def render_measurement(r: Any, estimate: Breakdown, console: Console) -> None:
             Text.assemble(
                 (VERDICT_TEXT[b.verdict], VERDICT_STYLE[b.verdict]),
                 f"  on {b.gpu} ({gib(b.gpu_bytes)} GiB): headroom {gib(b.headroom_bytes or 0)} GiB"
-                + ("" if r.cuda is not None else " (traced tensor peak + modelled CUDA overheads)"),
+                + ("" if r.cuda is not None else " (traced peak, replayed allocator, modelled CUDA context)"),
             )
         )
     for note in b.all_notes:

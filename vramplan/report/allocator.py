@@ -17,7 +17,14 @@ def _gib(n: int) -> str:
 
 
 def _cell(nbytes: int, peak: int) -> str:
-    return f"{_gib(nbytes)} ({100 * (nbytes / peak - 1):+.1f} %)" if peak else _gib(nbytes)
+    return f"{_gib(nbytes)} {100 * (nbytes / peak - 1):+.1f}%" if peak else _gib(nbytes)
+
+
+SHORT = {
+    "default": "defaults",
+    "default, from_pretrained(device_map) load": "defaults, from_pretrained",
+    "expandable_segments:True": "expandable_segments",
+}
 
 
 def allocator_json(summary: Any, estimated: dict[str, AllocatorSlack], cuda: Any = None) -> dict[str, Any]:
@@ -52,23 +59,22 @@ def render_allocator(
     memory on which the step runs, then the estimator's reserved / least memory for the same setting."""
     peak = summary.default.tensor_peak_bytes
     t = Table(
-        title="caching allocator (the traced allocation sequence replayed; GiB and share of the tensor peak)",
+        title="caching allocator: the traced allocations replayed (GiB, share of the tensor peak)",
         title_justify="left",
         show_edge=False,
         pad_edge=False,
     )
-    for col in ("setting", "max_memory_allocated", "max_memory_reserved", "runs on (least free)", "estimate"):
-        t.add_column(col, justify="left" if col == "setting" else "right")
+    for col in ("PYTORCH_CUDA_ALLOC_CONF", "allocated", "reserved", "runs on", "estimate"):
+        t.add_column(col, justify="left" if col == "PYTORCH_CUDA_ALLOC_CONF" else "right")
     for label, f in summary.rows():
         s = estimated.get(label)
         est = (
             Text("—", style="dim")
             if s is None
-            else f"{_cell(estimate_peak + s.reserved_bytes, estimate_peak)} / "
-            f"{_cell(estimate_peak + s.need_bytes, estimate_peak)}"
+            else f"{100 * s.reserved_bytes / estimate_peak:+.1f}% / {100 * s.need_bytes / estimate_peak:+.1f}%"
         )
         t.add_row(
-            label,
+            SHORT.get(label, label),
             _cell(f.max_allocated_bytes, peak),
             _cell(f.max_reserved_bytes, peak),
             _cell(f.min_limit_bytes, peak),
@@ -84,8 +90,9 @@ def render_allocator(
         )
     console.print(t)
     console.print(
-        "runs on = the least memory the allocator must get (card − CUDA context) for the step to run: it frees "
-        "cached segments and retries before an out-of-memory error · estimate = reserved / runs on",
+        "allocated / reserved = torch.cuda.max_memory_allocated / max_memory_reserved; runs on = the least memory "
+        "the allocator must get (card − CUDA context): it frees cached segments and retries before an "
+        "out-of-memory error; estimate = the estimator's reserved / runs on",
         style="dim",
         highlight=False,
     )
