@@ -122,12 +122,17 @@ def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -
             t.add_row(COMPONENT_LABELS[name], gib(val), bar(val / dev))
     t.add_row(Text(f"tensor peak ({b.peak_phase})", style="bold"), Text(gib(b.peak_bytes), style="bold"), "")
     t.add_row(
-        "allocator overhead (reserved − allocated)",
-        gib(b.allocator_overhead_bytes),
-        bar(b.allocator_overhead_bytes / dev),
+        "caching allocator: needed to run",
+        gib(b.allocator_need_bytes),
+        bar(b.allocator_need_bytes / dev),
     )
     t.add_row("CUDA context", gib(b.cuda_context_bytes), bar(b.cuda_context_bytes / dev))
-    t.add_row(Text("device total (as nvidia-smi)", style="bold"), Text(gib(b.device_bytes), style="bold"), "")
+    t.add_row(Text("device total (least that runs)", style="bold"), Text(gib(b.device_bytes), style="bold"), "")
+    t.add_row(
+        Text(f"  max_memory_reserved with room ({b.train.alloc_conf or 'allocator defaults'})", style="dim"),
+        Text(gib(b.reserved_bytes), style="dim"),
+        "",
+    )
     if b.paged_bytes:
         t.add_row("paged optimizer states (managed, apart)", gib(b.paged_bytes), "")
     console.print(t)
@@ -184,7 +189,7 @@ def render_fit_table(ft: FitTable, console: Console) -> None:
                       *(_limit_text(c.batch) for c in r.cells), _limit_text(r.max_seq))  # fmt: skip
     console.print(table)
     console.print(
-        f"cells: largest per_device_train_batch_size whose device total (as nvidia-smi) fits; 0 = not even "
+        f"cells: largest per_device_train_batch_size whose device total (least that runs) fits; 0 = not even "
         f"batch 1; * = tight (within ±{100 * ft.error_band:.0f} % estimator error); ≥ = search cap. "
         f"max seq: the longest at batch 1, a multiple of 64. Other settings: {t.dtype} weights, "
         f"{t.mixed_precision} autocast, {t.attn}, LoRA r={t.lora_rank} {t.lora_target_preset}."
