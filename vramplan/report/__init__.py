@@ -816,8 +816,11 @@ def render_measurement(r: Any, estimate: Breakdown, console: Console) -> None:
         t.add_row(
             "NVML, this process (now)",
             "—" if nvml is None else gib(nvml),
-            gib(estimate.device_bytes),
-            Text("—", style="dim") if nvml is None else _err_text(estimate.device_bytes, nvml),
+            # NVML shows what is reserved (with room on the card) plus the context, not the least that runs
+            gib(estimate.reserved_bytes + estimate.cuda_context_bytes),
+            Text("—", style="dim")
+            if nvml is None
+            else _err_text(estimate.reserved_bytes + estimate.cuda_context_bytes, nvml),
         )
     else:
         t.add_row(
