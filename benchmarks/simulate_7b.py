@@ -37,7 +37,8 @@ def main() -> None:
     from vramplan.breakdown import COMPONENTS
     from vramplan.measure.cuda_equiv import installed_versions
     from vramplan.measure.harness import simulate
-    from vramplan.report import error_pct, gib
+    from vramplan.report.common import gib
+    from vramplan.report.measure import error_pct
     from vramplan.sources.profiles import load_model
     from vramplan.spec import resolve_train
 

@@ -1,26 +1,52 @@
 """Speed of the analytic estimator: CLI cold start and estimates per second through the Python API.
 
-Targets (issue 2): cold start <= 0.25 s, >= 10,000 estimates/s. Prints figures; asserts nothing.
+Targets: `vramplan estimate MODEL --json` <= 60 ms and `vramplan --help` < 50 ms median cold start on a
+laptop-class machine (issue 15; a bare `python -c pass`, printed beside them, is the floor), >= 10,000
+estimates/s (issue 2). Prints figures; asserts nothing. `python benchmarks/speed.py [RUNS]`.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import resource
 import statistics
 import subprocess
 import sys
 import time
 
+COMMANDS: dict[str, list[str]] = {
+    "python -c pass": ["-c", "pass"],  # the interpreter alone (site, .pth files): the floor of any command
+    "vramplan --help": ["-m", "vramplan.cli", "--help"],
+    "vramplan estimate llama-2-7b --json": ["-m", "vramplan.cli", "estimate", "llama-2-7b", "--json"],
+    "vramplan estimate llama-7b --method qlora --gpu 3060ti --json": [
+        "-m", "vramplan.cli", "estimate", "llama-7b", "--method", "qlora", "--gpu", "3060ti", "--json",
+    ],
+}  # fmt: skip
 
-def cold_start(runs: int = 7) -> float:
-    cmd = [sys.executable, "-m", "vramplan.cli", "estimate", "llama-7b", "--method", "qlora", "--gpu", "3060ti",
-           "--json"]  # fmt: skip
-    times = []
+
+def cold_starts(runs: int = 31) -> dict[str, tuple[float, float]]:
+    """(median wall time, median CPU time) in seconds of each of COMMANDS in a fresh interpreter (subprocess),
+    `runs` rounds, the commands interleaved within a round so that load from other processes on the machine
+    hits all of them alike; CPU time (user + sys of the child) moves less than wall time on a busy machine.
+    VRAMPLAN_STORE names a missing file: no calibration, and no lookup of the default store's directory.
+    Bytecode is allowed (an installed package has its .pyc files; PYTHONDONTWRITEBYTECODE would time the
+    compiler): one round before the timed ones writes them."""
+    env = {**os.environ, "VRAMPLAN_STORE": os.devnull + ".absent", "HF_HUB_OFFLINE": "1"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    for argv in COMMANDS.values():
+        subprocess.run([sys.executable, *argv], check=True, capture_output=True, env=env)
+    wall: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    cpu: dict[str, list[float]] = {name: [] for name in COMMANDS}
     for _ in range(runs):
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, argv in COMMANDS.items():
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, *argv], check=True, capture_output=True, env=env)
+            wall[name].append(time.perf_counter() - t0)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[name].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in COMMANDS}
 
 
 def throughput(n: int = 10_000) -> float:
@@ -41,5 +67,8 @@ def throughput(n: int = 10_000) -> float:
 
 
 if __name__ == "__main__":
-    print(f"cold start `vramplan estimate llama-7b --method qlora --gpu 3060ti --json`: {cold_start():.3f} s (median)")
+    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 31
+    print(f"cold start, median of {runs} runs each (subprocess, interleaved): wall, CPU (user + sys)")
+    for name, (wall, cpu) in cold_starts(runs).items():
+        print(f"  {1000 * wall:6.1f} ms  {1000 * cpu:6.1f} ms  {name}")
     print(f"estimates per second over 10,000 configurations (Python API, resolved specs): {throughput():,.0f}")

@@ -1,4 +1,4 @@
-"""Print the published-validation summary for README "## Accuracy": median / worst |error| per confidence
+"""Print the published-validation summary for docs/accuracy.md: median / worst |error| per confidence
 level over the headline records, and the exclusions by reason. The oracle grid's summary is
 benchmarks/accuracy.py.
 
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import platform
 from importlib.metadata import version
+from pathlib import Path
 
-from vramplan.report import validation_summary_lines
+import vramplan
+from vramplan.report.trust import validation_summary_lines
 from vramplan.trust.validate import Row, validate
 
 
@@ -21,7 +23,10 @@ def _row(r: Row) -> str:
 
 def main() -> None:
     v = validate()
-    print(f"vramplan {version('vramplan')} · python {platform.python_version()} · {v.path}")
+    data = Path(v.path).resolve()
+    package_root = Path(vramplan.__file__).resolve().parents[1]
+    shown = data.relative_to(package_root) if data.is_relative_to(package_root) else data
+    print(f"vramplan {version('vramplan')} · python {platform.python_version()} · {shown}")
     for line in validation_summary_lines(v):
         print(line)
     print("headline rows (estimated vs measured, GB = 1e9 B):")

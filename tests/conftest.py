@@ -12,10 +12,15 @@ Build one with `AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg))`;
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may touch the network
 import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 _TOKENS: dict[str, Any] = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
 _SHAPE: dict[str, Any] = {
@@ -84,6 +89,37 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--pretend-cuda",
+        action="store_true",
+        help="run as on a GPU machine: torch.cuda.is_available() is True (tests/test_gpu_independence.py)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With --pretend-cuda, torch sees one CUDA device, as on a GPU machine. A test that assumes there is none
+    (or lets the code pick the device) then fails here, as it would there: tests of the CPU path say so by
+    patching `torch.cuda.is_available` to False (`no_cuda`); tests that need a GPU are marked `gpu`."""
+    if config.getoption("--pretend-cuda"):
+        import torch
+
+        # import-time set-up sees the real (CPU) build: bitsandbytes would bind CUDA-only torch._C symbols
+        for library in ("bitsandbytes", "transformers", "peft", "accelerate"):
+            __import__(library)
+        torch.cuda.is_available = lambda: True
+        torch.cuda.device_count = lambda: 1
+
+
+@pytest.fixture
+def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine has no CUDA device, whatever this one has: for tests of the CPU-only path."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+
+
 @pytest.fixture(params=sorted(TINY_CONFIGS))
 def tiny_config(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     """(family, config mapping) for each family in TINY_CONFIGS; a fresh copy, safe to modify."""
@@ -115,3 +151,57 @@ def heavy_imports_after(*argvs: list[str], modules: tuple[str, ...] = HEAVY_MODU
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return json.loads(out.rsplit("HEAVY=", 1)[1])
+
+
+# ---------------------------------------------------------------- no test reads beside the repository
+# A user's checkout has nothing next to it: a test that opens `../something` passes only on the machine it
+# was written on. An audit hook sees every `open` of the session; a file under the repository's parent
+# directory but outside the repository (and outside the interpreter, sys.path, the temp dir and the user's
+# caches, which every machine has) fails the test that opened it.
+
+
+def _allowed_roots() -> tuple[str, ...]:
+    places = [sys.prefix, sys.base_prefix, sys.exec_prefix, tempfile.gettempdir(), *sys.path]
+    places += [os.path.join(os.path.expanduser("~"), d) for d in (".cache", ".config", ".local")]
+    places += [os.environ[v] for v in ("HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME") if os.environ.get(v)]
+    return tuple(os.path.realpath(p) for p in places if p)
+
+
+def beside_repo(path: str | bytes | os.PathLike, root: Path = REPO_ROOT, allowed: tuple[str, ...] = ()) -> bool:
+    """True when `path` is under `root`'s parent directory, not in `root` and not in any of `allowed`."""
+    where = os.path.realpath(os.fsdecode(path))
+    root_s = str(root)
+    parent = os.path.dirname(root_s)
+
+    def under(base: str) -> bool:
+        return where == base or where.startswith(base.rstrip(os.sep) + os.sep)
+
+    if not under(parent) or under(root_s):
+        return False
+    return not any(under(a) for a in allowed if a != parent)
+
+
+_OPENED_BESIDE: list[str] = []
+_ALLOWED = _allowed_roots()
+
+
+def _audit_open(event: str, args: tuple) -> None:
+    if event != "open" or not isinstance(args[0], (str, bytes, os.PathLike)):
+        return
+    try:
+        if beside_repo(args[0], allowed=_ALLOWED):
+            _OPENED_BESIDE.append(os.fsdecode(args[0]))
+    except Exception:  # an audit hook must never break the call it watches
+        pass
+
+
+sys.addaudithook(_audit_open)  # lives as long as the interpreter (audit hooks cannot be removed)
+
+
+@pytest.fixture(autouse=True)
+def _reads_only_the_repository():
+    """Fail a test that opened a file beside the repository (see `beside_repo`)."""
+    _OPENED_BESIDE.clear()
+    yield
+    opened, _OPENED_BESIDE[:] = list(_OPENED_BESIDE), []
+    assert not opened, f"the test opened files outside the repository {REPO_ROOT}: {opened}"

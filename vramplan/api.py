@@ -6,21 +6,26 @@ calibration (`vramplan.trust.calibration.calibrate`); the arithmetic is `vrampla
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vramplan.breakdown import Breakdown
 from vramplan.estimator.build import build_breakdown
-from vramplan.serve_breakdown import ServeBreakdown
 from vramplan.sources.profiles import find_gpu, load_model
 from vramplan.spec import ModelSpec, TrainSpec, resolve_train
-from vramplan.spec.gpu import GpuProfile
-from vramplan.spec.serve import ServeSpec, resolve_serve
-from vramplan.trust.calibration import calibrate
+
+if TYPE_CHECKING:
+    from vramplan.breakdown import Breakdown
+    from vramplan.serve_breakdown import ServeBreakdown
+    from vramplan.spec.gpu import GpuProfile
+    from vramplan.spec.serve import ServeSpec
 
 
 def _gpu(gpu: str | GpuProfile | None) -> GpuProfile | None:
     """A name is looked up and calibrated from the store; a GpuProfile is used as given (its overheads)."""
-    return calibrate(find_gpu(gpu)) if isinstance(gpu, str) else gpu
+    if not isinstance(gpu, str):
+        return gpu
+    from vramplan.trust.calibration import calibrate  # the store is read only for a GPU named here
+
+    return calibrate(find_gpu(gpu))
 
 
 def estimate(
@@ -43,7 +48,9 @@ def estimate(
     """
     m = load_model(model) if isinstance(model, str) else model
     g = _gpu(gpu)
-    t = train or resolve_train(m, gpu_bf16=g.bf16 if g else True, **options)
+    t = train or resolve_train(
+        m, gpu_bf16=g.bf16 if g else True, gpu_compute_capability=g.compute_capability if g else None, **options
+    )
     return build_breakdown(m, t, g)
 
 
@@ -62,6 +69,8 @@ def estimate_serve(
     >>> b = estimate_serve("llama-3-8b", gpu="4090", max_model_len=8192, max_num_seqs=16)
     >>> b.vllm.kv.tokens, b.vllm.kv.max_concurrency
     """
+    from vramplan.spec.serve import resolve_serve
+
     m = load_model(model) if isinstance(model, str) else model
     g = _gpu(gpu)
     s = serve or resolve_serve(m, g, **options)

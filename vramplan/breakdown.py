@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from vramplan.estimator.overhead import Overheads
+    from vramplan.spec.model import Approximation
     from vramplan.spec.train import TrainSpec
 
 Phase = Literal["forward", "backward", "optimizer"]
@@ -67,8 +68,12 @@ COMPONENTS: tuple[str, ...] = tuple(f.name for f in fields(Components))
 
 @dataclass(frozen=True, slots=True)
 class PhaseUsage:
+    """A phase's usage at its peak, and the moment inside the phase that peak is (the estimator's names in
+    `estimator/peak.py`, the harness's in `measure/harness.py`; "" when unnamed)."""
+
     phase: Phase
     components: Components
+    moment: str = ""
 
     @property
     def total(self) -> int:
@@ -79,8 +84,8 @@ class PeakAccounting:
     """The arithmetic every result with phases, overheads and a GPU shares (training `Breakdown`, serving
     `ServeBreakdown`): the peak phase, the three memory figures, headroom and the verdict.
 
-    Needs `phases` (each with `phase`, `components`, `total`), `allocator_overhead_bytes`, `overheads` and
-    `gpu_bytes`.
+    Needs `phases` (each with `phase`, `moment`, `components`, `total`), `allocator_overhead_bytes`,
+    `overheads` and `gpu_bytes`.
     """
 
     __slots__ = ()
@@ -101,6 +106,11 @@ class PeakAccounting:
     @property
     def peak_phase(self) -> str:
         return self.peak.phase
+
+    @property
+    def peak_moment(self) -> str:
+        """The moment inside the peak phase ("" when its phases name none)."""
+        return self.peak.moment
 
     @property
     def components(self):
@@ -178,6 +188,7 @@ class Breakdown(PeakAccounting):
     source: Literal["estimate", "measure", "simulate"] = "estimate"
     notes: tuple[str, ...] = ()
     run: MeasuredRun | None = None
+    approximation: Approximation | None = None  # a generic family (spec/generic.py): its band is in `overheads`
 
     @property
     def allocator(self):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 
 class VramplanError(Exception):
@@ -12,10 +14,13 @@ class VramplanError(Exception):
 
 def did_you_mean(value: str, choices: Iterable[str], what: str, hint: str = "") -> VramplanError:
     """Build the error for an unknown `value`, naming the closest `choices`."""
+    import difflib  # only on this error path: `vramplan --help` does not pay for it
+
     choices = sorted(set(choices))
-    close = difflib.get_close_matches(value.lower(), [c.lower() for c in choices], n=3, cutoff=0.5)
+    shown = value if len(value) <= 60 else value[:59] + "…"  # a pasted paragraph stays one short line
+    close = difflib.get_close_matches(value.lower()[:100], [c.lower() for c in choices], n=3, cutoff=0.5)
     lower_to_choice = {c.lower(): c for c in choices}
-    msg = f"unknown {what} {value!r}"
+    msg = f"unknown {what} {shown!r}"
     if close:
         msg += "; did you mean " + " or ".join(repr(lower_to_choice[c]) for c in close) + "?"
     elif len(choices) <= 12:

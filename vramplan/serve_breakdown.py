@@ -59,6 +59,7 @@ SERVE_COMPONENTS: tuple[str, ...] = tuple(f.name for f in fields(ServeComponents
 class ServePhase:
     phase: Literal["prefill", "decode", "serving"]
     components: ServeComponents
+    moment: str = ""  # the instant the phase's usage is taken at (as `PhaseUsage.moment`)
 
     @property
     def total(self) -> int:

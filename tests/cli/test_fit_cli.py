@@ -112,8 +112,11 @@ def test_fit_full_has_no_rank():
     [
         (["fit", "llama-2-7b"], "fit needs a GPU"),
         (["fit", "llama-2-7b", "--gpu", "3060tii"], "did you mean 'rtx-3060-ti'"),
-        (["fit", "llama-2-7b", "--gpu", "4090", "--seq", "512,abc"], "--seq takes positive integers"),
-        (["fit", "llama-2-7b", "--gpu", "4090", "--seq", "0"], "--seq values must be positive"),
+        (
+            ["fit", "llama-2-7b", "--gpu", "4090", "--seq", "512,abc"],
+            "--seq takes a positive integer such as 2048 or 2k",
+        ),
+        (["fit", "llama-2-7b", "--gpu", "4090", "--seq", "0"], "--seq must be a positive integer, got 0"),
         (["fit", "llama-2-7b", "--gpu", "4090", "--json", "--plot"], "cannot go with --json"),
         (["fit", "llama-2-7b", "--gpu", "4090", "--method", "qlro"], "did you mean 'qlora'"),
     ],

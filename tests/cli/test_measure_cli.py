@@ -46,7 +46,16 @@ def test_measure_json_is_the_estimate_shape_plus_measured_fields(tiny_config: st
     assert d["source"] == "measure"
     assert d["estimate"]["source"] == "estimate"
     assert d["components"].keys() == estimate["components"].keys()
-    assert d["peak_bytes"] == sum(d["components"].values())
+    # the traced adapters, by hand: 2 layers × r16 × Σ(in + out) over q 64→64, k 64→32, v 64→32, o 64→64,
+    # gate 64→128, up 64→128, down 128→64; fp32 (PEFT's autocast_adapter_dtype)
+    adapters = 2 * 16 * ((64 + 64) + 2 * (64 + 32) + (64 + 64) + 2 * (64 + 128) + (128 + 64))
+    assert d["params"]["trainable"] == adapters
+    assert d["components"]["trainable"] == 4 * adapters
+    # the top level is the traced peak phase, and the error is the estimate's against it
+    assert d["phases"][d["peak_phase"]]["total_bytes"] == d["peak_bytes"]
+    assert d["peak_bytes"] == max(p["total_bytes"] for p in d["phases"].values())
+    peak_error = 100 * (d["estimate"]["peak_bytes"] - d["peak_bytes"]) / d["peak_bytes"]
+    assert d["error_pct"]["peak_bytes"] == pytest.approx(peak_error)
     assert d["device"] == "cpu"
     assert d["steps"] == 2
     assert d["outcome"] == "ok"
@@ -83,7 +92,7 @@ def test_measure_refuses_7b_on_cpu() -> None:
     assert "llama-2-7b (6.7B parameters) on CPU is impractical: use `vramplan simulate` or a GPU" in lines[0]
 
 
-def test_measure_cuda_without_cuda_is_one_line() -> None:
+def test_measure_cuda_without_cuda_is_one_line(no_cuda: None) -> None:
     r = run("measure", "tinyllama-1.1b", "--method", "lora", "--device", "cuda")
     assert r.exit_code == 2
     assert r.stderr.count("\n") == 1
@@ -132,3 +141,38 @@ def test_measure_save_needs_cuda(tiny_config: str) -> None:
     r = run("measure", tiny_config, "--method", "lora", "--device", "cpu", "--save")
     assert r.exit_code == 2
     assert "--save stores CUDA measurements; --device cpu has none" in r.stderr
+
+
+@pytest.mark.parametrize("command", ["measure", "simulate"])
+def test_missing_torch_is_one_line_naming_the_install(command: str):
+    """After the quickstart's `pip install vramplan` only (no torch): one `error:` line, exit 2, naming what
+    to install, not a ModuleNotFoundError traceback (issue 16)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None  # as if torch were not installed\n"
+        "from vramplan.cli import main\n"
+        f"main(['{command}', 'tinyllama-1.1b', '--method', 'lora'])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1
+    assert "needs torch" in lines[0]
+    assert "pip install 'vramplan[measure]'" in lines[0]
+
+
+def test_cpu_measure_refuses_a_step_larger_than_ram_up_front():
+    """batch 4096 × seq 8192 of TinyLlama needs ~90,000 GiB: refused before building anything."""
+    import time
+
+    start = time.monotonic()
+    r = CliRunner().invoke(
+        main, ["measure", "tinyllama-1.1b", "--device", "cpu", "--method", "lora", "--batch", "4096", "--seq", "8192"]
+    )
+    assert r.exit_code == 2, r.output
+    assert "of RAM" in r.output
+    assert time.monotonic() - start < 20

@@ -7,7 +7,12 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from vramplan import estimate
 from vramplan.cli import main
+from vramplan.estimator.distributed import shard
+from vramplan.sources.profiles import load_model
+from vramplan.spec import resolve_train
+from vramplan.spec.parallel import resolve_parallel
 
 
 def run(*args: str):
@@ -35,7 +40,17 @@ def test_json_parallel_object():
     assert p["total_bytes"] == 8 * p["per_gpu_bytes"]
     assert p["host_offload_bytes"] > 0
     assert p["verdict_per_gpu"] == d["verdict"]
-    assert d["peak_bytes"] == sum(d["components"].values())
+    # the JSON is the library's plan for the same inputs: one rank's Breakdown, derived from the one-GPU one
+    m = load_model("llama-2-13b")
+    t = resolve_train(m, method="full")
+    spec = resolve_parallel(t, gpus=8, strategy="zero3", offload="optimizer")
+    plan = shard(m, t, spec, estimate(m, gpu="a100-80", train=t))
+    assert d["components"] == plan.breakdown.components.as_dict()
+    assert (d["peak_bytes"], d["device_bytes"]) == (plan.breakdown.peak_bytes, plan.breakdown.device_bytes)
+    assert p["host_offload_bytes"] == plan.host_offload_bytes
+    # sharding 8 ways leaves each GPU less of the model states than the one-GPU estimate holds
+    single = plan.single.phases[-1].components
+    assert d["phases"]["optimizer"]["optimizer_states"] < single.optimizer_states
 
 
 @pytest.mark.parametrize("strategy", [None, "ddp", "fsdp", "fsdp-hybrid"])

@@ -5,6 +5,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from vramplan.api import estimate_serve
 from vramplan.cli import main
 
 
@@ -65,8 +66,11 @@ def test_serve_json_contract():
         assert key in d
     assert set(d["components"]) == {"weights", "quant_state", "adapters", "kv_cache", "logits", "temporaries",
                                     "non_torch", "cuda_graphs"}  # fmt: skip
-    assert d["peak_bytes"] == sum(d["components"].values())
-    assert d["device_bytes"] >= d["reserved_bytes"] >= d["peak_bytes"]
+    # the JSON is the library's ServeBreakdown for the same inputs
+    b = estimate_serve("llama-3-8b", gpu="4090", max_model_len=8192)
+    assert d["components"] == b.components.as_dict()
+    assert (d["peak_bytes"], d["reserved_bytes"], d["device_bytes"]) == (b.peak_bytes, b.reserved_bytes,
+                                                                         b.device_bytes)  # fmt: skip
     v = d["vllm"]
     assert v["kv_cache_tokens"] == v["num_blocks"] * v["block_size"]
     assert v["max_model_len"] == 8192

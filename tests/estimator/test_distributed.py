@@ -30,7 +30,7 @@ from vramplan.estimator.zero import (
     zero_states,
     zero_states_for,
 )
-from vramplan.report import breakdown_json
+from vramplan.report.train import breakdown_json
 from vramplan.sources.profiles import find_gpu, load_model, load_model_config
 from vramplan.spec import resolve_train
 from vramplan.spec.parallel import ParallelSpec, resolve_parallel

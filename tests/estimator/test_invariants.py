@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vramplan import estimate
-from vramplan.breakdown import COMPONENTS
 
+MIB = 1024**2
 MODELS = ["llama-2-7b", "tinyllama-1.1b", "qwen2.5-0.5b", "mistral-7b", "phi-2", "gemma-2-2b", "bloom-560m"]
 
 configs = st.fixed_dictionaries(
@@ -35,14 +35,56 @@ def test_monotone_in_batch_seq_rank(model, cfg, which):
 
 
 @settings(max_examples=100, deadline=None)
+@given(model=st.sampled_from(MODELS), cfg=configs, grad_accum=st.sampled_from([1, 4]))
+def test_steady_state_step(model, cfg, grad_accum):
+    """What a steady-state step holds at each phase, and the overheads on top of its peak."""
+    b = estimate(model, **cfg, grad_accum=grad_accum)
+    assert [p.phase for p in b.phases] == ["forward", "backward", "optimizer"]
+    fwd, bwd, opt = (p.components for p in b.phases)
+    assert all(v >= 0 for p in b.phases for v in p.components.as_dict().values())
+    # what lives across steps is the same at every instant of the step
+    for name in ("weights", "quant_state", "trainable", "optimizer_states"):
+        assert getattr(fwd, name) == getattr(bwd, name) == getattr(opt, name), name
+    # trainable parameters and their gradients at the step: one element each per trainable parameter, in the
+    # trainable dtype (LoRA adapters fp32, PEFT's autocast_adapter_dtype; base parameters bf16)
+    elem = 4 if cfg["method"] in ("lora", "qlora") else 2
+    assert opt.trainable == b.params_trainable * elem
+    assert opt.gradients == b.params_trainable * elem
+    assert opt.activations == opt.logits == 0  # the step runs after backward freed the graph
+    # forward holds gradients only when earlier micro-batches left theirs (zero_grad(set_to_none) after the step)
+    assert fwd.gradients == (opt.gradients if grad_accum > 1 else 0)
+    # the overhead model of estimator/overhead.py, no calibration stored (conftest isolates the store): the
+    # caching allocator's modelled slack + cuBLAS workspace 8 × 4 MiB + 8 × 16 KiB; CUDA context 450 MiB
+    slack = b.reserved_bytes - b.peak_bytes - (8 * 4 * MIB + 8 * 16 * 1024)
+    assert 0 <= slack <= b.peak_bytes // 2  # no replay of the grid reserved more than 1.5 × its peak
+    assert b.device_bytes - b.peak_bytes - b.allocator_need_bytes == 450 * MIB
+
+
+@settings(max_examples=60, deadline=None)
 @given(model=st.sampled_from(MODELS), cfg=configs)
-def test_components_sum_to_peak(model, cfg):
+def test_cheaper_methods_hold_less(model, cfg):
+    """LoRA trains fewer parameters than full fine-tuning and 4-bit weights are smaller than bf16.
+
+    The peaks need not follow: without checkpointing, LoRA saves its dropout output and mask for every adapted
+    linear, which at batch 8 × seq 180 on llama-2-7b outweighs full tuning's model states when those are paged
+    (paged_adamw_8bit). So only the model states are ordered here; the peaks at the defaults are in
+    test_weights_order_qlora_lora_full."""
+    lora, full = (estimate(model, **{**cfg, "method": m}) for m in ("lora", "full"))
+    qlora = estimate(model, **{**cfg, "method": "qlora", "kbit_prep": False})
+    lo, fu, q = (b.phases[-1].components for b in (lora, full, qlora))
+    assert lora.params_trainable < full.params_trainable
+    assert lo.trainable + lo.gradients + lo.optimizer_states < fu.trainable + fu.gradients + fu.optimizer_states
+    assert q.weights + q.quant_state < lo.weights
+    assert qlora.params_trainable == lora.params_trainable  # the same adapters on other base weights
+
+
+@settings(max_examples=60, deadline=None)
+@given(model=st.sampled_from(MODELS), cfg=configs)
+def test_device_total_sits_between_peak_and_reserved(model, cfg):
+    """The verdict's device total: the peak, what the allocator must get beyond it (never more than it reserves
+    with room to spare: release-and-retry only lowers it) and the CUDA context."""
     b = estimate(model, **cfg)
-    assert b.peak_bytes == sum(getattr(b.components, c) for c in COMPONENTS)
-    assert all(v >= 0 for v in b.components.as_dict().values())
     assert b.reserved_bytes > b.peak_bytes
-    # the verdict's device total: the peak, what the allocator must get beyond it (never more than it reserves
-    # with room to spare: release-and-retry only lowers it) and the CUDA context
     assert b.peak_bytes < b.device_bytes - b.cuda_context_bytes <= b.reserved_bytes
 
 

@@ -1,5 +1,5 @@
 """Serving estimate: vLLM's start-up budget on numbers vLLM logged, PEFT's adapter dtype on a real model,
-and the invariants (more memory for weights → fewer KV tokens; components sum to the peak)."""
+and the invariants (more memory for weights → fewer KV tokens; the breakdown is the pool's budget)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,14 @@ def test_vllm_pool_adds_up() -> None:
     assert b.device_bytes == CUDA_CONTEXT_BYTES + v.requested_bytes - (v.available_kv_bytes - v.kv.pool_bytes) + (
         VLLM_CUDA_GRAPH_BYTES
     )
-    assert b.peak_bytes == sum(b.components.as_dict().values())
+    # the breakdown's components are the pool's budget: what vLLM subtracts before sizing the KV cache
+    c, m = b.components, load_model("llama-3-8b")
+    assert (c.weights, c.quant_state) == serve_weight_bytes(m, resolve_serve(m, g))
+    assert c.temporaries == max(v.forward_bytes, v.sampler_bytes)  # the profile run's activation peak, reused
+    assert c.weights + c.quant_state + c.adapters + c.temporaries + c.non_torch == v.non_kv_bytes
+    assert c.kv_cache == v.kv.pool_bytes
+    assert c.cuda_graphs == VLLM_CUDA_GRAPH_BYTES
+    assert b.reserved_bytes == b.peak_bytes  # vLLM allocates the KV cache once: no allocator slack modelled
     assert b.verdict in ("fits", "tight")
 
 
@@ -140,8 +147,14 @@ def test_hf_phases_and_invariants() -> None:
     assert lora.components.adapters > 0
     assert merged.components.adapters == 0
     for br in (b, small, big, lora, merged):
-        assert br.peak_bytes == br.components.total
-        assert br.device_bytes > br.reserved_bytes >= br.peak_bytes
+        prefill, decode = (ph.components for ph in br.phases)
+        for name in ("weights", "quant_state", "adapters"):  # resident through the generate() call
+            assert getattr(prefill, name) == getattr(decode, name), name
+        assert decode.kv_cache > prefill.kv_cache  # the cache grows by one token per generated token
+        # the overhead model (estimator/overhead.py): allocator 10 % of the peak + cuBLAS workspace; CUDA context
+        slack = br.reserved_bytes - br.peak_bytes - (8 * 4 * 1024**2 + 8 * 16 * 1024)
+        assert abs(slack - br.peak_bytes // 10) <= 1  # int(peak · 0.10) in floating point
+        assert br.device_bytes - br.reserved_bytes == 450 * 1024**2
 
 
 def test_hf_prefill_peak_for_long_prompts() -> None:

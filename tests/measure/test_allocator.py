@@ -310,6 +310,7 @@ def test_stored_replays_are_current():
         )
 
 
+@pytest.mark.slow
 def test_load_warmup_packs_the_weights_into_one_segment():
     from vramplan.measure.replay import with_load_warmup
 

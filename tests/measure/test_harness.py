@@ -52,7 +52,6 @@ def test_result_shape(lora: MeasureResult) -> None:
     assert lora.cuda is None
     assert [p.phase for p in b.phases] == ["forward", "backward", "optimizer"]
     assert b.peak_bytes == lora.tracked.peak_bytes  # every tracked byte lands in a component
-    assert b.peak_bytes == max(p.total for p in b.phases)
     with pytest.raises(dataclasses.FrozenInstanceError):
         lora.steps = 3  # type: ignore[misc]
 
@@ -173,8 +172,7 @@ def test_out_of_memory_while_building(monkeypatch: pytest.MonkeyPatch) -> None:
     assert r.breakdown.peak_bytes == 0
 
 
-def test_cuda_absent_is_one_clear_error() -> None:
-    assert not torch.cuda.is_available()  # this machine; a GPU machine runs the gpu-marked tests
+def test_cuda_absent_is_one_clear_error(no_cuda: None) -> None:
     t = resolve_train(LLAMA, method="lora")
     with pytest.raises(VramplanError, match=r"--device cuda: torch .* sees no CUDA device"):
         run_step(LLAMA, t, device="cuda")

@@ -390,3 +390,32 @@ def test_results_are_frozen() -> None:
     result = MemoryTracker().result()
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.peak_bytes = 1  # type: ignore[misc]
+
+
+def test_moments_keep_their_own_peaks_and_change_no_other_reading() -> None:
+    # Three storages of 400, 800 and 200 bytes; the 800 dies before the 200 is made. Naming moments adds a
+    # peak per (phase, moment) and tells each peak its moment; the phase peaks stay what they were.
+    def run(named: bool) -> TrackedPeak:
+        tracker = MemoryTracker()
+        moment = tracker.moment_scope if named else (lambda _name: contextlib.nullcontext())
+        with tracker, tracker.phase_scope("backward"):
+            with moment("first"):
+                a = torch.empty(100)  # 400 B
+            with moment("second"):
+                b = torch.empty(200)  # 800 B: the phase peaks here, at 1,200 B
+                del b
+            with moment("third"):
+                c = torch.empty(50)  # 200 B: 600 B alive
+        del a, c
+        return tracker.result()
+
+    plain, named = run(False), run(True)
+    assert (named.peak_bytes, named.phases[0].peak_bytes) == (plain.peak_bytes, plain.phases[0].peak_bytes)
+    assert named.breakdown == plain.breakdown
+    assert named.peak_bytes == 400 + 800
+    assert named.peak_moment == "second"
+    assert named.phases[0].moment == "second"
+    assert plain.peak_moment is None
+    assert plain.moments == ()
+    assert [(p.moment, p.peak_bytes) for p in named.moments] == [("first", 400), ("second", 1200), ("third", 600)]
+    assert named.moment("backward", "third").breakdown.temporaries == 600

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from vramplan.cli import main
 from vramplan.sources.configs import read_config
-from vramplan.sources.profiles import builtin_for_repo, find_model_config
+from vramplan.sources.profiles import builtin_for_repo, builtin_model_names, find_model_config, repo_key
 
 DATA = Path(__file__).parent.parent / "data"
 LF = DATA / "llamafactory"
@@ -320,11 +320,77 @@ def test_without_from_nothing_changes():
         ("Qwen/Qwen2.5-7B-Instruct", "qwen2.5-7b"),
         ("mistralai/Mistral-7B-Instruct-v0.1", "mistral-7b"),
         ("mistralai/Mistral-7B-Instruct-v0.2", None),  # another config (32k context, no sliding window)
-        ("unsloth/llama-3-8b-bnb-4bit", None),
+        ("mistralai/Mistral-7B-Instruct-v0.3", "mistral-7b-v0.3"),
+        ("Qwen/Qwen3-4B-Instruct-2507", "qwen3-4b-instruct-2507"),  # 262k context, rope_theta 5e6: not qwen3-4b
+        ("Qwen/Qwen3-4B-Thinking-2507", "qwen3-4b-instruct-2507"),  # the profile's alias
+        ("Qwen/Qwen3-4B-Base", "qwen3-4b"),
+        ("unsloth/Qwen3-4B", "qwen3-4b"),  # a mirror under another owner
+        ("Qwen/Qwen2-1.5B", "qwen2-1.5b"),  # the base model of the Instruct profile
+        ("codellama/CodeLlama-13b-Instruct-hf", "codellama-13b"),
+        ("HuggingFaceTB/SmolLM2-360M-Instruct", "smollm2-360m"),
+        ("google/gemma-3-12b-pt", None),  # `pt` is not a variant word
+        ("Qwen3_4B", "qwen3-4b"),  # case and separators
+        ("casperhansen/llama-3-70b-fp16", "llama-3-70b"),  # a dtype suffix
+        ("unsloth/llama-3-8b-bnb-4bit", "llama-3-8b"),  # pre-quantized: resolved with a note
+        ("TheBloke/Llama-2-7B-GPTQ", "llama-2-7b"),
+        ("TechxGenus/Meta-Llama-3-8B-Instruct-AWQ", "llama-3-8b"),
+        ("ISTA-DASLab/Meta-Llama-3-8B-Instruct-AQLM-2Bit-1x16", "llama-3-8b"),
+        ("unsloth/Qwen3-8B-unsloth-bnb-4bit", "qwen3-8b"),
+        ("someone/llama-3-8b-sft", None),  # a fine-tune's name is not a variant of the base
     ],
 )
 def test_builtin_for_repo(repo: str, profile: str | None):
     assert builtin_for_repo(repo) == profile
+
+
+@pytest.mark.parametrize(
+    ("repo", "words"),
+    [
+        ("TheBloke/Llama-2-7B-GPTQ", "GPTQ"),
+        ("ISTA-DASLab/Meta-Llama-3-8B-Instruct-AQLM-2Bit-1x16", "AQLM-2Bit-1x16"),
+        ("unsloth/Qwen3-8B-unsloth-bnb-4bit", "unsloth-bnb-4bit"),
+        ("hugging-quants/Meta-Llama-3.1-405B-BNB-NF4-BF16", "BNB-NF4-BF16"),
+        ("casperhansen/llama-3-70b-fp16", ""),
+        ("meta-llama/Meta-Llama-3-8B-Instruct", ""),
+    ],
+)
+def test_repo_key_names_the_quantization(repo: str, words: str):
+    assert repo_key(repo).prequantized == words
+
+
+def test_every_profile_resolves_from_its_own_repo_and_aliases():
+    """No two profiles share a repo key: each `vramplan_profile.repo` / alias comes back to its own profile."""
+    for name in builtin_model_names():
+        meta = find_model_config(name).config["vramplan_profile"]
+        assert {"display_name", "repo", "revision", "source"} <= set(meta), name
+        assert "huggingface.co/" in meta["source"], name  # the checkpoint's config.json is named
+        if meta["revision"] != "main":
+            assert meta["source"].startswith("Reconstructed"), name
+        for repo in (meta["repo"], *meta.get("aliases", ())):
+            assert builtin_for_repo(repo) == name, repo
+
+
+def test_prequantized_mirror_is_noted_not_silently_fp16():
+    i = inputs("TheBloke/Llama-2-7B-GPTQ", "--method", "qlora")
+    assert i["model_config"] == "builtin:llama-2-7b"
+    assert any(u.startswith("model=TheBloke/Llama-2-7B-GPTQ (GPTQ)") and "pre-quantized" in u for u in i["not_modeled"])
+    assert not any(u.startswith("model=") for u in inputs("TheBloke/Llama-2-7B-GPTQ", "--quant", "nf4")["not_modeled"])
+    assert not any(u.startswith("model=") for u in inputs("meta-llama/Llama-2-7b-chat-hf")["not_modeled"])
+
+
+def test_generic_builtin_type_is_estimated_and_says_so():
+    """gpt_oss is not hand-modelled: estimated on the generic path (spec/generic.py), flagged as approximated."""
+    r = run("gpt-oss-20b", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["inputs"]["approximation"]["kind"] == "generic"
+
+
+def test_unknown_type_is_one_line(tmp_path: Path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "no_such_model", "hidden_size": 8}))
+    r = run(str(tmp_path))
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == [r.output.strip()]
+    assert "unknown model_type 'no_such_model'" in r.output
 
 
 def test_hf_cache_beats_builtin(tmp_path: Path):
@@ -347,9 +413,30 @@ def test_unknown_hub_id_offline_is_one_line(tmp_path: Path):
     assert "Traceback" not in r.output
     assert r.output.strip().splitlines() == [
         "error: 'someone/my-private-model' is not a built-in model and its config.json is not in the local "
-        "Hugging Face cache; run `huggingface-cli download someone/my-private-model config.json` or pass a "
-        "path to config.json"
-    ]
+        "Hugging Face cache (HF_HUB_OFFLINE is set); run `hf download someone/my-private-model config.json` or "
+        "pass a path to config.json"
+    ]  # huggingface_hub >= 1.0 ships `hf` only (no `huggingface-cli`)
+
+
+def test_unreachable_hub_fails_fast_with_the_installed_command(monkeypatch):
+    """A hub that never answers: one line after HUB_TIMEOUT_SECONDS, naming `hf download` (hub 2.x's CLI)."""
+    import threading
+    import time
+
+    import huggingface_hub
+
+    from vramplan.errors import VramplanError
+    from vramplan.sources import profiles
+
+    release = threading.Event()
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: release.wait(60))
+    monkeypatch.setattr(profiles, "HUB_TIMEOUT_SECONDS", 0.2)
+    start = time.monotonic()
+    with pytest.raises(VramplanError, match=r"no answer in 0 s.*`hf download someone/x config.json`"):
+        profiles.find_model_config("someone/x")
+    release.set()
+    assert time.monotonic() - start < 5
 
 
 # ---------------------------------------------------------------- errors

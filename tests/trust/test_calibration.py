@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import pytest
 from click.testing import CliRunner
@@ -51,18 +50,55 @@ def test_append_then_read(tmp_path):
     assert runs[1].key == "NVIDIA A100-SXM4-40GB"
 
 
-def test_corrupt_line_skipped_with_warning_nothing_lost(tmp_path):
+def test_corrupt_line_skipped_with_warning_nothing_lost(tmp_path, capsys):
     store = tmp_path / "runs.jsonl"
     append_run(_run(model="a"), store)
     with store.open("a") as f:
         f.write('{"gpu_name": "x", "model": tru\n')  # a run cut short
         f.write("[1, 2]\n")
     append_run(_run(model="b"), store)
-    with warnings.catch_warnings(record=True) as rec:
-        warnings.simplefilter("always")
-        runs = read_runs(store)
-    assert [m for m in ("line 2", "line 3") if any(m in str(w.message) for w in rec)] == ["line 2", "line 3"]
+    runs = read_runs(store)
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(": skipped")[0].rsplit(" ", 2)[-2:] for line in err] == [["line", "2"], ["line", "3"]]
+    assert all(line.startswith("warning: ") for line in err)
     assert [r.model for r in runs] == ["a", "b"]
+
+
+BAD_FIELDS = [
+    {"allocated_bytes": "abc"},
+    {"allocated_bytes": -5},
+    {"reserved_bytes": -(2**40)},
+    {"device_bytes": 2**60},
+    {"allocated_bytes": True},
+    {"reserved_bytes": 1},  # below allocated_bytes
+    {"gpu_name": 7},
+    {"gpu_key": ["rtx-3060-ti"]},
+    {"estimate": {"device_bytes": "6 GiB"}},
+    {"tracker": [1, 2]},
+]
+
+
+@pytest.mark.parametrize(
+    "bad", BAD_FIELDS, ids=[next(iter(b)) + "=" + repr(next(iter(b.values()))) for b in BAD_FIELDS]
+)
+def test_badly_typed_record_is_skipped_and_commands_still_run(tmp_path, monkeypatch, bad):
+    """One bad record (issue 16: allocated_bytes "abc" crashed estimate and fit for that GPU; a negative one
+    inflated every estimate): skipped with one line, the good runs still calibrate, estimate and fit run."""
+    store = tmp_path / "runs.jsonl"
+    append_run(_run(), store)
+    record = json.loads(store.read_text())
+    with store.open("a") as f:
+        f.write(json.dumps({**record, **bad}) + "\n")
+    monkeypatch.setenv("VRAMPLAN_STORE", str(store))
+    cal = derive("rtx-3060-ti", store)
+    assert cal is not None
+    assert cal.n_runs == 1
+    assert cal.cuda_context_bytes == 600 * MIB
+    for args in (["estimate", "llama-2-7b", "--gpu", "3060ti"], ["fit", "llama-2-7b", "--gpu", "3060ti", "--json"],
+                 ["calibration"]):  # fmt: skip
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0, r.output
+        assert "Traceback" not in r.output
 
 
 def test_missing_store_reads_empty(tmp_path):

@@ -81,7 +81,7 @@ def test_suggestions_are_estimates_under_the_same_calibration(calibrated_store):
     """Each suggestion's figure is the estimate of its changed settings with the calibrated overheads, and its
     device total is what `estimate` says for those settings."""
     from vramplan.api import estimate
-    from vramplan.cli import resolve_gpu
+    from vramplan.cli_options import resolve_gpu
     from vramplan.plan.advice import suggest
     from vramplan.sources.profiles import load_model
     from vramplan.spec import resolve_train
@@ -106,3 +106,16 @@ def test_serve_uses_the_calibrated_context(calibrated_store):
     assert hf["inputs"]["calibration"]["n_runs"] == 1
     other = _json("serve", "llama-2-7b", "--engine", "hf", "--gpu", "4090", "--quant", "nf4")
     assert other["overhead"]["cuda_context_bytes"] == CUDA_CONTEXT_BYTES  # no run stored for a 4090
+
+
+def test_a_suggested_flag_typed_gives_the_suggested_figure():
+    """Typing a suggestion's flags reproduces its estimate (the kbit-prep change keeps checkpointing on: kbit
+    prep is what turns it on by default, so the flags say --grad-ckpt too)."""
+    import shlex
+
+    base = ["estimate", "llama-2-7b", "--method", "qlora", "--seq", "2048", "--gpu", "3060ti"]
+    d = _json(*base, "--suggest")
+    kbit = [s for s in d["suggestions"] if s["change"].startswith("--no-kbit-prep")]
+    assert kbit
+    flags = kbit[0]["change"].split(" (")[0]
+    assert _json(*base, *shlex.split(flags))["device_bytes"] == kbit[0]["device_bytes"]

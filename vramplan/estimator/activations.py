@@ -8,11 +8,11 @@ and layers at hand.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from vramplan.estimator.layer_ops import decoder_layer, norm
-from vramplan.estimator.walk import BYTES, Ctx, Walk, make_ctx
+from vramplan.estimator.walk import BYTES, Walk, WalkSettings, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
 
 
@@ -56,150 +56,167 @@ class _LayerWalk(NamedTuple):
     """One decoder layer's walk. Per token (complex: the imaginary part grows with seq) unless noted."""
 
     saved: complex  # what autograd saves
-    const: int  # saved bytes per layer that do not scale with tokens
+    per_layer_saved: int  # saved bytes per layer that do not scale with tokens
     live: tuple[tuple[complex, int], ...]  # (per token, per layer) alive at each op: saved so far + operands
-    refs: tuple[tuple[complex, int], ...]  # (per token, per layer) referenced at each op, autograd aside
+    referenced: tuple[tuple[complex, int], ...]  # (per token, per layer) referenced at each op, autograd aside
     down_saved: complex  # what the MLP's down projection saved
     ctx: complex  # kept through `ctx.tensors` (int8 matmul inputs), alive even under checkpointing
     ctx_only: complex  # the part of `ctx` no op saves through autograd
     input_saved: complex  # the layer's input itself, when an op saves it (an fp32 residual's RMSNorm: no cast)
-    tail: complex  # gradients alive when the layer's recompute starts, beyond the incoming one (DoRA)
+    recompute_tail: complex  # gradients alive when the layer's recompute starts, beyond the incoming one (DoRA)
 
 
 def _undominated(entries: list[tuple[complex, int]]) -> tuple[tuple[complex, int], ...]:
     """The entries that can be the largest for some T, seq > 0: drop any that another matches or exceeds in
     all three coefficients (per token, per token·seq, per layer). Only speeds up the max taken per estimate."""
 
-    def key(e: tuple[complex, int]) -> tuple[float, float, int]:
-        return (e[0].real, e[0].imag, e[1])
+    def key(entry: tuple[complex, int]) -> tuple[float, float, int]:
+        return (entry[0].real, entry[0].imag, entry[1])
 
-    keys = sorted({key(e) for e in entries}, reverse=True)
+    keys = sorted({key(entry) for entry in entries}, reverse=True)
     kept: list[tuple[float, float, int]] = []
     for k in keys:
-        if not any(o[0] >= k[0] and o[1] >= k[1] and o[2] >= k[2] for o in kept):
+        if not any(other[0] >= k[0] and other[1] >= k[1] and other[2] >= k[2] for other in kept):
             kept.append(k)
-    return tuple((complex(a, b), c) for a, b, c in kept)
+    return tuple((complex(per_token, per_token_seq), per_layer) for per_token, per_token_seq, per_layer in kept)
 
 
 @functools.lru_cache(maxsize=4096)
-def _walk_layer(m: ModelSpec, c: Ctx, trainable: bool, rg_in: bool, rd: str) -> _LayerWalk:
-    w = Walk()
-    x = w.new(m.hidden_size, rd, rg_in)
-    decoder_layer(w, c, m, x, trainable)
+def _walk_layer(
+    m: ModelSpec, settings: WalkSettings, trainable: bool, input_requires_grad: bool, residual_dtype: str
+) -> _LayerWalk:
+    walk = Walk()
+    x = walk.new(m.hidden_size, residual_dtype, input_requires_grad)
+    decoder_layer(walk, settings, m, x, trainable)
     return _LayerWalk(
-        w.saved_bytes,
-        w.const,
-        _undominated(w.live),
-        _undominated(w.refs),
-        w.down_saved,
-        sum(w.ctx_saved.values()),
-        w.ctx_only,
-        w.saved.get(x.id, 0),
-        w.tail,
+        walk.saved_bytes,
+        walk.per_layer_saved,
+        _undominated(walk.live),
+        _undominated(walk.referenced),
+        walk.down_saved,
+        sum(walk.ctx_saved.values()),
+        walk.ctx_only,
+        walk.saved.get(x.id, 0),
+        walk.recompute_tail,
     )
 
 
 @functools.lru_cache(maxsize=4096)
-def _walk_final(m: ModelSpec, c: Ctx, rd: str, trainable: bool) -> tuple[complex, complex]:
+def _walk_final(m: ModelSpec, settings: WalkSettings, residual_dtype: str, trainable: bool) -> tuple[complex, complex]:
     """(saved bytes, output bytes) per token of the final norm."""
-    w = Walk()
-    out = norm(w, c, m, w.new(m.hidden_size, rd, True), trainable)
-    return w.saved_bytes, out.nbytes
+    walk = Walk()
+    out = norm(walk, settings, m, walk.new(m.hidden_size, residual_dtype, True), trainable)
+    return walk.saved_bytes, out.nbytes
 
 
 def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
-    c = make_ctx(m, t)
-    L = m.num_hidden_layers
-    rd = "fp32" if (t.kbit_prep or t.dtype == "fp32") else t.dtype
+    if m.walk_basis is not None:  # a generic family: walked on its hand-modelled stand-in (spec/generic.py)
+        targets = {role for name, role in m.walk_roles if name in t.lora_target}
+        m, t = m.walk_basis, replace(t, lora_target=tuple(sorted(targets)))
+    settings = walk_settings(m, t)
+    autocast_dtype = settings.autocast_dtype
+    layers = m.num_hidden_layers
+    residual_dtype = "fp32" if (t.kbit_prep or t.dtype == "fp32") else t.dtype
     embed_trainable = t.method == "full"
     # kbit prep + checkpointing calls enable_input_require_grads (peft/utils/other.py): the embedding output
     # requires grad, so layer 0 saves like the others.
-    x0_rg = embed_trainable or (t.kbit_prep and t.grad_ckpt)
-    first_trainable = L - t.freeze_trainable_layers if t.method == "freeze" else (0 if t.method == "full" else L)
+    embedding_output_requires_grad = embed_trainable or (t.kbit_prep and t.grad_ckpt)
+    first_trainable = (
+        layers - t.freeze_trainable_layers if t.method == "freeze" else (0 if t.method == "full" else layers)
+    )
     # layer 0 may see an input that does not require grad; later layers always see one that does
     # (the LoRA branches or trainable weights of earlier layers); freeze: frozen layers below the
     # trainable ones, and the first trainable one's input, see no grad at all.
-    kinds: dict[tuple[bool, bool], int] = {}
-    for idx in range(L):
-        rg_in = idx > first_trainable if t.method == "freeze" else (x0_rg if idx == 0 else True)
-        kind = (idx >= first_trainable, rg_in)
+    kinds: dict[tuple[bool, bool], int] = {}  # (trainable, input requires grad) -> how many layers
+    for index in range(layers):
+        if t.method == "freeze":
+            input_requires_grad = index > first_trainable
+        else:
+            input_requires_grad = embedding_output_requires_grad if index == 0 else True
+        kind = (index >= first_trainable, input_requires_grad)
         kinds[kind] = kinds.get(kind, 0) + 1
-    T, s = t.tokens, t.seq
+    tokens, seq = t.tokens, t.seq
 
-    def at(z: complex) -> int:
-        return round(T * (z.real + z.imag * s))
+    def at(per_token: complex) -> int:
+        """Bytes of a per-token walk term at this batch and seq (the imaginary part grows with seq)."""
+        return round(tokens * (per_token.real + per_token.imag * seq))
 
-    walks = {kind: _walk_layer(m, c, kind[0], kind[1], rd) for kind in kinds}
-    hidden = T * m.hidden_size * BYTES[rd]
+    walks = {kind: _walk_layer(m, settings, kind[0], kind[1], residual_dtype) for kind in kinds}
+    hidden = tokens * m.hidden_size * BYTES[residual_dtype]
     if t.grad_ckpt:
         # non-reentrant checkpoint keeps each layer's input hidden state (and whatever ops keep outside
         # autograd's saved tensors: bitsandbytes int8 matmul inputs)
-        saved = L * hidden + sum(n * at(walks[k].ctx) for k, n in kinds.items())
+        saved = layers * hidden + sum(count * at(walks[kind].ctx) for kind, count in kinds.items())
     else:
-        saved = sum(n * (at(walks[k].saved) + walks[k].const) for k, n in kinds.items())
-    if c.masked:
+        saved = sum(count * (at(walks[kind].saved) + walks[kind].per_layer_saved) for kind, count in kinds.items())
+    if settings.masked:
         # the model's bool sliding-window mask (B·1·S·S), built once and passed to every layer (and recompute)
-        saved += t.batch * s * s
+        saved += t.batch * seq * seq
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
-    final_saved, final_out = _walk_final(m, c, rd, t.method == "full")
+    final_saved, final_out = _walk_final(m, settings, residual_dtype, t.method == "full")
     saved += at(final_saved)
-    layer = max(at(v.saved) + v.const for v in walks.values())
-    down_saved = max(at(v.down_saved) for v in walks.values())
-    layer_ctx = max(at(v.ctx_only) for v in walks.values())
-    layer_input_saved = max(at(v.input_saved) for v in walks.values())
-    recompute_tail = max(at(v.tail) for v in walks.values())
-    transient = max((at(z) + k for v in walks.values() for z, k in v.live), default=0)
-    refs = max((at(z) + k for v in walks.values() for z, k in v.refs), default=0)
+    layer = max(at(lw.saved) + lw.per_layer_saved for lw in walks.values())
+    down_saved = max(at(lw.down_saved) for lw in walks.values())
+    layer_ctx = max(at(lw.ctx_only) for lw in walks.values())
+    layer_input_saved = max(at(lw.input_saved) for lw in walks.values())
+    recompute_tail = max(at(lw.recompute_tail) for lw in walks.values())
+    transient = max((at(per_token) + per_layer for lw in walks.values() for per_token, per_layer in lw.live), default=0)
+    referenced = max(
+        (at(per_token) + per_layer for lw in walks.values() for per_token, per_layer in lw.referenced), default=0
+    )
     layer_copies = layer_cached = head_copy = 0
-    n_copy_layers = t.freeze_trainable_layers if t.method == "freeze" else L
-    if c.ac:
-        ab = BYTES[c.ac]
-        if c.lora:
+    n_copy_layers = t.freeze_trainable_layers if t.method == "freeze" else layers
+    if autocast_dtype:
+        autocast_bytes = BYTES[autocast_dtype]
+        if settings.lora_targets:
             # autocast casts each fp32 adapter weight to the autocast dtype; mm saves the copy (its input needs
             # a gradient), so a low-precision copy of every adapter lives from forward until its backward
             layer_copies += sum(
-                t.lora_rank * (li.in_features + li.out_features) * ab for li in m.linears if li.name in c.lora
+                t.lora_rank * (li.in_features + li.out_features) * autocast_bytes
+                for li in m.linears
+                if li.name in settings.lora_targets
             )
             layer_cached = layer_copies
-        if not c.quant and t.dtype != c.ac:
+        if not settings.quantized and t.dtype != autocast_dtype:
             # unquantized linear weights stored in another dtype (fp32 master weights, or a frozen fp32 base):
             # mm saves the cast copy whenever its input needs a gradient
-            base_copy = sum(li.weight_params for li in m.linears) * ab
+            base_copy = sum(li.weight_params for li in m.linears) * autocast_bytes
             layer_copies += base_copy
             if t.method in ("full", "freeze"):
                 layer_cached += base_copy
         # autocast's cast cache keeps the copies of leaf tensors that require grad (adapters, trainable weights)
         # until the autocast region exits, i.e. through the whole forward even under checkpointing
         # (aten/src/ATen/autocast_mode.cpp `cached_cast`)
-        head_dt = "fp32" if t.kbit_prep else t.dtype
-        if head_dt != c.ac:
+        head_dtype = "fp32" if t.kbit_prep else t.dtype
+        if head_dtype != autocast_dtype:
             # lm_head (the embedding matrix when tied): kbit prep leaves it fp32, so under autocast its cast
             # copy (vocab·hidden) is saved for the input gradient until lm_head's backward
-            head_copy = m.vocab_size * m.hidden_size * ab
+            head_copy = m.vocab_size * m.hidden_size * autocast_bytes
     # MLP intermediates: the autocast dtype, except on a bnb base whose Linear4bit returns the input's dtype
     # (fp32 after kbit prep) and the LoRA sum promotes to it
-    cdb = BYTES[rd if c.quant else (c.ac or rd)]
-    n_int = {"gated": 3, "gated_fused": 3, "plain": 2}.get(m.mlp, 3 * max(m.num_experts_per_tok, 1))
-    workspace = n_int * T * m.intermediate_size * cdb + hidden
+    mlp_elem_bytes = BYTES[residual_dtype if settings.quantized else (autocast_dtype or residual_dtype)]
+    mlp_intermediates = {"gated": 3, "gated_fused": 3, "plain": 2}.get(m.mlp, 3 * max(m.num_experts_per_tok, 1))
+    workspace = mlp_intermediates * tokens * m.intermediate_size * mlp_elem_bytes + hidden
+    largest_target = max((li.weight_params for li in m.linears if li.name in settings.lora_targets), default=0)
     return ActivationBytes(
         saved=saved,
         layer=layer,
         layer_transient=transient,
-        layer_refs=refs,
+        layer_refs=referenced,
         layer_copies=layer_copies,
         layer_cached=layer_cached,
         copy_layers=n_copy_layers,
         head_copy=head_copy,
         hidden_bytes=hidden,
         backward_workspace=workspace,
-        dora_backward=BYTES[c.ac or c.ad] * max((li.weight_params for li in m.linears if li.name in c.lora), default=0)
-        if t.dora and c.lora
+        dora_backward=BYTES[autocast_dtype or settings.adapter_dtype] * largest_target
+        if t.dora and settings.lora_targets
         else 0,
         down_saved=down_saved,
         layer_ctx=layer_ctx,
         layer_input_saved=layer_input_saved,
         recompute_tail=recompute_tail,
         final_saved=at(final_saved),
-        hidden_grad_bytes=T * m.hidden_size * BYTES[c.ac or rd],
+        hidden_grad_bytes=tokens * m.hidden_size * BYTES[autocast_dtype or residual_dtype],
         final_hidden_bytes=at(final_out),
     )

@@ -13,19 +13,19 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import overload
+from typing import TYPE_CHECKING, overload
 
 from vramplan.breakdown import Breakdown, MeasuredRun, PhaseUsage
 from vramplan.errors import VramplanError
 from vramplan.estimator.overhead import Overheads
 from vramplan.estimator.params import count_params
 from vramplan.estimator.peak import phases as training_phases
-from vramplan.estimator.serve import adapter_elem_bytes, adapter_params, hf_phases, serve_weight_bytes
-from vramplan.estimator.vllm import vllm_serving
-from vramplan.serve_breakdown import ServeBreakdown, ServeComponents
 from vramplan.spec import ModelSpec, TrainSpec
-from vramplan.spec.gpu import GpuProfile
-from vramplan.spec.serve import ServeSpec
+
+if TYPE_CHECKING:  # serving's modules load with the first serving estimate (a training one does not need them)
+    from vramplan.serve_breakdown import ServeBreakdown
+    from vramplan.spec.gpu import GpuProfile
+    from vramplan.spec.serve import ServeSpec
 
 
 @overload
@@ -38,8 +38,10 @@ def build_breakdown(
     """The estimate of `spec` (a training step or a serving setup) of `model` on `gpu` (None: no verdict,
     documented overheads)."""
     overheads = gpu.overheads if gpu is not None else Overheads()
-    if isinstance(spec, ServeSpec):
+    if not isinstance(spec, TrainSpec):
         return _serve(model, spec, gpu, overheads)
+    if model.approximation is not None:  # a generic family: its stand-in's error adds to the estimator's
+        overheads = dataclasses.replace(overheads, error_band=overheads.error_band + model.approximation.error_band)
     phases, paged = training_phases(model, spec)
     counts = count_params(model, spec)
     return Breakdown(
@@ -52,10 +54,15 @@ def build_breakdown(
         gpu=gpu.key if gpu else None,
         gpu_bytes=gpu.memory_bytes if gpu else None,
         overheads=overheads,
+        approximation=model.approximation,
     )
 
 
 def _serve(m: ModelSpec, s: ServeSpec, gpu: GpuProfile | None, overheads: Overheads) -> ServeBreakdown:
+    from vramplan.estimator.serve import adapter_elem_bytes, adapter_params, hf_phases, serve_weight_bytes
+    from vramplan.estimator.vllm import vllm_serving
+    from vramplan.serve_breakdown import ServeBreakdown, ServeComponents
+
     w, q = serve_weight_bytes(m, s)
     resident = ServeComponents(weights=w, quant_state=q, adapters=adapter_params(m, s) * adapter_elem_bytes(s))
     common = {

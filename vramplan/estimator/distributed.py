@@ -243,7 +243,7 @@ def shard(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> Par
         phased, host = _zero(m, t, p, single)
     else:
         phased, host = _fsdp(m, t, p, single)
-    phases = tuple(PhaseUsage(ph.phase, c) for ph, (c, _) in zip(single.phases, phased, strict=True))
+    phases = tuple(PhaseUsage(ph.phase, c, ph.moment) for ph, (c, _) in zip(single.phases, phased, strict=True))
     peak = max(phases, key=lambda ph: ph.total)
     paged = single.paged_bytes
     if p.stage:

@@ -43,90 +43,119 @@ Saved-tensor inventory (per decoder layer, T = batch·seq tokens; "rg" = require
 
 from __future__ import annotations
 
-from vramplan.estimator.walk import BYTES, Ctx, S, Tok, Walk, promote
+from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote
 from vramplan.spec import ModelSpec
 
 
-def _linear(w: Walk, c: Ctx, x: Tok, name: str, out_f: int, trainable: bool, quantized: bool) -> Tok:
-    T = c.T
-    if quantized and c.int8:
+def _linear(
+    walk: Walk,
+    settings: WalkSettings,
+    x: SymbolicTensor,
+    name: str,
+    out_features: int,
+    trainable: bool,
+    quantized: bool,
+) -> SymbolicTensor:
+    T = settings.T
+    autocast_dtype = settings.autocast_dtype
+    if quantized and settings.int8:
         # bitsandbytes Linear8bitLt -> MatMul8bitLt (autograd/_functions.py, 0.50.2; CUDA's path): keeps its
         # input A in ctx.tensors whenever A needs a gradient; quantizes A.to(fp16) row-wise to int8 and returns
         # int8_scaled_mm(..., dtype=A.dtype): the output is in x's dtype (a custom op: autocast does not apply)
-        out = w.new(T * out_f, x.dt, x.rg)
-        if x.rg:
-            if x.id not in w.saved:
-                w.ctx_only += x.nbytes
-            w.ctx_saved[x.id] = x.nbytes
-            w.save(x)
-        ca = w.new(x.numel, "int8", False)
-        w.transient(x, w.new(x.numel, "fp16", False), ca)  # int8_vectorwise_quant(A.to(fp16)): A16 then dies
-        w.transient(x, ca, out)  # int8_mixed_scaled_mm
+        out = walk.new(T * out_features, x.dtype, x.requires_grad)
+        if x.requires_grad:
+            if x.id not in walk.saved:
+                walk.ctx_only += x.nbytes
+            walk.ctx_saved[x.id] = x.nbytes
+            walk.save(x)
+        x_int8 = walk.new(x.numel, "int8", False)
+        # int8_vectorwise_quant(A.to(fp16)): A16 then dies
+        walk.transient(x, walk.new(x.numel, "fp16", False), x_int8)
+        walk.transient(x, x_int8, out)  # int8_mixed_scaled_mm
     elif quantized:
-        xc = w.cast(x, c.bnb_cd)
-        out = w.new(T * out_f, c.bnb_cd, x.rg)
-        w.transient(x, xc, out)
-        out = w.cast(out, x.dt)
+        x_compute = walk.cast(x, settings.bnb_compute_dtype)
+        out = walk.new(T * out_features, settings.bnb_compute_dtype, x.requires_grad)
+        walk.transient(x, x_compute, out)
+        out = walk.cast(out, x.dtype)
     else:
-        xc = w.cast(x, c.ac) if c.ac else x
-        out = w.new(T * out_f, c.ac or c.wdt, x.rg or trainable)
-        w.transient(x, xc, out)
+        x_compute = walk.cast(x, autocast_dtype) if autocast_dtype else x
+        out = walk.new(T * out_features, autocast_dtype or settings.weight_dtype, x.requires_grad or trainable)
+        walk.transient(x, x_compute, out)
         if trainable:
-            w.save(xc)
-    w.tail = 0
-    if name not in c.lora:
+            walk.save(x_compute)
+    walk.recompute_tail = 0
+    if name not in settings.lora_targets:
         return out
     # LoRA branch: lora_B(lora_A(dropout(x))) * scaling
-    xa = x if (quantized and c.ac) else w.cast(x, c.ad)
-    if c.dropout:
-        mask = w.new(x.numel, "bool", False)
-        w.save(mask)
-        xd = w.new(xa.numel, xa.dt, xa.rg)
+    x_adapter = x if (quantized and autocast_dtype) else walk.cast(x, settings.adapter_dtype)
+    if settings.lora_dropout:
+        mask = walk.new(x.numel, "bool", False)
+        walk.save(mask)
+        x_dropped = walk.new(x_adapter.numel, x_adapter.dtype, x_adapter.requires_grad)
     else:
-        xd = xa
-    in_f = int(x.numel.real)  # the walk runs per token
-    held, kept, wx = _dora_weight_norm(w, c, (x, xa, xd, out), in_f, out_f, quantized) if c.dora else (0, 0, 0)
-    xin = w.cast(xd, c.ac) if c.ac else xd
-    w.save(xin)
-    a = w.new(T * c.rank, c.ac or c.ad, True)
-    w.save(a)
-    bout = w.new(T * out_f, c.ac or c.ad, True)
-    w.transient(x, xa, xd, xin, a, bout, out)
-    if quantized and not c.ac:
-        bout = w.cast(bout, out.dt)  # peft lora/bnb.py: `output.to(expected_dtype)` when autocast is off
-    res = w.new(T * out_f, promote(out.dt, bout.dt), True)
-    if c.dora:
+        x_dropped = x_adapter
+    in_features = int(x.numel.real)  # the walk runs per token
+    held, kept, base_weight_copy = (
+        _dora_weight_norm(walk, settings, (x, x_adapter, x_dropped, out), in_features, out_features, quantized)
+        if settings.dora
+        else (0, 0, 0)
+    )
+    lora_a_input = walk.cast(x_dropped, autocast_dtype) if autocast_dtype else x_dropped
+    walk.save(lora_a_input)
+    lora_a_out = walk.new(T * settings.lora_rank, autocast_dtype or settings.adapter_dtype, True)
+    walk.save(lora_a_out)
+    lora_b_out = walk.new(T * out_features, autocast_dtype or settings.adapter_dtype, True)
+    walk.transient(x, x_adapter, x_dropped, lora_a_input, lora_a_out, lora_b_out, out)
+    if quantized and not autocast_dtype:
+        # peft lora/bnb.py: `output.to(expected_dtype)` when autocast is off
+        lora_b_out = walk.cast(lora_b_out, out.dtype)
+    result = walk.new(T * out_features, promote(out.dtype, lora_b_out.dtype), True)
+    if settings.dora:
         # result_dora = (m/||W+sBA|| - 1)·base + (m/||W+sBA||)·lora·s: both products save their tensor operand
         # (the base result and the lora result); m/||.|| is fp32 (the magnitude is), so are the products.
         base = out
-        if c.dropout:
+        if settings.lora_dropout:
             # with dropout DoRA does not reuse the base result: it recomputes F.linear(dropout(x), W) with W in
             # x's dtype; autograd saves W (its autocast copy, or W itself): a weight-sized tensor per target
-            if c.ac and c.ac != xd.dt:
-                w.const += out_f * in_f * BYTES[c.ac]
+            if autocast_dtype and autocast_dtype != x_dropped.dtype:
+                walk.per_layer_saved += out_features * in_features * BYTES[autocast_dtype]
             else:
-                w.const += wx  # the weight in x's dtype, if that was a copy, now saved rather than held
-                held -= wx
-            base = w.new(T * out_f, c.ac or xd.dt, True)
-        w.save(base, bout)
-        pdt = promote(c.ad, base.dt)
+                # the weight in x's dtype, if that was a copy, now saved rather than held
+                walk.per_layer_saved += base_weight_copy
+                held -= base_weight_copy
+            base = walk.new(T * out_features, autocast_dtype or x_dropped.dtype, True)
+        walk.save(base, lora_b_out)
+        product_dtype = promote(settings.adapter_dtype, base.dtype)
         # per output feature: the detached norm (divisor of m/||.||), m/||.|| and m/||.|| - 1 (mul operands)
-        w.const += out_f * (BYTES[xd.dt] + 2 * BYTES[pdt])
-        prods = [w.new(T * out_f, pdt, True) for _ in range(3)]  # (m-1)·base, m·lora, (m·lora)·s
-        w.transient(x, xa, xd, a, bout, out, *prods, extra=held, extra_ref=held - kept)  # (xin: saved only)
-        res = w.new(T * out_f, promote(out.dt, pdt), True)
+        walk.per_layer_saved += out_features * (BYTES[x_dropped.dtype] + 2 * BYTES[product_dtype])
+        # (m-1)·base, m·lora, (m·lora)·s
+        products = [walk.new(T * out_features, product_dtype, True) for _ in range(3)]
+        walk.transient(
+            x, x_adapter, x_dropped, lora_a_out, lora_b_out, out, *products, extra=held, extra_ref=held - kept
+        )  # (lora_a_input: saved only)
+        result = walk.new(T * out_features, promote(out.dtype, product_dtype), True)
         # backward reaches DoRA's first saving node after the nodes that save nothing: the result's .to(dtype)
         # (a gradient in the result's dtype), result + result_dora (the base's share in its own dtype) and
         # `· s` (m·lora's gradient); measured where a checkpointed layer's recompute starts
-        cast = not quantized and res.dt != out.dt
-        w.tail = T * out_f * (BYTES[pdt] + (BYTES[res.dt] if cast else 0) + (BYTES[out.dt] if out.dt != res.dt else 0))
+        cast = not quantized and result.dtype != out.dtype
+        gradient_bytes_per_feature = (
+            BYTES[product_dtype]
+            + (BYTES[result.dtype] if cast else 0)
+            + (BYTES[out.dtype] if out.dtype != result.dtype else 0)
+        )
+        walk.recompute_tail = T * out_features * gradient_bytes_per_feature
     if not quantized:
-        res = w.cast(res, out.dt)
-    return res
+        result = walk.cast(result, out.dtype)
+    return result
 
 
 def _dora_weight_norm(
-    w: Walk, c: Ctx, live: tuple[Tok, ...], in_f: int, out_f: int, quantized: bool
+    walk: Walk,
+    settings: WalkSettings,
+    live: tuple[SymbolicTensor, ...],
+    in_features: int,
+    out_features: int,
+    quantized: bool,
 ) -> tuple[int, int, int]:
     """DoRA's weight-sized intermediates inside one target's forward: (what stays alive until it returns, the
     part of it only autograd keeps, the base weight's copy in x's dtype).
@@ -140,202 +169,244 @@ def _dora_weight_norm(
     in x's dtype stay alive until forward returns. Measured op by op under the tracker on single DoRA layers
     (in² and weight terms separate) and in checkpointed 7B QLoRA layers (peak at the identity's cast).
     """
-    wn = in_f * out_f
-    xdt = live[2].dt  # PEFT casts x to the adapter dtype (a bnb base under autocast leaves it)
-    cdt = c.ac or c.ad  # lora_B(lora_A(eye)) output
-    eye = in_f * in_f * BYTES[c.ad]
-    eye_c = in_f * in_f * BYTES[c.ac] if c.ac and c.ac != c.ad else 0
-    a_out = in_f * c.rank * BYTES[cdt]
-    kept = (eye_c or eye) + a_out  # saved by lora_A's and lora_B's mm
-    w.transient(*live, extra=eye + eye_c)  # the identity's autocast cast
+    weight_numel = in_features * out_features
+    x_dtype = live[2].dtype  # PEFT casts x to the adapter dtype (a bnb base under autocast leaves it)
+    autocast_dtype = settings.autocast_dtype
+    lora_weight_dtype = autocast_dtype or settings.adapter_dtype  # lora_B(lora_A(eye)) output
+    identity = in_features * in_features * BYTES[settings.adapter_dtype]
+    identity_cast = (
+        in_features * in_features * BYTES[autocast_dtype]
+        if autocast_dtype and autocast_dtype != settings.adapter_dtype
+        else 0
+    )
+    lora_a_out = in_features * settings.lora_rank * BYTES[lora_weight_dtype]
+    kept = (identity_cast or identity) + lora_a_out  # saved by lora_A's and lora_B's mm
+    walk.transient(*live, extra=identity + identity_cast)  # the identity's autocast cast
     # lora_B(lora_A(eye)): the lora weight; with checkpointing the cast is gone (lora_A saved nothing)
-    w.transient(*live, extra=eye + eye_c + a_out + wn * BYTES[cdt], extra_ref=eye + a_out + wn * BYTES[cdt])
-    lw = wn * BYTES[xdt]
-    wdt = ("fp32" if c.int8 else c.wdt) if quantized else c.wdt  # int8_vectorwise_dequant computes in fp32
+    lora_weight_in_compute = weight_numel * BYTES[lora_weight_dtype]
+    walk.transient(
+        *live,
+        extra=identity + identity_cast + lora_a_out + lora_weight_in_compute,
+        extra_ref=identity + lora_a_out + lora_weight_in_compute,
+    )
+    lora_weight = weight_numel * BYTES[x_dtype]
+    # int8_vectorwise_dequant computes in fp32
+    base_dtype = ("fp32" if settings.int8 else settings.weight_dtype) if quantized else settings.weight_dtype
     if quantized:
         # dequantize: 4-bit -> the original dtype; int8 -> A·SCB·(1/127), two fp32 weight-sized temporaries
-        dq = wn * BYTES[wdt] * (2 if c.int8 else 1)
-        w.transient(*live, extra=kept + lw + dq, extra_ref=lw + dq)
-    wx = wn * BYTES[xdt] if (quantized or wdt != xdt) else 0
+        dequantized = weight_numel * BYTES[base_dtype] * (2 if settings.int8 else 1)
+        walk.transient(*live, extra=kept + lora_weight + dequantized, extra_ref=lora_weight + dequantized)
+    base_weight_copy = weight_numel * BYTES[x_dtype] if (quantized or base_dtype != x_dtype) else 0
     # s·BA and W + s·BA, both in x's dtype, while the norm runs
-    w.transient(*live, extra=kept + lw + wx + 2 * wn * BYTES[xdt], extra_ref=lw + wx + 2 * wn * BYTES[xdt])
-    return kept + lw + wx, kept, wx
+    norm_operands = 2 * weight_numel * BYTES[x_dtype]
+    walk.transient(
+        *live,
+        extra=kept + lora_weight + base_weight_copy + norm_operands,
+        extra_ref=lora_weight + base_weight_copy + norm_operands,
+    )
+    return kept + lora_weight + base_weight_copy, kept, base_weight_copy
 
 
-def norm(w: Walk, c: Ctx, m: ModelSpec, x: Tok, trainable: bool, dim: int = 0) -> Tok:
+def norm(
+    walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, trainable: bool, dim: int = 0
+) -> SymbolicTensor:
     """A norm over the last `dim` features of x (hidden_size by default; qwen3's q/k norms: head_dim)."""
-    h = dim or m.hidden_size
-    T = x.numel / h  # rows
+    features = dim or m.hidden_size
+    rows = x.numel / features
     if m.norm == "layer":
-        dt = "fp32" if c.ac else x.dt
-        xi = w.cast(x, dt)
-        out = w.new(T * h, dt, x.rg or trainable)
-        if x.rg or trainable:
-            w.save(xi, w.new(T, "fp32", False), w.new(T, "fp32", False))
-        w.transient(x, xi, out)
+        dtype = "fp32" if settings.autocast_dtype else x.dtype
+        x_cast = walk.cast(x, dtype)
+        out = walk.new(rows * features, dtype, x.requires_grad or trainable)
+        if x.requires_grad or trainable:
+            walk.save(x_cast, walk.new(rows, "fp32", False), walk.new(rows, "fp32", False))  # input, mean, rstd
+        walk.transient(x, x_cast, out)
         return out
-    x32 = w.cast(x, "fp32")
-    rs = w.new(T, "fp32", False)
-    y32 = w.new(T * h, "fp32", x.rg)
-    y = w.cast(y32, x.dt)
-    out = w.new(T * h, promote(c.ndt, x.dt), x.rg or trainable)
-    if x.rg:
-        w.save(x32, rs)
+    x_fp32 = walk.cast(x, "fp32")
+    inverse_rms = walk.new(rows, "fp32", False)  # torch.rsqrt(variance + eps)
+    normed_fp32 = walk.new(rows * features, "fp32", x.requires_grad)
+    normed = walk.cast(normed_fp32, x.dtype)
+    out = walk.new(rows * features, promote(settings.norm_dtype, x.dtype), x.requires_grad or trainable)
+    if x.requires_grad:
+        walk.save(x_fp32, inverse_rms)
     if trainable:
-        w.save(y)
-    w.transient(x, x32, y32, y, out)
+        walk.save(normed)
+    walk.transient(x, x_fp32, normed_fp32, normed, out)
     return out
 
 
-def _attention(w: Walk, c: Ctx, m: ModelSpec, q: Tok, k: Tok, v: Tok, kv_store: Tok | None) -> Tok:
-    T = c.T
-    heads, kvh = m.num_attention_heads, m.num_key_value_heads
-    rg = q.rg or k.rg or v.rg
-    masked = c.masked
-    if c.attn == "eager":
-        dt = c.ac or q.dt
-        qc, kc, vc = w.cast(q, dt), w.cast(k, dt), w.cast(v, dt)
-        if kvh != heads:
-            kc, vc = w.new(T * m.q_dim, dt, k.rg), w.new(T * m.q_dim, dt, v.rg)
+def _attention(
+    walk: Walk,
+    settings: WalkSettings,
+    m: ModelSpec,
+    q: SymbolicTensor,
+    k: SymbolicTensor,
+    v: SymbolicTensor,
+    kv_store: SymbolicTensor | None,
+) -> SymbolicTensor:
+    T = settings.T
+    heads, kv_heads = m.num_attention_heads, m.num_key_value_heads
+    requires_grad = q.requires_grad or k.requires_grad or v.requires_grad
+    masked = settings.masked
+    dtype = settings.autocast_dtype or q.dtype
+    q_cast, k_cast, v_cast = walk.cast(q, dtype), walk.cast(k, dtype), walk.cast(v, dtype)
+    if settings.attn == "eager":
+        if kv_heads != heads:  # repeat_kv
+            k_cast = walk.new(T * m.q_dim, dtype, k.requires_grad)
+            v_cast = walk.new(T * m.q_dim, dtype, v.requires_grad)
         scores = T * heads * S  # B·heads·S² = T·heads·S
-        sc = w.new(scores, dt, rg)
-        probs32 = w.new(scores, "fp32", rg)
-        probs = w.new(scores, dt, rg)
-        out = w.new(T * m.q_dim, dt, rg)
-        if rg:
-            w.save(qc, kc, probs32, probs, vc)
+        scores_tensor = walk.new(scores, dtype, requires_grad)
+        probs_fp32 = walk.new(scores, "fp32", requires_grad)
+        probs = walk.new(scores, dtype, requires_grad)
+        out = walk.new(T * m.q_dim, dtype, requires_grad)
+        if requires_grad:
+            walk.save(q_cast, k_cast, probs_fp32, probs, v_cast)
             if m.attn_softcap:  # gemma2: scores / cap -> tanh (saves its output) -> * cap
-                w.save(w.new(scores, dt, True))
-        w.transient(qc, kc, vc, sc, probs32, probs, out)
-        return w.new(T * m.q_dim, dt, rg)  # transpose(1, 2).contiguous()
-    dt = c.ac or q.dt
-    qc, kc, vc = w.cast(q, dt), w.cast(k, dt), w.cast(v, dt)
-    if masked and kvh != heads:  # repeat_kv before SDPA when a mask is passed (sdpa_attention.py)
-        kc, vc = w.new(T * m.q_dim, dt, k.rg), w.new(T * m.q_dim, dt, v.rg)
-    out = w.new(T * m.q_dim, dt, rg)
-    lse = w.new(T * heads, "fp32", False)  # B·heads·S
-    if rg:
-        w.save(qc, kc, out, lse)
-        w.save(kv_store if (kv_store is not None and vc is v) else vc)
+                walk.save(walk.new(scores, dtype, True))
+        walk.transient(q_cast, k_cast, v_cast, scores_tensor, probs_fp32, probs, out)
+        return walk.new(T * m.q_dim, dtype, requires_grad)  # transpose(1, 2).contiguous()
+    if masked and kv_heads != heads:  # repeat_kv before SDPA when a mask is passed (sdpa_attention.py)
+        k_cast = walk.new(T * m.q_dim, dtype, k.requires_grad)
+        v_cast = walk.new(T * m.q_dim, dtype, v.requires_grad)
+    out = walk.new(T * m.q_dim, dtype, requires_grad)
+    logsumexp = walk.new(T * heads, "fp32", False)  # B·heads·S
+    if requires_grad:
+        walk.save(q_cast, k_cast, out, logsumexp)
+        walk.save(kv_store if (kv_store is not None and v_cast is v) else v_cast)
         if masked:
             # the memory-efficient kernel takes the bool mask as an additive bias in q's dtype (torch
             # `convert_boolean_attn_mask`: B·1·S·S) and saves it for backward
-            w.save(w.new(T * S, dt, False))
-    w.transient(qc, kc, vc, out)
+            walk.save(walk.new(T * S, dtype, False))
+    walk.transient(q_cast, k_cast, v_cast, out)
     return out
 
 
-def _rope(w: Walk, q: Tok, rd: str) -> Tok:
-    return w.new(q.numel, promote(q.dt, rd), q.rg)
+def _rope(walk: Walk, q: SymbolicTensor, residual_dtype: str) -> SymbolicTensor:
+    return walk.new(q.numel, promote(q.dtype, residual_dtype), q.requires_grad)
 
 
-def decoder_layer(w: Walk, c: Ctx, m: ModelSpec, x: Tok, trainable: bool) -> Tok:
+def decoder_layer(
+    walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, trainable: bool
+) -> SymbolicTensor:
     """One decoder layer; returns its output hidden state."""
-    T, rd = c.T, x.dt
-    q_quant = c.quant
+    T, residual_dtype = settings.T, x.dtype
 
-    def lin(inp: Tok, name: str) -> Tok:
+    def project(inp: SymbolicTensor, name: str) -> SymbolicTensor:
         spec = next(li for li in m.linears if li.name == name)
-        return _linear(w, c, inp, name, spec.out_features, trainable, q_quant)
+        return _linear(walk, settings, inp, name, spec.out_features, trainable, settings.quantized)
 
-    n1 = norm(w, c, m, x, trainable)
+    normed_input = norm(walk, settings, m, x, trainable)
     names = {li.name for li in m.linears}
     kv_store = None
     if "q_proj" in names:
-        q, k, v = lin(n1, "q_proj"), lin(n1, "k_proj"), lin(n1, "v_proj")
+        q = project(normed_input, "q_proj")
+        k = project(normed_input, "k_proj")
+        v = project(normed_input, "v_proj")
     else:
         fused = "qkv_proj" if "qkv_proj" in names else "query_key_value"
-        qkv = lin(n1, fused)
+        qkv = project(normed_input, fused)
         kv_store = qkv  # q, k, v are views of one storage
-        q = Tok(qkv.id, T * m.q_dim * BYTES[qkv.dt], qkv.dt, qkv.rg, T * m.q_dim)
-        k = Tok(qkv.id, T * m.kv_dim * BYTES[qkv.dt], qkv.dt, qkv.rg, T * m.kv_dim)
-        v = Tok(qkv.id, T * m.kv_dim * BYTES[qkv.dt], qkv.dt, qkv.rg, T * m.kv_dim)
+        itemsize = BYTES[qkv.dtype]
+        q = SymbolicTensor(qkv.id, T * m.q_dim * itemsize, qkv.dtype, qkv.requires_grad, T * m.q_dim)
+        k = SymbolicTensor(qkv.id, T * m.kv_dim * itemsize, qkv.dtype, qkv.requires_grad, T * m.kv_dim)
+        v = SymbolicTensor(qkv.id, T * m.kv_dim * itemsize, qkv.dtype, qkv.requires_grad, T * m.kv_dim)
     if m.head_norm_params and m.norm == "rms":  # qwen3: RMSNorm over head_dim on q and k before RoPE
-        q = norm(w, c, m, q, trainable, m.head_dim)
-        k = norm(w, c, m, k, trainable, m.head_dim)
-    q, k = _rope(w, q, rd), _rope(w, k, rd)
-    a = _attention(w, c, m, q, k, v, kv_store)
-    o = lin(a, "o_proj" if "o_proj" in names else "dense")
+        q = norm(walk, settings, m, q, trainable, m.head_dim)
+        k = norm(walk, settings, m, k, trainable, m.head_dim)
+    q, k = _rope(walk, q, residual_dtype), _rope(walk, k, residual_dtype)
+    attention_out = _attention(walk, settings, m, q, k, v, kv_store)
+    attention_out = project(attention_out, "o_proj" if "o_proj" in names else "dense")
     if m.norms_per_layer == 4:  # gemma2: post_attention_layernorm on the attention output
-        o = norm(w, c, m, o, trainable)
+        attention_out = norm(walk, settings, m, attention_out, trainable)
     if m.parallel_residual:
-        n2 = n1 if m.norms_per_layer == 1 else norm(w, c, m, x, trainable)
-        mo = _mlp(w, c, m, n2, lin)
-        return w.new(T * m.hidden_size, promote(promote(mo.dt, o.dt), rd), True)
-    h1 = w.new(T * m.hidden_size, promote(rd, o.dt), x.rg or o.rg)
-    w.pinned[h1.id] = h1.nbytes  # the residual, alive through the MLP for the second residual add
-    n2 = norm(w, c, m, h1, trainable)
-    mo = _mlp(w, c, m, n2, lin)
+        mlp_input = normed_input if m.norms_per_layer == 1 else norm(walk, settings, m, x, trainable)
+        mlp_out = _mlp(walk, settings, m, mlp_input, project)
+        out_dtype = promote(promote(mlp_out.dtype, attention_out.dtype), residual_dtype)
+        return walk.new(T * m.hidden_size, out_dtype, True)
+    residual = walk.new(
+        T * m.hidden_size, promote(residual_dtype, attention_out.dtype), x.requires_grad or attention_out.requires_grad
+    )
+    walk.pinned[residual.id] = residual.nbytes  # the residual, alive through the MLP for the second residual add
+    mlp_input = norm(walk, settings, m, residual, trainable)
+    mlp_out = _mlp(walk, settings, m, mlp_input, project)
     if m.norms_per_layer == 4:
-        mo = norm(w, c, m, mo, trainable)
-    del w.pinned[h1.id]
-    return w.new(T * m.hidden_size, promote(h1.dt, mo.dt), h1.rg or mo.rg)
+        mlp_out = norm(walk, settings, m, mlp_out, trainable)
+    del walk.pinned[residual.id]
+    return walk.new(
+        T * m.hidden_size, promote(residual.dtype, mlp_out.dtype), residual.requires_grad or mlp_out.requires_grad
+    )
 
 
-def _down(w: Walk, lin, x: Tok, name: str) -> Tok:
+def _down(walk: Walk, project, x: SymbolicTensor, name: str) -> SymbolicTensor:
     """The MLP's down projection; records what it saves (freed first in the layer's backward), except what it
     keeps in ctx.tensors (int8): that lives until its backward has run."""
-    before, ctx_before = w.saved_bytes, sum(w.ctx_saved.values())
-    out = lin(x, name)
-    w.down_saved = w.saved_bytes - before - (sum(w.ctx_saved.values()) - ctx_before)
+    saved_before, ctx_before = walk.saved_bytes, sum(walk.ctx_saved.values())
+    out = project(x, name)
+    walk.down_saved = walk.saved_bytes - saved_before - (sum(walk.ctx_saved.values()) - ctx_before)
     return out
 
 
-def _mlp(w: Walk, c: Ctx, m: ModelSpec, x: Tok, lin) -> Tok:
-    T, i = c.T, m.intermediate_size
+def _mlp(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, project) -> SymbolicTensor:
+    T, intermediate = settings.T, m.intermediate_size
     if m.mlp == "gated":
         # act_fn(gate_proj(x)) * up_proj(x): the activation waits for up_proj
-        g = lin(x, "gate_proj")
-        act = w.new(T * i, g.dt, g.rg)
-        if g.rg:
-            w.save(g)
-        w.transient(g, act)
-        w.pinned[act.id] = act.nbytes
-        u = lin(x, "up_proj")
-        del w.pinned[act.id]
-        prod = w.new(T * i, promote(act.dt, u.dt), g.rg or u.rg)
-        if prod.rg:
-            w.save(act, u)
-        w.transient(act, u, prod)
-        return _down(w, lin, prod, "down_proj")
+        gate = project(x, "gate_proj")
+        activated = walk.new(T * intermediate, gate.dtype, gate.requires_grad)
+        if gate.requires_grad:
+            walk.save(gate)
+        walk.transient(gate, activated)
+        walk.pinned[activated.id] = activated.nbytes
+        up = project(x, "up_proj")
+        del walk.pinned[activated.id]
+        product = walk.new(T * intermediate, promote(activated.dtype, up.dtype), gate.requires_grad or up.requires_grad)
+        if product.requires_grad:
+            walk.save(activated, up)
+        walk.transient(activated, up, product)
+        return _down(walk, project, product, "down_proj")
     if m.mlp == "gated_fused":
-        gu = lin(x, "gate_up_proj")
-        act = w.new(T * i, gu.dt, gu.rg)
-        prod = w.new(T * i, gu.dt, gu.rg)
-        if gu.rg:
-            w.save(gu, act)
-        w.transient(gu, act, prod)
-        return _down(w, lin, prod, "down_proj")
+        gate_up = project(x, "gate_up_proj")
+        activated = walk.new(T * intermediate, gate_up.dtype, gate_up.requires_grad)
+        product = walk.new(T * intermediate, gate_up.dtype, gate_up.requires_grad)
+        if gate_up.requires_grad:
+            walk.save(gate_up, activated)
+        walk.transient(gate_up, activated, product)
+        return _down(walk, project, product, "down_proj")
     if m.mlp == "plain":
-        up, down = ("fc1", "fc2") if m.model_type == "phi" else ("dense_h_to_4h", "dense_4h_to_h")
-        f = lin(x, up)
+        up_name, down_name = ("fc1", "fc2") if m.model_type == "phi" else ("dense_h_to_4h", "dense_4h_to_h")
+        up = project(x, up_name)
         if m.hidden_act == "gelu_new":
             # NewGELUActivation: 0.5·x·(1 + tanh(c·(x + 0.044715·pow(x, 3)))) (transformers/activations.py)
             # saves x for pow, tanh's output, and both factors of the last product. Under autocast `pow` is an
             # fp32 op: it saves an fp32 copy of x and everything after it is fp32 but 0.5·x.
-            hi = "fp32" if c.ac else f.dt
-            g = w.new(T * i, hi, f.rg)
-            if f.rg:  # pow saves its (autocast-cast) input, not x itself
-                w.save(w.cast(f, hi), w.new(T * i, hi, True), w.new(T * i, f.dt, True), w.new(T * i, hi, True))
+            gelu_dtype = "fp32" if settings.autocast_dtype else up.dtype
+            activated = walk.new(T * intermediate, gelu_dtype, up.requires_grad)
+            if up.requires_grad:  # pow saves its (autocast-cast) input, not x itself
+                walk.save(
+                    walk.cast(up, gelu_dtype),
+                    walk.new(T * intermediate, gelu_dtype, True),
+                    walk.new(T * intermediate, up.dtype, True),
+                    walk.new(T * intermediate, gelu_dtype, True),
+                )
         else:
-            g = w.new(T * i, f.dt, f.rg)
-            if f.rg:
-                w.save(f)
-        w.transient(f, g)
-        return _down(w, lin, g, down)
+            activated = walk.new(T * intermediate, up.dtype, up.requires_grad)
+            if up.requires_grad:
+                walk.save(up)
+        walk.transient(up, activated)
+        return _down(walk, project, activated, down_name)
     # MoE (Mixtral, transformers 5 MixtralExperts): each token visits top_k experts, gathered per expert.
     # Saved per routed token: the gate_up output (2I, kept whole by the SiLU's and product's views), the SiLU
     # output (I), the expert output scaled by its routing weight (H); router softmax (T·E fp32). With LoRA on
     # the experts (PEFT `target_parameters`, ParamWrapper) the expert weights require grad, so the gathered
     # input (H) and the down-projection input (I) are saved too, and PEFT materialises each layer's weight
     # deltas (E·3·I·H in the compute dtype), saved for the backward: a per-layer constant, not per token.
-    k, e, h = m.num_experts_per_tok, m.num_local_experts, m.hidden_size
-    dt = c.ac or x.dt
-    expert_lora = bool(c.lora & {"w1", "w3", "w2"})
-    if x.rg or expert_lora:
-        w.save(w.new(T * k * (3 * i + h), dt, True), w.new(2 * T * e, "fp32", False))
+    top_k, experts, hidden = m.num_experts_per_tok, m.num_local_experts, m.hidden_size
+    dtype = settings.autocast_dtype or x.dtype
+    expert_lora = bool(settings.lora_targets & {"w1", "w3", "w2"})
+    if x.requires_grad or expert_lora:
+        walk.save(
+            walk.new(T * top_k * (3 * intermediate + hidden), dtype, True), walk.new(2 * T * experts, "fp32", False)
+        )
         if expert_lora:
-            w.save(w.new(T * k * (h + i), dt, True))
-            w.const += e * 3 * i * h * BYTES[dt]
-    w.transient(w.new(T * k * 2 * i, dt, True))
-    return w.new(T * h, dt, x.rg)
+            walk.save(walk.new(T * top_k * (hidden + intermediate), dtype, True))
+            walk.per_layer_saved += experts * 3 * intermediate * hidden * BYTES[dtype]
+    walk.transient(walk.new(T * top_k * 2 * intermediate, dtype, True))
+    return walk.new(T * hidden, dtype, x.requires_grad)

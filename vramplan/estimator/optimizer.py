@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vramplan.estimator.params import Shape, numel, trainable_shapes
+from vramplan.estimator.params import Shape, layer_tensor_shapes, numel, trainable_shapes
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.units import ceil_div
 
@@ -34,6 +34,23 @@ def _bnb_states(shape: Shape, n_states: int, eight_bit: bool) -> int:
     return n_states * 4 * k
 
 
+def _adafactor_step_bytes(m: ModelSpec, t: TrainSpec, shapes: list[tuple[Shape, int]], param_bytes: int) -> int:
+    """Adafactor's temporaries while it updates its largest tensor: two fp32 `update`s, plus fp32 copies of
+    the grad and the param when they are half precision; then either the row / column factors of the
+    approximation, or, while `grad**2 + eps` is made, the previous tensor's `update` (the loop variable keeps
+    it until reassigned). The previous tensor is bounded by the largest decoder-layer tensor (lm_head follows
+    the last layer's MLP in the Trainer's decay group) or, for adapters, the largest adapter tensor."""
+    big = max((s for s, _ in shapes), key=numel, default=())
+    if not big:
+        return 0
+    k = numel(big)
+    copies = 2 + (2 if param_bytes < 4 else 0)
+    factors = numel(big[:-1]) + big[-1] if len(big) >= 2 else 0
+    before = shapes if t.uses_lora else layer_tensor_shapes(m)
+    previous = max((numel(s) for s, _ in before), default=0)
+    return 4 * (copies * k + max(factors, previous))
+
+
 def optimizer_bytes(m: ModelSpec, t: TrainSpec, param_bytes: int) -> OptimizerBytes:
     """States and step temporaries for the trainable tensors stored with `param_bytes` bytes per element.
 
@@ -47,8 +64,11 @@ def optimizer_bytes(m: ModelSpec, t: TrainSpec, param_bytes: int) -> OptimizerBy
     - paged_adamw_32bit: two fp32 states, paged as above. lion_32bit: one fp32 state.
     - sgd: the Trainer builds `torch.optim.SGD` without momentum: no state.
     - adafactor (transformers.optimization.Adafactor, beta1=None): factored row/col second moments for
-      tensors of rank >= 2, a full one otherwise, in the gradient dtype; step works on fp32 copies of the
-      param and grad of one tensor at a time.
+      tensors of rank >= 2, a full one otherwise, in fp32 (`step` upcasts a half-precision grad before it
+      creates the states), and `RMS`, a 0-dim fp32 tensor per parameter. `step` works on one tensor at a time:
+      fp32 copies of a half-precision grad and param, `update` = grad**2 + eps and its successor (the factored
+      approximation or `-update`) alive together, and row / column factors (transformers 5.24
+      optimization.py `Adafactor.step`, `_approx_sq_grad`).
     """
     shapes = trainable_shapes(m, t)
     opt = t.optim
@@ -74,17 +94,15 @@ def optimizer_bytes(m: ModelSpec, t: TrainSpec, param_bytes: int) -> OptimizerBy
                 states += on_device
             else:
                 states += b
-        if eight:
-            states += BNB_QMAP_BYTES
+        if eight and any(numel(s) >= BNB_MIN_8BIT_SIZE for s, _ in shapes):
+            states += BNB_QMAP_BYTES  # created with the first 8-bit state (Optimizer2State.init_state)
     elif opt == "adafactor":
         for s, n in shapes:
             if len(s) >= 2:
-                states += n * param_bytes * (numel(s[:-1]) + numel(s[:-2] + s[-1:]))
+                states += n * 4 * (numel(s[:-1]) + numel(s[:-2] + s[-1:]) + 1)  # row, col, RMS
             else:
-                states += n * param_bytes * numel(s)
-        biggest = max((numel(s) for s, _ in shapes), default=0)
-        # fp32 grad copy + update (grad**2 + eps) + fp32 param copy when the param is half precision
-        temp = biggest * 4 * (3 if param_bytes < 4 else 2)
+                states += n * 4 * (numel(s) + 1)  # exp_avg_sq, RMS
+        temp = _adafactor_step_bytes(m, t, shapes, param_bytes)
     elif opt == "sgd":
         pass
     return OptimizerBytes(states=states, paged=paged, step_temporaries=temp)

@@ -10,14 +10,13 @@
   caching allocator (counted in memory_allocated since torch 2.3): ~32 MiB.
 - Caching allocator: for a training step, `estimator/allocator_slack.py` predicts max_memory_reserved and the
   least memory the allocator must get for the step to run (replays of traced steps through a model of
-  PyTorch's CUDA caching allocator, `vramplan/measure/allocator.py`); a calibration's measured ratio
-  (reserved / allocated − 1) replaces the predicted reserved figure; `simulate` uses the replay itself.
-  Serving with transformers keeps a flat 10 % of the peak (`ALLOCATOR_OVERHEAD_RATIO`).
-- Error band: a meta-device trace of the real code agrees with max_memory_allocated of published A100 runs
-  within about ±6 % (TRACING-NOTES.md); for an estimate the allocator model's own error (rms of the least
-  memory that runs against the replays: 6.0 % under torch's defaults, 0.9 % with expandable segments) is
-  added in quadrature (`tight_band`): `tight` means within 8.5 % (6.1 %) of the GPU's memory until a
-  calibration's measured residual replaces it.
+  PyTorch's CUDA caching allocator, `vramplan/measure/allocator.py`, c10/cuda/CUDACachingAllocator.cpp); a
+  calibration's measured ratio (reserved / allocated − 1) replaces the predicted reserved figure; `simulate`
+  uses the replay itself. Serving with transformers keeps a flat 10 % of the peak (`ALLOCATOR_OVERHEAD_RATIO`).
+- Error band: ±6 %, a chosen margin for the overheads above, which are defaults until calibrated; the tensor
+  peak itself is within 1.3 % of the traced step (docs/accuracy.md). For an estimate the allocator model's own
+  error (rms of the least memory that runs against the replays, `allocator_slack.need_error`) is added in
+  quadrature (`tight_band`) until a calibration's measured residual replaces it.
 
 These figures travel as one typed value, `Overheads`, attached to the GPU a command plans for
 (`GpuProfile.overheads`). The documented defaults are `Overheads()`; `vramplan.trust.calibration.calibrate`

@@ -36,10 +36,10 @@ def lora_targets(m: ModelSpec, t: TrainSpec) -> tuple[LinearSpec, ...]:
 
 
 def lora_params(m: ModelSpec, t: TrainSpec) -> int:
-    per_layer = sum(lora_params_per_linear(lin, t.lora_rank, t.dora) for lin in lora_targets(m, t))
+    total = sum(lora_params_per_linear(lin, t.lora_rank, t.dora) * m.instances(lin) for lin in lora_targets(m, t))
     for p in lora_moe_targets(m, t.lora_target):
-        per_layer += sum(numel(shape) for shape in lora_moe_shapes(p, t.lora_rank))
-    return m.num_hidden_layers * per_layer
+        total += m.num_hidden_layers * sum(numel(shape) for shape in lora_moe_shapes(p, t.lora_rank))
+    return total
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +79,10 @@ def layer_tensor_shapes(m: ModelSpec) -> list[tuple[Shape, int]]:
 
 
 def model_tensor_shapes(m: ModelSpec) -> list[tuple[Shape, int]]:
+    if m.approximation is not None:  # generic families: the architecture table's tensors, as they are
+        out = [((lin.out_features, lin.in_features), m.instances(lin)) for lin in m.linears]
+        out += [((lin.out_features,), m.instances(lin)) for lin in m.linears if lin.bias]
+        return out + list(m.other_tensors)
     h, v = m.hidden_size, m.vocab_size
     out: list[tuple[Shape, int]] = [((v, h), 1)]
     if m.embed_norm:
@@ -97,10 +101,10 @@ def trainable_shapes(m: ModelSpec, t: TrainSpec) -> list[tuple[Shape, int]]:
     if t.uses_lora:
         out: list[tuple[Shape, int]] = []
         for lin in lora_targets(m, t):
-            out += [((t.lora_rank, lin.in_features), m.num_hidden_layers)]
-            out += [((lin.out_features, t.lora_rank), m.num_hidden_layers)]
+            out += [((t.lora_rank, lin.in_features), m.instances(lin))]
+            out += [((lin.out_features, t.lora_rank), m.instances(lin))]
             if t.dora:
-                out += [((lin.out_features,), m.num_hidden_layers)]
+                out += [((lin.out_features,), m.instances(lin))]
         for p in lora_moe_targets(m, t.lora_target):
             out += [(shape, m.num_hidden_layers) for shape in lora_moe_shapes(p, t.lora_rank)]
         return out

@@ -7,11 +7,12 @@ accumulation the gradients of earlier micro-batches are alive during forward. `z
 - backward: the largest of its start (all activations + the loss gradient), a decoder layer's backward
   (the layer's recomputed activations when checkpointing, its gradient workspace) and its end (all grads).
 - optimizer: persistent + all grads + the step's temporaries.
+`moments` names each candidate instant (`PhaseUsage.moment`); `phases` keeps the largest per phase.
 """
 
 from __future__ import annotations
 
-from vramplan.breakdown import Components, PhaseUsage
+from vramplan.breakdown import PHASES, Components, PhaseUsage
 from vramplan.estimator.activations import activation_bytes
 from vramplan.estimator.adapters import adapter_bytes
 from vramplan.estimator.logits import logits_bytes
@@ -22,35 +23,50 @@ from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
 
 _MLP_OUT = frozenset({"down_proj", "dense_4h_to_h", "fc2"})  # the MLP's last linear, per family
 
+# The named moments of a step (`PhaseUsage.moment`). "top layer": the last decoder layer, the first one
+# backward reaches; "bottom layer": layer 0, the last one.
+LOSS = "logits and loss"
+INSIDE_TOP_LAYER = "inside the top layer"
+LOSS_BACKWARD = "logits gradient"  # the start of backward
+TOP_LAYER_RECOMPUTE = "top-layer recompute"
+TOP_LAYER_BACKWARD = "top-layer MLP backward"
+BOTTOM_LAYER_RECOMPUTE = "bottom-layer recompute"
+BOTTOM_LAYER_BACKWARD = "bottom-layer MLP backward"
+TOP_LAYER_DORA_BACKWARD = "top-layer DoRA backward"  # DoRA's weight-sized tensor above the MLP's workspace
+BOTTOM_LAYER_DORA_BACKWARD = "bottom-layer DoRA backward"
+END_OF_BACKWARD = "all gradients"  # the end of backward
+OPTIMIZER_STEP = "step"
 
-def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
-    """(forward, backward, optimizer) usage and the paged bytes."""
-    wb = weight_bytes(m, t)
-    trainable_bytes = wb.trainable + adapter_bytes(m, t)
+
+def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
+    """Every candidate for the peak of one steady-state step, each a `PhaseUsage` named by its moment, in phase
+    order (forward, backward, optimizer); and the paged optimizer bytes."""
+    weights = weight_bytes(m, t)
+    trainable_bytes = weights.trainable + adapter_bytes(m, t)
     param_bytes = 4 if t.uses_lora else DTYPE_BYTES[t.dtype]
-    grads = count_params(m, t).trainable * param_bytes
-    ob = optimizer_bytes(m, t, param_bytes)
-    act = activation_bytes(m, t)
-    lg = logits_bytes(m, t)
-    base = {
-        "weights": wb.frozen,
-        "quant_state": wb.quant_state,
+    all_grads = count_params(m, t).trainable * param_bytes
+    optimizer = optimizer_bytes(m, t, param_bytes)
+    activation = activation_bytes(m, t)
+    logits = logits_bytes(m, t)
+    persistent = {
+        "weights": weights.frozen,
+        "quant_state": weights.quant_state,
         "trainable": trainable_bytes,
-        "optimizer_states": ob.states,
+        "optimizer_states": optimizer.states,
     }
-    accum_grads = grads if t.grad_accum > 1 else 0
+    accum_grads = all_grads if t.grad_accum > 1 else 0
     # autocast copies of fp32 weights: saved by mm (without checkpointing), or held by the cast cache in forward
-    copies = 0 if t.grad_ckpt else act.layer_copies * act.copy_layers
-    fwd_copies = act.layer_cached * act.copy_layers if t.grad_ckpt else copies
-    saved = act.saved + copies
+    saved_copies = 0 if t.grad_ckpt else activation.layer_copies * activation.copy_layers
+    forward_copies = activation.layer_cached * activation.copy_layers if t.grad_ckpt else saved_copies
+    saved = activation.saved + saved_copies
     # how far one layer's forward rises above what it finally saves (its largest transient set)
-    in_layer_excess = max(0, act.layer_transient - act.layer)
+    in_layer_excess = max(0, activation.layer_transient - activation.layer)
     # lm_head's autocast copy of an fp32 weight is made inside lm_head: counted with the logits / loss
-    fwd = Components(
-        **base,
+    loss = Components(
+        **persistent,
         gradients=accum_grads,
-        activations=act.saved + fwd_copies + act.final_hidden_bytes,
-        logits=lg.forward_peak + act.head_copy,
+        activations=activation.saved + forward_copies + activation.final_hidden_bytes,
+        logits=logits.forward_peak + activation.head_copy,
         temporaries=0,
     )
     # inside the last layer's forward: all saved activations and the layer's largest transient set (DoRA's
@@ -58,43 +74,54 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     # decoder loop holds it) and the embedding output (the model's forward holds `inputs_embeds` until it
     # returns); with it, both are checkpointed inputs already, and the layer keeps only what it references.
     if t.grad_ckpt:
-        in_layer_act = act.saved - act.final_saved + act.layer_refs + fwd_copies
+        in_layer_act = activation.saved - activation.final_saved + activation.layer_refs + forward_copies
     else:
-        in_layer_act = act.saved - act.final_saved + 2 * act.hidden_bytes + in_layer_excess + fwd_copies
-    in_layer = Components(
-        **base,
+        in_layer_act = (
+            activation.saved - activation.final_saved + 2 * activation.hidden_bytes + in_layer_excess + forward_copies
+        )
+    inside_top_layer = Components(
+        **persistent,
         gradients=accum_grads,
         activations=in_layer_act,  # (what forward allocates is activations, as the tracker files it)
     )
-    fwd = max(fwd, in_layer, key=lambda c: c.total)
     head_grad = 0
     if t.method == "full":
         head_grad = m.vocab_size * m.hidden_size * param_bytes
-    bwd_start = Components(
-        **base,
+    loss_backward = Components(
+        **persistent,
         gradients=max(accum_grads, head_grad),
         activations=saved,
-        logits=lg.backward_peak + act.head_copy,
+        logits=logits.backward_peak + activation.head_copy,
     )
     # a decoder layer's backward: at the top layer all activations are still alive; at the bottom one only its
     # own remain while the gradients of every layer above exist. The usage is linear in between, so the two
     # ends bound it. At each end, with checkpointing, either the recompute (the layer's forward again: its
     # saved set plus its largest forward transient, with the incoming gradient) or the layer's own backward
     # (its saved set plus the gradient workspace) is the larger.
-    L = m.num_hidden_layers
-    n_train_layers = {"full": L, "freeze": t.freeze_trainable_layers}.get(t.method, L if t.uses_lora else 0)
-    layer_grad = grads // L if t.uses_lora else (m.layer_params * param_bytes if n_train_layers else 0)
-    ends = (
-        (max(accum_grads, head_grad), saved - act.final_saved),
+    layers = m.num_hidden_layers
+    n_train_layers = {"full": layers, "freeze": t.freeze_trainable_layers}.get(t.method, layers if t.uses_lora else 0)
+    layer_grad = all_grads // layers if t.uses_lora else (m.layer_params * param_bytes if n_train_layers else 0)
+    # under checkpointing DoRA's weight-sized backward tensor may outgrow the MLP's workspace
+    dora_workspace = t.grad_ckpt and activation.dora_backward > activation.backward_workspace
+    # (its recompute's and its backward's moments, gradients alive when its backward starts, activations kept then)
+    layer_ends = (
         (
+            TOP_LAYER_RECOMPUTE,
+            TOP_LAYER_DORA_BACKWARD if dora_workspace else TOP_LAYER_BACKWARD,
+            max(accum_grads, head_grad),
+            saved - activation.final_saved,
+        ),
+        (
+            BOTTOM_LAYER_RECOMPUTE,
+            BOTTOM_LAYER_DORA_BACKWARD if dora_workspace else BOTTOM_LAYER_BACKWARD,
             max(accum_grads, head_grad + max(n_train_layers - 1, 0) * layer_grad),
-            act.hidden_bytes if t.grad_ckpt else act.layer + act.layer_copies,
+            activation.hidden_bytes if t.grad_ckpt else activation.layer + activation.layer_copies,
         ),
     )
     # a checkpointed layer's recomputed set (its input, if an op saves it, is the checkpointed one). While the
     # recompute runs, its graph is alive (the residual references it) and so is what ops keep outside saved
     # tensors (int8 matmul inputs); once it is done only the saved tensors, detached, remain
-    one = act.layer + act.layer_copies - act.layer_ctx - act.layer_input_saved
+    recomputed = activation.layer + activation.layer_copies - activation.layer_ctx - activation.layer_input_saved
     # at the MLP workspace peak of a layer's backward, its down projection's gradients are already there
     down = [li for li in m.linears if li.name in _MLP_OUT]
     if t.uses_lora:
@@ -102,39 +129,44 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
         down_grad *= param_bytes
     else:
         down_grad = sum(li.params for li in down) * param_bytes if n_train_layers else 0
-    layer_phases = []
-    for g, kept in ends:
+    layer_moments = []
+    for recompute_moment, backward_moment, grads_then, kept in layer_ends:
         if t.grad_ckpt:
-            layer_phases.append(
-                Components(
-                    **base,
-                    gradients=g,
-                    activations=kept + one + act.layer_ctx + in_layer_excess,
-                    temporaries=act.hidden_bytes + act.hidden_grad_bytes + act.recompute_tail,
-                )
+            recompute = Components(
+                **persistent,
+                gradients=grads_then,
+                activations=kept + recomputed + activation.layer_ctx + in_layer_excess,
+                temporaries=activation.hidden_bytes + activation.hidden_grad_bytes + activation.recompute_tail,
             )
-            layer_phases.append(
-                Components(
-                    **base,
-                    gradients=max(accum_grads, g + down_grad),
-                    activations=kept + one - act.down_saved,
-                    temporaries=max(act.backward_workspace, act.dora_backward),
-                )
+            layer_moments.append((recompute_moment, recompute))
+            layer_backward = Components(
+                **persistent,
+                gradients=max(accum_grads, grads_then + down_grad),
+                activations=kept + recomputed - activation.down_saved,
+                temporaries=max(activation.backward_workspace, activation.dora_backward),
             )
         else:
-            layer_phases.append(
-                Components(
-                    **base,
-                    gradients=max(accum_grads, g + down_grad),
-                    activations=kept - act.down_saved,
-                    temporaries=act.backward_workspace,
-                )
+            layer_backward = Components(
+                **persistent,
+                gradients=max(accum_grads, grads_then + down_grad),
+                activations=kept - activation.down_saved,
+                temporaries=activation.backward_workspace,
             )
-    bwd_end = Components(**base, gradients=grads, temporaries=2 * act.hidden_bytes)
-    bwd = max((bwd_start, *layer_phases, bwd_end), key=lambda c: c.total)
-    opt = Components(**base, gradients=grads, temporaries=ob.step_temporaries)
+        layer_moments.append((backward_moment, layer_backward))
+    end_of_backward = Components(**persistent, gradients=all_grads, temporaries=2 * activation.hidden_bytes)
+    step = Components(**persistent, gradients=all_grads, temporaries=optimizer.step_temporaries)
     return (
-        PhaseUsage("forward", fwd),
-        PhaseUsage("backward", bwd),
-        PhaseUsage("optimizer", opt),
-    ), ob.paged
+        PhaseUsage("forward", loss, LOSS),
+        PhaseUsage("forward", inside_top_layer, INSIDE_TOP_LAYER),
+        PhaseUsage("backward", loss_backward, LOSS_BACKWARD),
+        *(PhaseUsage("backward", components, moment) for moment, components in layer_moments),
+        PhaseUsage("backward", end_of_backward, END_OF_BACKWARD),
+        PhaseUsage("optimizer", step, OPTIMIZER_STEP),
+    ), optimizer.paged
+
+
+def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
+    """(forward, backward, optimizer) usage, each its largest moment (the first of equals), and the paged
+    bytes."""
+    candidates, paged = moments(m, t)
+    return tuple(max((c for c in candidates if c.phase == phase), key=lambda c: c.total) for phase in PHASES), paged

@@ -126,7 +126,7 @@ def hf_phases(m: ModelSpec, s: ServeSpec, resident: ServeComponents) -> tuple[Se
         temporaries=b * p * per_token + dequant_bytes(m, s, fused=False) + hf_lora_workspace_bytes(m, s, b * p),
     )
     if n == 1:
-        return (ServePhase("prefill", prefill),)
+        return (ServePhase("prefill", prefill, "prompt forward"),)
     decode = replace(
         resident,
         kv_cache=hf_generate_cache_bytes(m, b, p, n, e),
@@ -136,4 +136,4 @@ def hf_phases(m: ModelSpec, s: ServeSpec, resident: ServeComponents) -> tuple[Se
         + (dequant_bytes(m, s, fused=False) if b > 1 else 0)
         + hf_lora_workspace_bytes(m, s, b),
     )
-    return ServePhase("prefill", prefill), ServePhase("decode", decode)
+    return ServePhase("prefill", prefill, "prompt forward"), ServePhase("decode", decode, "last decode step")

@@ -16,12 +16,19 @@ available, as vLLM logged it (vllm-project/vllm#10511).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from vramplan.estimator.kvcache import vllm_max_model_len, vllm_paged_kv
 from vramplan.estimator.overhead import MIB
-from vramplan.estimator.serve import dequant_bytes, layer_peak_elems_per_token
+from vramplan.estimator.serve import (
+    adapter_elem_bytes,
+    adapter_params,
+    dequant_bytes,
+    layer_peak_elems_per_token,
+    serve_weight_bytes,
+)
 from vramplan.serve_breakdown import ServeComponents, ServePhase, VllmPool
 
 if TYPE_CHECKING:
@@ -65,25 +72,61 @@ def vllm_sampler_bytes(m: ModelSpec, s: ServeSpec) -> int:
     return rows * m.vocab_size * (s.dtype_bytes + 4 + 4) + hidden
 
 
-def _problems(s: ServeSpec, total: int, pool: VllmPool, cuda_context_bytes: int) -> tuple[str, ...]:
-    """Why vLLM would refuse to start, in vLLM's own terms."""
+def non_kv_bytes(m: ModelSpec, s: ServeSpec) -> int:
+    """What vLLM's budget holds besides the KV cache: weights and their quantization constants, LoRA slots,
+    the profile's activation peak (forward or sampler), non-torch buffers (`determine_available_memory`)."""
+    weights, quant_state = serve_weight_bytes(m, s)
+    adapters = adapter_params(m, s) * adapter_elem_bytes(s)
+    return (
+        weights
+        + quant_state
+        + adapters
+        + max(vllm_forward_bytes(m, s), vllm_sampler_bytes(m, s))
+        + VLLM_NON_TORCH_BYTES
+    )
+
+
+def highest_utilization(total: int, cuda_context_bytes: int) -> float:
+    """The largest gpu_memory_utilization (2 decimals) vLLM accepts: total × it fits beside the CUDA context
+    (vLLM's start-up check that free memory >= the requested budget, gpu_worker.py)."""
+    return math.floor((total - cuda_context_bytes) / total * 100) / 100
+
+
+def _problems(m: ModelSpec, s: ServeSpec, total: int, pool: VllmPool, cuda_context_bytes: int) -> tuple[str, ...]:
+    """Why vLLM would refuse to start, in vLLM's own terms, each with the changes that remove it: every
+    change offered is re-estimated here and offered only when it works, one direction per knob, never a
+    value already set."""
     out = []
+    top = highest_utilization(total, cuda_context_bytes)
     if total - cuda_context_bytes < pool.requested_bytes:
         out.append(
             f"free memory after the CUDA context ({total - cuda_context_bytes:,} B) is below "
             f"gpu_memory_utilization × total ({pool.requested_bytes:,} B): vLLM refuses to start; "
-            "lower --gpu-memory-utilization"
+            f"lower --gpu-memory-utilization to {top:.2f}"
         )
     if pool.available_kv_bytes <= 0:
+        util = min(s.gpu_memory_utilization, top)
+        fixes = []
+        if s.gpu_memory_utilization < top and available_kv_bytes(total, top, pool.non_kv_bytes) > 0:
+            fixes.append(f"raise --gpu-memory-utilization to {top:.2f}")
+        if s.quant not in ("nf4", "fp4"):
+            nf4 = replace(s, quant="nf4", double_quant=True)
+            if available_kv_bytes(total, util, non_kv_bytes(m, nf4)) > 0:
+                fixes.append("use --quant nf4")
+        way_out = " or ".join(fixes) if fixes else "no single setting frees enough: use a GPU with more memory"
         out.append(
             "no memory left for the KV cache after weights and activations (vLLM: 'No available memory for "
-            "the cache blocks'); raise --gpu-memory-utilization or use --quant nf4"
+            f"the cache blocks'); {way_out}"
         )
     elif pool.kv.request_bytes > pool.available_kv_bytes:
+        fit = (
+            f"largest --max-model-len that fits: {pool.max_model_len_fit:,}"
+            if pool.max_model_len_fit > 0
+            else "not even one KV block fits: raise --gpu-memory-utilization or use a larger GPU"
+        )
         out.append(
             f"one {s.max_model_len:,}-token request needs {pool.kv.request_bytes:,} B of KV cache, the pool "
-            f"has {pool.available_kv_bytes:,} B: vLLM refuses to start; largest --max-model-len that fits: "
-            f"{pool.max_model_len_fit:,}"
+            f"has {pool.available_kv_bytes:,} B: vLLM refuses to start; {fit}"
         )
     return tuple(out)
 
@@ -118,4 +161,5 @@ def vllm_serving(
         non_torch=VLLM_NON_TORCH_BYTES,
         cuda_graphs=0 if s.enforce_eager else VLLM_CUDA_GRAPH_BYTES,
     )
-    return ServePhase("serving", comps), pool, _problems(s, total, pool, gpu.overheads.cuda_context_bytes)
+    moment = "sampler" if sampler > fwd else "forward of a full token budget"
+    return ServePhase("serving", comps, moment), pool, _problems(m, s, total, pool, gpu.overheads.cuda_context_bytes)

@@ -53,8 +53,8 @@ def quantized_linear_bytes(m: ModelSpec, quant: str, double_quant: bool) -> tupl
             w, s = bnb_int8_bytes(lin.out_features, lin.in_features)
         else:
             w, s = bnb_4bit_bytes(lin.weight_params, double_quant)
-        packed, state = packed + w, state + s
-    return m.num_hidden_layers * packed, m.num_hidden_layers * state
+        packed, state = packed + w * m.instances(lin), state + s * m.instances(lin)
+    return packed, state
 
 
 @dataclass(frozen=True, slots=True)

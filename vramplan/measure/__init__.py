@@ -6,13 +6,14 @@ Imports torch; the CLI imports this package inside its commands only.
 from __future__ import annotations
 
 from vramplan.measure.harness import CudaFigures, MeasureResult, OutOfMemory, run_step, simulate
-from vramplan.measure.tracker import CategoryBytes, MemoryTracker, PhasePeak, TrackedPeak
+from vramplan.measure.tracker import CategoryBytes, MemoryTracker, MomentPeak, PhasePeak, TrackedPeak
 
 __all__ = [
     "CategoryBytes",
     "CudaFigures",
     "MeasureResult",
     "MemoryTracker",
+    "MomentPeak",
     "OutOfMemory",
     "PhasePeak",
     "TrackedPeak",

@@ -41,6 +41,14 @@ from vramplan.estimator.overhead import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYT
 from vramplan.measure.build import TORCH_DTYPES, Built, build
 from vramplan.measure.cuda_equiv import CudaAutocast, check_versions, cuda_equivalence, installed_versions
 from vramplan.measure.replay import AllocatorFigures, AllocatorSummary, allocator_figures, allocator_summary
+from vramplan.measure.moments import (
+    LOGITS_AND_LOSS,
+    LOGITS_GRADIENT,
+    STEP,
+    LayerMoments,
+    decoder_layers,
+    layer_recompute,
+)
 from vramplan.measure.tracker import CategoryBytes, MemoryTracker, TrackedPeak
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.spec.alloc_conf import DEFAULT, AllocatorConfig, parse_alloc_conf
@@ -134,12 +142,37 @@ def resolve_device(device: str, t: TrainSpec) -> tuple[Device, str | None]:
     return device, None  # type: ignore[return-value]
 
 
-def check_cpu_size(m: ModelSpec) -> None:
+CPU_RAM_SHARE = 0.8  # of physical memory a CPU step may plan to use; past it the allocator fails mid-step
+
+
+def physical_memory_bytes() -> int | None:
+    """This machine's RAM (POSIX sysconf), or None where it cannot be read."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_cpu_size(m: ModelSpec, t: TrainSpec | None = None) -> None:
+    """Refuse up front what a CPU step cannot finish: over CPU_MAX_PARAMS parameters, or a tensor peak
+    (the analytic estimate, within its error band of the traced one) over CPU_RAM_SHARE of the RAM, which
+    would otherwise end in an allocator error after a minute of building."""
     if m.total_params > CPU_MAX_PARAMS:
         raise VramplanError(
             f"{m.name} ({m.total_params / 1e9:.1f}B parameters) on CPU is impractical: use "
             f"`vramplan simulate` or a GPU (`measure --device cpu` takes models up to "
             f"{CPU_MAX_PARAMS / 1e9:.0f}B)"
+        )
+    ram = physical_memory_bytes()
+    if t is None or ram is None:
+        return
+    from vramplan.estimator.peak import phases
+
+    peak = max(p.total for p in phases(m, t)[0])
+    if peak > CPU_RAM_SHARE * ram:
+        raise VramplanError(
+            f"this step needs about {peak / 1024**3:,.1f} GiB (estimated), over {CPU_RAM_SHARE:.0%} of this "
+            f"machine's {ram / 1024**3:,.1f} GiB of RAM: lower --batch / --seq, or use `vramplan simulate`"
         )
 
 
@@ -171,7 +204,7 @@ def run_step(
     check_versions()
     dev, note = resolve_device(device, t)
     if dev == "cpu":
-        check_cpu_size(m)
+        check_cpu_size(m, t)
     notes: list[str] = [note] if note else []
     say = progress or (lambda _msg: None)
     autocast_dtype = TORCH_DTYPES[t.mixed_precision] if t.mixed_precision != "no" else None
@@ -333,6 +366,7 @@ def _train(
     tracker.register_optimizer(optimizer)
     logits = _LogitsLabel(built.causal_lm, tracker)
     _wrap_checkpointing(model, tracker, emu)
+    LayerMoments(model, tracker)
     if getattr(optimizer, "is_paged", False) and dev != "cuda":
         _exclude_paged_states(optimizer, tracker)
     vocab = built.causal_lm.config.get_text_config().vocab_size
@@ -362,11 +396,13 @@ def _train(
                 state.phase = "backward"
                 with tracker.phase_scope("backward"):
                     tracker.label = "logits" if logits.hooked else None
+                    tracker.moment = LOGITS_GRADIENT if logits.hooked else None
                     loss.backward()
                     tracker.label = None
+                    tracker.moment = None
                 del loss, ids
             state.phase = "optimizer"
-            with tracker.phase_scope("optimizer"):
+            with tracker.phase_scope("optimizer"), tracker.moment_scope(STEP):
                 torch.nn.utils.clip_grad_norm_(params, TRAINER_MAX_GRAD_NORM)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -391,6 +427,7 @@ class _LogitsLabel:
         if self.tracker.phase != "forward" or torch._C._current_graph_task_id() != -1:
             return
         self.tracker.label = "logits"
+        self.tracker.moment = LOGITS_AND_LOSS
         hidden = args[0] if args else None
         if isinstance(hidden, torch.Tensor) and hidden.requires_grad:
             hidden.register_hook(self._end_of_logits_backward)
@@ -399,25 +436,30 @@ class _LogitsLabel:
     def _post(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
         if self.tracker.phase == "forward":
             self.tracker.label = None
+            self.tracker.moment = None
 
     def _end_of_logits_backward(self, grad: torch.Tensor) -> None:
         self.tracker.label = None
+        self.tracker.moment = None
 
 
 def _wrap_checkpointing(model: torch.nn.Module, tracker: MemoryTracker, emu: CudaAutocast | None) -> None:
     """Label a gradient-checkpoint recompute's allocations as activations, and reopen the emulated autocast in
-    it (torch.utils.checkpoint restores CUDA autocast itself; it cannot restore an emulation)."""
+    it (torch.utils.checkpoint restores CUDA autocast itself; it cannot restore an emulation); name the
+    recompute's moment ("layer i recompute")."""
+    index = {id(layer): i for i, layer in enumerate(decoder_layers(model))}
     for module in model.modules():
         ckpt = module.__dict__.get("_gradient_checkpointing_func")
         if ckpt is not None and not isinstance(ckpt, _RecomputeAware):
-            module._gradient_checkpointing_func = _RecomputeAware(ckpt, tracker, emu)
+            moment = layer_recompute(index[id(module)]) if id(module) in index else "recompute"
+            module._gradient_checkpointing_func = _RecomputeAware(ckpt, tracker, emu, moment)
 
 
 class _RecomputeAware:
-    __slots__ = ("ckpt", "emu", "tracker")
+    __slots__ = ("ckpt", "emu", "moment", "tracker")
 
-    def __init__(self, ckpt: Callable, tracker: MemoryTracker, emu: CudaAutocast | None) -> None:
-        self.ckpt, self.tracker, self.emu = ckpt, tracker, emu
+    def __init__(self, ckpt: Callable, tracker: MemoryTracker, emu: CudaAutocast | None, moment: str) -> None:
+        self.ckpt, self.tracker, self.emu, self.moment = ckpt, tracker, emu, moment
 
     def __call__(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
         return self.ckpt(functools.partial(self._run, function), *args, **kwargs)
@@ -426,7 +468,7 @@ class _RecomputeAware:
         if torch._C._current_graph_task_id() == -1:  # the first forward
             return function(*args, **kwargs)
         region = self.emu.region() if self.emu is not None else contextlib.nullcontext()
-        with region, self.tracker.label_scope("activations"):
+        with region, self.tracker.label_scope("activations"), self.tracker.moment_scope(self.moment):
             return function(*args, **kwargs)
 
 
@@ -571,7 +613,7 @@ def _breakdown(
     notes: list[str],
     events: tuple[tuple[int, int, int], ...] = (),
 ) -> Breakdown:
-    phases = tuple(PhaseUsage(p.phase, components(p.breakdown)) for p in tracked.phases)
+    phases = tuple(PhaseUsage(p.phase, components(p.breakdown), p.moment or "") for p in tracked.phases)
     if not phases:  # out of memory while building: nothing traced but what was loaded
         phases = (PhaseUsage("forward", Components(weights=tracked.current_bytes)),)
     peak = max(p.total for p in phases)

@@ -22,6 +22,10 @@ Categories (the closed set `CATEGORIES`):
 - temporaries: everything else: allocated in backward or optimizer phases (or with no phase) and not a
   gradient or optimizer state, e.g. AdamW's `exp_avg_sq.sqrt() / c` pair, recomputed checkpoint activations.
 
+Moments: a caller may name the instant inside a phase (`moment_scope("layer 3 recompute")`); the tracker then
+keeps the peak of each (phase, moment) too, and every peak records the moment it was reached in. Naming moments
+changes no other reading.
+
 A relabel also moves the storage in the recorded peaks when it was alive at the peak (allocated before it and
 alive now), so an optimizer state created lazily inside the first `step()` counts as optimizer_states, not as
 a temporary, in a peak inside that step.
@@ -93,25 +97,42 @@ class CategoryBytes(Components):
 
 @dataclass(frozen=True, slots=True)
 class PhasePeak:
-    """The highest live bytes seen while `phase` was set, and the breakdown at that moment."""
+    """The highest live bytes seen while `phase` was set, the breakdown then, and the moment it was in."""
 
     phase: Phase
+    peak_bytes: int
+    breakdown: CategoryBytes
+    moment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MomentPeak:
+    """The highest live bytes seen while `moment` was named inside `phase`, and the breakdown then."""
+
+    phase: Phase | None
+    moment: str
     peak_bytes: int
     breakdown: CategoryBytes
 
 
 @dataclass(frozen=True, slots=True)
 class TrackedPeak:
-    """What a `MemoryTracker` saw: the overall peak, its phase and breakdown, and each phase's own peak."""
+    """What a `MemoryTracker` saw: the overall peak, its phase, moment and breakdown, each phase's own peak,
+    and each named moment's."""
 
     peak_bytes: int
     peak_phase: Phase | None
     breakdown: CategoryBytes
     phases: tuple[PhasePeak, ...]
     current_bytes: int
+    peak_moment: str | None = None
+    moments: tuple[MomentPeak, ...] = ()
 
     def phase(self, name: Phase) -> PhasePeak | None:
         return next((p for p in self.phases if p.phase == name), None)
+
+    def moment(self, phase: Phase | None, name: str) -> MomentPeak | None:
+        return next((p for p in self.moments if p.phase == phase and p.moment == name), None)
 
 
 class _Entry:
@@ -129,15 +150,19 @@ class _Entry:
 
 
 class _Peak:
-    """A mutable peak record: bytes, the sequence number when reached, the per-category totals then."""
+    """A mutable peak record: bytes, the sequence number when reached, the per-category totals then, the phase
+    and moment it was reached in."""
 
-    __slots__ = ("breakdown", "nbytes", "phase", "seq")
+    __slots__ = ("breakdown", "moment", "nbytes", "phase", "seq")
 
-    def __init__(self, nbytes: int, seq: int, breakdown: dict[Category, int], phase: Phase | None) -> None:
+    def __init__(
+        self, nbytes: int, seq: int, breakdown: dict[Category, int], phase: Phase | None, moment: str | None = None
+    ) -> None:
         self.nbytes = nbytes
         self.seq = seq
         self.breakdown = breakdown
         self.phase = phase
+        self.moment = moment
 
 
 class MemoryTracker(TorchDispatchMode):
@@ -184,6 +209,8 @@ class MemoryTracker(TorchDispatchMode):
         self._excluded: dict[int, weakref.ref] = {}
         self._peak = _Peak(0, 0, dict(self._totals), None)
         self._phase_peaks: dict[Phase, _Peak] = {}
+        self._moment: str | None = None
+        self._moment_peaks: dict[tuple[Phase | None, str], _Peak] = {}
         self._handles: list[Any] = []
 
     # phases
@@ -208,6 +235,27 @@ class MemoryTracker(TorchDispatchMode):
             yield self
         finally:
             self.phase = previous
+
+    # moments: a name for the instant inside a phase, for the per-moment peaks
+
+    @property
+    def moment(self) -> str | None:
+        return self._moment
+
+    @moment.setter
+    def moment(self, value: str | None) -> None:
+        self._moment = value
+        self._update_peaks()  # what is alive on entry already counts towards the new moment's peak
+
+    @contextmanager
+    def moment_scope(self, moment: str | None) -> Iterator[MemoryTracker]:
+        """Name the moment for the duration of the block, then restore the previous one."""
+        previous = self._moment
+        self.moment = moment
+        try:
+            yield self
+        finally:
+            self.moment = previous
 
     # labels: a category for new storages that overrides the phase rule
 
@@ -265,9 +313,18 @@ class MemoryTracker(TorchDispatchMode):
 
     def result(self) -> TrackedPeak:
         phases = tuple(
-            PhasePeak(p, self._phase_peaks[p].nbytes, CategoryBytes(**self._phase_peaks[p].breakdown))
+            PhasePeak(
+                p,
+                self._phase_peaks[p].nbytes,
+                CategoryBytes(**self._phase_peaks[p].breakdown),
+                self._phase_peaks[p].moment,
+            )
             for p in PHASES
             if p in self._phase_peaks
+        )
+        moments = tuple(
+            MomentPeak(phase, moment, peak.nbytes, CategoryBytes(**peak.breakdown))
+            for (phase, moment), peak in self._moment_peaks.items()
         )
         return TrackedPeak(
             peak_bytes=self._peak.nbytes,
@@ -275,12 +332,15 @@ class MemoryTracker(TorchDispatchMode):
             breakdown=CategoryBytes(**self._peak.breakdown),
             phases=phases,
             current_bytes=self._current,
+            peak_moment=self._peak.moment,
+            moments=moments,
         )
 
     def reset_peaks(self) -> None:
         """Forget the peaks so far (e.g. after a warm-up step); what is alive now is the new baseline."""
-        self._peak = _Peak(self._current, self._seq, dict(self._totals), self._phase)
+        self._peak = _Peak(self._current, self._seq, dict(self._totals), self._phase, self._moment)
         self._phase_peaks = {}
+        self._moment_peaks = {}
         self._update_peaks()
 
     # registration of tensors that exist before tracking
@@ -430,20 +490,24 @@ class MemoryTracker(TorchDispatchMode):
         self._totals[old] -= entry.nbytes
         self._totals[category] += entry.nbytes
         # Alive now and allocated no later than a peak means alive at that peak: move it there too.
-        for peak in (self._peak, *self._phase_peaks.values()):
+        for peak in (self._peak, *self._phase_peaks.values(), *self._moment_peaks.values()):
             if entry.seq <= peak.seq:
                 peak.breakdown[old] -= entry.nbytes
                 peak.breakdown[category] += entry.nbytes
 
     def _update_peaks(self) -> None:
         current = self._current
+        phase, moment = self._phase, self._moment
         if current > self._peak.nbytes:
-            self._peak = _Peak(current, self._seq, dict(self._totals), self._phase)
-        phase = self._phase
+            self._peak = _Peak(current, self._seq, dict(self._totals), phase, moment)
         if phase is not None:
             peak = self._phase_peaks.get(phase)
             if peak is None or current > peak.nbytes:
-                self._phase_peaks[phase] = _Peak(current, self._seq, dict(self._totals), phase)
+                self._phase_peaks[phase] = _Peak(current, self._seq, dict(self._totals), phase, moment)
+        if moment is not None:
+            peak = self._moment_peaks.get((phase, moment))
+            if peak is None or current > peak.nbytes:
+                self._moment_peaks[(phase, moment)] = _Peak(current, self._seq, dict(self._totals), phase, moment)
 
     # hooks
 

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from vramplan.breakdown import Breakdown, Verdict
-from vramplan.plan.fit import fits, max_seq, run
+from vramplan.plan.fit import SEQ_MULTIPLE, fits, largest, max_seq, run
 from vramplan.sources.profiles import GpuProfile
 from vramplan.spec import ModelSpec, TrainSpec, resolve_lora_target
 from vramplan.spec.alloc_conf import parse_alloc_conf
@@ -104,7 +104,10 @@ def _changes(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> list[_Change]:
         out.append(
             _Change(
                 "kbit",
-                "--no-kbit-prep (no fp32 upcast of embeddings/norms/lm_head)",
+                # kbit prep is what turns checkpointing on by default: keep it on explicitly, as estimated
+                "--no-kbit-prep"
+                + (" --grad-ckpt" if t.grad_ckpt else "")
+                + " (no fp32 upcast of embeddings/norms/lm_head)",
                 2,
                 rep(t, kbit_prep=False),
             )
@@ -126,32 +129,55 @@ def _changes(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> list[_Change]:
             out.append(_Change("dora", "--no-dora (no merged weight in forward)", 2, rep(t, dora=False)))
     if t.batch > 1:
         out.append(_batch_change(m, t, gpu))
-    if t.seq > 1:
+    if t.seq > 1 and not fits(run(m, t, gpu)):  # when it fits, a shorter sequence only costs tokens
         out.append(_seq_change(m, t, gpu))
     return out
 
 
+DIVISOR_TRIALS = 4096  # per end of largest_divisor_at_most's search
+
+
+def largest_divisor_at_most(n: int, cap: int, trials: int = DIVISOR_TRIALS) -> int:
+    """The largest divisor of `n` that is <= `cap`, searched from both ends in at most 2·`trials` steps:
+    down from `cap`, and through the cofactors n // d for d up from ceil(n / cap). Each end stops at the
+    first divisor, which is the largest one <= cap; 1 when neither end finds one within `trials`."""
+    if cap >= n:
+        return n
+    for b in range(cap, max(1, cap - trials), -1):
+        if n % b == 0:
+            return b
+    first = -(-n // cap)
+    for d in range(first, first + trials):
+        if n % d == 0:
+            return n // d
+    return 1
+
+
 def _batch_change(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> _Change:
     """The largest smaller batch dividing the effective batch that fits (else 1), with the accumulation
-    steps that keep per_device_train_batch_size × gradient_accumulation_steps unchanged."""
+    steps that keep per_device_train_batch_size × gradient_accumulation_steps unchanged.
+
+    Every candidate b < batch accumulates (eff / b >= 2), and the estimate reads only grad_accum > 1
+    (estimator/peak.py), so the largest batch that fits is one bisection at grad_accum 2 (log2 of the batch
+    estimates, not one per batch), then the largest divisor of eff at or below it."""
     eff = t.batch * t.grad_accum
-    best = 1
-    for b in range(t.batch - 1, 1, -1):
-        if eff % b == 0 and fits(run(m, dataclasses.replace(t, batch=b, grad_accum=eff // b), gpu)):
-            best = b
-            break
+    accumulating = dataclasses.replace(t, grad_accum=2)
+    limit = largest(lambda b: fits(run(m, dataclasses.replace(accumulating, batch=b), gpu)), 1, t.batch - 1)
+    best = largest_divisor_at_most(eff, max(limit, 1))
     ga = eff // best
     label = f"--batch {best} --grad-accum {ga} (same effective batch {eff})"
     return _Change("batch", label, 1, dataclasses.replace(t, batch=best, grad_accum=ga))
 
 
 def _seq_change(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> _Change:
-    """The longest shorter sequence that fits at this batch; half the sequence when none does."""
+    """The longest shorter sequence that fits at this batch (`t.seq` itself does not); half the sequence
+    when none does. max_seq rounds to a multiple of SEQ_MULTIPLE from SEQ_MULTIPLE on, and the label says so."""
     lim = max_seq(m, t, gpu, cap=t.seq - 1)
     if lim.value:
+        which = f"the longest multiple of {SEQ_MULTIPLE}" if lim.value >= SEQ_MULTIPLE else "the longest"
         return _Change(
             "seq",
-            f"--seq {lim.value} (the longest that fits; now {t.seq})",
+            f"--seq {lim.value} ({which} that fits; now {t.seq})",
             3,
             dataclasses.replace(t, seq=lim.value),
         )
@@ -196,12 +222,3 @@ def suggest(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, limit: int = 6) -> list
                     found.append(_suggestion([a, c], b, now))
     found.sort(key=_rank)
     return found[:limit]
-
-
-def advice_lines(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, n: int = 2) -> list[str]:
-    from vramplan.report import gib
-
-    return [
-        f"{s.change}: {gib(s.device_bytes)} GiB → {s.verdict} (saves {gib(s.saved_bytes)} GiB; {s.cost_text})"
-        for s in suggest(m, t, gpu, limit=n)
-    ]

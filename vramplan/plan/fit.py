@@ -26,6 +26,7 @@ from vramplan.estimator.overhead import error_band
 from vramplan.sources.profiles import GpuProfile
 from vramplan.spec import ModelSpec, TrainSpec, resolve_train
 from vramplan.spec.parallel import ParallelSpec
+from vramplan.spec.train import LIMITS, parse_count, positive
 
 FIT_METHODS: tuple[str, ...] = ("full", "lora", "qlora")
 DEFAULT_SEQS: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)
@@ -35,6 +36,7 @@ DEFAULT_SEQ = 1024  # `estimate`'s default --seq: the "chosen" sequence of the r
 EIGHT_BIT_OPTIM = "adamw_8bit"
 LOW_MEMORY_OPTIMS = frozenset({"adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"})
 MAX_BATCH = 4096  # search cap (per_device_train_batch_size); a cell at the cap is reported as "≥"
+MAX_SEQ_COLUMNS = 16  # `fit --seq a,b,...`: one column each, a batch search per column and row
 SEQ_MULTIPLE = 64  # longest sequence is rounded down to a multiple of 64 tokens (cutoff_len granularity;
 # flash/SDPA kernels tile the sequence in 64/128-token blocks)
 
@@ -224,18 +226,12 @@ def parse_seqs(text: str | None) -> tuple[tuple[int, ...], int]:
     """
     if text is None:
         return DEFAULT_SEQS, DEFAULT_SEQ
-    vals = []
-    for part in (p.strip().lower() for p in text.split(",")):
-        scale = 1024 if part.endswith("k") else 1
-        try:
-            v = int(part.removesuffix("k")) * scale
-        except ValueError:
-            raise VramplanError(
-                f"--seq takes positive integers separated by commas (e.g. 512,1024,4k), got {text!r}"
-            ) from None
-        if v < 1:
-            raise VramplanError(f"--seq values must be positive integers, got {v} in {text!r}")
-        vals.append(v)
+    parts = [p for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise VramplanError(f"--seq takes positive integers separated by commas (e.g. 512,1024,4k), got {text!r}")
+    if len(parts) > MAX_SEQ_COLUMNS:
+        raise VramplanError(f"--seq lists {len(parts)} lengths; the table shows at most {MAX_SEQ_COLUMNS}")
+    vals = [positive(parse_count(p, "--seq"), "--seq", LIMITS["seq"]) for p in parts]
     return tuple(sorted(set(vals))), vals[0]
 
 
@@ -250,6 +246,7 @@ def variant(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, method: str, grad_ckpt:
     return resolve_train(
         m,
         gpu_bf16=gpu.bf16,
+        gpu_compute_capability=gpu.compute_capability,
         method=method,
         dtype=t.dtype,
         mixed_precision=t.mixed_precision,

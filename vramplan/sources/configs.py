@@ -10,14 +10,14 @@ under the flags. Unknown keys are ignored; known keys whose values we do not mod
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from vramplan.errors import VramplanError, did_you_mean
+from vramplan.sources.files import check_name, is_dir, parse_json, read_text, short
 from vramplan.spec import OPTIM_ALIASES, OPTIMIZERS
 
 Format = Literal["llamafactory", "axolotl", "training_args", "peft_adapter", "model_config"]
@@ -90,7 +90,7 @@ class _Reader:
         elif kind is int and not isinstance(v, bool):
             if isinstance(v, int) or (isinstance(v, float) and v.is_integer()):
                 return int(v)
-            if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+            if isinstance(v, str) and re.fullmatch(r"-?[0-9]{1,18}", v.strip()):  # ASCII digits only ('²')
                 return int(v)
         elif kind is float and not isinstance(v, bool):
             try:
@@ -265,6 +265,8 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
     adapter = str(data.get("adapter") or "").lower()
     b4, b8 = (r.has(k) and r.typed(k, bool) for k in ("load_in_4bit", "load_in_8bit"))
     bnb = data.get("bnb_config_kwargs") or {}
+    if not isinstance(bnb, Mapping):
+        raise VramplanError(f"{path}: bnb_config_kwargs must be a mapping (key: value), got {_show(bnb)}")
     quant = None
     if adapter and (adapter == "qlora" or b4):
         quant = str(bnb.get("bnb_4bit_quant_type") or "nf4")
@@ -287,7 +289,7 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
     if r.has("lora_target_linear") and r.typed("lora_target_linear", bool):
         r.set("lora_target", "all-linear")
     elif _set(modules):
-        r.set("lora_target", ",".join(modules) if isinstance(modules, list) else str(modules))
+        r.set("lora_target", ",".join(map(str, modules)) if isinstance(modules, list) else str(modules))
     r.copy("peft_use_dora", "dora", bool)
     r.copy("sequence_len", "seq", int)
     r.copy("micro_batch_size", "batch", int)
@@ -380,10 +382,8 @@ def read_peft_adapter(data: Mapping[str, Any], path: str) -> FileSettings:
     tm = data.get("target_modules")
     if isinstance(tm, list) and tm:
         r.set("lora_target", ",".join(str(t) for t in tm))
-    elif isinstance(tm, str) and (tm == "all-linear" or tm.isidentifier()):
+    elif isinstance(tm, str) and tm:  # "all-linear", or a regex PEFT full-matches on module names
         r.set("lora_target", tm)
-    elif tm is not None:
-        r.skip("target_modules", "a regular expression; estimated with --lora-target", "lora_target")
     r.copy("use_dora", "dora", bool)
     r.skip_if_set(_PEFT_UNMODELED)
     if str(data.get("bias") or "none") != "none":
@@ -436,31 +436,32 @@ def detect_format(data: Mapping[str, Any], path: str) -> Format:
 
 
 def load_file(path: str) -> Mapping[str, Any]:
-    """The mapping in a YAML or JSON file; a syntax error names the file and line."""
+    """The mapping in a YAML or JSON file; a syntax error names the file and line, a non-UTF-8 or oversized
+    file is one error line (vramplan.sources.files.read_text)."""
+    check_name(path, "--from")
     p = Path(path)
-    if p.is_dir():
-        raise VramplanError(f"{path} is a folder; pass a file in it (--from {path}/adapter_config.json)")
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise VramplanError(f"no such file: {path}") from None
-    except OSError as e:
-        raise VramplanError(f"cannot read {path}: {e.strerror}") from None
+    if is_dir(p):
+        raise VramplanError(
+            f"{short(path, 120)} is a folder; pass a file in it (--from {short(path, 60)}/adapter_config.json)"
+        )
+    text = read_text(p, "training config")
+    shown = short(path, 120)
     if p.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise VramplanError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        data = parse_json(text, shown, "a training config")
     else:
+        import yaml  # PyYAML only when a YAML file is read: `estimate --json` without --from does not load it
+
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"line {mark.line + 1}: " if mark is not None else ""
             problem = getattr(e, "problem", None) or e
-            raise VramplanError(f"{path}: not valid YAML ({where}{problem})") from None
+            raise VramplanError(f"{shown}: not valid YAML ({where}{problem})") from None
+        except RecursionError:
+            raise VramplanError(f"{shown}: YAML nested too deeply to be a training config") from None
     if not isinstance(data, dict):
-        raise VramplanError(f"{path}: expected a mapping of settings (key: value), got {type(data).__name__}")
+        raise VramplanError(f"{shown}: expected a mapping of settings (key: value), got {type(data).__name__}")
     return data
 
 

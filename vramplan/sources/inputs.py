@@ -68,4 +68,7 @@ def plan_inputs(model: str | None, files: Sequence[str], flags: Mapping[str, Any
     if isinstance(target, str) and set(target.split(",")) == {lin.name for lin in spec.linears}:
         settings["lora_target"] = "all-linear"  # PEFT saves all-linear as the list of every Linear
     unmodeled = [u for fs in (*read, quant) for u in fs.not_modeled if u.affects not in typed]
+    if mc.prequantized and "quant" not in typed:  # a GPTQ/AWQ/bnb copy resolved offline to a built-in profile
+        note = f"pre-quantized checkpoint: the architecture of {mc.origin}, its quantization not read; --quant sets it"
+        unmodeled.append(Unmodeled("model", f"{mc.name} ({mc.prequantized})", note, "quant"))
     return Plan(spec, settings, sources, tuple(dict.fromkeys(unmodeled)), mc.origin)

@@ -5,6 +5,7 @@ Serving's ServeSpec lives in `vramplan.estimator.serve` beside its resolver.
 
 from __future__ import annotations
 
+from vramplan.spec.config import model_spec_from_config  # noqa: F401
 from vramplan.spec.model import (  # noqa: F401
     ATTNS,
     DEFAULT_ACT,
@@ -24,7 +25,6 @@ from vramplan.spec.model import (  # noqa: F401
     ModelSpec,
     ParamSpec,
     Quant,
-    model_spec_from_config,
 )
 from vramplan.spec.train import (  # noqa: F401
     LORA_TARGET_PRESETS,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vramplan.errors import VramplanError
+from vramplan.spec.fields import config_bool, config_int, config_names, config_str
 
 Method = Literal["full", "lora", "qlora", "freeze"]
 Dtype = Literal["bf16", "fp16", "fp32"]
@@ -42,6 +43,8 @@ class LinearSpec:
     out_features: int
     bias: bool
     group: Literal["attn", "mlp"]
+    path: str = ""  # the module's path inside the decoder layer (`self_attn.q_proj`), for LoRA target matching
+    count: int = 0  # instances in the whole model; 0: one per decoder layer (the hand-modelled families)
 
     @property
     def weight_params(self) -> int:
@@ -120,6 +123,16 @@ class ModelSpec:
     final_softcap: bool = False  # gemma2 final_logit_softcapping: tanh on the logits
     hidden_act: str = "silu"  # ACT2FN name; "gelu_new" (phi) is a Python tanh-GELU that saves 3 more tensors
     config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # ---- generic families (spec/generic.py): counted from the architecture table, walked as a stand-in ----
+    other_tensors: tuple[tuple[tuple[int, ...], int], ...] = ()  # (shape, count) of every non-Linear tensor
+    approximation: Approximation | None = None
+    walk_basis: ModelSpec | None = None  # the hand-modelled layer the activations are walked on
+    walk_roles: tuple[tuple[str, str], ...] = ()  # (linear name here, its name in walk_basis)
+    module_prefix: str = ""  # generic: the decoder layers' module names (`model.layers.*.`)
+
+    def instances(self, lin: LinearSpec) -> int:
+        """How many times the model holds this linear (once per decoder layer unless counted otherwise)."""
+        return lin.count or self.num_hidden_layers
 
     # ---- parameter counts by module kind (exact; tests compare them to transformers on meta) ----
     @property
@@ -129,12 +142,15 @@ class ModelSpec:
 
     @property
     def embed_params(self) -> int:
+        """Generic families: every parameter outside the decoder-layer linears (embeddings, norms, ...)."""
+        if self.approximation is not None:
+            return sum(_numel(shape) * n for shape, n in self.other_tensors)
         return self.vocab_size * self.hidden_size + (self.norm_size if self.embed_norm else 0)
 
     @property
     def lm_head_params(self) -> int:
         """0 when tied to the embeddings (counted once, as `model.parameters()` does)."""
-        if self.tie_word_embeddings:
+        if self.tie_word_embeddings or self.approximation is not None:
             return 0
         return self.vocab_size * self.hidden_size + (self.vocab_size if self.lm_head_bias else 0)
 
@@ -160,10 +176,12 @@ class ModelSpec:
 
     @property
     def final_norm_params(self) -> int:
-        return self.norm_size
+        return 0 if self.approximation is not None else self.norm_size
 
     @property
     def total_params(self) -> int:
+        if self.approximation is not None:  # exact: every tensor the architecture table lists
+            return sum(lin.params * self.instances(lin) for lin in self.linears) + self.embed_params
         return (
             self.embed_params
             + self.num_hidden_layers * self.layer_params
@@ -174,7 +192,7 @@ class ModelSpec:
     @property
     def linear_weight_params(self) -> int:
         """Weights of all decoder-layer `nn.Linear`s: what bitsandbytes quantizes (lm_head excluded)."""
-        return self.num_hidden_layers * sum(lin.weight_params for lin in self.linears)
+        return sum(lin.weight_params * self.instances(lin) for lin in self.linears)
 
     @property
     def q_dim(self) -> int:
@@ -185,30 +203,71 @@ class ModelSpec:
         return self.num_key_value_heads * self.head_dim
 
 
-def _req(cfg: Mapping[str, Any], key: str, name: str) -> Any:
-    if key not in cfg or cfg[key] is None:
-        raise VramplanError(f"model config {name!r} has no {key!r}; is it a causal-LM config.json?")
-    return cfg[key]
+@dataclass(frozen=True, slots=True)
+class Approximation:
+    """A family estimated through another one's activation walk: what stands in, and how far it can be off."""
+
+    kind: str  # "generic"
+    basis: str  # "llama-like walk"
+    error_band: float  # relative: measured on the hand-modelled families run as if unknown (spec/generic.py)
+    note: str = ""  # e.g. "text model only: the vision tower is not counted"
 
 
-def _text_config(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _req(cfg: Mapping[str, Any], key: str, name: str) -> int:
+    """A required shape field: an integer in its range (vramplan.spec.fields.SHAPE_LIMITS)."""
+    return config_int(cfg, key, name)
+
+
+def _text_config(cfg: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     inner = cfg.get("text_config")
+    if inner is not None and not isinstance(inner, Mapping):
+        raise VramplanError(f"model config {name!r}: text_config must be a JSON object, got {type(inner).__name__}")
     return {**inner, "model_type": inner.get("model_type", cfg.get("model_type"))} if inner else cfg
 
 
-def model_spec_from_config(cfg: Mapping[str, Any], name: str) -> ModelSpec:
-    """Build a ModelSpec from a Hugging Face `config.json` mapping (the keys transformers reads)."""
-    cfg = _text_config(cfg)
-    mt = _req(cfg, "model_type", name)
-    if mt not in SUPPORTED_MODEL_TYPES:
-        from vramplan.errors import did_you_mean
+def _check_shapes(m: ModelSpec) -> ModelSpec:
+    """Relations between fields that transformers needs to build the model (modeling_llama.py `repeat_kv`:
+    num_key_value_groups = heads // kv_heads; the MoE router picks top-k of the experts)."""
+    if m.num_attention_heads % m.num_key_value_heads:
+        raise VramplanError(
+            f"model config {m.name!r}: num_attention_heads {m.num_attention_heads} is not a multiple of "
+            f"num_key_value_heads {m.num_key_value_heads}; fix the config.json"
+        )
+    if m.num_experts_per_tok > m.num_local_experts > 0:
+        raise VramplanError(
+            f"model config {m.name!r}: num_experts_per_tok {m.num_experts_per_tok} exceeds num_local_experts "
+            f"{m.num_local_experts}; fix the config.json"
+        )
+    if m.head_dim < 1:
+        raise VramplanError(
+            f"model config {m.name!r}: hidden_size {m.hidden_size} is smaller than num_attention_heads "
+            f"{m.num_attention_heads} (head_dim would be 0); set head_dim or fix the config.json"
+        )
+    return m
 
-        raise did_you_mean(mt, SUPPORTED_MODEL_TYPES, "model_type", f"in {name}")
+
+def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
+    """The ModelSpec of a hand-modelled family (SUPPORTED_MODEL_TYPES) from a Hugging Face `config.json`
+    mapping (the keys transformers reads); every field it reads is type- and range-checked
+    (vramplan.spec.fields). Any family: `vramplan.spec.config.model_spec_from_config`."""
+    cfg = _text_config(cfg, name)
+    mt = config_str(cfg, "model_type", name)
+    if mt not in SUPPORTED_MODEL_TYPES:
+        raise VramplanError(f"model config {name!r}: model_type {mt!r} is not hand-modelled")
     if mt in ("gpt_neox", "bloom"):
-        return _neox_like(cfg, name, mt)
+        return _check_shapes(_neox_like(cfg, name, mt))
     if mt == "phi":
-        return _phi(cfg, name)
-    return _llama_like(cfg, name, mt)
+        return _check_shapes(_phi(cfg, name))
+    if mt in ("qwen2", "qwen3"):
+        config_int(cfg, "max_window_layers", name, default=28, low=0)  # read by kvcache.layer_windows
+    return _check_shapes(_llama_like(cfg, name, mt))
 
 
 # transformers 5.24 config classes' default `hidden_act` where it is not SiLU
@@ -217,8 +276,8 @@ DEFAULT_ACT = {"phi": "gelu_new", "gpt_neox": "gelu", "bloom": "bloom_gelu", "ge
 
 
 def _common(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> dict[str, Any]:
-    kv = cfg.get("num_key_value_heads") or heads
-    head_dim = cfg.get("head_dim") or HEAD_DIM_DEFAULTS.get(cfg.get("model_type", ""), h // heads)
+    kv = config_int(cfg, "num_key_value_heads", name, default=heads)
+    head_dim = config_int(cfg, "head_dim", name, default=HEAD_DIM_DEFAULTS.get(cfg.get("model_type", ""), h // heads))
     return {
         "name": name,
         "hidden_size": h,
@@ -226,12 +285,17 @@ def _common(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> dict[str, 
         "num_key_value_heads": kv,
         "head_dim": head_dim,
         "vocab_size": _req(cfg, "vocab_size", name),
-        "max_position_embeddings": cfg.get("max_position_embeddings") or cfg.get("seq_length") or 2048,
+        "max_position_embeddings": config_int(
+            cfg, "max_position_embeddings", name, default=config_int(cfg, "seq_length", name, default=2048)
+        ),
         # Gemma2Config defaults: attn_logit_softcapping 50.0, final_logit_softcapping 30.0
         "attn_softcap": cfg.get("model_type") == "gemma2" and cfg.get("attn_logit_softcapping", 50.0) is not None,
         "final_softcap": cfg.get("model_type") == "gemma2" and cfg.get("final_logit_softcapping", 30.0) is not None,
-        "hidden_act": str(
-            cfg.get("hidden_activation") or cfg.get("hidden_act") or DEFAULT_ACT.get(cfg.get("model_type"), "silu")
+        "hidden_act": config_str(
+            cfg,
+            "hidden_activation",
+            name,
+            config_str(cfg, "hidden_act", name, DEFAULT_ACT.get(cfg["model_type"], "silu")),
         ),
         "config": dict(cfg),
     }
@@ -244,9 +308,9 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
     inter = _req(cfg, "intermediate_size", name)
     layers = _req(cfg, "num_hidden_layers", name)
     q, kv = heads * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
-    qkv_bias = True if mt == "qwen2" else bool(cfg.get("attention_bias", False))
-    o_bias = False if mt == "qwen2" else bool(cfg.get("attention_bias", False))
-    mlp_bias = bool(cfg.get("mlp_bias", False))
+    qkv_bias = True if mt == "qwen2" else config_bool(cfg, "attention_bias", name, False)
+    o_bias = False if mt == "qwen2" else config_bool(cfg, "attention_bias", name, False)
+    mlp_bias = config_bool(cfg, "mlp_bias", name, False)
     if mt == "phi3":
         attn = (
             LinearSpec("qkv_proj", h, q + 2 * kv, False, "attn"),
@@ -265,7 +329,7 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         # transformers 5 MixtralExperts: gate_up_proj (E, 2I, H) and down_proj (E, H, I) as nn.Parameter,
         # MixtralTopKRouter.weight (E, H): no nn.Linear in the MoE block (modeling_mixtral.py, 5.24).
         experts = _req(cfg, "num_local_experts", name)
-        top_k = cfg.get("num_experts_per_tok", 2)
+        top_k = config_int(cfg, "num_experts_per_tok", name, default=2)
         other = (
             ParamSpec("gate.weight", (experts, h), ("gate",)),
             ParamSpec("gate_up_proj", (experts, 2 * inter, h), ("w1", "w3")),
@@ -287,12 +351,12 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         )
         mlp_kind = "gated"
     tie_default = mt in ("gemma", "gemma2")
-    layer_types = tuple(cfg.get("layer_types") or ())
+    layer_types = config_names(cfg, "layer_types", name, layers) if cfg.get("layer_types") else ()
     return ModelSpec(
         model_type=mt,
         intermediate_size=inter,
         num_hidden_layers=layers,
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", tie_default)),
+        tie_word_embeddings=config_bool(cfg, "tie_word_embeddings", name, tie_default),
         linears=attn + mlp,
         norm="rms",
         norms_per_layer=4 if mt == "gemma2" else 2,
@@ -301,7 +365,11 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         mlp=mlp_kind,
         num_local_experts=experts,
         num_experts_per_tok=top_k,
-        sliding_window=cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None,
+        sliding_window=(
+            config_int(cfg, "sliding_window", name, default=None)
+            if config_bool(cfg, "use_sliding_window", name, True)
+            else None
+        ),
         layer_types=layer_types,
         **c,
     )
@@ -309,19 +377,19 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
 
 def _neox_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
     if mt == "bloom":
-        h = cfg.get("hidden_size") or _req(cfg, "n_embed", name)
-        heads = cfg.get("n_head") or _req(cfg, "num_attention_heads", name)
-        layers = cfg.get("n_layer") or _req(cfg, "num_hidden_layers", name)
+        h = config_int(cfg, "hidden_size", name, default=None) or _req(cfg, "n_embed", name)
+        heads = config_int(cfg, "n_head", name, default=None) or _req(cfg, "num_attention_heads", name)
+        layers = config_int(cfg, "n_layer", name, default=None) or _req(cfg, "num_hidden_layers", name)
         inter = 4 * h
-        tie = bool(cfg.get("tie_word_embeddings", True))
+        tie = config_bool(cfg, "tie_word_embeddings", name, True)
     else:
         h = _req(cfg, "hidden_size", name)
         heads = _req(cfg, "num_attention_heads", name)
         layers = _req(cfg, "num_hidden_layers", name)
         inter = _req(cfg, "intermediate_size", name)
-        tie = bool(cfg.get("tie_word_embeddings", False))
+        tie = config_bool(cfg, "tie_word_embeddings", name, False)
     c = _common({**cfg, "num_key_value_heads": None, "head_dim": None}, name, h, heads)
-    bias = bool(cfg.get("attention_bias", True)) if mt == "gpt_neox" else True
+    bias = config_bool(cfg, "attention_bias", name, True) if mt == "gpt_neox" else True
     return ModelSpec(
         model_type=mt,
         intermediate_size=inter,
@@ -337,7 +405,7 @@ def _neox_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         norms_per_layer=2,
         embed_norm=mt == "bloom",
         mlp="plain",
-        parallel_residual=bool(cfg.get("use_parallel_residual", True)) if mt == "gpt_neox" else False,
+        parallel_residual=config_bool(cfg, "use_parallel_residual", name, True) if mt == "gpt_neox" else False,
         **c,
     )
 
@@ -348,12 +416,12 @@ def _phi(cfg: Mapping[str, Any], name: str) -> ModelSpec:
     c = _common(cfg, name, h, heads)
     inter = _req(cfg, "intermediate_size", name)
     q, kv = heads * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
-    qk_ln = bool(cfg.get("qk_layernorm", False))
+    qk_ln = config_bool(cfg, "qk_layernorm", name, False)
     return ModelSpec(
         model_type="phi",
         intermediate_size=inter,
         num_hidden_layers=_req(cfg, "num_hidden_layers", name),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        tie_word_embeddings=config_bool(cfg, "tie_word_embeddings", name, False),
         linears=(
             LinearSpec("q_proj", h, q, True, "attn"),
             LinearSpec("k_proj", h, kv, True, "attn"),

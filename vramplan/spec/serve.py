@@ -111,6 +111,9 @@ def resolve_serve(
     Flags of the other engine are an error rather than silently ignored.
     """
     notes: list[str] = []
+    # choices are case-insensitive, as resolve_train's are
+    engine = str(engine).lower()
+    dtype, quant, kv_cache_dtype = (None if v is None else str(v).lower() for v in (dtype, quant, kv_cache_dtype))
     if engine not in ENGINES:
         raise did_you_mean(engine, ENGINES, "--engine value")
     engine_only = {

@@ -5,6 +5,8 @@ Names follow HF TrainingArguments, PEFT's LoraConfig and bitsandbytes' BitsAndBy
 
 from __future__ import annotations
 
+import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,7 @@ from vramplan.spec.model import (
     QUANTS,
     Attn,
     Dtype,
+    LinearSpec,
     Method,
     MixedPrecision,
     ModelSpec,
@@ -38,6 +41,23 @@ OPTIMIZERS: tuple[str, ...] = (
 )
 OPTIM_ALIASES = {"adamw_bnb_8bit": "adamw_8bit"}
 LORA_TARGET_PRESETS: tuple[str, ...] = ("all-linear", "attn", "qv")
+
+# Limits on what a user types, far above any real run; beyond them a value is a typo (`--batch 1e9`), and
+# refusing it up front keeps every search over a setting short. Sizes: LLaMA-Factory's and axolotl's largest
+# documented cutoff_len / sequence_len are 1M tokens; Llama-4-Scout's context is 10M.
+LIMITS: dict[str, int] = {
+    "batch": 2**20,  # per_device_train_batch_size
+    "seq": 2**24,  # 16,777,216 tokens
+    "grad_accum": 2**20,
+    "lora_rank": 2**16,  # PEFT's r; the widest Linear of a supported model is 2**20
+    "lora_alpha": 2**20,
+}
+# The first GPU generation FlashAttention-2 runs on: Ampere, compute capability 8.0 (flash-attention
+# README "FlashAttention-2 currently supports Ampere, Ada, or Hopper GPUs"; Turing is FA1 only).
+FLASH_ATTN_2_MIN_CC = (8, 0)
+# Settings that only a LoRA method reads, and the one only `freeze` reads: typed under another method they
+# do nothing (a warning, not an error: a shared config may carry them).
+LORA_ONLY = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "dora")
 
 # PEFT's per-architecture default targets (peft/utils/constants.py,
 # TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, peft 0.21.2). phi3 has no entry there (PEFT asks for
@@ -104,15 +124,94 @@ class TrainSpec:
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
 
 
-def _positive(value: int, flag: str) -> int:
-    if value is None or value < 1:
-        raise VramplanError(f"{flag} must be a positive integer, got {value!r}")
-    return int(value)
+def positive(value: Any, flag: str, limit: int | None = None) -> int:
+    """`value` as an int in [1, limit]; else the error naming the flag, the value and the range."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + "…"
+        raise VramplanError(f"{flag} must be a positive integer, got {shown}")
+    if limit is not None and value > limit:
+        raise VramplanError(f"{flag} {value:,} is beyond vramplan's limit of {limit:,}; is it a typo?")
+    return value
+
+
+_COUNT = re.compile(r"\s*(\d{1,12})\s*([kK]?)\s*")
+
+
+def parse_count(text: str, flag: str) -> int:
+    """A positive count as typed: `2048`, or `2k` / `2K` for 2 × 1024 (LLaMA-Factory's cutoff_len sizes)."""
+    found = _COUNT.fullmatch(str(text))
+    if not found:
+        shown = repr(text) if len(str(text)) <= 40 else repr(str(text)[:39] + "…")
+        raise VramplanError(f"{flag} takes a positive integer such as 2048 or 2k (× 1024), got {shown}")
+    return int(found.group(1)) * (1024 if found.group(2) else 1)
+
+
+def _choice(value: Any, choices: tuple[str, ...], flag: str) -> str | None:
+    """`value` lowercased if it is one of `choices` (case-insensitive, as `--gpu` and MODEL are), None as
+    None; else the did-you-mean error."""
+    if value is None:
+        return None
+    from vramplan.errors import did_you_mean
+
+    text = str(value)
+    if text.lower() not in choices:
+        raise did_you_mean(text, choices, f"{flag} value")
+    return text.lower()
+
+
+def _compute_capability(text: str | None) -> tuple[int, int] | None:
+    try:
+        major, minor = str(text).split(".", 1)
+        return int(major), int(minor)
+    except ValueError:
+        return None
 
 
 def lora_moe_targets(model: ModelSpec, targets: tuple[str, ...]) -> tuple[ParamSpec, ...]:
     """The MoE parameters PEFT adapts (lora.ParamWrapper) for these `target_modules` names."""
     return tuple(p for p in model.moe_params if set(p.peft_names) & set(targets))
+
+
+REGEX_CHARACTERS = frozenset("*+?[](){}|\\^$")
+# where each hand-modelled family's decoder layers and their attention / MLP modules sit (transformers 5.24)
+_LAYER_MODULES: dict[str, tuple[str, str, str]] = {
+    "gpt_neox": ("gpt_neox.layers.", "attention", "mlp"),
+    "bloom": ("transformer.h.", "self_attention", "mlp"),
+}
+
+
+def module_names(model: ModelSpec, layer: int = 0) -> list[tuple[LinearSpec, str]]:
+    """Each decoder-layer linear with its full module name in layer `layer`, as PEFT matches targets against."""
+    if model.approximation is not None:  # generic: the table's layer stack and paths
+        prefix = model.module_prefix.replace("*", str(layer))
+        return [(lin, f"{prefix}{lin.path}") for lin in model.linears]
+    stack, attn, mlp = _LAYER_MODULES.get(model.model_type, ("model.layers.", "self_attn", "mlp"))
+    return [(lin, f"{stack}{layer}.{attn if lin.group == 'attn' else mlp}.{lin.name}") for lin in model.linears]
+
+
+def _regex_targets(model: ModelSpec, pattern: str) -> tuple[str, ...]:
+    """The linears a regex target_modules selects (peft 0.21 tuners_utils `match_target_against_key`:
+    `re.fullmatch(pattern, key)`), held to select the same ones in the first and the last layer."""
+    import re
+
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise VramplanError(f"LoRA target {pattern!r} is not a regular expression ({e})") from None
+    first = [lin.name for lin, key in module_names(model) if regex.fullmatch(key)]
+    last = [lin.name for lin, key in module_names(model, model.num_hidden_layers - 1) if regex.fullmatch(key)]
+    if first != last:
+        raise VramplanError(
+            f"LoRA target {pattern!r} selects different linears in different layers of {model.name}; vramplan "
+            "adapts the same linears in every layer: give a pattern that does not depend on the layer index"
+        )
+    if not first:
+        example = module_names(model)[0][1] if model.linears else "?"
+        raise VramplanError(
+            f"LoRA target {pattern!r} matches no linear of {model.name} (PEFT full-matches module names such as "
+            f"{example!r}); use e.g. '.*\\.(q_proj|v_proj)' or a comma list"
+        )
+    return tuple(first)
 
 
 def resolve_lora_target(model: ModelSpec, target: str) -> tuple[tuple[str, ...], str]:
@@ -125,15 +224,28 @@ def resolve_lora_target(model: ModelSpec, target: str) -> tuple[tuple[str, ...],
     """
     names = tuple(lin.name for lin in model.linears)
     moe_names = tuple(n for p in model.moe_params for n in p.peft_names)
+    if not isinstance(target, str):
+        raise VramplanError(f"--lora-target takes a preset or a comma list of module names, got {target!r}")
+    if target.strip().lower() in LORA_TARGET_PRESETS:
+        target = target.strip().lower()
     if target == "all-linear":
         return names + moe_names, target
     if target == "attn":
         return tuple(lin.name for lin in model.linears if lin.group == "attn"), target
     if target == "qv":
         return PEFT_DEFAULT_TARGETS.get(model.model_type, names[:1]), target
+    if set(target) & REGEX_CHARACTERS:  # PEFT: a string target_modules is a regex, full-matched on module names
+        return _regex_targets(model, target), "custom"
     wanted = tuple(t.strip() for t in target.split(",") if t.strip())
     if "all" in wanted:  # LLaMA-Factory's spelling of all-linear
         return names + moe_names, "all-linear"
+    if any(t not in names + moe_names for t in wanted):
+        # PEFT: a list entry matches a module whose name is the entry or ends with "." + entry (self_attn.q_proj)
+        by_suffix = {t: [lin.name for lin, key in module_names(model) if key == t or key.endswith(f".{t}")]
+                     for t in wanted}  # fmt: skip
+        if all(by_suffix.values()):
+            found = [n for t in wanted for n in by_suffix[t]]
+            return tuple(dict.fromkeys(found)), "custom"
     bad = [t for t in wanted if t not in names + moe_names]
     if bad or not wanted:
         from vramplan.errors import did_you_mean
@@ -178,6 +290,8 @@ def resolve_train(
     attn: str = "sdpa",
     freeze_trainable_layers: int = 2,
     alloc_conf: str | None = None,
+    gpu_compute_capability: str | None = None,
+    explicit: Collection[str] = (),
 ) -> TrainSpec:
     """Fill in the defaults of the common HF Trainer / PEFT recipe for `method` and validate everything.
 
@@ -185,21 +299,23 @@ def resolve_train(
     kbit prep + gradient checkpointing; LoRA = bf16 weights; full = pure bf16; r=16, alpha=32, dropout 0.05,
     all-linear; `adamw_torch_fused` (HF Trainer default with torch >= 2.8); SDPA attention; the caching
     allocator's defaults (`alloc_conf`, PYTORCH_CUDA_ALLOC_CONF syntax, e.g. "expandable_segments:True").
+
+    Choices are case-insensitive (`--method QLoRA`). Counts are limited (LIMITS). Contradictions become
+    `notes` (warnings): FlashAttention-2 below Ampere (`gpu_compute_capability`), a sequence longer than the
+    model's context, and settings in `explicit` (those the user set) that the chosen method does not read.
     """
     from vramplan.errors import did_you_mean
 
     notes: list[str] = []
-    if method not in METHODS:
-        raise did_you_mean(method, METHODS, "method")
+    if method is None or str(method).lower() not in METHODS:
+        raise did_you_mean(str(method), METHODS, "method")
+    method = str(method).lower()
     half = "bf16" if gpu_bf16 else "fp16"
-    for flag, val, choices in (
-        ("--dtype", dtype, DTYPES),
-        ("--mixed-precision", mixed_precision, MIXED),
-        ("--quant", quant, QUANTS),
-        ("--attn", attn, ATTNS),
-    ):
-        if val is not None and val not in choices:
-            raise did_you_mean(str(val), choices, f"{flag} value")
+    dtype = _choice(dtype, DTYPES, "--dtype")
+    mixed_precision = _choice(mixed_precision, MIXED, "--mixed-precision")
+    quant = _choice(quant, QUANTS, "--quant")
+    attn = _choice(attn, ATTNS, "--attn")
+    optim = str(optim).lower()
     if not gpu_bf16:
         if dtype == "bf16":
             notes.append("this GPU has no bf16: --dtype bf16 switched to fp16")
@@ -230,9 +346,16 @@ def resolve_train(
     optim = OPTIM_ALIASES.get(optim, optim)
     if optim not in OPTIMIZERS:
         raise did_you_mean(optim, OPTIMIZERS, "optimizer", "HF TrainingArguments.optim names")
-    lora_rank = _positive(lora_rank, "--lora-rank")
-    if not 0.0 <= lora_dropout < 1.0:
-        raise VramplanError(f"--lora-dropout must be in [0, 1), got {lora_dropout!r}")
+    lora_rank = positive(lora_rank, "--lora-rank", LIMITS["lora_rank"])
+    if lora_alpha is not None:
+        lora_alpha = positive(lora_alpha, "--lora-alpha", LIMITS["lora_alpha"])
+    if isinstance(lora_dropout, bool) or not isinstance(lora_dropout, (int, float)) or not 0.0 <= lora_dropout < 1.0:
+        raise VramplanError(f"--lora-dropout must be a number in [0, 1), got {lora_dropout!r}")
+    batch = positive(batch, "--batch", LIMITS["batch"])
+    seq = positive(seq, "--seq", LIMITS["seq"])
+    grad_accum = positive(grad_accum, "--grad-accum", LIMITS["grad_accum"])
+    if isinstance(freeze_trainable_layers, bool) or not isinstance(freeze_trainable_layers, int):
+        raise VramplanError(f"--freeze-trainable-layers must be an integer, got {freeze_trainable_layers!r}")
     targets, preset = resolve_lora_target(model, lora_target)
     # transformers 5.24 refuses SDPA for these (`_supports_sdpa = False`): gemma2 (logit softcapping) and
     # bloom (ALiBi); HF picks eager for them by default
@@ -251,6 +374,9 @@ def resolve_train(
             f"PEFT rejects lora_dropout != 0 on {model.name}'s router/experts (lora.ParamWrapper): "
             "train with --lora-dropout 0 (estimated as given) or --lora-target attn"
         )
+    notes += _contradictions(
+        model, method, quant, attn, seq, kbit_prep, double_quant, gpu_compute_capability, set(explicit)
+    )
     if method == "freeze" and not 1 <= freeze_trainable_layers <= model.num_hidden_layers:
         raise VramplanError(
             f"--freeze-trainable-layers must be between 1 and {model.num_hidden_layers} "
@@ -263,9 +389,9 @@ def resolve_train(
         quant=quant,  # type: ignore[arg-type]
         double_quant=bool(double_quant) and quant in ("nf4", "fp4"),
         kbit_prep=bool(kbit_prep) and quant != "none",
-        batch=_positive(batch, "--batch"),
-        seq=_positive(seq, "--seq"),
-        grad_accum=_positive(grad_accum, "--grad-accum"),
+        batch=batch,
+        seq=seq,
+        grad_accum=grad_accum,
         lora_rank=lora_rank,
         lora_alpha=lora_alpha if lora_alpha is not None else 2 * lora_rank,
         lora_dropout=float(lora_dropout),
@@ -279,3 +405,46 @@ def resolve_train(
         alloc_conf=parse_alloc_conf(alloc_conf).text,
         notes=tuple(notes),
     )
+
+
+def _contradictions(
+    model: ModelSpec,
+    method: str,
+    quant: str,
+    attn: str,
+    seq: int,
+    kbit_prep: bool | None,
+    double_quant: bool | None,
+    compute_capability: str | None,
+    explicit: set[str],
+) -> list[str]:
+    """What the real stack would refuse or ignore, as warnings; the estimate is made as given."""
+    out = []
+    cc = _compute_capability(compute_capability)
+    if attn == "flash_attention_2" and cc is not None and cc < FLASH_ATTN_2_MIN_CC:
+        out.append(
+            f"flash_attention_2 needs an Ampere or newer GPU (compute capability >= 8.0), this one is "
+            f"{compute_capability}: transformers will refuse it; use --attn sdpa"
+        )
+    if seq > model.max_position_embeddings:
+        out.append(
+            f"--seq {seq:,} is longer than {model.name}'s context (max_position_embeddings "
+            f"{model.max_position_embeddings:,}); quality past it needs RoPE scaling (not modeled)"
+        )
+    if kbit_prep and quant == "none":
+        out.append("--kbit-prep does nothing without a quantized base (--quant nf4|fp4|int8): ignored")
+    if double_quant and quant in ("none", "int8"):
+        out.append(f"--double-quant applies to 4-bit (nf4, fp4) only, not --quant {quant}: ignored")
+    if method not in ("lora", "qlora"):
+        dead = [FLAG_NAMES[k] for k in LORA_ONLY if k in explicit]
+        if dead:
+            out.append(
+                f"{', '.join(dead)} {'does' if len(dead) == 1 else 'do'} nothing with --method {method}: ignored"
+            )
+    if method != "freeze" and "freeze_trainable_layers" in explicit:
+        out.append(f"--freeze-trainable-layers applies to --method freeze, not --method {method}: ignored")
+    return out
+
+
+FLAG_NAMES = {"lora_rank": "--lora-rank", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
+              "lora_target": "--lora-target", "dora": "--dora"}  # fmt: skip

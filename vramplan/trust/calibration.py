@@ -30,11 +30,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
-import warnings
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -47,6 +45,19 @@ STORE_ENV = "VRAMPLAN_STORE"
 STORE_FILE = "runs.jsonl"
 SCHEMA = 1
 P90_MIN_RUNS = 10  # from this many residuals on, the band is their 90th percentile instead of their max
+
+
+MAX_RECORD_BYTES = 2**50  # 1 PiB: above any GPU's memory; a larger figure is a corrupt record
+
+
+def _is_bytes(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RECORD_BYTES
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + "…"
+        raise VramplanError(f"{key} must be {expected}, got {shown}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +81,28 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> RunRecord:
+        """A record from its stored mapping, every field type- and range-checked: a record that is not what
+        `measure --save` writes raises VramplanError naming the field (read_runs skips it)."""
         missing = [k for k in ("gpu_name", "model", "allocated_bytes", "reserved_bytes") if k not in d]
         if missing:
             raise VramplanError(f"run record lacks {', '.join(missing)}")
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for key in ("gpu_name", "model"):
+            _check(isinstance(known[key], str) and known[key], key, known[key], "a non-empty string")
+        for key in ("gpu_key", "driver", "cuda"):
+            _check(known.get(key) is None or isinstance(known[key], str), key, known.get(key), "a string or null")
+        for key in ("allocated_bytes", "reserved_bytes", "device_bytes"):
+            if key != "device_bytes" or known.get(key) is not None:
+                _check(_is_bytes(known[key]), key, known[key], f"an integer from 0 to {MAX_RECORD_BYTES:,}")
+        _check(known["reserved_bytes"] >= known["allocated_bytes"], "reserved_bytes", known["reserved_bytes"],
+               "at least allocated_bytes (torch reserves what it allocates)")  # fmt: skip
+        for key in ("versions", "inputs"):
+            _check(isinstance(known.get(key, {}), Mapping), key, known.get(key), "an object")
+        for key in ("tracker", "estimate"):
+            value = known.get(key) or {}
+            _check(isinstance(value, Mapping) and all(map(_is_bytes, value.values())), key, value,
+                   "an object of byte counts")  # fmt: skip
+        return cls(**known)
 
     @property
     def key(self) -> str:
@@ -97,6 +125,8 @@ def append_run(record: RunRecord | Mapping[str, Any], path: str | Path | None = 
 
     `record`: a RunRecord or a mapping with its fields (schema in the module docstring); `time` is filled in.
     """
+    from datetime import datetime, timezone  # writing a run only: estimates do not load datetime
+
     rec = record if isinstance(record, RunRecord) else RunRecord.from_json(record)
     d = asdict(rec)
     d["time"] = d["time"] or datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -111,12 +141,19 @@ def append_run(record: RunRecord | Mapping[str, Any], path: str | Path | None = 
 
 
 def read_runs(path: str | Path | None = None) -> list[RunRecord]:
-    """Every run in the store ([] if there is none). A corrupt line is skipped with a warning naming it."""
+    """Every run in the store ([] if there is none). A line that is not a run record (corrupt JSON, a field
+    of the wrong type or out of range) is skipped with one `warning:` line on stderr naming it; the other
+    runs are read, so one bad line never breaks a command."""
     p = Path(path) if path else default_store()
-    if not p.is_file():
+    try:
+        if not p.is_file():
+            return []
+        text = p.read_text(encoding="utf-8", errors="replace")
+    except (OSError, ValueError) as e:
+        print(f"warning: calibration store {p} not read ({getattr(e, 'strerror', None) or e})", file=sys.stderr)
         return []
     runs = []
-    for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -124,8 +161,8 @@ def read_runs(path: str | Path | None = None) -> list[RunRecord]:
             if not isinstance(d, dict):
                 raise VramplanError("not a JSON object")
             runs.append(RunRecord.from_json(d))
-        except (json.JSONDecodeError, VramplanError, TypeError) as e:
-            warnings.warn(f"{p} line {n}: skipped, not a run record ({e})", stacklevel=2)
+        except (json.JSONDecodeError, VramplanError, TypeError, RecursionError) as e:
+            print(f"warning: {p} line {n}: skipped, not a run record ({e})", file=sys.stderr)
     return runs
 
 
@@ -153,6 +190,8 @@ def derive_from(runs: list[RunRecord], gpu_key: str) -> Calibration | None:
     mine = [r for r in runs if r.key == gpu_key]
     if not mine:
         return None
+    import statistics  # only with runs stored: statistics loads fractions and decimal
+
     ctx = [r.device_bytes - r.reserved_bytes for r in mine if r.device_bytes and r.device_bytes >= r.reserved_bytes]
     ratio = [r.reserved_bytes / r.allocated_bytes - 1 for r in mine if r.allocated_bytes > 0]
     res = [x for x in map(_residual, mine) if x is not None]

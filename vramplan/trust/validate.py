@@ -1,10 +1,10 @@
 """The published validation set: peak-memory figures others measured, mapped onto `estimate` inputs.
 
-`vramplan/data/validation/published-dev.jsonl` (a copy of shared/validation/published-dev.jsonl, every field
-kept, `source` and `quote` included) holds one record per published number. `validate()` maps each record
-onto the HF-equivalent estimate inputs, compares the estimate's quantity that the source measured
-(`max_memory_allocated` -> `peak_bytes`, reserved -> `reserved_bytes`, nvidia-smi -> `device_bytes`), and
-summarises the absolute relative error by confidence level over the headline records.
+`vramplan/trust/data/validation/published-dev.jsonl` (every field kept, `source` and `quote` included) holds
+one record per published number. `validate()` maps each record onto the HF-equivalent estimate inputs,
+compares the estimate's quantity that the source measured (`max_memory_allocated` -> `peak_bytes`, reserved ->
+`reserved_bytes`, nvidia-smi -> `device_bytes`), and summarises the absolute relative error by confidence
+level over the headline records.
 
 A record is *mapped* when the estimator can run on it, and in the *headline* when it is mapped and nothing
 in it is outside what the estimator models. Every other record carries the reasons. No constant of the model
@@ -137,21 +137,51 @@ class Validation:
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
+# Field types of a validation record (the shipped file's schema): a field may be absent or null; when given
+# it has this type, so a hand-written --data file gets one error line naming the record and the field.
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "measured_gb": (int, float), "batch_size": (int,), "seq_len": (int,), "grad_accum": (int,),
+    "lora_rank": (int,), "lora_alpha": (int, float), "num_gpus": (int,), "flags": (list,),
+    "lora_targets": (list, str), "method": (str,), "optimizer": (str,), "gpu": (str,), "model": (str,),
+    "base_dtype": (str,), "compute_dtype": (str,), "unit": (str,), "measure_kind": (str,),
+}  # fmt: skip
+
+
+def _check_record(d: Any, where: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise VramplanError(f"{where}: expected a JSON object (one record per line), got {type(d).__name__}")
+    if "id" not in d or "measured_gb" not in d:
+        raise VramplanError(f"{where}: a record needs 'id' and 'measured_gb'")
+    for key, types in _RECORD_TYPES.items():
+        value = d.get(key)
+        bad_type = value is not None and (isinstance(value, bool) or not isinstance(value, types))
+        negative = isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value < 1e15
+        if bad_type or negative:
+            kind = " or ".join("a number" if t in (int, float) else t.__name__ for t in types)
+            raise VramplanError(f"{where}: {key} must be {kind} (non-negative), got {value!r:.40}")
+    if not all(isinstance(f, str) for f in d.get("flags") or ()):
+        raise VramplanError(f"{where}: flags must be a list of names")
+    return d
+
+
 def load_records(path: str | Path | None = None) -> list[dict[str, Any]]:
-    """The JSON objects of a validation .jsonl file (the shipped copy by default)."""
+    """The JSON objects of a validation .jsonl file (the shipped copy by default); a line that is not valid
+    JSON, not UTF-8, or a record with a mistyped field is one error line naming it."""
+    from vramplan.sources.files import MAX_DATA_BYTES, read_text
+
     p = Path(path) if path else DATA_PATH
-    try:
-        lines = p.read_text().splitlines()
-    except OSError as e:
-        raise VramplanError(f"cannot read validation set {p}: {e.strerror}") from None
+    lines = read_text(p, "validation set (.jsonl)", MAX_DATA_BYTES).splitlines()
     out = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            d = json.loads(line)
         except json.JSONDecodeError as e:
             raise VramplanError(f"{p} line {n}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise VramplanError(f"{p} line {n}: JSON nested too deeply") from None
+        out.append(_check_record(d, f"{p} line {n}"))
     return out
 
 
@@ -238,6 +268,10 @@ def map_record(r: Mapping[str, Any]) -> tuple[Mapped | None, tuple[str, ...]]:
         stop.append(f"optimizer {r.get('optimizer')!r} not mapped")
     if not r.get("seq_len") or not r.get("batch_size"):
         stop.append("batch size or sequence length not stated")
+    if not isinstance(r.get("method"), str):
+        stop.append("method not stated")
+    elif r["method"] in ("lora", "qlora") and not r.get("lora_rank"):
+        stop.append("LoRA rank not stated")
     try:
         gpu = find_gpu(str(r.get("gpu"))).key
     except VramplanError:
@@ -267,7 +301,7 @@ def map_record(r: Mapping[str, Any]) -> tuple[Mapped | None, tuple[str, ...]]:
         target = _targets(model, r.get("lora_targets"))
         if target is None:
             return None, (f"LoRA targets {r.get('lora_targets')!r} have no module in {profile}", *reasons)
-        opts.update(lora_rank=int(r["lora_rank"]), lora_alpha=int(r.get("lora_alpha") or 2 * r["lora_rank"]))
+        opts.update(lora_rank=int(r["lora_rank"]), lora_alpha=int(r.get("lora_alpha") or 2 * r["lora_rank"]) or 1)
         opts["lora_target"] = target
     return Mapped(model=profile, gpu=gpu, options=opts, quantity=quantity), tuple(reasons)
 
@@ -275,11 +309,14 @@ def map_record(r: Mapping[str, Any]) -> tuple[Mapped | None, tuple[str, ...]]:
 def _row(r: Mapping[str, Any]) -> Row:
     from vramplan.api import estimate
 
-    mapped, reasons = map_record(r)
-    est = None
-    if mapped is not None:
-        b = estimate(mapped.model, gpu=mapped.gpu, **mapped.options)
-        est = getattr(b, mapped.quantity) if mapped.quantity else None
+    try:
+        mapped, reasons = map_record(r)
+        est = None
+        if mapped is not None:
+            b = estimate(mapped.model, gpu=mapped.gpu, **mapped.options)
+            est = getattr(b, mapped.quantity) if mapped.quantity else None
+    except VramplanError as e:
+        raise VramplanError(f"validation record {str(r['id'])[:60]!r}: {e}") from None
     return Row(
         id=str(r["id"]),
         source=str(r.get("source", "")),

@@ -1,0 +1,53 @@
+"""The generic path (architecture table + stand-in walk) against the exact one, on hand-modelled families run
+as if they were unknown: parameter counts equal, device total within the band it declares.
+
+The band itself is the largest difference over benchmarks/generic_band.py's 624 rows; here a sample of
+settings per built-in profile must stay inside it (so a change that widens the gap fails here).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from vramplan.api import estimate
+from vramplan.errors import VramplanError
+from vramplan.sources.profiles import load_model, load_model_config
+from vramplan.spec import model_spec_from_config
+from vramplan.spec.generic import generic_model_spec
+
+PROFILES = ("llama-3.1-8b", "qwen2.5-7b", "mistral-7b", "gemma-2-2b", "phi-3-mini", "phi-2", "qwen3-8b", "bloom-560m")
+
+
+def _generic(name: str):
+    _, cfg = load_model_config(name)
+    return generic_model_spec({k: v for k, v in cfg.items() if k != "vramplan_profile"}, name)
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_generic_counts_equal_exact(name: str) -> None:
+    exact, generic = load_model(name), _generic(name)
+    assert generic.total_params == exact.total_params
+    assert generic.linear_weight_params == exact.linear_weight_params
+
+
+@pytest.mark.parametrize("name", PROFILES)
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_generic_within_band(name: str, method: str) -> None:
+    generic = _generic(name)
+    a = estimate(load_model(name), gpu="a100-80gb", method=method, seq=2048, batch=2).device_bytes
+    b = estimate(generic, gpu="a100-80gb", method=method, seq=2048, batch=2).device_bytes
+    assert abs(b - a) / a <= generic.approximation.error_band
+
+
+def test_generic_estimate_says_so() -> None:
+    b = estimate(_generic("llama-3.2-1b"), gpu="3060ti", method="qlora")
+    assert b.approximation is not None
+    assert b.approximation.kind == "generic"
+    assert b.error_band > estimate("llama-3.2-1b", gpu="3060ti", method="qlora").error_band
+
+
+def test_unknown_and_unbuildable_types_refused() -> None:
+    with pytest.raises(VramplanError, match="model_type"):
+        model_spec_from_config({"model_type": "no_such_model", "hidden_size": 8}, "x")
+    with pytest.raises(VramplanError, match="transformers could not build"):
+        model_spec_from_config({"model_type": "gpt2", "n_embd": None, "n_layer": "two"}, "x")

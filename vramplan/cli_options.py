@@ -1,0 +1,231 @@
+"""The option groups the `vramplan` commands share, and how their values become specs.
+
+train_options (estimate, fit, measure, simulate), from_options (--from FILE, --model), parallel_options,
+serve_options; `resolve_plan` / `resolve_inputs` turn them into (ModelSpec, TrainSpec, GpuProfile), printing
+what is not modeled and the warnings on stderr. Nothing here imports more than click at module level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from vramplan.errors import VramplanError
+
+
+class Count(click.ParamType):
+    """A positive count as typed: 2048, or 2k / 2K (× 1024), as LLaMA-Factory writes cutoff_len."""
+
+    name = "N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from vramplan.spec.train import parse_count
+
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_count(value, "value")
+        except VramplanError:
+            self.fail(f"{str(value)[:40]!r} is not a positive integer such as 2048 or 2k (× 1024)", param, ctx)
+
+
+def train_options(f: Callable) -> Callable:
+    """The options every training command shares (estimate, fit, measure, simulate); names follow HF."""
+    opts = [
+        click.option("--method", default="qlora", show_default=True, help="full | lora | qlora | freeze"),
+        click.option("--gpu", default=None, help="GPU name or alias (see `vramplan gpus`); `auto` = this machine's"),
+        click.option("--dtype", default=None, help="weight load dtype: bf16 | fp16 | fp32 [bf16; fp16 w/o bf16]"),
+        click.option(
+            "--mixed-precision", default=None, help="autocast: bf16 | fp16 | no (HF Trainer bf16=True) [bf16]"
+        ),
+        click.option("--quant", default=None, help="none | nf4 | fp4 | int8 [nf4 for qlora, else none]"),
+        click.option("--double-quant/--no-double-quant", default=None, help="bnb_4bit_use_double_quant [on]"),
+        click.option(
+            "--kbit-prep/--no-kbit-prep",
+            default=None,
+            help="prepare_model_for_kbit_training [on if quantized]",
+        ),
+        click.option("--batch", type=int, default=1, show_default=True, help="per_device_train_batch_size"),
+        click.option("--seq", type=Count(), default=1024, show_default=True, help="tokens per sequence (2k = 2048)"),
+        click.option("--grad-accum", type=int, default=1, show_default=True, help="gradient_accumulation_steps"),
+        click.option("--lora-rank", type=int, default=16, show_default=True, help="LoRA r"),
+        click.option("--lora-alpha", type=int, default=None, help="lora_alpha [2 × rank]"),
+        click.option("--lora-dropout", type=float, default=0.05, show_default=True),
+        click.option(
+            "--lora-target",
+            default="all-linear",
+            show_default=True,
+            help="all-linear | attn | qv (PEFT's default) | comma list of module names",
+        ),
+        click.option("--dora/--no-dora", default=False, show_default=True, help="use_dora"),
+        click.option("--optim", default="adamw_torch_fused", show_default=True, help="HF TrainingArguments.optim"),
+        click.option("--grad-ckpt/--no-grad-ckpt", default=None, help="gradient checkpointing [on for qlora]"),
+        click.option("--attn", default="sdpa", show_default=True, help="eager | sdpa | flash_attention_2"),
+        click.option(
+            "--freeze-trainable-layers",
+            type=int,
+            default=2,
+            show_default=True,
+            help="freeze: train the last N layers",
+        ),
+        click.option(
+            "--alloc-conf",
+            default=None,
+            metavar="CONF",
+            help="PYTORCH_CUDA_ALLOC_CONF to plan for, e.g. expandable_segments:True [torch's defaults]",
+        ),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return from_options(f)
+
+
+TRAIN_KEYS = (
+    "method", "dtype", "mixed_precision", "quant", "double_quant", "kbit_prep", "batch", "seq", "grad_accum",
+    "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "dora", "optim", "grad_ckpt", "attn",
+    "freeze_trainable_layers", "alloc_conf",
+)  # fmt: skip
+
+
+def from_options(f: Callable) -> Callable:
+    """--from FILE (repeatable) and --model, for any command with train_options: its resolve_inputs /
+    resolve_plan reads them from **kw (make MODEL `required=False` so --from can name the model)."""
+    f = click.option("--model", "model_option", default=None, help="the model, instead of MODEL [the --from file's]")(f)
+    return click.option(
+        "--from", "from_files", multiple=True, metavar="FILE",
+        help="settings from a LLaMA-Factory or axolotl YAML, a TrainingArguments JSON, an "
+        "adapter_config.json or a config.json (repeatable); options you type override them",
+    )(f)  # fmt: skip
+
+
+def parallel_options(f: Callable) -> Callable:
+    """--gpus, --strategy, --gpus-per-node, --offload: one GPU's share of a DDP / DeepSpeed / FSDP run."""
+    opts = [
+        click.option("--gpus", type=int, default=1, show_default=True, help="data-parallel GPUs (ranks)"),
+        click.option("--strategy", default=None, help="ddp | zero1 | zero2 | zero3 | fsdp | fsdp-hybrid"),
+        click.option("--gpus-per-node", type=int, default=8, show_default=True, help="fsdp-hybrid's group"),
+        click.option("--offload", default="none", show_default=True, help="none | optimizer | params (CPU)"),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def parallel_plan(m, t, b, kw: dict[str, Any]):
+    """The ParallelPlan of the one-GPU Breakdown `b` for kw's --gpus/--strategy/...; warnings to stderr."""
+    from vramplan.estimator.distributed import shard
+
+    return shard(m, t, resolve_parallel_spec(t, kw), b)
+
+
+def resolve_parallel_spec(t, kw: dict[str, Any]):
+    """The ParallelSpec of kw's --gpus/--strategy/--gpus-per-node/--offload; warnings to stderr."""
+    from vramplan.spec.parallel import resolve_parallel
+
+    p = resolve_parallel(
+        t, gpus=kw["gpus"], strategy=kw["strategy"], gpus_per_node=kw["gpus_per_node"], offload=kw["offload"]
+    )
+    for note in p.notes:
+        click.echo(f"warning: {note}", err=True)
+    return p
+
+
+def resolve_gpu(gpu: str | None):
+    """The GpuProfile of --gpu (a name, an alias, or `auto` for this machine's), with the overheads of the
+    user's stored calibration: resolved once per command, so every estimate the command makes agrees."""
+    if gpu is None:  # `--gpu ""` is an unknown GPU, not no GPU
+        return None
+    from vramplan.trust.calibration import calibrate
+
+    if gpu == "auto":
+        from vramplan.sources.local_gpu import local_gpu_profile
+
+        return calibrate(local_gpu_profile())
+    from vramplan.sources.profiles import find_gpu
+
+    return calibrate(find_gpu(gpu))
+
+
+def resolve_plan(model: str | None, gpu: str | None, kw: dict[str, Any]):
+    """(ModelSpec, TrainSpec, GpuProfile | None, Plan) from CLI values and kw's --from files: an option the
+    user typed (click's ParameterSource) beats a file's value. Prints what is not modeled on one line."""
+    from click.core import ParameterSource
+
+    from vramplan.sources.inputs import plan_inputs
+    from vramplan.spec import resolve_train
+
+    option = kw.get("model_option")
+    if model and option and model != option:
+        raise VramplanError(f"two models: MODEL {model!r} and --model {option!r}; pass one")
+    ctx = click.get_current_context(silent=True)
+    defaults = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    # fit's --seq is a list (parameter `seq_list`); its first value is the chosen seq
+    param = {k: k if ctx is None or k in ctx.params else {"seq": "seq_list"}.get(k, k) for k in TRAIN_KEYS}
+    typed = {k for k in TRAIN_KEYS if ctx is None or ctx.get_parameter_source(param[k]) not in defaults}
+    g = resolve_gpu(gpu)
+    plan = plan_inputs(model or option, kw.get("from_files") or (), {k: kw[k] for k in TRAIN_KEYS}, typed)
+    if plan.not_modeled:
+        click.echo("note: not modeled, estimated without: " + "; ".join(map(str, plan.not_modeled)), err=True)
+    t = resolve_train(
+        plan.model,
+        gpu_bf16=g.bf16 if g else True,
+        gpu_compute_capability=g.compute_capability if g else None,
+        explicit={k for k, source in plan.sources.items() if source == "flag"},
+        **plan.settings,
+    )
+    return plan.model, t, g, plan
+
+
+def resolve_inputs(model: str | None, gpu: str | None, kw: dict[str, Any]):
+    """(ModelSpec, TrainSpec, GpuProfile | None) from CLI values; raises VramplanError on bad input."""
+    return resolve_plan(model, gpu, kw)[:3]
+
+
+def emit_notes(t) -> None:
+    for note in t.notes:
+        click.echo(f"warning: {note}", err=True)
+
+
+def seq_list_option(f: Callable) -> Callable:
+    """`fit` takes a list of sequence lengths: its --seq replaces train_options' single one."""
+    f.__click_params__ = [p for p in f.__click_params__ if p.name != "seq"]  # type: ignore[attr-defined]
+    return click.option(
+        "--seq", "seq_list", default=None, metavar="N[,N...]",
+        help="sequence lengths (columns) [512,1024,2048,4096,8192]; the first is the rank search's [1024]",
+    )(f)  # fmt: skip
+
+
+def serve_options(f: Callable) -> Callable:
+    """`vramplan serve`'s options: vLLM's engine arguments and HF generate's, names as theirs."""
+    opts = [
+        click.option("--gpu", default=None, help="GPU name or alias (see `vramplan gpus`); `auto` = this machine's"),
+        click.option("--engine", default="vllm", show_default=True, help="vllm | hf (transformers generate)"),
+        click.option("--dtype", default=None, help="model dtype: bf16 | fp16 | fp32 [bf16; fp16 w/o bf16]"),
+        click.option("--quant", default=None, help="bitsandbytes: none | nf4 | fp4 | int8 [none]"),
+        click.option("--double-quant/--no-double-quant", default=True, help="bnb_4bit_use_double_quant [on]"),
+        click.option("--kv-cache-dtype", default="auto", help="vLLM: auto | fp8 | fp8_e4m3 | fp8_e5m2 [auto]"),
+        click.option("--enable-lora", is_flag=True, help="serve LoRA adapters (implied by --max-loras, --lora-rank)"),
+        click.option("--max-loras", type=int, default=None, help="adapters resident on the GPU [1]"),
+        click.option("--max-lora-rank", "--lora-rank", "max_lora_rank", type=int, default=None, help="LoRA r [16]"),
+        click.option(
+            "--lora-target",
+            default="all-linear",
+            show_default=True,
+            help="PEFT targets: all-linear | attn | qv | names (vLLM: lora_target_modules)",
+        ),
+        click.option("--merged-lora", is_flag=True, help="adapter merged into the weights: no adapter memory"),
+        click.option("--batch", type=int, default=None, help="hf: sequences per generate() [1]"),
+        click.option("--prompt-tokens", type=int, default=None, help="hf: prompt length [512]"),
+        click.option("--new-tokens", type=int, default=None, help="hf: max_new_tokens [512]"),
+        click.option("--max-model-len", type=int, default=None, help="vLLM [the model's max_position_embeddings]"),
+        click.option("--max-num-seqs", type=int, default=None, help="vLLM [256; 1024 on >= 70 GiB GPUs but A100]"),
+        click.option("--max-num-batched-tokens", type=int, default=None, help="vLLM [2048; 8192 on >= 70 GiB]"),
+        click.option("--gpu-memory-utilization", type=float, default=None, help="vLLM [0.9]"),
+        click.option("--block-size", type=int, default=None, help="vLLM KV block, tokens [16]"),
+        click.option("--enforce-eager", is_flag=True, help="vLLM: no CUDA graphs"),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f

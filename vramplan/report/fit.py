@@ -1,0 +1,121 @@
+"""`vramplan fit`: the largest batch per method and sequence length, the longest sequence, the largest rank."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from vramplan.report.common import gib, print_notes
+from vramplan.report.profiles import local_gpu_line, local_gpus_json
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+    from vramplan.plan.fit import Curve, FitTable, Limit
+    from vramplan.sources.local_gpu import LocalGpu
+
+
+def _limit_text(lim: Limit) -> Text:
+    """`12`, `12*` (tight), `≥4096` (search cap), `0` (not even the smallest)."""
+    from rich.text import Text
+
+    if not lim.value:
+        return Text("0", style="red")
+    s = f"{'≥' if lim.capped else ''}{lim.value}{'*' if lim.tight else ''}"
+    return Text(s, style="yellow" if lim.tight else "green")
+
+
+def render_fit_table(ft: FitTable, console: Console) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    t = ft.train
+    table = Table(
+        title=f"{ft.model} on {ft.gpu.key} ({gib(ft.gpu.memory_bytes)} GiB)"
+        + (f", one GPU of {ft.parallel.strategy} × {ft.parallel.gpus}" if ft.parallel else "")
+        + ": largest batch that fits",
+        title_justify="left",
+        show_edge=False,
+        pad_edge=False,
+    )
+    for col in ("method", "ckpt", "optimizer"):
+        table.add_column(col, no_wrap=True)
+    for s in ft.seqs:
+        table.add_column(str(s), justify="right", no_wrap=True)
+    table.add_column("max seq", justify="right", no_wrap=True)
+    for r in ft.rows:
+        table.add_row(r.method, "yes" if r.grad_ckpt else "no", r.optim,
+                      *(_limit_text(c.batch) for c in r.cells), _limit_text(r.max_seq))  # fmt: skip
+    console.print(table)
+    console.print(
+        f"cells: largest per_device_train_batch_size whose device total (as nvidia-smi) fits; 0 = not even "
+        f"batch 1; * = tight (within ±{100 * ft.error_band:.0f} % estimator error); ≥ = search cap. "
+        f"max seq: the longest at batch 1, a multiple of 64. Other settings: {t.dtype} weights, "
+        f"{t.mixed_precision} autocast, {t.attn}, LoRA r={t.lora_rank} {t.lora_target_preset}."
+    )
+    r = ft.max_lora_rank
+    if r is None:
+        console.print(f"largest LoRA rank: n/a (--method {t.method} trains no adapters)")
+    else:
+        ckpt = "ckpt" if t.grad_ckpt else "no ckpt"
+        how = f"{t.method}, batch {t.batch} × seq {t.seq}, {t.lora_target_preset}, {ckpt}, {t.optim}"
+        console.print(Text.assemble(f"largest LoRA rank ({how}): r = ", _limit_text(r)))
+    print_notes(ft.notes, console)
+
+
+def _limit_json(lim: Limit, key: str) -> dict[str, Any]:
+    b = lim.breakdown
+    return {key: lim.value, "capped": lim.capped, "verdict": lim.verdict,
+            "device_bytes": b.device_bytes if b else None}  # fmt: skip
+
+
+def fit_json(ft: FitTable, local: LocalGpu | None = None, plot: str | None = None) -> dict[str, Any]:
+    """`fit --json`: the table's cells with their verdicts and device totals, the caps, the inputs; `local_gpu`
+    the GPU NVML saw for `--gpu auto`; `plot` the PNG written, if any."""
+    from vramplan.plan.fit import MAX_BATCH, SEQ_MULTIPLE
+
+    rank = ft.max_lora_rank
+    return {
+        "model": ft.model,
+        "gpu": {"key": ft.gpu.key, "name": ft.gpu.name, "memory_bytes": ft.gpu.memory_bytes},
+        "error_band": ft.error_band,
+        "seqs": list(ft.seqs),
+        "caps": {"batch": MAX_BATCH, "seq": ft.seq_cap, "lora_rank": ft.rank_cap,
+                 "seq_multiple": SEQ_MULTIPLE},
+        "rows": [
+            {
+                "method": r.method,
+                "grad_ckpt": r.grad_ckpt,
+                "optim": r.optim,
+                "max_batch": [{"seq": c.seq, **_limit_json(c.batch, "batch")} for c in r.cells],
+                "max_seq": _limit_json(r.max_seq, "seq"),
+            }
+            for r in ft.rows
+        ],
+        "max_lora_rank": None if rank is None else {
+            **_limit_json(rank, "lora_rank"), "method": ft.train.method, "batch": ft.train.batch,
+            "seq": ft.train.seq, "lora_target": list(ft.train.lora_target),
+        },
+        "inputs": {k: list(v) if isinstance(v, tuple) else v for k, v in ft.train.as_dict().items()},
+        "notes": list(ft.notes),
+        "parallel": ft.parallel.as_dict() if ft.parallel else None,
+        "local_gpu": local_gpus_json([local])[0] if local else None,
+        "plot": plot,
+    }  # fmt: skip
+
+
+def render_fit(ft: FitTable, local: LocalGpu | None, curves: list[Curve], plot: str | None, console: Console) -> None:
+    """`vramplan fit`: the local GPU line (`--gpu auto`), the table, then the terminal plot (`--plot`) or where
+    the PNG went (`--plot FILE`)."""
+    if local is not None:
+        console.print(local_gpu_line(local, ft.gpu))
+    render_fit_table(ft, console)
+    if plot == "-":
+        import click
+
+        from vramplan.report.plot import plot_terminal, plot_title
+
+        title = plot_title(ft.model, ft.gpu, ft.train.batch)
+        click.echo(plot_terminal(curves, ft.gpu, title, width=console.width, color=console.is_terminal))
+    elif plot:
+        console.print(f"plot written to {plot}")

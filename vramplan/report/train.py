@@ -1,0 +1,93 @@
+"""One training step's estimate (or measurement) as a table of components and as JSON."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from vramplan.breakdown import COMPONENT_LABELS
+from vramplan.report.common import (
+    band_text,
+    bar,
+    calibration_json,
+    figures_json,
+    gib,
+    listed,
+    print_notes,
+    train_title,
+    verdict_line,
+)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from vramplan.breakdown import Breakdown
+
+
+def train_inputs_json(b: Breakdown) -> dict[str, Any]:
+    """The resolved inputs of a training result: model, GPU, the TrainSpec, the calibration used, and for a
+    measurement the device, steps and every note."""
+    out = {"model": b.model, "gpu": b.gpu, **listed(b.train.as_dict()), **calibration_json(b)}
+    if b.run is not None:
+        out.update(device=b.run.device, steps=b.run.steps)
+    out["notes"] = list(b.all_notes)
+    if b.approximation is not None:
+        a = b.approximation
+        out["approximation"] = {"kind": a.kind, "basis": a.basis, "error_band": a.error_band,
+                                **({"note": a.note} if a.note else {})}  # fmt: skip
+    return out
+
+
+def breakdown_json(b: Breakdown, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "model": b.model,
+        "source": b.source,
+        **figures_json(b),
+        "paged_bytes": b.paged_bytes,
+        "params": {"total": b.params_total, "trainable": b.params_trainable},
+        "inputs": train_inputs_json(b),
+    }
+    if extra:
+        out.update(extra)
+    return out
+
+
+def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -> None:
+    """Components with their share of the device total, the peak, the overheads, the verdict, the notes."""
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=title or train_title(b), title_justify="left", show_edge=False, pad_edge=False)
+    t.add_column("component")
+    t.add_column("GiB", justify="right")
+    t.add_column("share")
+    comps = b.components.as_dict()
+    dev = max(b.device_bytes, 1)
+    for name, val in comps.items():
+        if val:
+            t.add_row(COMPONENT_LABELS[name], gib(val), bar(val / dev))
+    t.add_row(Text(f"tensor peak ({b.peak_phase})", style="bold"), Text(gib(b.peak_bytes), style="bold"), "")
+    t.add_row(
+        "allocator overhead (reserved − allocated)",
+        gib(b.allocator_overhead_bytes),
+        bar(b.allocator_overhead_bytes / dev),
+    )
+    t.add_row("CUDA context", gib(b.cuda_context_bytes), bar(b.cuda_context_bytes / dev))
+    t.add_row(Text("device total (as nvidia-smi)", style="bold"), Text(gib(b.device_bytes), style="bold"), "")
+    if b.paged_bytes:
+        t.add_row("paged optimizer states (managed, apart)", gib(b.paged_bytes), "")
+    console.print(t)
+    console.print(
+        f"params: {b.params_total:,} total, {b.params_trainable:,} trainable "
+        f"({100 * b.params_trainable / max(b.params_total, 1):.3g} %) · peak in {b.peak_phase}"
+        f"{f' ({b.peak_moment})' if b.peak_moment else ''} · units GiB = 1024³ B"
+    )
+    if b.gpu_bytes is not None and b.verdict is not None:
+        console.print(verdict_line(b, band_text(b.error_band)))
+    print_notes(b.all_notes, console)
+    if b.approximation is not None:
+        a = b.approximation
+        console.print(
+            f"[yellow]approximated:[/] {b.model} is not hand-modelled: parameters exact from transformers' "
+            f"module tree, activations from a {a.basis} (±{100 * a.error_band:.0f} % more error, in the band)"
+            + (f"; {a.note}" if a.note else "")
+        )

@@ -1,0 +1,159 @@
+"""Every causal LM transformers can build, as data: evaluate `architectures.json` with a user's config.json.
+
+`architectures.json` is written by `python -m vramplan.measure.architectures --write` (it needs torch and
+transformers; the version it was generated from is in the file). For each model type of transformers'
+`MODEL_FOR_CAUSAL_LM_MAPPING_NAMES` it holds the config class's defaults, the rules the class uses to derive
+fields (`head_dim = hidden_size // num_attention_heads`), and every parameter (layer index as `*`) with its
+shape and count as sums of `coefficient · field · field` terms, whether it is an `nn.Linear` / `Conv1D`
+weight, the booleans it exists under, and whether it is the output embedding (absent when tied).
+
+Here, in pure Python: the user's config.json over the defaults, derived fields filled in, then every tensor's
+shape and count. tests/spec/test_architectures.py holds the result to `AutoModelForCausalLM.from_config` on
+the meta device for every model type at a size other than the defaults.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from vramplan.errors import VramplanError
+
+TABLE = Path(__file__).with_name("architectures.json")
+LAYER_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "decoder_layers", "n_layers")
+
+
+@functools.lru_cache(maxsize=1)
+def table() -> dict[str, Any]:
+    return json.loads(TABLE.read_text())
+
+
+def known_types() -> frozenset[str]:
+    return frozenset(table()["architectures"])
+
+
+def not_built(model_type: str) -> str | None:
+    """Why transformers could not build this model type from its own defaults, if it could not."""
+    return table()["not_built"].get(model_type)
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    """One parameter tensor of the model (layer index as `*`), `count` times, with its module kind."""
+
+    key: str
+    shape: tuple[int, ...]
+    count: int
+    kind: str | None  # "Linear", "Conv1D" (a Linear with its weight transposed), or None
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _value(coef: int | str) -> Fraction:
+    return Fraction(coef) if isinstance(coef, int) else Fraction(*map(int, coef.split("/")))
+
+
+def evaluate_expr(expr: list, fields: Mapping[str, Any]) -> int:
+    """A sum of `[coefficient, [field, ...]]` terms; a factor `a//b` is floor division."""
+    total = Fraction(0)
+    for coef, factors in expr:
+        term = _value(coef)
+        for f in factors:
+            if "//" in f:
+                a, b = f.split("//")
+                term *= _field(fields, a) // _field(fields, b)
+            else:
+                term *= _field(fields, f)
+        total += term
+    return int(total)
+
+
+def _field(fields: Mapping[str, Any], name: str) -> int:
+    value = fields.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise VramplanError(f"config field {name!r} is {value!r}; transformers needs an integer there")
+    return value
+
+
+def config_fields(model_type: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as the config class leaves it: defaults, the user's values, derived fields, list counts."""
+    arch = table()["architectures"][model_type]
+    user = flatten(cfg)
+    renames = arch["attribute_map"]
+    user = {renames.get(k, k): v for k, v in user.items()}
+    fields = {**arch["defaults"], **{k: v for k, v in user.items() if v is not None}}
+    for _ in range(3):  # derived fields may depend on derived fields (qk_head_dim on head_dim)
+        for name, expr in (arch["derived"] | arch.get("none_defaults", {})).items():
+            if user.get(name) is None:
+                try:
+                    fields[name] = evaluate_expr(expr, fields)
+                except (VramplanError, ZeroDivisionError):
+                    continue
+    layers = next((fields[k] for k in LAYER_FIELDS if isinstance(fields.get(k), int)), None)
+    for k, v in list(fields.items()):
+        if isinstance(v, list) and v and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
+            if k not in user and layers is not None and len(v) == arch["defaults"].get(_layers_of(k), -1):
+                v = _extend(v, fields.get(_layers_of(k), layers))  # the default pattern, repeated
+                fields[k] = v
+            for x in set(v):
+                fields[f"count({k}={x})"] = sum(1 for y in v if y == x)
+    return fields
+
+
+def _layers_of(list_field: str) -> str:
+    prefix = list_field.rpartition(".")[0]
+    return f"{prefix}.num_hidden_layers" if prefix else "num_hidden_layers"
+
+
+def _extend(pattern: list, n: int) -> list:
+    """A per-layer default list for another layer count: its shortest period, repeated."""
+    for p in range(1, len(pattern) + 1):
+        if all(pattern[i] == pattern[i % p] for i in range(len(pattern))):
+            return [pattern[i % p] for i in range(n)]
+    return pattern
+
+
+def tensors(model_type: str, cfg: Mapping[str, Any]) -> tuple[Tensor, ...]:
+    """Every parameter tensor transformers would build for this config (tied output embedding left out)."""
+    arch = table()["architectures"][model_type]
+    fields = config_fields(model_type, cfg)
+    tied = _tied(fields)
+    out = []
+    for key, e in arch["params"].items():
+        if any(fields.get(k) != v for k, v in e.get("when", {}).items()):
+            continue
+        if e.get("untied") and tied:
+            continue
+        count = evaluate_expr(e["count"], fields)
+        if count <= 0:
+            continue
+        shape = tuple(evaluate_expr(d, fields) for d in e["shape"])
+        out.append(Tensor(key, shape, count, e["linear"] or None))
+    return tuple(out)
+
+
+def _tied(fields: Mapping[str, Any]) -> bool:
+    for k in ("tie_word_embeddings", "text_config.tie_word_embeddings"):
+        if isinstance(fields.get(k), bool):
+            return fields[k]
+    return False

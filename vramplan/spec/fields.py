@@ -1,0 +1,94 @@
+"""Reading one field of a config.json: its type and its range, or one error line naming the field and the file.
+
+A config.json is user input: it may be hand-edited (`hidden_size: -4096`, `"big"`), truncated, or from
+another library. Every shape field is an integer in `SHAPE_LIMITS`: far above any released model, low
+enough that the estimator's integer products stay exact and fast and every search over a shape stays short.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from vramplan.errors import VramplanError
+
+# Largest released values (for scale): hidden 16384, intermediate 53248, 126 layers (Llama-3.1-405B);
+# vocab 262144 (Gemma 3); 10,485,760 positions (Llama-4-Scout); 256 routed experts (DeepSeek-V3).
+SHAPE_LIMITS: dict[str, int] = {
+    "hidden_size": 2**17,
+    "intermediate_size": 2**20,
+    "num_hidden_layers": 2**12,
+    "num_attention_heads": 2**12,
+    "num_key_value_heads": 2**12,
+    "head_dim": 2**12,
+    "vocab_size": 2**23,
+    "max_position_embeddings": 2**27,
+    "num_local_experts": 2**12,
+    "num_experts_per_tok": 2**12,
+    "sliding_window": 2**27,
+    "max_window_layers": 2**12,
+}
+SHAPE_ALIASES = {"n_embed": "hidden_size", "n_head": "num_attention_heads", "n_layer": "num_hidden_layers",
+                 "seq_length": "max_position_embeddings"}  # fmt: skip
+_MISSING = object()
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def config_int(cfg: Mapping[str, Any], key: str, name: str, default: Any = _MISSING, low: int = 1) -> Any:
+    """`cfg[key]` as an int in [low, SHAPE_LIMITS[key]]; `default` when absent or null (an error without one).
+
+    A bool, a float, a string or a value outside the range is an error naming `key` and the file `name`.
+    """
+    value = cfg.get(key)
+    if value is None:
+        if default is _MISSING:
+            raise VramplanError(f"model config {name!r} has no {key!r}; is it a causal-LM config.json?")
+        return default
+    limit = SHAPE_LIMITS[SHAPE_ALIASES.get(key, key)]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= limit:
+        raise VramplanError(
+            f"model config {name!r}: {key} must be an integer from {low} to {limit:,}, got {_shown(value)}; "
+            "fix the config.json"
+        )
+    return value
+
+
+def config_str(cfg: Mapping[str, Any], key: str, name: str, default: Any = _MISSING) -> Any:
+    """`cfg[key]` as a string (`model_type`, `hidden_act`); `default` when absent or null."""
+    value = cfg.get(key)
+    if value is None:
+        if default is _MISSING:
+            raise VramplanError(f"model config {name!r} has no {key!r}; is it a causal-LM config.json?")
+        return default
+    if not isinstance(value, str) or not value or len(value) > 100:
+        raise VramplanError(f"model config {name!r}: {key} must be a name, got {_shown(value)}; fix the config.json")
+    return value
+
+
+def config_bool(cfg: Mapping[str, Any], key: str, name: str, default: bool) -> bool:
+    """`cfg[key]` as a bool (`tie_word_embeddings`, `attention_bias`, ...); `default` when absent, false when
+    null (as `bool(cfg.get(key, default))` reads it)."""
+    if key not in cfg:
+        return default
+    value = cfg[key]
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise VramplanError(f"model config {name!r}: {key} must be true or false, got {_shown(value)}")
+    return value
+
+
+def config_names(cfg: Mapping[str, Any], key: str, name: str, length: int) -> tuple[str, ...]:
+    """`cfg[key]` as `length` strings (`layer_types`, one per layer); () when absent or null."""
+    value = cfg.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) or len(value) != length:
+        raise VramplanError(
+            f"model config {name!r}: {key} must list {length} names (one per layer), got {_shown(value)}"
+        )
+    return tuple(value)

@@ -1,0 +1,181 @@
+"""A ModelSpec for any causal LM transformers can build: exact counts from the architecture table, activations
+walked on a hand-modelled stand-in layer.
+
+Parameters: every tensor `spec/architectures.py` evaluates for the config (exact against `from_config` on
+meta, tests/spec/test_architectures.py). The decoder layers' `nn.Linear` / `Conv1D` weights become
+`LinearSpec`s under their path inside the layer (`self_attn.q_proj`), with how many the model holds (hybrid
+and MoE models hold some in only part of the layers): what bitsandbytes quantizes and LoRA targets. The rest
+(embeddings, norms, 3-D expert tensors, lm_head, towers) is `other_tensors`, kept in the load dtype.
+
+Activations: walked on a Llama decoder layer (a Mixtral one when the config routes tokens to experts) of the
+same hidden size, heads, KV heads, head_dim, MLP width and layer count, with the LoRA targets mapped onto the
+Llama projections they play (`walk_roles`). That is an approximation, stated in the estimate with the band
+`GENERIC_ERROR_BAND`, measured by running this path on the hand-modelled families as if they were unknown
+(benchmarks/generic_band.py; tests/spec/test_generic.py holds a sample of it under the band).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from vramplan.errors import VramplanError
+from vramplan.spec import architectures
+from vramplan.spec.model import SUPPORTED_MODEL_TYPES, Approximation, LinearSpec, ModelSpec, known_model_spec
+
+# Largest relative difference of the device total between this path and the exact one on the hand-modelled
+# families run as if unknown (benchmarks/generic_band.py: 26 built-in profiles x full/lora/qlora x batch 1, 4
+# x seq 512, 2048 x checkpointing on/off = 624 rows, transformers 5.24): dense stand-in 0.2498 (phi-2: its
+# tanh-GELU and parallel residual; llama/qwen2/mistral <= 0.003, gemma2 0.159, qwen3 0.070, bloom 0.131),
+# MoE stand-in 0.4911 (mixtral with LoRA: the generic path does not adapt 3-D expert tensors), rounded up.
+# The `tight` band of a generic estimate is the estimator's band plus this.
+GENERIC_ERROR_BAND = 0.25
+GENERIC_MOE_ERROR_BAND = 0.50
+TOWERS = ("vision", "visual", "audio", "encoder", "image", "speech", "mtp", "depth")
+
+_ROLES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    # (substrings of a linear's last name, the Llama projections it plays), first match wins
+    (("qkv", "c_attn", "query_key_value", "wqkv", "in_proj_qkvz"), ("q_proj", "k_proj", "v_proj")),
+    (("gate_up", "w13", "fc1_gate"), ("gate_proj", "up_proj")),
+    (("q_proj", "q_a_proj", "q_b_proj", "query", "wq", "q_lin"), ("q_proj",)),
+    (("k_proj", "key", "wk", "k_lin"), ("k_proj",)),
+    (("kv_a_proj", "kv_b_proj", "kv_proj"), ("k_proj", "v_proj")),
+    (("v_proj", "value", "wv", "v_lin"), ("v_proj",)),
+    (("o_proj", "out_proj", "wo", "out_lin", "dense"), ("o_proj",)),
+    (("gate", "w1"), ("gate_proj",)),
+    (("down", "fc2", "w2", "4h_to_h", "c_proj", "fc_out", "proj_out"), ("down_proj",)),
+    (("up", "fc1", "w3", "c_fc", "h_to_4h", "fc_in", "proj_in"), ("up_proj",)),
+)
+
+
+def _field(fields: Mapping[str, Any], amap: Mapping[str, str], name: str) -> Any:
+    value = fields.get(amap.get(name, name))
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _layer_prefix(ts: tuple[architectures.Tensor, ...]) -> str:
+    """The repeated decoder stack (`model.layers.*.`): of the stacks holding linears, the largest one that is
+    not a vision / audio tower or an encoder."""
+    sizes: dict[str, int] = {}
+    for t in ts:
+        if t.kind and "*" in t.key:
+            prefix = t.key[: t.key.index("*") + 2]
+            if not any(word in prefix.lower() for word in TOWERS):
+                sizes[prefix] = sizes.get(prefix, 0) + t.numel * t.count
+    if not sizes:
+        return "\0"  # no stack (nothing is per layer)
+    return max(sizes, key=sizes.__getitem__)
+
+
+def _roles(path: str, group: str) -> tuple[str, ...]:
+    last = path.rsplit(".", 1)[-1].split("#")[0].lower()
+    for words, roles in _ROLES:
+        if any(w in last for w in words):
+            if roles == ("o_proj",) and group == "mlp":
+                return ("down_proj",)
+            return roles
+    return ("o_proj",) if group == "attn" else ("up_proj",)
+
+
+def generic_model_spec(cfg: Mapping[str, Any], name: str, text_only: bool = False) -> ModelSpec:
+    """ModelSpec of a model type vramplan does not hand-model, from the architecture table."""
+    mt = cfg.get("model_type")
+    if mt not in architectures.known_types():
+        reason = architectures.not_built(str(mt))
+        if reason is not None:
+            raise VramplanError(
+                f"model_type {mt!r} of {name}: transformers {architectures.table()['transformers']} cannot build "
+                f"it from its own defaults ({reason}), so vramplan has no record of its layers"
+            )
+        from vramplan.errors import did_you_mean
+
+        raise did_you_mean(str(mt), SUPPORTED_MODEL_TYPES | architectures.known_types(), "model_type", f"in {name}")
+    arch = architectures.table()["architectures"][mt]
+    amap = arch["attribute_map"]
+    try:
+        fields = architectures.config_fields(mt, cfg)
+        ts = architectures.tensors(mt, cfg)
+    except (VramplanError, ZeroDivisionError, TypeError) as e:
+        raise VramplanError(f"{name}: transformers could not build this {mt} config.json: {e}") from None
+    layers = next(
+        (v for k in ("num_hidden_layers", "n_layer", "num_layers", "decoder_layers") if (v := _field(fields, amap, k))),
+        None,
+    )
+    hidden = _field(fields, amap, "hidden_size") or _field(fields, amap, "d_model") or _field(fields, amap, "n_embd")
+    vocab = _field(fields, amap, "vocab_size")
+    if not (layers and hidden and vocab):
+        raise VramplanError(f"{name}: a {mt} config.json without a layer count, hidden size or vocabulary size")
+    heads = _field(fields, amap, "num_attention_heads") or 1
+    head_dim = _field(fields, amap, "head_dim") or max(hidden // heads, 1)
+    kv_heads = _field(fields, amap, "num_key_value_heads") or heads
+    prefix = _layer_prefix(ts)
+    keys = {t.key for t in ts}
+    linears: list[LinearSpec] = []
+    other: list[tuple[tuple[int, ...], int]] = []
+    bias_of = set()
+    for t in ts:
+        if not (t.kind and t.key.startswith(prefix) and t.key.endswith(".weight") and len(t.shape) == 2):
+            continue
+        path = t.key[len(prefix) : -len(".weight")]
+        out_f, in_f = t.shape if t.kind != "Conv1D" else t.shape[::-1]
+        bias = f"{prefix}{path}.bias" in keys
+        if bias:
+            bias_of.add(f"{prefix}{path}.bias")
+        group = "attn" if any(w in path.lower() for w in ("attn", "attention", "mixer", "mamba")) else "mlp"
+        linears.append(LinearSpec(path, in_f, out_f, bias, group, path=path.split("#")[0], count=t.count))  # type: ignore[arg-type]
+    for t in ts:
+        is_linear = t.kind and t.key.startswith(prefix) and t.key.endswith(".weight") and len(t.shape) == 2
+        if not is_linear and t.key not in bias_of:
+            other.append((t.shape, t.count))
+    mlp_outs = [lin.out_features for lin in linears if lin.group == "mlp" and lin.in_features == hidden]
+    inter = _field(fields, amap, "intermediate_size") or (max(mlp_outs) if mlp_outs else 4 * hidden)
+    experts = next((v for k in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+                    if (v := _field(fields, amap, k))), 0)  # fmt: skip
+    top_k = _field(fields, amap, "num_experts_per_tok") or _field(fields, amap, "moe_top_k") or 0
+    basis_cfg: dict[str, Any] = {
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+        "vocab_size": vocab,
+        "tie_word_embeddings": False,
+    }
+    basis_name, band = "llama-like walk", GENERIC_ERROR_BAND
+    if experts > 1 and top_k:
+        moe_inter = _field(fields, amap, "moe_intermediate_size") or inter
+        basis_cfg.update(model_type="mixtral", num_local_experts=experts, num_experts_per_tok=top_k,
+                         intermediate_size=moe_inter)  # fmt: skip
+        basis_name, band = "mixtral-like walk", GENERIC_MOE_ERROR_BAND
+    basis = known_model_spec(basis_cfg, f"{name} (stand-in)")
+    basis_names = {lin.name for lin in basis.linears}
+    roles = tuple((lin.name, role) for lin in linears for role in _roles(lin.path, lin.group) if role in basis_names)
+    note = "text model only: the vision / audio towers are not counted" if text_only else ""
+    tie = architectures._tied(fields)
+    return ModelSpec(
+        name=name,
+        model_type=str(mt),
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        vocab_size=vocab,
+        tie_word_embeddings=tie,
+        max_position_embeddings=_field(fields, amap, "max_position_embeddings") or 2048,
+        linears=tuple(linears),
+        norm="rms",
+        norms_per_layer=0,
+        mlp=basis.mlp,
+        num_local_experts=experts,
+        num_experts_per_tok=top_k,
+        config=dict(cfg),
+        other_tensors=tuple(other),
+        approximation=Approximation("generic", basis_name, band, note),
+        walk_basis=basis,
+        walk_roles=roles,
+        module_prefix=prefix,
+    )
