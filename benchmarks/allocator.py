@@ -117,7 +117,7 @@ def estimated(e, label: str) -> str:
     from vramplan.estimator.allocator_slack import allocator_slack
     from vramplan.spec.alloc_conf import parse_alloc_conf
 
-    s = allocator_slack(e.components, bool(e.inputs.get("grad_ckpt")), parse_alloc_conf(label.replace("default", "")))
+    s = allocator_slack(e.peak_shape, parse_alloc_conf(label.replace("default", "")))
     return f"{100 * s.reserved_bytes / e.peak_bytes:+.1f}% / {100 * s.need_bytes / e.peak_bytes:+.1f}%"
 
 

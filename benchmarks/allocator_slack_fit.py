@@ -21,7 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vramplan.estimator.allocator_slack import FIGURES, SETTINGS, slack_features  # noqa: E402
+from vramplan.estimator.allocator_slack import FIGURES, SETTINGS, PeakShape, slack_features  # noqa: E402
 from vramplan.estimator.peak import phases  # noqa: E402
 from vramplan.sources.profiles import load_model  # noqa: E402
 from vramplan.spec import resolve_train  # noqa: E402
@@ -39,7 +39,8 @@ def load(path: Path) -> list[dict]:
             warnings.simplefilter("ignore")
             ph, _ = phases(m, t)
         peak = max(ph, key=lambda p: p.total)
-        r["features"] = slack_features(peak.components, t.grad_ckpt)
+        c = peak.components
+        r["features"] = slack_features(PeakShape(c.total, c.logits, c.activations, t.grad_ckpt))
         r["estimate_peak_bytes"] = peak.total
         rows.append(r)
     return rows

@@ -196,7 +196,15 @@ class Breakdown(PeakAccounting):
         from vramplan.estimator.allocator_slack import allocator_slack
         from vramplan.spec.alloc_conf import parse_alloc_conf
 
-        return allocator_slack(self.components, self.train.grad_ckpt, parse_alloc_conf(self.train.alloc_conf))
+        return allocator_slack(self.peak_shape, parse_alloc_conf(self.train.alloc_conf))
+
+    @property
+    def peak_shape(self):
+        """The peak phase as the allocator model reads it (`vramplan.estimator.allocator_slack.PeakShape`)."""
+        from vramplan.estimator.allocator_slack import PeakShape
+
+        c = self.components
+        return PeakShape(c.total, c.logits, c.activations, self.train.grad_ckpt)
 
     @property
     def allocator_overhead_bytes(self) -> int:

@@ -290,7 +290,7 @@ def _measured(r, estimate_b, as_json: bool) -> None:
     from vramplan.estimator.allocator_slack import allocator_slacks
 
     summary = r.allocator_summary()
-    modelled = allocator_slacks(estimate_b.components, estimate_b.train.grad_ckpt)
+    modelled = allocator_slacks(estimate_b.peak_shape)
     if as_json:
         from vramplan.report.allocator import allocator_json
         from vramplan.report.measure import measurement_json

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from vramplan.estimator.allocator_slack import ERRORS, FIGURES, SETTINGS, allocator_slack, slack_features
+from vramplan.estimator.allocator_slack import (
+    ERRORS,
+    FIGURES,
+    SETTINGS,
+    PeakShape,
+    allocator_slack,
+    slack_features,
+)
 from vramplan.estimator.peak import phases
 from vramplan.sources.profiles import load_model
 from vramplan.spec import resolve_train
@@ -23,7 +30,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "allocator"
 CONFIG = {SETTINGS[0]: DEFAULT, SETTINGS[1]: EXPANDABLE}
 
 
-def _rows(name: str) -> list[tuple[dict, object, bool]]:
+def _rows(name: str) -> list[tuple[dict, PeakShape]]:
     out = []
     for line in (DATA / name).read_text().splitlines():
         r = json.loads(line)
@@ -32,7 +39,8 @@ def _rows(name: str) -> list[tuple[dict, object, bool]]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ph, _ = phases(m, t)
-        out.append((r, max(ph, key=lambda p: p.total).components, t.grad_ckpt))
+        c = max(ph, key=lambda p: p.total).components
+        out.append((r, PeakShape(c.total, c.logits, c.activations, t.grad_ckpt)))
     return out
 
 
@@ -50,8 +58,8 @@ def _errors(rows, setting: str, figure: str, end_to_end: bool = False) -> list[f
     """(model − replay) / traced peak per row: the share alone, or the estimate's whole figure (its tensor peak
     included) against the replay's."""
     errs = []
-    for r, peak, grad_ckpt in rows:
-        s = allocator_slack(peak, grad_ckpt, CONFIG[setting])
+    for r, peak in rows:
+        s = allocator_slack(peak, CONFIG[setting])
         slack = s.reserved_bytes if figure == "max_reserved_bytes" else s.need_bytes
         traced = r["tensor_peak_bytes"]
         replayed = r["replay"][setting][figure]
@@ -109,18 +117,16 @@ def test_default_need_error_is_stated_not_hidden(grid):
 
 
 def test_features_and_setting():
-    from vramplan.breakdown import Components
-
-    c = Components(weights=6, activations=3, logits=1)  # peak 10
-    assert slack_features(c, True) == (1.0, 1.0, 0.1, 0.3)
+    c = PeakShape(total=10, logits=1, activations=3, grad_ckpt=True)
+    assert slack_features(c) == (1.0, 1.0, 0.1, 0.3)
     # max_split_size_mb is replayed by simulate only: the estimate uses the default-settings model for it
-    capped = allocator_slack(c, False, AllocatorConfig(max_split_size_bytes=128 * 1024**2))
-    default = allocator_slack(c, False, DEFAULT)
+    capped = allocator_slack(c, AllocatorConfig(max_split_size_bytes=128 * 1024**2))
+    default = allocator_slack(c, DEFAULT)
     assert (capped.reserved_bytes, capped.need_bytes) == (default.reserved_bytes, default.need_bytes)
 
 
 def test_need_never_exceeds_reserved(grid):
-    for _, peak, grad_ckpt in grid:
+    for _, peak in grid:
         for config in (DEFAULT, EXPANDABLE):
-            s = allocator_slack(peak, grad_ckpt, config)
+            s = allocator_slack(peak, config)
             assert 0 <= s.need_bytes <= s.reserved_bytes

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vramplan.breakdown import Components
 from vramplan.spec.alloc_conf import AllocatorConfig
 
 SETTINGS = ("default", "expandable_segments:True")
@@ -60,10 +59,21 @@ def setting_of(config: AllocatorConfig) -> str:
     return SETTINGS[1] if config.expandable_segments else SETTINGS[0]
 
 
-def slack_features(peak: Components, grad_ckpt: bool) -> tuple[float, float, float, float]:
-    """(1, checkpointing, logits / peak, activations / peak) of the peak phase's components."""
+@dataclass(frozen=True, slots=True)
+class PeakShape:
+    """What the model reads from the estimate's peak phase (bytes): its total, logits and activations. A plain
+    value, so this module does not import `vramplan.breakdown` (which reads the model from a Breakdown)."""
+
+    total: int
+    logits: int
+    activations: int
+    grad_ckpt: bool
+
+
+def slack_features(peak: PeakShape) -> tuple[float, float, float, float]:
+    """(1, checkpointing, logits / peak, activations / peak) of the peak phase."""
     total = peak.total or 1
-    return (1.0, 1.0 if grad_ckpt else 0.0, peak.logits / total, peak.activations / total)
+    return (1.0, 1.0 if peak.grad_ckpt else 0.0, peak.logits / total, peak.activations / total)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +91,11 @@ class AllocatorSlack:
     need_error: float
 
 
-def allocator_slacks(peak: Components, grad_ckpt: bool) -> dict[str, AllocatorSlack]:
+def allocator_slacks(peak: PeakShape) -> dict[str, AllocatorSlack]:
     """The model under each fitted setting, by its label ("default", "expandable_segments:True")."""
     from vramplan.spec.alloc_conf import DEFAULT, EXPANDABLE
 
-    return {s: allocator_slack(peak, grad_ckpt, c) for s, c in zip(SETTINGS, (DEFAULT, EXPANDABLE), strict=True)}
+    return {s: allocator_slack(peak, c) for s, c in zip(SETTINGS, (DEFAULT, EXPANDABLE), strict=True)}
 
 
 def need_error(config: AllocatorConfig) -> float:
@@ -97,10 +107,10 @@ def _share(setting: str, figure: str, features: tuple[float, ...]) -> float:
     return max(sum(c * f for c, f in zip(COEFFICIENTS[setting, figure], features, strict=True)), 0.0)
 
 
-def allocator_slack(peak: Components, grad_ckpt: bool, config: AllocatorConfig) -> AllocatorSlack:
-    """Predict the allocator's figures for a step whose peak phase holds `peak`."""
+def allocator_slack(peak: PeakShape, config: AllocatorConfig) -> AllocatorSlack:
+    """Predict the allocator's figures for a step whose peak phase is `peak`."""
     setting = setting_of(config)
-    features = slack_features(peak, grad_ckpt)
+    features = slack_features(peak)
     total = peak.total
     reserved = int(total * _share(setting, "max_reserved_bytes", features))
     need = int(total * _share(setting, "min_limit_bytes", features))

@@ -40,7 +40,6 @@ from vramplan.estimator.build import measured_breakdown
 from vramplan.estimator.overhead import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, Overheads
 from vramplan.measure.build import TORCH_DTYPES, Built, build
 from vramplan.measure.cuda_equiv import CudaAutocast, check_versions, cuda_equivalence, installed_versions
-from vramplan.measure.replay import AllocatorFigures, AllocatorSummary, allocator_figures, allocator_summary
 from vramplan.measure.moments import (
     LOGITS_AND_LOSS,
     LOGITS_GRADIENT,
@@ -49,6 +48,7 @@ from vramplan.measure.moments import (
     decoder_layers,
     layer_recompute,
 )
+from vramplan.measure.replay import AllocatorFigures, AllocatorSummary, allocator_figures, allocator_summary
 from vramplan.measure.tracker import CategoryBytes, MemoryTracker, TrackedPeak
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.spec.alloc_conf import DEFAULT, AllocatorConfig, parse_alloc_conf

@@ -102,7 +102,7 @@ class FitTable:
 
 @dataclass(frozen=True, slots=True)
 class Curve:
-    """Device peak (bytes, as nvidia-smi) against sequence length for one method at a fixed batch."""
+    """Device total (bytes, the least that runs) against sequence length for one method at a fixed batch."""
 
     label: str
     seqs: tuple[int, ...]

@@ -56,6 +56,8 @@ def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -
     from rich.table import Table
     from rich.text import Text
 
+    from vramplan.spec.alloc_conf import parse_alloc_conf
+
     t = Table(title=title or train_title(b), title_justify="left", show_edge=False, pad_edge=False)
     t.add_column("component")
     t.add_column("GiB", justify="right")
@@ -67,12 +69,14 @@ def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -
             t.add_row(COMPONENT_LABELS[name], gib(val), bar(val / dev))
     t.add_row(Text(f"tensor peak ({b.peak_phase})", style="bold"), Text(gib(b.peak_bytes), style="bold"), "")
     t.add_row(
-        "allocator overhead (reserved − allocated)",
-        gib(b.allocator_overhead_bytes),
-        bar(b.allocator_overhead_bytes / dev),
+        "caching allocator: needed to run",
+        gib(b.allocator_need_bytes),
+        bar(b.allocator_need_bytes / dev),
     )
     t.add_row("CUDA context", gib(b.cuda_context_bytes), bar(b.cuda_context_bytes / dev))
-    t.add_row(Text("device total (as nvidia-smi)", style="bold"), Text(gib(b.device_bytes), style="bold"), "")
+    t.add_row(Text("device total (least that runs)", style="bold"), Text(gib(b.device_bytes), style="bold"), "")
+    setting = "expandable" if parse_alloc_conf(b.train.alloc_conf).expandable_segments else "defaults"
+    t.add_row(Text(f"  max_memory_reserved ({setting})", style="dim"), Text(gib(b.reserved_bytes), style="dim"), "")
     if b.paged_bytes:
         t.add_row("paged optimizer states (managed, apart)", gib(b.paged_bytes), "")
     console.print(t)
