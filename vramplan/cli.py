@@ -297,7 +297,7 @@ def _measured(r, estimate_b, as_json: bool) -> None:
 
         out = measurement_json(r, estimate_b)
         if summary is not None:
-            out["allocator"] = allocator_json(summary, modelled, r.cuda)
+            out["allocator_replays"] = allocator_json(summary, modelled, r.cuda)
         click.echo(json.dumps(out))
         return
     from vramplan.report.allocator import render_allocator

@@ -212,3 +212,19 @@ def test_bad_alloc_conf_is_one_line() -> None:
     assert r.exit_code == 2
     assert r.stderr.count("\n") == 1
     assert "max_split_size_mb takes a whole number of MiB > 1" in r.stderr
+
+
+def test_json_states_where_the_allocator_figures_come_from() -> None:
+    from vramplan.estimator.allocator_slack import ERRORS
+
+    d = json.loads(run("estimate", "llama-2-7b", "--method", "qlora", "--json").stdout)
+    a = d["allocator"]
+    assert (a["setting"], a["source"]) == ("default", "model")
+    cublas = 8 * 4 * 1024**2 + 8 * 16 * 1024  # CUBLAS_WORKSPACE_CONFIG ":4096:8" + ":16:8", on both figures
+    assert d["reserved_bytes"] == d["peak_bytes"] + a["reserved_slack_bytes"]
+    assert d["device_bytes"] == d["peak_bytes"] + a["need_bytes"] + d["overhead"]["cuda_context_bytes"]
+    assert cublas <= a["need_bytes"] <= a["reserved_slack_bytes"]
+    # the band the JSON states is the model's measured error (benchmarks/allocator_slack_fit.py), per figure
+    assert a["model_error"]["need"]["rms"] == ERRORS["default", "min_limit_bytes"][0]
+    e = json.loads(run("estimate", "llama-2-7b", "--alloc-conf", "expandable_segments:True", "--json").stdout)
+    assert e["allocator"]["model_error"]["need"]["worst"] < a["model_error"]["need"]["worst"]

@@ -37,11 +37,41 @@ def train_inputs_json(b: Breakdown) -> dict[str, Any]:
     return out
 
 
+def allocator_figures_json(b: Breakdown) -> dict[str, Any]:
+    """Where the caching allocator's figures come from and, for the estimator's model, its stated error against
+    the replays (shares of the tensor peak; `vramplan.estimator.allocator_slack.ERRORS`)."""
+    from vramplan.estimator.allocator_slack import ERRORS, setting_of
+    from vramplan.spec.alloc_conf import parse_alloc_conf
+
+    o = b.overheads
+    setting = setting_of(parse_alloc_conf(b.train.alloc_conf))
+    if o.measured:
+        source = "measured" if b.run is not None and b.run.device == "cuda" else "replay"
+    else:
+        source = "calibration" if o.calibrated_ratio else "model"
+    out: dict[str, Any] = {
+        "setting": setting,
+        "source": source,
+        "reserved_slack_bytes": b.allocator_overhead_bytes,
+        "need_bytes": b.allocator_need_bytes,
+    }
+    if not o.measured:
+        basis = ("rms", "worst", "held_out_rms", "held_out_worst")
+        out["model_error"] = {
+            "basis": "share of the tensor peak against replays of traced steps: left-one-family-out over the "
+            "60-trace grid, and 32 held-out traces",
+            "reserved": dict(zip(basis, ERRORS[setting, "max_reserved_bytes"], strict=True)),
+            "need": dict(zip(basis, ERRORS[setting, "min_limit_bytes"], strict=True)),
+        }
+    return out
+
+
 def breakdown_json(b: Breakdown, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "model": b.model,
         "source": b.source,
         **figures_json(b),
+        "allocator": allocator_figures_json(b),
         "paged_bytes": b.paged_bytes,
         "params": {"total": b.params_total, "trainable": b.params_trainable},
         "inputs": train_inputs_json(b),
