@@ -356,9 +356,10 @@ def measure(
     estimate_b = run_estimate(m, gpu=g, train=t)
     _measured(r, estimate_b, as_json)  # shown first: a store that cannot be written loses nothing on screen
     if save and r.oom is None:
+        from vramplan.measure.cuda_run import run_record
         from vramplan.trust.calibration import append_run
 
-        record = harness.run_record(r, estimate_b)
+        record = run_record(r, estimate_b)
         try:
             path = append_run(record, store)
         except VramplanError as e:
