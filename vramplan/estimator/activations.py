@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 from vramplan.estimator.layer_ops import decoder_layer, norm
+from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
 
@@ -172,7 +173,7 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
             # autocast casts each fp32 adapter weight to the autocast dtype; mm saves the copy (its input needs
             # a gradient), so a low-precision copy of every adapter lives from forward until its backward
             layer_copies += sum(
-                t.lora_rank * (li.in_features + li.out_features) * autocast_bytes
+                lora_params_per_linear(li, t.lora_rank, False) * autocast_bytes
                 for li in m.linears
                 if li.name in settings.lora_targets
             )

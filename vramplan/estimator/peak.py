@@ -17,7 +17,7 @@ from vramplan.estimator.activations import activation_bytes
 from vramplan.estimator.adapters import adapter_bytes
 from vramplan.estimator.logits import logits_bytes
 from vramplan.estimator.optimizer import optimizer_bytes
-from vramplan.estimator.params import count_params
+from vramplan.estimator.params import count_params, lora_params_per_linear
 from vramplan.estimator.weights import weight_bytes
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
 
@@ -125,7 +125,7 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     # at the MLP workspace peak of a layer's backward, its down projection's gradients are already there
     down = [li for li in m.linears if li.name in _MLP_OUT]
     if t.uses_lora:
-        down_grad = sum(t.lora_rank * (li.in_features + li.out_features) for li in down if li.name in t.lora_target)
+        down_grad = sum(lora_params_per_linear(li, t.lora_rank, False) for li in down if li.name in t.lora_target)
         down_grad *= param_bytes
     else:
         down_grad = sum(li.params for li in down) * param_bytes if n_train_layers else 0

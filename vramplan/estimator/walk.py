@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vramplan.spec import ModelSpec, TrainSpec
+from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
 
-BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1, "bool": 1}
+BYTES = {**DTYPE_BYTES, "bool": 1}  # the walk also holds bool masks
 
 
 def promote(a: str, b: str) -> str:

@@ -25,8 +25,9 @@ from vramplan.estimator.distributed import shard
 from vramplan.estimator.overhead import error_band
 from vramplan.sources.profiles import GpuProfile
 from vramplan.spec import ModelSpec, TrainSpec, resolve_train
+from vramplan.spec.fields import positive
 from vramplan.spec.parallel import ParallelSpec
-from vramplan.spec.train import LIMITS, parse_count, positive
+from vramplan.spec.train import LIMITS, parse_count
 
 FIT_METHODS: tuple[str, ...] = ("full", "lora", "qlora")
 DEFAULT_SEQS: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)

@@ -6,9 +6,15 @@ Serving's ServeSpec lives in `vramplan.estimator.serve` beside its resolver.
 from __future__ import annotations
 
 from vramplan.spec.config import model_spec_from_config  # noqa: F401
+from vramplan.spec.families import DEFAULT_ACT  # noqa: F401
+from vramplan.spec.lora_targets import (  # noqa: F401
+    LORA_TARGET_PRESETS,
+    PEFT_DEFAULT_TARGETS,
+    lora_moe_targets,
+    resolve_lora_target,
+)
 from vramplan.spec.model import (  # noqa: F401
     ATTNS,
-    DEFAULT_ACT,
     DTYPE_BYTES,
     DTYPES,
     HEAD_DIM_DEFAULTS,
@@ -26,13 +32,4 @@ from vramplan.spec.model import (  # noqa: F401
     ParamSpec,
     Quant,
 )
-from vramplan.spec.train import (  # noqa: F401
-    LORA_TARGET_PRESETS,
-    OPTIM_ALIASES,
-    OPTIMIZERS,
-    PEFT_DEFAULT_TARGETS,
-    TrainSpec,
-    lora_moe_targets,
-    resolve_lora_target,
-    resolve_train,
-)
+from vramplan.spec.train import OPTIM_ALIASES, OPTIMIZERS, TrainSpec, resolve_train  # noqa: F401

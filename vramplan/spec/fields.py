@@ -92,3 +92,13 @@ def config_names(cfg: Mapping[str, Any], key: str, name: str, length: int) -> tu
             f"model config {name!r}: {key} must list {length} names (one per layer), got {_shown(value)}"
         )
     return tuple(value)
+
+
+def positive(value: Any, flag: str, limit: int | None = None) -> int:
+    """`value` as an int in [1, limit]; else the error naming the flag, the value and the range."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + "…"
+        raise VramplanError(f"{flag} must be a positive integer, got {shown}")
+    if limit is not None and value > limit:
+        raise VramplanError(f"{flag} {value:,} is beyond vramplan's limit of {limit:,}; is it a typo?")
+    return value

@@ -21,7 +21,8 @@ from typing import Any
 
 from vramplan.errors import VramplanError
 from vramplan.spec import architectures
-from vramplan.spec.model import SUPPORTED_MODEL_TYPES, Approximation, LinearSpec, ModelSpec, known_model_spec
+from vramplan.spec.families import known_model_spec
+from vramplan.spec.model import SUPPORTED_MODEL_TYPES, Approximation, LinearSpec, ModelSpec
 
 # Largest relative difference of the device total between this path and the exact one on the hand-modelled
 # families run as if unknown (benchmarks/generic_band.py: 26 built-in profiles x full/lora/qlora x batch 1, 4

@@ -6,9 +6,10 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from vramplan.errors import VramplanError, did_you_mean
+from vramplan.spec.fields import positive
 from vramplan.spec.gpu import GpuProfile
+from vramplan.spec.lora_targets import resolve_lora_target
 from vramplan.spec.model import DTYPE_BYTES, DTYPES, QUANTS, Dtype, ModelSpec, Quant
-from vramplan.spec.train import resolve_lora_target
 
 VLLM_BLOCK_SIZE = 16  # tokens per KV block: vLLM CacheConfig.block_size default on CUDA
 FP8_BYTES = 1  # vLLM --kv-cache-dtype fp8 / fp8_e4m3 / fp8_e5m2: one byte per element
@@ -68,12 +69,6 @@ class ServeSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-def _positive(value: Any, flag: str) -> int:
-    if not isinstance(value, int) or value < 1:
-        raise VramplanError(f"{flag} must be a positive integer, got {value!r}")
-    return value
 
 
 def _or(value: Any, default: Any) -> Any:
@@ -153,8 +148,8 @@ def resolve_serve(
     if engine == "vllm" and quant in ("fp4", "int8"):
         notes.append(f"vLLM quantizes in flight to nf4 only; --quant {quant} needs a pre-quantized checkpoint")
     enable_lora = enable_lora or max_loras is not None or max_lora_rank is not None
-    max_loras = _positive(_or(max_loras, 1), "--max-loras")
-    max_lora_rank = _positive(_or(max_lora_rank, 16), "--max-lora-rank")
+    max_loras = positive(_or(max_loras, 1), "--max-loras")
+    max_lora_rank = positive(_or(max_lora_rank, 16), "--max-lora-rank")
     if engine == "vllm" and max_lora_rank not in VLLM_MAX_LORA_RANKS:
         raise did_you_mean(
             str(max_lora_rank), map(str, VLLM_MAX_LORA_RANKS), "--max-lora-rank value", "vLLM's MaxLoRARanks"
@@ -170,8 +165,8 @@ def resolve_serve(
             f"{m.max_position_embeddings}; vLLM refuses it"
         )
     big = gpu is not None and gpu.memory_bytes >= 70 * GIB and "a100" not in gpu.name.lower()
-    seqs = _positive(_or(max_num_seqs, 1024 if big else 256), "--max-num-seqs")
-    mnbt = _positive(_or(max_num_batched_tokens, 8192 if big else 2048), "--max-num-batched-tokens")
+    seqs = positive(_or(max_num_seqs, 1024 if big else 256), "--max-num-seqs")
+    mnbt = positive(_or(max_num_batched_tokens, 8192 if big else 2048), "--max-num-batched-tokens")
     if engine == "vllm" and mnbt < seqs:
         raise VramplanError(f"--max-num-batched-tokens {mnbt} must be >= --max-num-seqs {seqs} (vLLM's rule)")
     util = float(_or(gpu_memory_utilization, 0.9))
@@ -191,10 +186,10 @@ def resolve_serve(
         max_lora_rank=max_lora_rank,
         lora_target=targets,
         merged_lora=bool(merged_lora),
-        batch=_positive(_or(batch, 1), "--batch"),
-        prompt_tokens=_positive(_or(prompt_tokens, 512), "--prompt-tokens"),
-        new_tokens=_positive(_or(new_tokens, 512), "--new-tokens"),
-        max_model_len=_positive(_or(max_model_len, m.max_position_embeddings), "--max-model-len"),
+        batch=positive(_or(batch, 1), "--batch"),
+        prompt_tokens=positive(_or(prompt_tokens, 512), "--prompt-tokens"),
+        new_tokens=positive(_or(new_tokens, 512), "--new-tokens"),
+        max_model_len=positive(_or(max_model_len, m.max_position_embeddings), "--max-model-len"),
         max_num_seqs=seqs,
         max_num_batched_tokens=mnbt,
         gpu_memory_utilization=util,

@@ -1,0 +1,95 @@
+"""axolotl YAML (utils/schemas/*.py, axolotl commit 067b021)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from vramplan.errors import VramplanError
+from vramplan.sources.configs.reader import FileSettings, Reader, is_set, shown_value
+
+_AX_ATTN = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash_attention_2"}
+_AX_UNMODELED = (
+    "deepspeed", "fsdp", "fsdp_config", "sample_packing", "neftune_noise_alpha", "plugins", "torch_compile",
+    "activation_offloading", "layer_offloading", "lora_modules_to_save", "relora", "gptq", "rl",
+    "s2_attention", "unfrozen_parameters", "peft_layers_to_transform", "lora_target_parameters",
+    "unsloth_lora_mlp", "unsloth_lora_qkv", "unsloth_lora_o", "unsloth_cross_entropy_loss", "lora_mlp_kernel",
+    "lora_qkv_kernel", "lora_o_kernel", "cut_cross_entropy", "chunked_cross_entropy",
+    "flash_attn_cross_entropy", "fp8",
+)  # fmt: skip
+
+
+def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
+    """`axolotl train x.yml`. Defaults (utils/schemas/{config,training,peft}.py): no adapter = full tuning,
+    lora_dropout 0, sequence_len 512, micro_batch_size 1, adamw_torch_fused, no gradient checkpointing;
+    4-bit is nf4 + double quant (loaders/model.py); bf16 `auto` = bf16 where supported, else fp16
+    (utils/config `resolve_dtype`), as vramplan's default; bf16 false without fp16 loads fp32.
+    """
+    r = Reader(data, path, "axolotl")
+    adapter = str(data.get("adapter") or "").lower()
+    b4, b8 = (r.has(k) and r.typed(k, bool) for k in ("load_in_4bit", "load_in_8bit"))
+    bnb = data.get("bnb_config_kwargs") or {}
+    if not isinstance(bnb, Mapping):
+        raise VramplanError(f"{path}: bnb_config_kwargs must be a mapping (key: value), got {shown_value(bnb)}")
+    quant = None
+    if adapter and (adapter == "qlora" or b4):
+        quant = str(bnb.get("bnb_4bit_quant_type") or "nf4")
+        r.set("quant", quant)
+        if "bnb_4bit_use_double_quant" in bnb:
+            r.set("double_quant", bool(bnb["bnb_4bit_use_double_quant"]))
+    elif adapter and b8:
+        quant = "int8"
+        r.set("quant", quant)
+    elif b4 or b8:
+        r.skip("load_in_4bit" if b4 else "load_in_8bit", "no adapter: estimated unquantized", "quant")
+    if adapter not in ("", "lora", "qlora"):
+        r.skip("adapter", "estimated as LoRA", "method")
+    method = ("qlora" if quant else "lora") if adapter else "full"
+    (r.set if r.has("adapter") else r.default)("method", method)
+    r.copy("lora_r", "lora_rank", int)
+    r.copy("lora_alpha", "lora_alpha", int)
+    r.copy("lora_dropout", "lora_dropout", float)
+    modules = data.get("lora_target_modules")
+    if r.has("lora_target_linear") and r.typed("lora_target_linear", bool):
+        r.set("lora_target", "all-linear")
+    elif is_set(modules):
+        r.set("lora_target", ",".join(map(str, modules)) if isinstance(modules, list) else str(modules))
+    r.copy("peft_use_dora", "dora", bool)
+    r.copy("sequence_len", "seq", int)
+    r.copy("micro_batch_size", "batch", int)
+    r.copy("gradient_accumulation_steps", "grad_accum", int)
+    if r.has("optimizer"):
+        r.optim("optimizer")
+    gc = data.get("gradient_checkpointing")
+    if gc is not None:
+        r.set("grad_ckpt", is_set(gc))
+        if isinstance(gc, str):
+            r.skip("gradient_checkpointing", "checkpoints offloaded; estimated on the GPU", "grad_ckpt")
+    impl = data.get("attn_implementation")
+    flags = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager"}
+    if impl is None:
+        impl = next((v for k, v in flags.items() if r.has(k) and r.typed(k, bool)), None)
+    if impl is None and is_set(data.get("xformers_attention")):
+        impl = "xformers"
+    if impl is not None:
+        if impl not in _AX_ATTN:
+            key = "attn_implementation" if r.has("attn_implementation") else "xformers_attention"
+            r.skip(key, "estimated as flash_attention_2 (no S×S scores)", "attn")
+        r.set("attn", _AX_ATTN.get(str(impl), "flash_attention_2"))
+    bf16 = data.get("bf16", "auto")
+    fp16, bfloat16, float16 = (r.has(k) and r.typed(k, bool) for k in ("fp16", "bfloat16", "float16"))
+    if bfloat16 or float16:  # "no AMP": weights in that dtype, no autocast
+        r.set("dtype", "bf16" if bfloat16 else "fp16")
+        r.set("mixed_precision", "no")
+    elif bf16 is True or bf16 == "full" or fp16:
+        half = "bf16" if bf16 is True or bf16 == "full" else "fp16"
+        r.set("dtype", half)
+        r.set("mixed_precision", half)
+    elif bf16 is False:
+        r.set("dtype", "fp16" if b8 else "fp32")
+        r.set("mixed_precision", "no")
+    r.skip_ifis_set(_AX_UNMODELED)
+    for setting, value in (("lora_dropout", 0.0), ("seq", 512), ("batch", 1), ("grad_accum", 1),
+                           ("optim", "adamw_torch_fused"), ("grad_ckpt", False)):  # fmt: skip
+        r.default(setting, value)
+    return r.done("axolotl", data.get("base_model"))

@@ -1,0 +1,77 @@
+"""Hugging Face files: a transformers 5.24 `TrainingArguments.to_json_string()` dump (TRL's SFTConfig adds
+max_length, packing), a PEFT 0.21.2 `adapter_config.json`, and a model's `config.json`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from vramplan.sources.configs.reader import FileSettings, Reader
+
+_TA_UNMODELED = (
+    "deepspeed", "fsdp", "torch_compile", "neftune_noise_alpha", "use_liger_kernel", "auto_find_batch_size",
+    "optim_target_modules", "packing",
+)  # fmt: skip
+
+
+def read_training_args(data: Mapping[str, Any], path: str) -> FileSettings:
+    """`TrainingArguments.to_json_string()` (transformers 5.24; TRL's SFTConfig adds max_length, packing).
+    transformers 5 writes both `activation_checkpointing` and its deprecated alias `gradient_checkpointing`.
+    The load dtype is not in it (vramplan's default applies); bf16/fp16 here are the autocast."""
+    r = Reader(data, path, "transformers")
+    r.copy("per_device_train_batch_size", "batch", int)
+    r.copy("gradient_accumulation_steps", "grad_accum", int)
+    if r.has("bf16") or r.has("fp16"):
+        bf16, fp16 = (r.has(k) and r.typed(k, bool) for k in ("bf16", "fp16"))
+        r.set("mixed_precision", "bf16" if bf16 else "fp16" if fp16 else "no")
+    if r.has("optim"):
+        r.optim("optim")
+    key = next((k for k in ("activation_checkpointing", "gradient_checkpointing") if r.has(k)), None)
+    if key:
+        r.set("grad_ckpt", r.typed(key, bool))
+    key = next((k for k in ("max_length", "max_seq_length") if r.has(k)), None)
+    if key:
+        r.copy(key, "seq", int)
+    r.skip_ifis_set(_TA_UNMODELED)
+    for setting, value in (("batch", 8), ("grad_accum", 1), ("mixed_precision", "no"), ("grad_ckpt", False)):
+        r.default(setting, value)
+    return r.done("training_args", None)
+
+
+_PEFT_UNMODELED = (
+    "modules_to_save", "layers_to_transform", "rank_pattern", "alpha_pattern", "target_parameters",
+    "trainable_token_indices", "layer_replication", "lora_bias",
+)  # fmt: skip
+
+
+def read_peft_adapter(data: Mapping[str, Any], path: str) -> FileSettings:
+    """A PEFT `adapter_config.json` (LoraConfig.save_pretrained, peft 0.21.2): r, lora_alpha, lora_dropout,
+    target_modules (a list; a string is a regex unless `all-linear`), use_dora, base_model_name_or_path."""
+    r = Reader(data, path, "peft")
+    if str(data.get("peft_type") or "LORA").upper() != "LORA":
+        r.skip("peft_type", "estimated as LoRA", "method")
+    r.set("method", "lora")
+    r.copy("r", "lora_rank", int)
+    r.copy("lora_alpha", "lora_alpha", int)
+    r.copy("lora_dropout", "lora_dropout", float)
+    tm = data.get("target_modules")
+    if isinstance(tm, list) and tm:
+        r.set("lora_target", ",".join(str(t) for t in tm))
+    elif isinstance(tm, str) and tm:  # "all-linear", or a regex PEFT full-matches on module names
+        r.set("lora_target", tm)
+    r.copy("use_dora", "dora", bool)
+    r.skip_ifis_set(_PEFT_UNMODELED)
+    if str(data.get("bias") or "none") != "none":
+        r.skip("bias", "trainable biases not modeled")
+    for setting, value in (("lora_rank", 8), ("lora_alpha", 8), ("lora_dropout", 0.0), ("lora_target", "qv")):
+        r.default(setting, value)  # LoraConfig defaults; target_modules None = PEFT's per-model default
+    return r.done("peft_adapter", data.get("base_model_name_or_path"))
+
+
+def read_model_config(data: Mapping[str, Any], path: str) -> FileSettings:
+    """A model's `config.json`: the model itself, and its `quantization_config` (a pre-quantized checkpoint
+    loads quantized whatever the training config says)."""
+    r = Reader(data, path, "transformers")
+    if isinstance(data.get("quantization_config"), Mapping):
+        r.quantization_config(data["quantization_config"])
+    return r.done("model_config", path)

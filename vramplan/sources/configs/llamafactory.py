@@ -1,0 +1,101 @@
+"""LLaMA-Factory YAML (hparams/*_args.py, LLaMA-Factory commit ff6d4d1)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from vramplan.errors import did_you_mean
+from vramplan.sources.configs.reader import FileSettings, Reader, Unmodeled
+
+_LF_DEFAULTS = (
+    ("lora_rank", 8), ("lora_dropout", 0.0), ("lora_target", "all-linear"), ("seq", 2048), ("batch", 8),
+    ("grad_accum", 1), ("grad_ckpt", True), ("kbit_prep", False),
+)  # fmt: skip
+_LF_ATTN = {"auto": "sdpa", "sdpa": "sdpa", "fa2": "flash_attention_2", "disabled": "eager"}
+_LF_UNMODELED = (
+    "deepspeed", "fsdp", "packing", "neat_packing", "neftune_noise_alpha", "use_galore", "use_apollo",
+    "use_badam", "use_adam_mini", "use_muon", "use_llama_pro", "use_unsloth", "use_unsloth_gc",
+    "enable_liger_kernel", "shift_attn", "mixture_of_depths", "upcast_layernorm", "upcast_lmhead_output",
+    "additional_target", "freeze_extra_modules", "torch_compile", "rope_scaling",
+)  # fmt: skip
+
+
+def read_llamafactory(data: Mapping[str, Any], path: str) -> FileSettings:
+    """`llamafactory-cli train x.yaml`. Defaults for keys left out (finetuning_args.py, data_args.py, HF
+    TrainingArguments): LoRA, lora_rank 8, lora_dropout 0, lora_target all, freeze_trainable_layers 2,
+    cutoff_len 2048, batch 8, gradient checkpointing on (model_utils/checkpointing.py), no
+    prepare_model_for_kbit_training, no autocast without bf16/fp16. Trainable weights are upcast to fp32
+    unless pure_bf16 (model/adapter.py `cast_trainable_params_to_fp32`): full tuning is fp32 + bf16 autocast.
+    """
+    r = Reader(data, path, "llamafactory")
+    ft = str(data.get("finetuning_type") or "lora")
+    if ft not in ("lora", "oft", "full", "freeze"):
+        raise did_you_mean(ft, ("lora", "oft", "full", "freeze"), "finetuning_type", path)
+    bits = r.typed("quantization_bit", int) if r.has("quantization_bit") else None
+    if bits is not None:
+        quant = "int8" if bits == 8 else str(data.get("quantization_type") or "nf4")
+        r.set("quant", quant)
+        if str(data.get("quantization_method") or "bnb").lower() not in ("bnb", "bitsandbytes"):
+            r.skip("quantization_method", f"estimated as bitsandbytes {quant}", "quant")
+        elif bits not in (4, 8):
+            r.skip("quantization_bit", f"estimated as bitsandbytes {quant}", "quant")
+        r.copy("double_quantization", "double_quant", bool)
+    if ft == "oft":
+        r.skip("finetuning_type", "OFT estimated as LoRA", "method")
+    method = {"full": "full", "freeze": "freeze"}.get(ft, "qlora" if bits else "lora")
+    (r.set if r.has("finetuning_type") or bits else r.default)("method", method)
+    if str(data.get("stage") or "sft") not in ("sft", "pt"):
+        r.skip("stage", "reference/reward models not estimated")
+    r.copy("lora_rank", "lora_rank", int)
+    r.copy("lora_alpha", "lora_alpha", int)
+    r.copy("lora_dropout", "lora_dropout", float)
+    if r.has("lora_target"):
+        target = ",".join(t.strip() for t in str(data["lora_target"]).split(","))
+        r.set("lora_target", "all-linear" if target == "all" else target)
+    r.copy("use_dora", "dora", bool)
+    if r.has("freeze_trainable_layers"):
+        n = r.typed("freeze_trainable_layers", int)
+        if n < 0:
+            note = "the first layers train; estimated as the last"
+            r.skip("freeze_trainable_layers", note, "freeze_trainable_layers")
+        r.set("freeze_trainable_layers", abs(n))
+    if str(data.get("freeze_trainable_modules") or "all") != "all":
+        r.skip("freeze_trainable_modules", "estimated as all modules of the trainable layers")
+    r.copy("cutoff_len", "seq", int)
+    r.copy("per_device_train_batch_size", "batch", int)
+    r.copy("gradient_accumulation_steps", "grad_accum", int)
+    pure, bf16, fp16 = (r.has(k) and r.typed(k, bool) for k in ("pure_bf16", "bf16", "fp16"))
+    if pure:
+        r.set("dtype", "bf16")
+        r.set("mixed_precision", "no")
+        if method in ("lora", "qlora"):
+            r.skip("pure_bf16", "LoRA weights kept in bf16; estimated in fp32", "dtype")
+    else:
+        if bf16 or fp16:
+            r.set("mixed_precision", "bf16" if bf16 else "fp16")
+            r.set("dtype", "bf16" if bf16 else "fp16")  # model_args.compute_dtype: the load dtype
+        else:
+            r.default("mixed_precision", "no")
+        if method == "full":
+            r.set("dtype", "fp32")
+        elif method == "freeze":
+            r.unmodeled.append(Unmodeled("finetuning_type", "freeze", "fp32 upcast of trainable layers"))
+    if r.has("optim"):
+        r.optim("optim")
+    if r.has("flash_attn"):
+        fa = str(data["flash_attn"])
+        if fa == "fa3":
+            r.skip("flash_attn", "estimated as flash_attention_2", "attn")
+        elif fa not in _LF_ATTN:
+            raise did_you_mean(fa, (*_LF_ATTN, "fa3"), "flash_attn", path)
+        r.set("attn", _LF_ATTN.get(fa, "flash_attention_2"))
+    if r.has("disable_gradient_checkpointing"):
+        r.set("grad_ckpt", not r.typed("disable_gradient_checkpointing", bool))
+    r.skip_ifis_set(_LF_UNMODELED)
+    for setting, value in _LF_DEFAULTS:
+        r.default(setting, value)
+    return r.done("llamafactory", data.get("model_name_or_path"))
+
+
+# ---------------------------------------------------------------- axolotl

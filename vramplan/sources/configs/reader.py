@@ -1,0 +1,142 @@
+"""One training file being read: `Reader` collects resolve_train keywords, their sources and the keys not
+modelled; `FileSettings` is what a reader returns."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from vramplan.errors import VramplanError
+from vramplan.spec import OPTIM_ALIASES, OPTIMIZERS
+
+Format = Literal["llamafactory", "axolotl", "training_args", "peft_adapter", "model_config"]
+
+
+@dataclass(frozen=True, slots=True)
+class Unmodeled:
+    """A file setting the estimate does not model. `affects`: the resolve_train keyword it bears on ("" if
+    none); a flag that sets that keyword makes the entry moot."""
+
+    key: str
+    value: str
+    note: str = ""
+    affects: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value}" + (f" ({self.note})" if self.note else "")
+
+
+@dataclass(frozen=True, slots=True)
+class FileSettings:
+    """One file read: resolve_train keywords, where each came from (`file:<path>` or `default:<tool>`)."""
+
+    path: str
+    format: Format
+    settings: Mapping[str, Any]
+    sources: Mapping[str, str]
+    not_modeled: tuple[Unmodeled, ...]
+    model: str | None
+
+
+def shown_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (bool, list, dict)) else str(value)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def is_set(value: Any) -> bool:
+    """YAML's `key:` (None), false and empty collections mean the option is off."""
+    return value not in (None, False, "", [], {})
+
+
+class Reader:
+    """Collects one file's settings; `tool` names the program whose defaults fill keys the file leaves out."""
+
+    def __init__(self, data: Mapping[str, Any], path: str, tool: str) -> None:
+        self.data, self.path, self.tool = data, path, tool
+        self.settings: dict[str, Any] = {}
+        self.sources: dict[str, str] = {}
+        self.unmodeled: list[Unmodeled] = []
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def set(self, setting: str, value: Any) -> None:
+        self.settings[setting] = value
+        self.sources[setting] = f"file:{self.path}"
+
+    def default(self, setting: str, value: Any) -> None:
+        if setting not in self.settings:
+            self.settings[setting] = value
+            self.sources[setting] = f"default:{self.tool}"
+
+    def typed(self, key: str, kind: type) -> Any:
+        v = self.data[key]
+        if kind is bool:
+            if isinstance(v, bool) or v in (0, 1):
+                return bool(v)
+            if str(v).lower() in ("true", "false"):
+                return str(v).lower() == "true"
+        elif kind is int and not isinstance(v, bool):
+            if isinstance(v, int) or (isinstance(v, float) and v.is_integer()):
+                return int(v)
+            if isinstance(v, str) and re.fullmatch(r"-?[0-9]{1,18}", v.strip()):  # ASCII digits only ('²')
+                return int(v)
+        elif kind is float and not isinstance(v, bool):
+            try:
+                return float(v)
+            except (TypeError, ValueError):
+                pass
+        what = {bool: "true or false", int: "an integer", float: "a number"}[kind]
+        raise VramplanError(f"{self.path}: {key} must be {what}, got {v!r}")
+
+    def copy(self, key: str, setting: str, kind: type) -> None:
+        if self.has(key):
+            self.set(setting, self.typed(key, kind))
+
+    def skip(self, key: str, note: str = "", affects: str = "") -> None:
+        self.unmodeled.append(Unmodeled(key, shown_value(self.data.get(key)), note, affects))
+
+    def skip_ifis_set(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            if is_set(self.data.get(key)):
+                self.skip(key)
+
+    def optim(self, key: str) -> None:
+        name = str(self.data[key])
+        name = {"adamw_hf": "adamw_torch", "adamw_apex_fused": "adamw_torch"}.get(name, name)
+        if OPTIM_ALIASES.get(name, name) in OPTIMIZERS:
+            self.set("optim", name)
+        else:
+            self.skip(key, "optimizer not modeled; estimated with --optim", "optim")
+
+    def quantization_config(self, qc: Mapping[str, Any]) -> None:
+        """transformers' `quantization_config` (BitsAndBytesConfig.to_dict(); GPTQ/AWQ/... by their bits)."""
+        method = str(qc.get("quant_method") or "bitsandbytes").lower()
+        if method == "bitsandbytes":
+            if qc.get("load_in_4bit"):
+                quant = qc.get("bnb_4bit_quant_type") or "fp4"  # BitsAndBytesConfig's default
+                self.set("quant", str(quant))
+                self.set("double_quant", bool(qc.get("bnb_4bit_use_double_quant")))
+            elif qc.get("load_in_8bit"):
+                self.set("quant", "int8")
+            return
+        bits = qc.get("bits") or qc.get("w_bit") or (8 if method == "fp8" else None)
+        approx = {4: "nf4", 8: "int8"}.get(bits) if isinstance(bits, int) else None
+        self.unmodeled.append(
+            Unmodeled(
+                "quantization_config.quant_method", method,
+                f"estimated as bitsandbytes {approx}" if approx else "estimated unquantized", "quant",
+            )
+        )  # fmt: skip
+        if approx:
+            self.set("quant", approx)
+            self.set("double_quant", False)
+
+    def done(self, fmt: Format, model: Any) -> FileSettings:
+        return FileSettings(
+            self.path, fmt, dict(self.settings), dict(self.sources), tuple(self.unmodeled),
+            str(model) if is_set(model) else None,
+        )  # fmt: skip

@@ -1,0 +1,237 @@
+"""The hand-modelled families (SUPPORTED_MODEL_TYPES): a ModelSpec built from a Hugging Face config.json.
+
+The module layout each family gets mirrors what transformers 5.24 builds (modeling_<family>.py), so parameter
+counts are exact and LoRA / bitsandbytes targeting sees the same `nn.Linear` names as PEFT and transformers do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from vramplan.errors import VramplanError
+from vramplan.spec.fields import config_bool, config_int, config_names, config_str
+from vramplan.spec.model import HEAD_DIM_DEFAULTS, SUPPORTED_MODEL_TYPES, LinearSpec, ModelSpec, ParamSpec
+
+
+def _req(cfg: Mapping[str, Any], key: str, name: str) -> int:
+    """A required shape field: an integer in its range (vramplan.spec.fields.SHAPE_LIMITS)."""
+    return config_int(cfg, key, name)
+
+
+def text_config(cfg: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    inner = cfg.get("text_config")
+    if inner is not None and not isinstance(inner, Mapping):
+        raise VramplanError(f"model config {name!r}: text_config must be a JSON object, got {type(inner).__name__}")
+    return {**inner, "model_type": inner.get("model_type", cfg.get("model_type"))} if inner else cfg
+
+
+def _check_shapes(m: ModelSpec) -> ModelSpec:
+    """Relations between fields that transformers needs to build the model (modeling_llama.py `repeat_kv`:
+    num_key_value_groups = heads // kv_heads; the MoE router picks top-k of the experts)."""
+    if m.num_attention_heads % m.num_key_value_heads:
+        raise VramplanError(
+            f"model config {m.name!r}: num_attention_heads {m.num_attention_heads} is not a multiple of "
+            f"num_key_value_heads {m.num_key_value_heads}; fix the config.json"
+        )
+    if m.num_experts_per_tok > m.num_local_experts > 0:
+        raise VramplanError(
+            f"model config {m.name!r}: num_experts_per_tok {m.num_experts_per_tok} exceeds num_local_experts "
+            f"{m.num_local_experts}; fix the config.json"
+        )
+    if m.head_dim < 1:
+        raise VramplanError(
+            f"model config {m.name!r}: hidden_size {m.hidden_size} is smaller than num_attention_heads "
+            f"{m.num_attention_heads} (head_dim would be 0); set head_dim or fix the config.json"
+        )
+    return m
+
+
+def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
+    """The ModelSpec of a hand-modelled family (SUPPORTED_MODEL_TYPES) from a Hugging Face `config.json`
+    mapping (the keys transformers reads); every field it reads is type- and range-checked
+    (vramplan.spec.fields). Any family: `vramplan.spec.config.model_spec_from_config`."""
+    cfg = text_config(cfg, name)
+    mt = config_str(cfg, "model_type", name)
+    if mt not in SUPPORTED_MODEL_TYPES:
+        raise VramplanError(f"model config {name!r}: model_type {mt!r} is not hand-modelled")
+    if mt in ("gpt_neox", "bloom"):
+        return _check_shapes(_neox_like(cfg, name, mt))
+    if mt == "phi":
+        return _check_shapes(_phi(cfg, name))
+    if mt in ("qwen2", "qwen3"):
+        config_int(cfg, "max_window_layers", name, default=28, low=0)  # read by kvcache.layer_windows
+    return _check_shapes(_llama_like(cfg, name, mt))
+
+
+# transformers 5.24 config classes' default `hidden_act` where it is not SiLU
+DEFAULT_ACT = {"phi": "gelu_new", "gpt_neox": "gelu", "bloom": "bloom_gelu", "gemma": "gelu_pytorch_tanh",
+               "gemma2": "gelu_pytorch_tanh"}  # fmt: skip
+
+
+def _common(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> dict[str, Any]:
+    kv = config_int(cfg, "num_key_value_heads", name, default=heads)
+    head_dim = config_int(cfg, "head_dim", name, default=HEAD_DIM_DEFAULTS.get(cfg.get("model_type", ""), h // heads))
+    return {
+        "name": name,
+        "hidden_size": h,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "head_dim": head_dim,
+        "vocab_size": _req(cfg, "vocab_size", name),
+        "max_position_embeddings": config_int(
+            cfg, "max_position_embeddings", name, default=config_int(cfg, "seq_length", name, default=2048)
+        ),
+        # Gemma2Config defaults: attn_logit_softcapping 50.0, final_logit_softcapping 30.0
+        "attn_softcap": cfg.get("model_type") == "gemma2" and cfg.get("attn_logit_softcapping", 50.0) is not None,
+        "final_softcap": cfg.get("model_type") == "gemma2" and cfg.get("final_logit_softcapping", 30.0) is not None,
+        "hidden_act": config_str(
+            cfg,
+            "hidden_activation",
+            name,
+            config_str(cfg, "hidden_act", name, DEFAULT_ACT.get(cfg["model_type"], "silu")),
+        ),
+        "config": dict(cfg),
+    }
+
+
+def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
+    h = _req(cfg, "hidden_size", name)
+    heads = _req(cfg, "num_attention_heads", name)
+    c = _common(cfg, name, h, heads)
+    inter = _req(cfg, "intermediate_size", name)
+    layers = _req(cfg, "num_hidden_layers", name)
+    q, kv = heads * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
+    qkv_bias = True if mt == "qwen2" else config_bool(cfg, "attention_bias", name, False)
+    o_bias = False if mt == "qwen2" else config_bool(cfg, "attention_bias", name, False)
+    mlp_bias = config_bool(cfg, "mlp_bias", name, False)
+    if mt == "phi3":
+        attn = (
+            LinearSpec("qkv_proj", h, q + 2 * kv, False, "attn"),
+            LinearSpec("o_proj", q, h, False, "attn"),
+        )
+    else:
+        attn = (
+            LinearSpec("q_proj", h, q, qkv_bias, "attn"),
+            LinearSpec("k_proj", h, kv, qkv_bias, "attn"),
+            LinearSpec("v_proj", h, kv, qkv_bias, "attn"),
+            LinearSpec("o_proj", q, h, o_bias, "attn"),
+        )
+    other: tuple[ParamSpec, ...] = ()
+    experts = top_k = 0
+    if mt == "mixtral":
+        # transformers 5 MixtralExperts: gate_up_proj (E, 2I, H) and down_proj (E, H, I) as nn.Parameter,
+        # MixtralTopKRouter.weight (E, H): no nn.Linear in the MoE block (modeling_mixtral.py, 5.24).
+        experts = _req(cfg, "num_local_experts", name)
+        top_k = config_int(cfg, "num_experts_per_tok", name, default=2)
+        other = (
+            ParamSpec("gate.weight", (experts, h), ("gate",)),
+            ParamSpec("gate_up_proj", (experts, 2 * inter, h), ("w1", "w3")),
+            ParamSpec("down_proj", (experts, h, inter), ("w2",)),
+        )
+        mlp: tuple[LinearSpec, ...] = ()
+        mlp_kind = "moe"
+    elif mt == "phi3":
+        mlp = (
+            LinearSpec("gate_up_proj", h, 2 * inter, False, "mlp"),
+            LinearSpec("down_proj", inter, h, False, "mlp"),
+        )
+        mlp_kind = "gated_fused"
+    else:
+        mlp = (
+            LinearSpec("gate_proj", h, inter, mlp_bias, "mlp"),
+            LinearSpec("up_proj", h, inter, mlp_bias, "mlp"),
+            LinearSpec("down_proj", inter, h, mlp_bias, "mlp"),
+        )
+        mlp_kind = "gated"
+    tie_default = mt in ("gemma", "gemma2")
+    layer_types = config_names(cfg, "layer_types", name, layers) if cfg.get("layer_types") else ()
+    return ModelSpec(
+        model_type=mt,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        tie_word_embeddings=config_bool(cfg, "tie_word_embeddings", name, tie_default),
+        linears=attn + mlp,
+        norm="rms",
+        norms_per_layer=4 if mt == "gemma2" else 2,
+        head_norm_params=2 * c["head_dim"] if mt == "qwen3" else 0,
+        moe_params=other,
+        mlp=mlp_kind,
+        num_local_experts=experts,
+        num_experts_per_tok=top_k,
+        sliding_window=(
+            config_int(cfg, "sliding_window", name, default=None)
+            if config_bool(cfg, "use_sliding_window", name, True)
+            else None
+        ),
+        layer_types=layer_types,
+        **c,
+    )
+
+
+def _neox_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
+    if mt == "bloom":
+        h = config_int(cfg, "hidden_size", name, default=None) or _req(cfg, "n_embed", name)
+        heads = config_int(cfg, "n_head", name, default=None) or _req(cfg, "num_attention_heads", name)
+        layers = config_int(cfg, "n_layer", name, default=None) or _req(cfg, "num_hidden_layers", name)
+        inter = 4 * h
+        tie = config_bool(cfg, "tie_word_embeddings", name, True)
+    else:
+        h = _req(cfg, "hidden_size", name)
+        heads = _req(cfg, "num_attention_heads", name)
+        layers = _req(cfg, "num_hidden_layers", name)
+        inter = _req(cfg, "intermediate_size", name)
+        tie = config_bool(cfg, "tie_word_embeddings", name, False)
+    c = _common({**cfg, "num_key_value_heads": None, "head_dim": None}, name, h, heads)
+    bias = config_bool(cfg, "attention_bias", name, True) if mt == "gpt_neox" else True
+    return ModelSpec(
+        model_type=mt,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        tie_word_embeddings=tie,
+        linears=(
+            LinearSpec("query_key_value", h, 3 * h, bias, "attn"),
+            LinearSpec("dense", h, h, bias, "attn"),
+            LinearSpec("dense_h_to_4h", h, inter, True, "mlp"),
+            LinearSpec("dense_4h_to_h", inter, h, True, "mlp"),
+        ),
+        norm="layer",
+        norms_per_layer=2,
+        embed_norm=mt == "bloom",
+        mlp="plain",
+        parallel_residual=config_bool(cfg, "use_parallel_residual", name, True) if mt == "gpt_neox" else False,
+        **c,
+    )
+
+
+def _phi(cfg: Mapping[str, Any], name: str) -> ModelSpec:
+    h = _req(cfg, "hidden_size", name)
+    heads = _req(cfg, "num_attention_heads", name)
+    c = _common(cfg, name, h, heads)
+    inter = _req(cfg, "intermediate_size", name)
+    q, kv = heads * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
+    qk_ln = config_bool(cfg, "qk_layernorm", name, False)
+    return ModelSpec(
+        model_type="phi",
+        intermediate_size=inter,
+        num_hidden_layers=_req(cfg, "num_hidden_layers", name),
+        tie_word_embeddings=config_bool(cfg, "tie_word_embeddings", name, False),
+        linears=(
+            LinearSpec("q_proj", h, q, True, "attn"),
+            LinearSpec("k_proj", h, kv, True, "attn"),
+            LinearSpec("v_proj", h, kv, True, "attn"),
+            LinearSpec("dense", q, h, True, "attn"),
+            LinearSpec("fc1", h, inter, True, "mlp"),
+            LinearSpec("fc2", inter, h, True, "mlp"),
+        ),
+        norm="layer",
+        norms_per_layer=1,
+        head_norm_params=2 * 2 * c["head_dim"] if qk_ln else 0,
+        lm_head_bias=True,
+        mlp="plain",
+        parallel_residual=True,
+        **c,
+    )
+
+
+# ---------------------------------------------------------------- the training step
