@@ -24,6 +24,7 @@ from vramplan.spec import (
     resolve_lora_target,
     resolve_train,
 )
+from vramplan.spec.architectures import known_types
 
 # PEFT warns that the gate_up_proj rank/alpha pattern matched no *module*; it does apply to the parameter
 # (the counts below check the doubled rank).
@@ -118,16 +119,42 @@ def _text_model_type(cfg: dict[str, Any]) -> str:
 
 
 ESTIMATED = [n for n in builtin_model_names() if _text_model_type(_builtin_config(n)) in SUPPORTED_MODEL_TYPES]
-# Profiles kept as config data for a model type the estimator does not build yet (gemma3, qwen3_moe, gpt_oss...)
-PENDING = [n for n in builtin_model_names() if n not in ESTIMATED]
+# Profiles of a model type the generic path counts (spec/generic.py: gemma3, qwen3_moe, gpt_oss...)
+PENDING = [
+    n for n in builtin_model_names() if n not in ESTIMATED and _text_model_type(_builtin_config(n)) in known_types()
+]
+# Profiles kept as config data for a model type vramplan cannot estimate yet (qwen3_5, gemma4, nemotron_h...)
+CONFIG_ONLY = [n for n in builtin_model_names() if n not in ESTIMATED and n not in PENDING]
+# Model types whose generic count differs from transformers' today: an xfail that must start passing (strict)
+# once spec/generic.py counts them, so the marker cannot outlive the bug.
+GENERIC_MISCOUNTS = {
+    "llama4_text": "the generic path counts 15.3 of Llama 4 Scout's 107.8 B parameters (routed experts left out)",
+    "deepseek_v2": "the generic path counts 16.25 of DeepSeek-V2-Lite's 15.75 B parameters",
+}
+
+
+def _pending_param(name: str) -> Any:
+    why = GENERIC_MISCOUNTS.get(_text_model_type(_builtin_config(name)))
+    return pytest.param(name, marks=pytest.mark.xfail(reason=why, strict=True)) if why else name
 
 
 @pytest.mark.parametrize("name", ESTIMATED)
 def test_builtin_model_counts_match_transformers(name: str) -> None:
-    _assert_counts_match(_builtin_config(name), name)
+    """A vision-language wrapper (mistral3 around a mistral text model) is held to its text model, the part
+    ModelSpec counts; its vision tower and projector are not counted yet (issue 13 item 5)."""
+    cfg = _builtin_config(name)
+    if "text_config" in cfg:
+        from transformers import AutoConfig
+
+        text = AutoConfig.for_model(**cfg).get_text_config()
+        assert (
+            model_spec_from_config(cfg, name).total_params == model_spec_from_config(text.to_dict(), name).total_params
+        )
+        cfg = text.to_dict()
+    _assert_counts_match(cfg, name)
 
 
-@pytest.mark.parametrize("name", PENDING)
+@pytest.mark.parametrize("name", [_pending_param(n) for n in PENDING])
 def test_generic_profile_is_a_valid_config_with_exact_counts(name: str) -> None:
     """transformers' config class takes the profile as it is; the generic path (spec/generic.py) counts its
     text model exactly: `from_config` of the text config on the meta device."""
@@ -146,6 +173,29 @@ def test_generic_profile_is_a_valid_config_with_exact_counts(name: str) -> None:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(text)
     assert spec.total_params == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", CONFIG_ONLY)
+def test_config_only_profile_is_a_config_transformers_builds(name: str) -> None:
+    """A profile vramplan cannot estimate yet is still transformers' own config: its config class takes every
+    key, the text model builds from it on the meta device, and vramplan refuses it in one line."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    cfg = _builtin_config(name)
+    text = AutoConfig.for_model(**cfg).get_text_config()
+    declared = cfg.get("text_config") or cfg
+    assert text.model_type == _text_model_type(cfg)
+    for key in ("num_hidden_layers", "hidden_size", "vocab_size"):
+        if key in declared:
+            assert getattr(text, key) == declared[key], key
+    # a VLM's text config with no causal-LM class of its own (qwen3_vl_text) builds as the bare text model
+    auto = AutoModelForCausalLM if type(text) in AutoModelForCausalLM._model_mapping else AutoModel
+    with torch.device("meta"):
+        model = auto.from_config(text)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    with pytest.raises(VramplanError, match="unknown model_type"):
+        model_spec_from_config(cfg, name)
 
 
 @pytest.mark.parametrize("family", sorted(TINY_CONFIGS))

@@ -8,6 +8,7 @@ the values transformers / PEFT wrote. No test touches the network: HF_HUB_OFFLIN
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -336,6 +337,17 @@ def test_without_from_nothing_changes():
         ("TechxGenus/Meta-Llama-3-8B-Instruct-AWQ", "llama-3-8b"),
         ("ISTA-DASLab/Meta-Llama-3-8B-Instruct-AQLM-2Bit-1x16", "llama-3-8b"),
         ("unsloth/Qwen3-8B-unsloth-bnb-4bit", "qwen3-8b"),
+        ("mistral-community/Mixtral-8x22B-v0.1", "mixtral-8x22b"),  # the real-config examples' mirror
+        ("mistralai/Mistral-Nemo-Instruct-2407", "mistral-nemo"),  # the profile is the Base-2407 checkpoint
+        ("HuggingFaceTB/SmolLM3-3B-Base", "smollm3-3b"),
+        ("Qwen/Qwen3.5-35B-A3B-Base", "qwen3.5-35b-a3b"),
+        ("axolotl-ai-co/gpt-oss-120b-dequantized", "gpt-oss-120b"),  # a dtype word
+        ("hugging-quants/Meta-Llama-3.1-405B-BNB-NF4-BF16", "llama-3.1-405b"),  # pre-quantized
+        ("axolotl-quants/Llama-4-Scout-17B-16E-Linearized-bnb-nf4-bf16", "llama-4-scout-17b-16e"),  # an alias
+        ("meta-llama/Llama-4-Scout-17B-16E", "llama-4-scout-17b-16e"),  # the base of the Instruct profile
+        ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", "nemotron-3-nano-30b-a3b"),
+        ("deepseek-ai/DeepSeek-V3-0324", None),  # a later checkpoint: its config.json was not compared
+        ("Qwen/Qwen3-235B-A22B-Instruct-2507", None),  # 2507: another context length than Qwen3-235B-A22B
         ("someone/llama-3-8b-sft", None),  # a fine-tune's name is not a variant of the base
     ],
 )
@@ -363,9 +375,11 @@ def test_every_profile_resolves_from_its_own_repo_and_aliases():
     for name in builtin_model_names():
         meta = find_model_config(name).config["vramplan_profile"]
         assert {"display_name", "repo", "revision", "source"} <= set(meta), name
-        assert "huggingface.co/" in meta["source"], name  # the checkpoint's config.json is named
+        assert f"huggingface.co/{meta['repo']}/blob/main/config.json" in meta["source"], name  # the file copied
         if meta["revision"] != "main":
-            assert meta["source"].startswith("Reconstructed"), name
+            assert meta["source"].startswith("Reconstructed ("), name  # and says from what
+        else:  # a verbatim copy names the public file it was taken from: repository, path, commit
+            assert re.match(r"[\w.-]+/[\w.-]+ \S+ @ [0-9a-f]{12}\b", meta["copied_from"]), name
         for repo in (meta["repo"], *meta.get("aliases", ())):
             assert builtin_for_repo(repo) == name, repo
 
