@@ -107,7 +107,7 @@ def compare(a_path: str, b_path: str) -> int:
         fa, fb = _figures(normalize(ra["out"])), _figures(normalize(rb["out"]))
         if ra["exit"] != rb["exit"] or fa != fb:
             bad += 1
-            diff = sorted(set(fa.items()) ^ set(fb.items()))[:6]
+            diff = sorted(set(fa.items()) ^ set(fb.items()), key=str)[:6]
             print(f"differs: {' '.join(ra['cmd'])}  exit {ra['exit']}->{rb['exit']}  {diff}")
     print(f"{len(a)} commands, {bad} differ")
     return 1 if bad else 0

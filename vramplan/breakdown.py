@@ -125,8 +125,17 @@ class PeakAccounting:
         return self.peak_bytes + self.allocator_overhead_bytes
 
     @property
+    def allocator_need_bytes(self) -> int:
+        """What the caching allocator must be able to get beyond the tensor peak for the step to run (it frees
+        cached segments and retries before an out-of-memory error); a training Breakdown models it, other
+        results take the whole slack."""
+        return self.allocator_overhead_bytes
+
+    @property
     def device_bytes(self) -> int:
-        return self.reserved_bytes + self.cuda_context_bytes
+        """The least device memory the step runs on: tensor peak + the allocator's need + CUDA context. With
+        room to spare the process holds up to `reserved_bytes` + the context (nvidia-smi)."""
+        return self.peak_bytes + self.allocator_need_bytes + self.cuda_context_bytes
 
     @property
     def headroom_bytes(self) -> int | None:
@@ -157,8 +166,9 @@ class Breakdown(PeakAccounting):
     """Peak memory of one steady-state training step, where it goes, and whether it fits.
 
     `peak_bytes` is the tensor-level peak (`torch.cuda.max_memory_allocated`); `reserved_bytes` adds the
-    caching allocator's slack (`max_memory_reserved`); `device_bytes` adds the CUDA context (what nvidia-smi
-    shows). Paged (CUDA managed) optimizer states are outside all three and reported as `paged_bytes`.
+    caching allocator's slack (`max_memory_reserved`); `device_bytes` is the least device memory the step runs
+    on (the peak, what the allocator must be able to get beyond it, the CUDA context): the verdict compares
+    it with the GPU. Paged (CUDA managed) optimizer states are outside all three and reported as `paged_bytes`.
     Built only by `vramplan.estimator.build` (`build_breakdown`, `measured_breakdown`).
 
     Inputs, typed: `train` (the resolved step), `gpu` (its gpus.toml key, "local", or the CUDA device a
@@ -181,8 +191,50 @@ class Breakdown(PeakAccounting):
     approximation: Approximation | None = None  # a generic family (spec/generic.py): its band is in `overheads`
 
     @property
+    def allocator(self):
+        """The estimator's caching-allocator model for this step (`vramplan.estimator.allocator_slack`)."""
+        from vramplan.estimator.allocator_slack import allocator_slack
+        from vramplan.spec.alloc_conf import parse_alloc_conf
+
+        return allocator_slack(self.peak_shape, parse_alloc_conf(self.train.alloc_conf))
+
+    @property
+    def peak_shape(self):
+        """The peak phase as the allocator model reads it (`vramplan.estimator.allocator_slack.PeakShape`)."""
+        from vramplan.estimator.allocator_slack import PeakShape
+
+        c = self.components
+        return PeakShape(c.total, c.logits, c.activations, self.train.grad_ckpt)
+
+    @property
     def allocator_overhead_bytes(self) -> int:
-        return self.overheads.allocator_bytes(self.peak_bytes)
+        """max_memory_reserved − tensor peak (+ cuBLAS workspace): measured or replayed, a calibration's ratio,
+        else the allocator model's prediction."""
+        o = self.overheads
+        if o.measured or o.calibrated_ratio:
+            return o.allocator_bytes(self.peak_bytes)
+        from vramplan.estimator.overhead import CUBLAS_WORKSPACE_BYTES
+
+        return self.allocator.reserved_bytes + CUBLAS_WORKSPACE_BYTES
+
+    @property
+    def allocator_need_bytes(self) -> int:
+        o = self.overheads
+        if o.measured_need_bytes is not None:
+            return o.measured_need_bytes
+        if o.measured:
+            return o.allocator_bytes(self.peak_bytes)
+        from vramplan.estimator.overhead import CUBLAS_WORKSPACE_BYTES
+
+        return min(self.allocator.need_bytes + CUBLAS_WORKSPACE_BYTES, self.allocator_overhead_bytes)
+
+    @property
+    def error_band(self) -> float:
+        """The `tight` band: measured, calibrated or replayed figures carry their own; an estimate adds the
+        allocator model's error to the tensor peak's (`estimator.overhead.tight_band`)."""
+        from vramplan.estimator.overhead import error_band
+
+        return error_band(self.overheads, self.train.alloc_conf)
 
     @property
     def all_notes(self) -> tuple[str, ...]:

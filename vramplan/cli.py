@@ -287,14 +287,26 @@ def _harness(command: str):
 
 
 def _measured(r, estimate_b, as_json: bool) -> None:
+    from vramplan.estimator.allocator_slack import allocator_slacks
+
+    summary = r.allocator_summary()
+    modelled = allocator_slacks(estimate_b.peak_shape)
     if as_json:
+        from vramplan.report.allocator import allocator_json
         from vramplan.report.measure import measurement_json
 
-        click.echo(json.dumps(measurement_json(r, estimate_b)))
+        out = measurement_json(r, estimate_b)
+        if summary is not None:
+            out["allocator_replays"] = allocator_json(summary, modelled, r.cuda)
+        click.echo(json.dumps(out))
         return
+    from vramplan.report.allocator import render_allocator
     from vramplan.report.measure import render_measurement
 
-    render_measurement(r, estimate_b, _console())
+    console = _console()
+    render_measurement(r, estimate_b, console)
+    if summary is not None:
+        render_allocator(summary, modelled, estimate_b.peak_bytes, console, r.cuda)
 
 
 @main.command()
@@ -344,9 +356,10 @@ def measure(
     estimate_b = run_estimate(m, gpu=g, train=t)
     _measured(r, estimate_b, as_json)  # shown first: a store that cannot be written loses nothing on screen
     if save and r.oom is None:
+        from vramplan.measure.cuda_run import run_record
         from vramplan.trust.calibration import append_run
 
-        record = harness.run_record(r, estimate_b)
+        record = run_record(r, estimate_b)
         try:
             path = append_run(record, store)
         except VramplanError as e:

@@ -70,6 +70,12 @@ def train_options(f: Callable) -> Callable:
             show_default=True,
             help="freeze: train the last N layers",
         ),
+        click.option(
+            "--alloc-conf",
+            default=None,
+            metavar="CONF",
+            help="PYTORCH_CUDA_ALLOC_CONF to plan for, e.g. expandable_segments:True [torch's defaults]",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -79,7 +85,7 @@ def train_options(f: Callable) -> Callable:
 TRAIN_KEYS = (
     "method", "dtype", "mixed_precision", "quant", "double_quant", "kbit_prep", "batch", "seq", "grad_accum",
     "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "dora", "optim", "grad_ckpt", "attn",
-    "freeze_trainable_layers",
+    "freeze_trainable_layers", "alloc_conf",
 )  # fmt: skip
 
 

@@ -116,6 +116,17 @@ def test_simulate_lora_7b_on_fake_tensors() -> None:
     assert d["device"] == "fake"
     gib = 1024**3
     assert 16 * gib < d["peak_bytes"] < 18 * gib  # 12.6 GiB bf16 weights + 3.7 GiB activations + adapters
+    # the allocator replayed on the traced sequence: three settings, each at or above the tensor peak, and the
+    # simulated Breakdown's reserved figure is the default replay's (+ the 32 MiB cuBLAS workspace, untraced)
+    replay = d["allocator_replays"]["replay"]
+    assert set(replay) == {"default", "default, from_pretrained(device_map) load", "expandable_segments:True"}
+    for f in replay.values():
+        assert f["tensor_peak_bytes"] == d["peak_bytes"]
+        assert d["peak_bytes"] <= f["max_memory_allocated"] <= f["max_memory_reserved"]
+        assert f["min_free_bytes"] <= f["max_memory_reserved"]
+    cublas = 8 * 4 * 1024**2 + 8 * 16 * 1024  # CUBLAS_WORKSPACE_CONFIG ":4096:8" + ":16:8"
+    assert d["reserved_bytes"] == replay["default"]["max_memory_reserved"] + cublas
+    assert set(d["allocator_replays"]["estimate"]) == {"default", "expandable_segments:True"}
 
 
 @pytest.mark.slow

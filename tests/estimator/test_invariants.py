@@ -53,11 +53,11 @@ def test_steady_state_step(model, cfg, grad_accum):
     assert opt.activations == opt.logits == 0  # the step runs after backward freed the graph
     # forward holds gradients only when earlier micro-batches left theirs (zero_grad(set_to_none) after the step)
     assert fwd.gradients == (opt.gradients if grad_accum > 1 else 0)
-    # the overhead model of estimator/overhead.py, no calibration stored (conftest isolates the store):
-    # caching allocator 10 % of the peak + cuBLAS workspace 8 × 4 MiB + 8 × 16 KiB; CUDA context 450 MiB
+    # the overhead model of estimator/overhead.py, no calibration stored (conftest isolates the store): the
+    # caching allocator's modelled slack + cuBLAS workspace 8 × 4 MiB + 8 × 16 KiB; CUDA context 450 MiB
     slack = b.reserved_bytes - b.peak_bytes - (8 * 4 * MIB + 8 * 16 * 1024)
-    assert abs(slack - b.peak_bytes // 10) <= 1  # int(peak · 0.10) in floating point
-    assert b.device_bytes - b.reserved_bytes == 450 * MIB
+    assert 0 <= slack <= b.peak_bytes // 2  # no replay of the grid reserved more than 1.5 × its peak
+    assert b.device_bytes - b.peak_bytes - b.allocator_need_bytes == 450 * MIB
 
 
 @settings(max_examples=60, deadline=None)
@@ -76,6 +76,16 @@ def test_cheaper_methods_hold_less(model, cfg):
     assert lo.trainable + lo.gradients + lo.optimizer_states < fu.trainable + fu.gradients + fu.optimizer_states
     assert q.weights + q.quant_state < lo.weights
     assert qlora.params_trainable == lora.params_trainable  # the same adapters on other base weights
+
+
+@settings(max_examples=60, deadline=None)
+@given(model=st.sampled_from(MODELS), cfg=configs)
+def test_device_total_sits_between_peak_and_reserved(model, cfg):
+    """The verdict's device total: the peak, what the allocator must get beyond it (never more than it reserves
+    with room to spare: release-and-retry only lowers it) and the CUDA context."""
+    b = estimate(model, **cfg)
+    assert b.reserved_bytes > b.peak_bytes
+    assert b.peak_bytes < b.device_bytes - b.cuda_context_bytes <= b.reserved_bytes
 
 
 def test_weights_order_qlora_lora_full():

@@ -237,6 +237,79 @@ def tiny_llama_events():
     return run_step(m, resolve_train(m, method="lora", seq=32, batch=2), device="cpu", steps=2)
 
 
+def test_tracker_records_allocations_frees_and_resizes():
+    import torch
+
+    from vramplan.measure.tracker import MemoryTracker
+
+    tracker = MemoryTracker(device_type="cpu", record_events=True)
+    with tracker:
+        x = torch.empty(3 * MiB, dtype=torch.uint8)
+        y = torch.empty(5 * MiB, dtype=torch.uint8)
+        del x
+        y.resize_(6 * MiB)  # a new 6 MiB storage, then the 5 MiB one freed (resize_bytes_cuda's order)
+    assert tracker.events is not None
+    kinds = [(op, nbytes) for op, _, nbytes in tracker.events]
+    assert kinds == [(ALLOC, 3 * MiB), (ALLOC, 5 * MiB), (FREE, 0), (ALLOC, 6 * MiB), (FREE, 0)]
+    ids = [key for _, key, _ in tracker.events]
+    assert ids[2] == ids[0]  # the frees name the storages allocated first
+    assert ids[4] == ids[1]
+    r = replay(tracker.events)
+    # 3 and 5 MiB split one 20 MiB segment; 6 MiB does not fit the freed 3 MiB block, best fit takes the 12 MiB
+    # remainder; at most 5 + 6 MiB are alive at once (the resize's new storage before the old one is freed)
+    assert r.stats.max_requested_bytes == 5 * MiB + 6 * MiB
+    assert r.stats.max_reserved_bytes == 20 * MiB
+    del y
+
+
+def test_tracker_keeps_no_events_unless_asked():
+    from vramplan.measure.tracker import MemoryTracker
+
+    assert MemoryTracker().events is None
+
+
+def test_tiny_llama_step_replays_to_the_tracked_peak(tiny_llama_events):
+    r = tiny_llama_events
+    figures = replay(r.events).stats
+    assert figures.max_requested_bytes == r.tracked.peak_bytes  # the event log carries the tracker's peak
+    assert r.tracked.peak_bytes <= figures.max_allocated_bytes <= figures.max_reserved_bytes
+    # the load: every registered tensor (weights, adapters) before the first step, allocations only
+    assert r.load_events > 0
+    assert all(op == ALLOC for op, _, _ in r.events[: r.load_events])
+    warm = r.allocator_figures(load_warmup=True)
+    assert warm.tensor_peak_bytes == r.tracked.peak_bytes
+
+
+@pytest.mark.slow
+def test_stored_replays_are_current():
+    """A grid row traced and replayed again gives the figures stored in tests/data/allocator/grid.jsonl (the
+    replay is deterministic; a change in the stack or the harness shows here first)."""
+    import json
+    from pathlib import Path
+
+    from tests.oracle.allocator_grid import label_of
+    from vramplan.measure.harness import simulate
+    from vramplan.measure.replay import allocator_figures
+    from vramplan.sources.profiles import load_model
+    from vramplan.spec import resolve_train
+
+    path = Path(__file__).resolve().parents[1] / "data" / "allocator" / "grid.jsonl"
+    stored = {r["label"]: r for r in map(json.loads, path.read_text().splitlines())}
+    name, opts = "llama-3.2-1b", {"method": "qlora", "grad_ckpt": True, "batch": 1, "seq": 512}
+    m = load_model(name)
+    r = simulate(m, resolve_train(m, **opts), steps=2)
+    row = stored[label_of(name, opts)]
+    assert r.breakdown.peak_bytes == row["tensor_peak_bytes"]
+    for config in (DEFAULT, EXPANDABLE):
+        f = allocator_figures(r.events, config)
+        want = row["replay"][config.label]
+        assert (f.max_allocated_bytes, f.max_reserved_bytes, f.min_limit_bytes) == (
+            want["max_allocated_bytes"],
+            want["max_reserved_bytes"],
+            want["min_limit_bytes"],
+        )
+
+
 @pytest.mark.slow
 def test_load_warmup_packs_the_weights_into_one_segment():
     from vramplan.measure.replay import with_load_warmup

@@ -13,8 +13,9 @@ import torch
 from tests.conftest import TINY_CONFIGS
 from vramplan.breakdown import Breakdown
 from vramplan.errors import VramplanError
-from vramplan.measure import harness
-from vramplan.measure.harness import MeasureResult, run_step, simulate
+from vramplan.measure import cuda_run, harness
+from vramplan.measure.harness import run_step, simulate
+from vramplan.measure.result import CudaFigures, MeasureResult
 from vramplan.spec import model_spec_from_config, resolve_train
 
 BF16, F32 = 2, 4
@@ -190,7 +191,7 @@ def test_cpu_refuses_big_models() -> None:
 
 def test_nvml_absent(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
-    assert harness.nvml_process_bytes() is None
+    assert cuda_run.nvml_process_bytes() is None
 
 
 def test_nvml_without_driver(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -200,7 +201,7 @@ def test_nvml_without_driver(monkeypatch: pytest.MonkeyPatch) -> None:
         raise pynvml.NVMLError(pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
 
     monkeypatch.setattr(pynvml, "nvmlInit", init)
-    assert harness.nvml_process_bytes() is None
+    assert cuda_run.nvml_process_bytes() is None
 
 
 @pytest.mark.gpu
@@ -269,8 +270,8 @@ def test_cuda_path_out_of_memory_cleans_up(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_cuda_figures_with_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
     _FakeCuda().install(monkeypatch)
-    monkeypatch.setattr(harness, "nvml_process_bytes", lambda index=0: 1 * _FakeCuda.GIB + 400 * 1024**2)
-    c = harness._cuda_figures()
+    monkeypatch.setattr(cuda_run, "nvml_process_bytes", lambda index=0: 1 * _FakeCuda.GIB + 400 * 1024**2)
+    c = cuda_run.cuda_figures()
     assert c.cuda_context_bytes == 400 * 1024**2  # NVML − memory_reserved, read together
     assert (c.max_memory_allocated, c.total_bytes) == (7 * _FakeCuda.GIB, 8 * _FakeCuda.GIB)
 
@@ -291,7 +292,7 @@ def test_run_record_round_trips_through_the_calibration_store(lora: MeasureResul
     from vramplan.trust.calibration import append_run, derive_from, read_runs
 
     gib = 1024**3
-    cuda = harness.CudaFigures(
+    cuda = CudaFigures(
         device_name="NVIDIA GeForce RTX 3060 Ti",
         total_bytes=8 * gib,
         max_memory_allocated=5 * gib,
@@ -300,8 +301,8 @@ def test_run_record_round_trips_through_the_calibration_store(lora: MeasureResul
         cuda_context_bytes=gib // 2,
     )
     with pytest.raises(VramplanError, match="ran on cpu"):
-        harness.run_record(lora)
-    record = harness.run_record(dataclasses.replace(lora, cuda=cuda), lora.breakdown)
+        cuda_run.run_record(lora)
+    record = cuda_run.run_record(dataclasses.replace(lora, cuda=cuda), lora.breakdown)
     append_run(record, tmp_path / "runs.jsonl")
     (run,) = read_runs(tmp_path / "runs.jsonl")
     assert run.gpu_key == "rtx-3060-ti"

@@ -235,7 +235,7 @@ def test_training_args_adapter_and_quantized_model():
         "lora_rank": file(ADAPTER), "lora_alpha": file(ADAPTER), "lora_dropout": file(ADAPTER),
         "lora_target": file(ADAPTER), "dora": file(ADAPTER),
         "dtype": "default", "kbit_prep": "default", "seq": "default", "attn": "default",
-        "freeze_trainable_layers": "default",
+        "freeze_trainable_layers": "default", "alloc_conf": "default",
     }  # fmt: skip
     assert i["model_config"] == config
     assert i["not_modeled"] == []

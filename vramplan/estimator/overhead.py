@@ -8,13 +8,15 @@
 - cuBLAS workspace: CUBLAS_WORKSPACE_CONFIG default ":4096:8" + ":16:8" (torch/cuda/__init__ docs,
   cuBLAS docs "cublasSetWorkspace"): 4 MiB × 8 + 16 KiB × 8 per handle/stream, allocated through the
   caching allocator (counted in memory_allocated since torch 2.3): ~32 MiB.
-- Caching allocator: reserved − allocated. Blocks round up to 512 B (small pool) / 2 MiB segments and large
-  blocks are split without returning memory (c10/cuda/CUDACachingAllocator.cpp), so reserved exceeds the
-  tensor peak by an amount that depends on the order of allocations. We model 10 % of the peak, a default
-  (not measured here) that a calibration from `measure --save` replaces.
+- Caching allocator: for a training step, `estimator/allocator_slack.py` predicts max_memory_reserved and the
+  least memory the allocator must get for the step to run (replays of traced steps through a model of
+  PyTorch's CUDA caching allocator, `vramplan/measure/allocator.py`, c10/cuda/CUDACachingAllocator.cpp); a
+  calibration's measured ratio (reserved / allocated − 1) replaces the predicted reserved figure; `simulate`
+  uses the replay itself. Serving with transformers keeps a flat 10 % of the peak (`ALLOCATOR_OVERHEAD_RATIO`).
 - Error band: ±6 %, a chosen margin for the overheads above, which are defaults until calibrated; the tensor
-  peak itself is within 1.3 % of the traced step (docs/accuracy.md). `tight` means within 6 % of the GPU's
-  memory until calibration.
+  peak itself is within 1.3 % of the traced step (docs/accuracy.md). For an estimate the allocator model's own
+  error (rms of the least memory that runs against the replays, `allocator_slack.need_error`) is added in
+  quadrature (`tight_band`) until a calibration's measured residual replaces it.
 
 These figures travel as one typed value, `Overheads`, attached to the GPU a command plans for
 (`GpuProfile.overheads`). The documented defaults are `Overheads()`; `vramplan.trust.calibration.calibrate`
@@ -24,6 +26,7 @@ command, so estimate, fit, advice and serve all compute with the same figures.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 MIB = 1024**2
@@ -49,9 +52,12 @@ class Calibration:
 class Overheads:
     """What a GPU adds to the tensor peak, and how far the estimate is trusted there.
 
-    `allocator_bytes(peak)` is the caching allocator's slack plus the cuBLAS workspace; with
-    `measured_allocator_bytes` set (a CUDA measurement: max_memory_reserved − max_memory_allocated) it is that
-    figure. `calibration`: the stored runs these figures came from, or None for the documented defaults.
+    `allocator_bytes(peak)` is the caching allocator's slack plus the cuBLAS workspace as a flat ratio (serving;
+    a training `Breakdown` uses the allocator model unless a calibration gives the ratio); with
+    `measured_allocator_bytes` set (a CUDA measurement: max_memory_reserved − max_memory_allocated; a replay:
+    its max_memory_reserved − peak) it is that figure, and `measured_need_bytes` the least memory beyond the
+    peak on which the step ran (a replay's). `calibration`: the stored runs these figures came from, or None
+    for the documented defaults.
     """
 
     cuda_context_bytes: int = CUDA_CONTEXT_BYTES
@@ -59,6 +65,19 @@ class Overheads:
     error_band: float = ERROR_BAND
     calibration: Calibration | None = None
     measured_allocator_bytes: int | None = None
+    measured_need_bytes: int | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.measured_allocator_bytes is not None
+
+    @property
+    def calibrated_ratio(self) -> bool:
+        return self.calibration is not None and self.calibration.allocator_ratio is not None
+
+    @property
+    def calibrated_band(self) -> bool:
+        return self.calibration is not None and self.calibration.residual_band is not None
 
     def allocator_bytes(self, peak_bytes: int) -> int:
         if self.measured_allocator_bytes is not None:
@@ -80,3 +99,19 @@ class Overheads:
 
 def allocator_overhead_bytes(peak_bytes: int, ratio: float = ALLOCATOR_OVERHEAD_RATIO) -> int:
     return int(peak_bytes * ratio)
+
+
+def tight_band(tensor_band: float, allocator_error: float) -> float:
+    """The `tight` band of an estimate: the tensor peak's error and the allocator model's, in quadrature."""
+    return math.hypot(tensor_band, allocator_error)
+
+
+def error_band(overheads: Overheads, alloc_conf: str) -> float:
+    """The band a training verdict uses under `overheads` and `alloc_conf` (a TrainSpec's): a measurement's,
+    a replay's or a calibration's own band, else the tensor band and the allocator model's error combined."""
+    if overheads.measured or overheads.calibrated_band:
+        return overheads.error_band
+    from vramplan.estimator.allocator_slack import need_error
+    from vramplan.spec.alloc_conf import parse_alloc_conf
+
+    return tight_band(overheads.error_band, need_error(parse_alloc_conf(alloc_conf)))

@@ -5,7 +5,8 @@ Imports torch; the CLI imports this package inside its commands only.
 
 from __future__ import annotations
 
-from vramplan.measure.harness import CudaFigures, MeasureResult, OutOfMemory, run_step, simulate
+from vramplan.measure.harness import run_step, simulate
+from vramplan.measure.result import CudaFigures, MeasureResult, OutOfMemory
 from vramplan.measure.tracker import CategoryBytes, MemoryTracker, MomentPeak, PhasePeak, TrackedPeak
 
 __all__ = [

@@ -38,112 +38,31 @@ fraction` and garbage collection, the order of cudaMalloc addresses (segments ge
 only breaks ties in best fit). A replay sees only what the tracker sees: tensor storages, not allocations
 inside kernels (cuBLAS workspaces and kernel scratch go through the allocator too, outside the tracker).
 
-Pure Python, no torch. `vramplan.measure.replay` runs a traced step's allocation sequence through it.
+Constants, blocks, pools and stats: `vramplan.measure.allocator_blocks`. Pure Python, no torch.
+`vramplan.measure.replay` runs a traced step's allocation sequence through it.
 """
 
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
 
+from vramplan.measure.allocator_blocks import (
+    EXPANDABLE_ADDRESS_SPACE,
+    LARGE_BUFFER,
+    MAX_NON_SPLIT_ROUNDING,
+    MIN_BLOCK_SIZE,
+    MIN_LARGE_ALLOC,
+    ROUND_LARGE,
+    SMALL_BUFFER,
+    SMALL_SIZE,
+    UNLIMITED_DEVICE_BYTES,
+    AllocatorOutOfMemory,
+    AllocatorStats,
+    Block,
+    Pool,
+    Segment,
+)
 from vramplan.spec.alloc_conf import DEFAULT, AllocatorConfig
-
-KiB, MiB = 1024, 1024**2
-MIN_BLOCK_SIZE = 512  # kMinBlockSize
-SMALL_SIZE = 1 * MiB  # kSmallSize: largest "small" request
-SMALL_BUFFER = 2 * MiB  # kSmallBuffer: small-pool segment, and small-pool expandable page
-LARGE_BUFFER = 20 * MiB  # kLargeBuffer: segment for 1–10 MiB requests, large-pool expandable page
-MIN_LARGE_ALLOC = 10 * MiB  # kMinLargeAlloc
-ROUND_LARGE = 2 * MiB  # kRoundLarge
-MAX_NON_SPLIT_ROUNDING = LARGE_BUFFER  # CUDAAllocatorConfig max_non_split_rounding_size default
-EXPANDABLE_ADDRESS_SPACE = 1.125  # ExpandableSegment: address space for 1 1/8 the device's memory
-UNLIMITED_DEVICE_BYTES = 1 << 46  # address space of an expandable segment when no device size is given
-
-
-class AllocatorOutOfMemory(Exception):
-    """The replay's `torch.OutOfMemoryError`: no segment could be had within the limit, after releasing."""
-
-    def __init__(self, index: int, request_bytes: int, reserved_bytes: int, allocated_bytes: int) -> None:
-        super().__init__(
-            f"out of memory at event {index}: tried to allocate {request_bytes} B with {reserved_bytes} B "
-            f"reserved, {allocated_bytes} B allocated"
-        )
-        self.index = index
-        self.request_bytes = request_bytes
-
-
-class Block:
-    __slots__ = ("allocated", "mapped", "next", "prev", "ptr", "requested", "segment", "size", "small")
-
-    def __init__(self, size: int, ptr: int, small: bool, segment: _Segment | None = None) -> None:
-        self.size = size
-        self.ptr = ptr
-        self.small = small
-        self.segment = segment  # the expandable segment, or None for a cudaMalloc segment
-        self.allocated = False
-        self.mapped = True
-        self.prev: Block | None = None
-        self.next: Block | None = None
-        self.requested = 0
-
-    @property
-    def is_split(self) -> bool:
-        return self.prev is not None or self.next is not None
-
-
-class _Segment:
-    """An expandable segment: a range of address space mapped page by page (`ExpandableSegment`)."""
-
-    __slots__ = ("base", "page", "size")
-
-    def __init__(self, base: int, page: int, size: int) -> None:
-        self.base, self.page, self.size = base, page, size
-
-
-class _Pool:
-    """Free blocks ordered by (size, address) (`BlockPool::blocks`) and unmapped ones by address."""
-
-    __slots__ = ("free", "free_by_ptr", "small", "unmapped", "unmapped_by_ptr")
-
-    def __init__(self, small: bool) -> None:
-        self.small = small
-        self.free: list[tuple[int, int]] = []
-        self.free_by_ptr: dict[int, Block] = {}
-        self.unmapped: list[int] = []
-        self.unmapped_by_ptr: dict[int, Block] = {}
-
-    def insert(self, block: Block) -> None:
-        bisect.insort(self.free, (block.size, block.ptr))
-        self.free_by_ptr[block.ptr] = block
-
-    def remove(self, block: Block) -> None:
-        i = bisect.bisect_left(self.free, (block.size, block.ptr))
-        del self.free[i]
-        del self.free_by_ptr[block.ptr]
-
-    def at(self, i: int) -> Block:
-        return self.free_by_ptr[self.free[i][1]]
-
-    def insert_unmapped(self, block: Block) -> None:
-        bisect.insort(self.unmapped, block.ptr)
-        self.unmapped_by_ptr[block.ptr] = block
-
-    def remove_unmapped(self, block: Block) -> None:
-        del self.unmapped[bisect.bisect_left(self.unmapped, block.ptr)]
-        del self.unmapped_by_ptr[block.ptr]
-
-
-@dataclass(frozen=True, slots=True)
-class AllocatorStats:
-    """Peaks and counts of one replay (`torch.cuda.memory_stats()` names)."""
-
-    max_allocated_bytes: int  # max_memory_allocated: blocks handed out, rounded
-    max_reserved_bytes: int  # max_memory_reserved: segments (mapped pages) held
-    max_requested_bytes: int  # requested_bytes.all.peak: the tensor-level peak
-    allocated_bytes: int  # at the end of the replay
-    reserved_bytes: int
-    num_alloc_retries: int  # release-and-retry rounds
-    num_segments: int  # cudaMalloc calls (or page-mapping calls with expandable segments)
 
 
 class CachingAllocator:
@@ -156,9 +75,9 @@ class CachingAllocator:
         self.config = config
         self.limit_bytes = limit_bytes
         self.device_bytes = device_bytes or limit_bytes or UNLIMITED_DEVICE_BYTES
-        self.small_pool = _Pool(small=True)
-        self.large_pool = _Pool(small=False)
-        self.segments: list[_Segment] = []
+        self.small_pool = Pool(small=True)
+        self.large_pool = Pool(small=False)
+        self.segments: list[Segment] = []
         self._next_address = 1 << 40
         self.allocated = self.reserved = self.requested = 0
         self.max_allocated = self.max_reserved = self.max_requested = 0
@@ -227,7 +146,7 @@ class CachingAllocator:
 
     # finding and splitting blocks
 
-    def _get_free_block(self, pool: _Pool, size: int) -> Block | None:
+    def _get_free_block(self, pool: Pool, size: int) -> Block | None:
         i = bisect.bisect_left(pool.free, (size, -1))
         if i == len(pool.free):
             return None
@@ -255,7 +174,7 @@ class CachingAllocator:
             return remaining >= MIN_BLOCK_SIZE
         return (self.max_split is None or size < self.max_split) and remaining > SMALL_SIZE
 
-    def _alloc_found_block(self, pool: _Pool, block: Block, size: int, nbytes: int) -> Block:
+    def _alloc_found_block(self, pool: Pool, block: Block, size: int, nbytes: int) -> Block:
         if self._should_split(block, size):
             remaining = block
             block = Block(size, remaining.ptr, remaining.small, remaining.segment)
@@ -275,7 +194,7 @@ class CachingAllocator:
         self.max_requested = max(self.max_requested, self.requested)
         return block
 
-    def _try_merge(self, dst: Block, src: Block | None, pool: _Pool) -> int:
+    def _try_merge(self, dst: Block, src: Block | None, pool: Pool) -> int:
         if src is None or src.allocated or dst.mapped != src.mapped:
             return 0
         if dst.prev is src:
@@ -304,7 +223,7 @@ class CachingAllocator:
         self.num_segments += 1
         self.max_reserved = max(self.max_reserved, self.reserved)
 
-    def _alloc_block(self, pool: _Pool, size: int) -> Block | None:
+    def _alloc_block(self, pool: Pool, size: int) -> Block | None:
         if self.config.expandable_segments:
             return self._try_allocate_expandable_block(pool, size)
         alloc_size = allocation_size(size)
@@ -315,7 +234,7 @@ class CachingAllocator:
         self._next_address += alloc_size + ROUND_LARGE  # a gap: segments never merge
         return block
 
-    def _release_available_cached_blocks(self, pool: _Pool, size: int) -> bool:
+    def _release_available_cached_blocks(self, pool: Pool, size: int) -> bool:
         if self.max_split is None:
             return False
         key = max(size, self.max_split)
@@ -351,13 +270,13 @@ class CachingAllocator:
                     pool.remove_unmapped(block)
                     self.segments.remove(block.segment)
 
-    def _release_block(self, pool: _Pool, block: Block) -> None:
+    def _release_block(self, pool: Pool, block: Block) -> None:
         pool.remove(block)
         self.reserved -= block.size
 
     # expandable segments
 
-    def _find_expandable_block(self, pool: _Pool, size: int) -> Block:
+    def _find_expandable_block(self, pool: Pool, size: int) -> Block:
         def allocatable(b: Block | None) -> bool:
             return b is not None and not b.allocated
 
@@ -373,7 +292,7 @@ class CachingAllocator:
                 return candidate
         page = SMALL_BUFFER if pool.small else LARGE_BUFFER
         pages = -(-int(self.device_bytes * EXPANDABLE_ADDRESS_SPACE) // page)
-        segment = _Segment(self._next_address, page, pages * page)
+        segment = Segment(self._next_address, page, pages * page)
         self._next_address += segment.size + page
         self.segments.append(segment)
         block = Block(segment.size, segment.base, pool.small, segment)
@@ -381,7 +300,7 @@ class CachingAllocator:
         pool.insert_unmapped(block)
         return block
 
-    def _map_block(self, pool: _Pool, block: Block, size: int) -> bool:
+    def _map_block(self, pool: Pool, block: Block, size: int) -> bool:
         segment = block.segment
         assert segment is not None
         assert not block.mapped
@@ -406,7 +325,7 @@ class CachingAllocator:
         self._reserve(mapped)
         return True
 
-    def _try_allocate_expandable_block(self, pool: _Pool, size: int) -> Block | None:
+    def _try_allocate_expandable_block(self, pool: Pool, size: int) -> Block | None:
         candidate = self._find_expandable_block(pool, size)
         if not candidate.mapped and not self._map_block(pool, candidate, min(candidate.size, size)):
             return None
@@ -419,7 +338,7 @@ class CachingAllocator:
         pool.remove(candidate)
         return candidate
 
-    def _unmap_block(self, pool: _Pool, block: Block) -> None:
+    def _unmap_block(self, pool: Pool, block: Block) -> None:
         segment = block.segment
         assert segment is not None
         offset = block.ptr - segment.base

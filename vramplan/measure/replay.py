@@ -2,7 +2,7 @@
 peaks with room to spare, the least memory on which the step runs, and the load variants.
 
 Events are `(ALLOC, id, bytes)` when a storage appears and `(FREE, id, 0)` when it dies, as
-a traced step's storages appear and die (the harness does not record them yet: see CHANGELOG). Pure Python, no torch.
+`MemoryTracker(record_events=True)` records them. Pure Python, no torch.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from vramplan.measure.allocator import ROUND_LARGE, AllocatorOutOfMemory, AllocatorStats, Block, CachingAllocator
+from vramplan.measure.allocator import CachingAllocator
+from vramplan.measure.allocator_blocks import ROUND_LARGE, AllocatorOutOfMemory, AllocatorStats, Block
 from vramplan.spec.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig
 
 ALLOC, FREE = 0, 1

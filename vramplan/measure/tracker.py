@@ -45,105 +45,44 @@ Source: torch 2.13 `torch/utils/_python_dispatch.py` (TorchDispatchMode), `torch
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from vramplan.breakdown import Components
-
-Category = Literal[
-    "weights",
-    "trainable",
-    "quant_state",
-    "gradients",
-    "optimizer_states",
-    "activations",
-    "logits",
-    "temporaries",
-]
-Phase = Literal["forward", "backward", "optimizer"]
-CATEGORIES: tuple[Category, ...] = get_args(Category)
-PHASES: tuple[Phase, ...] = get_args(Phase)
+from vramplan.measure.replay import ALLOC, FREE
+from vramplan.measure.tensors import leaf_tensors, quant_state_tensors
+from vramplan.measure.tracked import (
+    CATEGORIES,
+    PHASES,
+    Category,
+    CategoryBytes,
+    MomentPeak,
+    Phase,
+    PhasePeak,
+    TrackedPeak,
+)
 
 # `torch.tensor(...)`, `as_tensor`, `from_numpy` build their storage outside the dispatcher and then pass it
 # through `lift_fresh`, which returns its input: that storage is new although it aliases the op's input.
 _FRESH_OPS = frozenset({torch.ops.aten.lift_fresh.default})
 
-# Tensor attributes of bitsandbytes parameters that are quantization state, not the packed weight.
-_QUANT_ATTRS = ("quant_state", "SCB", "CB")
-
-
-@dataclass(frozen=True, slots=True)
-class CategoryBytes(Components):
-    """Live bytes per category at one moment (see the module docstring for what each holds): the Breakdown's
-    components, one to one, read by category name."""
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.get(c) for c in CATEGORIES)
-
-    def get(self, category: Category) -> int:
-        return getattr(self, category)
-
-    def items(self) -> tuple[tuple[Category, int], ...]:
-        return tuple((c, self.get(c)) for c in CATEGORIES)
-
-
-@dataclass(frozen=True, slots=True)
-class PhasePeak:
-    """The highest live bytes seen while `phase` was set, the breakdown then, and the moment it was in."""
-
-    phase: Phase
-    peak_bytes: int
-    breakdown: CategoryBytes
-    moment: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MomentPeak:
-    """The highest live bytes seen while `moment` was named inside `phase`, and the breakdown then."""
-
-    phase: Phase | None
-    moment: str
-    peak_bytes: int
-    breakdown: CategoryBytes
-
-
-@dataclass(frozen=True, slots=True)
-class TrackedPeak:
-    """What a `MemoryTracker` saw: the overall peak, its phase, moment and breakdown, each phase's own peak,
-    and each named moment's."""
-
-    peak_bytes: int
-    peak_phase: Phase | None
-    breakdown: CategoryBytes
-    phases: tuple[PhasePeak, ...]
-    current_bytes: int
-    peak_moment: str | None = None
-    moments: tuple[MomentPeak, ...] = ()
-
-    def phase(self, name: Phase) -> PhasePeak | None:
-        return next((p for p in self.phases if p.phase == name), None)
-
-    def moment(self, phase: Phase | None, name: str) -> MomentPeak | None:
-        return next((p for p in self.moments if p.phase == phase and p.moment == name), None)
-
 
 class _Entry:
-    """One tracked storage: its bytes, category, allocation sequence number and weak reference."""
+    """One tracked storage: its bytes, category, allocation sequence number, weak reference, and the id of its
+    current device allocation in the event log (a resize is a new allocation)."""
 
-    __slots__ = ("category", "nbytes", "ref", "seq")
+    __slots__ = ("category", "event_id", "nbytes", "ref", "seq")
 
     def __init__(self, nbytes: int, category: Category, seq: int, ref: weakref.ref) -> None:
         self.nbytes = nbytes
         self.category = category
         self.seq = seq
         self.ref = ref
+        self.event_id = seq
 
 
 class _Peak:
@@ -184,11 +123,18 @@ class MemoryTracker(TorchDispatchMode):
     Under `FakeTensorMode`, enter the tracker inside (after) the fake mode so it sees ops first.
     `device_type` ("cuda", "cpu", "meta", ...) restricts counting to tensors on that device type; for fake
     tensors it is the fake device, not "meta".
+
+    `record_events`: keep the allocation sequence in `events`, `(ALLOC, id, bytes)` when a counted storage
+    appears (registration included) and `(FREE, id, 0)` when it dies, for `vramplan.measure.allocator.replay`.
+    A storage grown by `Tensor.resize_` is a new allocation followed by the free of the old one, as
+    `resize_bytes_cuda` allocates, copies and frees.
     """
 
-    def __init__(self, device_type: str | None = None) -> None:
+    def __init__(self, device_type: str | None = None, record_events: bool = False) -> None:
         super().__init__()
         self.device_type = device_type
+        self.events: list[tuple[int, int, int]] | None = [] if record_events else None
+        self._resize_ids = 0
         self._entries: dict[int, _Entry] = {}
         self._totals: dict[Category, int] = dict.fromkeys(CATEGORIES, 0)
         self._current = 0
@@ -339,7 +285,7 @@ class MemoryTracker(TorchDispatchMode):
         """Count `tensor`'s storage under `category` (or move it there if already counted)."""
         if category not in CATEGORIES:
             raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
-        for t in _leaf_tensors(tensor):
+        for t in leaf_tensors(tensor):
             if self._counts(t):
                 self._assign(t.untyped_storage(), category)
 
@@ -358,7 +304,7 @@ class MemoryTracker(TorchDispatchMode):
         for buf in module.buffers():
             self.register_tensor(buf, "weights")
         for sub in module.modules():
-            for tensor in _quant_state_tensors(sub):
+            for tensor in quant_state_tensors(sub):
                 # Add-only: `Int8Params.CB` aliases the int8 weight, which stays under weights.
                 if self._counts(tensor) and tensor.untyped_storage()._cdata not in self._entries:
                     self._track(tensor.untyped_storage(), "quant_state")
@@ -385,7 +331,7 @@ class MemoryTracker(TorchDispatchMode):
         out = func(*args, **kwargs)
         category: Category = self._label or ("activations" if self._phase == "forward" else "temporaries")
         input_keys: set[int] | None = None
-        for tensor in _leaf_tensors(out):
+        for tensor in leaf_tensors(out):
             if not self._counts(tensor):
                 continue
             storage = tensor.untyped_storage()
@@ -402,7 +348,7 @@ class MemoryTracker(TorchDispatchMode):
             if func not in _FRESH_OPS:
                 if input_keys is None:
                     input_keys = {
-                        t.untyped_storage()._cdata for t in _leaf_tensors((args, kwargs)) if t.layout is torch.strided
+                        t.untyped_storage()._cdata for t in leaf_tensors((args, kwargs)) if t.layout is torch.strided
                     }
                 if key in input_keys:
                     continue  # aliases an input that predates tracking and was never registered
@@ -439,6 +385,8 @@ class MemoryTracker(TorchDispatchMode):
         self._seq += 1
         ref = weakref.ref(storage, partial(self._on_free, key))
         self._entries[key] = _Entry(nbytes, category, self._seq, ref)
+        if self.events is not None:
+            self.events.append((ALLOC, self._seq, nbytes))
         self._totals[category] += nbytes
         self._current += nbytes
         self._update_peaks()
@@ -448,11 +396,18 @@ class MemoryTracker(TorchDispatchMode):
         if entry is None or entry.ref is not ref:
             return
         del self._entries[key]
+        if self.events is not None:
+            self.events.append((FREE, entry.event_id, 0))
         self._totals[entry.category] -= entry.nbytes
         self._current -= entry.nbytes
 
     def _resize(self, entry: _Entry, nbytes: int) -> None:
         delta = nbytes - entry.nbytes
+        if self.events is not None:
+            self._resize_ids -= 1  # negative ids: apart from the sequence numbers of `_track`
+            self.events.append((ALLOC, self._resize_ids, nbytes))
+            self.events.append((FREE, entry.event_id, 0))
+            entry.event_id = self._resize_ids
         entry.nbytes = nbytes
         self._totals[entry.category] += delta
         self._current += delta
@@ -510,46 +465,3 @@ class MemoryTracker(TorchDispatchMode):
             for value in state.values():
                 if isinstance(value, torch.Tensor):
                     self.register_tensor(value, "optimizer_states")
-
-
-def _leaf_tensors(obj: object) -> Iterator[torch.Tensor]:
-    """Tensors in nested lists/tuples/dicts; traceable wrapper subclasses opened to their inner tensors."""
-    stack = [obj]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, torch.Tensor):
-            if is_traceable_wrapper_subclass(item):
-                attrs, _ = item.__tensor_flatten__()
-                stack.extend(getattr(item, a) for a in attrs)
-            else:
-                yield item
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-
-
-def _quant_state_tensors(module: torch.nn.Module) -> Iterable[torch.Tensor]:
-    """bitsandbytes quantization state of `module`'s own parameters (bitsandbytes 0.50 attribute names).
-
-    `Params4bit.quant_state` is a `QuantState` (absmax, code, offset, nested `state2`); `Int8Params` carries
-    `SCB` (fp32 row scales) and `CB` (which aliases the int8 weight: already counted, so it adds nothing).
-    """
-    for param in module.parameters(recurse=False):
-        for attr in _QUANT_ATTRS:
-            yield from _tensors_in(getattr(param, attr, None))
-    state = getattr(module, "state", None)  # Linear8bitLt's MatmulLtState
-    for attr in ("CB", "SCB"):
-        yield from _tensors_in(getattr(state, attr, None))
-
-
-def _tensors_in(obj: object) -> Iterator[torch.Tensor]:
-    if obj is None:
-        return
-    if isinstance(obj, torch.Tensor):
-        yield obj
-        return
-    if hasattr(obj, "absmax") and hasattr(obj, "__dict__"):  # a bitsandbytes QuantState
-        for value in vars(obj).values():
-            if isinstance(value, torch.Tensor) or (hasattr(value, "absmax") and hasattr(value, "__dict__")):
-                yield from _tensors_in(value)

@@ -15,12 +15,13 @@ from vramplan.breakdown import Breakdown, Verdict
 from vramplan.plan.fit import SEQ_MULTIPLE, fits, largest, max_seq, run
 from vramplan.sources.profiles import GpuProfile
 from vramplan.spec import ModelSpec, TrainSpec, resolve_lora_target
+from vramplan.spec.alloc_conf import parse_alloc_conf
 
 # Cost to the user of each change: 0 = free, 1 = slower, 2 = changes the training recipe (accuracy may move),
 # 3 = less data per step
 COST_LABEL = {0: "free", 1: "slower", 2: "changes the recipe", 3: "fewer tokens per step"}
 # Pairs combine changes of different groups, in this order (a method change before its LoRA targets).
-GROUPS: tuple[str, ...] = ("attn", "ckpt", "optim", "method", "kbit", "target", "dora", "batch", "seq")
+GROUPS: tuple[str, ...] = ("alloc", "attn", "ckpt", "optim", "method", "kbit", "target", "dora", "batch", "seq")
 FULL_PRECISION_OPTIMS = frozenset({"adamw_torch", "adamw_torch_fused", "lion_32bit", "paged_adamw_32bit"})
 
 
@@ -53,6 +54,16 @@ def _changes(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> list[_Change]:
     """Every single change that could lower the peak of `t`, with the resulting TrainSpec."""
     rep = dataclasses.replace
     out: list[_Change] = []
+    if not parse_alloc_conf(t.alloc_conf).expandable_segments:
+        expandable = parse_alloc_conf(",".join(filter(None, ("expandable_segments:True", t.alloc_conf)))).text
+        out.append(
+            _Change(
+                "alloc",
+                f"--alloc-conf {expandable} (export PYTORCH_CUDA_ALLOC_CONF={expandable}: less fragmentation)",
+                0,
+                rep(t, alloc_conf=expandable),
+            )
+        )
     if t.attn == "eager":
         out.append(
             _Change("attn", "--attn sdpa (or flash_attention_2): no S×S attention matrix", 0, rep(t, attn="sdpa"))

@@ -6,7 +6,8 @@ after it, and a doubling (galloping) search followed by bisection finds that val
 (~0.4 ms each), without re-resolving the inputs: each probe is a `dataclasses.replace` of a TrainSpec.
 
 "Fits" means verdict `fits` or `tight` (device total ≤ the GPU's memory); `tight` results are flagged,
-since they are within the estimator's error band (the GPU's `overheads.error_band`).
+since they are within the estimator's error band (`estimator.overhead.error_band`: the GPU's overheads and the
+allocator model's error under `--alloc-conf`).
 Suggestions (what to change when it does not fit) live in `vramplan.plan.advice`.
 """
 
@@ -21,6 +22,7 @@ from vramplan.breakdown import Breakdown, Verdict
 from vramplan.errors import VramplanError
 from vramplan.estimator.build import build_breakdown
 from vramplan.estimator.distributed import shard
+from vramplan.estimator.overhead import error_band
 from vramplan.sources.profiles import GpuProfile
 from vramplan.spec import ModelSpec, TrainSpec, resolve_train
 from vramplan.spec.fields import positive
@@ -101,7 +103,7 @@ class FitTable:
 
 @dataclass(frozen=True, slots=True)
 class Curve:
-    """Device peak (bytes, as nvidia-smi) against sequence length for one method at a fixed batch."""
+    """Device total (bytes, the least that runs) against sequence length for one method at a fixed batch."""
 
     label: str
     seqs: tuple[int, ...]
@@ -325,7 +327,7 @@ def fit_table(
     return FitTable(
         model=m.name,
         gpu=gpu,
-        error_band=gpu.overheads.error_band,
+        error_band=error_band(gpu.overheads, t.alloc_conf),
         seqs=seqs,
         rows=rows,
         train=t,

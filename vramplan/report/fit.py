@@ -48,7 +48,7 @@ def render_fit_table(ft: FitTable, console: Console) -> None:
                       *(_limit_text(c.batch) for c in r.cells), _limit_text(r.max_seq))  # fmt: skip
     console.print(table)
     console.print(
-        f"cells: largest per_device_train_batch_size whose device total (as nvidia-smi) fits; 0 = not even "
+        f"cells: largest per_device_train_batch_size whose device total (least that runs) fits; 0 = not even "
         f"batch 1; * = tight (within ±{100 * ft.error_band:.0f} % estimator error); ≥ = search cap. "
         f"max seq: the longest at batch 1, a multiple of 64. Other settings: {t.dtype} weights, "
         f"{t.mixed_precision} autocast, {t.attn}, LoRA r={t.lora_rank} {t.lora_target_preset}."

@@ -133,12 +133,15 @@ def render_measurement(r: Any, estimate: Breakdown, console: Console) -> None:
         t.add_row(
             "NVML, this process (now)",
             "—" if nvml is None else gib(nvml),
-            gib(estimate.device_bytes),
-            Text("—", style="dim") if nvml is None else _err_text(estimate.device_bytes, nvml),
+            # NVML shows what is reserved (with room on the card) plus the context, not the least that runs
+            gib(estimate.reserved_bytes + estimate.cuda_context_bytes),
+            Text("—", style="dim")
+            if nvml is None
+            else _err_text(estimate.reserved_bytes + estimate.cuda_context_bytes, nvml),
         )
     else:
         t.add_row(
-            Text("device total (modelled overheads on both)", style="dim"),
+            Text("device total (traced: replayed allocator)", style="dim"),
             gib(b.device_bytes),
             gib(estimate.device_bytes),
             _err_text(estimate.device_bytes, b.device_bytes),
@@ -159,7 +162,8 @@ def render_measurement(r: Any, estimate: Breakdown, console: Console) -> None:
     if r.oom is not None:
         console.print(Text(oom_line(r), style=VERDICT_STYLE["oom"]))
     elif b.gpu_bytes is not None and b.verdict is not None:
-        console.print(verdict_line(b, "" if r.cuda is not None else " (traced tensor peak + modelled CUDA overheads)"))
+        how = "" if r.cuda is not None else " (traced peak, replayed allocator, modelled CUDA context)"
+        console.print(verdict_line(b, how))
     print_notes(b.all_notes, console)
 
 

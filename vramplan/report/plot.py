@@ -114,7 +114,7 @@ def plot_png(curves: list[Curve], gpu: GpuProfile, title: str, path: str, error_
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticklabels([str(s) for s in ticks])
     ax.set_xlabel("sequence length (tokens)")
-    ax.set_ylabel("device peak, GiB (1024³ B, as nvidia-smi)")
+    ax.set_ylabel("device total, GiB (1024³ B, least that runs)")
     ax.set_ylim(0, top)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)

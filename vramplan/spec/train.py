@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vramplan.errors import VramplanError
+from vramplan.spec.alloc_conf import parse_alloc_conf
 from vramplan.spec.fields import positive
 from vramplan.spec.lora_targets import lora_moe_targets, resolve_lora_target
 from vramplan.spec.model import (
@@ -85,6 +86,7 @@ class TrainSpec:
     grad_ckpt: bool
     attn: Attn
     freeze_trainable_layers: int
+    alloc_conf: str = ""  # PYTORCH_CUDA_ALLOC_CONF as modelled (`spec.alloc_conf`); "" = torch's defaults
     notes: tuple[str, ...] = ()  # warnings raised while resolving (e.g. bf16 -> fp16 on a T4)
 
     @property
@@ -159,6 +161,7 @@ def resolve_train(
     grad_ckpt: bool | None = None,
     attn: str = "sdpa",
     freeze_trainable_layers: int = 2,
+    alloc_conf: str | None = None,
     gpu_compute_capability: str | None = None,
     explicit: Collection[str] = (),
 ) -> TrainSpec:
@@ -166,7 +169,8 @@ def resolve_train(
 
     Defaults: batch 1, seq 1024, bf16 autocast (fp16 on GPUs without bf16); QLoRA = nf4 + double quant +
     kbit prep + gradient checkpointing; LoRA = bf16 weights; full = pure bf16; r=16, alpha=32, dropout 0.05,
-    all-linear; `adamw_torch_fused` (HF Trainer default with torch >= 2.8); SDPA attention.
+    all-linear; `adamw_torch_fused` (HF Trainer default with torch >= 2.8); SDPA attention; the caching
+    allocator's defaults (`alloc_conf`, PYTORCH_CUDA_ALLOC_CONF syntax, e.g. "expandable_segments:True").
 
     Choices are case-insensitive (`--method QLoRA`). Counts are limited (LIMITS). Contradictions become
     `notes` (warnings): FlashAttention-2 below Ampere (`gpu_compute_capability`), a sequence longer than the
@@ -270,6 +274,7 @@ def resolve_train(
         grad_ckpt=bool(grad_ckpt),
         attn=attn,  # type: ignore[arg-type]
         freeze_trainable_layers=int(freeze_trainable_layers),
+        alloc_conf=parse_alloc_conf(alloc_conf).text,
         notes=tuple(notes),
     )
 

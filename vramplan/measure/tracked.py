@@ -1,0 +1,85 @@
+"""What the tracker reads: the categories and phases it counts by, and its result (`TrackedPeak`: the peak,
+each phase's and each named moment's, bytes per category)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from vramplan.breakdown import Components
+
+Category = Literal[
+    "weights",
+    "trainable",
+    "quant_state",
+    "gradients",
+    "optimizer_states",
+    "activations",
+    "logits",
+    "temporaries",
+]
+
+
+Phase = Literal["forward", "backward", "optimizer"]
+
+
+CATEGORIES: tuple[Category, ...] = get_args(Category)
+
+
+PHASES: tuple[Phase, ...] = get_args(Phase)
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryBytes(Components):
+    """Live bytes per category at one moment (see the module docstring for what each holds): the Breakdown's
+    components, one to one, read by category name."""
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.get(c) for c in CATEGORIES)
+
+    def get(self, category: Category) -> int:
+        return getattr(self, category)
+
+    def items(self) -> tuple[tuple[Category, int], ...]:
+        return tuple((c, self.get(c)) for c in CATEGORIES)
+
+
+@dataclass(frozen=True, slots=True)
+class PhasePeak:
+    """The highest live bytes seen while `phase` was set, the breakdown then, and the moment it was in."""
+
+    phase: Phase
+    peak_bytes: int
+    breakdown: CategoryBytes
+    moment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MomentPeak:
+    """The highest live bytes seen while `moment` was named inside `phase`, and the breakdown then."""
+
+    phase: Phase | None
+    moment: str
+    peak_bytes: int
+    breakdown: CategoryBytes
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedPeak:
+    """What a `MemoryTracker` saw: the overall peak, its phase, moment and breakdown, each phase's own peak,
+    and each named moment's."""
+
+    peak_bytes: int
+    peak_phase: Phase | None
+    breakdown: CategoryBytes
+    phases: tuple[PhasePeak, ...]
+    current_bytes: int
+    peak_moment: str | None = None
+    moments: tuple[MomentPeak, ...] = ()
+
+    def phase(self, name: Phase) -> PhasePeak | None:
+        return next((p for p in self.phases if p.phase == name), None)
+
+    def moment(self, phase: Phase | None, name: str) -> MomentPeak | None:
+        return next((p for p in self.moments if p.phase == phase and p.moment == name), None)
