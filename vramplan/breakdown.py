@@ -9,8 +9,8 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from vramplan.estimator.overhead import Overheads
     from vramplan.spec.model import Approximation
+    from vramplan.spec.overheads import Overheads
     from vramplan.spec.train import TrainSpec
 
 Phase = Literal["forward", "backward", "optimizer"]
@@ -213,7 +213,7 @@ class Breakdown(PeakAccounting):
         o = self.overheads
         if o.measured or o.calibrated_ratio:
             return o.allocator_bytes(self.peak_bytes)
-        from vramplan.estimator.overhead import CUBLAS_WORKSPACE_BYTES
+        from vramplan.spec.overheads import CUBLAS_WORKSPACE_BYTES
 
         return self.allocator.reserved_bytes + CUBLAS_WORKSPACE_BYTES
 
@@ -224,15 +224,15 @@ class Breakdown(PeakAccounting):
             return o.measured_need_bytes
         if o.measured:
             return o.allocator_bytes(self.peak_bytes)
-        from vramplan.estimator.overhead import CUBLAS_WORKSPACE_BYTES
+        from vramplan.spec.overheads import CUBLAS_WORKSPACE_BYTES
 
         return min(self.allocator.need_bytes + CUBLAS_WORKSPACE_BYTES, self.allocator_overhead_bytes)
 
     @property
     def error_band(self) -> float:
         """The `tight` band: measured, calibrated or replayed figures carry their own; an estimate adds the
-        allocator model's error to the tensor peak's (`estimator.overhead.tight_band`)."""
-        from vramplan.estimator.overhead import error_band
+        allocator model's error to the tensor peak's (`estimator.allocator_slack.tight_band`)."""
+        from vramplan.estimator.allocator_slack import error_band
 
         return error_band(self.overheads, self.train.alloc_conf)
 

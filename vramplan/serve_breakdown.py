@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from vramplan.breakdown import PeakAccounting
 
 if TYPE_CHECKING:
-    from vramplan.estimator.overhead import Overheads
+    from vramplan.spec.overheads import Overheads
     from vramplan.spec.serve import ServeSpec
 
 ServeVerdict = Literal["fits", "tight", "oom"]

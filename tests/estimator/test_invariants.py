@@ -53,7 +53,7 @@ def test_steady_state_step(model, cfg, grad_accum):
     assert opt.activations == opt.logits == 0  # the step runs after backward freed the graph
     # forward holds gradients only when earlier micro-batches left theirs (zero_grad(set_to_none) after the step)
     assert fwd.gradients == (opt.gradients if grad_accum > 1 else 0)
-    # the overhead model of estimator/overhead.py, no calibration stored (conftest isolates the store): the
+    # the overhead model of spec/overheads.py, no calibration stored (conftest isolates the store): the
     # caching allocator's modelled slack + cuBLAS workspace 8 × 4 MiB + 8 × 16 KiB; CUDA context 450 MiB
     slack = b.reserved_bytes - b.peak_bytes - (8 * 4 * MIB + 8 * 16 * 1024)
     assert 0 <= slack <= b.peak_bytes // 2  # no replay of the grid reserved more than 1.5 × its peak

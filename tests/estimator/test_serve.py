@@ -9,7 +9,6 @@ from tests.conftest import TINY_CONFIGS
 from vramplan.api import estimate_serve
 from vramplan.errors import VramplanError
 from vramplan.estimator.kvcache import vllm_page_bytes
-from vramplan.estimator.overhead import CUDA_CONTEXT_BYTES
 from vramplan.estimator.serve import (
     adapter_elem_bytes,
     adapter_params,
@@ -19,6 +18,7 @@ from vramplan.estimator.serve import (
 from vramplan.estimator.vllm import available_kv_bytes
 from vramplan.sources.profiles import find_gpu, load_model
 from vramplan.spec import model_spec_from_config
+from vramplan.spec.overheads import CUDA_CONTEXT_BYTES
 from vramplan.spec.serve import resolve_serve
 
 GIB = 1024**3
@@ -175,7 +175,7 @@ def test_hf_phases_and_invariants() -> None:
         for name in ("weights", "quant_state", "adapters"):  # resident through the generate() call
             assert getattr(prefill, name) == getattr(decode, name), name
         assert decode.kv_cache > prefill.kv_cache  # the cache grows by one token per generated token
-        # the overhead model (estimator/overhead.py): allocator 10 % of the peak + cuBLAS workspace; CUDA context
+        # the overhead model (spec/overheads.py): allocator 10 % of the peak + cuBLAS workspace; CUDA context
         slack = br.reserved_bytes - br.peak_bytes - (8 * 4 * 1024**2 + 8 * 16 * 1024)
         assert abs(slack - br.peak_bytes // 10) <= 1  # int(peak · 0.10) in floating point
         assert br.device_bytes - br.reserved_bytes == 450 * 1024**2

@@ -164,9 +164,9 @@ def test_parse_seqs():
 
 def test_error_band_is_threaded_through():
     from vramplan.api import estimate
-    from vramplan.estimator.allocator_slack import need_error
-    from vramplan.estimator.overhead import ERROR_BAND, Overheads, tight_band
+    from vramplan.estimator.allocator_slack import need_error, tight_band
     from vramplan.spec.alloc_conf import DEFAULT
+    from vramplan.spec.overheads import ERROR_BAND, Overheads
 
     m, t, g = setup("llama-2-7b", "3060ti")
     # uncalibrated: the tensor band and the allocator model's error (torch's defaults) in quadrature

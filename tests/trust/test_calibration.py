@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from vramplan.api import estimate
 from vramplan.cli import main
 from vramplan.estimator.allocator_slack import ERRORS
-from vramplan.estimator.overhead import CUDA_CONTEXT_BYTES, ERROR_BAND, MIB
+from vramplan.spec.overheads import CUDA_CONTEXT_BYTES, ERROR_BAND, MIB
 from vramplan.trust.calibration import RunRecord, append_run, default_store, derive, read_runs
 
 GIB = 1024**3

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from vramplan.cli import main
-from vramplan.estimator.overhead import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, ERROR_BAND, MIB, Overheads
+from vramplan.spec.overheads import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, ERROR_BAND, MIB, Overheads
 from vramplan.trust.calibration import RunRecord, append_run
 
 GIB = 1024**3
@@ -45,7 +45,7 @@ def _json(*args: str) -> dict:
 
 
 def test_calibrated_overheads_replace_the_defaults():
-    from vramplan.estimator.overhead import Calibration
+    from vramplan.spec.overheads import Calibration
 
     cal = Calibration("rtx-3060-ti", 1, CONTEXT, 0.25, None)
     o = Overheads.calibrated(cal)

@@ -28,9 +28,11 @@ default-settings model for them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from vramplan.spec.alloc_conf import AllocatorConfig
+from vramplan.spec.alloc_conf import AllocatorConfig, parse_alloc_conf
+from vramplan.spec.overheads import Overheads
 
 SETTINGS = ("default", "expandable_segments:True")
 FIGURES = ("max_reserved_bytes", "min_limit_bytes")
@@ -115,3 +117,17 @@ def allocator_slack(peak: PeakShape, config: AllocatorConfig) -> AllocatorSlack:
     reserved = int(total * _share(setting, "max_reserved_bytes", features))
     need = int(total * _share(setting, "min_limit_bytes", features))
     return AllocatorSlack(config, reserved, min(need, reserved), need_error(config))
+
+
+def tight_band(tensor_band: float, allocator_error: float) -> float:
+    """The `tight` band of an estimate: the tensor peak's error and the allocator model's, in quadrature."""
+    return math.hypot(tensor_band, allocator_error)
+
+
+def error_band(overheads: Overheads, alloc_conf: str) -> float:
+    """The band a training verdict uses under `overheads` and `alloc_conf` (a TrainSpec's): a measurement's,
+    a replay's or a calibration's own band, else the tensor band and the allocator model's error combined."""
+    if overheads.measured or overheads.calibrated_band:
+        return overheads.error_band
+
+    return tight_band(overheads.error_band, need_error(parse_alloc_conf(alloc_conf)))

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, overload
 
 from vramplan.breakdown import Breakdown, MeasuredRun, PhaseUsage
 from vramplan.errors import VramplanError
-from vramplan.estimator.overhead import Overheads
 from vramplan.estimator.params import count_params
 from vramplan.estimator.peak import phases as training_phases
 from vramplan.spec import ModelSpec, TrainSpec
+from vramplan.spec.overheads import Overheads
 
 if TYPE_CHECKING:  # serving's modules load with the first serving estimate (a training one does not need them)
     from vramplan.serve_breakdown import ServeBreakdown

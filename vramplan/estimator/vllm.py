@@ -23,7 +23,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from vramplan.estimator.kvcache import vllm_max_model_len, vllm_paged_kv
-from vramplan.estimator.overhead import MIB
 from vramplan.estimator.serve import (
     adapter_elem_bytes,
     adapter_params,
@@ -33,6 +32,7 @@ from vramplan.estimator.serve import (
 )
 from vramplan.serve_breakdown import ServeComponents, ServePhase, VllmPool
 from vramplan.spec.vllm_versions import vllm_release
+from vramplan.units import MIB
 
 if TYPE_CHECKING:
     from vramplan.spec import ModelSpec

@@ -34,7 +34,6 @@ import torch
 from vramplan.breakdown import COMPONENTS, Breakdown, Components, MeasuredRun, PhaseUsage
 from vramplan.errors import VramplanError
 from vramplan.estimator.build import measured_breakdown
-from vramplan.estimator.overhead import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, Overheads
 from vramplan.measure.build import TORCH_DTYPES, Built, build
 from vramplan.measure.cuda_equiv import CudaAutocast, check_versions, cuda_equivalence, installed_versions
 from vramplan.measure.cuda_run import cuda_figures
@@ -56,6 +55,7 @@ from vramplan.measure.step_hooks import (
 from vramplan.measure.tracker import CategoryBytes, MemoryTracker, TrackedPeak
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.spec.alloc_conf import parse_alloc_conf
+from vramplan.spec.overheads import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, Overheads
 
 CPU_MAX_PARAMS = 2_000_000_000  # above this a CPU step takes many minutes and tens of GB of RAM
 TRAINER_MAX_GRAD_NORM = 1.0  # TrainingArguments.max_grad_norm default

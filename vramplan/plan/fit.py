@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 from vramplan.breakdown import Breakdown, Verdict
 from vramplan.errors import VramplanError
+from vramplan.estimator.allocator_slack import error_band
 from vramplan.estimator.build import build_breakdown
 from vramplan.estimator.distributed import shard
-from vramplan.estimator.overhead import error_band
 from vramplan.sources.profiles import GpuProfile
 from vramplan.spec import ModelSpec, TrainSpec, resolve_train
 from vramplan.spec.fields import positive

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vramplan.estimator.overhead import Overheads
+from vramplan.spec.overheads import Overheads
 
 MIB = 1024**2
 # NVML total − CUDA-visible total (torch.cuda.mem_get_info()[1], vLLM's total_gpu_memory) where a profile has no

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from vramplan.errors import VramplanError
-from vramplan.estimator.overhead import Calibration, Overheads
 from vramplan.spec.gpu import GpuProfile
+from vramplan.spec.overheads import Calibration, Overheads
 
 STORE_ENV = "VRAMPLAN_STORE"
 STORE_FILE = "runs.jsonl"

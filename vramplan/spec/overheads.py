@@ -16,7 +16,7 @@
 - Error band: ±6 %, a chosen margin for the overheads above, which are defaults until calibrated; the tensor
   peak itself is within 1.3 % of the traced step (docs/accuracy.md). For an estimate the allocator model's own
   error (rms of the least memory that runs against the replays, `allocator_slack.need_error`) is added in
-  quadrature (`tight_band`) until a calibration's measured residual replaces it.
+  quadrature (`vramplan.estimator.allocator_slack.tight_band`) until a calibration's measured residual replaces it.
 
 These figures travel as one typed value, `Overheads`, attached to the GPU a command plans for
 (`GpuProfile.overheads`). The documented defaults are `Overheads()`; `vramplan.trust.calibration.calibrate`
@@ -26,7 +26,6 @@ command, so estimate, fit, advice and serve all compute with the same figures.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 MIB = 1024**2
@@ -99,19 +98,3 @@ class Overheads:
 
 def allocator_overhead_bytes(peak_bytes: int, ratio: float = ALLOCATOR_OVERHEAD_RATIO) -> int:
     return int(peak_bytes * ratio)
-
-
-def tight_band(tensor_band: float, allocator_error: float) -> float:
-    """The `tight` band of an estimate: the tensor peak's error and the allocator model's, in quadrature."""
-    return math.hypot(tensor_band, allocator_error)
-
-
-def error_band(overheads: Overheads, alloc_conf: str) -> float:
-    """The band a training verdict uses under `overheads` and `alloc_conf` (a TrainSpec's): a measurement's,
-    a replay's or a calibration's own band, else the tensor band and the allocator model's error combined."""
-    if overheads.measured or overheads.calibrated_band:
-        return overheads.error_band
-    from vramplan.estimator.allocator_slack import need_error
-    from vramplan.spec.alloc_conf import parse_alloc_conf
-
-    return tight_band(overheads.error_band, need_error(parse_alloc_conf(alloc_conf)))
