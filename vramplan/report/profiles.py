@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 def gpus_json(gpus: Sequence[GpuProfile]) -> list[dict[str, Any]]:
     return [
         {"key": g.key, "name": g.name, "memory_bytes": g.memory_bytes, "compute_capability": g.compute_capability,
-         "bf16": g.bf16, "aliases": list(g.aliases)} for g in gpus
+         "bf16": g.bf16, "fp8": g.fp8, "fp4": g.fp4, "aliases": list(g.aliases)} for g in gpus
     ]  # fmt: skip
 
 
@@ -30,15 +30,23 @@ def render_gpus(gpus: Sequence[GpuProfile], console: Console, show_all: bool = F
     from rich.table import Table
 
     t = Table(title="GPU profiles (memory in GiB = 1024³ B)", title_justify="left", show_edge=False)
-    t.add_column("key", no_wrap=True)
-    t.add_column("name", overflow="ellipsis", no_wrap=True)
-    for col in ("GiB", "cc", "bf16"):
-        t.add_column(col, justify="right" if col == "GiB" else "left", no_wrap=True)
+    # every column but the name keeps its full width; the name gets what is left (at most 34), cut with "…"
+    # (rich does not shrink a no_wrap column below its longest cell, so the cut is made here)
+    key_width = max((len(g.key) for g in gpus), default=3)
+    fixed = (("GiB", 6), ("cc", 4), ("bf16", 4), ("fp8", 3), ("fp4", 3))
+    padding = 2 * (len(fixed) + 2) + len(fixed) + 1  # one space each side of every column, one rule between two
+    name_width = max(8, min(34, console.width - key_width - sum(w for _, w in fixed) - padding))
+    t.add_column("key", no_wrap=True, min_width=key_width)
+    t.add_column("name", no_wrap=True, width=name_width)
+    for col, width in fixed:
+        t.add_column(col, justify="right" if col == "GiB" else "left", no_wrap=True, min_width=width)
     if show_all:
         t.add_column("aliases (also taken by --gpu)")
     for g in sorted(gpus, key=lambda g: (g.memory_bytes, g.key)):
         name = g.name.removeprefix("NVIDIA ").removeprefix("GeForce ").removeprefix("Tesla ")
-        cells = [g.key, name, gib(g.memory_bytes), g.compute_capability, "yes" if g.bf16 else "no"]
+        name = name if len(name) <= name_width else name[: name_width - 1] + "…"
+        flags = ["yes" if flag else "no" for flag in (g.bf16, g.fp8, g.fp4)]
+        cells = [g.key, name, gib(g.memory_bytes), g.compute_capability, *flags]
         t.add_row(*cells, *([", ".join(g.aliases)] if show_all else []))
     console.print(t)
     if not show_all:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from vramplan.errors import VramplanError
 from vramplan.sources.profiles import GpuProfile, _gpu_index, _norm, load_gpus
+from vramplan.spec.gpu import capability_formats
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,13 +77,15 @@ def local_gpu_profile(index: int = 0) -> GpuProfile:
     if key is not None:
         base = load_gpus()[key]
         return dataclasses.replace(base, memory_bytes=lg.free_bytes, name=f"{lg.name} (free now)")
-    cc = lg.compute_capability
+    bf16, fp8, fp4 = capability_formats(lg.compute_capability)  # all three when the driver did not say
     return GpuProfile(
         key="local",
         name=f"{lg.name} (free now)",
         memory_bytes=lg.free_bytes,
-        compute_capability=cc,
-        bf16=cc == "?" or float(cc) >= 8.0,  # bf16 from Ampere (compute capability 8.0) on
+        compute_capability=lg.compute_capability,
+        bf16=bf16,
         aliases=(),
         source="NVML",
+        fp8=fp8,
+        fp4=fp4,
     )

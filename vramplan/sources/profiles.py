@@ -52,6 +52,8 @@ def load_gpus() -> dict[str, GpuProfile]:
             source=d.get("source", ""),
             cuda_total_bytes=int(d["cuda_total_bytes"]) if "cuda_total_bytes" in d else None,
             cuda_total_source=d.get("cuda_total_source", ""),
+            fp8=bool(d["fp8"]),
+            fp4=bool(d["fp4"]),
         )
     return out
 

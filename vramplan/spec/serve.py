@@ -256,12 +256,13 @@ def checkpoint_notes(q: CheckpointQuant, gpu: GpuProfile | None, engine: str) ->
     capability checks: FP8 W8A8 needs compute capability 8.9 (Marlin runs it weight-only from 8.0), MXFP4 /
     NVFP4 run natively from 10.0 (Blackwell) and through Marlin from 8.0, AWQ / GPTQ Marlin from 8.0."""
     notes = []
-    cc = float(gpu.compute_capability) if gpu is not None else None
-    if cc is not None and q.format in ("fp8", "mxfp4", "nvfp4") and cc < 8.0:
-        notes.append(f"{q.label} has no vLLM kernel below compute capability 8.0 ({gpu.key if gpu else ''} is {cc})")
-    elif cc is not None and q.format == "fp8" and cc < 8.9:
+    # bf16 marks compute capability >= 8.0, fp8 >= 8.9, fp4 >= 10.0 (GpuProfile; gpus.toml, tested as a rule)
+    if gpu is not None and q.format in ("fp8", "mxfp4", "nvfp4") and not gpu.bf16:
+        cc = gpu.compute_capability
+        notes.append(f"{q.label} has no vLLM kernel below compute capability 8.0 ({gpu.key} is {cc})")
+    elif gpu is not None and q.format == "fp8" and not gpu.fp8:
         notes.append("fp8 on compute capability < 8.9: vLLM runs it weight-only through Marlin (same storage)")
-    elif cc is not None and q.format in ("mxfp4", "nvfp4") and cc < 10.0:
+    elif gpu is not None and q.format in ("mxfp4", "nvfp4") and not gpu.fp4:
         notes.append(f"{q.format} on compute capability < 10.0: weight-only through Marlin (same storage)")
     if engine == "hf" and q.format in ("mxfp4", "nvfp4"):
         notes.append(
