@@ -164,7 +164,7 @@ def fit(
 @click.option("--all", "show_all", is_flag=True, help="also every alias --gpu takes")
 @click.option("--json", "as_json", is_flag=True)
 def gpus(local: bool, show_all: bool, as_json: bool) -> None:
-    """The GPU profiles: memory (GiB, as NVML reports it) and bf16 support."""
+    """The GPU profiles: memory (GiB; NVML's total, else the marketed size), compute capability, bf16 / fp8 / fp4."""
     from vramplan.report import profiles as report
 
     if local:
