@@ -31,6 +31,7 @@ from vramplan.estimator.serve import (
     serve_weight_bytes,
 )
 from vramplan.serve_breakdown import ServeComponents, ServePhase, VllmPool
+from vramplan.spec.gpu import capability_tuple
 from vramplan.spec.vllm_versions import vllm_release
 from vramplan.units import MIB
 
@@ -118,7 +119,8 @@ def vllm_sampler_bytes(m: ModelSpec, s: ServeSpec) -> int:
 
 def vllm_non_torch_bytes(s: ServeSpec, gpu: GpuProfile) -> int:
     """Non-torch memory vLLM's profiling counts, by engine and GPU class, + the collectives with TP > 1."""
-    hopper = float(gpu.compute_capability) >= 9.0
+    cc = capability_tuple(gpu.compute_capability)
+    hopper = cc is None or cc >= (9, 0)  # a local GPU whose driver did not say: the larger figure
     if vllm_release(s.vllm_version).engine == "v0":
         base = VLLM_V0_NON_TORCH_HOPPER_BYTES if hopper else VLLM_V0_NON_TORCH_BYTES
     else:

@@ -13,6 +13,7 @@ from typing import Any
 from vramplan.errors import VramplanError
 from vramplan.spec.alloc_conf import parse_alloc_conf
 from vramplan.spec.fields import positive
+from vramplan.spec.gpu import capability_tuple
 from vramplan.spec.lora_targets import lora_moe_targets, resolve_lora_target
 from vramplan.spec.model import (
     ATTNS,
@@ -129,14 +130,6 @@ def _choice(value: Any, choices: tuple[str, ...], flag: str) -> str | None:
     if text.lower() not in choices:
         raise did_you_mean(text, choices, f"{flag} value")
     return text.lower()
-
-
-def _compute_capability(text: str | None) -> tuple[int, int] | None:
-    try:
-        major, minor = str(text).split(".", 1)
-        return int(major), int(minor)
-    except ValueError:
-        return None
 
 
 def resolve_train(
@@ -292,7 +285,7 @@ def _contradictions(
 ) -> list[str]:
     """What the real stack would refuse or ignore, as warnings; the estimate is made as given."""
     out = []
-    cc = _compute_capability(compute_capability)
+    cc = capability_tuple(compute_capability) if compute_capability else None
     if attn == "flash_attention_2" and cc is not None and cc < FLASH_ATTN_2_MIN_CC:
         out.append(
             f"flash_attention_2 needs an Ampere or newer GPU (compute capability >= 8.0), this one is "
