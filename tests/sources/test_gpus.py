@@ -107,3 +107,26 @@ def test_source_and_cuda_total(key):
         # CUDA sees less than NVML (the driver keeps some), by under 1 GiB on every log so far
         assert 0 < g.memory_bytes - g.cuda_total_bytes < GIB
         assert g.cuda_total_source.startswith("https://")
+
+
+@pytest.mark.parametrize("key", sorted(GPUS))
+def test_serve_checkpoint_notes_follow_the_formats(key):
+    """vLLM runs FP8 W8A8 where the GPU has fp8 tensor cores and NVFP4 / MXFP4 natively where it has fp4; below,
+    weight-only through Marlin from compute capability 8.0, nothing below that (serve's checkpoint notes)."""
+    from vramplan.spec.checkpoint_quant import CheckpointQuant
+    from vramplan.spec.serve import checkpoint_notes
+
+    g = GPUS[key]
+    fp8_notes = " ".join(checkpoint_notes(CheckpointQuant(format="fp8", bits=8), g, "vllm"))
+    nvfp4_notes = " ".join(checkpoint_notes(CheckpointQuant(format="nvfp4", group_size=16), g, "vllm"))
+    assert ("no vLLM kernel" in fp8_notes) == (not g.bf16)
+    assert ("Marlin" in fp8_notes) == (g.bf16 and not g.fp8)
+    assert ("Marlin" in nvfp4_notes) == (g.bf16 and not g.fp4)
+
+
+def test_gpus_json_carries_the_formats():
+    from vramplan.report.profiles import gpus_json
+
+    rows = {row["key"]: row for row in gpus_json(list(GPUS.values()))}
+    for key, g in GPUS.items():
+        assert (rows[key]["bf16"], rows[key]["fp8"], rows[key]["fp4"]) == (g.bf16, g.fp8, g.fp4)
