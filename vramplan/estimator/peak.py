@@ -15,7 +15,7 @@ from __future__ import annotations
 from vramplan.breakdown import PHASES, Components, PhaseUsage
 from vramplan.estimator.activations import activation_bytes
 from vramplan.estimator.adapters import adapter_bytes
-from vramplan.estimator.logits import logits_bytes
+from vramplan.estimator.loss import loss_bytes
 from vramplan.estimator.optimizer import optimizer_bytes
 from vramplan.estimator.params import count_params, lora_params_per_linear
 from vramplan.estimator.weights import weight_bytes
@@ -47,7 +47,9 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     all_grads = count_params(m, t).trainable * param_bytes
     optimizer = optimizer_bytes(m, t, param_bytes)
     activation = activation_bytes(m, t)
-    logits = logits_bytes(m, t)
+    logits = loss_bytes(m, t)
+    # lm_head's autocast copy of an fp32 weight: the fused losses cast it tile by tile (counted in loss_bytes)
+    head_copy = activation.head_copy if t.loss == "hf" else 0
     persistent = {
         "weights": weights.frozen,
         "quant_state": weights.quant_state,
@@ -66,7 +68,7 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
         **persistent,
         gradients=accum_grads,
         activations=activation.saved + forward_copies + activation.final_hidden_bytes,
-        logits=logits.forward_peak + activation.head_copy,
+        logits=logits.forward_peak + head_copy,
         temporaries=0,
     )
     # inside the last layer's forward: all saved activations and the layer's largest transient set (DoRA's
@@ -91,7 +93,7 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
         **persistent,
         gradients=max(accum_grads, head_grad),
         activations=saved,
-        logits=logits.backward_peak + activation.head_copy,
+        logits=logits.backward_peak + head_copy,
     )
     # a decoder layer's backward: at the top layer all activations are still alive; at the bottom one only its
     # own remain while the gradients of every layer above exist. The usage is linear in between, so the two

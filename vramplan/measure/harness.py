@@ -37,6 +37,7 @@ from vramplan.estimator.build import measured_breakdown
 from vramplan.measure.build import TORCH_DTYPES, Built, build
 from vramplan.measure.cuda_equiv import CudaAutocast, check_versions, cuda_equivalence, installed_versions
 from vramplan.measure.cuda_run import cuda_figures
+from vramplan.measure.losses import loss_function
 from vramplan.measure.moments import (
     LOGITS_GRADIENT,
     STEP,
@@ -248,6 +249,7 @@ def _train(
     if getattr(optimizer, "is_paged", False) and dev != "cuda":
         exclude_paged_states(optimizer, tracker)
     vocab = built.causal_lm.config.get_text_config().vocab_size
+    forward = loss_function(built, t, tracker)  # the model's loss, or TRL's fused LM head (measure/losses.py)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     state.load_events = len(tracker.events or ())
 
@@ -268,7 +270,7 @@ def _train(
                 with tracker.phase_scope("forward"):
                     ids = torch.randint(0, vocab, (t.batch, t.seq), device=built.device)
                     with autocast():
-                        loss = model(input_ids=ids, labels=ids).loss  # the ModelOutput (logits) dies here
+                        loss = forward(ids)  # the ModelOutput (logits) dies here
                     if t.grad_accum > 1:
                         loss = loss / t.grad_accum
                 state.phase = "backward"

@@ -32,4 +32,4 @@ from vramplan.spec.model import (  # noqa: F401
     ParamSpec,
     Quant,
 )
-from vramplan.spec.train import OPTIM_ALIASES, OPTIMIZERS, TrainSpec, resolve_train  # noqa: F401
+from vramplan.spec.train import LOSSES, OPTIM_ALIASES, OPTIMIZERS, TrainSpec, resolve_train  # noqa: F401

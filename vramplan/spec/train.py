@@ -41,6 +41,9 @@ OPTIMIZERS: tuple[str, ...] = (
     "lion_32bit",
 )
 OPTIM_ALIASES = {"adamw_bnb_8bit": "adamw_8bit"}
+# How the loss is computed (vramplan/estimator/loss.py): transformers' ForCausalLMLoss over the full logits, TRL's
+# chunked fused LM head, Liger's fused linear cross-entropy, Apple's cut-cross-entropy.
+LOSSES: tuple[str, ...] = ("hf", "trl-chunked", "liger", "cce")
 
 # Limits on what a user types, far above any real run; beyond them a value is a typo (`--batch 1e9`), and
 # refusing it up front keeps every search over a setting short. Sizes: LLaMA-Factory's and axolotl's largest
@@ -88,6 +91,9 @@ class TrainSpec:
     attn: Attn
     freeze_trainable_layers: int
     alloc_conf: str = ""  # PYTORCH_CUDA_ALLOC_CONF as modelled (`spec.alloc_conf`); "" = torch's defaults
+    loss: str = "hf"  # one of LOSSES
+    packing: bool = False  # packed / padding-free batches: every token real, position_ids per sequence
+    recipe: str = "trainer"  # the framework whose defaults filled the unset settings, with its version
     notes: tuple[str, ...] = ()  # warnings raised while resolving (e.g. bf16 -> fp16 on a T4)
 
     @property
@@ -157,6 +163,9 @@ def resolve_train(
     alloc_conf: str | None = None,
     gpu_compute_capability: str | None = None,
     explicit: Collection[str] = (),
+    loss: str = "hf",
+    packing: bool = False,
+    recipe: str = "trainer",
 ) -> TrainSpec:
     """Fill in the defaults of the common HF Trainer / PEFT recipe for `method` and validate everything.
 
@@ -180,6 +189,7 @@ def resolve_train(
     mixed_precision = _choice(mixed_precision, MIXED, "--mixed-precision")
     quant = _choice(quant, QUANTS, "--quant")
     attn = _choice(attn, ATTNS, "--attn")
+    loss = _choice(loss, LOSSES, "--loss") or "hf"
     optim = str(optim).lower()
     if not gpu_bf16:
         if dtype == "bf16":
@@ -268,6 +278,9 @@ def resolve_train(
         attn=attn,  # type: ignore[arg-type]
         freeze_trainable_layers=int(freeze_trainable_layers),
         alloc_conf=parse_alloc_conf(alloc_conf).text,
+        loss=loss,
+        packing=bool(packing),
+        recipe=str(recipe),
         notes=tuple(notes),
     )
 

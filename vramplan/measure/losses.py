@@ -1,0 +1,120 @@
+"""The loss the traced step computes: the model's own (transformers' ForCausalLMLoss) or TRL's fused LM head.
+
+`loss_function(built, t, tracker)` returns `forward(ids) -> loss` for the harness. For `t.loss == "trl-chunked"`
+it patches the causal LM as `SFTTrainer.__init__` does (trl 1.16.0 trainer/sft_trainer.py: `add_fused_lm_head(
+model.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))`) and computes the loss as
+`SFTTrainer.compute_loss` does (`-log_probs`, summed, over the count of labels that are not −100).
+
+TRL folds the logits tiles with Triton kernels on CUDA and, elsewhere, with torch ops that allocate fp32
+copies of every tile (kernels/chunked_logprob.py `_forward_tile`, `_backward_tile`) and score every position
+instead of the gathered valid ones. The trace follows the CUDA path: `_use_triton` answers True, the autocast
+dtype is CUDA's (the harness emulates CUDA's autocast, which CPU's `is_autocast_enabled("cpu")` does not see), the Triton
+kernels are stood in for by the torch tile functions run with the tracker excluded (the kernels allocate
+nothing; they update the statistics and the tile in place, which the stand-ins do too); `_addmm_fp32`, which
+on CUDA accumulates `a @ b` into the fp32 buffer with `out_dtype` (no copies), runs the same way.
+Liger's and cut-cross-entropy's kernels are Triton only: they are modelled from their source (estimator/loss.py)
+and not traced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+
+from vramplan.errors import VramplanError
+from vramplan.measure.build import Built
+from vramplan.measure.tracker import MemoryTracker
+from vramplan.spec import TrainSpec
+
+TRL_OUTPUTS = ("log_probs", "entropy", "is_top1")  # what SFTTrainer asks of the fused head (trl 1.16.0)
+
+
+class _KernelStandIn:
+    """`kernel[grid](...)` for a Triton kernel: runs `tile_function(...)` with the tracker excluded."""
+
+    def __init__(self, tile_function: Callable, tracker: MemoryTracker) -> None:
+        self.tile_function, self.tracker = tile_function, tracker
+
+    def __getitem__(self, grid: Any) -> Callable:
+        return self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        with self.tracker.excluded():
+            self.tile_function(*args, **kwargs)
+
+
+class _AsCuda:
+    """`torch` as chunked_logprob sees it on CUDA: its autocast questions about the tensors' device (CPU here)
+    are asked about CUDA, which the harness's emulated autocast answers (measure/cuda_autocast.py)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    def is_autocast_enabled(self, device_type: str = "cuda") -> bool:
+        return torch.is_autocast_enabled("cuda")
+
+    def get_autocast_dtype(self, device_type: str = "cuda") -> torch.dtype:
+        return torch.get_autocast_dtype("cuda")
+
+
+def _cuda_path(tracker: MemoryTracker) -> None:
+    """Make TRL's chunked log-prob take its CUDA (Triton) path on CPU, with allocation-free stand-ins."""
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils as trl_utils
+
+    def use_triton(device: torch.device) -> bool:
+        return True
+
+    def addmm_fp32(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+        with tracker.excluded():
+            acc.addmm_(a.float(), b.float())
+
+    chunked_logprob._use_triton = use_triton
+    chunked_logprob.torch = _AsCuda()
+    trl_utils._use_triton = use_triton
+    chunked_logprob._forward_kernel = _KernelStandIn(chunked_logprob._forward_tile, tracker)
+    chunked_logprob._backward_kernel = _KernelStandIn(chunked_logprob._backward_tile, tracker)
+    chunked_logprob._addmm_fp32 = addmm_fp32
+    if not hasattr(chunked_logprob, "triton"):  # imported only where Triton is installed; backward's grid uses it
+        chunked_logprob.triton = SimpleNamespace(cdiv=lambda a, b: -(-a // b))
+
+
+def _label_head(causal_lm: torch.nn.Module) -> None:
+    """The fused head never calls `lm_head`, whose pre-hook labels the logits (step_hooks `LogitsLabel`): run
+    that hook on the backbone's output instead, where the fused head starts."""
+    head = causal_lm.get_output_embeddings()
+
+    def after_backbone(module: torch.nn.Module, args: tuple, output: Any) -> None:
+        for hook in list(head._forward_pre_hooks.values()):
+            hook(head, (output.last_hidden_state,))
+
+    causal_lm.base_model.register_forward_hook(after_backbone)
+
+
+def loss_function(built: Built, t: TrainSpec, tracker: MemoryTracker) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`forward(ids) -> loss` for `t.loss` (labels = the inputs, every one counted)."""
+    model = built.model
+    if t.loss == "hf":
+        return lambda ids: model(input_ids=ids, labels=ids).loss
+    if t.loss != "trl-chunked":
+        raise VramplanError(
+            f"--loss {t.loss} runs only as a Triton kernel (CUDA): it is estimated from its source, not traced; "
+            "measure with --loss hf or --loss trl-chunked"
+        )
+    try:
+        from trl.trainer.utils import add_fused_lm_head
+    except ImportError:
+        raise VramplanError("--loss trl-chunked traces TRL's own code: pip install trl") from None
+    _cuda_path(tracker)
+    add_fused_lm_head(built.causal_lm, outputs=TRL_OUTPUTS)
+    _label_head(built.causal_lm)
+
+    def forward(ids: torch.Tensor) -> torch.Tensor:
+        outputs = model(input_ids=ids, labels=ids, use_cache=False, fused_lm_head=True)
+        per_token_loss = -outputs.log_probs  # zero on ignored positions
+        return per_token_loss.sum() / torch.as_tensor(outputs.label_mask.sum()).clamp(min=1)
+
+    return forward

@@ -1,0 +1,148 @@
+"""`--recipe`: the defaults a training framework applies when you do not set them, per release.
+
+A recipe fills the settings nobody typed (flags beat --from files beat the recipe beat vramplan's own defaults).
+It covers what the framework decides, not the run's shape: batch, sequence length and the method stay yours.
+Each default is read from the framework's code (file and version cited on the rule):
+
+- `trainer`: HF `Trainer` with `bf16=True` and PEFT, vramplan's long-standing default (transformers 5.24
+  `training_args.py`: `optim="adamw_torch_fused"`, `gradient_checkpointing=False`; the loss is the model's
+  `ForCausalLMLoss`, loss/loss_utils.py); LoRA r=16, alpha 32, dropout 0.05 on all linear layers.
+- `trl`: `SFTTrainer` + `SFTConfig` (trl 1.16.0): `gradient_checkpointing=True` (trainer/base_config.py, since
+  1.0.0; TrainingArguments' False in 0.21.0); the loss through the chunked fused LM head
+  (trainer/sft_trainer.py `add_fused_lm_head`, since 1.15.0; the model's own loss up to 1.14.0); a model id is
+  loaded in float32 (trainer/utils.py `create_model_from_path`: `dtype` defaults to "float32") under bf16
+  autocast (base_config.py: `bf16` None -> True); LoRA from `ModelConfig` (trainer/model_config.py: r=16,
+  alpha 32, dropout 0.05, `lora_target_modules` None = PEFT's per-model default, q_proj/v_proj); no packing,
+  no padding-free (sft_config.py).
+- `llamafactory`: LLaMA-Factory (commit ff6d4d1, hparams/finetuning_args.py, model_args.py): lora_rank 8,
+  dropout 0, target all, gradient checkpointing on (model/model_utils/checkpointing.py), no
+  `prepare_model_for_kbit_training`, the HF loss, no packing (data_args.py `packing` None = off for sft).
+- `axolotl`: axolotl (commit 067b021, utils/schemas/*.py): lora_dropout 0, gradient checkpointing off, the HF
+  loss, `sample_packing` off.
+- `unsloth`: `FastLanguageModel.get_peft_model` defaults (r=16, lora_alpha=16, dropout 0, the seven
+  projections) with `use_gradient_checkpointing="unsloth"`, estimated as gradient checkpointing on the GPU;
+  its own kernels and loss are not modelled (said in the output).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from vramplan.errors import VramplanError
+
+RECIPES: tuple[str, ...] = ("trainer", "trl", "llamafactory", "axolotl", "unsloth")
+DEFAULT_RECIPE = "trainer"
+# The distribution each recipe's version is read from (importlib.metadata), and the current release the rules
+# are written against when it is not installed.
+PACKAGES = {"trl": "trl", "llamafactory": "llamafactory", "axolotl": "axolotl", "unsloth": "unsloth",
+            "trainer": "transformers"}  # fmt: skip
+CURRENT = {"trl": "1.16.0", "llamafactory": "0.9.4", "axolotl": "0.13.0", "unsloth": "2025.11.1",
+           "trainer": "5.24.0"}  # fmt: skip
+# trl: first release with gradient_checkpointing=True in its base config (1.0.0 has it, 0.21.0 does not) and
+# the first whose SFTTrainer computes the loss through `add_fused_lm_head` (1.15.0 has it, 1.14.0 does not).
+TRL_GRAD_CKPT_SINCE = (1, 0, 0)
+TRL_FUSED_HEAD_SINCE = (1, 15, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """A framework at a version, with the settings (resolve_train keywords) it defaults; `notes`: what it does
+    that the estimate does not model."""
+
+    name: str
+    version: str
+    version_source: str  # "installed", "named" or "current release"
+    settings: tuple[tuple[str, Any], ...]
+    notes: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def _installed(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def parse_recipe(text: str | None) -> tuple[str, str | None]:
+    """`trl` or `trl==0.21` -> (name, version or None); the did-you-mean error for an unknown name."""
+    from vramplan.errors import did_you_mean
+
+    raw = str(text if text is not None else DEFAULT_RECIPE).strip()
+    name, _, version = raw.partition("==")
+    name = name.strip().lower().replace("-", "").replace("_", "")
+    name = {"hf": "trainer", "transformers": "trainer", "llamafactorycli": "llamafactory"}.get(name, name)
+    if name not in RECIPES:
+        raise did_you_mean(raw, RECIPES, "--recipe value")
+    version = version.strip()
+    if _ and not re.fullmatch(r"\d+(\.\d+){0,2}[\w.+-]*", version):
+        raise VramplanError(f"--recipe {raw!r}: the version after == must look like 0.21 or 1.16.0")
+    return name, version or None
+
+
+def resolve_recipe(text: str | None, method: str = "lora") -> Recipe:
+    """The recipe `text` names (`trl`, `trl==0.21`) at its version: named, else installed, else current."""
+    name, named = parse_recipe(text)
+    installed = None if named else _installed(PACKAGES[name])
+    version = named or installed or CURRENT[name]
+    source = "named" if named else "installed" if installed else "current release"
+    settings, notes = _DEFAULTS[name](_version_tuple(version), str(method).lower())
+    return Recipe(name, version, source, tuple(settings.items()), tuple(notes))
+
+
+def _trainer(version: tuple[int, ...], method: str) -> tuple[dict[str, Any], list[str]]:
+    return {"loss": "hf"}, []
+
+
+def _trl(version: tuple[int, ...], method: str) -> tuple[dict[str, Any], list[str]]:
+    settings: dict[str, Any] = {
+        "grad_ckpt": version >= TRL_GRAD_CKPT_SINCE or None,  # None: the method's own rule (QLoRA's kbit prep)
+        "loss": "trl-chunked" if version >= TRL_FUSED_HEAD_SINCE else "hf",
+        "dtype": "fp32",
+        "mixed_precision": "bf16",
+        "lora_rank": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "lora_target": "qv",
+        "packing": False,
+    }
+    if settings["grad_ckpt"] is None:
+        del settings["grad_ckpt"]
+    notes = ["trl loads a model id in float32 (SFTConfig model_init_kwargs dtype): --dtype bf16 if you load it"]
+    if method == "qlora":
+        notes.append("trl casts QLoRA adapters to bf16 (sft_trainer.py); estimated in fp32")
+    return settings, notes
+
+
+def _llamafactory(version: tuple[int, ...], method: str) -> tuple[dict[str, Any], list[str]]:
+    settings: dict[str, Any] = {"loss": "hf", "lora_rank": 8, "lora_dropout": 0.0, "lora_target": "all-linear",
+                                "grad_ckpt": True, "kbit_prep": False, "packing": False}  # fmt: skip
+    if method == "full":
+        settings["dtype"] = "fp32"  # cast_trainable_params_to_fp32 unless pure_bf16
+    return settings, []
+
+
+def _axolotl(version: tuple[int, ...], method: str) -> tuple[dict[str, Any], list[str]]:
+    return {"loss": "hf", "lora_dropout": 0.0, "grad_ckpt": False, "packing": False}, []
+
+
+def _unsloth(version: tuple[int, ...], method: str) -> tuple[dict[str, Any], list[str]]:
+    settings = {"lora_rank": 16, "lora_alpha": 16, "lora_dropout": 0.0, "lora_target": "all-linear",
+                "grad_ckpt": True}  # fmt: skip
+    return settings, ["unsloth's kernels, fused loss and offloaded checkpointing are not modelled"]
+
+
+_DEFAULTS = {"trainer": _trainer, "trl": _trl, "llamafactory": _llamafactory, "axolotl": _axolotl,
+             "unsloth": _unsloth}  # fmt: skip
+FORMAT_RECIPES = {"llamafactory": "llamafactory", "axolotl": "axolotl", "training_args": "trainer"}
