@@ -41,13 +41,19 @@ def estimate(
     or a ModelSpec. `gpu`: a name or alias (`vramplan gpus`), whose stored calibration (`vramplan
     calibration`) replaces the default CUDA context, allocator ratio and error band, or a GpuProfile (used with
     its own `overheads`). `options`: the keyword arguments of `vramplan.spec.resolve_train` (method, batch,
-    seq, lora_rank, optim, grad_ckpt, ...), or a resolved `train`.
+    seq, lora_rank, optim, grad_ckpt, loss, packing, ...), or a resolved `train`; `recipe="trl"` fills the
+    options not given with that framework's defaults (vramplan.spec.recipe).
 
     >>> b = estimate("llama-2-7b", method="qlora", gpu="3060ti")
     >>> b.verdict, b.peak_phase
     """
     m = load_model(model) if isinstance(model, str) else model
     g = _gpu(gpu)
+    if options.get("recipe") is not None:  # the framework's defaults under the options given
+        from vramplan.spec.recipe import resolve_recipe
+
+        recipe = resolve_recipe(options["recipe"], options.get("method", "qlora"))
+        options = {**dict(recipe.settings), **options, "recipe": recipe.label}
     t = train or resolve_train(
         m, gpu_bf16=g.bf16 if g else True, gpu_compute_capability=g.compute_capability if g else None, **options
     )

@@ -64,6 +64,26 @@ def train_options(f: Callable) -> Callable:
         click.option("--grad-ckpt/--no-grad-ckpt", default=None, help="gradient checkpointing [on for qlora]"),
         click.option("--attn", default="sdpa", show_default=True, help="eager | sdpa | flash_attention_2"),
         click.option(
+            "--recipe",
+            default="trainer",
+            show_default=True,
+            help="the framework whose defaults fill what you leave unset: trainer | trl | llamafactory | axolotl | "
+            "unsloth, at its installed version or a named one (trl==0.21); --from picks the file's",
+        ),
+        click.option(
+            "--loss",
+            default="hf",
+            show_default=True,
+            help="hf (full logits) | trl-chunked (TRL's fused LM head) | liger (fused linear CE) | cce "
+            "(cut-cross-entropy) [the recipe's]",
+        ),
+        click.option(
+            "--packing/--no-packing",
+            default=False,
+            show_default=True,
+            help="packed / padding-free batches (sample_packing, packing, padding_free): every token real",
+        ),
+        click.option(
             "--freeze-trainable-layers",
             type=int,
             default=2,
@@ -85,7 +105,7 @@ def train_options(f: Callable) -> Callable:
 TRAIN_KEYS = (
     "method", "dtype", "mixed_precision", "quant", "double_quant", "kbit_prep", "batch", "seq", "grad_accum",
     "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "dora", "optim", "grad_ckpt", "attn",
-    "freeze_trainable_layers", "alloc_conf",
+    "freeze_trainable_layers", "alloc_conf", "loss", "packing", "recipe",
 )  # fmt: skip
 
 
@@ -168,6 +188,10 @@ def resolve_plan(model: str | None, gpu: str | None, kw: dict[str, Any]):
     plan = plan_inputs(model or option, kw.get("from_files") or (), {k: kw[k] for k in TRAIN_KEYS}, typed)
     if plan.not_modeled:
         click.echo("note: not modeled, estimated without: " + "; ".join(map(str, plan.not_modeled)), err=True)
+    if plan.recipe is not None:
+        for note in plan.recipe.notes:
+            if "not modelled" not in note:
+                click.echo(f"note: {note}", err=True)
     t = resolve_train(
         plan.model,
         gpu_bf16=g.bf16 if g else True,

@@ -42,7 +42,24 @@ CASES = {
     "qlora-dora": {"method": "qlora", "dora": True},
     "qlora-8bit-optim": {"method": "qlora", "optim": "adamw_8bit"},
     "qlora-paged-optim": {"method": "qlora", "optim": "paged_adamw_8bit"},
+    # TRL's chunked fused LM head (traced on its CUDA path, measure/losses.py), alone and in TRL's recipe
+    "lora-trl-loss": {"loss": "trl-chunked"},
+    "lora-trl-recipe": {
+        "loss": "trl-chunked",
+        "dtype": "fp32",
+        "grad_ckpt": True,
+        "lora_target": "qv",
+        "lora_dropout": 0.05,
+    },
+    "full-trl-loss": {"method": "full", "loss": "trl-chunked"},
+    "qlora-trl-loss": {"method": "qlora", "loss": "trl-chunked"},
+    # packed rows (position_ids restarting): SDPA's block-diagonal mask without a cache, none with one
+    "lora-packed-trl": {"loss": "trl-chunked", "packing": True},
+    "lora-packed-ckpt": {"packing": True, "grad_ckpt": True},
+    "lora-packed-cache": {"packing": True},
 }
+# cases that trace TRL's own code (skipped where trl is not installed)
+NEEDS_TRL = frozenset(case for case, settings in CASES.items() if settings.get("loss") == "trl-chunked")
 
 FAMILIES = [
     "llama",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.oracle.conftest import check
-from tests.oracle.grid import BASE, CASES, FAMILIES, SMALL_LLAMA
+from tests.oracle.grid import BASE, CASES, FAMILIES, NEEDS_TRL, SMALL_LLAMA
 from vramplan.spec import model_spec_from_config, resolve_train
 
 # Known gaps, kept visible: strict xfails turn into failures the day the estimator models them.
@@ -23,6 +23,8 @@ KNOWN_GAPS: dict[str, str] = {}
      for c in CASES],
 )  # fmt: skip
 def test_small_llama(case):
+    if case in NEEDS_TRL:
+        pytest.importorskip("trl")
     m = model_spec_from_config(SMALL_LLAMA, "small-llama")
     t = resolve_train(m, **{**BASE, **CASES[case]})
     check(m, t, "cpu")

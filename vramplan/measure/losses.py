@@ -7,9 +7,9 @@ model.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))`) and compu
 
 TRL folds the logits tiles with Triton kernels on CUDA and, elsewhere, with torch ops that allocate fp32
 copies of every tile (kernels/chunked_logprob.py `_forward_tile`, `_backward_tile`) and score every position
-instead of the gathered valid ones. The trace follows the CUDA path: `_use_triton` answers True, the autocast
-dtype is CUDA's (the harness emulates CUDA's autocast, which CPU's `is_autocast_enabled("cpu")` does not see), the Triton
-kernels are stood in for by the torch tile functions run with the tracker excluded (the kernels allocate
+instead of the gathered valid ones. The trace follows the CUDA path: `_use_triton` answers True; the autocast
+dtype is CUDA's (the harness emulates CUDA's autocast, which `is_autocast_enabled("cpu")` does not see); the
+Triton kernels are stood in for by the torch tile functions run with the tracker excluded (the kernels allocate
 nothing; they update the statistics and the tile in place, which the stand-ins do too); `_addmm_fp32`, which
 on CUDA accumulates `a @ b` into the fp32 buffer with `out_dtype` (no copies), runs the same way.
 Liger's and cut-cross-entropy's kernels are Triton only: they are modelled from their source (estimator/loss.py)
@@ -18,17 +18,22 @@ and not traced.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import torch
+from transformers import masking_utils
 
 from vramplan.errors import VramplanError
 from vramplan.measure.build import Built
 from vramplan.measure.tracker import MemoryTracker
 from vramplan.spec import TrainSpec
 
+# transformers' packed-sequence detection, before the harness's CUDA equivalence turns it off for unpacked runs
+# (measure/cuda_equiv.py): a packed run (CPU, real tensors) calls the real one
+_FIND_PACKED = masking_utils.find_packed_sequence_indices
 TRL_OUTPUTS = ("log_probs", "entropy", "is_top1")  # what SFTTrainer asks of the fused head (trl 1.16.0)
 
 
@@ -94,10 +99,37 @@ def _label_head(causal_lm: torch.nn.Module) -> None:
     causal_lm.base_model.register_forward_hook(after_backbone)
 
 
+def packed_position_ids(ids: torch.Tensor) -> torch.Tensor:
+    """Position ids of rows that each pack two documents (a half and the rest), as the packing collators write
+    them (TRL DataCollatorForLanguageModeling `return_position_ids`, axolotl's multipack, LLaMA-Factory's
+    neat_packing): positions restart at each document."""
+    seq = ids.shape[1]
+    half = seq // 2
+    row = torch.cat([torch.arange(half), torch.arange(seq - half)]).to(ids.device)
+    return row.unsqueeze(0).expand(ids.shape[0], -1)
+
+
+@contextlib.contextmanager
+def _packed_detection() -> Iterator[None]:
+    patched = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = _FIND_PACKED
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = patched
+
+
 def loss_function(built: Built, t: TrainSpec, tracker: MemoryTracker) -> Callable[[torch.Tensor], torch.Tensor]:
     """`forward(ids) -> loss` for `t.loss` (labels = the inputs, every one counted)."""
     model = built.model
     if t.loss == "hf":
+        if t.packing:
+
+            def packed(ids: torch.Tensor) -> torch.Tensor:
+                with _packed_detection():
+                    return model(input_ids=ids, labels=ids, position_ids=packed_position_ids(ids)).loss
+
+            return packed
         return lambda ids: model(input_ids=ids, labels=ids).loss
     if t.loss != "trl-chunked":
         raise VramplanError(
@@ -113,7 +145,9 @@ def loss_function(built: Built, t: TrainSpec, tracker: MemoryTracker) -> Callabl
     _label_head(built.causal_lm)
 
     def forward(ids: torch.Tensor) -> torch.Tensor:
-        outputs = model(input_ids=ids, labels=ids, use_cache=False, fused_lm_head=True)
+        position_ids = packed_position_ids(ids) if t.packing else None
+        with _packed_detection() if t.packing else contextlib.nullcontext():
+            outputs = model(input_ids=ids, labels=ids, use_cache=False, fused_lm_head=True, position_ids=position_ids)
         per_token_loss = -outputs.log_probs  # zero on ignored positions
         return per_token_loss.sum() / torch.as_tensor(outputs.label_mask.sum()).clamp(min=1)
 

@@ -40,9 +40,17 @@ def listed(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def train_title(b: Any) -> str:
-    """`model · method · batch B × seq S · gpu` of a training result (estimate, measurement, one GPU's share)."""
+    """`model · method · batch B × seq S [packed] · gpu` of a training result (estimate, measurement, one GPU's
+    share)."""
     t = b.train
-    return f"{b.model} · {t.method} · batch {t.batch} × seq {t.seq}" + (f" · {b.gpu}" if b.gpu else "")
+    shape = f"batch {t.batch} × seq {t.seq}" + (" packed" if t.packing else "")
+    return f"{b.model} · {t.method} · {shape}" + (f" · {b.gpu}" if b.gpu else "")
+
+
+def recipe_line(t: Any) -> str:
+    """`recipe: trl 1.16.0 · loss trl-chunked · gradient checkpointing`: whose defaults the step follows."""
+    ckpt = "gradient checkpointing" if t.grad_ckpt else "no checkpointing"
+    return f"recipe: {t.recipe} · loss {t.loss} · {ckpt}" + (" · packed" if t.packing else "")
 
 
 def band_text(error_band: float) -> str:

@@ -13,6 +13,7 @@ from vramplan.report.common import (
     gib,
     listed,
     print_notes,
+    recipe_line,
     train_title,
     verdict_line,
 )
@@ -115,6 +116,7 @@ def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -
         f"({100 * b.params_trainable / max(b.params_total, 1):.3g} %) · peak in {b.peak_phase}"
         f"{f' ({b.peak_moment})' if b.peak_moment else ''} · units GiB = 1024³ B"
     )
+    console.print(recipe_line(b.train))
     if b.gpu_bytes is not None and b.verdict is not None:
         console.print(verdict_line(b, band_text(b.error_band)))
     print_notes(b.all_notes, console)

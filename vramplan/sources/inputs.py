@@ -16,6 +16,7 @@ from vramplan.errors import VramplanError
 from vramplan.sources.configs import FileSettings, Unmodeled, read_config, read_model_config
 from vramplan.sources.profiles import find_model_config
 from vramplan.spec import ModelSpec, model_spec_from_config
+from vramplan.spec.recipe import FORMAT_RECIPES, Recipe, resolve_recipe
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,7 @@ class Plan:
     sources: Mapping[str, str]
     not_modeled: tuple[Unmodeled, ...]
     model_config: str
+    recipe: Recipe | None = None  # the framework whose defaults filled what nobody set (spec/recipe.py)
 
 
 def plan_inputs(model: str | None, files: Sequence[str], flags: Mapping[str, Any], typed: Collection[str] = ()) -> Plan:
@@ -67,8 +69,32 @@ def plan_inputs(model: str | None, files: Sequence[str], flags: Mapping[str, Any
     target = settings.get("lora_target")
     if isinstance(target, str) and set(target.split(",")) == {lin.name for lin in spec.linears}:
         settings["lora_target"] = "all-linear"  # PEFT saves all-linear as the list of every Linear
+    recipe = _apply_recipe(settings, sources, read, typed)
     unmodeled = [u for fs in (*read, quant) for u in fs.not_modeled if u.affects not in typed]
     if mc.prequantized and "quant" not in typed:  # a GPTQ/AWQ/bnb copy resolved offline to a built-in profile
         note = f"pre-quantized checkpoint: the architecture of {mc.origin}, its quantization not read; --quant sets it"
         unmodeled.append(Unmodeled("model", f"{mc.name} ({mc.prequantized})", note, "quant"))
-    return Plan(spec, settings, sources, tuple(dict.fromkeys(unmodeled)), mc.origin)
+    unmodeled += [Unmodeled("recipe", recipe.name, note) for note in recipe.notes if "not modelled" in note]
+    return Plan(spec, settings, sources, tuple(dict.fromkeys(unmodeled)), mc.origin, recipe)
+
+
+def _apply_recipe(
+    settings: dict[str, Any], sources: dict[str, str], read: Sequence[FileSettings], typed: Collection[str]
+) -> Recipe:
+    """Fill the settings still at vramplan's defaults with the recipe's: `--recipe` when typed, else the
+    framework of the last --from file that has one (a TrainingArguments JSON with SFTConfig's keys is TRL's),
+    else the default recipe."""
+    text, origin = (settings.get("recipe"), "flag") if "recipe" in typed else (None, "default")
+    if text is None:
+        for fs in reversed(read):
+            if fs.format in FORMAT_RECIPES:
+                sft = fs.format == "training_args" and "packing" in fs.raw_keys
+                text, origin = ("trl" if sft else FORMAT_RECIPES[fs.format]), f"file:{fs.path}"
+                break
+    recipe = resolve_recipe(text, str(settings.get("method", "lora")))
+    for key, value in recipe.settings:
+        if sources.get(key, "default") == "default":
+            settings[key], sources[key] = value, f"recipe:{recipe.name}"
+    settings["recipe"] = recipe.label
+    sources["recipe"] = origin
+    return recipe

@@ -38,7 +38,9 @@ DEFAULT_RECIPE = "trainer"
 # are written against when it is not installed.
 PACKAGES = {"trl": "trl", "llamafactory": "llamafactory", "axolotl": "axolotl", "unsloth": "unsloth",
             "trainer": "transformers"}  # fmt: skip
-CURRENT = {"trl": "1.16.0", "llamafactory": "0.9.4", "axolotl": "0.13.0", "unsloth": "2025.11.1",
+# (LLaMA-Factory and axolotl: the commits whose schemas sources/configs reads; unsloth: not pinned, the
+# defaults of `FastLlamaModel.get_peft_model`'s signature, unsloth/models/llama.py)
+CURRENT = {"trl": "1.16.0", "llamafactory": "ff6d4d1", "axolotl": "067b021", "unsloth": "unpinned",
            "trainer": "5.24.0"}  # fmt: skip
 # trl: first release with gradient_checkpointing=True in its base config (1.0.0 has it, 0.21.0 does not) and
 # the first whose SFTTrainer computes the loss through `add_fused_lm_head` (1.15.0 has it, 1.14.0 does not).
@@ -59,10 +61,14 @@ class Recipe:
 
     @property
     def label(self) -> str:
-        return f"{self.name} {self.version}"
+        """`trl 1.16.0`; the Trainer's version is transformers': `trainer (transformers 5.24.0)`."""
+        return f"{self.name} (transformers {self.version})" if self.name == "trainer" else f"{self.name} {self.version}"
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
+    """(1, 16, 0) of "1.16.0"; a commit or "unpinned" reads as the newest (the current release's rules)."""
+    if not re.match(r"\d", text):
+        return (10**6,)
     return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
@@ -107,7 +113,7 @@ def _trainer(version: tuple[int, ...], method: str) -> tuple[dict[str, Any], lis
 
 def _trl(version: tuple[int, ...], method: str) -> tuple[dict[str, Any], list[str]]:
     settings: dict[str, Any] = {
-        "grad_ckpt": version >= TRL_GRAD_CKPT_SINCE or None,  # None: the method's own rule (QLoRA's kbit prep)
+        "grad_ckpt": version >= TRL_GRAD_CKPT_SINCE,  # before: TrainingArguments' False, passed to kbit prep
         "loss": "trl-chunked" if version >= TRL_FUSED_HEAD_SINCE else "hf",
         "dtype": "fp32",
         "mixed_precision": "bf16",
@@ -117,8 +123,6 @@ def _trl(version: tuple[int, ...], method: str) -> tuple[dict[str, Any], list[st
         "lora_target": "qv",
         "packing": False,
     }
-    if settings["grad_ckpt"] is None:
-        del settings["grad_ckpt"]
     notes = ["trl loads a model id in float32 (SFTConfig model_init_kwargs dtype): --dtype bf16 if you load it"]
     if method == "qlora":
         notes.append("trl casts QLoRA adapters to bf16 (sft_trainer.py); estimated in fp32")

@@ -6,17 +6,40 @@ from collections.abc import Mapping
 from typing import Any
 
 from vramplan.errors import VramplanError
-from vramplan.sources.configs.reader import FileSettings, Reader, is_set, shown_value
+from vramplan.sources.configs.reader import FileSettings, Reader, Unmodeled, is_set, shown_value
 
 _AX_ATTN = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash_attention_2"}
 _AX_UNMODELED = (
-    "deepspeed", "fsdp", "fsdp_config", "sample_packing", "neftune_noise_alpha", "plugins", "torch_compile",
+    "deepspeed", "fsdp", "fsdp_config", "neftune_noise_alpha", "torch_compile",
     "activation_offloading", "layer_offloading", "lora_modules_to_save", "relora", "gptq", "rl",
     "s2_attention", "unfrozen_parameters", "peft_layers_to_transform", "lora_target_parameters",
     "unsloth_lora_mlp", "unsloth_lora_qkv", "unsloth_lora_o", "unsloth_cross_entropy_loss", "lora_mlp_kernel",
-    "lora_qkv_kernel", "lora_o_kernel", "cut_cross_entropy", "chunked_cross_entropy",
+    "lora_qkv_kernel", "lora_o_kernel", "chunked_cross_entropy",
     "flash_attn_cross_entropy", "fp8",
 )  # fmt: skip
+
+
+_LIGER_KERNELS = ("liger_rms_norm", "liger_glu_activation", "liger_rope", "liger_layer_norm", "liger_rms_norm_gated")
+
+
+def _plugins(r: Reader, data: Mapping[str, Any]) -> None:
+    """axolotl's loss plugins (integrations/cut_cross_entropy, integrations/liger): the CCE plugin computes the
+    loss with cut-cross-entropy unless `cut_cross_entropy: false`; Liger's with its fused linear cross-entropy
+    when `liger_fused_linear_cross_entropy`. Liger's layer kernels are estimated as the unfused ops."""
+    plugins = data.get("plugins") or []
+    names = [str(p) for p in plugins] if isinstance(plugins, list) else [str(plugins)]
+    cce = any("CutCrossEntropy" in n for n in names) or (r.has("cut_cross_entropy") and not names)
+    if cce and not (r.has("cut_cross_entropy") and not r.typed("cut_cross_entropy", bool)):
+        r.set("loss", "cce")
+    if r.has("liger_fused_linear_cross_entropy") and r.typed("liger_fused_linear_cross_entropy", bool):
+        r.set("loss", "liger")
+    kernels = [k for k in _LIGER_KERNELS if r.has(k) and r.typed(k, bool)]
+    if kernels:
+        r.skip(kernels[0], "Liger's layer kernels estimated as the unfused ops (more activations)")
+    known = ("CutCrossEntropy", "liger")
+    for name in names:
+        if not any(k in name for k in known):
+            r.unmodeled.append(Unmodeled("plugins", shown_value(name)))
 
 
 def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
@@ -89,7 +112,11 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
         r.set("dtype", "fp16" if b8 else "fp32")
         r.set("mixed_precision", "no")
     r.skip_ifis_set(_AX_UNMODELED)
+    _plugins(r, data)
+    if r.has("sample_packing"):
+        r.set("packing", r.typed("sample_packing", bool))
     for setting, value in (("lora_dropout", 0.0), ("seq", 512), ("batch", 1), ("grad_accum", 1),
-                           ("optim", "adamw_torch_fused"), ("grad_ckpt", False)):  # fmt: skip
+                           ("optim", "adamw_torch_fused"), ("grad_ckpt", False), ("loss", "hf"),
+                           ("packing", False)):  # fmt: skip
         r.default(setting, value)
     return r.done("axolotl", data.get("base_model"))

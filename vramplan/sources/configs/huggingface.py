@@ -9,8 +9,7 @@ from typing import Any
 from vramplan.sources.configs.reader import FileSettings, Reader
 
 _TA_UNMODELED = (
-    "deepspeed", "fsdp", "torch_compile", "neftune_noise_alpha", "use_liger_kernel", "auto_find_batch_size",
-    "optim_target_modules", "packing",
+    "deepspeed", "fsdp", "torch_compile", "neftune_noise_alpha", "auto_find_batch_size", "optim_target_modules",
 )  # fmt: skip
 
 
@@ -33,6 +32,18 @@ def read_training_args(data: Mapping[str, Any], path: str) -> FileSettings:
     if key:
         r.copy(key, "seq", int)
     r.skip_ifis_set(_TA_UNMODELED)
+    # TRL's SFTConfig: packing, padding_free (packing_strategy "bfd" implies padding-free); both fill the batch
+    packed = any(r.has(k) and r.typed(k, bool) for k in ("packing", "padding_free"))
+    if r.has("packing") or r.has("padding_free"):
+        r.set("packing", packed)
+    if r.has("use_liger_kernel") and r.typed("use_liger_kernel", bool):
+        # transformers applies Liger with fused linear CE on; TRL >= 1.15's SFTTrainer turns it off (its own
+        # fused head); the layer kernels are estimated as the unfused ops
+        if "packing" not in data:
+            fused = (data.get("liger_kernel_config") or {}).get("fused_linear_cross_entropy", True)
+            if fused:
+                r.set("loss", "liger")
+        r.skip("use_liger_kernel", "Liger's layer kernels estimated as the unfused ops (more activations)")
     for setting, value in (("batch", 8), ("grad_accum", 1), ("mixed_precision", "no"), ("grad_ckpt", False)):
         r.default(setting, value)
     return r.done("training_args", None)

@@ -10,13 +10,13 @@ from vramplan.sources.configs.reader import FileSettings, Reader, Unmodeled
 
 _LF_DEFAULTS = (
     ("lora_rank", 8), ("lora_dropout", 0.0), ("lora_target", "all-linear"), ("seq", 2048), ("batch", 8),
-    ("grad_accum", 1), ("grad_ckpt", True), ("kbit_prep", False),
+    ("grad_accum", 1), ("grad_ckpt", True), ("kbit_prep", False), ("loss", "hf"),
 )  # fmt: skip
 _LF_ATTN = {"auto": "sdpa", "sdpa": "sdpa", "fa2": "flash_attention_2", "disabled": "eager"}
 _LF_UNMODELED = (
-    "deepspeed", "fsdp", "packing", "neat_packing", "neftune_noise_alpha", "use_galore", "use_apollo",
+    "deepspeed", "fsdp", "neftune_noise_alpha", "use_galore", "use_apollo",
     "use_badam", "use_adam_mini", "use_muon", "use_llama_pro", "use_unsloth", "use_unsloth_gc",
-    "enable_liger_kernel", "shift_attn", "mixture_of_depths", "upcast_layernorm", "upcast_lmhead_output",
+    "shift_attn", "mixture_of_depths", "upcast_layernorm", "upcast_lmhead_output",
     "additional_target", "freeze_extra_modules", "torch_compile", "rope_scaling",
 )  # fmt: skip
 
@@ -93,6 +93,18 @@ def read_llamafactory(data: Mapping[str, Any], path: str) -> FileSettings:
     if r.has("disable_gradient_checkpointing"):
         r.set("grad_ckpt", not r.typed("disable_gradient_checkpointing", bool))
     r.skip_ifis_set(_LF_UNMODELED)
+    # packing (data_args.py; None = on for stage pt only) and neat_packing (packing without cross-attention,
+    # padding-free with position_ids) both fill every micro-batch with cutoff_len real tokens
+    packed = any(r.has(k) and r.typed(k, bool) for k in ("packing", "neat_packing"))
+    r.set("packing", packed) if r.has("packing") or r.has("neat_packing") else r.default(
+        "packing", str(data.get("stage") or "sft") == "pt"
+    )
+    if r.has("enable_liger_kernel") and r.typed("enable_liger_kernel", bool):
+        # model_utils/liger_kernel.py: apply_liger_kernel_to_<model> with its defaults (fused linear CE on,
+        # off only when a stage needs the logits: not sft / pt)
+        if str(data.get("stage") or "sft") in ("sft", "pt"):
+            r.set("loss", "liger")
+        r.skip("enable_liger_kernel", "Liger's layer kernels estimated as the unfused ops (more activations)")
     for setting, value in _LF_DEFAULTS:
         r.default(setting, value)
     return r.done("llamafactory", data.get("model_name_or_path"))

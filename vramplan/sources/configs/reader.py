@@ -39,6 +39,7 @@ class FileSettings:
     sources: Mapping[str, str]
     not_modeled: tuple[Unmodeled, ...]
     model: str | None
+    raw_keys: frozenset[str] = frozenset()  # the file's top-level keys (which framework wrote it)
 
 
 def shown_value(value: Any) -> str:
@@ -138,5 +139,5 @@ class Reader:
     def done(self, fmt: Format, model: Any) -> FileSettings:
         return FileSettings(
             self.path, fmt, dict(self.settings), dict(self.sources), tuple(self.unmodeled),
-            str(model) if is_set(model) else None,
+            str(model) if is_set(model) else None, frozenset(map(str, self.data)),
         )  # fmt: skip
