@@ -142,8 +142,10 @@ def test_llamafactory_freeze_example():
         ("optim: paged_adamw_8bit\ncutoff_len: 4096", {"optim": "paged_adamw_8bit", "seq": 4096}, []),
         ("optim: muon", {"optim": "adamw_torch_fused"},
          ["optim=muon (optimizer not modeled; estimated with --optim)"]),
-        ("packing: true\nneftune_noise_alpha: 5\nstage: dpo", {},
-         ["stage=dpo (reference/reward models not estimated)", "packing=true", "neftune_noise_alpha=5"]),
+        ("packing: true\nneftune_noise_alpha: 5\nstage: dpo", {"packing": True},
+         ["stage=dpo (reference/reward models not estimated)", "neftune_noise_alpha=5"]),
+        ("enable_liger_kernel: true", {"loss": "liger"},
+         ["enable_liger_kernel=true (Liger's layer kernels estimated as the unfused ops (more activations))"]),
     ],
 )  # fmt: skip
 def test_llamafactory_keys(tmp_path: Path, yaml_text: str, expected: dict[str, Any], not_modeled: list[str]):
@@ -176,7 +178,8 @@ def test_axolotl_qlora_example():
         "optim": "paged_adamw_32bit", "attn": "flash_attention_2", "lora_target_preset": "all-linear",
     }  # fmt: skip
     assert i["model_config"] == "builtin:llama-3-8b"  # a mirror of meta-llama/Meta-Llama-3-8B
-    assert i["not_modeled"] == ["sample_packing=true"]
+    assert i["not_modeled"] == []  # sample_packing is modelled: every token of the micro-batch is real
+    assert (i["packing"], i["recipe"].split()[0]) == (True, "axolotl")
     src = i["sources"]
     assert {src[k] for k in ("model", "method", "quant", "batch", "seq", "optim", "attn", "lora_rank")} == {
         file(AXOLOTL)
@@ -235,7 +238,8 @@ def test_training_args_adapter_and_quantized_model():
         "lora_rank": file(ADAPTER), "lora_alpha": file(ADAPTER), "lora_dropout": file(ADAPTER),
         "lora_target": file(ADAPTER), "dora": file(ADAPTER),
         "dtype": "default", "kbit_prep": "default", "seq": "default", "attn": "default",
-        "freeze_trainable_layers": "default", "alloc_conf": "default",
+        "freeze_trainable_layers": "default", "alloc_conf": "default", "packing": "default",
+        "recipe": file(TRAINING_ARGS), "loss": "recipe:trainer",  # a TrainingArguments dump: the Trainer's recipe
     }  # fmt: skip
     assert i["model_config"] == config
     assert i["not_modeled"] == []

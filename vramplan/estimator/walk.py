@@ -122,11 +122,9 @@ def walk_settings(m: ModelSpec, t: TrainSpec) -> WalkSettings:
     return WalkSettings(
         # transformers masking_utils `_ignore_causal_mask_sdpa` skips the mask only while kv_length < window
         # packed rows (position_ids restarting inside a row): `find_packed_sequence_indices` turns the causal skip
-        # off and SDPA gets the block-diagonal B·1·S·S mask (masking_utils.py `_preprocess_mask_arguments`), but
-        # only without a cache: TRL's compute_loss passes use_cache=False, checkpointing forces it
-        # (utils/generic.py); the Trainer's forward otherwise builds a DynamicCache and the mask is skipped
+        # off and SDPA gets the block-diagonal B·1·S·S mask (masking_utils.py `_preprocess_mask_arguments`)
         masked=(m.sliding_window is not None and t.seq >= m.sliding_window and m.model_type in ("mistral", "mixtral"))
-        or (t.packing and attn == "sdpa" and (t.grad_ckpt or t.loss == "trl-chunked")),
+        or (t.packing and attn == "sdpa"),
         autocast_dtype=autocast_dtype,
         weight_dtype=t.dtype,
         norm_dtype="fp32" if t.kbit_prep else t.dtype,
