@@ -78,6 +78,13 @@ def train_options(f: Callable) -> Callable:
             "(cut-cross-entropy) [the recipe's]",
         ),
         click.option(
+            "--liger/--no-liger",
+            "liger_kernels",
+            default=False,
+            show_default=True,
+            help="Liger's RMSNorm, SwiGLU and RoPE kernels (modelled from their Triton source)",
+        ),
+        click.option(
             "--packing/--no-packing",
             default=False,
             show_default=True,
@@ -105,7 +112,7 @@ def train_options(f: Callable) -> Callable:
 TRAIN_KEYS = (
     "method", "dtype", "mixed_precision", "quant", "double_quant", "kbit_prep", "batch", "seq", "grad_accum",
     "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "dora", "optim", "grad_ckpt", "attn",
-    "freeze_trainable_layers", "alloc_conf", "loss", "packing", "recipe",
+    "freeze_trainable_layers", "alloc_conf", "loss", "packing", "recipe", "liger_kernels",
 )  # fmt: skip
 
 

@@ -57,6 +57,11 @@ CASES = {
     "lora-packed-trl": {"loss": "trl-chunked", "packing": True},
     "lora-packed-ckpt": {"packing": True, "grad_ckpt": True},
     "lora-packed-cache": {"packing": True},
+    # Liger's RMSNorm / SwiGLU / RoPE (Triton only: traced with CPU stand-ins that allocate what Liger's autograd
+    # Functions allocate, measure/liger.py)
+    "lora-liger": {"liger_kernels": True},
+    "lora-liger-ckpt": {"liger_kernels": True, "grad_ckpt": True},
+    "full-liger": {"method": "full", "liger_kernels": True},
 }
 # cases that trace TRL's own code (skipped where trl is not installed)
 NEEDS_TRL = frozenset(case for case, settings in CASES.items() if settings.get("loss") == "trl-chunked")

@@ -144,8 +144,7 @@ def test_llamafactory_freeze_example():
          ["optim=muon (optimizer not modeled; estimated with --optim)"]),
         ("packing: true\nneftune_noise_alpha: 5\nstage: dpo", {"packing": True},
          ["stage=dpo (reference/reward models not estimated)", "neftune_noise_alpha=5"]),
-        ("enable_liger_kernel: true", {"loss": "liger"},
-         ["enable_liger_kernel=true (Liger's layer kernels estimated as the unfused ops (more activations))"]),
+        ("enable_liger_kernel: true", {"loss": "liger", "liger_kernels": True}, []),
     ],
 )  # fmt: skip
 def test_llamafactory_keys(tmp_path: Path, yaml_text: str, expected: dict[str, Any], not_modeled: list[str]):

@@ -197,6 +197,9 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     # (fp32 after kbit prep) and the LoRA sum promotes to it
     mlp_elem_bytes = BYTES[residual_dtype if settings.quantized else (autocast_dtype or residual_dtype)]
     mlp_intermediates = {"gated": 3, "gated_fused": 3, "plain": 2}.get(m.mlp, 3 * max(m.num_experts_per_tok, 1))
+    if settings.liger and m.mlp == "gated":
+        mlp_intermediates = 1  # Liger's SwiGLU backward writes both operands' gradients into the saved a and b
+
     workspace = mlp_intermediates * tokens * m.intermediate_size * mlp_elem_bytes + hidden
     largest_target = max((li.weight_params for li in m.linears if li.name in settings.lora_targets), default=0)
     return ActivationBytes(

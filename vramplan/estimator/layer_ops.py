@@ -221,6 +221,14 @@ def norm(
             walk.save(x_cast, walk.new(rows, "fp32", False), walk.new(rows, "fp32", False))  # input, mean, rstd
         walk.transient(x, x_cast, out)
         return out
+    if settings.liger:
+        # Liger-Kernel 0.8.5 ops/rms_norm.py LigerRMSNormFunction (casting_mode "llama"): Y = empty in X's dtype,
+        # RSTD (rows, fp32); saves X itself (no fp32 copy), W and RSTD; the fp32 math stays in registers
+        out = walk.new(rows * features, x.dtype, x.requires_grad or trainable)
+        if x.requires_grad or trainable:
+            walk.save(x, walk.new(rows, "fp32", False))
+        walk.transient(x, out)
+        return out
     x_fp32 = walk.cast(x, "fp32")
     inverse_rms = walk.new(rows, "fp32", False)  # torch.rsqrt(variance + eps)
     normed_fp32 = walk.new(rows * features, "fp32", x.requires_grad)
@@ -280,7 +288,11 @@ def _attention(
     return out
 
 
-def _rope(walk: Walk, q: SymbolicTensor, residual_dtype: str) -> SymbolicTensor:
+def _rope(walk: Walk, q: SymbolicTensor, residual_dtype: str, liger: bool = False) -> SymbolicTensor:
+    """q·cos + rotate_half(q)·sin: a new tensor (cos and sin saved, per position only). Liger's RoPE
+    (Liger-Kernel 0.8.5 ops/rope.py `rope_forward`) rotates q and k in place: no new tensor."""
+    if liger:
+        return q
     return walk.new(q.numel, promote(q.dtype, residual_dtype), q.requires_grad)
 
 
@@ -312,7 +324,7 @@ def decoder_layer(
     if m.head_norm_params and m.norm == "rms":  # qwen3: RMSNorm over head_dim on q and k before RoPE
         q = norm(walk, settings, m, q, trainable, m.head_dim)
         k = norm(walk, settings, m, k, trainable, m.head_dim)
-    q, k = _rope(walk, q, residual_dtype), _rope(walk, k, residual_dtype)
+    q, k = _rope(walk, q, residual_dtype, settings.liger), _rope(walk, k, residual_dtype, settings.liger)
     attention_out = _attention(walk, settings, m, q, k, v, kv_store)
     attention_out = project(attention_out, "o_proj" if "o_proj" in names else "dense")
     if m.norms_per_layer == 4:  # gemma2: post_attention_layernorm on the attention output
@@ -347,6 +359,18 @@ def _down(walk: Walk, project, x: SymbolicTensor, name: str) -> SymbolicTensor:
 
 def _mlp(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, project) -> SymbolicTensor:
     T, intermediate = settings.T, m.intermediate_size
+    if m.mlp == "gated" and settings.liger:
+        # Liger-Kernel 0.8.5 ops/swiglu.py LigerSiLUMulFunction: c = empty_like(a); saves a (gate) and b (up),
+        # no SiLU output; backward writes the gradients into a and b in place
+        gate = project(x, "gate_proj")
+        walk.pinned[gate.id] = gate.nbytes
+        up = project(x, "up_proj")
+        del walk.pinned[gate.id]
+        product = walk.new(T * intermediate, up.dtype, gate.requires_grad or up.requires_grad)
+        if product.requires_grad:
+            walk.save(gate, up)
+        walk.transient(gate, up, product)
+        return _down(walk, project, product, "down_proj")
     if m.mlp == "gated":
         # act_fn(gate_proj(x)) * up_proj(x): the activation waits for up_proj
         gate = project(x, "gate_proj")

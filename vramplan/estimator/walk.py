@@ -112,6 +112,7 @@ class WalkSettings:
     lora_rank: int
     dora: bool
     attn: str
+    liger: bool = False  # Liger's RMSNorm, SwiGLU and RoPE kernels in place of the model's ops (layer_ops.py)
 
 
 def walk_settings(m: ModelSpec, t: TrainSpec) -> WalkSettings:
@@ -137,4 +138,5 @@ def walk_settings(m: ModelSpec, t: TrainSpec) -> WalkSettings:
         lora_rank=t.lora_rank,
         dora=t.dora,
         attn=attn,
+        liger=t.liger_kernels and m.norm == "rms",
     )

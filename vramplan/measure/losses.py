@@ -122,6 +122,10 @@ def _packed_detection() -> Iterator[None]:
 def loss_function(built: Built, t: TrainSpec, tracker: MemoryTracker) -> Callable[[torch.Tensor], torch.Tensor]:
     """`forward(ids) -> loss` for `t.loss` (labels = the inputs, every one counted)."""
     model = built.model
+    if t.liger_kernels:
+        from vramplan.measure.liger import apply_liger_stand_ins
+
+        apply_liger_stand_ins(built.causal_lm, tracker)
     if t.loss == "hf":
         if t.packing:
 

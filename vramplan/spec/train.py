@@ -93,6 +93,7 @@ class TrainSpec:
     alloc_conf: str = ""  # PYTORCH_CUDA_ALLOC_CONF as modelled (`spec.alloc_conf`); "" = torch's defaults
     loss: str = "hf"  # one of LOSSES
     packing: bool = False  # packed / padding-free batches: every token real, position_ids per sequence
+    liger_kernels: bool = False  # Liger's RMSNorm / SwiGLU / RoPE kernels (apply_liger_kernel_to_<model>)
     recipe: str = "trainer"  # the framework whose defaults filled the unset settings, with its version
     notes: tuple[str, ...] = ()  # warnings raised while resolving (e.g. bf16 -> fp16 on a T4)
 
@@ -166,6 +167,7 @@ def resolve_train(
     loss: str = "hf",
     packing: bool = False,
     recipe: str = "trainer",
+    liger_kernels: bool = False,
 ) -> TrainSpec:
     """Fill in the defaults of the common HF Trainer / PEFT recipe for `method` and validate everything.
 
@@ -280,6 +282,7 @@ def resolve_train(
         alloc_conf=parse_alloc_conf(alloc_conf).text,
         loss=loss,
         packing=bool(packing),
+        liger_kernels=bool(liger_kernels),
         recipe=str(recipe),
         notes=tuple(notes),
     )

@@ -25,7 +25,8 @@ _LIGER_KERNELS = ("liger_rms_norm", "liger_glu_activation", "liger_rope", "liger
 def _plugins(r: Reader, data: Mapping[str, Any]) -> None:
     """axolotl's loss plugins (integrations/cut_cross_entropy, integrations/liger): the CCE plugin computes the
     loss with cut-cross-entropy unless `cut_cross_entropy: false`; Liger's with its fused linear cross-entropy
-    when `liger_fused_linear_cross_entropy`. Liger's layer kernels are estimated as the unfused ops."""
+    when `liger_fused_linear_cross_entropy`; its layer kernels (liger_rms_norm, liger_glu_activation, liger_rope)
+    are modelled together."""
     plugins = data.get("plugins") or []
     names = [str(p) for p in plugins] if isinstance(plugins, list) else [str(plugins)]
     cce = any("CutCrossEntropy" in n for n in names) or (r.has("cut_cross_entropy") and not names)
@@ -35,7 +36,7 @@ def _plugins(r: Reader, data: Mapping[str, Any]) -> None:
         r.set("loss", "liger")
     kernels = [k for k in _LIGER_KERNELS if r.has(k) and r.typed(k, bool)]
     if kernels:
-        r.skip(kernels[0], "Liger's layer kernels estimated as the unfused ops (more activations)")
+        r.set("liger_kernels", True)  # RMSNorm, SwiGLU, RoPE as one setting (spec TrainSpec.liger_kernels)
     known = ("CutCrossEntropy", "liger")
     for name in names:
         if not any(k in name for k in known):

@@ -38,12 +38,12 @@ def read_training_args(data: Mapping[str, Any], path: str) -> FileSettings:
         r.set("packing", packed)
     if r.has("use_liger_kernel") and r.typed("use_liger_kernel", bool):
         # transformers applies Liger with fused linear CE on; TRL >= 1.15's SFTTrainer turns it off (its own
-        # fused head); the layer kernels are estimated as the unfused ops
+        # fused head); the layer kernels (RMSNorm, SwiGLU, RoPE) are modelled
         if "packing" not in data:
             fused = (data.get("liger_kernel_config") or {}).get("fused_linear_cross_entropy", True)
             if fused:
                 r.set("loss", "liger")
-        r.skip("use_liger_kernel", "Liger's layer kernels estimated as the unfused ops (more activations)")
+        r.set("liger_kernels", True)
     for setting, value in (("batch", 8), ("grad_accum", 1), ("mixed_precision", "no"), ("grad_ckpt", False)):
         r.default(setting, value)
     return r.done("training_args", None)

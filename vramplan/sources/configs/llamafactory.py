@@ -104,7 +104,7 @@ def read_llamafactory(data: Mapping[str, Any], path: str) -> FileSettings:
         # off only when a stage needs the logits: not sft / pt)
         if str(data.get("stage") or "sft") in ("sft", "pt"):
             r.set("loss", "liger")
-        r.skip("enable_liger_kernel", "Liger's layer kernels estimated as the unfused ops (more activations)")
+        r.set("liger_kernels", True)
     for setting, value in _LF_DEFAULTS:
         r.default(setting, value)
     return r.done("llamafactory", data.get("model_name_or_path"))
