@@ -237,7 +237,7 @@ def test_training_args_adapter_and_quantized_model():
         "lora_rank": file(ADAPTER), "lora_alpha": file(ADAPTER), "lora_dropout": file(ADAPTER),
         "lora_target": file(ADAPTER), "dora": file(ADAPTER),
         "dtype": "default", "kbit_prep": "default", "seq": "default", "attn": "default",
-        "freeze_trainable_layers": "default", "alloc_conf": "default", "packing": "default",
+        "freeze_trainable_layers": "default", "alloc_conf": "default", "packing": "default", "liger_kernels": "default",
         "recipe": file(TRAINING_ARGS), "loss": "recipe:trainer",  # a TrainingArguments dump: the Trainer's recipe
     }  # fmt: skip
     assert i["model_config"] == config
