@@ -1,7 +1,8 @@
 """Shared test inputs: tiny Hugging Face configs, one per supported family.
 
 Each `TINY_CONFIGS[family]` is a `config.json` mapping (with `model_type`) that transformers 5.24 builds
-and runs on CPU in milliseconds: hidden 64, 2 layers, 4 heads, 2 KV heads where the family has GQA
+and runs on CPU in milliseconds: hidden 64, 2 layers (gemma3_text: 3, sliding / full / sliding), 4 heads,
+2 KV heads where the family has GQA
 (gpt_neox and bloom have none), MLP 128 (bloom: fixed 4·hidden), vocab 256, token ids inside the vocab,
 `attn_implementation` unset. Keys the family's config class would otherwise default to a full-size value
 (`head_dim` 128/256 for qwen3/gemma/gemma2, phi3's `pad_token_id` 32000) are given explicitly.
@@ -52,6 +53,17 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "head_dim": 16,
         "query_pre_attn_scalar": 16,
         "sliding_window": 32,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "tie_word_embeddings": True,
+    },
+    "gemma3_text": {
+        "model_type": "gemma3_text",
+        **_SHAPE,
+        "num_hidden_layers": 3,
+        "head_dim": 16,
+        "query_pre_attn_scalar": 16,
+        "sliding_window": 32,
+        "sliding_window_pattern": 2,
         "hidden_activation": "gelu_pytorch_tanh",
         "tie_word_embeddings": True,
     },

@@ -43,6 +43,9 @@ SLIDING_CONFIGS: dict[str, dict[str, Any]] = {
     "qwen2-sw8": {"model_type": "qwen2", **_SMALL, "use_sliding_window": True, "sliding_window": 8,
                   "max_window_layers": 2},
     "phi3-sw8": {"model_type": "phi3", **_SMALL, "sliding_window": 8},
+    # Gemma 3's default 5 local : 1 global (sliding_window_pattern 6, no layer_types): layer 5 full
+    "gemma3-sw8": {"model_type": "gemma3_text", **_SMALL, "num_hidden_layers": 7, "head_dim": 16,
+                   "sliding_window": 8, "query_pre_attn_scalar": 16},
     "llama-mqa": {"model_type": "llama", **_SMALL, "num_key_value_heads": 1, "head_dim": 16},
 }  # fmt: skip
 ALL_CONFIGS = {**TINY_CONFIGS, **SLIDING_CONFIGS}

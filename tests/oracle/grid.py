@@ -73,12 +73,28 @@ FAMILIES = [
     "qwen3",
     "gemma",
     "gemma2",
+    "gemma3_text",
     "phi3",
     "mixtral",
     "gpt_neox",
     "bloom",
     "phi",
 ]
+
+# The 2025-26 families, hand-modelled: each tiny config (tests/conftest.py TINY_CONFIGS) through the methods,
+# checkpointing and attention kernels (seq 64: past gemma3_text's 32-token window, so its sliding layers take
+# the masked SDPA path), on top of BASE with seq 64
+FAMILY_CASES = {
+    "lora": {},
+    "lora-ckpt": {"grad_ckpt": True},
+    "lora-eager": {"attn": "eager"},
+    "lora-inside-window": {"seq": 16},
+    "full": {"method": "full"},
+    "full-ckpt": {"method": "full", "grad_ckpt": True},
+    "qlora": {"method": "qlora"},
+    "qlora-no-ckpt": {"method": "qlora", "grad_ckpt": False},
+}
+FAMILY_GRID = ("gemma3_text",)
 
 # Full-size simulations (meta / fake tensors; bitsandbytes runs on meta), (model, device, estimate options)
 FULL_SIZE = {
@@ -96,6 +112,8 @@ FULL_SIZE = {
     "llama-2-7b qlora dora seq512": ("llama-2-7b", "meta", {"method": "qlora", "seq": 512, "dora": True}),
     "llama-2-7b qlora int8 seq512": ("llama-2-7b", "meta", {"method": "qlora", "seq": 512, "quant": "int8"}),
     "gemma-2-2b lora seq1024": ("gemma-2-2b", "fake", {"method": "lora", "seq": 1024}),
+    "gemma-3-1b lora seq1024": ("gemma-3-1b", "fake", {"method": "lora", "seq": 1024}),
+    "gemma-3-1b qlora seq1024": ("gemma-3-1b", "meta", {"method": "qlora", "seq": 1024}),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
     "mistral-7b qlora seq4096 window no-ckpt": (
         "mistral-7b",

@@ -10,11 +10,23 @@ from __future__ import annotations
 import pytest
 
 from tests.oracle.conftest import check
-from tests.oracle.grid import BASE, CASES, FAMILIES, NEEDS_TRL, SMALL_LLAMA
+from tests.oracle.grid import BASE, CASES, FAMILIES, FAMILY_CASES, FAMILY_GRID, NEEDS_TRL, SMALL_LLAMA
 from vramplan.spec import model_spec_from_config, resolve_train
 
 # Known gaps, kept visible: strict xfails turn into failures the day the estimator models them.
 KNOWN_GAPS: dict[str, str] = {}
+# A checkpointed Gemma 3 layer saves last in its post-feedforward norm, so its recompute does not stop inside
+# the MLP's down projection (as a Llama layer's does) but runs through the down projection's LoRA sum (the
+# scaled lora_B output the walk does not hold) into that norm; the backward reaches the recompute holding the
+# norm's fp32 gradient (T·H·4, not the T·H·2 LoRA-scaling gradient of a Llama layer). Traced 2 × 64 tokens:
+# bottom-layer recompute activations −42,880 B (−6.1 %), temporaries −16,384 B; peak −4.3 % (gemma2, same
+# layer, not in this grid: −5.3 %).
+FAMILY_GAPS: dict[tuple[str, str], str] = {
+    ("gemma3_text", "lora-ckpt"): "checkpointed Gemma 3 layer recompute runs past the MLP: peak -4.3 %",
+    ("gemma3_text", "full-ckpt"): "checkpointed Gemma 3 layer: estimated peak at the recompute, traced at the "
+    "layer's backward (activations +17 %, temporaries -82 %; phase total within 3 %)",
+    ("gemma3_text", "qlora"): "checkpointed Gemma 3 layer recompute runs past the MLP: backward activations -7.0 %",
+}
 
 
 @pytest.mark.parametrize(
@@ -36,4 +48,17 @@ def test_family_lora(family):
 
     m = model_spec_from_config(TINY_CONFIGS[family], family)
     t = resolve_train(m, **{**BASE, "seq": 64, "lora_target": "attn" if family == "mixtral" else "all-linear"})
+    check(m, t, "cpu")
+
+
+@pytest.mark.parametrize(
+    ("family", "case"),
+    [pytest.param(f, c, marks=pytest.mark.xfail(reason=FAMILY_GAPS[f, c], strict=True)) if (f, c) in FAMILY_GAPS
+     else (f, c) for f in FAMILY_GRID for c in FAMILY_CASES],
+)  # fmt: skip
+def test_family_grid(family, case):
+    from tests.conftest import TINY_CONFIGS
+
+    m = model_spec_from_config(TINY_CONFIGS[family], family)
+    t = resolve_train(m, **{**BASE, "seq": 64, **FAMILY_CASES[case]})
     check(m, t, "cpu")

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from vramplan.estimator.layer_ops import decoder_layer, norm
 from vramplan.estimator.params import lora_params_per_linear
-from vramplan.estimator.walk import BYTES, Walk, WalkSettings, walk_settings
+from vramplan.estimator.walk import BYTES, Walk, WalkSettings, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
 
 
@@ -128,13 +128,14 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     # layer 0 may see an input that does not require grad; later layers always see one that does
     # (the LoRA branches or trainable weights of earlier layers); freeze: frozen layers below the
     # trainable ones, and the first trainable one's input, see no grad at all.
-    kinds: dict[tuple[bool, bool], int] = {}  # (trainable, input requires grad) -> how many layers
+    kinds: dict[tuple[bool, bool, bool], int] = {}  # (trainable, input requires grad, masked) -> how many layers
+    masked = masked_layers(m, t)
     for index in range(layers):
         if t.method == "freeze":
             input_requires_grad = index > first_trainable
         else:
             input_requires_grad = embedding_output_requires_grad if index == 0 else True
-        kind = (index >= first_trainable, input_requires_grad)
+        kind = (index >= first_trainable, input_requires_grad, masked[index])
         kinds[kind] = kinds.get(kind, 0) + 1
     tokens, seq = t.tokens, t.seq
 
@@ -142,7 +143,9 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         """Bytes of a per-token walk term at this batch and seq (the imaginary part grows with seq)."""
         return round(tokens * (per_token.real + per_token.imag * seq))
 
-    walks = {kind: _walk_layer(m, settings, kind[0], kind[1], residual_dtype) for kind in kinds}
+    walks = {
+        kind: _walk_layer(m, replace(settings, masked=kind[2]), kind[0], kind[1], residual_dtype) for kind in kinds
+    }
     hidden = tokens * m.hidden_size * BYTES[residual_dtype]
     if t.grad_ckpt:
         # non-reentrant checkpoint keeps each layer's input hidden state (and whatever ops keep outside

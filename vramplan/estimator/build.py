@@ -28,6 +28,10 @@ if TYPE_CHECKING:  # serving's modules load with the first serving estimate (a t
     from vramplan.spec.serve import ServeSpec
 
 
+# a hand-modelled text model read from a vision-language wrapper's text_config (Gemma 3)
+TEXT_ONLY_NOTE = "text model only: the {} wrapper's vision tower and projector are not counted"
+
+
 @overload
 def build_breakdown(model: ModelSpec, spec: TrainSpec, gpu: GpuProfile | None) -> Breakdown: ...
 @overload
@@ -55,6 +59,7 @@ def build_breakdown(
         gpu_bytes=gpu.memory_bytes if gpu else None,
         overheads=overheads,
         approximation=model.approximation,
+        notes=(TEXT_ONLY_NOTE.format(model.text_of),) if model.text_of else (),
     )
 
 

@@ -27,7 +27,7 @@ from vramplan.units import ceil_div
 
 # Config-class defaults that apply when config.json omits `sliding_window` (transformers 5.24
 # configuration_mistral.py / configuration_gemma2.py: `sliding_window: int | None = 4096`).
-HF_DEFAULT_SLIDING_WINDOW: dict[str, int] = {"mistral": 4096, "gemma2": 4096}
+HF_DEFAULT_SLIDING_WINDOW: dict[str, int] = {"mistral": 4096, "gemma2": 4096, "gemma3_text": 4096}
 SLIDING_LAYER_TYPES = frozenset({"sliding_attention", "chunked_attention"})
 
 

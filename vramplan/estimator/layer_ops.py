@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote
 from vramplan.spec import ModelSpec
+from vramplan.spec.model import GEMMA_NORM
 
 
 def _linear(
@@ -232,6 +233,17 @@ def norm(
     x_fp32 = walk.cast(x, "fp32")
     inverse_rms = walk.new(rows, "fp32", False)  # torch.rsqrt(variance + eps)
     normed_fp32 = walk.new(rows * features, "fp32", x.requires_grad)
+    if m.model_type in GEMMA_NORM:
+        # Gemma: (normed_fp32 * (1 + weight.float())).type_as(x): the fp32 product, then x's dtype; a trainable
+        # weight saves the fp32 normed tensor (the product's other operand is the H-sized 1 + w)
+        product = walk.new(rows * features, "fp32", x.requires_grad or trainable)
+        out = walk.cast(product, x.dtype)
+        if x.requires_grad:
+            walk.save(x_fp32, inverse_rms)
+        if trainable:
+            walk.save(normed_fp32)
+        walk.transient(x, x_fp32, normed_fp32, product, out)
+        return out
     normed = walk.cast(normed_fp32, x.dtype)
     out = walk.new(rows * features, promote(settings.norm_dtype, x.dtype), x.requires_grad or trainable)
     if x.requires_grad:
@@ -321,13 +333,13 @@ def decoder_layer(
         q = SymbolicTensor(qkv.id, T * m.q_dim * itemsize, qkv.dtype, qkv.requires_grad, T * m.q_dim)
         k = SymbolicTensor(qkv.id, T * m.kv_dim * itemsize, qkv.dtype, qkv.requires_grad, T * m.kv_dim)
         v = SymbolicTensor(qkv.id, T * m.kv_dim * itemsize, qkv.dtype, qkv.requires_grad, T * m.kv_dim)
-    if m.head_norm_params and m.norm == "rms":  # qwen3: RMSNorm over head_dim on q and k before RoPE
+    if m.head_norm_params and m.norm == "rms":  # qwen3, gemma3: RMSNorm over head_dim on q and k before RoPE
         q = norm(walk, settings, m, q, trainable, m.head_dim)
         k = norm(walk, settings, m, k, trainable, m.head_dim)
     q, k = _rope(walk, q, residual_dtype, settings.liger), _rope(walk, k, residual_dtype, settings.liger)
     attention_out = _attention(walk, settings, m, q, k, v, kv_store)
     attention_out = project(attention_out, "o_proj" if "o_proj" in names else "dense")
-    if m.norms_per_layer == 4:  # gemma2: post_attention_layernorm on the attention output
+    if m.norms_per_layer == 4:  # gemma2, gemma3: post_attention_layernorm on the attention output
         attention_out = norm(walk, settings, m, attention_out, trainable)
     if m.parallel_residual:
         mlp_input = normed_input if m.norms_per_layer == 1 else norm(walk, settings, m, x, trainable)

@@ -7,6 +7,7 @@ counts are exact and LoRA / bitsandbytes targeting sees the same `nn.Linear` nam
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from vramplan.errors import VramplanError
@@ -24,6 +25,26 @@ def text_config(cfg: Mapping[str, Any], name: str) -> Mapping[str, Any]:
     if inner is not None and not isinstance(inner, Mapping):
         raise VramplanError(f"model config {name!r}: text_config must be a JSON object, got {type(inner).__name__}")
     return {**inner, "model_type": inner.get("model_type", cfg.get("model_type"))} if inner else cfg
+
+
+# Gemma3TextConfig's defaults (transformers 5.24 configuration_gemma3.py) for the fields the builder reads: a
+# Gemma 3 VLM's hub config.json carries a sparse text_config (gemma-3-12b-it: 7 keys) that transformers fills
+GEMMA3_TEXT_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "hidden_activation": "gelu_pytorch_tanh",
+    "max_position_embeddings": 131_072, "tie_word_embeddings": True, "attention_bias": False,
+    "query_pre_attn_scalar": 256, "sliding_window": 4096, "final_logit_softcapping": None,
+    "attn_logit_softcapping": None, "sliding_window_pattern": 6,
+}  # fmt: skip
+
+
+def gemma3_layer_types(cfg: Mapping[str, Any], name: str, layers: int) -> tuple[str, ...]:
+    """`layer_types` as Gemma3TextConfig.__post_init__ fills it when config.json has none: every
+    `sliding_window_pattern`-th layer (default 6) full attention, the others sliding (5 local : 1 global)."""
+    if cfg.get("layer_types"):
+        return config_names(cfg, "layer_types", name, layers)
+    pattern = config_int(cfg, "sliding_window_pattern", name, default=6)
+    return tuple("sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers))
 
 
 def _check_shapes(m: ModelSpec) -> ModelSpec:
@@ -51,8 +72,11 @@ def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
     """The ModelSpec of a hand-modelled family (SUPPORTED_MODEL_TYPES) from a Hugging Face `config.json`
     mapping (the keys transformers reads); every field it reads is type- and range-checked
     (vramplan.spec.fields). Any family: `vramplan.spec.config.model_spec_from_config`."""
+    wrapper = cfg.get("model_type") if cfg.get("text_config") is not None else None
     cfg = text_config(cfg, name)
     mt = config_str(cfg, "model_type", name)
+    if mt == "gemma3_text":
+        cfg = {**GEMMA3_TEXT_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None or "softcapping" in k}}
     if mt not in SUPPORTED_MODEL_TYPES:
         raise VramplanError(f"model config {name!r}: model_type {mt!r} is not hand-modelled")
     if mt in ("gpt_neox", "bloom"):
@@ -61,12 +85,16 @@ def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         return _check_shapes(_phi(cfg, name))
     if mt in ("qwen2", "qwen3"):
         config_int(cfg, "max_window_layers", name, default=28, low=0)  # read by kvcache.layer_windows
-    return _check_shapes(_llama_like(cfg, name, mt))
+    m = _llama_like(cfg, name, mt)
+    return _check_shapes(replace(m, text_of=str(wrapper)) if wrapper else m)
 
 
 # transformers 5.24 config classes' default `hidden_act` where it is not SiLU
 DEFAULT_ACT = {"phi": "gelu_new", "gpt_neox": "gelu", "bloom": "bloom_gelu", "gemma": "gelu_pytorch_tanh",
-               "gemma2": "gelu_pytorch_tanh"}  # fmt: skip
+               "gemma2": "gelu_pytorch_tanh", "gemma3_text": "gelu_pytorch_tanh"}  # fmt: skip
+# Softcapping defaults of the config classes (transformers 5.24): Gemma2Config attn 50.0 / final 30.0,
+# Gemma3TextConfig None / None (the Gemma 3 checkpoints set both to null)
+SOFTCAP_DEFAULTS: dict[str, tuple[float | None, float | None]] = {"gemma2": (50.0, 30.0), "gemma3_text": (None, None)}
 
 
 def _common(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> dict[str, Any]:
@@ -82,9 +110,8 @@ def _common(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> dict[str, 
         "max_position_embeddings": config_int(
             cfg, "max_position_embeddings", name, default=config_int(cfg, "seq_length", name, default=2048)
         ),
-        # Gemma2Config defaults: attn_logit_softcapping 50.0, final_logit_softcapping 30.0
-        "attn_softcap": cfg.get("model_type") == "gemma2" and cfg.get("attn_logit_softcapping", 50.0) is not None,
-        "final_softcap": cfg.get("model_type") == "gemma2" and cfg.get("final_logit_softcapping", 30.0) is not None,
+        "attn_softcap": _softcap(cfg, 0, "attn_logit_softcapping"),
+        "final_softcap": _softcap(cfg, 1, "final_logit_softcapping"),
         "hidden_act": config_str(
             cfg,
             "hidden_activation",
@@ -93,6 +120,13 @@ def _common(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> dict[str, 
         ),
         "config": dict(cfg),
     }
+
+
+def _softcap(cfg: Mapping[str, Any], index: int, key: str) -> bool:
+    if index == 0 and cfg.get("model_type") == "gemma3_text":
+        return False  # Gemma3Attention.forward passes no `softcap` to the attention function (5.24): never applied
+    defaults = SOFTCAP_DEFAULTS.get(cfg.get("model_type", ""))
+    return defaults is not None and cfg.get(key, defaults[index]) is not None
 
 
 def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
@@ -144,8 +178,11 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
             LinearSpec("down_proj", inter, h, mlp_bias, "mlp"),
         )
         mlp_kind = "gated"
-    tie_default = mt in ("gemma", "gemma2")
-    layer_types = config_names(cfg, "layer_types", name, layers) if cfg.get("layer_types") else ()
+    tie_default = mt in ("gemma", "gemma2", "gemma3_text")
+    if mt == "gemma3_text":
+        layer_types = gemma3_layer_types(cfg, name, layers)
+    else:
+        layer_types = config_names(cfg, "layer_types", name, layers) if cfg.get("layer_types") else ()
     return ModelSpec(
         model_type=mt,
         intermediate_size=inter,
@@ -153,8 +190,8 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         tie_word_embeddings=config_bool(cfg, "tie_word_embeddings", name, tie_default),
         linears=attn + mlp,
         norm="rms",
-        norms_per_layer=4 if mt == "gemma2" else 2,
-        head_norm_params=2 * c["head_dim"] if mt == "qwen3" else 0,
+        norms_per_layer=4 if mt in ("gemma2", "gemma3_text") else 2,
+        head_norm_params=2 * c["head_dim"] if mt in ("qwen3", "gemma3_text") else 0,
         moe_params=other,
         mlp=mlp_kind,
         num_local_experts=experts,

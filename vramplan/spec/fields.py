@@ -27,6 +27,7 @@ SHAPE_LIMITS: dict[str, int] = {
     "num_experts_per_tok": 2**12,
     "sliding_window": 2**27,
     "max_window_layers": 2**12,
+    "sliding_window_pattern": 2**12,  # Gemma 3: every n-th layer global
 }
 SHAPE_ALIASES = {"n_embed": "hidden_size", "n_head": "num_attention_heads", "n_layer": "num_hidden_layers",
                  "seq_length": "max_position_embeddings"}  # fmt: skip

@@ -24,11 +24,15 @@ QUANTS: tuple[str, ...] = ("none", "nf4", "fp4", "int8")
 ATTNS: tuple[str, ...] = ("eager", "sdpa", "flash_attention_2")
 
 # Families whose decoder layer is Llama-shaped (separate q/k/v/o, gated MLP, RMSNorm).
-LLAMA_LIKE = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "mixtral", "phi3"})
+LLAMA_LIKE = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "mixtral", "phi3"})
 SUPPORTED_MODEL_TYPES = frozenset(LLAMA_LIKE | {"gpt_neox", "bloom", "phi"})
 # `head_dim` when config.json has none: a fixed class default here (transformers 5.24 Qwen3Config 128,
-# GemmaConfig / Gemma2Config 256), hidden_size // num_attention_heads for every other family.
-HEAD_DIM_DEFAULTS: dict[str, int] = {"qwen3": 128, "gemma": 256, "gemma2": 256}
+# GemmaConfig / Gemma2Config / Gemma3TextConfig 256), hidden_size // num_attention_heads for every other family.
+HEAD_DIM_DEFAULTS: dict[str, int] = {"qwen3": 128, "gemma": 256, "gemma2": 256, "gemma3_text": 256}
+# Families whose RMSNorm is Gemma's: `(x.float() normed) * (1 + weight.float())` then `.type_as(x)`
+# (modeling_gemma.py / modeling_gemma2.py / modeling_gemma3.py `Gemma*RMSNorm`, 5.24), not Llama's
+# `weight * normed.to(input_dtype)`: a trainable weight saves the fp32 normed tensor, the output has x's dtype.
+GEMMA_NORM = frozenset({"gemma", "gemma2", "gemma3_text"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +120,9 @@ class ModelSpec:
     num_experts_per_tok: int = 0
     sliding_window: int | None = None
     layer_types: tuple[str, ...] = ()
-    attn_softcap: bool = False  # gemma2 attn_logit_softcapping: tanh on the scores (eager attention)
-    final_softcap: bool = False  # gemma2 final_logit_softcapping: tanh on the logits
+    attn_softcap: bool = False  # gemma2/3 attn_logit_softcapping: tanh on the scores (eager attention)
+    final_softcap: bool = False  # gemma2/3 final_logit_softcapping: tanh on the logits
+    text_of: str = ""  # a vision-language wrapper's model_type whose text_config this is (gemma3): text model only
     hidden_act: str = "silu"  # ACT2FN name; "gelu_new" (phi) is a Python tanh-GELU that saves 3 more tensors
     config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # ---- generic families (spec/generic.py): counted from the architecture table, walked as a stand-in ----
