@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from vramplan.cli_options import (
+    COUNT,
     emit_notes,
     parallel_options,
     parallel_plan,
@@ -312,7 +313,7 @@ def _measured(r, estimate_b, as_json: bool) -> None:
 @main.command()
 @click.argument("model", required=False)
 @train_options
-@click.option("--steps", type=int, default=3, show_default=True, help="training steps (states appear in 1)")
+@click.option("--steps", type=COUNT, default=3, show_default=True, help="training steps (states appear in 1)")
 @click.option(
     "--device",
     type=click.Choice(["cuda", "cpu"], case_sensitive=False),
@@ -373,7 +374,7 @@ def measure(
 @main.command()
 @click.argument("model", required=False)
 @train_options
-@click.option("--steps", type=int, default=2, show_default=True, help="training steps to trace")
+@click.option("--steps", type=COUNT, default=2, show_default=True, help="training steps to trace")
 @click.option("--json", "as_json", is_flag=True, help="estimate's JSON shape, traced, plus traced fields")
 def simulate(model: str | None, gpu: str | None, steps: int, as_json: bool, **kw: Any) -> None:
     """Trace real training steps of MODEL at full size without memory (fake / meta tensors, no GPU needed).

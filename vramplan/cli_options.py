@@ -16,7 +16,9 @@ from vramplan.errors import VramplanError
 
 
 class Count(click.ParamType):
-    """A positive count as typed: 2048, or 2k / 2K (× 1024), as LLaMA-Factory writes cutoff_len."""
+    """A count as typed: 2048, or 2k / 2K (× 1024), as LLaMA-Factory writes cutoff_len: every count option of
+    every command (spec.train.parse_count). The sign is kept, so the range check where the value is used names
+    the flag and the range (`--batch must be a positive integer, got 0`) as it does for a config file's value."""
 
     name = "N"
 
@@ -26,9 +28,13 @@ class Count(click.ParamType):
         if isinstance(value, int):
             return value
         try:
-            return parse_count(value, "value")
+            return parse_count(value, "value", signed=True)
         except VramplanError:
-            self.fail(f"{str(value)[:40]!r} is not a positive integer such as 2048 or 2k (× 1024)", param, ctx)
+            shown = repr(value) if len(str(value)) <= 40 else repr(str(value)[:39] + "…")
+            self.fail(f"{shown} is not an integer such as 2048 or 2k (× 1024)", param, ctx)
+
+
+COUNT = Count()
 
 
 def train_options(f: Callable) -> Callable:
@@ -47,11 +53,11 @@ def train_options(f: Callable) -> Callable:
             default=None,
             help="prepare_model_for_kbit_training [on if quantized]",
         ),
-        click.option("--batch", type=int, default=1, show_default=True, help="per_device_train_batch_size"),
-        click.option("--seq", type=Count(), default=1024, show_default=True, help="tokens per sequence (2k = 2048)"),
-        click.option("--grad-accum", type=int, default=1, show_default=True, help="gradient_accumulation_steps"),
-        click.option("--lora-rank", type=int, default=16, show_default=True, help="LoRA r"),
-        click.option("--lora-alpha", type=int, default=None, help="lora_alpha [2 × rank]"),
+        click.option("--batch", type=COUNT, default=1, show_default=True, help="per_device_train_batch_size"),
+        click.option("--seq", type=COUNT, default=1024, show_default=True, help="tokens per sequence (2k = 2048)"),
+        click.option("--grad-accum", type=COUNT, default=1, show_default=True, help="gradient_accumulation_steps"),
+        click.option("--lora-rank", type=COUNT, default=16, show_default=True, help="LoRA r"),
+        click.option("--lora-alpha", type=COUNT, default=None, help="lora_alpha [2 × rank]"),
         click.option("--lora-dropout", type=float, default=0.05, show_default=True),
         click.option(
             "--lora-target",
@@ -92,7 +98,7 @@ def train_options(f: Callable) -> Callable:
         ),
         click.option(
             "--freeze-trainable-layers",
-            type=int,
+            type=COUNT,
             default=2,
             show_default=True,
             help="freeze: train the last N layers",
@@ -130,9 +136,9 @@ def from_options(f: Callable) -> Callable:
 def parallel_options(f: Callable) -> Callable:
     """--gpus, --strategy, --gpus-per-node, --offload: one GPU's share of a DDP / DeepSpeed / FSDP run."""
     opts = [
-        click.option("--gpus", type=int, default=1, show_default=True, help="data-parallel GPUs (ranks)"),
+        click.option("--gpus", type=COUNT, default=1, show_default=True, help="data-parallel GPUs (ranks)"),
         click.option("--strategy", default=None, help="ddp | zero1 | zero2 | zero3 | fsdp | fsdp-hybrid"),
-        click.option("--gpus-per-node", type=int, default=8, show_default=True, help="fsdp-hybrid's group"),
+        click.option("--gpus-per-node", type=COUNT, default=8, show_default=True, help="fsdp-hybrid's group"),
         click.option("--offload", default="none", show_default=True, help="none | optimizer | params (CPU)"),
     ]
     for opt in reversed(opts):
@@ -243,8 +249,8 @@ def serve_options(f: Callable) -> Callable:
         click.option("--double-quant/--no-double-quant", default=True, help="bnb_4bit_use_double_quant [on]"),
         click.option("--kv-cache-dtype", default="auto", help="vLLM: auto | fp8 | fp8_e4m3 | fp8_e5m2 [auto]"),
         click.option("--enable-lora", is_flag=True, help="serve LoRA adapters (implied by --max-loras, --lora-rank)"),
-        click.option("--max-loras", type=int, default=None, help="adapters resident on the GPU [1]"),
-        click.option("--max-lora-rank", "--lora-rank", "max_lora_rank", type=int, default=None, help="LoRA r [16]"),
+        click.option("--max-loras", type=COUNT, default=None, help="adapters resident on the GPU [1]"),
+        click.option("--max-lora-rank", "--lora-rank", "max_lora_rank", type=COUNT, default=None, help="LoRA r [16]"),
         click.option(
             "--lora-target",
             default="all-linear",
@@ -252,22 +258,22 @@ def serve_options(f: Callable) -> Callable:
             help="PEFT targets: all-linear | attn | qv | names (vLLM: lora_target_modules)",
         ),
         click.option("--merged-lora", is_flag=True, help="adapter merged into the weights: no adapter memory"),
-        click.option("--batch", type=int, default=None, help="hf: sequences per generate() [1]"),
-        click.option("--prompt-tokens", type=int, default=None, help="hf: prompt length [512]"),
-        click.option("--new-tokens", type=int, default=None, help="hf: max_new_tokens [512]"),
-        click.option("--max-model-len", type=int, default=None, help="vLLM [the model's max_position_embeddings]"),
-        click.option("--max-num-seqs", type=int, default=None, help="vLLM [256; 1024 on >= 70 GiB GPUs but A100]"),
-        click.option("--max-num-batched-tokens", type=int, default=None, help="vLLM [2048; 8192 on >= 70 GiB]"),
+        click.option("--batch", type=COUNT, default=None, help="hf: sequences per generate() [1]"),
+        click.option("--prompt-tokens", type=COUNT, default=None, help="hf: prompt length [512]"),
+        click.option("--new-tokens", type=COUNT, default=None, help="hf: max_new_tokens [512]"),
+        click.option("--max-model-len", type=COUNT, default=None, help="vLLM [the model's max_position_embeddings]"),
+        click.option("--max-num-seqs", type=COUNT, default=None, help="vLLM [256; 1024 on >= 70 GiB GPUs but A100]"),
+        click.option("--max-num-batched-tokens", type=COUNT, default=None, help="vLLM [2048; 8192 on >= 70 GiB]"),
         click.option(
             "--gpu-memory-utilization",
             type=float,
             default=None,
             help="vLLM [1.0 in 0.34 (extensible KV cache); 0.92 in 0.21; 0.9 before]",
         ),
-        click.option("--block-size", type=int, default=None, help="vLLM KV block, tokens [16]"),
+        click.option("--block-size", type=COUNT, default=None, help="vLLM KV block, tokens [16]"),
         click.option("--enforce-eager", is_flag=True, help="vLLM: no CUDA graphs"),
-        click.option("--tensor-parallel-size", "-tp", type=int, default=None, help="vLLM: GPUs per layer [1]"),
-        click.option("--pipeline-parallel-size", "-pp", type=int, default=None, help="vLLM: pipeline stages [1]"),
+        click.option("--tensor-parallel-size", "-tp", type=COUNT, default=None, help="vLLM: GPUs per layer [1]"),
+        click.option("--pipeline-parallel-size", "-pp", type=COUNT, default=None, help="vLLM: pipeline stages [1]"),
         click.option("--enable-expert-parallel", is_flag=True, help="vLLM: MoE experts split across the TP ranks"),
         click.option(
             "--vllm-version",

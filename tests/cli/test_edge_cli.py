@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -130,3 +131,60 @@ def test_validate_at_80_columns_is_summarised():
     assert max(map(len, short.stdout.splitlines())) <= 80
     _typed_values(short.stdout, [r["id"] for r in records["rows"] if r["estimated_bytes"] is not None])
     _typed_values(full.stdout, [r["id"] for r in records["rows"]])
+
+
+def test_every_count_option_takes_2k():
+    """One parser for counts (spec.train.parse_count): no command has an option typed as a plain int, whose
+    parser would refuse `2k`."""
+    from vramplan.cli_options import Count
+
+    plain = []
+    for name, command in main.commands.items():
+        for param in command.params:
+            if isinstance(param, click.Option) and param.type.name == "integer":
+                plain.append(f"{name} {param.opts[0]}")
+    assert not plain, plain
+    counts = {(n, p.opts[0]) for n, c in main.commands.items() for p in c.params if isinstance(p.type, Count)}
+    assert ("estimate", "--grad-accum") in counts
+    assert ("serve", "--max-model-len") in counts
+    assert ("simulate", "--steps") in counts
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "key"),
+    [
+        (["estimate", "llama-2-7b"], "--batch", "batch"),
+        (["estimate", "llama-2-7b"], "--grad-accum", "grad_accum"),
+        (["estimate", "llama-2-7b"], "--lora-rank", "lora_rank"),
+        (["estimate", "llama-2-7b"], "--lora-alpha", "lora_alpha"),
+        (["estimate", "llama-2-7b", "--gpus", "2k", "--strategy", "ddp"], "--seq", "seq"),
+        (["serve", "llama-2-7b", "--gpu", "a100-80gb"], "--max-model-len", "max_model_len"),
+        (["serve", "llama-2-7b", "--gpu", "a100-80gb"], "--max-num-batched-tokens", "max_num_batched_tokens"),
+        (["serve", "llama-2-7b", "--engine", "hf"], "--new-tokens", "new_tokens"),
+    ],
+)
+def test_2k_is_2048(args: list[str], option: str, key: str):
+    """`2k` and `2048` give the same inputs and the same figure (2 × 1024)."""
+    by_suffix = run(*args, option, "2k", "--json")
+    by_digits = run(*args, option, str(2 * 1024), "--json")
+    assert by_suffix.exit_code == 0, by_suffix.output
+    a, b = json.loads(by_suffix.stdout), json.loads(by_digits.stdout)
+    assert a["inputs"][key] == 2 * 1024
+    assert a["device_bytes"] == b["device_bytes"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0", "--batch must be a positive integer, got 0"),
+        ("-3", "--batch must be a positive integer, got -3"),
+        ("1e9", "'1e9' is not an integer such as 2048 or 2k"),
+        ("9" * 20, "beyond vramplan's limit of 1,048,576"),
+        ("9" * 5000, "is not an integer such as 2048 or 2k"),
+    ],
+)
+def test_count_errors_name_the_value(value: str, message: str):
+    r = run("estimate", "llama-2-7b", "--batch", value)
+    assert r.exit_code == 2
+    assert message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -114,16 +114,23 @@ class TrainSpec:
         return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
 
 
-_COUNT = re.compile(r"\s*(\d{1,12})\s*([kK]?)\s*")
+_COUNT = re.compile(r"\s*(-?)\s*(\d+)\s*([kK]?)\s*")
+_COUNT_DIGITS = 30  # int() of a longer digit string is slow (and past 4,300 digits refused); no count is that big
 
 
-def parse_count(text: str, flag: str) -> int:
-    """A positive count as typed: `2048`, or `2k` / `2K` for 2 × 1024 (LLaMA-Factory's cutoff_len sizes)."""
+def parse_count(text: str, flag: str, *, signed: bool = False) -> int:
+    """A count as typed: `2048`, or `2k` / `2K` for 2 × 1024 (LLaMA-Factory's cutoff_len sizes), the one parser
+    of every count option (`--batch`, `--seq`, `--grad-accum`, `--lora-rank`, `serve --max-model-len`, ...).
+
+    Positive only, unless `signed`: then `-3` parses to -3 and the caller's range check (`positive`) names the
+    flag and the range, as it does for a value from a config file.
+    """
     found = _COUNT.fullmatch(str(text))
-    if not found:
+    if not found or (found.group(1) and not signed) or len(found.group(2)) > _COUNT_DIGITS:
         shown = repr(text) if len(str(text)) <= 40 else repr(str(text)[:39] + "…")
         raise VramplanError(f"{flag} takes a positive integer such as 2048 or 2k (× 1024), got {shown}")
-    return int(found.group(1)) * (1024 if found.group(2) else 1)
+    value = int(found.group(2)) * (1024 if found.group(3) else 1)
+    return -value if found.group(1) else value
 
 
 def _choice(value: Any, choices: tuple[str, ...], flag: str) -> str | None:
