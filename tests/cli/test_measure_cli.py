@@ -63,6 +63,14 @@ def test_measure_json_is_the_estimate_shape_plus_measured_fields(tiny_config: st
     assert d["verdict"] == "fits"
     assert d["cuda"] is None
     assert set(d["error_pct"]) == {*d["components"], "peak_bytes"}
+    assert d["error_bytes"] == {
+        **{k: d["estimate"]["components"][k] - v for k, v in d["components"].items()},
+        "peak_bytes": d["estimate"]["peak_bytes"] - d["peak_bytes"],
+    }
+    # a ratio only for a part of at least 1 % of the traced peak: the logits of a 256-word vocabulary at 32
+    # tokens are far under it
+    for k, v in d["components"].items():
+        assert (d["error_pct"][k] is None) == (v < 0.01 * d["peak_bytes"]), k
     assert d["versions"]["torch"] == torch.__version__
 
 
@@ -176,3 +184,18 @@ def test_cpu_measure_refuses_a_step_larger_than_ram_up_front():
     assert r.exit_code == 2, r.output
     assert "of RAM" in r.output
     assert time.monotonic() - start < 20
+
+
+@pytest.mark.parametrize(
+    ("estimated", "measured", "shown"),
+    [
+        (4096, 1, "Δ +0.0 MiB"),  # the "+409,500 %" of a near-zero base
+        (640 * 2**20, 0, "Δ +640.0 MiB"),  # Mixtral's logits against a tracer that saw none: not "+8e9 %"
+        (0, 0, "—"),
+        (110 * 2**20, 100 * 2**20, "+10.0 %"),  # a tenth of the peak: the ratio
+    ],
+)
+def test_error_cell_is_a_ratio_only_against_a_real_base(estimated: int, measured: int, shown: str) -> None:
+    from vramplan.report.measure import _err_text
+
+    assert _err_text(estimated, measured, peak=2**30).plain == shown

@@ -1,6 +1,6 @@
 """Make a CPU, meta or fake-tensor trace allocate what the same step allocates on CUDA.
 
-The estimator models what CUDA runs, so the oracle has to trace the same kernels. Four places where torch
+The estimator models what CUDA runs, so the oracle has to trace the same kernels. Five places where torch
 picks another kernel off CUDA change what autograd saves, bitsandbytes picks another int8 matmul off CUDA, and
 one transformers check cannot run on meta tensors:
 
@@ -24,6 +24,15 @@ one transformers check cannot run on meta tensors:
   `MatMul8bitLt` (autograd/_functions.py, 0.50.2: the input cast to fp16 and quantized row-wise in forward; a
   weight-sized `CB` copy in the input's dtype in backward). Patched: `bitsandbytes.matmul` (the name
   `Linear8bitLt.forward` calls) always runs `MatMul8bitLt`, whose int8 ops have CPU and meta kernels.
+- MoE experts: transformers 5 runs a Mixtral-style experts block through `torch.nn.functional.grouped_mm`
+  (integrations/moe.py `_grouped_mm`), in the weights' dtype. CUDA's `_grouped_mm` takes any dtype: bf16 on
+  sm90/sm100 goes to CUTLASS, everything else to `_grouped_mm_fallback`, a loop of `mm_out` into one output
+  (aten/src/ATen/native/cuda/GroupedBlas.cpp `_grouped_mm_cuda`, GroupedMMUtils.h), as the CPU kernel does.
+  torch 2.13's meta kernel (`_meta_grouped_mm_common`) accepts bf16 only, so a meta or fake trace of fp32
+  experts (kbit prep upcasts them: they are not `nn.Linear`, bitsandbytes leaves them unquantized) or fp16 ones
+  failed. Patched on meta / fake: `GroupedMmAnyDtype`, a dispatch mode that answers a non-bf16 `_grouped_mm`
+  with the output the real kernels allocate (torch's own `_create_grouped_mm_output_tensor`); autograd's
+  node, its saved tensors and the backward's `_grouped_mm` calls are torch's own.
 - transformers `find_packed_sequence_indices` calls `bool(tensor.all())` (fails on meta) and reports packing
   for every fake tensor (it counts fake tensors as tracing), which would make the model build an explicit mask
   and leave the flash kernel. The harness never packs sequences: patched to return None off CUDA.
@@ -41,6 +50,7 @@ from importlib import metadata
 from typing import Any, Literal
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vramplan.measure.cuda_autocast import CudaAutocast, get_autocast_dtype, is_autocast_enabled
 
@@ -211,6 +221,40 @@ def _int8_matmul_as_on_cuda():
     return patched(bitsandbytes, "matmul", cuda_int8_matmul)
 
 
+# ---- MoE grouped matmul -------------------------------------------------------------------------------------
+
+
+class GroupedMmAnyDtype(TorchDispatchMode):
+    """`aten._grouped_mm` on meta / fake tensors for any dtype, as CUDA's and the CPU kernel run it.
+
+    torch 2.13's meta kernel checks `mat_a.dtype == mat_b.dtype == bfloat16` (the CUTLASS fast path's rule),
+    while `_grouped_mm_cuda` sends every other dtype to `_grouped_mm_fallback`, which writes into the one
+    output `create_grouped_gemm_output_tensor` made (GroupedBlas.cpp, GroupedMMUtils.h). bf16 operands keep
+    the meta kernel; the others get that output from torch's `_create_grouped_mm_output_tensor` (shape, dtype
+    `out_dtype or mat_a.dtype`), allocated through the modes below this one (a fake tensor under
+    FakeTensorMode). A dispatch mode sits below autograd, so what the node saves is torch's own.
+    """
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._grouped_mm.default:
+            mat_a, mat_b = args[0], args[1]
+            offs = args[2] if len(args) > 2 else kwargs.get("offs")
+            out_dtype = args[4] if len(args) > 4 else kwargs.get("out_dtype")
+            bf16 = mat_a.dtype == mat_b.dtype == torch.bfloat16 and out_dtype in (None, torch.bfloat16)
+            if not bf16 and (mat_a.device.type == "meta" or _is_fake(mat_a)):
+                from torch._meta_registrations import _create_grouped_mm_output_tensor
+
+                return _create_grouped_mm_output_tensor(mat_a, mat_b, offs, out_dtype)
+        return func(*args, **kwargs)
+
+
+def _is_fake(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
+
+
 # ---- all together ------------------------------------------------------------------------------------------
 
 
@@ -254,6 +298,7 @@ def cuda_equivalence(device_type: str, autocast_dtype: torch.dtype | None) -> It
         stack.enter_context(_int8_matmul_as_on_cuda())
         if device_type in ("meta", "fake"):
             stack.enter_context(patched(torch.nn.functional, "scaled_dot_product_attention", cuda_sdpa))
+            stack.enter_context(GroupedMmAnyDtype())
         if device_type == "meta":
             stack.enter_context(_fused_devices_with_meta())
         mode = None

@@ -15,17 +15,32 @@ if TYPE_CHECKING:
     from vramplan.breakdown import Breakdown
 
 
-def error_pct(estimated: int, measured: int) -> float | None:
-    """(estimated − measured) / measured in %, None when nothing was measured."""
-    return None if measured == 0 else 100.0 * (estimated - measured) / measured
+# A part whose measured size is under this share of the measured tensor peak gets its error as a difference
+# in MiB, not a ratio: 4 KiB estimated against 1 byte traced is "+409,500 %" but changes nothing that matters.
+RELATIVE_ERROR_MIN_SHARE = 0.01
+MIB = 1024**2
 
 
-def _err_text(estimated: int, measured: int) -> Text:
+def error_pct(estimated: int, measured: int, peak: int = 0) -> float | None:
+    """(estimated − measured) / measured in %; None when nothing was measured or when `measured` is under
+    RELATIVE_ERROR_MIN_SHARE of `peak` (the measured tensor peak), where the ratio says nothing."""
+    if measured <= 0 or measured < RELATIVE_ERROR_MIN_SHARE * peak:
+        return None
+    return 100.0 * (estimated - measured) / measured
+
+
+def _err_text(estimated: int, measured: int, peak: int = 0) -> Text:
+    """The error cell: `+1.2 %`; `Δ +3.0 MiB` for a part too small beside the peak for a ratio; `—` when
+    both are zero."""
     from rich.text import Text
 
-    e = error_pct(estimated, measured)
+    if estimated == measured == 0:
+        return Text("—", style="dim")
+    e = error_pct(estimated, measured, peak)
     if e is None:
-        return Text("—" if estimated == 0 else "n/a", style="dim")
+        diff = (estimated - measured) / MIB
+        small = abs(estimated - measured) <= RELATIVE_ERROR_MIN_SHARE * max(peak, measured)
+        return Text(f"Δ {diff:+.1f} MiB", style="green" if small else "yellow")
     style = "green" if abs(e) <= 5 else ("yellow" if abs(e) <= 15 else "red")
     return Text("0.0 %" if abs(e) < 0.05 else f"{e:+.1f} %", style=style)
 
@@ -70,8 +85,12 @@ def measurement_json(r: Any, estimate: Breakdown) -> dict[str, Any]:
         "versions": dict(r.versions),
         "estimate": breakdown_json(estimate),
         "error_pct": {
-            **{k: error_pct(est[k], comps[k]) for k in comps},
+            **{k: error_pct(est[k], comps[k], b.peak_bytes) for k in comps},
             "peak_bytes": error_pct(estimate.peak_bytes, b.peak_bytes),
+        },
+        "error_bytes": {
+            **{k: est[k] - comps[k] for k in comps},
+            "peak_bytes": estimate.peak_bytes - b.peak_bytes,
         },
     }
     return breakdown_json(b, extra)
@@ -98,7 +117,7 @@ def render_measurement(r: Any, estimate: Breakdown, console: Console) -> None:
     comps, est = b.components.as_dict(), estimate.components.as_dict()
     for name in comps:
         if comps[name] or est[name]:
-            err = _err_text(est[name], comps[name])
+            err = _err_text(est[name], comps[name], b.peak_bytes)
             t.add_row(COMPONENT_LABELS[name], gib(comps[name]), gib(est[name]), err)
     t.add_row(
         Text(f"tensor peak (measured in {b.peak_phase}, estimated in {estimate.peak_phase})", style="bold"),
@@ -156,7 +175,8 @@ def render_measurement(r: Any, estimate: Breakdown, console: Console) -> None:
     console.print(t)
     console.print(
         f"params: {b.params_total:,} total, {b.params_trainable:,} trainable · {r.seconds:.1f} s · "
-        "error = (estimated − measured) / measured · GiB = 1024³ B",
+        "error = (estimated − measured) / measured, or Δ in MiB for a part under "
+        f"{100 * RELATIVE_ERROR_MIN_SHARE:.0f} % of the peak · GiB = 1024³ B",
         highlight=False,
     )
     if r.oom is not None:
