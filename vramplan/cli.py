@@ -27,6 +27,7 @@ from vramplan.cli_options import (
     train_options,
 )
 from vramplan.errors import VramplanError
+from vramplan.report.common import warn
 
 
 def _console():  # rich is imported lazily: `--json` and `--help` don't pay for it
@@ -57,6 +58,9 @@ class _Group(click.Group):
 @click.version_option(package_name="vramplan")
 def main() -> None:
     """Plan GPU memory for fine-tuning and serving LLMs. Sizes are GiB (1024³ bytes)."""
+    from vramplan.report.common import encodable_streams
+
+    encodable_streams()  # a non-UTF-8 terminal gets ASCII, not a UnicodeEncodeError
 
 
 @main.command()
@@ -225,7 +229,7 @@ def serve(model: str, gpu: str | None, as_json: bool, **kw: Any) -> None:
 
     b = estimate_serve(model, gpu=resolve_gpu(gpu), **kw)
     for note in b.serve.notes:
-        click.echo(f"warning: {note}", err=True)
+        warn(note)
     if as_json:
         from vramplan.report.serve import serve_json
 

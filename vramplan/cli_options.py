@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from vramplan.errors import VramplanError
+from vramplan.report.common import warn
 
 
 class Count(click.ParamType):
@@ -161,7 +162,7 @@ def resolve_parallel_spec(t, kw: dict[str, Any]):
         t, gpus=kw["gpus"], strategy=kw["strategy"], gpus_per_node=kw["gpus_per_node"], offload=kw["offload"]
     )
     for note in p.notes:
-        click.echo(f"warning: {note}", err=True)
+        warn(note)
     return p
 
 
@@ -200,11 +201,11 @@ def resolve_plan(model: str | None, gpu: str | None, kw: dict[str, Any]):
     g = resolve_gpu(gpu)
     plan = plan_inputs(model or option, kw.get("from_files") or (), {k: kw[k] for k in TRAIN_KEYS}, typed)
     if plan.not_modeled:
-        click.echo("note: not modeled, estimated without: " + "; ".join(map(str, plan.not_modeled)), err=True)
+        warn("not modeled, estimated without: " + "; ".join(map(str, plan.not_modeled)), label="note")
     if plan.recipe is not None:
         for note in plan.recipe.notes:
             if "not modelled" not in note:
-                click.echo(f"note: {note}", err=True)
+                warn(note, label="note")
     t = resolve_train(
         plan.model,
         gpu_bf16=g.bf16 if g else True,
@@ -222,7 +223,7 @@ def resolve_inputs(model: str | None, gpu: str | None, kw: dict[str, Any]):
 
 def emit_notes(t) -> None:
     for note in t.notes:
-        click.echo(f"warning: {note}", err=True)
+        warn(note)
 
 
 def seq_list_option(f: Callable) -> Callable:

@@ -85,7 +85,7 @@ def test_gpu_aliases(alias):
         (["estimate", "llama-8b"], "did you mean"),
         (["estimate", "llama-7b", "--gpu", "3060tii"], "did you mean 'rtx-3060-ti'"),
         (["estimate", "llama-7b", "--batch", "0"], "--batch must be a positive integer"),
-        (["estimate", "llama-7b", "--seq", "-5"], "'-5' is not a positive integer"),
+        (["estimate", "llama-7b", "--seq", "-5"], "--seq must be a positive integer, got -5"),
         (["estimate", "llama-7b", "--lora-rank", "0"], "--lora-rank"),
         (["estimate", "llama-7b", "--optim", "adam"], "unknown optimizer 'adam'"),
         (["estimate", "llama-7b", "--method", "full", "--quant", "nf4"], "cannot be combined"),

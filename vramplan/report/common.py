@@ -29,9 +29,134 @@ def bar(frac: float, width: int = 24) -> str:
 
 
 def console() -> Console:
+    """The console every table is drawn on: the terminal's width (COLUMNS when set, else 80 off a terminal),
+    colour only on a terminal; off a terminal (piped, redirected) no ANSI codes and no trailing blanks (rich
+    pads every cell and title to the table's width), so `grep`, `cut` and `diff` see the text alone."""
+    import sys
+
     from rich.console import Console
 
-    return Console()
+    out = sys.stdout
+    return Console() if out.isatty() else Console(file=TrimmedLines(out))
+
+
+class TrimmedLines:
+    """A text stream that writes each complete line without its trailing blanks (what rich's padding leaves);
+    everything else is the wrapped stream's."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        lines = (self.pending + text).split("\n")
+        self.pending = lines.pop()
+        if lines:
+            self.stream.write("".join(line.rstrip(" ") + "\n" for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.stream.write(self.pending)
+            self.pending = ""
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str) -> Any:  # encoding, fileno, ...: the wrapped stream's
+        return getattr(self.stream, name)
+
+
+# What the non-ASCII characters of the reports become on a stream that cannot encode them (LANG=C with
+# PYTHONIOENCODING=ascii, a latin-1 terminal): readable ASCII instead of a UnicodeEncodeError traceback. rich
+# draws its tables with ASCII boxes on such a stream by itself.
+ASCII_FALLBACK = {
+    "·": "-", "×": "x", "−": "-", "—": "-", "–": "-", "→": "->", "≥": ">=", "≤": "<=", "±": "+/-", "³": "^3",
+    "⁹": "^9", "█": "#", "▌": "|", "•": "*", "─": "-", "━": "-", "┃": "|", "│": "|", "╇": "+", "…": "...",
+    "Δ": "d", "°": " deg", "µ": "u", "✓": "ok",
+}  # fmt: skip
+ENCODE_ERRORS = "vramplan-ascii"
+
+
+def _ascii_fallback(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    text = error.object[error.start : error.end]
+    return "".join(ASCII_FALLBACK.get(ch, "?") for ch in text), error.end
+
+
+def encodable_streams() -> None:
+    """Make stdout and stderr write what their encoding cannot hold as ASCII (ASCII_FALLBACK, else `?`)
+    instead of raising; a UTF-8 stream is left alone."""
+    import codecs
+    import sys
+
+    try:
+        codecs.lookup_error(ENCODE_ERRORS)
+    except LookupError:
+        codecs.register_error(ENCODE_ERRORS, _ascii_fallback)
+    for stream in (sys.stdout, sys.stderr):
+        encoding = (getattr(stream, "encoding", None) or "utf-8").lower().replace("_", "-")
+        if not encoding.startswith("utf") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors=ENCODE_ERRORS)
+
+
+def hanging(prefix: str, text: str, width: int) -> str:
+    """`prefix` + `text` wrapped at `width` between words, continuation lines indented under the text (a
+    hanging indent), so a wrapped `warning:` or `advice:` line still reads as one item. Never breaks a word,
+    a flag (`--no-kbit-prep`) or a path."""
+    import textwrap
+
+    return textwrap.fill(
+        text,
+        width=max(width, len(prefix) + 24),
+        initial_indent=prefix,
+        subsequent_indent=" " * len(prefix),
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+def warn(text: str, label: str = "warning") -> None:
+    """`label: text` on stderr: the one way a warning or note reaches the user outside a table. Wrapped with a
+    hanging indent at COLUMNS when it is set, else at the terminal's width; one line when stderr is neither
+    (a log or a pipe: `grep warning:` gets the whole warning)."""
+    import os
+    import shutil
+    import sys
+
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        width: int | None = int(columns)
+    else:
+        width = shutil.get_terminal_size().columns if sys.stderr.isatty() else None
+    line = f"{label}: {text}"
+    print(line if width is None else hanging(f"{label}: ", text, width), file=sys.stderr, flush=True)
+
+
+def flow(items: list[str], width: int, separator: str = " · ", indent: str = "  ") -> str:
+    """Items joined by `separator`, wrapped at `width` between items (an item too long for a line wraps
+    between words): a footer such as `params: … · peak in forward (logits and loss) · units GiB = 1024³ B`
+    never splits `(logits and loss)` or `1024³ B` across lines. Continuation lines start with `indent`."""
+    import textwrap
+
+    lines: list[str] = []
+    line = ""
+    for item in items:
+        if line and len(line) + len(separator) + len(item) > width:
+            lines.append(line + separator.rstrip())
+            line = indent + item
+        else:
+            line = line + separator + item if line else item
+    lines.append(line)
+    out: list[str] = []
+    for one in lines:
+        out += textwrap.wrap(
+            one, width=max(width, 24), subsequent_indent=indent, break_long_words=False, break_on_hyphens=False,
+            drop_whitespace=True,
+        ) if len(one) > width else [one]  # fmt: skip
+    return "\n".join(out)
 
 
 def listed(d: dict[str, Any]) -> dict[str, Any]:
@@ -57,20 +182,37 @@ def band_text(error_band: float) -> str:
     return f" (tight = within ±{100 * error_band:.0f} % estimator error)"
 
 
-def verdict_line(b: Any, detail: str = "") -> Text:
+def verdict_line(b: Any, detail: str = "", width: int = 10**6) -> Text:
     """`fits  on GPU (X GiB): headroom Y GiB` + `detail`, the verdict coloured, for any result with a verdict
-    (`PeakAccounting`: Breakdown, ServeBreakdown)."""
+    (`PeakAccounting`: Breakdown, ServeBreakdown); wrapped at `width` under the verdict (print it with
+    `soft_wrap=True`)."""
+    text = f"on {b.gpu} ({gib(b.gpu_bytes)} GiB): headroom {gib(b.headroom_bytes or 0)} GiB{detail}"
+    return styled_prefix(VERDICT_TEXT[b.verdict], "  ", VERDICT_STYLE[b.verdict], text, width)
+
+
+def styled_prefix(label: str, separator: str, style: str, text: str, width: int) -> Text:
+    """`label` (styled) + `separator` + `text`, wrapped at `width` with a hanging indent under the text."""
     from rich.text import Text
 
-    return Text.assemble(
-        (VERDICT_TEXT[b.verdict], VERDICT_STYLE[b.verdict]),
-        f"  on {b.gpu} ({gib(b.gpu_bytes)} GiB): headroom {gib(b.headroom_bytes or 0)} GiB{detail}",
-    )
+    wrapped = hanging(label + separator, text, width)
+    return Text.assemble((label, style), wrapped[len(label) :])
+
+
+def print_flow(text: str, console: Console, style: str | None = None) -> None:
+    """`text` (items joined by ` · `) wrapped at the console's width between its items (`flow`)."""
+    from rich.text import Text
+
+    console.print(Text(flow(text.split(" · "), console.width), style=style or ""), soft_wrap=True, highlight=False)
+
+
+def print_labelled(label: str, style: str, text: str, console: Console) -> None:
+    """`label: text` with a hanging indent at the console's width, the label styled."""
+    console.print(styled_prefix(label + ":", " ", style, text, console.width), soft_wrap=True, highlight=False)
 
 
 def print_notes(notes: Any, console: Console) -> None:
     for note in notes:
-        console.print(f"[yellow]note:[/] {note}")
+        print_labelled("note", "yellow", str(note), console)
 
 
 def calibration_json(b: Any) -> dict[str, Any]:

@@ -48,8 +48,10 @@ def estimate_json(pp: ParallelPlan, plan: Plan, suggestions: Sequence[Suggestion
 
 
 def render_advice(lines: list[str], console: Console) -> None:
+    from vramplan.report.common import print_labelled
+
     for line in lines:
-        console.print(f"[cyan]advice:[/] {line}")
+        print_labelled("advice", "cyan", line, console)
 
 
 def render_estimate(

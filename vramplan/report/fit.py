@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vramplan.report.common import gib, print_notes
+from vramplan.report.common import gib, print_labelled, print_notes
 from vramplan.report.profiles import local_gpu_line, local_gpus_json
 
 if TYPE_CHECKING:
@@ -30,14 +30,13 @@ def render_fit_table(ft: FitTable, console: Console) -> None:
     from rich.text import Text
 
     t = ft.train
-    table = Table(
-        title=f"{ft.model} on {ft.gpu.key} ({gib(ft.gpu.memory_bytes)} GiB)"
+    console.print(
+        f"{ft.model} on {ft.gpu.key} ({gib(ft.gpu.memory_bytes)} GiB)"
         + (f", one GPU of {ft.parallel.strategy} × {ft.parallel.gpus}" if ft.parallel else "")
         + ": largest batch that fits",
-        title_justify="left",
-        show_edge=False,
-        pad_edge=False,
-    )
+        highlight=False,
+    )  # the console's width, not the table's
+    table = Table(show_edge=False, pad_edge=False)
     for col in ("method", "ckpt", "optimizer"):
         table.add_column(col, no_wrap=True)
     for s in ft.seqs:
@@ -47,11 +46,14 @@ def render_fit_table(ft: FitTable, console: Console) -> None:
         table.add_row(r.method, "yes" if r.grad_ckpt else "no", r.optim,
                       *(_limit_text(c.batch) for c in r.cells), _limit_text(r.max_seq))  # fmt: skip
     console.print(table)
-    console.print(
-        f"cells: largest per_device_train_batch_size whose device total (least that runs) fits; 0 = not even "
+    print_labelled(
+        "cells",
+        "",
+        f"largest per_device_train_batch_size whose device total (least that runs) fits; 0 = not even "
         f"batch 1; * = tight (within ±{100 * ft.error_band:.0f} % estimator error); ≥ = search cap. "
         f"max seq: the longest at batch 1, a multiple of 64. Other settings: {t.dtype} weights, "
-        f"{t.mixed_precision} autocast, {t.attn}, LoRA r={t.lora_rank} {t.lora_target_preset}."
+        f"{t.mixed_precision} autocast, {t.attn}, LoRA r={t.lora_rank} {t.lora_target_preset}.",
+        console,
     )
     r = ft.max_lora_rank
     if r is None:

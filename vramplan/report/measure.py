@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from vramplan.breakdown import COMPONENT_LABELS
-from vramplan.report.common import VERDICT_STYLE, gib, print_notes, train_title, verdict_line
+from vramplan.report.common import VERDICT_STYLE, gib, print_flow, print_notes, train_title, verdict_line
 from vramplan.report.train import breakdown_json
 
 if TYPE_CHECKING:
@@ -109,7 +109,8 @@ def render_measurement(r: Any, estimate: Breakdown, console: Console) -> None:
     kind = {"cuda": "measured on CUDA", "cpu": "traced on CPU", "meta": "traced on meta tensors",
             "fake": "traced on fake tensors"}[r.device]  # fmt: skip
     title = f"{train_title(b)} · {kind}, {r.steps} step{'s' if r.steps != 1 else ''} vs estimate"
-    t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    print_flow(title, console)
+    t = Table(show_edge=False, pad_edge=False)
     measured = "measured GiB" if r.device == "cuda" else "traced GiB"
     for col, just in (("component", "left"), (measured, "right"), ("estimated GiB", "right"),
                       ("error", "right")):  # fmt: skip
@@ -173,17 +174,17 @@ def render_measurement(r: Any, estimate: Breakdown, console: Console) -> None:
             _err_text(estimate.paged_bytes, r.paged_bytes),
         )
     console.print(t)
-    console.print(
+    print_flow(
         f"params: {b.params_total:,} total, {b.params_trainable:,} trainable · {r.seconds:.1f} s · "
         "error = (estimated − measured) / measured, or Δ in MiB for a part under "
         f"{100 * RELATIVE_ERROR_MIN_SHARE:.0f} % of the peak · GiB = 1024³ B",
-        highlight=False,
+        console,
     )
     if r.oom is not None:
         console.print(Text(oom_line(r), style=VERDICT_STYLE["oom"]))
     elif b.gpu_bytes is not None and b.verdict is not None:
         how = "" if r.cuda is not None else " (traced peak, replayed allocator, modelled CUDA context)"
-        console.print(verdict_line(b, how))
+        console.print(verdict_line(b, how, console.width), soft_wrap=True)
     print_notes(b.all_notes, console)
 
 

@@ -51,7 +51,9 @@ def plot_terminal(
     xlabel = "sequence length (tokens, log scale)"
     top = _plot_top(curves, gpu)
     marks = [PLOT_MARKERS[i % len(PLOT_MARKERS)] for i in range(len(curves))]
-    labels = [f"  {mk} {_curve_label(c, top)}" for mk, c in zip(marks, curves, strict=True)]
+    from vramplan.report.common import hanging
+
+    labels = [hanging(f"  {mk} ", _curve_label(c, top), width) for mk, c in zip(marks, curves, strict=True)]
     legend = "\n".join([*labels, f"  ─ {cap}"])
     if hasattr(plt, "figure") and hasattr(plt.figure, "signal"):  # plotext 6
         fig = plt.figure
@@ -84,7 +86,8 @@ def plot_terminal(
         plt.plotsize(width, height)
         out = plt.build()
         plt.clear_figure()
-    out = out if color else plt.uncolorize(out)
+    if not color:  # plain text: no ANSI codes, no trailing blanks (plotext pads every row to the width)
+        out = "\n".join(line.rstrip() for line in plt.uncolorize(out).splitlines())
     return f"{out.rstrip()}\n{legend}"
 
 

@@ -26,7 +26,8 @@ def gpus_json(gpus: Sequence[GpuProfile]) -> list[dict[str, Any]]:
 
 def render_gpus(gpus: Sequence[GpuProfile], console: Console, show_all: bool = False) -> None:
     """One row per profile, smallest memory first; the key (what --gpu takes) is never cut, the aliases only
-    with `show_all`."""
+    with `show_all`: a column from 120 columns, else one wrapped line per GPU below the table (an alias is
+    typed, so it is never cut either)."""
     from rich.table import Table
 
     t = Table(title="GPU profiles (memory in GiB = 1024³ B)", title_justify="left", show_edge=False)
@@ -40,15 +41,25 @@ def render_gpus(gpus: Sequence[GpuProfile], console: Console, show_all: bool = F
     t.add_column("name", no_wrap=True, width=name_width)
     for col, width in fixed:
         t.add_column(col, justify="right" if col == "GiB" else "left", no_wrap=True, min_width=width)
-    if show_all:
+    aliases_column = show_all and console.width >= 120
+    if aliases_column:
         t.add_column("aliases (also taken by --gpu)")
     for g in sorted(gpus, key=lambda g: (g.memory_bytes, g.key)):
         name = g.name.removeprefix("NVIDIA ").removeprefix("GeForce ").removeprefix("Tesla ")
         name = name if len(name) <= name_width else name[: name_width - 1] + "…"
         flags = ["yes" if flag else "no" for flag in (g.bf16, g.fp8, g.fp4)]
         cells = [g.key, name, gib(g.memory_bytes), g.compute_capability, *flags]
-        t.add_row(*cells, *([", ".join(g.aliases)] if show_all else []))
+        t.add_row(*cells, *([", ".join(g.aliases)] if aliases_column else []))
     console.print(t)
+    if show_all and not aliases_column:
+        from vramplan.report.common import flow
+
+        console.print("aliases (also taken by --gpu):")
+        for g in sorted(gpus, key=lambda g: (g.memory_bytes, g.key)):
+            if g.aliases:  # wrapped between aliases: `rtx 2060 super` stays on one line
+                first, *rest = g.aliases
+                text = flow([f"  {g.key}: {first}", *rest], console.width, ", ", " " * (len(g.key) + 4))
+                console.print(text, soft_wrap=True, highlight=False, markup=False)
     if not show_all:
         console.print("--gpu also takes NVML names and aliases (2080ti, a100, ...): `vramplan gpus --all` lists them")
 

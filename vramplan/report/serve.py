@@ -11,6 +11,8 @@ from vramplan.report.common import (
     figures_json,
     gib,
     listed,
+    print_flow,
+    print_labelled,
     print_notes,
     verdict_line,
 )
@@ -93,7 +95,7 @@ def render_serve(b: ServeBreakdown, console: Console) -> None:
             f"{b.model} · transformers generate · batch {s.batch} × ({s.prompt_tokens} prompt + "
             f"{s.new_tokens} new tokens) · {s.dtype}{quant}{lora}{gpu}"
         )
-    console.print(Text(head, style="italic"))
+    print_flow(head, console, style="italic")
     t = Table(show_edge=False, pad_edge=False)
     t.add_column("component")
     t.add_column("GiB", justify="right")
@@ -121,7 +123,9 @@ def render_serve(b: ServeBreakdown, console: Console) -> None:
         conc = f"Maximum concurrency for {v.max_model_len:,} tokens per request: {v.kv.max_concurrency:.2f}x"
         console.print(Text(conc, style="bold"))
     if b.gpu_bytes is not None and b.verdict is not None:
-        console.print(verdict_line(b, band_text(b.error_band) + " · units GiB = 1024³ B"))
+        console.print(
+            verdict_line(b, band_text(b.error_band) + " · units GiB = 1024³ B", console.width), soft_wrap=True
+        )
     for p in b.problems:
-        console.print(f"[red]problem:[/] {p}")
+        print_labelled("problem", "red", p, console)
     print_notes(s.notes, console)

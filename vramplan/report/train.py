@@ -12,6 +12,8 @@ from vramplan.report.common import (
     figures_json,
     gib,
     listed,
+    print_flow,
+    print_labelled,
     print_notes,
     recipe_line,
     train_title,
@@ -89,7 +91,8 @@ def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -
 
     from vramplan.spec.alloc_conf import parse_alloc_conf
 
-    t = Table(title=title or train_title(b), title_justify="left", show_edge=False, pad_edge=False)
+    print_flow(title or train_title(b), console)  # wrapped between its items, not at the table's width
+    t = Table(show_edge=False, pad_edge=False)
     t.add_column("component")
     t.add_column("GiB", justify="right")
     t.add_column("share")
@@ -111,19 +114,22 @@ def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -
     if b.paged_bytes:
         t.add_row("paged optimizer states (managed, apart)", gib(b.paged_bytes), "")
     console.print(t)
-    console.print(
+    print_flow(
         f"params: {b.params_total:,} total, {b.params_trainable:,} trainable "
         f"({100 * b.params_trainable / max(b.params_total, 1):.3g} %) · peak in {b.peak_phase}"
-        f"{f' ({b.peak_moment})' if b.peak_moment else ''} · units GiB = 1024³ B"
+        f"{f' ({b.peak_moment})' if b.peak_moment else ''} · units GiB = 1024³ B",
+        console,
     )
     console.print(recipe_line(b.train))
     if b.gpu_bytes is not None and b.verdict is not None:
-        console.print(verdict_line(b, band_text(b.error_band)))
+        console.print(verdict_line(b, band_text(b.error_band), console.width), soft_wrap=True)
     print_notes(b.all_notes, console)
     if b.approximation is not None:
         a = b.approximation
-        console.print(
-            f"[yellow]approximated:[/] {b.model} is not hand-modelled: parameters exact from transformers' "
-            f"module tree, activations from a {a.basis} (±{100 * a.error_band:.0f} % more error, in the band)"
-            + (f"; {a.note}" if a.note else "")
+        print_labelled(
+            "approximated",
+            "yellow",
+            f"{b.model} is not hand-modelled: parameters exact from transformers' module tree, activations from "
+            f"a {a.basis} (±{100 * a.error_band:.0f} % more error, in the band)" + (f"; {a.note}" if a.note else ""),
+            console,
         )

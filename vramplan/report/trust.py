@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vramplan.report.common import gib
+from vramplan.report.common import gib, hanging, print_flow
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -106,7 +106,8 @@ def _render_validation_lines(rows: Any, console: Console) -> None:
     for r in rows:
         measured, estimated, error, reason = _validation_figures(r)
         console.print(Text(f"{r.id}  {measured} → {estimated}  {error}", no_wrap=True, overflow="ignore"))
-        console.print(Text(f"    {r.framework} · {r.config} · {reason}", style="dim"))
+        detail = hanging("    ", f"{r.framework} · {r.config} · {reason}", console.width)
+        console.print(Text(detail, style="dim"), soft_wrap=True)
 
 
 def _render_validation_table(rows: Any, console: Console) -> None:
@@ -148,7 +149,7 @@ def calibration_line(b: Breakdown) -> str:
 
 def render_calibration_note(b: Breakdown, console: Console) -> None:
     if b.gpu:
-        console.print(calibration_line(b), style="dim", highlight=False)
+        print_flow(calibration_line(b), console, style="dim")
 
 
 def calibration_json(runs: list[RunRecord], cals: list[Calibration], store: str) -> dict[str, Any]:

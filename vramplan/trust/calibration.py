@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from vramplan.errors import VramplanError
+from vramplan.report.common import warn
 from vramplan.spec.gpu import GpuProfile
 from vramplan.spec.overheads import Calibration, Overheads
 
@@ -150,7 +150,7 @@ def read_runs(path: str | Path | None = None) -> list[RunRecord]:
             return []
         text = p.read_text(encoding="utf-8", errors="replace")
     except (OSError, ValueError) as e:
-        print(f"warning: calibration store {p} not read ({getattr(e, 'strerror', None) or e})", file=sys.stderr)
+        warn(f"calibration store {p} not read ({getattr(e, 'strerror', None) or e})")
         return []
     runs = []
     for n, line in enumerate(text.splitlines(), 1):
@@ -162,7 +162,7 @@ def read_runs(path: str | Path | None = None) -> list[RunRecord]:
                 raise VramplanError("not a JSON object")
             runs.append(RunRecord.from_json(d))
         except (json.JSONDecodeError, VramplanError, TypeError, RecursionError) as e:
-            print(f"warning: {p} line {n}: skipped, not a run record ({e})", file=sys.stderr)
+            warn(f"{p} line {n}: skipped, not a run record ({e})")
     return runs
 
 
