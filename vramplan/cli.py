@@ -119,19 +119,16 @@ def estimate(model: str | None, gpu: str | None, suggest: bool, as_json: bool, *
     help="peak vs sequence length per method (at --batch): in the terminal, or a PNG file",
 )
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
-@click.pass_context
 def fit(
-    ctx: click.Context, model: str | None, gpu: str | None, seq_list: str | None, plot: str | None, as_json: bool,
-    **kw: Any,
+    model: str | None, gpu: str | None, seq_list: str | None, plot: str | None, as_json: bool, **kw: Any
 ) -> None:  # fmt: skip
     """What fits on a GPU: the largest batch per method and sequence length, the longest sequence, the largest
     LoRA rank.
 
-    Rows: full, LoRA, QLoRA (only --method's when given), each without / with gradient checkpointing, with
-    --optim and with 8-bit AdamW. A cell is the largest batch whose verdict is `fits` or `tight` (* = tight).
+    Rows: full, LoRA, QLoRA; only the method you chose when you chose one (--method, or a --from file's
+    finetuning type), each without / with gradient checkpointing, with --optim and with 8-bit AdamW. A cell is
+    the largest batch whose verdict is `fits` or `tight` (* = tight).
     """
-    from click.core import ParameterSource
-
     from vramplan.plan.fit import fit_table, parse_seqs, peak_curves
 
     if gpu is None:
@@ -139,9 +136,11 @@ def fit(
     if plot == "-" and as_json:
         raise VramplanError("the terminal plot cannot go with --json; write a file instead: --plot out.png")
     seqs, kw["seq"] = parse_seqs(seq_list)
-    m, t, g = resolve_inputs(model, gpu, kw)
+    m, t, g, plan = resolve_plan(model, gpu, kw)
     emit_notes(t)
-    methods = None if ctx.get_parameter_source("method") is ParameterSource.DEFAULT else (t.method,)
+    # typed (`flag`) or written in a --from file (`file:PATH`); not a tool's default (`default:llamafactory`)
+    chosen = plan.sources.get("method", "default")
+    methods = (t.method,) if chosen == "flag" or chosen.startswith("file:") else None
     p = resolve_parallel_spec(t, kw)
     ft = fit_table(m, t, g, seqs, methods, parallel=p)
     curves = peak_curves(m, t, g, seqs, methods, parallel=p) if plot else []

@@ -249,3 +249,34 @@ def test_no_gpu_is_one_line(monkeypatch, args, nvml):
     assert len(r.output.strip().splitlines()) == 1
     assert "Traceback" not in r.output
     assert ("nvidia-ml-py" if nvml == "missing" else "no NVIDIA GPU or driver found") in r.output
+
+
+def _row_methods(*args: str) -> set[str]:
+    r = CliRunner().invoke(main, ["fit", *args, "--gpu", "a100-80gb", "--seq", "1k", "--json"])
+    assert r.exit_code == 0, r.output
+    return {row["method"] for row in json.loads(r.stdout)["rows"]}
+
+
+@pytest.mark.parametrize(
+    ("args", "yaml", "methods"),
+    [
+        ((), None, {"full", "lora", "qlora"}),  # nothing chosen: the overview
+        (("--method", "lora"), None, {"lora"}),
+        (("--method", "FULL"), None, {"full"}),
+        (("--method", "freeze"), None, {"freeze"}),
+        (("--method", "lora", "--quant", "nf4"), None, {"qlora"}),  # what resolve_train makes of it
+        ((), "finetuning_type: lora\nquantization_bit: 4\n", {"qlora"}),  # the file chose
+        ((), "finetuning_type: full\n", {"full"}),
+        ((), "cutoff_len: 2048\n", {"full", "lora", "qlora"}),  # LLaMA-Factory's default lora: not a choice
+        (("--method", "full"), "finetuning_type: lora\n", {"full"}),  # typed beats the file
+    ],
+)
+def test_fit_rows_are_the_chosen_method(tmp_path, args: tuple[str, ...], yaml: str | None, methods: set[str]):
+    """fit shows every method when none was chosen, and only the chosen one when it was (typed or in the
+    --from file, not a tool's default)."""
+    if yaml is None:
+        assert _row_methods("llama-2-7b", *args) == methods
+        return
+    path = tmp_path / "train.yaml"
+    path.write_text("model_name_or_path: meta-llama/Llama-2-7b-hf\n" + yaml)
+    assert _row_methods("--from", str(path), *args) == methods
