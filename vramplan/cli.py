@@ -348,6 +348,8 @@ def measure(
 
     m, t, g = resolve_inputs(model, gpu, kw)
     emit_notes(t)
+    if save and device == "cpu":  # refused before torch is imported (seconds)
+        raise VramplanError("--save stores CUDA measurements; --device cpu has none")
     harness = _harness("measure")
     if device is None:
         device = "cuda" if harness.torch.cuda.is_available() else "cpu"

@@ -188,3 +188,16 @@ def test_count_errors_name_the_value(value: str, message: str):
     assert r.exit_code == 2
     assert message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_measure_save_on_cpu_is_refused_before_torch(tmp_path: Path):
+    """`--save --device cpu` can never store a run: refused in a second, without importing torch."""
+    from tests.conftest import heavy_imports_after
+
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+                                  "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 256}))  # fmt: skip
+    r = run("measure", str(config), "--device", "CPU", "--save")
+    assert r.exit_code == 2
+    assert r.stderr.strip().splitlines()[-1] == "error: --save stores CUDA measurements; --device cpu has none"
+    assert heavy_imports_after(["measure", str(config), "--device", "cpu", "--save"]) == []
