@@ -3,8 +3,8 @@
 The commands are every `vramplan` example of README.md and docs/*.md (read from their `<!-- example: … -->`
 markers, so a new example is checked the day it is written), plus the outputs the docs do not show: warnings,
 advice, serving problems, `gpus --all`, `validate --all`, a calibration store with runs, the terminal plot,
-and the measure / simulate table. Each line must fit the width, carry no ANSI code and no trailing blank; a
-value the user types (a GPU key or alias, a model name) is never cut.
+and the measure / simulate table. Each line must fit the width, carry no ANSI code, no trailing blank and no
+`…` (a value cut to fit); a value the user types (a GPU key or alias, a model name) is never cut.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def check_lines(text: str, width: int, where: str) -> None:
         assert len(line) <= width, f"{where}: {len(line)} > {width} columns: {line!r}"
         assert "\x1b" not in line, f"{where}: ANSI code in piped output: {line!r}"
         assert line == line.rstrip(), f"{where}: trailing blank: {line!r}"
+        assert "…" not in line, f"{where}: a value cut to fit: {line!r}"
 
 
 @pytest.fixture
@@ -124,7 +125,7 @@ def test_the_footer_breaks_between_items():
         main, ["estimate", "llama-2-7b", "--method", "qlora", "--gpu", "3060ti"]
     )
     footer = r.stdout[r.stdout.index("params:") :].split("\nfits")[0]
-    assert "peak in forward (logits and loss)" in footer.replace("\n  ", " ")
+    assert "peak in forward (logits and loss)" in footer.replace("\n  · ", " · ")
     for line in footer.splitlines():
         assert "(logits and" not in line or "loss)" in line
 
@@ -175,3 +176,12 @@ def test_measure_and_simulate_table_fits_the_width(tiny_measurement, width: int)
     render_measurement(*tiny_measurement, Console(file=TrimmedLines(out), width=width))
     assert "traced GiB" in out.getvalue()
     check_lines(out.getvalue(), width, "measure")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_fit_rows_name_their_optimizer_whole(width: int):
+    """fit's optimizer is typed back (`--optim adamw_torch_fused`): whole on the page at any width (in its
+    column, or spelled out under a narrow table's letters)."""
+    out = CliRunner(env={"COLUMNS": str(width)}).invoke(main, ["fit", "llama-2-7b", "--gpu", "3060ti"]).stdout
+    for optim in ("adamw_torch_fused", "adamw_8bit"):
+        assert re.search(rf"(^|[\s=│]){optim}(\s|$)", out, re.M), (width, optim)

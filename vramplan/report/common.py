@@ -135,28 +135,31 @@ def warn(text: str, label: str = "warning") -> None:
     print(line if width is None else hanging(f"{label}: ", text, width), file=sys.stderr, flush=True)
 
 
-def flow(items: list[str], width: int, separator: str = " · ", indent: str = "  ") -> str:
-    """Items joined by `separator`, wrapped at `width` between items (an item too long for a line wraps
-    between words): a footer such as `params: … · peak in forward (logits and loss) · units GiB = 1024³ B`
-    never splits `(logits and loss)` or `1024³ B` across lines. Continuation lines start with `indent`."""
-    import textwrap
-
+def flow(items: list[str], width: int, separator: str = " · ", indent: str = "  ", lead: str | None = None) -> str:
+    """Items joined by `separator`, wrapped at `width` between items: a footer such as `params: … · peak in
+    forward (logits and loss) · units GiB = 1024³ B` never splits `(logits and loss)` or `1024³ B` across
+    lines. A line broken between items continues with `indent` and the separator (`  · peak in …`); an item
+    longer than a whole line wraps between its words, and the items after it continue on its last line.
+    `lead`: what starts a line broken between items (default: the separator without its leading blank)."""
+    lead = separator.lstrip() if lead is None else lead
+    room = max(width - len(indent) - len(lead), 16)
+    # (text, joiner before it): whole items, or the words of an item too long for any line
+    pieces: list[tuple[str, str]] = []
+    for n, item in enumerate(items):
+        words = [item] if len(item) <= room else item.split()
+        pieces += [(word, separator if n and k == 0 else " ") for k, word in enumerate(words)]
     lines: list[str] = []
     line = ""
-    for item in items:
-        if line and len(line) + len(separator) + len(item) > width:
-            lines.append(line + separator.rstrip())
-            line = indent + item
+    for text, joiner in pieces:
+        if not line:
+            line = text
+        elif len(line) + len(joiner) + len(text) <= width:
+            line += joiner + text
         else:
-            line = line + separator + item if line else item
+            lines.append(line)
+            line = indent + (lead if joiner == separator else "") + text
     lines.append(line)
-    out: list[str] = []
-    for one in lines:
-        out += textwrap.wrap(
-            one, width=max(width, 24), subsequent_indent=indent, break_long_words=False, break_on_hyphens=False,
-            drop_whitespace=True,
-        ) if len(one) > width else [one]  # fmt: skip
-    return "\n".join(out)
+    return "\n".join(lines)
 
 
 def listed(d: dict[str, Any]) -> dict[str, Any]:

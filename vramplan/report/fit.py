@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vramplan.report.common import gib, print_labelled, print_notes
+from vramplan.report.common import gib, print_flow, print_labelled, print_notes
 from vramplan.report.profiles import local_gpu_line, local_gpus_json
 
 if TYPE_CHECKING:
@@ -25,8 +25,39 @@ def _limit_text(lim: Limit) -> Text:
     return Text(s, style="yellow" if lim.tight else "green")
 
 
-def render_fit_table(ft: FitTable, console: Console) -> None:
+def _optim_letters(ft: FitTable) -> dict[str, str]:
+    """Each row optimizer's letter in the compact table: A, B, ... in row order."""
+    optims = list(dict.fromkeys(r.optim for r in ft.rows))
+    return {optim: chr(ord("A") + i) for i, optim in enumerate(optims)}
+
+
+def _natural_width(table: Any, console: Console) -> int:
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update_width(10**4), table).maximum
+
+
+def _fit_grid(ft: FitTable, console: Console, compact: bool) -> Any:
+    """The rows × sequence lengths grid; `compact` (a narrow terminal): checkpointing as `+ckpt` after the
+    method, the optimizer as a letter (its name is typed, so it is never cut: the letters are spelled out below
+    the table) and a shorter header."""
     from rich.table import Table
+
+    letters = _optim_letters(ft)
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("method", "opt") if compact else ("method", "ckpt", "optimizer"):
+        table.add_column(col, no_wrap=True)
+    for s in ft.seqs:
+        table.add_column(str(s), justify="right", no_wrap=True)
+    table.add_column("max" if compact else "max seq", justify="right", no_wrap=True)
+    for r in ft.rows:
+        label = (r.method + ("+ckpt" if r.grad_ckpt else ""), letters[r.optim]) if compact else (
+            r.method, "yes" if r.grad_ckpt else "no", r.optim)  # fmt: skip
+        table.add_row(*label, *(_limit_text(c.batch) for c in r.cells), _limit_text(r.max_seq))
+    return table
+
+
+def render_fit_table(ft: FitTable, console: Console) -> None:
     from rich.text import Text
 
     t = ft.train
@@ -36,16 +67,13 @@ def render_fit_table(ft: FitTable, console: Console) -> None:
         + ": largest batch that fits",
         highlight=False,
     )  # the console's width, not the table's
-    table = Table(show_edge=False, pad_edge=False)
-    for col in ("method", "ckpt", "optimizer"):
-        table.add_column(col, no_wrap=True)
-    for s in ft.seqs:
-        table.add_column(str(s), justify="right", no_wrap=True)
-    table.add_column("max seq", justify="right", no_wrap=True)
-    for r in ft.rows:
-        table.add_row(r.method, "yes" if r.grad_ckpt else "no", r.optim,
-                      *(_limit_text(c.batch) for c in r.cells), _limit_text(r.max_seq))  # fmt: skip
+    table = _fit_grid(ft, console, compact=False)
+    if _natural_width(table, console) > console.width:  # the optimizer as a letter, explained below the table
+        table = _fit_grid(ft, console, compact=True)
     console.print(table)
+    optims = _optim_letters(ft)
+    if table.columns[1].header == "opt":
+        print_flow(" · ".join(f"{letter} = {optim}" for optim, letter in optims.items()), console)
     print_labelled(
         "cells",
         "",

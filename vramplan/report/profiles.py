@@ -36,9 +36,11 @@ def render_gpus(gpus: Sequence[GpuProfile], console: Console, show_all: bool = F
     key_width = max((len(g.key) for g in gpus), default=3)
     fixed = (("GiB", 6), ("cc", 4), ("bf16", 4), ("fp8", 3), ("fp4", 3))
     padding = 2 * (len(fixed) + 2) + len(fixed) + 1  # one space each side of every column, one rule between two
-    name_width = max(8, min(34, console.width - key_width - sum(w for _, w in fixed) - padding))
+    name_width = min(34, console.width - key_width - sum(w for _, w in fixed) - padding)
+    named = name_width >= 12  # narrower, the name (decoration) is dropped rather than a figure cut
     t.add_column("key", no_wrap=True, min_width=key_width)
-    t.add_column("name", no_wrap=True, width=name_width)
+    if named:
+        t.add_column("name", no_wrap=True, width=name_width)
     for col, width in fixed:
         t.add_column(col, justify="right" if col == "GiB" else "left", no_wrap=True, min_width=width)
     aliases_column = show_all and console.width >= 120
@@ -48,7 +50,7 @@ def render_gpus(gpus: Sequence[GpuProfile], console: Console, show_all: bool = F
         name = g.name.removeprefix("NVIDIA ").removeprefix("GeForce ").removeprefix("Tesla ")
         name = name if len(name) <= name_width else name[: name_width - 1] + "…"
         flags = ["yes" if flag else "no" for flag in (g.bf16, g.fp8, g.fp4)]
-        cells = [g.key, name, gib(g.memory_bytes), g.compute_capability, *flags]
+        cells = [g.key, *([name] if named else []), gib(g.memory_bytes), g.compute_capability, *flags]
         t.add_row(*cells, *([", ".join(g.aliases)] if aliases_column else []))
     console.print(t)
     if show_all and not aliases_column:
@@ -57,8 +59,8 @@ def render_gpus(gpus: Sequence[GpuProfile], console: Console, show_all: bool = F
         console.print("aliases (also taken by --gpu):")
         for g in sorted(gpus, key=lambda g: (g.memory_bytes, g.key)):
             if g.aliases:  # wrapped between aliases: `rtx 2060 super` stays on one line
-                first, *rest = g.aliases
-                text = flow([f"  {g.key}: {first}", *rest], console.width, ", ", " " * (len(g.key) + 4))
+                first, *rest = [f"{a}," for a in g.aliases[:-1]] + [g.aliases[-1]]
+                text = flow([f"  {g.key}: {first}", *rest], console.width, " ", " " * (len(g.key) + 4), lead="")
                 console.print(text, soft_wrap=True, highlight=False, markup=False)
     if not show_all:
         console.print("--gpu also takes NVML names and aliases (2080ti, a100, ...): `vramplan gpus --all` lists them")
@@ -74,13 +76,14 @@ def models_json(specs: Sequence[ModelSpec]) -> list[dict[str, Any]]:
 def render_models(specs: Sequence[ModelSpec], console: Console) -> None:
     from rich.table import Table
 
-    # type, layers and hidden size are decoration: dropped below 110 columns; the name is never cut
-    wide = console.width >= 110
-    cols = (
-        ("name", "type", "params", "layers", "hidden", "heads/kv", "vocab")
-        if wide
-        else ("name", "params", "heads/kv", "vocab")
-    )
+    # type, layers and hidden size are decoration: dropped below 110 columns, heads/kv below 72; the name is
+    # never cut
+    if console.width >= 110:
+        cols: tuple[str, ...] = ("name", "type", "params", "layers", "hidden", "heads/kv", "vocab")
+    elif console.width >= 72:
+        cols = ("name", "params", "heads/kv", "vocab")
+    else:
+        cols = ("name", "params", "vocab")
     t = Table(title="built-in models", title_justify="left", show_edge=False)
     for col in cols:
         t.add_column(col, justify="left" if col in ("name", "type") else "right", no_wrap=True)

@@ -166,14 +166,20 @@ def render_calibration(runs: list[RunRecord], cals: list[Calibration], store: st
     if not runs:
         console.print("no runs stored: `vramplan measure ... --save` adds one; estimates use the defaults")
         return
-    t = Table(title="runs", title_justify="left", show_edge=False, pad_edge=False)
-    cols = ("time", "GPU", "model", "method", "allocated GiB", "reserved GiB", "device GiB", "estimate GiB")
+    wide = console.width >= 120  # narrower: no time column, short headers, the GiB in the title
+    t = Table(title="runs" if wide else "runs (GiB)", title_justify="left", show_edge=False, pad_edge=False)
+    cols = (
+        ("time", "GPU", "model", "method", "allocated GiB", "reserved GiB", "device GiB", "estimate GiB")
+        if wide
+        else ("GPU", "model", "method", "alloc", "resv", "device", "est.")
+    )
     for col in cols:
-        t.add_column(col, justify="right" if "GiB" in col else "left")
+        numeric = "GiB" in col or col in ("alloc", "resv", "device", "est.")
+        t.add_column(col, justify="right" if numeric else "left", no_wrap=numeric, overflow="fold")
     for r in runs:
         est = (r.estimate or {}).get("device_bytes")
         t.add_row(
-            r.time,
+            *([r.time] if wide else []),
             r.key,
             r.model,
             str(r.inputs.get("method", "")),
@@ -185,7 +191,7 @@ def render_calibration(runs: list[RunRecord], cals: list[Calibration], store: st
     console.print(t)
     c = Table(title="per GPU", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("GPU", "runs", "CUDA context GiB", "allocator ratio", "error band"):
-        c.add_column(col, justify="left" if col == "GPU" else "right")
+        c.add_column(col, justify="left" if col == "GPU" else "right", overflow="fold")
     for cal in cals:
         c.add_row(
             cal.gpu_key,
