@@ -3,7 +3,7 @@ point where torch would build the model, `validate --data` records, the calibrat
 and `estimate` / `fit` reading it), and `serve` / `fit` at other widths.
 
 Same property: exit 0 or exit 2 with one `error:` line last, never a traceback, at most
-`SECONDS_PER_CASE` seconds a case. measure and simulate run through the real CLI and the real harness entry
+`SECONDS_PER_CASE` seconds of CPU a case. measure and simulate run through the real CLI and the real harness entry
 (`run_step`: the steps check, the version check, the device choice, the CPU size refusal); only the model
 build and the training steps (`harness._build_and_train`) are replaced by a stop that says "torch would run
 now", so no case builds a model. Deterministic (derandomized), `VRAMPLAN_FUZZ_SCALE` for more.

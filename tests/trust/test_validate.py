@@ -131,3 +131,26 @@ def test_cli_validate_table():
     assert res.exit_code == 0, res.output
     assert "median |error|" in res.output
     assert "architecture not in profiles" in res.output
+
+
+@pytest.mark.parametrize("measured", [None, "4.8", -1, float("nan"), True])
+def test_a_record_without_a_usable_measurement_is_one_error_line(tmp_path, measured):
+    """`measured_gb: null` raised a TypeError (found by tests/test_fuzz_commands.py); each of these is one
+    `error:` line naming the field."""
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "x", "measured_gb": measured}) + "\n")
+    r = CliRunner().invoke(main, ["validate", "--data", str(data)])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert r.stderr.startswith("error:")
+    assert "measured_gb must be a number" in r.stderr
+
+
+def test_lora_targets_that_are_not_names_are_one_error_line(tmp_path):
+    """`lora_targets: [0]` raised a TypeError (found by tests/test_fuzz_commands.py)."""
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "x", "measured_gb": 4.8, "lora_targets": [0]}) + "\n")
+    r = CliRunner().invoke(main, ["validate", "--data", str(data)])
+    assert r.exit_code == 2, r.output
+    assert r.stderr.startswith("error:")
+    assert "lora_targets must be a list of module names" in r.stderr

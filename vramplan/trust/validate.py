@@ -152,6 +152,8 @@ def _check_record(d: Any, where: str) -> dict[str, Any]:
         raise VramplanError(f"{where}: expected a JSON object (one record per line), got {type(d).__name__}")
     if "id" not in d or "measured_gb" not in d:
         raise VramplanError(f"{where}: a record needs 'id' and 'measured_gb'")
+    if d["measured_gb"] is None:  # the one required figure: null is no measurement (it was a TypeError)
+        raise VramplanError(f"{where}: measured_gb must be a number (non-negative), got null")
     for key, types in _RECORD_TYPES.items():
         value = d.get(key)
         bad_type = value is not None and (isinstance(value, bool) or not isinstance(value, types))
@@ -161,6 +163,9 @@ def _check_record(d: Any, where: str) -> dict[str, Any]:
             raise VramplanError(f"{where}: {key} must be {kind} (non-negative), got {value!r:.40}")
     if not all(isinstance(f, str) for f in d.get("flags") or ()):
         raise VramplanError(f"{where}: flags must be a list of names")
+    targets = d.get("lora_targets")
+    if isinstance(targets, list) and not all(isinstance(t, str) for t in targets):  # [0] was a TypeError
+        raise VramplanError(f"{where}: lora_targets must be a list of module names, got {targets!r:.40}")
     return d
 
 
