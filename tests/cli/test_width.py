@@ -50,12 +50,14 @@ UNDOCUMENTED = [
 ]
 
 
-def check_lines(text: str, width: int, where: str) -> None:
+def check_lines(text: str, width: int, where: str, cut_ok: bool = False) -> None:
+    """`cut_ok`: `gpus`, whose NVML name column (decoration, not what --gpu takes) is cut with `…` by design;
+    its keys and aliases are held whole by test_typed_values_are_never_cut."""
     for line in text.splitlines():
         assert len(line) <= width, f"{where}: {len(line)} > {width} columns: {line!r}"
         assert "\x1b" not in line, f"{where}: ANSI code in piped output: {line!r}"
         assert line == line.rstrip(), f"{where}: trailing blank: {line!r}"
-        assert "…" not in line, f"{where}: a value cut to fit: {line!r}"
+        assert cut_ok or "…" not in line, f"{where}: a value cut to fit: {line!r}"
 
 
 @pytest.fixture
@@ -87,7 +89,7 @@ def test_the_documented_commands_are_found():
 def test_every_command_fits_the_width(command: str, width: int):
     r = CliRunner(env={"COLUMNS": str(width)}).invoke(main, shlex.split(command)[1:])
     assert r.exit_code == 0, r.output
-    check_lines(r.stdout, width, f"{command} (stdout)")
+    check_lines(r.stdout, width, f"{command} (stdout)", cut_ok=command.startswith("vramplan gpus"))
     check_lines(r.stderr, width, f"{command} (stderr)")
 
 
