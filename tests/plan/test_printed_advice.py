@@ -186,9 +186,10 @@ SERVE = [
     ["llama-3-70b", "--gpu", "a100-80gb"],
     ["llama-3-8b", "--gpu", "3060ti", "--gpu-memory-utilization", "0.5"],
     ["qwen2.5-7b", "--gpu", "4090"],
+    ["llama-3-70b", "--gpu", "4090", "--quant", "nf4"],
 ]
 FIX = re.compile(r"(lower|raise) (--gpu-memory-utilization) to (\d\.\d\d)|use (--quant) (nf4)|"
-                 r"largest (--max-model-len) that fits: ([\d,]+)")  # fmt: skip
+                 r"largest (--max-model-len) that fits: ([\d,]+)|\((--tensor-parallel-size) (\d+)\)")  # fmt: skip
 
 
 @pytest.mark.parametrize("args", SERVE, ids=[" ".join(a) for a in SERVE])
