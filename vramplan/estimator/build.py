@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, overload
 from vramplan.breakdown import Breakdown, MeasuredRun, PhaseUsage
 from vramplan.errors import VramplanError
 from vramplan.estimator.params import count_params
+from vramplan.estimator.peak import largest_per_phase as training_phases_of
 from vramplan.estimator.peak import phases as training_phases
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.spec.overheads import Overheads
@@ -42,7 +43,13 @@ def build_breakdown(
         return _serve(model, spec, gpu, overheads)
     if model.approximation is not None:  # a generic family: its stand-in's error adds to the estimator's
         overheads = dataclasses.replace(overheads, error_band=overheads.error_band + model.approximation.error_band)
-    phases, paged = training_phases(model, spec)
+    if spec.stage.is_sft:
+        phases, paged = training_phases(model, spec)
+    else:  # preference / RL steps (their module loads only for them)
+        from vramplan.estimator.preference import stage_moments
+
+        candidates, paged = stage_moments(model, spec, gpu.memory_bytes if gpu else None)
+        phases = training_phases_of(candidates)
     counts = count_params(model, spec)
     return Breakdown(
         model=model.name,

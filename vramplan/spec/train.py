@@ -28,6 +28,7 @@ from vramplan.spec.model import (
     ModelSpec,
     Quant,
 )
+from vramplan.spec.stage import SFT, StageSpec, resolve_stage
 
 OPTIMIZERS: tuple[str, ...] = (
     "adamw_torch",
@@ -96,6 +97,7 @@ class TrainSpec:
     liger_kernels: bool = False  # Liger's RMSNorm / SwiGLU / RoPE kernels (apply_liger_kernel_to_<model>)
     recipe: str = "trainer"  # the framework whose defaults filled the unset settings, with its version
     notes: tuple[str, ...] = ()  # warnings raised while resolving (e.g. bf16 -> fp16 on a T4)
+    stage: StageSpec = SFT  # SFT, reward modelling, preference or RL (spec/stage.py)
 
     @property
     def uses_lora(self) -> bool:
@@ -111,7 +113,9 @@ class TrainSpec:
         return self.batch * self.seq
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        """Every setting by name, the stage's flattened in (`stage`, `reference`, `pref_beta`, ...)."""
+        out = {name: getattr(self, name) for name in self.__slots__ if name != "stage"}  # type: ignore[attr-defined]
+        return {**out, **self.stage.as_dict()}
 
 
 _COUNT = re.compile(r"\s*(\d{1,12})\s*([kK]?)\s*")
@@ -168,6 +172,7 @@ def resolve_train(
     packing: bool = False,
     recipe: str = "trainer",
     liger_kernels: bool = False,
+    **stage: Any,
 ) -> TrainSpec:
     """Fill in the defaults of the common HF Trainer / PEFT recipe for `method` and validate everything.
 
@@ -179,6 +184,7 @@ def resolve_train(
     Choices are case-insensitive (`--method QLoRA`). Counts are limited (LIMITS). Contradictions become
     `notes` (warnings): FlashAttention-2 below Ampere (`gpu_compute_capability`), a sequence longer than the
     model's context, and settings in `explicit` (those the user set) that the chosen method does not read.
+    `stage` holds spec/stage.py's keywords (`stage`, `reference`, `pref_beta`, ...: `resolve_stage`).
     """
     from vramplan.errors import did_you_mean
 
@@ -259,7 +265,10 @@ def resolve_train(
             f"--freeze-trainable-layers must be between 1 and {model.num_hidden_layers} "
             f"(layers of {model.name}), got {freeze_trainable_layers!r}"
         )
+    stage_spec, stage_notes = resolve_stage(uses_lora=method in ("lora", "qlora"), **stage)
+    notes += stage_notes
     return TrainSpec(
+        stage=stage_spec,
         method=method,  # type: ignore[arg-type]
         dtype=dtype,  # type: ignore[arg-type]
         mixed_precision=mixed_precision,  # type: ignore[arg-type]
