@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vramplan.sources.configs.reader import FileSettings, Reader
+from vramplan.sources.configs.stages import read_trl_stage
 
 _TA_UNMODELED = (
     "deepspeed", "fsdp", "torch_compile", "neftune_noise_alpha", "auto_find_batch_size", "optim_target_modules",
@@ -31,6 +32,7 @@ def read_training_args(data: Mapping[str, Any], path: str) -> FileSettings:
     key = next((k for k in ("max_length", "max_seq_length") if r.has(k)), None)
     if key:
         r.copy(key, "seq", int)
+    read_trl_stage(r, data)
     r.skip_ifis_set(_TA_UNMODELED)
     # TRL's SFTConfig: packing, padding_free (packing_strategy "bfd" implies padding-free); both fill the batch
     packed = any(r.has(k) and r.typed(k, bool) for k in ("packing", "padding_free"))
