@@ -29,7 +29,7 @@ import torch
 from vramplan.breakdown import Components, PhaseUsage
 from vramplan.measure.build import TORCH_DTYPES, build
 from vramplan.measure.cuda_equiv import cuda_equivalence
-from vramplan.measure.harness import TRAINER_MAX_GRAD_NORM, components
+from vramplan.measure.harness import TRAINER_MAX_GRAD_NORM, _wrap_checkpointing, components
 from vramplan.measure.tracker import MemoryTracker
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.spec.stage import SFT
@@ -59,12 +59,31 @@ def _cpu_tiles_uncounted(tracker: MemoryTracker) -> Iterator[None]:
     try:
         for name, function in originals.items():
             setattr(chunked, name, uncounted(function))
+        chunked.torch = _AsOnCuda()  # type: ignore[attr-defined]
         trl_utils._use_triton = lambda device: True  # score only the labelled positions, as on CUDA
         yield
     finally:
         for name, function in originals.items():
             setattr(chunked, name, function)
+        chunked.torch = torch  # type: ignore[attr-defined]
         trl_utils._use_triton = compact
+
+
+class _AsOnCuda:
+    """`torch` for the fused head's module, answering its autocast questions about the CPU tensors as CUDA
+    would be answered (`ChunkedLogProbFunction.forward` picks its compute dtype with
+    `torch.is_autocast_enabled(device.type)`; the trace's CUDA autocast emulation answers for "cuda")."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+    @staticmethod
+    def is_autocast_enabled(device_type: str = "cuda") -> bool:
+        return torch.is_autocast_enabled("cuda" if device_type == "cpu" else device_type)
+
+    @staticmethod
+    def get_autocast_dtype(device_type: str) -> torch.dtype:
+        return torch.get_autocast_dtype("cuda" if device_type == "cpu" else device_type)
 
 
 def _reference_model(m: ModelSpec, t: TrainSpec, policy: torch.nn.Module) -> torch.nn.Module:
@@ -100,6 +119,7 @@ def trace_stage(m: ModelSpec, t: TrainSpec, steps: int = 2) -> tuple[tuple[Phase
             tracker.register_module(ref)
         tracker.register_optimizer(optimizer)
         _label_head(causal_lm, tracker)
+        _wrap_checkpointing(model, tracker, emu)  # the emulated autocast reopened in a recompute, as the harness
         params = [p for group in optimizer.param_groups for p in group["params"]]
         vocab = m.vocab_size
         sequences = t.batch * (2 if st.paired else 1)
@@ -128,22 +148,28 @@ def trace_stage(m: ModelSpec, t: TrainSpec, steps: int = 2) -> tuple[tuple[Phase
                         else:
                             ids = torch.randint(0, vocab, (sequences, t.seq))
                             labels = ids
-                        with autocast():
-                            policy_logps = log_probs(model, ids, labels).sum(-1)
-                        if st.reference in ("model", "adapter"):
+
+                        def reference(ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+                            if st.reference not in ("model", "adapter"):
+                                return torch.zeros(ids.shape[0])  # precomputed: read from the batch
                             with (
                                 tracker.moment_scope(REFERENCE_FORWARD),
                                 tracker.label_scope("temporaries"),
                                 torch.no_grad(),
                                 autocast(),
                             ):
-                                if ref is None:
-                                    with use_adapter(model, adapter_name=None):
-                                        ref_logps = log_probs(model, ids, labels).sum(-1)
-                                else:
-                                    ref_logps = log_probs(ref, ids, labels).sum(-1)
-                        else:
-                            ref_logps = torch.zeros_like(policy_logps)  # precomputed: read from the batch
+                                if ref is not None:
+                                    return log_probs(ref, ids, labels).sum(-1)
+                                with use_adapter(model, adapter_name=None):
+                                    return log_probs(model, ids, labels).sum(-1)
+
+                        # GRPO scores the reference while generating, before the policy's forward; DPO and KTO
+                        # after it (`_compute_loss`)
+                        ref_logps = reference(ids, labels) if st.generates else None
+                        with autocast():
+                            policy_logps = log_probs(model, ids, labels).sum(-1)
+                        if ref_logps is None:
+                            ref_logps = reference(ids, labels)
                         ratios = policy_logps - ref_logps
                         if st.paired:
                             chosen, rejected = ratios.chunk(2)
