@@ -222,7 +222,7 @@ def resolve_plan(model: str | None, gpu: str | None, kw: dict[str, Any]):
     ctx = click.get_current_context(silent=True)
     defaults = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
     # fit's --seq is a list (parameter `seq_list`); its first value is the chosen seq
-    keys = (*TRAIN_KEYS, *(k for k in STAGE_KEYS if k in kw))
+    keys = (*TRAIN_KEYS, *(k for k in STAGE_KEYS if kw.get(k) is not None))  # stage keys only when typed
     param = {k: k if ctx is None or k in ctx.params else {"seq": "seq_list"}.get(k, k) for k in keys}
     typed = {k for k in keys if ctx is None or ctx.get_parameter_source(param[k]) not in defaults}
     flags = {k: kw[k] for k in keys}

@@ -76,6 +76,13 @@ class StageSpec:
 SFT = StageSpec()
 
 
+def _count(value: Any, flag: str, limit: int) -> int:
+    """A positive int up to `limit` (spec/train.py `positive`'s rule; that module imports this one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise VramplanError(f"{flag} must be an integer in [1, {limit:,}], got {value!r}")
+    return value
+
+
 def _fraction(value: Any, flag: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
         raise VramplanError(f"{flag} must be a number in (0, 1), got {value!r}")
@@ -139,14 +146,10 @@ def resolve_stage(
     if name in GENERATING:
         generations = NUM_GENERATIONS if name == "grpo" else 1
         if num_generations is not None:
-            from vramplan.spec.train import positive
-
-            generations = positive(num_generations, "--num-generations", 1024)
+            generations = _count(num_generations, "--num-generations", 1024)
         completion = MAX_COMPLETION_LENGTH
         if max_completion_length is not None:
-            from vramplan.spec.train import positive
-
-            completion = positive(max_completion_length, "--max-completion-length", 2**24)
+            completion = _count(max_completion_length, "--max-completion-length", 2**24)
         gen = str(generation).lower() if generation is not None else "hf"
         if gen == "vllm-colocate":
             utilization = VLLM_GPU_MEMORY_UTILIZATION
