@@ -130,6 +130,11 @@ def stage_options(f: Callable) -> Callable:
                      help="grpo/ppo: hf (model.generate) | vllm-colocate | vllm-server [hf]"),
         click.option("--vllm-gpu-memory-utilization", type=float, default=None,
                      help="colocated vLLM's share of the GPU [0.3]"),
+        click.option("--peft", default=None, help="PEFT method (PeftType names): lora | adalora | ia3 | loha | lokr | "
+                     "vera | oft | boft | lora_fa | prompt_tuning | p_tuning | prefix_tuning; rslora, loraplus, "
+                     "pissa, olora, loftq = lora in memory [lora]"),
+        click.option("--num-virtual-tokens", type=int, default=None, help="prompt / prefix tuning tokens [20]"),
+        click.option("--block-size", type=int, default=None, help="oft_block_size [32] / boft_block_size [4]"),
         click.option("--reward-model", default=None,
                      help="ppo: adapter (LoRA on the policy) | model [adapter under LoRA]"),
     ]  # fmt: skip
@@ -145,7 +150,7 @@ TRAIN_KEYS = (
 )  # fmt: skip
 STAGE_KEYS = (
     "stage", "reference", "pref_beta", "fused_lm_head", "num_generations", "max_completion_length", "generation",
-    "vllm_gpu_memory_utilization", "reward_model",
+    "vllm_gpu_memory_utilization", "reward_model", "peft", "num_virtual_tokens", "block_size",
 )  # fmt: skip
 
 

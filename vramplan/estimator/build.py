@@ -43,6 +43,10 @@ def build_breakdown(
         return _serve(model, spec, gpu, overheads)
     if model.approximation is not None:  # a generic family: its stand-in's error adds to the estimator's
         overheads = dataclasses.replace(overheads, error_band=overheads.error_band + model.approximation.error_band)
+    counts = count_params(model, spec)
+    train = spec
+    if spec.peft.prompt_learning:  # the virtual tokens lengthen every sequence the layers and lm_head see
+        spec = dataclasses.replace(spec, seq=spec.seq + spec.peft.num_virtual_tokens)
     if spec.stage.is_sft:
         phases, paged = training_phases(model, spec)
     else:  # preference / RL steps (their module loads only for them)
@@ -50,14 +54,13 @@ def build_breakdown(
 
         candidates, paged = stage_moments(model, spec, gpu.memory_bytes if gpu else None)
         phases = training_phases_of(candidates)
-    counts = count_params(model, spec)
     return Breakdown(
         model=model.name,
         phases=phases,
         params_total=counts.total,
         params_trainable=counts.trainable,
         paged_bytes=paged,
-        train=spec,
+        train=train,
         gpu=gpu.key if gpu else None,
         gpu_bytes=gpu.memory_bytes if gpu else None,
         overheads=overheads,

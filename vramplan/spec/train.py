@@ -28,6 +28,7 @@ from vramplan.spec.model import (
     ModelSpec,
     Quant,
 )
+from vramplan.spec.peft_method import IA3_TARGETS, LORA, PeftMethod, resolve_peft
 from vramplan.spec.stage import SFT, StageSpec, resolve_stage
 
 OPTIMIZERS: tuple[str, ...] = (
@@ -98,6 +99,7 @@ class TrainSpec:
     recipe: str = "trainer"  # the framework whose defaults filled the unset settings, with its version
     notes: tuple[str, ...] = ()  # warnings raised while resolving (e.g. bf16 -> fp16 on a T4)
     stage: StageSpec = SFT  # SFT, reward modelling, preference or RL (spec/stage.py)
+    peft: PeftMethod = LORA  # the PEFT method of a LoRA-family run (spec/peft_method.py)
 
     @property
     def uses_lora(self) -> bool:
@@ -114,8 +116,9 @@ class TrainSpec:
 
     def as_dict(self) -> dict[str, Any]:
         """Every setting by name, the stage's flattened in (`stage`, `reference`, `pref_beta`, ...)."""
-        out = {name: getattr(self, name) for name in self.__slots__ if name != "stage"}  # type: ignore[attr-defined]
-        return {**out, **self.stage.as_dict()}
+        skip = ("stage", "peft")
+        out = {name: getattr(self, name) for name in self.__slots__ if name not in skip}  # type: ignore[attr-defined]
+        return {**out, **self.stage.as_dict(), **self.peft.as_dict()}
 
 
 _COUNT = re.compile(r"\s*(\d{1,12})\s*([kK]?)\s*")
@@ -172,6 +175,9 @@ def resolve_train(
     packing: bool = False,
     recipe: str = "trainer",
     liger_kernels: bool = False,
+    peft: str | None = None,
+    num_virtual_tokens: int | None = None,
+    block_size: int | None = None,
     **stage: Any,
 ) -> TrainSpec:
     """Fill in the defaults of the common HF Trainer / PEFT recipe for `method` and validate everything.
@@ -239,7 +245,17 @@ def resolve_train(
     grad_accum = positive(grad_accum, "--grad-accum", LIMITS["grad_accum"])
     if isinstance(freeze_trainable_layers, bool) or not isinstance(freeze_trainable_layers, int):
         raise VramplanError(f"--freeze-trainable-layers must be an integer, got {freeze_trainable_layers!r}")
+    peft_method, peft_notes = resolve_peft(peft, num_virtual_tokens, block_size)
+    notes += peft_notes
+    if peft_method.name != "lora" and method not in ("lora", "qlora"):
+        raise VramplanError(f"--peft {peft_method.name} trains adapters: use --method lora (or qlora), not {method}")
+    if peft_method.name == "ia3" and "lora_target" not in set(explicit) and lora_target == "all-linear":
+        if model.model_type not in IA3_TARGETS:
+            raise VramplanError(f"PEFT has no default IA³ targets for {model.model_type}: pass --lora-target NAMES")
+        lora_target = ",".join(IA3_TARGETS[model.model_type])
     targets, preset = resolve_lora_target(model, lora_target)
+    if peft_method.prompt_learning:
+        targets, preset = (), "none"  # virtual tokens, no adapted linear
     # transformers 5.24 refuses SDPA for these (`_supports_sdpa = False`): gemma2 (logit softcapping) and
     # bloom (ALiBi); HF picks eager for them by default
     eager_only = {"gemma2": ("sdpa",), "bloom": ("sdpa", "flash_attention_2")}.get(model.model_type, ())
@@ -268,6 +284,7 @@ def resolve_train(
     stage_spec, stage_notes = resolve_stage(uses_lora=method in ("lora", "qlora"), **stage)
     notes += stage_notes
     return TrainSpec(
+        peft=peft_method,
         stage=stage_spec,
         method=method,  # type: ignore[arg-type]
         dtype=dtype,  # type: ignore[arg-type]

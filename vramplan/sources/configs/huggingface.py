@@ -61,7 +61,16 @@ def read_peft_adapter(data: Mapping[str, Any], path: str) -> FileSettings:
     """A PEFT `adapter_config.json` (LoraConfig.save_pretrained, peft 0.21.2): r, lora_alpha, lora_dropout,
     target_modules (a list; a string is a regex unless `all-linear`), use_dora, base_model_name_or_path."""
     r = Reader(data, path, "peft")
-    if str(data.get("peft_type") or "LORA").upper() != "LORA":
+    from vramplan.spec.peft_method import PEFT_METHODS
+
+    peft_type = str(data.get("peft_type") or "LORA").lower()
+    if peft_type in PEFT_METHODS and peft_type != "lora":
+        r.set("peft", peft_type)
+        r.copy("num_virtual_tokens", "num_virtual_tokens", int)
+        r.copy("oft_block_size" if peft_type == "oft" else "boft_block_size", "block_size", int)
+        if peft_type == "adalora":
+            r.copy("init_r", "lora_rank", int)
+    elif peft_type != "lora":
         r.skip("peft_type", "estimated as LoRA", "method")
     r.set("method", "lora")
     r.copy("r", "lora_rank", int)

@@ -43,7 +43,8 @@ def read_llamafactory(data: Mapping[str, Any], path: str) -> FileSettings:
             r.skip("quantization_bit", f"estimated as bitsandbytes {quant}", "quant")
         r.copy("double_quantization", "double_quant", bool)
     if ft == "oft":
-        r.skip("finetuning_type", "OFT estimated as LoRA", "method")
+        r.set("peft", "oft")
+        r.copy("oft_block_size", "block_size", int)
     method = {"full": "full", "freeze": "freeze"}.get(ft, "qlora" if bits else "lora")
     (r.set if r.has("finetuning_type") or bits else r.default)("method", method)
     read_llamafactory_stage(r, data)
