@@ -73,3 +73,20 @@ def test_config_files_name_their_stage(tmp_path, text, stage, reference):
     plan = plan_inputs(None, [str(path)], {})
     b = estimate(plan.model, **plan.settings)
     assert (b.train.stage.stage, b.train.stage.reference) == (stage, reference)
+
+
+def test_suggest_offers_the_stage_levers_each_estimated():
+    from vramplan.api import estimate
+    from vramplan.plan.advice import suggest
+    from vramplan.sources.profiles import find_gpu, load_model
+    from vramplan.spec import resolve_train
+
+    m = load_model("llama-3-8b")
+    t = resolve_train(m, method="lora", stage="dpo", reference="model", batch=2, seq=2048)
+    gpu = find_gpu("a100-40gb")
+    found = {s.change.split(" ")[0]: s for s in suggest(m, t, gpu, limit=20)}
+    # the adapter-disabled reference drops the frozen copy's weights: its saving is at least their bf16 bytes
+    adapter = found["--reference"]
+    assert adapter.saved_bytes >= 8_030_261_248 * 2 - 1024**3  # llama-3-8b params · bf16, less a GiB of slack
+    assert adapter.breakdown.peak_bytes == estimate(m, train=adapter.breakdown.train, gpu=gpu).peak_bytes
+    assert "--precompute-ref" in found
