@@ -74,3 +74,24 @@ def test_prompt_tuning_lengthens_every_sequence():
     at = {n: estimate("llama-3-8b", method="lora", peft="prompt_tuning", num_virtual_tokens=n).peak_bytes
           for n in (16, 256)}  # fmt: skip
     assert at[256] > at[16]
+
+
+@pytest.mark.parametrize("name", ["ia3", "loha", "lokr", "vera", "oft", "boft", "adalora", "prompt_tuning",
+                                  "p_tuning", "prefix_tuning"])  # fmt: skip
+def test_step_against_peft_trace(name):
+    """The traced step of each method on the grid's tiny Llama: what is modelled exactly (parameters, their
+    gradients and AdamW states, BOFT's / VeRA's frozen buffers: the optimizer phase) within 0.1 %; the
+    forward and backward peaks within the method's documented band (spec/peft_method.py PEFT_ERROR_BAND),
+    which the verdict adds to its tight margin."""
+    from tests.oracle.grid import BASE
+    from vramplan.estimator.build import build_breakdown
+    from vramplan.measure.peft_trace import trace_peft
+    from vramplan.spec import model_spec_from_config, resolve_train
+
+    m = model_spec_from_config(SMALL_LLAMA, "small-llama")
+    t = resolve_train(m, **{**BASE, "peft": name})
+    estimated = {p.phase: p.total for p in build_breakdown(m, t, None).phases}
+    traced = {p.phase: p.total for p in trace_peft(m, t)}
+    assert abs(estimated["optimizer"] - traced["optimizer"]) <= 0.001 * traced["optimizer"]
+    for phase in ("forward", "backward"):
+        assert abs(estimated[phase] - traced[phase]) <= t.peft.error_band * traced[phase], phase

@@ -43,6 +43,8 @@ def build_breakdown(
         return _serve(model, spec, gpu, overheads)
     if model.approximation is not None:  # a generic family: its stand-in's error adds to the estimator's
         overheads = dataclasses.replace(overheads, error_band=overheads.error_band + model.approximation.error_band)
+    if spec.peft.error_band:  # a PEFT method walked as LoRA: its traced error adds to the estimator's
+        overheads = dataclasses.replace(overheads, error_band=overheads.error_band + spec.peft.error_band)
     counts = count_params(model, spec)
     train = spec
     if spec.peft.prompt_learning:  # the virtual tokens lengthen every sequence the layers and lm_head see

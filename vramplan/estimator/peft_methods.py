@@ -105,3 +105,21 @@ def peft_trainable_shapes(m: ModelSpec, t: TrainSpec) -> list[tuple[Shape, int]]
     return [
         (shape, m.instances(lin)) for lin in m.linears if lin.name in t.lora_target for shape in target_shapes(lin, t)
     ]
+
+
+def peft_buffer_bytes(m: ModelSpec, t: TrainSpec) -> int:
+    """Frozen tensors a PEFT method adds: OFT's int64 triangle indices (tuners/oft/layer.py OFTRotationModule),
+    BOFT's fp32 butterfly permutation `boft_P` (1 × in × in per target,
+    tuners/boft/layer.py `update_layer`); VeRA's shared fp32 projections vera_A (r × the widest input) and
+    vera_B (the widest output × r), once for the model (tuners/vera/model.py `_init_vera_A_vera_B`)."""
+    targets = [lin for lin in m.linears if lin.name in t.lora_target]
+    if t.peft.name == "boft":
+        return sum(lin.in_features**2 * m.instances(lin) for lin in targets) * 4
+    if t.peft.name == "oft":  # OFTRotationModule's int64 `rows` and `cols`: the upper-triangle indices of a block
+        sizes = [(adjust_block_size(lin.in_features, t.peft.block_size), m.instances(lin)) for lin in targets]
+        return sum(2 * 8 * b * (b - 1) // 2 * n for b, n in sizes)
+    if t.peft.name == "vera" and targets:
+        widest_in = max(lin.in_features for lin in targets)
+        widest_out = max(lin.out_features for lin in targets)
+        return t.lora_rank * (widest_in + widest_out) * 4
+    return 0
