@@ -15,7 +15,8 @@ import torch
 from vramplan.breakdown import PhaseUsage
 from vramplan.measure.build import TORCH_DTYPES, hf_config
 from vramplan.measure.cuda_equiv import cuda_equivalence
-from vramplan.measure.harness import TRAINER_MAX_GRAD_NORM, _wrap_checkpointing, components
+from vramplan.measure.harness import TRAINER_MAX_GRAD_NORM, components
+from vramplan.measure.step_hooks import wrap_checkpointing
 from vramplan.measure.tracker import MemoryTracker
 from vramplan.measure.trainer_setup import build_optimizer
 from vramplan.spec import ModelSpec, TrainSpec
@@ -57,7 +58,7 @@ def trace_peft(m: ModelSpec, t: TrainSpec, steps: int = 2) -> tuple[PhaseUsage, 
         optimizer = build_optimizer(model, t.optim)
         tracker.register_module(model)
         tracker.register_optimizer(optimizer)
-        _wrap_checkpointing(model, tracker, emu)
+        wrap_checkpointing(model, tracker, emu)
         params = [p for group in optimizer.param_groups for p in group["params"]]
         with tracker:
             for _step in range(steps):

@@ -29,7 +29,8 @@ import torch
 from vramplan.breakdown import Components, PhaseUsage
 from vramplan.measure.build import TORCH_DTYPES, build
 from vramplan.measure.cuda_equiv import cuda_equivalence
-from vramplan.measure.harness import TRAINER_MAX_GRAD_NORM, _wrap_checkpointing, components
+from vramplan.measure.harness import TRAINER_MAX_GRAD_NORM, components
+from vramplan.measure.step_hooks import wrap_checkpointing
 from vramplan.measure.tracker import MemoryTracker
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.spec.stage import SFT
@@ -119,7 +120,7 @@ def trace_stage(m: ModelSpec, t: TrainSpec, steps: int = 2) -> tuple[tuple[Phase
             tracker.register_module(ref)
         tracker.register_optimizer(optimizer)
         _label_head(causal_lm, tracker)
-        _wrap_checkpointing(model, tracker, emu)  # the emulated autocast reopened in a recompute, as the harness
+        wrap_checkpointing(model, tracker, emu)  # the emulated autocast reopened in a recompute, as the harness
         params = [p for group in optimizer.param_groups for p in group["params"]]
         vocab = m.vocab_size
         sequences = t.batch * (2 if st.paired else 1)
