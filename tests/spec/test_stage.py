@@ -65,14 +65,18 @@ def test_vllm_colocate_adds_its_share_of_the_gpu():
     ],
 )
 def test_config_files_name_their_stage(tmp_path, text, stage, reference):
-    from vramplan.api import estimate
-    from vramplan.sources.inputs import plan_inputs
+    import json
+
+    from click.testing import CliRunner
+
+    from vramplan.cli import main
 
     path = tmp_path / "run.yaml"
     path.write_text(text)
-    plan = plan_inputs(None, [str(path)], {})
-    b = estimate(plan.model, **plan.settings)
-    assert (b.train.stage.stage, b.train.stage.reference) == (stage, reference)
+    result = CliRunner().invoke(main, ["estimate", "--from", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    inputs = json.loads(result.stdout)["inputs"]
+    assert (inputs["stage"], inputs["reference"]) == (stage, reference)
 
 
 def test_suggest_offers_the_stage_levers_each_estimated():
