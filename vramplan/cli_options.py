@@ -113,13 +113,51 @@ def train_options(f: Callable) -> Callable:
     ]
     for opt in reversed(opts):
         f = opt(f)
-    return from_options(f)
+    return stage_options(from_options(f))
+
+
+def stage_options(f: Callable) -> Callable:
+    """The stage of the run and its keys (spec/stage.py), named as LLaMA-Factory, axolotl and TRL name them."""
+    opts = [
+        click.option(
+            "--stage", "--rl", "stage", default=None,
+            help="sft | pt | rm | dpo | ipo | kto | orpo | simpo | cpo | grpo | ppo (LF stage, axolotl rl) [sft]",
+        ),
+        click.option("--reference", default=None, help="reference policy: model | adapter | precomputed | none "
+                     "[adapter under LoRA, else model; none without one]"),
+        click.option("--precompute-ref", "precompute_ref", is_flag=True, default=None,
+                     help="precompute_ref_log_probs: no reference in the step (= --reference precomputed)"),
+        click.option("--pref-beta", type=float, default=None,
+                     help="DPO/KTO beta; GRPO beta > 0 loads a reference [0.1; grpo 0.0]"),
+        click.option("--fused-lm-head/--no-fused-lm-head", default=None,
+                     help="TRL's chunked log-prob head, no b·s·vocab logits [on for dpo, ipo, kto, grpo]"),
+        click.option("--num-generations", type=int, default=None, help="GRPO completions per prompt [8]"),
+        click.option("--max-completion-length", type=int, default=None, help="GRPO/PPO generated tokens [512]"),
+        click.option("--generation", default=None,
+                     help="grpo/ppo: hf (model.generate) | vllm-colocate | vllm-server [hf]"),
+        click.option("--vllm-gpu-memory-utilization", type=float, default=None,
+                     help="colocated vLLM's share of the GPU [0.3]"),
+        click.option("--peft", default=None, help="PEFT method (PeftType names): lora | adalora | ia3 | loha | lokr | "
+                     "vera | oft | boft | lora_fa | prompt_tuning | p_tuning | prefix_tuning; rslora, loraplus, "
+                     "pissa, olora, loftq = lora in memory [lora]"),
+        click.option("--num-virtual-tokens", type=int, default=None, help="prompt / prefix tuning tokens [20]"),
+        click.option("--block-size", type=int, default=None, help="oft_block_size [32] / boft_block_size [4]"),
+        click.option("--reward-model", default=None,
+                     help="ppo: adapter (LoRA on the policy) | model [adapter under LoRA]"),
+    ]  # fmt: skip
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
 
 
 TRAIN_KEYS = (
     "method", "dtype", "mixed_precision", "quant", "double_quant", "kbit_prep", "batch", "seq", "grad_accum",
     "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "dora", "optim", "grad_ckpt", "attn",
     "freeze_trainable_layers", "alloc_conf", "loss", "packing", "recipe", "liger_kernels",
+)  # fmt: skip
+STAGE_KEYS = (
+    "stage", "reference", "pref_beta", "fused_lm_head", "num_generations", "max_completion_length", "generation",
+    "vllm_gpu_memory_utilization", "reward_model", "peft", "num_virtual_tokens", "block_size",
 )  # fmt: skip
 
 
@@ -196,10 +234,15 @@ def resolve_plan(model: str | None, gpu: str | None, kw: dict[str, Any]):
     ctx = click.get_current_context(silent=True)
     defaults = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
     # fit's --seq is a list (parameter `seq_list`); its first value is the chosen seq
-    param = {k: k if ctx is None or k in ctx.params else {"seq": "seq_list"}.get(k, k) for k in TRAIN_KEYS}
-    typed = {k for k in TRAIN_KEYS if ctx is None or ctx.get_parameter_source(param[k]) not in defaults}
+    keys = (*TRAIN_KEYS, *(k for k in STAGE_KEYS if kw.get(k) is not None))  # stage keys only when typed
+    param = {k: k if ctx is None or k in ctx.params else {"seq": "seq_list"}.get(k, k) for k in keys}
+    typed = {k for k in keys if ctx is None or ctx.get_parameter_source(param[k]) not in defaults}
+    flags = {k: kw[k] for k in keys}
+    if kw.get("precompute_ref"):
+        flags["reference"] = "precomputed"
+        typed.add("reference")
     g = resolve_gpu(gpu)
-    plan = plan_inputs(model or option, kw.get("from_files") or (), {k: kw[k] for k in TRAIN_KEYS}, typed)
+    plan = plan_inputs(model or option, kw.get("from_files") or (), flags, typed)
     if plan.not_modeled:
         warn("not modeled, estimated without: " + "; ".join(map(str, plan.not_modeled)), label="note")
     if plan.recipe is not None:

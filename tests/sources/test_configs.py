@@ -142,9 +142,11 @@ def test_llamafactory_freeze_example():
         ("optim: paged_adamw_8bit\ncutoff_len: 4096", {"optim": "paged_adamw_8bit", "seq": 4096}, []),
         ("optim: muon", {"optim": "adamw_torch_fused"},
          ["optim=muon (optimizer not modeled; estimated with --optim)"]),
-        ("packing: true\nneftune_noise_alpha: 5\nstage: dpo", {"packing": True},
-         ["stage=dpo (reference/reward models not estimated)", "neftune_noise_alpha=5"]),
+        ("packing: true\nneftune_noise_alpha: 5\nstage: dpo", {"packing": True, "stage": "dpo"},
+         ["neftune_noise_alpha=5"]),
         ("enable_liger_kernel: true", {"loss": "liger", "liger_kernels": True}, []),
+        ("stage: dpo\npref_loss: simpo\npref_beta: 2.5", {"stage": "simpo", "pref_beta": 2.5, "fused_lm_head": False},
+         []),
     ],
 )  # fmt: skip
 def test_llamafactory_keys(tmp_path: Path, yaml_text: str, expected: dict[str, Any], not_modeled: list[str]):

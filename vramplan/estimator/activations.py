@@ -121,7 +121,9 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     embed_trainable = t.method == "full"
     # kbit prep + checkpointing calls enable_input_require_grads (peft/utils/other.py): the embedding output
     # requires grad, so layer 0 saves like the others.
-    embedding_output_requires_grad = embed_trainable or (t.kbit_prep and t.grad_ckpt)
+    # prompt learning concatenates trainable virtual-token embeddings to the inputs: every layer's input
+    # requires grad (peft/peft_model.py PeftModelForCausalLM.forward, `torch.cat((prompts, inputs_embeds))`)
+    embedding_output_requires_grad = embed_trainable or (t.kbit_prep and t.grad_ckpt) or t.peft.prompt_learning
     first_trainable = (
         layers - t.freeze_trainable_layers if t.method == "freeze" else (0 if t.method == "full" else layers)
     )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, overload
 from vramplan.breakdown import Breakdown, MeasuredRun, PhaseUsage
 from vramplan.errors import VramplanError
 from vramplan.estimator.params import count_params
+from vramplan.estimator.peak import largest_per_phase as training_phases_of
 from vramplan.estimator.peak import phases as training_phases
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.spec.overheads import Overheads
@@ -46,15 +47,26 @@ def build_breakdown(
         return _serve(model, spec, gpu, overheads)
     if model.approximation is not None:  # a generic family: its stand-in's error adds to the estimator's
         overheads = dataclasses.replace(overheads, error_band=overheads.error_band + model.approximation.error_band)
-    phases, paged = training_phases(model, spec)
+    if spec.peft.error_band:  # a PEFT method walked as LoRA: its traced error adds to the estimator's
+        overheads = dataclasses.replace(overheads, error_band=overheads.error_band + spec.peft.error_band)
     counts = count_params(model, spec)
+    train = spec
+    if spec.peft.prompt_learning:  # the virtual tokens lengthen every sequence the layers and lm_head see
+        spec = dataclasses.replace(spec, seq=spec.seq + spec.peft.num_virtual_tokens)
+    if spec.stage.is_sft:
+        phases, paged = training_phases(model, spec)
+    else:  # preference / RL steps (their module loads only for them)
+        from vramplan.estimator.preference import stage_moments
+
+        candidates, paged = stage_moments(model, spec, gpu.memory_bytes if gpu else None)
+        phases = training_phases_of(candidates)
     return Breakdown(
         model=model.name,
         phases=phases,
         params_total=counts.total,
         params_trainable=counts.trainable,
         paged_bytes=paged,
-        train=spec,
+        train=train,
         gpu=gpu.key if gpu else None,
         gpu_bytes=gpu.memory_bytes if gpu else None,
         overheads=overheads,

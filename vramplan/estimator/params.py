@@ -36,6 +36,8 @@ def lora_targets(m: ModelSpec, t: TrainSpec) -> tuple[LinearSpec, ...]:
 
 
 def lora_params(m: ModelSpec, t: TrainSpec) -> int:
+    if not t.peft.lora_equivalent:  # another PEFT method's tensors (estimator/peft_methods.py)
+        return sum(numel(shape) * n for shape, n in trainable_shapes(m, t))
     total = sum(lora_params_per_linear(lin, t.lora_rank, t.dora) * m.instances(lin) for lin in lora_targets(m, t))
     for p in lora_moe_targets(m, t.lora_target):
         total += m.num_hidden_layers * sum(numel(shape) for shape in lora_moe_shapes(p, t.lora_rank))
@@ -98,6 +100,10 @@ def model_tensor_shapes(m: ModelSpec) -> list[tuple[Shape, int]]:
 
 def trainable_shapes(m: ModelSpec, t: TrainSpec) -> list[tuple[Shape, int]]:
     """(shape, count) of every trainable tensor: what gradients and optimizer states are made of."""
+    if t.uses_lora and not t.peft.lora_equivalent:
+        from vramplan.estimator.peft_methods import peft_trainable_shapes
+
+        return peft_trainable_shapes(m, t)
     if t.uses_lora:
         out: list[tuple[Shape, int]] = []
         for lin in lora_targets(m, t):

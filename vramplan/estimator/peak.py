@@ -171,4 +171,9 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     """(forward, backward, optimizer) usage, each its largest moment (the first of equals), and the paged
     bytes."""
     candidates, paged = moments(m, t)
-    return tuple(max((c for c in candidates if c.phase == phase), key=lambda c: c.total) for phase in PHASES), paged
+    return largest_per_phase(candidates), paged
+
+
+def largest_per_phase(candidates: tuple[PhaseUsage, ...]) -> tuple[PhaseUsage, ...]:
+    """Each phase's largest candidate moment (the first of equals), in phase order."""
+    return tuple(max((c for c in candidates if c.phase == phase), key=lambda c: c.total) for phase in PHASES)

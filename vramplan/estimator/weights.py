@@ -70,6 +70,15 @@ def base_param_dtype_bytes(t: TrainSpec) -> int:
 
 
 def weight_bytes(m: ModelSpec, t: TrainSpec) -> WeightBytes:
+    w = _base_weight_bytes(m, t)
+    if t.uses_lora and not t.peft.lora_equivalent:  # frozen tensors of other PEFT methods (BOFT, VeRA)
+        from vramplan.estimator.peft_methods import peft_buffer_bytes
+
+        w = WeightBytes(frozen=w.frozen + peft_buffer_bytes(m, t), quant_state=w.quant_state, trainable=w.trainable)
+    return w
+
+
+def _base_weight_bytes(m: ModelSpec, t: TrainSpec) -> WeightBytes:
     p = DTYPE_BYTES[t.dtype]
     if t.quant == "none":
         total = m.total_params * p

@@ -21,7 +21,19 @@ from vramplan.spec.alloc_conf import parse_alloc_conf
 # 3 = less data per step
 COST_LABEL = {0: "free", 1: "slower", 2: "changes the recipe", 3: "fewer tokens per step"}
 # Pairs combine changes of different groups, in this order (a method change before its LoRA targets).
-GROUPS: tuple[str, ...] = ("alloc", "attn", "ckpt", "optim", "method", "kbit", "target", "dora", "batch", "seq")
+GROUPS: tuple[str, ...] = (
+    "stage",
+    "alloc",
+    "attn",
+    "ckpt",
+    "optim",
+    "method",
+    "kbit",
+    "target",
+    "dora",
+    "batch",
+    "seq",
+)
 FULL_PRECISION_OPTIMS = frozenset({"adamw_torch", "adamw_torch_fused", "lion_32bit", "paged_adamw_32bit"})
 
 
@@ -54,6 +66,10 @@ def _changes(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> list[_Change]:
     """Every single change that could lower the peak of `t`, with the resulting TrainSpec."""
     rep = dataclasses.replace
     out: list[_Change] = []
+    if not t.stage.is_sft:  # preference / RL levers (plan/stage_levers.py)
+        from vramplan.plan.stage_levers import stage_levers
+
+        out += [_Change("stage", lever.label, lever.cost, lever.train) for lever in stage_levers(t)]
     if not parse_alloc_conf(t.alloc_conf).expandable_segments:
         expandable = parse_alloc_conf(",".join(filter(None, ("expandable_segments:True", t.alloc_conf)))).text
         out.append(

@@ -169,10 +169,17 @@ def listed(d: dict[str, Any]) -> dict[str, Any]:
 
 def train_title(b: Any) -> str:
     """`model · method · batch B × seq S [packed] · gpu` of a training result (estimate, measurement, one GPU's
-    share)."""
+    share); a PEFT method other than LoRA after the method (`lora/ia3`), a stage other than SFT after it (`dpo
+    (reference adapter)`)."""
     t = b.train
     shape = f"batch {t.batch} × seq {t.seq}" + (" packed" if t.packing else "")
-    return f"{b.model} · {t.method} · {shape}" + (f" · {b.gpu}" if b.gpu else "")
+    method = t.method if t.peft.name == "lora" else f"{t.method}/{t.peft.name}"
+    stage = ""
+    if not t.stage.is_sft:
+        stage = f" · {t.stage.stage}" + (f" (reference {t.stage.reference})" if t.stage.reference != "none" else "")
+        if t.stage.generates:
+            stage += f" · generation {t.stage.generation}"
+    return f"{b.model} · {method}{stage} · {shape}" + (f" · {b.gpu}" if b.gpu else "")
 
 
 def recipe_line(t: Any) -> str:

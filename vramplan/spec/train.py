@@ -28,6 +28,8 @@ from vramplan.spec.model import (
     ModelSpec,
     Quant,
 )
+from vramplan.spec.peft_method import IA3_TARGETS, LORA, PeftMethod, resolve_peft
+from vramplan.spec.stage import SFT, StageSpec, resolve_stage
 
 OPTIMIZERS: tuple[str, ...] = (
     "adamw_torch",
@@ -96,6 +98,8 @@ class TrainSpec:
     liger_kernels: bool = False  # Liger's RMSNorm / SwiGLU / RoPE kernels (apply_liger_kernel_to_<model>)
     recipe: str = "trainer"  # the framework whose defaults filled the unset settings, with its version
     notes: tuple[str, ...] = ()  # warnings raised while resolving (e.g. bf16 -> fp16 on a T4)
+    stage: StageSpec = SFT  # SFT, reward modelling, preference or RL (spec/stage.py)
+    peft: PeftMethod = LORA  # the PEFT method of a LoRA-family run (spec/peft_method.py)
 
     @property
     def uses_lora(self) -> bool:
@@ -111,7 +115,10 @@ class TrainSpec:
         return self.batch * self.seq
 
     def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        """Every setting by name, the stage's flattened in (`stage`, `reference`, `pref_beta`, ...)."""
+        skip = ("stage", "peft")
+        out = {name: getattr(self, name) for name in self.__slots__ if name not in skip}  # type: ignore[attr-defined]
+        return {**out, **self.stage.as_dict(), **self.peft.as_dict()}
 
 
 _COUNT = re.compile(r"\s*(-?)\s*(\d+)\s*([kK]?)\s*")
@@ -175,6 +182,10 @@ def resolve_train(
     packing: bool = False,
     recipe: str = "trainer",
     liger_kernels: bool = False,
+    peft: str | None = None,
+    num_virtual_tokens: int | None = None,
+    block_size: int | None = None,
+    **stage: Any,
 ) -> TrainSpec:
     """Fill in the defaults of the common HF Trainer / PEFT recipe for `method` and validate everything.
 
@@ -186,6 +197,7 @@ def resolve_train(
     Choices are case-insensitive (`--method QLoRA`). Counts are limited (LIMITS). Contradictions become
     `notes` (warnings): FlashAttention-2 below Ampere (`gpu_compute_capability`), a sequence longer than the
     model's context, and settings in `explicit` (those the user set) that the chosen method does not read.
+    `stage` holds spec/stage.py's keywords (`stage`, `reference`, `pref_beta`, ...: `resolve_stage`).
     """
     from vramplan.errors import did_you_mean
 
@@ -240,7 +252,17 @@ def resolve_train(
     grad_accum = positive(grad_accum, "--grad-accum", LIMITS["grad_accum"])
     if isinstance(freeze_trainable_layers, bool) or not isinstance(freeze_trainable_layers, int):
         raise VramplanError(f"--freeze-trainable-layers must be an integer, got {freeze_trainable_layers!r}")
+    peft_method, peft_notes = resolve_peft(peft, num_virtual_tokens, block_size)
+    notes += peft_notes
+    if peft_method.name != "lora" and method not in ("lora", "qlora"):
+        raise VramplanError(f"--peft {peft_method.name} trains adapters: use --method lora (or qlora), not {method}")
+    if peft_method.name == "ia3" and "lora_target" not in set(explicit) and lora_target == "all-linear":
+        if model.model_type not in IA3_TARGETS:
+            raise VramplanError(f"PEFT has no default IA³ targets for {model.model_type}: pass --lora-target NAMES")
+        lora_target = ",".join(IA3_TARGETS[model.model_type])
     targets, preset = resolve_lora_target(model, lora_target)
+    if peft_method.prompt_learning:
+        targets, preset = (), "none"  # virtual tokens, no adapted linear
     # transformers 5.24 refuses SDPA for these (`_supports_sdpa = False`): gemma2 (logit softcapping) and
     # bloom (ALiBi); HF picks eager for them by default
     eager_only = {"gemma2": ("sdpa",), "bloom": ("sdpa", "flash_attention_2")}.get(model.model_type, ())
@@ -266,7 +288,11 @@ def resolve_train(
             f"--freeze-trainable-layers must be between 1 and {model.num_hidden_layers} "
             f"(layers of {model.name}), got {freeze_trainable_layers!r}"
         )
+    stage_spec, stage_notes = resolve_stage(uses_lora=method in ("lora", "qlora"), **stage)
+    notes += stage_notes
     return TrainSpec(
+        peft=peft_method,
+        stage=stage_spec,
         method=method,  # type: ignore[arg-type]
         dtype=dtype,  # type: ignore[arg-type]
         mixed_precision=mixed_precision,  # type: ignore[arg-type]

@@ -7,11 +7,12 @@ from typing import Any
 
 from vramplan.errors import VramplanError
 from vramplan.sources.configs.reader import FileSettings, Reader, Unmodeled, is_set, shown_value
+from vramplan.sources.configs.stages import read_axolotl_stage
 
 _AX_ATTN = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash_attention_2"}
 _AX_UNMODELED = (
     "deepspeed", "fsdp", "fsdp_config", "neftune_noise_alpha", "torch_compile",
-    "activation_offloading", "layer_offloading", "lora_modules_to_save", "relora", "gptq", "rl",
+    "activation_offloading", "layer_offloading", "lora_modules_to_save", "relora", "gptq",
     "s2_attention", "unfrozen_parameters", "peft_layers_to_transform", "lora_target_parameters",
     "unsloth_lora_mlp", "unsloth_lora_qkv", "unsloth_lora_o", "unsloth_cross_entropy_loss", "lora_mlp_kernel",
     "lora_qkv_kernel", "lora_o_kernel", "chunked_cross_entropy",
@@ -112,6 +113,7 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
     elif bf16 is False:
         r.set("dtype", "fp16" if b8 else "fp32")
         r.set("mixed_precision", "no")
+    read_axolotl_stage(r, data)
     r.skip_ifis_set(_AX_UNMODELED)
     _plugins(r, data)
     if r.has("sample_packing"):

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vramplan.sources.configs.reader import FileSettings, Reader
+from vramplan.sources.configs.stages import read_trl_stage
 
 _TA_UNMODELED = (
     "deepspeed", "fsdp", "torch_compile", "neftune_noise_alpha", "auto_find_batch_size", "optim_target_modules",
@@ -31,6 +32,7 @@ def read_training_args(data: Mapping[str, Any], path: str) -> FileSettings:
     key = next((k for k in ("max_length", "max_seq_length") if r.has(k)), None)
     if key:
         r.copy(key, "seq", int)
+    read_trl_stage(r, data)
     r.skip_ifis_set(_TA_UNMODELED)
     # TRL's SFTConfig: packing, padding_free (packing_strategy "bfd" implies padding-free); both fill the batch
     packed = any(r.has(k) and r.typed(k, bool) for k in ("packing", "padding_free"))
@@ -59,7 +61,16 @@ def read_peft_adapter(data: Mapping[str, Any], path: str) -> FileSettings:
     """A PEFT `adapter_config.json` (LoraConfig.save_pretrained, peft 0.21.2): r, lora_alpha, lora_dropout,
     target_modules (a list; a string is a regex unless `all-linear`), use_dora, base_model_name_or_path."""
     r = Reader(data, path, "peft")
-    if str(data.get("peft_type") or "LORA").upper() != "LORA":
+    from vramplan.spec.peft_method import PEFT_METHODS
+
+    peft_type = str(data.get("peft_type") or "LORA").lower()
+    if peft_type in PEFT_METHODS and peft_type != "lora":
+        r.set("peft", peft_type)
+        r.copy("num_virtual_tokens", "num_virtual_tokens", int)
+        r.copy("oft_block_size" if peft_type == "oft" else "boft_block_size", "block_size", int)
+        if peft_type == "adalora":
+            r.copy("init_r", "lora_rank", int)
+    elif peft_type != "lora":
         r.skip("peft_type", "estimated as LoRA", "method")
     r.set("method", "lora")
     r.copy("r", "lora_rank", int)

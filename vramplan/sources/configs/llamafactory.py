@@ -7,6 +7,7 @@ from typing import Any
 
 from vramplan.errors import did_you_mean
 from vramplan.sources.configs.reader import FileSettings, Reader, Unmodeled
+from vramplan.sources.configs.stages import read_llamafactory_stage
 
 _LF_DEFAULTS = (
     ("lora_rank", 8), ("lora_dropout", 0.0), ("lora_target", "all-linear"), ("seq", 2048), ("batch", 8),
@@ -42,11 +43,11 @@ def read_llamafactory(data: Mapping[str, Any], path: str) -> FileSettings:
             r.skip("quantization_bit", f"estimated as bitsandbytes {quant}", "quant")
         r.copy("double_quantization", "double_quant", bool)
     if ft == "oft":
-        r.skip("finetuning_type", "OFT estimated as LoRA", "method")
+        r.set("peft", "oft")
+        r.copy("oft_block_size", "block_size", int)
     method = {"full": "full", "freeze": "freeze"}.get(ft, "qlora" if bits else "lora")
     (r.set if r.has("finetuning_type") or bits else r.default)("method", method)
-    if str(data.get("stage") or "sft") not in ("sft", "pt"):
-        r.skip("stage", "reference/reward models not estimated")
+    read_llamafactory_stage(r, data)
     r.copy("lora_rank", "lora_rank", int)
     r.copy("lora_alpha", "lora_alpha", int)
     r.copy("lora_dropout", "lora_dropout", float)

@@ -1,0 +1,96 @@
+"""The stage keys: TRL 1.16.0's defaults, the references each trainer keeps, the config readers."""
+
+from __future__ import annotations
+
+import pytest
+
+from vramplan.errors import VramplanError
+from vramplan.spec.stage import resolve_stage
+
+
+def test_dpo_reference_is_the_disabled_adapter_under_lora_and_a_copy_otherwise():
+    # DPOTrainer: a PeftModel with ref_model None uses `use_adapter(model, None)`; else create_model_from_path
+    assert resolve_stage(uses_lora=True, stage="dpo")[0].reference == "adapter"
+    assert resolve_stage(uses_lora=False, stage="dpo")[0].reference == "model"
+
+
+def test_grpo_loads_a_reference_only_with_beta():
+    assert resolve_stage(uses_lora=True, stage="grpo")[0].reference == "none"  # GRPOConfig.beta = 0.0
+    assert resolve_stage(uses_lora=True, stage="grpo", pref_beta=0.04)[0].reference == "adapter"
+
+
+def test_reference_free_losses_ignore_a_reference_with_a_warning():
+    spec, notes = resolve_stage(uses_lora=True, stage="orpo", reference="model")
+    assert spec.reference == "none"
+    assert notes
+
+
+def test_bad_stage_values_are_one_line_errors():
+    with pytest.raises(VramplanError, match="stage"):
+        resolve_stage(uses_lora=True, stage="dpoo")
+    with pytest.raises(VramplanError, match="adapter"):
+        resolve_stage(uses_lora=False, stage="dpo", reference="adapter")
+    with pytest.raises(VramplanError, match="precomputed"):
+        resolve_stage(uses_lora=True, stage="grpo", pref_beta=0.1, reference="precomputed")
+
+
+def test_estimates_order_by_what_each_reference_keeps():
+    from vramplan.api import estimate
+
+    peaks = {ref: estimate("llama-3-8b", method="lora", stage="dpo", reference=ref).peak_bytes
+             for ref in ("model", "adapter", "precomputed")}  # fmt: skip
+    # a frozen copy adds its weights; the adapter-disabled forward adds only its workspace
+    assert peaks["model"] > peaks["adapter"] >= peaks["precomputed"]
+
+
+def test_vllm_colocate_adds_its_share_of_the_gpu():
+    from vramplan.api import estimate
+
+    hf = estimate("llama-3-8b", method="lora", stage="grpo", generation="vllm-server", gpu="a100-80gb")
+    colocated = estimate("llama-3-8b", method="lora", stage="grpo", generation="vllm-colocate", gpu="a100-80gb",
+                         vllm_gpu_memory_utilization=0.25)  # fmt: skip
+    assert colocated.peak_bytes - hf.peak_bytes == int(0.25 * 80 * 1024**3)  # utilization · a100-80gb bytes
+    with pytest.raises(VramplanError, match="--gpu"):
+        estimate("llama-3-8b", method="lora", stage="grpo", generation="vllm-colocate")
+
+
+@pytest.mark.parametrize(
+    ("text", "stage", "reference"),
+    [
+        ("model_name_or_path: llama-3-8b\nstage: dpo\nfinetuning_type: lora\npref_loss: orpo\n", "orpo", "none"),
+        ("model_name_or_path: llama-3-8b\nstage: kto\nfinetuning_type: full\n", "kto", "model"),
+        ("base_model: llama-3-8b\nadapter: lora\nrl: dpo\n", "dpo", "adapter"),
+        ("base_model: llama-3-8b\nrl: grpo\ntrl:\n  beta: 0.001\n  num_generations: 4\n", "grpo", "model"),
+        ("base_model: llama-3-8b\nreward_model: true\n", "rm", "none"),
+    ],
+)
+def test_config_files_name_their_stage(tmp_path, text, stage, reference):
+    import json
+
+    from click.testing import CliRunner
+
+    from vramplan.cli import main
+
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["estimate", "--from", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    inputs = json.loads(result.stdout)["inputs"]
+    assert (inputs["stage"], inputs["reference"]) == (stage, reference)
+
+
+def test_suggest_offers_the_stage_levers_each_estimated():
+    from vramplan.api import estimate
+    from vramplan.plan.advice import suggest
+    from vramplan.sources.profiles import find_gpu, load_model
+    from vramplan.spec import resolve_train
+
+    m = load_model("llama-3-8b")
+    t = resolve_train(m, method="lora", stage="dpo", reference="model", batch=2, seq=2048)
+    gpu = find_gpu("a100-40gb")
+    found = {s.change.split(" ")[0]: s for s in suggest(m, t, gpu, limit=20)}
+    # the adapter-disabled reference drops the frozen copy's weights: its saving is at least their bf16 bytes
+    adapter = found["--reference"]
+    assert adapter.saved_bytes >= 8_030_261_248 * 2 - 1024**3  # llama-3-8b params · bf16, less a GiB of slack
+    assert adapter.breakdown.peak_bytes == estimate(m, train=adapter.breakdown.train, gpu=gpu).peak_bytes
+    assert "--precompute-ref" in found

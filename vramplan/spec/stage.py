@@ -1,0 +1,185 @@
+"""What is trained, and against what: the training stage (SFT, reward modelling, preference, RL) and its keys.
+
+Names as the frameworks spell them: LLaMA-Factory `stage: pt|sft|rm|ppo|dpo|kto` (with `pref_loss:
+sigmoid|orpo|simpo|ipo`), axolotl `rl: dpo|ipo|orpo|kto|simpo|grpo`, TRL's trainers (DPOTrainer `loss_type`,
+`precompute_ref_log_probs`, GRPOConfig `beta`, `num_generations`, `max_completion_length`, `use_vllm`,
+`vllm_mode`, `vllm_gpu_memory_utilization`). Defaults are TRL 1.16.0's (trl/trainer/dpo_config.py,
+grpo_config.py): DPO beta 0.1, GRPO beta 0.0 (no reference model), 8 generations, 512 completion tokens,
+generation with `model.generate`, colocated vLLM at 0.3 of the GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from vramplan.errors import VramplanError
+
+Stage = Literal["sft", "pt", "rm", "dpo", "ipo", "kto", "orpo", "simpo", "cpo", "grpo", "ppo"]
+STAGES: tuple[str, ...] = ("sft", "pt", "rm", "dpo", "ipo", "kto", "orpo", "simpo", "cpo", "grpo", "ppo")
+# names the frameworks use for a stage whose memory is another's: DPO's loss variants (cDPO = label
+# smoothing, RPO = + NLL term on the chosen) change the loss only; `reward` is TRL's RewardTrainer
+STAGE_ALIASES = {"cdpo": "dpo", "rpo": "dpo", "reward": "rm", "sigmoid": "dpo"}
+Reference = Literal["model", "adapter", "precomputed", "none"]
+REFERENCES: tuple[str, ...] = ("model", "adapter", "precomputed", "none")
+Generation = Literal["hf", "vllm-colocate", "vllm-server"]
+GENERATIONS: tuple[str, ...] = ("hf", "vllm-colocate", "vllm-server")
+
+# stages whose loss compares with a reference policy (TRL DPOTrainer, KTOTrainer; PPO's KL penalty)
+WITH_REFERENCE = frozenset({"dpo", "ipo", "kto", "ppo"})
+# stages that score a chosen and a rejected completion of each prompt in one concatenated batch of 2 × batch
+PAIRED = frozenset({"rm", "dpo", "ipo", "orpo", "simpo", "cpo"})
+# stages that generate their completions during training
+GENERATING = frozenset({"grpo", "ppo"})
+
+DPO_BETA = 0.1  # DPOConfig.beta (TRL 1.16.0); LLaMA-Factory pref_beta 0.1
+GRPO_BETA = 0.0  # GRPOConfig.beta (TRL 1.16.0): 0.0 = no reference model loaded
+NUM_GENERATIONS = 8  # GRPOConfig.num_generations
+MAX_COMPLETION_LENGTH = 512  # GRPOConfig.max_completion_length
+VLLM_GPU_MEMORY_UTILIZATION = 0.3  # GRPOConfig.vllm_gpu_memory_utilization (colocate)
+
+
+@dataclass(frozen=True, slots=True)
+class StageSpec:
+    """The stage of a training step, resolved: `reference` is how the reference policy's log-probs are had
+    ("model": a second frozen copy of the model; "adapter": the policy itself with its LoRA adapter disabled,
+    TRL's default for a PEFT model; "precomputed": before training; "none"). `fused_lm_head`: TRL 1.16's
+    `add_fused_lm_head`, per-token log-probs in vocabulary tiles without the b·s·vocab logits (False: the
+    logits are materialized, as LLaMA-Factory's trainers and TRL's RewardTrainer do)."""
+
+    stage: Stage = "sft"
+    reference: Reference = "none"
+    pref_beta: float = 0.0
+    fused_lm_head: bool = False
+    num_generations: int = 1
+    max_completion_length: int = 0
+    generation: Generation = "hf"
+    vllm_gpu_memory_utilization: float = 0.0
+    reward_model: Reference = "none"  # PPO: a separate reward model ("model") or a LoRA adapter on the policy
+
+    @property
+    def is_sft(self) -> bool:
+        return self.stage in ("sft", "pt")
+
+    @property
+    def paired(self) -> bool:
+        return self.stage in PAIRED
+
+    @property
+    def generates(self) -> bool:
+        return self.stage in GENERATING
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+
+
+SFT = StageSpec()
+
+
+def _count(value: Any, flag: str, limit: int) -> int:
+    """A positive int up to `limit` (spec/train.py `positive`'s rule; that module imports this one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise VramplanError(f"{flag} must be an integer in [1, {limit:,}], got {value!r}")
+    return value
+
+
+def _fraction(value: Any, flag: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise VramplanError(f"{flag} must be a number in (0, 1), got {value!r}")
+    return float(value)
+
+
+def resolve_stage(
+    *,
+    uses_lora: bool,
+    stage: str | None = None,
+    reference: str | None = None,
+    pref_beta: float | None = None,
+    fused_lm_head: bool | None = None,
+    num_generations: int | None = None,
+    max_completion_length: int | None = None,
+    generation: str | None = None,
+    vllm_gpu_memory_utilization: float | None = None,
+    reward_model: str | None = None,
+) -> tuple[StageSpec, tuple[str, ...]]:
+    """The stage with TRL 1.16's defaults filled in, and the warnings for settings it does not read.
+
+    Reference: DPO / IPO / KTO / PPO keep one: by default the policy with its adapter disabled under LoRA
+    (DPOTrainer with a PeftModel and ref_model None), else a frozen copy; GRPO only when beta > 0 (GRPOConfig
+    beta 0.0 by default); ORPO, SimPO, CPO and reward modelling never."""
+    from vramplan.errors import did_you_mean
+
+    notes: list[str] = []
+    name = str(stage or "sft").lower()
+    name = STAGE_ALIASES.get(name, name)
+    if name not in STAGES:
+        raise did_you_mean(str(stage), STAGES, "--stage value", "LLaMA-Factory stage / axolotl rl names")
+    if reference is not None and str(reference).lower() not in REFERENCES:
+        raise did_you_mean(str(reference), REFERENCES, "--reference value")
+    if generation is not None and str(generation).lower() not in GENERATIONS:
+        raise did_you_mean(str(generation), GENERATIONS, "--generation value")
+    if pref_beta is not None and (isinstance(pref_beta, bool) or not isinstance(pref_beta, (int, float))):
+        raise VramplanError(f"--pref-beta must be a number, got {pref_beta!r}")
+    beta = float(pref_beta) if pref_beta is not None else (GRPO_BETA if name == "grpo" else DPO_BETA)
+    if name in ("sft", "pt", "rm", "orpo", "simpo", "cpo"):
+        beta = 0.0 if name in ("sft", "pt", "rm") else beta
+    needs_reference = name in WITH_REFERENCE or (name == "grpo" and beta > 0)
+    default_reference = ("adapter" if uses_lora else "model") if needs_reference else "none"
+    ref = str(reference).lower() if reference is not None else default_reference
+    if not needs_reference and ref != "none":
+        why = "beta is 0" if name == "grpo" else "its loss has no reference"
+        notes.append(f"--reference {ref} does nothing with --stage {name} ({why}): ignored")
+        ref = "none"
+    if needs_reference and ref == "none":
+        ref = default_reference
+    if ref == "adapter" and not uses_lora:
+        raise VramplanError(
+            "--reference adapter needs a LoRA policy (--method lora|qlora): a full fine-tune has no adapter to "
+            "disable; use --reference model or precomputed"
+        )
+    if ref == "precomputed" and name in GENERATING:
+        raise VramplanError(f"--reference precomputed cannot work with --stage {name}: its completions are generated "
+                            "during training; use --reference model or adapter")  # fmt: skip
+    generations = completion = 0
+    gen: str = "hf"
+    utilization = 0.0
+    if name in GENERATING:
+        generations = NUM_GENERATIONS if name == "grpo" else 1
+        if num_generations is not None:
+            generations = _count(num_generations, "--num-generations", 1024)
+        completion = MAX_COMPLETION_LENGTH
+        if max_completion_length is not None:
+            completion = _count(max_completion_length, "--max-completion-length", 2**24)
+        gen = str(generation).lower() if generation is not None else "hf"
+        if gen == "vllm-colocate":
+            utilization = VLLM_GPU_MEMORY_UTILIZATION
+            if vllm_gpu_memory_utilization is not None:
+                utilization = _fraction(vllm_gpu_memory_utilization, "--vllm-gpu-memory-utilization")
+    else:
+        unused = [flag for flag, value in (("--num-generations", num_generations),
+                  ("--max-completion-length", max_completion_length), ("--generation", generation),
+                  ("--vllm-gpu-memory-utilization", vllm_gpu_memory_utilization)) if value is not None]  # fmt: skip
+        if unused:
+            notes.append(f"{', '.join(unused)} applies to --stage grpo|ppo, not {name}: ignored")
+    reward = "none"
+    if name == "ppo":
+        reward = str(reward_model).lower() if reward_model is not None else ("adapter" if uses_lora else "model")
+        if reward not in ("model", "adapter"):
+            raise did_you_mean(reward, ("model", "adapter"), "--reward-model value")
+        if reward == "adapter" and not uses_lora:
+            raise VramplanError("--reward-model adapter needs a LoRA policy (--method lora|qlora)")
+    fused = name in ("dpo", "ipo", "kto", "grpo") if fused_lm_head is None else bool(fused_lm_head)
+    return (
+        StageSpec(
+            stage=name,  # type: ignore[arg-type]
+            reference=ref,  # type: ignore[arg-type]
+            pref_beta=beta,
+            fused_lm_head=fused and name not in ("sft", "pt", "rm"),
+            num_generations=generations,
+            max_completion_length=completion,
+            generation=gen,  # type: ignore[arg-type]
+            vllm_gpu_memory_utilization=utilization,
+            reward_model=reward,  # type: ignore[arg-type]
+        ),
+        tuple(notes),
+    )
