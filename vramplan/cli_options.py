@@ -131,8 +131,8 @@ def stage_options(f: Callable) -> Callable:
                      help="DPO/KTO beta; GRPO beta > 0 loads a reference [0.1; grpo 0.0]"),
         click.option("--fused-lm-head/--no-fused-lm-head", default=None,
                      help="TRL's chunked log-prob head, no b·s·vocab logits [on for dpo, ipo, kto, grpo]"),
-        click.option("--num-generations", type=int, default=None, help="GRPO completions per prompt [8]"),
-        click.option("--max-completion-length", type=int, default=None, help="GRPO/PPO generated tokens [512]"),
+        click.option("--num-generations", type=COUNT, default=None, help="GRPO completions per prompt [8]"),
+        click.option("--max-completion-length", type=COUNT, default=None, help="GRPO/PPO generated tokens [512]"),
         click.option("--generation", default=None,
                      help="grpo/ppo: hf (model.generate) | vllm-colocate | vllm-server [hf]"),
         click.option("--vllm-gpu-memory-utilization", type=float, default=None,
@@ -140,8 +140,8 @@ def stage_options(f: Callable) -> Callable:
         click.option("--peft", default=None, help="PEFT method (PeftType names): lora | adalora | ia3 | loha | lokr | "
                      "vera | oft | boft | lora_fa | prompt_tuning | p_tuning | prefix_tuning; rslora, loraplus, "
                      "pissa, olora, loftq = lora in memory [lora]"),
-        click.option("--num-virtual-tokens", type=int, default=None, help="prompt / prefix tuning tokens [20]"),
-        click.option("--block-size", type=int, default=None, help="oft_block_size [32] / boft_block_size [4]"),
+        click.option("--num-virtual-tokens", type=COUNT, default=None, help="prompt / prefix tuning tokens [20]"),
+        click.option("--block-size", type=COUNT, default=None, help="oft_block_size [32] / boft_block_size [4]"),
         click.option("--reward-model", default=None,
                      help="ppo: adapter (LoRA on the policy) | model [adapter under LoRA]"),
     ]  # fmt: skip
