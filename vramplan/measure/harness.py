@@ -249,7 +249,6 @@ def _train(
     if getattr(optimizer, "is_paged", False) and dev != "cuda":
         exclude_paged_states(optimizer, tracker)
     vocab = built.causal_lm.config.get_text_config().vocab_size
-    forward = loss_function(built, t, tracker)  # the model's loss, or TRL's fused LM head (measure/losses.py)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     state.load_events = len(tracker.events or ())
 
@@ -261,7 +260,8 @@ def _train(
         assert emu is not None
         return emu.region()
 
-    with tracker:
+    # the model's loss, or TRL's fused LM head (measure/losses.py)
+    with loss_function(built, t, tracker) as forward, tracker:
         for step in range(1, steps + 1):
             state.step = step
             say(f"step {step}/{steps}")

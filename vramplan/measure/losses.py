@@ -1,9 +1,9 @@
 """The loss the traced step computes: the model's own (transformers' ForCausalLMLoss) or TRL's fused LM head.
 
-`loss_function(built, t, tracker)` returns `forward(ids) -> loss` for the harness. For `t.loss == "trl-chunked"`
-it patches the causal LM as `SFTTrainer.__init__` does (trl 1.16.0 trainer/sft_trainer.py: `add_fused_lm_head(
-model.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))`) and computes the loss as
-`SFTTrainer.compute_loss` does (`-log_probs`, summed, over the count of labels that are not −100).
+`with loss_function(built, t, tracker) as forward:` gives the harness `forward(ids) -> loss`. For
+`t.loss == "trl-chunked"` it patches the causal LM as `SFTTrainer.__init__` does (trl 1.16.0
+trainer/sft_trainer.py: `add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))`) and computes
+the loss as `SFTTrainer.compute_loss` does (`-log_probs`, summed, over the count of labels that are not −100).
 
 TRL folds the logits tiles with Triton kernels on CUDA and, elsewhere, with torch ops that allocate fp32
 copies of every tile (kernels/chunked_logprob.py `_forward_tile`, `_backward_tile`) and score every position
@@ -65,10 +65,20 @@ class _AsCuda:
         return torch.get_autocast_dtype("cuda")
 
 
-def _cuda_path(tracker: MemoryTracker) -> None:
-    """Make TRL's chunked log-prob take its CUDA (Triton) path on CPU, with allocation-free stand-ins."""
+_PATCHED = ("_use_triton", "torch", "_forward_kernel", "_backward_kernel", "_addmm_fp32", "triton")
+
+
+@contextlib.contextmanager
+def _cuda_path(tracker: MemoryTracker) -> Iterator[None]:
+    """Make TRL's chunked log-prob take its CUDA (Triton) path on CPU, with allocation-free stand-ins, for the
+    duration of the block: TRL's module globals are restored on exit, so a later trace in the same process
+    (another loss, the preference trainers of measure/preference.py) runs TRL's own CPU path again."""
     from trl.kernels import chunked_logprob
     from trl.trainer import utils as trl_utils
+
+    missing = object()
+    saved = {name: getattr(chunked_logprob, name, missing) for name in _PATCHED}
+    saved_utils = trl_utils._use_triton
 
     def use_triton(device: torch.device) -> bool:
         return True
@@ -83,8 +93,17 @@ def _cuda_path(tracker: MemoryTracker) -> None:
     chunked_logprob._forward_kernel = _KernelStandIn(chunked_logprob._forward_tile, tracker)
     chunked_logprob._backward_kernel = _KernelStandIn(chunked_logprob._backward_tile, tracker)
     chunked_logprob._addmm_fp32 = addmm_fp32
-    if not hasattr(chunked_logprob, "triton"):  # imported only where Triton is installed; backward's grid uses it
+    if saved["triton"] is missing:  # imported only where Triton is installed; backward's grid uses it
         chunked_logprob.triton = SimpleNamespace(cdiv=lambda a, b: -(-a // b))
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = saved_utils
+        for name, value in saved.items():
+            if value is missing:
+                delattr(chunked_logprob, name)
+            else:
+                setattr(chunked_logprob, name, value)
 
 
 def _label_head(causal_lm: torch.nn.Module) -> None:
@@ -119,8 +138,11 @@ def _packed_detection() -> Iterator[None]:
         masking_utils.find_packed_sequence_indices = patched
 
 
-def loss_function(built: Built, t: TrainSpec, tracker: MemoryTracker) -> Callable[[torch.Tensor], torch.Tensor]:
-    """`forward(ids) -> loss` for `t.loss` (labels = the inputs, every one counted)."""
+@contextlib.contextmanager
+def loss_function(
+    built: Built, t: TrainSpec, tracker: MemoryTracker
+) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """`forward(ids) -> loss` for `t.loss` (labels = the inputs, every one counted), valid inside the block."""
     model = built.model
     if t.liger_kernels:
         from vramplan.measure.liger import apply_liger_stand_ins
@@ -133,8 +155,10 @@ def loss_function(built: Built, t: TrainSpec, tracker: MemoryTracker) -> Callabl
                 with _packed_detection():
                     return model(input_ids=ids, labels=ids, position_ids=packed_position_ids(ids)).loss
 
-            return packed
-        return lambda ids: model(input_ids=ids, labels=ids).loss
+            yield packed
+        else:
+            yield lambda ids: model(input_ids=ids, labels=ids).loss
+        return
     if t.loss != "trl-chunked":
         raise VramplanError(
             f"--loss {t.loss} runs only as a Triton kernel (CUDA): it is estimated from its source, not traced; "
@@ -144,7 +168,6 @@ def loss_function(built: Built, t: TrainSpec, tracker: MemoryTracker) -> Callabl
         from trl.trainer.utils import add_fused_lm_head
     except ImportError:
         raise VramplanError("--loss trl-chunked traces TRL's own code: pip install trl") from None
-    _cuda_path(tracker)
     add_fused_lm_head(built.causal_lm, outputs=TRL_OUTPUTS)
     _label_head(built.causal_lm)
 
@@ -155,4 +178,5 @@ def loss_function(built: Built, t: TrainSpec, tracker: MemoryTracker) -> Callabl
         per_token_loss = -outputs.log_probs  # zero on ignored positions
         return per_token_loss.sum() / torch.as_tensor(outputs.label_mask.sum()).clamp(min=1)
 
-    return forward
+    with _cuda_path(tracker):
+        yield forward
