@@ -3,7 +3,8 @@
 `with loss_function(built, t, tracker) as forward:` gives the harness `forward(ids) -> loss`. For
 `t.loss == "trl-chunked"` it patches the causal LM as `SFTTrainer.__init__` does (trl 1.16.0
 trainer/sft_trainer.py: `add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy", "is_top1"))`)
-and computes the loss as `SFTTrainer.compute_loss` does (`-log_probs`, summed, over the count of labels that are not −100).
+and computes the loss as `SFTTrainer.compute_loss` does (`-log_probs`, summed, over the count of labels
+that are not −100).
 
 TRL folds the logits tiles with Triton kernels on CUDA and, elsewhere, with torch ops that allocate fp32
 copies of every tile (kernels/chunked_logprob.py `_forward_tile`, `_backward_tile`) and score every position
