@@ -156,10 +156,13 @@ def test_builtin_model_counts_match_transformers(name: str) -> None:
 
 @pytest.mark.parametrize("name", [_pending_param(n) for n in PENDING])
 def test_generic_profile_is_a_valid_config_with_exact_counts(name: str) -> None:
-    """transformers' config class takes the profile as it is; the generic path (spec/generic.py) counts its
-    text model exactly: `from_config` of the text config on the meta device."""
+    """transformers' config class takes the profile as it is; the generic path (spec/generic.py) counts it
+    exactly: `from_config` on the meta device of the whole model (a VLM with its vision tower, spec/vision.py)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    import transformers
+    from transformers import AutoConfig
+
+    from vramplan.measure.architectures import auto_class
 
     cfg = _builtin_config(name)
     hf = AutoConfig.for_model(**cfg)
@@ -171,7 +174,7 @@ def test_generic_profile_is_a_valid_config_with_exact_counts(name: str) -> None:
     spec = model_spec_from_config(cfg, name)
     assert spec.approximation is not None
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(text)
+        model = getattr(transformers, auto_class(cfg["model_type"])).from_config(hf)
     assert spec.total_params == sum(p.numel() for p in model.parameters())
 
 
