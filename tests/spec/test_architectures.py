@@ -75,7 +75,7 @@ def _check(model_type: str) -> None:
         linear -= head.weight.numel()  # tied: the embedding's tensor, counted once
     ts = tensors(model_type, cfg)
     got_total = sum(t.count * t.numel for t in ts)
-    got_linear = sum(t.count * t.numel for t in ts if t.kind and t.key.endswith(".weight"))
+    got_linear = sum(t.count * t.numel for t in ts if t.kind and t.name.endswith(".weight"))
     assert (got_total, got_linear) == (total, linear), f"{model_type} with {changes}"
 
 

@@ -55,6 +55,11 @@ class Tensor:
     kind: str | None  # "Linear", "Conv1D" (a Linear with its weight transposed), or None
 
     @property
+    def name(self) -> str:
+        """The parameter's name without the `#2` that tells layers of another kind (another shape) apart."""
+        return self.key.partition("#")[0]
+
+    @property
     def numel(self) -> int:
         n = 1
         for d in self.shape:

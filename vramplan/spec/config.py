@@ -31,6 +31,10 @@ def model_spec_from_config(cfg: Mapping[str, Any], name: str) -> ModelSpec:
     text = text_config(cfg, name)
     if text is not cfg:
         text = text_config_filled(cfg, text)
+        # transformers 5 ties the output embedding by the wrapper's flag (Mistral3Config: True, MistralConfig: False)
+        tie = cfg.get("tie_word_embeddings", entry["defaults"].get("tie_word_embeddings") if entry else None)
+        if isinstance(tie, bool):
+            text = {**text, "tie_word_embeddings": tie}
     mt = config_str(text, "model_type", name)
     known = architectures.known_types()
     if mt in SUPPORTED_MODEL_TYPES:

@@ -120,29 +120,32 @@ def generic_model_spec(cfg: Mapping[str, Any], name: str, text_part: bool = Fals
     kv_heads = _field(fields, amap, "num_key_value_heads") or heads
     prefix = _layer_prefix(ts)
     keys = {t.key for t in ts}
+    shapes = {t.key: t.shape for t in ts}
     linears: list[LinearSpec] = []
     other: list[tuple[tuple[int, ...], int]] = []
     bias_of = set()
     for t in ts:
-        if not (t.kind and t.key.startswith(prefix) and t.key.endswith(".weight") and len(t.shape) == 2):
+        if not _is_layer_linear(t, prefix):
             continue
-        path = t.key[len(prefix) : -len(".weight")]
+        # `q_proj.weight#2`: the same module in layers of another kind (another shape), its own linear here
+        variant = t.key[len(t.name) :]
+        path = t.name[len(prefix) : -len(".weight")]
         out_f, in_f = t.shape if t.kind != "Conv1D" else t.shape[::-1]
-        bias = f"{prefix}{path}.bias" in keys
+        bias_key = next((k for k in (f"{prefix}{path}.bias{variant}", f"{prefix}{path}.bias") if k in keys), None)
+        bias = bias_key is not None and shapes[bias_key] == (out_f,)
         if bias:
-            bias_of.add(f"{prefix}{path}.bias")
+            bias_of.add(bias_key)
         group = "attn" if any(w in path.lower() for w in ("attn", "attention", "mixer", "mamba")) else "mlp"
-        linears.append(LinearSpec(path, in_f, out_f, bias, group, path=path.split("#")[0], count=t.count))  # type: ignore[arg-type]
+        linears.append(LinearSpec(path + variant, in_f, out_f, bias, group, path=path, count=t.count))  # type: ignore[arg-type]
     fused_experts = 0
     layer_parameters: list[tuple[str, tuple[int, ...], int]] = []
     for t in ts:
-        is_linear = t.kind and t.key.startswith(prefix) and t.key.endswith(".weight") and len(t.shape) == 2
-        if not is_linear and t.key not in bias_of:
+        if not _is_layer_linear(t, prefix) and t.key not in bias_of:
             other.append((t.shape, t.count))
             if len(t.shape) == 3 and t.key.startswith(prefix) and "expert" in t.key:
                 fused_experts += t.numel * t.count
             if t.key.startswith(prefix) and len(t.shape) >= 2:
-                layer_parameters.append((t.key[len(prefix) :].split("#")[0], t.shape, t.count))
+                layer_parameters.append((t.name[len(prefix) :], t.shape, t.count))
     mlp_outs = [lin.out_features for lin in linears if lin.group == "mlp" and lin.in_features == hidden]
     inter = _field(fields, amap, "intermediate_size") or (max(mlp_outs) if mlp_outs else 4 * hidden)
     experts = next((v for k in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
@@ -204,6 +207,11 @@ def generic_model_spec(cfg: Mapping[str, Any], name: str, text_part: bool = Fals
         table_layer_parameters=tuple(layer_parameters),
         embedding_names=_embedding_names(mt, ts, vocab, hidden),
     )
+
+
+def _is_layer_linear(t: architectures.Tensor, prefix: str) -> bool:
+    """An nn.Linear / Conv1D weight of the decoder stack: what bitsandbytes packs and LoRA targets."""
+    return bool(t.kind) and t.name.startswith(prefix) and t.name.endswith(".weight") and len(t.shape) == 2
 
 
 def _embedding_names(mt: str, ts: tuple[architectures.Tensor, ...], vocab: int, hidden: int) -> tuple[str, ...]:

@@ -85,9 +85,9 @@ def tower_tensors(
             continue
         packed = (
             t.kind in ("Linear", "Conv1D")
-            and t.key.endswith(".weight")
+            and t.name.endswith(".weight")
             and len(t.shape) == 2
-            and not _kept(t.key.removesuffix(".weight"), keep32)
+            and not _kept(t.name.removesuffix(".weight"), keep32)
         )
         out.append((t.shape, t.count, packed))
     return tuple(out), "", text_stack_prefix(ts, text_part)
