@@ -48,6 +48,8 @@ NOT_STRUCTURAL = ("return_", "output_", "use_cache", "torchscript", "is_encoder_
 # config values some classes need before they can build from defaults at all (one line each, with the reason)
 BUILD_FIXES: dict[str, dict[str, Any]] = {
     "reformer": {"is_decoder": True},  # ReformerModelWithLMHead asserts is_decoder
+    "dbrx": {"attn_config": {"rope_theta": 500000.0}},  # DbrxAttentionConfig has no rope_theta default (DBRX's)
+    "nemotron": {"num_key_value_heads": 8},  # NemotronConfig leaves it None, its attention divides by it (Minitron's)
 }
 
 

@@ -313,7 +313,11 @@ def resolve_train(
             f"PEFT rejects lora_dropout != 0 on {model.name}'s router/experts (lora.ParamWrapper): "
             "train with --lora-dropout 0 (estimated as given) or --lora-target attn"
         )
-    if method in ("lora", "qlora") and model.fused_expert_params:
+    if (
+        method in ("lora", "qlora")
+        and model.fused_expert_params
+        and (quant != "none" or moe or (model.from_table and preset == "all-linear"))
+    ):
         notes.append(moe_note(model, quant, dtype, kbit_prep and quant != "none", bool(moe)))
     notes += _contradictions(
         model, method, quant, attn, seq, kbit_prep, double_quant, gpu_compute_capability, set(explicit)
@@ -366,9 +370,8 @@ def moe_note(model: ModelSpec, quant: str, dtype: str, kbit_prep: bool, adapted:
     fused 3-D `nn.Parameter`s: bitsandbytes replaces only `nn.Linear`, PEFT reaches them by `target_parameters`)."""
     n = model.fused_expert_params
     stored = "fp32 after kbit prep" if kbit_prep else dtype
-    head = (
-        f"{model.name}'s experts ({n / 1e9:.2f} B parameters) are fused 3-D tensors in transformers 5, not nn.Linear: "
-    )
+    size = f"{n / 1e9:.2f} B" if n >= 10**7 else f"{n:,}"
+    head = f"{model.name}'s experts ({size} parameters) are fused 3-D tensors in transformers 5, not nn.Linear: "
     bnb = f"bitsandbytes leaves them unquantized ({stored}) and " if quant != "none" else ""
     if adapted:
         peft = "PEFT adapts them only through target_parameters (estimated as PEFT does)"
