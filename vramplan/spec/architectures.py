@@ -98,6 +98,8 @@ def evaluate_expr(expr: list, fields: Mapping[str, Any]) -> int:
 
 def _field(fields: Mapping[str, Any], name: str) -> int:
     value = fields.get(name)
+    if value is None and name.startswith("count("):
+        return 0  # a value this config's per-layer list does not hold (lfm2's `full_attn_idxs` has no 6)
     if not isinstance(value, int) or isinstance(value, bool):
         raise VramplanError(f"config field {name!r} is {value!r}; transformers needs an integer there")
     return value
