@@ -28,8 +28,8 @@ def main() -> int:
     rows = []
     for name in builtin_model_names():
         exact = load_model(name)
-        if exact.model_type not in known_types():
-            continue
+        if exact.model_type not in known_types() or exact.approximation is not None:
+            continue  # not hand-modelled (itself generic, or a VLM wrapper): no exact estimate to compare to
         _, cfg = load_model_config(name)
         cfg = {k: v for k, v in cfg.items() if k != "vramplan_profile"}
         generic = generic_model_spec(cfg, name)

@@ -110,6 +110,23 @@ def train_options(f: Callable) -> Callable:
             metavar="CONF",
             help="PYTORCH_CUDA_ALLOC_CONF to plan for, e.g. expandable_segments:True [torch's defaults]",
         ),
+        click.option(
+            "--image-tokens",
+            type=int,
+            default=0,
+            show_default=True,
+            help="VLM: image positions per sequence, added to --seq (e.g. 576 for llava-1.5)",
+        ),
+        click.option(
+            "--modules-to-save",
+            default=None,
+            help="PEFT modules_to_save: embed_tokens, lm_head (trainable full copies)",
+        ),
+        click.option(
+            "--target-parameters",
+            default=None,
+            help="PEFT target_parameters: comma list (e.g. experts.gate_up_proj,experts.down_proj)",
+        ),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -153,7 +170,8 @@ def stage_options(f: Callable) -> Callable:
 TRAIN_KEYS = (
     "method", "dtype", "mixed_precision", "quant", "double_quant", "kbit_prep", "batch", "seq", "grad_accum",
     "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "dora", "optim", "grad_ckpt", "attn",
-    "freeze_trainable_layers", "alloc_conf", "loss", "packing", "recipe", "liger_kernels",
+    "freeze_trainable_layers", "alloc_conf", "loss", "packing", "recipe", "liger_kernels", "image_tokens",
+    "modules_to_save", "target_parameters",
 )  # fmt: skip
 STAGE_KEYS = (
     "stage", "reference", "pref_beta", "fused_lm_head", "num_generations", "max_completion_length", "generation",

@@ -241,6 +241,7 @@ def test_training_args_adapter_and_quantized_model():
         "dtype": "default", "kbit_prep": "default", "seq": "default", "attn": "default",
         "freeze_trainable_layers": "default", "alloc_conf": "default", "packing": "default", "liger_kernels": "default",
         "recipe": file(TRAINING_ARGS), "loss": "recipe:trainer",  # a TrainingArguments dump: the Trainer's recipe
+        "image_tokens": "default", "modules_to_save": "default", "target_parameters": "default",
     }  # fmt: skip
     assert i["model_config"] == config
     assert i["not_modeled"] == []

@@ -51,7 +51,73 @@ def test_targets_as_peft(family: str, target) -> None:
     assert set(names) == expected
 
 
-def test_layer_selective_regex_refused() -> None:
+# ---------------------------------------------------------------- trainable counts held to PEFT itself
+LAYERS4 = {"num_hidden_layers": 4}
+AXOLOTL_LAYER_REGEX = r".*\.layers\.(1|3)\.self_attn\.(q|k|v|o)_proj|.*\.mlp\.(gate|up|down)_proj"
+PEFT_CASES: dict[str, tuple[str, dict, dict]] = {
+    # id: (family, config changes, LoraConfig kwargs)
+    "embeddings-as-lora": ("llama", {}, {"target_modules": ["q_proj", "v_proj", "lm_head", "embed_tokens"]}),
+    "lm_head-only": ("llama", {}, {"target_modules": ["lm_head"]}),
+    "modules-to-save": ("llama", {}, {"target_modules": ["q_proj", "v_proj"],
+                                      "modules_to_save": ["embed_tokens", "lm_head"]}),
+    # a module in modules_to_save is not a LoRA target as well (PEFT excludes it)
+    "saved-and-targeted": ("llama", {}, {"target_modules": ["q_proj", "lm_head"], "modules_to_save": ["lm_head"]}),
+    "tied-modules-to-save": ("gemma", {}, {"target_modules": ["q_proj"], "modules_to_save": ["lm_head"]}),
+    "neox-embeddings": ("gpt_neox", {}, {"target_modules": ["query_key_value", "lm_head"],
+                                         "modules_to_save": ["embed_in"]}),
+    # axolotl's layer-selective regex (3 of its example configs)
+    "layer-selective-regex": ("llama", LAYERS4, {"target_modules": AXOLOTL_LAYER_REGEX}),
+    "dotted-paths": ("llama", {}, {"target_modules": ["self_attn.q_proj", "mlp.down_proj", "lm_head"]}),
+    "mixtral-target-parameters": ("mixtral", {}, {"target_modules": ["q_proj"],
+                                                  "target_parameters": ["experts.gate_up_proj", "experts.down_proj"]}),
+}  # fmt: skip
+
+
+def _peft_counts(cfg: dict, lora_kwargs: dict) -> tuple[int, int]:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg))
+    peft_model = get_peft_model(model, LoraConfig(r=2, lora_dropout=0.0, **lora_kwargs))
+    return peft_model.get_nb_trainable_parameters()
+
+
+def _spelled(value) -> str | None:
+    return value if isinstance(value, str) or value is None else ",".join(value)
+
+
+@pytest.mark.parametrize("case", PEFT_CASES)
+def test_trainable_counts_as_peft(case: str) -> None:
+    from vramplan.estimator.params import count_params
+    from vramplan.spec import resolve_train
+
+    family, changes, kwargs = PEFT_CASES[case]
+    cfg = {**TINY_CONFIGS[family], **changes}
+    m = model_spec_from_config(cfg, family)
+    t = resolve_train(
+        m, method="lora", lora_rank=2, lora_dropout=0.0,
+        lora_target=_spelled(kwargs["target_modules"]),
+        modules_to_save=_spelled(kwargs.get("modules_to_save")),
+        target_parameters=_spelled(kwargs.get("target_parameters")),
+    )  # fmt: skip
+    counts = count_params(m, t)
+    assert (counts.trainable, counts.total) == _peft_counts(cfg, kwargs)
+
+
+def test_layer_selective_regex_counts_layers() -> None:
+    m = model_spec_from_config({**TINY_CONFIGS["llama"], **LAYERS4}, "llama")
+    from vramplan.spec import resolve_train
+
+    t = resolve_train(m, method="lora", lora_target=r"model\.layers\.(0|2)\.self_attn\.(q|v)_proj")
+    assert dict(t.lora_layers) == {"q_proj": 2, "v_proj": 2}
+    assert any("some layers only" in n for n in t.notes)
+
+
+def test_modules_to_save_outside_embeddings_refused() -> None:
+    from vramplan.spec import resolve_train
+
     m = model_spec_from_config(TINY_CONFIGS["llama"], "llama")
-    with pytest.raises(VramplanError, match="different layers"):
-        resolve_lora_target(m, r"model\.layers\.0\.self_attn\.q_proj")
+    with pytest.raises(VramplanError, match="modules_to_save 'norm'"):
+        resolve_train(m, method="lora", modules_to_save="norm")
+    with pytest.raises(VramplanError, match=r"target_parameters 'experts\.down_proj'"):
+        resolve_train(m, method="lora", target_parameters="experts.down_proj")

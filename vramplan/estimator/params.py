@@ -35,13 +35,56 @@ def lora_targets(m: ModelSpec, t: TrainSpec) -> tuple[LinearSpec, ...]:
     return tuple(lin for lin in m.linears if lin.name in t.lora_target)
 
 
+def lora_instances(m: ModelSpec, t: TrainSpec, lin: LinearSpec) -> int:
+    """How many copies of `lin` carry an adapter: all the model holds, or the layers a regex selected."""
+    return dict(t.lora_layers).get(lin.name, m.instances(lin))
+
+
+def lora_param_shapes(shape: tuple[int, ...], r: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(lora_A, lora_B) of PEFT's lora.ParamWrapper on a `target_parameters` tensor: (E, in, out) -> r·E
+    (peft 0.21.2 tuners/lora/layer.py ParamWrapper `_get_in_out_features`, `update_layer`); 2-D (out, in): r."""
+    experts, n_in, n_out = (shape[0], shape[1], shape[2]) if len(shape) == 3 else (1, shape[1], shape[0])
+    return (r * experts, n_in), (n_out, r * experts)
+
+
+def embedding_lora_shapes(m: ModelSpec, t: TrainSpec) -> list[tuple[Shape, int]]:
+    """LoRA on the embeddings: lora.Embedding's lora_embedding_A (r, vocab) and _B (hidden, r); lm_head's
+    lora.Linear A (r, hidden), B (vocab, r) (peft 0.21.2 tuners/lora/layer.py Embedding / Linear update_layer)."""
+    out: list[tuple[Shape, int]] = []
+    for role in t.lora_embeddings:
+        n_in, n_out = (m.vocab_size, m.hidden_size) if role == "embed_tokens" else (m.hidden_size, m.vocab_size)
+        out += [((t.lora_rank, n_in), 1), ((n_out, t.lora_rank), 1)]
+    return out
+
+
+def saved_module_shapes(m: ModelSpec, t: TrainSpec) -> list[tuple[Shape, int]]:
+    """`modules_to_save` copies (ModulesToSaveWrapper deep-copies the module, trainable): embedding or lm_head
+    weight (vocab, hidden), lm_head's bias when it has one."""
+    out: list[tuple[Shape, int]] = []
+    for role in t.modules_to_save:
+        out.append(((m.vocab_size, m.hidden_size), 1))
+        if role == "lm_head" and m.lm_head_bias:
+            out.append(((m.vocab_size,), 1))
+    return out
+
+
+def saved_module_params(m: ModelSpec, t: TrainSpec) -> int:
+    return sum(numel(shape) * n for shape, n in saved_module_shapes(m, t)) if t.uses_lora else 0
+
+
 def lora_params(m: ModelSpec, t: TrainSpec) -> int:
+    """Every adapter parameter: decoder-layer linears, Mixtral's router / experts by name, `target_parameters`
+    tensors, the embeddings (not the `modules_to_save` copies: saved_module_params)."""
     if not t.peft.lora_equivalent:  # another PEFT method's tensors (estimator/peft_methods.py)
         return sum(numel(shape) * n for shape, n in trainable_shapes(m, t))
-    total = sum(lora_params_per_linear(lin, t.lora_rank, t.dora) * m.instances(lin) for lin in lora_targets(m, t))
+    total = sum(
+        lora_params_per_linear(lin, t.lora_rank, t.dora) * lora_instances(m, t, lin) for lin in lora_targets(m, t)
+    )
     for p in lora_moe_targets(m, t.lora_target):
         total += m.num_hidden_layers * sum(numel(shape) for shape in lora_moe_shapes(p, t.lora_rank))
-    return total
+    for _, shape, n in t.target_parameters:
+        total += n * sum(numel(s) for s in lora_param_shapes(shape, t.lora_rank))
+    return total + sum(numel(s) * n for s, n in embedding_lora_shapes(m, t))
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +98,11 @@ class ParamCount:
 def count_params(m: ModelSpec, t: TrainSpec) -> ParamCount:
     base = m.total_params
     if t.uses_lora:
-        adapters = lora_params(m, t)
+        adapters = lora_params(m, t) + saved_module_params(m, t)
         return ParamCount(total=base + adapters, trainable=adapters)
     if t.method == "freeze":
         return ParamCount(total=base, trainable=t.freeze_trainable_layers * m.layer_params)
-    return ParamCount(total=base, trainable=base)
+    return ParamCount(total=base, trainable=base - m.tower_params)
 
 
 Shape = tuple[int, ...]
@@ -80,11 +123,13 @@ def layer_tensor_shapes(m: ModelSpec) -> list[tuple[Shape, int]]:
     return out
 
 
-def model_tensor_shapes(m: ModelSpec) -> list[tuple[Shape, int]]:
-    if m.approximation is not None:  # generic families: the architecture table's tensors, as they are
+def model_tensor_shapes(m: ModelSpec, towers: bool = True) -> list[tuple[Shape, int]]:
+    """(shape, count) of every parameter tensor; `towers=False` leaves out a VLM's (frozen) vision tower."""
+    tower = [(shape, n) for shape, n, _ in m.tower_tensors] if towers else []
+    if m.from_table:  # generic families: the architecture table's tensors, as they are
         out = [((lin.out_features, lin.in_features), m.instances(lin)) for lin in m.linears]
         out += [((lin.out_features,), m.instances(lin)) for lin in m.linears if lin.bias]
-        return out + list(m.other_tensors)
+        return out + list(m.other_tensors) + tower
     h, v = m.hidden_size, m.vocab_size
     out: list[tuple[Shape, int]] = [((v, h), 1)]
     if m.embed_norm:
@@ -95,7 +140,7 @@ def model_tensor_shapes(m: ModelSpec) -> list[tuple[Shape, int]]:
         out.append(((v, h), 1))
         if m.lm_head_bias:
             out.append(((v,), 1))
-    return out
+    return out + tower
 
 
 def trainable_shapes(m: ModelSpec, t: TrainSpec) -> list[tuple[Shape, int]]:
@@ -107,16 +152,19 @@ def trainable_shapes(m: ModelSpec, t: TrainSpec) -> list[tuple[Shape, int]]:
     if t.uses_lora:
         out: list[tuple[Shape, int]] = []
         for lin in lora_targets(m, t):
-            out += [((t.lora_rank, lin.in_features), m.instances(lin))]
-            out += [((lin.out_features, t.lora_rank), m.instances(lin))]
+            n = lora_instances(m, t, lin)
+            out += [((t.lora_rank, lin.in_features), n)]
+            out += [((lin.out_features, t.lora_rank), n)]
             if t.dora:
-                out += [((lin.out_features,), m.instances(lin))]
+                out += [((lin.out_features,), n)]
         for p in lora_moe_targets(m, t.lora_target):
             out += [(shape, m.num_hidden_layers) for shape in lora_moe_shapes(p, t.lora_rank)]
-        return out
+        for _, shape, n in t.target_parameters:
+            out += [(s, n) for s in lora_param_shapes(shape, t.lora_rank)]
+        return out + embedding_lora_shapes(m, t) + saved_module_shapes(m, t)
     if t.method == "freeze":
         return [(shape, n * t.freeze_trainable_layers) for shape, n in layer_tensor_shapes(m)]
-    return model_tensor_shapes(m)
+    return model_tensor_shapes(m, towers=False)
 
 
 def numel(shape: Shape) -> int:

@@ -73,7 +73,7 @@ def _weights_and_state(m: ModelSpec, s: ServeSpec) -> tuple[int, int]:
     if s.quant == "none":
         return m.total_params * p, 0
     packed, state = quantized_linear_bytes(m, s.quant, s.double_quant)
-    return packed + (m.total_params - m.linear_weight_params) * p, state
+    return packed + (m.total_params - m.quantized_weight_params) * p, state
 
 
 def adapter_params(m: ModelSpec, s: ServeSpec) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vramplan.estimator.params import saved_module_params
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
 from vramplan.units import ceil_div
 
@@ -45,15 +46,17 @@ def bnb_int8_bytes(out_features: int, in_features: int) -> tuple[int, int]:
 
 
 def quantized_linear_bytes(m: ModelSpec, quant: str, double_quant: bool) -> tuple[int, int]:
-    """(packed weights, quant state) of every decoder-layer `nn.Linear` bitsandbytes replaces, all layers:
+    """(packed weights, quant state) of every `nn.Linear` bitsandbytes replaces (decoder layers, a VLM's tower):
     `quant` "int8" (Linear8bitLt) or "nf4"/"fp4" (Linear4bit). Training and serving load them alike."""
     packed = state = 0
-    for lin in m.linears:
+    shapes = [((lin.out_features, lin.in_features), m.instances(lin)) for lin in m.linears]
+    shapes += [(shape, n) for shape, n, quantized in m.tower_tensors if quantized]  # a VLM's vision tower
+    for (out_f, in_f), n in shapes:
         if quant == "int8":
-            w, s = bnb_int8_bytes(lin.out_features, lin.in_features)
+            w, s = bnb_int8_bytes(out_f, in_f)
         else:
-            w, s = bnb_4bit_bytes(lin.weight_params, double_quant)
-        packed, state = packed + w * m.instances(lin), state + s * m.instances(lin)
+            w, s = bnb_4bit_bytes(out_f * in_f, double_quant)
+        packed, state = packed + w * n, state + s * n
     return packed, state
 
 
@@ -82,12 +85,14 @@ def _base_weight_bytes(m: ModelSpec, t: TrainSpec) -> WeightBytes:
     p = DTYPE_BYTES[t.dtype]
     if t.quant == "none":
         total = m.total_params * p
-        if t.method == "full":
-            return WeightBytes(frozen=0, quant_state=0, trainable=total)
+        if t.method == "full":  # a VLM's vision tower stays frozen
+            tower = m.tower_params * p
+            return WeightBytes(frozen=tower, quant_state=0, trainable=total - tower)
         if t.method == "freeze":
             train = t.freeze_trainable_layers * m.layer_params * p
             return WeightBytes(frozen=total - train, quant_state=0, trainable=train)
-        return WeightBytes(frozen=total, quant_state=0, trainable=0)
+        return WeightBytes(frozen=total, quant_state=0, trainable=saved_module_params(m, t) * p)
     packed, state = quantized_linear_bytes(m, t.quant, t.double_quant)
-    rest = m.total_params - m.linear_weight_params
-    return WeightBytes(frozen=packed + rest * base_param_dtype_bytes(t), quant_state=state, trainable=0)
+    rest = m.total_params - m.quantized_weight_params
+    copies = saved_module_params(m, t) * base_param_dtype_bytes(t)  # modules_to_save: copied after kbit prep
+    return WeightBytes(frozen=packed + rest * base_param_dtype_bytes(t), quant_state=state, trainable=copies)

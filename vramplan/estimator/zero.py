@@ -48,9 +48,9 @@ def engine_bytes(t: TrainSpec) -> int:
 def frozen_float_numel(m: ModelSpec, t: TrainSpec) -> int:
     """Frozen parameters stored as floats (not bitsandbytes-packed): the ones an engine casts or gathers."""
     if t.quant != "none":
-        return m.total_params - m.linear_weight_params
+        return m.total_params - m.quantized_weight_params
     if t.method == "full":
-        return 0
+        return m.tower_params
     if t.method == "freeze":
         return m.total_params - t.freeze_trainable_layers * m.layer_params
     return m.total_params

@@ -1,11 +1,16 @@
-"""Record every causal-LM architecture of the installed transformers as data: `vramplan/spec/architectures.json`.
+"""Record every causal-LM and vision-language architecture of the installed transformers as data:
+`vramplan/spec/architectures.json`.
 
-    python -m vramplan.measure.architectures --write        # regenerate the table (about 10 minutes, 2 cores)
-    python -m vramplan.measure.architectures --only llama   # print one entry
+    nice -n 10 python -m vramplan.measure.architectures --write           # the whole table (15-30 min, 2 cores)
+    python -m vramplan.measure.architectures --write --resume             # only the types not in the file yet
+    python -m vramplan.measure.architectures --write --only llama4_text   # re-record some types in the file
+    python -m vramplan.measure.architectures --only llama                 # print (the table with) one entry
 
-For each model type of transformers' `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES` the model is built with
-`AutoModelForCausalLM.from_config` on the meta device, from the config class's defaults (few layers) and from
-samples where one config field at a time takes another value (ints doubled, booleans flipped). Every
+For each model type of transformers' `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES` (and of
+`MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES`: the VLM wrappers, with their vision tower and projector) the
+model is built with `AutoModelForCausalLM` (`AutoModelForImageTextToText`) `.from_config` on the meta
+device, from the config class's defaults (few layers) and from samples where one config field at a time
+takes another value (ints doubled, booleans flipped). Every
 parameter, its layer index replaced by `*`, gets:
 - its shape as expressions of the config's fields (after the config class ran: derived fields such as
   `head_dim = hidden_size // num_attention_heads` are fields too, with their own rule in `derived`),
@@ -13,6 +18,8 @@ parameter, its layer index replaced by `*`, gets:
   of `layer_types` entries of a kind),
 - whether it is the weight of an `nn.Linear` (what bitsandbytes quantizes and LoRA targets),
 - the booleans it exists under (`attention_bias`), and `untied` for the output embedding.
+Per type also: the auto class, the modules the class keeps in fp32 (bitsandbytes leaves them alone). A type
+taking longer than `--timeout` seconds is listed under `not_built`; the file is rewritten after every type.
 An expression is a sum of terms `coefficient · field · field` (or `field // field`), fitted exactly over all
 samples and kept only if it reproduces every sample. `vramplan.spec.architectures` evaluates the table with a
 user's config.json in pure Python; tests/spec/test_architectures.py holds it to `from_config` at other sizes.
@@ -21,18 +28,16 @@ user's config.json in pure Python; tests/spec/test_architectures.py holds it to 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import time
 import warnings
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from vramplan.measure.expression_fit import fit
 from vramplan.spec.architectures import flatten
 
 OUT = Path(__file__).resolve().parent.parent / "spec" / "architectures.json"
@@ -43,6 +48,8 @@ NOT_STRUCTURAL = ("return_", "output_", "use_cache", "torchscript", "is_encoder_
 # config values some classes need before they can build from defaults at all (one line each, with the reason)
 BUILD_FIXES: dict[str, dict[str, Any]] = {
     "reformer": {"is_decoder": True},  # ReformerModelWithLMHead asserts is_decoder
+    "dbrx": {"attn_config": {"rope_theta": 500000.0}},  # DbrxAttentionConfig has no rope_theta default (DBRX's)
+    "nemotron": {"num_key_value_heads": 8},  # NemotronConfig leaves it None, its attention divides by it (Minitron's)
 }
 
 
@@ -86,6 +93,8 @@ def make_config(model_type: str, changes: dict[str, Any]):
         if rest:
             sub = kwargs.get(top) or getattr(base, top).to_dict()
             sub = flatten(sub)
+            if isinstance(sub.get(rest), int) and sub[rest] != v:  # per-layer lists follow a new layer count:
+                sub = {key: x for key, x in sub.items() if not (isinstance(x, list) and len(x) == sub[rest])}
             sub[rest] = v
             kwargs[top] = _nest(sub)
         else:
@@ -95,25 +104,28 @@ def make_config(model_type: str, changes: dict[str, Any]):
 
 def build(config) -> tuple[dict[str, Any], dict[str, list], dict[str, str], str | None]:
     """(flat config fields, {key: [shape, count, module class if Linear/Conv1D]}, those weights, output key)."""
-    from transformers import AutoModelForCausalLM
+    import transformers
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+            model = getattr(transformers, auto_class(config.model_type)).from_config(config)
     linear_weights = {
         f"{n}.weight": type(mod).__name__
         for n, mod in model.named_modules()
         if isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "Conv1D"
     }
     params: dict[str, list] = {}
+    shapes_seen: dict[str, list[list[int]]] = {}
     for name, p in model.named_parameters():
         key = _key(name)
         shape = list(p.shape)
+        seen = shapes_seen.setdefault(key, [])
+        if shape not in seen:
+            seen.append(shape)
+        if seen.index(shape):  # the same name in another shape (layers of another kind): its own key, numbered
+            key = f"{key}#{seen.index(shape) + 1}"  # in order of first appearance, so it is the same in every sample
         entry = params.setdefault(key, [shape, 0, linear_weights.get(name)])
-        if entry[0] != shape:  # the same name in another shape (layers of another kind): its own key
-            key = f"{key}#{tuple(shape)}"
-            entry = params.setdefault(key, [shape, 0, linear_weights.get(name)])
         entry[1] += 1
     out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     out_key = None
@@ -128,132 +140,26 @@ def build(config) -> tuple[dict[str, Any], dict[str, list], dict[str, str], str 
     return flat, params, linear_weights, out_key
 
 
+def auto_class(model_type: str) -> str:
+    """The class that builds the whole model: a causal LM, or a vision-language model (its text decoder,
+    vision tower and projector; transformers 5.24 `MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES`)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return "AutoModelForCausalLM" if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else "AutoModelForImageTextToText"
+
+
+def model_types() -> list[str]:
+    """Every causal-LM and image-text-to-text model type of the installed transformers."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    return sorted(set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) | set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES))
+
+
 def _key(name: str) -> str:
     return ".".join("*" if part.isdigit() else part for part in name.split("."))
-
-
-# ------------------------------------------------------------------ fitting
-def _monomials(fields: list[str]) -> list[tuple[str, ...]]:
-    mons: list[tuple[str, ...]] = [()]
-    mons += [(f,) for f in fields]
-    mons += [(a, b) for a, b in itertools.combinations_with_replacement(fields, 2)]
-    ratios = [f"{a}//{b}" for a, b in itertools.permutations(fields, 2)]
-    mons += [(r,) for r in ratios]
-    mons += [(f, r) for f in fields for r in ratios]  # num_key_value_heads * (hidden_size // num_attention_heads)
-    return mons
-
-
-def mono_value(mono: tuple[str, ...], values: dict[str, int]) -> int:
-    v = 1
-    for f in mono:
-        if "//" in f:
-            a, b = f.split("//")
-            v *= values[a] // values[b]
-        else:
-            v *= values[f]
-    return v
-
-
-def _solve(rows: list[list[int]], target: list[int]) -> list[Fraction] | None:
-    """Exact least-squares-free solve: Gaussian elimination over the rationals; None unless exact and unique."""
-    n = len(rows[0])
-    mat = [[Fraction(x) for x in r] + [Fraction(t)] for r, t in zip(rows, target, strict=True)]
-    piv_cols: list[int] = []
-    r = 0
-    for c in range(n):
-        p = next((i for i in range(r, len(mat)) if mat[i][c] != 0), None)
-        if p is None:
-            return None  # a free column: not unique
-        mat[r], mat[p] = mat[p], mat[r]
-        pv = mat[r][c]
-        mat[r] = [x / pv for x in mat[r]]
-        for i in range(len(mat)):
-            if i != r and mat[i][c] != 0:
-                f = mat[i][c]
-                mat[i] = [a - f * b for a, b in zip(mat[i], mat[r], strict=True)]
-        piv_cols.append(c)
-        r += 1
-    if any(row[n] != 0 for row in mat[r:]):
-        return None
-    return [mat[i][n] for i in range(n)]
-
-
-def fit(samples: list[dict[str, int]], target: list[int], cache: dict | None = None) -> list[list] | None:
-    """The simplest sum of monomials (by number of terms, then degree) equal to `target` in every sample.
-
-    The fields tried are those that moved in a sample where the target moved; if no sum of them fits, also
-    those that moved together in a sample where it did not (head_dim halves when num_attention_heads doubles).
-    """
-    if len(set(target)) == 1:
-        return [[target[0], []]]
-    if cache is not None:
-        if tuple(target) not in cache:
-            cache[tuple(target)] = fit(samples, target)
-        return cache[tuple(target)]
-    base = samples[0]
-    moved = [{k for k in s if s.get(k) != base.get(k)} for s in samples]
-    changed = set().union(*(m for m, t in zip(moved, target, strict=True) if t != target[0]))
-    together = set().union(*(m for m, t in zip(moved, target, strict=True) if t == target[0] and len(m) > 1))
-    for fields in (changed, changed | together):
-        expr = _fit_fields(samples, target, sorted(fields, key=lambda f: (len(f), f))[:10])
-        if expr is not None:
-            return expr
-    return None
-
-
-def _fit_fields(samples: list[dict[str, int]], target: list[int], fields: list[str]) -> list[list] | None:
-    mons = [m for m in _monomials(fields) if m]
-    keep, seen = [], set()
-    for i, s in enumerate(samples):  # distinct rows only: most samples leave these fields alone
-        row = (*(s.get(f) for f in fields), target[i])
-        if None not in row and row not in seen:
-            seen.add(row)
-            keep.append(i)
-    if len(keep) < 2:
-        return None
-    tgt = [target[i] for i in keep]
-    tgt_f = np.array(tgt, dtype=float)
-    vals = {}
-    for m in mons:
-        try:
-            vals[m] = [mono_value(m, samples[i]) for i in keep]
-        except ZeroDivisionError:
-            continue
-    mons = [m for m in mons if m in vals]
-    # fewest terms first (a constant is a term), floor division only when nothing else fits
-    plain = [m for m in mons if "//" not in "".join(m)]
-    for terms in (1, 2, 3):  # fewest terms first; floor division only when no plain sum that long fits
-        for pool in (plain, mons):
-            for const in (False, True):
-                size = terms - const
-                if size < 1 or (size >= 2 and len(pool) > 400) or (size == 3 and len(pool) > 40):
-                    continue
-                for combo in itertools.combinations(pool, size):
-                    cols = [vals[m] for m in combo] + ([[1] * len(keep)] if const else [])
-                    if len(keep) < len(cols) + 1:
-                        continue
-                    a = np.array(cols, dtype=float).T
-                    x, *_ = np.linalg.lstsq(a, tgt_f, rcond=None)
-                    if not np.allclose(a @ x, tgt_f, rtol=1e-9, atol=1e-6):
-                        continue  # a float pass first; the exact solve below decides
-                    sol = _solve([list(r) for r in zip(*cols, strict=True)], tgt)
-                    if sol is None or any(c == 0 or c.denominator > 2 for c in sol):
-                        continue
-                    out = [[_num(c), list(m)] for c, m in zip(sol, combo, strict=False)]
-                    return [*out, [_num(sol[-1]), []]] if const else out
-    return None
-
-
-def _num(c: Fraction) -> int | str:
-    return int(c) if c.denominator == 1 else f"{c.numerator}/{c.denominator}"
-
-
-def fmt(expr: list[list]) -> str:
-    parts = []
-    for coef, mono in expr:
-        body = "*".join(mono)
-        parts.append(f"{coef}" if not mono else (body if coef == 1 else f"{coef}*{body}"))
-    return " + ".join(parts)
 
 
 # ------------------------------------------------------------------ one model type
@@ -307,6 +213,9 @@ def record(model_type: str) -> dict[str, Any]:
         if set(params) != set(params0) or any(params[k][0] != params0[k][0] for k in params0 if k in params):
             flips[field] = (flat, params)
     values = [_size_fields(f) | _list_counts(f) for f, _ in samples]
+    # a value absent from a per-layer list occurs 0 times (llama4's `moe_layers` gains indices with the layers)
+    list_keys = {k for v in values for k in v if k.startswith("count(")}
+    values = [{**dict.fromkeys(list_keys, 0), **v} for v in values]
     entries: dict[str, Any] = {}
     unresolved: list[str] = []
     caches: dict[Any, dict] = {}
@@ -321,6 +230,9 @@ def record(model_type: str) -> dict[str, Any]:
                 e = [[shape[d], []]]
             dims.append(e)
         e = fit(values, [p[key][1] if key in p else 0 for _, p in samples], caches.setdefault("all", {}))
+        if e is None:  # a sample where layers of two kinds took one shape (gemma4 with head_dim = global_head_dim)
+            same = [i for i, (_, p) in enumerate(samples) if set(p) == set(params0)]  # merges their keys: without it
+            e = fit([values[i] for i in same], [samples[i][1][key][1] for i in same])
         if key == out_key and e == [[0, []]]:
             e = [[1, []]]  # tied in every sample: one matrix when untied
         if e is None:
@@ -356,7 +268,10 @@ def record(model_type: str) -> dict[str, Any]:
             else:
                 unresolved.append(f"derived {field}")
     return {
+        "auto_class": auto_class(model_type),
         "config_class": type(default_cfg).__name__,
+        "keep_in_fp32_modules": sorted(_keep_in_fp32(model_type)),
+        "sub_config_defaults": sub_config_defaults(model_type),
         "defaults": {k: v for k, v in defaults.items() if _jsonable(v)},
         "attribute_map": dict(getattr(type(default_cfg), "attribute_map", {}) or {}),
         "derived": derived,
@@ -366,6 +281,47 @@ def record(model_type: str) -> dict[str, Any]:
         "samples": len(samples) + len(flips),
         "seconds": round(time.time() - t0, 1),
     }
+
+
+def sub_config_defaults(model_type: str) -> dict[str, dict[str, Any]]:
+    """For each sub-config (`vision_config`, `text_config`, ...): its own class's defaults. A wrapper's defaults
+    for a sub-config can differ from them (LlavaConfig builds a 1024-wide CLIP when given none), and a
+    config.json that gives the sub-config as a dict starts from the class's (`CONFIG_MAPPING[type](**dict)`)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type, **BUILD_FIXES.get(model_type, {}))
+    out: dict[str, dict[str, Any]] = {}
+    for name in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, name, None)
+        if sub is None or not hasattr(sub, "to_dict"):
+            continue
+        try:
+            fresh = type(sub)().to_dict()
+        except Exception:  # a sub-config class without defaults of its own: the wrapper's are all there is
+            continue
+        out[name] = {k: v for k, v in flatten(fresh).items() if _jsonable(v) and not k.endswith(SKIP_FIELDS)}
+    return out
+
+
+def _keep_in_fp32(model_type: str) -> set[str]:
+    """Module names the model class keeps in fp32 and bitsandbytes leaves unquantized (`_keep_in_fp32_modules`,
+    `_keep_in_fp32_modules_strict`; transformers quantizers/base.py get_modules_to_not_convert)."""
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    causal = auto_class(model_type) == "AutoModelForCausalLM"
+    mapping = (
+        modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        if causal
+        else modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    )
+    class_names = mapping[model_type]
+    names: set[str] = set()
+    for class_name in (class_names,) if isinstance(class_names, str) else class_names:
+        cls = getattr(transformers, class_name, None)
+        for attr in ("_keep_in_fp32_modules", "_keep_in_fp32_modules_strict"):
+            names |= set(getattr(cls, attr, None) or ())
+    return names
 
 
 def _by_value(values: dict[str, int], n: int) -> list[list]:
@@ -383,37 +339,85 @@ def _jsonable(v: Any) -> bool:
     return True
 
 
+class TypeTimeout(Exception):
+    """One model type took longer than `--timeout` seconds to record."""
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise TypeTimeout
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     import transformers
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     transformers.logging.set_verbosity_error()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--write", action="store_true", help=f"write {OUT}")
+    ap.add_argument("--write", action="store_true", help=f"write {OUT} (after every model type)")
+    ap.add_argument("--resume", action="store_true", help="keep the types already in the file (same versions)")
+    ap.add_argument("--timeout", type=int, default=300, help="seconds per model type before it counts as not built")
     ap.add_argument("--only", help="comma list of model types")
     a = ap.parse_args(argv)
-    types = a.only.split(",") if a.only else sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+    types = a.only.split(",") if a.only else model_types()
     table: dict[str, Any] = {}
     failed: dict[str, str] = {}
+    if (a.resume or a.only) and OUT.exists():
+        old = json.loads(OUT.read_text())
+        if old.get("transformers") == transformers.__version__:
+            table, failed = old["architectures"], old["not_built"]
+    for mt, entry in table.items():  # entries recorded before these fields existed: no build needed for them
+        entry.setdefault("auto_class", auto_class(mt))
+        entry.setdefault("keep_in_fp32_modules", sorted(_keep_in_fp32(mt)))
+        entry.setdefault("sub_config_defaults", sub_config_defaults(mt))
+    signal.signal(signal.SIGALRM, _on_alarm)
     for mt in types:
+        if a.resume and not a.only and (mt in table or mt in failed):
+            continue
+        table.pop(mt, None)
+        failed.pop(mt, None)
+        signal.alarm(a.timeout)
         try:
             table[mt] = record(mt)
+        except TypeTimeout:
+            failed[mt] = f"timeout: not recorded within {a.timeout} s"
         except Exception as e:  # transformers cannot build the class's defaults: say why, keep going
-            failed[mt] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        print(mt, "failed: " + failed[mt] if mt in failed else f"{len(table[mt]['params'])} keys, "
-              f"{len(table[mt]['unresolved'])} unresolved, {table[mt]['seconds']} s", file=sys.stderr)  # fmt: skip
-    doc = {
+            failed[mt] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        finally:
+            signal.alarm(0)
+        done = f"{len(table[mt]['params'])} keys, {len(table[mt]['unresolved'])} unresolved" if mt in table else ""
+        print(
+            mt,
+            f"failed: {failed[mt]}" if mt in failed else f"{done}, {table[mt]['seconds']} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        if a.write:
+            _write(table, failed)
+    if a.write:
+        _write(table, failed)
+    else:
+        json.dump(_document(table, failed), sys.stdout, indent=1)
+    return 0
+
+
+def _document(table: dict[str, Any], failed: dict[str, str]) -> dict[str, Any]:
+    import transformers
+
+    return {
         "generated_by": "python -m vramplan.measure.architectures --write",
         "transformers": transformers.__version__,
         "torch": torch.__version__,
-        "architectures": table,
-        "not_built": failed,
+        "architectures": dict(sorted(table.items())),
+        "not_built": dict(sorted(failed.items())),
     }
-    if a.write:
-        OUT.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    else:
-        json.dump(doc, sys.stdout, indent=1)
-    return 0
+
+
+def _write(table: dict[str, Any], failed: dict[str, str]) -> None:
+    """Write through a temporary file, so an interrupted run leaves the previous table whole."""
+    tmp = OUT.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_document(table, failed), indent=1, sort_keys=True) + "\n")
+    tmp.replace(OUT)
 
 
 if __name__ == "__main__":

@@ -126,10 +126,14 @@ def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -
     print_notes(b.all_notes, console)
     if b.approximation is not None:
         a = b.approximation
-        print_labelled(
-            "approximated",
-            "yellow",
-            f"{b.model} is not hand-modelled: parameters exact from transformers' module tree, activations from "
-            f"a {a.basis} (±{100 * a.error_band:.0f} % more error, in the band)" + (f"; {a.note}" if a.note else ""),
-            console,
-        )
+        if a.kind == "vision":  # a hand-modelled decoder inside a VLM wrapper: exact, with what is left out
+            print_labelled("note", "yellow", a.note, console)
+        else:
+            print_labelled(
+                "approximated",
+                "yellow",
+                f"{b.model} is not hand-modelled: parameters exact from transformers' module tree, activations "
+                f"from a {a.basis} (±{100 * a.error_band:.0f} % more error, in the band)"
+                + (f"; {a.note}" if a.note else ""),
+                console,
+            )

@@ -26,6 +26,9 @@ from vramplan.errors import VramplanError
 
 TABLE = Path(__file__).with_name("architectures.json")
 LAYER_FIELDS = ("num_hidden_layers", "n_layer", "num_layers", "decoder_layers", "n_layers")
+# words naming a module stack that is not the text decoder (vision / audio towers, encoders, extra heads)
+TOWERS = ("vision", "visual", "audio", "encoder", "image", "speech", "mtp", "depth")
+STACK_WORDS = ("layers", "layer", "h", "blocks", "block")
 
 
 @functools.lru_cache(maxsize=1)
@@ -50,6 +53,11 @@ class Tensor:
     shape: tuple[int, ...]
     count: int
     kind: str | None  # "Linear", "Conv1D" (a Linear with its weight transposed), or None
+
+    @property
+    def name(self) -> str:
+        """The parameter's name without the `#2` that tells layers of another kind (another shape) apart."""
+        return self.key.partition("#")[0]
 
     @property
     def numel(self) -> int:
@@ -90,6 +98,8 @@ def evaluate_expr(expr: list, fields: Mapping[str, Any]) -> int:
 
 def _field(fields: Mapping[str, Any], name: str) -> int:
     value = fields.get(name)
+    if value is None and name.startswith("count("):
+        return 0  # a value this config's per-layer list does not hold (lfm2's `full_attn_idxs` has no 6)
     if not isinstance(value, int) or isinstance(value, bool):
         raise VramplanError(f"config field {name!r} is {value!r}; transformers needs an integer there")
     return value
@@ -101,7 +111,14 @@ def config_fields(model_type: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     user = flatten(cfg)
     renames = arch["attribute_map"]
     user = {renames.get(k, k): v for k, v in user.items()}
-    fields = {**arch["defaults"], **{k: v for k, v in user.items() if v is not None}}
+    given = {}  # a sub-config given as a dict starts from its own class's defaults, not the wrapper's
+    for sub, sub_defaults in arch.get("sub_config_defaults", {}).items():
+        value = cfg.get(sub)
+        recorded = arch["defaults"].get(f"{sub}.model_type")
+        if isinstance(value, Mapping) and value.get("model_type", recorded) == recorded:
+            given.update({f"{sub}.{k}": v for k, v in sub_defaults.items() if v is not None})
+    base = {**arch["defaults"], **given}
+    fields = {**base, **{k: v for k, v in user.items() if v is not None}}
     for _ in range(3):  # derived fields may depend on derived fields (qk_head_dim on head_dim)
         for name, expr in (arch["derived"] | arch.get("none_defaults", {})).items():
             if user.get(name) is None:
@@ -112,7 +129,7 @@ def config_fields(model_type: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     layers = next((fields[k] for k in LAYER_FIELDS if isinstance(fields.get(k), int)), None)
     for k, v in list(fields.items()):
         if isinstance(v, list) and v and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
-            if k not in user and layers is not None and len(v) == arch["defaults"].get(_layers_of(k), -1):
+            if k not in user and layers is not None and len(v) == base.get(_layers_of(k), -1):
                 v = _extend(v, fields.get(_layers_of(k), layers))  # the default pattern, repeated
                 fields[k] = v
             for x in set(v):
@@ -157,3 +174,25 @@ def _tied(fields: Mapping[str, Any]) -> bool:
         if isinstance(fields.get(k), bool):
             return fields[k]
     return False
+
+
+def _text_root(keys: list[str]) -> str:
+    """`model.language_model.` in `model.language_model.layers.*.self_attn.q_proj.weight`: the text model's
+    module, found as the prefix of the decoder stack the wrapper's table holds most linear weight in."""
+    sizes: dict[str, int] = {}
+    for key in keys:
+        if ".*." not in key:
+            continue
+        stack = key[: key.index(".*.")]
+        root, _, last = stack.rpartition(".")
+        if last in STACK_WORDS and not any(word in stack.lower() for word in TOWERS):
+            sizes[root] = sizes.get(root, 0) + 1
+    best = max(sizes, key=sizes.__getitem__) if sizes else ""
+    return f"{best}." if best else ""
+
+
+def text_keys(model_type: str, ts: tuple[Tensor, ...]) -> frozenset[str]:
+    """The keys of a wrapper's tensors that belong to its text model: under its root, and the output embedding."""
+    root = _text_root([t.key for t in ts])
+    untied = {key for key, e in table()["architectures"][model_type]["params"].items() if e.get("untied")}
+    return frozenset(t.key for t in ts if (root and t.key.startswith(root)) or t.key in untied)

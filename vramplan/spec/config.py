@@ -1,5 +1,6 @@
 """A config.json to a ModelSpec, for any family: hand-modelled ones exactly (spec/families.py), every other type
-through the architecture table (spec/generic.py)."""
+through the architecture table (spec/generic.py), a vision-language wrapper as its text decoder plus its
+vision tower and projector as frozen weights (spec/vision.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,35 @@ from vramplan.spec.model import SUPPORTED_MODEL_TYPES, ModelSpec
 
 
 def model_spec_from_config(cfg: Mapping[str, Any], name: str) -> ModelSpec:
-    """Build a ModelSpec from a Hugging Face `config.json` mapping (a VLM wrapper's `text_config` is used, and
-    the estimate then says it is the text model only)."""
-    text = text_config(cfg, name)
-    if config_str(text, "model_type", name) not in SUPPORTED_MODEL_TYPES:
-        from vramplan.spec.generic import generic_model_spec  # the architecture table: read only when needed
+    """Build a ModelSpec from a Hugging Face `config.json` mapping. A wrapper's `text_config` (VLMs, and
+    composite configs such as Gemma 3's) is read with its class's defaults filled in; the estimate then counts
+    the vision tower and projector as frozen weights, or says that it could not."""
+    if "text_config" not in cfg and cfg.get("model_type") in SUPPORTED_MODEL_TYPES:
+        return known_model_spec(cfg, name)  # the common case: the architecture table is not read
+    from vramplan.spec import architectures  # read only when needed (a 3 MB table)
+    from vramplan.spec.generic import generic_model_spec
+    from vramplan.spec.vision import text_config_filled, with_tower
 
-        return generic_model_spec(text, name, text_only=text is not cfg)
-    return known_model_spec(cfg, name)
+    inner = cfg.get("text_config")
+    entry = architectures.table()["architectures"].get(cfg.get("model_type"))
+    default = entry["defaults"].get("text_config.model_type") if entry else None
+    if default and (inner is None or (isinstance(inner, Mapping) and not inner.get("model_type"))):
+        # no text_config, or one without model_type: the wrapper class's default text model (LlavaConfig: llama)
+        cfg = {**cfg, "text_config": {**(inner or {}), "model_type": default}}
+    text = text_config(cfg, name)
+    if text is not cfg:
+        text = text_config_filled(cfg, text)
+        # transformers 5 ties the output embedding by the wrapper's flag (Mistral3Config: True, MistralConfig: False)
+        tie = cfg.get("tie_word_embeddings", entry["defaults"].get("tie_word_embeddings") if entry else None)
+        if isinstance(tie, bool):
+            text = {**text, "tie_word_embeddings": tie}
+    mt = config_str(text, "model_type", name)
+    known = architectures.known_types()
+    if mt in SUPPORTED_MODEL_TYPES:
+        spec = known_model_spec(text, name)
+    elif text is not cfg and mt not in known and cfg.get("model_type") in known:
+        # a text model type that exists only inside its wrapper (qwen2_5_vl_text): the wrapper's record, text part
+        spec = generic_model_spec({**cfg, "text_config": text}, name, text_part=True)
+    else:
+        spec = generic_model_spec(text, name)
+    return spec if text is cfg else with_tower(spec, cfg, text)

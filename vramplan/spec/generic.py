@@ -25,14 +25,16 @@ from vramplan.spec.families import known_model_spec
 from vramplan.spec.model import SUPPORTED_MODEL_TYPES, Approximation, LinearSpec, ModelSpec
 
 # Largest relative difference of the device total between this path and the exact one on the hand-modelled
-# families run as if unknown (benchmarks/generic_band.py: 26 built-in profiles x full/lora/qlora x batch 1, 4
-# x seq 512, 2048 x checkpointing on/off = 624 rows, transformers 5.24): dense stand-in 0.2498 (phi-2: its
-# tanh-GELU and parallel residual; llama/qwen2/mistral <= 0.003, gemma2 0.159, qwen3 0.070, bloom 0.131),
-# MoE stand-in 0.4911 (mixtral with LoRA: the generic path does not adapt 3-D expert tensors), rounded up.
+# families run as if unknown (benchmarks/generic_band.py, re-run 2026-12-03 on main with Gemma 3 hand-modelled:
+# 54 built-in profiles x full/lora/qlora x batch 1, 4 x seq 512, 2048 x checkpointing on/off = 1296 rows,
+# transformers 5.24): dense stand-in 0.24995 (phi-2: its tanh-GELU and parallel residual; gemma-2 0.189,
+# bloom 0.131, phi-3 0.123, qwen3 0.119, llama / mistral / qwen2 / codellama 0.000), MoE stand-in 0.5010
+# (mixtral-8x7b with LoRA: the generic path does not adapt the 3-D expert tensors that `all-linear` reaches on
+# Mixtral; mixtral-8x22b 0.5005; full 0.001), rounded up.
 # The `tight` band of a generic estimate is the estimator's band plus this.
 GENERIC_ERROR_BAND = 0.25
-GENERIC_MOE_ERROR_BAND = 0.50
-TOWERS = ("vision", "visual", "audio", "encoder", "image", "speech", "mtp", "depth")
+GENERIC_MOE_ERROR_BAND = 0.51
+TOWERS = architectures.TOWERS
 
 _ROLES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     # (substrings of a linear's last name, the Llama projections it plays), first match wins
@@ -50,8 +52,12 @@ _ROLES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
 
 
 def _field(fields: Mapping[str, Any], amap: Mapping[str, str], name: str) -> Any:
-    value = fields.get(amap.get(name, name))
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """An integer field, or the wrapper's `text_config.<name>` (a VLM read as a whole)."""
+    for key in (amap.get(name, name), f"text_config.{name}"):
+        value = fields.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
 
 
 def _layer_prefix(ts: tuple[architectures.Tensor, ...]) -> str:
@@ -78,8 +84,9 @@ def _roles(path: str, group: str) -> tuple[str, ...]:
     return ("o_proj",) if group == "attn" else ("up_proj",)
 
 
-def generic_model_spec(cfg: Mapping[str, Any], name: str, text_only: bool = False) -> ModelSpec:
-    """ModelSpec of a model type vramplan does not hand-model, from the architecture table."""
+def generic_model_spec(cfg: Mapping[str, Any], name: str, text_part: bool = False) -> ModelSpec:
+    """ModelSpec of a model type vramplan does not hand-model, from the architecture table. `text_part`: of a
+    VLM wrapper, only its text model's tensors (spec/vision.py counts the rest as the tower)."""
     mt = cfg.get("model_type")
     if mt not in architectures.known_types():
         reason = architectures.not_built(str(mt))
@@ -98,6 +105,9 @@ def generic_model_spec(cfg: Mapping[str, Any], name: str, text_only: bool = Fals
         ts = architectures.tensors(mt, cfg)
     except (VramplanError, ZeroDivisionError, TypeError) as e:
         raise VramplanError(f"{name}: transformers could not build this {mt} config.json: {e}") from None
+    if text_part:
+        keep = architectures.text_keys(mt, ts)
+        ts = tuple(t for t in ts if t.key in keep)
     layers = next(
         (v for k in ("num_hidden_layers", "n_layer", "num_layers", "decoder_layers") if (v := _field(fields, amap, k))),
         None,
@@ -111,23 +121,32 @@ def generic_model_spec(cfg: Mapping[str, Any], name: str, text_only: bool = Fals
     kv_heads = _field(fields, amap, "num_key_value_heads") or heads
     prefix = _layer_prefix(ts)
     keys = {t.key for t in ts}
+    shapes = {t.key: t.shape for t in ts}
     linears: list[LinearSpec] = []
     other: list[tuple[tuple[int, ...], int]] = []
     bias_of = set()
     for t in ts:
-        if not (t.kind and t.key.startswith(prefix) and t.key.endswith(".weight") and len(t.shape) == 2):
+        if not _is_layer_linear(t, prefix):
             continue
-        path = t.key[len(prefix) : -len(".weight")]
+        # `q_proj.weight#2`: the same module in layers of another kind (another shape), its own linear here
+        variant = t.key[len(t.name) :]
+        path = t.name[len(prefix) : -len(".weight")]
         out_f, in_f = t.shape if t.kind != "Conv1D" else t.shape[::-1]
-        bias = f"{prefix}{path}.bias" in keys
+        bias_key = next((k for k in (f"{prefix}{path}.bias{variant}", f"{prefix}{path}.bias") if k in keys), None)
+        bias = bias_key is not None and shapes[bias_key] == (out_f,)
         if bias:
-            bias_of.add(f"{prefix}{path}.bias")
+            bias_of.add(bias_key)
         group = "attn" if any(w in path.lower() for w in ("attn", "attention", "mixer", "mamba")) else "mlp"
-        linears.append(LinearSpec(path, in_f, out_f, bias, group, path=path.split("#")[0], count=t.count))  # type: ignore[arg-type]
+        linears.append(LinearSpec(path + variant, in_f, out_f, bias, group, path=path, count=t.count))  # type: ignore[arg-type]
+    fused_experts = 0
+    layer_parameters: list[tuple[str, tuple[int, ...], int]] = []
     for t in ts:
-        is_linear = t.kind and t.key.startswith(prefix) and t.key.endswith(".weight") and len(t.shape) == 2
-        if not is_linear and t.key not in bias_of:
+        if not _is_layer_linear(t, prefix) and t.key not in bias_of:
             other.append((t.shape, t.count))
+            if len(t.shape) == 3 and t.key.startswith(prefix) and "expert" in t.key:
+                fused_experts += t.numel * t.count
+            if t.key.startswith(prefix) and len(t.shape) >= 2:
+                layer_parameters.append((t.name[len(prefix) :], t.shape, t.count))
     mlp_outs = [lin.out_features for lin in linears if lin.group == "mlp" and lin.in_features == hidden]
     inter = _field(fields, amap, "intermediate_size") or (max(mlp_outs) if mlp_outs else 4 * hidden)
     experts = next((v for k in ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
@@ -153,7 +172,13 @@ def generic_model_spec(cfg: Mapping[str, Any], name: str, text_only: bool = Fals
     basis = known_model_spec(basis_cfg, f"{name} (stand-in)")
     basis_names = {lin.name for lin in basis.linears}
     roles = tuple((lin.name, role) for lin in linears for role in _roles(lin.path, lin.group) if role in basis_names)
-    note = "text model only: the vision / audio towers are not counted" if text_only else ""
+    unresolved = arch.get("unresolved", [])
+    note = (
+        f"{len(unresolved)} tensor shapes / counts of {mt} did not fit a rule over its config fields: they take "
+        "the class defaults' values, so parameter counts are exact only near the defaults"
+        if unresolved
+        else ""
+    )
     tie = architectures._tied(fields)
     return ModelSpec(
         name=name,
@@ -179,4 +204,26 @@ def generic_model_spec(cfg: Mapping[str, Any], name: str, text_only: bool = Fals
         walk_basis=basis,
         walk_roles=roles,
         module_prefix=prefix,
+        table_expert_params=fused_experts,
+        table_layer_parameters=tuple(layer_parameters),
+        embedding_names=_embedding_names(mt, ts, vocab, hidden),
     )
+
+
+def _is_layer_linear(t: architectures.Tensor, prefix: str) -> bool:
+    """An nn.Linear / Conv1D weight of the decoder stack: what bitsandbytes packs and LoRA targets."""
+    return bool(t.kind) and t.name.startswith(prefix) and t.name.endswith(".weight") and len(t.shape) == 2
+
+
+def _embedding_names(mt: str, ts: tuple[architectures.Tensor, ...], vocab: int, hidden: int) -> tuple[str, ...]:
+    """(input embedding, output embedding) module names: the output is the table's `untied` entry (present even
+    when tied), the input the one other (vocab, hidden) tensor outside an nn.Linear."""
+    params = architectures.table()["architectures"][mt]["params"]
+    head = next((k for k, e in params.items() if e.get("untied")), "lm_head.weight")
+    embed = next(
+        (t.key for t in ts if t.key != head and t.kind is None and t.shape == (vocab, hidden) and t.count == 1),
+        None,
+    )
+    if embed is None:
+        return ()
+    return (embed.removesuffix(".weight"), head.removesuffix(".weight"))

@@ -1,7 +1,11 @@
-"""LoRA targets as PEFT takes them: presets (`all-linear`, `attn`, `qv`), comma lists of module names or
-dotted-path suffixes, and regex strings, resolved onto the linears (and fused MoE parameters) of a ModelSpec."""
+"""LoRA targets as PEFT takes them: presets, module names, dotted paths and regexes matched against the model's
+module names (peft 0.21.2 tuners/tuners_utils.py `check_target_module_exists`), and the MoE parameters PEFT
+adapts through `target_parameters`.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from vramplan.errors import VramplanError
 from vramplan.spec.model import LinearSpec, ModelSpec, ParamSpec
@@ -38,43 +42,172 @@ _LAYER_MODULES: dict[str, tuple[str, str, str]] = {
     "gpt_neox": ("gpt_neox.layers.", "attention", "mlp"),
     "bloom": ("transformer.h.", "self_attention", "mlp"),
 }
+# their input and output embeddings' module names (the other families: model.embed_tokens, lm_head)
+_EMBEDDINGS: dict[str, tuple[str, str]] = {
+    "gpt_neox": ("gpt_neox.embed_in", "lm_head"),  # transformers 5 renamed embed_out
+    "bloom": ("transformer.word_embeddings", "lm_head"),
+}
 
 
 def module_names(model: ModelSpec, layer: int = 0) -> list[tuple[LinearSpec, str]]:
     """Each decoder-layer linear with its full module name in layer `layer`, as PEFT matches targets against."""
-    if model.approximation is not None:  # generic: the table's layer stack and paths
+    if model.from_table:  # generic: the table's layer stack and paths
         prefix = model.module_prefix.replace("*", str(layer))
         return [(lin, f"{prefix}{lin.path}") for lin in model.linears]
     stack, attn, mlp = _LAYER_MODULES.get(model.model_type, ("model.layers.", "self_attn", "mlp"))
+    if model.module_prefix:  # inside a VLM wrapper: `model.language_model.layers.`
+        stack = model.module_prefix.removesuffix("*.")
     return [(lin, f"{stack}{layer}.{attn if lin.group == 'attn' else mlp}.{lin.name}") for lin in model.linears]
 
 
-def _regex_targets(model: ModelSpec, pattern: str) -> tuple[str, ...]:
-    """The linears a regex target_modules selects (peft 0.21 tuners_utils `match_target_against_key`:
-    `re.fullmatch(pattern, key)`), held to select the same ones in the first and the last layer."""
+def _compile(pattern: str):
     import re
 
     try:
-        regex = re.compile(pattern)
+        return re.compile(pattern)
     except re.error as e:
         raise VramplanError(f"LoRA target {pattern!r} is not a regular expression ({e})") from None
-    first = [lin.name for lin, key in module_names(model) if regex.fullmatch(key)]
-    last = [lin.name for lin, key in module_names(model, model.num_hidden_layers - 1) if regex.fullmatch(key)]
-    if first != last:
-        raise VramplanError(
-            f"LoRA target {pattern!r} selects different linears in different layers of {model.name}; vramplan "
-            "adapts the same linears in every layer: give a pattern that does not depend on the layer index"
-        )
-    if not first:
-        example = module_names(model)[0][1] if model.linears else "?"
-        raise VramplanError(
-            f"LoRA target {pattern!r} matches no linear of {model.name} (PEFT full-matches module names such as "
-            f"{example!r}); use e.g. '.*\\.(q_proj|v_proj)' or a comma list"
-        )
-    return tuple(first)
+
+
+def _regex_targets(model: ModelSpec, pattern: str) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
+    """The linears a regex target_modules selects (peft 0.21 tuners_utils `match_target_against_key`:
+    `re.fullmatch(pattern, key)`), and for those it selects in only some layers, in how many
+    (`model.layers.(3|7|11)\\.self_attn...`). A linear the model holds in only part of its layers (hybrids) is
+    counted in all of them or none."""
+    regex = _compile(pattern)
+    per_layer = [
+        {lin.name for lin, key in module_names(model, layer) if regex.fullmatch(key)}
+        for layer in range(model.num_hidden_layers)
+    ]
+    chosen = [lin.name for lin in model.linears if any(lin.name in names for names in per_layer)]
+    layers = []
+    for lin in model.linears:
+        n = sum(lin.name in names for names in per_layer)
+        if 0 < n < model.num_hidden_layers:
+            if model.instances(lin) != model.num_hidden_layers:
+                raise VramplanError(
+                    f"LoRA target {pattern!r} selects {lin.path or lin.name} in some layers of {model.name}, which "
+                    "holds it in only part of its layers; give a pattern that does not depend on the layer index"
+                )
+            layers.append((lin.name, n))
+    return tuple(chosen), tuple(layers)
+
+
+def embedding_modules(model: ModelSpec) -> dict[str, tuple[str, int, int]]:
+    """The input and output embeddings by role, as (module name, in, out): PEFT can adapt them with LoRA
+    (lora.Embedding: r·(vocab + hidden); lora.Linear on lm_head: the same) or train a copy (modules_to_save)."""
+    if model.embedding_names:
+        embed, head = model.embedding_names
+    else:
+        embed, head = _EMBEDDINGS.get(model.model_type, ("model.embed_tokens", "lm_head"))
+        if model.module_prefix:  # inside a VLM wrapper: `model.language_model.embed_tokens`
+            embed = model.module_prefix.removesuffix("layers.*.") + embed.rpartition(".")[2]
+    v, h = model.vocab_size, model.hidden_size
+    return {"embed_tokens": (embed, v, h), "lm_head": (head, h, v)}
+
+
+def _module_matches(entry: str, key: str) -> bool:
+    """PEFT's list rule (tuners_utils.py `check_target_module_exists`): the name, or a suffix after a dot."""
+    return key == entry or key.endswith(f".{entry}")
+
+
+def _embedding_roles(model: ModelSpec, entries: tuple[str, ...], regex: str | None = None) -> tuple[str, ...]:
+    found = []
+    for role, (name, _, _) in embedding_modules(model).items():
+        if (regex is not None and _compile(regex).fullmatch(name)) or any(_module_matches(e, name) for e in entries):
+            found.append(role)
+    return tuple(found)
+
+
+def resolve_modules_to_save(model: ModelSpec, modules: str | None) -> tuple[str, ...]:
+    r"""PEFT `modules_to_save` (axolotl `lora_modules_to_save`, LLaMA-Factory `additional_target`): full
+    trainable copies (ModulesToSaveWrapper) of the embeddings / lm_head, by role. Matching: peft 0.21.2
+    `re.match(rf"(^|.*\.){m}($|\..*)", key)`."""
+    import re
+
+    if not modules:
+        return ()
+    entries = tuple(m.strip() for m in str(modules).split(",") if m.strip())
+    roles = []
+    for entry in entries:
+        found = [role for role, (name, _, _) in embedding_modules(model).items()
+                 if re.match(rf"(^|.*\.){entry}($|\..*)", name)]  # fmt: skip
+        if not found:
+            names = ", ".join(name for name, _, _ in embedding_modules(model).values())
+            raise VramplanError(
+                f"modules_to_save {entry!r}: vramplan models trainable copies of the embeddings only ({names} "
+                f"in {model.name}); drop it or name one of those"
+            )
+        roles += found
+    return tuple(dict.fromkeys(roles))
+
+
+def resolve_target_parameters(model: ModelSpec, params: str | None) -> tuple[tuple[str, tuple[int, ...], int], ...]:
+    """PEFT `target_parameters` (lora.ParamWrapper on a 3-D expert tensor or another nn.Parameter): the
+    tensors named, as (path, shape, instances). An entry matches a parameter whose name is it or ends in
+    "." + it (peft 0.21.2 tuners/lora/model.py `_create_and_replace` for target_parameters)."""
+    if not params:
+        return ()
+    out = []
+    tensors = model.layer_parameters
+    for entry in (p.strip() for p in str(params).split(",") if p.strip()):
+        found = [t for t in tensors if t[0] == entry or t[0].endswith(f".{entry}")]
+        if not found:
+            shown = ", ".join(t[0] for t in tensors) or "none"
+            raise VramplanError(
+                f"target_parameters {entry!r} names no parameter of {model.name}'s layers that is not in an "
+                f"nn.Linear (it has: {shown})"
+            )
+        out += found
+    return tuple(dict.fromkeys(out))
 
 
 def resolve_lora_target(model: ModelSpec, target: str) -> tuple[tuple[str, ...], str]:
+    """The decoder-layer linears (and Mixtral's router / expert names) `target` selects, and its preset."""
+    selection = select_lora_targets(model, target)
+    return selection.names, selection.preset
+
+
+@dataclass(frozen=True, slots=True)
+class LoraSelection:
+    """What a `target_modules` value adapts: decoder-layer linears by name (in every layer the model holds them
+    unless `layers` says in how many), and the embeddings by role (`embed_tokens`, `lm_head`)."""
+
+    names: tuple[str, ...]
+    preset: str
+    layers: tuple[tuple[str, int], ...] = ()
+    embeddings: tuple[str, ...] = ()
+
+
+def select_lora_targets(model: ModelSpec, target: str, modules_to_save: tuple[str, ...] = ()) -> LoraSelection:
+    """`target` as PEFT takes it; the embeddings in `modules_to_save` (roles) are not LoRA targets (PEFT excludes
+    a module it saves from the adapter's targets)."""
+    if not isinstance(target, str):
+        raise VramplanError(f"--lora-target takes a preset or a comma list of module names, got {target!r}")
+    entries = tuple(t.strip() for t in target.split(",") if t.strip())
+    if set(target) & REGEX_CHARACTERS:
+        names, layers = _regex_targets(model, target)
+        roles = _embedding_roles(model, (), regex=target)
+        if not names and not roles:
+            example = module_names(model)[0][1] if model.linears else "?"
+            raise VramplanError(
+                f"LoRA target {target!r} matches no linear of {model.name} (PEFT full-matches module names such as "
+                f"{example!r}); use e.g. '.*\\.(q_proj|v_proj)' or a comma list"
+            )
+        selection = LoraSelection(names, "custom", layers, roles)
+    else:
+        roles = _embedding_roles(model, entries)
+        rest = [e for e in entries if not _embedding_roles(model, (e,))]
+        if roles and not rest:
+            selection = LoraSelection((), "custom", (), roles)
+        else:
+            names, preset = _linear_targets(model, ",".join(rest) if roles else target)
+            selection = LoraSelection(names, preset, (), roles)
+    kept = tuple(r for r in selection.embeddings if r not in modules_to_save)
+    return LoraSelection(selection.names, selection.preset, selection.layers, kept)
+
+
+def _linear_targets(model: ModelSpec, target: str) -> tuple[tuple[str, ...], str]:
     """Map `all-linear` / `attn` / `qv` / a comma list onto PEFT `target_modules` names of this model.
 
     `all-linear` is every `nn.Linear` of the decoder layers (not lm_head) and, on Mixtral, the router and
@@ -95,7 +228,7 @@ def resolve_lora_target(model: ModelSpec, target: str) -> tuple[tuple[str, ...],
     if target == "qv":
         return PEFT_DEFAULT_TARGETS.get(model.model_type, names[:1]), target
     if set(target) & REGEX_CHARACTERS:  # PEFT: a string target_modules is a regex, full-matched on module names
-        return _regex_targets(model, target), "custom"
+        return _regex_targets(model, target)[0], "custom"
     wanted = tuple(t.strip() for t in target.split(",") if t.strip())
     if "all" in wanted:  # LLaMA-Factory's spelling of all-linear
         return names + moe_names, "all-linear"

@@ -131,6 +131,53 @@ class ModelSpec:
     walk_basis: ModelSpec | None = None  # the hand-modelled layer the activations are walked on
     walk_roles: tuple[tuple[str, str], ...] = ()  # (linear name here, its name in walk_basis)
     module_prefix: str = ""  # generic: the decoder layers' module names (`model.layers.*.`)
+    # ---- vision-language wrappers (spec/vision.py): the vision tower and projector, frozen ----
+    tower_tensors: tuple[tuple[tuple[int, ...], int, bool], ...] = ()  # (shape, count, bitsandbytes packs it)
+    table_expert_params: int = 0  # generic MoE: parameters in fused 3-D expert tensors (not nn.Linear)
+    # generic: every per-layer parameter outside an nn.Linear (path in the layer, shape, instances), for PEFT's
+    # target_parameters; and the input / output embeddings' module names
+    table_layer_parameters: tuple[tuple[str, tuple[int, ...], int], ...] = ()
+    embedding_names: tuple[str, ...] = ()
+
+    @property
+    def layer_parameters(self) -> tuple[tuple[str, tuple[int, ...], int], ...]:
+        """(full name in layer 0, shape, instances) of each decoder-layer parameter that is not an nn.Linear
+        weight (Mixtral's router and 3-D experts): what PEFT's `target_parameters` can name."""
+        if self.from_table:
+            prefix = self.module_prefix.replace("*", "0")
+            return tuple((prefix + path, shape, n) for path, shape, n in self.table_layer_parameters)
+        stack = self.module_prefix.replace("*", "0") if self.module_prefix else "model.layers.0."
+        paths = {"gate.weight": "mlp.gate.weight"}
+        return tuple(
+            (stack + paths.get(p.name, f"mlp.experts.{p.name}"), p.shape, self.num_hidden_layers)
+            for p in self.moe_params
+        )
+
+    @property
+    def fused_expert_params(self) -> int:
+        """Parameters in 3-D expert tensors (transformers 5 `MixtralExperts.gate_up_proj` (E, 2I, H) and the
+        like): plain `nn.Parameter`s, so bitsandbytes does not quantize them and PEFT adapts them only through
+        `target_parameters`."""
+        if self.from_table:
+            return self.table_expert_params
+        return self.num_hidden_layers * sum(p.params for p in self.moe_params if len(p.shape) == 3)
+
+    @property
+    def from_table(self) -> bool:
+        """Counted from the architecture table (spec/generic.py), not from a hand-modelled layout."""
+        return self.walk_basis is not None
+
+    @property
+    def tower_params(self) -> int:
+        """Vision tower + projector parameters (a VLM wrapper's; 0 for a text model), frozen in every method."""
+        return sum(_numel(shape) * n for shape, n, _ in self.tower_tensors)
+
+    @property
+    def quantized_weight_params(self) -> int:
+        """Every weight bitsandbytes replaces: the decoder-layer linears and the tower's `nn.Linear`s
+        (transformers 5.24 replace_with_bnb_linear: every `type(module) is nn.Linear` / Conv1D outside
+        `modules_to_not_convert` = output embedding, last module, `_keep_in_fp32_modules`)."""
+        return self.linear_weight_params + sum(_numel(shape) * n for shape, n, packed in self.tower_tensors if packed)
 
     def instances(self, lin: LinearSpec) -> int:
         """How many times the model holds this linear (once per decoder layer unless counted otherwise)."""
@@ -145,14 +192,14 @@ class ModelSpec:
     @property
     def embed_params(self) -> int:
         """Generic families: every parameter outside the decoder-layer linears (embeddings, norms, ...)."""
-        if self.approximation is not None:
+        if self.from_table:
             return sum(_numel(shape) * n for shape, n in self.other_tensors)
         return self.vocab_size * self.hidden_size + (self.norm_size if self.embed_norm else 0)
 
     @property
     def lm_head_params(self) -> int:
         """0 when tied to the embeddings (counted once, as `model.parameters()` does)."""
-        if self.tie_word_embeddings or self.approximation is not None:
+        if self.tie_word_embeddings or self.from_table:
             return 0
         return self.vocab_size * self.hidden_size + (self.vocab_size if self.lm_head_bias else 0)
 
@@ -178,18 +225,20 @@ class ModelSpec:
 
     @property
     def final_norm_params(self) -> int:
-        return 0 if self.approximation is not None else self.norm_size
+        return 0 if self.from_table else self.norm_size
 
     @property
     def total_params(self) -> int:
-        if self.approximation is not None:  # exact: every tensor the architecture table lists
-            return sum(lin.params * self.instances(lin) for lin in self.linears) + self.embed_params
-        return (
-            self.embed_params
-            + self.num_hidden_layers * self.layer_params
-            + self.final_norm_params
-            + self.lm_head_params
-        )
+        if self.from_table:  # exact: every tensor the architecture table lists
+            text = sum(lin.params * self.instances(lin) for lin in self.linears) + self.embed_params
+        else:
+            text = (
+                self.embed_params
+                + self.num_hidden_layers * self.layer_params
+                + self.final_norm_params
+                + self.lm_head_params
+            )
+        return text + self.tower_params
 
     @property
     def linear_weight_params(self) -> int:
@@ -209,7 +258,7 @@ class ModelSpec:
 class Approximation:
     """A family estimated through another one's activation walk: what stands in, and how far it can be off."""
 
-    kind: str  # "generic"
+    kind: str  # "generic" (from the architecture table), "vision" (a hand-modelled decoder inside a VLM)
     basis: str  # "llama-like walk"
     error_band: float  # relative: measured on the hand-modelled families run as if unknown (spec/generic.py)
     note: str = ""  # e.g. "text model only: the vision tower is not counted"

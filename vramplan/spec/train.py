@@ -14,7 +14,13 @@ from vramplan.errors import VramplanError
 from vramplan.spec.alloc_conf import parse_alloc_conf
 from vramplan.spec.fields import positive
 from vramplan.spec.gpu import capability_tuple
-from vramplan.spec.lora_targets import lora_moe_targets, resolve_lora_target
+from vramplan.spec.lora_targets import (
+    LoraSelection,
+    lora_moe_targets,
+    resolve_modules_to_save,
+    resolve_target_parameters,
+    select_lora_targets,
+)
 from vramplan.spec.model import (
     ATTNS,
     DTYPES,
@@ -100,6 +106,12 @@ class TrainSpec:
     notes: tuple[str, ...] = ()  # warnings raised while resolving (e.g. bf16 -> fp16 on a T4)
     stage: StageSpec = SFT  # SFT, reward modelling, preference or RL (spec/stage.py)
     peft: PeftMethod = LORA  # the PEFT method of a LoRA-family run (spec/peft_method.py)
+    image_tokens: int = 0  # a VLM's image positions, included in `seq` (`--image-tokens`)
+    # ---- LoRA targets beyond the decoder layers' linears (spec/lora_targets.py) ----
+    lora_layers: tuple[tuple[str, int], ...] = ()  # targets a regex selects in only some layers: how many
+    lora_embeddings: tuple[str, ...] = ()  # "embed_tokens" / "lm_head" adapted by LoRA
+    modules_to_save: tuple[str, ...] = ()  # "embed_tokens" / "lm_head": trainable full copies
+    target_parameters: tuple[tuple[str, tuple[int, ...], int], ...] = ()  # (name, shape, instances), ParamWrapper
 
     @property
     def uses_lora(self) -> bool:
@@ -176,6 +188,9 @@ def resolve_train(
     attn: str = "sdpa",
     freeze_trainable_layers: int = 2,
     alloc_conf: str | None = None,
+    image_tokens: int = 0,
+    modules_to_save: str | None = None,
+    target_parameters: str | None = None,
     gpu_compute_capability: str | None = None,
     explicit: Collection[str] = (),
     loss: str = "hf",
@@ -249,6 +264,11 @@ def resolve_train(
         raise VramplanError(f"--lora-dropout must be a number in [0, 1), got {lora_dropout!r}")
     batch = positive(batch, "--batch", LIMITS["batch"])
     seq = positive(seq, "--seq", LIMITS["seq"])
+    if image_tokens:  # a VLM's image positions join the text in the decoder: every activation and the logits
+        image_tokens = positive(image_tokens, "--image-tokens", LIMITS["seq"])
+        if not model.tower_tensors:
+            notes.append(f"--image-tokens {image_tokens}: {model.name} has no vision tower; added to --seq anyway")
+        seq = positive(seq + image_tokens, "--seq + --image-tokens", LIMITS["seq"])
     grad_accum = positive(grad_accum, "--grad-accum", LIMITS["grad_accum"])
     if isinstance(freeze_trainable_layers, bool) or not isinstance(freeze_trainable_layers, int):
         raise VramplanError(f"--freeze-trainable-layers must be an integer, got {freeze_trainable_layers!r}")
@@ -260,9 +280,22 @@ def resolve_train(
         if model.model_type not in IA3_TARGETS:
             raise VramplanError(f"PEFT has no default IA³ targets for {model.model_type}: pass --lora-target NAMES")
         lora_target = ",".join(IA3_TARGETS[model.model_type])
-    targets, preset = resolve_lora_target(model, lora_target)
+    saved = resolve_modules_to_save(model, modules_to_save)
+    selection = select_lora_targets(model, lora_target, saved)
+    targets, preset = selection.names, selection.preset
+    params = resolve_target_parameters(model, target_parameters)
+    if (saved or params or selection.embeddings) and method not in ("lora", "qlora"):
+        notes.append("modules_to_save / target_parameters / embedding targets are LoRA settings: ignored")
+        saved, params, selection = (), (), LoraSelection(targets, preset)
+    if selection.layers:
+        notes.append(
+            "LoRA target selects some layers only ("
+            + ", ".join(f"{name} in {n}" for name, n in selection.layers)
+            + f" of {model.num_hidden_layers}): parameters counted so, activations walked as if in every layer"
+        )
     if peft_method.prompt_learning:
         targets, preset = (), "none"  # virtual tokens, no adapted linear
+        saved, params, selection = (), (), LoraSelection(targets, preset)
     # transformers 5.24 refuses SDPA for these (`_supports_sdpa = False`): gemma2 (logit softcapping) and
     # bloom (ALiBi); HF picks eager for them by default
     eager_only = {"gemma2": ("sdpa",), "bloom": ("sdpa", "flash_attention_2")}.get(model.model_type, ())
@@ -280,6 +313,12 @@ def resolve_train(
             f"PEFT rejects lora_dropout != 0 on {model.name}'s router/experts (lora.ParamWrapper): "
             "train with --lora-dropout 0 (estimated as given) or --lora-target attn"
         )
+    if (
+        method in ("lora", "qlora")
+        and model.fused_expert_params
+        and (quant != "none" or moe or (model.from_table and preset == "all-linear"))
+    ):
+        notes.append(moe_note(model, quant, dtype, kbit_prep and quant != "none", bool(moe)))
     notes += _contradictions(
         model, method, quant, attn, seq, kbit_prep, double_quant, gpu_compute_capability, set(explicit)
     )
@@ -318,7 +357,29 @@ def resolve_train(
         liger_kernels=bool(liger_kernels),
         recipe=str(recipe),
         notes=tuple(notes),
+        image_tokens=int(image_tokens or 0),
+        lora_layers=selection.layers,
+        lora_embeddings=selection.embeddings,
+        modules_to_save=saved,
+        target_parameters=params,
     )
+
+
+def moe_note(model: ModelSpec, quant: str, dtype: str, kbit_prep: bool, adapted: bool) -> str:
+    """One line: why a MoE's experts weigh what they weigh under LoRA / QLoRA (transformers 5 stores them as
+    fused 3-D `nn.Parameter`s: bitsandbytes replaces only `nn.Linear`, PEFT reaches them by `target_parameters`)."""
+    n = model.fused_expert_params
+    stored = "fp32 after kbit prep" if kbit_prep else dtype
+    size = f"{n / 1e9:.2f} B" if n >= 10**7 else f"{n:,}"
+    head = f"{model.name}'s experts ({size} parameters) are fused 3-D tensors in transformers 5, not nn.Linear: "
+    bnb = f"bitsandbytes leaves them unquantized ({stored}) and " if quant != "none" else ""
+    if adapted:
+        peft = "PEFT adapts them only through target_parameters (estimated as PEFT does)"
+    elif model.from_table:
+        peft = "PEFT reaches them only through target_parameters (adapters on them not estimated)"
+    else:
+        peft = "PEFT reaches them only through target_parameters (not targeted here)"
+    return head + bnb + peft
 
 
 def _contradictions(

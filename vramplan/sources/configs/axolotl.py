@@ -12,8 +12,8 @@ from vramplan.sources.configs.stages import read_axolotl_stage
 _AX_ATTN = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash_attention_2"}
 _AX_UNMODELED = (
     "deepspeed", "fsdp", "fsdp_config", "neftune_noise_alpha", "torch_compile",
-    "activation_offloading", "layer_offloading", "lora_modules_to_save", "relora", "gptq",
-    "s2_attention", "unfrozen_parameters", "peft_layers_to_transform", "lora_target_parameters",
+    "activation_offloading", "layer_offloading", "relora", "gptq",
+    "s2_attention", "unfrozen_parameters", "peft_layers_to_transform",
     "unsloth_lora_mlp", "unsloth_lora_qkv", "unsloth_lora_o", "unsloth_cross_entropy_loss", "lora_mlp_kernel",
     "lora_qkv_kernel", "lora_o_kernel", "chunked_cross_entropy",
     "flash_attn_cross_entropy", "fp8",
@@ -79,6 +79,8 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
         r.set("lora_target", "all-linear")
     elif is_set(modules):
         r.set("lora_target", ",".join(map(str, modules)) if isinstance(modules, list) else str(modules))
+    r.names("lora_modules_to_save", "modules_to_save")
+    r.names("lora_target_parameters", "target_parameters")
     r.copy("peft_use_dora", "dora", bool)
     r.copy("sequence_len", "seq", int)
     r.copy("micro_batch_size", "batch", int)

@@ -52,7 +52,7 @@ def read_training_args(data: Mapping[str, Any], path: str) -> FileSettings:
 
 
 _PEFT_UNMODELED = (
-    "modules_to_save", "layers_to_transform", "rank_pattern", "alpha_pattern", "target_parameters",
+    "layers_to_transform", "rank_pattern", "alpha_pattern",
     "trainable_token_indices", "layer_replication", "lora_bias",
 )  # fmt: skip
 
@@ -82,6 +82,8 @@ def read_peft_adapter(data: Mapping[str, Any], path: str) -> FileSettings:
     elif isinstance(tm, str) and tm:  # "all-linear", or a regex PEFT full-matches on module names
         r.set("lora_target", tm)
     r.copy("use_dora", "dora", bool)
+    r.names("modules_to_save", "modules_to_save")
+    r.names("target_parameters", "target_parameters")
     r.skip_ifis_set(_PEFT_UNMODELED)
     if str(data.get("bias") or "none") != "none":
         r.skip("bias", "trainable biases not modeled")

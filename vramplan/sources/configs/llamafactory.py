@@ -18,7 +18,7 @@ _LF_UNMODELED = (
     "deepspeed", "fsdp", "neftune_noise_alpha", "use_galore", "use_apollo",
     "use_badam", "use_adam_mini", "use_muon", "use_llama_pro", "use_unsloth", "use_unsloth_gc",
     "shift_attn", "mixture_of_depths", "upcast_layernorm", "upcast_lmhead_output",
-    "additional_target", "freeze_extra_modules", "torch_compile", "rope_scaling",
+    "freeze_extra_modules", "torch_compile", "rope_scaling",
 )  # fmt: skip
 
 
@@ -51,6 +51,7 @@ def read_llamafactory(data: Mapping[str, Any], path: str) -> FileSettings:
     r.copy("lora_rank", "lora_rank", int)
     r.copy("lora_alpha", "lora_alpha", int)
     r.copy("lora_dropout", "lora_dropout", float)
+    r.names("additional_target", "modules_to_save")  # LLaMA-Factory: PEFT modules_to_save
     if r.has("lora_target"):
         target = ",".join(t.strip() for t in str(data["lora_target"]).split(","))
         r.set("lora_target", "all-linear" if target == "all" else target)

@@ -97,6 +97,14 @@ class Reader:
         if self.has(key):
             self.set(setting, self.typed(key, kind))
 
+    def names(self, key: str, setting: str) -> None:
+        """A list of module / parameter names (or one comma-separated string) as one comma string."""
+        value = self.data.get(key)
+        if isinstance(value, list) and value:
+            self.set(setting, ",".join(str(v) for v in value))
+        elif isinstance(value, str) and value.strip():
+            self.set(setting, value)
+
     def skip(self, key: str, note: str = "", affects: str = "") -> None:
         self.unmodeled.append(Unmodeled(key, shown_value(self.data.get(key)), note, affects))
 
