@@ -69,7 +69,7 @@ def train_options(f: Callable) -> Callable:
         click.option("--dora/--no-dora", default=False, show_default=True, help="use_dora"),
         click.option("--optim", default="adamw_torch_fused", show_default=True, help="HF TrainingArguments.optim"),
         click.option(
-            "--optim-rank", type=int, default=None, help="GaLore / APOLLO projection rank [128; apollo_mini 1]"
+            "--optim-rank", type=Count(), default=None, help="GaLore / APOLLO projection rank [128; apollo_mini 1]"
         ),
         click.option("--grad-ckpt/--no-grad-ckpt", default=None, help="gradient checkpointing [on for qlora]"),
         click.option(
