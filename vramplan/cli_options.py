@@ -261,7 +261,7 @@ def resolve_plan(model: str | None, gpu: str | None, kw: dict[str, Any]):
             if "not modelled" not in note:
                 warn(note, label="note")
     for note in plan.file_notes:
-        click.echo(f"note: {note}", err=True)
+        warn(note, label="note")
     # the files' DeepSpeed / FSDP / accelerate settings, under the --gpus / --strategy / --offload typed
     parallel_typed = {k for k in ("gpus", "strategy", "offload") if k in kw and ctx is not None
                       and ctx.get_parameter_source(k) not in defaults}  # fmt: skip
