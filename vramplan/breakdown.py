@@ -189,6 +189,7 @@ class Breakdown(PeakAccounting):
     notes: tuple[str, ...] = ()
     run: MeasuredRun | None = None
     approximation: Approximation | None = None  # a generic family (spec/generic.py): its band is in `overheads`
+    host_bytes: int = 0  # host RAM holding offloaded activations (estimator/offload.py), outside the GPU figures
 
     @property
     def allocator(self):

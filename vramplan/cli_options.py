@@ -68,7 +68,16 @@ def train_options(f: Callable) -> Callable:
         ),
         click.option("--dora/--no-dora", default=False, show_default=True, help="use_dora"),
         click.option("--optim", default="adamw_torch_fused", show_default=True, help="HF TrainingArguments.optim"),
+        click.option(
+            "--optim-rank", type=Count(), default=None, help="GaLore / APOLLO projection rank [128; apollo_mini 1]"
+        ),
         click.option("--grad-ckpt/--no-grad-ckpt", default=None, help="gradient checkpointing [on for qlora]"),
+        click.option(
+            "--activation-offload",
+            default="none",
+            show_default=True,
+            help="to host RAM: checkpoints (Unsloth's offloaded checkpointing) | all (activation_offloading)",
+        ),
         click.option("--attn", default="sdpa", show_default=True, help="eager | sdpa | flash_attention_2"),
         click.option(
             "--recipe",
@@ -171,7 +180,7 @@ TRAIN_KEYS = (
     "method", "dtype", "mixed_precision", "quant", "double_quant", "kbit_prep", "batch", "seq", "grad_accum",
     "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "dora", "optim", "grad_ckpt", "attn",
     "freeze_trainable_layers", "alloc_conf", "loss", "packing", "recipe", "liger_kernels", "image_tokens",
-    "modules_to_save", "target_parameters",
+    "modules_to_save", "target_parameters", "optim_rank", "activation_offload",
 )  # fmt: skip
 STAGE_KEYS = (
     "stage", "reference", "pref_beta", "fused_lm_head", "num_generations", "max_completion_length", "generation",
@@ -215,8 +224,9 @@ def resolve_parallel_spec(t, kw: dict[str, Any]):
     from vramplan.spec.parallel import resolve_parallel
 
     p = resolve_parallel(
-        t, gpus=kw["gpus"], strategy=kw["strategy"], gpus_per_node=kw["gpus_per_node"], offload=kw["offload"]
-    )
+        t, gpus=kw["gpus"], strategy=kw["strategy"], gpus_per_node=kw["gpus_per_node"], offload=kw["offload"],
+        buckets=kw.get("buckets"), reshard_after_forward=kw.get("reshard_after_forward", True),
+    )  # fmt: skip
     for note in p.notes:
         warn(note)
     return p
@@ -267,6 +277,18 @@ def resolve_plan(model: str | None, gpu: str | None, kw: dict[str, Any]):
         for note in plan.recipe.notes:
             if "not modelled" not in note:
                 warn(note, label="note")
+    for note in plan.file_notes:
+        warn(note, label="note")
+    # the files' DeepSpeed / FSDP / accelerate settings, under the --gpus / --strategy / --offload typed
+    parallel_typed = {k for k in ("gpus", "strategy", "offload") if k in kw and ctx is not None
+                      and ctx.get_parameter_source(k) not in defaults}  # fmt: skip
+    if "strategy" in parallel_typed:
+        plan_parallel = {k: v for k, v in plan.parallel.items() if k == "gpus"}
+    else:
+        plan_parallel = dict(plan.parallel)
+    for k, v in plan_parallel.items():
+        if k not in parallel_typed and (k in kw or k in ("buckets", "reshard_after_forward")):
+            kw[k] = v
     t = resolve_train(
         plan.model,
         gpu_bf16=g.bf16 if g else True,

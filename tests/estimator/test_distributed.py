@@ -23,17 +23,11 @@ import pytest
 
 from vramplan.api import estimate
 from vramplan.estimator.distributed import alternatives, fsdp_units, shard
-from vramplan.estimator.zero import (
-    REDUCE_BUCKET_SIZE,
-    STAGE3_PREFETCH_BUCKET_SIZE,
-    largest_module,
-    zero_states,
-    zero_states_for,
-)
+from vramplan.estimator.zero import largest_module, zero_states, zero_states_for
 from vramplan.report.train import breakdown_json
 from vramplan.sources.profiles import find_gpu, load_model, load_model_config
 from vramplan.spec import resolve_train
-from vramplan.spec.parallel import ParallelSpec, resolve_parallel
+from vramplan.spec.parallel import REDUCE_BUCKET_SIZE, STAGE3_PREFETCH_BUCKET_SIZE, ParallelSpec, resolve_parallel
 
 GIB = 2**30
 

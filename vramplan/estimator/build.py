@@ -72,7 +72,17 @@ def build_breakdown(
         overheads=overheads,
         approximation=model.approximation,
         notes=(TEXT_ONLY_NOTE.format(model.text_of),) if model.text_of else (),
+        host_bytes=_offloaded_host_bytes(model, spec),
     )
+
+
+def _offloaded_host_bytes(model: ModelSpec, spec: TrainSpec) -> int:
+    if spec.activation_offload == "none":
+        return 0
+    from vramplan.estimator.activations import activation_bytes
+    from vramplan.estimator.offload import host_bytes
+
+    return host_bytes(spec, activation_bytes(model, spec), model.num_hidden_layers)
 
 
 def _serve(m: ModelSpec, s: ServeSpec, gpu: GpuProfile | None, overheads: Overheads) -> ServeBreakdown:

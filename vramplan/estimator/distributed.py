@@ -44,9 +44,6 @@ from vramplan.estimator.zero import (
     FSDP_LAYERS_BACKWARD,
     FSDP_LAYERS_FORWARD,
     MASTER_BYTES,
-    REDUCE_BUCKET_SIZE,
-    STAGE3_MAX_LIVE_PARAMETERS,
-    STAGE3_PREFETCH_BUCKET_SIZE,
     engine_bytes,
     grad_elem_bytes,
     largest_module,
@@ -133,6 +130,11 @@ def _fsdp(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> tup
     keeps the accumulated gradients unsharded: forward/backward hold them whole, as on one GPU.
     CPUOffload(offload_params=True): parameters, gradients and optimizer states in host RAM, step on CPU.
     S = 1: FSDP clamps to NO_SHARD (`_init_core_state`): the one-GPU plan.
+    `reshard_after_forward=False` (FSDP1 SHARD_GRAD_OP, FSDP2 `fully_shard(reshard_after_forward=False)`):
+    each layer stays unsharded from its forward to its backward ("parameters are not resharded after forward
+    ... at the cost of higher memory", torch/distributed/fsdp/_fully_shard/_fully_shard.py docstring; FSDP1
+    api.py `ShardingStrategy.SHARD_GRAD_OP`): all L layers at the end of forward and the start of backward
+    (the backward figure is that start, an upper bound of its later moments).
     """
     s = p.shard_size
     if s == 1:
@@ -158,16 +160,29 @@ def _fsdp(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> tup
         if off:
             states = dict.fromkeys(states, 0)
         buffers: tuple[tuple[str, int], ...] = ()
+        held = m.num_hidden_layers if not p.reshard_after_forward else None
         if ph.phase == "forward":
-            buffers = ((root_name, root), ("FSDP unsharded decoder layer (1)", FSDP_LAYERS_FORWARD * layer))
+            n_fwd = held or FSDP_LAYERS_FORWARD
+            name = f"FSDP unsharded decoder layer{'s' if n_fwd > 1 else ''} ({n_fwd})"
+            buffers = ((root_name, root), (name, n_fwd * layer))
         elif ph.phase == "backward":
+            n_bwd = held or FSDP_LAYERS_BACKWARD
             buffers = (
                 (root_name, root),
-                (f"FSDP unsharded decoder layers ({FSDP_LAYERS_BACKWARD})", FSDP_LAYERS_BACKWARD * layer),
+                (f"FSDP unsharded decoder layers ({n_bwd})", n_bwd * layer),
                 ("FSDP unsharded gradients (a layer + the root)", (layer_train + root_train) * rb),
             )
         out.append((_add_temps(dataclasses.replace(c, **states, temporaries=temps), buffers), buffers))
     return tuple(out), host
+
+
+def elements(n: int) -> str:
+    """A bucket size as DeepSpeed's JSON writes it: 5e8 for 500,000,000, else the integer (16,777,216)."""
+    text = str(n)
+    digits = text.rstrip("0")
+    if n > 0 and len(digits) == 1 and len(text) > 3:
+        return f"{digits}e{len(text) - 1}"
+    return f"{n:,}"
 
 
 def _zero(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> tuple[Phased, int]:
@@ -176,7 +191,8 @@ def _zero(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> tup
       stage 1/2's fp32 gradient partition exists during `step()` only; stage 3's `grad_partitions_flat_buffer`
       (fp32) is allocated at init and kept.
     - buffers: the reduce (IPG) bucket, reduce_bucket_size elements in the engine dtype, one since
-      overlap_comm defaults to False for stages 1/2 (two if enabled), allocated in backward and released
+      overlap_comm defaults to False for stages 1/2, two with `overlap_comm: true` (stage_1_and_2.py
+      `backward`: `buf_1` "double buffers ... when overlap_comm is enabled"), allocated in backward and released
       after it (stage_1_and_2.py `setup_buckets`, `_release_ipg_buffers`); stage 3 allocates it once at
       init. allgather_bucket_size allocates nothing: stage 1/2 all-gather into the flat low-precision buffer
       in place (runtime/utils.py `all_gather_dp_groups` -> `all_gather_into_tensor`).
@@ -191,10 +207,21 @@ def _zero(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> tup
     off_opt = p.offload in ("optimizer", "params")
     ob_single = optimizer_bytes(m, t, ge)
     ob32 = optimizer_bytes(m, t, MASTER_BYTES)
-    bucket = ("reduce bucket (reduce_bucket_size 5e8)", REDUCE_BUCKET_SIZE * lp)
+    zb = p.buckets.resolved(m.hidden_size)  # sizes of the deepspeed JSON, "auto" as the HF integration fills
+    ipg = 2 if stage in (1, 2) and zb.overlap_comm else 1
+    size = elements(zb.reduce_bucket_size)
+    name = (
+        f"reduce buckets (2, overlap_comm; reduce_bucket_size {size})"
+        if ipg == 2
+        else f"reduce bucket (reduce_bucket_size {size})"
+    )
+    bucket = (name, ipg * zb.reduce_bucket_size * lp)
     big_bytes, big_grad = largest_module(m, t)
-    prefetch = max(0, min(STAGE3_PREFETCH_BUCKET_SIZE, STAGE3_MAX_LIVE_PARAMETERS - big_bytes // lp)) * lp
-    pers = persistent_numel(m, t) * lp  # whole on every rank; params count a 1/N share (none if offloaded)
+    prefetch_numel = zb.stage3_prefetch_bucket_size
+    prefetch = max(0, min(prefetch_numel, zb.stage3_max_live_parameters - big_bytes // lp)) * lp
+    pers = (
+        persistent_numel(m, t, zb.stage3_param_persistence_threshold) * lp
+    )  # whole on every rank; params count a 1/N share (none if offloaded)
     pers -= 0 if p.offload == "params" else ceil_div(pers, n)
     trainable = _zero_trainable_params(m, t, p)
     out = []
@@ -213,8 +240,9 @@ def _zero(m: ModelSpec, t: TrainSpec, p: ParallelSpec, single: Breakdown) -> tup
             if ph.phase != "optimizer":
                 grads = big_grad * lp if ph.phase == "backward" else 0
                 buffers.append(("largest module all-gathered (ZeRO-3)", big_bytes + grads))
-                buffers.append(("prefetch (stage3_prefetch_bucket_size 5e7)", prefetch))
-            buffers.append(("persistent small params (threshold 1e5)", pers))
+                buffers.append((f"prefetch (stage3_prefetch_bucket_size {elements(prefetch_numel)})", prefetch))
+            threshold = zb.stage3_param_persistence_threshold
+            buffers.append((f"persistent small params (threshold {elements(threshold)})", pers))
         c2 = dataclasses.replace(
             c,
             weights=st.params - trainable if st.params else 0,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vramplan.estimator.optimizer_memory_efficient import MEMORY_EFFICIENT_OPTIMIZERS, memory_efficient_states
 from vramplan.estimator.params import Shape, layer_tensor_shapes, numel, trainable_shapes
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.units import ceil_div
@@ -69,7 +70,12 @@ def optimizer_bytes(m: ModelSpec, t: TrainSpec, param_bytes: int) -> OptimizerBy
       fp32 copies of a half-precision grad and param, `update` = grad**2 + eps and its successor (the factored
       approximation or `-update`) alive together, and row / column factors (transformers 5.24
       optimization.py `Adafactor.step`, `_approx_sq_grad`).
+    - GaLore, APOLLO, torchao low-bit AdamW, schedule-free AdamW, Muon, Adam-mini, BAdam:
+      optimizer_memory_efficient.py.
     """
+    if t.optim in MEMORY_EFFICIENT_OPTIMIZERS:
+        states, temp = memory_efficient_states(m, t, param_bytes)
+        return OptimizerBytes(states=states, paged=0, step_temporaries=temp)
     shapes = trainable_shapes(m, t)
     opt = t.optim
     states = paged = temp = 0

@@ -16,7 +16,9 @@ from vramplan.breakdown import PHASES, Components, PhaseUsage
 from vramplan.estimator.activations import activation_bytes
 from vramplan.estimator.adapters import adapter_bytes
 from vramplan.estimator.loss import loss_bytes
+from vramplan.estimator.offload import offload_activations
 from vramplan.estimator.optimizer import optimizer_bytes
+from vramplan.estimator.optimizer_memory_efficient import is_layerwise, largest_gradient_bytes
 from vramplan.estimator.params import count_params, lora_params_per_linear
 from vramplan.estimator.weights import weight_bytes
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
@@ -45,8 +47,11 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     trainable_bytes = weights.trainable + adapter_bytes(m, t)
     param_bytes = 4 if t.uses_lora else DTYPE_BYTES[t.dtype]
     all_grads = count_params(m, t).trainable * param_bytes
+    layerwise = is_layerwise(t.optim)
+    if layerwise:  # each gradient is stepped and freed by its hook: one tensor's at a time
+        all_grads = largest_gradient_bytes(m, t, param_bytes)
     optimizer = optimizer_bytes(m, t, param_bytes)
-    activation = activation_bytes(m, t)
+    activation = offload_activations(t, activation_bytes(m, t), m.num_hidden_layers)  # offload.py; as is without
     logits = loss_bytes(m, t)
     # lm_head's autocast copy of an fp32 weight: the fused losses cast it tile by tile (counted in loss_bytes)
     head_copy = activation.head_copy if t.loss == "hf" else 0
@@ -103,6 +108,8 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     layers = m.num_hidden_layers
     n_train_layers = {"full": layers, "freeze": t.freeze_trainable_layers}.get(t.method, layers if t.uses_lora else 0)
     layer_grad = all_grads // layers if t.uses_lora else (m.layer_params * param_bytes if n_train_layers else 0)
+    if layerwise:
+        layer_grad = 0
     # under checkpointing DoRA's weight-sized backward tensor may outgrow the MLP's workspace
     dora_workspace = t.grad_ckpt and activation.dora_backward > activation.backward_workspace
     # (its recompute's and its backward's moments, gradients alive when its backward starts, activations kept then)

@@ -14,15 +14,12 @@ from vramplan.estimator.optimizer import optimizer_bytes
 from vramplan.estimator.params import count_params, lora_targets, model_tensor_shapes, numel
 from vramplan.estimator.weights import bnb_4bit_bytes, bnb_int8_bytes
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
-from vramplan.spec.parallel import ParallelSpec
+from vramplan.spec.parallel import STAGE3_PARAM_PERSISTENCE_THRESHOLD, ParallelSpec
 from vramplan.units import ceil_div
 
-# DeepSpeed ZeRO defaults, in elements (runtime/zero/config.py DeepSpeedZeroConfig).
-REDUCE_BUCKET_SIZE = 500_000_000  # reduce_bucket_size = 5e8
+# DeepSpeed ZeRO defaults, in elements (runtime/zero/config.py DeepSpeedZeroConfig); a `deepspeed:` JSON
+# overrides them through ParallelSpec.buckets.
 ALLGATHER_BUCKET_SIZE = 500_000_000  # allgather_bucket_size = 5e8: splits the all-gather, allocates nothing
-STAGE3_PREFETCH_BUCKET_SIZE = 50_000_000  # stage3_prefetch_bucket_size = 5e7
-STAGE3_MAX_LIVE_PARAMETERS = 1_000_000_000  # stage3_max_live_parameters = 1e9
-STAGE3_PARAM_PERSISTENCE_THRESHOLD = 100_000  # stage3_param_persistence_threshold = 1e5
 DS_ADDITIONAL_BUFFER_FACTOR = 1.5  # estimate_zero*_model_states_mem_needs' host-RAM headroom
 MASTER_BYTES = 4  # fp32 master copy of each trainable parameter (single_partition_of_fp32_groups)
 GRAD32_BYTES = 4  # fp32 gradient partition handed to the optimizer
@@ -100,7 +97,7 @@ def largest_module(m: ModelSpec, t: TrainSpec) -> tuple[int, int]:
     return max(b for b, _ in mods), max(n for _, n in mods)
 
 
-def persistent_numel(m: ModelSpec, t: TrainSpec) -> int:
+def persistent_numel(m: ModelSpec, t: TrainSpec, threshold: int = STAGE3_PARAM_PERSISTENCE_THRESHOLD) -> int:
     """Elements of parameters ZeRO-3 never partitions: tensors under stage3_param_persistence_threshold
     (norm weights, biases, small LoRA matrices); stage3.py `persistence_threshold`."""
     shapes = model_tensor_shapes(m)
@@ -108,7 +105,7 @@ def persistent_numel(m: ModelSpec, t: TrainSpec) -> int:
         for lin in lora_targets(m, t):
             shapes += [((t.lora_rank, lin.in_features), m.num_hidden_layers)]
             shapes += [((lin.out_features, t.lora_rank), m.num_hidden_layers)]
-    return sum(numel(s) * n for s, n in shapes if numel(s) < STAGE3_PARAM_PERSISTENCE_THRESHOLD)
+    return sum(numel(s) * n for s, n in shapes if numel(s) < threshold)
 
 
 # ---------------------------------------------------------------- DeepSpeed ZeRO model states

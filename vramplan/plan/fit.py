@@ -266,6 +266,9 @@ def variant(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, method: str, grad_ckpt:
         grad_ckpt=grad_ckpt,
         attn=t.attn,
         freeze_trainable_layers=t.freeze_trainable_layers,
+        optim_rank=t.optim_rank if optim == t.optim and t.optim_rank else None,
+        # offloaded checkpointing is checkpointing: the rows without it do not offload
+        activation_offload=t.activation_offload if grad_ckpt or t.activation_offload == "all" else "none",
     )
 
 

@@ -44,6 +44,7 @@ def estimate_json(pp: ParallelPlan, plan: Plan, suggestions: Sequence[Suggestion
     out = breakdown_json(pp.breakdown, extra)
     skipped = [str(u) for u in plan.not_modeled]
     out["inputs"].update(sources=dict(plan.sources), not_modeled=skipped, model_config=plan.model_config)
+    out["inputs"]["file_notes"] = list(plan.file_notes)  # what reading the files assumed or found memory-neutral
     return out
 
 

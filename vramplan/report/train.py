@@ -76,6 +76,7 @@ def breakdown_json(b: Breakdown, extra: dict[str, Any] | None = None) -> dict[st
         **figures_json(b),
         "allocator": allocator_figures_json(b),
         "paged_bytes": b.paged_bytes,
+        "host_bytes": b.host_bytes,
         "params": {"total": b.params_total, "trainable": b.params_trainable},
         "inputs": train_inputs_json(b),
     }
@@ -113,6 +114,8 @@ def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -
     t.add_row(Text(f"  max_memory_reserved ({setting})", style="dim"), Text(gib(b.reserved_bytes), style="dim"), "")
     if b.paged_bytes:
         t.add_row("paged optimizer states (managed, apart)", gib(b.paged_bytes), "")
+    if b.host_bytes:
+        t.add_row("offloaded activations (host RAM, apart)", gib(b.host_bytes), "")
     console.print(t)
     print_flow(
         f"params: {b.params_total:,} total, {b.params_trainable:,} trainable "

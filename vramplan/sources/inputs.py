@@ -9,7 +9,7 @@ checkpoint loads quantized whatever the training config says); flags the user ty
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vramplan.errors import VramplanError
@@ -31,6 +31,8 @@ class Plan:
     not_modeled: tuple[Unmodeled, ...]
     model_config: str
     recipe: Recipe | None = None  # the framework whose defaults filled what nobody set (spec/recipe.py)
+    parallel: Mapping[str, Any] = field(default_factory=dict)  # resolve_parallel keywords from the files
+    file_notes: tuple[str, ...] = ()  # warnings from reading the files' distributed settings
 
 
 def plan_inputs(model: str | None, files: Sequence[str], flags: Mapping[str, Any], typed: Collection[str] = ()) -> Plan:
@@ -75,7 +77,11 @@ def plan_inputs(model: str | None, files: Sequence[str], flags: Mapping[str, Any
         note = f"pre-quantized checkpoint: the architecture of {mc.origin}, its quantization not read; --quant sets it"
         unmodeled.append(Unmodeled("model", f"{mc.name} ({mc.prequantized})", note, "quant"))
     unmodeled += [Unmodeled("recipe", recipe.name, note) for note in recipe.notes if "not modelled" in note]
-    return Plan(spec, settings, sources, tuple(dict.fromkeys(unmodeled)), mc.origin, recipe)
+    parallel: dict[str, Any] = {}
+    for fs in read:
+        parallel.update(fs.parallel)
+    notes = tuple(dict.fromkeys(n for fs in read for n in fs.notes))
+    return Plan(spec, settings, sources, tuple(dict.fromkeys(unmodeled)), mc.origin, recipe, parallel, notes)
 
 
 def _apply_recipe(

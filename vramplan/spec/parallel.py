@@ -20,6 +20,47 @@ OFFLOADS: tuple[str, ...] = ("none", "optimizer", "params")
 STRATEGY_ALIASES = {"full_shard": "fsdp", "hybrid_shard": "fsdp-hybrid", "fsdp_hybrid": "fsdp-hybrid",
                     "hsdp": "fsdp-hybrid"}  # fmt: skip
 DEFAULT_GPUS_PER_NODE = 8
+# DeepSpeed ZeRO defaults, in elements (runtime/zero/config.py DeepSpeedZeroConfig, DeepSpeed @ edaa7221).
+REDUCE_BUCKET_SIZE = 500_000_000  # reduce_bucket_size = 5e8
+STAGE3_PREFETCH_BUCKET_SIZE = 50_000_000  # stage3_prefetch_bucket_size = 5e7
+STAGE3_MAX_LIVE_PARAMETERS = 1_000_000_000  # stage3_max_live_parameters = 1e9
+STAGE3_PARAM_PERSISTENCE_THRESHOLD = 100_000  # stage3_param_persistence_threshold = 1e5
+AUTO = "auto"  # a DeepSpeed JSON value the HF integration fills from the model (`ZeroBuckets.resolved`)
+
+
+@dataclass(frozen=True, slots=True)
+class ZeroBuckets:
+    """The DeepSpeed `zero_optimization` sizes that allocate device memory, in elements, or "auto".
+
+    "auto" is what transformers' `HfTrainerDeepSpeedConfig.trainer_config_finalize` fills from the model's
+    hidden size h (integrations/deepspeed.py, transformers 5.24): reduce_bucket_size = h², and under stage 3
+    stage3_prefetch_bucket_size = int(0.9 · h²), stage3_param_persistence_threshold = 10 · h.
+    `overlap_comm`: None = DeepSpeed's default (True for stage 3 only, config.py `overlap_comm_valid`).
+    """
+
+    reduce_bucket_size: int | str = REDUCE_BUCKET_SIZE
+    stage3_prefetch_bucket_size: int | str = STAGE3_PREFETCH_BUCKET_SIZE
+    stage3_param_persistence_threshold: int | str = STAGE3_PARAM_PERSISTENCE_THRESHOLD
+    stage3_max_live_parameters: int = STAGE3_MAX_LIVE_PARAMETERS
+    overlap_comm: bool | None = None
+
+    def resolved(self, hidden_size: int) -> ZeroBuckets:
+        """Every "auto" replaced as the HF integration replaces it for a model of `hidden_size`."""
+        h = hidden_size
+
+        def fill(value: int | str, auto: int) -> int:
+            return auto if value == AUTO else int(value)
+
+        return ZeroBuckets(
+            fill(self.reduce_bucket_size, h * h),
+            fill(self.stage3_prefetch_bucket_size, int(0.9 * h * h)),
+            fill(self.stage3_param_persistence_threshold, 10 * h),
+            self.stage3_max_live_parameters,
+            self.overlap_comm,
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +72,8 @@ class ParallelSpec:
     gpus_per_node: int = DEFAULT_GPUS_PER_NODE
     offload: Offload = "none"
     notes: tuple[str, ...] = ()
+    buckets: ZeroBuckets = ZeroBuckets()  # DeepSpeed's sizes (a `deepspeed:` JSON); unused by DDP / FSDP
+    reshard_after_forward: bool = True  # FSDP: False = SHARD_GRAD_OP / FSDP2 reshard_after_forward=False
 
     @property
     def plain(self) -> bool:
@@ -60,8 +103,13 @@ class ParallelSpec:
         return int(self.strategy[-1]) if self.strategy.startswith("zero") else 0
 
     def as_dict(self) -> dict[str, object]:
-        return {"strategy": self.strategy, "gpus": self.gpus, "gpus_per_node": self.gpus_per_node,
-                "shard_size": self.shard_size, "offload": self.offload}  # fmt: skip
+        out: dict[str, object] = {"strategy": self.strategy, "gpus": self.gpus, "gpus_per_node": self.gpus_per_node,
+                                  "shard_size": self.shard_size, "offload": self.offload}  # fmt: skip
+        if self.stage and self.buckets != ZeroBuckets():
+            out["deepspeed"] = self.buckets.as_dict()
+        if self.strategy.startswith("fsdp") and not self.reshard_after_forward:
+            out["reshard_after_forward"] = False
+        return out
 
 
 def resolve_parallel(
@@ -71,6 +119,8 @@ def resolve_parallel(
     strategy: str | None = None,
     gpus_per_node: int = DEFAULT_GPUS_PER_NODE,
     offload: str = "none",
+    buckets: ZeroBuckets | None = None,
+    reshard_after_forward: bool = True,
 ) -> ParallelSpec:
     """Validate a multi-GPU request against the training step; warnings go to `notes`, errors raise."""
     for flag, val in (("--gpus", gpus), ("--gpus-per-node", gpus_per_node)):
@@ -128,4 +178,6 @@ def resolve_parallel(
         gpus_per_node=int(gpus_per_node),
         offload=offload,  # type: ignore[arg-type]
         notes=tuple(notes),
+        buckets=buckets or ZeroBuckets(),
+        reshard_after_forward=bool(reshard_after_forward),
     )

@@ -47,8 +47,31 @@ OPTIMIZERS: tuple[str, ...] = (
     "sgd",
     "adafactor",
     "lion_32bit",
+    # vramplan/estimator/optimizer_memory_efficient.py
+    "galore_adamw",
+    "galore_adamw_8bit",
+    "galore_adafactor",
+    "galore_adamw_layerwise",
+    "galore_adamw_8bit_layerwise",
+    "galore_adafactor_layerwise",
+    "apollo_adamw",
+    "apollo_adamw_layerwise",
+    "adamw_torch_8bit",
+    "adamw_torch_4bit",
+    "adamw_torch_fp8",
+    "schedule_free_adamw",
+    "muon",
+    "adam_mini",
+    "badam",
 )
-OPTIM_ALIASES = {"adamw_bnb_8bit": "adamw_8bit"}
+# other spellings: axolotl's torchao names (utils/schemas/enums.py CustomSupportedOptimizers), APOLLO-Mini
+# (APOLLO at rank 1 with tensor-wise scaling: its states are those of rank 1)
+OPTIM_ALIASES = {"adamw_bnb_8bit": "adamw_8bit", "ao_adamw_8bit": "adamw_torch_8bit",
+                 "ao_adamw_4bit": "adamw_torch_4bit", "ao_adamw_fp8": "adamw_torch_fp8", "apollo_mini": "apollo_adamw",
+                 "adam-mini": "adam_mini"}  # fmt: skip
+# GaLore / APOLLO projection rank when none is given: transformers trainer_optimizer.py `optim_args` "rank" 128
+DEFAULT_OPTIM_RANK = 128
+PROJECTED_OPTIMS = ("galore_", "apollo_")
 # How the loss is computed (vramplan/estimator/loss.py): transformers' ForCausalLMLoss over the full logits, TRL's
 # chunked fused LM head, Liger's fused linear cross-entropy, Apple's cut-cross-entropy.
 LOSSES: tuple[str, ...] = ("hf", "trl-chunked", "liger", "cce")
@@ -112,6 +135,10 @@ class TrainSpec:
     lora_embeddings: tuple[str, ...] = ()  # "embed_tokens" / "lm_head" adapted by LoRA
     modules_to_save: tuple[str, ...] = ()  # "embed_tokens" / "lm_head": trainable full copies
     target_parameters: tuple[tuple[str, tuple[int, ...], int], ...] = ()  # (name, shape, instances), ParamWrapper
+    optim_rank: int = 0  # GaLore / APOLLO projection rank (0 for other optimizers)
+    # activations moved to host RAM: "checkpoints" (Unsloth's offloaded checkpointing), "all" (activation
+    # offloading); vramplan/estimator/offload.py
+    activation_offload: str = "none"
 
     @property
     def uses_lora(self) -> bool:
@@ -197,6 +224,8 @@ def resolve_train(
     packing: bool = False,
     recipe: str = "trainer",
     liger_kernels: bool = False,
+    optim_rank: int | None = None,
+    activation_offload: str = "none",
     peft: str | None = None,
     num_virtual_tokens: int | None = None,
     block_size: int | None = None,
@@ -252,11 +281,25 @@ def resolve_train(
         double_quant = quant in ("nf4", "fp4")
     if kbit_prep is None:
         kbit_prep = quant != "none"
+    activation_offload = _choice(activation_offload, ("none", "checkpoints", "all"), "--activation-offload") or "none"
+    if activation_offload == "checkpoints":
+        if grad_ckpt is False:
+            notes.append("--activation-offload checkpoints offloads checkpointed layer inputs: checkpointing turned on")
+        grad_ckpt = True
     if grad_ckpt is None:
         grad_ckpt = method == "qlora" and kbit_prep  # prepare_model_for_kbit_training turns it on
+    if optim == "apollo_mini" and optim_rank is None:
+        optim_rank = 1
     optim = OPTIM_ALIASES.get(optim, optim)
     if optim not in OPTIMIZERS:
         raise did_you_mean(optim, OPTIMIZERS, "optimizer", "HF TrainingArguments.optim names")
+    if optim.startswith(PROJECTED_OPTIMS):
+        optim_rank = positive(DEFAULT_OPTIM_RANK if optim_rank is None else optim_rank, "--optim-rank", 2**16)
+    else:
+        optim_rank = 0
+    if optim.endswith("_layerwise") and isinstance(grad_accum, int) and grad_accum > 1:
+        notes.append(f"{optim} steps each parameter from its gradient hook: transformers refuses "
+                     "gradient_accumulation_steps > 1 with it (estimated as given)")  # fmt: skip
     lora_rank = positive(lora_rank, "--lora-rank", LIMITS["lora_rank"])
     if lora_alpha is not None:
         lora_alpha = positive(lora_alpha, "--lora-alpha", LIMITS["lora_alpha"])
@@ -362,6 +405,8 @@ def resolve_train(
         lora_embeddings=selection.embeddings,
         modules_to_save=saved,
         target_parameters=params,
+        optim_rank=int(optim_rank),
+        activation_offload=activation_offload,
     )
 
 

@@ -1,10 +1,12 @@
 """The configs people already have, read into `vramplan.spec.resolve_train`'s keyword arguments and a model.
 
 One reader per format, each returning a `FileSettings`: LLaMA-Factory YAML (hparams/*_args.py, LLaMA-Factory
-commit ff6d4d1), axolotl YAML (utils/schemas/*.py, axolotl commit 067b021), a transformers 5.24
-`TrainingArguments.to_json_string()` dump (TRL's SFTConfig adds max_length, packing), a PEFT 0.21.2
-`adapter_config.json`, and a model's `config.json` (its `quantization_config`); `vramplan.sources.inputs` layers them
-under the flags. Unknown keys are ignored; known keys whose values we do not model become `Unmodeled`.
+commit ff6d4d1) and its v1 format (examples/v1), axolotl YAML (utils/schemas/*.py, axolotl commit 067b021), a
+transformers 5.24 `TrainingArguments.to_json_string()` dump (TRL's SFTConfig adds max_length, packing), a
+PEFT 0.21.2 `adapter_config.json`, a model's `config.json` (its `quantization_config`), an accelerate config
+YAML. A file's DeepSpeed / FSDP settings go to `FileSettings.parallel` (sources/configs/deepspeed.py).
+`vramplan.sources.inputs` layers them under the flags. Unknown keys are ignored; known keys whose values we do
+not model become `Unmodeled`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,14 @@ from typing import Any
 
 from vramplan.errors import VramplanError
 from vramplan.sources.configs.axolotl import read_axolotl
-from vramplan.sources.configs.huggingface import read_model_config, read_peft_adapter, read_training_args
+from vramplan.sources.configs.huggingface import (
+    read_accelerate_config,
+    read_model_config,
+    read_peft_adapter,
+    read_training_args,
+)
 from vramplan.sources.configs.llamafactory import read_llamafactory
+from vramplan.sources.configs.llamafactory_v1 import read_llamafactory_v1
 from vramplan.sources.configs.reader import FileSettings, Format, Unmodeled
 from vramplan.sources.files import check_name, is_dir, parse_json, read_text, short
 
@@ -24,22 +32,27 @@ __all__ = ["FileSettings", "Unmodeled", "load_file", "read_config", "read_model_
 
 READERS = {
     "llamafactory": read_llamafactory,
+    "llamafactory_v1": read_llamafactory_v1,
     "axolotl": read_axolotl,
     "training_args": read_training_args,
     "peft_adapter": read_peft_adapter,
     "model_config": read_model_config,
+    "accelerate": read_accelerate_config,
 }
 # Keys only one format has, checked in this order (LLaMA-Factory and axolotl YAMLs also carry
 # TrainingArguments keys, so those come last).
 _SIGNATURES: tuple[tuple[Format, frozenset[str]], ...] = (
     ("peft_adapter", frozenset({"peft_type"})),
     ("model_config", frozenset({"architectures", "num_hidden_layers", "n_layer", "text_config"})),
+    ("llamafactory_v1", frozenset({"model_class", "peft_config", "dist_config", "kernel_config", "quant_config",
+                                   "optim_config", "train_dataset"})),
     ("llamafactory", frozenset({"finetuning_type", "model_name_or_path", "stage", "cutoff_len", "template",
                                 "quantization_bit", "lora_target", "pure_bf16", "flash_attn",
                                 "disable_gradient_checkpointing"})),
     ("axolotl", frozenset({"base_model", "adapter", "micro_batch_size", "sequence_len", "lora_r", "datasets",
                            "lora_target_linear", "load_in_4bit", "load_in_8bit", "sample_packing"})),
     ("training_args", frozenset({"per_device_train_batch_size", "gradient_accumulation_steps", "optim"})),
+    ("accelerate", frozenset({"distributed_type", "compute_environment"})),
 )  # fmt: skip
 
 

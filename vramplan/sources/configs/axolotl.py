@@ -11,8 +11,7 @@ from vramplan.sources.configs.stages import read_axolotl_stage
 
 _AX_ATTN = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash_attention_2"}
 _AX_UNMODELED = (
-    "deepspeed", "fsdp", "fsdp_config", "neftune_noise_alpha", "torch_compile",
-    "activation_offloading", "layer_offloading", "relora", "gptq",
+    "neftune_noise_alpha", "torch_compile", "layer_offloading", "relora", "gptq",
     "s2_attention", "unfrozen_parameters", "peft_layers_to_transform",
     "unsloth_lora_mlp", "unsloth_lora_qkv", "unsloth_lora_o", "unsloth_cross_entropy_loss", "lora_mlp_kernel",
     "lora_qkv_kernel", "lora_o_kernel", "chunked_cross_entropy",
@@ -87,11 +86,27 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
     r.copy("gradient_accumulation_steps", "grad_accum", int)
     if r.has("optimizer"):
         r.optim("optimizer")
+        r.optim_args()
+    r.no_memory_change(("loraplus_lr_ratio", "loraplus_lr_embedding", "peft_use_rslora"),
+                       "LoRA+ learning rates and rsLoRA scaling")  # fmt: skip
+    init = data.get("peft_init_lora_weights")
+    if isinstance(init, str) and init.lower().split("_")[0] in ("pissa", "olora", "eva", "gaussian", "loftq"):
+        r.notes.append(
+            f"peft_init_lora_weights={init}: an initialisation of the adapters, no memory change in training"
+        )
     gc = data.get("gradient_checkpointing")
     if gc is not None:
         r.set("grad_ckpt", is_set(gc))
-        if isinstance(gc, str):
-            r.skip("gradient_checkpointing", "checkpoints offloaded; estimated on the GPU", "grad_ckpt")
+        if isinstance(gc, str) and gc.lower() == "offload":  # axolotl's CPU-offloaded checkpointing (Unsloth's)
+            r.set("activation_offload", "checkpoints")
+        elif isinstance(gc, str):
+            r.skip("gradient_checkpointing", f"{gc}: estimated as checkpointing on the GPU", "grad_ckpt")
+    ao = data.get("activation_offloading")
+    if is_set(ao):  # true / "legacy": trl's OffloadActivations; "disk" goes to disk instead of RAM
+        r.set("activation_offload", "all")
+        if str(ao).lower() == "disk":
+            r.notes.append("activation_offloading=disk: the offloaded activations are on disk, not in host RAM")
+    r.no_memory_change(("gradient_checkpointing_kwargs",), "use_reentrant picks the checkpoint implementation")
     impl = data.get("attn_implementation")
     flags = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager"}
     if impl is None:
@@ -116,6 +131,7 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
         r.set("dtype", "fp16" if b8 else "fp32")
         r.set("mixed_precision", "no")
     read_axolotl_stage(r, data)
+    r.distributed()
     r.skip_ifis_set(_AX_UNMODELED)
     _plugins(r, data)
     if r.has("sample_packing"):

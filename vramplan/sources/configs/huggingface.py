@@ -10,7 +10,7 @@ from vramplan.sources.configs.reader import FileSettings, Reader
 from vramplan.sources.configs.stages import read_trl_stage
 
 _TA_UNMODELED = (
-    "deepspeed", "fsdp", "torch_compile", "neftune_noise_alpha", "auto_find_batch_size", "optim_target_modules",
+    "torch_compile", "neftune_noise_alpha", "auto_find_batch_size",
 )  # fmt: skip
 
 
@@ -26,13 +26,18 @@ def read_training_args(data: Mapping[str, Any], path: str) -> FileSettings:
         r.set("mixed_precision", "bf16" if bf16 else "fp16" if fp16 else "no")
     if r.has("optim"):
         r.optim("optim")
+        r.optim_args()
     key = next((k for k in ("activation_checkpointing", "gradient_checkpointing") if r.has(k)), None)
     if key:
         r.set("grad_ckpt", r.typed(key, bool))
+    if r.has("activation_offloading") and r.typed("activation_offloading", bool):  # TRL SFTConfig / transformers
+        r.set("activation_offload", "all")
+    r.no_memory_change(("gradient_checkpointing_kwargs",), "use_reentrant picks the checkpoint implementation")
     key = next((k for k in ("max_length", "max_seq_length") if r.has(k)), None)
     if key:
         r.copy(key, "seq", int)
     read_trl_stage(r, data)
+    r.distributed(fsdp_config_alone=False)
     r.skip_ifis_set(_TA_UNMODELED)
     # TRL's SFTConfig: packing, padding_free (packing_strategy "bfd" implies padding-free); both fill the batch
     packed = any(r.has(k) and r.typed(k, bool) for k in ("packing", "padding_free"))
@@ -99,3 +104,18 @@ def read_model_config(data: Mapping[str, Any], path: str) -> FileSettings:
     if isinstance(data.get("quantization_config"), Mapping):
         r.quantization_config(data["quantization_config"])
     return r.done("model_config", path)
+
+
+def read_accelerate_config(data: Mapping[str, Any], path: str) -> FileSettings:
+    """An accelerate config YAML (`accelerate launch --config_file`): only its distributed part
+    (sources/configs/deepspeed.py `read_accelerate`); `mixed_precision` is the autocast."""
+    from vramplan.sources.configs.deepspeed import read_accelerate
+
+    r = Reader(data, path, "accelerate")
+    d = read_accelerate(data, path)
+    r.parallel.update(d.settings)
+    r.notes += d.notes
+    mp = str(data.get("mixed_precision") or "").lower()
+    if mp in ("bf16", "fp16", "no"):
+        r.set("mixed_precision", mp)
+    return r.done("accelerate", None)

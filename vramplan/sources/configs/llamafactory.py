@@ -15,10 +15,9 @@ _LF_DEFAULTS = (
 )  # fmt: skip
 _LF_ATTN = {"auto": "sdpa", "sdpa": "sdpa", "fa2": "flash_attention_2", "disabled": "eager"}
 _LF_UNMODELED = (
-    "deepspeed", "fsdp", "neftune_noise_alpha", "use_galore", "use_apollo",
-    "use_badam", "use_adam_mini", "use_muon", "use_llama_pro", "use_unsloth", "use_unsloth_gc",
+    "neftune_noise_alpha", "use_llama_pro", "use_unsloth",
     "shift_attn", "mixture_of_depths", "upcast_layernorm", "upcast_lmhead_output",
-    "freeze_extra_modules", "torch_compile", "rope_scaling",
+    "freeze_extra_modules", "torch_compile", "rope_scaling", "use_asft_loss",
 )  # fmt: skip
 
 
@@ -94,6 +93,12 @@ def read_llamafactory(data: Mapping[str, Any], path: str) -> FileSettings:
         r.set("attn", _LF_ATTN.get(fa, "flash_attention_2"))
     if r.has("disable_gradient_checkpointing"):
         r.set("grad_ckpt", not r.typed("disable_gradient_checkpointing", bool))
+    if r.has("use_unsloth_gc") and r.typed("use_unsloth_gc", bool):  # model_utils/checkpointing.py: Unsloth's
+        r.set("activation_offload", "checkpoints")  # offloaded checkpointing (layer inputs to the host)
+    _optimizers(r, data)
+    r.no_memory_change(("loraplus_lr_ratio", "loraplus_lr_embedding", "use_rslora", "pissa_init", "pissa_iter",
+                        "pissa_convert"), "LoRA+ learning rates, rsLoRA scaling and PiSSA initialisation")  # fmt: skip
+    r.distributed()
     r.skip_ifis_set(_LF_UNMODELED)
     # packing (data_args.py; None = on for stage pt only) and neat_packing (packing without cross-attention,
     # padding-free with position_ids) both fill every micro-batch with cutoff_len real tokens
@@ -113,3 +118,33 @@ def read_llamafactory(data: Mapping[str, Any], path: str) -> FileSettings:
 
 
 # ---------------------------------------------------------------- axolotl
+
+
+def _optimizers(r: Reader, data: Mapping[str, Any]) -> None:
+    """LLaMA-Factory's optimizer switches (hparams/finetuning_args.py; model/.../trainer_utils.py
+    `create_custom_optimizer`): GaLore / APOLLO wrap the `optim` (adamw_torch, adamw_8bit, adafactor) at
+    galore_rank / apollo_rank 16, layer-wise with *_layerwise; BAdam (mode layer) trains one decoder layer at a
+    time; Adam-mini, Muon."""
+    base = str(data.get("optim") or "adamw_torch")
+    for flag, name, rank_key in (("use_galore", "galore", "galore_rank"), ("use_apollo", "apollo", "apollo_rank")):
+        if r.has(flag) and r.typed(flag, bool):
+            kind = {"adamw_8bit": "adamw_8bit", "adamw_bnb_8bit": "adamw_8bit", "adafactor": "adafactor"}.get(
+                base, "adamw"
+            )
+            optim = f"{name}_{kind if name == 'galore' else 'adamw'}"
+            if r.has(f"{name}_layerwise") and r.typed(f"{name}_layerwise", bool):
+                optim += "_layerwise"
+            r.set("optim", optim)
+            r.set("optim_rank", r.typed(rank_key, int) if r.has(rank_key) else 16)
+            if str(data.get(f"{name}_target") or "all") != "all":
+                r.notes.append(f"{name}_target={data[f'{name}_target']}: estimated on every Linear of the layers")
+    if r.has("use_badam") and r.typed("use_badam", bool):
+        r.set("optim", "badam")
+        r.set("method", "freeze")
+        r.set("freeze_trainable_layers", 1)
+        if str(data.get("badam_mode") or "layer") != "layer":
+            r.notes.append("badam_mode=ratio: estimated as mode layer (one decoder layer active)")
+    if r.has("use_adam_mini") and r.typed("use_adam_mini", bool):
+        r.set("optim", "adam_mini")
+    if r.has("use_muon") and r.typed("use_muon", bool):
+        r.set("optim", "muon")

@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vramplan.errors import VramplanError
 from vramplan.spec import OPTIM_ALIASES, OPTIMIZERS
 
-Format = Literal["llamafactory", "axolotl", "training_args", "peft_adapter", "model_config"]
+Format = Literal[
+    "llamafactory", "llamafactory_v1", "axolotl", "training_args", "peft_adapter", "model_config", "accelerate"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,10 @@ class FileSettings:
     not_modeled: tuple[Unmodeled, ...]
     model: str | None
     raw_keys: frozenset[str] = frozenset()  # the file's top-level keys (which framework wrote it)
+    # resolve_parallel keywords (strategy, offload, gpus, buckets, reshard_after_forward) from the file's
+    # deepspeed / fsdp / accelerate settings, and the warnings reading them gave
+    parallel: Mapping[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 def shown_value(value: Any) -> str:
@@ -60,6 +66,8 @@ class Reader:
         self.settings: dict[str, Any] = {}
         self.sources: dict[str, str] = {}
         self.unmodeled: list[Unmodeled] = []
+        self.parallel: dict[str, Any] = {}
+        self.notes: list[str] = []
 
     def has(self, key: str) -> bool:
         return self.data.get(key) is not None
@@ -113,6 +121,48 @@ class Reader:
             if is_set(self.data.get(key)):
                 self.skip(key)
 
+    def distributed(self, fsdp_config_alone: bool = True) -> None:
+        """The file's `deepspeed:` and `fsdp` / `fsdp_config` keys (sources/configs/deepspeed.py); a DeepSpeed
+        path that is neither on disk nor a shipped file is listed. `fsdp_config_alone`: a non-empty
+        fsdp_config without `fsdp` means FSDP (axolotl's FSDP2 configs), not in a TrainingArguments dump
+        (which always writes its default fsdp_config)."""
+        from vramplan.sources.configs.deepspeed import fsdp_checkpointing, read_deepspeed, read_fsdp
+
+        ds = self.data.get("deepspeed")
+        if is_set(ds):
+            d = read_deepspeed(ds, self.path)
+            if d is None:
+                self.skip("deepspeed", "file not found here nor a shipped one: pass --strategy", "strategy")
+            else:
+                self.parallel.update(d.settings)
+                self.notes += d.notes
+        fsdp, cfg = self.data.get("fsdp"), self.data.get("fsdp_config")
+        if is_set(fsdp) or (fsdp_config_alone and isinstance(cfg, Mapping) and cfg and not is_set(ds)):
+            d = read_fsdp(fsdp, cfg)
+            self.parallel.update(d.settings)
+            self.notes += d.notes
+            ckpt = fsdp_checkpointing(cfg)
+            if ckpt is not None and "grad_ckpt" not in self.settings:
+                self.set("grad_ckpt", ckpt)
+
+    def no_memory_change(self, keys: Sequence[str], what: str) -> None:
+        """Keys set that change no tensor on the GPU (learning rates, scaling, initialisation): said, not listed."""
+        found = [k for k in keys if is_set(self.data.get(k))]
+        if found:
+            self.notes.append(f"{', '.join(found)}: {what}, no memory change")
+
+    def optim_args(self) -> None:
+        """HF `optim_args` ("rank=64,update_proj_gap=200" or, in axolotl, a mapping): GaLore / APOLLO's rank;
+        `optim_target_modules` is read as every Linear of the layers (said when it names fewer)."""
+        args = self.data.get("optim_args")
+        if isinstance(args, str):
+            args = dict(kv.split("=", 1) for kv in args.replace(" ", "").split(",") if "=" in kv)
+        if isinstance(args, Mapping) and args.get("rank") is not None and str(args["rank"]).strip().isdigit():
+            self.set("optim_rank", int(str(args["rank"]).strip()))
+        targets = self.data.get("optim_target_modules")
+        if is_set(targets) and str(targets) not in ("all-linear", "['all-linear']"):
+            self.notes.append(f"optim_target_modules={shown_value(targets)}: estimated on every Linear of the layers")
+
     def optim(self, key: str) -> None:
         name = str(self.data[key])
         name = {"adamw_hf": "adamw_torch", "adamw_apex_fused": "adamw_torch"}.get(name, name)
@@ -147,5 +197,6 @@ class Reader:
     def done(self, fmt: Format, model: Any) -> FileSettings:
         return FileSettings(
             self.path, fmt, dict(self.settings), dict(self.sources), tuple(self.unmodeled),
-            str(model) if is_set(model) else None, frozenset(map(str, self.data)),
+            str(model) if is_set(model) else None, frozenset(map(str, self.data)), dict(self.parallel),
+            tuple(self.notes),
         )  # fmt: skip
