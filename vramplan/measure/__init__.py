@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from vramplan.measure.harness import run_step, simulate
 from vramplan.measure.result import CudaFigures, MeasureResult, OutOfMemory
-from vramplan.measure.tracker import CategoryBytes, MemoryTracker, MomentPeak, PhasePeak, TrackedPeak
+from vramplan.measure.tracked import CategoryBytes, MomentPeak, PhasePeak, TrackedPeak
+from vramplan.measure.tracker import MemoryTracker
 
 __all__ = [
     "CategoryBytes",

@@ -53,7 +53,8 @@ from vramplan.measure.step_hooks import (
     param_counts,
     wrap_checkpointing,
 )
-from vramplan.measure.tracker import CategoryBytes, MemoryTracker, TrackedPeak
+from vramplan.measure.tracked import CategoryBytes, TrackedPeak
+from vramplan.measure.tracker import MemoryTracker
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.spec.alloc_conf import parse_alloc_conf
 from vramplan.spec.overheads import CUBLAS_WORKSPACE_BYTES, CUDA_CONTEXT_BYTES, Overheads

@@ -8,7 +8,7 @@ from typing import Literal
 
 from vramplan.breakdown import Breakdown
 from vramplan.measure.replay import AllocatorFigures, AllocatorSummary, allocator_figures, allocator_summary
-from vramplan.measure.tracker import TrackedPeak
+from vramplan.measure.tracked import TrackedPeak
 from vramplan.spec.alloc_conf import DEFAULT, AllocatorConfig
 
 Device = Literal["cuda", "cpu", "meta", "fake"]

@@ -3,6 +3,7 @@ each phase's and each named moment's, bytes per category)."""
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -83,3 +84,60 @@ class TrackedPeak:
 
     def moment(self, phase: Phase | None, name: str) -> MomentPeak | None:
         return next((p for p in self.moments if p.phase == phase and p.moment == name), None)
+
+
+class StorageEntry:
+    """One tracked storage: its bytes, category, allocation sequence number, weak reference, and the id of its
+    current device allocation in the event log (a resize is a new allocation)."""
+
+    __slots__ = ("category", "event_id", "nbytes", "ref", "seq")
+
+    def __init__(self, nbytes: int, category: Category, seq: int, ref: weakref.ref) -> None:
+        self.nbytes = nbytes
+        self.category = category
+        self.seq = seq
+        self.ref = ref
+        self.event_id = seq
+
+
+class PeakRecord:
+    """A mutable peak record: bytes, the sequence number when reached, the per-category totals then, the phase
+    and moment it was reached in."""
+
+    __slots__ = ("breakdown", "moment", "nbytes", "phase", "seq")
+
+    def __init__(
+        self, nbytes: int, seq: int, breakdown: dict[Category, int], phase: Phase | None, moment: str | None = None
+    ) -> None:
+        self.nbytes = nbytes
+        self.seq = seq
+        self.breakdown = breakdown
+        self.phase = phase
+        self.moment = moment
+
+
+def tracked_peak(
+    peak: PeakRecord,
+    phase_peaks: dict[Phase, PeakRecord],
+    moment_peaks: dict[tuple[Phase | None, str], PeakRecord],
+    current: int,
+) -> TrackedPeak:
+    """The tracker's mutable peak records as the frozen `TrackedPeak` a run returns."""
+    phases = tuple(
+        PhasePeak(p, phase_peaks[p].nbytes, CategoryBytes(**phase_peaks[p].breakdown), phase_peaks[p].moment)
+        for p in PHASES
+        if p in phase_peaks
+    )
+    moments = tuple(
+        MomentPeak(phase, moment, record.nbytes, CategoryBytes(**record.breakdown))
+        for (phase, moment), record in moment_peaks.items()
+    )
+    return TrackedPeak(
+        peak_bytes=peak.nbytes,
+        peak_phase=peak.phase,
+        breakdown=CategoryBytes(**peak.breakdown),
+        phases=phases,
+        current_bytes=current,
+        peak_moment=peak.moment,
+        moments=moments,
+    )

@@ -59,46 +59,16 @@ from vramplan.measure.tracked import (
     CATEGORIES,
     PHASES,
     Category,
-    CategoryBytes,
-    MomentPeak,
+    PeakRecord,
     Phase,
-    PhasePeak,
+    StorageEntry,
     TrackedPeak,
+    tracked_peak,
 )
 
 # `torch.tensor(...)`, `as_tensor`, `from_numpy` build their storage outside the dispatcher and then pass it
 # through `lift_fresh`, which returns its input: that storage is new although it aliases the op's input.
 _FRESH_OPS = frozenset({torch.ops.aten.lift_fresh.default})
-
-
-class _Entry:
-    """One tracked storage: its bytes, category, allocation sequence number, weak reference, and the id of its
-    current device allocation in the event log (a resize is a new allocation)."""
-
-    __slots__ = ("category", "event_id", "nbytes", "ref", "seq")
-
-    def __init__(self, nbytes: int, category: Category, seq: int, ref: weakref.ref) -> None:
-        self.nbytes = nbytes
-        self.category = category
-        self.seq = seq
-        self.ref = ref
-        self.event_id = seq
-
-
-class _Peak:
-    """A mutable peak record: bytes, the sequence number when reached, the per-category totals then, the phase
-    and moment it was reached in."""
-
-    __slots__ = ("breakdown", "moment", "nbytes", "phase", "seq")
-
-    def __init__(
-        self, nbytes: int, seq: int, breakdown: dict[Category, int], phase: Phase | None, moment: str | None = None
-    ) -> None:
-        self.nbytes = nbytes
-        self.seq = seq
-        self.breakdown = breakdown
-        self.phase = phase
-        self.moment = moment
 
 
 class MemoryTracker(TorchDispatchMode):
@@ -135,7 +105,7 @@ class MemoryTracker(TorchDispatchMode):
         self.device_type = device_type
         self.events: list[tuple[int, int, int]] | None = [] if record_events else None
         self._resize_ids = 0
-        self._entries: dict[int, _Entry] = {}
+        self._entries: dict[int, StorageEntry] = {}
         self._totals: dict[Category, int] = dict.fromkeys(CATEGORIES, 0)
         self._current = 0
         self._seq = 0
@@ -143,10 +113,10 @@ class MemoryTracker(TorchDispatchMode):
         self._label: Category | None = None
         self._excluding = False
         self._excluded: dict[int, weakref.ref] = {}
-        self._peak = _Peak(0, 0, dict(self._totals), None)
-        self._phase_peaks: dict[Phase, _Peak] = {}
+        self._peak = PeakRecord(0, 0, dict(self._totals), None)
+        self._phase_peaks: dict[Phase, PeakRecord] = {}
         self._moment: str | None = None
-        self._moment_peaks: dict[tuple[Phase | None, str], _Peak] = {}
+        self._moment_peaks: dict[tuple[Phase | None, str], PeakRecord] = {}
         self._handles: list[Any] = []
 
     # phases
@@ -248,33 +218,11 @@ class MemoryTracker(TorchDispatchMode):
         return {p: (pk.nbytes, dict(pk.breakdown)) for p, pk in self._phase_peaks.items()}
 
     def result(self) -> TrackedPeak:
-        phases = tuple(
-            PhasePeak(
-                p,
-                self._phase_peaks[p].nbytes,
-                CategoryBytes(**self._phase_peaks[p].breakdown),
-                self._phase_peaks[p].moment,
-            )
-            for p in PHASES
-            if p in self._phase_peaks
-        )
-        moments = tuple(
-            MomentPeak(phase, moment, peak.nbytes, CategoryBytes(**peak.breakdown))
-            for (phase, moment), peak in self._moment_peaks.items()
-        )
-        return TrackedPeak(
-            peak_bytes=self._peak.nbytes,
-            peak_phase=self._peak.phase,
-            breakdown=CategoryBytes(**self._peak.breakdown),
-            phases=phases,
-            current_bytes=self._current,
-            peak_moment=self._peak.moment,
-            moments=moments,
-        )
+        return tracked_peak(self._peak, self._phase_peaks, self._moment_peaks, self._current)
 
     def reset_peaks(self) -> None:
         """Forget the peaks so far (e.g. after a warm-up step); what is alive now is the new baseline."""
-        self._peak = _Peak(self._current, self._seq, dict(self._totals), self._phase, self._moment)
+        self._peak = PeakRecord(self._current, self._seq, dict(self._totals), self._phase, self._moment)
         self._phase_peaks = {}
         self._moment_peaks = {}
         self._update_peaks()
@@ -384,7 +332,7 @@ class MemoryTracker(TorchDispatchMode):
         nbytes = int(storage.nbytes())
         self._seq += 1
         ref = weakref.ref(storage, partial(self._on_free, key))
-        self._entries[key] = _Entry(nbytes, category, self._seq, ref)
+        self._entries[key] = StorageEntry(nbytes, category, self._seq, ref)
         if self.events is not None:
             self.events.append((ALLOC, self._seq, nbytes))
         self._totals[category] += nbytes
@@ -401,7 +349,7 @@ class MemoryTracker(TorchDispatchMode):
         self._totals[entry.category] -= entry.nbytes
         self._current -= entry.nbytes
 
-    def _resize(self, entry: _Entry, nbytes: int) -> None:
+    def _resize(self, entry: StorageEntry, nbytes: int) -> None:
         delta = nbytes - entry.nbytes
         if self.events is not None:
             self._resize_ids -= 1  # negative ids: apart from the sequence numbers of `_track`
@@ -435,15 +383,15 @@ class MemoryTracker(TorchDispatchMode):
         current = self._current
         phase, moment = self._phase, self._moment
         if current > self._peak.nbytes:
-            self._peak = _Peak(current, self._seq, dict(self._totals), phase, moment)
+            self._peak = PeakRecord(current, self._seq, dict(self._totals), phase, moment)
         if phase is not None:
             peak = self._phase_peaks.get(phase)
             if peak is None or current > peak.nbytes:
-                self._phase_peaks[phase] = _Peak(current, self._seq, dict(self._totals), phase, moment)
+                self._phase_peaks[phase] = PeakRecord(current, self._seq, dict(self._totals), phase, moment)
         if moment is not None:
             peak = self._moment_peaks.get((phase, moment))
             if peak is None or current > peak.nbytes:
-                self._moment_peaks[(phase, moment)] = _Peak(current, self._seq, dict(self._totals), phase, moment)
+                self._moment_peaks[(phase, moment)] = PeakRecord(current, self._seq, dict(self._totals), phase, moment)
 
     # hooks
 

@@ -13,7 +13,6 @@ from typing import Any
 from vramplan.errors import VramplanError
 from vramplan.spec.alloc_conf import parse_alloc_conf
 from vramplan.spec.fields import positive
-from vramplan.spec.gpu import capability_tuple
 from vramplan.spec.lora_targets import (
     LoraSelection,
     lora_moe_targets,
@@ -36,6 +35,7 @@ from vramplan.spec.model import (
 )
 from vramplan.spec.peft_method import IA3_TARGETS, LORA, PeftMethod, resolve_peft
 from vramplan.spec.stage import SFT, StageSpec, resolve_stage
+from vramplan.spec.train_notes import contradictions, moe_note
 
 OPTIMIZERS: tuple[str, ...] = (
     "adamw_torch",
@@ -86,12 +86,6 @@ LIMITS: dict[str, int] = {
     "lora_rank": 2**16,  # PEFT's r; the widest Linear of a supported model is 2**20
     "lora_alpha": 2**20,
 }
-# The first GPU generation FlashAttention-2 runs on: Ampere, compute capability 8.0 (flash-attention
-# README "FlashAttention-2 currently supports Ampere, Ada, or Hopper GPUs"; Turing is FA1 only).
-FLASH_ATTN_2_MIN_CC = (8, 0)
-# Settings that only a LoRA method reads, and the one only `freeze` reads: typed under another method they
-# do nothing (a warning, not an error: a shared config may carry them).
-LORA_ONLY = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "dora")
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,7 +356,7 @@ def resolve_train(
         and (quant != "none" or moe or (model.from_table and preset == "all-linear"))
     ):
         notes.append(moe_note(model, quant, dtype, kbit_prep and quant != "none", bool(moe)))
-    notes += _contradictions(
+    notes += contradictions(
         model, method, quant, attn, seq, kbit_prep, double_quant, gpu_compute_capability, set(explicit)
     )
     if method == "freeze" and not 1 <= freeze_trainable_layers <= model.num_hidden_layers:
@@ -408,63 +402,3 @@ def resolve_train(
         optim_rank=int(optim_rank),
         activation_offload=activation_offload,
     )
-
-
-def moe_note(model: ModelSpec, quant: str, dtype: str, kbit_prep: bool, adapted: bool) -> str:
-    """One line: why a MoE's experts weigh what they weigh under LoRA / QLoRA (transformers 5 stores them as
-    fused 3-D `nn.Parameter`s: bitsandbytes replaces only `nn.Linear`, PEFT reaches them by `target_parameters`)."""
-    n = model.fused_expert_params
-    stored = "fp32 after kbit prep" if kbit_prep else dtype
-    size = f"{n / 1e9:.2f} B" if n >= 10**7 else f"{n:,}"
-    head = f"{model.name}'s experts ({size} parameters) are fused 3-D tensors in transformers 5, not nn.Linear: "
-    bnb = f"bitsandbytes leaves them unquantized ({stored}) and " if quant != "none" else ""
-    if adapted:
-        peft = "PEFT adapts them only through target_parameters (estimated as PEFT does)"
-    elif model.from_table:
-        peft = "PEFT reaches them only through target_parameters (adapters on them not estimated)"
-    else:
-        peft = "PEFT reaches them only through target_parameters (not targeted here)"
-    return head + bnb + peft
-
-
-def _contradictions(
-    model: ModelSpec,
-    method: str,
-    quant: str,
-    attn: str,
-    seq: int,
-    kbit_prep: bool | None,
-    double_quant: bool | None,
-    compute_capability: str | None,
-    explicit: set[str],
-) -> list[str]:
-    """What the real stack would refuse or ignore, as warnings; the estimate is made as given."""
-    out = []
-    cc = capability_tuple(compute_capability) if compute_capability else None
-    if attn == "flash_attention_2" and cc is not None and cc < FLASH_ATTN_2_MIN_CC:
-        out.append(
-            f"flash_attention_2 needs an Ampere or newer GPU (compute capability >= 8.0), this one is "
-            f"{compute_capability}: transformers will refuse it; use --attn sdpa"
-        )
-    if seq > model.max_position_embeddings:
-        out.append(
-            f"--seq {seq:,} is longer than {model.name}'s context (max_position_embeddings "
-            f"{model.max_position_embeddings:,}); quality past it needs RoPE scaling (not modeled)"
-        )
-    if kbit_prep and quant == "none":
-        out.append("--kbit-prep does nothing without a quantized base (--quant nf4|fp4|int8): ignored")
-    if double_quant and quant in ("none", "int8"):
-        out.append(f"--double-quant applies to 4-bit (nf4, fp4) only, not --quant {quant}: ignored")
-    if method not in ("lora", "qlora"):
-        dead = [FLAG_NAMES[k] for k in LORA_ONLY if k in explicit]
-        if dead:
-            out.append(
-                f"{', '.join(dead)} {'does' if len(dead) == 1 else 'do'} nothing with --method {method}: ignored"
-            )
-    if method != "freeze" and "freeze_trainable_layers" in explicit:
-        out.append(f"--freeze-trainable-layers applies to --method freeze, not --method {method}: ignored")
-    return out
-
-
-FLAG_NAMES = {"lora_rank": "--lora-rank", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
-              "lora_target": "--lora-target", "dora": "--dora"}  # fmt: skip
