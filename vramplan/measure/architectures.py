@@ -31,135 +31,31 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vramplan.measure.expression_fit import fit
+from vramplan.measure.meta_build import (  # noqa: F401 (auto_class, model_types, BUILD_FIXES are read from here by the tests)
+    BUILD_FIXES,
+    NOT_STRUCTURAL,
+    SKIP_FIELDS,
+    auto_class,
+    build,
+    jsonable,
+    keep_in_fp32,
+    list_counts,
+    make_config,
+    model_types,
+    param_key,
+    size_fields,
+    sub_config_defaults,
+)
 from vramplan.spec.architectures import flatten
 
 OUT = Path(__file__).resolve().parent.parent / "spec" / "architectures.json"
 LAYERS = 6  # decoder layers of the samples (fewer than the defaults: a meta build costs per module)
-SKIP_FIELDS = ("_id", "_ids", "num_labels", "transformers_version")
-NOT_STRUCTURAL = ("return_", "output_", "use_cache", "torchscript", "is_encoder_decoder", "tie_encoder",
-                  "add_cross_attention", "chunk_size", "tie_word_embeddings")  # fmt: skip
-# config values some classes need before they can build from defaults at all (one line each, with the reason)
-BUILD_FIXES: dict[str, dict[str, Any]] = {
-    "reformer": {"is_decoder": True},  # ReformerModelWithLMHead asserts is_decoder
-    "dbrx": {"attn_config": {"rope_theta": 500000.0}},  # DbrxAttentionConfig has no rope_theta default (DBRX's)
-    "nemotron": {"num_key_value_heads": 8},  # NemotronConfig leaves it None, its attention divides by it (Minitron's)
-}
-
-
-# ------------------------------------------------------------------ building
-def _size_fields(flat: dict[str, Any]) -> dict[str, int]:
-    return {
-        k: v
-        for k, v in flat.items()
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0 and not k.endswith(SKIP_FIELDS)
-    }
-
-
-def _list_counts(flat: dict[str, Any]) -> dict[str, int]:
-    """`count(layer_types=full_attention)`: how many entries of a per-layer list take each value."""
-    out: dict[str, int] = {}
-    for k, v in flat.items():
-        if isinstance(v, list) and v and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
-            for x in set(v):
-                out[f"count({k}={x})"] = sum(1 for y in v if y == x)
-    return out
-
-
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in flat.items():
-        parts = k.split(".")
-        d = out
-        for p in parts[:-1]:
-            d = d.setdefault(p, {})
-        d[parts[-1]] = v
-    return out
-
-
-def make_config(model_type: str, changes: dict[str, Any]):
-    from transformers import AutoConfig
-
-    base = AutoConfig.for_model(model_type, **BUILD_FIXES.get(model_type, {}))
-    kwargs = {**BUILD_FIXES.get(model_type, {})}
-    for k, v in changes.items():
-        top, _, rest = k.partition(".")
-        if rest:
-            sub = kwargs.get(top) or getattr(base, top).to_dict()
-            sub = flatten(sub)
-            if isinstance(sub.get(rest), int) and sub[rest] != v:  # per-layer lists follow a new layer count:
-                sub = {key: x for key, x in sub.items() if not (isinstance(x, list) and len(x) == sub[rest])}
-            sub[rest] = v
-            kwargs[top] = _nest(sub)
-        else:
-            kwargs[k] = v
-    return AutoConfig.for_model(model_type, **kwargs)
-
-
-def build(config) -> tuple[dict[str, Any], dict[str, list], dict[str, str], str | None]:
-    """(flat config fields, {key: [shape, count, module class if Linear/Conv1D]}, those weights, output key)."""
-    import transformers
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with torch.device("meta"):
-            model = getattr(transformers, auto_class(config.model_type)).from_config(config)
-    linear_weights = {
-        f"{n}.weight": type(mod).__name__
-        for n, mod in model.named_modules()
-        if isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "Conv1D"
-    }
-    params: dict[str, list] = {}
-    shapes_seen: dict[str, list[list[int]]] = {}
-    for name, p in model.named_parameters():
-        key = _key(name)
-        shape = list(p.shape)
-        seen = shapes_seen.setdefault(key, [])
-        if shape not in seen:
-            seen.append(shape)
-        if seen.index(shape):  # the same name in another shape (layers of another kind): its own key, numbered
-            key = f"{key}#{seen.index(shape) + 1}"  # in order of first appearance, so it is the same in every sample
-        entry = params.setdefault(key, [shape, 0, linear_weights.get(name)])
-        entry[1] += 1
-    out_emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    out_key = None
-    if out_emb is not None and getattr(out_emb, "weight", None) is not None:
-        names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
-        full = names.get(id(out_emb.weight))
-        if full is not None:
-            out_key = _key(full)
-            if out_key not in params:  # tied: not in named_parameters(); record its shape anyway
-                params[out_key] = [list(out_emb.weight.shape), 0, type(out_emb).__name__]
-    flat = flatten(config.to_dict())
-    return flat, params, linear_weights, out_key
-
-
-def auto_class(model_type: str) -> str:
-    """The class that builds the whole model: a causal LM, or a vision-language model (its text decoder,
-    vision tower and projector; transformers 5.24 `MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES`)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    return "AutoModelForCausalLM" if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else "AutoModelForImageTextToText"
-
-
-def model_types() -> list[str]:
-    """Every causal-LM and image-text-to-text model type of the installed transformers."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
-    )
-
-    return sorted(set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) | set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES))
-
-
-def _key(name: str) -> str:
-    return ".".join("*" if part.isdigit() else part for part in name.split("."))
 
 
 # ------------------------------------------------------------------ one model type
@@ -189,7 +85,7 @@ def record(model_type: str) -> dict[str, Any]:
     except Exception:
         start = {}
         flat0, params0, _, out_key = build(make_config(model_type, start))
-    sizes0 = _size_fields(flat0)
+    sizes0 = size_fields(flat0)
     samples = [(flat0, params0)]
     set_fields: list[str | None] = [None]  # the field each sample sets
     bool_fields = [k for k, v in defaults.items() if isinstance(v, bool) and not k.endswith(SKIP_FIELDS)
@@ -212,7 +108,7 @@ def record(model_type: str) -> dict[str, Any]:
             continue
         if set(params) != set(params0) or any(params[k][0] != params0[k][0] for k in params0 if k in params):
             flips[field] = (flat, params)
-    values = [_size_fields(f) | _list_counts(f) for f, _ in samples]
+    values = [size_fields(f) | list_counts(f) for f, _ in samples]
     # a value absent from a per-layer list occurs 0 times (llama4's `moe_layers` gains indices with the layers)
     list_keys = {k for v in values for k in v if k.startswith("count(")}
     values = [{**dict.fromkeys(list_keys, 0), **v} for v in values]
@@ -244,7 +140,7 @@ def record(model_type: str) -> dict[str, Any]:
     # parameters that exist only under a flipped boolean (biases, q/k norms): shapes from that sample alone,
     # matched to the fields by value (a bias takes its weight's first dimension)
     for field, (flat, params) in flips.items():
-        vals = _size_fields(flat) | _list_counts(flat)
+        vals = size_fields(flat) | list_counts(flat)
         for key, (shape, count, linear) in params.items():
             if key in params0:
                 continue
@@ -270,9 +166,9 @@ def record(model_type: str) -> dict[str, Any]:
     return {
         "auto_class": auto_class(model_type),
         "config_class": type(default_cfg).__name__,
-        "keep_in_fp32_modules": sorted(_keep_in_fp32(model_type)),
+        "keep_in_fp32_modules": sorted(keep_in_fp32(model_type)),
         "sub_config_defaults": sub_config_defaults(model_type),
-        "defaults": {k: v for k, v in defaults.items() if _jsonable(v)},
+        "defaults": {k: v for k, v in defaults.items() if jsonable(v)},
         "attribute_map": dict(getattr(type(default_cfg), "attribute_map", {}) or {}),
         "derived": derived,
         "none_defaults": none_defaults,
@@ -283,60 +179,11 @@ def record(model_type: str) -> dict[str, Any]:
     }
 
 
-def sub_config_defaults(model_type: str) -> dict[str, dict[str, Any]]:
-    """For each sub-config (`vision_config`, `text_config`, ...): its own class's defaults. A wrapper's defaults
-    for a sub-config can differ from them (LlavaConfig builds a 1024-wide CLIP when given none), and a
-    config.json that gives the sub-config as a dict starts from the class's (`CONFIG_MAPPING[type](**dict)`)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.for_model(model_type, **BUILD_FIXES.get(model_type, {}))
-    out: dict[str, dict[str, Any]] = {}
-    for name in getattr(config, "sub_configs", {}) or {}:
-        sub = getattr(config, name, None)
-        if sub is None or not hasattr(sub, "to_dict"):
-            continue
-        try:
-            fresh = type(sub)().to_dict()
-        except Exception:  # a sub-config class without defaults of its own: the wrapper's are all there is
-            continue
-        out[name] = {k: v for k, v in flatten(fresh).items() if _jsonable(v) and not k.endswith(SKIP_FIELDS)}
-    return out
-
-
-def _keep_in_fp32(model_type: str) -> set[str]:
-    """Module names the model class keeps in fp32 and bitsandbytes leaves unquantized (`_keep_in_fp32_modules`,
-    `_keep_in_fp32_modules_strict`; transformers quantizers/base.py get_modules_to_not_convert)."""
-    import transformers
-    from transformers.models.auto import modeling_auto
-
-    causal = auto_class(model_type) == "AutoModelForCausalLM"
-    mapping = (
-        modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-        if causal
-        else modeling_auto.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-    )
-    class_names = mapping[model_type]
-    names: set[str] = set()
-    for class_name in (class_names,) if isinstance(class_names, str) else class_names:
-        cls = getattr(transformers, class_name, None)
-        for attr in ("_keep_in_fp32_modules", "_keep_in_fp32_modules_strict"):
-            names |= set(getattr(cls, attr, None) or ())
-    return names
-
-
 def _by_value(values: dict[str, int], n: int) -> list[list]:
     for k in sorted(values, key=len):
         if values[k] == n:
             return [[1, [k]]]
     return [[n, []]]
-
-
-def _jsonable(v: Any) -> bool:
-    try:
-        json.dumps(v)
-    except TypeError:
-        return False
-    return True
 
 
 class TypeTimeout(Exception):
@@ -368,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             table, failed = old["architectures"], old["not_built"]
     for mt, entry in table.items():  # entries recorded before these fields existed: no build needed for them
         entry.setdefault("auto_class", auto_class(mt))
-        entry.setdefault("keep_in_fp32_modules", sorted(_keep_in_fp32(mt)))
+        entry.setdefault("keep_in_fp32_modules", sorted(keep_in_fp32(mt)))
         entry.setdefault("sub_config_defaults", sub_config_defaults(mt))
     signal.signal(signal.SIGALRM, _on_alarm)
     for mt in types:
