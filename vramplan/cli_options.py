@@ -121,7 +121,7 @@ def train_options(f: Callable) -> Callable:
         ),
         click.option(
             "--image-tokens",
-            type=int,
+            type=COUNT,
             default=0,
             show_default=True,
             help="VLM: image positions per sequence, added to --seq (e.g. 576 for llava-1.5)",

@@ -16,6 +16,8 @@ def model_spec_from_config(cfg: Mapping[str, Any], name: str) -> ModelSpec:
     """Build a ModelSpec from a Hugging Face `config.json` mapping. A wrapper's `text_config` (VLMs, and
     composite configs such as Gemma 3's) is read with its class's defaults filled in; the estimate then counts
     the vision tower and projector as frozen weights, or says that it could not."""
+    if cfg.get("model_type") is not None:
+        config_str(cfg, "model_type", name)  # a list or a number is one error line, not a lookup's TypeError
     if "text_config" not in cfg and cfg.get("model_type") in SUPPORTED_MODEL_TYPES:
         return known_model_spec(cfg, name)  # the common case: the architecture table is not read
     from vramplan.spec import architectures  # read only when needed (a 3 MB table)
