@@ -19,9 +19,9 @@ def test_trl_defaults_change_with_the_release():
 
 
 def test_installed_version_is_read_without_import(monkeypatch):
-    import importlib.metadata
+    import vramplan.spec.recipe as recipe
 
-    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.21.0")
+    monkeypatch.setattr(recipe, "_installed", lambda name: "0.21.0")  # an older TRL installed
     r = resolve_recipe("trl")
     assert (r.version, r.version_source, dict(r.settings)["loss"]) == ("0.21.0", "installed", "hf")
 
@@ -41,3 +41,21 @@ def test_trl_recipe_differs_from_trainer_by_what_trl_changes():
     assert trainer.train.loss == "hf"
     # the fused head never holds the T·V logits: its loss is far below the HF loss's fp32 copies
     assert trl.components.logits < trainer.components.logits
+
+
+def test_installed_version_reads_what_importlib_metadata_reads():
+    """`_installed` reads dist-info folder names instead of parsing METADATA (cold start): for every
+    distribution of this environment it gives importlib.metadata's version, and None for a missing one."""
+    from importlib.metadata import distributions, version
+
+    from vramplan.spec.recipe import _installed
+
+    seen = set()
+    for dist in distributions():
+        name = dist.metadata["Name"]
+        if not name or name.lower() in seen:
+            continue
+        seen.add(name.lower())
+        assert _installed(name) == version(name), name
+    assert len(seen) > 20  # the test environment's packages, not an empty path
+    assert _installed("no-such-distribution-vramplan") is None
