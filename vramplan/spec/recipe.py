@@ -81,7 +81,7 @@ def _installed(package: str) -> str | None:
     sys.path, the first found as importlib.metadata finds it (the name normalized as wheels write it, PEP 427).
     Folder names only: importlib.metadata would parse every METADATA file's e-mail headers, a third of an
     estimate's cold start."""
-    prefix = re.sub(r"[-_.]+", "_", package).lower() + "-"
+    wanted = re.sub(r"[-_.]+", "_", package).lower()
     for entry in sys.path:
         try:
             names = os.listdir(entry or ".")
@@ -89,8 +89,11 @@ def _installed(package: str) -> str | None:
             continue
         for name in names:
             stem, dot, suffix = name.rpartition(".")
-            if dot and suffix in ("dist-info", "egg-info") and stem.lower().startswith(prefix):
-                return stem[len(prefix) :].split("-")[0]
+            if not dot or suffix not in ("dist-info", "egg-info"):
+                continue
+            project, _, version = stem.partition("-")  # `backports.tarfile-1.2.0`: the name as its tool wrote it
+            if version and re.sub(r"[-_.]+", "_", project).lower() == wanted:
+                return version.split("-")[0]
     return None
 
 
