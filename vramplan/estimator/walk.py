@@ -115,14 +115,19 @@ class WalkSettings:
     liger: bool = False  # Liger's RMSNorm, SwiGLU and RoPE kernels in place of the model's ops (layer_ops.py)
 
 
+def effective_attn(m: ModelSpec, t: TrainSpec) -> str:
+    """The attention the model really runs: gemma2 has `_supports_sdpa = False` (softcapping) and bloom's alibi
+    attention is a baddbmm, so both run eager whatever --attn says."""
+    return "eager" if m.model_type in ("gemma2", "bloom") else t.attn
+
+
 def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
     """Which decoder layers get an explicit attention mask: the sliding-window ones whose window the sequence
     reaches (transformers 5.24 masking_utils `_ignore_causal_mask_sdpa` skips the mask only while
     kv_length < window; full-attention layers run SDPA causal without one). Mistral / Mixtral slide every
     layer; Gemma 3 its `sliding_attention` layers (modeling_gemma3.py `causal_mask_mapping`)."""
     n = m.num_hidden_layers
-    attn = "eager" if m.model_type in ("gemma2", "bloom") else t.attn
-    if t.packing and attn == "sdpa":
+    if t.packing and effective_attn(m, t) == "sdpa":
         # packed rows (position_ids restarting inside a row): `find_packed_sequence_indices` turns the causal
         # skip off and SDPA gets the block-diagonal B·1·S·S mask (masking_utils.py `_preprocess_mask_arguments`)
         return (True,) * n
@@ -138,9 +143,7 @@ def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
 
 def walk_settings(m: ModelSpec, t: TrainSpec) -> WalkSettings:
     autocast_dtype = None if t.mixed_precision == "no" else t.mixed_precision
-    attn = t.attn
-    if m.model_type in ("gemma2", "bloom"):
-        attn = "eager"  # gemma2: _supports_sdpa = False (softcapping); bloom: alibi baddbmm attention
+    attn = effective_attn(m, t)
     return WalkSettings(
         masked=any(masked_layers(m, t)),
         autocast_dtype=autocast_dtype,
