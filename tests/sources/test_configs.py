@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from vramplan.cli import main
-from vramplan.sources.configs import read_config
+from vramplan.sources.configs.formats import read_config
 from vramplan.sources.profiles import builtin_for_repo, builtin_model_names, find_model_config, repo_key
 
 DATA = Path(__file__).parent.parent / "data"

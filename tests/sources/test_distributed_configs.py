@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from vramplan.api import estimate
 from vramplan.cli import main
 from vramplan.estimator.distributed import fsdp_units, shard
-from vramplan.sources.configs import read_config
 from vramplan.sources.configs.deepspeed import SHIPPED, from_deepspeed_json, read_deepspeed, read_fsdp
+from vramplan.sources.configs.formats import read_config
 from vramplan.sources.profiles import load_model
 from vramplan.spec import resolve_train
 from vramplan.spec.parallel import AUTO, ZeroBuckets, resolve_parallel

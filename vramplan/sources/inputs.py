@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vramplan.errors import VramplanError
-from vramplan.sources.configs import FileSettings, Unmodeled, read_config, read_model_config
+from vramplan.sources.configs.huggingface import read_model_config
+from vramplan.sources.configs.reader import FileSettings, Unmodeled
 from vramplan.sources.profiles import find_model_config
 from vramplan.spec import ModelSpec, model_spec_from_config
 from vramplan.spec.recipe import FORMAT_RECIPES, Recipe, resolve_recipe
@@ -38,7 +39,11 @@ class Plan:
 def plan_inputs(model: str | None, files: Sequence[str], flags: Mapping[str, Any], typed: Collection[str] = ()) -> Plan:
     """Layer `flags` (a command's option values; `typed`: those the user set) over the --from `files` and the
     model's quantization_config. `model`: MODEL / --model, else the model the last naming file names."""
-    read = [read_config(f) for f in files]
+    read: list[FileSettings] = []
+    if files:  # the format readers (LLaMA-Factory, axolotl, ...) are loaded only with a file to read
+        from vramplan.sources.configs.formats import read_config
+
+        read = [read_config(f) for f in files]
     settings = dict(flags)
     sources = {k: "flag" if k in typed else "default" for k in flags}
 
