@@ -214,9 +214,14 @@ def parallel_options(f: Callable) -> Callable:
 
 def parallel_plan(m, t, b, kw: dict[str, Any]):
     """The ParallelPlan of the one-GPU Breakdown `b` for kw's --gpus/--strategy/...; warnings to stderr."""
+    p = resolve_parallel_spec(t, kw)
+    if p.plain:  # the engines' rules (estimator.distributed) are loaded for several GPUs or an engine only
+        from vramplan.estimator.parallel_plan import ParallelPlan
+
+        return ParallelPlan.one_gpu(p, b)
     from vramplan.estimator.distributed import shard
 
-    return shard(m, t, resolve_parallel_spec(t, kw), b)
+    return shard(m, t, p, b)
 
 
 def resolve_parallel_spec(t, kw: dict[str, Any]):

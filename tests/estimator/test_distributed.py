@@ -23,6 +23,7 @@ import pytest
 
 from vramplan.api import estimate
 from vramplan.estimator.distributed import alternatives, fsdp_units, shard
+from vramplan.estimator.parallel_plan import ParallelPlan
 from vramplan.estimator.zero import largest_module, zero_states, zero_states_for
 from vramplan.report.train import breakdown_json
 from vramplan.sources.profiles import find_gpu, load_model, load_model_config
@@ -260,7 +261,8 @@ def _configs():
 @pytest.mark.parametrize(("name", "method", "optim", "ckpt", "accum"), _configs())
 def test_one_gpu_is_the_single_gpu_estimate(name, method, optim, ckpt, accum):
     """--gpus 1 with ddp (the default), fsdp or fsdp-hybrid: the one-GPU Breakdown, byte for byte and in
-    JSON (DDP is not wrapped on one rank; FSDP clamps to NO_SHARD at world size 1)."""
+    JSON (DDP is not wrapped on one rank; FSDP clamps to NO_SHARD at world size 1). With ddp (`plain`) the CLI
+    takes ParallelPlan.one_gpu, which does not load the engines: the same plan as shard's."""
     m = load_model(name)
     t = resolve_train(m, method=method, optim=optim, grad_ckpt=ckpt, grad_accum=accum, batch=2, seq=512)
     single = estimate(m, train=t, gpu=find_gpu("a100-80"))
@@ -271,6 +273,8 @@ def test_one_gpu_is_the_single_gpu_estimate(name, method, optim, ckpt, accum):
         assert pp.total_bytes == single.device_bytes
         assert pp.buffers == ()
         assert pp.host_offload_bytes == 0
+        if strategy == "ddp":
+            assert ParallelPlan.one_gpu(resolve_parallel(t), single) == pp
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "qlora"])

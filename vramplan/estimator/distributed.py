@@ -32,12 +32,12 @@ Sources read for this module:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 from vramplan.breakdown import Breakdown, Components, PhaseUsage
 from vramplan.estimator.adapters import ADAPTER_BYTES
 from vramplan.estimator.build import with_phases
 from vramplan.estimator.optimizer import optimizer_bytes
+from vramplan.estimator.parallel_plan import ParallelPlan
 from vramplan.estimator.params import count_params, lora_params
 from vramplan.estimator.weights import base_param_dtype_bytes
 from vramplan.estimator.zero import (
@@ -55,32 +55,7 @@ from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.spec.parallel import ParallelSpec
 from vramplan.units import ceil_div
 
-# ---------------------------------------------------------------- the plan
-
-
-@dataclass(frozen=True, slots=True)
-class ParallelPlan:
-    """One GPU of a data-parallel run: its Breakdown (verdict per GPU), engine buffers in it, host RAM."""
-
-    spec: ParallelSpec
-    breakdown: Breakdown  # one rank's GPU
-    single: Breakdown  # the one-GPU estimate it was derived from
-    buffers: tuple[tuple[str, int], ...]  # engine-added bytes at the peak phase, by name (in `temporaries`)
-    host_offload_bytes_per_rank: int
-    master_weights_bytes: int = 0  # ZeRO's fp32 master copy on this GPU (inside `optimizer_states`)
-
-    @property
-    def per_gpu_bytes(self) -> int:
-        return self.breakdown.device_bytes
-
-    @property
-    def total_bytes(self) -> int:
-        return self.per_gpu_bytes * self.spec.gpus
-
-    @property
-    def host_offload_bytes(self) -> int:
-        """Host RAM per node held by offloaded states (steady state; DeepSpeed's estimator adds 50 %)."""
-        return self.host_offload_bytes_per_rank * self.spec.ranks_per_node
+# ---------------------------------------------------------------- per engine: the phases of one rank
 
 
 Phased = tuple[tuple[Components, tuple[tuple[str, int], ...]], ...]

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from rich.console import Console
 
-    from vramplan.estimator.distributed import ParallelPlan
+    from vramplan.estimator.parallel_plan import ParallelPlan
     from vramplan.plan.advice import Suggestion
     from vramplan.sources.inputs import Plan
 

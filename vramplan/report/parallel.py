@@ -10,7 +10,7 @@ from vramplan.report.train import render_breakdown
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from vramplan.estimator.distributed import ParallelPlan
+    from vramplan.estimator.parallel_plan import ParallelPlan
     from vramplan.spec.parallel import ParallelSpec
 
 
