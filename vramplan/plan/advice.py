@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from vramplan.breakdown import Breakdown, Verdict
 from vramplan.plan.fit import SEQ_MULTIPLE, fits, largest, max_seq, run
-from vramplan.sources.profiles import GpuProfile
 from vramplan.spec import ModelSpec, TrainSpec, resolve_lora_target
 from vramplan.spec.alloc_conf import parse_alloc_conf
+from vramplan.spec.gpu import GpuProfile
 
 # Cost to the user of each change: 0 = free, 1 = slower, 2 = changes the training recipe (accuracy may move),
 # 3 = less data per step

@@ -23,9 +23,9 @@ from vramplan.errors import VramplanError
 from vramplan.estimator.allocator_slack import error_band
 from vramplan.estimator.build import build_breakdown
 from vramplan.estimator.distributed import shard
-from vramplan.sources.profiles import GpuProfile
 from vramplan.spec import ModelSpec, TrainSpec, resolve_train
 from vramplan.spec.fields import positive
+from vramplan.spec.gpu import GpuProfile
 from vramplan.spec.parallel import ParallelSpec
 from vramplan.spec.train import LIMITS, parse_count
 

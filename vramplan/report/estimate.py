@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 from vramplan.report.common import gib
 from vramplan.report.parallel import parallel_advice_lines, parallel_json, render_parallel
 from vramplan.report.train import breakdown_json
-from vramplan.report.trust import render_calibration_note
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -62,6 +61,8 @@ def render_estimate(
     console: Console,
 ) -> None:
     """The breakdown, the calibration line, then the multi-GPU alternatives or the one-GPU suggestions."""
+    from vramplan.report.trust import render_calibration_note  # tables only: `--json` does not load it
+
     render_parallel(pp, console)
     render_calibration_note(pp.breakdown, console)
     if alternatives:

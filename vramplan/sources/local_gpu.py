@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from vramplan.errors import VramplanError
-from vramplan.sources.profiles import GpuProfile, _gpu_index, _norm, load_gpus
-from vramplan.spec.gpu import capability_formats
+from vramplan.sources.profiles import _gpu_index, _norm, load_gpus
+from vramplan.spec.gpu import GpuProfile, capability_formats
 
 
 @dataclass(frozen=True, slots=True)

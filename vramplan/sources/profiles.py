@@ -8,12 +8,14 @@ import sys
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vramplan.errors import VramplanError, did_you_mean
 from vramplan.sources.files import check_name, is_dir, is_file, parse_json, read_text, short
 from vramplan.spec import ModelSpec, model_spec_from_config
-from vramplan.spec.gpu import GpuProfile
+
+if TYPE_CHECKING:
+    from vramplan.spec.gpu import GpuProfile
 
 
 def profiles_dir() -> Path:
@@ -38,6 +40,7 @@ def load_gpus() -> dict[str, GpuProfile]:
         import tomllib
     else:  # pragma: no cover
         import tomli as tomllib
+    from vramplan.spec.gpu import GpuProfile
 
     data = tomllib.loads((profiles_dir() / "gpus.toml").read_text())
     out = {}

@@ -3,7 +3,6 @@ and the contradictions the real stack would refuse or ignore (warnings; the esti
 
 from __future__ import annotations
 
-from vramplan.spec.gpu import capability_tuple
 from vramplan.spec.model import ModelSpec
 
 # The first GPU generation FlashAttention-2 runs on: Ampere, compute capability 8.0 (flash-attention
@@ -44,7 +43,11 @@ def contradictions(
 ) -> list[str]:
     """What the real stack would refuse or ignore, as warnings; the estimate is made as given."""
     out = []
-    cc = capability_tuple(compute_capability) if compute_capability else None
+    cc = None
+    if compute_capability:  # a GPU's: an estimate without one does not load spec.gpu
+        from vramplan.spec.gpu import capability_tuple
+
+        cc = capability_tuple(compute_capability)
     if attn == "flash_attention_2" and cc is not None and cc < FLASH_ATTN_2_MIN_CC:
         out.append(
             f"flash_attention_2 needs an Ampere or newer GPU (compute capability >= 8.0), this one is "
