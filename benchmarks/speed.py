@@ -1,8 +1,11 @@
 """Speed of the analytic estimator: CLI cold start and estimates per second through the Python API.
 
 Targets: `vramplan estimate MODEL --json` <= 60 ms and `vramplan --help` < 50 ms median cold start on a
-laptop-class machine (issue 15; a bare `python -c pass`, printed beside them, is the floor), >= 10,000
-estimates/s (issue 2). Prints figures; asserts nothing. `python benchmarks/speed.py [RUNS]`.
+laptop-class machine where a bare `python -c pass` takes ~23 ms (issue 15), i.e. ~37 ms and ~27 ms above the
+interpreter's own start; >= 10,000 estimates/s (issue 2). The floor, `python -c pass`, runs in the same rounds
+and each command is also shown above it: the interpreter's start differs between machines (a `.pth` file in
+site-packages that imports something costs every command alike), vramplan's share does not as much.
+Prints figures; asserts nothing. `python benchmarks/speed.py [RUNS]`.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import subprocess
 import sys
 import time
 
+FLOOR = "python -c pass"
 COMMANDS: dict[str, list[str]] = {
-    "python -c pass": ["-c", "pass"],  # the interpreter alone (site, .pth files): the floor of any command
+    FLOOR: ["-c", "pass"],  # the interpreter alone (site, .pth files): the floor of any command
     "vramplan --help": ["-m", "vramplan.cli", "--help"],
     "vramplan estimate llama-2-7b --json": ["-m", "vramplan.cli", "estimate", "llama-2-7b", "--json"],
     "vramplan estimate llama-7b --method qlora --gpu 3060ti --json": [
@@ -25,10 +29,12 @@ COMMANDS: dict[str, list[str]] = {
 }  # fmt: skip
 
 
-def cold_starts(runs: int = 31) -> dict[str, tuple[float, float]]:
-    """(median wall time, median CPU time) in seconds of each of COMMANDS in a fresh interpreter (subprocess),
-    `runs` rounds, the commands interleaved within a round so that load from other processes on the machine
-    hits all of them alike; CPU time (user + sys of the child) moves less than wall time on a busy machine.
+def cold_starts(runs: int = 31) -> dict[str, tuple[float, float, float]]:
+    """(median wall time, median CPU time, median wall time above FLOOR) in seconds of each of COMMANDS in a
+    fresh interpreter (subprocess), `runs` rounds, the commands interleaved within a round so that load from
+    other processes on the machine hits all of them alike; CPU time (user + sys of the child) moves less than
+    wall time on a busy machine. Above FLOOR: the median over rounds of the command's time minus FLOOR's in
+    the same round.
     VRAMPLAN_STORE names a missing file: no calibration, and no lookup of the default store's directory.
     Bytecode is allowed (an installed package has its .pyc files; PYTHONDONTWRITEBYTECODE would time the
     compiler): one round before the timed ones writes them."""
@@ -46,7 +52,14 @@ def cold_starts(runs: int = 31) -> dict[str, tuple[float, float]]:
             wall[name].append(time.perf_counter() - t0)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu[name].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in COMMANDS}
+    return {
+        name: (
+            statistics.median(wall[name]),
+            statistics.median(cpu[name]),
+            statistics.median(w - f for w, f in zip(wall[name], wall[FLOOR], strict=True)),
+        )
+        for name in COMMANDS
+    }
 
 
 def throughput(n: int = 10_000) -> float:
@@ -68,7 +81,10 @@ def throughput(n: int = 10_000) -> float:
 
 if __name__ == "__main__":
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 31
-    print(f"cold start, median of {runs} runs each (subprocess, interleaved): wall, CPU (user + sys)")
-    for name, (wall, cpu) in cold_starts(runs).items():
-        print(f"  {1000 * wall:6.1f} ms  {1000 * cpu:6.1f} ms  {name}")
+    print(f"cold start, median of {runs} runs each (subprocess, interleaved); CPU: user + sys of the child;")
+    print(f"above: wall time above `{FLOOR}`, the median of the per-round difference")
+    print(f"  {'wall':>9}  {'CPU':>9}  {'above':>10}  command")
+    for name, (wall, cpu, above) in cold_starts(runs).items():
+        shown = "" if name == FLOOR else f"{1000 * above:+7.1f} ms"
+        print(f"  {1000 * wall:6.1f} ms  {1000 * cpu:6.1f} ms  {shown:>10}  {name}")
     print(f"estimates per second over 10,000 configurations (Python API, resolved specs): {throughput():,.0f}")
