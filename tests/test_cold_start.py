@@ -41,7 +41,7 @@ ESTIMATE_UNUSED = (
 )  # fmt: skip
 # `--help` needs click and the option definitions: none of the estimator, its inputs or its results.
 HELP_UNUSED = ("vramplan.api", "vramplan.spec", "vramplan.estimator", "vramplan.sources", "vramplan.breakdown",
-               "dataclasses", "pathlib")  # fmt: skip
+               "vramplan.plan", "vramplan.trust", "vramplan.measure")  # fmt: skip
 
 
 def modules_after(argv: list[str]) -> set[str]:
