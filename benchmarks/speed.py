@@ -5,7 +5,10 @@ laptop-class machine where a bare `python -c pass` takes ~23 ms (issue 15), i.e.
 interpreter's own start; >= 10,000 estimates/s (issue 2). The floor, `python -c pass`, runs in the same rounds
 and each command is also shown above it: the interpreter's start differs between machines (a `.pth` file in
 site-packages that imports something costs every command alike), vramplan's share does not as much.
-Prints figures; asserts nothing. `python benchmarks/speed.py [RUNS]`.
+`--no-site` runs every command (the floor too) with `python -S`, this interpreter's sys.path on PYTHONPATH: no
+`.pth` file runs, as on a machine whose site-packages holds none that imports anything (a sandbox's certifi
+hook imports re, typing, pathlib, zipfile, ... into every interpreter, which makes them look free to vramplan).
+Prints figures; asserts nothing. `python benchmarks/speed.py [RUNS] [--no-site]`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ COMMANDS: dict[str, list[str]] = {
 }  # fmt: skip
 
 
-def cold_starts(runs: int = 31) -> dict[str, tuple[float, float, float]]:
+def cold_starts(runs: int = 31, site: bool = True) -> dict[str, tuple[float, float, float]]:
     """(median wall time, median CPU time, median wall time above FLOOR) in seconds of each of COMMANDS in a
     fresh interpreter (subprocess), `runs` rounds, the commands interleaved within a round so that load from
     other processes on the machine hits all of them alike; CPU time (user + sys of the child) moves less than
@@ -40,15 +43,19 @@ def cold_starts(runs: int = 31) -> dict[str, tuple[float, float, float]]:
     compiler): one round before the timed ones writes them."""
     env = {**os.environ, "VRAMPLAN_STORE": os.devnull + ".absent", "HF_HUB_OFFLINE": "1"}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    python = [sys.executable]
+    if not site:
+        python.append("-S")
+        env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *(p for p in sys.path if p)])
     for argv in COMMANDS.values():
-        subprocess.run([sys.executable, *argv], check=True, capture_output=True, env=env)
+        subprocess.run([*python, *argv], check=True, capture_output=True, env=env)
     wall: dict[str, list[float]] = {name: [] for name in COMMANDS}
     cpu: dict[str, list[float]] = {name: [] for name in COMMANDS}
     for _ in range(runs):
         for name, argv in COMMANDS.items():
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, *argv], check=True, capture_output=True, env=env)
+            subprocess.run([*python, *argv], check=True, capture_output=True, env=env)
             wall[name].append(time.perf_counter() - t0)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu[name].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
@@ -80,11 +87,15 @@ def throughput(n: int = 10_000) -> float:
 
 
 if __name__ == "__main__":
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 31
+    numbers = [a for a in sys.argv[1:] if a.isdigit()]
+    runs = int(numbers[0]) if numbers else 31
+    site = "--no-site" not in sys.argv
     print(f"cold start, median of {runs} runs each (subprocess, interleaved); CPU: user + sys of the child;")
     print(f"above: wall time above `{FLOOR}`, the median of the per-round difference")
+    if not site:
+        print("every command with `python -S` (no site, no .pth file), sys.path on PYTHONPATH")
     print(f"  {'wall':>9}  {'CPU':>9}  {'above':>10}  command")
-    for name, (wall, cpu, above) in cold_starts(runs).items():
+    for name, (wall, cpu, above) in cold_starts(runs, site).items():
         shown = "" if name == FLOOR else f"{1000 * above:+7.1f} ms"
         print(f"  {1000 * wall:6.1f} ms  {1000 * cpu:6.1f} ms  {shown:>10}  {name}")
     print(f"estimates per second over 10,000 configurations (Python API, resolved specs): {throughput():,.0f}")
