@@ -270,13 +270,20 @@ def test_model_config_quantization_beats_the_file_but_not_a_flag():
     assert (i["method"], i["quant"], i["sources"]["quant"]) == ("qlora", "int8", "flag")
 
 
-def test_gptq_checkpoint_is_approximated_and_listed(tmp_path: Path):
+def test_gptq_checkpoint_is_trained_as_gptq(tmp_path: Path):
+    """A config.json with a GPTQ quantization_config: LoRA on the GPTQ weights (spec/prequantized_base.py), not an
+    nf4 stand-in; a format vramplan does not count (hqq) is listed as estimated unquantized."""
     cfg = json.loads((Path(MY_MODEL) / "config.json").read_text())
     cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False}
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     i = inputs(str(tmp_path), "--method", "lora")
-    assert (i["method"], i["quant"], i["double_quant"]) == ("qlora", "nf4", False)
-    assert i["not_modeled"] == ["quantization_config.quant_method=gptq (estimated as bitsandbytes nf4)"]
+    assert (i["method"], i["quant"], i["checkpoint"]) == ("lora", "none", "gptq int4 g128")
+    assert i["not_modeled"] == []
+    cfg["quantization_config"] = {"quant_method": "hqq", "nbits": 4}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    i = inputs(str(tmp_path), "--method", "lora")
+    assert (i["quant"], i["checkpoint"]) == ("none", None)
+    assert i["not_modeled"] == ["quantization_config.quant_method=hqq (estimated unquantized)"]
 
 
 # ---------------------------------------------------------------- flags override files
@@ -392,11 +399,23 @@ def test_every_profile_resolves_from_its_own_repo_and_aliases():
             assert builtin_for_repo(repo) == name, repo
 
 
-def test_prequantized_mirror_is_noted_not_silently_fp16():
-    i = inputs("TheBloke/Llama-2-7B-GPTQ", "--method", "qlora")
+def test_prequantized_mirror_is_estimated_in_the_format_its_name_says():
+    """Offline, `TheBloke/Llama-2-7B-GPTQ` resolves to llama-2-7b: trained as GPTQ (said, with the format assumed);
+    `--quant nf4` replaces it; a `-BNB-NF4` name is QLoRA nf4 with no note; GGUF (not counted) is noted."""
+    r = run("TheBloke/Llama-2-7B-GPTQ", "--method", "qlora", "--json")
+    i = json.loads(r.stdout)["inputs"]
     assert i["model_config"] == "builtin:llama-2-7b"
-    assert any(u.startswith("model=TheBloke/Llama-2-7B-GPTQ (GPTQ)") and "pre-quantized" in u for u in i["not_modeled"])
-    assert not any(u.startswith("model=") for u in inputs("TheBloke/Llama-2-7B-GPTQ", "--quant", "nf4")["not_modeled"])
+    assert (i["method"], i["quant"], i["checkpoint"]) == ("lora", "none", "gptq int4 g128")
+    assert "gptq int4 g128 (assumed from the model name" in r.stderr
+    assert not any(u.startswith("model=") for u in i["not_modeled"])
+    i = inputs("TheBloke/Llama-2-7B-GPTQ", "--quant", "nf4")
+    assert (i["quant"], i["checkpoint"]) == ("nf4", None)
+    r = run("hugging-quants/Meta-Llama-3.1-8B-Instruct-BNB-NF4-BF16", "--method", "lora", "--json")
+    i = json.loads(r.stdout)["inputs"]
+    assert (i["method"], i["quant"], i["checkpoint"]) == ("qlora", "nf4", None)
+    assert "assumed" not in r.stderr
+    i = inputs("TheBloke/Llama-2-7B-GGUF")
+    assert any(u.startswith("model=TheBloke/Llama-2-7B-GGUF (GGUF)") for u in i["not_modeled"])
     assert not any(u.startswith("model=") for u in inputs("meta-llama/Llama-2-7b-chat-hf")["not_modeled"])
 
 

@@ -20,7 +20,10 @@ def linear(
 ) -> SymbolicTensor:
     T = settings.T
     autocast_dtype = settings.autocast_dtype
-    if quantized and settings.int8:
+    in_features = int(x.numel.real)  # the walk runs per token
+    if settings.prequantized and not trainable:
+        out = _prequantized(walk, settings, x, in_features, out_features)
+    elif quantized and settings.int8:
         # bitsandbytes Linear8bitLt -> MatMul8bitLt (autograd/_functions.py, 0.50.2; CUDA's path): keeps its
         # input A in ctx.tensors whenever A needs a gradient; quantizes A.to(fp16) row-wise to int8 and returns
         # int8_scaled_mm(..., dtype=A.dtype): the output is in x's dtype (a custom op: autocast does not apply)
@@ -56,7 +59,6 @@ def linear(
         x_dropped = walk.new(x_adapter.numel, x_adapter.dtype, x_adapter.requires_grad)
     else:
         x_dropped = x_adapter
-    in_features = int(x.numel.real)  # the walk runs per token
     held, kept, base_weight_copy = (
         _dora_weight_norm(walk, settings, (x, x_adapter, x_dropped, out), in_features, out_features, quantized)
         if settings.dora
@@ -109,6 +111,31 @@ def linear(
     if not quantized:
         result = walk.cast(result, out.dtype)
     return result
+
+
+def _prequantized(
+    walk: Walk, settings: WalkSettings, x: SymbolicTensor, in_features: int, out_features: int
+) -> SymbolicTensor:
+    """A frozen linear of a pre-quantized base (spec/prequantized_base.py, sources there): the matmul runs in
+    x's dtype after autocast. While the weight is dequantized `dequant_copies` weight-sized tensors in that dtype
+    are alive (GPTQ / AWQ: fp16 and its bf16 cast), `matmul_copies` of them still when the output is allocated.
+    GPTQ's torch.matmul saves the dequantized weight (x needs a gradient), AQLM's autograd Function saves its
+    input; AWQ and FP8 save only their quantized tensors; a decompressed compressed-tensors linear is a dense
+    frozen one. The walk follows the forward: the weight AWQ, FP8, AQLM and NVFP4 dequantize again in backward
+    (`backward_copies`, one linear's, transient) is not a moment of it."""
+    T = settings.T
+    compute = settings.autocast_dtype or x.dtype
+    weight = in_features * out_features * BYTES[compute]
+    x_compute = walk.cast(x, compute)
+    if settings.dequant_copies:
+        walk.transient(x, x_compute, extra=settings.dequant_copies * weight)
+    out = walk.new(T * out_features, compute, x.requires_grad)
+    walk.transient(x, x_compute, out, extra=settings.matmul_copies * weight)
+    if settings.prequantized == "saves_weight" and x.requires_grad:
+        walk.per_layer_saved += weight
+    elif settings.prequantized == "saves_input" and x.requires_grad:
+        walk.save(x_compute)
+    return out
 
 
 def _dora_weight_norm(

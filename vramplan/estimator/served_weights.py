@@ -17,6 +17,9 @@ and N outputs on one rank (vLLM 0.34.0, model_executor/layers/quantization/):
   fused_moe/oracle/mxfp4.py `mxfp4_round_up_hidden_size_and_intermediate_size`).
 - NVFP4 (modelopt.py): K·N/2 + K·N/16 FP8 scales + two fp32 global scales.
 - bitsandbytes: weights.py's rules (0.5 B + absmax per 64).
+- AQLM (aqlm 1.1.7 inference.py `QuantizedLinear`): codes (N/out_group)·(K/in_group)·codebooks integers of
+  ⌈nbits/8⌉ bytes, codebooks codebooks·2^nbits·out_group·in_group · dtype, scales N/out_group · dtype (vLLM
+  dropped AQLM; transformers loads it).
 
 Sharding (vLLM model_executor/layers/linear.py, vocab_parallel_embedding.py, fused_moe/layer.py): column-parallel
 linears (q, k, v, gate, up, expert gate_up) split N by tp, row-parallel ones (o, down, expert down) split K;
@@ -173,6 +176,10 @@ def matrix_bytes(
         return n * k // 2, ceil_div(n * k, MX_BLOCK)
     if q.format == "nvfp4":
         return n * k // 2, ceil_div(n * k, NVFP4_BLOCK) + 2 * 4
+    if q.format == "aqlm":
+        codebooks, nbits, out_group, in_group = q.aqlm_codebooks
+        codes = ceil_div(n, out_group) * ceil_div(k, in_group) * codebooks * ceil_div(nbits, 8)
+        return codes, codebooks * 2**nbits * out_group * in_group * dtype_bytes + ceil_div(n, out_group) * dtype_bytes
     if q.bits == 4:  # bitsandbytes
         return bnb_4bit_bytes(n * k, q.bnb_double_quant)
     return bnb_int8_bytes(n, k)
@@ -220,3 +227,27 @@ def served_weight_bytes(
         else:
             last_w += wb * w.count
     return layer_w + max(first_w, last_w), layer_q
+
+
+def checkpoint_weight_bytes(m: ModelSpec, q: CheckpointQuant, dtype_bytes: int) -> tuple[int, int, int]:
+    """(quantized weights, quantization constants, parameters they replace) of a pre-quantized checkpoint as
+    transformers loads it for training on one GPU: `matrix_bytes` per quantized matrix, no vocabulary padding.
+
+    transformers' layouts where they differ from vLLM's: gptqmodel registers `g_idx` (int32 · in) for every GPTQ
+    linear and keeps fp16 scales (nn_modules/qlinear/__init__.py `_register_gptq_buffers`, gptqmodel 7.7.0);
+    compressed-tensors decompresses its linears to dense weights in the model dtype on the first forward
+    (spec/prequantized_base.py), keeping their scales and zero points.
+    """
+    dense = q.source == "compressed-tensors"
+    weights = state = params = 0
+    for w in weight_matrices(m):
+        if not _quantized(w, q):
+            continue
+        n, k, copies = w.out_features, w.in_features, w.experts * w.count
+        wb, qb = matrix_bytes(q, n, k, 2 if q.format == "gptq" else dtype_bytes)
+        if q.format == "gptq" and not dense:
+            qb += 4 * k  # g_idx
+        weights += (n * k * dtype_bytes if dense else wb) * copies
+        state += qb * copies
+        params += n * k * copies
+    return weights, state, params

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
+from vramplan.spec.prequantized_base import training_kernel
 
 BYTES = {**DTYPE_BYTES, "bool": 1}  # the walk also holds bool masks
 
@@ -113,6 +114,11 @@ class WalkSettings:
     dora: bool
     attn: str
     liger: bool = False  # Liger's RMSNorm, SwiGLU and RoPE kernels in place of the model's ops (layer_ops.py)
+    # a pre-quantized base (spec/prequantized_base.py TrainingKernel): what its frozen linears save ("" none)
+    # and how many weight-sized copies in the compute dtype they hold while dequantizing, and with the output
+    prequantized: str = ""
+    dequant_copies: int = 0
+    matmul_copies: int = 0
 
 
 def effective_attn(m: ModelSpec, t: TrainSpec) -> str:
@@ -144,13 +150,17 @@ def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
 def walk_settings(m: ModelSpec, t: TrainSpec) -> WalkSettings:
     autocast_dtype = None if t.mixed_precision == "no" else t.mixed_precision
     attn = effective_attn(m, t)
+    kernel = training_kernel(t.checkpoint, autocast_dtype or t.dtype) if t.checkpoint is not None else None
     return WalkSettings(
+        prequantized=kernel.matmul if kernel else "",
+        dequant_copies=kernel.dequant_copies if kernel else 0,
+        matmul_copies=kernel.matmul_copies if kernel else 0,
         masked=any(masked_layers(m, t)),
         autocast_dtype=autocast_dtype,
         weight_dtype=t.dtype,
         norm_dtype="fp32" if t.kbit_prep else t.dtype,
         adapter_dtype="fp32",  # PEFT autocast_adapter_dtype=True keeps adapters in fp32
-        quantized=t.quant != "none",
+        quantized=t.quant != "none" or (kernel is not None and kernel.matmul != "dense"),
         int8=t.quant == "int8",
         bnb_compute_dtype=t.compute_dtype,
         lora_targets=frozenset(t.lora_target) if t.uses_lora else frozenset(),

@@ -83,7 +83,7 @@ def weight_bytes(m: ModelSpec, t: TrainSpec) -> WeightBytes:
 
 def _base_weight_bytes(m: ModelSpec, t: TrainSpec) -> WeightBytes:
     p = DTYPE_BYTES[t.dtype]
-    if t.quant == "none":
+    if t.quant == "none" and t.checkpoint is None:
         total = m.total_params * p
         if t.method == "full":  # a VLM's vision tower stays frozen
             tower = m.tower_params * p
@@ -92,6 +92,12 @@ def _base_weight_bytes(m: ModelSpec, t: TrainSpec) -> WeightBytes:
             train = t.freeze_trainable_layers * m.layer_params * p
             return WeightBytes(frozen=total - train, quant_state=0, trainable=train)
         return WeightBytes(frozen=total, quant_state=0, trainable=saved_module_params(m, t) * p)
+    if t.checkpoint is not None:  # a pre-quantized base: its own format (served_weights.py)
+        from vramplan.estimator.served_weights import checkpoint_weight_bytes
+
+        packed, state, replaced = checkpoint_weight_bytes(m, t.checkpoint, p)
+        copies = saved_module_params(m, t) * p
+        return WeightBytes(frozen=packed + (m.total_params - replaced) * p, quant_state=state, trainable=copies)
     packed, state = quantized_linear_bytes(m, t.quant, t.double_quant)
     rest = m.total_params - m.quantized_weight_params
     copies = saved_module_params(m, t) * base_param_dtype_bytes(t)  # modules_to_save: copied after kbit prep

@@ -17,6 +17,7 @@ from vramplan.sources.configs.huggingface import read_model_config
 from vramplan.sources.configs.reader import FileSettings, Unmodeled
 from vramplan.sources.profiles import find_model_config
 from vramplan.spec import ModelSpec, model_spec_from_config
+from vramplan.spec.checkpoint_quant import assumed_from_name
 from vramplan.spec.recipe import FORMAT_RECIPES, Recipe, resolve_recipe
 
 
@@ -79,8 +80,11 @@ def plan_inputs(model: str | None, files: Sequence[str], flags: Mapping[str, Any
     recipe = _apply_recipe(settings, sources, read, typed)
     unmodeled = [u for fs in (*read, quant) for u in fs.not_modeled if u.affects not in typed]
     if mc.prequantized and "quant" not in typed:  # a GPTQ/AWQ/bnb copy resolved offline to a built-in profile
-        note = f"pre-quantized checkpoint: the architecture of {mc.origin}, its quantization not read; --quant sets it"
-        unmodeled.append(Unmodeled("model", f"{mc.name} ({mc.prequantized})", note, "quant"))
+        if assumed_from_name(mc.prequantized) is not None:  # the format its name implies (said by resolve_train)
+            settings["checkpoint_name"], sources["checkpoint_name"] = mc.prequantized, f"name:{mc.name}"
+        else:
+            note = f"pre-quantized checkpoint: the architecture of {mc.origin}, its {mc.prequantized} format not read"
+            unmodeled.append(Unmodeled("model", f"{mc.name} ({mc.prequantized})", note + "; --quant sets one", "quant"))
     unmodeled += [Unmodeled("recipe", recipe.name, note) for note in recipe.notes if "not modelled" in note]
     parallel: dict[str, Any] = {}
     for fs in read:

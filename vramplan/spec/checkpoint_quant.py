@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 from vramplan.errors import VramplanError
 
-QuantFormat = Literal["awq", "gptq", "fp8", "int8", "mxfp4", "nvfp4", "bitsandbytes"]
+QuantFormat = Literal["awq", "gptq", "fp8", "int8", "mxfp4", "nvfp4", "bitsandbytes", "aqlm"]
 FP8Strategy = Literal["tensor", "channel", "block"]
-FORMATS: tuple[str, ...] = ("awq", "gptq", "fp8", "int8", "mxfp4", "nvfp4", "bitsandbytes")
+FORMATS: tuple[str, ...] = ("awq", "gptq", "fp8", "int8", "mxfp4", "nvfp4", "bitsandbytes", "aqlm")
 MX_BLOCK = 32  # MXFP4: one E8M0 scale byte per 32 elements (OCP MX spec; vLLM ocp_mx_utils.OCP_MX_BLOCK_SIZE)
 NVFP4_BLOCK = 16  # NVFP4: one FP8 E4M3 scale per 16 elements (vLLM modelopt.py / nvfp4_utils.py)
 # modules gpt-oss ships unquantized (its config.json `modules_to_not_convert`): everything but the experts
@@ -48,6 +48,8 @@ class CheckpointQuant:
     unquantized: tuple[str, ...] = ("lm_head",)
     bnb_quant_type: str = "nf4"
     bnb_double_quant: bool = False
+    # AQLM: `num_codebooks` codebooks of 2**`nbits_per_codebook` vectors of out_group × in_group weights
+    aqlm_codebooks: tuple[int, int, int, int] = (1, 16, 1, 8)  # (num_codebooks, nbits, out_group, in_group)
     source: str = ""  # the config's quant_method, for the report
 
     @property
@@ -61,6 +63,9 @@ class CheckpointQuant:
             return f"fp8 per-{self.fp8_strategy}{block}"
         if self.format == "bitsandbytes":
             return f"bitsandbytes {self.bnb_quant_type if self.bits == 4 else 'int8'}"
+        if self.format == "aqlm":
+            codebooks, nbits, out_group, in_group = self.aqlm_codebooks
+            return f"aqlm {codebooks}x{nbits} {out_group}x{in_group}"
         return self.format
 
 
@@ -150,6 +155,19 @@ def read_checkpoint_quant(config: Mapping[str, Any]) -> CheckpointQuant | None:
         return CheckpointQuant(fmt, bits=8 if fmt == "fp8" else 4, unquantized=ignore, source=method)
     if method == "compressed-tensors":
         return _compressed_tensors(q)
+    if method == "aqlm":  # transformers AqlmConfig; aqlm 1.1.7 inference.py QuantizedLinear
+        return CheckpointQuant(
+            "aqlm",
+            bits=2,
+            aqlm_codebooks=(
+                _int(q, "num_codebooks", 1),
+                _int(q, "nbits_per_codebook", 16),
+                _int(q, "out_group_size", 1),
+                _int(q, "in_group_size", 8),
+            ),
+            unquantized=("lm_head", *(q.get("linear_weights_not_to_quantize") or ())),
+            source=method,
+        )
     if method == "bitsandbytes":
         four = bool(q.get("load_in_4bit", False))
         return CheckpointQuant(
@@ -160,8 +178,38 @@ def read_checkpoint_quant(config: Mapping[str, Any]) -> CheckpointQuant | None:
             unquantized=("lm_head", *(q.get("llm_int8_skip_modules") or ())),
             source=method,
         )
-    known = "awq, gptq, fp8, fbgemm_fp8, mxfp4, modelopt, compressed-tensors, bitsandbytes"
+    known = "awq, gptq, fp8, fbgemm_fp8, mxfp4, modelopt, compressed-tensors, bitsandbytes, aqlm"
     raise VramplanError(
         f"quantization_config quant_method {method!r} is not modelled (known: {known}); "
         "remove quantization_config to estimate the unquantized model"
     )
+
+
+def assumed_from_name(words: str) -> CheckpointQuant | None:
+    """The format a hub name's quantization words imply (`-AWQ`, `-GPTQ-Int4`, `-AQLM-2Bit-1x16`,
+    `-bnb-nf4-bf16`, `-NVFP4`, `-FP8`), for a checkpoint whose config.json is not available offline; None when
+    the words name no format vramplan counts (GGUF, EXL2, MLX). The defaults are those of the quantizers'
+    configs: AWQ int4 g128 with zero points (AutoAWQ's `quant_config`), GPTQ int4 g128 symmetric without
+    act-order (transformers GPTQConfig / AutoGPTQ defaults), AQLM with the `AxB` codebooks of its name and
+    8-wide input groups (ISTA-DASLab's naming), bitsandbytes nf4 with double quantization for `nf4` / `bnb-4bit`
+    names (hugging-quants' and axolotl-quants' BitsAndBytesConfig), FP8 per 128×128 block (DeepSeek / Qwen FP8
+    checkpoints' `weight_block_size`), NVFP4 (ModelOpt)."""
+    w = words.lower().split("-")
+    if "awq" in w:
+        return CheckpointQuant("awq", bits=4, group_size=128, zero_point=True, stores_zeros=True, source="awq")
+    if "gptq" in w:
+        bits = 8 if "int8" in w or "8bit" in w else 4
+        return CheckpointQuant("gptq", bits=bits, group_size=128, stores_zeros=True, source="gptq")
+    if "aqlm" in w:
+        shape = next((x for x in w if "x" in x and all(p.isdigit() for p in x.split("x"))), "1x16")
+        codebooks, nbits = (int(p) for p in shape.split("x"))
+        return CheckpointQuant("aqlm", bits=2, aqlm_codebooks=(codebooks, nbits, 1, 8), source="aqlm")
+    if "nvfp4" in w:
+        return CheckpointQuant("nvfp4", bits=4, source="modelopt")
+    if "fp8" in w:
+        return CheckpointQuant("fp8", bits=8, fp8_strategy="block", source="fp8")
+    if "bnb" in w or "nf4" in w:
+        eight = "8bit" in w or "int8" in w
+        return CheckpointQuant("bitsandbytes", bits=8 if eight else 4, bnb_quant_type="nf4",
+                               bnb_double_quant=not eight, source="bitsandbytes")  # fmt: skip
+    return None

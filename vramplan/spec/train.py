@@ -12,6 +12,7 @@ from typing import Any
 
 from vramplan.errors import VramplanError
 from vramplan.spec.alloc_conf import parse_alloc_conf
+from vramplan.spec.checkpoint_quant import CheckpointQuant, assumed_from_name
 from vramplan.spec.fields import positive
 from vramplan.spec.lora_targets import (
     LoraSelection,
@@ -34,6 +35,7 @@ from vramplan.spec.model import (
     Quant,
 )
 from vramplan.spec.peft_method import IA3_TARGETS, LORA, PeftMethod, resolve_peft
+from vramplan.spec.prequantized_base import model_checkpoint, resolve_base
 from vramplan.spec.stage import SFT, StageSpec, resolve_stage
 from vramplan.spec.train_notes import contradictions, moe_note
 
@@ -133,6 +135,9 @@ class TrainSpec:
     # activations moved to host RAM: "checkpoints" (Unsloth's offloaded checkpointing), "all" (activation
     # offloading); vramplan/estimator/offload.py
     activation_offload: str = "none"
+    # a pre-quantized base other than bitsandbytes (GPTQ, AWQ, FP8, AQLM, compressed-tensors, NVFP4): its
+    # format, read from the checkpoint's quantization_config (spec/prequantized_base.py); `quant` is then "none"
+    checkpoint: CheckpointQuant | None = None
 
     @property
     def uses_lora(self) -> bool:
@@ -149,8 +154,9 @@ class TrainSpec:
 
     def as_dict(self) -> dict[str, Any]:
         """Every setting by name, the stage's flattened in (`stage`, `reference`, `pref_beta`, ...)."""
-        skip = ("stage", "peft")
+        skip = ("stage", "peft", "checkpoint")
         out = {name: getattr(self, name) for name in self.__slots__ if name not in skip}  # type: ignore[attr-defined]
+        out["checkpoint"] = self.checkpoint.label if self.checkpoint else None  # a pre-quantized base's format
         return {**out, **self.stage.as_dict(), **self.peft.as_dict()}
 
 
@@ -223,6 +229,8 @@ def resolve_train(
     peft: str | None = None,
     num_virtual_tokens: int | None = None,
     block_size: int | None = None,
+    checkpoint: CheckpointQuant | None = None,
+    checkpoint_name: str = "",
     **stage: Any,
 ) -> TrainSpec:
     """Fill in the defaults of the common HF Trainer / PEFT recipe for `method` and validate everything.
@@ -236,6 +244,8 @@ def resolve_train(
     `notes` (warnings): FlashAttention-2 below Ampere (`gpu_compute_capability`), a sequence longer than the
     model's context, and settings in `explicit` (those the user set) that the chosen method does not read.
     `stage` holds spec/stage.py's keywords (`stage`, `reference`, `pref_beta`, ...: `resolve_stage`).
+    A pre-quantized base (`checkpoint`, else the model config's `quantization_config`, else the format the
+    quantization words of its hub name imply, `checkpoint_name` "AWQ") is resolved by spec/prequantized_base.py.
     """
     from vramplan.errors import did_you_mean
 
@@ -259,6 +269,10 @@ def resolve_train(
             mixed_precision = "fp16"
     dtype = dtype or half
     mixed_precision = mixed_precision or half
+    named = assumed_from_name(checkpoint_name) if checkpoint_name else None
+    checkpoint = checkpoint or model_checkpoint(model.config)
+    checkpoint, quant, method, base_notes = resolve_base(checkpoint or named, quant, method, checkpoint is None)
+    notes += base_notes
     if quant is None:
         quant = "nf4" if method == "qlora" else "none"
     if method == "qlora" and quant == "none":
@@ -400,5 +414,6 @@ def resolve_train(
         modules_to_save=saved,
         target_parameters=params,
         optim_rank=int(optim_rank),
+        checkpoint=checkpoint,
         activation_offload=activation_offload,
     )

@@ -11,7 +11,7 @@ from vramplan.sources.configs.stages import read_axolotl_stage
 
 _AX_ATTN = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash_attention_2"}
 _AX_UNMODELED = (
-    "neftune_noise_alpha", "torch_compile", "layer_offloading", "relora", "gptq",
+    "neftune_noise_alpha", "torch_compile", "layer_offloading", "relora",
     "s2_attention", "unfrozen_parameters", "peft_layers_to_transform",
     "unsloth_lora_mlp", "unsloth_lora_qkv", "unsloth_lora_o", "unsloth_cross_entropy_loss", "lora_mlp_kernel",
     "lora_qkv_kernel", "lora_o_kernel", "chunked_cross_entropy",
@@ -133,6 +133,8 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
     read_axolotl_stage(r, data)
     r.distributed()
     r.skip_ifis_set(_AX_UNMODELED)
+    if r.has("gptq") and r.typed("gptq", bool):  # axolotl loads the base with its GPTQ quantization_config
+        r.notes.append("gptq: the base's GPTQ format is read from its config.json (or its name)")
     _plugins(r, data)
     if r.has("sample_packing"):
         r.set("packing", r.typed("sample_packing", bool))

@@ -172,7 +172,8 @@ class Reader:
             self.skip(key, "optimizer not modeled; estimated with --optim", "optim")
 
     def quantization_config(self, qc: Mapping[str, Any]) -> None:
-        """transformers' `quantization_config` (BitsAndBytesConfig.to_dict(); GPTQ/AWQ/... by their bits)."""
+        """transformers' `quantization_config`: BitsAndBytesConfig.to_dict() sets --quant; GPTQ, AWQ, FP8, AQLM,
+        compressed-tensors, NVFP4 are read by resolve_train from the model config (spec/prequantized_base.py)."""
         method = str(qc.get("quant_method") or "bitsandbytes").lower()
         if method == "bitsandbytes":
             if qc.get("load_in_4bit"):
@@ -182,17 +183,13 @@ class Reader:
             elif qc.get("load_in_8bit"):
                 self.set("quant", "int8")
             return
-        bits = qc.get("bits") or qc.get("w_bit") or (8 if method == "fp8" else None)
-        approx = {4: "nf4", 8: "int8"}.get(bits) if isinstance(bits, int) else None
-        self.unmodeled.append(
-            Unmodeled(
-                "quantization_config.quant_method", method,
-                f"estimated as bitsandbytes {approx}" if approx else "estimated unquantized", "quant",
+        from vramplan.spec.prequantized_base import model_checkpoint
+
+        if model_checkpoint({"quantization_config": qc}) is None:  # a format vramplan does not count
+            self.unmodeled.append(
+                Unmodeled("quantization_config.quant_method", method, "estimated unquantized", "quant")
             )
-        )  # fmt: skip
-        if approx:
-            self.set("quant", approx)
-            self.set("double_quant", False)
+        # otherwise resolve_train reads the format from the model's config.json (spec/prequantized_base.py)
 
     def done(self, fmt: Format, model: Any) -> FileSettings:
         return FileSettings(
