@@ -264,6 +264,8 @@ def checkpoint_notes(q: CheckpointQuant, gpu: GpuProfile | None, engine: str) ->
         notes.append("fp8 on compute capability < 8.9: vLLM runs it weight-only through Marlin (same storage)")
     elif gpu is not None and q.format in ("mxfp4", "nvfp4") and not gpu.fp4:
         notes.append(f"{q.format} on compute capability < 10.0: weight-only through Marlin (same storage)")
+    if engine == "vllm" and q.format == "aqlm":
+        notes.append("aqlm: counted as aqlm's QuantizedLinear stores it; vLLM's AQLM kernels are not modelled")
     if engine == "hf" and q.format in ("mxfp4", "nvfp4"):
         notes.append(
             f"transformers dequantizes {q.format} to the model dtype where it has no kernel: counted dequantized"
