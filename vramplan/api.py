@@ -54,6 +54,12 @@ def estimate(
 
         recipe = resolve_recipe(options["recipe"], options.get("method", "qlora"))
         options = {**dict(recipe.settings), **options, "recipe": recipe.label}
+    if isinstance(model, str) and train is None and not {"checkpoint", "checkpoint_name", "quant"} & set(options):
+        from vramplan.sources.profiles import find_model_config
+
+        words = find_model_config(model).prequantized  # `-AWQ`: a built-in profile stood in for the checkpoint
+        if words:
+            options = {**options, "checkpoint_name": words}
     t = train or resolve_train(
         m, gpu_bf16=g.bf16 if g else True, gpu_compute_capability=g.compute_capability if g else None, **options
     )

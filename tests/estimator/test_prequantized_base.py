@@ -82,5 +82,9 @@ def test_a_name_says_the_format_assumed_and_flags_win() -> None:
     assert any("gptq int4 g128 (assumed from the model name" in n for n in t.notes)
     t = resolve_train(m, method="lora", quant="nf4", checkpoint_name="GPTQ")
     assert (t.method, t.quant, t.checkpoint) == ("qlora", "nf4", None)
+    b = estimate("TechxGenus/Meta-Llama-3-8B-Instruct-AWQ", method="lora")  # the API reads the name too
+    assert b.train.checkpoint == assumed_from_name("AWQ")
+    b = estimate("hugging-quants/Meta-Llama-3.1-8B-Instruct-BNB-NF4-BF16", method="lora")
+    assert (b.train.method, b.train.quant, b.train.double_quant, b.train.notes) == ("qlora", "nf4", True, ())
     with pytest.raises(VramplanError, match="pre-quantized gptq int4 g128 checkpoint"):
         resolve_train(m, method="full", checkpoint=CheckpointQuant("gptq", source="gptq"))

@@ -166,6 +166,11 @@ def resolve_parallel(
             notes.append(f"--strategy {s} with --gpus 1 shards nothing (FSDP switches to NO_SHARD): one-GPU plan")
     elif s == "fsdp-hybrid" and gpus <= gpus_per_node:
         notes.append(f"fsdp-hybrid on one node of {gpus_per_node} GPUs shards like fsdp")
+    if s != "ddp" and t.checkpoint is not None:
+        notes.append(
+            f"{s} with a pre-quantized {t.checkpoint.label} base: its engine states planned as for the model "
+            "in the load dtype (the quantized storage is counted on one GPU only)"
+        )
     if sharded_weights and t.quant in ("nf4", "fp4"):
         store = "float16" if t.compute_dtype == "fp16" else "bfloat16"
         notes.append(

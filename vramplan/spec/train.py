@@ -271,7 +271,10 @@ def resolve_train(
     mixed_precision = mixed_precision or half
     named = assumed_from_name(checkpoint_name) if checkpoint_name else None
     checkpoint = checkpoint or model_checkpoint(model.config)
-    checkpoint, quant, method, base_notes = resolve_base(checkpoint or named, quant, method, checkpoint is None)
+    stored = checkpoint or named
+    if stored is not None and stored.format == "bitsandbytes" and quant is None and double_quant is None:
+        double_quant = stored.bnb_double_quant  # the checkpoint's bnb_4bit_use_double_quant
+    checkpoint, quant, method, base_notes = resolve_base(stored, quant, method, checkpoint is None)
     notes += base_notes
     if quant is None:
         quant = "nf4" if method == "qlora" else "none"
