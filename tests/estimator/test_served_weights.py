@@ -93,6 +93,18 @@ QWEN7_LINEAR = 28 * (2 * 3584 * 3584 + 2 * 3584 * 512 + 3 * 3584 * 18944)
         (W4A16, "gptq int4 g128 act-order"),  # compressed-tensors W4A16 stores as GPTQ does
         (NVFP4, "nvfp4"),
         ({"quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}, "bitsandbytes nf4"),
+        # ISTA-DASLab/Meta-Llama-3-8B-Instruct-AQLM-2Bit-1x16 (transformers AqlmConfig fields)
+        (
+            {
+                "quant_method": "aqlm",
+                "in_group_size": 8,
+                "nbits_per_codebook": 16,
+                "num_codebooks": 1,
+                "out_group_size": 1,
+                "linear_weights_not_to_quantize": ["model.embed_tokens.weight", "lm_head.weight"],
+            },
+            "aqlm 1x16 1x8",
+        ),
     ],
 )
 def test_quantization_config_is_read(q: dict, label: str) -> None:
