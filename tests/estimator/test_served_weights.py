@@ -116,6 +116,13 @@ def test_quantization_config_is_read(q: dict, label: str) -> None:
 def test_unknown_quant_method_is_an_error() -> None:
     with pytest.raises(VramplanError, match="quant_method 'hqq' is not modelled"):
         read_checkpoint_quant({"quantization_config": {"quant_method": "hqq"}})
+    # wrong types are one error line too (were a ValueError / AttributeError traceback)
+    with pytest.raises(VramplanError, match="quantization_config is str 'x', not a JSON object"):
+        read_checkpoint_quant({"quantization_config": "x"})
+    with pytest.raises(VramplanError, match="quantization_config is malformed"):
+        read_checkpoint_quant({"quantization_config": {"quant_method": "gptq", "bits": "ab"}})
+    with pytest.raises(VramplanError, match="quantization_config is malformed"):
+        read_checkpoint_quant({"quantization_config": {"quant_method": "fp8", "weight_block_size": 128}})
 
 
 def test_awq_by_hand() -> None:

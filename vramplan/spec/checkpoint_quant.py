@@ -113,9 +113,20 @@ def read_checkpoint_quant(config: Mapping[str, Any]) -> CheckpointQuant | None:
 
     An unknown `quant_method` is an error naming the ones understood (a guess would mis-count the weights).
     """
-    q = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config")
+    text = config.get("text_config")
+    q = config.get("quantization_config") or (text.get("quantization_config") if isinstance(text, Mapping) else None)
     if not q:
         return None
+    if not isinstance(q, Mapping):
+        shown = f"{type(q).__name__} {q!r:.40}"
+        raise VramplanError(f"quantization_config is {shown}, not a JSON object: fix the config.json")
+    try:
+        return _read(q)
+    except (TypeError, ValueError, IndexError) as error:  # a field of the wrong type or shape
+        raise VramplanError(f"quantization_config is malformed ({error}): fix the config.json") from None
+
+
+def _read(q: Mapping[str, Any]) -> CheckpointQuant:
     method = str(q.get("quant_method", "")).lower()
     not_converted = tuple(q.get("modules_to_not_convert") or ())
     if method == "awq":
