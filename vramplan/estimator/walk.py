@@ -160,7 +160,8 @@ def walk_settings(m: ModelSpec, t: TrainSpec) -> WalkSettings:
         weight_dtype=t.dtype,
         norm_dtype="fp32" if t.kbit_prep else t.dtype,
         adapter_dtype="fp32",  # PEFT autocast_adapter_dtype=True keeps adapters in fp32
-        quantized=t.quant != "none" or (kernel is not None and kernel.matmul != "dense"),
+        # the LoRA branch as PEFT's bnb / awq / aqlm layers run it (no input cast under autocast)
+        quantized=t.quant != "none" or (kernel is not None and not kernel.peft_casts_input),
         int8=t.quant == "int8",
         bnb_compute_dtype=t.compute_dtype,
         lora_targets=frozenset(t.lora_target) if t.uses_lora else frozenset(),

@@ -60,13 +60,17 @@ class TrainingKernel:
     tensors ("saves_weight": the dequantized weight; "saves_input": its input; "transient": nothing; "dense":
     the model is decompressed, a frozen dense linear). `dequant_copies`: weight-sized tensors in the compute dtype
     alive at once while the weight is dequantized; `matmul_copies`: those still alive when the output is
-    allocated. `backward_copies`: the weight dequantized again in backward (AWQ, FP8, AQLM, NVFP4), transient."""
+    allocated. `backward_copies`: the weight dequantized again in backward (AWQ, FP8, AQLM, NVFP4), transient.
+    `peft_casts_input`: PEFT's LoRA layer casts x to the adapter dtype even under autocast (tuners/lora/gptq.py,
+    and lora.Linear for the nn.Linear subclasses FP8Linear and compressed-tensors' linears); its awq.py and
+    aqlm.py skip the cast under autocast, as bnb.py does (PEFT 0.21.2)."""
 
     matmul: Matmul
     dequant_copies: int
     matmul_copies: int
     backward_copies: int
     kernel: str
+    peft_casts_input: bool = True
 
 
 def training_kernel(q: CheckpointQuant, compute_dtype: str) -> TrainingKernel:
@@ -77,9 +81,9 @@ def training_kernel(q: CheckpointQuant, compute_dtype: str) -> TrainingKernel:
     if q.format == "gptq":
         return TrainingKernel("saves_weight", 1 + cast, 1, 0, "gptqmodel TorchLinear (dequantize + torch.matmul)")
     if q.format == "awq":
-        return TrainingKernel("transient", 1 + cast, 1, 1 + cast, "gptqmodel AwqGemmFn")
+        return TrainingKernel("transient", 1 + cast, 1, 1 + cast, "gptqmodel AwqGemmFn", peft_casts_input=False)
     if q.format == "aqlm":
-        return TrainingKernel("saves_input", 1, 1, 1, "aqlm code1x16_matmat_dequant")
+        return TrainingKernel("saves_input", 1, 1, 1, "aqlm code1x16_matmat_dequant", peft_casts_input=False)
     if q.format in ("fp8", "nvfp4"):  # the fp8 kernel reads the weight as stored; backward dequantizes it
         return TrainingKernel("transient", 0, 0, 1, "FP8LinearFunction" if q.format == "fp8" else "NVFP4 (assumed)")
     return TrainingKernel("dense", 0, 0, 0, q.format)
