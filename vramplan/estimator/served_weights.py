@@ -35,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from vramplan.estimator.weights import bnb_4bit_bytes, bnb_int8_bytes
+from vramplan.estimator.bnb_storage import bnb_4bit_bytes, bnb_int8_bytes
 from vramplan.spec.checkpoint_quant import MX_BLOCK, NVFP4_BLOCK, CheckpointQuant
 from vramplan.spec.model import ModelSpec
 from vramplan.units import ceil_div
