@@ -16,7 +16,7 @@ and N outputs on one rank (vLLM 0.34.0, model_executor/layers/quantization/):
   expert dims (Marlin and TRT-LLM: hidden to a multiple of 256, intermediate of 128;
   fused_moe/oracle/mxfp4.py `mxfp4_round_up_hidden_size_and_intermediate_size`).
 - NVFP4 (modelopt.py): K·N/2 + K·N/16 FP8 scales + two fp32 global scales.
-- bitsandbytes: weights.py's rules (0.5 B + absmax per 64).
+- bitsandbytes: bnb_storage.py's rules (0.5 B + absmax per 64).
 - AQLM (aqlm 1.1.7 inference.py `QuantizedLinear`): codes (N/out_group)·(K/in_group)·codebooks integers of
   ⌈nbits/8⌉ bytes, codebooks codebooks·2^nbits·out_group·in_group · dtype, scales N/out_group · dtype (vLLM
   dropped AQLM; transformers loads it).
