@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # this checkout's vramplan (`-m` from ROOT; throughput() in this process)
 FLOOR = "python -c pass"
 COMMANDS: dict[str, list[str]] = {
     FLOOR: ["-c", "pass"],  # the interpreter alone (site, .pth files): the floor of any command
@@ -46,16 +48,16 @@ def cold_starts(runs: int = 31, site: bool = True) -> dict[str, tuple[float, flo
     python = [sys.executable]
     if not site:
         python.append("-S")
-        env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *(p for p in sys.path if p)])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # ROOT first
     for argv in COMMANDS.values():
-        subprocess.run([*python, *argv], check=True, capture_output=True, env=env)
+        subprocess.run([*python, *argv], check=True, capture_output=True, env=env, cwd=ROOT)
     wall: dict[str, list[float]] = {name: [] for name in COMMANDS}
     cpu: dict[str, list[float]] = {name: [] for name in COMMANDS}
     for _ in range(runs):
         for name, argv in COMMANDS.items():
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
-            subprocess.run([*python, *argv], check=True, capture_output=True, env=env)
+            subprocess.run([*python, *argv], check=True, capture_output=True, env=env, cwd=ROOT)
             wall[name].append(time.perf_counter() - t0)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu[name].append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)

@@ -29,10 +29,12 @@ STDLIB_UNUSED = ("zipfile", "importlib.resources", "importlib.metadata", "email"
                  "statistics", "decimal", "fractions", "random", "subprocess", "logging", "socket", "ssl",
                  "http", "urllib.request", "difflib", "csv")  # fmt: skip
 # vramplan's modules a one-GPU `estimate --json` without --from files does not use: the engines of several GPUs,
-# the readers of --from files, the GPU table, calibration, serving, searches, and every renderer but the JSON.
+# the readers of --from files, the GPU table, calibration, serving (and a pre-quantized checkpoint's storage),
+# searches, and every renderer but the JSON.
 ESTIMATE_UNUSED = (
     "vramplan.measure", "vramplan.estimator.distributed", "vramplan.estimator.zero",
-    "vramplan.estimator.serve", "vramplan.estimator.vllm", "vramplan.sources.configs.formats",
+    "vramplan.estimator.serve", "vramplan.estimator.vllm", "vramplan.estimator.served_weights",
+    "vramplan.sources.configs.formats",
     "vramplan.sources.configs.axolotl", "vramplan.sources.configs.llamafactory",
     "vramplan.sources.configs.llamafactory_v1", "vramplan.sources.configs.deepspeed", "vramplan.sources.local_gpu",
     "vramplan.spec.gpu", "vramplan.spec.serve", "vramplan.spec.architectures", "vramplan.trust", "vramplan.plan",

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from vramplan.estimator.bnb_storage import bnb_4bit_bytes, bnb_int8_bytes
 from vramplan.estimator.params import saved_module_params
-from vramplan.estimator.served_weights import checkpoint_weight_bytes
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
 
 
@@ -64,7 +63,9 @@ def _base_weight_bytes(m: ModelSpec, t: TrainSpec) -> WeightBytes:
             train = t.freeze_trainable_layers * m.layer_params * p
             return WeightBytes(frozen=total - train, quant_state=0, trainable=train)
         return WeightBytes(frozen=total, quant_state=0, trainable=saved_module_params(m, t) * p)
-    if t.checkpoint is not None:  # a pre-quantized base: its own format (served_weights.py)
+    if t.checkpoint is not None:  # a pre-quantized base: its own format (served_weights.py, loaded only then)
+        from vramplan.estimator.served_weights import checkpoint_weight_bytes
+
         packed, state, replaced = checkpoint_weight_bytes(m, t.checkpoint, p)
         copies = saved_module_params(m, t) * p
         return WeightBytes(frozen=packed + (m.total_params - replaced) * p, quant_state=state, trainable=copies)
