@@ -335,7 +335,7 @@ def test_without_from_nothing_changes():
         ("google/gemma-2-9b-it", "gemma-2-9b"),
         ("Qwen/Qwen2.5-7B-Instruct", "qwen2.5-7b"),
         ("mistralai/Mistral-7B-Instruct-v0.1", "mistral-7b"),
-        ("mistralai/Mistral-7B-Instruct-v0.2", None),  # another config (32k context, no sliding window)
+        ("mistralai/Mistral-7B-Instruct-v0.2", "mistral-7b-v0.2"),  # its own profile, not v0.1 (32k context, no sliding window)
         ("mistralai/Mistral-7B-Instruct-v0.3", "mistral-7b-v0.3"),
         ("Qwen/Qwen3-4B-Instruct-2507", "qwen3-4b-instruct-2507"),  # 262k context, rope_theta 5e6: not qwen3-4b
         ("Qwen/Qwen3-4B-Thinking-2507", "qwen3-4b-instruct-2507"),  # the profile's alias
