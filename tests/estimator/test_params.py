@@ -137,6 +137,9 @@ GENERIC_MISCOUNTS = {
     "glm4_moe_lite": "the generic path counts 29.974 of GLM-4.7-Flash's 29.943 B parameters",
     "qwen3_vl_moe_text": "the generic path counts 15.66 of Qwen3-VL-30B-A3B's 31.07 B parameters",
     "jamba": "the generic path counts 51.76 of Jamba v0.1's 51.57 B parameters",
+    "deepseek_v4": "the generic path counts 284.40 of DeepSeek-V4-Flash's 284.33 B parameters",
+    "glm_moe_dsa": "the generic path counts 745.28 of GLM-5.2's 743.38 B parameters",
+    "gemma-4-31b": "the generic path counts 31.03 of Gemma 4 31B's 31.27 B parameters",
     # llama4_text with MoE in every other layer (interleave_moe_layer_step 2): the table's counts assume every layer
     "llama-4-maverick-17b-128e": "the generic path counts 394.67 of Llama 4 Maverick's 400.71 B parameters",
 }
