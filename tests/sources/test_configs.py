@@ -335,7 +335,7 @@ def test_without_from_nothing_changes():
         ("google/gemma-2-9b-it", "gemma-2-9b"),
         ("Qwen/Qwen2.5-7B-Instruct", "qwen2.5-7b"),
         ("mistralai/Mistral-7B-Instruct-v0.1", "mistral-7b"),
-        ("mistralai/Mistral-7B-Instruct-v0.2", "mistral-7b-v0.2"),  # its own profile, not v0.1 (32k context, no sliding window)
+        ("mistralai/Mistral-7B-Instruct-v0.2", "mistral-7b-v0.2"),  # not v0.1: 32k context, no sliding window
         ("mistralai/Mistral-7B-Instruct-v0.3", "mistral-7b-v0.3"),
         ("Qwen/Qwen3-4B-Instruct-2507", "qwen3-4b-instruct-2507"),  # 262k context, rope_theta 5e6: not qwen3-4b
         ("Qwen/Qwen3-4B-Thinking-2507", "qwen3-4b-instruct-2507"),  # the profile's alias
@@ -364,6 +364,19 @@ def test_without_from_nothing_changes():
         ("deepseek-ai/DeepSeek-V3-0324", None),  # a later checkpoint: its config.json was not compared
         ("Qwen/Qwen3-235B-A22B-Instruct-2507", None),  # 2507: another context length than Qwen3-235B-A22B
         ("someone/llama-3-8b-sft", None),  # a fine-tune's name is not a variant of the base
+        # the real example configs' checkpoints: aliases, the base of an Instruct/Chat profile, pre-quantized copies
+        ("TinyLlama/TinyLlama_v1.1", "tinyllama-1.1b"),
+        ("openai/gpt-oss-safeguard-20b", "gpt-oss-20b"),
+        ("neuralmagic/Sparse-Llama-3.1-8B-2of4", "llama-3.1-8b"),
+        ("stabilityai/stablelm-2-1_6b", "stablelm-2-zephyr-1.6b"),
+        ("axolotl-ai-co/Mistral-Small-4-119B-2603-BF16", "mistral-small-4-119b-2603"),
+        ("nvidia/Qwen3-Next-80B-A3B-Instruct-NVFP4", "qwen3-next-80b-a3b"),
+        ("nvidia/DeepSeek-V4-Flash-NVFP4", "deepseek-v4-flash"),
+        ("Mapika/GLM-5.2-NVFP4", "glm-5.2"),
+        ("01-ai/Yi-34B-Chat", "yi-34b"),
+        ("EleutherAI/pythia-12b-deduped", "pythia-12b"),
+        ("EleutherAI/pythia-1.4b-deduped", None),  # another size
+        ("mistralai/Magistral-Small-2509", None),  # the 2509 model is a VLM: not 2506's text-only config
     ],
 )
 def test_builtin_for_repo(repo: str, profile: str | None):
