@@ -376,6 +376,8 @@ def test_without_from_nothing_changes():
         ("01-ai/Yi-34B-Chat", "yi-34b"),
         ("EleutherAI/pythia-12b-deduped", "pythia-12b"),
         ("EleutherAI/pythia-1.4b-deduped", None),  # another size
+        ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2.5-vl-7b"),  # the VLM, not qwen2.5-7b
+        ("Qwen/Qwen3.5-9B", "qwen3.5-9b"),
         ("mistralai/Magistral-Small-2509", None),  # the 2509 model is a VLM: not 2506's text-only config
     ],
 )
