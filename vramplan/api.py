@@ -51,9 +51,11 @@ def estimate(
     g = _gpu(gpu)
     if options.get("recipe") is not None:  # the framework's defaults under the options given
         from vramplan.spec.recipe import resolve_recipe
+        from vramplan.spec.stack import resolve_stack
 
-        recipe = resolve_recipe(options["recipe"], options.get("method", "qlora"))
-        options = {**dict(recipe.settings), **options, "recipe": recipe.label}
+        stack = resolve_stack(options.get("stack"))
+        recipe = resolve_recipe(options["recipe"], options.get("method", "qlora"), stack)
+        options = {**dict(recipe.settings), **options, "recipe": recipe.label, "stack": stack}
     if isinstance(model, str) and train is None and not {"checkpoint", "checkpoint_name", "quant"} & set(options):
         from vramplan.sources.profiles import find_model_config
 

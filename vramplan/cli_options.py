@@ -67,7 +67,12 @@ def train_options(f: Callable) -> Callable:
             help="all-linear | attn | qv (PEFT's default) | comma list of module names",
         ),
         click.option("--dora/--no-dora", default=False, show_default=True, help="use_dora"),
-        click.option("--optim", default="adamw_torch_fused", show_default=True, help="HF TrainingArguments.optim"),
+        click.option(
+            "--optim",
+            default=None,
+            help="HF TrainingArguments.optim [the Trainer's default: adamw_torch_fused; adamw_torch before "
+            "transformers 4.54 or torch 2.8]",
+        ),
         click.option(
             "--optim-rank", type=Count(), default=None, help="GaLore / APOLLO projection rank [128; apollo_mini 1]"
         ),
@@ -85,6 +90,13 @@ def train_options(f: Callable) -> Callable:
             show_default=True,
             help="the framework whose defaults fill what you leave unset: trainer | trl | llamafactory | axolotl | "
             "unsloth, at its installed version or a named one (trl==0.21); --from picks the file's",
+        ),
+        click.option(
+            "--stack",
+            default=None,
+            metavar="PKG==VER,...",
+            help="library versions to plan for, e.g. transformers==4.57.6,bitsandbytes==0.43.1 (transformers, "
+            "peft, bitsandbytes, torch, trl) [the installed ones]",
         ),
         click.option(
             "--loss",
@@ -180,7 +192,7 @@ TRAIN_KEYS = (
     "method", "dtype", "mixed_precision", "quant", "double_quant", "kbit_prep", "batch", "seq", "grad_accum",
     "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "dora", "optim", "grad_ckpt", "attn",
     "freeze_trainable_layers", "alloc_conf", "loss", "packing", "recipe", "liger_kernels", "image_tokens",
-    "modules_to_save", "target_parameters", "optim_rank", "activation_offload",
+    "modules_to_save", "target_parameters", "optim_rank", "activation_offload", "stack",
 )  # fmt: skip
 STAGE_KEYS = (
     "stage", "reference", "pref_beta", "fused_lm_head", "num_generations", "max_completion_length", "generation",

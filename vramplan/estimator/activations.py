@@ -149,10 +149,14 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         kind: _walk_layer(m, replace(settings, masked=kind[2]), kind[0], kind[1], residual_dtype) for kind in kinds
     }
     hidden = tokens * m.hidden_size * BYTES[residual_dtype]
+    # transformers < 5.0 checkpoints reentrantly (spec/stack.py): the layer's forward runs under no_grad, so
+    # nothing an op keeps in ctx outlives it; its recompute holds them like any other activation
+    reentrant = t.stack.reentrant_checkpointing
     if t.grad_ckpt:
         # non-reentrant checkpoint keeps each layer's input hidden state (and whatever ops keep outside
         # autograd's saved tensors: bitsandbytes int8 matmul inputs)
-        saved = layers * hidden + sum(count * at(walks[kind].ctx) for kind, count in kinds.items())
+        kept = 0 if reentrant else sum(count * at(walks[kind].ctx) for kind, count in kinds.items())
+        saved = layers * hidden + kept
     else:
         saved = sum(count * (at(walks[kind].saved) + walks[kind].per_layer_saved) for kind, count in kinds.items())
     if settings.masked:
@@ -163,7 +167,7 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     saved += at(final_saved)
     layer = max(at(lw.saved) + lw.per_layer_saved for lw in walks.values())
     down_saved = max(at(lw.down_saved) for lw in walks.values())
-    layer_ctx = max(at(lw.ctx_only) for lw in walks.values())
+    layer_ctx = 0 if (reentrant and t.grad_ckpt) else max(at(lw.ctx_only) for lw in walks.values())
     layer_input_saved = max(at(lw.input_saved) for lw in walks.values())
     recompute_tail = max(at(lw.recompute_tail) for lw in walks.values())
     transient = max((at(per_token) + per_layer for lw in walks.values() for per_token, per_layer in lw.live), default=0)
@@ -174,7 +178,7 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     n_copy_layers = t.freeze_trainable_layers if t.method == "freeze" else layers
     if autocast_dtype:
         autocast_bytes = BYTES[autocast_dtype]
-        if settings.lora_targets:
+        if settings.lora_targets and settings.adapter_dtype != autocast_dtype:
             # autocast casts each fp32 adapter weight to the autocast dtype; mm saves the copy (its input needs
             # a gradient), so a low-precision copy of every adapter lives from forward until its backward
             layer_copies += sum(

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 
 from vramplan.breakdown import Breakdown, Components, PhaseUsage
-from vramplan.estimator.adapters import ADAPTER_BYTES
+from vramplan.estimator.adapters import adapter_param_bytes
 from vramplan.estimator.build import with_phases
 from vramplan.estimator.optimizer import optimizer_bytes
 from vramplan.estimator.parallel_plan import ParallelPlan
@@ -83,7 +83,7 @@ def fsdp_units(m: ModelSpec, t: TrainSpec) -> tuple[int, int, int, int]:
     lp = engine_bytes(t)
     mixed = t.mixed_precision != "no"
     fb = lp if mixed else base_param_dtype_bytes(t)
-    ab = lp if mixed else ADAPTER_BYTES
+    ab = lp if mixed else adapter_param_bytes(t)
     L = m.num_hidden_layers
     root = m.embed_params + m.final_norm_params + m.lm_head_params
     packed = layer_packed_bytes(m, t)

@@ -125,7 +125,8 @@ def _attention(
                 walk.save(walk.new(scores, dtype, True))
         walk.transient(q_cast, k_cast, v_cast, scores_tensor, probs_fp32, probs, out)
         return walk.new(T * m.q_dim, dtype, requires_grad)  # transpose(1, 2).contiguous()
-    if masked and kv_heads != heads:  # repeat_kv before SDPA when a mask is passed (sdpa_attention.py)
+    if (masked or settings.repeat_kv) and kv_heads != heads:
+        # repeat_kv before SDPA when a mask is passed (sdpa_attention.py), always before transformers 4.54
         k_cast = walk.new(T * m.q_dim, dtype, k.requires_grad)
         v_cast = walk.new(T * m.q_dim, dtype, v.requires_grad)
     out = walk.new(T * m.q_dim, dtype, requires_grad)

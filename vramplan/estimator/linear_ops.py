@@ -38,8 +38,17 @@ def linear(
         walk.transient(x, walk.new(x.numel, "fp16", False), x_int8)
         walk.transient(x, x_int8, out)  # int8_mixed_scaled_mm
     elif quantized:
-        x_compute = walk.cast(x, settings.bnb_compute_dtype)
-        out = walk.new(T * out_features, settings.bnb_compute_dtype, x.requires_grad)
+        compute_dtype = settings.bnb_compute_dtype
+        if settings.bnb_compute_from_input and x.dtype in ("fp32", "bf16"):
+            compute_dtype = x.dtype  # bitsandbytes < 0.47 `set_compute_type`: the input's dtype wins
+        x_compute = walk.cast(x, compute_dtype)
+        out = walk.new(T * out_features, autocast_dtype or compute_dtype, x.requires_grad)
+        if settings.matmul4bit_keeps_input and x_compute.requires_grad:
+            # bitsandbytes < 0.44 MatMul4Bit: ctx.tensors = (A, B), as MatMul8bitLt keeps A (above)
+            if x_compute.id not in walk.saved:
+                walk.ctx_only += x_compute.nbytes
+            walk.ctx_saved[x_compute.id] = x_compute.nbytes
+            walk.save(x_compute)
         walk.transient(x, x_compute, out)
         out = walk.cast(out, x.dtype)
     else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from vramplan.breakdown import PHASES, Components, PhaseUsage
 from vramplan.estimator.activations import activation_bytes
-from vramplan.estimator.adapters import adapter_bytes
+from vramplan.estimator.adapters import adapter_bytes, adapter_param_bytes
 from vramplan.estimator.loss import loss_bytes
 from vramplan.estimator.offload import offload_activations
 from vramplan.estimator.optimizer import optimizer_bytes
@@ -45,7 +45,7 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     order (forward, backward, optimizer); and the paged optimizer bytes."""
     weights = weight_bytes(m, t)
     trainable_bytes = weights.trainable + adapter_bytes(m, t)
-    param_bytes = 4 if t.uses_lora else DTYPE_BYTES[t.dtype]
+    param_bytes = adapter_param_bytes(t) if t.uses_lora else DTYPE_BYTES[t.dtype]
     all_grads = count_params(m, t).trainable * param_bytes
     layerwise = is_layerwise(t.optim)
     if layerwise:  # each gradient is stepped and freed by its hook: one tensor's at a time

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vramplan.estimator.adapters import adapter_dtype
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
 from vramplan.spec.prequantized_base import training_kernel
 
@@ -119,6 +120,10 @@ class WalkSettings:
     prequantized: str = ""
     dequant_copies: int = 0
     matmul_copies: int = 0
+    # ---- older releases (spec/stack.py) ----
+    repeat_kv: bool = False  # SDPA gets k/v repeated to every head even without a mask (transformers < 4.54)
+    matmul4bit_keeps_input: bool = False  # MatMul4Bit's ctx.tensors = (A, B) (bitsandbytes < 0.44)
+    bnb_compute_from_input: bool = False  # Linear4bit computes in its input's dtype when fp32/bf16 (bnb < 0.47)
 
 
 def effective_attn(m: ModelSpec, t: TrainSpec) -> str:
@@ -159,7 +164,7 @@ def walk_settings(m: ModelSpec, t: TrainSpec) -> WalkSettings:
         autocast_dtype=autocast_dtype,
         weight_dtype=t.dtype,
         norm_dtype="fp32" if t.kbit_prep else t.dtype,
-        adapter_dtype="fp32",  # PEFT autocast_adapter_dtype=True keeps adapters in fp32
+        adapter_dtype=adapter_dtype(t),  # fp32 (PEFT autocast_adapter_dtype=True); the base's before PEFT 0.12
         # the LoRA branch as PEFT's bnb / awq / aqlm layers run it (no input cast under autocast)
         quantized=t.quant != "none" or (kernel is not None and not kernel.peft_casts_input),
         int8=t.quant == "int8",
@@ -170,4 +175,7 @@ def walk_settings(m: ModelSpec, t: TrainSpec) -> WalkSettings:
         dora=t.dora,
         attn=attn,
         liger=t.liger_kernels and m.norm == "rms",
+        repeat_kv=t.stack.sdpa_repeats_kv,
+        matmul4bit_keeps_input=t.stack.matmul4bit_keeps_input,
+        bnb_compute_from_input=t.stack.bnb_compute_from_input,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vramplan.estimator.adapters import ADAPTER_BYTES
+from vramplan.estimator.adapters import adapter_param_bytes
 from vramplan.estimator.optimizer import optimizer_bytes
 from vramplan.estimator.params import count_params, lora_targets, model_tensor_shapes, numel
 from vramplan.estimator.weights import bnb_4bit_bytes, bnb_int8_bytes
@@ -32,8 +32,8 @@ FSDP_LAYERS_BACKWARD = 2
 
 
 def grad_elem_bytes(t: TrainSpec) -> int:
-    """Bytes per gradient element on one GPU: fp32 LoRA adapters, else the load dtype (as peak.phases)."""
-    return ADAPTER_BYTES if t.uses_lora else DTYPE_BYTES[t.dtype]
+    """Bytes per gradient element on one GPU: the LoRA adapters' (fp32), else the load dtype (as peak.phases)."""
+    return adapter_param_bytes(t) if t.uses_lora else DTYPE_BYTES[t.dtype]
 
 
 def engine_bytes(t: TrainSpec) -> int:

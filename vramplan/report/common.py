@@ -188,6 +188,16 @@ def recipe_line(t: Any) -> str:
     return f"recipe: {t.recipe} · loss {t.loss} · {ckpt}" + (" · packed" if t.packing else "")
 
 
+def stack_line(t: Any) -> str:
+    """`stack: transformers 4.48.3 (named) · ... · older releases: shifted-logits-copy, ...` when the stack
+    modelled is not the estimator's own (a version named, or a rule of an older release applied); else ""."""
+    stack = t.stack
+    if not (stack.named or stack.applied):
+        return ""
+    rules = ", ".join(rule.name for rule in stack.applied) or "none"
+    return f"stack: {stack.label} · older-release rules: {rules}"
+
+
 def band_text(error_band: float) -> str:
     return f" (tight = within ±{100 * error_band:.0f} % estimator error)"
 

@@ -16,6 +16,7 @@ from vramplan.report.common import (
     print_labelled,
     print_notes,
     recipe_line,
+    stack_line,
     train_title,
     verdict_line,
 )
@@ -124,6 +125,8 @@ def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -
         console,
     )
     console.print(recipe_line(b.train))
+    if stack_line(b.train):
+        print_flow(stack_line(b.train), console)
     if b.gpu_bytes is not None and b.verdict is not None:
         console.print(verdict_line(b, band_text(b.error_band), console.width), soft_wrap=True)
     print_notes(b.all_notes, console)

@@ -99,6 +99,9 @@ def _apply_recipe(
     """Fill the settings still at vramplan's defaults with the recipe's: `--recipe` when typed, else the
     framework of the last --from file that has one (a TrainingArguments JSON with SFTConfig's keys is TRL's),
     else the default recipe."""
+    from vramplan.spec.stack import resolve_stack
+
+    stack = settings["stack"] = resolve_stack(settings.get("stack"))  # once: the recipe's version reads it
     text, origin = (settings.get("recipe"), "flag") if "recipe" in typed else (None, "default")
     if text is None:
         for fs in reversed(read):
@@ -106,7 +109,7 @@ def _apply_recipe(
                 sft = fs.format == "training_args" and "packing" in fs.raw_keys
                 text, origin = ("trl" if sft else FORMAT_RECIPES[fs.format]), f"file:{fs.path}"
                 break
-    recipe = resolve_recipe(text, str(settings.get("method", "lora")))
+    recipe = resolve_recipe(text, str(settings.get("method", "lora")), stack)
     for key, value in recipe.settings:
         if sources.get(key, "default") == "default":
             settings[key], sources[key] = value, f"recipe:{recipe.name}"

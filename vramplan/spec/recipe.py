@@ -31,9 +31,12 @@ import os
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vramplan.errors import VramplanError
+
+if TYPE_CHECKING:
+    from vramplan.spec.stack import Stack
 
 RECIPES: tuple[str, ...] = ("trainer", "trl", "llamafactory", "axolotl", "unsloth")
 DEFAULT_RECIPE = "trainer"
@@ -97,6 +100,11 @@ def _installed(package: str) -> str | None:
     return None
 
 
+def installed_version(package: str) -> str | None:
+    """The installed version of `package` (`_installed`), for spec/stack.py."""
+    return _installed(package)
+
+
 def parse_recipe(text: str | None) -> tuple[str, str | None]:
     """`trl` or `trl==0.21` -> (name, version or None); the did-you-mean error for an unknown name."""
     from vramplan.errors import did_you_mean
@@ -113,12 +121,18 @@ def parse_recipe(text: str | None) -> tuple[str, str | None]:
     return name, version or None
 
 
-def resolve_recipe(text: str | None, method: str = "lora") -> Recipe:
-    """The recipe `text` names (`trl`, `trl==0.21`) at its version: named, else installed, else current."""
+def resolve_recipe(text: str | None, method: str = "lora", stack: Stack | None = None) -> Recipe:
+    """The recipe `text` names (`trl`, `trl==0.21`) at its version: named, else the `stack`'s (trl, and
+    transformers for the Trainer: `--stack trl==0.21` names it too), else installed, else current."""
+    from vramplan.spec.stack import PACKAGES as STACK_PACKAGES
+
     name, named = parse_recipe(text)
-    installed = None if named else _installed(PACKAGES[name])
-    version = named or installed or CURRENT[name]
-    source = "named" if named else "installed" if installed else "current release"
+    if not named and stack is not None and PACKAGES[name] in STACK_PACKAGES:
+        version, source = stack.version(PACKAGES[name]), stack.source(PACKAGES[name])
+    else:
+        installed = None if named else _installed(PACKAGES[name])
+        version = named or installed or CURRENT[name]
+        source = "named" if named else "installed" if installed else "current release"
     settings, notes = _DEFAULTS[name](_version_tuple(version), str(method).lower())
     return Recipe(name, version, source, tuple(settings.items()), tuple(notes))
 

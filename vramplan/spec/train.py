@@ -36,6 +36,7 @@ from vramplan.spec.model import (
 )
 from vramplan.spec.peft_method import IA3_TARGETS, LORA, PeftMethod, resolve_peft
 from vramplan.spec.prequantized_base import model_checkpoint, resolve_base
+from vramplan.spec.stack import DEFAULT_STACK, Stack, resolve_stack
 from vramplan.spec.stage import SFT, StageSpec, resolve_stage
 from vramplan.spec.train_notes import contradictions, moe_note
 
@@ -138,6 +139,7 @@ class TrainSpec:
     # a pre-quantized base other than bitsandbytes (GPTQ, AWQ, FP8, AQLM, compressed-tensors, NVFP4): its
     # format, read from the checkpoint's quantization_config (spec/prequantized_base.py); `quant` is then "none"
     checkpoint: CheckpointQuant | None = None
+    stack: Stack = DEFAULT_STACK  # the library versions modelled and their rules (spec/stack.py)
 
     @property
     def uses_lora(self) -> bool:
@@ -154,10 +156,10 @@ class TrainSpec:
 
     def as_dict(self) -> dict[str, Any]:
         """Every setting by name, the stage's flattened in (`stage`, `reference`, `pref_beta`, ...)."""
-        skip = ("stage", "peft", "checkpoint")
+        skip = ("stage", "peft", "checkpoint", "stack")
         out = {name: getattr(self, name) for name in self.__slots__ if name not in skip}  # type: ignore[attr-defined]
         out["checkpoint"] = self.checkpoint.label if self.checkpoint else None  # a pre-quantized base's format
-        return {**out, **self.stage.as_dict(), **self.peft.as_dict()}
+        return {**out, **self.stage.as_dict(), **self.peft.as_dict(), "stack": self.stack.as_dict()}
 
 
 _COUNT = re.compile(r"\s*(-?)\s*(\d+)\s*([kK]?)\s*")
@@ -210,7 +212,7 @@ def resolve_train(
     lora_dropout: float = 0.05,
     lora_target: str = "all-linear",
     dora: bool = False,
-    optim: str = "adamw_torch_fused",
+    optim: str | None = None,
     grad_ckpt: bool | None = None,
     attn: str = "sdpa",
     freeze_trainable_layers: int = 2,
@@ -231,13 +233,15 @@ def resolve_train(
     block_size: int | None = None,
     checkpoint: CheckpointQuant | None = None,
     checkpoint_name: str = "",
+    stack: str | Stack | None = None,
     **stage: Any,
 ) -> TrainSpec:
     """Fill in the defaults of the common HF Trainer / PEFT recipe for `method` and validate everything.
 
     Defaults: batch 1, seq 1024, bf16 autocast (fp16 on GPUs without bf16); QLoRA = nf4 + double quant +
     kbit prep + gradient checkpointing; LoRA = bf16 weights; full = pure bf16; r=16, alpha=32, dropout 0.05,
-    all-linear; `adamw_torch_fused` (HF Trainer default with torch >= 2.8); SDPA attention; the caching
+    all-linear; the Trainer's default optimizer for the `stack` (`adamw_torch_fused` from transformers 4.54 with
+    torch >= 2.8, else `adamw_torch`); SDPA attention; the caching
     allocator's defaults (`alloc_conf`, PYTORCH_CUDA_ALLOC_CONF syntax, e.g. "expandable_segments:True").
 
     Choices are case-insensitive (`--method QLoRA`). Counts are limited (LIMITS). Contradictions become
@@ -259,7 +263,8 @@ def resolve_train(
     quant = _choice(quant, QUANTS, "--quant")
     attn = _choice(attn, ATTNS, "--attn")
     loss = _choice(loss, LOSSES, "--loss") or "hf"
-    optim = str(optim).lower()
+    stack = resolve_stack(stack)  # the installed versions unless named (spec/stack.py)
+    optim = stack.trainer_default_optim if optim is None else str(optim).lower()
     if not gpu_bf16:
         if dtype == "bf16":
             notes.append("this GPU has no bf16: --dtype bf16 switched to fp16")
@@ -419,4 +424,5 @@ def resolve_train(
         optim_rank=int(optim_rank),
         checkpoint=checkpoint,
         activation_offload=activation_offload,
+        stack=stack,
     )
