@@ -51,6 +51,10 @@ class ActivationBytes:
     hidden_grad_bytes: int  # a T·hidden gradient in the compute dtype (flows out of the attention / MLP)
     final_saved: int  # what the final norm saves (part of `saved`; freed before the top layer's backward)
     final_hidden_bytes: int  # the final norm's output, held by the model output until the loss is computed
+    # the training forward's DynamicCache (use_cache=True unless checkpointing) holds every layer's k and v; SDPA
+    # saves those same tensors unless it got repeated copies (transformers < 4.54): then they are extra until the
+    # model output is dropped (traced, 4.48.3). Not counted for eager or masked SDPA (the current model's gap)
+    forward_cache_bytes: int = 0
 
 
 class _LayerWalk(NamedTuple):
@@ -232,4 +236,13 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         final_saved=at(final_saved),
         hidden_grad_bytes=tokens * m.hidden_size * BYTES[autocast_dtype or residual_dtype],
         final_hidden_bytes=at(final_out),
+        forward_cache_bytes=(
+            2 * layers * tokens * m.num_key_value_heads * m.head_dim * BYTES[autocast_dtype or t.dtype]
+            if settings.repeat_kv
+            and settings.attn == "sdpa"
+            and not t.grad_ckpt
+            and not settings.masked
+            and m.num_key_value_heads != m.num_attention_heads
+            else 0
+        ),
     )

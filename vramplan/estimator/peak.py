@@ -72,7 +72,7 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     loss = Components(
         **persistent,
         gradients=accum_grads,
-        activations=activation.saved + forward_copies + activation.final_hidden_bytes,
+        activations=activation.saved + forward_copies + activation.final_hidden_bytes + activation.forward_cache_bytes,
         logits=logits.forward_peak + head_copy,
         temporaries=0,
     )
