@@ -382,6 +382,12 @@ def serve_options(f: Callable) -> Callable:
             help="vLLM release whose start-up sizing applies: 0.6 | 0.10 | 0.21 | 0.34, or e.g. 0.8.5 [0.34]",
         ),
         click.option(
+            "--stack",
+            default=None,
+            metavar="PKG==VER,...",
+            help="hf: transformers / peft versions to plan for, e.g. transformers==4.44.2 [the installed ones]",
+        ),
+        click.option(
             "--gpu-memory-gib",
             type=float,
             default=None,

@@ -239,6 +239,35 @@ def test_a_lora_step_under_the_traced_stack(stack):
     assert old > new  # the shifted fp32 copy of the logits (4 · 254 · 4096 B) outweighs bf16 adapters
 
 
+def test_generate_prefill_logits_against_transformers_4_44_2():
+    """model.generate(max_new_tokens=1, do_sample=True) on a bf16 llama (vocab 32000, hidden 64, 8 heads, 2 kv
+    heads, 1 layer), prompt 256, batch 1: the live-bytes peak above the weights traced 49,211,424 B under
+    4.44.2 (every prompt row's logits, bf16 and fp32 at the cast) and 884,524 B under 5.24.0 (one row)."""
+    from vramplan.api import estimate_serve
+
+    m = tiny(vocab_size=32000, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=8,
+             num_key_value_heads=2, tie_word_embeddings=False)  # fmt: skip
+    kw = dict(engine="hf", batch=1, prompt_tokens=256, new_tokens=1)
+    old = estimate_serve(m, stack="transformers==4.44.2", **kw).phases[0].components
+    new = estimate_serve(m, stack="transformers==4.45.2", **kw).phases[0].components
+    assert old.logits == 256 * 32000 * (2 + 4)  # prompt · vocab · (bf16 head output + its fp32 upcast)
+    assert old.total - old.weights == pytest.approx(49_211_424, rel=0.01)
+    assert new.logits == 32000 * (2 + 3 * 4)  # one row: the head's, its fp32 copy, scores, probabilities
+
+
+def test_serve_adapters_follow_peft():
+    """PeftModel.from_pretrained builds its layers with update_layer, as get_peft_model (traced above): bf16
+    adapters on a bf16 base before peft 0.12, fp32 after; vLLM's slots are in the model dtype either way."""
+    from vramplan.estimator.serve import adapter_elem_bytes
+    from vramplan.spec.serve import resolve_serve
+
+    m = tiny(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+             num_key_value_heads=4)  # fmt: skip
+    by_version = {v: adapter_elem_bytes(resolve_serve(m, engine="hf", enable_lora=True, stack=f"peft=={v}"))
+                  for v in ("0.11.1", "0.12.0")}  # fmt: skip
+    assert by_version == {"0.11.1": 2, "0.12.0": 4}
+
+
 # ---- the command line ----
 
 

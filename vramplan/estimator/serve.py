@@ -91,9 +91,12 @@ def adapter_params(m: ModelSpec, s: ServeSpec) -> int:
 
 
 def adapter_elem_bytes(s: ServeSpec) -> int:
-    """PEFT (hf) keeps adapters in fp32 (autocast_adapter_dtype=True); vLLM's slots use lora_dtype "auto" =
-    the model dtype (vllm/config/lora.py, vllm-project/vllm@a78dc92f)."""
-    return 4 if s.engine == "hf" else s.dtype_bytes
+    """PEFT (hf) keeps adapters in fp32 (autocast_adapter_dtype=True; before peft 0.12 in the base weight's
+    dtype, fp32 on a bnb base: spec/stack.py); vLLM's slots use lora_dtype "auto" = the model dtype
+    (vllm/config/lora.py, vllm-project/vllm@a78dc92f)."""
+    if s.engine == "hf":
+        return s.dtype_bytes if s.stack.adapters_in_base_dtype and s.quant == "none" else 4
+    return s.dtype_bytes
 
 
 def layer_peak_elems_per_token(m: ModelSpec) -> int:
@@ -135,6 +138,16 @@ def hf_logits_bytes(m: ModelSpec, s: ServeSpec) -> int:
     return s.batch * m.vocab_size * (s.dtype_bytes + 3 * 4)
 
 
+def hf_prefill_logits_bytes(m: ModelSpec, s: ServeSpec) -> int:
+    """The prefill's logits. transformers < 4.45 (spec/stack.py `generate-full-prompt-logits`): every prompt
+    position's logits, the lm_head output and its fp32 upcast alive together at the cast (batch·prompt·vocab·
+    (dtype + 4)), then the fp32 ones with the last row's copies (batch·vocab·3·4). Else one row (above)."""
+    if not s.stack.generate_full_prompt_logits:
+        return hf_logits_bytes(m, s)
+    rows = s.batch * s.prompt_tokens * m.vocab_size
+    return max(rows * (s.dtype_bytes + 4), rows * 4 + s.batch * m.vocab_size * 3 * 4)
+
+
 def hf_lora_workspace_bytes(m: ModelSpec, s: ServeSpec, tokens: int) -> int:
     """PEFT's unmerged LoRA branch on the largest target, fp32: x cast to the adapter dtype, lora_A's
     output (r), lora_B's output and its scaled copy (peft/tuners/lora/layer.py Linear.forward)."""
@@ -153,7 +166,7 @@ def hf_phases(m: ModelSpec, s: ServeSpec, resident: ServeComponents) -> tuple[Se
     prefill = replace(
         resident,
         kv_cache=hf_generate_cache_bytes(m, b, p, 1, e),
-        logits=logits,
+        logits=hf_prefill_logits_bytes(m, s),
         temporaries=b * p * per_token + dequant_bytes(m, s, fused=False) + hf_lora_workspace_bytes(m, s, b * p),
     )
     if n == 1:

@@ -14,6 +14,7 @@ from vramplan.report.common import (
     print_flow,
     print_labelled,
     print_notes,
+    stack_line,
     verdict_line,
 )
 
@@ -111,6 +112,8 @@ def render_serve(b: ServeBreakdown, console: Console) -> None:
     t.add_row("CUDA context", gib(b.cuda_context_bytes), bar(b.cuda_context_bytes / dev))
     t.add_row(Text("device total (as nvidia-smi)", style="bold"), Text(gib(b.device_bytes), style="bold"), "")
     console.print(t)
+    if s.engine == "hf" and stack_line(s):
+        print_flow(stack_line(s), console)
     if b.vllm is not None:
         v = b.vllm
         console.print(

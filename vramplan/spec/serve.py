@@ -11,6 +11,7 @@ from vramplan.spec.fields import positive
 from vramplan.spec.gpu import GpuProfile
 from vramplan.spec.lora_targets import resolve_lora_target
 from vramplan.spec.model import DTYPE_BYTES, DTYPES, QUANTS, Dtype, ModelSpec, Quant
+from vramplan.spec.stack import DEFAULT_STACK, Stack, resolve_stack
 from vramplan.spec.vllm_versions import CURRENT_VLLM, vllm_release
 
 VLLM_BLOCK_SIZE = 16  # tokens per KV block: vLLM CacheConfig.block_size default on CUDA
@@ -64,6 +65,7 @@ class ServeSpec:
     enable_expert_parallel: bool = False
     vllm_version: str = "0.34"  # the release line whose start-up arithmetic applies (spec/vllm_versions.py)
     checkpoint: CheckpointQuant | None = None  # the checkpoint's own quantization_config (pre-quantized)
+    stack: Stack = DEFAULT_STACK  # the transformers / peft versions `--engine hf` models (spec/stack.py)
 
     @property
     def dtype_bytes(self) -> int:
@@ -86,6 +88,7 @@ class ServeSpec:
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["checkpoint"] = self.checkpoint.label if self.checkpoint is not None else None
+        out["stack"] = self.stack.as_dict()
         return out
 
 
@@ -120,6 +123,7 @@ def resolve_serve(
     pipeline_parallel_size: int | None = None,
     enable_expert_parallel: bool = False,
     vllm_version: str | None = None,
+    stack: str | Stack | None = None,
 ) -> ServeSpec:
     """Validate and fill in defaults. vLLM's are `vllm serve`'s (vllm/engine/arg_utils.py
     get_batch_defaults, vllm-project/vllm@99d7eb5d: max_num_batched_tokens 2048 and max_num_seqs 256, or
@@ -248,6 +252,7 @@ def resolve_serve(
         enable_expert_parallel=bool(enable_expert_parallel),
         vllm_version=release.version,
         checkpoint=checkpoint,
+        stack=resolve_stack(stack),
     )
 
 

@@ -50,6 +50,12 @@ RULES: tuple[StackRule, ...] = (
         "loss/loss_utils.py ForCausalLMLoss, 4.46.3-4.48.3; 4.49.0 pads the labels instead",
     ),
     StackRule(
+        "generate-full-prompt-logits", "transformers", (4, 45),
+        "generate's prefill computes the logits of every prompt position (upcast to fp32 in the model)",
+        "generation/utils.py: 4.45.2 sets `model_kwargs['num_logits_to_keep'] = 1` (one row per sequence); 4.44.2 "
+        "does not, and its LlamaForCausalLM.forward upcasts all rows (`logits = logits.float()`)",
+    ),
+    StackRule(
         "reentrant-checkpointing", "transformers", (5, 0),
         "gradient checkpointing is reentrant (use_reentrant=True): a checkpointed layer keeps nothing but its input",
         "modeling_utils.py gradient_checkpointing_enable, {'use_reentrant': True} in 4.44.2-4.57.6; False in 5.0.0",
@@ -141,6 +147,10 @@ class Stack:
         if self.older("logits-upcast-in-model"):
             return "model"
         return "loss-shifted" if self.older("shifted-logits-copy") else "loss"
+
+    @property
+    def generate_full_prompt_logits(self) -> bool:
+        return self.older("generate-full-prompt-logits")
 
     @property
     def reentrant_checkpointing(self) -> bool:
