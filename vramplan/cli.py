@@ -348,6 +348,8 @@ def measure(
 
     m, t, g = resolve_inputs(model, gpu, kw)
     emit_notes(t)
+    if t.stack.named:
+        warn("the harness runs the installed libraries: --stack shapes only the estimate printed beside it")
     if save and device == "cpu":  # refused before torch is imported (seconds)
         raise VramplanError("--save stores CUDA measurements; --device cpu has none")
     harness = _harness("measure")
@@ -391,6 +393,8 @@ def simulate(model: str | None, gpu: str | None, steps: int, as_json: bool, **kw
 
     m, t, g = resolve_inputs(model, gpu, kw)
     emit_notes(t)
+    if t.stack.named:
+        warn("the harness runs the installed libraries: --stack shapes only the estimate printed beside it")
     harness = _harness("simulate")
     from vramplan.report.measure import Progress
 

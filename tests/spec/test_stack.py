@@ -94,6 +94,16 @@ def test_every_rule_names_its_source_and_a_boundary_the_current_release_passes()
         assert rule.package in PACKAGES
 
 
+def test_a_named_trl_or_transformers_picks_the_recipe_version():
+    from vramplan import estimate
+
+    trl = estimate("llama-3.1-8b", method="lora", recipe="trl", stack="trl==0.21.0")
+    assert trl.train.recipe == "trl 0.21.0"
+    assert (trl.train.loss, trl.train.grad_ckpt) == ("hf", False)  # TRL before 1.0 / 1.15 (spec/recipe.py)
+    trainer = estimate("llama-3.1-8b", method="lora", recipe="trainer", stack="transformers==4.46.3")
+    assert trainer.train.recipe == "trainer (transformers 4.46.3)"
+
+
 # ---- the rules, held to the traces ----
 
 # transformers logits: LlamaForCausalLM bf16 (vocab 32000, hidden 16, 1 layer), batch 2 × seq 64, every weight
