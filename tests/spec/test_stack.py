@@ -46,10 +46,10 @@ def test_bad_stack_is_one_error(text):
 
 
 def test_unnamed_packages_are_read_installed_else_current(monkeypatch):
-    import vramplan.spec.recipe as recipe
+    import vramplan.spec.stack as stack_module
 
     installed = {"transformers": "4.46.3", "torch": "2.4.1+cu121"}  # an older machine; no peft, bnb, trl
-    monkeypatch.setattr(recipe, "_installed", installed.get)
+    monkeypatch.setattr(stack_module, "installed_version", installed.get)
     stack = resolve_stack("bitsandbytes==0.43.1")
     assert [stack.version(p) for p in PACKAGES] == ["4.46.3", CURRENT["peft"], "0.43.1", "2.4.1+cu121", CURRENT["trl"]]
     assert stack.sources == ("installed", "current release", "named", "installed", "current release")
@@ -61,8 +61,9 @@ def test_unnamed_packages_are_read_installed_else_current(monkeypatch):
 
 
 def test_the_installed_versions_come_from_dist_info_folder_names():
-    """The stack reads the environment as the recipe does (`_installed`, held to importlib.metadata in
-    test_recipe.py): every package installed here is found with importlib.metadata's version."""
+    """The stack reads the environment from dist-info folder names (`installed_version`, the recipe's reader,
+    held to importlib.metadata over the whole environment in test_recipe.py): every package installed here is
+    found with importlib.metadata's version."""
     from importlib.metadata import PackageNotFoundError, version
 
     stack = resolve_stack()

@@ -26,17 +26,14 @@ Each default is read from the framework's code (file and version cited on the ru
 
 from __future__ import annotations
 
-import functools
-import os
 import re
-import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vramplan.errors import VramplanError
-
-if TYPE_CHECKING:
-    from vramplan.spec.stack import Stack
+from vramplan.spec.stack import PACKAGES as STACK_PACKAGES
+from vramplan.spec.stack import Stack
+from vramplan.spec.stack import installed_version as _installed  # the dist-info folder reader
 
 RECIPES: tuple[str, ...] = ("trainer", "trl", "llamafactory", "axolotl", "unsloth")
 DEFAULT_RECIPE = "trainer"
@@ -78,33 +75,6 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
 
 
-@functools.cache
-def _installed(package: str) -> str | None:
-    """The installed version of `package`, from its `<name>-<version>.dist-info` (or `.egg-info`) folder on
-    sys.path, the first found as importlib.metadata finds it (the name normalized as wheels write it, PEP 427).
-    Folder names only: importlib.metadata would parse every METADATA file's e-mail headers, a third of an
-    estimate's cold start."""
-    wanted = re.sub(r"[-_.]+", "_", package).lower()
-    for entry in sys.path:
-        try:
-            names = os.listdir(entry or ".")
-        except OSError:
-            continue
-        for name in names:
-            stem, dot, suffix = name.rpartition(".")
-            if not dot or suffix not in ("dist-info", "egg-info"):
-                continue
-            project, _, version = stem.partition("-")  # `backports.tarfile-1.2.0`: the name as its tool wrote it
-            if version and re.sub(r"[-_.]+", "_", project).lower() == wanted:
-                return version.split("-")[0]
-    return None
-
-
-def installed_version(package: str) -> str | None:
-    """The installed version of `package` (`_installed`), for spec/stack.py."""
-    return _installed(package)
-
-
 def parse_recipe(text: str | None) -> tuple[str, str | None]:
     """`trl` or `trl==0.21` -> (name, version or None); the did-you-mean error for an unknown name."""
     from vramplan.errors import did_you_mean
@@ -124,8 +94,6 @@ def parse_recipe(text: str | None) -> tuple[str, str | None]:
 def resolve_recipe(text: str | None, method: str = "lora", stack: Stack | None = None) -> Recipe:
     """The recipe `text` names (`trl`, `trl==0.21`) at its version: named, else the `stack`'s (trl, and
     transformers for the Trainer: `--stack trl==0.21` names it too), else installed, else current."""
-    from vramplan.spec.stack import PACKAGES as STACK_PACKAGES
-
     name, named = parse_recipe(text)
     if not named and stack is not None and PACKAGES[name] in STACK_PACKAGES:
         version, source = stack.version(PACKAGES[name]), stack.source(PACKAGES[name])

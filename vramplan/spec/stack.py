@@ -1,10 +1,10 @@
 """`--stack`: the versions of transformers, peft, bitsandbytes, torch and trl a plan is for, and the allocation
 differences between their releases that the estimate applies.
 
-The versions are read from the environment (each distribution's `<name>-<version>.dist-info` folder name, as
-`spec/recipe.py` reads a recipe's: no import, no METADATA parsing), or named (`--stack
-transformers==4.57.6,bitsandbytes==0.43.1`, to plan for another machine); a package neither named nor installed
-is taken at the release the estimator is written against (`CURRENT`).
+The versions are read from the environment (each distribution's `<name>-<version>.dist-info` folder name,
+`installed_version`, with which `spec/recipe.py` reads a recipe's version too: no import, no METADATA
+parsing), or named (`--stack transformers==4.57.6,bitsandbytes==0.43.1`, to plan for another machine); a
+package neither named nor installed is taken at the release the estimator is written against (`CURRENT`).
 
 Each rule below is the behaviour of releases *before* `since`; from `since` on, the code behaves as the
 estimator's current model. Every boundary was read in the releases' wheels (the file and the two releases
@@ -13,7 +13,10 @@ either side are cited) and traced in the older release (tests/spec/test_stack.py
 
 from __future__ import annotations
 
+import functools
+import os
 import re
+import sys
 from dataclasses import dataclass
 
 from vramplan.errors import VramplanError
@@ -184,6 +187,28 @@ class Stack:
         }
 
 
+@functools.cache
+def installed_version(package: str) -> str | None:
+    """The installed version of `package`, from its `<name>-<version>.dist-info` (or `.egg-info`) folder on
+    sys.path, the first found as importlib.metadata finds it (the name normalized as wheels write it, PEP 427).
+    Folder names only: importlib.metadata would parse every METADATA file's e-mail headers, a third of an
+    estimate's cold start."""
+    wanted = re.sub(r"[-_.]+", "_", package).lower()
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            stem, dot, suffix = name.rpartition(".")
+            if not dot or suffix not in ("dist-info", "egg-info"):
+                continue
+            project, _, version = stem.partition("-")  # `backports.tarfile-1.2.0`: the name as its tool wrote it
+            if version and re.sub(r"[-_.]+", "_", project).lower() == wanted:
+                return version.split("-")[0]
+    return None
+
+
 def parse_stack(text: str) -> dict[str, str]:
     """`transformers==4.57.6,bitsandbytes==0.43.1` -> {package: version}; one error line for anything else."""
     from vramplan.errors import did_you_mean
@@ -208,8 +233,6 @@ def resolve_stack(text: str | Stack | None = None) -> Stack:
     """The Stack `text` names (`--stack`), every package it does not name as installed, else current."""
     if isinstance(text, Stack):
         return text
-    from vramplan.spec.recipe import installed_version
-
     if text is not None and not str(text).strip():
         raise VramplanError("--stack is empty: name versions, e.g. --stack transformers==4.57.6,bitsandbytes==0.43.1")
     named = parse_stack(text) if text is not None else {}
