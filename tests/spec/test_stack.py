@@ -1,9 +1,9 @@
 """--stack: the library versions modelled and the allocation rules of older releases (vramplan/spec/stack.py).
 
 The figures below were traced on CPU (torch 2.13.0) with the releases named, installed from the registry into a
-throwaway venv (CI cannot install them): tiny configs run through the real code, live bytes tracked per
-storage (a TorchDispatchMode with weak storage references), saved tensors through saved_tensors_hooks
-(unique storages). Each rule's estimate is held to them.
+throwaway venv (CI cannot install them) by benchmarks/stack_trace.py: tiny configs run through the real code,
+live bytes tracked per storage (a TorchDispatchMode with weak storage references), saved tensors through
+saved_tensors_hooks (unique storages). Each rule's estimate is held to them.
 """
 
 from __future__ import annotations
