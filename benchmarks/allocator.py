@@ -1,5 +1,5 @@
 """The caching allocator on traced steps: the real HF/PEFT/bitsandbytes step traced at full size on fake or meta
-tensors (2 steps, HF Trainer loop), its allocation sequence replayed through `vramplan.measure.allocator` under
+tensors (2 steps, HF Trainer loop), its allocation sequence replayed through `vramplan.allocator.model` under
 torch's default settings and under expandable_segments:True. Prints, per configuration, the tensor peak and
 max_memory_allocated, max_memory_reserved and the least memory on which the step runs, as a share of the
 tensor peak; and the estimator's allocator figures beside them. Asserts nothing.
@@ -28,8 +28,8 @@ GIB = 1024**3
 
 
 def trace(name: str, opts: dict):
+    from vramplan.allocator.replay import allocator_figures
     from vramplan.measure.harness import simulate
-    from vramplan.measure.replay import allocator_figures
     from vramplan.sources.profiles import load_model
     from vramplan.spec import resolve_train
 

@@ -1,7 +1,7 @@
 """The estimator's caching-allocator model against the replays it was derived from and against held-out ones.
 
 The replays (tests/data/allocator/*.jsonl) are written by benchmarks/allocator.py: the real step traced at full
-size on fake / meta tensors, its allocation sequence replayed through vramplan.measure.allocator.
+size on fake / meta tensors, its allocation sequence replayed through vramplan.allocator.model.
 """
 
 from __future__ import annotations

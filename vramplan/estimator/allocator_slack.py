@@ -1,7 +1,7 @@
 """What the caching allocator adds to the tensor peak, without a trace: a model fitted to replays.
 
 `vramplan simulate` replays the traced step's allocation sequence through a model of PyTorch's CUDA caching
-allocator (`vramplan.measure.allocator`). The estimator cannot replay (it has no sequence); it predicts the two
+allocator (`vramplan.allocator.model`). The estimator cannot replay (it has no sequence); it predicts the two
 figures of a replay from the estimate's peak phase:
 
 - `reserved`: `max_memory_reserved` − tensor peak on a card with room to spare;

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from vramplan.allocator.replay import allocator_figures
 from vramplan.breakdown import COMPONENTS, Breakdown, Components, MeasuredRun, PhaseUsage
 from vramplan.errors import VramplanError
 from vramplan.estimator.build import measured_breakdown
@@ -43,7 +44,6 @@ from vramplan.measure.moments import (
     STEP,
     LayerMoments,
 )
-from vramplan.measure.replay import allocator_figures
 from vramplan.measure.result import DEVICES, CudaFigures, Device, MeasureResult, OutOfMemory
 from vramplan.measure.run_context import bnb_cache_scope, fake_mode, quiet_bnb
 from vramplan.measure.step_hooks import (

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from vramplan.allocator.replay import AllocatorFigures, AllocatorSummary, allocator_figures, allocator_summary
 from vramplan.breakdown import Breakdown
-from vramplan.measure.replay import AllocatorFigures, AllocatorSummary, allocator_figures, allocator_summary
 from vramplan.measure.tracked import TrackedPeak
 from vramplan.spec.alloc_conf import DEFAULT, AllocatorConfig
 
@@ -54,7 +54,7 @@ class MeasureResult:
     seconds: float
     notes: tuple[str, ...]
     versions: tuple[tuple[str, str], ...]
-    # the tracked allocation sequence, (ALLOC, id, bytes) / (FREE, id, 0), for `vramplan.measure.allocator`;
+    # the tracked allocation sequence, (ALLOC, id, bytes) / (FREE, id, 0), for `vramplan.allocator.model`;
     # its first `load_events` events register what the build left on the device (weights, adapters, ...)
     events: tuple[tuple[int, int, int], ...] = ()
     load_events: int = 0

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from vramplan.measure.replay import ALLOC, FREE
+from vramplan.allocator.replay import ALLOC, FREE
 from vramplan.measure.tensors import leaf_tensors, quant_state_tensors
 from vramplan.measure.tracked import (
     CATEGORIES,
@@ -95,7 +95,7 @@ class MemoryTracker(TorchDispatchMode):
     tensors it is the fake device, not "meta".
 
     `record_events`: keep the allocation sequence in `events`, `(ALLOC, id, bytes)` when a counted storage
-    appears (registration included) and `(FREE, id, 0)` when it dies, for `vramplan.measure.allocator.replay`.
+    appears (registration included) and `(FREE, id, 0)` when it dies, for `vramplan.allocator.model.replay`.
     A storage grown by `Tensor.resize_` is a new allocation followed by the free of the old one, as
     `resize_bytes_cuda` allocates, copies and frees.
     """

@@ -28,7 +28,7 @@ SHORT = {
 
 
 def allocator_json(summary: Any, estimated: dict[str, AllocatorSlack], cuda: Any = None) -> dict[str, Any]:
-    """`summary`: a vramplan.measure.allocator AllocatorSummary; `estimated`: the estimator's model per setting
+    """`summary`: a vramplan.allocator.model AllocatorSummary; `estimated`: the estimator's model per setting
     label ("default", "expandable_segments:True"); `cuda`: the run's CudaFigures or None."""
     out: dict[str, Any] = {"replay": {}, "estimate": {}}
     for label, f in summary.rows():

@@ -7,7 +7,7 @@ not modelled). Keys torch accepts that do not change what a single-stream traini
 (`garbage_collection_threshold` without a memory fraction, `pinned_*`, `release_lock_on_cudamalloc`) are
 accepted and ignored; any other key is an error, as in torch.
 
-Pure Python: the estimator and the replay (`vramplan.measure.allocator`) both read it.
+Pure Python: the estimator and the replay (`vramplan.allocator.model`) both read it.
 """
 
 from __future__ import annotations

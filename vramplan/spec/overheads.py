@@ -10,7 +10,7 @@
   caching allocator (counted in memory_allocated since torch 2.3): ~32 MiB.
 - Caching allocator: for a training step, `estimator/allocator_slack.py` predicts max_memory_reserved and the
   least memory the allocator must get for the step to run (replays of traced steps through a model of
-  PyTorch's CUDA caching allocator, `vramplan/measure/allocator.py`, c10/cuda/CUDACachingAllocator.cpp); a
+  PyTorch's CUDA caching allocator, `vramplan/allocator/model.py`, c10/cuda/CUDACachingAllocator.cpp); a
   calibration's measured ratio (reserved / allocated − 1) replaces the predicted reserved figure; `simulate`
   uses the replay itself. Serving with transformers keeps a flat 10 % of the peak (`ALLOCATOR_OVERHEAD_RATIO`).
 - Error band: ±6 %, a chosen margin for the overheads above, which are defaults until calibrated; the tensor

@@ -38,15 +38,15 @@ fraction` and garbage collection, the order of cudaMalloc addresses (segments ge
 only breaks ties in best fit). A replay sees only what the tracker sees: tensor storages, not allocations
 inside kernels (cuBLAS workspaces and kernel scratch go through the allocator too, outside the tracker).
 
-Constants, blocks, pools and stats: `vramplan.measure.allocator_blocks`. Pure Python, no torch.
-`vramplan.measure.replay` runs a traced step's allocation sequence through it.
+Constants, blocks, pools and stats: `vramplan.allocator.blocks`. Pure Python, no torch.
+`vramplan.allocator.replay` runs a traced step's allocation sequence through it.
 """
 
 from __future__ import annotations
 
 import bisect
 
-from vramplan.measure.allocator_blocks import (
+from vramplan.allocator.blocks import (
     EXPANDABLE_ADDRESS_SPACE,
     LARGE_BUFFER,
     MAX_NON_SPLIT_ROUNDING,

@@ -1,6 +1,6 @@
 """The caching-allocator replay, driven through the behaviours c10/cuda/CUDACachingAllocator.cpp documents.
 
-Each expected figure is derived by hand from the rule named in the test (see vramplan/measure/allocator.py for
+Each expected figure is derived by hand from the rule named in the test (see vramplan/allocator/model.py for
 the source commit), not read back from the model.
 """
 
@@ -10,9 +10,9 @@ import contextlib
 
 import pytest
 
+from vramplan.allocator.model import CachingAllocator, allocation_size
+from vramplan.allocator.replay import ALLOC, FREE, replay, smallest_limit
 from vramplan.errors import VramplanError
-from vramplan.measure.allocator import CachingAllocator, allocation_size
-from vramplan.measure.replay import ALLOC, FREE, replay, smallest_limit
 from vramplan.spec.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig, parse_alloc_conf
 
 KiB, MiB = 1024, 1024**2
@@ -288,8 +288,8 @@ def test_stored_replays_are_current():
     from pathlib import Path
 
     from tests.oracle.allocator_grid import label_of
+    from vramplan.allocator.replay import allocator_figures
     from vramplan.measure.harness import simulate
-    from vramplan.measure.replay import allocator_figures
     from vramplan.sources.profiles import load_model
     from vramplan.spec import resolve_train
 
@@ -312,7 +312,7 @@ def test_stored_replays_are_current():
 
 @pytest.mark.slow
 def test_load_warmup_packs_the_weights_into_one_segment():
-    from vramplan.measure.replay import with_load_warmup
+    from vramplan.allocator.replay import with_load_warmup
 
     # three 8 MiB weights (1–10 MiB requests): one by one they take a 20 MiB segment for the first two (8 + 8,
     # 4 MiB left) and a second for the third; after a 24 MiB warmup allocation is freed, all three split it
@@ -329,7 +329,7 @@ def test_load_warmup_packs_the_weights_into_one_segment():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from vramplan.measure.allocator import AllocatorOutOfMemory  # noqa: E402
+from vramplan.allocator.model import AllocatorOutOfMemory  # noqa: E402
 
 _SIZES = st.one_of(
     st.integers(1, 1 * MiB),  # small pool
@@ -385,3 +385,19 @@ def test_block_bookkeeping_holds_on_random_sequences(config, steps, limit_mib):
     allocator.release_cached_blocks()
     _check(allocator, live)
     assert allocator.reserved == 0  # everything freed and released: every segment whole, every page free
+
+
+def test_the_allocator_package_is_pure_python():
+    """`vramplan.allocator` left `measure` so the estimator can replay: importing it loads no torch and nothing
+    of the harness (a fresh interpreter, as `vramplan estimate` starts)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "import vramplan.allocator.replay, vramplan.allocator.model\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m == 'torch' or m.startswith('vramplan.measure'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == []

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from vramplan.measure.allocator import CachingAllocator
-from vramplan.measure.allocator_blocks import ROUND_LARGE, AllocatorOutOfMemory, AllocatorStats, Block
+from vramplan.allocator.blocks import ROUND_LARGE, AllocatorOutOfMemory, AllocatorStats, Block
+from vramplan.allocator.model import CachingAllocator
 from vramplan.spec.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig
 
 ALLOC, FREE = 0, 1

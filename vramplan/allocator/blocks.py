@@ -1,4 +1,4 @@
-"""The caching-allocator model's bookkeeping (`vramplan.measure.allocator`): the sizes it rounds and carves
+"""The caching-allocator model's bookkeeping (`vramplan.allocator.model`): the sizes it rounds and carves
 with, its blocks, expandable segments and pools, its out-of-memory error and its counters. Names in comments
 are pytorch's `c10/cuda/CUDACachingAllocator.cpp` (commit 001074d25084fdb87a799823e395a50f5ec044d3).
 """
