@@ -114,14 +114,14 @@ def _walk_final(m: ModelSpec, settings: WalkSettings, residual_dtype: str, train
     return walk.saved_bytes, out.nbytes
 
 
-def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
-    if m.walk_basis is not None:  # a generic family: walked on its hand-modelled stand-in (spec/generic.py)
-        targets = {role for name, role in m.walk_roles if name in t.lora_target}
-        m, t = m.walk_basis, replace(t, lora_target=tuple(sorted(targets)))
-    settings = walk_settings(m, t)
-    autocast_dtype = settings.autocast_dtype
+def residual_dtype_of(t: TrainSpec) -> str:
+    """The residual stream's dtype: fp32 after kbit prep or with fp32 weights, else the load dtype."""
+    return "fp32" if (t.kbit_prep or t.dtype == "fp32") else t.dtype
+
+
+def layer_kinds(m: ModelSpec, t: TrainSpec) -> tuple[tuple[bool, bool, bool], ...]:
+    """Each decoder layer's (trainable, input requires grad, masked), bottom layer first."""
     layers = m.num_hidden_layers
-    residual_dtype = "fp32" if (t.kbit_prep or t.dtype == "fp32") else t.dtype
     embed_trainable = t.method == "full"
     # kbit prep + checkpointing calls enable_input_require_grads (peft/utils/other.py): the embedding output
     # requires grad, so layer 0 saves like the others.
@@ -134,7 +134,7 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     # layer 0 may see an input that does not require grad; later layers always see one that does
     # (the LoRA branches or trainable weights of earlier layers); freeze: frozen layers below the
     # trainable ones, and the first trainable one's input, see no grad at all.
-    kinds: dict[tuple[bool, bool, bool], int] = {}  # (trainable, input requires grad, masked) -> how many layers
+    kinds = []
     masked = masked_layers(m, t)
     for index in range(layers):
         if t.method == "freeze":
@@ -142,6 +142,20 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         else:
             input_requires_grad = embedding_output_requires_grad if index == 0 else True
         kind = (index >= first_trainable, input_requires_grad, masked[index])
+        kinds.append(kind)
+    return tuple(kinds)
+
+
+def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
+    if m.walk_basis is not None:  # a generic family: walked on its hand-modelled stand-in (spec/generic.py)
+        targets = {role for name, role in m.walk_roles if name in t.lora_target}
+        m, t = m.walk_basis, replace(t, lora_target=tuple(sorted(targets)))
+    settings = walk_settings(m, t)
+    autocast_dtype = settings.autocast_dtype
+    layers = m.num_hidden_layers
+    residual_dtype = residual_dtype_of(t)
+    kinds: dict[tuple[bool, bool, bool], int] = {}  # (trainable, input requires grad, masked) -> how many layers
+    for kind in layer_kinds(m, t):
         kinds[kind] = kinds.get(kind, 0) + 1
     tokens, seq = t.tokens, t.seq
 

@@ -205,6 +205,7 @@ def decoder_layer(
 def _down(walk: Walk, project, x: SymbolicTensor, name: str) -> SymbolicTensor:
     """The MLP's down projection; records what it saves (freed first in the layer's backward), except what it
     keeps in ctx.tensors (int8): that lives until its backward has run."""
+    walk.mark("down")
     saved_before, ctx_before = walk.saved_bytes, sum(walk.ctx_saved.values())
     out = project(x, name)
     walk.down_saved = walk.saved_bytes - saved_before - (sum(walk.ctx_saved.values()) - ctx_before)
@@ -213,6 +214,7 @@ def _down(walk: Walk, project, x: SymbolicTensor, name: str) -> SymbolicTensor:
 
 def _mlp(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, project) -> SymbolicTensor:
     T, intermediate = settings.T, m.intermediate_size
+    walk.mark("mlp")
     if m.mlp == "gated" and settings.liger:
         # Liger-Kernel 0.8.5 ops/swiglu.py LigerSiLUMulFunction: c = empty_like(a); saves a (gate) and b (up),
         # no SiLU output; backward writes the gradients into a and b in place

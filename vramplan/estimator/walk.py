@@ -82,6 +82,10 @@ class Walk:
         for tensor in tensors:
             self.saved[tensor.id] = tensor.nbytes
 
+    def mark(self, name: str) -> None:
+        """A named point of the layer's forward ("mlp", "down"); only a recording walk keeps it
+        (`vramplan.estimator.alloc_events`)."""
+
     def transient(self, *tensors: SymbolicTensor, extra: int = 0, extra_ref: int | None = None) -> None:
         """Record what is alive at this op: everything saved so far plus the op's unsaved operands, and `extra`
         bytes that do not scale with tokens (DoRA's weight-sized intermediates), of which `extra_ref` (default:

@@ -1,0 +1,359 @@
+"""The allocation sequence of a training step, emitted by the analytic walk: what the caching allocator sees.
+
+`vramplan.allocator` replays a sequence of `(ALLOC, id, bytes)` / `(FREE, id, 0)` events; the harness records
+the real one (`MeasureResult.events`), the estimator emits this one from what it already knows, in the order
+the HF Trainer loop allocates (two steps, as the traced ones):
+
+- setup: each decoder layer's linear weights (bitsandbytes' packed 4-bit data and its absmax state, or the
+  load dtype), then the rest of the model (embeddings, norms, lm_head) as one tensor, then the adapters;
+- forward, layer by layer: the decoder layer's walk (`layer_ops`) recorded op by op (`RecordingWalk`), each
+  tensor allocated where the walk creates it and freed after the last op that holds it, unless autograd saves
+  it; with gradient checkpointing a layer keeps only its input (and int8 matmul inputs);
+- the loss: `ForCausalLMLoss`'s logits, their fp32 upcast and log_softmax's output (`logits.py`), or the
+  fused losses' figures (`loss.py`) as one saved and one transient tensor;
+- backward, top layer first: a checkpointed layer's forward again, the layer's parameter gradients, then its
+  saved tensors freed newest first, the MLP's gradient workspace (`ActivationBytes.backward_workspace`) once
+  the down projection's inputs are gone, the attention's input gradients after the MLP's, and the gradient of
+  the layer's input replacing the incoming one;
+- the optimizer step: the states, created at the first step (`optimizer.py`: shared out in proportion to the
+  gradients), the step's temporaries (`_multi_tensor_adam` allocates its list at once and frees it), then
+  `zero_grad(set_to_none=True)` frees every gradient.
+
+Sizes are the walk's, so the sequence's live bytes follow the estimate's moments (`peak.py`); the order is a
+model: tests/estimator/test_alloc_events.py holds the replayed figures to traced sequences. Pure Python.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
+
+from vramplan.allocator.replay import ALLOC, FREE, Event
+from vramplan.estimator.activations import (
+    ActivationBytes,
+    activation_bytes,
+    layer_kinds,
+    residual_dtype_of,
+)
+from vramplan.estimator.adapters import adapter_bytes
+from vramplan.estimator.layer_ops import decoder_layer
+from vramplan.estimator.loss import loss_bytes
+from vramplan.estimator.optimizer import optimizer_bytes
+from vramplan.estimator.optimizer_memory_efficient import is_layerwise
+from vramplan.estimator.params import count_params
+from vramplan.estimator.walk import SymbolicTensor, Walk, walk_settings
+from vramplan.estimator.weights import bnb_4bit_bytes, weight_bytes
+from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
+
+STEPS = 2  # as the traced sequences: the first step creates the optimizer states, the second is steady
+
+
+class RecordingWalk(Walk):
+    """A walk that also keeps its order: each tensor created, each op's held tensors, the named marks."""
+
+    __slots__ = ("log",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[str, object]] = []
+
+    def new(self, numel: complex, dtype: str, requires_grad: bool) -> SymbolicTensor:
+        tensor = super().new(numel, dtype, requires_grad)
+        self.log.append(("new", tensor))
+        return tensor
+
+    def mark(self, name: str) -> None:
+        self.log.append(("mark", name))
+
+    def transient(self, *tensors: SymbolicTensor, extra: int = 0, extra_ref: int | None = None) -> None:
+        super().transient(*tensors, extra=extra, extra_ref=extra_ref)
+        self.log.append(("use", frozenset(t.id for t in tensors) | frozenset(self.pinned)))
+
+
+@dataclass(frozen=True, slots=True)
+class LayerPattern:
+    """One decoder layer's forward as events per token (bytes complex: the imaginary part grows with seq).
+
+    `events`: (ALLOC, local id, bytes) / (FREE, local id, 0); the input is id 0 (not allocated here), the
+    output `output`; `saved`: the ids autograd (or ctx.tensors) keeps, in creation order, with the position in
+    that order where the MLP's and the down projection's saves start; `ctx`: kept even under checkpointing.
+    """
+
+    events: tuple[tuple[int, int, complex], ...]
+    checkpointed_events: tuple[tuple[int, int, complex], ...]  # under checkpointing: nothing saved but ctx
+    saved: tuple[int, ...]
+    mlp_from: int
+    down_from: int
+    output: int
+    input_saved: bool
+    ctx: frozenset[int]
+
+
+@functools.lru_cache(maxsize=1024)
+def layer_pattern(m: ModelSpec, settings, trainable: bool, input_requires_grad: bool, residual_dtype: str):
+    walk = RecordingWalk()
+    x = walk.new(m.hidden_size, residual_dtype, input_requires_grad)
+    walk.log.clear()
+    out = decoder_layer(walk, settings, m, x, trainable)
+    sizes: dict[int, complex] = {}
+    last_use: dict[int, int] = {}
+    order: list[int] = []
+    marks: dict[str, int] = {}
+    for index, (kind, value) in enumerate(walk.log):
+        if kind == "new":
+            sizes[value.id] = value.nbytes
+            last_use[value.id] = index
+            order.append(value.id)
+        elif kind == "use":
+            for tensor_id in value:
+                last_use[tensor_id] = index
+        else:
+            marks.setdefault(value, len(order))
+
+    def sequence(keep: set[int]) -> tuple[tuple[int, int, complex], ...]:
+        frees_after: dict[int, list[int]] = {}
+        for tensor_id in order:
+            if tensor_id not in keep:
+                frees_after.setdefault(last_use[tensor_id], []).append(tensor_id)
+        events: list[tuple[int, int, complex]] = []
+        for index, (kind, value) in enumerate(walk.log):
+            if kind == "new":
+                events.append((ALLOC, value.id - x.id, sizes[value.id]))
+            for tensor_id in frees_after.get(index, ()):
+                events.append((FREE, tensor_id - x.id, 0))
+        return tuple(events)
+
+    saved = tuple(i - x.id for i in order if i in walk.saved or i in walk.ctx_saved)
+    position = {tensor_id - x.id: n for n, tensor_id in enumerate(order)}
+    mlp_from = sum(1 for i in saved if position[i] < marks.get("mlp", len(order)))
+    down_from = sum(1 for i in saved if position[i] < marks.get("down", len(order)))
+    return LayerPattern(
+        events=sequence(set(walk.saved) | set(walk.ctx_saved) | {out.id}),
+        checkpointed_events=sequence(set(walk.ctx_saved) | {out.id}),
+        saved=saved,
+        mlp_from=mlp_from,
+        down_from=down_from,
+        output=out.id - x.id,
+        input_saved=x.id in walk.saved,
+        ctx=frozenset(i - x.id for i in walk.ctx_saved),
+    )
+
+
+class _Emitter:
+    """Numbers the tensors and keeps the sequence and its live bytes."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.next_id = 0
+        self.sizes: dict[int, int] = {}
+
+    def alloc(self, nbytes: int) -> int:
+        self.next_id += 1
+        if nbytes > 0:
+            self.events.append((ALLOC, self.next_id, nbytes))
+            self.sizes[self.next_id] = nbytes
+        return self.next_id
+
+    def free(self, *tensor_ids: int) -> None:
+        for tensor_id in tensor_ids:
+            if self.sizes.pop(tensor_id, None) is not None:
+                self.events.append((FREE, tensor_id, 0))
+
+
+def _linear_storage(m: ModelSpec, t: TrainSpec) -> list[int]:
+    """One decoder layer's linear weights as stored (bitsandbytes 4-bit: packed data; int8: the int8 weight;
+    else the load dtype), and their quantization states as separate tensors."""
+    out = []
+    for li in m.linears:
+        if li.count:  # a generic family's linears are not one per layer
+            continue
+        if t.quant in ("nf4", "fp4", "4bit") or (t.quant != "none" and t.quant != "int8"):
+            packed, state = bnb_4bit_bytes(li.weight_params, t.double_quant)
+            out += [packed, state]
+        elif t.quant == "int8":
+            out += [li.weight_params, 4 * li.out_features]
+        else:
+            out.append(li.weight_params * DTYPE_BYTES[t.dtype])
+    return out
+
+
+def _trainable_tensors(m: ModelSpec, t: TrainSpec, total: int, param_bytes: int) -> list[list[int]]:
+    """The trainable tensors of each decoder layer (bottom first) in `param_bytes`, then the rest as one list
+    (embeddings, head, norms, or whatever the method trains outside the layers), summing to `total` bytes."""
+    layers = m.num_hidden_layers
+    per_layer: list[list[int]] = [[] for _ in range(layers)]
+    if t.uses_lora and not t.peft.prompt_learning:
+        targets = [li for li in m.linears if li.name in t.lora_target and not li.count]
+        for layer in per_layer:
+            for li in targets:
+                layer += [t.lora_rank * li.in_features * param_bytes, li.out_features * t.lora_rank * param_bytes]
+    elif t.method in ("full", "freeze"):
+        first = layers - t.freeze_trainable_layers if t.method == "freeze" else 0
+        for index in range(first, layers):
+            per_layer[index] = [li.params * param_bytes for li in m.linears if not li.count]
+            per_layer[index].append(m.norm_params_per_layer * param_bytes)
+    emitted = sum(sum(layer) for layer in per_layer)
+    if emitted > total:  # a method the per-tensor split does not know: the total as one tensor
+        return [[] for _ in range(layers)] + [[total]]
+    return [*per_layer, [total - emitted]]
+
+
+def step_events(m: ModelSpec, t: TrainSpec) -> list[Event]:
+    """The allocation sequence of `STEPS` training steps of `t` (module docstring)."""
+    if m.walk_basis is not None:
+        targets = {role for name, role in m.walk_roles if name in t.lora_target}
+        walk_model, walk_train = m.walk_basis, replace(t, lora_target=tuple(sorted(targets)))
+    else:
+        walk_model, walk_train = m, t
+    e = _Emitter()
+    act = activation_bytes(m, t)
+    weights = weight_bytes(m, t)
+    param_bytes = 4 if t.uses_lora else DTYPE_BYTES[t.dtype]
+    trainable_total = weights.trainable + adapter_bytes(m, t)
+    grads_total = count_params(m, t).trainable * param_bytes
+    optimizer = optimizer_bytes(m, t, param_bytes)
+    layerwise = is_layerwise(t.optim)
+
+    # setup: the base's linears layer by layer, the rest of the model, the adapters
+    frozen_total = weights.frozen + weights.quant_state
+    storage = _linear_storage(m, t) if t.method not in ("full", "freeze") else []
+    layers = m.num_hidden_layers
+    if sum(storage) * layers <= frozen_total:
+        for _ in range(layers):
+            for nbytes in storage:
+                e.alloc(nbytes)
+        frozen_total -= sum(storage) * layers
+    e.alloc(frozen_total)
+    trainable = _trainable_tensors(m, t, trainable_total, 4 if t.uses_lora else DTYPE_BYTES[t.dtype])
+    for layer in trainable:
+        for nbytes in layer:
+            e.alloc(nbytes)
+    grads = _trainable_tensors(m, t, grads_total, param_bytes)
+
+    settings = walk_settings(walk_model, walk_train)
+    residual_dtype = residual_dtype_of(t)
+    kinds = layer_kinds(walk_model, walk_train)
+    patterns = [
+        layer_pattern(walk_model, replace(settings, masked=kind[2]), kind[0], kind[1], residual_dtype) for kind in kinds
+    ]
+    tokens, seq = t.tokens, t.seq
+
+    def at(per_token: complex) -> int:
+        return round(tokens * (per_token.real + per_token.imag * seq))
+
+    mask_bytes = t.batch * seq * seq if settings.masked else 0
+    for step in range(STEPS):
+        _one_step(e, m, t, act, patterns, at, grads, optimizer, layerwise, step == 0, mask_bytes)
+    return e.events
+
+
+def _replay_layer(e: _Emitter, pattern: LayerPattern, at, layer_input: int, checkpointed: bool = False):
+    """A decoder layer's forward events; returns its local ids -> emitted ids."""
+    ids = {0: layer_input}
+    for op, local, per_token in pattern.checkpointed_events if checkpointed else pattern.events:
+        if op == ALLOC:
+            ids[local] = e.alloc(at(per_token))
+        else:
+            e.free(ids[local])
+    return ids
+
+
+def _one_step(e, m, t, act: ActivationBytes, patterns, at, grads, optimizer, layerwise, first, mask_bytes) -> None:
+    ckpt = t.grad_ckpt
+    hidden = act.hidden_bytes
+    mask = e.alloc(mask_bytes)  # the sliding-window mask, built once and passed to every layer
+    x = embeds = e.alloc(hidden)  # inputs_embeds, held by the model's forward until it returns
+    forward_ids = []
+    for pattern in patterns:
+        ids = _replay_layer(e, pattern, at, x, ckpt)  # checkpointed: only the input and ctx.tensors survive
+        if ckpt:
+            pass
+        elif not pattern.input_saved and x != embeds:
+            e.free(x)
+        forward_ids.append(ids)
+        x = ids[pattern.output]
+    # final norm and the loss
+    final_saved = e.alloc(act.final_saved)
+    final_out = e.alloc(act.final_hidden_bytes)
+    e.free(x)
+    head_copy = e.alloc(act.head_copy if t.loss == "hf" else 0)
+    saved_loss, backward_extra = _loss_forward(e, m, t)
+    e.free(final_out, embeds)
+    # backward: the loss, lm_head, then the layers top down
+    loss_grads = [e.alloc(nbytes) for nbytes in _loss_backward_grads(t, backward_extra)]
+    rest_grad = grads[-1][0] if not layerwise else 0
+    head_grad_bytes = min(rest_grad, m.vocab_size * m.hidden_size * DTYPE_BYTES[t.dtype]) if t.method == "full" else 0
+    param_grads = [e.alloc(head_grad_bytes)]
+    grad = e.alloc(act.hidden_grad_bytes)
+    e.free(*loss_grads, *saved_loss, head_copy, final_saved)
+    for index in range(len(patterns) - 1, -1, -1):
+        pattern = patterns[index]
+        ids = forward_ids[index]
+        layer_input = ids[0]
+        if ckpt:  # the layer's forward again: its saved tensors back, its transients come and go
+            ids = _replay_layer(e, pattern, at, layer_input)
+            e.free(ids[pattern.output])
+        layer_grads = [] if layerwise else grads[index]
+        half = len(layer_grads) // 2
+        saved = [ids[i] for i in pattern.saved if i != 0]
+        mlp_saved, attention_saved = saved[pattern.mlp_from :], saved[: pattern.mlp_from]
+        down = saved[pattern.down_from :]
+        e.free(*reversed(down))
+        param_grads += [e.alloc(n) for n in layer_grads[half:]]  # the MLP's parameters
+        workspace = e.alloc(act.backward_workspace - hidden)
+        e.free(*reversed(mlp_saved))
+        e.free(workspace)
+        attention_grads = e.alloc(3 * act.hidden_grad_bytes)
+        param_grads += [e.alloc(n) for n in layer_grads[:half]]
+        e.free(*reversed(attention_saved))
+        e.free(attention_grads)
+        input_grad = e.alloc(act.hidden_grad_bytes)
+        e.free(grad, layer_input, *(forward_ids[index][i] for i in pattern.ctx))
+        grad = input_grad
+    e.free(grad, mask)
+    param_grads.append(e.alloc(rest_grad - head_grad_bytes))  # embeddings, norms, what trains outside layers
+    # optimizer step: states at the first step, the step's temporaries, then zero_grad
+    grad_sizes = [e.sizes.get(g, 0) for g in param_grads]
+    total = sum(grad_sizes) or 1
+    if first:
+        made = 0
+        for nbytes in grad_sizes:
+            share = optimizer.states * nbytes // total
+            e.alloc(share // 2)
+            e.alloc(share - share // 2)
+            made += share
+        e.alloc(optimizer.states - made)
+    temporaries = [e.alloc(optimizer.step_temporaries * nbytes // total) for nbytes in grad_sizes]
+    e.free(*temporaries)
+    e.free(*param_grads)
+
+
+def _loss_forward(e: _Emitter, m: ModelSpec, t: TrainSpec) -> tuple[list[int], int]:
+    """The loss's forward tensors; returns the ids it saves for backward and its backward's extra bytes.
+    hf (`logits.py`): the logits in the head's dtype, gemma2's softcapped copy, the fp32 upcast, log_softmax's
+    output; the Trainer drops the logits and the upcast once the loss is computed."""
+    figures = loss_bytes(m, t)
+    if t.loss == "hf":
+        tv = t.tokens * m.vocab_size
+        head_bytes = 4 if (t.kbit_prep and t.mixed_precision == "no") else DTYPE_BYTES[t.compute_dtype]
+        logits = e.alloc(head_bytes * tv)
+        softcap = e.alloc(head_bytes * tv if m.final_softcap else 0)
+        upcast = e.alloc(0 if head_bytes == 4 else 4 * tv)
+        log_probs = e.alloc(4 * tv)
+        e.free(upcast, logits)
+        return [log_probs, softcap], figures.backward_peak - figures.saved
+    saved = e.alloc(figures.saved)
+    temporary = e.alloc(figures.forward_peak - figures.saved)
+    e.free(temporary)
+    return [saved], figures.backward_peak - figures.saved
+
+
+def _loss_backward_grads(t: TrainSpec, extra: int) -> list[int]:
+    """The loss's backward tensors beyond what it saved (hf: nll_loss's dense gradient and log_softmax's
+    input gradient, fp32 T·V each)."""
+    if t.loss == "hf":
+        return [extra // 2, extra - extra // 2]
+    return [extra]
+
+
+__all__ = ["STEPS", "LayerPattern", "layer_pattern", "step_events"]
