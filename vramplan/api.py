@@ -33,6 +33,7 @@ def estimate(
     *,
     gpu: str | GpuProfile | None = None,
     train: TrainSpec | None = None,
+    replay_allocator: bool = True,
     **options: Any,
 ) -> Breakdown:
     """Estimate the peak memory of one training step.
@@ -65,7 +66,7 @@ def estimate(
     t = train or resolve_train(
         m, gpu_bf16=g.bf16 if g else True, gpu_compute_capability=g.compute_capability if g else None, **options
     )
-    return build_breakdown(m, t, g)
+    return build_breakdown(m, t, g, replay_allocator=replay_allocator)
 
 
 def estimate_serve(

@@ -6,7 +6,7 @@ Component names are a closed set, so an estimate and a measurement line up key b
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from vramplan.spec.model import Approximation
@@ -190,10 +190,16 @@ class Breakdown(PeakAccounting):
     run: MeasuredRun | None = None
     approximation: Approximation | None = None  # a generic family (spec/generic.py): its band is in `overheads`
     host_bytes: int = 0  # host RAM holding offloaded activations (estimator/offload.py), outside the GPU figures
+    # the allocator's figures from a replay of the walk's allocation sequence (estimator/allocator_replay.py, an
+    # AllocatorSlack), where that route is taken; None: the slack model's
+    replayed_allocator: Any = None
 
     @property
     def allocator(self):
-        """The estimator's caching-allocator model for this step (`vramplan.estimator.allocator_slack`)."""
+        """The estimator's caching-allocator figures for this step: the walk replay's where it was taken
+        (`vramplan.estimator.allocator_replay`), else the slack model's (`vramplan.estimator.allocator_slack`)."""
+        if self.replayed_allocator is not None:
+            return self.replayed_allocator
         from vramplan.estimator.allocator_slack import allocator_slack
         from vramplan.spec.alloc_conf import parse_alloc_conf
 
@@ -235,7 +241,8 @@ class Breakdown(PeakAccounting):
         allocator model's error to the tensor peak's (`estimator.allocator_slack.tight_band`)."""
         from vramplan.estimator.allocator_slack import error_band
 
-        return error_band(self.overheads, self.train.alloc_conf)
+        replayed = self.replayed_allocator
+        return error_band(self.overheads, self.train.alloc_conf, replayed.need_error if replayed else None)
 
     @property
     def all_notes(self) -> tuple[str, ...]:

@@ -49,38 +49,63 @@ STEPS = 2  # as the traced sequences: the first step creates the optimizer state
 
 
 class RecordingWalk(Walk):
-    """A walk that also keeps its order: each tensor created, each op's held tensors, the named marks."""
+    """A walk that also keeps its order: each tensor created (bytes per token and bytes per layer), each op's
+    held tensors, the named marks. What the walk counts per layer rather than per tensor becomes a tensor of
+    its own: an op's `extra` bytes (DoRA's weight-sized intermediates) live through that op; a rise of
+    `per_layer_saved` (PEFT's MoE weight deltas, DoRA's per-feature vectors) is a tensor saved from there on.
+    Those take negative ids."""
 
-    __slots__ = ("log",)
+    __slots__ = ("constant_saved", "log", "recorded_per_layer")
 
     def __init__(self) -> None:
         super().__init__()
-        self.log: list[tuple[str, object]] = []
+        self.log: list[tuple] = []
+        self.constant_saved: set[int] = set()
+        self.recorded_per_layer = 0
+
+    def _constant(self, nbytes: int) -> int:
+        tensor_id = -1 - sum(1 for entry in self.log if entry[0] == "new" and entry[1] < 0)
+        self.log.append(("new", tensor_id, (0j, nbytes)))
+        return tensor_id
+
+    def _sync(self) -> None:
+        if self.per_layer_saved > self.recorded_per_layer:
+            self.constant_saved.add(self._constant(self.per_layer_saved - self.recorded_per_layer))
+            self.recorded_per_layer = self.per_layer_saved
 
     def new(self, numel: complex, dtype: str, requires_grad: bool) -> SymbolicTensor:
+        self._sync()
         tensor = super().new(numel, dtype, requires_grad)
-        self.log.append(("new", tensor))
+        self.log.append(("new", tensor.id, (tensor.nbytes, 0)))
         return tensor
 
     def mark(self, name: str) -> None:
+        self._sync()
         self.log.append(("mark", name))
 
     def transient(self, *tensors: SymbolicTensor, extra: int = 0, extra_ref: int | None = None) -> None:
         super().transient(*tensors, extra=extra, extra_ref=extra_ref)
-        self.log.append(("use", frozenset(t.id for t in tensors) | frozenset(self.pinned)))
+        self._sync()
+        held = frozenset(t.id for t in tensors) | frozenset(self.pinned)
+        if extra:
+            held |= {self._constant(extra)}
+        self.log.append(("use", held))
+
+
+Size = tuple[complex, int]  # bytes per token (the imaginary part grows with seq), bytes per layer
 
 
 @dataclass(frozen=True, slots=True)
 class LayerPattern:
-    """One decoder layer's forward as events per token (bytes complex: the imaginary part grows with seq).
+    """One decoder layer's forward as events (`Size`d).
 
-    `events`: (ALLOC, local id, bytes) / (FREE, local id, 0); the input is id 0 (not allocated here), the
+    `events`: (ALLOC, local id, size) / (FREE, local id, 0); the input is id 0 (not allocated here), the
     output `output`; `saved`: the ids autograd (or ctx.tensors) keeps, in creation order, with the position in
     that order where the MLP's and the down projection's saves start; `ctx`: kept even under checkpointing.
     """
 
-    events: tuple[tuple[int, int, complex], ...]
-    checkpointed_events: tuple[tuple[int, int, complex], ...]  # under checkpointing: nothing saved but ctx
+    events: tuple[tuple[int, int, Size | int], ...]
+    checkpointed_events: tuple[tuple[int, int, Size | int], ...]  # under checkpointing: nothing saved but ctx
     saved: tuple[int, ...]
     mlp_from: int
     down_from: int
@@ -91,44 +116,52 @@ class LayerPattern:
 
 @functools.lru_cache(maxsize=1024)
 def layer_pattern(m: ModelSpec, settings, trainable: bool, input_requires_grad: bool, residual_dtype: str):
+    """Record one decoder layer's walk (`layer_ops.decoder_layer`) and turn it into events: each tensor freed
+    after the last op that holds it, unless autograd (or ctx.tensors) saves it, or it is the output."""
     walk = RecordingWalk()
     x = walk.new(m.hidden_size, residual_dtype, input_requires_grad)
     walk.log.clear()
     out = decoder_layer(walk, settings, m, x, trainable)
-    sizes: dict[int, complex] = {}
+    walk.mark("end")
+
+    def local(tensor_id: int) -> int:
+        return tensor_id if tensor_id < 0 else tensor_id - x.id
+
+    sizes: dict[int, Size] = {}
     last_use: dict[int, int] = {}
     order: list[int] = []
     marks: dict[str, int] = {}
-    for index, (kind, value) in enumerate(walk.log):
-        if kind == "new":
-            sizes[value.id] = value.nbytes
-            last_use[value.id] = index
-            order.append(value.id)
-        elif kind == "use":
-            for tensor_id in value:
+    for index, entry in enumerate(walk.log):
+        if entry[0] == "new":
+            sizes[entry[1]] = entry[2]
+            last_use[entry[1]] = index
+            order.append(entry[1])
+        elif entry[0] == "use":
+            for tensor_id in entry[1]:
                 last_use[tensor_id] = index
         else:
-            marks.setdefault(value, len(order))
+            marks.setdefault(entry[1], len(order))
+    saved_ids = set(walk.saved) | set(walk.ctx_saved) | walk.constant_saved
 
-    def sequence(keep: set[int]) -> tuple[tuple[int, int, complex], ...]:
+    def sequence(keep: set[int]) -> tuple[tuple[int, int, Size | int], ...]:
         frees_after: dict[int, list[int]] = {}
         for tensor_id in order:
             if tensor_id not in keep:
                 frees_after.setdefault(last_use[tensor_id], []).append(tensor_id)
-        events: list[tuple[int, int, complex]] = []
-        for index, (kind, value) in enumerate(walk.log):
-            if kind == "new":
-                events.append((ALLOC, value.id - x.id, sizes[value.id]))
+        events: list[tuple[int, int, Size | int]] = []
+        for index, entry in enumerate(walk.log):
+            if entry[0] == "new":
+                events.append((ALLOC, local(entry[1]), entry[2]))
             for tensor_id in frees_after.get(index, ()):
-                events.append((FREE, tensor_id - x.id, 0))
+                events.append((FREE, local(tensor_id), 0))
         return tuple(events)
 
-    saved = tuple(i - x.id for i in order if i in walk.saved or i in walk.ctx_saved)
-    position = {tensor_id - x.id: n for n, tensor_id in enumerate(order)}
+    saved = tuple(local(i) for i in order if i in saved_ids)
+    position = {local(tensor_id): n for n, tensor_id in enumerate(order)}
     mlp_from = sum(1 for i in saved if position[i] < marks.get("mlp", len(order)))
     down_from = sum(1 for i in saved if position[i] < marks.get("down", len(order)))
     return LayerPattern(
-        events=sequence(set(walk.saved) | set(walk.ctx_saved) | {out.id}),
+        events=sequence(saved_ids | {out.id}),
         checkpointed_events=sequence(set(walk.ctx_saved) | {out.id}),
         saved=saved,
         mlp_from=mlp_from,
@@ -238,8 +271,9 @@ def step_events(m: ModelSpec, t: TrainSpec) -> list[Event]:
     ]
     tokens, seq = t.tokens, t.seq
 
-    def at(per_token: complex) -> int:
-        return round(tokens * (per_token.real + per_token.imag * seq))
+    def at(size: Size) -> int:
+        per_token, per_layer = size
+        return round(tokens * (per_token.real + per_token.imag * seq)) + per_layer
 
     mask_bytes = t.batch * seq * seq if settings.masked else 0
     for step in range(STEPS):
@@ -283,7 +317,9 @@ def _one_step(e, m, t, act: ActivationBytes, patterns, at, grads, optimizer, lay
     loss_grads = [e.alloc(nbytes) for nbytes in _loss_backward_grads(t, backward_extra)]
     rest_grad = grads[-1][0] if not layerwise else 0
     head_grad_bytes = min(rest_grad, m.vocab_size * m.hidden_size * DTYPE_BYTES[t.dtype]) if t.method == "full" else 0
-    param_grads = [e.alloc(head_grad_bytes)]
+    # liger computes the head weight's gradient in forward (saved): it becomes the head's .grad
+    liger_head = t.loss == "liger" and t.method == "full"
+    param_grads = [saved_loss.pop()] if liger_head else [e.alloc(head_grad_bytes)]
     grad = e.alloc(act.hidden_grad_bytes)
     e.free(*loss_grads, *saved_loss, head_copy, final_saved)
     for index in range(len(patterns) - 1, -1, -1):
@@ -342,10 +378,14 @@ def _loss_forward(e: _Emitter, m: ModelSpec, t: TrainSpec) -> tuple[list[int], i
         log_probs = e.alloc(4 * tv)
         e.free(upcast, logits)
         return [log_probs, softcap], figures.backward_peak - figures.saved
-    saved = e.alloc(figures.saved)
+    if t.loss == "liger" and t.method == "full":  # the input's and the head weight's gradients, in forward
+        weight_grad = m.vocab_size * m.hidden_size * (4 if t.kbit_prep else DTYPE_BYTES[t.dtype])
+        saved = [e.alloc(figures.saved - weight_grad), e.alloc(weight_grad)]
+    else:
+        saved = [e.alloc(figures.saved)]
     temporary = e.alloc(figures.forward_peak - figures.saved)
     e.free(temporary)
-    return [saved], figures.backward_peak - figures.saved
+    return saved, figures.backward_peak - figures.saved
 
 
 def _loss_backward_grads(t: TrainSpec, extra: int) -> list[int]:

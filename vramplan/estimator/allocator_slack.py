@@ -124,10 +124,12 @@ def tight_band(tensor_band: float, allocator_error: float) -> float:
     return math.hypot(tensor_band, allocator_error)
 
 
-def error_band(overheads: Overheads, alloc_conf: str) -> float:
+def error_band(overheads: Overheads, alloc_conf: str, allocator_error: float | None = None) -> float:
     """The band a training verdict uses under `overheads` and `alloc_conf` (a TrainSpec's): a measurement's,
-    a replay's or a calibration's own band, else the tensor band and the allocator model's error combined."""
+    a replay's or a calibration's own band, else the tensor band and the allocator figures' error combined
+    (`allocator_error`: the walk replay's, when it gave them; else the model's)."""
     if overheads.measured or overheads.calibrated_band:
         return overheads.error_band
-
-    return tight_band(overheads.error_band, need_error(parse_alloc_conf(alloc_conf)))
+    if allocator_error is None:
+        allocator_error = need_error(parse_alloc_conf(alloc_conf))
+    return tight_band(overheads.error_band, allocator_error)

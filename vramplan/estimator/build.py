@@ -34,14 +34,20 @@ TEXT_ONLY_NOTE = "text model only: the {} wrapper's vision tower and projector a
 
 
 @overload
-def build_breakdown(model: ModelSpec, spec: TrainSpec, gpu: GpuProfile | None) -> Breakdown: ...
-@overload
-def build_breakdown(model: ModelSpec, spec: ServeSpec, gpu: GpuProfile | None) -> ServeBreakdown: ...
 def build_breakdown(
-    model: ModelSpec, spec: TrainSpec | ServeSpec, gpu: GpuProfile | None
+    model: ModelSpec, spec: TrainSpec, gpu: GpuProfile | None, replay_allocator: bool = False
+) -> Breakdown: ...
+@overload
+def build_breakdown(
+    model: ModelSpec, spec: ServeSpec, gpu: GpuProfile | None, replay_allocator: bool = False
+) -> ServeBreakdown: ...
+def build_breakdown(
+    model: ModelSpec, spec: TrainSpec | ServeSpec, gpu: GpuProfile | None, replay_allocator: bool = False
 ) -> Breakdown | ServeBreakdown:
     """The estimate of `spec` (a training step or a serving setup) of `model` on `gpu` (None: no verdict,
-    documented overheads)."""
+    documented overheads). `replay_allocator`: the allocator's figures from a replay of the walk's allocation
+    sequence where `allocator_replay.replay_route` takes it (0.1-2 s: `estimate`'s one verdict), else the
+    slack model's (`fit`'s and `--suggest`'s probes)."""
     overheads = gpu.overheads if gpu is not None else Overheads()
     if not isinstance(spec, TrainSpec):
         return _serve(model, spec, gpu, overheads)
@@ -60,6 +66,14 @@ def build_breakdown(
 
         candidates, paged = stage_moments(model, spec, gpu.memory_bytes if gpu else None)
         phases = training_phases_of(candidates)
+    replayed = None
+    if replay_allocator and spec.stage.is_sft:
+        from vramplan.estimator.allocator_replay import replay_route, replayed_allocator
+        from vramplan.spec.alloc_conf import parse_alloc_conf
+
+        config = parse_alloc_conf(spec.alloc_conf)
+        if replay_route(spec, config):
+            replayed = replayed_allocator(model, spec, config, max(p.total for p in phases))
     return Breakdown(
         model=model.name,
         phases=phases,
@@ -73,6 +87,7 @@ def build_breakdown(
         approximation=model.approximation,
         notes=(TEXT_ONLY_NOTE.format(model.text_of),) if model.text_of else (),
         host_bytes=_offloaded_host_bytes(model, spec),
+        replayed_allocator=replayed,
     )
 
 
@@ -149,8 +164,10 @@ def measured_breakdown(
 
 
 def with_phases(b: Breakdown, phases: tuple[PhaseUsage, ...], paged_bytes: int) -> Breakdown:
-    """`b` with other phases (one GPU's share of a multi-GPU run): same inputs, overheads and GPU."""
-    return dataclasses.replace(b, phases=phases, paged_bytes=paged_bytes)
+    """`b` with other phases (one GPU's share of a multi-GPU run): same inputs, overheads and GPU. A rank whose
+    phases differ takes the slack model's allocator figures (the walk replay follows the one-GPU step)."""
+    replayed = b.replayed_allocator if phases == b.phases else None
+    return dataclasses.replace(b, phases=phases, paged_bytes=paged_bytes, replayed_allocator=replayed)
 
 
 __all__ = ["build_breakdown", "measured_breakdown", "with_phases"]

@@ -42,24 +42,38 @@ def train_inputs_json(b: Breakdown) -> dict[str, Any]:
 
 
 def allocator_figures_json(b: Breakdown) -> dict[str, Any]:
-    """Where the caching allocator's figures come from and, for the estimator's model, its stated error against
-    the replays (shares of the tensor peak; `vramplan.estimator.allocator_slack.ERRORS`)."""
+    """Where the caching allocator's figures come from and, for an estimate, their stated error against the
+    replays of traced steps (shares of the tensor peak): the walk replay's
+    (`vramplan.estimator.allocator_replay.REPLAY_ERRORS`) or the slack model's (`allocator_slack.ERRORS`)."""
     from vramplan.estimator.allocator_slack import ERRORS, setting_of
     from vramplan.spec.alloc_conf import parse_alloc_conf
 
     o = b.overheads
     setting = setting_of(parse_alloc_conf(b.train.alloc_conf))
+    replayed = b.replayed_allocator is not None and not (o.measured or o.calibrated_ratio)
     if o.measured:
         source = "measured" if b.run is not None and b.run.device == "cuda" else "replay"
+    elif o.calibrated_ratio:
+        source = "calibration"
     else:
-        source = "calibration" if o.calibrated_ratio else "model"
+        source = "walk replay" if replayed else "model"
     out: dict[str, Any] = {
         "setting": setting,
         "source": source,
         "reserved_slack_bytes": b.allocator_overhead_bytes,
         "need_bytes": b.allocator_need_bytes,
     }
-    if not o.measured:
+    if replayed:
+        from vramplan.estimator.allocator_replay import REPLAY_ERRORS
+
+        basis = ("rms", "worst", "held_out_rms", "held_out_worst")
+        out["model_error"] = {
+            "basis": "share of the tensor peak: the walk's allocation sequence replayed, against replays of the "
+            "60 traced steps of the oracle grid, and 32 held-out traces",
+            "reserved": dict(zip(basis, REPLAY_ERRORS[setting, b.train.grad_ckpt, "max_reserved_bytes"], strict=True)),
+            "need": dict(zip(basis, REPLAY_ERRORS[setting, b.train.grad_ckpt, "min_limit_bytes"], strict=True)),
+        }
+    elif not o.measured:
         basis = ("rms", "worst", "held_out_rms", "held_out_worst")
         out["model_error"] = {
             "basis": "share of the tensor peak against replays of traced steps: left-one-family-out over the "

@@ -1,0 +1,87 @@
+"""The caching allocator's figures from a replay of the walk's own allocation sequence (`alloc_events.py`)
+through the allocator model (`vramplan.allocator`), where that route beats the fitted slack model.
+
+Held to the replays of the 60 traced steps of the oracle grid (tests/oracle/allocator_grid.py; the traced
+figures in tests/data/allocator/grid.jsonl), as shares of the tensor peak: the analytic replay's share of its
+own peak against the traced replay's share of the traced peak (`benchmarks/allocator_walk_replay.py`; the
+slack model's errors are left-one-family-out, the replay is fitted to nothing):
+
+| setting, checkpointing | figure | walk replay: grid; held out | slack model: grid (LOFO); held out |
+|---|---|---|---|
+| default, off | reserved | 2.2 / 8.7 %; 0.6 / 1.7 % | 3.4 / 10.9 %; 1.9 / 3.0 % |
+| default, off | least that runs | 2.0 / 5.9 %; 1.0 / 2.7 % | 3.1 / 7.3 %; 1.4 / 2.3 % |
+| default, on | reserved | 7.1 / 27.7 %; 2.5 / 5.3 % | 7.1 / 19.4 %; 3.7 / 6.2 % |
+| default, on | least that runs | 7.0 / 23.6 %; 4.1 / 10.1 % | 7.8 / 22.7 %; 4.6 / 9.6 % |
+| expandable, off | reserved | 0.9 / 3.3 %; 0.5 / 1.1 % | 1.0 / 2.2 %; 0.8 / 1.8 % |
+| expandable, off | least that runs | 0.3 / 0.8 %; 0.5 / 1.0 % | 0.9 / 1.4 %; 0.8 / 1.7 % |
+| expandable, on | reserved | 1.8 / 7.8 %; 0.3 / 0.9 % | 3.3 / 12.0 %; 2.4 / 4.5 % |
+| expandable, on | least that runs | 0.6 / 1.8 %; 0.3 / 0.5 % | 0.9 / 2.4 %; 0.5 / 0.8 % |
+
+(rms / worst; 30 grid rows per checkpointing, 16 held-out ones.)
+
+So the route (`replay_route`): the walk replay under expandable segments, and under torch's defaults without
+gradient checkpointing; with checkpointing under the defaults the slack model stays (equal rms, a smaller
+worst case: the emitted recompute order leaves 7B QLoRA at 4 × 2048 segments the traced one does not).
+Steps the emitter does not follow (preference stages, gradient accumulation, layer-wise optimizers,
+activation offloading, PEFT methods walked as LoRA, other allocator settings) keep the slack model too.
+
+Cost: emitting is 10-80 ms, one replay 30-400 ms and the least memory that runs a bisection of about ten
+replays (0.3-2 s for a 7B step): `estimate` replays (its one verdict), `fit` and `--suggest` probe with the
+slack model (`build_breakdown(replay_allocator=False)`, the default).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from vramplan.allocator.replay import replay, smallest_limit
+from vramplan.estimator.alloc_events import step_events
+from vramplan.estimator.allocator_slack import AllocatorSlack
+from vramplan.spec import ModelSpec, TrainSpec
+from vramplan.spec.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig
+
+# (rms, worst) share of the tensor peak of the walk replay against the traced replays, left out of nothing (the
+# replay is fitted to nothing) over the grid, then (rms, worst) over the 32 held-out traces, by (setting, gradient
+# checkpointing, figure); benchmarks/allocator_walk_replay.py
+REPLAY_ERRORS: dict[tuple[str, bool, str], tuple[float, float, float, float]] = {
+    ("default", False, "max_reserved_bytes"): (0.022, 0.087, 0.006, 0.017),
+    ("default", False, "min_limit_bytes"): (0.020, 0.059, 0.010, 0.027),
+    ("default", True, "max_reserved_bytes"): (0.071, 0.277, 0.025, 0.053),
+    ("default", True, "min_limit_bytes"): (0.070, 0.236, 0.041, 0.101),
+    ("expandable_segments:True", False, "max_reserved_bytes"): (0.009, 0.033, 0.005, 0.011),
+    ("expandable_segments:True", False, "min_limit_bytes"): (0.003, 0.008, 0.005, 0.010),
+    ("expandable_segments:True", True, "max_reserved_bytes"): (0.018, 0.078, 0.003, 0.009),
+    ("expandable_segments:True", True, "min_limit_bytes"): (0.006, 0.018, 0.003, 0.005),
+}
+
+
+def replay_route(t: TrainSpec, config: AllocatorConfig) -> bool:
+    """Whether the estimate's allocator figures come from the walk replay (module docstring)."""
+    if config not in (DEFAULT, EXPANDABLE):
+        return False
+    if not t.stage.is_sft or t.grad_accum > 1 or t.optim.endswith("_layerwise"):
+        return False
+    if t.activation_offload != "none" or t.peft.error_band or t.peft.prompt_learning:
+        return False
+    return config.expandable_segments or not t.grad_ckpt
+
+
+@functools.lru_cache(maxsize=256)
+def replayed_allocator(m: ModelSpec, t: TrainSpec, config: AllocatorConfig, peak_bytes: int) -> AllocatorSlack:
+    """The allocator's figures beyond the tensor peak `peak_bytes`, as the walk replay's shares of its own
+    peak (the sequence's live peak follows the estimate's within 2 %; its shares carry over)."""
+    events = step_events(m, t)
+    unlimited = replay(events, config)
+    stats = unlimited.stats
+    live = stats.max_requested_bytes or 1
+    need = smallest_limit(events, config, unlimited)
+    setting = "expandable_segments:True" if config.expandable_segments else "default"
+    reserved_share = stats.max_reserved_bytes / live - 1
+    need_share = need / live - 1
+    reserved = max(round(peak_bytes * reserved_share), 0)
+    return AllocatorSlack(
+        config=config,
+        reserved_bytes=reserved,
+        need_bytes=min(max(round(peak_bytes * need_share), 0), reserved),
+        need_error=REPLAY_ERRORS[setting, t.grad_ckpt, "min_limit_bytes"][0],
+    )
