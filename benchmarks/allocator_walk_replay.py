@@ -30,6 +30,7 @@ from allocator_slack_fit import FIGURES, SETTINGS, load, target  # noqa: E402
 
 from vramplan.allocator.replay import replay, smallest_limit  # noqa: E402
 from vramplan.estimator.alloc_events import step_events  # noqa: E402
+from vramplan.estimator.allocator_replay import bisection_step  # noqa: E402
 from vramplan.estimator.allocator_slack import COEFFICIENTS  # noqa: E402
 from vramplan.sources.profiles import load_model  # noqa: E402
 from vramplan.spec import resolve_train  # noqa: E402
@@ -55,7 +56,8 @@ def walk_shares(r: dict) -> tuple[dict[tuple[str, str], float], float, float, fl
         unlimited = replay(events, config)
         live = unlimited.stats.max_requested_bytes
         shares[setting, "max_reserved_bytes"] = unlimited.stats.max_reserved_bytes / live - 1
-        shares[setting, "min_limit_bytes"] = smallest_limit(events, config, unlimited) / live - 1
+        need = smallest_limit(events, config, unlimited, granularity=bisection_step(live))
+        shares[setting, "min_limit_bytes"] = need / live - 1
     done = time.perf_counter()
     return shares, live / r["estimate_peak_bytes"] - 1, emitted - start, done - emitted
 

@@ -17,7 +17,7 @@ from vramplan.allocator.replay import ALLOC, FREE, replay, smallest_limit
 from vramplan.api import estimate
 from vramplan.estimator.activations import _walk_layer, layer_kinds, residual_dtype_of
 from vramplan.estimator.alloc_events import layer_pattern, step_events
-from vramplan.estimator.allocator_replay import REPLAY_ERRORS, replay_route
+from vramplan.estimator.allocator_replay import REPLAY_ERRORS, bisection_step, replay_route
 from vramplan.estimator.peak import phases
 from vramplan.estimator.walk import walk_settings
 from vramplan.sources.profiles import load_model
@@ -108,7 +108,8 @@ def _walk_share(name: str, opts: dict, config) -> tuple[float, float]:
     events = step_events(m, t)
     unlimited = replay(events, config)
     live = unlimited.stats.max_requested_bytes
-    return unlimited.stats.max_reserved_bytes / live - 1, smallest_limit(events, config, unlimited) / live - 1
+    need = smallest_limit(events, config, unlimited, granularity=bisection_step(live))
+    return unlimited.stats.max_reserved_bytes / live - 1, need / live - 1
 
 
 @pytest.mark.parametrize(

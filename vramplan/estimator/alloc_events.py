@@ -276,8 +276,9 @@ def step_events(m: ModelSpec, t: TrainSpec) -> list[Event]:
         return round(tokens * (per_token.real + per_token.imag * seq)) + per_layer
 
     mask_bytes = t.batch * seq * seq if settings.masked else 0
+    shape = _backward_shape(walk_model, t, act, settings.liger)
     for step in range(STEPS):
-        _one_step(e, m, t, act, patterns, at, grads, optimizer, layerwise, step == 0, mask_bytes)
+        _one_step(e, m, t, act, shape, patterns, at, grads, optimizer, layerwise, step == 0, mask_bytes)
     return e.events
 
 
@@ -292,11 +293,29 @@ def _replay_layer(e: _Emitter, pattern: LayerPattern, at, layer_input: int, chec
     return ids
 
 
-def _one_step(e, m, t, act: ActivationBytes, patterns, at, grads, optimizer, layerwise, first, mask_bytes) -> None:
+@dataclass(frozen=True, slots=True)
+class _BackwardShape:
+    """A decoder layer's backward gradients: `mlp_parts` MLP gradients of `mlp_grad` bytes each (the
+    `backward_workspace` of `activations.py` beyond the incoming T·H one), and q's, k's and v's."""
+
+    mlp_parts: int
+    mlp_grad: int
+    attention_grads: tuple[int, int, int]
+
+
+def _backward_shape(m: ModelSpec, t: TrainSpec, act: ActivationBytes, liger: bool) -> _BackwardShape:
+    parts = {"gated": 3, "gated_fused": 3, "plain": 2}.get(m.mlp, 3 * max(m.num_experts_per_tok, 1))
+    if liger and m.mlp == "gated":
+        parts = 1
+    grad_bytes = act.hidden_grad_bytes // (t.tokens * m.hidden_size)
+    q, kv = t.tokens * m.q_dim * grad_bytes, t.tokens * m.kv_dim * grad_bytes
+    return _BackwardShape(parts, (act.backward_workspace - act.hidden_bytes) // parts, (q, kv, kv))
+
+
+def _one_step(e, m, t, act, shape, patterns, at, grads, optimizer, layerwise, first, mask_bytes) -> None:
     ckpt = t.grad_ckpt
-    hidden = act.hidden_bytes
     mask = e.alloc(mask_bytes)  # the sliding-window mask, built once and passed to every layer
-    x = embeds = e.alloc(hidden)  # inputs_embeds, held by the model's forward until it returns
+    x = embeds = e.alloc(act.hidden_bytes)  # inputs_embeds, held by the model's forward until it returns
     forward_ids = []
     for pattern in patterns:
         ids = _replay_layer(e, pattern, at, x, ckpt)  # checkpointed: only the input and ctx.tensors survive
@@ -334,15 +353,17 @@ def _one_step(e, m, t, act: ActivationBytes, patterns, at, grads, optimizer, lay
         saved = [ids[i] for i in pattern.saved if i != 0]
         mlp_saved, attention_saved = saved[pattern.mlp_from :], saved[: pattern.mlp_from]
         down = saved[pattern.down_from :]
+        # the MLP's gradients: the down projection's input's first, then the product's operands'
+        workspace = [e.alloc(shape.mlp_grad)]
         e.free(*reversed(down))
         param_grads += [e.alloc(n) for n in layer_grads[half:]]  # the MLP's parameters
-        workspace = e.alloc(act.backward_workspace - hidden)
+        workspace += [e.alloc(shape.mlp_grad) for _ in range(shape.mlp_parts - 1)]
         e.free(*reversed(mlp_saved))
-        e.free(workspace)
-        attention_grads = e.alloc(3 * act.hidden_grad_bytes)
+        e.free(*workspace)
+        attention_grads = [e.alloc(n) for n in shape.attention_grads]  # q's, k's, v's
         param_grads += [e.alloc(n) for n in layer_grads[:half]]
         e.free(*reversed(attention_saved))
-        e.free(attention_grads)
+        e.free(*attention_grads)
         input_grad = e.alloc(act.hidden_grad_bytes)
         e.free(grad, layer_input, *(forward_ids[index][i] for i in pattern.ctx))
         grad = input_grad

@@ -1,8 +1,8 @@
 """What the caching allocator adds to the tensor peak, without a trace: a model fitted to replays.
 
 `vramplan simulate` replays the traced step's allocation sequence through a model of PyTorch's CUDA caching
-allocator (`vramplan.allocator.model`). The estimator cannot replay (it has no sequence); it predicts the two
-figures of a replay from the estimate's peak phase:
+allocator (`vramplan.allocator.model`). Where the estimator does not replay the sequence its own walk emits
+(`allocator_replay.py`), it predicts the two figures of a replay from the estimate's peak phase:
 
 - `reserved`: `max_memory_reserved` − tensor peak on a card with room to spare;
 - `need`: the least memory beyond the tensor peak on which the step runs (the allocator frees cached whole
@@ -19,11 +19,11 @@ qwen2.5-7b at 2×1024 and 1×4096): under torch's default settings the slack dep
 sizes of allocations (a cached logits segment split by a small request cannot be released); the least memory
 that runs is +0.4 % to +28 % above the tensor peak on the grid, and aggregates of the peak phase predict it to
 6.0 % rms (worst 22.7 %) left-one-family-out, 3.4 % rms (worst 9.6 %) held out. With `expandable_segments:True`
-it is +0.1 % to +3.4 %, predicted to 0.9 % rms (worst 2.5 %) / 0.7 % (1.7 %). The route that would reach a few
-percent under default settings is to emit the step's allocation sequence from the analytic walk and replay it
-(not done: the walk keeps live sets, not an order of frees). Settings other than expandable_segments
-(max_split_size_mb, roundup_power2_divisions) are replayed by `simulate`; the estimate uses the
-default-settings model for them.
+it is +0.1 % to +3.4 %, predicted to 0.9 % rms (worst 2.5 %) / 0.7 % (1.7 %). Replaying the allocation
+sequence the walk emits (`allocator_replay.py`) does better where its order follows the traced one, and
+`estimate` takes that route there; this model serves the rest and `fit`'s probes. Settings other than
+expandable_segments (max_split_size_mb, roundup_power2_divisions) are replayed by `simulate`; the estimate uses
+the default-settings model for them.
 """
 
 from __future__ import annotations

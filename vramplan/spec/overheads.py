@@ -8,14 +8,17 @@
 - cuBLAS workspace: CUBLAS_WORKSPACE_CONFIG default ":4096:8" + ":16:8" (torch/cuda/__init__ docs,
   cuBLAS docs "cublasSetWorkspace"): 4 MiB × 8 + 16 KiB × 8 per handle/stream, allocated through the
   caching allocator (counted in memory_allocated since torch 2.3): ~32 MiB.
-- Caching allocator: for a training step, `estimator/allocator_slack.py` predicts max_memory_reserved and the
-  least memory the allocator must get for the step to run (replays of traced steps through a model of
-  PyTorch's CUDA caching allocator, `vramplan/allocator/model.py`, c10/cuda/CUDACachingAllocator.cpp); a
+- Caching allocator: for a training step, `estimator/allocator_replay.py` replays the walk's own allocation
+  sequence through a model of PyTorch's CUDA caching allocator (`vramplan/allocator/model.py`,
+  c10/cuda/CUDACachingAllocator.cpp) for max_memory_reserved and the least memory the allocator must get for
+  the step to run, where that route is the more accurate, and `estimator/allocator_slack.py` predicts both
+  from replays of traced steps elsewhere (and in `fit`'s probes); a
   calibration's measured ratio (reserved / allocated − 1) replaces the predicted reserved figure; `simulate`
   uses the replay itself. Serving with transformers keeps a flat 10 % of the peak (`ALLOCATOR_OVERHEAD_RATIO`).
 - Error band: ±6 %, a chosen margin for the overheads above, which are defaults until calibrated; the tensor
-  peak itself is within 1.3 % of the traced step (docs/accuracy.md). For an estimate the allocator model's own
-  error (rms of the least memory that runs against the replays, `allocator_slack.need_error`) is added in
+  peak itself is within 1.3 % of the traced step (docs/accuracy.md). For an estimate the allocator figures' own
+  error (rms of the least memory that runs against the replays, `allocator_slack.need_error` or the walk
+  replay's `allocator_replay.REPLAY_ERRORS`) is added in
   quadrature (`vramplan.estimator.allocator_slack.tight_band`) until a calibration's measured residual replaces it.
 
 These figures travel as one typed value, `Overheads`, attached to the GPU a command plans for
