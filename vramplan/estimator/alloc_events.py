@@ -42,7 +42,7 @@ from vramplan.estimator.optimizer import optimizer_bytes
 from vramplan.estimator.optimizer_memory_efficient import is_layerwise
 from vramplan.estimator.params import count_params
 from vramplan.estimator.walk import SymbolicTensor, Walk, walk_settings
-from vramplan.estimator.weights import bnb_4bit_bytes, weight_bytes
+from vramplan.estimator.weights import base_param_dtype_bytes, bnb_4bit_bytes, weight_bytes
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
 
 STEPS = 2  # as the traced sequences: the first step creates the optimizer states, the second is steady
@@ -210,6 +210,12 @@ def _linear_storage(m: ModelSpec, t: TrainSpec) -> list[int]:
     return out
 
 
+def _parameter_order(tensors: list[list[int]]) -> list[int]:
+    """`_trainable_tensors`' lists in the order a model registers its parameters: the part outside the layers
+    (the embeddings first), then layer by layer."""
+    return [*tensors[-1], *(nbytes for layer in tensors[:-1] for nbytes in layer)]
+
+
 def _trainable_tensors(m: ModelSpec, t: TrainSpec, total: int, param_bytes: int) -> list[list[int]]:
     """The trainable tensors of each decoder layer (bottom first) in `param_bytes`, then the rest as one list
     (embeddings, head, norms, or whatever the method trains outside the layers), summing to `total` bytes."""
@@ -247,20 +253,23 @@ def step_events(m: ModelSpec, t: TrainSpec) -> list[Event]:
     optimizer = optimizer_bytes(m, t, param_bytes)
     layerwise = is_layerwise(t.optim)
 
-    # setup: the base's linears layer by layer, the rest of the model, the adapters
+    # setup, in the order the model registers its parameters: the embeddings, the base's linears layer by layer,
+    # the rest of the model; then the adapters (a trained model: its parameters in the same order)
     frozen_total = weights.frozen + weights.quant_state
     storage = _linear_storage(m, t) if t.method not in ("full", "freeze") else []
     layers = m.num_hidden_layers
-    if sum(storage) * layers <= frozen_total:
+    if storage and sum(storage) * layers <= frozen_total:
+        frozen_total -= sum(storage) * layers
+        embeddings = min(frozen_total, m.vocab_size * m.hidden_size * base_param_dtype_bytes(t))
+        e.alloc(embeddings)
         for _ in range(layers):
             for nbytes in storage:
                 e.alloc(nbytes)
-        frozen_total -= sum(storage) * layers
+        frozen_total -= embeddings
     e.alloc(frozen_total)
     trainable = _trainable_tensors(m, t, trainable_total, 4 if t.uses_lora else DTYPE_BYTES[t.dtype])
-    for layer in trainable:
-        for nbytes in layer:
-            e.alloc(nbytes)
+    for nbytes in _parameter_order(trainable):
+        e.alloc(nbytes)
     grads = _trainable_tensors(m, t, grads_total, param_bytes)
 
     settings = walk_settings(walk_model, walk_train)
@@ -369,7 +378,8 @@ def _one_step(e, m, t, act, shape, patterns, at, grads, optimizer, layerwise, fi
         grad = input_grad
     e.free(grad, mask)
     param_grads.append(e.alloc(rest_grad - head_grad_bytes))  # embeddings, norms, what trains outside layers
-    # optimizer step: states at the first step, the step's temporaries, then zero_grad
+    # optimizer step: states at the first step, param by param in the model's order (torch AdamW `_init_group`:
+    # exp_avg, exp_avg_sq), the step's temporaries (`_multi_tensor_adam`: a list at once), then zero_grad
     grad_sizes = [e.sizes.get(g, 0) for g in param_grads]
     total = sum(grad_sizes) or 1
     if first:
