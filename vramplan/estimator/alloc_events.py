@@ -230,6 +230,7 @@ def _trainable_tensors(m: ModelSpec, t: TrainSpec, total: int, param_bytes: int)
         first = layers - t.freeze_trainable_layers if t.method == "freeze" else 0
         for index in range(first, layers):
             per_layer[index] = [li.params * param_bytes for li in m.linears if not li.count]
+            per_layer[index] += [p.params * param_bytes for p in m.moe_params]  # router, fused experts
             per_layer[index].append(m.norm_params_per_layer * param_bytes)
     emitted = sum(sum(layer) for layer in per_layer)
     if emitted > total:  # a method the per-tensor split does not know: the total as one tensor
