@@ -34,6 +34,7 @@ def estimate(
     gpu: str | GpuProfile | None = None,
     train: TrainSpec | None = None,
     replay_allocator: bool = True,
+    replay_verdict: bool = False,
     **options: Any,
 ) -> Breakdown:
     """Estimate the peak memory of one training step.
@@ -43,7 +44,10 @@ def estimate(
     calibration`) replaces the default CUDA context, allocator ratio and error band, or a GpuProfile (used with
     its own `overheads`). `options`: the keyword arguments of `vramplan.spec.resolve_train` (method, batch,
     seq, lora_rank, optim, grad_ckpt, loss, packing, ...), or a resolved `train`; `recipe="trl"` fills the
-    options not given with that framework's defaults (vramplan.spec.recipe).
+    options not given with that framework's defaults (vramplan.spec.recipe). `replay_allocator`: the caching
+    allocator's reserved figure from a replay of the step's own allocation sequence (docs/caching-allocator.md);
+    `replay_verdict`: the verdict's least memory that runs and band from it too (else the slack model's, which
+    `fit` and `--suggest` use).
 
     >>> b = estimate("llama-2-7b", method="qlora", gpu="3060ti")
     >>> b.verdict, b.peak_phase
@@ -66,7 +70,7 @@ def estimate(
     t = train or resolve_train(
         m, gpu_bf16=g.bf16 if g else True, gpu_compute_capability=g.compute_capability if g else None, **options
     )
-    return build_breakdown(m, t, g, replay_allocator=replay_allocator)
+    return build_breakdown(m, t, g, replay_allocator=replay_allocator, replay_verdict=replay_verdict)
 
 
 def estimate_serve(

@@ -191,8 +191,10 @@ class Breakdown(PeakAccounting):
     approximation: Approximation | None = None  # a generic family (spec/generic.py): its band is in `overheads`
     host_bytes: int = 0  # host RAM holding offloaded activations (estimator/offload.py), outside the GPU figures
     # the allocator's figures from a replay of the walk's allocation sequence (estimator/allocator_replay.py, an
-    # AllocatorSlack), where that route is taken; None: the slack model's
+    # AllocatorSlack), where that route is taken; None: the slack model's. They give `reserved_bytes`; the
+    # verdict's need and band too only with `replay_verdict` (else the slack model's, as `fit` probes)
     replayed_allocator: Any = None
+    replay_verdict: bool = False
 
     @property
     def allocator(self):
@@ -200,10 +202,22 @@ class Breakdown(PeakAccounting):
         (`vramplan.estimator.allocator_replay`), else the slack model's (`vramplan.estimator.allocator_slack`)."""
         if self.replayed_allocator is not None:
             return self.replayed_allocator
+        return self.model_allocator
+
+    @property
+    def model_allocator(self):
+        """The slack model's figures (`vramplan.estimator.allocator_slack`)."""
         from vramplan.estimator.allocator_slack import allocator_slack
         from vramplan.spec.alloc_conf import parse_alloc_conf
 
         return allocator_slack(self.peak_shape, parse_alloc_conf(self.train.alloc_conf))
+
+    @property
+    def verdict_allocator(self):
+        """The allocator figures the verdict uses: the walk replay's with `replay_verdict`, else the model's."""
+        if self.replayed_allocator is not None and self.replay_verdict:
+            return self.replayed_allocator
+        return self.model_allocator
 
     @property
     def peak_shape(self):
@@ -213,16 +227,19 @@ class Breakdown(PeakAccounting):
         c = self.components
         return PeakShape(c.total, c.logits, c.activations, self.train.grad_ckpt)
 
-    @property
-    def allocator_overhead_bytes(self) -> int:
-        """max_memory_reserved − tensor peak (+ cuBLAS workspace): measured or replayed, a calibration's ratio,
-        else the allocator model's prediction."""
+    def _overhead_of(self, allocator) -> int:
         o = self.overheads
         if o.measured or o.calibrated_ratio:
             return o.allocator_bytes(self.peak_bytes)
         from vramplan.spec.overheads import CUBLAS_WORKSPACE_BYTES
 
-        return self.allocator.reserved_bytes + CUBLAS_WORKSPACE_BYTES
+        return allocator.reserved_bytes + CUBLAS_WORKSPACE_BYTES
+
+    @property
+    def allocator_overhead_bytes(self) -> int:
+        """max_memory_reserved − tensor peak (+ cuBLAS workspace): measured or replayed, a calibration's ratio,
+        else the estimator's (`allocator`)."""
+        return self._overhead_of(self.allocator)
 
     @property
     def allocator_need_bytes(self) -> int:
@@ -233,15 +250,16 @@ class Breakdown(PeakAccounting):
             return o.allocator_bytes(self.peak_bytes)
         from vramplan.spec.overheads import CUBLAS_WORKSPACE_BYTES
 
-        return min(self.allocator.need_bytes + CUBLAS_WORKSPACE_BYTES, self.allocator_overhead_bytes)
+        allocator = self.verdict_allocator
+        return min(allocator.need_bytes + CUBLAS_WORKSPACE_BYTES, self._overhead_of(allocator))
 
     @property
     def error_band(self) -> float:
-        """The `tight` band: measured, calibrated or replayed figures carry their own; an estimate adds the
-        allocator model's error to the tensor peak's (`estimator.allocator_slack.tight_band`)."""
+        """The `tight` band: measured, calibrated or replayed figures carry their own; an estimate adds its
+        verdict's allocator error to the tensor peak's (`estimator.allocator_slack.tight_band`)."""
         from vramplan.estimator.allocator_slack import error_band
 
-        replayed = self.replayed_allocator
+        replayed = self.replayed_allocator if self.replay_verdict else None
         return error_band(self.overheads, self.train.alloc_conf, replayed.need_error if replayed else None)
 
     @property

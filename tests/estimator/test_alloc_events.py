@@ -163,18 +163,23 @@ def test_estimate_takes_the_walk_replay_and_fit_probes_do_not():
 
     m = load_model("llama-3.2-1b")
     t = resolve_train(m, method="lora", seq=512)
-    replayed = estimate(m, train=t, gpu="3060ti")
+    shown = estimate(m, train=t, gpu="3060ti")
+    replayed = estimate(m, train=t, gpu="3060ti", replay_verdict=True)
     probed = build_breakdown(m, t, None)
-    assert replayed.replayed_allocator is not None
+    assert shown.replayed_allocator is not None
     assert probed.replayed_allocator is None
-    assert replayed.peak_bytes == probed.peak_bytes
+    assert replayed.peak_bytes == shown.peak_bytes == probed.peak_bytes
+    # the replayed reserved figure; the verdict's need as fit's probes have it, unless asked for the replay's
+    assert shown.reserved_bytes == replayed.reserved_bytes != probed.reserved_bytes
+    assert shown.allocator_need_bytes == probed.allocator_need_bytes
+    assert replayed.allocator_need_bytes != probed.allocator_need_bytes
+    assert replayed.error_band < shown.error_band  # the replay's smaller error in the band
     # the replay's reserved share, applied to the estimate's peak, beside the traced replay of this step
     row = next(r for r in _grid_rows("grid.jsonl") if r["model"] == "llama-3.2-1b" and r["opts"] == {
         "batch": 1, "grad_ckpt": False, "method": "lora", "seq": 512})  # fmt: skip
     traced_share = row["replay"]["default"]["max_reserved_bytes"] / row["tensor_peak_bytes"] - 1
-    share = replayed.replayed_allocator.reserved_bytes / replayed.peak_bytes
+    share = shown.replayed_allocator.reserved_bytes / shown.peak_bytes
     assert share == pytest.approx(traced_share, abs=REPLAY_ERRORS["default", False, "max_reserved_bytes"][1])
-    assert replayed.error_band < probed.error_band  # the replay's smaller error in the band
 
 
 # Tiny real steps traced on CPU (real tensors, two Trainer steps): the small Llama of the oracle grid

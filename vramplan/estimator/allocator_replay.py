@@ -22,12 +22,14 @@ fitted to nothing), rms / worst:
 too but for the least memory that runs under torch's defaults with checkpointing (22.8 against 22.7 % on the
 grid, 10.2 against 9.6 % held out: a tie; the largest misses are 7B QLoRA at 4 × 2048, where the emitted
 layer order fragments more than the traced one). So `estimate` replays (`replay_route`) every step the emitter
-follows; the rest keeps the slack model: preference stages, gradient accumulation, layer-wise optimizers,
-activation offloading, PEFT methods walked as LoRA, other allocator settings.
+follows, for its reserved figure (its verdict too with `replay_verdict`, else the slack model's, as `fit`'s
+probes, so that what `fit` and `--suggest` print `estimate` reproduces); the rest keeps the slack model:
+preference stages, gradient accumulation, layer-wise optimizers, activation offloading, PEFT methods walked as
+LoRA, other allocator settings.
 
 Cost: emitting is 10-80 ms, one replay 30-400 ms and the least memory that runs a bisection of about six
 (to 0.25 % of the peak): 0.07 s of CPU for Llama-3.2-1B, 0.15-0.4 s for a 7B step, 0.7 s for a 70B one.
-`estimate` replays (its one verdict); `fit` and `--suggest` probe dozens of configurations with the slack model
+`estimate` replays once; `fit` and `--suggest` probe dozens of configurations with the slack model
 (`build_breakdown(replay_allocator=False)`, the default).
 """
 

@@ -35,19 +35,32 @@ TEXT_ONLY_NOTE = "text model only: the {} wrapper's vision tower and projector a
 
 @overload
 def build_breakdown(
-    model: ModelSpec, spec: TrainSpec, gpu: GpuProfile | None, replay_allocator: bool = False
+    model: ModelSpec,
+    spec: TrainSpec,
+    gpu: GpuProfile | None,
+    replay_allocator: bool = False,
+    replay_verdict: bool = False,
 ) -> Breakdown: ...
 @overload
 def build_breakdown(
-    model: ModelSpec, spec: ServeSpec, gpu: GpuProfile | None, replay_allocator: bool = False
+    model: ModelSpec,
+    spec: ServeSpec,
+    gpu: GpuProfile | None,
+    replay_allocator: bool = False,
+    replay_verdict: bool = False,
 ) -> ServeBreakdown: ...
 def build_breakdown(
-    model: ModelSpec, spec: TrainSpec | ServeSpec, gpu: GpuProfile | None, replay_allocator: bool = False
+    model: ModelSpec,
+    spec: TrainSpec | ServeSpec,
+    gpu: GpuProfile | None,
+    replay_allocator: bool = False,
+    replay_verdict: bool = False,
 ) -> Breakdown | ServeBreakdown:
     """The estimate of `spec` (a training step or a serving setup) of `model` on `gpu` (None: no verdict,
     documented overheads). `replay_allocator`: the allocator's figures from a replay of the walk's allocation
-    sequence where `allocator_replay.replay_route` takes it (0.1-2 s: `estimate`'s one verdict), else the
-    slack model's (`fit`'s and `--suggest`'s probes)."""
+    sequence where `allocator_replay.replay_route` takes it (0.07-0.7 s of CPU), else the slack model's;
+    `replay_verdict`: the verdict's need and band from it too (else the slack model's, as `fit`'s and
+    `--suggest`'s probes, so that what they print an estimate reproduces)."""
     overheads = gpu.overheads if gpu is not None else Overheads()
     if not isinstance(spec, TrainSpec):
         return _serve(model, spec, gpu, overheads)
@@ -88,6 +101,7 @@ def build_breakdown(
         notes=(TEXT_ONLY_NOTE.format(model.text_of),) if model.text_of else (),
         host_bytes=_offloaded_host_bytes(model, spec),
         replayed_allocator=replayed,
+        replay_verdict=replay_verdict and replayed is not None,
     )
 
 

@@ -55,31 +55,37 @@ def allocator_figures_json(b: Breakdown) -> dict[str, Any]:
         source = "measured" if b.run is not None and b.run.device == "cuda" else "replay"
     elif o.calibrated_ratio:
         source = "calibration"
+    elif replayed:
+        source = "walk replay" if b.replay_verdict else "walk replay (reserved), model (need)"
     else:
-        source = "walk replay" if replayed else "model"
+        source = "model"
     out: dict[str, Any] = {
         "setting": setting,
         "source": source,
         "reserved_slack_bytes": b.allocator_overhead_bytes,
         "need_bytes": b.allocator_need_bytes,
     }
-    if replayed:
+    if not o.measured:
         from vramplan.estimator.allocator_replay import REPLAY_ERRORS
 
         basis = ("rms", "worst", "held_out_rms", "held_out_worst")
+        walk = "the walk's allocation sequence replayed, against replays of the 60 traced steps of the oracle grid"
+        model = "the slack model, left-one-family-out over the 60-trace grid"
+        ckpt = b.train.grad_ckpt
+        reserved = ERRORS[setting, "max_reserved_bytes"]
+        if replayed:
+            reserved = REPLAY_ERRORS[setting, ckpt, "max_reserved_bytes"]
+        need = ERRORS[setting, "min_limit_bytes"]
+        if b.replay_verdict:
+            need = REPLAY_ERRORS[setting, ckpt, "min_limit_bytes"]
         out["model_error"] = {
-            "basis": "share of the tensor peak: the walk's allocation sequence replayed, against replays of the "
-            "60 traced steps of the oracle grid, and 32 held-out traces",
-            "reserved": dict(zip(basis, REPLAY_ERRORS[setting, b.train.grad_ckpt, "max_reserved_bytes"], strict=True)),
-            "need": dict(zip(basis, REPLAY_ERRORS[setting, b.train.grad_ckpt, "min_limit_bytes"], strict=True)),
-        }
-    elif not o.measured:
-        basis = ("rms", "worst", "held_out_rms", "held_out_worst")
-        out["model_error"] = {
-            "basis": "share of the tensor peak against replays of traced steps: left-one-family-out over the "
-            "60-trace grid, and 32 held-out traces",
-            "reserved": dict(zip(basis, ERRORS[setting, "max_reserved_bytes"], strict=True)),
-            "need": dict(zip(basis, ERRORS[setting, "min_limit_bytes"], strict=True)),
+            "basis": "share of the tensor peak; reserved: "
+            + (walk if replayed else model)
+            + "; need: "
+            + (walk if b.replay_verdict else model)
+            + "; and 32 held-out traces",
+            "reserved": dict(zip(basis, reserved, strict=True)),
+            "need": dict(zip(basis, need, strict=True)),
         }
     return out
 
