@@ -36,13 +36,14 @@ from vramplan.estimator.activations import (
     residual_dtype_of,
 )
 from vramplan.estimator.adapters import adapter_bytes
+from vramplan.estimator.bnb_storage import bnb_4bit_bytes
 from vramplan.estimator.layer_ops import decoder_layer
 from vramplan.estimator.loss import loss_bytes
 from vramplan.estimator.optimizer import optimizer_bytes
 from vramplan.estimator.optimizer_memory_efficient import is_layerwise
 from vramplan.estimator.params import count_params
 from vramplan.estimator.walk import SymbolicTensor, Walk, walk_settings
-from vramplan.estimator.weights import base_param_dtype_bytes, bnb_4bit_bytes, weight_bytes
+from vramplan.estimator.weights import base_param_dtype_bytes, weight_bytes
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
 
 STEPS = 2  # as the traced sequences: the first step creates the optimizer states, the second is steady
