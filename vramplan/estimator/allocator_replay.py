@@ -27,10 +27,10 @@ probes, so that what `fit` and `--suggest` print `estimate` reproduces); the res
 preference stages, gradient accumulation, layer-wise optimizers, activation offloading, PEFT methods walked as
 LoRA, other allocator settings.
 
-Cost: emitting is 10-80 ms, one replay 30-400 ms and the least memory that runs a bisection of about six
-(to 0.25 % of the peak): 0.07 s of CPU for Llama-3.2-1B, 0.15-0.4 s for a 7B step, 0.7 s for a 70B one.
-`estimate` replays once; `fit` and `--suggest` probe dozens of configurations with the slack model
-(`build_breakdown(replay_allocator=False)`, the default).
+Cost: emitting is 10-80 ms, one replay 30-400 ms (the reserved figure: what `estimate` shows) and the least
+memory that runs a bisection of about six more (to 0.25 % of the peak; `replay_verdict`): 0.07 s of CPU for
+Llama-3.2-1B, 0.15-0.4 s for a 7B step, 0.7 s for a 70B one. `fit` and `--suggest` probe dozens of
+configurations with the slack model (`build_breakdown(replay_allocator=False)`, the default).
 """
 
 from __future__ import annotations
@@ -78,21 +78,26 @@ def bisection_step(peak_bytes: int) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def replayed_allocator(m: ModelSpec, t: TrainSpec, config: AllocatorConfig, peak_bytes: int) -> AllocatorSlack:
+def replayed_allocator(
+    m: ModelSpec, t: TrainSpec, config: AllocatorConfig, peak_bytes: int, need: bool = True
+) -> AllocatorSlack:
     """The allocator's figures beyond the tensor peak `peak_bytes`, as the walk replay's shares of its own
-    peak (the sequence's live peak follows the estimate's within 2 %; its shares carry over)."""
+    peak (the sequence's live peak follows the estimate's within 2 %; its shares carry over). `need=False`:
+    one replay for the reserved figure, without the bisection for the least memory that runs (the need is then
+    the reserved figure, its upper bound; a verdict does not read it)."""
     events = step_events(m, t)
     unlimited = replay(events, config)
     stats = unlimited.stats
     live = stats.max_requested_bytes or 1
-    need = smallest_limit(events, config, unlimited, granularity=bisection_step(live))
     setting = "expandable_segments:True" if config.expandable_segments else "default"
-    reserved_share = stats.max_reserved_bytes / live - 1
-    need_share = need / live - 1
-    reserved = max(round(peak_bytes * reserved_share), 0)
+    reserved = max(round(peak_bytes * (stats.max_reserved_bytes / live - 1)), 0)
+    need_bytes = reserved
+    if need:
+        limit = smallest_limit(events, config, unlimited, granularity=bisection_step(live))
+        need_bytes = min(max(round(peak_bytes * (limit / live - 1)), 0), reserved)
     return AllocatorSlack(
         config=config,
         reserved_bytes=reserved,
-        need_bytes=min(max(round(peak_bytes * need_share), 0), reserved),
+        need_bytes=need_bytes,
         need_error=REPLAY_ERRORS[setting, t.grad_ckpt, "min_limit_bytes"][0],
     )

@@ -86,7 +86,7 @@ def build_breakdown(
 
         config = parse_alloc_conf(spec.alloc_conf)
         if replay_route(spec, config):
-            replayed = replayed_allocator(model, spec, config, max(p.total for p in phases))
+            replayed = replayed_allocator(model, spec, config, max(p.total for p in phases), replay_verdict)
     return Breakdown(
         model=model.name,
         phases=phases,
