@@ -219,12 +219,16 @@ def test_json_states_where_the_allocator_figures_come_from() -> None:
 
     d = json.loads(run("estimate", "llama-2-7b", "--method", "qlora", "--json").stdout)
     a = d["allocator"]
-    assert (a["setting"], a["source"]) == ("default", "model")
+    # the reserved figure from a replay of the walk's own allocation sequence, the verdict's need from the model
+    assert (a["setting"], a["source"]) == ("default", "walk replay (reserved), model (need)")
     cublas = 8 * 4 * 1024**2 + 8 * 16 * 1024  # CUBLAS_WORKSPACE_CONFIG ":4096:8" + ":16:8", on both figures
     assert d["reserved_bytes"] == d["peak_bytes"] + a["reserved_slack_bytes"]
     assert d["device_bytes"] == d["peak_bytes"] + a["need_bytes"] + d["overhead"]["cuda_context_bytes"]
     assert cublas <= a["need_bytes"] <= a["reserved_slack_bytes"]
     # the band the JSON states is the model's measured error (benchmarks/allocator_slack_fit.py), per figure
     assert a["model_error"]["need"]["rms"] == ERRORS["default", "min_limit_bytes"][0]
+    from vramplan.estimator.allocator_replay import REPLAY_ERRORS  # the walk replay's (allocator_walk_replay.py)
+
+    assert a["model_error"]["reserved"]["rms"] == REPLAY_ERRORS["default", True, "max_reserved_bytes"][0]
     e = json.loads(run("estimate", "llama-2-7b", "--alloc-conf", "expandable_segments:True", "--json").stdout)
     assert e["allocator"]["model_error"]["need"]["worst"] < a["model_error"]["need"]["worst"]
