@@ -238,8 +238,12 @@ class Breakdown(PeakAccounting):
     @property
     def allocator_overhead_bytes(self) -> int:
         """max_memory_reserved − tensor peak (+ cuBLAS workspace): measured or replayed, a calibration's ratio,
-        else the estimator's (`allocator`)."""
-        return self._overhead_of(self.allocator)
+        else the estimator's (`allocator`). A walk replay's reserved figure beside the model's need is at least
+        that need (the allocator cannot run the step on less than it reserves with room to spare)."""
+        overhead = self._overhead_of(self.allocator)
+        if self.replayed_allocator is not None and not self.replay_verdict:
+            overhead = max(overhead, self.allocator_need_bytes)
+        return overhead
 
     @property
     def allocator_need_bytes(self) -> int:
