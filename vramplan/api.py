@@ -33,7 +33,7 @@ def estimate(
     *,
     gpu: str | GpuProfile | None = None,
     train: TrainSpec | None = None,
-    replay_allocator: bool = True,
+    replay_allocator: bool = False,
     replay_verdict: bool = False,
     **options: Any,
 ) -> Breakdown:
@@ -45,9 +45,10 @@ def estimate(
     its own `overheads`). `options`: the keyword arguments of `vramplan.spec.resolve_train` (method, batch,
     seq, lora_rank, optim, grad_ckpt, loss, packing, ...), or a resolved `train`; `recipe="trl"` fills the
     options not given with that framework's defaults (vramplan.spec.recipe). `replay_allocator`: the caching
-    allocator's reserved figure from a replay of the step's own allocation sequence (docs/caching-allocator.md);
-    `replay_verdict`: the verdict's least memory that runs and band from it too (else the slack model's, which
-    `fit` and `--suggest` use).
+    allocator's reserved figure from a replay of the step's own allocation sequence (docs/caching-allocator.md;
+    0.07-0.7 s of CPU, so asked for: `estimate --allocator-replay`), else the slack model's; `replay_verdict`: the
+    verdict's least memory that runs and band from it too (else the slack model's, which `fit` and `--suggest`
+    use).
 
     >>> b = estimate("llama-2-7b", method="qlora", gpu="3060ti")
     >>> b.verdict, b.peak_phase

@@ -68,8 +68,13 @@ def main() -> None:
 @train_options
 @parallel_options
 @click.option("--suggest", is_flag=True, help="rank the cheapest changes that make it fit (needs --gpu)")
+@click.option("--allocator-replay", is_flag=True,
+              help="the caching allocator's reserved figure and the verdict from a replay of the step's own "
+              "allocation sequence (smaller error; 0.1-0.7 s) instead of the slack model (`fit` probes with the "
+              "model)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
-def estimate(model: str | None, gpu: str | None, suggest: bool, as_json: bool, **kw: Any) -> None:
+def estimate(model: str | None, gpu: str | None, suggest: bool, allocator_replay: bool, as_json: bool,
+             **kw: Any) -> None:
     """Estimate the peak GPU memory of one training step of MODEL.
 
     MODEL: a built-in name (`vramplan models`), a config.json or its folder, or a hub id (the local HF cache,
@@ -79,7 +84,8 @@ def estimate(model: str | None, gpu: str | None, suggest: bool, as_json: bool, *
 
     m, t, g, plan = resolve_plan(model, gpu, kw)
     emit_notes(t)
-    pp = parallel_plan(m, t, run_estimate(m, gpu=g, train=t), kw)
+    replay = {"replay_allocator": allocator_replay, "replay_verdict": allocator_replay}
+    pp = parallel_plan(m, t, run_estimate(m, gpu=g, train=t, **replay), kw)
     b = pp.breakdown  # one GPU's share; the one-GPU estimate itself when pp.spec.plain
     if suggest and g is None:
         raise VramplanError("--suggest needs a GPU to fit: add --gpu NAME (see `vramplan gpus`)")

@@ -158,13 +158,14 @@ def test_the_route_is_the_steps_the_emitter_follows():
     assert not replay_route(lora, parse_alloc_conf("max_split_size_mb:128"))
 
 
-def test_estimate_takes_the_walk_replay_and_fit_probes_do_not():
+def test_estimate_replays_when_asked_and_fit_probes_do_not():
     from vramplan.estimator.build import build_breakdown
 
     m = load_model("llama-3.2-1b")
     t = resolve_train(m, method="lora", seq=512)
-    shown = estimate(m, train=t, gpu="3060ti")
-    replayed = estimate(m, train=t, gpu="3060ti", replay_verdict=True)
+    assert estimate(m, train=t, gpu="3060ti").replayed_allocator is None  # the default: the slack model
+    shown = estimate(m, train=t, gpu="3060ti", replay_allocator=True)
+    replayed = estimate(m, train=t, gpu="3060ti", replay_allocator=True, replay_verdict=True)
     probed = build_breakdown(m, t, None)
     assert shown.replayed_allocator is not None
     assert probed.replayed_allocator is None

@@ -178,7 +178,9 @@ def test_error_band_is_threaded_through():
     from vramplan.estimator.allocator_replay import REPLAY_ERRORS
 
     replay_error = REPLAY_ERRORS["default", t.grad_ckpt, "min_limit_bytes"][0]
-    assert estimate(m, gpu=g, train=t, replay_verdict=True).error_band == tight_band(0.5, replay_error)
+    assert estimate(m, gpu=g, train=t, replay_allocator=True, replay_verdict=True).error_band == tight_band(
+        0.5, replay_error
+    )
     wide = fit_table(m, t, g)
     assert wide.error_band == tight_band(0.5, need_error(DEFAULT))
     # the band moves verdicts between fits and tight, never the limits themselves

@@ -21,9 +21,11 @@ fitted to nothing), rms / worst:
 (30 grid rows per checkpointing, 16 held-out ones.) The replay's rms is the smaller everywhere, its worst case
 too but for the least memory that runs under torch's defaults with checkpointing (22.8 against 22.7 % on the
 grid, 10.2 against 9.6 % held out: a tie; the largest misses are 7B QLoRA at 4 × 2048, where the emitted
-layer order fragments more than the traced one). So `estimate` replays (`replay_route`) every step the emitter
-follows, for its reserved figure (its verdict too with `replay_verdict`, else the slack model's, as `fit`'s
-probes, so that what `fit` and `--suggest` print `estimate` reproduces); the rest keeps the slack model:
+layer order fragments more than the traced one). Asked for (`estimate --allocator-replay`, the API's
+`replay_allocator` and `replay_verdict`), `estimate` replays (`replay_route`) every step the emitter follows,
+for its reserved figure and its verdict; by default it keeps the slack model, because the replay costs
+0.1-0.7 s where the rest of an estimate costs milliseconds, and `fit` and `--suggest` probe with the slack model
+(so that what they print a plain `estimate` reproduces). The rest keeps the slack model always:
 preference stages, gradient accumulation, layer-wise optimizers, activation offloading, PEFT methods walked as
 LoRA, other allocator settings.
 
