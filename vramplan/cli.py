@@ -68,13 +68,17 @@ def main() -> None:
 @train_options
 @parallel_options
 @click.option("--suggest", is_flag=True, help="rank the cheapest changes that make it fit (needs --gpu)")
-@click.option("--allocator-replay", is_flag=True,
-              help="the caching allocator's reserved figure and the verdict from a replay of the step's own "
-              "allocation sequence (smaller error; 0.1-0.7 s) instead of the slack model (`fit` probes with the "
-              "model)")
+@click.option(
+    "--allocator-replay",
+    is_flag=True,
+    help="the caching allocator's reserved figure and the verdict from a replay of the step's own "
+    "allocation sequence (smaller error; 0.1-0.7 s) instead of the slack model (`fit` probes with the "
+    "model)",
+)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
-def estimate(model: str | None, gpu: str | None, suggest: bool, allocator_replay: bool, as_json: bool,
-             **kw: Any) -> None:
+def estimate(
+    model: str | None, gpu: str | None, suggest: bool, allocator_replay: bool, as_json: bool, **kw: Any
+) -> None:
     """Estimate the peak GPU memory of one training step of MODEL.
 
     MODEL: a built-in name (`vramplan models`), a config.json or its folder, or a hub id (the local HF cache,
