@@ -94,3 +94,40 @@ def test_suggest_offers_the_stage_levers_each_estimated():
     assert adapter.saved_bytes >= 8_030_261_248 * 2 - 1024**3  # llama-3-8b params · bf16, less a GiB of slack
     assert adapter.breakdown.peak_bytes == estimate(m, train=adapter.breakdown.train, gpu=gpu).peak_bytes
     assert "--precompute-ref" in found
+
+
+@pytest.mark.parametrize(
+    ("alias", "loss"), [({"fused_lm_head": True}, "trl-chunked"), ({"fused_lm_head": False}, "hf")]
+)
+@pytest.mark.parametrize("stage", ["sft", "dpo", "kto", "grpo", "orpo"])
+def test_fused_lm_head_is_an_alias_of_the_loss(alias, loss, stage):
+    # one LM-head control: the deprecated --fused-lm-head / --no-fused-lm-head resolve to the same TrainSpec
+    # (and so the same estimate) as --loss trl-chunked / --loss hf, for every stage
+    from vramplan.api import estimate
+    from vramplan.sources.profiles import load_model
+    from vramplan.spec import resolve_train
+
+    m = load_model("llama-3-8b")
+    by_alias = resolve_train(m, method="lora", stage=stage, **alias)
+    by_loss = resolve_train(m, method="lora", stage=stage, loss=loss, explicit={"loss"})
+    assert by_alias == by_loss
+    assert by_alias.loss == loss
+    assert by_alias.stage.fused_lm_head == (loss == "trl-chunked" and stage != "sft")
+    assert estimate(m, train=by_alias).peak_bytes == estimate(m, train=by_loss).peak_bytes
+
+
+def test_the_stage_default_head_follows_the_trainer():
+    from vramplan.sources.profiles import load_model
+    from vramplan.spec import resolve_train
+
+    m = load_model("llama-3-8b")
+    # TRL's DPOTrainer patches add_fused_lm_head; LLaMA-Factory's CustomDPOTrainer materializes the logits
+    trl = resolve_train(m, method="lora", stage="dpo")
+    assert (trl.loss, trl.stage.fused_lm_head) == ("trl-chunked", True)
+    lf = resolve_train(m, method="lora", stage="dpo", recipe="llamafactory 0.9.4")
+    assert (lf.loss, lf.stage.fused_lm_head) == ("hf", False)
+    # a typed --loss beats the stage's default; a contradiction between the two spellings is one error
+    typed = resolve_train(m, method="lora", stage="dpo", loss="hf", explicit={"loss"})
+    assert (typed.loss, typed.stage.fused_lm_head) == ("hf", False)
+    with pytest.raises(VramplanError, match="contradicts --loss hf"):
+        resolve_train(m, method="lora", stage="dpo", loss="hf", fused_lm_head=True, explicit={"loss", "fused_lm_head"})

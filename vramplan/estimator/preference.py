@@ -41,6 +41,7 @@ FUSED_TOKEN_VECTORS = 14  # fp32 N-vectors alive at the fused head's forward pea
 # statistics (running_max, sum_exp, x_sum_exp, sq_sum_exp, z_sum, max_before_target, target_logit), log_z and
 # the outputs (log_probs, entropy, mean_logits; is_top1 is bool) and their masked copies
 REFERENCE_FORWARD = "reference forward"
+REWARD_FORWARD = "reward forward"
 GENERATION = "generation"
 
 
@@ -109,6 +110,10 @@ def stage_moments(m: ModelSpec, t: TrainSpec, gpu_bytes: int | None = None) -> t
     st = t.stage
     if st.is_sft:
         return moments(m, t)
+    if st.stage == "ebft":
+        from vramplan.estimator.ebft import ebft_moments
+
+        return ebft_moments(m, t, gpu_bytes)
     sequences = t.batch * (2 if st.paired else 1)
     policy = replace(t, batch=sequences, stage=SFT)
     base, paged = moments(m, policy)
@@ -174,6 +179,12 @@ def stage_moments(m: ModelSpec, t: TrainSpec, gpu_bytes: int | None = None) -> t
                 REFERENCE_FORWARD,
             )
         )
+    if st.stage == "ppo":
+        # LLaMA-Factory `CustomPPOTrainer.get_rewards` before the step: the reward model's (or reward adapter's)
+        # no-grad forward through TRL's value-head wrapper, whose logits it upcasts to float32
+        logits = sequences * seq * m.vocab_size * (DTYPE_BYTES[t.compute_dtype] + 4)
+        layer = inference_forward_bytes(m, policy, sequences, seq, 0)
+        out.append(PhaseUsage("forward", replace(persistent, temporaries=max(logits, layer)), REWARD_FORWARD))
     if st.generates and st.generation == "hf":
         generated = t.batch * t.grad_accum  # GRPOConfig.steps_per_generation defaults to grad_accum
         completion = min(st.max_completion_length, seq)
