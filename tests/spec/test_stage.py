@@ -131,3 +131,70 @@ def test_the_stage_default_head_follows_the_trainer():
     assert (typed.loss, typed.stage.fused_lm_head) == ("hf", False)
     with pytest.raises(VramplanError, match="contradicts --loss hf"):
         resolve_train(m, method="lora", stage="dpo", loss="hf", fused_lm_head=True, explicit={"loss", "fused_lm_head"})
+
+
+# axolotl 0.19.0 examples/ebft/llama-1b-ebft-strided.yaml and llama-1b-ebft-opencode.yaml (memory keys only)
+EBFT_STRIDED = """base_model: llama-3.2-1b
+rl: ebft
+ebft:
+  mode: strided
+  stride: 8
+  context_length: 8
+  generate_max_len: 8
+  n_samples_per_prompt: 4
+  feature_layers: [0.25, 0.5, 0.75]
+  ce_coef: 0.0
+sequence_len: 256
+micro_batch_size: 1
+adapter: lora
+"""
+EBFT_STRUCTURED = """base_model: llama-3.2-1b
+rl: ebft
+ebft:
+  feature_layers: [0.25, 0.5]
+trl:
+  num_generations: 4
+  max_completion_length: 128
+  use_vllm: false
+sequence_len: 512
+micro_batch_size: 2
+adapter: lora
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (EBFT_STRIDED, {"stage": "ebft", "ebft_mode": "strided", "ebft_n_samples": 4, "ebft_stride": 8,
+                        "feature_layers": 3, "reference": "none", "reward_model": "adapter"}),
+        (EBFT_STRUCTURED, {"stage": "ebft", "ebft_mode": "structured", "num_generations": 4,
+                           "max_completion_length": 128, "generation": "hf", "feature_layers": 2}),
+    ],
+)  # fmt: skip
+def test_axolotl_ebft_is_estimated_as_ebft(tmp_path, text, expected):
+    import json
+
+    from click.testing import CliRunner
+
+    from vramplan.cli import main
+
+    path = tmp_path / "ebft.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["estimate", "--from", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert {k: out["inputs"][k] for k in expected} == expected
+    assert not [n for n in out["inputs"].get("not_modeled", []) if "ebft" in str(n)]
+
+
+def test_strided_ebft_grows_with_its_rollouts():
+    from vramplan.api import estimate
+
+    # more rollouts per document (n_samples) and denser anchors (a smaller stride: more blocks, longer
+    # sequences) both hold more in the step
+    shape = {"method": "lora", "stage": "ebft", "ebft_mode": "strided", "seq": 256}
+    peak = {(n, s): estimate("llama-3.2-1b", **shape, ebft_n_samples=n, ebft_stride=s).peak_bytes
+            for n, s in ((2, 8), (4, 8), (4, 4))}  # fmt: skip
+    assert peak[(2, 8)] < peak[(4, 8)] < peak[(4, 4)]
+    with pytest.raises(VramplanError, match="too short for strided EBFT"):
+        estimate("llama-3.2-1b", method="lora", stage="ebft", ebft_mode="strided", seq=12)  # (12 - 8 - 8) // 8 + 1 = 0

@@ -29,6 +29,7 @@ from dataclasses import replace
 
 from vramplan.breakdown import Components, PhaseUsage
 from vramplan.errors import VramplanError
+from vramplan.estimator.activations import activation_bytes
 from vramplan.estimator.peak import LOSS, LOSS_BACKWARD, moments
 from vramplan.estimator.serve import layer_peak_elems_per_token
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
@@ -73,7 +74,9 @@ def hidden_states_forward_bytes(m: ModelSpec, t: TrainSpec, sequences: int, seq:
     tokens = sequences * seq
     hd, cd = _hidden_bytes(t), DTYPE_BYTES[t.compute_dtype]
     states = (m.num_hidden_layers + 1) * tokens * m.hidden_size * hd
-    layer = tokens * layer_peak_elems_per_token(m) * cd
+    # a layer's input and its output are recorded states: of the workspace's residual stream (3·hidden) one
+    # hidden-sized tensor is not
+    layer = tokens * (layer_peak_elems_per_token(m) - 2 * m.hidden_size) * cd
     logits = tokens * m.vocab_size * cd if with_logits else 0
     return states + max(layer, logits)
 
@@ -126,7 +129,12 @@ def _strided(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     chunk = min(LOGPROB_CHUNK, scored)
     one = replace(t, batch=1, seq=full, stage=SFT, loss="hf")
     base, paged = moments(m, one)
-    sample_saved = next(u.components for u in base if u.moment == LOSS).activations
+    # what one sequence's forward leaves for the backward: its saved activations, the autocast copies of fp32
+    # weights mm saved (without checkpointing: each sequence's autocast region makes its own), the final norm's
+    # output (lm_head saved views of it); the cast cache of a checkpointed forward is gone when it returns
+    act = activation_bytes(m, one)
+    copies = 0 if t.grad_ckpt else act.layer_copies * act.copy_layers
+    sample_saved = act.saved + copies + act.final_hidden_bytes
     logprobs = scored * v * 4  # each chunk's float32 log_softmax output, saved for backward
     others = sequences - 1
     copy = feature_copy_bytes(m, t)

@@ -83,6 +83,16 @@ def fused_head_bytes(m: ModelSpec, t: TrainSpec, tokens: int, grad: bool = True)
     return FusedHeadBytes(forward_peak=forward_peak, saved=saved, backward_peak=backward_peak)
 
 
+def score_backward_bytes(m: ModelSpec, t: TrainSpec) -> int:
+    """The start of a reward model's backward (no vocabulary logits to free first, so the final RMSNorm's backward
+    is the workspace, with every saved activation, the final norm's included, still alive): the `score` head's
+    input gradient in the compute dtype, four float32 T·hidden tensors of LlamaRMSNorm's backward (transformers
+    5.24: the gradient cast to float32, its product with the saved rsqrt, the variance branch's gradient, their
+    sum) and the sum cast back to the residual stream's dtype."""
+    hd = 4 if (t.kbit_prep or t.dtype == "fp32") else DTYPE_BYTES[t.dtype]
+    return t.batch * t.seq * m.hidden_size * (DTYPE_BYTES[t.compute_dtype] + 4 * 4 + hd)
+
+
 def frozen_copy_bytes(m: ModelSpec, t: TrainSpec) -> tuple[int, int]:
     """(weights, quant constants) of a frozen copy of the model as TRL loads a reference or reward model:
     the policy's dtype and quantization_config, no kbit prep (its norms and embeddings stay in the load
@@ -143,8 +153,11 @@ def stage_moments(m: ModelSpec, t: TrainSpec, gpu_bytes: int | None = None) -> t
         c = usage.components
         if usage.moment == LOSS and (fused or st.stage == "rm"):
             c = replace(c, logits=fused.forward_peak if fused else 0)
-        elif usage.moment == LOSS_BACKWARD and (fused or st.stage == "rm"):
-            c = replace(c, logits=fused.backward_peak if fused else 0)
+        elif usage.moment == LOSS_BACKWARD and fused:
+            c = replace(c, logits=fused.backward_peak)
+        elif usage.moment == LOSS_BACKWARD and st.stage == "rm":
+            c = replace(c, activations=next(u for u in base if u.moment == LOSS).components.activations, logits=0,
+                        temporaries=score_backward_bytes(m, policy))  # fmt: skip
         out.append(replace(usage, components=_plus(c, extra_weights, extra_state)))
     loss = next(u.components for u in out if u.moment == LOSS)
     persistent = Components(

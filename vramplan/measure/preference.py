@@ -46,22 +46,29 @@ def _sequence_classification() -> Iterator[None]:
     """The harness's build with `AutoModelForSequenceClassification(num_labels=1)` where it builds a causal LM,
     as TRL 1.16.0's RewardTrainer loads its model (trainer/reward_trainer.py `create_model_from_path(model,
     AutoModelForSequenceClassification, num_labels=1)`): a hidden × 1 `score` head instead of lm_head."""
+    import peft
     import transformers
 
     original = transformers.AutoModelForCausalLM
 
-    class AsSequenceClassification:
-        @staticmethod
-        def from_config(config: Any, **kwargs: Any) -> torch.nn.Module:
+    class AsSequenceClassification(original):  # type: ignore[misc, valid-type]
+        @classmethod
+        def from_config(cls, config: Any, **kwargs: Any) -> torch.nn.Module:
             config.num_labels = 1
             config.pad_token_id = 0
             return transformers.AutoModelForSequenceClassification.from_config(config, **kwargs)
 
+    def lora_config(**kwargs: Any) -> Any:  # PEFT's sequence-classification task: the score head in modules_to_save
+        return lora_original(**{**kwargs, "task_type": "SEQ_CLS"})
+
+    lora_original = peft.LoraConfig
     transformers.AutoModelForCausalLM = AsSequenceClassification  # type: ignore[misc]
+    peft.LoraConfig = lora_config  # type: ignore[misc, assignment]
     try:
         yield
     finally:
         transformers.AutoModelForCausalLM = original  # type: ignore[misc]
+        peft.LoraConfig = lora_original  # type: ignore[misc]
 
 
 @contextlib.contextmanager
@@ -161,7 +168,8 @@ def trace_stage(m: ModelSpec, t: TrainSpec, steps: int = 2) -> tuple[tuple[Phase
             if st.fused_lm_head:
                 return net(input_ids=ids, labels=labels, fused_lm_head=True, use_cache=False).log_probs
             logits = net(input_ids=ids, use_cache=False).logits[:, :-1].float()
-            return torch.gather(logits.log_softmax(-1), 2, labels[:, 1:].unsqueeze(2)).squeeze(2)
+            targets = labels[:, 1:].clamp(min=0).unsqueeze(2)  # prompt positions (-100) masked by the caller
+            return torch.gather(logits.log_softmax(-1), 2, targets).squeeze(2)
 
         with tracker:
             for _step in range(steps):
