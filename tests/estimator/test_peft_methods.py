@@ -100,11 +100,12 @@ def test_step_against_peft_trace(name):
 @pytest.mark.parametrize(
     ("name", "extra"),
     [("lora", {}), ("rslora", {"use_rslora": True}), ("pissa", {"init_lora_weights": "pissa"}),
-     ("olora", {"init_lora_weights": "olora"}), ("lora_fa", {})],
+     ("olora", {"init_lora_weights": "olora"}), ("loraplus", {}), ("lora_fa", {})],
 )  # fmt: skip
 def test_lora_family_counts_match_peft(name, extra):
-    """LoRA and its variants on the tiny Llama: PEFT's own count of trainable parameters; LoRA-FA's after
-    peft.optimizers `create_lorafa_optimizer` froze every lora_A (`requires_grad_(False)`)."""
+    """LoRA and its variants on the tiny Llama: PEFT's own count of trainable parameters (LoRA+ is LoRA with
+    peft.optimizers `create_loraplus_optimizer`'s learning rates); LoRA-FA's after `create_lorafa_optimizer`
+    froze every lora_A (`requires_grad_(False)`)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -102,7 +102,9 @@ def frozen_copy_bytes(m: ModelSpec, t: TrainSpec) -> tuple[int, int]:
     return w.frozen, w.quant_state
 
 
-def inference_forward_bytes(m: ModelSpec, t: TrainSpec, sequences: int, seq: int, scored: int) -> int:
+def inference_forward_bytes(
+    m: ModelSpec, t: TrainSpec, sequences: int, seq: int, scored: int, materialized: bool = False
+) -> int:
     """The most a `torch.no_grad()` forward of `sequences` × `seq` tokens holds at once: one decoder layer's
     inference workspace (`serve.layer_peak_elems_per_token`, in the compute dtype) plus the residual stream, or
     the fused head of `scored` tokens, whichever is larger; nothing is saved."""
@@ -110,7 +112,10 @@ def inference_forward_bytes(m: ModelSpec, t: TrainSpec, sequences: int, seq: int
     compute = DTYPE_BYTES[t.compute_dtype]
     residual = 4 if (t.kbit_prep or t.dtype == "fp32") else DTYPE_BYTES[t.dtype]
     layer = tokens * layer_peak_elems_per_token(m) * compute + 2 * tokens * m.hidden_size * residual
-    head = fused_head_bytes(m, t, scored, grad=False).forward_peak + tokens * m.hidden_size * residual
+    if materialized:  # the logits upcast to float32 (the compute-dtype ones alive meanwhile) and their log_softmax
+        head = tokens * m.vocab_size * max(compute + 4, 8) + tokens * m.hidden_size * residual
+    else:
+        head = fused_head_bytes(m, t, scored, grad=False).forward_peak + tokens * m.hidden_size * residual
     return max(layer, head)
 
 
@@ -165,7 +170,7 @@ def stage_moments(m: ModelSpec, t: TrainSpec, gpu_bytes: int | None = None) -> t
         optimizer_states=loss.optimizer_states, gradients=loss.gradients,
     )  # fmt: skip
     seq = t.seq
-    if st.reference in ("model", "adapter") and st.stage in ("dpo", "ipo", "kto", "ppo"):
+    if st.reference in ("model", "adapter") and st.stage in ("dpo", "ipo", "kto"):
         # after the policy's forward: its saved activations (and the fused head's saved input) are alive
         act = activation_bytes(m, policy)
         policy_saved = loss.activations - act.final_hidden_bytes
@@ -179,16 +184,21 @@ def stage_moments(m: ModelSpec, t: TrainSpec, gpu_bytes: int | None = None) -> t
                     persistent,
                     activations=policy_saved,
                     logits=kept_logits,
-                    temporaries=inference_forward_bytes(m, policy, ref_sequences, seq, scored),
+                    temporaries=inference_forward_bytes(m, policy, ref_sequences, seq, scored, not st.fused_lm_head),
                 ),
                 REFERENCE_FORWARD,
             )
         )
-    if st.stage == "grpo" and st.reference != "none":
+    # GRPO, and PPO (LLaMA-Factory `CustomPPOTrainer.step`: `batched_forward_pass` of the reference before the
+    # training minibatches): before the policy's forward, nothing of it alive
+    if st.stage in ("grpo", "ppo") and st.reference != "none":
         out.append(
             PhaseUsage(
                 "forward",
-                replace(persistent, temporaries=inference_forward_bytes(m, policy, sequences, seq, scored)),
+                replace(
+                    persistent,
+                    temporaries=inference_forward_bytes(m, policy, sequences, seq, scored, not st.fused_lm_head),
+                ),
                 REFERENCE_FORWARD,
             )
         )
