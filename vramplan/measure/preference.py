@@ -167,9 +167,14 @@ def trace_stage(m: ModelSpec, t: TrainSpec, steps: int = 2) -> tuple[tuple[Phase
                 return net(input_ids=ids, use_cache=False).logits
             if st.fused_lm_head:
                 return net(input_ids=ids, labels=labels, fused_lm_head=True, use_cache=False).log_probs
-            logits = net(input_ids=ids, use_cache=False).logits[:, :-1].float()
-            targets = labels[:, 1:].clamp(min=0).unsqueeze(2)  # prompt positions (-100) masked by the caller
-            return torch.gather(logits.log_softmax(-1), 2, targets).squeeze(2)
+            logits = net(input_ids=ids, use_cache=False).logits
+            # the loss's float32 upcast and log_softmax, filed as logits as the estimate files them (no-grad
+            # forwards are labelled by their caller)
+            scope = tracker.label_scope("logits") if torch.is_grad_enabled() else contextlib.nullcontext()
+            with scope:
+                logits = logits[:, :-1].float()
+                targets = labels[:, 1:].clamp(min=0).unsqueeze(2)  # prompt positions (-100) masked by the caller
+                return torch.gather(logits.log_softmax(-1), 2, targets).squeeze(2)
 
         with tracker:
             for _step in range(steps):
