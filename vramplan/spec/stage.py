@@ -196,7 +196,7 @@ def resolve_stage(
             raise did_you_mean(reward, ("model", "adapter"), "--reward-model value")
         if reward == "adapter" and not uses_lora:
             raise VramplanError("--reward-model adapter needs a LoRA policy (--method lora|qlora)")
-    # spec/train.py `_stage_loss` derives it from --loss (trl-chunked); direct callers may pass it
+    # `stage_loss` (resolve_train) derives it from --loss (trl-chunked); direct callers may pass it
     fused = name in ("dpo", "ipo", "kto", "grpo") if fused_lm_head is None else bool(fused_lm_head)
     ebft: dict[str, Any] = {}
     if name == "ebft":
@@ -239,3 +239,34 @@ def resolve_stage(
         ),
         tuple(notes),
     )
+
+
+# stages whose TRL trainer patches the model with `add_fused_lm_head` (trl 1.16.0 dpo_trainer.py, kto_trainer.py,
+# grpo_trainer.py `__init__`); LLaMA-Factory's trainers (custom DPO / KTO) materialize the logits instead
+TRL_FUSED_STAGES = ("dpo", "ipo", "kto", "grpo")
+
+
+def stage_loss(loss: str, stage: dict[str, Any], explicit: set[str], recipe: str, notes: list[str]) -> str:
+    """The one LM-head control: `--loss` (`trl-chunked` = TRL's fused LM head). `--fused-lm-head` /
+    `--no-fused-lm-head` (stage keyword `fused_lm_head`) is its deprecated alias for trl-chunked / hf. Unset,
+    a stage whose TRL trainer patches the fused head gets trl-chunked (not under the LLaMA-Factory recipe); the
+    stage's `fused_lm_head` is then derived from the loss, so the two cannot disagree."""
+    alias = stage.pop("fused_lm_head", None)
+    decided = "loss" in explicit
+    if alias is not None and not (decided and "fused_lm_head" not in explicit):  # a typed --loss beats a file's
+        mapped = "trl-chunked" if alias else "hf"
+        if decided and loss != mapped:
+            flag = "--fused-lm-head" if alias else "--no-fused-lm-head"
+            raise VramplanError(f"{flag} (deprecated: = --loss {mapped}) contradicts --loss {loss}: pass --loss only")
+        loss, decided = mapped, True
+    name = str(stage.get("stage") or "sft").lower()
+    name = STAGE_ALIASES.get(name, name)
+    if name == "rm":
+        if decided and loss != "hf":
+            notes.append(f"--loss {loss} does nothing with --stage rm (a hidden x 1 score head, no vocab): ignored")
+        return "hf"
+    trl_fused = name in TRL_FUSED_STAGES or (name == "ebft" and str(stage.get("ebft_mode") or "") != "strided")
+    if not decided and loss == "hf" and trl_fused and not recipe.startswith("llamafactory"):
+        loss = "trl-chunked"
+    stage["fused_lm_head"] = loss == "trl-chunked" and name not in ("sft", "pt")  # strided ebft: resolve_stage
+    return loss

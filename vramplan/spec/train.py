@@ -37,7 +37,7 @@ from vramplan.spec.model import (
 from vramplan.spec.peft_method import BOTTLENECK_NAMES, IA3_TARGETS, LORA, PeftMethod, bottleneck_error, resolve_peft
 from vramplan.spec.prequantized_base import model_checkpoint, resolve_base
 from vramplan.spec.stack import DEFAULT_STACK, Stack, resolve_stack
-from vramplan.spec.stage import SFT, StageSpec, resolve_stage
+from vramplan.spec.stage import SFT, StageSpec, resolve_stage, stage_loss
 from vramplan.spec.train_notes import contradictions, moe_note
 
 OPTIMIZERS: tuple[str, ...] = (
@@ -388,7 +388,7 @@ def resolve_train(
             f"--freeze-trainable-layers must be between 1 and {model.num_hidden_layers} "
             f"(layers of {model.name}), got {freeze_trainable_layers!r}"
         )
-    loss = _stage_loss(loss, stage, set(explicit), str(recipe), notes)
+    loss = stage_loss(loss, stage, set(explicit), str(recipe), notes)
     stage_spec, stage_notes = resolve_stage(uses_lora=method in ("lora", "qlora"), **stage)
     notes += stage_notes
     return TrainSpec(
@@ -429,36 +429,3 @@ def resolve_train(
         activation_offload=activation_offload,
         stack=stack,
     )
-
-
-# stages whose TRL trainer patches the model with `add_fused_lm_head` (trl 1.16.0 dpo_trainer.py, kto_trainer.py,
-# grpo_trainer.py `__init__`); LLaMA-Factory's trainers (custom DPO / KTO) materialize the logits instead
-TRL_FUSED_STAGES = ("dpo", "ipo", "kto", "grpo")
-
-
-def _stage_loss(loss: str, stage: dict[str, Any], explicit: set[str], recipe: str, notes: list[str]) -> str:
-    """The one LM-head control: `--loss` (`trl-chunked` = TRL's fused LM head). `--fused-lm-head` /
-    `--no-fused-lm-head` (stage keyword `fused_lm_head`) is its deprecated alias for trl-chunked / hf. Unset,
-    a stage whose TRL trainer patches the fused head gets trl-chunked (not under the LLaMA-Factory recipe); the
-    stage's `fused_lm_head` is then derived from the loss, so the two cannot disagree."""
-    from vramplan.spec.stage import STAGE_ALIASES
-
-    alias = stage.pop("fused_lm_head", None)
-    decided = "loss" in explicit
-    if alias is not None and not (decided and "fused_lm_head" not in explicit):  # a typed --loss beats a file's
-        mapped = "trl-chunked" if alias else "hf"
-        if decided and loss != mapped:
-            flag = "--fused-lm-head" if alias else "--no-fused-lm-head"
-            raise VramplanError(f"{flag} (deprecated: = --loss {mapped}) contradicts --loss {loss}: pass --loss only")
-        loss, decided = mapped, True
-    name = str(stage.get("stage") or "sft").lower()
-    name = STAGE_ALIASES.get(name, name)
-    if name == "rm":
-        if decided and loss != "hf":
-            notes.append(f"--loss {loss} does nothing with --stage rm (a hidden x 1 score head, no vocab): ignored")
-        return "hf"
-    trl_fused = name in TRL_FUSED_STAGES or (name == "ebft" and str(stage.get("ebft_mode") or "") != "strided")
-    if not decided and loss == "hf" and trl_fused and not recipe.startswith("llamafactory"):
-        loss = "trl-chunked"
-    stage["fused_lm_head"] = loss == "trl-chunked" and name not in ("sft", "pt")  # strided ebft: resolve_stage
-    return loss
