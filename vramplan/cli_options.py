@@ -103,7 +103,7 @@ def train_options(f: Callable) -> Callable:
             default="hf",
             show_default=True,
             help="hf (full logits) | trl-chunked (TRL's fused LM head) | liger (fused linear CE) | cce "
-            "(cut-cross-entropy) [the recipe's]",
+            "(cut-cross-entropy) [the recipe's; trl-chunked for TRL's dpo, ipo, kto, grpo]",
         ),
         click.option(
             "--liger/--no-liger",
@@ -159,7 +159,7 @@ def stage_options(f: Callable) -> Callable:
     opts = [
         click.option(
             "--stage", "--rl", "stage", default=None,
-            help="sft | pt | rm | dpo | ipo | kto | orpo | simpo | cpo | grpo | ppo (LF stage, axolotl rl) [sft]",
+            help="sft | pt | rm | dpo | ipo | kto | orpo | simpo | cpo | grpo | ppo | ebft (LF stage, axolotl rl)",
         ),
         click.option("--reference", default=None, help="reference policy: model | adapter | precomputed | none "
                      "[adapter under LoRA, else model; none without one]"),
@@ -168,7 +168,7 @@ def stage_options(f: Callable) -> Callable:
         click.option("--pref-beta", type=float, default=None,
                      help="DPO/KTO beta; GRPO beta > 0 loads a reference [0.1; grpo 0.0]"),
         click.option("--fused-lm-head/--no-fused-lm-head", default=None,
-                     help="TRL's chunked log-prob head, no b·s·vocab logits [on for dpo, ipo, kto, grpo]"),
+                     help="deprecated: = --loss trl-chunked / --loss hf"),
         click.option("--num-generations", type=COUNT, default=None, help="GRPO completions per prompt [8]"),
         click.option("--max-completion-length", type=COUNT, default=None, help="GRPO/PPO generated tokens [512]"),
         click.option("--generation", default=None,
@@ -182,6 +182,8 @@ def stage_options(f: Callable) -> Callable:
         click.option("--block-size", type=COUNT, default=None, help="oft_block_size [32] / boft_block_size [4]"),
         click.option("--reward-model", default=None,
                      help="ppo: adapter (LoRA on the policy) | model [adapter under LoRA]"),
+        click.option("--ebft-mode", default=None,
+                     help="axolotl ebft.mode: structured (GRPO + feature reward) | strided [structured]"),
     ]  # fmt: skip
     for opt in reversed(opts):
         f = opt(f)
@@ -196,7 +198,7 @@ TRAIN_KEYS = (
 )  # fmt: skip
 STAGE_KEYS = (
     "stage", "reference", "pref_beta", "fused_lm_head", "num_generations", "max_completion_length", "generation",
-    "vllm_gpu_memory_utilization", "reward_model", "peft", "num_virtual_tokens", "block_size",
+    "vllm_gpu_memory_utilization", "reward_model", "peft", "num_virtual_tokens", "block_size", "ebft_mode",
 )  # fmt: skip
 
 

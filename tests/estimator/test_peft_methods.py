@@ -95,3 +95,59 @@ def test_step_against_peft_trace(name):
     assert abs(estimated["optimizer"] - traced["optimizer"]) <= 0.001 * traced["optimizer"]
     for phase in ("forward", "backward"):
         assert abs(estimated[phase] - traced[phase]) <= t.peft.error_band * traced[phase], phase
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [("lora", {}), ("rslora", {"use_rslora": True}), ("pissa", {"init_lora_weights": "pissa"}),
+     ("olora", {"init_lora_weights": "olora"}), ("loraplus", {}), ("lora_fa", {})],
+)  # fmt: skip
+def test_lora_family_counts_match_peft(name, extra):
+    """LoRA and its variants on the tiny Llama: PEFT's own count of trainable parameters (LoRA+ is LoRA with
+    peft.optimizers `create_loraplus_optimizer`'s learning rates); LoRA-FA's after `create_lorafa_optimizer`
+    froze every lora_A (`requires_grad_(False)`)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from vramplan.estimator.params import count_params
+    from vramplan.spec import model_spec_from_config, resolve_train
+
+    m = model_spec_from_config(SMALL_LLAMA, "tiny")
+    t = resolve_train(m, method="lora", peft=name, lora_rank=8, lora_target="all-linear")
+    hf = {k: v for k, v in SMALL_LLAMA.items() if k != "model_type"}
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **hf))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=ALL, **extra))
+        if name == "lora_fa":
+            from peft.optimizers import create_lorafa_optimizer
+
+            create_lorafa_optimizer(peft_model, r=8, lora_alpha=16, lr=1e-4)
+    expected = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert count_params(m, t).trainable == expected
+
+
+@pytest.mark.parametrize(("flag", "value"), [("method", "adapter"), ("method", "houlsby"), ("peft", "bottleneck"),
+                                             ("peft", "Pfeiffer")])  # fmt: skip
+def test_bottleneck_adapters_are_one_error_line_naming_what_to_use(flag, value):
+    from click.testing import CliRunner
+
+    from vramplan.cli import main
+
+    args = ["estimate", "llama-3-8b", f"--{flag}", value] + (["--method", "lora"] if flag == "peft" else [])
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error:")
+    assert value in lines[0]
+    assert "--method lora" in lines[0]
+
+
+def test_peft_has_no_bottleneck_adapter():
+    """The error's claim, held to PEFT itself: no PeftType is a Houlsby / Pfeiffer / bottleneck adapter."""
+    from peft import PeftType
+
+    names = {t.value.lower() for t in PeftType}
+    assert not {n for n in names if any(word in n for word in ("houlsby", "pfeiffer", "bottleneck"))}
+    assert "lora" in names  # the enum read is PEFT's

@@ -94,3 +94,107 @@ def test_suggest_offers_the_stage_levers_each_estimated():
     assert adapter.saved_bytes >= 8_030_261_248 * 2 - 1024**3  # llama-3-8b params · bf16, less a GiB of slack
     assert adapter.breakdown.peak_bytes == estimate(m, train=adapter.breakdown.train, gpu=gpu).peak_bytes
     assert "--precompute-ref" in found
+
+
+@pytest.mark.parametrize(
+    ("alias", "loss"), [({"fused_lm_head": True}, "trl-chunked"), ({"fused_lm_head": False}, "hf")]
+)
+@pytest.mark.parametrize("stage", ["sft", "dpo", "kto", "grpo", "orpo"])
+def test_fused_lm_head_is_an_alias_of_the_loss(alias, loss, stage):
+    # one LM-head control: the deprecated --fused-lm-head / --no-fused-lm-head resolve to the same TrainSpec
+    # (and so the same estimate) as --loss trl-chunked / --loss hf, for every stage
+    from vramplan.api import estimate
+    from vramplan.sources.profiles import load_model
+    from vramplan.spec import resolve_train
+
+    m = load_model("llama-3-8b")
+    by_alias = resolve_train(m, method="lora", stage=stage, **alias)
+    by_loss = resolve_train(m, method="lora", stage=stage, loss=loss, explicit={"loss"})
+    assert by_alias == by_loss
+    assert by_alias.loss == loss
+    assert by_alias.stage.fused_lm_head == (loss == "trl-chunked" and stage != "sft")
+    assert estimate(m, train=by_alias).peak_bytes == estimate(m, train=by_loss).peak_bytes
+
+
+def test_the_stage_default_head_follows_the_trainer():
+    from vramplan.sources.profiles import load_model
+    from vramplan.spec import resolve_train
+
+    m = load_model("llama-3-8b")
+    # TRL's DPOTrainer patches add_fused_lm_head; LLaMA-Factory's CustomDPOTrainer materializes the logits
+    trl = resolve_train(m, method="lora", stage="dpo")
+    assert (trl.loss, trl.stage.fused_lm_head) == ("trl-chunked", True)
+    lf = resolve_train(m, method="lora", stage="dpo", recipe="llamafactory 0.9.4")
+    assert (lf.loss, lf.stage.fused_lm_head) == ("hf", False)
+    # a typed --loss beats the stage's default; a contradiction between the two spellings is one error
+    typed = resolve_train(m, method="lora", stage="dpo", loss="hf", explicit={"loss"})
+    assert (typed.loss, typed.stage.fused_lm_head) == ("hf", False)
+    with pytest.raises(VramplanError, match="contradicts --loss hf"):
+        resolve_train(m, method="lora", stage="dpo", loss="hf", fused_lm_head=True, explicit={"loss", "fused_lm_head"})
+
+
+# axolotl 0.19.0 examples/ebft/llama-1b-ebft-strided.yaml and llama-1b-ebft-opencode.yaml (memory keys only)
+EBFT_STRIDED = """base_model: llama-3.2-1b
+rl: ebft
+ebft:
+  mode: strided
+  stride: 8
+  context_length: 8
+  generate_max_len: 8
+  n_samples_per_prompt: 4
+  feature_layers: [0.25, 0.5, 0.75]
+  ce_coef: 0.0
+sequence_len: 256
+micro_batch_size: 1
+adapter: lora
+"""
+EBFT_STRUCTURED = """base_model: llama-3.2-1b
+rl: ebft
+ebft:
+  feature_layers: [0.25, 0.5]
+trl:
+  num_generations: 4
+  max_completion_length: 128
+  use_vllm: false
+sequence_len: 512
+micro_batch_size: 2
+adapter: lora
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (EBFT_STRIDED, {"stage": "ebft", "ebft_mode": "strided", "ebft_n_samples": 4, "ebft_stride": 8,
+                        "feature_layers": 3, "reference": "none", "reward_model": "adapter"}),
+        (EBFT_STRUCTURED, {"stage": "ebft", "ebft_mode": "structured", "num_generations": 4,
+                           "max_completion_length": 128, "generation": "hf", "feature_layers": 2}),
+    ],
+)  # fmt: skip
+def test_axolotl_ebft_is_estimated_as_ebft(tmp_path, text, expected):
+    import json
+
+    from click.testing import CliRunner
+
+    from vramplan.cli import main
+
+    path = tmp_path / "ebft.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["estimate", "--from", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert {k: out["inputs"][k] for k in expected} == expected
+    assert not [n for n in out["inputs"].get("not_modeled", []) if "ebft" in str(n)]
+
+
+def test_strided_ebft_grows_with_its_rollouts():
+    from vramplan.api import estimate
+
+    # more rollouts per document (n_samples) and denser anchors (a smaller stride: more blocks, longer
+    # sequences) both hold more in the step
+    shape = {"method": "lora", "stage": "ebft", "ebft_mode": "strided", "seq": 256}
+    peak = {(n, s): estimate("llama-3.2-1b", **shape, ebft_n_samples=n, ebft_stride=s).peak_bytes
+            for n, s in ((2, 8), (4, 8), (4, 4))}  # fmt: skip
+    assert peak[(2, 8)] < peak[(4, 8)] < peak[(4, 4)]
+    with pytest.raises(VramplanError, match="too short for strided EBFT"):
+        estimate("llama-3.2-1b", method="lora", stage="ebft", ebft_mode="strided", seq=12)  # (12 - 8 - 8) // 8 + 1 = 0

@@ -41,6 +41,7 @@ FUSED_TOKEN_VECTORS = 14  # fp32 N-vectors alive at the fused head's forward pea
 # statistics (running_max, sum_exp, x_sum_exp, sq_sum_exp, z_sum, max_before_target, target_logit), log_z and
 # the outputs (log_probs, entropy, mean_logits; is_top1 is bool) and their masked copies
 REFERENCE_FORWARD = "reference forward"
+REWARD_FORWARD = "reward forward"
 GENERATION = "generation"
 
 
@@ -82,6 +83,16 @@ def fused_head_bytes(m: ModelSpec, t: TrainSpec, tokens: int, grad: bool = True)
     return FusedHeadBytes(forward_peak=forward_peak, saved=saved, backward_peak=backward_peak)
 
 
+def score_backward_bytes(m: ModelSpec, t: TrainSpec) -> int:
+    """The start of a reward model's backward (no vocabulary logits to free first, so the final RMSNorm's backward
+    is the workspace, with every saved activation, the final norm's included, still alive): the `score` head's
+    input gradient in the compute dtype, four float32 T·hidden tensors of LlamaRMSNorm's backward (transformers
+    5.24: the gradient cast to float32, its product with the saved rsqrt, the variance branch's gradient, their
+    sum) and the sum cast back to the residual stream's dtype."""
+    hd = 4 if (t.kbit_prep or t.dtype == "fp32") else DTYPE_BYTES[t.dtype]
+    return t.batch * t.seq * m.hidden_size * (DTYPE_BYTES[t.compute_dtype] + 4 * 4 + hd)
+
+
 def frozen_copy_bytes(m: ModelSpec, t: TrainSpec) -> tuple[int, int]:
     """(weights, quant constants) of a frozen copy of the model as TRL loads a reference or reward model:
     the policy's dtype and quantization_config, no kbit prep (its norms and embeddings stay in the load
@@ -91,7 +102,9 @@ def frozen_copy_bytes(m: ModelSpec, t: TrainSpec) -> tuple[int, int]:
     return w.frozen, w.quant_state
 
 
-def inference_forward_bytes(m: ModelSpec, t: TrainSpec, sequences: int, seq: int, scored: int) -> int:
+def inference_forward_bytes(
+    m: ModelSpec, t: TrainSpec, sequences: int, seq: int, scored: int, materialized: bool = False
+) -> int:
     """The most a `torch.no_grad()` forward of `sequences` × `seq` tokens holds at once: one decoder layer's
     inference workspace (`serve.layer_peak_elems_per_token`, in the compute dtype) plus the residual stream, or
     the fused head of `scored` tokens, whichever is larger; nothing is saved."""
@@ -99,7 +112,10 @@ def inference_forward_bytes(m: ModelSpec, t: TrainSpec, sequences: int, seq: int
     compute = DTYPE_BYTES[t.compute_dtype]
     residual = 4 if (t.kbit_prep or t.dtype == "fp32") else DTYPE_BYTES[t.dtype]
     layer = tokens * layer_peak_elems_per_token(m) * compute + 2 * tokens * m.hidden_size * residual
-    head = fused_head_bytes(m, t, scored, grad=False).forward_peak + tokens * m.hidden_size * residual
+    if materialized:  # the logits upcast to float32 (the compute-dtype ones alive meanwhile) and their log_softmax
+        head = tokens * m.vocab_size * max(compute + 4, 8) + tokens * m.hidden_size * residual
+    else:
+        head = fused_head_bytes(m, t, scored, grad=False).forward_peak + tokens * m.hidden_size * residual
     return max(layer, head)
 
 
@@ -109,6 +125,10 @@ def stage_moments(m: ModelSpec, t: TrainSpec, gpu_bytes: int | None = None) -> t
     st = t.stage
     if st.is_sft:
         return moments(m, t)
+    if st.stage == "ebft":
+        from vramplan.estimator.ebft import ebft_moments
+
+        return ebft_moments(m, t, gpu_bytes)
     sequences = t.batch * (2 if st.paired else 1)
     policy = replace(t, batch=sequences, stage=SFT)
     base, paged = moments(m, policy)
@@ -138,8 +158,11 @@ def stage_moments(m: ModelSpec, t: TrainSpec, gpu_bytes: int | None = None) -> t
         c = usage.components
         if usage.moment == LOSS and (fused or st.stage == "rm"):
             c = replace(c, logits=fused.forward_peak if fused else 0)
-        elif usage.moment == LOSS_BACKWARD and (fused or st.stage == "rm"):
-            c = replace(c, logits=fused.backward_peak if fused else 0)
+        elif usage.moment == LOSS_BACKWARD and fused:
+            c = replace(c, logits=fused.backward_peak)
+        elif usage.moment == LOSS_BACKWARD and st.stage == "rm":
+            c = replace(c, activations=next(u for u in base if u.moment == LOSS).components.activations, logits=0,
+                        temporaries=score_backward_bytes(m, policy))  # fmt: skip
         out.append(replace(usage, components=_plus(c, extra_weights, extra_state)))
     loss = next(u.components for u in out if u.moment == LOSS)
     persistent = Components(
@@ -147,7 +170,7 @@ def stage_moments(m: ModelSpec, t: TrainSpec, gpu_bytes: int | None = None) -> t
         optimizer_states=loss.optimizer_states, gradients=loss.gradients,
     )  # fmt: skip
     seq = t.seq
-    if st.reference in ("model", "adapter") and st.stage in ("dpo", "ipo", "kto", "ppo"):
+    if st.reference in ("model", "adapter") and st.stage in ("dpo", "ipo", "kto"):
         # after the policy's forward: its saved activations (and the fused head's saved input) are alive
         act = activation_bytes(m, policy)
         policy_saved = loss.activations - act.final_hidden_bytes
@@ -161,19 +184,30 @@ def stage_moments(m: ModelSpec, t: TrainSpec, gpu_bytes: int | None = None) -> t
                     persistent,
                     activations=policy_saved,
                     logits=kept_logits,
-                    temporaries=inference_forward_bytes(m, policy, ref_sequences, seq, scored),
+                    temporaries=inference_forward_bytes(m, policy, ref_sequences, seq, scored, not st.fused_lm_head),
                 ),
                 REFERENCE_FORWARD,
             )
         )
-    if st.stage == "grpo" and st.reference != "none":
+    # GRPO, and PPO (LLaMA-Factory `CustomPPOTrainer.step`: `batched_forward_pass` of the reference before the
+    # training minibatches): before the policy's forward, nothing of it alive
+    if st.stage in ("grpo", "ppo") and st.reference != "none":
         out.append(
             PhaseUsage(
                 "forward",
-                replace(persistent, temporaries=inference_forward_bytes(m, policy, sequences, seq, scored)),
+                replace(
+                    persistent,
+                    temporaries=inference_forward_bytes(m, policy, sequences, seq, scored, not st.fused_lm_head),
+                ),
                 REFERENCE_FORWARD,
             )
         )
+    if st.stage == "ppo":
+        # LLaMA-Factory `CustomPPOTrainer.get_rewards` before the step: the reward model's (or reward adapter's)
+        # no-grad forward through TRL's value-head wrapper, whose logits it upcasts to float32
+        logits = sequences * seq * m.vocab_size * (DTYPE_BYTES[t.compute_dtype] + 4)
+        layer = inference_forward_bytes(m, policy, sequences, seq, 0)
+        out.append(PhaseUsage("forward", replace(persistent, temporaries=max(logits, layer)), REWARD_FORWARD))
     if st.generates and st.generation == "hf":
         generated = t.batch * t.grad_accum  # GRPOConfig.steps_per_generation defaults to grad_accum
         completion = min(st.max_completion_length, seq)

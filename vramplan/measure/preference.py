@@ -42,6 +42,36 @@ LOGITS_AND_LOSS = "logits and loss"
 
 
 @contextlib.contextmanager
+def _sequence_classification() -> Iterator[None]:
+    """The harness's build with `AutoModelForSequenceClassification(num_labels=1)` where it builds a causal LM,
+    as TRL 1.16.0's RewardTrainer loads its model (trainer/reward_trainer.py `create_model_from_path(model,
+    AutoModelForSequenceClassification, num_labels=1)`): a hidden × 1 `score` head instead of lm_head."""
+    import peft
+    import transformers
+
+    original = transformers.AutoModelForCausalLM
+
+    class AsSequenceClassification(original):  # type: ignore[misc, valid-type]
+        @classmethod
+        def from_config(cls, config: Any, **kwargs: Any) -> torch.nn.Module:
+            config.num_labels = 1
+            config.pad_token_id = 0
+            return transformers.AutoModelForSequenceClassification.from_config(config, **kwargs)
+
+    def lora_config(**kwargs: Any) -> Any:  # PEFT's sequence-classification task: the score head in modules_to_save
+        return lora_original(**{**kwargs, "task_type": "SEQ_CLS"})
+
+    lora_original = peft.LoraConfig
+    transformers.AutoModelForCausalLM = AsSequenceClassification  # type: ignore[misc]
+    peft.LoraConfig = lora_config  # type: ignore[misc, assignment]
+    try:
+        yield
+    finally:
+        transformers.AutoModelForCausalLM = original  # type: ignore[misc]
+        peft.LoraConfig = lora_original  # type: ignore[misc]
+
+
+@contextlib.contextmanager
 def _cpu_tiles_uncounted(tracker: MemoryTracker) -> Iterator[None]:
     import trl.kernels.chunked_logprob as chunked
 
@@ -107,7 +137,11 @@ def trace_stage(m: ModelSpec, t: TrainSpec, steps: int = 2) -> tuple[tuple[Phase
     policy_spec = dataclasses.replace(t, stage=SFT)
     autocast_dtype = TORCH_DTYPES[t.mixed_precision] if t.mixed_precision != "no" else None
     tracker = MemoryTracker(device_type="cpu")
-    with cuda_equivalence("cpu", autocast_dtype) as emu, _cpu_tiles_uncounted(tracker):
+    with (
+        cuda_equivalence("cpu", autocast_dtype) as emu,
+        _cpu_tiles_uncounted(tracker),
+        _sequence_classification() if st.stage == "rm" else contextlib.nullcontext(),
+    ):
         built = build(m, policy_spec, "cpu")
         model, optimizer, causal_lm = built.model, built.optimizer, built.causal_lm
         if st.fused_lm_head:
@@ -129,10 +163,18 @@ def trace_stage(m: ModelSpec, t: TrainSpec, steps: int = 2) -> tuple[tuple[Phase
             return emu.region() if emu is not None else contextlib.nullcontext()
 
         def log_probs(net: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            if st.stage == "rm":  # RewardTrainer.compute_loss: one reward per sequence, (2·batch, 1)
+                return net(input_ids=ids, use_cache=False).logits
             if st.fused_lm_head:
                 return net(input_ids=ids, labels=labels, fused_lm_head=True, use_cache=False).log_probs
-            logits = net(input_ids=ids, use_cache=False).logits[:, :-1].float()
-            return torch.gather(logits.log_softmax(-1), 2, labels[:, 1:].unsqueeze(2)).squeeze(2)
+            logits = net(input_ids=ids, use_cache=False).logits
+            # the loss's float32 upcast and log_softmax, filed as logits as the estimate files them (no-grad
+            # forwards are labelled by their caller)
+            scope = tracker.label_scope("logits") if torch.is_grad_enabled() else contextlib.nullcontext()
+            with scope:
+                logits = logits[:, :-1].float()
+                targets = labels[:, 1:].clamp(min=0).unsqueeze(2)  # prompt positions (-100) masked by the caller
+                return torch.gather(logits.log_softmax(-1), 2, targets).squeeze(2)
 
         with tracker:
             for _step in range(steps):
@@ -140,6 +182,10 @@ def trace_stage(m: ModelSpec, t: TrainSpec, steps: int = 2) -> tuple[tuple[Phase
                     with tracker.phase_scope("forward"):
                         if st.generates:
                             prompt_ids = _generate(model, st, t, vocab, tracker, autocast)
+                            if st.stage == "ebft":
+                                _feature_forward(model, causal_lm, t, tracker)
+                            if st.stage == "ppo":
+                                _reward_forward(model, t, vocab, tracker, autocast)
                             ids = torch.cat(
                                 [prompt_ids, torch.randint(0, vocab, (t.batch, t.seq - prompt_ids.shape[1]))], 1
                             )
@@ -174,7 +220,8 @@ def trace_stage(m: ModelSpec, t: TrainSpec, steps: int = 2) -> tuple[tuple[Phase
                         ratios = policy_logps - ref_logps
                         if st.paired:
                             chosen, rejected = ratios.chunk(2)
-                            loss = -torch.nn.functional.logsigmoid(st.pref_beta * (chosen - rejected)).mean()
+                            beta = 1.0 if st.stage == "rm" else st.pref_beta  # RewardTrainer: the rewards' margin
+                            loss = -torch.nn.functional.logsigmoid(beta * (chosen - rejected)).mean()
                         else:
                             loss = -ratios.mean()
                         if t.grad_accum > 1:
@@ -205,6 +252,41 @@ def _generate(model, st, t: TrainSpec, vocab: int, tracker: MemoryTracker, autoc
             use_cache=True, pad_token_id=0,
         )  # fmt: skip
     return prompts[: t.batch]
+
+
+def _reward_forward(model, t: TrainSpec, vocab: int, tracker: MemoryTracker, autocast) -> None:
+    """LLaMA-Factory's PPO reward (train/ppo/trainer.py `get_rewards`): a no-grad forward of the batch through
+    the value-head wrapper (the policy with its reward adapter swapped in), whose logits TRL's
+    `AutoModelForCausalLMWithValueHead.forward` upcasts to float32."""
+    ids = torch.randint(0, vocab, (t.batch, t.seq))
+    with tracker.moment_scope("reward forward"), tracker.label_scope("temporaries"), torch.no_grad(), autocast():
+        logits = model(input_ids=ids, use_cache=False).logits
+        logits = logits.float()
+        del logits
+
+
+def _feature_forward(model, causal_lm, t: TrainSpec, tracker: MemoryTracker) -> None:
+    """Structured EBFT's reward (axolotl 0.19.0 core/trainers/ebft/trainer.py `_feature_matching_reward`,
+    rewards.py `extract_hidden_states`): under `torch.no_grad()`, with the adapter disabled, `model.model` (the
+    causal LM under PEFT) with `output_hidden_states=True` on the generation batch's sequences, the feature
+    layers concatenated, then the same on one ground-truth sequence per prompt (outside autocast, as GRPO calls
+    its reward functions)."""
+    st = t.stage
+    depth = causal_lm.config.num_hidden_layers
+    layers = [int(fraction * depth) for fraction in (0.25, 0.5, 0.75)][: st.feature_layers]
+    generated = t.batch * t.grad_accum
+    vocab = causal_lm.config.vocab_size
+    scope = tracker.moment_scope("feature forward"), tracker.label_scope("temporaries")
+    with scope[0], scope[1], torch.no_grad(), model.disable_adapter():
+        body = model.model
+        ids = torch.randint(0, vocab, (generated, t.seq))
+        out = body(ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
+        gen_hidden = torch.cat([out.hidden_states[i] for i in layers], dim=-1)
+        del out
+        truth = torch.randint(0, vocab, (max(generated // st.num_generations, 1), t.seq))
+        out = body(truth, attention_mask=torch.ones_like(truth), output_hidden_states=True)
+        truth_hidden = torch.cat([out.hidden_states[i] for i in layers], dim=-1)
+        del out, gen_hidden, truth_hidden
 
 
 def _label_head(causal_lm: torch.nn.Module, tracker: MemoryTracker) -> None:

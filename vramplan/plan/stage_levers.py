@@ -39,8 +39,8 @@ def stage_levers(t: TrainSpec) -> list[StageLever]:
         out.append(StageLever("--precompute-ref (reference log-probs computed once before training)", 1,
                               with_stage(reference="precomputed")))  # fmt: skip
     if not st.fused_lm_head and st.stage in ("dpo", "ipo", "kto"):
-        out.append(StageLever("--fused-lm-head (TRL's DPO/KTO trainers: no batch × seq × vocab logits)", 2,
-                              with_stage(fused_lm_head=True)))  # fmt: skip
+        out.append(StageLever("--loss trl-chunked (TRL's DPO/KTO trainers: no batch × seq × vocab logits)", 2,
+                              dataclasses.replace(with_stage(fused_lm_head=True), loss="trl-chunked")))  # fmt: skip
     if st.generates and st.generation == "vllm-colocate":
         share = round(st.vllm_gpu_memory_utilization / 2, 2)
         if share >= MIN_VLLM_SHARE:

@@ -177,7 +177,10 @@ def train_title(b: Any) -> str:
     stage = ""
     if not t.stage.is_sft:
         stage = f" · {t.stage.stage}" + (f" (reference {t.stage.reference})" if t.stage.reference != "none" else "")
-        if t.stage.generates:
+        if t.stage.ebft_mode == "strided":
+            st = t.stage
+            stage += f" strided ({st.ebft_n_samples} rollouts of {st.ebft_generate_max_len} every {st.ebft_stride})"
+        elif t.stage.generates:
             stage += f" · generation {t.stage.generation}"
     return f"{b.model} · {method}{stage} · {shape}" + (f" · {b.gpu}" if b.gpu else "")
 

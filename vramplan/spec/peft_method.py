@@ -20,7 +20,11 @@ OWN_ADAPTERS = ("adalora", "ia3", "loha", "lokr", "vera", "oft", "boft", "lora_f
 PROMPT_LEARNING = ("prompt_tuning", "p_tuning", "prefix_tuning")
 PEFT_METHODS: tuple[str, ...] = (*LORA_EQUIVALENT, *OWN_ADAPTERS, *PROMPT_LEARNING)
 ALIASES = {"lora+": "loraplus", "lora-plus": "loraplus", "lorafa": "lora_fa", "lora-fa": "lora_fa", "ia3": "ia3",
-           "ptuning": "p_tuning", "prompt": "prompt_tuning", "prefix": "prefix_tuning", "adapter": "lora"}  # fmt: skip
+           "ptuning": "p_tuning", "prompt": "prompt_tuning", "prefix": "prefix_tuning"}  # fmt: skip
+# Houlsby / Pfeiffer bottleneck adapters (a down-up MLP inserted after attention and the MLP) are in AdapterHub's
+# `adapters` library only: PEFT 0.21.2 has no such PeftType (`adaption_prompt` is LLaMA-Adapter's gated prompts),
+# LLaMA-Factory's finetuning_type is lora | oft | freeze | full, axolotl's adapter lora | qlora | llama-adapter
+BOTTLENECK_NAMES = ("adapter", "adapters", "houlsby", "pfeiffer", "bottleneck", "bottleneck_adapter")
 NUM_VIRTUAL_TOKENS = 20  # a common choice in PEFT's examples (PromptLearningConfig has no default)
 OFT_BLOCK_SIZE = 32  # OFTConfig.oft_block_size default (peft 0.21.2)
 BOFT_BLOCK_SIZE = 4  # the block size PEFT's BOFT examples use (BOFTConfig: boft_block_size 4)
@@ -76,12 +80,22 @@ class PeftMethod:
 LORA = PeftMethod()
 
 
+def bottleneck_error(flag: str, value: str) -> VramplanError:
+    """The one line for a Houlsby / bottleneck adapter: no framework vramplan reads trains one."""
+    return VramplanError(
+        f"{flag} {value}: Houlsby / bottleneck adapters are not in PEFT 0.21, LLaMA-Factory or axolotl (only "
+        "AdapterHub's `adapters` library, not modelled); use --method lora (--peft ia3 for the fewest parameters)"
+    )
+
+
 def resolve_peft(
     name: str | None, num_virtual_tokens: int | None = None, block_size: int | None = None
 ) -> tuple[PeftMethod, tuple[str, ...]]:
     from vramplan.errors import did_you_mean
 
     text = str(name or "lora").lower()
+    if text.replace("-", "_") in BOTTLENECK_NAMES:
+        raise bottleneck_error("--peft", str(name))
     text = ALIASES.get(text, text)
     if text not in PEFT_METHODS:
         raise did_you_mean(str(name), PEFT_METHODS, "--peft value", "PEFT's PeftType names")

@@ -34,10 +34,10 @@ from vramplan.spec.model import (
     ModelSpec,
     Quant,
 )
-from vramplan.spec.peft_method import IA3_TARGETS, LORA, PeftMethod, resolve_peft
+from vramplan.spec.peft_method import BOTTLENECK_NAMES, IA3_TARGETS, LORA, PeftMethod, bottleneck_error, resolve_peft
 from vramplan.spec.prequantized_base import model_checkpoint, resolve_base
 from vramplan.spec.stack import DEFAULT_STACK, Stack, resolve_stack
-from vramplan.spec.stage import SFT, StageSpec, resolve_stage
+from vramplan.spec.stage import SFT, StageSpec, resolve_stage, stage_loss
 from vramplan.spec.train_notes import contradictions, moe_note
 
 OPTIMIZERS: tuple[str, ...] = (
@@ -254,6 +254,8 @@ def resolve_train(
     from vramplan.errors import did_you_mean
 
     notes: list[str] = []
+    if str(method).lower().replace("-", "_") in BOTTLENECK_NAMES:
+        raise bottleneck_error("--method", str(method))
     if method is None or str(method).lower() not in METHODS:
         raise did_you_mean(str(method), METHODS, "method")
     method = str(method).lower()
@@ -386,6 +388,7 @@ def resolve_train(
             f"--freeze-trainable-layers must be between 1 and {model.num_hidden_layers} "
             f"(layers of {model.name}), got {freeze_trainable_layers!r}"
         )
+    loss = stage_loss(loss, stage, set(explicit), str(recipe), notes)
     stage_spec, stage_notes = resolve_stage(uses_lora=method in ("lora", "qlora"), **stage)
     notes += stage_notes
     return TrainSpec(

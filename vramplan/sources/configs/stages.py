@@ -36,7 +36,6 @@ def read_llamafactory_stage(r: Reader, data: Mapping[str, Any]) -> None:
         r.skip("stage", "estimated as sft", "stage")
         return
     (r.set if r.has("stage") else r.default)("stage", stage)
-    r.default("fused_lm_head", False)
     r.copy("pref_beta", "pref_beta", float)
     if stage in ("dpo", "ipo", "kto", "ppo") and is_set(data.get("ref_model")):
         r.set("reference", "model")
@@ -61,9 +60,9 @@ def read_axolotl_stage(r: Reader, data: Mapping[str, Any]) -> None:
         return
     name = str(rl).lower()
     if name == "ebft":
-        r.skip("rl", "energy-based fine-tuning: estimated as GRPO (generation + policy step)", "stage")
-        name = "grpo"
-    elif name not in _AX_RL:
+        _ebft_keys(r, data, trl)
+        return
+    if name not in _AX_RL:
         r.skip("rl", "estimated as sft", "stage")
         return
     r.set("stage", _AX_RL[name])
@@ -114,3 +113,34 @@ def _generation_keys(r: Reader, trl: Mapping[str, Any]) -> None:
             r.set("vllm_gpu_memory_utilization", float(trl["vllm_gpu_memory_utilization"]))
     elif "use_vllm" in trl:
         r.set("generation", "hf")
+
+
+def _ebft_keys(r: Reader, data: Mapping[str, Any], trl: Mapping[str, Any]) -> None:
+    """axolotl `rl: ebft` and its `ebft:` block (core/trainers/ebft/__init__.py `set_training_args_kwargs`,
+    axolotl 0.19.0): `mode` (structured: GRPOConfig's `trl:` keys; strided: its own), `feature_layers` (a list
+    of depths: its length is read), `stride`, `context_length`, `generate_max_len`, `n_samples_per_prompt`,
+    `ce_coef`; `embed_method`, `use_whitening`, the coefficients and the sampling keys hold no memory of their own
+    (a few n × 3·hidden embeddings)."""
+    ebft = data.get("ebft") if isinstance(data.get("ebft"), Mapping) else {}
+    r.set("stage", "ebft")
+    mode = str(ebft.get("mode") or "structured").lower()
+    r.set("ebft_mode", mode)
+    layers = ebft.get("feature_layers")
+    if isinstance(layers, list) and layers:
+        r.set("feature_layers", len(layers))
+    if mode == "strided":
+        keys = (("stride", "ebft_stride"), ("context_length", "ebft_context_length"),
+                ("generate_max_len", "ebft_generate_max_len"), ("n_samples_per_prompt", "ebft_n_samples"))  # fmt: skip
+        for key, setting in keys:
+            value = ebft.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                r.set(setting, value)
+            elif value is not None:
+                r.skip(f"ebft.{key}", f"not a count ({value!r}): axolotl's default used", "stage")
+        if isinstance(ebft.get("ce_coef"), (int, float)):
+            r.set("ebft_ce", ebft["ce_coef"] > 0)
+        return
+    beta = trl.get("beta")
+    if beta is not None:
+        r.set("pref_beta", float(beta))
+    _generation_keys(r, trl)
