@@ -78,7 +78,9 @@ def train_options(f: Callable) -> Callable:
             show_default=True,
             help="to host RAM: checkpoints (Unsloth's offloaded checkpointing) | all (activation_offloading)",
         ),
-        click.option("--attn", default="sdpa", show_default=True, help="eager | sdpa | flash_attention_2"),
+        click.option(
+            "--attn", default="sdpa", show_default=True, help="eager | sdpa | flash_attention_2 | flex_attention"
+        ),
         click.option(
             "--recipe",
             default="trainer",

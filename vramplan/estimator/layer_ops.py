@@ -22,7 +22,11 @@ Saved-tensor inventory (per decoder layer, T = batch·seq tokens; "rg" = require
 - RoPE: q·cos + rotate_half(q)·sin saves only cos/sin (shared); the result dtype promotes with cos, which
   has the residual stream's dtype (fp32 after kbit prep).
 - SDPA / flash: q, k, v (cast to the autocast dtype: new copies if they were fp32), output, fp32
-  logsumexp (B·heads·S). GQA without a mask uses `enable_gqa` (no repeat). Eager: repeat_kv copies,
+  logsumexp (B·heads·S). GQA without a mask uses `enable_gqa` (no repeat). Flex attention saves the same:
+  transformers compiles it (integrations/flex_attention.py `WrappedFlexAttention`) and the partitioner keeps
+  what torch 2.13's `flex_attention_backward` reads (q, k, v, out, logsumexp; not the eager
+  `FlexAttentionAutogradOp`'s max_scores), plus the BlockMask's int32 block tables (B·⌈S/128⌉², left out);
+  k / v are repeated to every head first when the head count is not a power of two. Eager: repeat_kv copies,
   fp32 softmax output and its cast (B·heads·S² each), output and its transposed contiguous copy.
 - Gated MLP: gate output (SiLU input), SiLU output and up output (saved by the product); fused gate_up
   (Phi-3) keeps the T·2I storage alive through its views; plain MLP saves fc1's output (GELU input).
@@ -125,7 +129,10 @@ def _attention(
                 walk.save(walk.new(scores, dtype, True))
         walk.transient(q_cast, k_cast, v_cast, scores_tensor, probs_fp32, probs, out)
         return walk.new(T * m.q_dim, dtype, requires_grad)  # transpose(1, 2).contiguous()
-    if masked and kv_heads != heads:  # repeat_kv before SDPA when a mask is passed (sdpa_attention.py)
+    # repeat_kv before SDPA when a mask is passed (sdpa_attention.py); before flex attention when the head count
+    # is not a power of two (integrations/flex_attention.py: `enable_gqa = False` then)
+    repeat = masked if settings.attn != "flex_attention" else heads & (heads - 1) != 0
+    if repeat and kv_heads != heads:
         k_cast = walk.new(T * m.q_dim, dtype, k.requires_grad)
         v_cast = walk.new(T * m.q_dim, dtype, v.requires_grad)
     out = walk.new(T * m.q_dim, dtype, requires_grad)

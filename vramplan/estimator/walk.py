@@ -133,6 +133,8 @@ def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
     kv_length < window; full-attention layers run SDPA causal without one). Mistral / Mixtral slide every
     layer; Gemma 3 its `sliding_attention` layers (modeling_gemma3.py `causal_mask_mapping`)."""
     n = m.num_hidden_layers
+    if effective_attn(m, t) == "flex_attention":  # causal, sliding and packed masks are BlockMasks (block tables)
+        return (False,) * n
     if t.packing and effective_attn(m, t) == "sdpa":
         # packed rows (position_ids restarting inside a row): `find_packed_sequence_indices` turns the causal
         # skip off and SDPA gets the block-diagonal B·1·S·S mask (masking_utils.py `_preprocess_mask_arguments`)

@@ -9,7 +9,35 @@ from vramplan.errors import VramplanError
 from vramplan.sources.configs.reader import FileSettings, Reader, Unmodeled, is_set, shown_value
 from vramplan.sources.configs.stages import read_axolotl_stage
 
-_AX_ATTN = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash_attention_2"}
+_AX_ATTN = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash_attention_2",
+            "flex_attention": "flex_attention"}  # fmt: skip
+# Kernels that save what flash-attention 2 saves (q, k, v, output, fp32 logsumexp B·heads·S): FlashAttention-3,
+# also as the kernels-hub builds transformers routes through `flash_attention_forward` (transformers 5.24
+# integrations/hub_kernels.py `load_and_register_attn_kernel`: a kernel with `flash_attn_varlen_func`);
+# FA3's FlashAttnFunc / FlashAttnVarlenFunc save (q, k, v, out, softmax_lse) (vllm-project/flash-attention
+# @0f2287f hopper/flash_attn_interface.py, the source of kernels-community/vllm-flash-attn3)
+_FLASH_LIKE = ("flash_attention_3", "kernels-community/vllm-flash-attn3", "kernels-community/flash-attn3",
+               "kernels-community/flash-attn")  # fmt: skip
+
+
+def _attention(r: Reader, impl: str, key: str) -> None:
+    """axolotl's `attn_implementation` (loaders/patch_manager.py). xformers (monkeypatch/attention/xformers.py,
+    axolotl 067b021) runs `memory_efficient_attention`, which saves q, k, v, output and logsumexp as
+    flash-attention does, but in training first repeats k / v to every query head (`expand` + `reshape`: a
+    copy): the same as flash-attention on a model without grouped-query attention, listed on one with it."""
+    if impl in _AX_ATTN:
+        r.set("attn", _AX_ATTN[impl])
+        return
+    r.set("attn", "flash_attention_2")
+    if impl in _FLASH_LIKE:
+        r.notes.append(f"{key}={impl}: saves what flash_attention_2 saves (q, k, v, output, logsumexp)")
+    elif impl == "xformers":
+        note = "estimated as flash_attention_2; k/v repeated to every query head in training not modeled"
+        r.unmodeled.append(Unmodeled(key, impl, note, "attn", when="gqa"))
+    else:
+        r.skip(key, "estimated as flash_attention_2 (no S×S scores)", "attn")
+
+
 _AX_UNMODELED = (
     "neftune_noise_alpha", "torch_compile", "layer_offloading", "relora",
     "s2_attention", "unfrozen_parameters", "peft_layers_to_transform",
@@ -39,7 +67,15 @@ def _plugins(r: Reader, data: Mapping[str, Any]) -> None:
         r.set("liger_kernels", True)  # RMSNorm, SwiGLU, RoPE as one setting (spec TrainSpec.liger_kernels)
     known = ("CutCrossEntropy", "liger")
     for name in names:
-        if not any(k in name for k in known):
+        if any(k in name for k in known):
+            continue
+        if "SwanLab" in name:  # integrations/swanlab: metrics, timers and completions the trainer already made
+            r.notes.append(f"plugins: {name}: logging and timing callbacks, no memory change")
+        elif name.endswith("kernels.KernelsPlugin"):
+            # integrations/kernels: swaps the MoE experts' forward (ScatterMoE / SonicMoE); a dense model has none
+            note = "MoE expert kernels (ScatterMoE / SonicMoE): the experts estimated with transformers' forward"
+            r.unmodeled.append(Unmodeled("plugins", shown_value(name), note, when="moe"))
+        else:
             r.unmodeled.append(Unmodeled("plugins", shown_value(name)))
 
 
@@ -114,10 +150,7 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
     if impl is None and is_set(data.get("xformers_attention")):
         impl = "xformers"
     if impl is not None:
-        if impl not in _AX_ATTN:
-            key = "attn_implementation" if r.has("attn_implementation") else "xformers_attention"
-            r.skip(key, "estimated as flash_attention_2 (no S×S scores)", "attn")
-        r.set("attn", _AX_ATTN.get(str(impl), "flash_attention_2"))
+        _attention(r, str(impl), "attn_implementation" if r.has("attn_implementation") else "xformers_attention")
     bf16 = data.get("bf16", "auto")
     fp16, bfloat16, float16 = (r.has(k) and r.typed(k, bool) for k in ("fp16", "bfloat16", "float16"))
     if bfloat16 or float16:  # "no AMP": weights in that dtype, no autocast

@@ -26,6 +26,9 @@ class Unmodeled:
     value: str
     note: str = ""
     affects: str = ""
+    # "gqa" / "moe": not modelled only on a model with grouped-query attention (fewer k/v heads than query
+    # heads) / with experts; on another model the entry becomes a note (vramplan.sources.inputs.plan_inputs)
+    when: str = ""
 
     def __str__(self) -> str:
         return f"{self.key}={self.value}" + (f" ({self.note})" if self.note else "")
