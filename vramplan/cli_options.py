@@ -103,6 +103,11 @@ def train_options(f: Callable) -> Callable:
             help="Liger's RMSNorm, SwiGLU and RoPE kernels (modelled from their Triton source)",
         ),
         click.option(
+            "--lora-kernels",
+            default="",
+            help="axolotl's fused LoRA kernels in place of PEFT's branches: qkv,o,mlp (any of them) [none]",
+        ),
+        click.option(
             "--packing/--no-packing",
             default=False,
             show_default=True,
@@ -182,7 +187,7 @@ TRAIN_KEYS = (
     "method", "dtype", "mixed_precision", "quant", "double_quant", "kbit_prep", "batch", "seq", "grad_accum",
     "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "dora", "optim", "grad_ckpt", "attn",
     "freeze_trainable_layers", "alloc_conf", "loss", "packing", "recipe", "liger_kernels", "image_tokens",
-    "modules_to_save", "target_parameters", "optim_rank", "activation_offload",
+    "modules_to_save", "target_parameters", "optim_rank", "activation_offload", "lora_kernels",
 )  # fmt: skip
 STAGE_KEYS = (
     "stage", "reference", "pref_beta", "fused_lm_head", "num_generations", "max_completion_length", "generation",

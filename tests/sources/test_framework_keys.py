@@ -129,3 +129,29 @@ def test_axolotl_swanlab_is_memory_neutral_and_other_plugins_listed(tmp_path: Pa
                             "  - axolotl.integrations.diffusion.DiffusionPlugin\n"))  # fmt: skip
     assert [u.value for u in fs.not_modeled] == ["axolotl.integrations.diffusion.DiffusionPlugin"]
     assert any("SwanLab" in n for n in fs.notes)
+
+
+@pytest.mark.parametrize(
+    ("extra", "kernels"),
+    [
+        ("", "qkv,o,mlp"),  # check_auto_enable_lora_kernels: all three when the file sets none
+        ("lora_mlp_kernel: true\nlora_qkv_kernel: false\n", "mlp"),  # only what the file turns on
+        ("rl: dpo\n", ""),  # RL trainers: not auto-enabled
+        ("load_in_8bit: true\n", ""),  # LoRA on an 8-bit base: not auto-enabled
+    ],
+)
+def test_axolotl_lora_kernels(tmp_path: Path, extra: str, kernels: str) -> None:
+    path = _write(tmp_path, "base_model: llama-3-8b\nadapter: lora\n" + extra)
+    plan = plan_inputs(None, [path], {}, ())
+    from vramplan.spec import resolve_train
+
+    t = resolve_train(plan.model, **plan.settings)
+    assert ",".join(t.lora_kernels) == kernels
+    assert [u.key for u in plan.not_modeled if "kernel" in u.key] == []
+
+
+def test_axolotl_full_tuning_has_no_lora_kernels(tmp_path: Path) -> None:
+    plan = plan_inputs(None, [_write(tmp_path, "base_model: llama-3-8b\n")], {}, ())
+    from vramplan.spec import resolve_train
+
+    assert resolve_train(plan.model, **plan.settings).lora_kernels == ()

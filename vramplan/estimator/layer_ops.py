@@ -48,6 +48,7 @@ Saved-tensor inventory (per decoder layer, T = batch·seq tokens; "rg" = require
 from __future__ import annotations
 
 from vramplan.estimator.linear_ops import linear
+from vramplan.estimator.lora_kernel_ops import kernel_group, kernel_mlp
 from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote
 from vramplan.spec import ModelSpec
 from vramplan.spec.model import GEMMA_NORM
@@ -169,7 +170,11 @@ def decoder_layer(
     normed_input = norm(walk, settings, m, x, trainable)
     names = {li.name for li in m.linears}
     kv_store = None
-    if "q_proj" in names:
+    fused = fused_lora(settings, names)
+    if "qkv" in fused:  # axolotl's LoRA_QKV (lora_kernel_ops.py)
+        outs = [next(li.out_features for li in m.linears if li.name == n) for n in ("q_proj", "k_proj", "v_proj")]
+        q, k, v = kernel_group(walk, settings, normed_input, outs)
+    elif "q_proj" in names:
         q = project(normed_input, "q_proj")
         k = project(normed_input, "k_proj")
         v = project(normed_input, "v_proj")
@@ -186,7 +191,10 @@ def decoder_layer(
         k = norm(walk, settings, m, k, trainable, m.head_dim)
     q, k = _rope(walk, q, residual_dtype, settings.liger), _rope(walk, k, residual_dtype, settings.liger)
     attention_out = _attention(walk, settings, m, q, k, v, kv_store)
-    attention_out = project(attention_out, "o_proj" if "o_proj" in names else "dense")
+    if "o" in fused:  # axolotl's LoRA_O
+        attention_out = kernel_group(walk, settings, attention_out, [m.hidden_size])[0]
+    else:
+        attention_out = project(attention_out, "o_proj" if "o_proj" in names else "dense")
     if m.norms_per_layer == 4:  # gemma2, gemma3: post_attention_layernorm on the attention output
         attention_out = norm(walk, settings, m, attention_out, trainable)
     if m.parallel_residual:
@@ -217,8 +225,19 @@ def _down(walk: Walk, project, x: SymbolicTensor, name: str) -> SymbolicTensor:
     return out
 
 
+def fused_lora(settings: WalkSettings, names: set[str]) -> frozenset[str]:
+    """The axolotl LoRA kernels that apply: q/k/v when all three carry an adapter, o_proj, the gated MLP when
+    gate, up and down do (monkeypatch/lora_kernels.py `apply_lora_kernel_patches`)."""
+    groups = {"qkv": {"q_proj", "k_proj", "v_proj"}, "o": {"o_proj"}, "mlp": {"gate_proj", "up_proj", "down_proj"}}
+    targets = settings.lora_targets
+    return frozenset(k for k in settings.lora_kernels if groups[k] <= targets and groups[k] <= names)
+
+
 def _mlp(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, project) -> SymbolicTensor:
     T, intermediate = settings.T, m.intermediate_size
+    if m.mlp == "gated" and "mlp" in fused_lora(settings, {li.name for li in m.linears}):
+        walk.down_saved = 0  # one Function: everything it saved is freed together after its backward
+        return kernel_mlp(walk, settings, x, intermediate, m.hidden_size)
     if m.mlp == "gated" and settings.liger:
         # Liger-Kernel 0.8.5 ops/swiglu.py LigerSiLUMulFunction: c = empty_like(a); saves a (gate) and b (up),
         # no SiLU output; backward writes the gradients into a and b in place

@@ -119,6 +119,7 @@ class WalkSettings:
     prequantized: str = ""
     dequant_copies: int = 0
     matmul_copies: int = 0
+    lora_kernels: frozenset[str] = frozenset()  # axolotl's fused LoRA Functions: "qkv", "o", "mlp"
 
 
 def effective_attn(m: ModelSpec, t: TrainSpec) -> str:
@@ -172,4 +173,5 @@ def walk_settings(m: ModelSpec, t: TrainSpec) -> WalkSettings:
         dora=t.dora,
         attn=attn,
         liger=t.liger_kernels and m.norm == "rms",
+        lora_kernels=frozenset(t.lora_kernels),
     )

@@ -149,6 +149,10 @@ def loss_function(
         from vramplan.measure.liger import apply_liger_stand_ins
 
         apply_liger_stand_ins(built.causal_lm, tracker)
+    if t.lora_kernels:
+        from vramplan.measure.lora_kernels import apply_lora_kernel_stand_ins
+
+        apply_lora_kernel_stand_ins(built.causal_lm, t.lora_kernels, tracker)
     if t.loss == "hf":
         if t.packing:
 

@@ -41,8 +41,7 @@ def _attention(r: Reader, impl: str, key: str) -> None:
 _AX_UNMODELED = (
     "neftune_noise_alpha", "torch_compile", "layer_offloading", "relora",
     "s2_attention", "unfrozen_parameters", "peft_layers_to_transform",
-    "unsloth_lora_mlp", "unsloth_lora_qkv", "unsloth_lora_o", "unsloth_cross_entropy_loss", "lora_mlp_kernel",
-    "lora_qkv_kernel", "lora_o_kernel", "chunked_cross_entropy",
+    "unsloth_lora_mlp", "unsloth_lora_qkv", "unsloth_lora_o", "unsloth_cross_entropy_loss", "chunked_cross_entropy",
     "flash_attn_cross_entropy", "fp8",
 )  # fmt: skip
 
@@ -77,6 +76,23 @@ def _plugins(r: Reader, data: Mapping[str, Any]) -> None:
             r.unmodeled.append(Unmodeled("plugins", shown_value(name), note, when="moe"))
         else:
             r.unmodeled.append(Unmodeled("plugins", shown_value(name)))
+
+
+_KERNEL_KEYS = (("lora_qkv_kernel", "qkv"), ("lora_o_kernel", "o"), ("lora_mlp_kernel", "mlp"))
+
+
+def _lora_kernels(r: Reader, data: Mapping[str, Any], adapter: str, int8: bool) -> None:
+    """axolotl's fused LoRA kernels (kernels/lora.py): the keys the file sets; when it sets none, axolotl turns
+    all three on for LoRA / QLoRA (utils/schemas/config.py `check_auto_enable_lora_kernels`) except for RL
+    trainers, LoRA on an 8-bit base, trust_remote_code and FSDP1 (`fsdp_config` without fsdp_version 2); the
+    axolotl recipe holds that default (spec/recipe.py)."""
+    if any(r.has(key) for key, _ in _KERNEL_KEYS):
+        r.set("lora_kernels", ",".join(name for key, name in _KERNEL_KEYS if r.has(key) and r.typed(key, bool)))
+        return
+    fsdp1 = is_set(data.get("fsdp_config")) and str(data.get("fsdp_version")) != "2"
+    if adapter in ("lora", "qlora") and (is_set(data.get("rl")) or (adapter == "lora" and int8) or fsdp1
+                                         or is_set(data.get("trust_remote_code"))):  # fmt: skip
+        r.default("lora_kernels", "")
 
 
 def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
@@ -163,6 +179,7 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
     elif bf16 is False:
         r.set("dtype", "fp16" if b8 else "fp32")
         r.set("mixed_precision", "no")
+    _lora_kernels(r, data, adapter, b8)
     read_axolotl_stage(r, data)
     r.distributed()
     r.skip_ifis_set(_AX_UNMODELED)
