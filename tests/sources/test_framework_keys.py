@@ -155,3 +155,39 @@ def test_axolotl_full_tuning_has_no_lora_kernels(tmp_path: Path) -> None:
     from vramplan.spec import resolve_train
 
     assert resolve_train(plan.model, **plan.settings).lora_kernels == ()
+
+
+@pytest.mark.parametrize(
+    ("patterns", "nothing"),
+    [
+        ('["^model.language_model.*", "^lm_head.*"]', True),  # anchored on model. / lm_head: PEFT's names differ
+        ('["lm_head", "embed_tokens"]', True),  # re.match anchors at the start too
+        ('["base_model.model.lm_head"]', False),
+        ('[".*lm_head.*"]', True),  # "." is made literal: ".*" is "any number of dots", not a wildcard
+        ('["base_model.model.model.layers.0.+"]', False),  # ".+" stays a wildcard
+    ],
+)
+def test_axolotl_unfrozen_parameters_under_an_adapter(tmp_path: Path, patterns: str, nothing: bool) -> None:
+    """utils/freeze.py runs after the adapter is applied: re.match against PEFT's names (checked on a real
+    PEFT model's names below)."""
+    fs = read_config(_write(tmp_path, AX + f"unfrozen_parameters: {patterns}\n"))
+    assert [u.key for u in fs.not_modeled] == ["unfrozen_parameters"]
+    assert ("freezes every parameter" in fs.not_modeled[0].note) == nothing
+
+
+def test_peft_parameter_names_start_with_base_model_model() -> None:
+    """The names the rule above assumes, from PEFT 0.21 on a tiny Llama."""
+    import re
+
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=64)  # fmt: skip
+    model = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=2, target_modules="all-linear"))
+    names = [name for name, _ in model.named_parameters()]
+    assert all(name.startswith("base_model.model.") for name in names)
+    # axolotl's rewrite of "^lm_head.*": dots literal; matches none of them
+    assert not any(re.match(r"^lm_head\.*", name) for name in names)
+    assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight" in names

@@ -40,7 +40,7 @@ def _attention(r: Reader, impl: str, key: str) -> None:
 
 _AX_UNMODELED = (
     "neftune_noise_alpha", "torch_compile", "layer_offloading", "relora",
-    "s2_attention", "unfrozen_parameters", "peft_layers_to_transform",
+    "s2_attention", "peft_layers_to_transform",
     "unsloth_lora_mlp", "unsloth_lora_qkv", "unsloth_lora_o", "unsloth_cross_entropy_loss", "chunked_cross_entropy",
     "flash_attn_cross_entropy", "fp8",
 )  # fmt: skip
@@ -93,6 +93,45 @@ def _lora_kernels(r: Reader, data: Mapping[str, Any], adapter: str, int8: bool) 
     if adapter in ("lora", "qlora") and (is_set(data.get("rl")) or (adapter == "lora" and int8) or fsdp1
                                          or is_set(data.get("trust_remote_code"))):  # fmt: skip
         r.default("lora_kernels", "")
+
+
+def _unfrozen_parameters(r: Reader, data: Mapping[str, Any], adapter: str) -> None:
+    """`unfrozen_parameters` (utils/freeze.py `freeze_layers_except`, called in train.py after the model is
+    loaded, adapter applied): every parameter is frozen but those whose name `re.match`es a pattern (its dots
+    made literal). Under an adapter the names start with PEFT's `base_model.model.`, so a pattern anchored on
+    `model.` or `lm_head` matches nothing there: the adapters freeze too."""
+    import re
+
+    patterns = data.get("unfrozen_parameters")
+    if not is_set(patterns):
+        return
+    patterns = patterns if isinstance(patterns, list) else [patterns]
+    if adapter in ("lora", "qlora"):
+        compiled = [re.sub(r"\.(?!\+)", "\\.", re.sub(r"\[[0-9]*(:[0-9]*)?\]$", "", str(p))) for p in patterns]
+        if not any(_may_match(c) for c in compiled):
+            note = ("matches no name of the PEFT model (base_model.model....): axolotl freezes every parameter, "
+                    "the adapters too; estimated with the adapters trainable")  # fmt: skip
+            r.skip("unfrozen_parameters", note)
+            return
+    r.skip("unfrozen_parameters", "trainable parameters chosen by name: estimated with the method's own")
+
+
+# names a PEFT-wrapped causal LM's parameters take (the text model's, a VLM's language model's)
+_PEFT_NAMES = (
+    "base_model.model.lm_head.weight",
+    *(f"base_model.model.{prefix}{rest}" for prefix in ("model.", "model.language_model.")
+      for rest in ("layers.0.self_attn.q_proj.lora_A.default.weight", "layers.0.mlp.down_proj.base_layer.weight",
+                   "embed_tokens.weight", "norm.weight")),
+)  # fmt: skip
+
+
+def _may_match(pattern: str) -> bool:
+    import re
+
+    try:
+        return any(re.match(pattern, name) for name in _PEFT_NAMES)
+    except re.error:
+        return True
 
 
 def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
@@ -180,6 +219,7 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
         r.set("dtype", "fp16" if b8 else "fp32")
         r.set("mixed_precision", "no")
     _lora_kernels(r, data, adapter, b8)
+    _unfrozen_parameters(r, data, adapter)
     read_axolotl_stage(r, data)
     r.distributed()
     r.skip_ifis_set(_AX_UNMODELED)
