@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from vramplan.measure.tracker import MemoryTracker
 
 _TRACKER: list[MemoryTracker] = []
+# model types whose attention forward is transformers' LlamaAttention.forward without biases (the stand-in's)
+STAND_IN_TYPES = ("llama", "mistral")
 
 
 def _lora(proj: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, Any]:
