@@ -74,6 +74,11 @@ def _plugins(r: Reader, data: Mapping[str, Any]) -> None:
             # integrations/kernels: swaps the MoE experts' forward (ScatterMoE / SonicMoE); a dense model has none
             note = "MoE expert kernels (ScatterMoE / SonicMoE): the experts estimated with transformers' forward"
             r.unmodeled.append(Unmodeled("plugins", shown_value(name), note, when="moe"))
+        elif name.endswith("diffusion.DiffusionPlugin"):
+            # integrations/diffusion/trainer.py: a bidirectional B·1·S·S mask (utils.py
+            # `create_bidirectional_attention_mask`) passed to the model, the loss over the masked positions
+            note = "masked-diffusion training with a bidirectional B·1·S·S mask: estimated as causal SFT"
+            r.unmodeled.append(Unmodeled("plugins", shown_value(name), note))
         else:
             r.unmodeled.append(Unmodeled("plugins", shown_value(name)))
 
