@@ -79,3 +79,12 @@ def test_kernel_names_are_checked_and_dora_falls_back(small_llama) -> None:
     t = resolve_train(small_llama, **{**BASE, "lora_kernels": "qkv", "dora": True})
     assert t.lora_kernels == ()
     assert any("DoRA" in n for n in t.notes)
+
+
+def test_fused_projections_take_no_kernel() -> None:
+    # Phi-3's qkv_proj / gate_up_proj: axolotl patches attention only with separate q, k, v, o
+    # (`find_self_attn_in_layer`) and the MLP only with gate, up and down: nothing changes
+    from tests.conftest import TINY_CONFIGS
+
+    m = model_spec_from_config(TINY_CONFIGS["phi3"], "phi3")
+    assert _saved(m, lora_kernels="qkv,o,mlp") == _saved(m)

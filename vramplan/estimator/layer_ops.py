@@ -170,8 +170,8 @@ def decoder_layer(
     normed_input = norm(walk, settings, m, x, trainable)
     names = {li.name for li in m.linears}
     kv_store = None
-    fused = fused_lora(settings, names)
-    if "qkv" in fused:  # axolotl's LoRA_QKV (lora_kernel_ops.py)
+    kernels = fused_lora(settings, names)
+    if "qkv" in kernels:  # axolotl's LoRA_QKV (lora_kernel_ops.py)
         outs = [next(li.out_features for li in m.linears if li.name == n) for n in ("q_proj", "k_proj", "v_proj")]
         q, k, v = kernel_group(walk, settings, normed_input, outs)
     elif "q_proj" in names:
@@ -191,7 +191,7 @@ def decoder_layer(
         k = norm(walk, settings, m, k, trainable, m.head_dim)
     q, k = _rope(walk, q, residual_dtype, settings.liger), _rope(walk, k, residual_dtype, settings.liger)
     attention_out = _attention(walk, settings, m, q, k, v, kv_store)
-    if "o" in fused:  # axolotl's LoRA_O
+    if "o" in kernels:  # axolotl's LoRA_O
         attention_out = kernel_group(walk, settings, attention_out, [m.hidden_size])[0]
     else:
         attention_out = project(attention_out, "o_proj" if "o_proj" in names else "dense")
@@ -227,10 +227,15 @@ def _down(walk: Walk, project, x: SymbolicTensor, name: str) -> SymbolicTensor:
 
 def fused_lora(settings: WalkSettings, names: set[str]) -> frozenset[str]:
     """The axolotl LoRA kernels that apply: q/k/v when all three carry an adapter, o_proj, the gated MLP when
-    gate, up and down do (monkeypatch/lora_kernels.py `apply_lora_kernel_patches`)."""
+    gate, up and down do (monkeypatch/lora_kernels.py `apply_lora_kernel_patches`); attention only where it has
+    separate q, k, v and o projections (`find_self_attn_in_layer`: not Phi-3's fused qkv_proj)."""
     groups = {"qkv": {"q_proj", "k_proj", "v_proj"}, "o": {"o_proj"}, "mlp": {"gate_proj", "up_proj", "down_proj"}}
+    separate = {"q_proj", "k_proj", "v_proj", "o_proj"} <= names
     targets = settings.lora_targets
-    return frozenset(k for k in settings.lora_kernels if groups[k] <= targets and groups[k] <= names)
+    return frozenset(
+        k for k in settings.lora_kernels
+        if groups[k] <= targets and groups[k] <= names and (k == "mlp" or separate)
+    )  # fmt: skip
 
 
 def _mlp(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, project) -> SymbolicTensor:
