@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vramplan.sources.configs import read_config
+from vramplan.sources.configs.formats import read_config
 from vramplan.sources.inputs import plan_inputs
 
 
