@@ -83,7 +83,9 @@ def train_options(f: Callable) -> Callable:
             show_default=True,
             help="to host RAM: checkpoints (Unsloth's offloaded checkpointing) | all (activation_offloading)",
         ),
-        click.option("--attn", default="sdpa", show_default=True, help="eager | sdpa | flash_attention_2"),
+        click.option(
+            "--attn", default="sdpa", show_default=True, help="eager | sdpa | flash_attention_2 | flex_attention"
+        ),
         click.option(
             "--recipe",
             default="trainer",
@@ -111,6 +113,11 @@ def train_options(f: Callable) -> Callable:
             default=False,
             show_default=True,
             help="Liger's RMSNorm, SwiGLU and RoPE kernels (modelled from their Triton source)",
+        ),
+        click.option(
+            "--lora-kernels",
+            default="",
+            help="axolotl's fused LoRA kernels in place of PEFT's branches: qkv,o,mlp (any of them) [none]",
         ),
         click.option(
             "--packing/--no-packing",
@@ -194,7 +201,7 @@ TRAIN_KEYS = (
     "method", "dtype", "mixed_precision", "quant", "double_quant", "kbit_prep", "batch", "seq", "grad_accum",
     "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "dora", "optim", "grad_ckpt", "attn",
     "freeze_trainable_layers", "alloc_conf", "loss", "packing", "recipe", "liger_kernels", "image_tokens",
-    "modules_to_save", "target_parameters", "optim_rank", "activation_offload", "stack",
+    "modules_to_save", "target_parameters", "optim_rank", "activation_offload", "stack", "lora_kernels",
 )  # fmt: skip
 STAGE_KEYS = (
     "stage", "reference", "pref_beta", "fused_lm_head", "num_generations", "max_completion_length", "generation",

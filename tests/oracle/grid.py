@@ -60,6 +60,10 @@ CASES = {
     # Liger's RMSNorm / SwiGLU / RoPE (Triton only: traced with CPU stand-ins that allocate what Liger's autograd
     # Functions allocate, measure/liger.py)
     "lora-liger": {"liger_kernels": True},
+    # axolotl's fused LoRA Functions (CPU stand-ins allocating what they allocate, measure/lora_kernels.py)
+    "lora-kernels": {"lora_kernels": "qkv,o,mlp"},
+    "lora-kernels-dropout": {"lora_kernels": "qkv,o,mlp", "lora_dropout": 0.05},
+    "lora-kernels-ckpt": {"lora_kernels": "qkv,o,mlp", "grad_ckpt": True},
     "lora-liger-ckpt": {"liger_kernels": True, "grad_ckpt": True},
     "full-liger": {"method": "full", "liger_kernels": True},
 }

@@ -27,7 +27,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_strided_ebft_step_matches_the_stand_in(case):
     from vramplan.estimator.peak import largest_per_phase
-    from vramplan.estimator.preference import stage_moments
+    from vramplan.estimator.stage_moments import stage_moments
     from vramplan.measure.ebft import trace_strided_ebft
     from vramplan.spec import model_spec_from_config, resolve_train
 

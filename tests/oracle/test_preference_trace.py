@@ -48,7 +48,7 @@ def _close(estimated: int, traced: int, total: int) -> bool:
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_stage_step_matches_trace(case):
     from vramplan.estimator.peak import largest_per_phase
-    from vramplan.estimator.preference import stage_moments
+    from vramplan.estimator.stage_moments import stage_moments
     from vramplan.measure.preference import trace_stage
     from vramplan.spec import model_spec_from_config, resolve_train
 

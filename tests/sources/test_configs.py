@@ -243,7 +243,7 @@ def test_training_args_adapter_and_quantized_model():
         "freeze_trainable_layers": "default", "alloc_conf": "default", "packing": "default", "liger_kernels": "default",
         "recipe": file(TRAINING_ARGS), "loss": "recipe:trainer",  # a TrainingArguments dump: the Trainer's recipe
         "image_tokens": "default", "modules_to_save": "default", "target_parameters": "default",
-        "optim_rank": "default", "activation_offload": "default", "stack": "default",
+        "optim_rank": "default", "activation_offload": "default", "stack": "default", "lora_kernels": "default",
     }  # fmt: skip
     assert i["model_config"] == config
     assert i["not_modeled"] == []

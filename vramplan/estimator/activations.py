@@ -11,7 +11,7 @@ import functools
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from vramplan.estimator.layer_ops import decoder_layer, norm
+from vramplan.estimator.layer_ops import decoder_layer, fused_lora, norm
 from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
@@ -226,6 +226,9 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     mlp_intermediates = {"gated": 3, "gated_fused": 3, "plain": 2}.get(m.mlp, 3 * max(m.num_experts_per_tok, 1))
     if settings.liger and m.mlp == "gated":
         mlp_intermediates = 1  # Liger's SwiGLU backward writes both operands' gradients into the saved a and b
+    if m.mlp == "gated" and "mlp" in fused_lora(settings, {li.name for li in m.linears}):
+        # axolotl's LoRA_MLP backward: grad of h (T·I), then swiglu_backward writes h, d_gate, d_up in place
+        mlp_intermediates = 1
 
     workspace = mlp_intermediates * tokens * m.intermediate_size * mlp_elem_bytes + hidden
     largest_target = max((li.weight_params for li in m.linears if li.name in settings.lora_targets), default=0)

@@ -75,7 +75,7 @@ def build_breakdown(
     if spec.stage.is_sft:
         phases, paged = training_phases(model, spec)
     else:  # preference / RL steps (their module loads only for them)
-        from vramplan.estimator.preference import stage_moments
+        from vramplan.estimator.stage_moments import stage_moments
 
         candidates, paged = stage_moments(model, spec, gpu.memory_bytes if gpu else None)
         phases = training_phases_of(candidates)

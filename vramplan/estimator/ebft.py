@@ -97,10 +97,10 @@ def ebft_moments(m: ModelSpec, t: TrainSpec, gpu_bytes: int | None) -> tuple[tup
 
 
 def _structured(m: ModelSpec, t: TrainSpec, gpu_bytes: int | None) -> tuple[tuple[PhaseUsage, ...], int]:
-    from vramplan.estimator.preference import stage_moments
+    from vramplan.estimator.preference import preference_moments
 
     grpo = replace(t, stage=replace(t.stage, stage="grpo"))
-    base, paged = stage_moments(m, grpo, gpu_bytes)
+    base, paged = preference_moments(m, grpo, gpu_bytes)
     copy = feature_copy_bytes(m, t)
     out = [replace(u, components=replace(u.components, weights=u.components.weights + copy)) for u in base]
     loss = next(u.components for u in out if u.moment == LOSS)

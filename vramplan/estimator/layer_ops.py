@@ -22,7 +22,11 @@ Saved-tensor inventory (per decoder layer, T = batch·seq tokens; "rg" = require
 - RoPE: q·cos + rotate_half(q)·sin saves only cos/sin (shared); the result dtype promotes with cos, which
   has the residual stream's dtype (fp32 after kbit prep).
 - SDPA / flash: q, k, v (cast to the autocast dtype: new copies if they were fp32), output, fp32
-  logsumexp (B·heads·S). GQA without a mask uses `enable_gqa` (no repeat). Eager: repeat_kv copies,
+  logsumexp (B·heads·S). GQA without a mask uses `enable_gqa` (no repeat). Flex attention saves the same:
+  transformers compiles it (integrations/flex_attention.py `WrappedFlexAttention`) and the partitioner keeps
+  what torch 2.13's `flex_attention_backward` reads (q, k, v, out, logsumexp; not the eager
+  `FlexAttentionAutogradOp`'s max_scores), plus the BlockMask's int32 block tables (B·⌈S/128⌉², left out);
+  k / v are repeated to every head first when the head count is not a power of two. Eager: repeat_kv copies,
   fp32 softmax output and its cast (B·heads·S² each), output and its transposed contiguous copy.
 - Gated MLP: gate output (SiLU input), SiLU output and up output (saved by the product); fused gate_up
   (Phi-3) keeps the T·2I storage alive through its views; plain MLP saves fc1's output (GELU input).
@@ -44,6 +48,7 @@ Saved-tensor inventory (per decoder layer, T = batch·seq tokens; "rg" = require
 from __future__ import annotations
 
 from vramplan.estimator.linear_ops import linear
+from vramplan.estimator.lora_kernel_ops import kernel_group, kernel_mlp
 from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote
 from vramplan.spec import ModelSpec
 from vramplan.spec.model import GEMMA_NORM
@@ -125,8 +130,10 @@ def _attention(
                 walk.save(walk.new(scores, dtype, True))
         walk.transient(q_cast, k_cast, v_cast, scores_tensor, probs_fp32, probs, out)
         return walk.new(T * m.q_dim, dtype, requires_grad)  # transpose(1, 2).contiguous()
-    if (masked or settings.repeat_kv) and kv_heads != heads:
-        # repeat_kv before SDPA when a mask is passed (sdpa_attention.py), always before transformers 4.54
+    # repeat_kv before SDPA when a mask is passed (sdpa_attention.py), always before transformers 4.54; before
+    # flex attention when the head count is not a power of two (integrations/flex_attention.py: `enable_gqa = False`)
+    repeat = (masked or settings.repeat_kv) if settings.attn != "flex_attention" else heads & (heads - 1) != 0
+    if repeat and kv_heads != heads:
         k_cast = walk.new(T * m.q_dim, dtype, k.requires_grad)
         v_cast = walk.new(T * m.q_dim, dtype, v.requires_grad)
     out = walk.new(T * m.q_dim, dtype, requires_grad)
@@ -163,7 +170,11 @@ def decoder_layer(
     normed_input = norm(walk, settings, m, x, trainable)
     names = {li.name for li in m.linears}
     kv_store = None
-    if "q_proj" in names:
+    kernels = fused_lora(settings, names)
+    if "qkv" in kernels:  # axolotl's LoRA_QKV (lora_kernel_ops.py)
+        outs = [next(li.out_features for li in m.linears if li.name == n) for n in ("q_proj", "k_proj", "v_proj")]
+        q, k, v = kernel_group(walk, settings, normed_input, outs)
+    elif "q_proj" in names:
         q = project(normed_input, "q_proj")
         k = project(normed_input, "k_proj")
         v = project(normed_input, "v_proj")
@@ -180,7 +191,10 @@ def decoder_layer(
         k = norm(walk, settings, m, k, trainable, m.head_dim)
     q, k = _rope(walk, q, residual_dtype, settings.liger), _rope(walk, k, residual_dtype, settings.liger)
     attention_out = _attention(walk, settings, m, q, k, v, kv_store)
-    attention_out = project(attention_out, "o_proj" if "o_proj" in names else "dense")
+    if "o" in kernels:  # axolotl's LoRA_O
+        attention_out = kernel_group(walk, settings, attention_out, [m.hidden_size])[0]
+    else:
+        attention_out = project(attention_out, "o_proj" if "o_proj" in names else "dense")
     if m.norms_per_layer == 4:  # gemma2, gemma3: post_attention_layernorm on the attention output
         attention_out = norm(walk, settings, m, attention_out, trainable)
     if m.parallel_residual:
@@ -212,9 +226,25 @@ def _down(walk: Walk, project, x: SymbolicTensor, name: str) -> SymbolicTensor:
     return out
 
 
+def fused_lora(settings: WalkSettings, names: set[str]) -> frozenset[str]:
+    """The axolotl LoRA kernels that apply: q/k/v when all three carry an adapter, o_proj, the gated MLP when
+    gate, up and down do (monkeypatch/lora_kernels.py `apply_lora_kernel_patches`); attention only where it has
+    separate q, k, v and o projections (`find_self_attn_in_layer`: not Phi-3's fused qkv_proj)."""
+    groups = {"qkv": {"q_proj", "k_proj", "v_proj"}, "o": {"o_proj"}, "mlp": {"gate_proj", "up_proj", "down_proj"}}
+    separate = {"q_proj", "k_proj", "v_proj", "o_proj"} <= names
+    targets = settings.lora_targets
+    return frozenset(
+        k for k in settings.lora_kernels
+        if groups[k] <= targets and groups[k] <= names and (k == "mlp" or separate)
+    )  # fmt: skip
+
+
 def _mlp(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, project) -> SymbolicTensor:
     T, intermediate = settings.T, m.intermediate_size
     walk.mark("mlp")
+    if m.mlp == "gated" and "mlp" in fused_lora(settings, {li.name for li in m.linears}):
+        walk.down_saved = 0  # one Function: everything it saved is freed together after its backward
+        return kernel_mlp(walk, settings, x, intermediate, m.hidden_size)
     if m.mlp == "gated" and settings.liger:
         # Liger-Kernel 0.8.5 ops/swiglu.py LigerSiLUMulFunction: c = empty_like(a); saves a (gate) and b (up),
         # no SiLU output; backward writes the gradients into a and b in place

@@ -119,16 +119,12 @@ def inference_forward_bytes(
     return max(layer, head)
 
 
-def stage_moments(m: ModelSpec, t: TrainSpec, gpu_bytes: int | None = None) -> tuple[tuple[PhaseUsage, ...], int]:
-    """The candidate moments of a step of `t.stage` (SFT's unchanged), and the paged optimizer bytes.
-    `gpu_bytes` sizes a colocated vLLM engine's share."""
+def preference_moments(m: ModelSpec, t: TrainSpec, gpu_bytes: int | None = None) -> tuple[tuple[PhaseUsage, ...], int]:
+    """The candidate moments of a preference / RL step of `t.stage` but EBFT's (SFT's unchanged), and the paged
+    optimizer bytes. `gpu_bytes` sizes a colocated vLLM engine's share."""
     st = t.stage
     if st.is_sft:
         return moments(m, t)
-    if st.stage == "ebft":
-        from vramplan.estimator.ebft import ebft_moments
-
-        return ebft_moments(m, t, gpu_bytes)
     sequences = t.batch * (2 if st.paired else 1)
     policy = replace(t, batch=sequences, stage=SFT)
     base, paged = moments(m, policy)

@@ -128,6 +128,7 @@ class WalkSettings:
     repeat_kv: bool = False  # SDPA gets k/v repeated to every head even without a mask (transformers < 4.54)
     matmul4bit_keeps_input: bool = False  # MatMul4Bit's ctx.tensors = (A, B) (bitsandbytes < 0.44)
     bnb_compute_from_input: bool = False  # Linear4bit computes in its input's dtype when fp32/bf16 (bnb < 0.47)
+    lora_kernels: frozenset[str] = frozenset()  # axolotl's fused LoRA Functions: "qkv", "o", "mlp"
 
 
 def effective_attn(m: ModelSpec, t: TrainSpec) -> str:
@@ -142,6 +143,8 @@ def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
     kv_length < window; full-attention layers run SDPA causal without one). Mistral / Mixtral slide every
     layer; Gemma 3 its `sliding_attention` layers (modeling_gemma3.py `causal_mask_mapping`)."""
     n = m.num_hidden_layers
+    if effective_attn(m, t) == "flex_attention":  # causal, sliding and packed masks are BlockMasks (block tables)
+        return (False,) * n
     if t.packing and effective_attn(m, t) == "sdpa":
         # packed rows (position_ids restarting inside a row): `find_packed_sequence_indices` turns the causal
         # skip off and SDPA gets the block-diagonal B·1·S·S mask (masking_utils.py `_preprocess_mask_arguments`)
@@ -182,4 +185,5 @@ def walk_settings(m: ModelSpec, t: TrainSpec) -> WalkSettings:
         repeat_kv=t.stack.sdpa_repeats_kv,
         matmul4bit_keeps_input=t.stack.matmul4bit_keeps_input,
         bnb_compute_from_input=t.stack.bnb_compute_from_input,
+        lora_kernels=frozenset(t.lora_kernels),
     )

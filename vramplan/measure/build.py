@@ -97,6 +97,13 @@ def bnb_config(t: TrainSpec):
 def attn_implementation(t: TrainSpec, device: str) -> tuple[str, str | None]:
     """`t.attn`, except flash_attention_2 off CUDA (or without flash-attn): SDPA's flash kernel saves the
     same."""
+    if t.attn == "flex_attention" and device != "cuda":
+        # torch 2.13 refuses flex attention's backward on CPU (nn/attention/flex_attention.py `_validate_device`)
+        return (
+            "sdpa",
+            "flex_attention traced as SDPA (its compiled graph saves q, k, v, output, logsumexp; k/v are repeated "
+            "to every head first when the head count is not a power of two)",
+        )
     if t.attn != "flash_attention_2":
         return t.attn, None
     if device == "cuda":

@@ -149,6 +149,16 @@ def loss_function(
         from vramplan.measure.liger import apply_liger_stand_ins
 
         apply_liger_stand_ins(built.causal_lm, tracker)
+    if t.lora_kernels:
+        from vramplan.measure.lora_kernels import STAND_IN_TYPES, apply_lora_kernel_stand_ins
+
+        if built.causal_lm.config.model_type not in STAND_IN_TYPES:
+            raise VramplanError(
+                f"--lora-kernels is traced with stand-ins of Llama-shaped attention ({', '.join(STAND_IN_TYPES)}); "
+                f"{built.causal_lm.config.model_type} is estimated from axolotl's source only: measure without it"
+            )
+
+        apply_lora_kernel_stand_ins(built.causal_lm, t.lora_kernels, tracker)
     if t.loss == "hf":
         if t.packing:
 

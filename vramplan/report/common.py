@@ -188,7 +188,12 @@ def train_title(b: Any) -> str:
 def recipe_line(t: Any) -> str:
     """`recipe: trl 1.16.0 · loss trl-chunked · gradient checkpointing`: whose defaults the step follows."""
     ckpt = "gradient checkpointing" if t.grad_ckpt else "no checkpointing"
-    return f"recipe: {t.recipe} · loss {t.loss} · {ckpt}" + (" · packed" if t.packing else "")
+    kernels = getattr(t, "lora_kernels", ())
+    return (
+        f"recipe: {t.recipe} · loss {t.loss} · {ckpt}"
+        + (" · packed" if t.packing else "")
+        + (f" · LoRA kernels {','.join(kernels)}" if kernels else "")
+    )
 
 
 def stack_line(t: Any) -> str:

@@ -79,6 +79,10 @@ def plan_inputs(model: str | None, files: Sequence[str], flags: Mapping[str, Any
         settings["lora_target"] = "all-linear"  # PEFT saves all-linear as the list of every Linear
     recipe = _apply_recipe(settings, sources, read, typed)
     unmodeled = [u for fs in (*read, quant) for u in fs.not_modeled if u.affects not in typed]
+    # a difference only a model with grouped-query attention / experts has, on a model without them
+    has = {"gqa": spec.num_key_value_heads != spec.num_attention_heads, "moe": spec.num_local_experts > 0}
+    moot = [u for u in unmodeled if u.when and not has[u.when]]
+    unmodeled = [u for u in unmodeled if u not in moot]
     if mc.prequantized and "quant" not in typed:  # a GPTQ/AWQ/bnb copy resolved offline to a built-in profile
         if assumed_from_name(mc.prequantized) is not None:  # the format its name implies (said by resolve_train)
             settings["checkpoint_name"], sources["checkpoint_name"] = mc.prequantized, f"name:{mc.name}"
@@ -89,7 +93,9 @@ def plan_inputs(model: str | None, files: Sequence[str], flags: Mapping[str, Any
     parallel: dict[str, Any] = {}
     for fs in read:
         parallel.update(fs.parallel)
-    notes = tuple(dict.fromkeys(n for fs in read for n in fs.notes))
+    why = {"gqa": "no grouped-query attention: k/v not repeated", "moe": "no experts: nothing swapped"}
+    moot_notes = [f"{u.key}={u.value}: no memory change on {spec.name} ({why[u.when]})" for u in moot]
+    notes = tuple(dict.fromkeys([*(n for fs in read for n in fs.notes), *moot_notes]))
     return Plan(spec, settings, sources, tuple(dict.fromkeys(unmodeled)), mc.origin, recipe, parallel, notes)
 
 

@@ -14,14 +14,14 @@ Method = Literal["full", "lora", "qlora", "freeze"]
 Dtype = Literal["bf16", "fp16", "fp32"]
 MixedPrecision = Literal["bf16", "fp16", "no"]
 Quant = Literal["none", "nf4", "fp4", "int8"]
-Attn = Literal["eager", "sdpa", "flash_attention_2"]
+Attn = Literal["eager", "sdpa", "flash_attention_2", "flex_attention"]
 
 DTYPE_BYTES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 METHODS: tuple[str, ...] = ("full", "lora", "qlora", "freeze")
 DTYPES: tuple[str, ...] = ("bf16", "fp16", "fp32")
 MIXED: tuple[str, ...] = ("bf16", "fp16", "no")
 QUANTS: tuple[str, ...] = ("none", "nf4", "fp4", "int8")
-ATTNS: tuple[str, ...] = ("eager", "sdpa", "flash_attention_2")
+ATTNS: tuple[str, ...] = ("eager", "sdpa", "flash_attention_2", "flex_attention")
 
 # Families whose decoder layer is Llama-shaped (separate q/k/v/o, gated MLP, RMSNorm).
 LLAMA_LIKE = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "mixtral", "phi3"})

@@ -18,7 +18,8 @@ Each default is read from the framework's code (file and version cited on the ru
   dropout 0, target all, gradient checkpointing on (model/model_utils/checkpointing.py), no
   `prepare_model_for_kbit_training`, the HF loss, no packing (data_args.py `packing` None = off for sft).
 - `axolotl`: axolotl (commit 067b021, utils/schemas/*.py): lora_dropout 0, gradient checkpointing off, the HF
-  loss, `sample_packing` off.
+  loss, `sample_packing` off; LoRA / QLoRA through its fused LoRA kernels (`check_auto_enable_lora_kernels`
+  turns lora_qkv_kernel, lora_o_kernel and lora_mlp_kernel on unless the file sets one of them).
 - `unsloth`: `FastLanguageModel.get_peft_model` defaults (r=16, lora_alpha=16, dropout 0, the seven
   projections) with `use_gradient_checkpointing="unsloth"`, estimated as gradient checkpointing on the GPU;
   its own kernels and loss are not modelled (said in the output).
@@ -136,7 +137,11 @@ def _llamafactory(version: tuple[int, ...], method: str) -> tuple[dict[str, Any]
 
 
 def _axolotl(version: tuple[int, ...], method: str) -> tuple[dict[str, Any], list[str]]:
-    return {"loss": "hf", "lora_dropout": 0.0, "grad_ckpt": False, "packing": False}, []
+    settings: dict[str, Any] = {"loss": "hf", "lora_dropout": 0.0, "grad_ckpt": False, "packing": False}
+    if method in ("lora", "qlora"):
+        # utils/schemas/config.py `check_auto_enable_lora_kernels`: lora_{qkv,o,mlp}_kernel on when unset
+        settings["lora_kernels"] = "qkv,o,mlp"
+    return settings, []
 
 
 def _unsloth(version: tuple[int, ...], method: str) -> tuple[dict[str, Any], list[str]]:

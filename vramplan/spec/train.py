@@ -140,6 +140,9 @@ class TrainSpec:
     # format, read from the checkpoint's quantization_config (spec/prequantized_base.py); `quant` is then "none"
     checkpoint: CheckpointQuant | None = None
     stack: Stack = DEFAULT_STACK  # the library versions modelled and their rules (spec/stack.py)
+    # axolotl's fused LoRA autograd Functions in place of PEFT's per-linear branches: "qkv", "o", "mlp"
+    # (axolotl kernels/lora.py; vramplan/estimator/lora_kernel_ops.py)
+    lora_kernels: tuple[str, ...] = ()
 
     @property
     def uses_lora(self) -> bool:
@@ -228,6 +231,7 @@ def resolve_train(
     liger_kernels: bool = False,
     optim_rank: int | None = None,
     activation_offload: str = "none",
+    lora_kernels: str | None = None,
     peft: str | None = None,
     num_virtual_tokens: int | None = None,
     block_size: int | None = None,
@@ -389,6 +393,7 @@ def resolve_train(
             f"(layers of {model.name}), got {freeze_trainable_layers!r}"
         )
     loss = stage_loss(loss, stage, set(explicit), str(recipe), notes)
+    kernels = _lora_kernels(lora_kernels, method, dora, peft_method.name, notes)
     stage_spec, stage_notes = resolve_stage(uses_lora=method in ("lora", "qlora"), **stage)
     notes += stage_notes
     return TrainSpec(
@@ -428,4 +433,28 @@ def resolve_train(
         checkpoint=checkpoint,
         activation_offload=activation_offload,
         stack=stack,
+        lora_kernels=kernels,
     )
+
+
+LORA_KERNELS: tuple[str, ...] = ("qkv", "o", "mlp")
+
+
+def _lora_kernels(text: str | None, method: str, dora: bool, peft: str, notes: list[str]) -> tuple[str, ...]:
+    """`--lora-kernels qkv,o,mlp` (axolotl's lora_qkv_kernel / lora_o_kernel / lora_mlp_kernel): the fused
+    Functions replace PEFT's LoRA branches of LoRA runs; DoRA through them is estimated as PEFT's DoRA."""
+    from vramplan.errors import did_you_mean
+
+    names = [n.strip().lower() for n in str(text or "").split(",") if n.strip() and n.strip().lower() != "none"]
+    for name in names:
+        if name not in LORA_KERNELS:
+            raise did_you_mean(name, LORA_KERNELS, "--lora-kernels value")
+    if not names:
+        return ()
+    if method not in ("lora", "qlora") or peft != "lora":
+        notes.append("--lora-kernels fuses LoRA branches: ignored without LoRA")
+        return ()
+    if dora:
+        notes.append("--lora-kernels with DoRA: estimated as PEFT's DoRA (the kernels' DoRA path not modelled)")
+        return ()
+    return tuple(n for n in LORA_KERNELS if n in names)

@@ -9,12 +9,39 @@ from vramplan.errors import VramplanError
 from vramplan.sources.configs.reader import FileSettings, Reader, Unmodeled, is_set, shown_value
 from vramplan.sources.configs.stages import read_axolotl_stage
 
-_AX_ATTN = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash_attention_2"}
+_AX_ATTN = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "flash_attention_2",
+            "flex_attention": "flex_attention"}  # fmt: skip
+# Kernels that save what flash-attention 2 saves (q, k, v, output, fp32 logsumexp B·heads·S): FlashAttention-3,
+# also as the kernels-hub builds transformers routes through `flash_attention_forward` (transformers 5.24
+# integrations/hub_kernels.py `load_and_register_attn_kernel`: a kernel with `flash_attn_varlen_func`);
+# FA3's FlashAttnFunc / FlashAttnVarlenFunc save (q, k, v, out, softmax_lse) (vllm-project/flash-attention
+# @0f2287f hopper/flash_attn_interface.py, the source of kernels-community/vllm-flash-attn3)
+_FLASH_LIKE = ("flash_attention_3", "kernels-community/vllm-flash-attn3", "kernels-community/flash-attn3",
+               "kernels-community/flash-attn")  # fmt: skip
+
+
+def _attention(r: Reader, impl: str, key: str) -> None:
+    """axolotl's `attn_implementation` (loaders/patch_manager.py). xformers (monkeypatch/attention/xformers.py,
+    axolotl 067b021) runs `memory_efficient_attention`, which saves q, k, v, output and logsumexp as
+    flash-attention does, but in training first repeats k / v to every query head (`expand` + `reshape`: a
+    copy): the same as flash-attention on a model without grouped-query attention, listed on one with it."""
+    if impl in _AX_ATTN:
+        r.set("attn", _AX_ATTN[impl])
+        return
+    r.set("attn", "flash_attention_2")
+    if impl in _FLASH_LIKE:
+        r.notes.append(f"{key}={impl}: saves what flash_attention_2 saves (q, k, v, output, logsumexp)")
+    elif impl == "xformers":
+        note = "estimated as flash_attention_2; k/v repeated to every query head in training not modeled"
+        r.unmodeled.append(Unmodeled(key, impl, note, "attn", when="gqa"))
+    else:
+        r.skip(key, "estimated as flash_attention_2 (no S×S scores)", "attn")
+
+
 _AX_UNMODELED = (
     "neftune_noise_alpha", "torch_compile", "layer_offloading", "relora",
-    "s2_attention", "unfrozen_parameters", "peft_layers_to_transform",
-    "unsloth_lora_mlp", "unsloth_lora_qkv", "unsloth_lora_o", "unsloth_cross_entropy_loss", "lora_mlp_kernel",
-    "lora_qkv_kernel", "lora_o_kernel", "chunked_cross_entropy",
+    "s2_attention", "peft_layers_to_transform",
+    "unsloth_lora_mlp", "unsloth_lora_qkv", "unsloth_lora_o", "unsloth_cross_entropy_loss", "chunked_cross_entropy",
     "flash_attn_cross_entropy", "fp8",
 )  # fmt: skip
 
@@ -39,8 +66,77 @@ def _plugins(r: Reader, data: Mapping[str, Any]) -> None:
         r.set("liger_kernels", True)  # RMSNorm, SwiGLU, RoPE as one setting (spec TrainSpec.liger_kernels)
     known = ("CutCrossEntropy", "liger")
     for name in names:
-        if not any(k in name for k in known):
+        if any(k in name for k in known):
+            continue
+        if "SwanLab" in name:  # integrations/swanlab: metrics, timers and completions the trainer already made
+            r.notes.append(f"plugins: {name}: logging and timing callbacks, no memory change")
+        elif name.endswith("kernels.KernelsPlugin"):
+            # integrations/kernels: swaps the MoE experts' forward (ScatterMoE / SonicMoE); a dense model has none
+            note = "MoE expert kernels (ScatterMoE / SonicMoE): the experts estimated with transformers' forward"
+            r.unmodeled.append(Unmodeled("plugins", shown_value(name), note, when="moe"))
+        elif name.endswith("diffusion.DiffusionPlugin"):
+            # integrations/diffusion/trainer.py: a bidirectional B·1·S·S mask (utils.py
+            # `create_bidirectional_attention_mask`) passed to the model, the loss over the masked positions
+            note = "masked-diffusion training with a bidirectional B·1·S·S mask: estimated as causal SFT"
+            r.unmodeled.append(Unmodeled("plugins", shown_value(name), note))
+        else:
             r.unmodeled.append(Unmodeled("plugins", shown_value(name)))
+
+
+_KERNEL_KEYS = (("lora_qkv_kernel", "qkv"), ("lora_o_kernel", "o"), ("lora_mlp_kernel", "mlp"))
+
+
+def _lora_kernels(r: Reader, data: Mapping[str, Any], adapter: str, int8: bool) -> None:
+    """axolotl's fused LoRA kernels (kernels/lora.py): the keys the file sets; when it sets none, axolotl turns
+    all three on for LoRA / QLoRA (utils/schemas/config.py `check_auto_enable_lora_kernels`) except for RL
+    trainers, LoRA on an 8-bit base, trust_remote_code and FSDP1 (`fsdp_config` without fsdp_version 2); the
+    axolotl recipe holds that default (spec/recipe.py)."""
+    if any(r.has(key) for key, _ in _KERNEL_KEYS):
+        r.set("lora_kernels", ",".join(name for key, name in _KERNEL_KEYS if r.has(key) and r.typed(key, bool)))
+        return
+    fsdp1 = is_set(data.get("fsdp_config")) and str(data.get("fsdp_version")) != "2"
+    if adapter in ("lora", "qlora") and (is_set(data.get("rl")) or (adapter == "lora" and int8) or fsdp1
+                                         or is_set(data.get("trust_remote_code"))):  # fmt: skip
+        r.default("lora_kernels", "")
+
+
+def _unfrozen_parameters(r: Reader, data: Mapping[str, Any], adapter: str) -> None:
+    """`unfrozen_parameters` (utils/freeze.py `freeze_layers_except`, called in train.py after the model is
+    loaded, adapter applied): every parameter is frozen but those whose name `re.match`es a pattern (its dots
+    made literal). Under an adapter the names start with PEFT's `base_model.model.`, so a pattern anchored on
+    `model.` or `lm_head` matches nothing there: the adapters freeze too."""
+    import re
+
+    patterns = data.get("unfrozen_parameters")
+    if not is_set(patterns):
+        return
+    patterns = patterns if isinstance(patterns, list) else [patterns]
+    if adapter in ("lora", "qlora"):
+        compiled = [re.sub(r"\.(?!\+)", "\\.", re.sub(r"\[[0-9]*(:[0-9]*)?\]$", "", str(p))) for p in patterns]
+        if not any(_may_match(c) for c in compiled):
+            note = ("matches no name of the PEFT model (base_model.model....): axolotl freezes every parameter, "
+                    "the adapters too; estimated with the adapters trainable")  # fmt: skip
+            r.skip("unfrozen_parameters", note)
+            return
+    r.skip("unfrozen_parameters", "trainable parameters chosen by name: estimated with the method's own")
+
+
+# names a PEFT-wrapped causal LM's parameters take (the text model's, a VLM's language model's)
+_PEFT_NAMES = (
+    "base_model.model.lm_head.weight",
+    *(f"base_model.model.{prefix}{rest}" for prefix in ("model.", "model.language_model.")
+      for rest in ("layers.0.self_attn.q_proj.lora_A.default.weight", "layers.0.mlp.down_proj.base_layer.weight",
+                   "embed_tokens.weight", "norm.weight")),
+)  # fmt: skip
+
+
+def _may_match(pattern: str) -> bool:
+    import re
+
+    try:
+        return any(re.match(pattern, name) for name in _PEFT_NAMES)
+    except re.error:
+        return True
 
 
 def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
@@ -114,10 +210,7 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
     if impl is None and is_set(data.get("xformers_attention")):
         impl = "xformers"
     if impl is not None:
-        if impl not in _AX_ATTN:
-            key = "attn_implementation" if r.has("attn_implementation") else "xformers_attention"
-            r.skip(key, "estimated as flash_attention_2 (no S×S scores)", "attn")
-        r.set("attn", _AX_ATTN.get(str(impl), "flash_attention_2"))
+        _attention(r, str(impl), "attn_implementation" if r.has("attn_implementation") else "xformers_attention")
     bf16 = data.get("bf16", "auto")
     fp16, bfloat16, float16 = (r.has(k) and r.typed(k, bool) for k in ("fp16", "bfloat16", "float16"))
     if bfloat16 or float16:  # "no AMP": weights in that dtype, no autocast
@@ -130,6 +223,8 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
     elif bf16 is False:
         r.set("dtype", "fp16" if b8 else "fp32")
         r.set("mixed_precision", "no")
+    _lora_kernels(r, data, adapter, b8)
+    _unfrozen_parameters(r, data, adapter)
     read_axolotl_stage(r, data)
     r.distributed()
     r.skip_ifis_set(_AX_UNMODELED)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from vramplan.sources.configs.reader import FileSettings, Reader, is_set, shown_value
+from vramplan.sources.configs.reader import FileSettings, Reader, Unmodeled, is_set, shown_value
 
 _V1_ATTN = {"sdpa": "sdpa", "eager": "eager", "flash_attention_2": "flash_attention_2", "fa2": "flash_attention_2"}
 _V1_UNMODELED = ("cp_size", "ep_size")  # context / expert parallelism, above 1
@@ -21,6 +21,49 @@ _V1_UNMODELED = ("cp_size", "ep_size")  # context / expert parallelism, above 1
 def _plugin(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     value = data.get(key)
     return value if isinstance(value, Mapping) else {}
+
+
+# LLaMA-Factory v1 applies Liger only to these model types (kernels/liger_kernel_ops.py _LIGER_FN_BY_MODEL_TYPE)
+_LIGER_MODELS = ("qwen3",)
+
+
+def _kernels(r: Reader, kernels: Mapping[str, Any], model: str) -> None:
+    """`kernel_config: {name: ...}` (plugins/model_plugins/kernels/interface.py `apply_kernels`, comma-separated
+    names): `auto` applies the NPU kernels only (`_AUTO_KERNELS` has no CUDA entry): nothing on a GPU;
+    `liger_kernel` calls `apply_liger_kernel_to_<qwen3...>` with its defaults (RoPE, RMSNorm, SwiGLU, fused
+    linear cross-entropy) on Qwen3 / Qwen3.5 types and leaves other models alone."""
+    if not kernels:
+        return
+    names = [n.strip() for n in str(kernels.get("name") or "").split(",") if n.strip()]
+    for name in names:
+        if name == "auto":
+            r.notes.append("kernel_config name auto: LLaMA-Factory v1's automatic kernels are NPU ones, none on a GPU")
+        elif name == "liger_kernel" and any(k in model.lower() for k in _LIGER_MODELS):
+            r.set("liger_kernels", True)
+            if not kernels.get("require_logits"):
+                r.set("loss", "liger")
+        elif name == "liger_kernel":
+            r.notes.append(f"kernel_config name liger_kernel: LLaMA-Factory v1 applies it to Qwen3 types only, "
+                           f"not {model or 'this model'}")  # fmt: skip
+        else:
+            r.unmodeled.append(Unmodeled("kernel_config", name, "estimated as the unfused ops"))
+
+
+def _batching(r: Reader, strategy: str) -> None:
+    """`batching_strategy` (plugins/trainer_plugins/batching.py): padding_free packs micro_batch_size samples,
+    each cut to cutoff_len, into one row with position_ids (`_pack_padding_free_samples`); dynamic_padding_free
+    packs up to micro_batch_size × cutoff_len tokens into one row; dynamic_batching pads rows within that token
+    budget. Each holds at most micro_batch_size × cutoff_len tokens: the estimate's batch × seq."""
+    if strategy in ("padding_free", "dynamic_padding_free"):
+        r.set("packing", True)
+        if r.settings.get("attn", "sdpa") == "sdpa" and r.settings.get("batch", 1) > 1:
+            note = "SDPA's packed-sequence mask covers the one row of batch × seq tokens: estimated per sample"
+            r.unmodeled.append(Unmodeled("batching_strategy", strategy, note))
+    elif strategy == "dynamic_batching":
+        r.notes.append("batching_strategy=dynamic_batching: padded rows within micro_batch_size × cutoff_len "
+                       "tokens, estimated at that budget (the worst case)")  # fmt: skip
+    elif strategy != "normal":
+        r.skip("batching_strategy", "estimated padded to cutoff_len")
 
 
 def read_llamafactory_v1(data: Mapping[str, Any], path: str) -> FileSettings:
@@ -86,18 +129,23 @@ def read_llamafactory_v1(data: Mapping[str, Any], path: str) -> FileSettings:
             r.notes += d.notes
     elif engine:
         r.skip("dist_config", f"{engine} not planned: pass --strategy", "strategy")
-    kernels = _plugin(data, "kernel_config")
-    if kernels:
-        r.skip("kernel_config", "fused kernels estimated as the unfused ops")
-    strategy = str(data.get("batching_strategy") or "normal")
-    if strategy != "normal":
-        r.skip("batching_strategy", "estimated padded to cutoff_len")
+    _kernels(r, _plugin(data, "kernel_config"), str(data.get("model") or ""))
+    _batching(r, str(data.get("batching_strategy") or "normal"))
     dataset = str(data.get("train_dataset") or "")
     if "dpo" in dataset.lower():
-        r.skip("train_dataset", "preference pairs estimated as SFT")
+        # v1 picks the trainer by command (launcher.py `llamafactory-cli dpo` -> trainers/dpo_trainer.py); a
+        # preference dataset means that command. DPOTrainer: pref_loss sigmoid (a reference: the adapter
+        # disabled under LoRA, a deep copy otherwise, `_init_ref_model`), orpo / simpo (none); the logits are
+        # materialized (`_extract_chosen_rejected_logps`)
+        loss = str(data.get("pref_loss") or "sigmoid").lower()
+        r.set("stage", {"orpo": "orpo", "simpo": "simpo"}.get(loss, "dpo"))
+        r.set("fused_lm_head", False)
+        r.copy("pref_beta", "pref_beta", float)
+        r.notes.append(f"train_dataset={dataset}: preference pairs, run as `llamafactory-cli dpo`")
     for key in _V1_UNMODELED:
         if r.has(key) and str(data[key]) not in ("1", "None"):
-            r.skip(key, "estimated without context / expert parallelism")
+            what = "sequence split across ranks" if key == "cp_size" else "experts split across ranks"
+            r.skip(key, f"{what}: estimated whole on one GPU (an upper bound)")
     if _plugin(data, "init_config"):
         r.notes.append(
             f"init_config={shown_value(data['init_config'])}: how weights are loaded, no memory change in training"

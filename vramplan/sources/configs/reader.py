@@ -26,6 +26,9 @@ class Unmodeled:
     value: str
     note: str = ""
     affects: str = ""
+    # "gqa" / "moe": not modelled only on a model with grouped-query attention (fewer k/v heads than query
+    # heads) / with experts; on another model the entry becomes a note (vramplan.sources.inputs.plan_inputs)
+    when: str = ""
 
     def __str__(self) -> str:
         return f"{self.key}={self.value}" + (f" ({self.note})" if self.note else "")
@@ -46,6 +49,23 @@ class FileSettings:
     # deepspeed / fsdp / accelerate settings, and the warnings reading them gave
     parallel: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+
+
+# What is known of a key the estimate does not model, said with it (`Reader.skip_ifis_set`).
+KNOWN_NOTES = {
+    # HF Trainer `torch_compile` compiles the model; inductor partitions the joint graph with AOTAutograd's
+    # min-cut rematerialization (recomputes pointwise ops in backward), so the eager estimate bounds the saved
+    # activations from above; traced (backend aot_eager_decomp_partition, tests/estimator/test_torch_compile.py)
+    "torch_compile": "estimated eager, an upper bound on activations: compiled, a small Llama saved about two "
+    "thirds of eager's (LoRA and full)",
+    # monkeypatch/relora.py (axolotl 067b021) `merge_and_save`: on a quantized base, per target the fp32
+    # delta B·A and the merged weight on the GPU (unless relora_cpu_offload), between steps
+    "relora": "the step estimated as LoRA; the merge every relora_steps (a weight-sized fp32 delta and merged "
+    "weight per target) not modeled",
+    "use_asft_loss": "ASFT: a second frozen model and its b·s·vocab logits not counted",
+    "mixture_of_depths": "MoD: layers converted to mixture-of-depths, estimated as the dense model",
+    "fp8": "torchao float8 linears: estimated in the bf16 / fp16 dtype",
+}
 
 
 def shown_value(value: Any) -> str:
@@ -119,7 +139,7 @@ class Reader:
     def skip_ifis_set(self, keys: Sequence[str]) -> None:
         for key in keys:
             if is_set(self.data.get(key)):
-                self.skip(key)
+                self.skip(key, KNOWN_NOTES.get(key, ""))
 
     def distributed(self, fsdp_config_alone: bool = True) -> None:
         """The file's `deepspeed:` and `fsdp` / `fsdp_config` keys (sources/configs/deepspeed.py); a DeepSpeed
