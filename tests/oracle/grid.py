@@ -76,6 +76,7 @@ FAMILIES = [
     "gemma3_text",
     "phi3",
     "mixtral",
+    "qwen3_moe",
     "gpt_neox",
     "bloom",
     "phi",
@@ -94,7 +95,7 @@ FAMILY_CASES = {
     "qlora": {"method": "qlora"},
     "qlora-no-ckpt": {"method": "qlora", "grad_ckpt": False},
 }
-FAMILY_GRID = ("gemma3_text",)
+FAMILY_GRID = ("gemma3_text", "qwen3_moe")
 
 # Full-size simulations (meta / fake tensors; bitsandbytes runs on meta), (model, device, estimate options)
 FULL_SIZE = {

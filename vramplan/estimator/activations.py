@@ -228,6 +228,17 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         mlp_intermediates = 1  # Liger's SwiGLU backward writes both operands' gradients into the saved a and b
 
     workspace = mlp_intermediates * tokens * m.intermediate_size * mlp_elem_bytes + hidden
+    if m.mlp == "moe":
+        # the experts' tensors are in the expert weights' dtype (grouped_mm casts to it); the MoE backward's
+        # largest moment is either the first node, the inverse-permutation index (the S·H gradient of the
+        # weighted output and index_put's S·H zeros, with every saved tensor still alive: `down_saved` is 0),
+        # or the grouped matmuls' 3·S·I (layer_ops._moe)
+        pairs = tokens * m.num_experts_per_tok
+        expert_bytes = BYTES[settings.norm_dtype]
+        workspace = hidden + pairs * expert_bytes * max(3 * m.intermediate_size, 2 * m.hidden_size)
+        if autocast_dtype and expert_bytes < 4:
+            # CUDA autocast runs the final `sum` over k in fp32: its T·H fp32 gradient is alive there too
+            workspace += tokens * m.hidden_size * 4
     largest_target = max((li.weight_params for li in m.linears if li.name in settings.lora_targets), default=0)
     return ActivationBytes(
         saved=saved,

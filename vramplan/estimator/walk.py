@@ -15,7 +15,7 @@ from vramplan.estimator.adapters import adapter_dtype
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
 from vramplan.spec.prequantized_base import training_kernel
 
-BYTES = {**DTYPE_BYTES, "bool": 1}  # the walk also holds bool masks
+BYTES = {**DTYPE_BYTES, "bool": 1, "int32": 4, "int64": 8}  # the walk also holds bool masks and index tensors
 
 
 def promote(a: str, b: str) -> str:
