@@ -26,14 +26,6 @@ FAMILY_GAPS: dict[tuple[str, str], str] = {
     ("gemma3_text", "full-ckpt"): "checkpointed Gemma 3 layer: estimated peak at the recompute, traced at the "
     "layer's backward (activations +17 %, temporaries -82 %; phase total within 3 %)",
     ("gemma3_text", "qlora"): "checkpointed Gemma 3 layer recompute runs past the MLP: backward activations -7.0 %",
-    # The estimate's bottom-layer recompute (its largest in-layer transient: the MoE's unsaved weighted output,
-    # its reordered copy and the residual) outgrows its MoE backward; the trace's recompute stops early, at
-    # the inverse-permutation index (the layer's last saved tensor), before the reordered copy exists, so its
-    # peak is the MoE backward (the gradients of the weighted output, index_put's zeros, the fp32 sum's
-    # gradient). Traced 2 × 64 tokens: est. recompute 555,040 B vs traced recompute 533,568 B; backward phase
-    # total +0.77 % (activations +78,336 B, temporaries -65,536 B: the moments differ).
-    ("qwen3_moe", "full-ckpt"): "checkpointed Qwen3-MoE layer: estimated peak at the recompute, traced at the MoE "
-    "backward (phase total +0.8 %, activations +18 %, temporaries -57 %)",
 }
 
 
@@ -68,5 +60,10 @@ def test_family_grid(family, case):
     from tests.conftest import TINY_CONFIGS
 
     m = model_spec_from_config(TINY_CONFIGS[family], family)
-    t = resolve_train(m, **{**BASE, "seq": 64, **FAMILY_CASES[case]})
+    settings = {**BASE, "seq": 64, **FAMILY_CASES[case]}
+    if m.moe_params and settings["method"] == "qlora":
+        # LoRA on the fp32 (kbit prep) experts fails in PEFT's forward (the estimate says so in a note): the
+        # attention, as users must
+        settings["lora_target"] = "attn"
+    t = resolve_train(m, **settings)
     check(m, t, "cpu")

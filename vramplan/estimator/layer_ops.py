@@ -301,11 +301,25 @@ def _moe(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, tr
     pairs = T * top_k
     param_dtype = settings.norm_dtype  # router and expert tensors: the load dtype, fp32 after kbit prep
     autocast_dtype = settings.autocast_dtype
-    expert_lora = bool(settings.lora_targets & {"w1", "w3", "w2"})
+    expert_names = {name for p in m.moe_params if len(p.shape) == 3 for name in p.peft_names}
+    expert_lora = bool(settings.lora_targets & expert_names)
     experts_grad = trainable or expert_lora
     router_grad = trainable or "gate" in settings.lora_targets
     routed_grad = x.requires_grad or router_grad  # the routing weights need a gradient
     grad = x.requires_grad or experts_grad or routed_grad
+    # LoRA on the router / experts (PEFT lora.ParamWrapper, a parametrization: W + s·BA materialised per
+    # forward, peft/tuners/lora/layer.py 0.21.2): the merged weight in the compute dtype, saved by F.linear /
+    # grouped_mm (and referenced while the block runs, under checkpointing too), and the adapter factors'
+    # autocast casts, saved by the baddbmm (router: the matmul) that builds the delta; per layer, not per token
+    compute_bytes = BYTES[autocast_dtype or param_dtype]
+    casts = BYTES[autocast_dtype] if autocast_dtype and autocast_dtype != settings.adapter_dtype else 0
+    merged = 0
+    for p in m.moe_params:
+        if settings.lora_targets & set(p.peft_names):
+            rank = settings.lora_rank * len(p.peft_names)
+            merged += p.params * compute_bytes
+            factors = p.experts * rank * (p.in_features + p.out_features)
+            walk.per_layer_saved += p.params * compute_bytes + casts * factors
     # ---- router
     x_router = walk.cast(x, autocast_dtype) if autocast_dtype else x
     logits = walk.new(T * experts, autocast_dtype or x.dtype, routed_grad)
@@ -313,14 +327,14 @@ def _moe(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, tr
         walk.save(x_router)
     if x.requires_grad and autocast_dtype and param_dtype != autocast_dtype:
         walk.per_layer_saved += experts * hidden * BYTES[autocast_dtype]  # the weight's autocast cast
-    walk.transient(x, x_router, logits)
+    walk.transient(x, x_router, logits, extra_ref=merged)
     logits_fp32 = walk.cast(logits, "fp32") if m.model_type == "mixtral" else logits
     probs = walk.new(T * experts, "fp32", routed_grad)
     indices = walk.new(T * top_k, "int64", False)
     top_values = walk.new(T * top_k, "fp32", routed_grad)
     if routed_grad:
         walk.save(probs, indices)
-    walk.transient(x, logits, logits_fp32, probs, indices, top_values)
+    walk.transient(x, logits, logits_fp32, probs, indices, top_values, extra_ref=merged)
     if m.model_type == "mixtral" or m.config.get("norm_topk_prob", False):
         normalised = walk.new(T * top_k, "fp32", routed_grad)
         if routed_grad:
@@ -338,42 +352,49 @@ def _moe(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, tr
         walk.save(perm)
     if grad:
         walk.per_layer_saved += experts * BYTES["int32"]  # the offsets, saved by both grouped matmuls
-    walk.transient(scores, expert_ids, perm, token_index, gathered, pair_weights)
-    walk.pinned.update({pair_weights.id: pair_weights.nbytes, perm.id: perm.nbytes})
+    walk.transient(scores, expert_ids, perm, token_index, gathered, pair_weights, extra_ref=merged)
+    # the experts function's locals, referenced until it returns (under checkpointing too): the sorted ids,
+    # perm, the gathered input, the pair weights, the histc input (S fp32 on CPU, int32 on CUDA)
+    histc_input = walk.new(pairs, "int32", False)
+    locals_kept = (expert_ids, perm, gathered, pair_weights, histc_input)
+    walk.pinned.update({tensor.id: tensor.nbytes for tensor in locals_kept})
     mm_input = walk.cast(gathered, param_dtype)
     gate_up = walk.new(pairs * 2 * intermediate, param_dtype, x.requires_grad or experts_grad)
     if experts_grad:
         walk.save(mm_input)
-    walk.transient(gathered, mm_input, gate_up)
+    walk.transient(gathered, mm_input, gate_up, extra_ref=merged)
     activated = walk.new(pairs * intermediate, param_dtype, gate_up.requires_grad)
     product = walk.new(pairs * intermediate, param_dtype, gate_up.requires_grad)
     if gate_up.requires_grad:
         walk.save(gate_up, activated)
-    walk.transient(gate_up, activated, product)
+    walk.transient(gate_up, activated, product, extra_ref=merged)
     expert_out = walk.new(pairs * hidden, param_dtype, gate_up.requires_grad)
     if experts_grad:
         walk.save(product)
-    walk.transient(product, expert_out)
+    walk.transient(product, expert_out, extra_ref=merged)
+    walk.pinned[expert_out.id] = expert_out.nbytes  # `proj_out`, until the function returns
     weighted = walk.new(pairs * hidden, promote(param_dtype, scores.dtype), expert_out.requires_grad or routed_grad)
     if routed_grad:
         walk.save(expert_out)
     if expert_out.requires_grad:
         walk.save(pair_weights)
-    walk.transient(expert_out, weighted)
+    walk.transient(expert_out, weighted, extra_ref=merged)
     inverse = walk.new(pairs, "int64", False)
     reordered = walk.new(pairs * hidden, weighted.dtype, weighted.requires_grad)
     if weighted.requires_grad:
         walk.save(inverse)
-    walk.transient(weighted, inverse, walk.new(pairs, "int64", False), reordered)  # (and torch.arange's)
+    arange = walk.new(pairs, "int64", False)
+    # a checkpointed recompute stops at this index, its last saved tensor (packed before the output exists)
+    walk.transient(weighted, inverse, arange, extra_ref=merged)
+    walk.recompute_stop = len(walk.live)
+    walk.transient(weighted, inverse, arange, reordered, extra_ref=merged)
     walk.down_saved = 0  # the backward's first MoE node frees nothing before its peak (activations.py)
     # the backward's first node that needs a saved tensor is this index (inv_perm): a checkpointed layer's
     # recompute starts there, holding the S·H gradient of `weighted_out` (the sum's expand, reshaped: a copy)
     # where a dense layer holds a T·H one in the compute dtype (`hidden_grad_bytes`)
     walk.recompute_tail = pairs * hidden * BYTES[weighted.dtype] - T * hidden * BYTES[autocast_dtype or x.dtype]
-    for tensor in (x, pair_weights, perm):
-        del walk.pinned[tensor.id]
     summed = walk.new(T * hidden, weighted.dtype, weighted.requires_grad)
-    walk.transient(reordered, summed)
-    if expert_lora:
-        walk.per_layer_saved += experts * 3 * intermediate * hidden * BYTES[autocast_dtype or param_dtype]
+    walk.transient(reordered, summed, extra_ref=merged)
+    for tensor in (x, *locals_kept, expert_out):
+        del walk.pinned[tensor.id]
     return walk.cast(summed, x.dtype)

@@ -180,15 +180,16 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         mlp_kind = "moe"
     elif mt == "qwen3_moe":
         # Qwen3MoeExperts: gate_up_proj (E, 2·moe_I, H), down_proj (E, H, moe_I); Qwen3MoeTopKRouter.weight (E, H)
-        # (modeling_qwen3_moe.py, 5.24). PEFT 0.21.2 maps no transformers-4 names for qwen3_moe
-        # (`_MOE_TARGET_MODULE_MAPPING` has mixtral and qwen2_moe): `all-linear` reaches the attention only.
+        # (modeling_qwen3_moe.py, 5.24). PEFT 0.21.2 resolves qwen3_moe through transformers' conversion mapping
+        # to qwen2_moe's `_MOE_TARGET_MODULE_MAPPING`: `gate`, `gate_proj` + `up_proj`, `down_proj` (its
+        # transformers-4 names; `all-linear` includes them) become `target_parameters`.
         experts = _req(cfg, "num_experts", name)
         top_k = config_int(cfg, "num_experts_per_tok", name, default=8)
         inter = config_int(cfg, "moe_intermediate_size", name, default=768)
         other = (
-            ParamSpec("gate.weight", (experts, h), ()),
-            ParamSpec("gate_up_proj", (experts, 2 * inter, h), ()),
-            ParamSpec("down_proj", (experts, h, inter), ()),
+            ParamSpec("gate.weight", (experts, h), ("gate",)),
+            ParamSpec("gate_up_proj", (experts, 2 * inter, h), ("gate_proj", "up_proj")),
+            ParamSpec("down_proj", (experts, h, inter), ("down_proj",)),
         )
         mlp = ()
         mlp_kind = "moe"
