@@ -76,6 +76,16 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "num_experts_per_tok": 2,
         "tie_word_embeddings": False,
     },
+    "qwen3_moe": {
+        "model_type": "qwen3_moe",
+        **_SHAPE,
+        "head_dim": 16,
+        "moe_intermediate_size": 32,
+        "num_experts": 8,
+        "num_experts_per_tok": 2,
+        "norm_topk_prob": True,
+        "tie_word_embeddings": False,
+    },
     "gpt_neox": {
         "model_type": "gpt_neox",
         "hidden_size": 64,

@@ -299,8 +299,9 @@ def test_lora_counts_match_peft(family: str, preset: str, dora: bool) -> None:
     m = model_spec_from_config(TINY_CONFIGS[family], f"tiny-{family}")
     target = _lora_target(m, preset)
     model = _build(TINY_CONFIGS[family])
-    if dora and m.moe_params and preset == "all-linear":
-        # Mixtral's router/experts go through lora.ParamWrapper, which rejects DoRA; so do we.
+    if dora and lora_moe_targets(m, resolve_lora_target(m, target)[0]):
+        # Mixtral's router/experts go through lora.ParamWrapper, which rejects DoRA; so do we (Qwen3-MoE's
+        # all-linear reaches only the attention: PEFT maps no expert names for it).
         with pytest.raises(VramplanError, match="DoRA"):
             resolve_train(m, method="lora", lora_target=target, dora=True)
         targets = list(resolve_lora_target(m, target)[0])
@@ -332,8 +333,9 @@ def test_qv_matches_peft_default_targets(family: str) -> None:
     t = resolve_train(m, method="lora", lora_rank=LORA_R, lora_target="qv")
     model = _build(TINY_CONFIGS[family])
     if family not in PEFT_DEFAULTS:
-        # phi3: PEFT 0.21.2 has no default and asks for target_modules; vramplan's `qv` is the fused qkv_proj.
-        assert t.lora_target == ("qkv_proj",)
+        # phi3, qwen3_moe: PEFT 0.21.2 has no default and asks for target_modules; vramplan's `qv` is phi3's
+        # fused qkv_proj, qwen3_moe's q_proj + v_proj (as qwen3's default).
+        assert t.lora_target == {"phi3": ("qkv_proj",), "qwen3_moe": ("q_proj", "v_proj")}[family]
         with pytest.raises(ValueError, match="target_modules"):
             get_peft_model(model, LoraConfig())
         return

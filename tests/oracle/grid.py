@@ -80,6 +80,7 @@ FAMILIES = [
     "gemma3_text",
     "phi3",
     "mixtral",
+    "qwen3_moe",
     "gpt_neox",
     "bloom",
     "phi",
@@ -98,7 +99,7 @@ FAMILY_CASES = {
     "qlora": {"method": "qlora"},
     "qlora-no-ckpt": {"method": "qlora", "grad_ckpt": False},
 }
-FAMILY_GRID = ("gemma3_text",)
+FAMILY_GRID = ("gemma3_text", "qwen3_moe")
 
 # Full-size simulations (meta / fake tensors; bitsandbytes runs on meta), (model, device, estimate options)
 FULL_SIZE = {
@@ -118,6 +119,9 @@ FULL_SIZE = {
     "gemma-2-2b lora seq1024": ("gemma-2-2b", "fake", {"method": "lora", "seq": 1024}),
     "gemma-3-1b lora seq1024": ("gemma-3-1b", "fake", {"method": "lora", "seq": 1024}),
     "gemma-3-1b qlora seq1024": ("gemma-3-1b", "meta", {"method": "qlora", "seq": 1024}),
+    # Qwen3-MoE: 128 fused 3-D experts per layer, upcast to fp32 by kbit prep (bitsandbytes leaves them alone)
+    # (LoRA on the attention: PEFT fails on expert LoRA over fp32 experts under autocast, a note says so)
+    "qwen3-30b-a3b qlora seq512": ("qwen3-30b-a3b", "meta", {"method": "qlora", "seq": 512, "lora_target": "attn"}),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
     "mistral-7b qlora seq4096 window no-ckpt": (
         "mistral-7b",

@@ -60,5 +60,10 @@ def test_family_grid(family, case):
     from tests.conftest import TINY_CONFIGS
 
     m = model_spec_from_config(TINY_CONFIGS[family], family)
-    t = resolve_train(m, **{**BASE, "seq": 64, **FAMILY_CASES[case]})
+    settings = {**BASE, "seq": 64, **FAMILY_CASES[case]}
+    if m.moe_params and settings["method"] == "qlora":
+        # LoRA on the fp32 (kbit prep) experts fails in PEFT's forward (the estimate says so in a note): the
+        # attention, as users must
+        settings["lora_target"] = "attn"
+    t = resolve_train(m, **settings)
     check(m, t, "cpu")

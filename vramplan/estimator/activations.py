@@ -36,6 +36,7 @@ class ActivationBytes:
     saved: int
     layer: int
     layer_transient: int
+    recompute_transient: int  # the same, up to where a checkpointed layer's recompute stops
     layer_refs: int  # the most one layer's forward references at once (operands, residuals), autograd aside
     layer_copies: int
     layer_cached: int
@@ -63,6 +64,7 @@ class _LayerWalk(NamedTuple):
     saved: complex  # what autograd saves
     per_layer_saved: int  # saved bytes per layer that do not scale with tokens
     live: tuple[tuple[complex, int], ...]  # (per token, per layer) alive at each op: saved so far + operands
+    live_recomputed: tuple[tuple[complex, int], ...]  # `live` up to where a checkpointed recompute stops
     referenced: tuple[tuple[complex, int], ...]  # (per token, per layer) referenced at each op, autograd aside
     down_saved: complex  # what the MLP's down projection saved
     ctx: complex  # kept through `ctx.tensors` (int8 matmul inputs), alive even under checkpointing
@@ -97,6 +99,7 @@ def _walk_layer(
         walk.saved_bytes,
         walk.per_layer_saved,
         _undominated(walk.live),
+        _undominated(walk.live[: walk.recompute_stop]),
         _undominated(walk.referenced),
         walk.down_saved,
         sum(walk.ctx_saved.values()),
@@ -189,6 +192,9 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     layer_input_saved = max(at(lw.input_saved) for lw in walks.values())
     recompute_tail = max(at(lw.recompute_tail) for lw in walks.values())
     transient = max((at(per_token) + per_layer for lw in walks.values() for per_token, per_layer in lw.live), default=0)
+    recompute_transient = max(
+        (at(per_token) + per_layer for lw in walks.values() for per_token, per_layer in lw.live_recomputed), default=0
+    )
     referenced = max(
         (at(per_token) + per_layer for lw in walks.values() for per_token, per_layer in lw.referenced), default=0
     )
@@ -231,11 +237,23 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         mlp_intermediates = 1
 
     workspace = mlp_intermediates * tokens * m.intermediate_size * mlp_elem_bytes + hidden
+    if m.mlp == "moe":
+        # the experts' tensors are in the expert weights' dtype (grouped_mm casts to it); the MoE backward's
+        # largest moment is either the first node, the inverse-permutation index (the S·H gradient of the
+        # weighted output and index_put's S·H zeros, with every saved tensor still alive: `down_saved` is 0),
+        # or the grouped matmuls' 3·S·I (layer_ops._moe)
+        pairs = tokens * m.num_experts_per_tok
+        expert_bytes = BYTES[settings.norm_dtype]
+        workspace = hidden + pairs * expert_bytes * max(3 * m.intermediate_size, 2 * m.hidden_size)
+        if autocast_dtype and expert_bytes < 4:
+            # CUDA autocast runs the final `sum` over k in fp32: its T·H fp32 gradient is alive there too
+            workspace += tokens * m.hidden_size * 4
     largest_target = max((li.weight_params for li in m.linears if li.name in settings.lora_targets), default=0)
     return ActivationBytes(
         saved=saved,
         layer=layer,
         layer_transient=transient,
+        recompute_transient=recompute_transient,
         layer_refs=referenced,
         layer_copies=layer_copies,
         layer_cached=layer_cached,

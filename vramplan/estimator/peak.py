@@ -68,6 +68,7 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     saved = activation.saved + saved_copies
     # how far one layer's forward rises above what it finally saves (its largest transient set)
     in_layer_excess = max(0, activation.layer_transient - activation.layer)
+    recompute_excess = max(0, activation.recompute_transient - activation.layer)  # (a recompute stops early)
     # lm_head's autocast copy of an fp32 weight is made inside lm_head: counted with the logits / loss
     loss = Components(
         **persistent,
@@ -144,7 +145,7 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
             recompute = Components(
                 **persistent,
                 gradients=grads_then,
-                activations=kept + recomputed + activation.layer_ctx + in_layer_excess,
+                activations=kept + recomputed + activation.layer_ctx + recompute_excess,
                 temporaries=activation.hidden_bytes + activation.hidden_grad_bytes + activation.recompute_tail,
             )
             layer_moments.append((recompute_moment, recompute))

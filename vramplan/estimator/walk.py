@@ -15,7 +15,7 @@ from vramplan.estimator.adapters import adapter_dtype
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
 from vramplan.spec.prequantized_base import training_kernel
 
-BYTES = {**DTYPE_BYTES, "bool": 1}  # the walk also holds bool masks
+BYTES = {**DTYPE_BYTES, "bool": 1, "int32": 4, "int64": 8}  # the walk also holds bool masks and index tensors
 
 
 def promote(a: str, b: str) -> str:
@@ -47,6 +47,7 @@ class Walk:
         "live",
         "per_layer_saved",
         "pinned",
+        "recompute_stop",
         "recompute_tail",
         "referenced",
         "saved",
@@ -70,6 +71,9 @@ class Walk:
         # (per token, per layer) bytes referenced at each op: its operands, the pinned tensors, the extras; what
         # a checkpointed forward holds, where autograd keeps nothing
         self.referenced: list[tuple[complex, int]] = []
+        # how many `live` entries a checkpointed layer's recompute reaches: it stops once the layer's last saved
+        # tensor is packed again (torch/utils/checkpoint.py non-reentrant `_StopRecomputationError`); None: all
+        self.recompute_stop: int | None = None
 
     def new(self, numel: complex, dtype: str, requires_grad: bool) -> SymbolicTensor:
         self.count += 1

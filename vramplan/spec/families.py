@@ -47,6 +47,17 @@ def gemma3_layer_types(cfg: Mapping[str, Any], name: str, layers: int) -> tuple[
     return tuple("sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers))
 
 
+def all_layers_routed(cfg: Mapping[str, Any]) -> bool:
+    """Whether every decoder layer of a qwen3_moe config routes its tokens to experts: Qwen3MoeDecoderLayer
+    builds a dense Qwen3MoeMLP where `layer_idx in mlp_only_layers` or `(layer_idx + 1) % decoder_sparse_step`
+    (modeling_qwen3_moe.py, 5.24). The published checkpoints (Qwen3-30B-A3B, Qwen3-235B-A22B) route every
+    layer; a config that does not is counted by the generic path (spec/generic.py)."""
+    if cfg.get("model_type") != "qwen3_moe":
+        return True
+    sparse_step, experts = cfg.get("decoder_sparse_step", 1), cfg.get("num_experts", 128)
+    return not cfg.get("mlp_only_layers") and sparse_step == 1 and experts != 0
+
+
 def _check_shapes(m: ModelSpec) -> ModelSpec:
     """Relations between fields that transformers needs to build the model (modeling_llama.py `repeat_kv`:
     num_key_value_groups = heads // kv_heads; the MoE router picks top-k of the experts)."""
@@ -85,6 +96,8 @@ def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         return _check_shapes(_phi(cfg, name))
     if mt in ("qwen2", "qwen3"):
         config_int(cfg, "max_window_layers", name, default=28, low=0)  # read by kvcache.layer_windows
+    if mt == "qwen3_moe" and not all_layers_routed(cfg):
+        raise VramplanError(f"model config {name!r}: a qwen3_moe with dense MLP layers is not hand-modelled")
     m = _llama_like(cfg, name, mt)
     return _check_shapes(replace(m, text_of=str(wrapper)) if wrapper else m)
 
@@ -165,6 +178,21 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         )
         mlp: tuple[LinearSpec, ...] = ()
         mlp_kind = "moe"
+    elif mt == "qwen3_moe":
+        # Qwen3MoeExperts: gate_up_proj (E, 2·moe_I, H), down_proj (E, H, moe_I); Qwen3MoeTopKRouter.weight (E, H)
+        # (modeling_qwen3_moe.py, 5.24). PEFT 0.21.2 resolves qwen3_moe through transformers' conversion mapping
+        # to qwen2_moe's `_MOE_TARGET_MODULE_MAPPING`: `gate`, `gate_proj` + `up_proj`, `down_proj` (its
+        # transformers-4 names; `all-linear` includes them) become `target_parameters`.
+        experts = _req(cfg, "num_experts", name)
+        top_k = config_int(cfg, "num_experts_per_tok", name, default=8)
+        inter = config_int(cfg, "moe_intermediate_size", name, default=768)
+        other = (
+            ParamSpec("gate.weight", (experts, h), ("gate",)),
+            ParamSpec("gate_up_proj", (experts, 2 * inter, h), ("gate_proj", "up_proj")),
+            ParamSpec("down_proj", (experts, h, inter), ("down_proj",)),
+        )
+        mlp = ()
+        mlp_kind = "moe"
     elif mt == "phi3":
         mlp = (
             LinearSpec("gate_up_proj", h, 2 * inter, False, "mlp"),
@@ -191,7 +219,7 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         linears=attn + mlp,
         norm="rms",
         norms_per_layer=4 if mt in ("gemma2", "gemma3_text") else 2,
-        head_norm_params=2 * c["head_dim"] if mt in ("qwen3", "gemma3_text") else 0,
+        head_norm_params=2 * c["head_dim"] if mt in ("qwen3", "qwen3_moe", "gemma3_text") else 0,
         moe_params=other,
         mlp=mlp_kind,
         num_local_experts=experts,

@@ -30,7 +30,8 @@ SHAPE_LIMITS: dict[str, int] = {
     "sliding_window_pattern": 2**12,  # Gemma 3: every n-th layer global
 }
 SHAPE_ALIASES = {"n_embed": "hidden_size", "n_head": "num_attention_heads", "n_layer": "num_hidden_layers",
-                 "seq_length": "max_position_embeddings"}  # fmt: skip
+                 "seq_length": "max_position_embeddings", "num_experts": "num_local_experts",
+                 "moe_intermediate_size": "intermediate_size"}  # fmt: skip
 _MISSING = object()
 
 

@@ -25,12 +25,13 @@ from vramplan.spec.families import known_model_spec
 from vramplan.spec.model import SUPPORTED_MODEL_TYPES, Approximation, LinearSpec, ModelSpec
 
 # Largest relative difference of the device total between this path and the exact one on the hand-modelled
-# families run as if unknown (benchmarks/generic_band.py, re-run 2026-12-03 on main with Gemma 3 hand-modelled:
-# 54 built-in profiles x full/lora/qlora x batch 1, 4 x seq 512, 2048 x checkpointing on/off = 1296 rows,
-# transformers 5.24): dense stand-in 0.24995 (phi-2: its tanh-GELU and parallel residual; gemma-2 0.189,
-# bloom 0.131, phi-3 0.123, qwen3 0.119, llama / mistral / qwen2 / codellama 0.000), MoE stand-in 0.5010
+# families run as if unknown (benchmarks/generic_band.py, re-run 2026-12-03 with Gemma 3 and Qwen3-MoE
+# hand-modelled: 56 built-in profiles x full/lora/qlora x batch 1, 4 x seq 512, 2048 x checkpointing on/off =
+# 1344 rows, transformers 5.24): dense stand-in 0.24995 (phi-2: its tanh-GELU and parallel residual; gemma-2
+# 0.189, bloom 0.131, phi-3 0.123, qwen3 0.119, llama / mistral / qwen2 / codellama 0.000), MoE stand-in 0.5014
 # (mixtral-8x7b with LoRA: the generic path does not adapt the 3-D expert tensors that `all-linear` reaches on
-# Mixtral; mixtral-8x22b 0.5005; full 0.001), rounded up.
+# Mixtral; mixtral-8x22b 0.5009; full 0.003; qwen3-30b-a3b 0.053, qwen3-235b-a22b 0.039: its q/k norms),
+# rounded up.
 # The `tight` band of a generic estimate is the estimator's band plus this.
 GENERIC_ERROR_BAND = 0.25
 GENERIC_MOE_ERROR_BAND = 0.51

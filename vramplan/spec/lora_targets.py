@@ -21,6 +21,7 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "mixtral": ("q_proj", "v_proj"),
     "qwen2": ("q_proj", "v_proj"),
     "qwen3": ("q_proj", "v_proj"),
+    "qwen3_moe": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): qwen3's
     "gemma": ("q_proj", "v_proj"),
     "gemma2": ("q_proj", "v_proj"),
     "gemma3_text": ("q_proj", "v_proj"),

@@ -24,7 +24,11 @@ QUANTS: tuple[str, ...] = ("none", "nf4", "fp4", "int8")
 ATTNS: tuple[str, ...] = ("eager", "sdpa", "flash_attention_2", "flex_attention")
 
 # Families whose decoder layer is Llama-shaped (separate q/k/v/o, gated MLP, RMSNorm).
-LLAMA_LIKE = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "mixtral", "phi3"})
+LLAMA_LIKE = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text", "mixtral", "phi3"}
+)
+# Families whose MLP is a routed mixture of experts (transformers 5 fused 3-D expert tensors + a top-k router)
+MOE_FAMILIES = frozenset({"mixtral", "qwen3_moe"})
 SUPPORTED_MODEL_TYPES = frozenset(LLAMA_LIKE | {"gpt_neox", "bloom", "phi"})
 # `head_dim` when config.json has none: a fixed class default here (transformers 5.24 Qwen3Config 128,
 # GemmaConfig / Gemma2Config / Gemma3TextConfig 256), hidden_size // num_attention_heads for every other family.
@@ -110,7 +114,7 @@ class ModelSpec:
     linears: tuple[LinearSpec, ...]
     norm: Literal["rms", "layer"]
     norms_per_layer: int
-    head_norm_params: int = 0  # per layer: qwen3's q_norm/k_norm over head_dim
+    head_norm_params: int = 0  # per layer: qwen3's (and qwen3_moe's) q_norm/k_norm over head_dim
     moe_params: tuple[ParamSpec, ...] = ()
     embed_norm: bool = False  # bloom's word_embeddings_layernorm
     lm_head_bias: bool = False  # phi

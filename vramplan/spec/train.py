@@ -378,6 +378,15 @@ def resolve_train(
             f"PEFT rejects lora_dropout != 0 on {model.name}'s router/experts (lora.ParamWrapper): "
             "train with --lora-dropout 0 (estimated as given) or --lora-target attn"
         )
+    if moe and kbit_prep and quant != "none" and mixed_precision != "no":
+        # traced: the autocast baddbmm gives W + s·BA in the autocast dtype while kbit prep left W in fp32, and
+        # torch.nn.utils.parametrize refuses a parametrization that changes the dtype (peft 0.21.2
+        # tuners/lora/layer.py ParamWrapper._activate_lora); Mixtral and Qwen3-MoE alike
+        notes.append(
+            f"PEFT fails at the first forward on {model.name}'s router/experts here: kbit prep leaves them fp32 "
+            "and the autocast LoRA delta is not (parametrization dtype error): train with --lora-target attn "
+            "or --no-kbit-prep (estimated as given)"
+        )
     if (
         method in ("lora", "qlora")
         and model.fused_expert_params
