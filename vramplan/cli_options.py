@@ -166,14 +166,15 @@ def stage_options(f: Callable) -> Callable:
     opts = [
         click.option(
             "--stage", "--rl", "stage", default=None,
-            help="sft | pt | rm | dpo | ipo | kto | orpo | simpo | cpo | grpo | ppo | ebft (LF stage, axolotl rl)",
+            help="sft | pt | rm | dpo | ipo | kto | orpo | simpo | cpo | grpo | ppo | ebft | asft (LF stage, "
+            "axolotl rl; asft = LF sft + use_asft_loss)",
         ),
         click.option("--reference", default=None, help="reference policy: model | adapter | precomputed | none "
                      "[adapter under LoRA, else model; none without one]"),
         click.option("--precompute-ref", "precompute_ref", is_flag=True, default=None,
                      help="precompute_ref_log_probs: no reference in the step (= --reference precomputed)"),
         click.option("--pref-beta", type=float, default=None,
-                     help="DPO/KTO beta; GRPO beta > 0 loads a reference [0.1; grpo 0.0]"),
+                     help="DPO/KTO beta, ASFT asft_alpha; GRPO beta > 0 loads a reference [0.1; grpo 0.0]"),
         click.option("--fused-lm-head/--no-fused-lm-head", default=None,
                      help="deprecated: = --loss trl-chunked / --loss hf"),
         click.option("--num-generations", type=COUNT, default=None, help="GRPO completions per prompt [8]"),

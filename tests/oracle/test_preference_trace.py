@@ -34,6 +34,10 @@ CASES = {
     # QLoRA: forward and backward only; the trace keeps an N x hidden fp32 pair alive into the optimizer step
     # (1 MiB on this model) that is not understood yet
     "dpo-qlora": {"stage": "dpo", "method": "qlora"},
+    # LLaMA-Factory's ASFT (`use_asft_loss`): a frozen copy's forward first, its logits kept into the DFT + KL
+    # loss over the vocabulary (the stand-in runs trainer_utils.py's asft_loss_func statement by statement)
+    "asft-full": {"stage": "asft", "method": "full"},
+    "asft-lora": {"stage": "asft"},
 }
 PHASES_ONLY = {"dpo-qlora": ("forward", "backward")}
 # a named moment's tolerance where it is wider than PEAK_TOL: PPO's reward forward (no grad, below the step's

@@ -62,6 +62,9 @@ def test_vllm_colocate_adds_its_share_of_the_gpu():
         ("base_model: llama-3-8b\nadapter: lora\nrl: dpo\n", "dpo", "adapter"),
         ("base_model: llama-3-8b\nrl: grpo\ntrl:\n  beta: 0.001\n  num_generations: 4\n", "grpo", "model"),
         ("base_model: llama-3-8b\nreward_model: true\n", "rm", "none"),
+        # LLaMA-Factory's ASFT: stage sft with use_asft_loss loads a frozen copy (create_ref_model)
+        ("model_name_or_path: llama-3-8b\nstage: sft\nfinetuning_type: full\nuse_asft_loss: true\n", "asft", "model"),
+        ("model_name_or_path: llama-3-8b\nstage: sft\nuse_asft_loss: false\n", "sft", "none"),
     ],
 )
 def test_config_files_name_their_stage(tmp_path, text, stage, reference):
@@ -77,6 +80,22 @@ def test_config_files_name_their_stage(tmp_path, text, stage, reference):
     assert result.exit_code == 0, result.output
     inputs = json.loads(result.stdout)["inputs"]
     assert (inputs["stage"], inputs["reference"]) == (stage, reference)
+
+
+def test_asft_keeps_a_frozen_copy_in_the_compute_dtype():
+    from vramplan.api import estimate
+
+    # the reference is a model the loss calls every step: no adapter / precomputed stand-in
+    assert resolve_stage(uses_lora=True, stage="asft")[0].reference == "model"
+    with pytest.raises(VramplanError, match="--reference model"):
+        resolve_stage(uses_lora=True, stage="asft", reference="adapter")
+    # full tuning under the LLaMA-Factory recipe: fp32 trainable weights, the copy in bf16 (load_model with
+    # is_trainable=False), so the copy adds params · 2 bytes to the weights at every moment
+    shape = {"method": "full", "recipe": "llamafactory", "batch": 1, "seq": 512}
+    sft = estimate("llama-3.2-1b", **shape)
+    asft = estimate("llama-3.2-1b", **shape, stage="asft")
+    assert sft.components.weights == 0  # every weight trains: counted as trainable
+    assert asft.components.weights == sft.params_total * 2
 
 
 def test_suggest_offers_the_stage_levers_each_estimated():

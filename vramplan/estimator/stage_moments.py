@@ -11,6 +11,10 @@ from vramplan.spec import ModelSpec, TrainSpec
 def stage_moments(m: ModelSpec, t: TrainSpec, gpu_bytes: int | None = None) -> tuple[tuple[PhaseUsage, ...], int]:
     """The candidate moments of a step of `t.stage` (SFT's unchanged), and the paged optimizer bytes.
     `gpu_bytes` sizes a colocated vLLM engine's share."""
+    if t.stage.stage == "asft":
+        from vramplan.estimator.asft import asft_moments
+
+        return asft_moments(m, t)
     if t.stage.stage == "ebft":
         from vramplan.estimator.ebft import ebft_moments
 

@@ -211,14 +211,20 @@ def trace_stage(m: ModelSpec, t: TrainSpec, steps: int = 2) -> tuple[tuple[Phase
                                     return log_probs(model, ids, labels).sum(-1)
 
                         # GRPO scores the reference while generating, before the policy's forward; DPO and KTO
-                        # after it (`_compute_loss`)
-                        ref_logps = reference(ids, labels) if st.generates else None
-                        with autocast():
-                            policy_logps = log_probs(model, ids, labels).sum(-1)
-                        if ref_logps is None:
-                            ref_logps = reference(ids, labels)
-                        ratios = policy_logps - ref_logps
-                        if st.paired:
+                        # after it (`_compute_loss`); ASFT before it, its logits kept into the loss
+                        if st.stage == "asft":
+                            ratios = _asft_loss(model, ref, ids, labels, tracker, autocast, st.pref_beta)
+                            policy_logps = ref_logps = None
+                        else:
+                            ref_logps = reference(ids, labels) if st.generates else None
+                            with autocast():
+                                policy_logps = log_probs(model, ids, labels).sum(-1)
+                            if ref_logps is None:
+                                ref_logps = reference(ids, labels)
+                            ratios = policy_logps - ref_logps
+                        if st.stage == "asft":
+                            loss = ratios
+                        elif st.paired:
                             chosen, rejected = ratios.chunk(2)
                             beta = 1.0 if st.stage == "rm" else st.pref_beta  # RewardTrainer: the rewards' margin
                             loss = -torch.nn.functional.logsigmoid(beta * (chosen - rejected)).mean()
@@ -239,6 +245,46 @@ def trace_stage(m: ModelSpec, t: TrainSpec, steps: int = 2) -> tuple[tuple[Phase
     phases = tuple(PhaseUsage(p.phase, components(p.breakdown), p.moment or "") for p in tracked.phases)
     named = {mp.moment: components(mp.breakdown) for mp in tracked.moments if mp.moment}
     return phases, named
+
+
+def _asft_loss(model, ref, ids, labels, tracker: MemoryTracker, autocast, alpha: float) -> torch.Tensor:
+    """LLaMA-Factory's ASFT loss, statement by statement (hiyouga/LLaMA-Factory ff6d4d1): the reference's forward
+    under `torch.no_grad()` first, its logits kept, then the policy's forward with the labels (the model computes
+    its own loss too) (src/llamafactory/train/sft/trainer.py `CustomSeq2SeqTrainer.compute_loss`), then
+    `asft_loss_func` / `_asft_cross_entropy` / `_dft_cross_entropy` / `_kl_divergence`
+    (src/llamafactory/train/trainer_utils.py) outside autocast, as HF Trainer runs `compute_loss_func`. What
+    `compute_loss` holds (the outputs, the reference logits) is freed when it returns, before backward."""
+    import torch.nn.functional as F
+
+    with tracker.moment_scope(REFERENCE_FORWARD), tracker.label_scope("temporaries"), torch.no_grad(), autocast():
+        ref_logits = ref(input_ids=ids, use_cache=False).logits
+    with autocast():
+        outputs = model(input_ids=ids, labels=labels, use_cache=False)
+    with tracker.label_scope("logits"):
+        logits = outputs.get("logits").float()
+        shift_logits = logits[..., :-1, :].contiguous()
+        shift_labels = labels[..., 1:].contiguous()
+        shift_ref_logits = ref_logits[..., :-1, :].contiguous()
+        vocab_size = shift_logits.size(-1)
+        shift_logits = shift_logits.view(-1, vocab_size)
+        shift_ref_logits = shift_ref_logits.view(-1, vocab_size)
+        shift_labels = shift_labels.view(-1)
+        # _dft_cross_entropy
+        per_token_loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100, reduction="none")
+        valid_mask = shift_labels != -100
+        valid_losses = per_token_loss[valid_mask]
+        with torch.no_grad():
+            target_probs = torch.exp(-valid_losses)
+        dft_loss = (valid_losses * target_probs).mean()
+        # _kl_divergence
+        log_p = F.log_softmax(shift_logits, dim=-1)
+        q = F.softmax(shift_ref_logits, dim=-1)
+        kl = F.kl_div(log_p, q, reduction="none").sum(dim=-1)
+        mask = (shift_labels != -100).float()
+        kl_loss = (kl * mask).sum() / mask.sum()
+        loss = dft_loss + alpha * kl_loss
+        del outputs, ref_logits, logits, shift_logits, shift_ref_logits, per_token_loss, valid_losses, log_p, q, kl
+    return loss
 
 
 def _generate(model, st, t: TrainSpec, vocab: int, tracker: MemoryTracker, autocast) -> torch.Tensor:

@@ -15,8 +15,10 @@ from typing import Any, Literal
 
 from vramplan.errors import VramplanError
 
-Stage = Literal["sft", "pt", "rm", "dpo", "ipo", "kto", "orpo", "simpo", "cpo", "grpo", "ppo", "ebft"]
-STAGES: tuple[str, ...] = ("sft", "pt", "rm", "dpo", "ipo", "kto", "orpo", "simpo", "cpo", "grpo", "ppo", "ebft")
+Stage = Literal["sft", "pt", "rm", "dpo", "ipo", "kto", "orpo", "simpo", "cpo", "grpo", "ppo", "ebft", "asft"]
+STAGES: tuple[str, ...] = (
+    "sft", "pt", "rm", "dpo", "ipo", "kto", "orpo", "simpo", "cpo", "grpo", "ppo", "ebft", "asft"
+)  # fmt: skip
 # names the frameworks use for a stage whose memory is another's: DPO's loss variants (cDPO = label
 # smoothing, RPO = + NLL term on the chosen) change the loss only; `reward` is TRL's RewardTrainer
 STAGE_ALIASES = {"cdpo": "dpo", "rpo": "dpo", "reward": "rm", "sigmoid": "dpo"}
@@ -25,13 +27,15 @@ REFERENCES: tuple[str, ...] = ("model", "adapter", "precomputed", "none")
 Generation = Literal["hf", "vllm-colocate", "vllm-server"]
 GENERATIONS: tuple[str, ...] = ("hf", "vllm-colocate", "vllm-server")
 
-# stages whose loss compares with a reference policy (TRL DPOTrainer, KTOTrainer; PPO's KL penalty)
-WITH_REFERENCE = frozenset({"dpo", "ipo", "kto", "ppo"})
+# stages whose loss compares with a reference policy (TRL DPOTrainer, KTOTrainer; PPO's KL penalty; LLaMA-Factory's
+# ASFT, `stage: sft` with `use_asft_loss`: a KL term to a frozen copy's logits)
+WITH_REFERENCE = frozenset({"dpo", "ipo", "kto", "ppo", "asft"})
 # stages that score a chosen and a rejected completion of each prompt in one concatenated batch of 2 × batch
 PAIRED = frozenset({"rm", "dpo", "ipo", "orpo", "simpo", "cpo"})
 # stages that generate their completions during training
 GENERATING = frozenset({"grpo", "ppo", "ebft"})
 
+ASFT_ALPHA = 0.1  # LLaMA-Factory finetuning_args.py asft_alpha
 DPO_BETA = 0.1  # DPOConfig.beta (TRL 1.16.0); LLaMA-Factory pref_beta 0.1
 GRPO_BETA = 0.0  # GRPOConfig.beta (TRL 1.16.0): 0.0 = no reference model loaded
 NUM_GENERATIONS = 8  # GRPOConfig.num_generations
@@ -146,11 +150,15 @@ def resolve_stage(
     if pref_beta is not None and (isinstance(pref_beta, bool) or not isinstance(pref_beta, (int, float))):
         raise VramplanError(f"--pref-beta must be a number, got {pref_beta!r}")
     beta = float(pref_beta) if pref_beta is not None else (GRPO_BETA if name in ("grpo", "ebft") else DPO_BETA)
+    if name == "asft":  # the KL term's weight: LLaMA-Factory asft_alpha (default 0.1); memory does not depend on it
+        beta = float(pref_beta) if pref_beta is not None else ASFT_ALPHA
     if name in ("sft", "pt", "rm", "orpo", "simpo", "cpo"):
         beta = 0.0 if name in ("sft", "pt", "rm") else beta
     strided = name == "ebft" and str(ebft_mode or "").lower() == "strided"  # AxolotlStridedEBFTConfig has no beta
     needs_reference = name in WITH_REFERENCE or (name in ("grpo", "ebft") and beta > 0 and not strided)
     default_reference = ("adapter" if uses_lora else "model") if needs_reference else "none"
+    if name == "asft":  # create_ref_model loads the copy; CustomSeq2SeqTrainer.compute_loss calls it as a model
+        default_reference = "model"
     ref = str(reference).lower() if reference is not None else default_reference
     if not needs_reference and ref != "none":
         why = "beta is 0" if name in ("grpo", "ebft") else "its loss has no reference"
@@ -162,6 +170,11 @@ def resolve_stage(
         raise VramplanError(
             "--reference adapter needs a LoRA policy (--method lora|qlora): a full fine-tune has no adapter to "
             "disable; use --reference model or precomputed"
+        )
+    if name == "asft" and ref != "model":
+        raise VramplanError(
+            f"--reference {ref} cannot work with --stage asft: LLaMA-Factory's ASFT calls a frozen reference model "
+            "every step (CustomSeq2SeqTrainer.compute_loss); use --reference model"
         )
     if ref == "precomputed" and name in GENERATING:
         raise VramplanError(f"--reference precomputed cannot work with --stage {name}: its completions are generated "
@@ -229,7 +242,7 @@ def resolve_stage(
             stage=name,  # type: ignore[arg-type]
             reference=ref,  # type: ignore[arg-type]
             pref_beta=beta,
-            fused_lm_head=fused and name not in ("sft", "pt", "rm"),
+            fused_lm_head=fused and name not in ("sft", "pt", "rm", "asft"),
             num_generations=generations,
             max_completion_length=completion,
             generation=gen,  # type: ignore[arg-type]
@@ -268,5 +281,5 @@ def stage_loss(loss: str, stage: dict[str, Any], explicit: set[str], recipe: str
     trl_fused = name in TRL_FUSED_STAGES or (name == "ebft" and str(stage.get("ebft_mode") or "") != "strided")
     if not decided and loss == "hf" and trl_fused and not recipe.startswith("llamafactory"):
         loss = "trl-chunked"
-    stage["fused_lm_head"] = loss == "trl-chunked" and name not in ("sft", "pt")  # strided ebft: resolve_stage
+    stage["fused_lm_head"] = loss == "trl-chunked" and name not in ("sft", "pt", "asft")  # strided ebft: resolve_stage
     return loss

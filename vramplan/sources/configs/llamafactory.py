@@ -17,7 +17,7 @@ _LF_ATTN = {"auto": "sdpa", "sdpa": "sdpa", "fa2": "flash_attention_2", "disable
 _LF_UNMODELED = (
     "neftune_noise_alpha", "use_llama_pro", "use_unsloth",
     "shift_attn", "mixture_of_depths", "upcast_layernorm", "upcast_lmhead_output",
-    "freeze_extra_modules", "torch_compile", "rope_scaling", "use_asft_loss",
+    "freeze_extra_modules", "torch_compile", "rope_scaling",
 )  # fmt: skip
 
 

@@ -62,7 +62,6 @@ KNOWN_NOTES = {
     # delta B·A and the merged weight on the GPU (unless relora_cpu_offload), between steps
     "relora": "the step estimated as LoRA; the merge every relora_steps (a weight-sized fp32 delta and merged "
     "weight per target) not modeled",
-    "use_asft_loss": "ASFT: a second frozen model and its b·s·vocab logits not counted",
     "mixture_of_depths": "MoD: layers converted to mixture-of-depths, estimated as the dense model",
     "fp8": "torchao float8 linears: estimated in the bf16 / fp16 dtype",
 }

@@ -3,7 +3,8 @@
 - LLaMA-Factory (hparams/finetuning_args.py, commit ff6d4d1): `stage: pt|sft|rm|ppo|dpo|kto`, `pref_loss:
   sigmoid|hinge|ipo|kto_pair|orpo|simpo` (orpo and simpo train without a reference), `pref_beta`, `ref_model`
   (a path: a separate reference model; unset under LoRA: the adapter disabled, `create_ref_model` returns
-  None), `reward_model` / `reward_model_type: lora|full|api`, `ppo_*`. Its trainers materialize the logits
+  None), `reward_model` / `reward_model_type: lora|full|api`, `ppo_*`; `use_asft_loss` (with `asft_alpha`) on
+  `stage: sft` is the asft stage. Its trainers materialize the logits
   (`CustomDPOTrainer.concatenated_forward`: `model(**batch).logits.to(torch.float32)`).
 - axolotl (utils/schemas/enums.py RLType, commit 067b021): `rl: dpo|ipo|orpo|kto|simpo|grpo|gdpo|ebft`,
   `reward_model: true`, the `trl:` block (TRL's GRPOConfig names: beta, num_generations,
@@ -32,6 +33,14 @@ def read_llamafactory_stage(r: Reader, data: Mapping[str, Any]) -> None:
         stage = _LF_PREF_LOSS.get(loss, "dpo")
         if loss not in _LF_PREF_LOSS:
             r.skip("pref_loss", "estimated as DPO's sigmoid loss")
+    if stage == "sft" and is_set(data.get("use_asft_loss")):
+        # ASFT (train/sft/workflow.py `create_ref_model`, trainer.py `compute_loss`): a frozen reference copy and a
+        # KL term to its logits; under LoRA without `ref_model` create_ref_model returns None and the step fails,
+        # so the copy `ref_model` would load is counted
+        stage = "asft"
+        r.set("stage", stage)
+        r.copy("asft_alpha", "pref_beta", float)
+        return
     if stage not in ("sft", "pt", "rm", "ppo", "dpo", "ipo", "kto", "orpo", "simpo"):
         r.skip("stage", "estimated as sft", "stage")
         return
