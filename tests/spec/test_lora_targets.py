@@ -18,6 +18,10 @@ TARGETS = (
     r".*\.(q_proj|v_proj)",
     r".*mlp\.(gate|up)_proj",
     r"model\.layers\.\d+\.self_attn\.(k|o)_proj",
+    # a list written for several families: PEFT adapts what matches and skips the rest (raises only when none does)
+    ["q_proj", "query_key_value", "dense"],
+    ["no_such_proj", "v_proj"],
+    ["no_such_proj", "nor_this"],
 )
 
 
@@ -68,6 +72,7 @@ PEFT_CASES: dict[str, tuple[str, dict, dict]] = {
     # axolotl's layer-selective regex (3 of its example configs)
     "layer-selective-regex": ("llama", LAYERS4, {"target_modules": AXOLOTL_LAYER_REGEX}),
     "dotted-paths": ("llama", {}, {"target_modules": ["self_attn.q_proj", "mlp.down_proj", "lm_head"]}),
+    "entries-of-other-families": ("llama", {}, {"target_modules": ["q_proj", "query_key_value", "lm_head"]}),
     "mixtral-target-parameters": ("mixtral", {}, {"target_modules": ["q_proj"],
                                                   "target_parameters": ["experts.gate_up_proj", "experts.down_proj"]}),
 }  # fmt: skip
@@ -121,3 +126,13 @@ def test_modules_to_save_outside_embeddings_refused() -> None:
         resolve_train(m, method="lora", modules_to_save="norm")
     with pytest.raises(VramplanError, match=r"target_parameters 'experts\.down_proj'"):
         resolve_train(m, method="lora", target_parameters="experts.down_proj")
+
+
+def test_unmatched_list_entries_are_a_note() -> None:
+    from vramplan.spec import resolve_train
+
+    m = model_spec_from_config(TINY_CONFIGS["llama"], "llama")
+    t = resolve_train(m, method="lora", lora_target="q_proj,query_key_value,dense")
+    assert any("query_key_value, dense match no module" in n and "PEFT skips them" in n for n in t.notes)
+    with pytest.raises(VramplanError, match="q_prj"):  # a single unmatched name stays an error, as in PEFT
+        resolve_train(m, method="lora", lora_target="q_prj")

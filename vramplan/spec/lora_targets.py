@@ -178,6 +178,7 @@ class LoraSelection:
     preset: str
     layers: tuple[tuple[str, int], ...] = ()
     embeddings: tuple[str, ...] = ()
+    unmatched: tuple[str, ...] = ()  # list entries that match no module: PEFT skips them when another matches
 
 
 def select_lora_targets(model: ModelSpec, target: str, modules_to_save: tuple[str, ...] = ()) -> LoraSelection:
@@ -202,10 +203,34 @@ def select_lora_targets(model: ModelSpec, target: str, modules_to_save: tuple[st
         if roles and not rest:
             selection = LoraSelection((), "custom", (), roles)
         else:
-            names, preset = _linear_targets(model, ",".join(rest) if roles else target)
-            selection = LoraSelection(names, preset, (), roles)
+            listed = ",".join(rest) if roles else target
+            unmatched = _unmatched_entries(model, listed) if roles or not _single(listed) else ()
+            if unmatched:  # PEFT 0.21 raises only when no entry matched (tuners_utils.py `inject_adapter`)
+                listed = ",".join(t for t in listed.split(",") if t.strip() and t.strip() not in unmatched)
+            names, preset = _linear_targets(model, listed) if listed else ((), "custom")
+            selection = LoraSelection(names, preset, (), roles, unmatched)
     kept = tuple(r for r in selection.embeddings if r not in modules_to_save)
-    return LoraSelection(selection.names, selection.preset, selection.layers, kept)
+    return LoraSelection(selection.names, selection.preset, selection.layers, kept, selection.unmatched)
+
+
+def _single(target: str) -> bool:
+    return len([t for t in target.split(",") if t.strip()]) <= 1
+
+
+def _unmatched_entries(model: ModelSpec, target: str) -> tuple[str, ...]:
+    """The entries of a comma list that match no module of `model`, as PEFT matches a list entry (the module's
+    name is the entry or ends with "." + entry; tuners_utils.py `check_target_module_exists`), when at least one
+    other entry matches: PEFT 0.21 adapts what matched and skips the rest, so a file written for several
+    families (`q_proj` on an MLA model) trains. Presets and "all" are not entries."""
+    wanted = [t.strip() for t in target.split(",") if t.strip()]
+    if any(t.lower() in LORA_TARGET_PRESETS or t == "all" for t in wanted):
+        return ()
+    moe_names = {n for p in model.moe_params for n in p.peft_names}
+    keys = [key for _, key in module_names(model)]
+    found = {t: t in moe_names or any(k == t or k.endswith(f".{t}") for k in keys) for t in wanted}
+    if not any(found.values()):
+        return ()  # nothing matched: the error of `_linear_targets`, as PEFT raises
+    return tuple(t for t in wanted if not found[t])
 
 
 def _linear_targets(model: ModelSpec, target: str) -> tuple[tuple[str, ...], str]:

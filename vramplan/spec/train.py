@@ -348,6 +348,13 @@ def resolve_train(
     saved = resolve_modules_to_save(model, modules_to_save)
     selection = select_lora_targets(model, lora_target, saved)
     targets, preset = selection.names, selection.preset
+    if selection.unmatched and method in ("lora", "qlora"):
+        many = len(selection.unmatched) > 1
+        notes.append(
+            f"LoRA target{'s' if many else ''} {', '.join(selection.unmatched)} match{'' if many else 'es'} no "
+            f"module of {model.name}: PEFT skips {'them' if many else 'it'} and adapts the other targets (it "
+            "raises only when none matches)"
+        )
     params = resolve_target_parameters(model, target_parameters)
     if (saved or params or selection.embeddings) and method not in ("lora", "qlora"):
         notes.append("modules_to_save / target_parameters / embedding targets are LoRA settings: ignored")
