@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from vramplan.breakdown import Components, PhaseUsage
 from vramplan.measure.build import TORCH_DTYPES, build
 from vramplan.measure.cuda_equiv import cuda_equivalence
-from vramplan.measure.harness import TRAINER_MAX_GRAD_NORM, components
+from vramplan.measure.harness import TRAINER_MAX_GRAD_NORM, traced_moments
 from vramplan.measure.step_hooks import wrap_checkpointing
 from vramplan.measure.tracker import MemoryTracker
 from vramplan.spec import ModelSpec, TrainSpec
@@ -168,10 +168,7 @@ def trace_strided_ebft(
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
         tracker.remove_hooks()
-    tracked = tracker.result()
-    phases = tuple(PhaseUsage(p.phase, components(p.breakdown), p.moment or "") for p in tracked.phases)
-    named = {mp.moment: components(mp.breakdown) for mp in tracked.moments if mp.moment}
-    return phases, named
+    return traced_moments(tracker)
 
 
 def _block_rewards(model, full, positions, t: TrainSpec, blocks: int, layers: list[int], autocast) -> torch.Tensor:

@@ -295,6 +295,13 @@ def components(c: CategoryBytes) -> Components:
     return Components(**{name: getattr(c, name) for name in COMPONENTS})
 
 
+def traced_moments(tracker) -> tuple[tuple[PhaseUsage, ...], dict[str, Components]]:
+    """A finished trace's phases (with the moment each peaked at) and its named moments, as components."""
+    tracked = tracker.result()
+    phases = tuple(PhaseUsage(p.phase, components(p.breakdown), p.moment or "") for p in tracked.phases)
+    return phases, {mp.moment: components(mp.breakdown) for mp in tracked.moments if mp.moment}
+
+
 def _breakdown(
     m: ModelSpec,
     t: TrainSpec,

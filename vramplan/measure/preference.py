@@ -29,7 +29,7 @@ import torch
 from vramplan.breakdown import Components, PhaseUsage
 from vramplan.measure.build import TORCH_DTYPES, build
 from vramplan.measure.cuda_equiv import cuda_equivalence
-from vramplan.measure.harness import TRAINER_MAX_GRAD_NORM, components
+from vramplan.measure.harness import TRAINER_MAX_GRAD_NORM, traced_moments
 from vramplan.measure.step_hooks import wrap_checkpointing
 from vramplan.measure.tracker import MemoryTracker
 from vramplan.spec import ModelSpec, TrainSpec
@@ -241,10 +241,7 @@ def trace_stage(m: ModelSpec, t: TrainSpec, steps: int = 2) -> tuple[tuple[Phase
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
         tracker.remove_hooks()
-    tracked = tracker.result()
-    phases = tuple(PhaseUsage(p.phase, components(p.breakdown), p.moment or "") for p in tracked.phases)
-    named = {mp.moment: components(mp.breakdown) for mp in tracked.moments if mp.moment}
-    return phases, named
+    return traced_moments(tracker)
 
 
 def _asft_loss(model, ref, ids, labels, tracker: MemoryTracker, autocast, alpha: float) -> torch.Tensor:
