@@ -213,6 +213,12 @@ def select_lora_targets(model: ModelSpec, target: str, modules_to_save: tuple[st
     return LoraSelection(selection.names, selection.preset, selection.layers, kept, selection.unmatched)
 
 
+def _entry_matches(model: ModelSpec, entry: str) -> list[str]:
+    """The decoder-layer linears a `target_modules` list entry selects, as PEFT matches it: the module's name is
+    the entry or ends with "." + entry (tuners_utils.py `check_target_module_exists`)."""
+    return [lin.name for lin, key in module_names(model) if key == entry or key.endswith(f".{entry}")]
+
+
 def _single(target: str) -> bool:
     return len([t for t in target.split(",") if t.strip()]) <= 1
 
@@ -226,8 +232,7 @@ def _unmatched_entries(model: ModelSpec, target: str) -> tuple[str, ...]:
     if any(t.lower() in LORA_TARGET_PRESETS or t == "all" for t in wanted):
         return ()
     moe_names = {n for p in model.moe_params for n in p.peft_names}
-    keys = [key for _, key in module_names(model)]
-    found = {t: t in moe_names or any(k == t or k.endswith(f".{t}") for k in keys) for t in wanted}
+    found = {t: t in moe_names or bool(_entry_matches(model, t)) for t in wanted}
     if not any(found.values()):
         return ()  # nothing matched: the error of `_linear_targets`, as PEFT raises
     return tuple(t for t in wanted if not found[t])
@@ -260,8 +265,7 @@ def _linear_targets(model: ModelSpec, target: str) -> tuple[tuple[str, ...], str
         return names + moe_names, "all-linear"
     if any(t not in names + moe_names for t in wanted):
         # PEFT: a list entry matches a module whose name is the entry or ends with "." + entry (self_attn.q_proj)
-        by_suffix = {t: [lin.name for lin, key in module_names(model) if key == t or key.endswith(f".{t}")]
-                     for t in wanted}  # fmt: skip
+        by_suffix = {t: _entry_matches(model, t) for t in wanted}
         if all(by_suffix.values()):
             found = [n for t in wanted for n in by_suffix[t]]
             return tuple(dict.fromkeys(found)), "custom"
