@@ -119,7 +119,6 @@ def generic_model_spec(cfg: Mapping[str, Any], name: str, text_part: bool = Fals
         raise VramplanError(f"{name}: a {mt} config.json without a layer count, hidden size or vocabulary size")
     heads = _field(fields, amap, "num_attention_heads") or 1
     head_dim = _field(fields, amap, "head_dim") or max(hidden // heads, 1)
-    kv_heads = _field(fields, amap, "num_key_value_heads") or heads
     prefix = _layer_prefix(ts)
     keys = {t.key for t in ts}
     shapes = {t.key: t.shape for t in ts}
@@ -139,6 +138,7 @@ def generic_model_spec(cfg: Mapping[str, Any], name: str, text_part: bool = Fals
             bias_of.add(bias_key)
         group = "attn" if any(w in path.lower() for w in ("attn", "attention", "mixer", "mamba")) else "mlp"
         linears.append(LinearSpec(path + variant, in_f, out_f, bias, group, path=path, count=t.count))  # type: ignore[arg-type]
+    kv_heads = _kv_heads_of(linears, heads, head_dim) or _field(fields, amap, "num_key_value_heads") or heads
     fused_experts = 0
     layer_parameters: list[tuple[str, tuple[int, ...], int]] = []
     for t in ts:
@@ -209,6 +209,36 @@ def generic_model_spec(cfg: Mapping[str, Any], name: str, text_part: bool = Fals
         table_layer_parameters=tuple(layer_parameters),
         embedding_names=_embedding_names(mt, ts, vocab, hidden),
     )
+
+
+_KEY_PROJECTIONS = ("k_proj", "key", "wk", "k_lin")
+_FUSED_QKV = ("qkv_proj", "query_key_value", "c_attn", "wqkv", "qkv")
+
+
+def _kv_heads_of(linears: list[LinearSpec], heads: int, head_dim: int) -> int | None:
+    """The key/value heads the attention really projects to, read off the key projection's shape (`k_proj` out =
+    kv_heads · head_dim; a fused `query_key_value` out = (heads + 2 · kv_heads) · head_dim): what K and V
+    activations and the KV cache hold. A config field can say otherwise: FalconConfig keeps `num_kv_heads` = 71
+    for falcon-7b while FalconAttention uses one head under `multi_query` (modeling_falcon.py, 5.24). Only a
+    direct child of the attention module counts (not an indexer's `wk`); None when there is none, when layers
+    of different kinds disagree, or when a shape gives no whole number of heads dividing the query heads."""
+    found: set[int] = set()
+    for lin in linears:
+        parts = (lin.path or lin.name).lower().split(".")
+        if lin.group != "attn" or len(parts) != 2 or parts[1] not in _KEY_PROJECTIONS + _FUSED_QKV:
+            continue
+        width, rest = divmod(lin.out_features, head_dim)
+        if rest:
+            return None
+        if parts[1] in _KEY_PROJECTIONS:
+            found.add(width)
+        elif parts[1] in _FUSED_QKV:
+            kv, odd = divmod(width - heads, 2)
+            found.add(kv if not odd else 0)
+    if len(found) != 1:
+        return None
+    kv = found.pop()
+    return kv if kv >= 1 and heads % kv == 0 else None
 
 
 def _is_layer_linear(t: architectures.Tensor, prefix: str) -> bool:
