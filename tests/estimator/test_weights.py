@@ -117,7 +117,9 @@ def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return get
 
 
-def _load_and_check(folder: Path, family: str, quant: str, double_quant: bool) -> None:
+def _load_and_check(
+    folder: Path, family: str, quant: str, double_quant: bool, config: dict[str, Any] | None = None
+) -> None:
     """Load quantized; parameter and quant-state bytes equal weight_bytes, before and after kbit prep."""
     import torch
     from peft import prepare_model_for_kbit_training
@@ -135,7 +137,7 @@ def _load_and_check(folder: Path, family: str, quant: str, double_quant: bool) -
     model = AutoModelForCausalLM.from_pretrained(
         folder, quantization_config=bnb_config, dtype=torch.bfloat16, device_map="cpu"
     )
-    m = model_spec_from_config(TINY_CONFIGS[family], f"tiny-{family}")
+    m = model_spec_from_config(config or TINY_CONFIGS[family], f"tiny-{family}")
     for kbit_prep in (False, True):
         if kbit_prep:
             model = prepare_model_for_kbit_training(model)  # fp32 upcast of every non-quantized parameter
@@ -162,3 +164,35 @@ def test_tiny_model_loaded_nf4(saved_model: Any, family: str) -> None:
     """What stays unquantized differs by family: tied embeddings, biases, bloom's embedding norm, phi's
     lm_head bias, Mixtral's 3-D expert and router parameters (plain nn.Parameter, left in bf16)."""
     _load_and_check(saved_model(family), family, "nf4", True)
+
+
+# Families on the generic path (the architecture table) whose decoder linears are not all `nn.Linear`: Falcon's
+# are FalconLinear, a subclass that transformers 5.24's replace_with_bnb_linear (`type(module) is nn.Linear`)
+# leaves in bf16, then kbit prep in fp32; GPT-2's Conv1D is replaced (its `isinstance(module, Conv1D)` branch).
+GENERIC_TINY = {
+    "falcon": {"model_type": "falcon", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+               "vocab_size": 256, "multi_query": True, "parallel_attn": True, "bias": False},
+    "gpt2": {"model_type": "gpt2", "n_embd": 64, "n_head": 4, "n_layer": 2, "vocab_size": 256, "n_positions": 64},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def saved_generic(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    def get(family: str) -> Path:
+        torch.manual_seed(0)
+        config = AutoConfig.for_model(**GENERIC_TINY[family])
+        folder = tmp_path_factory.mktemp(f"generic-{family}")
+        AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(folder)
+        return folder
+
+    return get
+
+
+@pytest.mark.parametrize("family", sorted(GENERIC_TINY))
+def test_generic_model_loaded_nf4(saved_generic: Any, family: str) -> None:
+    m = model_spec_from_config(GENERIC_TINY[family], f"tiny-{family}")
+    assert (m.unquantizable_linear_params > 0) == (family == "falcon")  # what the table says it holds
+    _load_and_check(saved_generic(family), family, "nf4", True, GENERIC_TINY[family])

@@ -20,7 +20,7 @@ def quantized_linear_bytes(m: ModelSpec, quant: str, double_quant: bool) -> tupl
     """(packed weights, quant state) of every `nn.Linear` bitsandbytes replaces (decoder layers, a VLM's tower):
     `quant` "int8" (Linear8bitLt) or "nf4"/"fp4" (Linear4bit). Training and serving load them alike."""
     packed = state = 0
-    shapes = [((lin.out_features, lin.in_features), m.instances(lin)) for lin in m.linears]
+    shapes = [((lin.out_features, lin.in_features), m.instances(lin)) for lin in m.linears if lin.quantizable]
     shapes += [(shape, n) for shape, n, quantized in m.tower_tensors if quantized]  # a VLM's vision tower
     for (out_f, in_f), n in shapes:
         if quant == "int8":

@@ -137,7 +137,9 @@ def generic_model_spec(cfg: Mapping[str, Any], name: str, text_part: bool = Fals
         if bias:
             bias_of.add(bias_key)
         group = "attn" if any(w in path.lower() for w in ("attn", "attention", "mixer", "mamba")) else "mlp"
-        linears.append(LinearSpec(path + variant, in_f, out_f, bias, group, path=path, count=t.count))  # type: ignore[arg-type]
+        quantizable = t.kind in ("Linear", "Conv1D")  # replace_with_bnb_linear: `type(module) is nn.Linear`
+        linears.append(LinearSpec(path + variant, in_f, out_f, bias, group, path=path, count=t.count,  # type: ignore[arg-type]
+                                  quantizable=quantizable))  # fmt: skip
     kv_heads = _kv_heads_of(linears, heads, head_dim) or _field(fields, amap, "num_key_value_heads") or heads
     fused_experts = 0
     layer_parameters: list[tuple[str, tuple[int, ...], int]] = []

@@ -50,6 +50,9 @@ class LinearSpec:
     group: Literal["attn", "mlp"]
     path: str = ""  # the module's path inside the decoder layer (`self_attn.q_proj`), for LoRA target matching
     count: int = 0  # instances in the whole model; 0: one per decoder layer (the hand-modelled families)
+    # bitsandbytes replaces it: transformers 5.24 replace_with_bnb_linear takes `type(module) is nn.Linear` or
+    # Conv1D only, so a subclass (Falcon's FalconLinear, Llama 4's router) stays in the load dtype
+    quantizable: bool = True
 
     @property
     def weight_params(self) -> int:
@@ -181,7 +184,13 @@ class ModelSpec:
         """Every weight bitsandbytes replaces: the decoder-layer linears and the tower's `nn.Linear`s
         (transformers 5.24 replace_with_bnb_linear: every `type(module) is nn.Linear` / Conv1D outside
         `modules_to_not_convert` = output embedding, last module, `_keep_in_fp32_modules`)."""
-        return self.linear_weight_params + sum(_numel(shape) * n for shape, n, packed in self.tower_tensors if packed)
+        linears = sum(lin.weight_params * self.instances(lin) for lin in self.linears if lin.quantizable)
+        return linears + sum(_numel(shape) * n for shape, n, packed in self.tower_tensors if packed)
+
+    @property
+    def unquantizable_linear_params(self) -> int:
+        """Decoder-layer linear weights bitsandbytes leaves alone (an `nn.Linear` subclass: FalconLinear)."""
+        return sum(lin.weight_params * self.instances(lin) for lin in self.linears if not lin.quantizable)
 
     def instances(self, lin: LinearSpec) -> int:
         """How many times the model holds this linear (once per decoder layer unless counted otherwise)."""

@@ -38,7 +38,7 @@ from vramplan.spec.peft_method import BOTTLENECK_NAMES, IA3_TARGETS, LORA, PeftM
 from vramplan.spec.prequantized_base import model_checkpoint, resolve_base
 from vramplan.spec.stack import DEFAULT_STACK, Stack, resolve_stack
 from vramplan.spec.stage import SFT, StageSpec, resolve_stage, stage_loss
-from vramplan.spec.train_notes import contradictions, moe_note
+from vramplan.spec.train_notes import contradictions, moe_note, unquantized_linears_note
 
 OPTIMIZERS: tuple[str, ...] = (
     "adamw_torch",
@@ -400,6 +400,8 @@ def resolve_train(
         and (quant != "none" or moe or (model.from_table and preset == "all-linear"))
     ):
         notes.append(moe_note(model, quant, dtype, kbit_prep and quant != "none", bool(moe)))
+    if quant != "none" and model.unquantizable_linear_params:
+        notes.append(unquantized_linears_note(model, kbit_prep, dtype))
     notes += contradictions(
         model, method, quant, attn, seq, kbit_prep, double_quant, gpu_compute_capability, set(explicit)
     )

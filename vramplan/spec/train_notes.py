@@ -30,6 +30,18 @@ def moe_note(model: ModelSpec, quant: str, dtype: str, kbit_prep: bool, adapted:
     return head + bnb + peft
 
 
+def unquantized_linears_note(model: ModelSpec, kbit_prep: bool, dtype: str) -> str:
+    """One line: decoder linears that are `nn.Linear` subclasses, which bitsandbytes does not replace."""
+    n = model.unquantizable_linear_params
+    kinds = sorted({lin.path.rsplit(".", 1)[-1] or lin.name for lin in model.linears if not lin.quantizable})
+    stored = "cast to fp32 by kbit prep" if kbit_prep else f"kept in {dtype}"
+    return (
+        f"{model.name}'s {', '.join(kinds)} ({n / 1e9:.2f} B parameters) are nn.Linear subclasses: transformers "
+        f"5.24's bitsandbytes replacement takes `type(module) is nn.Linear` only, so they stay unquantized "
+        f"({stored}), as the real stack loads them"
+    )
+
+
 def contradictions(
     model: ModelSpec,
     method: str,
