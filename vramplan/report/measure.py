@@ -186,7 +186,8 @@ def render_measurement(r: Any, estimate: Breakdown, console: Console) -> None:
     elif b.gpu_bytes is not None and b.verdict is not None:
         how = "" if r.cuda is not None else " (traced peak, replayed allocator, modelled CUDA context)"
         console.print(verdict_line(b, how, console.width), soft_wrap=True)
-    print_notes(b.all_notes, console)
+    # the step's own notes (b.train.notes) went to stderr as warnings before the table (cli emit_notes)
+    print_notes(b.notes, console)
 
 
 class Progress:

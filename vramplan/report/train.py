@@ -149,7 +149,8 @@ def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -
         print_flow(stack_line(b.train), console)
     if b.gpu_bytes is not None and b.verdict is not None:
         console.print(verdict_line(b, band_text(b.error_band), console.width), soft_wrap=True)
-    print_notes(b.all_notes, console)
+    # the step's own notes (b.train.notes) went to stderr as warnings before the table (cli emit_notes)
+    print_notes(b.notes, console)
     if b.approximation is not None:
         a = b.approximation
         if a.kind == "vision":  # a hand-modelled decoder inside a VLM wrapper: exact, with what is left out
