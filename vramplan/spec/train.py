@@ -400,7 +400,8 @@ def resolve_train(
         and (quant != "none" or moe or (model.from_table and preset == "all-linear"))
     ):
         notes.append(moe_note(model, quant, dtype, kbit_prep and quant != "none", bool(moe)))
-    if quant != "none" and model.unquantizable_linear_params:
+    # said when it moves the weights (falcon: every linear); a small router's (Llama 4) is counted, not said
+    if quant != "none" and model.unquantizable_linear_params * 100 > model.linear_weight_params:
         notes.append(unquantized_linears_note(model, kbit_prep, dtype))
     notes += contradictions(
         model, method, quant, attn, seq, kbit_prep, double_quant, gpu_compute_capability, set(explicit)

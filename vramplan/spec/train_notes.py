@@ -35,8 +35,9 @@ def unquantized_linears_note(model: ModelSpec, kbit_prep: bool, dtype: str) -> s
     n = model.unquantizable_linear_params
     kinds = sorted({lin.path.rsplit(".", 1)[-1] or lin.name for lin in model.linears if not lin.quantizable})
     stored = "cast to fp32 by kbit prep" if kbit_prep else f"kept in {dtype}"
+    size = f"{n / 1e9:.2f} B" if n >= 10**7 else f"{n:,}"
     return (
-        f"{model.name}'s {', '.join(kinds)} ({n / 1e9:.2f} B parameters) are nn.Linear subclasses: transformers "
+        f"{model.name}'s {', '.join(kinds)} ({size} parameters) are nn.Linear subclasses: transformers "
         f"5.24's bitsandbytes replacement takes `type(module) is nn.Linear` only, so they stay unquantized "
         f"({stored}), as the real stack loads them"
     )
