@@ -375,7 +375,7 @@ def test_without_from_nothing_changes():
         ("Mapika/GLM-5.2-NVFP4", "glm-5.2"),
         ("01-ai/Yi-34B-Chat", "yi-34b"),
         ("EleutherAI/pythia-12b-deduped", "pythia-12b"),
-        ("EleutherAI/pythia-1.4b-deduped", None),  # another size
+        ("EleutherAI/pythia-1.4b-deduped", "pythia-1.4b"),  # not pythia-12b: its own size
         ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2.5-vl-7b"),  # the VLM, not qwen2.5-7b
         ("Qwen/Qwen3.5-9B", "qwen3.5-9b"),
         ("mistralai/Magistral-Small-2509", None),  # the 2509 model is a VLM: not 2506's text-only config
