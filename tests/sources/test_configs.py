@@ -362,7 +362,7 @@ def test_without_from_nothing_changes():
         ("meta-llama/Llama-4-Scout-17B-16E", "llama-4-scout-17b-16e"),  # the base of the Instruct profile
         ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", "nemotron-3-nano-30b-a3b"),
         ("deepseek-ai/DeepSeek-V3-0324", None),  # a later checkpoint: its config.json was not compared
-        ("Qwen/Qwen3-235B-A22B-Instruct-2507", None),  # 2507: another context length than Qwen3-235B-A22B
+        ("Qwen/Qwen3-235B-A22B-Instruct-2507", "qwen3-235b-a22b-instruct-2507"),  # 262k context: not qwen3-235b-a22b
         ("someone/llama-3-8b-sft", None),  # a fine-tune's name is not a variant of the base
         # the real example configs' checkpoints: aliases, the base of an Instruct/Chat profile, pre-quantized copies
         ("TinyLlama/TinyLlama_v1.1", "tinyllama-1.1b"),
@@ -375,7 +375,7 @@ def test_without_from_nothing_changes():
         ("Mapika/GLM-5.2-NVFP4", "glm-5.2"),
         ("01-ai/Yi-34B-Chat", "yi-34b"),
         ("EleutherAI/pythia-12b-deduped", "pythia-12b"),
-        ("EleutherAI/pythia-1.4b-deduped", None),  # another size
+        ("EleutherAI/pythia-1.4b-deduped", "pythia-1.4b"),  # not pythia-12b: its own size
         ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2.5-vl-7b"),  # the VLM, not qwen2.5-7b
         ("Qwen/Qwen3.5-9B", "qwen3.5-9b"),
         ("mistralai/Magistral-Small-2509", None),  # the 2509 model is a VLM: not 2506's text-only config
