@@ -136,3 +136,14 @@ def test_unmatched_list_entries_are_a_note() -> None:
     assert any("query_key_value, dense match no module" in n and "PEFT skips them" in n for n in t.notes)
     with pytest.raises(VramplanError, match="q_prj"):  # a single unmatched name stays an error, as in PEFT
         resolve_train(m, method="lora", lora_target="q_prj")
+
+
+def test_targets_not_checked_without_lora() -> None:
+    """axolotl's archived mpt-7b example: `adapter:` empty (a full fine-tune) with lora_target_modules q_proj,
+    v_proj that MPT does not have. Nothing reads them outside LoRA, so they are not an error there."""
+    from vramplan.spec import resolve_train
+
+    m = model_spec_from_config(TINY_CONFIGS["gpt_neox"], "gpt_neox")  # query_key_value, no q_proj
+    assert resolve_train(m, method="full", lora_target="q_proj,v_proj").method == "full"
+    with pytest.raises(VramplanError, match="q_proj"):
+        resolve_train(m, method="lora", lora_target="q_proj,v_proj")

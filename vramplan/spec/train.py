@@ -346,7 +346,10 @@ def resolve_train(
             raise VramplanError(f"PEFT has no default IA³ targets for {model.model_type}: pass --lora-target NAMES")
         lora_target = ",".join(IA3_TARGETS[model.model_type])
     saved = resolve_modules_to_save(model, modules_to_save)
-    selection = select_lora_targets(model, lora_target, saved)
+    # a LoRA target list under another method is a setting nothing reads (axolotl with an empty `adapter:` keeps
+    # its lora_target_modules): not checked against the model, said by contradictions() when typed
+    uses_lora = method in ("lora", "qlora")
+    selection = select_lora_targets(model, lora_target if uses_lora else "all-linear", saved)
     targets, preset = selection.names, selection.preset
     if selection.unmatched and method in ("lora", "qlora"):
         many = len(selection.unmatched) > 1
