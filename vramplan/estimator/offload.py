@@ -1,11 +1,12 @@
 """Activations moved to host RAM during the step: offloaded gradient checkpointing and activation offloading.
 
 - `checkpoints` (Unsloth's `use_gradient_checkpointing="unsloth"`, LLaMA-Factory `use_unsloth_gc`, axolotl
-  `gradient_checkpointing: offload`): each checkpointed layer input is copied to the host in forward and
+  `activation_offloading: legacy`, whose offload_cpu.py is Unsloth's checkpointer): each checkpointed layer input is copied to the host in forward and
   back to the GPU just before that layer's recompute (unsloth_zoo/gradient_checkpointing.py
   `Unsloth_Offloaded_Gradient_Checkpointer`: `saved_hidden_states = hidden_states.to("cpu",
   non_blocking=True)` in forward, `.to("cuda")` in backward). On the GPU: the one input in flight.
-- `all` (transformers / TRL `activation_offloading=True`, axolotl `activation_offloading`): a
+- `all` (transformers / TRL `activation_offloading=True`, axolotl `activation_offloading: true / disk /
+  hidden_states` and `gradient_checkpointing: offload / offload_disk`, which axolotl rewrites to them): a
   saved-tensor hook moves every tensor autograd saves in the decoder layers to pinned host memory and
   overlaps the copies back in backward (trl 1.16 models/activation_offloading.py `OffloadActivations`, from
   torchtune: tensors of at least `min_offload_size` 1024 B, `use_streams`, `max_fwd_stash_size` 5 tensors;

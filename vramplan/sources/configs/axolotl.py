@@ -139,6 +139,42 @@ def _may_match(pattern: str) -> bool:
         return True
 
 
+# activation_offloading -> vramplan's activation_offload (estimator/offload.py), axolotl 067b021:
+# true / "disk": trl's OffloadActivations with streams (core/trainers/mixins/activation_checkpointing.py); with
+# checkpointing on (required) its saved tensors are the layer inputs, two on the GPU. "legacy": no streams, and
+# for an adapter the checkpoint itself swapped for Unsloth's CPU_Offloaded_Gradient_Checkpointer
+# (loaders/patch_manager.py `_apply_gradient_checkpointing_patches`, monkeypatch/gradient_checkpointing/
+# offload_cpu.py): each input back just before its recompute, one on the GPU. "hidden_states": only the marked
+# checkpoint inputs (monkeypatch/checkpoint_activation_offload.py `CheckpointHiddenStatesOffload`, streams)
+_AX_OFFLOAD = {"true": "all", "disk": "all", "legacy": "checkpoints", "hidden_states": "all"}
+
+
+def _checkpointing_and_offloading(r: Reader, data: Mapping[str, Any]) -> None:
+    """`gradient_checkpointing` (true, false, "offload", "offload_disk"), `activation_offloading` and
+    `selective_checkpointing`. axolotl 067b021 utils/schemas/validation.py `check_gradient_checkpointing_w_offload`
+    rewrites "offload" to checkpointing + `activation_offloading: true` and "offload_disk" to checkpointing +
+    `activation_offloading: disk`; `check_activation_offloading_wo_gc` requires checkpointing for any offloading."""
+    gc = data.get("gradient_checkpointing")
+    ao = data.get("activation_offloading")
+    if gc is not None:
+        r.set("grad_ckpt", is_set(gc))
+        if isinstance(gc, str) and gc.lower() in ("offload", "offload_disk"):
+            r.set("grad_ckpt", True)
+            ao = ao if is_set(ao) else (True if gc.lower() == "offload" else "disk")
+        elif isinstance(gc, str):
+            r.skip("gradient_checkpointing", f"{gc}: estimated as checkpointing on the GPU", "grad_ckpt")
+    if is_set(ao):
+        mode = "true" if ao is True else str(ao).lower()
+        if mode not in _AX_OFFLOAD:
+            r.skip("activation_offloading", "estimated as trl's OffloadActivations (activation_offloading: true)")
+        r.set("activation_offload", _AX_OFFLOAD.get(mode, "all"))
+        if mode == "disk":
+            r.notes.append("activation_offloading=disk: the offloaded activations are on disk, not in host RAM")
+    sac = data.get("selective_checkpointing")
+    if is_set(sac):  # monkeypatch/selective_checkpointing.py: saves attention's outputs inside checkpointed layers
+        r.skip("selective_checkpointing", "ops saved inside the checkpointed layers (attention by default) not modeled")
+
+
 def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
     """`axolotl train x.yml`. Defaults (utils/schemas/{config,training,peft}.py): no adapter = full tuning,
     lora_dropout 0, sequence_len 512, micro_batch_size 1, adamw_torch_fused, no gradient checkpointing;
@@ -190,18 +226,7 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
         r.notes.append(
             f"peft_init_lora_weights={init}: an initialisation of the adapters, no memory change in training"
         )
-    gc = data.get("gradient_checkpointing")
-    if gc is not None:
-        r.set("grad_ckpt", is_set(gc))
-        if isinstance(gc, str) and gc.lower() == "offload":  # axolotl's CPU-offloaded checkpointing (Unsloth's)
-            r.set("activation_offload", "checkpoints")
-        elif isinstance(gc, str):
-            r.skip("gradient_checkpointing", f"{gc}: estimated as checkpointing on the GPU", "grad_ckpt")
-    ao = data.get("activation_offloading")
-    if is_set(ao):  # true / "legacy": trl's OffloadActivations; "disk" goes to disk instead of RAM
-        r.set("activation_offload", "all")
-        if str(ao).lower() == "disk":
-            r.notes.append("activation_offloading=disk: the offloaded activations are on disk, not in host RAM")
+    _checkpointing_and_offloading(r, data)
     r.no_memory_change(("gradient_checkpointing_kwargs",), "use_reentrant picks the checkpoint implementation")
     impl = data.get("attn_implementation")
     flags = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager"}
