@@ -6,6 +6,8 @@
   (unsloth_zoo/gradient_checkpointing.py `Unsloth_Offloaded_Gradient_Checkpointer`:
   `saved_hidden_states = hidden_states.to("cpu", non_blocking=True)` in forward, `.to("cuda")` in backward).
   On the GPU: the one input in flight.
+- `unsloth` (Unsloth's `use_gradient_checkpointing="unsloth"` as unsloth_zoo 2026.10.9 runs it): the layer
+  inputs but the last's on the host, staging buffers on the GPU (`unsloth_offload`).
 - `all` (transformers / TRL `activation_offloading=True`, axolotl `activation_offloading: true / disk /
   hidden_states` and `gradient_checkpointing: offload / offload_disk`, which axolotl rewrites to them): a
   saved-tensor hook moves every tensor autograd saves in the decoder layers to pinned host memory and
@@ -28,13 +30,45 @@ import dataclasses
 from vramplan.estimator.activations import ActivationBytes
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
 
-ACTIVATION_OFFLOADS: tuple[str, ...] = ("none", "checkpoints", "all")
+ACTIVATION_OFFLOADS: tuple[str, ...] = ("none", "checkpoints", "unsloth", "all")
+# unsloth_zoo 2026.10.9 gradient_checkpointing.py `initialize_unsloth_gradient_checkpointing`: a checkpoint
+# input of at most MINIMUM_SIZE bytes stays on the GPU
+UNSLOTH_MINIMUM_SIZE = 2 * 1024 * 1024
+
+
+def unsloth_offload(t: TrainSpec, a: ActivationBytes, layers: int) -> tuple[int, int, int]:
+    """(bytes of layer inputs off the GPU, bytes on the GPU in their place, host bytes) of Unsloth's current
+    offloaded checkpointing, `use_gradient_checkpointing="unsloth"`.
+
+    unsloth_zoo 2026.10.9 gradient_checkpointing.py `UnslothCheckpointFunction` (reentrant): each decoder
+    layer's input is copied to a pinned host slot, stored as bf16 / fp16 when it is fp32 (`store_dtype`,
+    unless UNSLOTH_OFFLOAD_FP32=exact) and cast back in backward; the last layer's input is not offloaded
+    after the first step (`LAST_GC_INDEX`, as torchtune #1443); inputs of at most 2 MiB stay. On the GPU:
+    the last input, the staging buffer the reload lands in (`GPU_BUFFERS`, grown to the input's stored size
+    and kept) and, once a step found 512 MiB free (`DOUBLE_BUFFER_HEADROOM`), a second one for overlapped
+    reloads (`GPU_BUFFERS_B`; counted: an upper bound), plus the fp32 copy a cast back makes in recompute.
+    CUDA-only streams and pinned buffers: modelled from the source, not traced.
+    """
+    fp32 = residual_is_fp32(t)
+    stored = a.hidden_bytes // 2 if fp32 else a.hidden_bytes
+    if stored <= UNSLOTH_MINIMUM_SIZE or layers < 2:
+        return 0, 0, 0
+    kept = a.hidden_bytes + 2 * stored + (a.hidden_bytes if fp32 else 0)
+    return layers * a.hidden_bytes, kept, (layers - 1) * stored
+
+
+def residual_is_fp32(t: TrainSpec) -> bool:
+    from vramplan.estimator.activations import residual_dtype_of
+
+    return residual_dtype_of(t) == "fp32"
 
 
 def offloaded_bytes(t: TrainSpec, a: ActivationBytes, layers: int) -> tuple[int, int]:
     """(bytes moved to the host, bytes of the layer kept in flight on the GPU) for `t.activation_offload`."""
     if t.activation_offload == "none":
         return 0, 0
+    if t.activation_offload == "unsloth":
+        return unsloth_offload(t, a, layers)[:2]
     # Unsloth copies back synchronously: one unit on the GPU; OffloadActivations(use_streams=True) brings the
     # next tensors back while the current ones are used: two
     units = 1 if t.activation_offload == "checkpoints" else 2
@@ -56,6 +90,8 @@ def offload_activations(t: TrainSpec, a: ActivationBytes, layers: int) -> Activa
 
 def host_bytes(t: TrainSpec, a: ActivationBytes, layers: int) -> int:
     """Host RAM one rank's offloaded activations take at the end of forward."""
+    if t.activation_offload == "unsloth":
+        return unsloth_offload(t, a, layers)[2]
     return offloaded_bytes(t, a, layers)[0]
 
 

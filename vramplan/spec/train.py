@@ -133,8 +133,9 @@ class TrainSpec:
     modules_to_save: tuple[str, ...] = ()  # "embed_tokens" / "lm_head": trainable full copies
     target_parameters: tuple[tuple[str, tuple[int, ...], int], ...] = ()  # (name, shape, instances), ParamWrapper
     optim_rank: int = 0  # GaLore / APOLLO projection rank (0 for other optimizers)
-    # activations moved to host RAM: "checkpoints" (Unsloth's offloaded checkpointing), "all" (activation
-    # offloading); vramplan/estimator/offload.py
+    # activations moved to host RAM: "checkpoints" (the first Unsloth offloaded checkpointer, LLaMA-Factory's
+    # and axolotl's copies), "unsloth" (unsloth_zoo's current one), "all" (activation offloading);
+    # vramplan/estimator/offload.py
     activation_offload: str = "none"
     # axolotl `layer_offloading`: the decoder layers' frozen parameters in pinned host RAM, streamed through the
     # GPU a layer at a time (vramplan/estimator/offload.py `layer_offload_bytes`)
@@ -307,10 +308,12 @@ def resolve_train(
         double_quant = quant in ("nf4", "fp4")
     if kbit_prep is None:
         kbit_prep = quant != "none"
-    activation_offload = _choice(activation_offload, ("none", "checkpoints", "all"), "--activation-offload") or "none"
-    if activation_offload == "checkpoints":
+    offloads = ("none", "checkpoints", "unsloth", "all")  # vramplan/estimator/offload.py
+    activation_offload = _choice(activation_offload, offloads, "--activation-offload") or "none"
+    if activation_offload in ("checkpoints", "unsloth"):
         if grad_ckpt is False:
-            notes.append("--activation-offload checkpoints offloads checkpointed layer inputs: checkpointing turned on")
+            notes.append(f"--activation-offload {activation_offload} offloads checkpointed layer inputs: "
+                         "checkpointing turned on")  # fmt: skip
         grad_ckpt = True
     if grad_ckpt is None:
         grad_ckpt = method == "qlora" and kbit_prep  # prepare_model_for_kbit_training turns it on
