@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's vramplan: a script's sys.path has benchmarks/, not the checkout
 DATA = Path("tests") / "data"  # relative: the same command lines in any checkout (run from ROOT)
 RENAMED = {"adapters": "trainable"}  # old JSON key -> new JSON key
-IGNORED = {"moment", "approximation", "recipe", "stack"}  # keys added by later versions (not figures)
+IGNORED = {"moment", "approximation", "recipe", "stack", "layer_offload"}  # keys added by later versions (not figures)
 
 
 def commands() -> list[list[str]]:

@@ -81,7 +81,9 @@ def train_options(f: Callable) -> Callable:
             "--activation-offload",
             default="none",
             show_default=True,
-            help="to host RAM: checkpoints (Unsloth's offloaded checkpointing) | all (activation_offloading)",
+            help="to host RAM: checkpoints (each checkpointed input, one back at a time: LLaMA-Factory "
+            "use_unsloth_gc, axolotl legacy) | unsloth (unsloth_zoo's checkpointer: the last input and two staging "
+            "buffers stay) | all (activation_offloading)",
         ),
         click.option(
             "--attn", default="sdpa", show_default=True, help="eager | sdpa | flash_attention_2 | flex_attention"

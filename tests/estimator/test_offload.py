@@ -44,7 +44,7 @@ def test_activation_offloading_without_checkpointing_keeps_two_layers():
     assert on_gpu == -(plain.saved - plain.final_saved) + 2 * plain.layer
 
 
-@pytest.mark.parametrize("mode", ["checkpoints", "all"])
+@pytest.mark.parametrize("mode", ["checkpoints", "unsloth", "all"])
 def test_offloading_never_raises_the_device_peak(mode: str):
     m = load_model("mistral-7b")
     for seq in (512, 2048, 8192):
@@ -52,3 +52,42 @@ def test_offloading_never_raises_the_device_peak(mode: str):
         off = estimate(m, train=resolve_train(m, method="qlora", seq=seq, activation_offload=mode))
         assert off.peak_bytes <= base.peak_bytes
         assert off.host_bytes > 0
+
+
+def test_unsloth_keeps_the_last_input_and_two_staging_buffers():
+    """unsloth_zoo 2026.10.9 UnslothCheckpointFunction (estimator/offload.py `unsloth_offload`, from its source:
+    CUDA streams and pinned buffers). Llama-3-8B LoRA, batch 4 × 4096, bf16 residual: 31 of the 32 layer inputs
+    go to the host as they are; the GPU keeps the last one and the two staging buffers the reloads land in,
+    two inputs more than the first Unsloth checkpointer's one."""
+    m = load_model("llama-3-8b")
+    hidden = 4 * 4096 * 4096 * 2  # batch·seq·hidden·bf16
+    first = estimate(m, train=resolve_train(m, method="lora", batch=4, seq=4096, activation_offload="checkpoints"))
+    t = resolve_train(m, method="lora", batch=4, seq=4096, activation_offload="unsloth")
+    assert t.grad_ckpt
+    b = estimate(m, train=t)
+    assert b.host_bytes == 31 * hidden
+    assert b.phases[0].components.activations - first.phases[0].components.activations == 2 * hidden
+
+
+def test_unsloth_stores_fp32_inputs_as_bf16_and_keeps_small_ones():
+    """After kbit prep the residual stream is fp32: the host copy is bf16 (`store_dtype`), cast back to an fp32
+    copy in backward; an input of at most 2 MiB (MINIMUM_SIZE) is not offloaded at all."""
+    m = load_model("llama-3-8b")
+    fp32_hidden = 4 * 4096 * 4096 * 4  # batch·seq·hidden·fp32
+    a = activation_bytes(m, resolve_train(m, method="qlora", batch=4, seq=4096))
+    from vramplan.estimator.offload import unsloth_offload
+
+    t = resolve_train(m, method="qlora", batch=4, seq=4096, activation_offload="unsloth")
+    gone, kept, host = unsloth_offload(t, a, 32)
+    assert (gone, host) == (32 * fp32_hidden, 31 * fp32_hidden // 2)
+    assert kept == fp32_hidden + 2 * fp32_hidden // 2 + fp32_hidden  # last input, two bf16 buffers, cast back
+    small = resolve_train(m, method="lora", batch=1, seq=256, activation_offload="unsloth")  # 1·256·4096·2 = 2 MiB
+    assert unsloth_offload(small, activation_bytes(m, small), 32) == (0, 0, 0)
+    assert estimate(m, train=small).host_bytes == 0
+
+
+def test_unsloth_recipe_offloads_as_unsloth_does():
+    from vramplan.spec.recipe import resolve_recipe
+
+    settings = dict(resolve_recipe("unsloth").settings)
+    assert (settings["grad_ckpt"], settings["activation_offload"]) == (True, "unsloth")

@@ -211,8 +211,36 @@ def test_axolotl_offloading_keys(tmp_path: Path):
         "gradient_checkpointing_kwargs:\n  use_reentrant: false\npeft_use_rslora: true\n"
     ))  # fmt: skip
     fs = read_config(path)
-    assert fs.settings["activation_offload"] == "checkpoints"
+    # axolotl 067b021 validation.py check_gradient_checkpointing_w_offload: "offload" = checkpointing +
+    # activation_offloading: true (trl's OffloadActivations with streams), not Unsloth's checkpointer
+    assert (fs.settings["grad_ckpt"], fs.settings["activation_offload"]) == (True, "all")
     assert fs.settings["optim"] == "ao_adamw_4bit"
     assert fs.not_modeled == ()
-    fs = read_config(_write(tmp_path, "ay.yml", "base_model: x\nactivation_offloading: legacy\n"))
-    assert fs.settings["activation_offload"] == "all"
+
+
+@pytest.mark.parametrize(
+    ("keys", "offload", "disk"),
+    [
+        ("gradient_checkpointing: offload_disk\n", "all", True),  # rewritten to activation_offloading: disk
+        ("gradient_checkpointing: true\nactivation_offloading: disk\n", "all", True),
+        ("gradient_checkpointing: true\nactivation_offloading: true\n", "all", False),
+        # Unsloth's CPU_Offloaded_Gradient_Checkpointer / OffloadActivations without streams: one input back
+        ("gradient_checkpointing: true\nactivation_offloading: legacy\n", "checkpoints", False),
+        ("gradient_checkpointing: true\nactivation_offloading: hidden_states\n", "all", False),
+        ("gradient_checkpointing: true\nactivation_offloading: false\n", None, False),
+    ],
+)
+def test_axolotl_activation_offloading_modes(tmp_path: Path, keys: str, offload: str | None, disk: bool):
+    fs = read_config(_write(tmp_path, "ax.yml", "base_model: x\nadapter: lora\n" + keys))
+    assert fs.settings.get("activation_offload") == offload
+    assert fs.settings["grad_ckpt"] is True
+    assert fs.not_modeled == ()
+    assert any("on disk" in n for n in fs.notes) == disk
+
+
+def test_axolotl_selective_checkpointing_is_listed(tmp_path: Path):
+    """monkeypatch/selective_checkpointing.py keeps attention's outputs inside checkpointed layers: listed, not
+    read as plain checkpointing without a word."""
+    fs = read_config(_write(tmp_path, "ax.yml", "base_model: x\ngradient_checkpointing: true\n"
+                                                "selective_checkpointing: true\n"))  # fmt: skip
+    assert [u.key for u in fs.not_modeled] == ["selective_checkpointing"]

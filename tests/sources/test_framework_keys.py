@@ -191,3 +191,67 @@ def test_peft_parameter_names_start_with_base_model_model() -> None:
     # axolotl's rewrite of "^lm_head.*": dots literal; matches none of them
     assert not any(re.match(r"^lm_head\.*", name) for name in names)
     assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight" in names
+
+
+# axolotl's example configs (axolotl-ai-cloud/axolotl@067b021 examples/qwen3.5/27b-fft.yaml,
+# examples/mistral/mixtral/mixtral_22.yml) as their unfrozen_parameters lists
+QWEN35_FFT = ["model.language_model.*", "lm_head.*"]
+MIXTRAL_22 = ["^lm_head.weight$", "^model.embed_tokens.weight$", "model.layers.4[4-9]+.block_sparse_moe.gate",
+              "model.layers.4[4-9]+.block_sparse_moe.experts"]  # fmt: skip
+
+
+def _axolotl_trainable(names: list[str], patterns: list[str]) -> set[str]:
+    """utils/freeze.py `freeze_layers_except` + `LayerNamePattern` (axolotl 067b021), statement for statement:
+    a trailing [start:end] range split off, `re.sub(r"\\.(?!\\+)", "\\\\.", ...)`, `re.match` on each name."""
+    import re
+
+    compiled = []
+    for pattern in patterns:
+        found = re.match(r"^(.+)\[([0-9]*)(?::([0-9]*))?\]$", pattern)
+        compiled.append(re.compile(re.sub(r"\.(?!\+)", "\\.", found.group(1) if found else pattern)))
+    return {name for name in names if any(c.match(name) for c in compiled)}
+
+
+def _tiny_names(model_type: str, multimodal: bool) -> list[str]:
+    pytest.importorskip("transformers")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 256}  # fmt: skip
+    if model_type == "qwen3_5":
+        text = {**shape, "linear_num_key_heads": 2, "linear_num_value_heads": 4, "linear_key_head_dim": 16,
+                "linear_value_head_dim": 16}  # fmt: skip
+        vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 64}
+        config = AutoConfig.for_model("qwen3_5", text_config=text, vision_config=vision)
+    else:
+        config = AutoConfig.for_model(model_type, **shape, num_local_experts=4, num_experts_per_tok=2)
+    loader = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+    return [name for name, _ in loader.from_config(config).named_parameters()]
+
+
+def test_axolotl_unfrozen_parameters_of_a_whole_language_model_is_a_full_fine_tune(tmp_path: Path) -> None:
+    """Qwen3.5 is in transformers' image-text-to-text mapping, so axolotl loads it with
+    AutoModelForImageTextToText (utils/config `is_multimodal`, loaders/model.py `_set_auto_model_loader`): its
+    names are model.language_model.* and model.visual.*, and the example's patterns leave exactly the vision
+    tower frozen, which is vramplan's full fine-tune. Loaded as a text model they would select lm_head alone."""
+    names = _tiny_names("qwen3_5", multimodal=True)
+    assert _axolotl_trainable(names, QWEN35_FFT) == {n for n in names if not n.startswith("model.visual.")}
+    assert _axolotl_trainable(_tiny_names("qwen3_5", multimodal=False), QWEN35_FFT) == {"lm_head.weight"}
+    fs = read_config(_write(tmp_path, "base_model: Qwen/Qwen3.5-27B\nunfrozen_parameters:\n"
+                                      + "".join(f"  - {p}\n" for p in QWEN35_FFT)))  # fmt: skip
+    assert fs.not_modeled == ()
+    assert any("a full fine-tune (as a text model: lm_head)" in n for n in fs.notes)
+
+
+def test_axolotl_unfrozen_parameters_of_transformers_4_names_select_the_embeddings_alone(tmp_path: Path) -> None:
+    """transformers 5 names Mixtral's experts mlp.experts.* and its router mlp.gate (block_sparse_moe was
+    transformers 4's): of the example's patterns only the two embeddings' match. A partly frozen model is
+    listed, with the parts said."""
+    names = _tiny_names("mixtral", multimodal=False)
+    assert _axolotl_trainable(names, MIXTRAL_22) == {"lm_head.weight", "model.embed_tokens.weight"}
+    fs = read_config(_write(tmp_path, "base_model: mistral-community/Mixtral-8x22B-v0.1\nunfrozen_parameters:\n"
+                                      + "".join(f"  - {p}\n" for p in MIXTRAL_22)))  # fmt: skip
+    (entry,) = fs.not_modeled
+    assert entry.key == "unfrozen_parameters"
+    assert "text model: embed_tokens, lm_head;" in entry.note
+    assert "full fine-tune (an upper bound)" in entry.note

@@ -70,7 +70,8 @@ def replay_route(t: TrainSpec, config: AllocatorConfig) -> bool:
         return False
     if not t.stage.is_sft or t.grad_accum > 1 or t.optim.endswith("_layerwise"):
         return False  # other step structures: a reference model, gradients across micro-batches, per-param steps
-    return t.activation_offload == "none" and not t.peft.error_band and not t.peft.prompt_learning
+    offloads = t.activation_offload != "none" or t.layer_offload
+    return not offloads and not t.peft.error_band and not t.peft.prompt_learning
 
 
 def bisection_step(peak_bytes: int) -> int:

@@ -106,12 +106,16 @@ def build_breakdown(
 
 
 def _offloaded_host_bytes(model: ModelSpec, spec: TrainSpec) -> int:
-    if spec.activation_offload == "none":
+    """Host RAM the offloaded activations and (axolotl layer_offloading) frozen layer parameters take."""
+    if spec.activation_offload == "none" and not spec.layer_offload:
         return 0
     from vramplan.estimator.activations import activation_bytes
-    from vramplan.estimator.offload import host_bytes
+    from vramplan.estimator.offload import host_bytes, layer_offload_bytes
 
-    return host_bytes(spec, activation_bytes(model, spec), model.num_hidden_layers)
+    layers = layer_offload_bytes(model, spec)[0]
+    if spec.activation_offload == "none":
+        return layers
+    return layers + host_bytes(spec, activation_bytes(model, spec), model.num_hidden_layers)
 
 
 def _serve(m: ModelSpec, s: ServeSpec, gpu: GpuProfile | None, overheads: Overheads) -> ServeBreakdown:

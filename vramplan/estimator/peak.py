@@ -16,7 +16,7 @@ from vramplan.breakdown import PHASES, Components, PhaseUsage
 from vramplan.estimator.activations import activation_bytes
 from vramplan.estimator.adapters import adapter_bytes, adapter_param_bytes
 from vramplan.estimator.loss import loss_bytes
-from vramplan.estimator.offload import offload_activations
+from vramplan.estimator.offload import layer_offload_bytes, offload_activations
 from vramplan.estimator.optimizer import optimizer_bytes
 from vramplan.estimator.optimizer_memory_efficient import is_layerwise, largest_gradient_bytes
 from vramplan.estimator.params import count_params, lora_params_per_linear
@@ -55,8 +55,10 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     logits = loss_bytes(m, t)
     # lm_head's autocast copy of an fp32 weight: the fused losses cast it tile by tile (counted in loss_bytes)
     head_copy = activation.head_copy if t.loss == "hf" else 0
+    # axolotl layer_offloading: the decoder layers' frozen parameters in host RAM but a window (offload.py)
+    offloaded, window, step_window = layer_offload_bytes(m, t)
     persistent = {
-        "weights": weights.frozen,
+        "weights": weights.frozen - offloaded + window,
         "quant_state": weights.quant_state,
         "trainable": trainable_bytes,
         "optimizer_states": optimizer.states,
@@ -164,7 +166,8 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
             )
         layer_moments.append((backward_moment, layer_backward))
     end_of_backward = Components(**persistent, gradients=all_grads, temporaries=2 * activation.hidden_bytes)
-    step = Components(**persistent, gradients=all_grads, temporaries=optimizer.step_temporaries)
+    at_step = {**persistent, "weights": weights.frozen - offloaded + step_window}  # post_step left one layer
+    step = Components(**at_step, gradients=all_grads, temporaries=optimizer.step_temporaries)
     return (
         PhaseUsage("forward", loss, LOSS),
         PhaseUsage("forward", inside_top_layer, INSIDE_TOP_LAYER),

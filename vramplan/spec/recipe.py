@@ -21,8 +21,9 @@ Each default is read from the framework's code (file and version cited on the ru
   loss, `sample_packing` off; LoRA / QLoRA through its fused LoRA kernels (`check_auto_enable_lora_kernels`
   turns lora_qkv_kernel, lora_o_kernel and lora_mlp_kernel on unless the file sets one of them).
 - `unsloth`: `FastLanguageModel.get_peft_model` defaults (r=16, lora_alpha=16, dropout 0, the seven
-  projections) with `use_gradient_checkpointing="unsloth"`, estimated as gradient checkpointing on the GPU;
-  its own kernels and loss are not modelled (said in the output).
+  projections) with `use_gradient_checkpointing="unsloth"`: its offloaded checkpointing as unsloth_zoo
+  2026.10.9 runs it (`--activation-offload unsloth`, estimator/offload.py); its own kernels and loss are not
+  modelled (said in the output).
 """
 
 from __future__ import annotations
@@ -146,8 +147,8 @@ def _axolotl(version: tuple[int, ...], method: str) -> tuple[dict[str, Any], lis
 
 def _unsloth(version: tuple[int, ...], method: str) -> tuple[dict[str, Any], list[str]]:
     settings = {"lora_rank": 16, "lora_alpha": 16, "lora_dropout": 0.0, "lora_target": "all-linear",
-                "grad_ckpt": True}  # fmt: skip
-    return settings, ["unsloth's kernels, fused loss and offloaded checkpointing are not modelled"]
+                "grad_ckpt": True, "activation_offload": "unsloth"}  # fmt: skip
+    return settings, ["unsloth's kernels and fused loss are not modelled"]
 
 
 _DEFAULTS = {"trainer": _trainer, "trl": _trl, "llamafactory": _llamafactory, "axolotl": _axolotl,

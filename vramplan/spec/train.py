@@ -38,7 +38,7 @@ from vramplan.spec.peft_method import BOTTLENECK_NAMES, IA3_TARGETS, LORA, PeftM
 from vramplan.spec.prequantized_base import model_checkpoint, resolve_base
 from vramplan.spec.stack import DEFAULT_STACK, Stack, resolve_stack
 from vramplan.spec.stage import SFT, StageSpec, resolve_stage, stage_loss
-from vramplan.spec.train_notes import contradictions, moe_note, unquantized_linears_note
+from vramplan.spec.train_notes import contradictions, layer_offload_setting, moe_note, unquantized_linears_note
 
 OPTIMIZERS: tuple[str, ...] = (
     "adamw_torch",
@@ -133,9 +133,13 @@ class TrainSpec:
     modules_to_save: tuple[str, ...] = ()  # "embed_tokens" / "lm_head": trainable full copies
     target_parameters: tuple[tuple[str, tuple[int, ...], int], ...] = ()  # (name, shape, instances), ParamWrapper
     optim_rank: int = 0  # GaLore / APOLLO projection rank (0 for other optimizers)
-    # activations moved to host RAM: "checkpoints" (Unsloth's offloaded checkpointing), "all" (activation
-    # offloading); vramplan/estimator/offload.py
+    # activations moved to host RAM: "checkpoints" (the first Unsloth offloaded checkpointer, LLaMA-Factory's
+    # and axolotl's copies), "unsloth" (unsloth_zoo's current one), "all" (activation offloading);
+    # vramplan/estimator/offload.py
     activation_offload: str = "none"
+    # axolotl `layer_offloading`: the decoder layers' frozen parameters in pinned host RAM, streamed through the
+    # GPU a layer at a time (vramplan/estimator/offload.py `layer_offload_bytes`)
+    layer_offload: bool = False
     # a pre-quantized base other than bitsandbytes (GPTQ, AWQ, FP8, AQLM, compressed-tensors, NVFP4): its
     # format, read from the checkpoint's quantization_config (spec/prequantized_base.py); `quant` is then "none"
     checkpoint: CheckpointQuant | None = None
@@ -231,6 +235,7 @@ def resolve_train(
     liger_kernels: bool = False,
     optim_rank: int | None = None,
     activation_offload: str = "none",
+    layer_offload: bool = False,
     lora_kernels: str | None = None,
     peft: str | None = None,
     num_virtual_tokens: int | None = None,
@@ -303,10 +308,12 @@ def resolve_train(
         double_quant = quant in ("nf4", "fp4")
     if kbit_prep is None:
         kbit_prep = quant != "none"
-    activation_offload = _choice(activation_offload, ("none", "checkpoints", "all"), "--activation-offload") or "none"
-    if activation_offload == "checkpoints":
+    offloads = ("none", "checkpoints", "unsloth", "all")  # vramplan/estimator/offload.py
+    activation_offload = _choice(activation_offload, offloads, "--activation-offload") or "none"
+    if activation_offload in ("checkpoints", "unsloth"):
         if grad_ckpt is False:
-            notes.append("--activation-offload checkpoints offloads checkpointed layer inputs: checkpointing turned on")
+            notes.append(f"--activation-offload {activation_offload} offloads checkpointed layer inputs: "
+                         "checkpointing turned on")  # fmt: skip
         grad_ckpt = True
     if grad_ckpt is None:
         grad_ckpt = method == "qlora" and kbit_prep  # prepare_model_for_kbit_training turns it on
@@ -416,6 +423,9 @@ def resolve_train(
         )
     loss = stage_loss(loss, stage, set(explicit), str(recipe), notes)
     kernels = _lora_kernels(lora_kernels, method, dora, peft_method.name, notes)
+    layer_offload = layer_offload_setting(
+        layer_offload, method, grad_ckpt, checkpoint is not None, model.from_table, notes
+    )
     stage_spec, stage_notes = resolve_stage(uses_lora=method in ("lora", "qlora"), **stage)
     notes += stage_notes
     return TrainSpec(
@@ -454,6 +464,7 @@ def resolve_train(
         optim_rank=int(optim_rank),
         checkpoint=checkpoint,
         activation_offload=activation_offload,
+        layer_offload=layer_offload,
         stack=stack,
         lora_kernels=kernels,
     )

@@ -88,3 +88,29 @@ def contradictions(
 
 FLAG_NAMES = {"lora_rank": "--lora-rank", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
               "lora_target": "--lora-target", "dora": "--dora"}  # fmt: skip
+
+
+def layer_offload_setting(
+    layer_offload: object, method: str, grad_ckpt: bool, prequantized: bool, from_table: bool, notes: list[str]
+) -> bool:
+    """axolotl `layer_offloading` as estimated, with what it says (estimator/offload.py `layer_offload_bytes`)."""
+    from vramplan.errors import VramplanError
+
+    if not isinstance(layer_offload, bool):
+        raise VramplanError(f"layer_offload must be true or false, got {layer_offload!r}")
+    if not layer_offload:
+        return False
+    if method == "full":
+        notes.append("layer_offloading moves frozen decoder-layer parameters: a full fine-tune has none")
+        return False
+    if prequantized or from_table:
+        notes.append("layer_offloading on this base is not modeled: estimated with the layers on the GPU")
+        return False
+    if method in ("lora", "qlora") and not grad_ckpt:
+        # traced (tests/estimator/test_layer_offload.py): layer 0's input needs no gradient, so its full backward
+        # hook fires as its backward starts and offloads the weights that backward is about to read
+        notes.append(
+            "layer_offloading without gradient checkpointing: axolotl's hooks offload layer 0 before its backward "
+            "reads its weights (a device mismatch on a GPU); estimated as if it ran"
+        )
+    return True

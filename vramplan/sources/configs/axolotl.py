@@ -39,7 +39,7 @@ def _attention(r: Reader, impl: str, key: str) -> None:
 
 
 _AX_UNMODELED = (
-    "neftune_noise_alpha", "torch_compile", "layer_offloading", "relora",
+    "neftune_noise_alpha", "torch_compile", "relora",
     "s2_attention", "peft_layers_to_transform",
     "unsloth_lora_mlp", "unsloth_lora_qkv", "unsloth_lora_o", "unsloth_cross_entropy_loss", "chunked_cross_entropy",
     "flash_attn_cross_entropy", "fp8",
@@ -103,22 +103,61 @@ def _lora_kernels(r: Reader, data: Mapping[str, Any], adapter: str, int8: bool) 
 def _unfrozen_parameters(r: Reader, data: Mapping[str, Any], adapter: str) -> None:
     """`unfrozen_parameters` (utils/freeze.py `freeze_layers_except`, called in train.py after the model is
     loaded, adapter applied): every parameter is frozen but those whose name `re.match`es a pattern (its dots
-    made literal). Under an adapter the names start with PEFT's `base_model.model.`, so a pattern anchored on
-    `model.` or `lm_head` matches nothing there: the adapters freeze too."""
-    import re
-
+    made literal, a trailing `[start:end]` a row range whose gradient rows outside are zeroed by a hook, the
+    parameter still trainable). Under an adapter the names start with PEFT's `base_model.model.`, so a pattern
+    anchored on `model.` or `lm_head` matches nothing there: the adapters freeze too. Without one, the note
+    names the parts of a transformers 5 model the patterns select (`_FULL_NAMES`)."""
     patterns = data.get("unfrozen_parameters")
     if not is_set(patterns):
         return
     patterns = patterns if isinstance(patterns, list) else [patterns]
+    compiled = [_axolotl_pattern(str(p)) for p in patterns]
     if adapter in ("lora", "qlora"):
-        compiled = [re.sub(r"\.(?!\+)", "\\.", re.sub(r"\[[0-9]*(:[0-9]*)?\]$", "", str(p))) for p in patterns]
-        if not any(_may_match(c) for c in compiled):
+        if not any(_matches(c, name) for c in compiled for name in _PEFT_NAMES):
             note = ("matches no name of the PEFT model (base_model.model....): axolotl freezes every parameter, "
-                    "the adapters too; estimated with the adapters trainable")  # fmt: skip
+                    "the adapters too, and nothing trains; estimated with the adapters trainable")  # fmt: skip
             r.skip("unfrozen_parameters", note)
             return
-    r.skip("unfrozen_parameters", "trainable parameters chosen by name: estimated with the method's own")
+        r.skip("unfrozen_parameters", "trainable parameters chosen by name: estimated with the method's own")
+        return
+    chosen = {layout: _selected_parts(compiled, names) for layout, names in _FULL_NAMES.items()}
+    whole = [layout for layout, (parts, everything) in chosen.items() if everything]
+    if whole:  # the language model and lm_head, a vision tower frozen: vramplan's full fine-tune
+        other = ", ".join(f"as a {layout}: {', '.join(parts) or 'nothing'}" for layout, (parts, _) in chosen.items()
+                          if layout not in whole)  # fmt: skip
+        said = f"unfrozen_parameters selects every language-model parameter of the {whole[0]} as axolotl loads it"
+        r.notes.append(said + " (a vision tower frozen): a full fine-tune" + (f" ({other})" if other else ""))
+        return
+    said = "; ".join(f"{layout}: {', '.join(parts) or 'nothing'}" for layout, (parts, _) in chosen.items())
+    note = f"selects {said}. A partly frozen model is not modeled: estimated as a full fine-tune (an upper bound)"
+    r.skip("unfrozen_parameters", note)
+
+
+def _selected_parts(compiled: list[str], names: Mapping[str, tuple[str, ...]]) -> tuple[list[str], bool]:
+    """(the parts any pattern selects, whether every probe of every language-model part and none of a vision
+    tower is selected)."""
+    hits = {part: [any(_matches(c, n) for c in compiled) for n in probes] for part, probes in names.items()}
+    parts = [part for part, found in hits.items() if any(found)]
+    everything = all(all(found) for part, found in hits.items() if part != "vision tower")
+    return parts, everything and "vision tower" not in parts
+
+
+def _axolotl_pattern(pattern: str) -> str:
+    """utils/freeze.py `LayerNamePattern`: a trailing `[start:end]` range dropped, every `.` not followed by
+    `+` made literal."""
+    import re
+
+    base = re.match(r"^(.+)\[([0-9]*)(?::([0-9]*))?\]$", pattern)
+    return re.sub(r"\.(?!\+)", "\\.", base.group(1) if base else pattern)
+
+
+def _matches(pattern: str, name: str) -> bool:
+    import re
+
+    try:
+        return re.match(pattern, name) is not None
+    except re.error:
+        return True
 
 
 # names a PEFT-wrapped causal LM's parameters take (the text model's, a VLM's language model's)
@@ -130,13 +169,72 @@ _PEFT_NAMES = (
 )  # fmt: skip
 
 
-def _may_match(pattern: str) -> bool:
-    import re
+def _full_names(prefix: str) -> dict[str, tuple[str, ...]]:
+    """Parameter names of each part of a transformers 5.24 decoder under `prefix` (model. / model.language_model.),
+    every layer index up to 199: Llama-style attention and MLP, MoE experts / router (mlp.experts.gate_up_proj,
+    mlp.gate.weight: transformers 4's block_sparse_moe is gone), norms."""
+    layers = range(200)
+    return {
+        "embed_tokens": (f"{prefix}embed_tokens.weight",),
+        "attention": tuple(f"{prefix}layers.{i}.self_attn.{p}_proj.weight" for i in layers for p in "qkvo"),
+        "MLP / experts": tuple(
+            f"{prefix}layers.{i}.mlp.{p}" for i in layers
+            for p in ("gate_proj.weight", "up_proj.weight", "down_proj.weight", "experts.gate_up_proj",
+                      "experts.down_proj", "gate.weight")
+        ),
+        "norms": (f"{prefix}norm.weight", *(f"{prefix}layers.{i}.input_layernorm.weight" for i in layers)),
+        "lm_head": ("lm_head.weight",),
+    }  # fmt: skip
 
-    try:
-        return any(re.match(pattern, name) for name in _PEFT_NAMES)
-    except re.error:
-        return True
+
+# the model as AutoModelForCausalLM loads a text model, and as axolotl loads a vision-language one
+# (utils/config `is_multimodal` -> AutoModelForImageTextToText: model.language_model.*, model.visual.*)
+_FULL_NAMES = {
+    "text model": _full_names("model."),
+    "vision-language model": {
+        **_full_names("model.language_model."),
+        "vision tower": ("model.visual.blocks.0.attn.qkv.weight", "model.vision_tower.encoder.layers.0.mlp.fc1.weight",
+                         "model.multi_modal_projector.linear_1.weight"),
+    },
+}  # fmt: skip
+
+
+# activation_offloading -> vramplan's activation_offload (estimator/offload.py), axolotl 067b021:
+# true / "disk": trl's OffloadActivations with streams (core/trainers/mixins/activation_checkpointing.py); with
+# checkpointing on (required) its saved tensors are the layer inputs, two on the GPU. "legacy": no streams, and
+# for an adapter the checkpoint itself swapped for Unsloth's CPU_Offloaded_Gradient_Checkpointer
+# (loaders/patch_manager.py `_apply_gradient_checkpointing_patches`, monkeypatch/gradient_checkpointing/
+# offload_cpu.py): each input back just before its recompute, one on the GPU. "hidden_states": only the marked
+# checkpoint inputs (monkeypatch/checkpoint_activation_offload.py `CheckpointHiddenStatesOffload`, streams)
+_AX_OFFLOAD = {"true": "all", "disk": "all", "legacy": "checkpoints", "hidden_states": "all"}
+
+
+def _checkpointing_and_offloading(r: Reader, data: Mapping[str, Any]) -> None:
+    """`gradient_checkpointing` (true, false, "offload", "offload_disk"), `activation_offloading` and
+    `selective_checkpointing`. axolotl 067b021 utils/schemas/validation.py `check_gradient_checkpointing_w_offload`
+    rewrites "offload" to checkpointing + `activation_offloading: true` and "offload_disk" to checkpointing +
+    `activation_offloading: disk`; `check_activation_offloading_wo_gc` requires checkpointing for any offloading."""
+    gc = data.get("gradient_checkpointing")
+    ao = data.get("activation_offloading")
+    if gc is not None:
+        r.set("grad_ckpt", is_set(gc))
+        if isinstance(gc, str) and gc.lower() in ("offload", "offload_disk"):
+            r.set("grad_ckpt", True)
+            ao = ao if is_set(ao) else (True if gc.lower() == "offload" else "disk")
+        elif isinstance(gc, str):
+            r.skip("gradient_checkpointing", f"{gc}: estimated as checkpointing on the GPU", "grad_ckpt")
+    if is_set(ao):
+        mode = "true" if ao is True else str(ao).lower()
+        if mode not in _AX_OFFLOAD:
+            r.skip("activation_offloading", "estimated as trl's OffloadActivations (activation_offloading: true)")
+        r.set("activation_offload", _AX_OFFLOAD.get(mode, "all"))
+        if mode == "disk":
+            r.notes.append("activation_offloading=disk: the offloaded activations are on disk, not in host RAM")
+    if r.has("layer_offloading"):  # core/trainers/mixins/layer_offloading.py (estimator/offload.py)
+        r.set("layer_offload", r.typed("layer_offloading", bool))
+    sac = data.get("selective_checkpointing")
+    if is_set(sac):  # monkeypatch/selective_checkpointing.py: saves attention's outputs inside checkpointed layers
+        r.skip("selective_checkpointing", "ops saved inside the checkpointed layers (attention by default) not modeled")
 
 
 def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
@@ -190,18 +288,7 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
         r.notes.append(
             f"peft_init_lora_weights={init}: an initialisation of the adapters, no memory change in training"
         )
-    gc = data.get("gradient_checkpointing")
-    if gc is not None:
-        r.set("grad_ckpt", is_set(gc))
-        if isinstance(gc, str) and gc.lower() == "offload":  # axolotl's CPU-offloaded checkpointing (Unsloth's)
-            r.set("activation_offload", "checkpoints")
-        elif isinstance(gc, str):
-            r.skip("gradient_checkpointing", f"{gc}: estimated as checkpointing on the GPU", "grad_ckpt")
-    ao = data.get("activation_offloading")
-    if is_set(ao):  # true / "legacy": trl's OffloadActivations; "disk" goes to disk instead of RAM
-        r.set("activation_offload", "all")
-        if str(ao).lower() == "disk":
-            r.notes.append("activation_offloading=disk: the offloaded activations are on disk, not in host RAM")
+    _checkpointing_and_offloading(r, data)
     r.no_memory_change(("gradient_checkpointing_kwargs",), "use_reentrant picks the checkpoint implementation")
     impl = data.get("attn_implementation")
     flags = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager"}
