@@ -58,7 +58,10 @@ def module_names(model: ModelSpec, layer: int = 0) -> list[tuple[LinearSpec, str
     stack, attn, mlp = _LAYER_MODULES.get(model.model_type, ("model.layers.", "self_attn", "mlp"))
     if model.module_prefix:  # inside a VLM wrapper: `model.language_model.layers.`
         stack = model.module_prefix.removesuffix("*.")
-    return [(lin, f"{stack}{layer}.{attn if lin.group == 'attn' else mlp}.{lin.name}") for lin in model.linears]
+    return [
+        (lin, f"{stack}{layer}.{lin.path or (attn if lin.group == 'attn' else mlp) + '.' + lin.name}")
+        for lin in model.linears
+    ]
 
 
 def _compile(pattern: str):
