@@ -81,6 +81,7 @@ FAMILIES = [
     "phi3",
     "mixtral",
     "qwen3_moe",
+    "falcon_h1",
     "gpt_neox",
     "bloom",
     "phi",
@@ -99,7 +100,7 @@ FAMILY_CASES = {
     "qlora": {"method": "qlora"},
     "qlora-no-ckpt": {"method": "qlora", "grad_ckpt": False},
 }
-FAMILY_GRID = ("gemma3_text", "qwen3_moe")
+FAMILY_GRID = ("gemma3_text", "qwen3_moe", "falcon_h1")
 
 # Full-size simulations (meta / fake tensors; bitsandbytes runs on meta), (model, device, estimate options)
 FULL_SIZE = {

@@ -96,11 +96,20 @@ def mamba_mixer(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTen
     activated = _unary(walk, conv_out, "input")
     activated = walk.cast(activated, zxbcdt.dtype)
     walk.pinned[activated.id] = activated.nbytes  # x, B, C: its views
-    # 3. mamba2_chunk_scan (torch reference): dt
+    # 3. mamba2_chunk_scan (torch reference). Its locals stay referenced until it returns (what a checkpointed
+    # forward holds, autograd saving nothing): `keep` pins each final value of a local
+    scan_locals: list[int] = []
+
+    def keep(*tensors: SymbolicTensor) -> None:
+        for tensor in tensors:
+            walk.pinned[tensor.id] = tensor.nbytes
+            scan_locals.append(tensor.id)
+
     dt = walk.new(T * heads, zxbcdt.dtype, grad)  # dt + dt_bias.to(dt.dtype)
     walk.transient(zxbcdt, dt)
     dt = _unary(walk, dt, "input")  # softplus
     dt = _unary(walk, dt, "input")  # clamp to time_step_limit
+    keep(dt)
     # x.float(); B, C .float().repeat_interleave(heads // groups)
     x_fp32 = walk.new(T * d, "fp32", grad) if activated.dtype != "fp32" else activated
     b_rep, c_rep = (walk.new(T * head_state, "fp32", grad) for _ in range(2))
@@ -111,7 +120,7 @@ def mamba_mixer(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTen
     if trainable:
         walk.save(x_padded)
     walk.transient(x_fp32, x_padded, d_residual)
-    walk.pinned[d_residual.id] = d_residual.nbytes
+    keep(d_residual)
     # x · dt[..., None].float(); A.to(fp32) · dt.float() (two fp32 copies of dt unless it is fp32 already)
     dt_column = walk.cast(dt, "fp32") if dt.dtype != "fp32" else dt
     x_dt = _product(walk, x_fp32, dt_column, T * d)
@@ -123,43 +132,51 @@ def mamba_mixer(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTen
     # reshape_into_chunks: F.pad copies x, A, B, C
     x_chunks, a_chunks, b_chunks, c_chunks = (walk.new(t.numel, "fp32", grad) for t in (x_dt, a_dt, b_rep, c_rep))
     walk.transient(x_dt, a_dt, b_rep, c_rep, x_chunks, a_chunks, b_chunks, c_chunks)
-    walk.pinned.update({t.id: t.nbytes for t in (x_chunks, b_chunks, c_chunks)})
+    keep(x_chunks, a_chunks, b_chunks, c_chunks)
     a_cumsum = walk.new(T * heads, "fp32", grad)
     walk.transient(a_chunks, a_cumsum)
-    walk.pinned[a_cumsum.id] = a_cumsum.nbytes
+    keep(a_cumsum)
     # 1. intra-chunk: L = exp(segment_sum(A)) over heads · chunk per token
     filled, summed, masked = (walk.new(T * heads * chunk, "fp32", grad) for _ in range(3))
     walk.transient(a_chunks, filled, summed)
     walk.transient(summed, masked)
     decay = _unary(walk, masked, "result")  # L
-    walk.pinned[decay.id] = decay.nbytes
+    keep(decay)
     scores = _einsum(walk, settings, (c_chunks, b_chunks), T * heads * chunk)  # G = C·Bᵀ
+    keep(scores)
     masked_scores = _product(walk, scores, decay, T * heads * chunk)  # M = G * L
+    keep(masked_scores)
     y_diag = _einsum(walk, settings, (masked_scores, x_chunks), T * d)
-    walk.pinned[y_diag.id] = y_diag.nbytes
+    keep(y_diag)
     # 2. chunk states: B · exp(A_cumsum[-1] - A_cumsum), summed against x
     difference = walk.new(T * heads, "fp32", grad)
     walk.transient(a_cumsum, difference)
     decay_states = _unary(walk, difference, "result")
+    keep(decay_states)
     b_decay = _product(walk, b_chunks, decay_states, T * head_state)
+    keep(b_decay)
     chunk_state = heads * mamba.head_dim * mamba.state / chunk  # per token: batch · chunks · heads · p · n
     states = _einsum(walk, settings, (b_decay, x_chunks), T * chunk_state)
     # 3. inter-chunk recurrence: cat a zero initial state, decay over chunks (the (chunks + 1)² decay left out)
     states = walk.new(T * chunk_state, states.dtype, states.requires_grad)
+    keep(states)
     new_states = _einsum(walk, settings, (states,), T * chunk_state)
+    keep(new_states)
     # 4. state -> output
     state_decay_out = _unary(walk, a_cumsum, "result")
+    keep(state_decay_out)
     c_states = _einsum(walk, settings, (c_chunks, new_states), T * d)
+    keep(c_states)
     y_off = _product(walk, c_states, state_decay_out, T * d)
-    for tensor in (x_chunks, b_chunks, c_chunks, a_cumsum, decay):
-        del walk.pinned[tensor.id]
+    keep(y_off)
     summed_out = walk.new(T * d, promote(y_diag.dtype, y_off.dtype), grad)
     contiguous = walk.new(T * d, summed_out.dtype, grad)
     walk.transient(y_diag, y_off, summed_out, contiguous)
-    del walk.pinned[y_diag.id]
+    keep(contiguous)
     scan_out = walk.new(T * d, "fp32", grad)  # output + D_residual
     walk.transient(contiguous, d_residual, scan_out)
-    del walk.pinned[d_residual.id]
+    for tensor_id in scan_locals:
+        walk.pinned.pop(tensor_id, None)
     del walk.pinned[activated.id]
     # the gate: FalconH1RMSNormGated(scan, gate) or scan * silu(gate)
     gate = zxbcdt  # a view
