@@ -88,7 +88,9 @@ def mamba_mixer(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTen
     grad = zxbcdt.requires_grad or trainable
     # 2. causal_conv1d_fn: x·B·C.to(conv weight dtype), F.conv1d (an autocast op), [:seq], SiLU, .to(dtype)
     xbc = zxbcdt if zxbcdt.dtype == param_dtype else walk.new(T * mamba.conv_dim, param_dtype, grad)
-    conv_input = walk.cast(xbc, settings.autocast_dtype) if settings.autocast_dtype else xbc
+    conv_input = xbc  # the x·B·C view of zxbcdt, or its copy in the conv weight's dtype
+    if settings.autocast_dtype and xbc.dtype != settings.autocast_dtype:
+        conv_input = walk.new(T * mamba.conv_dim, settings.autocast_dtype, grad)  # autocast's copy of the slice
     conv_out = walk.new(T * mamba.conv_dim, conv_input.dtype, grad)  # (B, C, S + kernel - 1): the tail left out
     if grad:
         walk.save(conv_input)  # even for a frozen weight (a view of zxbcdt when no cast copies it)
@@ -209,7 +211,10 @@ def _gated_norm(
     def gated(x: SymbolicTensor) -> SymbolicTensor:
         gate_fp32 = walk.new(T * d, "fp32", grad) if gate.dtype != "fp32" else gate  # a view when fp32
         walk.transient(gate, gate_fp32)
-        activated = _unary(walk, gate_fp32, "input")
+        activated = walk.new(T * d, "fp32", grad)  # SiLU saves its input (a view of zxbcdt when fp32)
+        if grad:
+            walk.save(gate_fp32)
+        walk.transient(gate_fp32, activated)
         return _product(walk, x, activated, T * d)
 
     x = scan if before_gate else gated(scan)
