@@ -26,12 +26,11 @@ FAMILY_GAPS: dict[tuple[str, str], str] = {
     ("gemma3_text", "full-ckpt"): "checkpointed Gemma 3 layer: estimated peak at the recompute, traced at the "
     "layer's backward (activations +17 %, temporaries -82 %; phase total within 3 %)",
     ("gemma3_text", "qlora"): "checkpointed Gemma 3 layer recompute runs past the MLP: backward activations -7.0 %",
-    # Falcon-H1: the mixer's backward (the torch SSD's fp32 heads·chunk gradients, after the MLP's and the
-    # attention's saved tensors are freed) is not walked; the backward moment is the MLP's. Traced 2 × 64 tokens:
-    ("falcon_h1", "lora-ckpt"): "checkpointed Falcon-H1 layer: the mixer's backward not walked: peak -4.3 %",
-    ("falcon_h1", "qlora"): "checkpointed Falcon-H1 QLoRA: backward activations -11.8 %, temporaries +180 % (the "
-    "mixer's backward not walked; the MLP workspace in fp32)",
-    ("falcon_h1", "qlora-no-ckpt"): "Falcon-H1 QLoRA without checkpointing: peak +5.3 % (fp32 scan after kbit prep)",
+    # Falcon-H1 under checkpointing: the traced backward peaks inside the layer's recompute, at the down
+    # projection's LoRA branch (its fp32 input copy), above the walk's recompute moment. Traced 2 × 64 tokens:
+    ("falcon_h1", "lora-ckpt"): "checkpointed Falcon-H1 layer: the recompute's moment: peak -4.3 %",
+    ("falcon_h1", "qlora"): "checkpointed Falcon-H1 QLoRA: peak -6.0 %, backward activations -19 %, temporaries "
+    "+180 % (the recompute's moment, not walked past the MLP; the workspace in fp32)",
 }
 
 
