@@ -81,6 +81,7 @@ FAMILIES = [
     "phi3",
     "mixtral",
     "qwen3_moe",
+    "falcon_h1",
     "gpt_neox",
     "bloom",
     "phi",
@@ -99,7 +100,7 @@ FAMILY_CASES = {
     "qlora": {"method": "qlora"},
     "qlora-no-ckpt": {"method": "qlora", "grad_ckpt": False},
 }
-FAMILY_GRID = ("gemma3_text", "qwen3_moe")
+FAMILY_GRID = ("gemma3_text", "qwen3_moe", "falcon_h1")
 
 # Full-size simulations (meta / fake tensors; bitsandbytes runs on meta), (model, device, estimate options)
 FULL_SIZE = {
@@ -122,6 +123,8 @@ FULL_SIZE = {
     # Qwen3-MoE: 128 fused 3-D experts per layer, upcast to fp32 by kbit prep (bitsandbytes leaves them alone)
     # (LoRA on the attention: PEFT fails on expert LoRA over fp32 experts under autocast, a note says so)
     "qwen3-30b-a3b qlora seq512": ("qwen3-30b-a3b", "meta", {"method": "qlora", "seq": 512, "lora_target": "attn"}),
+    # Falcon-H1: the hybrid layer (Mamba-2 mixer on transformers' torch SSD + attention), 256-token chunks
+    "falcon-h1-1.5b lora seq512": ("falcon-h1-1.5b", "fake", {"method": "lora", "seq": 512}),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
     "mistral-7b qlora seq4096 window no-ckpt": (
         "mistral-7b",

@@ -120,6 +120,12 @@ def layer_tensor_shapes(m: ModelSpec) -> list[tuple[Shape, int]]:
     if m.head_norm_params:
         out.append(((m.head_dim,), m.head_norm_params // m.head_dim))
     out += [(p.shape, 1) for p in m.moe_params]
+    if m.mamba:  # conv1d weight and bias, dt_bias, A_log, D, the gated norm's weight
+        mamba = m.mamba
+        out.append(((mamba.conv_dim, 1, mamba.conv_kernel), 1))
+        out += [((mamba.conv_dim,), 1)] if mamba.conv_bias else []
+        out.append(((mamba.heads,), 3))
+        out += [((mamba.d_ssm,), 1)] if mamba.rms_norm else []
     return out
 
 

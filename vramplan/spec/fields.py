@@ -28,6 +28,15 @@ SHAPE_LIMITS: dict[str, int] = {
     "sliding_window": 2**27,
     "max_window_layers": 2**12,
     "sliding_window_pattern": 2**12,  # Gemma 3: every n-th layer global
+    # Falcon-H1's Mamba-2 mixer (Falcon-H1-34B: d_ssm 8192, 128 heads, state 256, chunk 256)
+    "mamba_d_ssm": 2**20,
+    "mamba_expand": 2**6,
+    "mamba_n_heads": 2**12,
+    "mamba_d_head": 2**12,
+    "mamba_d_state": 2**12,
+    "mamba_n_groups": 2**12,
+    "mamba_d_conv": 2**8,
+    "mamba_chunk_size": 2**16,
 }
 SHAPE_ALIASES = {"n_embed": "hidden_size", "n_head": "num_attention_heads", "n_layer": "num_hidden_layers",
                  "seq_length": "max_position_embeddings", "num_experts": "num_local_experts",

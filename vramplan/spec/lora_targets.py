@@ -21,6 +21,7 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "mixtral": ("q_proj", "v_proj"),
     "qwen2": ("q_proj", "v_proj"),
     "qwen3": ("q_proj", "v_proj"),
+    "falcon_h1": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): the attention's
     "qwen3_moe": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): qwen3's
     "gemma": ("q_proj", "v_proj"),
     "gemma2": ("q_proj", "v_proj"),
@@ -30,6 +31,28 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "gpt_neox": ("query_key_value",),
     "bloom": ("query_key_value",),
 }
+
+
+# Modules PEFT 0.21 refuses to wrap with LoRA on Mamba-based models (tuners/tuners_utils.py
+# `_check_lora_target_modules_mamba`: out_proj and conv1d of falcon_h1, mamba, mamba2, falcon_mamba, nemotron_h;
+# the hand-modelled one here is falcon_h1, whose conv1d is not an nn.Linear and so never a target)
+MAMBA_LORA_REFUSED = {"falcon_h1": "out_proj"}
+
+
+def without_mamba_refused(model: ModelSpec, names: tuple[str, ...], explicit: bool) -> tuple[tuple[str, ...], str]:
+    """The LoRA targets PEFT takes on a Mamba-based model, and a note: the default all-linear without the
+    mixer's out_proj (PEFT raises on it); a target list that names it, or an explicit all-linear, is refused."""
+    refused = MAMBA_LORA_REFUSED.get(model.model_type)
+    if refused not in names:
+        return names, ""
+    if explicit:
+        kept = ",".join(n for n in names if n != refused)
+        raise VramplanError(
+            f"PEFT refuses LoRA on {refused} of a Mamba-based model ({model.model_type}: 'Module {refused!r} is "
+            f"incompatible'); drop it from --lora-target, e.g. --lora-target {kept}"
+        )
+    kept = tuple(n for n in names if n != refused)
+    return kept, f"LoRA on all linears but the Mamba mixer's {refused}, which PEFT refuses on {model.model_type}"
 
 
 def lora_moe_targets(model: ModelSpec, targets: tuple[str, ...]) -> tuple[ParamSpec, ...]:
@@ -58,7 +81,10 @@ def module_names(model: ModelSpec, layer: int = 0) -> list[tuple[LinearSpec, str
     stack, attn, mlp = _LAYER_MODULES.get(model.model_type, ("model.layers.", "self_attn", "mlp"))
     if model.module_prefix:  # inside a VLM wrapper: `model.language_model.layers.`
         stack = model.module_prefix.removesuffix("*.")
-    return [(lin, f"{stack}{layer}.{attn if lin.group == 'attn' else mlp}.{lin.name}") for lin in model.linears]
+    return [
+        (lin, f"{stack}{layer}.{lin.path or (attn if lin.group == 'attn' else mlp) + '.' + lin.name}")
+        for lin in model.linears
+    ]
 
 
 def _compile(pattern: str):

@@ -29,7 +29,9 @@ LLAMA_LIKE = frozenset(
 )
 # Families whose MLP is a routed mixture of experts (transformers 5 fused 3-D expert tensors + a top-k router)
 MOE_FAMILIES = frozenset({"mixtral", "qwen3_moe"})
-SUPPORTED_MODEL_TYPES = frozenset(LLAMA_LIKE | {"gpt_neox", "bloom", "phi"})
+# Hybrid families whose decoder layer runs a Mamba-2 mixer beside the attention (spec/families.py `_falcon_h1`)
+HYBRID_SSM = frozenset({"falcon_h1"})
+SUPPORTED_MODEL_TYPES = frozenset(LLAMA_LIKE | HYBRID_SSM | {"gpt_neox", "bloom", "phi"})
 # `head_dim` when config.json has none: a fixed class default here (transformers 5.24 Qwen3Config 128,
 # GemmaConfig / Gemma2Config / Gemma3TextConfig 256), hidden_size // num_attention_heads for every other family.
 HEAD_DIM_DEFAULTS: dict[str, int] = {"qwen3": 128, "gemma": 256, "gemma2": 256, "gemma3_text": 256}
@@ -47,7 +49,7 @@ class LinearSpec:
     in_features: int
     out_features: int
     bias: bool
-    group: Literal["attn", "mlp"]
+    group: Literal["attn", "mlp", "ssm"]
     path: str = ""  # the module's path inside the decoder layer (`self_attn.q_proj`), for LoRA target matching
     count: int = 0  # instances in the whole model; 0: one per decoder layer (the hand-modelled families)
     # bitsandbytes replaces it: transformers 5.24 replace_with_bnb_linear takes `type(module) is nn.Linear` or
@@ -95,6 +97,40 @@ class ParamSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class MambaSpec:
+    """The Mamba-2 mixer of a hybrid decoder layer (Falcon-H1: transformers 5.24 modeling_falcon_h1.py
+    `FalconH1Mixer`): `in_proj` (hidden -> gate z, x·B·C, dt), a depthwise causal conv1d over x·B·C, the chunked
+    SSD scan over `heads` heads of `head_dim` with `groups` B/C groups of `state`, an optional gated RMSNorm
+    (`mamba_rms_norm`), `out_proj`. Its linears are in ModelSpec.linears (group "ssm"); these are its other
+    parameters: conv1d weight (conv_dim, 1, kernel) and bias, dt_bias, A_log, D (heads each), the norm weight."""
+
+    d_ssm: int  # heads · head_dim
+    heads: int
+    head_dim: int
+    state: int
+    groups: int
+    conv_kernel: int
+    chunk: int
+    conv_bias: bool
+    rms_norm: bool
+
+    @property
+    def conv_dim(self) -> int:
+        return self.d_ssm + 2 * self.groups * self.state
+
+    @property
+    def projection(self) -> int:
+        """in_proj's output features: gate z (d_ssm), x·B·C (conv_dim), dt (heads)."""
+        return self.d_ssm + self.conv_dim + self.heads
+
+    @property
+    def params(self) -> int:
+        """Per layer, outside in_proj / out_proj."""
+        conv = self.conv_dim * self.conv_kernel + (self.conv_dim if self.conv_bias else 0)
+        return conv + 3 * self.heads + (self.d_ssm if self.rms_norm else 0)
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     """Shapes of a causal LM, everything the estimator needs and nothing more.
 
@@ -131,6 +167,7 @@ class ModelSpec:
     final_softcap: bool = False  # gemma2/3 final_logit_softcapping: tanh on the logits
     text_of: str = ""  # a vision-language wrapper's model_type whose text_config this is (gemma3): text model only
     hidden_act: str = "silu"  # ACT2FN name; "gelu_new" (phi) is a Python tanh-GELU that saves 3 more tensors
+    mamba: MambaSpec | None = None  # falcon_h1: the Mamba-2 mixer beside the attention in every layer
     config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # ---- generic families (spec/generic.py): counted from the architecture table, walked as a stand-in ----
     other_tensors: tuple[tuple[tuple[int, ...], int], ...] = ()  # (shape, count) of every non-Linear tensor
@@ -229,12 +266,21 @@ class ModelSpec:
         return sum(lin.params for lin in self.linears if lin.group == "mlp") + self.other_layer_params
 
     @property
+    def ssm_params_per_layer(self) -> int:
+        """A hybrid layer's Mamba mixer: in_proj, out_proj and the mixer's other parameters (MambaSpec.params)."""
+        linears = sum(lin.params for lin in self.linears if lin.group == "ssm")
+        return linears + (self.mamba.params if self.mamba else 0)
+
+    @property
     def norm_params_per_layer(self) -> int:
         return self.norms_per_layer * self.norm_size + self.head_norm_params
 
     @property
     def layer_params(self) -> int:
-        return self.attn_params_per_layer + self.mlp_params_per_layer + self.norm_params_per_layer
+        return (
+            self.attn_params_per_layer + self.mlp_params_per_layer + self.ssm_params_per_layer
+            + self.norm_params_per_layer
+        )  # fmt: skip
 
     @property
     def final_norm_params(self) -> int:

@@ -20,6 +20,7 @@ from vramplan.spec.lora_targets import (
     resolve_modules_to_save,
     resolve_target_parameters,
     select_lora_targets,
+    without_mamba_refused,
 )
 from vramplan.spec.model import (
     ATTNS,
@@ -358,6 +359,10 @@ def resolve_train(
     uses_lora = method in ("lora", "qlora")
     selection = select_lora_targets(model, lora_target if uses_lora else "all-linear", saved)
     targets, preset = selection.names, selection.preset
+    if method in ("lora", "qlora"):
+        named = "lora_target" in set(explicit) or lora_target.strip().lower() not in ("all-linear", "all")
+        targets, mamba_note = without_mamba_refused(model, targets, named)
+        notes += [mamba_note] if mamba_note else []
     if selection.unmatched and method in ("lora", "qlora"):
         many = len(selection.unmatched) > 1
         notes.append(
