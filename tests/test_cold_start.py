@@ -40,6 +40,8 @@ ESTIMATE_UNUSED = (
     "vramplan.spec.gpu", "vramplan.spec.serve", "vramplan.spec.architectures", "vramplan.trust", "vramplan.plan",
     "vramplan.report.trust", "vramplan.report.fit", "vramplan.report.plot", "vramplan.report.serve",
     "vramplan.report.profiles", "vramplan.report.measure", "vramplan.report.allocator",
+    # the replay of the walk's allocation sequence, asked for with --allocator-replay (its error table too)
+    "vramplan.allocator", "vramplan.estimator.allocator_replay", "vramplan.estimator.alloc_events",
 )  # fmt: skip
 # `--help` needs click and the option definitions: none of the estimator, its inputs or its results.
 HELP_UNUSED = ("vramplan.api", "vramplan.spec", "vramplan.estimator", "vramplan.sources", "vramplan.breakdown",
@@ -77,6 +79,10 @@ def test_the_probe_sees_what_a_command_imports():
         "rich", "tomllib", "vramplan.estimator.distributed", "vramplan.spec.gpu",
     ]  # fmt: skip
     assert "vramplan.estimator.peak" in modules_after(["estimate", "llama-2-7b", "--json"])
+    replayed = modules_after(["estimate", "llama-2-7b", "--allocator-replay", "--json"])
+    assert loaded(replayed, ("vramplan.allocator", "vramplan.estimator.allocator_replay")) == [
+        "vramplan.allocator", "vramplan.estimator.allocator_replay",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
