@@ -43,9 +43,12 @@ ESTIMATE_UNUSED = (
     # the replay of the walk's allocation sequence, asked for with --allocator-replay (its error table too)
     "vramplan.allocator", "vramplan.estimator.allocator_replay", "vramplan.estimator.alloc_events",
 )  # fmt: skip
-# `--help` needs click and the option definitions: none of the estimator, its inputs or its results.
+# `--help` needs click and the list of commands (vramplan.cli.COMMANDS): none of the commands' modules or their
+# options, none of the estimator, its inputs or its results.
+COMMAND_MODULES = ("vramplan.cli.estimate", "vramplan.cli.fit", "vramplan.cli.harness", "vramplan.cli.profiles",
+                   "vramplan.cli.serve", "vramplan.cli.trust", "vramplan.cli_options")  # fmt: skip
 HELP_UNUSED = ("vramplan.api", "vramplan.spec", "vramplan.estimator", "vramplan.sources", "vramplan.breakdown",
-               "vramplan.plan", "vramplan.trust", "vramplan.measure")  # fmt: skip
+               "vramplan.plan", "vramplan.trust", "vramplan.measure", *COMMAND_MODULES)  # fmt: skip
 
 
 def modules_after(argv: list[str]) -> set[str]:
@@ -93,6 +96,8 @@ def test_estimate_json_imports_what_it_uses(argv: list[str]):
     assert loaded(modules, HEAVY) == []
     assert loaded(modules, STDLIB_UNUSED) == []
     assert loaded(modules, ESTIMATE_UNUSED) == []
+    # its own command's module only: the other commands' options are never built
+    assert loaded(modules, COMMAND_MODULES) == ["vramplan.cli.estimate", "vramplan.cli_options"]
 
 
 def test_help_imports_no_estimator():
