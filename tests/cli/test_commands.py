@@ -40,3 +40,10 @@ def test_help_lists_every_command_and_a_command_runs():
     result = CliRunner().invoke(main, ["nosuchcommand"])
     assert result.exit_code == 2
     assert "No such command 'nosuchcommand'" in result.output
+
+
+def test_an_unknown_command_gets_the_close_names():
+    """click suggests from the commands it holds; the lazy group holds none until one runs."""
+    result = CliRunner().invoke(main, ["estimat", "llama-2-7b"])
+    assert result.exit_code == 2
+    assert "(Did you mean one of: 'estimate', 'simulate'?)" in result.output

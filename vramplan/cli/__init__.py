@@ -79,6 +79,16 @@ class _Group(click.Group):
             return None
         return getattr(importlib.import_module(COMMANDS[cmd_name][0]), cmd_name)
 
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """click's, with the close matches of an unknown command taken from COMMANDS (click looks in
+        `self.commands`, empty here)."""
+        try:
+            return super().resolve_command(ctx, args)
+        except click.exceptions.NoSuchCommand as e:
+            raise click.exceptions.NoSuchCommand(e.command_name, possibilities=COMMANDS, ctx=ctx) from None
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """click's listing (Group.format_commands), each line shortened from COMMANDS' summary as click shortens
         a docstring: the same text, without importing every command."""
