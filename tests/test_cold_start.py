@@ -42,6 +42,8 @@ ESTIMATE_UNUSED = (
     "vramplan.report.profiles", "vramplan.report.measure", "vramplan.report.allocator",
     # the replay of the walk's allocation sequence, asked for with --allocator-replay (its error table too)
     "vramplan.allocator", "vramplan.estimator.allocator_replay", "vramplan.estimator.alloc_events",
+    # the readers and kernels of a pre-quantized base (a config.json with a quantization_config)
+    "vramplan.spec.checkpoint_quant", "vramplan.spec.prequantized_base",
 )  # fmt: skip
 # `--help` needs click and the list of commands (vramplan.cli.COMMANDS): none of the commands' modules or their
 # options, none of the estimator, its inputs or its results.
@@ -85,6 +87,10 @@ def test_the_probe_sees_what_a_command_imports():
     replayed = modules_after(["estimate", "llama-2-7b", "--allocator-replay", "--json"])
     assert loaded(replayed, ("vramplan.allocator", "vramplan.estimator.allocator_replay")) == [
         "vramplan.allocator", "vramplan.estimator.allocator_replay",
+    ]  # fmt: skip
+    prequantized = modules_after(["estimate", "tests/data/my-model", "--json"])  # a bitsandbytes checkpoint
+    assert loaded(prequantized, ("vramplan.spec.checkpoint_quant", "vramplan.spec.prequantized_base")) == [
+        "vramplan.spec.checkpoint_quant", "vramplan.spec.prequantized_base",
     ]  # fmt: skip
 
 
