@@ -166,7 +166,7 @@ def render_example(command: str, body: str) -> str:
 
 def options_page() -> str:
     """docs/options.md: `vramplan --help` and every command's `--help`, as click prints them."""
-    from vramplan.cli import main
+    from vramplan.cli import all_commands
 
     parts = [
         "# Options reference",
@@ -184,7 +184,7 @@ def options_page() -> str:
         clean(run_vramplan(["--help"])).rstrip(),
         "```",
     ]
-    for name in sorted(main.commands):
+    for name in sorted(all_commands()):
         parts += ["", f"## vramplan {name}", "", "```text", clean(run_vramplan([name, "--help"])).rstrip(), "```"]
     return "\n".join(parts) + "\n"
 

@@ -40,10 +40,17 @@ ESTIMATE_UNUSED = (
     "vramplan.spec.gpu", "vramplan.spec.serve", "vramplan.spec.architectures", "vramplan.trust", "vramplan.plan",
     "vramplan.report.trust", "vramplan.report.fit", "vramplan.report.plot", "vramplan.report.serve",
     "vramplan.report.profiles", "vramplan.report.measure", "vramplan.report.allocator",
+    # the replay of the walk's allocation sequence, asked for with --allocator-replay (its error table too)
+    "vramplan.allocator", "vramplan.estimator.allocator_replay", "vramplan.estimator.alloc_events",
+    # the readers and kernels of a pre-quantized base (a config.json with a quantization_config)
+    "vramplan.spec.checkpoint_quant", "vramplan.spec.prequantized_base",
 )  # fmt: skip
-# `--help` needs click and the option definitions: none of the estimator, its inputs or its results.
+# `--help` needs click and the list of commands (vramplan.cli.COMMANDS): none of the commands' modules or their
+# options, none of the estimator, its inputs or its results.
+COMMAND_MODULES = ("vramplan.cli.estimate", "vramplan.cli.fit", "vramplan.cli.harness", "vramplan.cli.profiles",
+                   "vramplan.cli.serve", "vramplan.cli.trust", "vramplan.cli_options")  # fmt: skip
 HELP_UNUSED = ("vramplan.api", "vramplan.spec", "vramplan.estimator", "vramplan.sources", "vramplan.breakdown",
-               "vramplan.plan", "vramplan.trust", "vramplan.measure")  # fmt: skip
+               "vramplan.plan", "vramplan.trust", "vramplan.measure", *COMMAND_MODULES)  # fmt: skip
 
 
 def modules_after(argv: list[str]) -> set[str]:
@@ -77,6 +84,14 @@ def test_the_probe_sees_what_a_command_imports():
         "rich", "tomllib", "vramplan.estimator.distributed", "vramplan.spec.gpu",
     ]  # fmt: skip
     assert "vramplan.estimator.peak" in modules_after(["estimate", "llama-2-7b", "--json"])
+    replayed = modules_after(["estimate", "llama-2-7b", "--allocator-replay", "--json"])
+    assert loaded(replayed, ("vramplan.allocator", "vramplan.estimator.allocator_replay")) == [
+        "vramplan.allocator", "vramplan.estimator.allocator_replay",
+    ]  # fmt: skip
+    prequantized = modules_after(["estimate", "tests/data/my-model", "--json"])  # a bitsandbytes checkpoint
+    assert loaded(prequantized, ("vramplan.spec.checkpoint_quant", "vramplan.spec.prequantized_base")) == [
+        "vramplan.spec.checkpoint_quant", "vramplan.spec.prequantized_base",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -87,6 +102,8 @@ def test_estimate_json_imports_what_it_uses(argv: list[str]):
     assert loaded(modules, HEAVY) == []
     assert loaded(modules, STDLIB_UNUSED) == []
     assert loaded(modules, ESTIMATE_UNUSED) == []
+    # its own command's module only: the other commands' options are never built
+    assert loaded(modules, COMMAND_MODULES) == ["vramplan.cli.estimate", "vramplan.cli_options"]
 
 
 def test_help_imports_no_estimator():

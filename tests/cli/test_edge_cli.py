@@ -10,7 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from vramplan.cli import main
+from vramplan.cli import all_commands, main
 
 
 def run(*args: str, columns: int = 80):
@@ -139,12 +139,12 @@ def test_every_count_option_takes_2k():
     from vramplan.cli_options import Count
 
     plain = []
-    for name, command in main.commands.items():
+    for name, command in all_commands().items():
         for param in command.params:
             if isinstance(param, click.Option) and param.type.name == "integer":
                 plain.append(f"{name} {param.opts[0]}")
     assert not plain, plain
-    counts = {(n, p.opts[0]) for n, c in main.commands.items() for p in c.params if isinstance(p.type, Count)}
+    counts = {(n, p.opts[0]) for n, c in all_commands().items() for p in c.params if isinstance(p.type, Count)}
     assert ("estimate", "--grad-accum") in counts
     assert ("serve", "--max-model-len") in counts
     assert ("simulate", "--steps") in counts

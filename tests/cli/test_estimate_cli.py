@@ -174,7 +174,7 @@ def test_docs_document_every_estimate_option():
     """The manual's options reference (docs/options.md, generated from --help) names every option of estimate."""
     from pathlib import Path
 
-    from vramplan.cli import estimate
+    from vramplan.cli.estimate import estimate
 
     options = (Path(__file__).resolve().parents[2] / "docs" / "options.md").read_text()
     for param in estimate.params:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from vramplan.estimator.adapters import adapter_dtype
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
-from vramplan.spec.prequantized_base import training_kernel
 
 BYTES = {**DTYPE_BYTES, "bool": 1, "int32": 4, "int64": 8}  # the walk also holds bool masks and index tensors
 
@@ -166,7 +165,11 @@ def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
 def walk_settings(m: ModelSpec, t: TrainSpec) -> WalkSettings:
     autocast_dtype = None if t.mixed_precision == "no" else t.mixed_precision
     attn = effective_attn(m, t)
-    kernel = training_kernel(t.checkpoint, autocast_dtype or t.dtype) if t.checkpoint is not None else None
+    kernel = None
+    if t.checkpoint is not None:  # a pre-quantized base's kernels, loaded only for one
+        from vramplan.spec.prequantized_base import training_kernel
+
+        kernel = training_kernel(t.checkpoint, autocast_dtype or t.dtype)
     return WalkSettings(
         prequantized=kernel.matmul if kernel else "",
         dequant_copies=kernel.dequant_copies if kernel else 0,

@@ -66,18 +66,19 @@ def allocator_figures_json(b: Breakdown) -> dict[str, Any]:
         "need_bytes": b.allocator_need_bytes,
     }
     if not o.measured:
-        from vramplan.estimator.allocator_replay import REPLAY_ERRORS
-
         basis = ("rms", "worst", "held_out_rms", "held_out_worst")
         walk = "the walk's allocation sequence replayed, against replays of the 60 traced steps of the oracle grid"
         model = "the slack model, left-one-family-out over the 60-trace grid"
         ckpt = b.train.grad_ckpt
         reserved = ERRORS[setting, "max_reserved_bytes"]
-        if replayed:
-            reserved = REPLAY_ERRORS[setting, ckpt, "max_reserved_bytes"]
         need = ERRORS[setting, "min_limit_bytes"]
-        if b.replay_verdict:
-            need = REPLAY_ERRORS[setting, ckpt, "min_limit_bytes"]
+        if replayed or b.replay_verdict:  # the replay's table: its module (and the allocator) only when replayed
+            from vramplan.estimator.allocator_replay import REPLAY_ERRORS
+
+            if replayed:
+                reserved = REPLAY_ERRORS[setting, ckpt, "max_reserved_bytes"]
+            if b.replay_verdict:
+                need = REPLAY_ERRORS[setting, ckpt, "min_limit_bytes"]
         out["model_error"] = {
             "basis": "share of the tensor peak; reserved: "
             + (walk if replayed else model)

@@ -17,7 +17,6 @@ from vramplan.sources.configs.huggingface import read_model_config
 from vramplan.sources.configs.reader import FileSettings, Unmodeled
 from vramplan.sources.profiles import find_model_config
 from vramplan.spec import ModelSpec, model_spec_from_config
-from vramplan.spec.checkpoint_quant import assumed_from_name
 from vramplan.spec.recipe import FORMAT_RECIPES, Recipe, resolve_recipe
 
 
@@ -84,6 +83,8 @@ def plan_inputs(model: str | None, files: Sequence[str], flags: Mapping[str, Any
     moot = [u for u in unmodeled if u.when and not has[u.when]]
     unmodeled = [u for u in unmodeled if u not in moot]
     if mc.prequantized and "quant" not in typed:  # a GPTQ/AWQ/bnb copy resolved offline to a built-in profile
+        from vramplan.spec.checkpoint_quant import assumed_from_name
+
         if assumed_from_name(mc.prequantized) is not None:  # the format its name implies (said by resolve_train)
             settings["checkpoint_name"], sources["checkpoint_name"] = mc.prequantized, f"name:{mc.name}"
         else:

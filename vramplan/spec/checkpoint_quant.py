@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from vramplan.errors import VramplanError
+from vramplan.spec.fields import quantization_config
 
 QuantFormat = Literal["awq", "gptq", "fp8", "int8", "mxfp4", "nvfp4", "bitsandbytes", "aqlm"]
 FP8Strategy = Literal["tensor", "channel", "block"]
@@ -113,8 +114,7 @@ def read_checkpoint_quant(config: Mapping[str, Any]) -> CheckpointQuant | None:
 
     An unknown `quant_method` is an error naming the ones understood (a guess would mis-count the weights).
     """
-    text = config.get("text_config")
-    q = config.get("quantization_config") or (text.get("quantization_config") if isinstance(text, Mapping) else None)
+    q = quantization_config(config)
     if not q:
         return None
     if not isinstance(q, Mapping):

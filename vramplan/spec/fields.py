@@ -113,3 +113,11 @@ def positive(value: Any, flag: str, limit: int | None = None) -> int:
     if limit is not None and value > limit:
         raise VramplanError(f"{flag} {value:,} is beyond vramplan's limit of {limit:,}; is it a typo?")
     return value
+
+
+def quantization_config(config: Mapping[str, Any]) -> Any:
+    """A config.json's `quantization_config`, or its `text_config`'s (a vision-language wrapper's), as written
+    (spec/checkpoint_quant.py reads it); None or empty when the checkpoint is not pre-quantized. Apart from
+    the reader so that an unquantized model does not load it (cold start, tests/test_cold_start.py)."""
+    text = config.get("text_config")
+    return config.get("quantization_config") or (text.get("quantization_config") if isinstance(text, Mapping) else None)

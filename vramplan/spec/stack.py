@@ -187,13 +187,20 @@ class Stack:
         }
 
 
-@functools.cache
 def installed_version(package: str) -> str | None:
     """The installed version of `package`, from its `<name>-<version>.dist-info` (or `.egg-info`) folder on
     sys.path, the first found as importlib.metadata finds it (the name normalized as wheels write it, PEP 427).
     Folder names only: importlib.metadata would parse every METADATA file's e-mail headers, a third of an
     estimate's cold start."""
-    wanted = re.sub(r"[-_.]+", "_", package).lower()
+    return _installed_versions().get(re.sub(r"[-_.]+", "_", package).lower())
+
+
+@functools.cache
+def _installed_versions() -> dict[str, str]:
+    """Normalized project name -> version of every dist-info / egg-info folder on sys.path, the first one found
+    for a name kept (sys.path order, then the folder's listing order): one listing of each sys.path entry
+    for every package an estimate asks about (the stack's five and the recipe's)."""
+    found: dict[str, str] = {}
     for entry in sys.path:
         try:
             names = os.listdir(entry or ".")
@@ -204,9 +211,9 @@ def installed_version(package: str) -> str | None:
             if not dot or suffix not in ("dist-info", "egg-info"):
                 continue
             project, _, version = stem.partition("-")  # `backports.tarfile-1.2.0`: the name as its tool wrote it
-            if version and re.sub(r"[-_.]+", "_", project).lower() == wanted:
-                return version.split("-")[0]
-    return None
+            if version:
+                found.setdefault(re.sub(r"[-_.]+", "_", project).lower(), version.split("-")[0])
+    return found
 
 
 def parse_stack(text: str) -> dict[str, str]:

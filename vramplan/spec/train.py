@@ -8,12 +8,11 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vramplan.errors import VramplanError
 from vramplan.spec.alloc_conf import parse_alloc_conf
-from vramplan.spec.checkpoint_quant import CheckpointQuant, assumed_from_name
-from vramplan.spec.fields import positive
+from vramplan.spec.fields import positive, quantization_config
 from vramplan.spec.lora_targets import (
     LoraSelection,
     lora_moe_targets,
@@ -36,10 +35,12 @@ from vramplan.spec.model import (
     Quant,
 )
 from vramplan.spec.peft_method import BOTTLENECK_NAMES, IA3_TARGETS, LORA, PeftMethod, bottleneck_error, resolve_peft
-from vramplan.spec.prequantized_base import model_checkpoint, resolve_base
 from vramplan.spec.stack import DEFAULT_STACK, Stack, resolve_stack
 from vramplan.spec.stage import SFT, StageSpec, resolve_stage, stage_loss
 from vramplan.spec.train_notes import contradictions, layer_offload_setting, moe_note, unquantized_linears_note
+
+if TYPE_CHECKING:
+    from vramplan.spec.checkpoint_quant import CheckpointQuant
 
 OPTIMIZERS: tuple[str, ...] = (
     "adamw_torch",
@@ -286,13 +287,18 @@ def resolve_train(
             mixed_precision = "fp16"
     dtype = dtype or half
     mixed_precision = mixed_precision or half
-    named = assumed_from_name(checkpoint_name) if checkpoint_name else None
-    checkpoint = checkpoint or model_checkpoint(model.config)
-    stored = checkpoint or named
-    if stored is not None and stored.format == "bitsandbytes" and quant is None and double_quant is None:
-        double_quant = stored.bnb_double_quant  # the checkpoint's bnb_4bit_use_double_quant
-    checkpoint, quant, method, base_notes = resolve_base(stored, quant, method, checkpoint is None)
-    notes += base_notes
+    if checkpoint_name or checkpoint is not None or quantization_config(model.config):
+        # a pre-quantized base: its readers are loaded only then (an unquantized model's cold start)
+        from vramplan.spec.checkpoint_quant import assumed_from_name
+        from vramplan.spec.prequantized_base import model_checkpoint, resolve_base
+
+        named = assumed_from_name(checkpoint_name) if checkpoint_name else None
+        checkpoint = checkpoint or model_checkpoint(model.config)
+        stored = checkpoint or named
+        if stored is not None and stored.format == "bitsandbytes" and quant is None and double_quant is None:
+            double_quant = stored.bnb_double_quant  # the checkpoint's bnb_4bit_use_double_quant
+        checkpoint, quant, method, base_notes = resolve_base(stored, quant, method, checkpoint is None)
+        notes += base_notes
     if quant is None:
         quant = "nf4" if method == "qlora" else "none"
     if method == "qlora" and quant == "none":
