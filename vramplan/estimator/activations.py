@@ -11,7 +11,8 @@ import functools
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
-from vramplan.estimator.layer_ops import decoder_layer, fused_lora, norm
+from vramplan.estimator.layer_ops import fused_lora, norm
+from vramplan.estimator.layer_walk import decoder_layer
 from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec

@@ -37,7 +37,7 @@ from vramplan.estimator.activations import (
 )
 from vramplan.estimator.adapters import adapter_bytes
 from vramplan.estimator.bnb_storage import bnb_4bit_bytes
-from vramplan.estimator.layer_ops import decoder_layer
+from vramplan.estimator.layer_walk import decoder_layer
 from vramplan.estimator.loss import loss_bytes
 from vramplan.estimator.optimizer import optimizer_bytes
 from vramplan.estimator.optimizer_memory_efficient import is_layerwise

@@ -160,11 +160,8 @@ def _rope(walk: Walk, q: SymbolicTensor, residual_dtype: str, liger: bool = Fals
 def decoder_layer(
     walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, trainable: bool
 ) -> SymbolicTensor:
-    """One decoder layer; returns its output hidden state (a hybrid one: `mamba_ops.hybrid_layer`)."""
-    if m.mamba is not None:
-        from vramplan.estimator.mamba_ops import hybrid_layer  # it builds on this module's ops
-
-        return hybrid_layer(walk, settings, m, x, trainable)
+    """One attention + MLP decoder layer; returns its output hidden state. The walk's entry point is
+    `layer_walk.decoder_layer`, which sends a hybrid layer to `mamba_ops` (built on this module's ops)."""
     T, residual_dtype = settings.T, x.dtype
 
     def project(inp: SymbolicTensor, name: str) -> SymbolicTensor:
