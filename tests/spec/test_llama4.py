@@ -54,11 +54,7 @@ def test_llama4_counts_match_transformers(variant: str, linearized: bool) -> Non
         ours[shape] += n
     assert +ours == Counter(tuple(p.shape) for p in model.parameters())
     # what bitsandbytes replaces: every `type(module) is nn.Linear` of the decoder layers (not the router)
-    packed = sum(
-        mod.weight.numel()
-        for path, mod in model.model.layers.named_modules()
-        if type(mod) is torch.nn.Linear
-    )
+    packed = sum(mod.weight.numel() for path, mod in model.model.layers.named_modules() if type(mod) is torch.nn.Linear)
     assert spec.quantized_weight_params == packed
     experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
     assert spec.fused_expert_params == (0 if linearized else experts)

@@ -38,7 +38,9 @@ def moe_layers(cfg: Mapping[str, Any], fields: Mapping[str, Any], layers: int, n
         return tuple(i for i in given if 0 <= i < layers)
     step = fields.get("interleave_moe_layer_step", 1)
     if not isinstance(step, int) or isinstance(step, bool) or step < 1:
-        raise VramplanError(f"model config {name!r}: interleave_moe_layer_step must be a positive integer, got {step!r}")
+        raise VramplanError(
+            f"model config {name!r}: interleave_moe_layer_step must be a positive integer, got {step!r}"
+        )
     return tuple(range(step - 1, layers, step))
 
 
@@ -67,7 +69,9 @@ def text_tensors(
         out.append(Tensor(f"{stack}self_attn.{proj}_proj.weight", (n_out, n_in), layers, "Linear"))
         if bias:
             out.append(Tensor(f"{stack}self_attn.{proj}_proj.bias", (n_out,), layers, None))
-    out += [Tensor(f"{stack}{norm}.weight", (h,), layers, None) for norm in ("input_layernorm", "post_attention_layernorm")]
+    out += [
+        Tensor(f"{stack}{norm}.weight", (h,), layers, None) for norm in ("input_layernorm", "post_attention_layernorm")
+    ]
     if routed:
         moe = f"{stack}feed_forward."
         out.append(Tensor(moe + "router.weight", (experts, h), routed, "Llama4Router"))
