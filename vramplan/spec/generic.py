@@ -174,7 +174,10 @@ def generic_model_spec(
     basis_name, band = "llama-like walk", GENERIC_ERROR_BAND
     if experts > 1 and top_k:
         moe_inter = _field(fields, amap, "moe_intermediate_size") or inter
-        basis_cfg.update(model_type="mixtral", num_local_experts=experts, num_experts_per_tok=top_k,
+        # Llama4TextMoe routes every token through every expert (`hidden_states.repeat(num_experts, 1)` times
+        # the sigmoid scores, zero off the top-k; modeling_llama4.py, 5.24): E (token, expert) pairs per token
+        routed = experts if mt == "llama4_text" else top_k
+        basis_cfg.update(model_type="mixtral", num_local_experts=experts, num_experts_per_tok=routed,
                          intermediate_size=moe_inter)  # fmt: skip
         basis_name, band = "mixtral-like walk", GENERIC_MOE_ERROR_BAND
     basis = known_model_spec(basis_cfg, f"{name} (stand-in)")
