@@ -179,6 +179,8 @@ def generic_model_spec(
         routed = experts if mt == "llama4_text" else top_k
         basis_cfg.update(model_type="mixtral", num_local_experts=experts, num_experts_per_tok=routed,
                          intermediate_size=moe_inter)  # fmt: skip
+        if mt == "llama4_text":  # and a shared expert (Llama4TextMLP of intermediate_size) beside the experts
+            basis_cfg["shared_expert_intermediate_size"] = inter
         basis_name, band = "mixtral-like walk", GENERIC_MOE_ERROR_BAND
     basis = known_model_spec(basis_cfg, f"{name} (stand-in)")
     basis_names = {lin.name for lin in basis.linears}
