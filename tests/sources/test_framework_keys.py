@@ -255,6 +255,8 @@ def test_axolotl_unfrozen_parameters_of_transformers_4_names_select_the_embeddin
     assert entry.key == "unfrozen_parameters"
     assert "text model: embed_tokens, lm_head;" in entry.note
     assert "full fine-tune (an upper bound)" in entry.note
+
+
 @pytest.mark.parametrize("linearized", [False, True])
 def test_axolotl_llama4_linearized_experts_quantizes_the_experts(tmp_path: Path, linearized: bool) -> None:
     # axolotl's patch makes every expert an nn.Linear (monkeypatch/models/llama4/modeling.py): bitsandbytes packs
