@@ -143,8 +143,6 @@ GENERIC_MISCOUNTS = {
     "deepseek_v4": "the generic path counts 284.40 of DeepSeek-V4-Flash's 284.33 B parameters",
     "glm_moe_dsa": "the generic path counts 745.28 of GLM-5.2's 743.38 B parameters",
     "gemma-4-31b": "the generic path counts 31.03 of Gemma 4 31B's 31.27 B parameters",
-    # llama4_text with MoE in every other layer (interleave_moe_layer_step 2): the table's counts assume every layer
-    "llama-4-maverick-17b-128e": "the generic path counts 394.67 of Llama 4 Maverick's 400.71 B parameters",
 }
 
 

@@ -255,3 +255,17 @@ def test_axolotl_unfrozen_parameters_of_transformers_4_names_select_the_embeddin
     assert entry.key == "unfrozen_parameters"
     assert "text model: embed_tokens, lm_head;" in entry.note
     assert "full fine-tune (an upper bound)" in entry.note
+
+
+@pytest.mark.parametrize("linearized", [False, True])
+def test_axolotl_llama4_linearized_experts_quantizes_the_experts(tmp_path: Path, linearized: bool) -> None:
+    # axolotl's patch makes every expert an nn.Linear (monkeypatch/models/llama4/modeling.py): bitsandbytes packs
+    # them, no fused 3-D expert tensor is left; without it transformers' Llama4TextExperts keeps them fused
+    text = "base_model: llama-4-scout-17b-16e\nadapter: qlora\nload_in_4bit: true\n"
+    plan = plan_inputs(None, [_write(tmp_path, text + f"llama4_linearized_experts: {str(linearized).lower()}\n")], {})
+    spec = plan.model
+    routed = 48 * 16 * 3 * 5120 * 8192  # MoE layers · experts · (gate, up, down) · hidden · intermediate (Scout)
+    assert spec.fused_expert_params == (0 if linearized else routed)
+    assert "linearized_experts" not in plan.settings  # a model layout, not a training setting
+    experts = sum(lin.weight_params * lin.count for lin in spec.linears if ".experts." in lin.path)
+    assert experts == (routed if linearized else 0)

@@ -428,4 +428,41 @@ def _moe(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, tr
     walk.transient(reordered, summed, extra_ref=merged)
     for tensor in (x, *locals_kept, expert_out):
         del walk.pinned[tensor.id]
+    shared = m.config.get("shared_expert_intermediate_size", 0)
+    if shared:
+        summed = _shared_expert(walk, settings, x, summed, shared, m.hidden_size, trainable)
     return walk.cast(summed, x.dtype)
+
+
+def _shared_expert(
+    walk: Walk,
+    settings: WalkSettings,
+    x: SymbolicTensor,
+    routed: SymbolicTensor,
+    width: int,
+    hidden: int,
+    trainable: bool,
+) -> SymbolicTensor:
+    """Llama4TextMoe's shared expert (a Llama4TextMLP of `width` on the block input) while the routed sum is
+    held, then `out.add_(routed)` in place (modeling_llama4.py, 5.24): SiLU saves the gate output, the product
+    its operands; the linears as any frozen (or fully trained) nn.Linear (LoRA on them is not walked here).
+    Tiny llama4_text traces (tests/oracle/test_llama4_trace.py) hold the generic Llama 4 walk that uses it."""
+    T = settings.T
+    walk.pinned.update({x.id: x.nbytes, routed.id: routed.nbytes})
+    gate = linear(walk, settings, x, "shared_expert.gate_proj", width, trainable, settings.quantized)
+    activated = walk.new(T * width, gate.dtype, gate.requires_grad)
+    if gate.requires_grad:
+        walk.save(gate)
+    walk.transient(gate, activated)
+    walk.pinned[activated.id] = activated.nbytes
+    up = linear(walk, settings, x, "shared_expert.up_proj", width, trainable, settings.quantized)
+    del walk.pinned[activated.id]
+    product = walk.new(T * width, promote(activated.dtype, up.dtype), gate.requires_grad or up.requires_grad)
+    if product.requires_grad:
+        walk.save(activated, up)
+    walk.transient(activated, up, product)
+    out = linear(walk, settings, product, "shared_expert.down_proj", hidden, trainable, settings.quantized)
+    walk.recompute_stop = len(walk.live)  # a checkpointed recompute runs through the shared expert
+    for tensor in (x, routed):
+        del walk.pinned[tensor.id]
+    return out

@@ -72,7 +72,11 @@ def plan_inputs(model: str | None, files: Sequence[str], flags: Mapping[str, Any
     if "quant" in quant.settings and settings.get("method") == "lora" and "method" not in typed:
         settings["method"], sources["method"] = "qlora", f"file:{where}"  # LoRA on a quantized checkpoint
     apply(quant, None)
-    spec = model_spec_from_config(mc.config, mc.name)
+    # axolotl's llama4_linearized_experts: a model layout, not a training setting (spec/llama4.py); axolotl
+    # patches only when the config's top-level model_type is llama4 (loaders/patch_manager.py)
+    linearized = bool(settings.pop("linearized_experts", False)) and mc.config.get("model_type") == "llama4"
+    sources.pop("linearized_experts", None)
+    spec = model_spec_from_config(mc.config, mc.name, linearized_experts=linearized)
     target = settings.get("lora_target")
     if isinstance(target, str) and set(target.split(",")) == {lin.name for lin in spec.linears}:
         settings["lora_target"] = "all-linear"  # PEFT saves all-linear as the list of every Linear

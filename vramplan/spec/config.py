@@ -12,10 +12,11 @@ from vramplan.spec.fields import config_str
 from vramplan.spec.model import SUPPORTED_MODEL_TYPES, ModelSpec
 
 
-def model_spec_from_config(cfg: Mapping[str, Any], name: str) -> ModelSpec:
+def model_spec_from_config(cfg: Mapping[str, Any], name: str, linearized_experts: bool = False) -> ModelSpec:
     """Build a ModelSpec from a Hugging Face `config.json` mapping. A wrapper's `text_config` (VLMs, and
     composite configs such as Gemma 3's) is read with its class's defaults filled in; the estimate then counts
-    the vision tower and projector as frozen weights, or says that it could not."""
+    the vision tower and projector as frozen weights, or says that it could not. `linearized_experts`: axolotl's
+    `llama4_linearized_experts` (Llama 4's experts as per-expert nn.Linear, spec/llama4.py)."""
     if cfg.get("model_type") is not None:
         config_str(cfg, "model_type", name)  # a list or a number is one error line, not a lookup's TypeError
     if "text_config" not in cfg and cfg.get("model_type") in SUPPORTED_MODEL_TYPES and all_layers_routed(cfg):
@@ -45,5 +46,5 @@ def model_spec_from_config(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         # a text model type that exists only inside its wrapper (qwen2_5_vl_text): the wrapper's record, text part
         spec = generic_model_spec({**cfg, "text_config": text}, name, text_part=True)
     else:
-        spec = generic_model_spec(text, name)
+        spec = generic_model_spec(text, name, linearized_experts=linearized_experts)
     return spec if text is cfg else with_tower(spec, cfg, text)

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vramplan.errors import VramplanError
-from vramplan.spec import architectures
+from vramplan.spec import architectures, llama4
 from vramplan.spec.families import known_model_spec
 from vramplan.spec.model import SUPPORTED_MODEL_TYPES, Approximation, LinearSpec, ModelSpec
 
@@ -85,9 +85,12 @@ def _roles(path: str, group: str) -> tuple[str, ...]:
     return ("o_proj",) if group == "attn" else ("up_proj",)
 
 
-def generic_model_spec(cfg: Mapping[str, Any], name: str, text_part: bool = False) -> ModelSpec:
+def generic_model_spec(
+    cfg: Mapping[str, Any], name: str, text_part: bool = False, linearized_experts: bool = False
+) -> ModelSpec:
     """ModelSpec of a model type vramplan does not hand-model, from the architecture table. `text_part`: of a
-    VLM wrapper, only its text model's tensors (spec/vision.py counts the rest as the tower)."""
+    VLM wrapper, only its text model's tensors (spec/vision.py counts the rest as the tower).
+    `linearized_experts`: axolotl's `llama4_linearized_experts` (Llama 4's experts as per-expert nn.Linear)."""
     mt = cfg.get("model_type")
     if mt not in architectures.known_types():
         reason = architectures.not_built(str(mt))
@@ -104,6 +107,8 @@ def generic_model_spec(cfg: Mapping[str, Any], name: str, text_part: bool = Fals
     try:
         fields = architectures.config_fields(mt, cfg)
         ts = architectures.tensors(mt, cfg)
+        if mt == "llama4_text":  # by hand: the table has no rule for Maverick's dense layers (spec/llama4.py)
+            ts = llama4.text_tensors(cfg, fields, name, linearized_experts)
     except (VramplanError, ZeroDivisionError, TypeError) as e:
         raise VramplanError(f"{name}: transformers could not build this {mt} config.json: {e}") from None
     if text_part:
@@ -169,8 +174,13 @@ def generic_model_spec(cfg: Mapping[str, Any], name: str, text_part: bool = Fals
     basis_name, band = "llama-like walk", GENERIC_ERROR_BAND
     if experts > 1 and top_k:
         moe_inter = _field(fields, amap, "moe_intermediate_size") or inter
-        basis_cfg.update(model_type="mixtral", num_local_experts=experts, num_experts_per_tok=top_k,
+        # Llama4TextMoe routes every token through every expert (`hidden_states.repeat(num_experts, 1)` times
+        # the sigmoid scores, zero off the top-k; modeling_llama4.py, 5.24): E (token, expert) pairs per token
+        routed = experts if mt == "llama4_text" else top_k
+        basis_cfg.update(model_type="mixtral", num_local_experts=experts, num_experts_per_tok=routed,
                          intermediate_size=moe_inter)  # fmt: skip
+        if mt == "llama4_text":  # and a shared expert (Llama4TextMLP of intermediate_size) beside the experts
+            basis_cfg["shared_expert_intermediate_size"] = inter
         basis_name, band = "mixtral-like walk", GENERIC_MOE_ERROR_BAND
     basis = known_model_spec(basis_cfg, f"{name} (stand-in)")
     basis_names = {lin.name for lin in basis.linears}

@@ -101,7 +101,8 @@ def with_tower(text_spec: ModelSpec, cfg: Mapping[str, Any], text: Mapping[str, 
         f"vision-language model ({wrapper}): vision tower + projector, "
         f"{sum(_numel(s) * n for s, n, _ in tower):,} parameters, counted as frozen weights"
         if tower
-        else f"vision-language model ({wrapper}) estimated as its text model: {missing}"
+        else f"vision-language model ({wrapper}) estimated as its text model: "
+        + (missing or f"the vision tower is not counted ({wrapper}'s record holds none)")
     )
     said += "; their activations and image positions beyond --image-tokens are not in the estimate"
     if text_spec.approximation is not None:  # a generic text decoder: its band, and this note too

@@ -318,6 +318,11 @@ def read_axolotl(data: Mapping[str, Any], path: str) -> FileSettings:
     if r.has("gptq") and r.typed("gptq", bool):  # axolotl loads the base with its GPTQ quantization_config
         r.notes.append("gptq: the base's GPTQ format is read from its config.json (or its name)")
     _plugins(r, data)
+    if r.has("llama4_linearized_experts") and r.typed("llama4_linearized_experts", bool):
+        # loaders/patch_manager.py: patch_llama4_linearized_modeling() before a model of model_config_type llama4
+        # is built: its experts become per-expert nn.Linear (monkeypatch/models/llama4/modeling.py), quantized by
+        # bitsandbytes (read by sources/inputs.py as a model layout)
+        r.set("linearized_experts", True)
     if r.has("sample_packing"):
         r.set("packing", r.typed("sample_packing", bool))
     for setting, value in (("lora_dropout", 0.0), ("seq", 512), ("batch", 1), ("grad_accum", 1),
