@@ -82,6 +82,7 @@ FAMILIES = [
     "mixtral",
     "qwen3_moe",
     "falcon_h1",
+    "gpt_oss",
     "gpt_neox",
     "bloom",
     "phi",
@@ -100,7 +101,7 @@ FAMILY_CASES = {
     "qlora": {"method": "qlora"},
     "qlora-no-ckpt": {"method": "qlora", "grad_ckpt": False},
 }
-FAMILY_GRID = ("gemma3_text", "qwen3_moe", "falcon_h1")
+FAMILY_GRID = ("gemma3_text", "qwen3_moe", "falcon_h1", "gpt_oss")
 
 # Full-size simulations (meta / fake tensors; bitsandbytes runs on meta), (model, device, estimate options)
 FULL_SIZE = {

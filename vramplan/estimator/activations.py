@@ -15,6 +15,7 @@ from vramplan.estimator.layer_ops import decoder_layer, fused_lora, norm
 from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
+from vramplan.spec.model import SINK_FAMILIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +184,10 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     if settings.masked:
         # the model's bool sliding-window mask (B·1·S·S), built once and passed to every layer (and recompute)
         saved += t.batch * seq * seq
+    if t.grad_ckpt and settings.attn == "eager" and m.model_type in SINK_FAMILIES:
+        # gpt-oss's eager masks, additive B·1·S·S in the embeddings' dtype, one per layer type (full, sliding:
+        # modeling_gpt_oss.py `causal_mask_mapping`), held by the checkpointed layers' arguments through backward
+        saved += len(set(m.layer_types) or {"full"}) * t.batch * seq * seq * BYTES[residual_dtype]
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
     final_saved, final_out = _walk_final(m, settings, residual_dtype, t.method == "full")
     saved += at(final_saved)

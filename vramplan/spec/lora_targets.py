@@ -23,6 +23,7 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "qwen3": ("q_proj", "v_proj"),
     "falcon_h1": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): the attention's
     "qwen3_moe": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): qwen3's
+    "gpt_oss": ("q_proj", "v_proj"),  # no PEFT entry either: the Llama-shaped attention's
     "gemma": ("q_proj", "v_proj"),
     "gemma2": ("q_proj", "v_proj"),
     "gemma3_text": ("q_proj", "v_proj"),

@@ -28,6 +28,7 @@ from vramplan.spec.model import (
     METHODS,
     MIXED,
     QUANTS,
+    SINK_FAMILIES,
     Attn,
     Dtype,
     Method,
@@ -39,7 +40,13 @@ from vramplan.spec.peft_method import BOTTLENECK_NAMES, IA3_TARGETS, LORA, PeftM
 from vramplan.spec.prequantized_base import model_checkpoint, resolve_base
 from vramplan.spec.stack import DEFAULT_STACK, Stack, resolve_stack
 from vramplan.spec.stage import SFT, StageSpec, resolve_stage, stage_loss
-from vramplan.spec.train_notes import contradictions, layer_offload_setting, moe_note, unquantized_linears_note
+from vramplan.spec.train_notes import (
+    contradictions,
+    layer_offload_setting,
+    moe_note,
+    sink_attention_notes,
+    unquantized_linears_note,
+)
 
 OPTIMIZERS: tuple[str, ...] = (
     "adamw_torch",
@@ -388,6 +395,9 @@ def resolve_train(
     eager_only = {"gemma2": ("sdpa",), "bloom": ("sdpa", "flash_attention_2")}.get(model.model_type, ())
     if attn in eager_only:
         notes.append(f"{model.model_type} has no {attn} attention in transformers: using eager")
+        attn = "eager"
+    notes += sink_attention_notes(model, attn, "attn" in set(explicit))
+    if model.model_type in SINK_FAMILIES and attn == "sdpa":
         attn = "eager"
     moe = lora_moe_targets(model, targets) if method in ("lora", "qlora") else ()
     if moe and dora:
