@@ -126,6 +126,8 @@ FULL_SIZE = {
     "qwen3-30b-a3b qlora seq512": ("qwen3-30b-a3b", "meta", {"method": "qlora", "seq": 512, "lora_target": "attn"}),
     # Falcon-H1: the hybrid layer (Mamba-2 mixer on transformers' torch SSD + attention), 256-token chunks
     "falcon-h1-1.5b lora seq512": ("falcon-h1-1.5b", "fake", {"method": "lora", "seq": 512}),
+    # gpt-oss: eager attention with the sink column (no SDPA for sinks), 32 fused experts with biases
+    "gpt-oss-20b lora seq1024": ("gpt-oss-20b", "fake", {"method": "lora", "seq": 1024, "lora_target": "attn"}),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
     "mistral-7b qlora seq4096 window no-ckpt": (
         "mistral-7b",

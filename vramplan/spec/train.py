@@ -400,6 +400,11 @@ def resolve_train(
     if model.model_type in SINK_FAMILIES and attn == "sdpa":
         attn = "eager"
     moe = lora_moe_targets(model, targets) if method in ("lora", "qlora") else ()
+    if params and model.model_type in SINK_FAMILIES and method in ("lora", "qlora"):
+        notes.append(
+            f"target_parameters on {model.name}: their adapters are counted; the merged weights PEFT's "
+            "ParamWrapper materialises per layer, and the expert inputs they save, are not walked"
+        )
     if moe and dora:
         raise VramplanError(
             f"--dora cannot adapt {model.name}'s router/experts ({', '.join(p.name for p in moe)}): PEFT's "
