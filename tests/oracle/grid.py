@@ -128,6 +128,7 @@ FULL_SIZE = {
     "falcon-h1-1.5b lora seq512": ("falcon-h1-1.5b", "fake", {"method": "lora", "seq": 512}),
     # gpt-oss: eager attention with the sink column (no SDPA for sinks), 32 fused experts with biases
     "gpt-oss-20b lora seq1024": ("gpt-oss-20b", "fake", {"method": "lora", "seq": 1024, "lora_target": "attn"}),
+    "gpt-oss-20b qlora seq1024": ("gpt-oss-20b", "meta", {"method": "qlora", "seq": 1024, "lora_target": "attn"}),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
     "mistral-7b qlora seq4096 window no-ckpt": (
         "mistral-7b",
