@@ -400,17 +400,12 @@ def resolve_train(
     if model.model_type in SINK_FAMILIES and attn == "sdpa":
         attn = "eager"
     moe = lora_moe_targets(model, targets) if method in ("lora", "qlora") else ()
-    if params and model.model_type in SINK_FAMILIES and method in ("lora", "qlora"):
-        notes.append(
-            f"target_parameters on {model.name}: their adapters are counted; the merged weights PEFT's "
-            "ParamWrapper materialises per layer, and the expert inputs they save, are not walked"
-        )
     if moe and dora:
         raise VramplanError(
             f"--dora cannot adapt {model.name}'s router/experts ({', '.join(p.name for p in moe)}): PEFT's "
             "lora.ParamWrapper does not support DoRA; use --lora-target attn or --no-dora"
         )
-    if moe and lora_dropout > 0:
+    if (moe or params) and lora_dropout > 0 and method in ("lora", "qlora"):
         notes.append(
             f"PEFT rejects lora_dropout != 0 on {model.name}'s router/experts (lora.ParamWrapper): "
             "train with --lora-dropout 0 (estimated as given) or --lora-target attn"
@@ -429,7 +424,8 @@ def resolve_train(
         and model.fused_expert_params
         and (quant != "none" or moe or (model.from_table and preset == "all-linear"))
     ):
-        notes.append(moe_note(model, quant, dtype, kbit_prep and quant != "none", bool(moe)))
+        experts_adapted = bool(moe) or any(len(shape) == 3 for _, shape, _ in params)
+        notes.append(moe_note(model, quant, dtype, kbit_prep and quant != "none", experts_adapted))
     # said when it moves the weights (falcon: every linear); a small router's (Llama 4) is counted, not said
     if quant != "none" and model.unquantizable_linear_params * 100 > model.linear_weight_params:
         notes.append(unquantized_linears_note(model, kbit_prep, dtype))
