@@ -112,6 +112,18 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "ssm_multipliers": [0.9, 1.1, 0.8, 1.2, 1.3],
         "tie_word_embeddings": False,
     },
+    # gpt-oss: 4 experts' worth of pairs per token would leave most of 8 experts idle at 128 tokens; top-2 of 8,
+    # a 32-token window (seq 64 reaches it), sliding / full layers as GptOssConfig alternates them
+    "gpt_oss": {
+        "model_type": "gpt_oss",
+        **_SHAPE,
+        "head_dim": 16,
+        "intermediate_size": 32,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 2,
+        "sliding_window": 32,
+        "tie_word_embeddings": False,
+    },
     "gpt_neox": {
         "model_type": "gpt_neox",
         "hidden_size": 64,

@@ -344,8 +344,8 @@ def test_qv_matches_peft_default_targets(family: str) -> None:
     t = resolve_train(m, method="lora", lora_rank=LORA_R, lora_target="qv")
     model = _build(TINY_CONFIGS[family])
     if family not in PEFT_DEFAULTS:
-        # phi3, qwen3_moe, falcon_h1: PEFT 0.21.2 has no default and asks for target_modules; vramplan's `qv` is
-        # phi3's fused qkv_proj, the others' q_proj + v_proj (as qwen3's default).
+        # phi3, qwen3_moe, falcon_h1, gpt_oss: PEFT 0.21.2 has no default and asks for target_modules; vramplan's
+        # `qv` is phi3's fused qkv_proj, the others' q_proj + v_proj (as qwen3's default).
         assert t.lora_target == {"phi3": ("qkv_proj",)}.get(family, ("q_proj", "v_proj"))
         with pytest.raises(ValueError, match="target_modules"):
             get_peft_model(model, LoraConfig())

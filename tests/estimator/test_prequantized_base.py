@@ -75,6 +75,22 @@ def test_a_config_json_quantization_config_is_the_trained_base() -> None:
     assert any("Mxfp4Config(dequantize=True)" in n for n in t.notes)
 
 
+def test_gpt_oss_mxfp4_checkpoint_trains_dequantized_full_or_lora() -> None:
+    """openai/gpt-oss-20b ships MXFP4 experts (its config.json `quantization_config`); the fine-tuning recipes
+    load it with Mxfp4Config(dequantize=True) (axolotl examples/gpt-oss: full fine-tuning and LoRA alike): the
+    experts dense in the load dtype, so the estimate equals the unquantized profile's, full included."""
+    m = load_model("gpt-oss-20b")
+    cfg = {k: v for k, v in m.config.items() if k != "vramplan_profile"}
+    mx = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                                            "model.embed_tokens", "lm_head"]}  # fmt: skip
+    quantized = model_spec_from_config(cfg | {"quantization_config": mx}, "gpt-oss-20b")
+    for method in ("full", "lora"):
+        t = resolve_train(quantized, method=method)
+        assert (t.method, t.quant, t.checkpoint) == (method, "none", None)
+        assert any("Mxfp4Config(dequantize=True)" in n for n in t.notes)
+        assert estimate(quantized, method=method).peak_bytes == estimate(m, method=method).peak_bytes
+
+
 def test_a_name_says_the_format_assumed_and_flags_win() -> None:
     m = load_model("llama-3-8b")
     t = resolve_train(m, method="lora", checkpoint_name="GPTQ-Int4")

@@ -82,6 +82,7 @@ FAMILIES = [
     "mixtral",
     "qwen3_moe",
     "falcon_h1",
+    "gpt_oss",
     "gpt_neox",
     "bloom",
     "phi",
@@ -100,7 +101,7 @@ FAMILY_CASES = {
     "qlora": {"method": "qlora"},
     "qlora-no-ckpt": {"method": "qlora", "grad_ckpt": False},
 }
-FAMILY_GRID = ("gemma3_text", "qwen3_moe", "falcon_h1")
+FAMILY_GRID = ("gemma3_text", "qwen3_moe", "falcon_h1", "gpt_oss")
 
 # Full-size simulations (meta / fake tensors; bitsandbytes runs on meta), (model, device, estimate options)
 FULL_SIZE = {
@@ -125,6 +126,9 @@ FULL_SIZE = {
     "qwen3-30b-a3b qlora seq512": ("qwen3-30b-a3b", "meta", {"method": "qlora", "seq": 512, "lora_target": "attn"}),
     # Falcon-H1: the hybrid layer (Mamba-2 mixer on transformers' torch SSD + attention), 256-token chunks
     "falcon-h1-1.5b lora seq512": ("falcon-h1-1.5b", "fake", {"method": "lora", "seq": 512}),
+    # gpt-oss: eager attention with the sink column (no SDPA for sinks), 32 fused experts with biases
+    "gpt-oss-20b lora seq1024": ("gpt-oss-20b", "fake", {"method": "lora", "seq": 1024, "lora_target": "attn"}),
+    "gpt-oss-20b qlora seq1024": ("gpt-oss-20b", "meta", {"method": "qlora", "seq": 1024, "lora_target": "attn"}),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
     "mistral-7b qlora seq4096 window no-ckpt": (
         "mistral-7b",

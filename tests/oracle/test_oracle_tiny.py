@@ -72,3 +72,29 @@ def test_family_grid(family, case):
         settings["lora_target"] = "attn"
     t = resolve_train(m, **settings)
     check(m, t, "cpu")
+
+
+# gpt-oss's experts through PEFT's `target_parameters` (all-linear stops at its attention): every layer's, or one
+# layer's as OpenAI's fine-tuning cookbook writes it; LoRA r=8 on the attention too
+GPT_OSS_EXPERT_LORA = {
+    "every-layer": {"target_parameters": "mlp.experts.gate_up_proj,mlp.experts.down_proj"},
+    "one-layer": {"target_parameters": "1.mlp.experts.gate_up_proj,1.mlp.experts.down_proj"},
+    "every-layer-ckpt": {"target_parameters": "mlp.experts.gate_up_proj,mlp.experts.down_proj", "grad_ckpt": True},
+}
+# The checkpointed forward's in-layer moment: the MoE block with the cached merged weights and factor casts
+# (126,976 B per layer, traced) is where the trace peaks, 74,304 B above the estimate's (forward phase -3.6 %;
+# the step's peak, the bottom layer's recompute, -1.4 %); the block alone traces within 1.3 % of the walk.
+GPT_OSS_EXPERT_GAPS = {"every-layer-ckpt": "checkpointed forward with expert LoRA: forward phase -3.6 % (peak -1.4 %)"}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=pytest.mark.xfail(reason=GPT_OSS_EXPERT_GAPS[c], strict=True))
+     if c in GPT_OSS_EXPERT_GAPS else c for c in GPT_OSS_EXPERT_LORA],
+)  # fmt: skip
+def test_gpt_oss_expert_target_parameters(case):
+    from tests.conftest import TINY_CONFIGS
+
+    m = model_spec_from_config(TINY_CONFIGS["gpt_oss"], "gpt_oss")
+    t = resolve_train(m, **{**BASE, "seq": 64, "lora_target": "attn", **GPT_OSS_EXPERT_LORA[case]})
+    check(m, t, "cpu")

@@ -435,10 +435,14 @@ def test_prequantized_mirror_is_estimated_in_the_format_its_name_says():
 
 
 def test_generic_builtin_type_is_estimated_and_says_so():
-    """gpt_oss is not hand-modelled: estimated on the generic path (spec/generic.py), flagged as approximated."""
-    r = run("gpt-oss-20b", "--json")
+    """gpt_j is not hand-modelled: estimated on the generic path (spec/generic.py), flagged as approximated;
+    gpt_oss (hand-modelled) is not."""
+    r = run("gpt-j-6b", "--json")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["inputs"]["approximation"]["kind"] == "generic"
+    r = run("gpt-oss-20b", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["inputs"].get("approximation") is None
 
 
 def test_unknown_type_is_one_line(tmp_path: Path):

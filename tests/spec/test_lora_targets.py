@@ -75,6 +75,12 @@ PEFT_CASES: dict[str, tuple[str, dict, dict]] = {
     "entries-of-other-families": ("llama", {}, {"target_modules": ["q_proj", "query_key_value", "lm_head"]}),
     "mixtral-target-parameters": ("mixtral", {}, {"target_modules": ["q_proj"],
                                                   "target_parameters": ["experts.gate_up_proj", "experts.down_proj"]}),
+    # gpt-oss: all-linear reaches the attention only (PEFT maps no expert names for it); the experts through
+    # target_parameters, every layer's or, as in OpenAI's fine-tuning cookbook, chosen layers' ("7.mlp.experts...")
+    "gpt-oss-target-parameters": ("gpt_oss", {}, {"target_modules": "all-linear", "target_parameters":
+                                                  ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]}),
+    "gpt-oss-layer-target-parameters": ("gpt_oss", {}, {"target_modules": "all-linear", "target_parameters":
+                                                        ["1.mlp.experts.gate_up_proj", "1.mlp.experts.down_proj"]}),
 }  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from vramplan.estimator.layer_walk import decoder_layer
 from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
+from vramplan.spec.model import SINK_FAMILIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +124,27 @@ def residual_dtype_of(t: TrainSpec) -> str:
     return "fp32" if (t.kbit_prep or t.dtype == "fp32") else t.dtype
 
 
-def layer_kinds(m: ModelSpec, t: TrainSpec) -> tuple[tuple[bool, bool, bool], ...]:
-    """Each decoder layer's (trainable, input requires grad, masked), bottom layer first."""
+def adapted_parameters(m: ModelSpec, t: TrainSpec) -> tuple[frozenset[str], ...]:
+    """Each decoder layer's parameters (ParamSpec names) adapted through `target_parameters`, bottom layer
+    first: walked for gpt-oss (gpt_oss_ops.gpt_oss_moe); other families' are counted, not walked."""
+    layers = m.num_hidden_layers
+    if not (t.uses_lora and t.target_parameters and m.model_type == "gpt_oss"):
+        return (frozenset(),) * layers
+    per_layer: list[set[str]] = [set() for _ in range(layers)]
+    for path, _, instances in t.target_parameters:
+        name = next((p.name for p in m.moe_params if path.endswith(f".{p.name}")), None)
+        if name is None:
+            continue
+        # every layer's, or the one named (`model.layers.7.mlp.experts.gate_up_proj`)
+        digits = [int(part) for part in path.split(".") if part.isdigit()][:1]
+        for index in range(layers) if instances == layers else digits:
+            per_layer[index].add(name)
+    return tuple(frozenset(names) for names in per_layer)
+
+
+def layer_kinds(m: ModelSpec, t: TrainSpec) -> tuple[tuple[bool, bool, bool, frozenset[str]], ...]:
+    """Each decoder layer's (trainable, input requires grad, masked, parameters adapted through
+    `target_parameters`), bottom layer first."""
     layers = m.num_hidden_layers
     embed_trainable = t.method == "full"
     # kbit prep + checkpointing calls enable_input_require_grads (peft/utils/other.py): the embedding output
@@ -140,12 +160,13 @@ def layer_kinds(m: ModelSpec, t: TrainSpec) -> tuple[tuple[bool, bool, bool], ..
     # trainable ones, and the first trainable one's input, see no grad at all.
     kinds = []
     masked = masked_layers(m, t)
+    adapted = adapted_parameters(m, t)
     for index in range(layers):
         if t.method == "freeze":
             input_requires_grad = index > first_trainable
         else:
             input_requires_grad = embedding_output_requires_grad if index == 0 else True
-        kind = (index >= first_trainable, input_requires_grad, masked[index])
+        kind = (index >= first_trainable, input_requires_grad, masked[index], adapted[index])
         kinds.append(kind)
     return tuple(kinds)
 
@@ -158,7 +179,7 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     autocast_dtype = settings.autocast_dtype
     layers = m.num_hidden_layers
     residual_dtype = residual_dtype_of(t)
-    kinds: dict[tuple[bool, bool, bool], int] = {}  # (trainable, input requires grad, masked) -> how many layers
+    kinds: dict[tuple[bool, bool, bool, frozenset[str]], int] = {}  # layer_kinds' tuple -> how many layers
     for kind in layer_kinds(m, t):
         kinds[kind] = kinds.get(kind, 0) + 1
     tokens, seq = t.tokens, t.seq
@@ -168,7 +189,10 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         return round(tokens * (per_token.real + per_token.imag * seq))
 
     walks = {
-        kind: _walk_layer(m, replace(settings, masked=kind[2]), kind[0], kind[1], residual_dtype) for kind in kinds
+        kind: _walk_layer(
+            m, replace(settings, masked=kind[2], parameter_adapters=kind[3]), kind[0], kind[1], residual_dtype
+        )
+        for kind in kinds
     }
     hidden = tokens * m.hidden_size * BYTES[residual_dtype]
     # transformers < 5.0 checkpoints reentrantly (spec/stack.py): the layer's forward runs under no_grad, so
@@ -184,6 +208,10 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     if settings.masked:
         # the model's bool sliding-window mask (B·1·S·S), built once and passed to every layer (and recompute)
         saved += t.batch * seq * seq
+    if t.grad_ckpt and settings.attn == "eager" and m.model_type in SINK_FAMILIES:
+        # gpt-oss's eager masks, additive B·1·S·S in the embeddings' dtype, one per layer type (full, sliding:
+        # modeling_gpt_oss.py `causal_mask_mapping`), held by the checkpointed layers' arguments through backward
+        saved += len(set(m.layer_types) or {"full"}) * t.batch * seq * seq * BYTES[residual_dtype]
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
     final_saved, final_out = _walk_final(m, settings, residual_dtype, t.method == "full")
     saved += at(final_saved)

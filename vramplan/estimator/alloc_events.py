@@ -278,7 +278,10 @@ def step_events(m: ModelSpec, t: TrainSpec) -> list[Event]:
     residual_dtype = residual_dtype_of(t)
     kinds = layer_kinds(walk_model, walk_train)
     patterns = [
-        layer_pattern(walk_model, replace(settings, masked=kind[2]), kind[0], kind[1], residual_dtype) for kind in kinds
+        layer_pattern(
+            walk_model, replace(settings, masked=kind[2], parameter_adapters=kind[3]), kind[0], kind[1], residual_dtype
+        )
+        for kind in kinds
     ]
     tokens, seq = t.tokens, t.seq
 

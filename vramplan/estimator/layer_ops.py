@@ -47,11 +47,12 @@ Saved-tensor inventory (per decoder layer, T = batch·seq tokens; "rg" = require
 
 from __future__ import annotations
 
+from vramplan.estimator.gpt_oss_ops import eager_with_sinks, gpt_oss_moe
 from vramplan.estimator.linear_ops import linear
 from vramplan.estimator.lora_kernel_ops import kernel_group, kernel_mlp
 from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote
 from vramplan.spec import ModelSpec
-from vramplan.spec.model import GEMMA_NORM
+from vramplan.spec.model import FP32_PRODUCT_NORM, SINK_FAMILIES
 
 
 def norm(
@@ -79,9 +80,10 @@ def norm(
     x_fp32 = walk.cast(x, "fp32")
     inverse_rms = walk.new(rows, "fp32", False)  # torch.rsqrt(variance + eps)
     normed_fp32 = walk.new(rows * features, "fp32", x.requires_grad)
-    if m.model_type in GEMMA_NORM:
-        # Gemma: (normed_fp32 * (1 + weight.float())).type_as(x): the fp32 product, then x's dtype; a trainable
-        # weight saves the fp32 normed tensor (the product's other operand is the H-sized 1 + w)
+    if m.model_type in FP32_PRODUCT_NORM:
+        # Gemma: (normed_fp32 * (1 + weight.float())).type_as(x); gpt-oss: (weight * normed_fp32).to(x.dtype):
+        # the fp32 product, then x's dtype; a trainable weight saves the fp32 normed tensor (the product's other
+        # operand is the H-sized weight)
         product = walk.new(rows * features, "fp32", x.requires_grad or trainable)
         out = walk.cast(product, x.dtype)
         if x.requires_grad:
@@ -114,6 +116,8 @@ def _attention(
     requires_grad = q.requires_grad or k.requires_grad or v.requires_grad
     masked = settings.masked
     dtype = settings.autocast_dtype or q.dtype
+    if settings.attn == "eager" and m.model_type in SINK_FAMILIES:
+        return eager_with_sinks(walk, settings, m, q, k, v)
     q_cast, k_cast, v_cast = walk.cast(q, dtype), walk.cast(k, dtype), walk.cast(v, dtype)
     if settings.attn == "eager":
         if kv_heads != heads:  # repeat_kv
@@ -191,7 +195,14 @@ def decoder_layer(
         q = norm(walk, settings, m, q, trainable, m.head_dim)
         k = norm(walk, settings, m, k, trainable, m.head_dim)
     q, k = _rope(walk, q, residual_dtype, settings.liger), _rope(walk, k, residual_dtype, settings.liger)
+    if m.model_type in SINK_FAMILIES:
+        # the attention's `hidden_states` argument and its pre-repeat key / value states, referenced until it
+        # returns (traced on gpt-oss: its eager scores dwarf them elsewhere, the other families leave them out)
+        walk.pinned.update({t.id: t.nbytes for t in (normed_input, k, v)})
     attention_out = _attention(walk, settings, m, q, k, v, kv_store)
+    if m.model_type in SINK_FAMILIES:
+        for t in (normed_input, k, v):
+            walk.pinned.pop(t.id, None)
     if "o" in kernels:  # axolotl's LoRA_O
         attention_out = kernel_group(walk, settings, attention_out, [m.hidden_size])[0]
     else:
@@ -305,6 +316,8 @@ def _mlp(
                 walk.save(up)
         walk.transient(up, activated)
         return _down(walk, project, activated, down_name)
+    if m.model_type == "gpt_oss":
+        return gpt_oss_moe(walk, settings, m, x, trainable)
     return _moe(walk, settings, m, x, trainable)
 
 

@@ -132,6 +132,9 @@ class WalkSettings:
     matmul4bit_keeps_input: bool = False  # MatMul4Bit's ctx.tensors = (A, B) (bitsandbytes < 0.44)
     bnb_compute_from_input: bool = False  # Linear4bit computes in its input's dtype when fp32/bf16 (bnb < 0.47)
     lora_kernels: frozenset[str] = frozenset()  # axolotl's fused LoRA Functions: "qkv", "o", "mlp"
+    # this layer's non-Linear parameters PEFT adapts through `target_parameters` (ParamSpec names: gpt-oss's
+    # "gate_up_proj", "down_proj", "router.weight"), set per layer by activations.layer_kinds
+    parameter_adapters: frozenset[str] = frozenset()
 
 
 def effective_attn(m: ModelSpec, t: TrainSpec) -> str:

@@ -11,7 +11,8 @@
 - `prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)` with PEFT's default kwargs
   when `kbit_prep`; then `model.gradient_checkpointing_enable()` (transformers' defaults: non-reentrant), as
   the Trainer does for `gradient_checkpointing=True`.
-- LoRA: `get_peft_model(model, LoraConfig(r, lora_alpha, lora_dropout, target_modules, use_dora))`.
+- LoRA: `get_peft_model(model, LoraConfig(r, lora_alpha, lora_dropout, target_modules, use_dora,
+  target_parameters))`.
 - freeze: LLaMA-Factory's `finetuning_type: freeze`: the last N decoder layers trainable, everything else
   frozen (LLaMA-Factory also upcasts the trainable ones to fp32 unless `pure_bf16`; we keep `--dtype`, as the
   estimator).
@@ -176,6 +177,7 @@ def build(
                             target_modules=list(t.lora_target),
                             use_dora=t.dora,
                             task_type="CAUSAL_LM",
+                            **_target_parameters(m, t),
                         ),
                     )
             except ValueError as e:  # the real stack refuses it, e.g. dropout on Mixtral's expert parameters
@@ -183,6 +185,16 @@ def build(
     model.train()
     optimizer = build_optimizer(model, t.optim)
     return Built(model=model, optimizer=optimizer, causal_lm=causal_lm, device=target, notes=tuple(notes))
+
+
+def _target_parameters(m: ModelSpec, t: TrainSpec) -> dict[str, list[str]]:
+    """PEFT's `target_parameters` for t's resolved entries: a parameter every layer adapts by its path inside
+    the layer (`mlp.experts.gate_up_proj`), one layer's by its full path (`model.layers.7.mlp...`)."""
+    if not t.target_parameters:
+        return {}
+    stack = m.module_prefix.replace("*", "0") if m.module_prefix else "model.layers.0."
+    names = [path.removeprefix(stack) if n == m.num_hidden_layers else path for path, _, n in t.target_parameters]
+    return {"target_parameters": names}
 
 
 def _dora_base_not_copied() -> contextlib.AbstractContextManager[None]:

@@ -151,8 +151,9 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
     inter = _req(cfg, "intermediate_size", name)
     layers = _req(cfg, "num_hidden_layers", name)
     q, kv = heads * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
-    qkv_bias = True if mt == "qwen2" else config_bool(cfg, "attention_bias", name, False)
-    o_bias = False if mt == "qwen2" else config_bool(cfg, "attention_bias", name, False)
+    bias_default = mt == "gpt_oss"  # GptOssConfig.attention_bias defaults to True (q, k, v and o)
+    qkv_bias = True if mt == "qwen2" else config_bool(cfg, "attention_bias", name, bias_default)
+    o_bias = False if mt == "qwen2" else config_bool(cfg, "attention_bias", name, bias_default)
     mlp_bias = config_bool(cfg, "mlp_bias", name, False)
     if mt == "phi3":
         attn = (
@@ -195,6 +196,12 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         )
         mlp = ()
         mlp_kind = "moe"
+    elif mt == "gpt_oss":
+        other = _gpt_oss_params(cfg, name, h, heads)
+        experts, inter = other[0].shape[0], other[2].shape[-1] // 2
+        top_k = config_int(cfg, "num_experts_per_tok", name, default=4)
+        mlp = ()
+        mlp_kind = "moe"
     elif mt == "phi3":
         mlp = (
             LinearSpec("gate_up_proj", h, 2 * inter, False, "mlp"),
@@ -211,6 +218,9 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
     tie_default = mt in ("gemma", "gemma2", "gemma3_text")
     if mt == "gemma3_text":
         layer_types = gemma3_layer_types(cfg, name, layers)
+    elif mt == "gpt_oss" and not cfg.get("layer_types"):
+        # GptOssConfig.__post_init__ (5.24): sliding first, alternating with full attention
+        layer_types = tuple("sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers))
     else:
         layer_types = config_names(cfg, "layer_types", name, layers) if cfg.get("layer_types") else ()
     return ModelSpec(
@@ -227,12 +237,33 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         num_local_experts=experts,
         num_experts_per_tok=top_k,
         sliding_window=(
-            config_int(cfg, "sliding_window", name, default=None)
+            config_int(cfg, "sliding_window", name, default=128 if mt == "gpt_oss" else None)
             if config_bool(cfg, "use_sliding_window", name, True)
             else None
         ),
         layer_types=layer_types,
         **c,
+    )
+
+
+def _gpt_oss_params(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> tuple[ParamSpec, ...]:
+    """gpt-oss's per-layer parameters outside its nn.Linears (modeling_gpt_oss.py, transformers 5.24):
+    GptOssTopKRouter weight (E, H) and bias (E,); GptOssExperts gate_up_proj (E, H, 2I) stored transposed
+    (`is_transposed=True`: input dim first, gate and up interleaved), gate_up_proj_bias (E, 2I), down_proj
+    (E, I, H), down_proj_bias (E, H); GptOssAttention.sinks (heads,). None is an nn.Linear: bitsandbytes leaves
+    them in the load dtype, and PEFT 0.21.2 maps no transformers-4 names for gpt_oss (no
+    `_MOE_TARGET_MODULE_MAPPING` entry), so `all-linear` adapts q/k/v/o only; the experts take LoRA only through
+    an explicit `target_parameters`."""
+    experts = config_int(cfg, "num_local_experts", name, default=128)
+    inter = _req(cfg, "intermediate_size", name)
+    return (
+        ParamSpec("router.weight", (experts, h), ()),
+        ParamSpec("router.bias", (experts,), ()),
+        ParamSpec("gate_up_proj", (experts, h, 2 * inter), ()),
+        ParamSpec("gate_up_proj_bias", (experts, 2 * inter), ()),
+        ParamSpec("down_proj", (experts, inter, h), ()),
+        ParamSpec("down_proj_bias", (experts, h), ()),
+        ParamSpec("sinks", (heads,), ()),
     )
 
 

@@ -23,6 +23,7 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "qwen3": ("q_proj", "v_proj"),
     "falcon_h1": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): the attention's
     "qwen3_moe": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): qwen3's
+    "gpt_oss": ("q_proj", "v_proj"),  # no PEFT entry either: the Llama-shaped attention's
     "gemma": ("q_proj", "v_proj"),
     "gemma2": ("q_proj", "v_proj"),
     "gemma3_text": ("q_proj", "v_proj"),
@@ -178,7 +179,7 @@ def resolve_target_parameters(model: ModelSpec, params: str | None) -> tuple[tup
     out = []
     tensors = model.layer_parameters
     for entry in (p.strip() for p in str(params).split(",") if p.strip()):
-        found = [t for t in tensors if t[0] == entry or t[0].endswith(f".{entry}")]
+        found = [match for t in tensors for match in _layer_matches(model, t, entry)]
         if not found:
             shown = ", ".join(t[0] for t in tensors) or "none"
             raise VramplanError(
@@ -187,6 +188,25 @@ def resolve_target_parameters(model: ModelSpec, params: str | None) -> tuple[tup
             )
         out += found
     return tuple(dict.fromkeys(out))
+
+
+def _layer_matches(
+    model: ModelSpec, tensor: tuple[str, tuple[int, ...], int], entry: str
+) -> list[tuple[str, tuple[int, ...], int]]:
+    """The instances of a decoder-layer parameter that a `target_parameters` entry names: every layer's (the
+    entry names its path inside the layer, `mlp.experts.gate_up_proj`), or some layers' only (the entry carries
+    a layer index, `7.mlp.experts.gate_up_proj`, as OpenAI's gpt-oss fine-tuning cookbook writes it): one
+    (path in that layer, shape, 1) per layer."""
+    path, shape, instances = tensor
+    stack = model.module_prefix.replace("*", "0") if model.module_prefix else "model.layers.0."
+    if instances != model.num_hidden_layers or not path.startswith(stack) or not stack.endswith(".0."):
+        return [tensor] if path == entry or path.endswith(f".{entry}") else []
+    inside, head = path[len(stack) :], stack[: -len("0.")]
+    paths = [f"{head}{i}.{inside}" for i in range(instances)]
+    layers = [p for p in paths if p == entry or p.endswith(f".{entry}")]
+    if len(layers) == instances:
+        return [tensor]
+    return [(p, shape, 1) for p in layers]
 
 
 def resolve_lora_target(model: ModelSpec, target: str) -> tuple[tuple[str, ...], str]:

@@ -25,20 +25,28 @@ ATTNS: tuple[str, ...] = ("eager", "sdpa", "flash_attention_2", "flex_attention"
 
 # Families whose decoder layer is Llama-shaped (separate q/k/v/o, gated MLP, RMSNorm).
 LLAMA_LIKE = frozenset(
-    {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text", "mixtral", "phi3"}
+    {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text", "mixtral", "phi3", "gpt_oss"}
 )
 # Families whose MLP is a routed mixture of experts (transformers 5 fused 3-D expert tensors + a top-k router)
-MOE_FAMILIES = frozenset({"mixtral", "qwen3_moe"})
+MOE_FAMILIES = frozenset({"mixtral", "qwen3_moe", "gpt_oss"})
 # Hybrid families whose decoder layer runs a Mamba-2 mixer beside the attention (spec/families.py `_falcon_h1`)
 HYBRID_SSM = frozenset({"falcon_h1"})
 SUPPORTED_MODEL_TYPES = frozenset(LLAMA_LIKE | HYBRID_SSM | {"gpt_neox", "bloom", "phi"})
 # `head_dim` when config.json has none: a fixed class default here (transformers 5.24 Qwen3Config 128,
-# GemmaConfig / Gemma2Config / Gemma3TextConfig 256), hidden_size // num_attention_heads for every other family.
-HEAD_DIM_DEFAULTS: dict[str, int] = {"qwen3": 128, "gemma": 256, "gemma2": 256, "gemma3_text": 256}
+# GemmaConfig / Gemma2Config / Gemma3TextConfig 256, GptOssConfig 64), hidden_size // num_attention_heads for
+# every other family.
+HEAD_DIM_DEFAULTS: dict[str, int] = {"qwen3": 128, "gemma": 256, "gemma2": 256, "gemma3_text": 256, "gpt_oss": 64}
 # Families whose RMSNorm is Gemma's: `(x.float() normed) * (1 + weight.float())` then `.type_as(x)`
 # (modeling_gemma.py / modeling_gemma2.py / modeling_gemma3.py `Gemma*RMSNorm`, 5.24), not Llama's
 # `weight * normed.to(input_dtype)`: a trainable weight saves the fp32 normed tensor, the output has x's dtype.
 GEMMA_NORM = frozenset({"gemma", "gemma2", "gemma3_text"})
+# Families whose RMSNorm multiplies the fp32 normed tensor by the weight and then casts to the input dtype,
+# `(weight * normed_fp32).to(input_dtype)` (modeling_gpt_oss.py GptOssRMSNorm, 5.24): Gemma's saved set and
+# output dtype with a plain weight
+FP32_PRODUCT_NORM = GEMMA_NORM | {"gpt_oss"}
+# Families with learned attention sinks (a per-head logit joining the softmax): gpt-oss. transformers 5.24 runs
+# them eager, flex (sinks applied through the log-sum-exp) or a flash kernel that takes `s_aux`; not SDPA
+SINK_FAMILIES = frozenset({"gpt_oss"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +97,11 @@ class ParamSpec:
 
     @property
     def out_features(self) -> int:
-        return self.shape[-2]
+        return self.shape[-2] if len(self.shape) > 1 else 1  # a vector (gpt-oss's router bias, sinks): one row
 
     @property
     def params(self) -> int:
-        return self.experts * self.out_features * self.in_features
+        return _numel(self.shape)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +199,8 @@ class ModelSpec:
             prefix = self.module_prefix.replace("*", "0")
             return tuple((prefix + path, shape, n) for path, shape, n in self.table_layer_parameters)
         stack = self.module_prefix.replace("*", "0") if self.module_prefix else "model.layers.0."
-        paths = {"gate.weight": "mlp.gate.weight"}
+        paths = {"gate.weight": "mlp.gate.weight", "router.weight": "mlp.router.weight",
+                 "router.bias": "mlp.router.bias", "sinks": "self_attn.sinks"}  # fmt: skip
         return tuple(
             (stack + paths.get(p.name, f"mlp.experts.{p.name}"), p.shape, self.num_hidden_layers)
             for p in self.moe_params
@@ -258,12 +267,18 @@ class ModelSpec:
         return sum(p.params for p in self.moe_params)
 
     @property
+    def attention_sink_params(self) -> int:
+        """gpt-oss's learned attention sinks (`self_attn.sinks`, one per head): part of the attention."""
+        return sum(p.params for p in self.moe_params if p.name == "sinks")
+
+    @property
     def attn_params_per_layer(self) -> int:
-        return sum(lin.params for lin in self.linears if lin.group == "attn")
+        return sum(lin.params for lin in self.linears if lin.group == "attn") + self.attention_sink_params
 
     @property
     def mlp_params_per_layer(self) -> int:
-        return sum(lin.params for lin in self.linears if lin.group == "mlp") + self.other_layer_params
+        mlp = sum(lin.params for lin in self.linears if lin.group == "mlp")
+        return mlp + self.other_layer_params - self.attention_sink_params
 
     @property
     def ssm_params_per_layer(self) -> int:

@@ -117,6 +117,11 @@ def resolve_base(
         return None, quant, method, ()
     if quant not in (None, "none"):
         return None, quant, method, (f"--quant {quant} replaces the checkpoint's {checkpoint.label} weights",)
+    if checkpoint.format == "mxfp4" and method in ("full", "freeze"):
+        # Mxfp4Config(dequantize=True) loads dense bf16 experts (integrations/mxfp4.py `Mxfp4Dequantize`): what
+        # the gpt-oss full fine-tuning recipes train (axolotl examples/gpt-oss/*-fft-*.yaml)
+        note = "MXFP4 is not trainable in transformers (Mxfp4HfQuantizer.is_trainable): estimated dequantized"
+        return None, "none", method, (note + " (Mxfp4Config(dequantize=True)): the experts in the load dtype",)
     if method in ("full", "freeze"):
         raise VramplanError(
             f"the base is a pre-quantized {checkpoint.label} checkpoint: its weights cannot be trained with "

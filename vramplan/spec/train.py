@@ -27,6 +27,7 @@ from vramplan.spec.model import (
     METHODS,
     MIXED,
     QUANTS,
+    SINK_FAMILIES,
     Attn,
     Dtype,
     Method,
@@ -37,7 +38,13 @@ from vramplan.spec.model import (
 from vramplan.spec.peft_method import BOTTLENECK_NAMES, IA3_TARGETS, LORA, PeftMethod, bottleneck_error, resolve_peft
 from vramplan.spec.stack import DEFAULT_STACK, Stack, resolve_stack
 from vramplan.spec.stage import SFT, StageSpec, resolve_stage, stage_loss
-from vramplan.spec.train_notes import contradictions, layer_offload_setting, moe_note, unquantized_linears_note
+from vramplan.spec.train_notes import (
+    contradictions,
+    layer_offload_setting,
+    moe_note,
+    sink_attention_notes,
+    unquantized_linears_note,
+)
 
 if TYPE_CHECKING:
     from vramplan.spec.checkpoint_quant import CheckpointQuant
@@ -395,13 +402,16 @@ def resolve_train(
     if attn in eager_only:
         notes.append(f"{model.model_type} has no {attn} attention in transformers: using eager")
         attn = "eager"
+    notes += sink_attention_notes(model, attn, "attn" in set(explicit))
+    if model.model_type in SINK_FAMILIES and attn == "sdpa":
+        attn = "eager"
     moe = lora_moe_targets(model, targets) if method in ("lora", "qlora") else ()
     if moe and dora:
         raise VramplanError(
             f"--dora cannot adapt {model.name}'s router/experts ({', '.join(p.name for p in moe)}): PEFT's "
             "lora.ParamWrapper does not support DoRA; use --lora-target attn or --no-dora"
         )
-    if moe and lora_dropout > 0:
+    if (moe or params) and lora_dropout > 0 and method in ("lora", "qlora"):
         notes.append(
             f"PEFT rejects lora_dropout != 0 on {model.name}'s router/experts (lora.ParamWrapper): "
             "train with --lora-dropout 0 (estimated as given) or --lora-target attn"
@@ -420,7 +430,8 @@ def resolve_train(
         and model.fused_expert_params
         and (quant != "none" or moe or (model.from_table and preset == "all-linear"))
     ):
-        notes.append(moe_note(model, quant, dtype, kbit_prep and quant != "none", bool(moe)))
+        experts_adapted = bool(moe) or any(len(shape) == 3 for _, shape, _ in params)
+        notes.append(moe_note(model, quant, dtype, kbit_prep and quant != "none", experts_adapted))
     # said when it moves the weights (falcon: every linear); a small router's (Llama 4) is counted, not said
     if quant != "none" and model.unquantizable_linear_params * 100 > model.linear_weight_params:
         notes.append(unquantized_linears_note(model, kbit_prep, dtype))

@@ -3,7 +3,7 @@ and the contradictions the real stack would refuse or ignore (warnings; the esti
 
 from __future__ import annotations
 
-from vramplan.spec.model import ModelSpec
+from vramplan.spec.model import SINK_FAMILIES, ModelSpec
 
 # The first GPU generation FlashAttention-2 runs on: Ampere, compute capability 8.0 (flash-attention
 # README "FlashAttention-2 currently supports Ampere, Ada, or Hopper GPUs"; Turing is FA1 only).
@@ -114,3 +114,26 @@ def layer_offload_setting(
             "reads its weights (a device mismatch on a GPU); estimated as if it ran"
         )
     return True
+
+
+def sink_attention_notes(model: ModelSpec, attn: str, explicit: bool) -> list[str]:
+    """Which attention transformers 5.24 runs for a model with learned sinks (gpt-oss), and what it refuses:
+    `_supports_sdpa = False` (an explicit `attn_implementation="sdpa"` raises; none given picks eager);
+    `flash_attention_2` is swapped for the first of `_compatible_flash_implementations`,
+    `kernels-community/vllm-flash-attn3` (FlashAttention-3 taking the sinks as `s_aux`; the `kernels` package
+    fetches it; modeling_utils.py `_check_and_adjust_attn_implementation`); flex attention applies the sinks
+    after the kernel through its log-sum-exp, and refuses sinks on CPU (integrations/flex_attention.py)."""
+    if model.model_type not in SINK_FAMILIES:
+        return []
+    if attn == "sdpa":
+        said = "--attn sdpa: transformers raises for attn_implementation='sdpa'" if explicit else "no SDPA"
+        return [f"{model.model_type} has learned attention sinks and {said}: estimated with eager attention "
+                "(what transformers picks when none is given; it saves the B·heads·S·(S+1) probabilities)"]  # fmt: skip
+    if attn == "flash_attention_2":
+        return [f"transformers swaps flash_attention_2 for kernels-community/vllm-flash-attn3 on {model.model_type} "
+                "(FlashAttention-3 with the sinks as s_aux, fetched by the kernels package): estimated as a flash "
+                "kernel (q, k, v, output, log-sum-exp)"]  # fmt: skip
+    if attn == "flex_attention":
+        return [f"flex attention on {model.model_type}: the sinks renormalise its output through its log-sum-exp "
+                "(from transformers' source; not traced: transformers refuses sinks in flex on CPU)"]  # fmt: skip
+    return []
