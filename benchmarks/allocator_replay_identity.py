@@ -7,6 +7,10 @@ replay's max allocated / reserved / requested bytes, segments and retries, and t
 
     python benchmarks/allocator_replay_identity.py --record FILE.jsonl   # the figures of the code at hand
     python benchmarks/allocator_replay_identity.py --compare FILE.jsonl  # byte-identical to FILE, or the rows
+    python benchmarks/allocator_replay_identity.py --window FILE.jsonl   # replay need − slack model's need
+
+`--window`: how far the walk replay's least memory that runs (FILE's) lands from the slack model's, as a share
+of the tensor peak, per setting: the span `allocator_replay.VERDICT_WINDOW` covers.
 
 tests/data/allocator/walk_replay_reference.jsonl holds the figures recorded before the replay was made faster
 (tests/allocator/test_replay_identity.py checks a few rows of it).
@@ -108,11 +112,32 @@ def differences(reference: dict, row: dict) -> list[str]:
     return out
 
 
+def window(path: Path) -> None:
+    """Replay need − slack need (shares of the tensor peak) over FILE's configurations, per setting."""
+    from vramplan.estimator.build import build_breakdown
+
+    for setting in SETTINGS:
+        diffs = []
+        for row in map(json.loads, path.read_text().splitlines()):
+            m = load_model(row["model"])
+            opts = {**row["opts"], **({"alloc_conf": setting} if setting != "default" else {})}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                b = build_breakdown(m, resolve_train(m, **opts), None)
+            figures = row[setting]
+            replayed = figures["min_limit_bytes"] / figures["max_requested_bytes"] - 1
+            diffs.append((replayed - b.model_allocator.need_bytes / b.peak_bytes, row["label"]))
+        diffs.sort()
+        print(f"{setting}: {len(diffs)} configurations, replay − model need {100 * diffs[0][0]:+.1f} % "
+              f"({diffs[0][1]}) … {100 * diffs[-1][0]:+.1f} % ({diffs[-1][1]})")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = ap.add_mutually_exclusive_group(required=True)
     group.add_argument("--record", type=Path)
     group.add_argument("--compare", type=Path)
+    group.add_argument("--window", type=Path)
     ap.add_argument("--coarse", action="store_true", help="skip the 2 MiB bisection")
     args = ap.parse_args()
     if args.record:
@@ -122,6 +147,9 @@ def main() -> None:
                 f.write(json.dumps(row, sort_keys=True) + "\n")
                 f.flush()
                 print(row["label"], row["emit_seconds"], {s: row[s]["bisection_seconds"] for s in SETTINGS})
+        return
+    if args.window:
+        window(args.window)
         return
     reference = [json.loads(line) for line in args.compare.read_text().splitlines()]
     failed = 0

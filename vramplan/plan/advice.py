@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from vramplan.breakdown import Breakdown, Verdict
+from vramplan.estimator.build import AllocatorModel
 from vramplan.plan.fit import SEQ_MULTIPLE, fits, largest, max_seq, run
 from vramplan.spec import ModelSpec, TrainSpec, resolve_lora_target
 from vramplan.spec.alloc_conf import parse_alloc_conf
@@ -188,7 +189,7 @@ def _batch_change(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> _Change:
 def _seq_change(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> _Change:
     """The longest shorter sequence that fits at this batch (`t.seq` itself does not); half the sequence
     when none does. max_seq rounds to a multiple of SEQ_MULTIPLE from SEQ_MULTIPLE on, and the label says so."""
-    lim = max_seq(m, t, gpu, cap=t.seq - 1)
+    lim = max_seq(m, t, gpu, cap=t.seq - 1, printed="slack")  # a probe: the suggestions kept are re-checked
     if lim.value:
         which = f"the longest multiple of {SEQ_MULTIPLE}" if lim.value >= SEQ_MULTIPLE else "the longest"
         return _Change(
@@ -219,8 +220,27 @@ def _rank(s: Suggestion) -> tuple:
     return (1, -s.saved_bytes, s.cost, n)
 
 
-def suggest(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, limit: int = 6) -> list[Suggestion]:
-    """Changes that lower the peak of `t` on `gpu`, ranked (see the module); pairs when no single one fits."""
+def suggest(
+    m: ModelSpec, t: TrainSpec, gpu: GpuProfile, limit: int = 6, allocator_model: AllocatorModel = "auto"
+) -> list[Suggestion]:
+    """Changes that lower the peak of `t` on `gpu`, ranked (see the module); pairs when no single one fits.
+    Probed with the slack model; the `limit` suggestions kept are estimated again as `estimate` does
+    (`allocator_model`: the allocator replay where it could change the verdict) and ranked again, so that what
+    is printed a plain `estimate` with the change reproduces."""
+    found = _ranked(m, t, gpu)[:limit]
+    if allocator_model == "slack":
+        return found
+    now = run(m, t, gpu, allocator_model=allocator_model).device_bytes
+    checked = [
+        dataclasses.replace(s, breakdown=b, saved_bytes=now - b.device_bytes)
+        for s in found
+        for b in [run(m, s.breakdown.train, gpu, allocator_model=allocator_model)]
+    ]
+    checked.sort(key=_rank)
+    return checked
+
+
+def _ranked(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> list[Suggestion]:
     now = run(m, t, gpu).device_bytes
     singles: list[Suggestion] = []
     for c in _changes(m, t, gpu):
@@ -237,4 +257,4 @@ def suggest(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, limit: int = 6) -> list
                 if fits(b):
                     found.append(_suggestion([a, c], b, now))
     found.sort(key=_rank)
-    return found[:limit]
+    return found
