@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vramplan.estimator.build import build_breakdown
+from vramplan.errors import VramplanError
+from vramplan.estimator.build import ALLOCATOR_MODELS, build_breakdown
 from vramplan.sources.profiles import find_gpu, load_model
 from vramplan.spec import ModelSpec, TrainSpec, resolve_train
 
@@ -35,6 +36,7 @@ def estimate(
     train: TrainSpec | None = None,
     replay_allocator: bool = False,
     replay_verdict: bool = False,
+    allocator_model: str = "auto",
     **options: Any,
 ) -> Breakdown:
     """Estimate the peak memory of one training step.
@@ -44,11 +46,11 @@ def estimate(
     calibration`) replaces the default CUDA context, allocator ratio and error band, or a GpuProfile (used with
     its own `overheads`). `options`: the keyword arguments of `vramplan.spec.resolve_train` (method, batch,
     seq, lora_rank, optim, grad_ckpt, loss, packing, ...), or a resolved `train`; `recipe="trl"` fills the
-    options not given with that framework's defaults (vramplan.spec.recipe). `replay_allocator`: the caching
-    allocator's reserved figure from a replay of the step's own allocation sequence (docs/caching-allocator.md;
-    0.07-0.7 s of CPU, so asked for: `estimate --allocator-replay`), else the slack model's; `replay_verdict`: the
-    verdict's least memory that runs and band from it too (else the slack model's, which `fit` and `--suggest`
-    use).
+    options not given with that framework's defaults (vramplan.spec.recipe). `allocator_model`: where the caching
+    allocator's reserved figure and the verdict's least memory that runs come from (docs/caching-allocator.md):
+    "auto", a replay of the step's own allocation sequence where it could change the verdict (0.05-0.7 s of
+    CPU), else the slack model; "replay" wherever the step is walked; "slack" the slack model. The former
+    switches: `replay_allocator` ("replay" for the reserved figure) and `replay_verdict` (for the verdict too).
 
     >>> b = estimate("llama-2-7b", method="qlora", gpu="3060ti")
     >>> b.verdict, b.peak_phase
@@ -71,7 +73,16 @@ def estimate(
     t = train or resolve_train(
         m, gpu_bf16=g.bf16 if g else True, gpu_compute_capability=g.compute_capability if g else None, **options
     )
-    return build_breakdown(m, t, g, replay_allocator=replay_allocator, replay_verdict=replay_verdict)
+    if allocator_model not in ALLOCATOR_MODELS:
+        raise VramplanError(f"allocator_model {allocator_model!r}: one of {', '.join(ALLOCATOR_MODELS)}")
+    return build_breakdown(
+        m,
+        t,
+        g,
+        replay_allocator=replay_allocator,
+        replay_verdict=replay_verdict,
+        allocator_model=allocator_model,  # type: ignore[arg-type]
+    )
 
 
 def estimate_serve(

@@ -10,6 +10,7 @@ import contextlib
 
 import pytest
 
+from vramplan.allocator.blocks import KEY_SHIFT
 from vramplan.allocator.model import CachingAllocator, allocation_size
 from vramplan.allocator.replay import ALLOC, FREE, replay, smallest_limit
 from vramplan.errors import VramplanError
@@ -343,11 +344,25 @@ def _blocks(allocator: CachingAllocator, live: dict) -> list:
     """Every block: live ones, cached free ones and unmapped ones, by address."""
     blocks = list(live.values())
     for pool in (allocator.small_pool, allocator.large_pool):
-        blocks += list(pool.free_by_ptr.values()) + list(pool.unmapped_by_ptr.values())
+        blocks += list(pool.blocks.values()) + list(pool.unmapped_by_ptr.values())
     return sorted(blocks, key=lambda b: b.ptr)
 
 
+def _check_pool_keys(allocator: CachingAllocator) -> None:
+    """Each pool's best-fit order: its keys sorted, one per free block, each the block's (size, address)."""
+    for pool in (allocator.small_pool, allocator.large_pool):
+        assert pool.free == sorted(pool.free)
+        assert set(pool.free) == set(pool.blocks)
+        assert len(pool.free) == len(pool.blocks)
+        for key, block in pool.blocks.items():
+            assert (key >> KEY_SHIFT, key & ((1 << KEY_SHIFT) - 1)) == (block.size, block.ptr)
+            assert not block.allocated
+            assert block.mapped
+            assert block.small == pool.small
+
+
 def _check(allocator: CachingAllocator, live: dict) -> None:
+    _check_pool_keys(allocator)
     blocks = _blocks(allocator, live)
     assert len({b.ptr for b in blocks}) == len(blocks)  # no block twice
     # reserved is exactly the mapped blocks; allocated exactly the live ones
@@ -401,3 +416,40 @@ def test_the_allocator_package_is_pure_python():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    steps=st.lists(st.tuples(st.booleans(), _SIZES, st.integers(0, 30)), min_size=1, max_size=80),
+    limit_mib=st.one_of(st.none(), st.integers(100, 2000)),
+)
+def test_the_written_out_hot_path_equals_the_rule_by_rule_one(steps, limit_mib):
+    """Under torch's defaults `malloc` and `free` take a written-out path (rounding, best fit, split, merge in
+    one function each, for speed); the same sequence through the rule-by-rule functions (`round_size`,
+    `_get_free_block`, `_alloc_found_block`, `_try_merge`) gives the same blocks, counters and failures."""
+    limit = None if limit_mib is None else limit_mib * MiB
+    fast = CachingAllocator(DEFAULT, limit_bytes=limit)
+    ruled = CachingAllocator(DEFAULT, limit_bytes=limit)
+    ruled._plain_rounding = ruled._plain_fit = False
+    live: dict = {}
+    for key, (alloc, nbytes, victim) in enumerate(steps):
+        if alloc or not live:
+            outcomes = []
+            for allocator in (fast, ruled):
+                try:
+                    outcomes.append(allocator.malloc(nbytes))
+                except AllocatorOutOfMemory:
+                    outcomes.append(None)
+            assert (outcomes[0] is None) == (outcomes[1] is None)
+            if outcomes[0] is not None:
+                live[key] = tuple(outcomes)
+        else:
+            pair = live.pop(sorted(live)[victim % len(live)])
+            fast.free(pair[0])
+            ruled.free(pair[1])
+        layouts = [
+            [(b.ptr, b.size, b.allocated) for b in _blocks(a, {k: v[i] for k, v in live.items()})]
+            for i, a in enumerate((fast, ruled))
+        ]
+        assert layouts[0] == layouts[1]
+        assert fast.stats() == ruled.stats()

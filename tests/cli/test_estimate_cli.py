@@ -235,3 +235,25 @@ def test_json_states_where_the_allocator_figures_come_from() -> None:
     assert a["model_error"]["reserved"]["rms"] == REPLAY_ERRORS["default", True, "max_reserved_bytes"][0]
     e = json.loads(run("estimate", "llama-2-7b", "--alloc-conf", "expandable_segments:True", "--json").stdout)
     assert e["allocator"]["model_error"]["need"]["worst"] < plain["model_error"]["need"]["worst"]
+
+
+def test_allocator_model_flags() -> None:
+    """--allocator-model auto (the default) replays near the card, replay / --allocator-replay always where the
+    step is walked, slack / --no-allocator-replay never; both spellings at once: exit 2."""
+    near = ["estimate", "llama-2-7b", "--method", "qlora", "--gpu", "3060ti", "--json"]
+    source = {}
+    for flags in ([], ["--allocator-model", "auto"], ["--allocator-model", "replay"], ["--allocator-replay"],
+                  ["--allocator-model", "slack"], ["--no-allocator-replay"]):  # fmt: skip
+        d = json.loads(run(*near, *flags).stdout)
+        source[" ".join(flags)] = (d["allocator"]["source"], d["device_bytes"])
+    assert source[""] == source["--allocator-model auto"] == source["--allocator-model replay"]
+    assert source["--allocator-replay"] == source["--allocator-model replay"]
+    assert source[""][0] == "walk replay"
+    assert source["--allocator-model slack"] == source["--no-allocator-replay"]
+    assert source["--no-allocator-replay"][0] == "model"
+    far = json.loads(run("estimate", "llama-3.2-1b", "--method", "lora", "--gpu", "a100-80gb", "--json").stdout)
+    assert far["allocator"]["source"] == "model"  # far from the card: the verdict cannot change, no replay
+    r = CliRunner().invoke(main, [*near, "--allocator-model", "slack", "--allocator-replay"])
+    assert r.exit_code == 2
+    assert r.output.startswith("error: ")
+    assert "--allocator-model" in r.output

@@ -15,6 +15,7 @@ import pytest
 
 from vramplan.allocator.replay import ALLOC, FREE, replay, smallest_limit
 from vramplan.api import estimate
+from vramplan.errors import VramplanError
 from vramplan.estimator.activations import _walk_layer, layer_kinds, residual_dtype_of
 from vramplan.estimator.alloc_events import layer_pattern, step_events
 from vramplan.estimator.allocator_replay import REPLAY_ERRORS, bisection_step, replay_route
@@ -158,12 +159,43 @@ def test_the_route_is_the_steps_the_emitter_follows():
     assert not replay_route(lora, parse_alloc_conf("max_split_size_mb:128"))
 
 
+def test_estimate_replays_where_the_verdict_could_change():
+    """`estimate`'s default ("auto"): the walk replay for the reserved figure and the verdict when the slack
+    model's device total lies within VERDICT_WINDOW of the card's thresholds, else the slack model's figures
+    (no replay); "replay" wherever the route goes, "slack" never; no GPU, no verdict: no replay."""
+    from vramplan.estimator.allocator_replay import VERDICT_WINDOW, may_change_verdict
+
+    m = load_model("llama-2-7b")
+    near = resolve_train(m, method="qlora", seq=1024)  # about 6.7 GiB on an 8 GiB card
+    slack = estimate(m, train=near, gpu="3060ti", allocator_model="slack")
+    assert slack.replayed_allocator is None
+    assert may_change_verdict(slack)
+    below, above = VERDICT_WINDOW["default"]
+    assert slack.device_bytes - below * slack.peak_bytes <= slack.gpu_bytes  # within the window: by hand
+    auto = estimate(m, train=near, gpu="3060ti")
+    replayed = estimate(m, train=near, gpu="3060ti", allocator_model="replay")
+    assert auto.replayed_allocator is not None
+    assert auto.replay_verdict
+    assert (auto.device_bytes, auto.reserved_bytes, auto.verdict) == (
+        replayed.device_bytes, replayed.reserved_bytes, replayed.verdict)  # fmt: skip
+    assert auto.device_bytes != slack.device_bytes
+    assert estimate(m, train=near).replayed_allocator is None  # no GPU: no verdict to change
+    assert estimate(m, train=near, allocator_model="replay").replayed_allocator is not None
+    small = load_model("llama-3.2-1b")
+    far = resolve_train(small, method="lora", seq=512)  # about 5 GiB on a 24 GiB card
+    b = estimate(small, train=far, gpu="4090")
+    assert b.replayed_allocator is None
+    assert (b.device_bytes + above * b.peak_bytes) * (1 + b.error_band) < b.gpu_bytes  # outside it: by hand
+    with pytest.raises(VramplanError, match="allocator_model"):
+        estimate(small, train=far, allocator_model="exact")
+
+
 def test_estimate_replays_when_asked_and_fit_probes_do_not():
     from vramplan.estimator.build import build_breakdown
 
     m = load_model("llama-3.2-1b")
     t = resolve_train(m, method="lora", seq=512)
-    assert estimate(m, train=t, gpu="3060ti").replayed_allocator is None  # the default: the slack model
+    assert estimate(m, train=t, gpu="3060ti", allocator_model="slack").replayed_allocator is None
     shown = estimate(m, train=t, gpu="3060ti", replay_allocator=True)
     replayed = estimate(m, train=t, gpu="3060ti", replay_allocator=True, replay_verdict=True)
     probed = build_breakdown(m, t, None)
@@ -218,3 +250,40 @@ def test_walk_replay_against_tiny_cpu_traces(opts):
             walk_bytes = walk.share(getattr(walk, figure)) * traced.tensor_peak_bytes
             traced_bytes = traced.share(getattr(traced, figure)) * traced.tensor_peak_bytes
             assert walk_bytes == pytest.approx(traced_bytes, abs=LARGE_BUFFER), (config.label, figure)
+
+
+EXPANDABLE_CONF = "expandable_segments:True"
+
+
+@pytest.mark.parametrize(
+    ("name", "opts", "gpu"),
+    [
+        ("llama-2-7b", {"method": "qlora", "seq": 1024}, "3060ti"),
+        ("llama-2-7b", {"method": "qlora", "seq": 1024, "batch": 2}, "3060ti"),
+        ("llama-2-7b", {"method": "qlora", "seq": 512, "batch": 5}, "3060ti"),  # the model: tight, the replay: oom
+        ("llama-2-7b", {"method": "qlora", "seq": 1024, "batch": 3, "alloc_conf": EXPANDABLE_CONF}, "3060ti"),
+        ("llama-2-7b", {"method": "qlora", "seq": 2048, "batch": 2}, "3060ti"),  # far above the card: no replay
+        ("mistral-7b", {"method": "lora", "seq": 1024, "grad_ckpt": False}, "4090"),
+        ("llama-3.2-1b", {"method": "full", "seq": 2048, "batch": 4}, "4090"),
+    ],
+)
+def test_a_verdict_only_replay_gives_estimates_verdict(name, opts, gpu):
+    """`replay_fits` (fit's check of what it prints) stops the bisection once the verdict is decided; it says
+    what the whole estimate says, near the card or not, and a later estimate resumes its bisection to the
+    same figures as a fresh one."""
+    from vramplan.estimator.allocator_replay import _replayed, replay_fits, replayed_allocator
+    from vramplan.estimator.build import build_breakdown
+    from vramplan.sources.profiles import find_gpu
+
+    m = load_model(name)
+    g = find_gpu(gpu)
+    t = resolve_train(m, gpu_bf16=g.bf16, **opts)
+    _replayed.cache_clear()
+    replayed_allocator.cache_clear()
+    quick = replay_fits(m, t, build_breakdown(m, t, g))
+    resumed = build_breakdown(m, t, g, allocator_model="auto")
+    _replayed.cache_clear()
+    replayed_allocator.cache_clear()
+    fresh = build_breakdown(m, t, g, allocator_model="auto")
+    assert quick == (fresh.verdict in ("fits", "tight"))
+    assert (resumed.device_bytes, resumed.verdict) == (fresh.device_bytes, fresh.verdict)

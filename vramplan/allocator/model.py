@@ -48,6 +48,7 @@ import bisect
 
 from vramplan.allocator.blocks import (
     EXPANDABLE_ADDRESS_SPACE,
+    KEY_SHIFT,
     LARGE_BUFFER,
     MAX_NON_SPLIT_ROUNDING,
     MIN_BLOCK_SIZE,
@@ -84,14 +85,55 @@ class CachingAllocator:
         self.num_alloc_retries = 0
         self.num_segments = 0
         self.max_split = config.max_split_size_bytes
+        # the common case, written out on the hot path of `malloc` and `free`: 512 B rounding, best fit and
+        # splitting without max_split_size's conditions, merging without expandable segments' unmapped blocks
+        # (tests/allocator/test_allocator.py holds it to the rule-by-rule path)
+        self._plain_rounding = config.roundup_power2_divisions <= 1
+        self._plain_fit = self.max_split is None and not config.expandable_segments
 
     # public interface
 
     def malloc(self, nbytes: int) -> Block:
         """`DeviceCachingAllocator::malloc`: a block of at least `nbytes` (> 0), or AllocatorOutOfMemory."""
-        size = self.round_size(nbytes)
+        if self._plain_rounding:
+            size = MIN_BLOCK_SIZE if nbytes < MIN_BLOCK_SIZE else (nbytes + MIN_BLOCK_SIZE - 1) & -MIN_BLOCK_SIZE
+        else:
+            size = self.round_size(nbytes)
         pool = self.small_pool if size <= SMALL_SIZE else self.large_pool
-        block = self._get_free_block(pool, size)
+        if self._plain_fit:  # `_get_free_block` and `_alloc_found_block` without expandable segments or
+            # max_split_size, written out: the hot path of a replay
+            free = pool.free
+            i = bisect.bisect_left(free, size << KEY_SHIFT)
+            if i < len(free):
+                blocks = pool.blocks
+                block = blocks.pop(free[i])
+                del free[i]
+                remaining = block.size - size
+                if (remaining >= MIN_BLOCK_SIZE) if pool.small else (remaining > SMALL_SIZE):  # `should_split`
+                    rest = block
+                    block = Block(size, rest.ptr, rest.small)
+                    prev = block.prev = rest.prev
+                    if prev is not None:
+                        prev.next = block
+                    block.next = rest
+                    rest.prev = block
+                    rest.ptr += size
+                    rest.size = remaining
+                    key = remaining << KEY_SHIFT | rest.ptr
+                    bisect.insort(free, key)
+                    blocks[key] = rest
+                block.allocated = True
+                block.requested = nbytes
+                allocated = self.allocated = self.allocated + block.size
+                requested = self.requested = self.requested + nbytes
+                if allocated > self.max_allocated:
+                    self.max_allocated = allocated
+                if requested > self.max_requested:
+                    self.max_requested = requested
+                return block
+            block = None
+        else:
+            block = self._get_free_block(pool, size)
         if block is None:
             block = self._alloc_block(pool, size)
             if block is None and self._release_available_cached_blocks(pool, size):
@@ -105,14 +147,41 @@ class CachingAllocator:
         return self._alloc_found_block(pool, block, size, nbytes)
 
     def free(self, block: Block) -> None:
-        """`DeviceCachingAllocator::free` → `free_block`: back to the pool, merged with free neighbours."""
+        """`DeviceCachingAllocator::free` → `free_block`: back to the pool, merged with free neighbours
+        (`try_merge_blocks`; written out without expandable segments, where every block is mapped: the hot path
+        of a replay)."""
         block.allocated = False
         self.allocated -= block.size
         self.requested -= block.requested
         pool = self.small_pool if block.small else self.large_pool
-        self._try_merge(block, block.prev, pool)
-        self._try_merge(block, block.next, pool)
-        pool.insert(block)
+        if not self._plain_fit:
+            self._try_merge(block, block.prev, pool)
+            self._try_merge(block, block.next, pool)
+            pool.insert(block)
+            return
+        free, blocks = pool.free, pool.blocks
+        prev = block.prev
+        if prev is not None and not prev.allocated:
+            key = prev.size << KEY_SHIFT | prev.ptr
+            del free[bisect.bisect_left(free, key)]
+            del blocks[key]
+            block.ptr = prev.ptr
+            block.size += prev.size
+            block.prev = prev = prev.prev
+            if prev is not None:
+                prev.next = block
+        following = block.next
+        if following is not None and not following.allocated:
+            key = following.size << KEY_SHIFT | following.ptr
+            del free[bisect.bisect_left(free, key)]
+            del blocks[key]
+            block.size += following.size
+            block.next = following = following.next
+            if following is not None:
+                following.prev = block
+        key = block.size << KEY_SHIFT | block.ptr
+        bisect.insort(free, key)
+        blocks[key] = block
 
     def empty_cache(self) -> None:
         self.release_cached_blocks()
@@ -147,7 +216,7 @@ class CachingAllocator:
     # finding and splitting blocks
 
     def _get_free_block(self, pool: Pool, size: int) -> Block | None:
-        i = bisect.bisect_left(pool.free, (size, -1))
+        i = bisect.bisect_left(pool.free, size << KEY_SHIFT)
         if i == len(pool.free):
             return None
         block = pool.at(i)
@@ -178,20 +247,24 @@ class CachingAllocator:
         if self._should_split(block, size):
             remaining = block
             block = Block(size, remaining.ptr, remaining.small, remaining.segment)
-            block.prev = remaining.prev
-            if block.prev is not None:
-                block.prev.next = block
+            prev = block.prev = remaining.prev
+            if prev is not None:
+                prev.next = block
             block.next = remaining
             remaining.prev = block
             remaining.ptr += size
             remaining.size -= size
-            pool.insert(remaining)
+            key = remaining.size << KEY_SHIFT | remaining.ptr
+            bisect.insort(pool.free, key)
+            pool.blocks[key] = remaining
         block.allocated = True
         block.requested = nbytes
-        self.allocated += block.size
-        self.requested += nbytes
-        self.max_allocated = max(self.max_allocated, self.allocated)
-        self.max_requested = max(self.max_requested, self.requested)
+        allocated = self.allocated = self.allocated + block.size
+        requested = self.requested = self.requested + nbytes
+        if allocated > self.max_allocated:
+            self.max_allocated = allocated
+        if requested > self.max_requested:
+            self.max_requested = requested
         return block
 
     def _try_merge(self, dst: Block, src: Block | None, pool: Pool) -> int:
@@ -238,7 +311,7 @@ class CachingAllocator:
         if self.max_split is None:
             return False
         key = max(size, self.max_split)
-        i = bisect.bisect_left(pool.free, (key, -1))
+        i = bisect.bisect_left(pool.free, key << KEY_SHIFT)
         if i < len(pool.free):
             self._release_block(pool, pool.at(i))
             return True
@@ -258,8 +331,8 @@ class CachingAllocator:
         expandable segments, unmap the free pages."""
         for pool in (self.large_pool, self.small_pool):
             to_unmap = []
-            for _, ptr in list(pool.free):
-                block = pool.free_by_ptr[ptr]
+            for key in list(pool.free):
+                block = pool.blocks[key]
                 if block.segment is not None:
                     to_unmap.append(block)
                 elif not block.is_split:

@@ -7,7 +7,7 @@ Events are `(ALLOC, id, bytes)` when a storage appears and `(FREE, id, 0)` when 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from vramplan.allocator.blocks import ROUND_LARGE, AllocatorOutOfMemory, AllocatorStats, Block
@@ -77,27 +77,49 @@ def smallest_limit(
     config: AllocatorConfig = DEFAULT,
     unlimited: Replay | None = None,
     granularity: int = ROUND_LARGE,
+    outcomes: dict[int, bool] | None = None,
 ) -> int:
     """The least memory (to `granularity`) on which the sequence runs: bisection between the largest request
     peak and the unlimited reserved peak, replaying with release-and-retry at each limit.
 
     Success is not strictly monotonic in the limit (a tighter limit changes which segments are released and
     so the layout); bisection returns a limit that runs, with every tested limit below it failing.
+    `outcomes`: whether the sequence ran at each limit already replayed (read and filled: a bisection of the
+    same sequence resumes where another stopped, `limit_bounds`).
     """
+    return limit_bounds(events, config, unlimited, granularity, outcomes)[1]
+
+
+def limit_bounds(
+    events: Sequence[Event],
+    config: AllocatorConfig = DEFAULT,
+    unlimited: Replay | None = None,
+    granularity: int = ROUND_LARGE,
+    outcomes: dict[int, bool] | None = None,
+    decided: Callable[[int, int], bool] | None = None,
+) -> tuple[int, int]:
+    """`smallest_limit`'s bisection as (low, high): its result is `high`, and lies in (low, high] at every
+    step. `decided(low, high)`: stop as soon as it says the interval is narrow enough for the caller (the
+    bisection is the same up to there: a later call with the same `outcomes` resumes it)."""
     unlimited = unlimited or replay(events, config)
+    outcomes = {} if outcomes is None else outcomes
     high = unlimited.stats.max_reserved_bytes
     low = unlimited.stats.max_requested_bytes - 1  # below the tensor peak nothing runs
     while high - low > granularity:
+        if decided is not None and decided(low, high):
+            break
         middle = (low + high) // 2 // granularity * granularity
         if middle <= low:
             middle = low + granularity
         if middle >= high:
             break
-        if replay(events, config, limit_bytes=middle).ok:
+        if middle not in outcomes:
+            outcomes[middle] = replay(events, config, limit_bytes=middle).ok
+        if outcomes[middle]:
             high = middle
         else:
             low = middle
-    return high
+    return low, high
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,15 +18,27 @@ from vramplan.errors import VramplanError
 @parallel_options
 @click.option("--suggest", is_flag=True, help="rank the cheapest changes that make it fit (needs --gpu)")
 @click.option(
-    "--allocator-replay",
-    is_flag=True,
-    help="the caching allocator's reserved figure and the verdict from a replay of the step's own "
-    "allocation sequence (smaller error; 0.1-0.7 s) instead of the slack model (`fit` probes with the "
-    "model)",
+    "--allocator-model",
+    type=click.Choice(["auto", "replay", "slack"]),
+    default=None,
+    help="the caching allocator's reserved figure and the verdict: auto (default) replays the step's own "
+    "allocation sequence where that could change the verdict (device total near the card; 0.05-0.7 s), "
+    "replay wherever the step is walked, slack the fitted slack model (milliseconds)",
+)
+@click.option(
+    "--allocator-replay/--no-allocator-replay",
+    default=None,
+    help="--allocator-model replay / slack",
 )
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
 def estimate(
-    model: str | None, gpu: str | None, suggest: bool, allocator_replay: bool, as_json: bool, **kw: Any
+    model: str | None,
+    gpu: str | None,
+    suggest: bool,
+    allocator_model: str | None,
+    allocator_replay: bool | None,
+    as_json: bool,
+    **kw: Any,
 ) -> None:
     """Estimate the peak GPU memory of one training step of MODEL.
 
@@ -37,8 +49,12 @@ def estimate(
 
     m, t, g, plan = resolve_plan(model, gpu, kw)
     emit_notes(t)
-    replay = {"replay_allocator": allocator_replay, "replay_verdict": allocator_replay}
-    pp = parallel_plan(m, t, run_estimate(m, gpu=g, train=t, **replay), kw)
+    if allocator_replay is not None and allocator_model is not None:
+        raise VramplanError("give --allocator-model or --allocator-replay / --no-allocator-replay, not both")
+    if allocator_replay is not None:
+        allocator_model = "replay" if allocator_replay else "slack"
+    chosen = allocator_model or "auto"
+    pp = parallel_plan(m, t, run_estimate(m, gpu=g, train=t, allocator_model=chosen), kw)
     b = pp.breakdown  # one GPU's share; the one-GPU estimate itself when pp.spec.plain
     if suggest and g is None:
         raise VramplanError("--suggest needs a GPU to fit: add --gpu NAME (see `vramplan gpus`)")
@@ -49,7 +65,7 @@ def estimate(
     if wants_advice and pp.spec.plain:
         from vramplan.plan.advice import suggest as run_suggest
 
-        suggestions = run_suggest(m, t, g, limit=6 if suggest else 2)
+        suggestions = run_suggest(m, t, g, limit=6 if suggest else 2, allocator_model=chosen)
     elif wants_advice and not as_json:
         from vramplan.estimator.distributed import alternatives as run_alternatives
 

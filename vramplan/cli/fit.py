@@ -32,9 +32,23 @@ from vramplan.errors import VramplanError
     metavar="[FILE.png]",
     help="peak vs sequence length per method (at --batch): in the terminal, or a PNG file",
 )
+@click.option(
+    "--allocator-model",
+    type=click.Choice(["auto", "slack"]),
+    default="auto",
+    show_default=True,
+    help="the verdict each printed value is checked with: auto, `estimate`'s (the allocator replay where it "
+    "could change the verdict; seconds for a 7B model on a small card), slack the fitted model's (probes only)",
+)
 @click.option("--json", "as_json", is_flag=True, help="one JSON object instead of the table")
 def fit(
-    model: str | None, gpu: str | None, seq_list: str | None, plot: str | None, as_json: bool, **kw: Any
+    model: str | None,
+    gpu: str | None,
+    seq_list: str | None,
+    plot: str | None,
+    allocator_model: str,
+    as_json: bool,
+    **kw: Any,
 ) -> None:  # fmt: skip
     """What fits on a GPU: the largest batch per method and sequence length, the longest sequence, the largest
     LoRA rank.
@@ -56,7 +70,7 @@ def fit(
     chosen = plan.sources.get("method", "default")
     methods = (t.method,) if chosen == "flag" or chosen.startswith("file:") else None
     p = resolve_parallel_spec(t, kw)
-    ft = fit_table(m, t, g, seqs, methods, parallel=p)
+    ft = fit_table(m, t, g, seqs, methods, parallel=p, printed=allocator_model)  # type: ignore[arg-type]
     curves = peak_curves(m, t, g, seqs, methods, parallel=p) if plot else []
     local = None
     if gpu == "auto":

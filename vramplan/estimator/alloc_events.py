@@ -56,16 +56,18 @@ class RecordingWalk(Walk):
     `per_layer_saved` (PEFT's MoE weight deltas, DoRA's per-feature vectors) is a tensor saved from there on.
     Those take negative ids."""
 
-    __slots__ = ("constant_saved", "log", "recorded_per_layer")
+    __slots__ = ("constant_saved", "constants", "log", "recorded_per_layer")
 
     def __init__(self) -> None:
         super().__init__()
         self.log: list[tuple] = []
         self.constant_saved: set[int] = set()
         self.recorded_per_layer = 0
+        self.constants = 0  # the negative ids taken
 
     def _constant(self, nbytes: int) -> int:
-        tensor_id = -1 - sum(1 for entry in self.log if entry[0] == "new" and entry[1] < 0)
+        self.constants += 1
+        tensor_id = -self.constants
         self.log.append(("new", tensor_id, (0j, nbytes)))
         return tensor_id
 
@@ -289,22 +291,64 @@ def step_events(m: ModelSpec, t: TrainSpec) -> list[Event]:
         per_token, per_layer = size
         return round(tokens * (per_token.real + per_token.imag * seq)) + per_layer
 
+    resolved: dict[int, tuple[_LayerTemplate, _LayerTemplate]] = {}  # by the (cached) pattern's identity
+    for pattern in patterns:
+        if id(pattern) not in resolved:
+            resolved[id(pattern)] = (_template(pattern, at, False), _template(pattern, at, True))
+    templates = [resolved[id(pattern)] for pattern in patterns]
     mask_bytes = t.batch * seq * seq if settings.masked else 0
     shape = _backward_shape(walk_model, t, act, settings.liger)
     for step in range(STEPS):
-        _one_step(e, m, t, act, shape, patterns, at, grads, optimizer, layerwise, step == 0, mask_bytes)
+        _one_step(e, m, t, act, shape, patterns, templates, grads, optimizer, layerwise, step == 0, mask_bytes)
     return e.events
 
 
-def _replay_layer(e: _Emitter, pattern: LayerPattern, at, layer_input: int, checkpointed: bool = False):
-    """A decoder layer's forward events; returns its local ids -> emitted ids."""
-    ids = {0: layer_input}
+@dataclass(frozen=True, slots=True)
+class _LayerTemplate:
+    """A layer pattern's events at this step's sizes, numbered for emitting in one pass: allocation k (from 1)
+    of the layer takes id `base + k`; a free names k, or 0 for the layer's input. Identical layers emit
+    identical events: resolved once per pattern, repeated per layer."""
+
+    events: tuple[tuple[int, int, int], ...]  # (ALLOC, k, bytes) / (FREE, k, 0)
+    allocations: int
+    local_index: dict[int, int]  # the pattern's local id -> k
+
+
+def _template(pattern: LayerPattern, at, checkpointed: bool) -> _LayerTemplate:
+    local_index = {0: 0}
+    sized: set[int] = set()
+    events = []
     for op, local, per_token in pattern.checkpointed_events if checkpointed else pattern.events:
         if op == ALLOC:
-            ids[local] = e.alloc(at(per_token))
+            k = local_index[local] = len(local_index)
+            nbytes = at(per_token)
+            if nbytes > 0:
+                events.append((ALLOC, k, nbytes))
+                sized.add(k)
         else:
-            e.free(ids[local])
-    return ids
+            k = local_index[local]
+            if k == 0 or k in sized:  # a zero-byte tensor took no id in the sequence (`_Emitter.alloc`)
+                events.append((FREE, k, 0))
+                sized.discard(k)
+    return _LayerTemplate(tuple(events), len(local_index) - 1, local_index)
+
+
+def _replay_layer(e: _Emitter, template: _LayerTemplate, layer_input: int) -> dict[int, int]:
+    """A decoder layer's forward events (what `_Emitter.alloc` / `free` would emit for each of the pattern's
+    events, in one pass); returns its local ids -> emitted ids."""
+    base = e.next_id
+    events, sizes = e.events, e.sizes
+    for op, k, nbytes in template.events:
+        if op == ALLOC:
+            events.append((ALLOC, base + k, nbytes))
+            sizes[base + k] = nbytes
+        elif k:
+            del sizes[base + k]
+            events.append((FREE, base + k, 0))
+        elif sizes.pop(layer_input, None) is not None:
+            events.append((FREE, layer_input, 0))
+    e.next_id = base + template.allocations
+    return {local: base + k if k else layer_input for local, k in template.local_index.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,13 +370,13 @@ def _backward_shape(m: ModelSpec, t: TrainSpec, act: ActivationBytes, liger: boo
     return _BackwardShape(parts, (act.backward_workspace - act.hidden_bytes) // parts, (q, kv, kv))
 
 
-def _one_step(e, m, t, act, shape, patterns, at, grads, optimizer, layerwise, first, mask_bytes) -> None:
+def _one_step(e, m, t, act, shape, patterns, templates, grads, optimizer, layerwise, first, mask_bytes) -> None:
     ckpt = t.grad_ckpt
     mask = e.alloc(mask_bytes)  # the sliding-window mask, built once and passed to every layer
     x = embeds = e.alloc(act.hidden_bytes)  # inputs_embeds, held by the model's forward until it returns
     forward_ids = []
-    for pattern in patterns:
-        ids = _replay_layer(e, pattern, at, x, ckpt)  # checkpointed: only the input and ctx.tensors survive
+    for pattern, template in zip(patterns, templates, strict=True):
+        ids = _replay_layer(e, template[ckpt], x)  # checkpointed: only the input and ctx.tensors survive
         if ckpt:
             pass
         elif not pattern.input_saved and x != embeds:
@@ -360,7 +404,7 @@ def _one_step(e, m, t, act, shape, patterns, at, grads, optimizer, layerwise, fi
         ids = forward_ids[index]
         layer_input = ids[0]
         if ckpt:  # the layer's forward again: its saved tensors back, its transients come and go
-            ids = _replay_layer(e, pattern, at, layer_input)
+            ids = _replay_layer(e, templates[index][False], layer_input)
             e.free(ids[pattern.output])
         layer_grads = [] if layerwise else grads[index]
         half = len(layer_grads) // 2

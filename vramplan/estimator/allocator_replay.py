@@ -21,30 +21,35 @@ fitted to nothing), rms / worst:
 (30 grid rows per checkpointing, 16 held-out ones.) The replay's rms is the smaller everywhere, its worst case
 too but for the least memory that runs under torch's defaults with checkpointing (22.8 against 22.7 % on the
 grid, 10.2 against 9.6 % held out: a tie; the largest misses are 7B QLoRA at 4 × 2048, where the emitted
-layer order fragments more than the traced one). Asked for (`estimate --allocator-replay`, the API's
-`replay_allocator` and `replay_verdict`), `estimate` replays (`replay_route`) every step the emitter follows,
-for its reserved figure and its verdict; by default it keeps the slack model, because the replay costs
-0.1-0.7 s where the rest of an estimate costs milliseconds, and `fit` and `--suggest` probe with the slack model
-(so that what they print a plain `estimate` reproduces). The rest keeps the slack model always:
-preference stages, gradient accumulation, layer-wise optimizers, activation offloading, PEFT methods walked as
-LoRA, other allocator settings.
+layer order fragments more than the traced one). `estimate` replays (`replay_route`) every step the emitter
+follows whose verdict the replay could change (`may_change_verdict`: a GPU, and the slack model's device total
+within `VERDICT_WINDOW` of the card's thresholds), for its reserved figure and its verdict; elsewhere the verdict
+is the same either way and it keeps the slack model's figures, in milliseconds. `fit` and `--suggest` probe with
+the slack model and check what they print with that verdict (`replay_fits`: the bisection only until the
+verdict is decided). The rest keeps the slack model always: preference stages, gradient accumulation,
+layer-wise optimizers, activation offloading, PEFT methods walked as LoRA, other allocator settings.
 
-Cost: emitting is 10-80 ms, one replay 30-400 ms (the reserved figure: what `estimate` shows) and the least
-memory that runs a bisection of about six more (to 0.25 % of the peak; `replay_verdict`): 0.07 s of CPU for
-Llama-3.2-1B, 0.15-0.4 s for a 7B step, 0.7 s for a 70B one. `fit` and `--suggest` probe dozens of
-configurations with the slack model (`build_breakdown(replay_allocator=False)`, the default).
+Cost (CPU): emitting is 3-25 ms, one replay 7-70 ms (the reserved figure) and the least memory that runs a
+bisection of about six more (to 0.25 % of the peak): 40-250 ms, 0.2 s for a 7B QLoRA step
+(docs/caching-allocator.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vramplan.allocator.blocks import ROUND_LARGE
-from vramplan.allocator.replay import replay, smallest_limit
+from vramplan.allocator.replay import Replay, limit_bounds, replay, smallest_limit
 from vramplan.estimator.alloc_events import step_events
-from vramplan.estimator.allocator_slack import AllocatorSlack
+from vramplan.estimator.allocator_slack import AllocatorSlack, setting_of, tight_band
 from vramplan.spec import ModelSpec, TrainSpec
-from vramplan.spec.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig
+from vramplan.spec.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig, parse_alloc_conf
+
+if TYPE_CHECKING:
+    from vramplan.breakdown import Breakdown
 
 # (rms, worst) share of the tensor peak of the walk replay against the traced replays, left out of nothing (the
 # replay is fitted to nothing) over the grid, then (rms, worst) over the 32 held-out traces, by (setting, gradient
@@ -58,6 +63,17 @@ REPLAY_ERRORS: dict[tuple[str, bool, str], tuple[float, float, float, float]] = 
     ("expandable_segments:True", False, "min_limit_bytes"): (0.003, 0.009, 0.005, 0.009),
     ("expandable_segments:True", True, "max_reserved_bytes"): (0.019, 0.078, 0.003, 0.009),
     ("expandable_segments:True", True, "min_limit_bytes"): (0.004, 0.014, 0.003, 0.007),
+}
+
+
+# How far the walk replay's least memory that runs lands from the slack model's, as a share of the tensor peak
+# (replay − model): over the 107 configurations of tests/data/allocator/walk_replay_reference.jsonl (the grid,
+# the held-out ones, issue 19's and test_alloc_events' VARIED), −6.0 … +22.4 % under torch's defaults and
+# −1.2 … +1.6 % with expandable segments (benchmarks/allocator_replay_identity.py --window). A verdict the replay
+# could change lies within these of the card's thresholds; rounded out to (below, above):
+VERDICT_WINDOW: dict[str, tuple[float, float]] = {
+    "default": (0.10, 0.30),
+    "expandable_segments:True": (0.03, 0.05),
 }
 
 
@@ -80,6 +96,39 @@ def bisection_step(peak_bytes: int) -> int:
     return max(ROUND_LARGE, peak_bytes // BISECTION_PARTS // ROUND_LARGE * ROUND_LARGE)
 
 
+@dataclass(frozen=True, slots=True)
+class _Replayed:
+    """A step's emitted sequence under one setting: the events, their replay with no limit, and the outcome
+    of every limited replay made so far (the bisection's, shared by a verdict's early stop and the full one)."""
+
+    events: list
+    unlimited: Replay
+    outcomes: dict[int, bool]
+
+    @property
+    def live(self) -> int:
+        return self.unlimited.stats.max_requested_bytes or 1
+
+    def figures(self, t: TrainSpec, peak_bytes: int, limit: int | None) -> AllocatorSlack:
+        """The figures beyond `peak_bytes` as the sequence's shares of its own live peak, the least memory
+        that runs being `limit` (None: not sought, the reserved figure stands for it)."""
+        live, config = self.live, self.unlimited.config
+        reserved = max(round(peak_bytes * (self.unlimited.stats.max_reserved_bytes / live - 1)), 0)
+        need_bytes = reserved if limit is None else min(max(round(peak_bytes * (limit / live - 1)), 0), reserved)
+        return AllocatorSlack(
+            config=config,
+            reserved_bytes=reserved,
+            need_bytes=need_bytes,
+            need_error=REPLAY_ERRORS[setting_of(config), t.grad_ckpt, "min_limit_bytes"][0],
+        )
+
+
+@functools.lru_cache(maxsize=32)
+def _replayed(m: ModelSpec, t: TrainSpec, config: AllocatorConfig) -> _Replayed:
+    events = step_events(m, t)
+    return _Replayed(events, replay(events, config), {})
+
+
 @functools.lru_cache(maxsize=256)
 def replayed_allocator(
     m: ModelSpec, t: TrainSpec, config: AllocatorConfig, peak_bytes: int, need: bool = True
@@ -88,19 +137,47 @@ def replayed_allocator(
     peak (the sequence's live peak follows the estimate's within 2 %; its shares carry over). `need=False`:
     one replay for the reserved figure, without the bisection for the least memory that runs (the need is then
     the reserved figure, its upper bound; a verdict does not read it)."""
-    events = step_events(m, t)
-    unlimited = replay(events, config)
-    stats = unlimited.stats
-    live = stats.max_requested_bytes or 1
-    setting = "expandable_segments:True" if config.expandable_segments else "default"
-    reserved = max(round(peak_bytes * (stats.max_reserved_bytes / live - 1)), 0)
-    need_bytes = reserved
-    if need:
-        limit = smallest_limit(events, config, unlimited, granularity=bisection_step(live))
-        need_bytes = min(max(round(peak_bytes * (limit / live - 1)), 0), reserved)
-    return AllocatorSlack(
-        config=config,
-        reserved_bytes=reserved,
-        need_bytes=need_bytes,
-        need_error=REPLAY_ERRORS[setting, t.grad_ckpt, "min_limit_bytes"][0],
-    )
+    r = _replayed(m, t, config)
+    if not need:
+        return r.figures(t, peak_bytes, None)
+    limit = smallest_limit(r.events, config, r.unlimited, bisection_step(r.live), r.outcomes)
+    return r.figures(t, peak_bytes, limit)
+
+
+def replay_fits(m: ModelSpec, t: TrainSpec, b: Breakdown) -> bool:
+    """Whether `b` (an estimate of `t` with the slack model's figures) fits (`fits` or `tight`) with the
+    walk replay's verdict, as `build_breakdown(..., allocator_model="auto")` gives it, stopping the bisection
+    for the least memory that runs as soon as its interval lies on one side of the card: the device total
+    grows with that limit, and the bisection's result lies in (low, high]. What is left of the bisection a
+    later estimate of `t` resumes (`_Replayed.outcomes`), so a verdict-only look costs only what it replays."""
+    if not may_change_verdict(b):
+        return b.verdict in ("fits", "tight")
+    config = parse_alloc_conf(t.alloc_conf)
+    r = _replayed(m, t, config)
+    peak = b.peak_bytes
+
+    def runs_within(limit: int) -> bool:
+        replayed = dataclasses.replace(b, replayed_allocator=r.figures(t, peak, limit), replay_verdict=True)
+        return replayed.verdict in ("fits", "tight")
+
+    def decided(low: int, high: int) -> bool:
+        return runs_within(high) or not runs_within(low + 1)
+
+    high = limit_bounds(r.events, config, r.unlimited, bisection_step(r.live), r.outcomes, decided)[1]
+    return runs_within(high)
+
+
+def may_change_verdict(b: Breakdown) -> bool:
+    """Whether the walk replay could give `b` (an estimate with the slack model's figures) another verdict:
+    a GPU to compare with, and the device total within `VERDICT_WINDOW` of the thresholds (`tight` from the
+    card over 1 + the larger of the two bands, `oom` above the card). Elsewhere both give the same verdict
+    over every configuration replayed, and `estimate` keeps the slack model's figures (no replay: milliseconds)."""
+    if b.gpu_bytes is None:
+        return False
+    config = parse_alloc_conf(b.train.alloc_conf)
+    setting = setting_of(config)
+    below, above = VERDICT_WINDOW[setting]
+    replay_band = tight_band(b.overheads.error_band, REPLAY_ERRORS[setting, b.train.grad_ckpt, "min_limit_bytes"][0])
+    band = max(b.error_band, replay_band)
+    device, peak = b.device_bytes, b.peak_bytes
+    return device - below * peak <= b.gpu_bytes and (device + above * peak) * (1 + band) > b.gpu_bytes

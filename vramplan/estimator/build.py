@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING, Literal, overload
 
 from vramplan.breakdown import Breakdown, MeasuredRun, PhaseUsage
 from vramplan.errors import VramplanError
@@ -28,6 +28,10 @@ if TYPE_CHECKING:  # serving's modules load with the first serving estimate (a t
     from vramplan.spec.gpu import GpuProfile
     from vramplan.spec.serve import ServeSpec
 
+# where the caching allocator's figures come from (`build_breakdown`): the slack model, the walk replay where it
+# could change the verdict ("auto", `estimate`'s default), the walk replay wherever its route goes
+AllocatorModel = Literal["auto", "replay", "slack"]
+ALLOCATOR_MODELS: tuple[str, ...] = ("auto", "replay", "slack")
 
 # a hand-modelled text model read from a vision-language wrapper's text_config (Gemma 3)
 TEXT_ONLY_NOTE = "text model only: the {} wrapper's vision tower and projector are not counted"
@@ -40,6 +44,7 @@ def build_breakdown(
     gpu: GpuProfile | None,
     replay_allocator: bool = False,
     replay_verdict: bool = False,
+    allocator_model: AllocatorModel = "slack",
 ) -> Breakdown: ...
 @overload
 def build_breakdown(
@@ -48,6 +53,7 @@ def build_breakdown(
     gpu: GpuProfile | None,
     replay_allocator: bool = False,
     replay_verdict: bool = False,
+    allocator_model: AllocatorModel = "slack",
 ) -> ServeBreakdown: ...
 def build_breakdown(
     model: ModelSpec,
@@ -55,12 +61,15 @@ def build_breakdown(
     gpu: GpuProfile | None,
     replay_allocator: bool = False,
     replay_verdict: bool = False,
+    allocator_model: AllocatorModel = "slack",
 ) -> Breakdown | ServeBreakdown:
     """The estimate of `spec` (a training step or a serving setup) of `model` on `gpu` (None: no verdict,
-    documented overheads). `replay_allocator`: the allocator's figures from a replay of the walk's allocation
-    sequence where `allocator_replay.replay_route` takes it (0.07-0.7 s of CPU), else the slack model's;
-    `replay_verdict`: the verdict's need and band from it too (else the slack model's, as `fit`'s and
-    `--suggest`'s probes, so that what they print an estimate reproduces)."""
+    documented overheads). The caching allocator's figures (docs/caching-allocator.md), by `allocator_model`:
+    "slack": the slack model's (`fit`'s and `--suggest`'s probes); "auto" (`estimate`'s default): a replay of
+    the walk's allocation sequence, for the reserved figure and the verdict, where `allocator_replay.replay_route`
+    takes it and the verdict could come out otherwise than the slack model's (`allocator_replay.may_change_
+    verdict`), else the slack model's; "replay": the replay wherever the route takes it. `replay_allocator`
+    (the former switch, "replay" for the reserved figure) with `replay_verdict` (for the verdict too)."""
     overheads = gpu.overheads if gpu is not None else Overheads()
     if not isinstance(spec, TrainSpec):
         return _serve(model, spec, gpu, overheads)
@@ -79,15 +88,11 @@ def build_breakdown(
 
         candidates, paged = stage_moments(model, spec, gpu.memory_bytes if gpu else None)
         phases = training_phases_of(candidates)
-    replayed = None
-    if replay_allocator and spec.stage.is_sft:
-        from vramplan.estimator.allocator_replay import replay_route, replayed_allocator
-        from vramplan.spec.alloc_conf import parse_alloc_conf
-
-        config = parse_alloc_conf(spec.alloc_conf)
-        if replay_route(spec, config):
-            replayed = replayed_allocator(model, spec, config, max(p.total for p in phases), replay_verdict)
-    return Breakdown(
+    if replay_allocator:
+        allocator_model = "replay"
+    else:
+        replay_verdict = True  # "auto" and "replay" replay for the verdict
+    b = Breakdown(
         model=model.name,
         phases=phases,
         params_total=counts.total,
@@ -100,9 +105,17 @@ def build_breakdown(
         approximation=model.approximation,
         notes=(TEXT_ONLY_NOTE.format(model.text_of),) if model.text_of else (),
         host_bytes=_offloaded_host_bytes(model, spec),
-        replayed_allocator=replayed,
-        replay_verdict=replay_verdict and replayed is not None,
     )
+    if allocator_model == "slack" or not spec.stage.is_sft or (allocator_model == "auto" and gpu is None):
+        return b  # no verdict to change without a GPU: the replay's modules are not even imported
+    from vramplan.estimator.allocator_replay import may_change_verdict, replay_route, replayed_allocator
+    from vramplan.spec.alloc_conf import parse_alloc_conf
+
+    config = parse_alloc_conf(spec.alloc_conf)
+    if not replay_route(spec, config) or (allocator_model == "auto" and not may_change_verdict(b)):
+        return b
+    replayed = replayed_allocator(model, spec, config, b.peak_bytes, replay_verdict)
+    return dataclasses.replace(b, replayed_allocator=replayed, replay_verdict=replay_verdict)
 
 
 def _offloaded_host_bytes(model: ModelSpec, spec: TrainSpec) -> int:

@@ -9,10 +9,12 @@ pairs of changes from different groups are tried, and the cheapest pairs that fi
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 from vramplan.breakdown import Breakdown, Verdict
-from vramplan.plan.fit import SEQ_MULTIPLE, fits, largest, max_seq, run
+from vramplan.estimator.build import AllocatorModel
+from vramplan.plan.fit import SEQ_MULTIPLE, fits, fits_printed, largest, max_seq, run, settle
 from vramplan.spec import ModelSpec, TrainSpec, resolve_lora_target
 from vramplan.spec.alloc_conf import parse_alloc_conf
 from vramplan.spec.gpu import GpuProfile
@@ -169,26 +171,31 @@ def largest_divisor_at_most(n: int, cap: int, trials: int = DIVISOR_TRIALS) -> i
     return 1
 
 
-def _batch_change(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> _Change:
+def _batch_change(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, printed: AllocatorModel = "slack") -> _Change:
     """The largest smaller batch dividing the effective batch that fits (else 1), with the accumulation
     steps that keep per_device_train_batch_size × gradient_accumulation_steps unchanged.
 
     Every candidate b < batch accumulates (eff / b >= 2), and the estimate reads only grad_accum > 1
     (estimator/peak.py), so the largest batch that fits is one bisection at grad_accum 2 (log2 of the batch
-    estimates, not one per batch), then the largest divisor of eff at or below it."""
+    estimates, not one per batch), then the largest divisor of eff at or below it. `printed`: the verdict the
+    limit is settled with (`fit.settle`; "slack": the probes' own)."""
     eff = t.batch * t.grad_accum
     accumulating = dataclasses.replace(t, grad_accum=2)
     limit = largest(lambda b: fits(run(m, dataclasses.replace(accumulating, batch=b), gpu)), 1, t.batch - 1)
+    if printed != "slack":
+        at = functools.partial(dataclasses.replace, accumulating)
+        limit = settle(lambda b: fits_printed(m, at(batch=b), gpu, None, printed), limit, 1, t.batch - 1)
     best = largest_divisor_at_most(eff, max(limit, 1))
     ga = eff // best
     label = f"--batch {best} --grad-accum {ga} (same effective batch {eff})"
     return _Change("batch", label, 1, dataclasses.replace(t, batch=best, grad_accum=ga))
 
 
-def _seq_change(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> _Change:
+def _seq_change(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, printed: AllocatorModel = "slack") -> _Change:
     """The longest shorter sequence that fits at this batch (`t.seq` itself does not); half the sequence
-    when none does. max_seq rounds to a multiple of SEQ_MULTIPLE from SEQ_MULTIPLE on, and the label says so."""
-    lim = max_seq(m, t, gpu, cap=t.seq - 1)
+    when none does. max_seq rounds to a multiple of SEQ_MULTIPLE from SEQ_MULTIPLE on, and the label says so.
+    `printed`: the verdict the longest is settled with ("slack" for the probes; `suggest` settles the kept)."""
+    lim = max_seq(m, t, gpu, cap=t.seq - 1, printed=printed)
     if lim.value:
         which = f"the longest multiple of {SEQ_MULTIPLE}" if lim.value >= SEQ_MULTIPLE else "the longest"
         return _Change(
@@ -219,22 +226,51 @@ def _rank(s: Suggestion) -> tuple:
     return (1, -s.saved_bytes, s.cost, n)
 
 
-def suggest(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, limit: int = 6) -> list[Suggestion]:
-    """Changes that lower the peak of `t` on `gpu`, ranked (see the module); pairs when no single one fits."""
+def suggest(
+    m: ModelSpec, t: TrainSpec, gpu: GpuProfile, limit: int = 6, allocator_model: AllocatorModel = "auto"
+) -> list[Suggestion]:
+    """Changes that lower the peak of `t` on `gpu`, ranked (see the module); pairs when no single one fits.
+    Probed with the slack model; the suggestions kept are estimated again as `estimate` does (`allocator_model`:
+    the allocator replay where it could change the verdict) and ranked again, so that what is printed a plain
+    `estimate` with the change reproduces; a pair (offered only as what makes it fit) that does not fit then
+    is dropped for the next one."""
+    found = _ranked(m, t, gpu)
+    if allocator_model == "slack":
+        return [s for s, _ in found[:limit]]
+    now = run(m, t, gpu, allocator_model=allocator_model).device_bytes
+    checked: list[Suggestion] = []
+    for _probed, changes in found:
+        if len(checked) == limit:
+            break
+        last = changes[-1]
+        if last.group in ("seq", "batch"):  # "the longest / largest that fits": settled with the printed verdict
+            base = changes[0].train if len(changes) == 2 else t
+            redo = _seq_change if last.group == "seq" else _batch_change
+            changes = [*changes[:-1], redo(m, base, gpu, allocator_model)]
+        b = run(m, changes[-1].train, gpu, allocator_model=allocator_model)
+        if len(changes) == 2 and not fits(b):
+            continue
+        checked.append(_suggestion(changes, b, now))
+    checked.sort(key=_rank)
+    return checked
+
+
+def _ranked(m: ModelSpec, t: TrainSpec, gpu: GpuProfile) -> list[tuple[Suggestion, list[_Change]]]:
+    """Every suggestion the slack model's probes find, ranked, with its changes."""
     now = run(m, t, gpu).device_bytes
-    singles: list[Suggestion] = []
+    singles: list[tuple[Suggestion, list[_Change]]] = []
     for c in _changes(m, t, gpu):
         b = run(m, c.train, gpu)
         if b.device_bytes < now:
-            singles.append(_suggestion([c], b, now))
+            singles.append((_suggestion([c], b, now), [c]))
     found = list(singles)
-    if not any(fits(s.breakdown) for s in singles):
+    if not any(fits(s.breakdown) for s, _ in singles):
         for a in _changes(m, t, gpu):
             for c in _changes(m, a.train, gpu):
                 if GROUPS.index(c.group) <= GROUPS.index(a.group):
                     continue
                 b = run(m, c.train, gpu)
                 if fits(b):
-                    found.append(_suggestion([a, c], b, now))
-    found.sort(key=_rank)
-    return found[:limit]
+                    found.append((_suggestion([a, c], b, now), [a, c]))
+    found.sort(key=lambda pair: _rank(pair[0]))
+    return found

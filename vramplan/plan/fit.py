@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from vramplan.breakdown import Breakdown, Verdict
 from vramplan.errors import VramplanError
 from vramplan.estimator.allocator_slack import error_band
-from vramplan.estimator.build import build_breakdown
+from vramplan.estimator.build import AllocatorModel, build_breakdown
 from vramplan.estimator.distributed import shard
 from vramplan.spec import ModelSpec, TrainSpec, resolve_train
 from vramplan.spec.fields import positive
@@ -113,11 +113,18 @@ class Curve:
 # ---------------------------------------------------------------- primitives
 
 
-def run(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, parallel: ParallelSpec | None = None) -> Breakdown:
+def run(
+    m: ModelSpec,
+    t: TrainSpec,
+    gpu: GpuProfile,
+    parallel: ParallelSpec | None = None,
+    allocator_model: AllocatorModel = "slack",
+) -> Breakdown:
     """One estimate on `gpu` with its overheads (calibrated once by the command); no re-resolving of `t`.
     With `parallel` (--gpus, --strategy, ...): one GPU's share of the run (vramplan.estimator.distributed),
-    which fits or not per GPU."""
-    b = build_breakdown(m, t, gpu)
+    which fits or not per GPU. `allocator_model`: "slack" for the searches' probes (milliseconds), `estimate`'s
+    "auto" for what is printed (`settle`)."""
+    b = build_breakdown(m, t, gpu, allocator_model=allocator_model)
     return b if parallel is None or parallel.plain else shard(m, t, parallel, b).breakdown
 
 
@@ -154,6 +161,42 @@ def largest(ok: Callable[[int], bool], lo: int, cap: int, known_bad: int | None 
     return good
 
 
+def settle(ok: Callable[[int], bool], n: int, lo: int, cap: int) -> int:
+    """The largest value in [lo, cap] that `ok` accepts with the next one refused, searched from `n` (another
+    verdict's limit, close to it): up from `n` while `ok`, else down, galloping, then bisection; lo - 1 when
+    `ok(lo)` fails. Two calls when `n` is the limit (`ok(n)`, not `ok(n + 1)`)."""
+    start = max(n, lo)
+    if start > cap:
+        return lo - 1
+    if ok(start):
+        good, step, bad = start, 1, None
+        while good < cap:
+            probe = min(good + step, cap)
+            if not ok(probe):
+                bad = probe
+                break
+            good, step = probe, 2 * step
+        if bad is None:
+            return cap
+    else:
+        bad, step, good = start, 1, None
+        while bad > lo:
+            probe = max(bad - step, lo)
+            if ok(probe):
+                good = probe
+                break
+            bad, step = probe, 2 * step
+        if good is None:
+            return lo - 1
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if ok(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
 def _limit(
     m: ModelSpec,
     gpu: GpuProfile,
@@ -162,7 +205,11 @@ def _limit(
     cap: int,
     known_bad: int | None = None,
     parallel: ParallelSpec | None = None,
+    printed: AllocatorModel = "auto",
 ) -> Limit:
+    """The limit the slack model's probes find (`largest`), then settled with the verdict of `printed`
+    (`estimate`'s own, "auto": the allocator replay where it could change the verdict), so that what is printed
+    `estimate` reproduces: one or two estimates more, replays only near the card."""
     seen: dict[int, Breakdown] = {}
 
     def ok(n: int) -> bool:
@@ -170,9 +217,29 @@ def _limit(
         return fits(seen[n])
 
     n = largest(ok, lo, cap, known_bad)
+    if printed != "slack":
+        n = settle(lambda k: fits_printed(m, vary(k), gpu, parallel, printed), n, lo, cap)
+        seen = {}
     if n < lo:
         return Limit(0, False, None)
-    return Limit(n, n == cap, seen.get(n) or run(m, vary(n), gpu, parallel))
+    return Limit(n, n == cap, seen.get(n) or run(m, vary(n), gpu, parallel, printed))
+
+
+def fits_printed(
+    m: ModelSpec, t: TrainSpec, gpu: GpuProfile, parallel: ParallelSpec | None, printed: AllocatorModel
+) -> bool:
+    """`fits(run(m, t, gpu, parallel, printed))`, for "auto" on one GPU without the whole bisection for the
+    least memory that runs: only until it decides the verdict (`allocator_replay.replay_fits`)."""
+    plain = parallel is None or parallel.plain
+    if printed != "auto" or not plain or not t.stage.is_sft:
+        return fits(run(m, t, gpu, parallel, printed))
+    from vramplan.estimator.allocator_replay import replay_fits, replay_route
+    from vramplan.spec.alloc_conf import parse_alloc_conf
+
+    b = run(m, t, gpu)
+    if not replay_route(t, parse_alloc_conf(t.alloc_conf)):
+        return fits(b)
+    return replay_fits(m, t, b)
 
 
 def max_batch(
@@ -181,9 +248,10 @@ def max_batch(
     gpu: GpuProfile,
     known_bad: int | None = None,
     parallel: ParallelSpec | None = None,
+    printed: AllocatorModel = "auto",
 ) -> Limit:
     """Largest per_device_train_batch_size that fits at `t.seq` (0 = not even batch 1)."""
-    return _limit(m, gpu, lambda b: dataclasses.replace(t, batch=b), 1, MAX_BATCH, known_bad, parallel)
+    return _limit(m, gpu, lambda b: dataclasses.replace(t, batch=b), 1, MAX_BATCH, known_bad, parallel, printed)
 
 
 def max_seq(
@@ -194,27 +262,36 @@ def max_seq(
     good: int = 0,
     bad: int | None = None,
     parallel: ParallelSpec | None = None,
+    printed: AllocatorModel = "auto",
 ) -> Limit:
     """Longest sequence that fits at `t.batch`, rounded down to a multiple of SEQ_MULTIPLE (exact below it).
 
     `good` / `bad`: sequence lengths already known to fit / not to fit (from the table's columns).
+    `printed`: the allocator model of the verdict it is settled with (`_limit`).
     """
     step = SEQ_MULTIPLE
     k_cap = cap // step
     k_bad = None if bad is None else math.ceil(bad / step)
-    lim = _limit(m, gpu, lambda k: dataclasses.replace(t, seq=k * step), max(1, good // step), k_cap, k_bad, parallel)
+    lim = _limit(
+        m, gpu, lambda k: dataclasses.replace(t, seq=k * step), max(1, good // step), k_cap, k_bad, parallel, printed
+    )
     if lim.value:
         return Limit(lim.value * step, lim.capped, lim.breakdown)
-    return _limit(m, gpu, lambda s: dataclasses.replace(t, seq=s), 1, min(step - 1, cap), None, parallel)
+    return _limit(m, gpu, lambda s: dataclasses.replace(t, seq=s), 1, min(step - 1, cap), None, parallel, printed)
 
 
 def max_lora_rank(
-    m: ModelSpec, t: TrainSpec, gpu: GpuProfile, cap: int, parallel: ParallelSpec | None = None
+    m: ModelSpec,
+    t: TrainSpec,
+    gpu: GpuProfile,
+    cap: int,
+    parallel: ParallelSpec | None = None,
+    printed: AllocatorModel = "auto",
 ) -> Limit | None:
     """Largest LoRA r that fits with every other setting of `t`; None when `t` trains no LoRA."""
     if not t.uses_lora:
         return None
-    return _limit(m, gpu, lambda r: dataclasses.replace(t, lora_rank=r), 1, cap, None, parallel)
+    return _limit(m, gpu, lambda r: dataclasses.replace(t, lora_rank=r), 1, cap, None, parallel, printed)
 
 
 # ---------------------------------------------------------------- the table
@@ -286,6 +363,7 @@ def fit_row(
     seqs: tuple[int, ...],
     seq_cap: int,
     parallel: ParallelSpec | None = None,
+    printed: AllocatorModel = "auto",
 ) -> FitRow:
     """Largest batch per (ascending) seq, then the longest seq at batch 1, each bracketed by the last.
 
@@ -298,12 +376,14 @@ def fit_row(
         if bound == 1:  # the previous column was 0: a longer sequence cannot fit either
             cells.append(Cell(s, Limit(0, False, None)))
             continue
-        lim = max_batch(m, dataclasses.replace(t, seq=s), gpu, known_bad=bound, parallel=parallel)
+        lim = max_batch(m, dataclasses.replace(t, seq=s), gpu, known_bad=bound, parallel=parallel, printed=printed)
         cells.append(Cell(s, lim))
         bound = None if lim.capped else lim.value + 1
     good = max((c.seq for c in cells if c.batch.value), default=0)
     bad = min((c.seq for c in cells if not c.batch.value), default=None)
-    longest = max_seq(m, dataclasses.replace(t, batch=1), gpu, seq_cap, good=good, bad=bad, parallel=parallel)
+    longest = max_seq(
+        m, dataclasses.replace(t, batch=1), gpu, seq_cap, good=good, bad=bad, parallel=parallel, printed=printed
+    )
     return FitRow(train=t, cells=tuple(cells), max_seq=longest)
 
 
@@ -314,32 +394,48 @@ def fit_table(
     seqs: tuple[int, ...] = DEFAULT_SEQS,
     methods: tuple[str, ...] | None = None,
     parallel: ParallelSpec | None = None,
+    printed: AllocatorModel = "auto",
 ) -> FitTable:
     """The `vramplan fit` table: rows = `methods` (default full, LoRA, QLoRA) × gradient checkpointing off/on
     × optimizer (`t.optim`, 8-bit AdamW), columns = `seqs`, cells = the largest batch that fits; per row the
     longest sequence at batch 1 (searched up to the larger of the model's context and the longest column);
-    and the largest LoRA rank at `t`'s own settings (searched up to hidden_size)."""
+    and the largest LoRA rank at `t`'s own settings (searched up to hidden_size). Searched with the slack
+    model, each printed value settled with the verdict of `printed` (`estimate`'s "auto" unless told)."""
     seqs = tuple(sorted(set(seqs)))
     if not seqs or seqs[0] < 1:
         raise VramplanError("fit needs at least one positive sequence length (--seq)")
     seq_cap = max(m.max_position_embeddings, seqs[-1])
     rank_cap = m.hidden_size
     variants = row_variants(m, t, gpu, methods or FIT_METHODS)
-    rows = tuple(fit_row(m, v, gpu, seqs, seq_cap, parallel) for v in variants)
+    rows = tuple(fit_row(m, v, gpu, seqs, seq_cap, parallel, printed) for v in variants)
     notes = tuple(dict.fromkeys(n for r in rows for n in r.train.notes))
     return FitTable(
         model=m.name,
         gpu=gpu,
-        error_band=error_band(gpu.overheads, t.alloc_conf),
+        error_band=max(verdict_band(gpu, r.train, printed) for r in rows),
         seqs=seqs,
         rows=rows,
         train=t,
-        max_lora_rank=max_lora_rank(m, t, gpu, rank_cap, parallel),
+        max_lora_rank=max_lora_rank(m, t, gpu, rank_cap, parallel, printed),
         rank_cap=rank_cap,
         seq_cap=seq_cap,
         notes=notes,
         parallel=None if parallel is None or parallel.plain else parallel,
     )
+
+
+def verdict_band(gpu: GpuProfile, t: TrainSpec, printed: AllocatorModel = "auto") -> float:
+    """The `tight` band of `t`'s printed verdicts near the card: the allocator replay's (its error by
+    checkpointing) where `printed` replays and its route takes `t`, else the slack model's."""
+    from vramplan.estimator.allocator_replay import REPLAY_ERRORS, replay_route
+    from vramplan.estimator.allocator_slack import setting_of
+    from vramplan.spec.alloc_conf import parse_alloc_conf
+
+    config = parse_alloc_conf(t.alloc_conf)
+    if printed == "slack" or not replay_route(t, config):
+        return error_band(gpu.overheads, t.alloc_conf)
+    replay_error = REPLAY_ERRORS[setting_of(config), t.grad_ckpt, "min_limit_bytes"][0]
+    return error_band(gpu.overheads, t.alloc_conf, replay_error)
 
 
 # ---------------------------------------------------------------- the plot's data
