@@ -136,7 +136,6 @@ CONFIG_ONLY = [n for n in builtin_model_names() if n not in ESTIMATED and n not 
 GENERIC_MISCOUNTS = {
     "deepseek_v2": "the generic path counts 16.25 of DeepSeek-V2-Lite's 15.75 B parameters",
     "gemma4_text": "the generic path counts 2.43 of Gemma 4 26B-A4B's 25.81 B parameters (its MoE block left out)",
-    "nemotron_h": "the generic path counts 2.07 of Nemotron-3-Nano's 31.58 B parameters (experts left out)",
     "glm4_moe_lite": "the generic path counts 29.974 of GLM-4.7-Flash's 29.943 B parameters",
     "qwen3_vl_moe_text": "the generic path counts 15.66 of Qwen3-VL-30B-A3B's 31.07 B parameters",
     "jamba": "the generic path counts 51.76 of Jamba v0.1's 51.57 B parameters",

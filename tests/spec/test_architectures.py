@@ -100,6 +100,25 @@ def test_falcon_booleans_that_reshape_query_key_value(multi_query: bool, new_arc
     assert sum(t.count * t.numel for t in ts) == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("latent", [None, 24])
+def test_nemotron_h_pattern_string_and_latent_experts(latent: int | None) -> None:
+    """nemotron_h's `hybrid_override_pattern` (a string the config class turns into `layers_block_type` and pops)
+    read as its layers, counted per kind; `moe_latent_size`, None in the defaults, adds the latent projections
+    and narrows the experts when set. Held to from_config with the pattern as config.json gives it."""
+    import torch
+    import transformers
+
+    user = {"model_type": "nemotron_h", "hybrid_override_pattern": "MEM*EM-EM*E", "hidden_size": 96,
+            "vocab_size": 100, "n_routed_experts": 6, "moe_latent_size": latent}  # fmt: skip
+    config = transformers.AutoConfig.for_model(**user)
+    assert config.layers_block_type.count("moe") == 4  # the pattern's E's: 11 layers of 4 kinds
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    ts = tensors("nemotron_h", user)
+    assert sum(t.count * t.numel for t in ts) == sum(p.numel() for p in model.parameters())
+    assert any("latent" in t.key for t in ts) == (latent is not None)
+
+
 # entries whose fit the generator left unresolved (`unresolved` in the table): exact at the defaults' layer
 # pattern only, and the estimate says so (spec/generic.py)
 KNOWN_WRONG = frozenset(k for k, v in table()["architectures"].items() if v["unresolved"])

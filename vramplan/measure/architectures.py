@@ -17,7 +17,11 @@ parameter, its layer index replaced by `*`, gets:
 - its count (how many times it occurs: `num_hidden_layers`, `num_hidden_layers*num_local_experts`, the number
   of `layer_types` entries of a kind),
 - whether it is the weight of an `nn.Linear` (what bitsandbytes quantizes and LoRA targets),
-- the booleans it exists under (`attention_bias`), and `untied` for the output embedding.
+- the booleans it exists under (`attention_bias`; a boolean that reshapes a tensor, falcon's `multi_query`,
+  gives that tensor a variant `key#multi_query` fitted under the flip), and `untied` for the output embedding.
+Per-layer lists holding several kinds (`layer_types`, nemotron_h's `layers_block_type`) are sampled one more
+layer of each kind at a time, so that counts follow `count(layer_types=moe)`; a string pattern the config class
+turns into such a list (`hybrid_override_pattern`) is recorded as `pattern_fields` with its characters.
 Per type also: the auto class, the modules the class keeps in fp32 (bitsandbytes leaves them alone). A type
 taking longer than `--timeout` seconds is listed under `not_built`; the file is rewritten after every type.
 An expression is a sum of terms `coefficient · field · field` (or `field // field`), fitted exactly over all
@@ -28,6 +32,7 @@ user's config.json in pure Python; tests/spec/test_architectures.py holds it to 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -49,6 +54,7 @@ from vramplan.measure.meta_build import (  # noqa: F401 (auto_class, model_types
     make_config,
     model_types,
     param_key,
+    pattern_fields,
     size_fields,
     sub_config_defaults,
 )
@@ -105,6 +111,15 @@ def record(model_type: str) -> dict[str, Any]:
         if set(params) != set(params0) or any(params[k][0] != params0[k][0] for k in params0 if k in params):
             flips[field] = (flat, params)
             flip_starts[field] = changes
+    for field, fill in _none_fills(defaults).items():  # a size left None that adds or reshapes tensors when set
+        changes = {**start, field: fill}  # (nemotron_h's moe_latent_size: latent projections around the experts)
+        try:
+            flat, params, _, _ = build(make_config(model_type, changes))
+        except Exception:
+            continue
+        if set(params) != set(params0) or any(params[k][0] != params0[k][0] for k in params0 if k in params):
+            flips[field] = (flat, params)
+            flip_starts[field] = changes
     values = [size_fields(f) | list_counts(f) for f, _ in samples]
     # a value absent from a per-layer list occurs 0 times (llama4's `moe_layers` gains indices with the layers)
     list_keys = {k for v in values for k in v if k.startswith("count(")}
@@ -141,6 +156,8 @@ def record(model_type: str) -> dict[str, Any]:
     reshaped_by: dict[str, list[str]] = {}
     for field, (flat, params) in flips.items():
         vals = size_fields(flat) | list_counts(flat)
+        # under the flip: the boolean flipped, or the size the defaults leave None set to any value
+        on = {"when": {field: not defaults[field]}} if defaults[field] is not None else {"when_set": [field]}
         reshaped = [k for k in params0 if k in params and params[k][0] != params0[k][0]]
         fitted: dict[str, dict[str, Any]] = {}
         if reshaped or set(flip_starts[field]) - {*start, field}:
@@ -149,18 +166,18 @@ def record(model_type: str) -> dict[str, Any]:
         for key in reshaped:
             entries[key].setdefault("when", {})[field] = defaults[field]
             variant = f"{key}#{field}" if "#" not in key else f"{key}.{field}"
-            entries[variant] = {**fitted[key], "linear": params[key][2], "when": {field: not defaults[field]}}
+            entries[variant] = {**fitted[key], "linear": params[key][2], **copy.deepcopy(on)}
             reshaped_by.setdefault(key, []).append(field)
         for key, (shape, count, linear) in params.items():
             if key in params0:
                 continue
             if key in fitted:
-                entries[key] = {**fitted[key], "linear": linear, "when": {field: not defaults[field]}}
+                entries[key] = {**fitted[key], "linear": linear, **copy.deepcopy(on)}
                 continue
             weight = entries.get(key.rsplit(".", 1)[0] + ".weight")
             dims = [weight["shape"][0]] if weight and len(shape) == 1 else [_by_value(vals, n) for n in shape]
             cnt = weight["count"] if weight else _by_value(vals, count)
-            entries[key] = {"shape": dims, "count": cnt, "linear": linear, "when": {field: not defaults[field]}}
+            entries[key] = {"shape": dims, "count": cnt, "linear": linear, **copy.deepcopy(on)}
         for key in params0:
             if key not in params:
                 entries[key].setdefault("when", {})[field] = defaults[field]
@@ -177,7 +194,9 @@ def record(model_type: str) -> dict[str, Any]:
                 derived[field] = e
             else:
                 unresolved.append(f"derived {field}")
+    patterns = pattern_fields(model_type)
     return {
+        **({"pattern_fields": patterns} if patterns else {}),
         "auto_class": auto_class(model_type),
         "config_class": type(default_cfg).__name__,
         "keep_in_fp32_modules": sorted(keep_in_fp32(model_type)),
@@ -308,7 +327,7 @@ def _order_flips(model_type: str, reshaped_by: dict[str, list[str]], flip_starts
                 if shapes[a] != shapes[b] and key in params:
                     for mine, other in ((a, b), (b, a)):
                         if shapes[mine] != params[key][0]:
-                            variant(key, mine)["when"][other] = defaults[other]
+                            variant(key, mine).setdefault("when", {})[other] = defaults[other]
                     break
 
 
