@@ -61,6 +61,7 @@ from vramplan.measure.meta_build import (  # noqa: F401 (auto_class, model_types
 from vramplan.spec.architectures import flatten
 
 OUT = Path(__file__).resolve().parent.parent / "spec" / "architectures.json"
+NOT_SIZES = ("architectures", "dtype", "torch_dtype", "problem_type")  # None in defaults, no size when set
 LAYERS = 6  # decoder layers of the samples (fewer than the defaults: a meta build costs per module)
 
 
@@ -97,13 +98,14 @@ def record(model_type: str) -> dict[str, Any]:
                    and not k.startswith(NOT_STRUCTURAL)]  # fmt: skip
     flips: dict[str, tuple[dict[str, Any], dict[str, list]]] = {}
     flip_starts: dict[str, dict[str, Any]] = {}
+    fills = _none_fills(model_type, defaults)
     for field in bool_fields:
         changes = {**start, field: not defaults[field]}
         try:
             flat, params, _, _ = build(make_config(model_type, changes))
         except Exception:
             # the flipped module may need sizes the defaults leave None (gemma4's enable_moe_block: num_experts)
-            changes |= _none_fills(defaults)
+            changes |= fills
             try:
                 flat, params, _, _ = build(make_config(model_type, changes))
             except Exception:
@@ -111,7 +113,7 @@ def record(model_type: str) -> dict[str, Any]:
         if set(params) != set(params0) or any(params[k][0] != params0[k][0] for k in params0 if k in params):
             flips[field] = (flat, params)
             flip_starts[field] = changes
-    for field, fill in _none_fills(defaults).items():  # a size left None that adds or reshapes tensors when set
+    for field, fill in fills.items():  # a size left None that adds or reshapes tensors when set
         changes = {**start, field: fill}  # (nemotron_h's moe_latent_size: latent projections around the experts)
         try:
             flat, params, _, _ = build(make_config(model_type, changes))
@@ -202,7 +204,7 @@ def record(model_type: str) -> dict[str, Any]:
         "keep_in_fp32_modules": sorted(keep_in_fp32(model_type)),
         "sub_config_defaults": sub_config_defaults(model_type),
         "defaults": {k: v for k, v in defaults.items() if jsonable(v)},
-        "attribute_map": dict(getattr(type(default_cfg), "attribute_map", {}) or {}),
+        "attribute_map": _attribute_map(default_cfg),
         "derived": derived,
         "none_defaults": none_defaults,
         "params": entries,
@@ -210,6 +212,18 @@ def record(model_type: str) -> dict[str, Any]:
         "samples": len(samples) + len(flips),
         "seconds": round(time.time() - t0, 1),
     }
+
+
+def _attribute_map(config: Any) -> dict[str, str]:
+    """The config class's aliases, and its sub-configs' as dotted names: Qwen3VLMoeTextConfig reads a
+    `text_config.num_experts` as `text_config.num_local_experts` (Qwen3-VL-30B-A3B's config.json says
+    num_experts)."""
+    out = dict(getattr(type(config), "attribute_map", {}) or {})
+    for name in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, name, None)
+        for alias, field in (getattr(type(sub), "attribute_map", {}) or {}).items():
+            out[f"{name}.{alias}"] = f"{name}.{field}"
+    return out
 
 
 def _sample(
@@ -288,13 +302,22 @@ def _fit_entries(samples: list[tuple[dict[str, Any], dict[str, list]]], keys: li
     return out
 
 
-def _none_fills(defaults: dict[str, Any]) -> dict[str, int]:
-    """Distinct small sizes for the top-level fields the defaults leave None (num_experts, top_k_experts, ...),
-    increasing in name order so that a `top_k` stays below its `num_experts` only by luck: a flip that still
-    does not build is not recorded."""
-    names = sorted(k for k, v in defaults.items() if v is None and "." not in k and not k.endswith(SKIP_FIELDS)
-                   and not k.startswith(NOT_STRUCTURAL) and not k.endswith(("_token_id", "_name_or_path")))  # fmt: skip
-    return {k: 8 + 2 * i for i, k in enumerate(names)}
+def _none_fills(model_type: str, defaults: dict[str, Any]) -> dict[str, int]:
+    """Distinct small sizes for the fields (top-level or of a sub-config) the defaults leave None and the config
+    class takes an int for (num_experts, top_k_experts, moe_latent_size; not final_logit_softcapping, a float).
+    A flip that still does not build with them is not recorded."""
+    names = sorted(k for k, v in defaults.items() if v is None and k.count(".") < 2 and not k.endswith(SKIP_FIELDS)
+                   and not k.rpartition(".")[2].startswith(NOT_STRUCTURAL) and k.rpartition(".")[2] not in NOT_SIZES
+                   and not k.endswith(("_token_id", "_name_or_path")))  # fmt: skip
+    out: dict[str, int] = {}
+    for name in names:
+        value = 8 + 2 * len(out)
+        try:
+            if flatten(make_config(model_type, {name: value}).to_dict()).get(name) == value:
+                out[name] = value
+        except Exception:
+            continue
+    return out
 
 
 def _order_flips(model_type: str, reshaped_by: dict[str, list[str]], flip_starts: dict[str, dict[str, Any]],
