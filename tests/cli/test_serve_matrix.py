@@ -58,11 +58,6 @@ MXFP4_DENSE = {
         }
     },
 }
-DROPPED_EXPERTS = pytest.mark.xfail(
-    reason="the generic architecture table drops their experts (gemma4_text's MoE block; nemotron_h's "
-    "hybrid_override_pattern not read as layers_block_type): 2.4 B and 2.1 B parameters counted",
-    strict=True,
-)
 GPU = "b200"  # 178 GiB CUDA-visible: DeepSeek-V3 fits from 4 ranks in 4-bit
 
 
@@ -80,14 +75,7 @@ def _serve(path: str, tp: int):
 
 @pytest.mark.parametrize(
     ("family", "fmt"),
-    [
-        # gpt-oss-style MXFP4 quantizes the experts only: none are counted on gemma-4 (see DROPPED_EXPERTS)
-        pytest.param(family, fmt, marks=DROPPED_EXPERTS)
-        if (family, fmt) == ("gemma-4-26b-a4b", "mxfp4")
-        else (family, fmt)
-        for family in FAMILIES
-        for fmt in ("awq", "gptq", "fp8", "mxfp4")
-    ],
+    [(family, fmt) for family in FAMILIES for fmt in ("awq", "gptq", "fp8", "mxfp4")],
 )
 def test_serve_answers_at_every_tp_size(tmp_path: Path, family: str, fmt: str) -> None:
     moe = FAMILIES[family]
@@ -142,10 +130,7 @@ STATED_BILLIONS = {
 
 @pytest.mark.parametrize(
     "family",
-    [
-        pytest.param(name, marks=DROPPED_EXPERTS) if name in ("gemma-4-26b-a4b", "nemotron-3-nano-30b-a3b") else name
-        for name in FAMILIES
-    ],
+    list(FAMILIES),
 )
 def test_parameter_count_matches_the_stated_size(family: str) -> None:
     """The count the serve matrix shards, within 10 % of the total the model card states."""

@@ -135,14 +135,14 @@ CONFIG_ONLY = [n for n in builtin_model_names() if n not in ESTIMATED and n not 
 # once spec/generic.py counts them, so the marker cannot outlive the bug.
 GENERIC_MISCOUNTS = {
     "deepseek_v2": "the generic path counts 16.25 of DeepSeek-V2-Lite's 15.75 B parameters",
-    "gemma4_text": "the generic path counts 2.43 of Gemma 4 26B-A4B's 25.81 B parameters (its MoE block left out)",
-    "nemotron_h": "the generic path counts 2.07 of Nemotron-3-Nano's 31.58 B parameters (experts left out)",
+    # global layers' k_proj under attention_k_eq_v read as num_key_value_heads (not num_global_key_value_heads);
+    # post_per_layer_input_norm counted at hidden_size_per_layer_input 0, where transformers leaves it out
+    "gemma4_text": "the generic path counts 25.28 of Gemma 4 26B-A4B's 25.81 B parameters",
     "glm4_moe_lite": "the generic path counts 29.974 of GLM-4.7-Flash's 29.943 B parameters",
-    "qwen3_vl_moe_text": "the generic path counts 15.66 of Qwen3-VL-30B-A3B's 31.07 B parameters",
     "jamba": "the generic path counts 51.76 of Jamba v0.1's 51.57 B parameters",
     "deepseek_v4": "the generic path counts 284.40 of DeepSeek-V4-Flash's 284.33 B parameters",
     "glm_moe_dsa": "the generic path counts 745.28 of GLM-5.2's 743.38 B parameters",
-    "gemma-4-31b": "the generic path counts 31.03 of Gemma 4 31B's 31.27 B parameters",
+    "gemma-4-31b": "the generic path counts 31.03 of Gemma 4 31B's 31.27 B parameters (as gemma4_text above)",
 }
 
 

@@ -84,6 +84,41 @@ def test_sample_matches_from_config(model_type: str) -> None:
     _check(model_type)
 
 
+@pytest.mark.parametrize(("multi_query", "new_arch"), [(True, False), (False, False), (False, True), (True, True)])
+def test_falcon_booleans_that_reshape_query_key_value(multi_query: bool, new_arch: bool) -> None:
+    """A boolean that changes an existing tensor's shape is recorded as that tensor's variant under it: falcon's
+    query_key_value, out features hidden + 2 * head_dim (multi_query), 3 * hidden (neither) or (heads + 2 *
+    num_kv_heads) * head_dim (new_decoder_architecture, which wins over multi_query), at a size and K/V head
+    count (5, not the 71 heads of the defaults the table was fitted at) it never saw."""
+    changes = {"multi_query": multi_query, "new_decoder_architecture": new_arch, "num_kv_heads": 5,
+               "num_attention_heads": 10, "hidden_size": 120, "num_hidden_layers": 3, "vocab_size": 100}  # fmt: skip
+    model, cfg = _build("falcon", changes)
+    by_shape = {(t.name, t.shape, t.count) for t in tensors("falcon", cfg)}
+    qkv = model.transformer.h[0].self_attention.query_key_value.weight
+    assert ("transformer.h.*.self_attention.query_key_value.weight", tuple(qkv.shape), 3) in by_shape
+    ts = tensors("falcon", cfg)
+    assert sum(t.count * t.numel for t in ts) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("latent", [None, 24])
+def test_nemotron_h_pattern_string_and_latent_experts(latent: int | None) -> None:
+    """nemotron_h's `hybrid_override_pattern` (a string the config class turns into `layers_block_type` and pops)
+    read as its layers, counted per kind; `moe_latent_size`, None in the defaults, adds the latent projections
+    and narrows the experts when set. Held to from_config with the pattern as config.json gives it."""
+    import torch
+    import transformers
+
+    user = {"model_type": "nemotron_h", "hybrid_override_pattern": "MEM*EM-EM*E", "hidden_size": 96,
+            "vocab_size": 100, "n_routed_experts": 6, "moe_latent_size": latent}  # fmt: skip
+    config = transformers.AutoConfig.for_model(**user)
+    assert config.layers_block_type.count("moe") == 4  # the pattern's E's: 11 layers of 4 kinds
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    ts = tensors("nemotron_h", user)
+    assert sum(t.count * t.numel for t in ts) == sum(p.numel() for p in model.parameters())
+    assert any("latent" in t.key for t in ts) == (latent is not None)
+
+
 # entries whose fit the generator left unresolved (`unresolved` in the table): exact at the defaults' layer
 # pattern only, and the estimate says so (spec/generic.py)
 KNOWN_WRONG = frozenset(k for k, v in table()["architectures"].items() if v["unresolved"])

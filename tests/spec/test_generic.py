@@ -53,24 +53,27 @@ def test_unknown_and_unbuildable_types_refused() -> None:
         model_spec_from_config({"model_type": "gpt2", "n_embd": None, "n_layer": "two"}, "x")
 
 
-# The architecture table fits falcon's fused query_key_value at FalconConfig's default `multi_query=True`
-# (out = hidden + 2 * head_dim): a config that turns it off (falcon-rw) or sets `new_decoder_architecture`
-# (falcon-40b / 180b) gets that shape, so its counts and K/V heads are wrong until falcon is hand-modelled.
-TABLE_FITS_DEFAULT_ONLY = pytest.mark.xfail(strict=True, reason="table fitted at multi_query=True only")
-FALCON_ATTENTION = [  # (multi_query, new_decoder_architecture, num_kv_heads in config.json)
-    (True, False, 71),  # falcon-7b's config.json: FalconAttention uses one K/V head whatever num_kv_heads says
-    pytest.param(False, False, 71, marks=TABLE_FITS_DEFAULT_ONLY),
-    pytest.param(False, True, 8, marks=TABLE_FITS_DEFAULT_ONLY),
+# falcon's fused query_key_value takes its out features from two booleans: `multi_query` (hidden + 2 * head_dim
+# at FalconConfig's default True, 3 * hidden off: falcon-rw) and `new_decoder_architecture` ((heads + 2 *
+# num_kv_heads) * head_dim: falcon-40b / 180b, whatever multi_query says); the table records each shape under
+# the booleans it holds for (measure/architectures.py: a flip that reshapes a tensor is sampled on its own).
+FALCON_ATTENTION = [  # (multi_query, new_decoder_architecture, query heads, num_kv_heads in config.json)
+    (True, False, 71, 71),  # falcon-7b's config.json: FalconAttention uses one K/V head whatever num_kv_heads says
+    (False, False, 71, 71),  # falcon-rw: as many K/V heads as query heads
+    (False, True, 64, 8),  # falcon-40b's 128:8 grouping, halved
+    (True, True, 64, 8),
 ]
 
 
-@pytest.mark.parametrize(("multi_query", "new_arch", "kv_field"), FALCON_ATTENTION)
-def test_generic_kv_heads_are_the_attention_modules(multi_query: bool, new_arch: bool, kv_field: int) -> None:
+@pytest.mark.parametrize(("multi_query", "new_arch", "heads", "kv_field"), FALCON_ATTENTION)
+def test_generic_kv_heads_are_the_attention_modules(
+    multi_query: bool, new_arch: bool, heads: int, kv_field: int
+) -> None:
     """The K/V heads the walk and the KV cache use are those of transformers' attention module, not the config
     field (FalconConfig keeps num_kv_heads = 71 for falcon-7b; FalconAttention projects to 1 head)."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    cfg = {"model_type": "falcon", "hidden_size": 71 * 8, "num_attention_heads": 71, "num_hidden_layers": 2,
+    cfg = {"model_type": "falcon", "hidden_size": heads * 8, "num_attention_heads": heads, "num_hidden_layers": 2,
            "vocab_size": 128, "multi_query": multi_query, "new_decoder_architecture": new_arch,
            "num_kv_heads": kv_field, "parallel_attn": True, "bias": False}  # fmt: skip
     with torch.device("meta"):

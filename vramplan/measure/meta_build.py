@@ -23,6 +23,38 @@ BUILD_FIXES: dict[str, dict[str, Any]] = {
 }
 
 
+# string patterns a config class turns into a per-layer list and pops (not in to_dict(): the table cannot see
+# them): nemotron_h's `hybrid_override_pattern` "M-M*-E" (configuration_nemotron_h.py 5.24, _pattern_to_list)
+PATTERN_FIELDS: dict[str, tuple[str, ...]] = {"nemotron_h": ("hybrid_override_pattern", "mtp_hybrid_override_pattern")}
+
+
+def pattern_fields(model_type: str) -> dict[str, dict[str, Any]]:
+    """{pattern kwarg: {"field": the list it becomes, "chars": {character: list value}}}, probed from the config
+    class: each printable character alone as the pattern, kept when the class takes it."""
+    import string
+
+    from transformers import AutoConfig
+
+    out: dict[str, dict[str, Any]] = {}
+    base = flatten(AutoConfig.for_model(model_type).to_dict())
+    for kwarg in PATTERN_FIELDS.get(model_type, ()):
+        chars: dict[str, Any] = {}
+        field = None
+        for c in string.ascii_letters + string.digits + string.punctuation:
+            try:
+                flat = flatten(AutoConfig.for_model(model_type, **{kwarg: c * 3}).to_dict())
+            except Exception:
+                continue
+            moved = [k for k, v in flat.items() if isinstance(v, list) and v != base.get(k) and len(v) == 3]
+            if len(moved) == 1 and len(set(flat[moved[0]])) == 1:
+                field = field or moved[0]
+                if moved[0] == field:
+                    chars[c] = flat[field][0]
+        if field:
+            out[kwarg] = {"field": field, "chars": chars}
+    return out
+
+
 def size_fields(flat: dict[str, Any]) -> dict[str, int]:
     return {
         k: v
@@ -32,10 +64,12 @@ def size_fields(flat: dict[str, Any]) -> dict[str, int]:
 
 
 def list_counts(flat: dict[str, Any]) -> dict[str, int]:
-    """`count(layer_types=full_attention)`: how many entries of a per-layer list take each value."""
+    """`count(layer_types=full_attention)`: how many entries of a per-layer list take each value, and
+    `count(layer_types)` its length (nemotron_h's layer count is its `layers_block_type`'s length)."""
     out: dict[str, int] = {}
     for k, v in flat.items():
         if isinstance(v, list) and v and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v):
+            out[f"count({k})"] = len(v)
             for x in set(v):
                 out[f"count({k}={x})"] = sum(1 for y in v if y == x)
     return out

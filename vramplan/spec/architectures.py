@@ -5,7 +5,8 @@ transformers; the version it was generated from is in the file). For each model 
 `MODEL_FOR_CAUSAL_LM_MAPPING_NAMES` it holds the config class's defaults, the rules the class uses to derive
 fields (`head_dim = hidden_size // num_attention_heads`), and every parameter (layer index as `*`) with its
 shape and count as sums of `coefficient · field · field` terms, whether it is an `nn.Linear` / `Conv1D`
-weight, the booleans it exists under, and whether it is the output embedding (absent when tied).
+weight, the booleans it exists under (`when`; `when_set`: a field the defaults leave None, set), and whether
+it is the output embedding (absent when tied).
 
 Here, in pure Python: the user's config.json over the defaults, derived fields filled in, then every tensor's
 shape and count. tests/spec/test_architectures.py holds the result to `AutoModelForCausalLM.from_config` on
@@ -111,6 +112,16 @@ def config_fields(model_type: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     user = flatten(cfg)
     renames = arch["attribute_map"]
     user = {renames.get(k, k): v for k, v in user.items()}
+    for kwarg, rule in arch.get("pattern_fields", {}).items():  # nemotron_h's "MEM*E..." hybrid_override_pattern
+        pattern = user.get(kwarg)
+        if isinstance(pattern, str) and user.get(rule["field"]) is None:
+            unknown = sorted(set(pattern) - set(rule["chars"]))
+            if unknown:
+                raise VramplanError(
+                    f"config field {kwarg!r} holds {unknown[0]!r}; {model_type} layers are "
+                    + ", ".join(f"{c!r} ({v})" for c, v in rule["chars"].items())
+                )
+            user[rule["field"]] = [rule["chars"][c] for c in pattern]
     given = {}  # a sub-config given as a dict starts from its own class's defaults, not the wrapper's
     for sub, sub_defaults in arch.get("sub_config_defaults", {}).items():
         value = cfg.get(sub)
@@ -132,6 +143,7 @@ def config_fields(model_type: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
             if k not in user and layers is not None and len(v) == base.get(_layers_of(k), -1):
                 v = _extend(v, fields.get(_layers_of(k), layers))  # the default pattern, repeated
                 fields[k] = v
+            fields[f"count({k})"] = len(v)
             for x in set(v):
                 fields[f"count({k}={x})"] = sum(1 for y in v if y == x)
     return fields
@@ -158,6 +170,8 @@ def tensors(model_type: str, cfg: Mapping[str, Any]) -> tuple[Tensor, ...]:
     out = []
     for key, e in arch["params"].items():
         if any(fields.get(k) != v for k, v in e.get("when", {}).items()):
+            continue
+        if any(fields.get(k) is None for k in e.get("when_set", ())):  # nemotron_h's moe_latent_size
             continue
         if e.get("untied") and tied:
             continue
