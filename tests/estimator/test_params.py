@@ -84,7 +84,9 @@ def _our_counts(m: ModelSpec) -> dict[str, int]:
     return {
         "embed": m.embed_params,
         "attn": layers * m.attn_params_per_layer,
-        "mlp": layers * m.mlp_params_per_layer,
+        "mlp": sum(lin.params * m.instances(lin) for lin in m.linears if lin.group == "mlp")
+        + m.moe_layers * m.other_layer_params
+        - layers * m.attention_sink_params,
         "ssm": layers * m.ssm_params_per_layer,
         "norm": layers * m.norm_params_per_layer + m.final_norm_params,
         "lm_head": m.lm_head_params,
@@ -109,7 +111,8 @@ def _assert_counts_match(cfg: dict[str, Any], name: str) -> None:
     model = _build(cfg)
     assert _our_counts(m) == _hf_counts(model)
     assert m.total_params == sum(p.numel() for p in model.parameters())
-    ours_linears = {(lin.name, lin.in_features, lin.out_features, lin.bias) for lin in m.linears}
+    layer0 = m.layer_linears(dense=0 in m.dense_mlp_layers)  # layer 0's (dense when the model has dense layers)
+    ours_linears = {(lin.name.rsplit(".", 1)[-1], lin.in_features, lin.out_features, lin.bias) for lin in layer0}
     assert ours_linears == _layer_linears(model)
     ours = Counter({shape: 0 for shape, _ in model_tensor_shapes(m)})
     for shape, n in model_tensor_shapes(m):
@@ -138,7 +141,6 @@ GENERIC_MISCOUNTS = {
     # global layers' k_proj under attention_k_eq_v read as num_key_value_heads (not num_global_key_value_heads);
     # post_per_layer_input_norm counted at hidden_size_per_layer_input 0, where transformers leaves it out
     "gemma4_text": "the generic path counts 25.28 of Gemma 4 26B-A4B's 25.81 B parameters",
-    "glm4_moe_lite": "the generic path counts 29.974 of GLM-4.7-Flash's 29.943 B parameters",
     "jamba": "the generic path counts 51.76 of Jamba v0.1's 51.57 B parameters",
     "deepseek_v4": "the generic path counts 284.40 of DeepSeek-V4-Flash's 284.33 B parameters",
     "glm_moe_dsa": "the generic path counts 745.28 of GLM-5.2's 743.38 B parameters",
@@ -344,9 +346,11 @@ def test_qv_matches_peft_default_targets(family: str) -> None:
     t = resolve_train(m, method="lora", lora_rank=LORA_R, lora_target="qv")
     model = _build(TINY_CONFIGS[family])
     if family not in PEFT_DEFAULTS:
-        # phi3, qwen3_moe, falcon_h1, gpt_oss: PEFT 0.21.2 has no default and asks for target_modules; vramplan's
-        # `qv` is phi3's fused qkv_proj, the others' q_proj + v_proj (as qwen3's default).
-        assert t.lora_target == {"phi3": ("qkv_proj",)}.get(family, ("q_proj", "v_proj"))
+        # phi3, qwen3_moe, falcon_h1, gpt_oss, glm4_moe: PEFT 0.21.2 has no default and asks for target_modules;
+        # vramplan's `qv` is phi3's fused qkv_proj, the MLA families' q / kv up-projections, the others' q_proj +
+        # v_proj (as qwen3's default).
+        mla = {"deepseek_v3": ("q_b_proj", "kv_b_proj"), "glm4_moe_lite": ("q_b_proj", "kv_b_proj")}
+        assert t.lora_target == {"phi3": ("qkv_proj",), **mla}.get(family, ("q_proj", "v_proj"))
         with pytest.raises(ValueError, match="target_modules"):
             get_peft_model(model, LoraConfig())
         return

@@ -145,6 +145,50 @@ def test_cpu_sdpa_saves_what_cuda_flash_saves() -> None:
     assert saved["_saved_logsumexp"].dtype == torch.float32
 
 
+def _mla_qkv(device: str) -> tuple[torch.Tensor, ...]:
+    """Multi-head latent attention's shapes: q / k of D + 4, v of D (DeepSeek-V3: 192 and 128)."""
+    torch.manual_seed(0)
+    q = torch.randn(B, H, S, D + 4, device=device, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(B, H, S, D + 4, device=device, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(B, H, S, D, device=device, dtype=torch.bfloat16, requires_grad=True)
+    return q, k, v
+
+
+def test_value_head_dim_of_its_own_takes_the_efficient_kernel() -> None:
+    """CUDA's flash kernel needs one head dim for q, k and v (sdp_utils.cpp `check_head_dim_size_flash`)."""
+    assert cuda_sdpa_backend(torch.bfloat16, False, D + 4, D) == "efficient"
+    assert cuda_sdpa_backend(torch.bfloat16, False, D, D) == "flash"
+
+
+def test_cpu_mla_sdpa_saves_what_cuda_efficient_saves() -> None:
+    """On real CPU tensors a value head dim of its own would take the math path (B·H·S² probabilities saved);
+    the stand-in saves what `_scaled_dot_product_efficient_attention` saves (its meta kernel: q, k, v, the
+    token-major output, the fp32 logsumexp, and two 0-dim philox tensors) and computes the same attention."""
+    q, k, v = _mla_qkv("cpu")
+    meta = [t.detach().to("meta").requires_grad_() for t in (q, k, v)]
+    expected: list[tuple[tuple[int, ...], torch.dtype]] = []
+    with torch.autograd.graph.saved_tensors_hooks(
+        lambda t: expected.append((tuple(t.shape), t.dtype)) or t, lambda t: t
+    ):
+        reference = torch.ops.aten._scaled_dot_product_efficient_attention(*meta, None, True, 0.0, True)[0]
+    saved: list[tuple[tuple[int, ...], torch.dtype]] = []
+    with (
+        cuda_equivalence("cpu", None),
+        torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append((tuple(t.shape), t.dtype)) or t, lambda t: t),
+    ):
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert sorted(saved, key=str) == sorted([e for e in expected if e[0]], key=str)  # (no philox tensors)
+    assert out.stride() == reference.stride()  # token-major, as CUDA allocates it
+    math = F.scaled_dot_product_attention(*(t.float() for t in (q, k, v)), is_causal=True)
+    assert torch.allclose(out.float(), math, atol=2e-2)
+    out.float().square().sum().backward()
+    grads = [t.grad.float() for t in (q, k, v)]
+    leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    F.scaled_dot_product_attention(*leaves, is_causal=True).square().sum().backward()
+    for got, want in zip(grads, (t.grad for t in leaves), strict=True):
+        assert torch.allclose(got, want, atol=5e-2, rtol=5e-2)
+
+
 # ---- autocast ----------------------------------------------------------------------------------------------
 
 

@@ -83,6 +83,9 @@ FAMILIES = [
     "qwen3_moe",
     "falcon_h1",
     "gpt_oss",
+    "deepseek_v3",
+    "glm4_moe_lite",
+    "glm4_moe",
     "gpt_neox",
     "bloom",
     "phi",
@@ -101,9 +104,10 @@ FAMILY_CASES = {
     "qlora": {"method": "qlora"},
     "qlora-no-ckpt": {"method": "qlora", "grad_ckpt": False},
 }
-FAMILY_GRID = ("gemma3_text", "qwen3_moe", "falcon_h1", "gpt_oss")
+FAMILY_GRID = ("gemma3_text", "qwen3_moe", "falcon_h1", "gpt_oss", "deepseek_v3", "glm4_moe")
 
-# Full-size simulations (meta / fake tensors; bitsandbytes runs on meta), (model, device, estimate options)
+# Full-size simulations (meta / fake tensors; bitsandbytes runs on meta), (model, device, estimate options[,
+# config.json changes: a truncated model])
 FULL_SIZE = {
     "llama-2-7b lora seq512": ("llama-2-7b", "fake", {"method": "lora", "seq": 512}),
     "llama-2-7b lora seq512 ckpt": ("llama-2-7b", "fake", {"method": "lora", "seq": 512, "grad_ckpt": True}),
@@ -129,6 +133,27 @@ FULL_SIZE = {
     # gpt-oss: eager attention with the sink column (no SDPA for sinks), 32 fused experts with biases
     "gpt-oss-20b lora seq1024": ("gpt-oss-20b", "fake", {"method": "lora", "seq": 1024, "lora_target": "attn"}),
     "gpt-oss-20b qlora seq1024": ("gpt-oss-20b", "meta", {"method": "qlora", "seq": 1024, "lora_target": "attn"}),
+    # DeepSeek-V3 with 5 of its 61 layers (3 dense, 2 routed: 256 fused experts each, MLA attention)
+    "deepseek-v3 5 layers qlora seq512": (
+        "deepseek-v3",
+        "meta",
+        {"method": "qlora", "seq": 512, "lora_target": "attn"},
+        {"num_hidden_layers": 5},
+    ),
+    # all-linear reaches the router and experts (PEFT target_parameters): merged weights and their gradients
+    "deepseek-v3 5 layers lora all-linear seq512": (
+        "deepseek-v3",
+        "fake",
+        {"method": "lora", "seq": 512, "lora_target": "all-linear", "lora_dropout": 0.0},
+        {"num_hidden_layers": 5},
+    ),
+    # GLM-4.7-Flash with 3 of its 47 layers (1 dense, 2 routed): MLA with v_head_dim = qk head dim (flash SDPA)
+    "glm-4.7-flash 3 layers qlora seq1024": (
+        "glm-4.7-flash",
+        "meta",
+        {"method": "qlora", "seq": 1024, "lora_target": "attn"},
+        {"num_hidden_layers": 3},
+    ),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
     "mistral-7b qlora seq4096 window no-ckpt": (
         "mistral-7b",

@@ -14,7 +14,7 @@ from typing import NamedTuple
 from vramplan.estimator.layer_ops import fused_lora, norm
 from vramplan.estimator.layer_walk import decoder_layer
 from vramplan.estimator.params import lora_params_per_linear
-from vramplan.estimator.walk import BYTES, Walk, WalkSettings, masked_layers, walk_settings
+from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.spec.model import SINK_FAMILIES
 
@@ -58,6 +58,10 @@ class ActivationBytes:
     # saves those same tensors unless it got repeated copies (transformers < 4.54): then they are extra until the
     # model output is dropped (traced, 4.48.3). Not counted for eager or masked SDPA (the current model's gap)
     forward_cache_bytes: int = 0
+    # what the dense-MLP layers below the lowest routed one keep (DeepSeek-V3's first_k_dense_replace: that
+    # layer stands for the bottom one; peak.py): their saved sets, or their checkpointed inputs
+    below_bottom: int = 0
+    dense_bottom: ActivationBytes | None = None  # the same one-layer figures for the dense-MLP layers
 
 
 class _LayerWalk(NamedTuple):
@@ -172,6 +176,16 @@ def layer_kinds(m: ModelSpec, t: TrainSpec) -> tuple[tuple[bool, bool, bool, fro
 
 
 def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
+    """What one step's forward saves and the workspace around it (ActivationBytes). For a model with dense-MLP
+    bottom layers (DeepSeek-V3) the one-layer figures are the largest (routed) layer's, and `dense_bottom` holds
+    the same figures for its dense layers (the bottom layer's backward, with the most gradients alive: peak.py)."""
+    result = _activation_bytes(m, t, dense_only=False)
+    if m.dense_mlp_layers and m.moe_params:
+        return replace(result, dense_bottom=_activation_bytes(m, t, dense_only=True))
+    return result
+
+
+def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> ActivationBytes:
     if m.walk_basis is not None:  # a generic family: walked on its hand-modelled stand-in (spec/generic.py)
         targets = {role for name, role in m.walk_roles if name in t.lora_target}
         m, t = m.walk_basis, replace(t, lora_target=tuple(sorted(targets)))
@@ -179,9 +193,10 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     autocast_dtype = settings.autocast_dtype
     layers = m.num_hidden_layers
     residual_dtype = residual_dtype_of(t)
-    kinds: dict[tuple[bool, bool, bool, frozenset[str]], int] = {}  # layer_kinds' tuple -> how many layers
-    for kind in layer_kinds(m, t):
-        kinds[kind] = kinds.get(kind, 0) + 1
+    # (the layer's ModelSpec, layer_kinds' tuple) -> how many layers
+    kinds: dict[tuple[ModelSpec, tuple[bool, bool, bool, frozenset[str]]], int] = {}
+    for key in zip(layer_specs(m), layer_kinds(m, t), strict=True):
+        kinds[key] = kinds.get(key, 0) + 1
     tokens, seq = t.tokens, t.seq
 
     def at(per_token: complex) -> int:
@@ -189,10 +204,10 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         return round(tokens * (per_token.real + per_token.imag * seq))
 
     walks = {
-        kind: _walk_layer(
-            m, replace(settings, masked=kind[2], parameter_adapters=kind[3]), kind[0], kind[1], residual_dtype
+        (spec, kind): _walk_layer(
+            spec, replace(settings, masked=kind[2], parameter_adapters=kind[3]), kind[0], kind[1], residual_dtype
         )
-        for kind in kinds
+        for spec, kind in kinds
     }
     hidden = tokens * m.hidden_size * BYTES[residual_dtype]
     # transformers < 5.0 checkpoints reentrantly (spec/stack.py): the layer's forward runs under no_grad, so
@@ -215,17 +230,23 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
     final_saved, final_out = _walk_final(m, settings, residual_dtype, t.method == "full")
     saved += at(final_saved)
-    layer = max(at(lw.saved) + lw.per_layer_saved for lw in walks.values())
-    down_saved = max(at(lw.down_saved) for lw in walks.values())
-    layer_ctx = 0 if (reentrant and t.grad_ckpt) else max(at(lw.ctx_only) for lw in walks.values())
-    layer_input_saved = max(at(lw.input_saved) for lw in walks.values())
-    recompute_tail = max(at(lw.recompute_tail) for lw in walks.values())
-    transient = max((at(per_token) + per_layer for lw in walks.values() for per_token, per_layer in lw.live), default=0)
+    below_bottom = 0
+    for index in m.dense_mlp_layers if m.moe_params else ():
+        key = (layer_specs(m)[index], layer_kinds(m, t)[index])
+        lw = walks[key]
+        below_bottom += hidden if t.grad_ckpt else at(lw.saved) + lw.per_layer_saved
+    layer_walks = [lw for (spec, _), lw in walks.items() if not dense_only or spec.mlp != "moe"]
+    layer = max(at(lw.saved) + lw.per_layer_saved for lw in layer_walks)
+    down_saved = max(at(lw.down_saved) for lw in layer_walks)
+    layer_ctx = 0 if (reentrant and t.grad_ckpt) else max(at(lw.ctx_only) for lw in layer_walks)
+    layer_input_saved = max(at(lw.input_saved) for lw in layer_walks)
+    recompute_tail = max(at(lw.recompute_tail) for lw in layer_walks)
+    transient = max((at(per_token) + per_layer for lw in layer_walks for per_token, per_layer in lw.live), default=0)
     recompute_transient = max(
-        (at(per_token) + per_layer for lw in walks.values() for per_token, per_layer in lw.live_recomputed), default=0
+        (at(per_token) + per_layer for lw in layer_walks for per_token, per_layer in lw.live_recomputed), default=0
     )
     referenced = max(
-        (at(per_token) + per_layer for lw in walks.values() for per_token, per_layer in lw.referenced), default=0
+        (at(per_token) + per_layer for lw in layer_walks for per_token, per_layer in lw.referenced), default=0
     )
     layer_copies = layer_cached = head_copy = 0
     n_copy_layers = t.freeze_trainable_layers if t.method == "freeze" else layers
@@ -266,6 +287,9 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         mlp_intermediates = 1
 
     workspace = mlp_intermediates * tokens * m.intermediate_size * mlp_elem_bytes + hidden
+    if m.dense_mlp_layers:  # DeepSeek-V3's dense bottom layers; the shared experts' MLP in the routed ones
+        widths = (m.dense_intermediate_size, m.shared_intermediate_size)
+        workspace = 3 * tokens * max(widths) * mlp_elem_bytes + hidden
     if m.mlp == "moe":
         # the experts' tensors are in the expert weights' dtype (grouped_mm casts to it); the MoE backward's
         # largest moment is either the first node, the inverse-permutation index (the S·H gradient of the
@@ -273,10 +297,30 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         # or the grouped matmuls' 3·S·I (layer_ops._moe)
         pairs = tokens * m.num_experts_per_tok
         expert_bytes = BYTES[settings.norm_dtype]
-        workspace = hidden + pairs * expert_bytes * max(3 * m.intermediate_size, 2 * m.hidden_size)
+        moe_workspace = hidden + pairs * expert_bytes * max(3 * m.intermediate_size, 2 * m.hidden_size)
+        if m.shared_intermediate_size:  # the shared MLP's input gradient, waiting for the routed path's
+            moe_workspace += tokens * m.hidden_size * BYTES[autocast_dtype or residual_dtype]
         if autocast_dtype and expert_bytes < 4:
             # CUDA autocast runs the final `sum` over k in fp32: its T·H fp32 gradient is alive there too
-            workspace += tokens * m.hidden_size * 4
+            moe_workspace += tokens * m.hidden_size * 4
+        adapted = [p.params for p in m.moe_params if len(p.shape) == 3 and settings.lora_targets & set(p.peft_names)]
+        if adapted:
+            # LoRA on the experts (PEFT ParamWrapper): the grouped matmul's backward makes the merged weight's
+            # gradient (E·out·in, the compute dtype); the down projection's first, and by the time gate_up's
+            # (twice the size) exists the merged down weight it saved is freed: one down-sized tensor net,
+            # beside the gradient of the down projection's input (S·I), the fp32 sum's and the shared MLP's
+            # input gradients and the incoming one (traced at full size: DeepSeek-V3, 5 layers, LoRA
+            # all-linear on fake tensors, -44 MB of 7.6 GB; on the tiny grid this moment is not the peak)
+            compute = BYTES[autocast_dtype or settings.norm_dtype]
+            around = (
+                pairs * m.intermediate_size * expert_bytes
+                + moe_workspace
+                - pairs * expert_bytes * max(3 * m.intermediate_size, 2 * m.hidden_size)
+            )
+            moe_workspace = max(moe_workspace, min(adapted) * compute + around)
+        workspace = max(workspace, moe_workspace) if m.dense_mlp_layers or m.shared_intermediate_size else moe_workspace
+    if dense_only:
+        workspace = 3 * tokens * m.dense_intermediate_size * mlp_elem_bytes + hidden
     largest_target = max((li.weight_params for li in m.linears if li.name in settings.lora_targets), default=0)
     return ActivationBytes(
         saved=saved,
@@ -300,6 +344,7 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
         final_saved=at(final_saved),
         hidden_grad_bytes=tokens * m.hidden_size * BYTES[autocast_dtype or residual_dtype],
         final_hidden_bytes=at(final_out),
+        below_bottom=below_bottom,
         forward_cache_bytes=(
             2 * layers * tokens * m.num_key_value_heads * m.head_dim * BYTES[autocast_dtype or t.dtype]
             if settings.repeat_kv

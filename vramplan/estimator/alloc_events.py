@@ -42,7 +42,7 @@ from vramplan.estimator.loss import loss_bytes
 from vramplan.estimator.optimizer import optimizer_bytes
 from vramplan.estimator.optimizer_memory_efficient import is_layerwise
 from vramplan.estimator.params import count_params
-from vramplan.estimator.walk import SymbolicTensor, Walk, walk_settings
+from vramplan.estimator.walk import SymbolicTensor, Walk, layer_specs, walk_settings
 from vramplan.estimator.weights import base_param_dtype_bytes, weight_bytes
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
 
@@ -281,9 +281,9 @@ def step_events(m: ModelSpec, t: TrainSpec) -> list[Event]:
     kinds = layer_kinds(walk_model, walk_train)
     patterns = [
         layer_pattern(
-            walk_model, replace(settings, masked=kind[2], parameter_adapters=kind[3]), kind[0], kind[1], residual_dtype
+            spec, replace(settings, masked=kind[2], parameter_adapters=kind[3]), kind[0], kind[1], residual_dtype
         )
-        for kind in kinds
+        for spec, kind in zip(layer_specs(walk_model), kinds, strict=True)
     ]
     tokens, seq = t.tokens, t.seq
 

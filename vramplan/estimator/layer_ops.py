@@ -50,6 +50,8 @@ from __future__ import annotations
 from vramplan.estimator.gpt_oss_ops import eager_with_sinks, gpt_oss_moe
 from vramplan.estimator.linear_ops import linear
 from vramplan.estimator.lora_kernel_ops import kernel_group, kernel_mlp
+from vramplan.estimator.mla_ops import mla_attention
+from vramplan.estimator.moe_ops import moe_block
 from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote
 from vramplan.spec import ModelSpec
 from vramplan.spec.model import FP32_PRODUCT_NORM, SINK_FAMILIES
@@ -174,6 +176,54 @@ def decoder_layer(
 
     normed_input = norm(walk, settings, m, x, trainable)
     names = {li.name for li in m.linears}
+    if m.mla is not None:
+        attention_out = project(
+            mla_attention(
+                walk,
+                settings,
+                m,
+                normed_input,
+                project,
+                lambda tensor, dim: norm(walk, settings, m, tensor, trainable, dim),
+                residual_dtype,
+            ),
+            "o_proj",
+        )
+    else:
+        attention_out = _attention_block(walk, settings, m, normed_input, project, names, residual_dtype, trainable)
+    if m.norms_per_layer == 4:  # gemma2, gemma3: post_attention_layernorm on the attention output
+        attention_out = norm(walk, settings, m, attention_out, trainable)
+    if m.parallel_residual:
+        mlp_input = normed_input if m.norms_per_layer == 1 else norm(walk, settings, m, x, trainable)
+        mlp_out = _mlp(walk, settings, m, mlp_input, project, trainable)
+        out_dtype = promote(promote(mlp_out.dtype, attention_out.dtype), residual_dtype)
+        return walk.new(T * m.hidden_size, out_dtype, True)
+    residual = walk.new(
+        T * m.hidden_size, promote(residual_dtype, attention_out.dtype), x.requires_grad or attention_out.requires_grad
+    )
+    walk.pinned[residual.id] = residual.nbytes  # the residual, alive through the MLP for the second residual add
+    mlp_input = norm(walk, settings, m, residual, trainable)
+    mlp_out = _mlp(walk, settings, m, mlp_input, project, trainable)
+    if m.norms_per_layer == 4:
+        mlp_out = norm(walk, settings, m, mlp_out, trainable)
+    del walk.pinned[residual.id]
+    return walk.new(
+        T * m.hidden_size, promote(residual.dtype, mlp_out.dtype), residual.requires_grad or mlp_out.requires_grad
+    )
+
+
+def _attention_block(
+    walk: Walk,
+    settings: WalkSettings,
+    m: ModelSpec,
+    normed_input: SymbolicTensor,
+    project,
+    names: set[str],
+    residual_dtype: str,
+    trainable: bool,
+) -> SymbolicTensor:
+    """q / k / v projections (separate, fused, or axolotl's LoRA_QKV), q / k norms, RoPE, attention, o_proj."""
+    T = settings.T
     kv_store = None
     kernels = fused_lora(settings, names)
     if "qkv" in kernels:  # axolotl's LoRA_QKV (lora_kernel_ops.py)
@@ -207,25 +257,7 @@ def decoder_layer(
         attention_out = kernel_group(walk, settings, attention_out, [m.hidden_size])[0]
     else:
         attention_out = project(attention_out, "o_proj" if "o_proj" in names else "dense")
-    if m.norms_per_layer == 4:  # gemma2, gemma3: post_attention_layernorm on the attention output
-        attention_out = norm(walk, settings, m, attention_out, trainable)
-    if m.parallel_residual:
-        mlp_input = normed_input if m.norms_per_layer == 1 else norm(walk, settings, m, x, trainable)
-        mlp_out = _mlp(walk, settings, m, mlp_input, project, trainable)
-        out_dtype = promote(promote(mlp_out.dtype, attention_out.dtype), residual_dtype)
-        return walk.new(T * m.hidden_size, out_dtype, True)
-    residual = walk.new(
-        T * m.hidden_size, promote(residual_dtype, attention_out.dtype), x.requires_grad or attention_out.requires_grad
-    )
-    walk.pinned[residual.id] = residual.nbytes  # the residual, alive through the MLP for the second residual add
-    mlp_input = norm(walk, settings, m, residual, trainable)
-    mlp_out = _mlp(walk, settings, m, mlp_input, project, trainable)
-    if m.norms_per_layer == 4:
-        mlp_out = norm(walk, settings, m, mlp_out, trainable)
-    del walk.pinned[residual.id]
-    return walk.new(
-        T * m.hidden_size, promote(residual.dtype, mlp_out.dtype), residual.requires_grad or mlp_out.requires_grad
-    )
+    return attention_out
 
 
 def _down(walk: Walk, project, x: SymbolicTensor, name: str) -> SymbolicTensor:
@@ -251,6 +283,25 @@ def fused_lora(settings: WalkSettings, names: set[str]) -> frozenset[str]:
     )  # fmt: skip
 
 
+def _gated(walk: Walk, x: SymbolicTensor, project, intermediate: int, prefix: str) -> SymbolicTensor:
+    """act_fn(gate_proj(x)) * up_proj(x), then down_proj: the activation waits for up_proj. `prefix`: where the
+    linears' names say they sit (DeepSeek-V3's `mlp.` dense MLP, its `shared_experts.`)."""
+    T = 1
+    gate = project(x, prefix + "gate_proj")
+    activated = walk.new(T * intermediate, gate.dtype, gate.requires_grad)
+    if gate.requires_grad:
+        walk.save(gate)
+    walk.transient(gate, activated)
+    walk.pinned[activated.id] = activated.nbytes
+    up = project(x, prefix + "up_proj")
+    del walk.pinned[activated.id]
+    product = walk.new(T * intermediate, promote(activated.dtype, up.dtype), gate.requires_grad or up.requires_grad)
+    if product.requires_grad:
+        walk.save(activated, up)
+    walk.transient(activated, up, product)
+    return _down(walk, project, product, prefix + "down_proj")
+
+
 def _mlp(
     walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, project, trainable: bool
 ) -> SymbolicTensor:
@@ -272,20 +323,7 @@ def _mlp(
         walk.transient(gate, up, product)
         return _down(walk, project, product, "down_proj")
     if m.mlp == "gated":
-        # act_fn(gate_proj(x)) * up_proj(x): the activation waits for up_proj
-        gate = project(x, "gate_proj")
-        activated = walk.new(T * intermediate, gate.dtype, gate.requires_grad)
-        if gate.requires_grad:
-            walk.save(gate)
-        walk.transient(gate, activated)
-        walk.pinned[activated.id] = activated.nbytes
-        up = project(x, "up_proj")
-        del walk.pinned[activated.id]
-        product = walk.new(T * intermediate, promote(activated.dtype, up.dtype), gate.requires_grad or up.requires_grad)
-        if product.requires_grad:
-            walk.save(activated, up)
-        walk.transient(activated, up, product)
-        return _down(walk, project, product, "down_proj")
+        return _gated(walk, x, project, intermediate, "mlp." if m.dense_intermediate_size else "")
     if m.mlp == "gated_fused":
         gate_up = project(x, "gate_up_proj")
         activated = walk.new(T * intermediate, gate_up.dtype, gate_up.requires_grad)
@@ -318,164 +356,19 @@ def _mlp(
         return _down(walk, project, activated, down_name)
     if m.model_type == "gpt_oss":
         return gpt_oss_moe(walk, settings, m, x, trainable)
-    return _moe(walk, settings, m, x, trainable)
-
-
-def _moe(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, trainable: bool) -> SymbolicTensor:
-    """A routed MoE block as transformers 5.24 runs it in training: the top-k router, then the experts through
-    `grouped_mm_experts_forward` (integrations/moe.py; the default `experts_implementation`, also on CUDA).
-
-    Router (`MixtralTopKRouter` / `Qwen3MoeTopKRouter`): F.linear(x, weight) under autocast (saves x when the
-    router trains, its weight's autocast cast when x needs a gradient), softmax in fp32 (saves its T·E output;
-    Mixtral casts the logits with `.float()` first), topk (saves the T·k int64 indices), the renormalisation
-    `/= sum` (Mixtral always, Qwen3-MoE under `norm_topk_prob`: saves the T fp32 sum and the T·k quotient);
-    Qwen3-MoE casts the weights back to the logits' dtype. Experts: sort the S = T·k (token, expert) pairs,
-    gather `hidden_states[perm // k]` (saves the S int64 indices), `sample_weights[perm]` (saves perm), then
-    `_grouped_mm(input.to(weight.dtype), ...)`: not an autocast op, so the expert intermediates are in the
-    expert weights' dtype (fp32 after kbit prep: they are not nn.Linear, bitsandbytes leaves them alone). It
-    saves its input when the weights need a gradient; SiLU saves the whole S·2I gate_up output (its view),
-    the product its S·I SiLU output; the S·H expert output times the S routing weights (each saved for the
-    other's gradient), `weighted_out[inv_perm]` (saves the S int64 inverse permutation), a sum over k.
-    With LoRA on the experts (PEFT `target_parameters`, ParamWrapper; Mixtral) the expert weights require grad
-    and PEFT materialises each layer's weight deltas (E·3·I·H in the compute dtype), saved for the backward.
-    Traced op by op under saved-tensor hooks on tiny Mixtral / Qwen3-MoE blocks (bf16, fp32 after kbit prep).
-    """
-    T, top_k, experts = settings.T, m.num_experts_per_tok, m.num_local_experts
-    hidden, intermediate = m.hidden_size, m.intermediate_size
-    pairs = T * top_k
-    param_dtype = settings.norm_dtype  # router and expert tensors: the load dtype, fp32 after kbit prep
-    autocast_dtype = settings.autocast_dtype
-    expert_names = {name for p in m.moe_params if len(p.shape) == 3 for name in p.peft_names}
-    expert_lora = bool(settings.lora_targets & expert_names)
-    experts_grad = trainable or expert_lora
-    router_grad = trainable or "gate" in settings.lora_targets
-    routed_grad = x.requires_grad or router_grad  # the routing weights need a gradient
-    grad = x.requires_grad or experts_grad or routed_grad
-    # LoRA on the router / experts (PEFT lora.ParamWrapper, a parametrization: W + s·BA materialised per
-    # forward, peft/tuners/lora/layer.py 0.21.2): the merged weight in the compute dtype, saved by F.linear /
-    # grouped_mm (and referenced while the block runs, under checkpointing too), and the adapter factors'
-    # autocast casts, saved by the baddbmm (router: the matmul) that builds the delta; per layer, not per token
-    compute_bytes = BYTES[autocast_dtype or param_dtype]
-    casts = BYTES[autocast_dtype] if autocast_dtype and autocast_dtype != settings.adapter_dtype else 0
-    merged = 0
-    for p in m.moe_params:
-        if settings.lora_targets & set(p.peft_names):
-            rank = settings.lora_rank * len(p.peft_names)
-            merged += p.params * compute_bytes
-            factors = p.experts * rank * (p.in_features + p.out_features)
-            walk.per_layer_saved += p.params * compute_bytes + casts * factors
-    # ---- router
-    x_router = walk.cast(x, autocast_dtype) if autocast_dtype else x
-    logits = walk.new(T * experts, autocast_dtype or x.dtype, routed_grad)
-    if router_grad:
-        walk.save(x_router)
-    if x.requires_grad and autocast_dtype and param_dtype != autocast_dtype:
-        walk.per_layer_saved += experts * hidden * BYTES[autocast_dtype]  # the weight's autocast cast
-    walk.transient(x, x_router, logits, extra_ref=merged)
-    logits_fp32 = walk.cast(logits, "fp32") if m.model_type == "mixtral" else logits
-    probs = walk.new(T * experts, "fp32", routed_grad)
-    indices = walk.new(T * top_k, "int64", False)
-    top_values = walk.new(T * top_k, "fp32", routed_grad)
-    if routed_grad:
-        walk.save(probs, indices)
-    walk.transient(x, logits, logits_fp32, probs, indices, top_values, extra_ref=merged)
-    if m.model_type == "mixtral" or m.config.get("norm_topk_prob", False):
-        normalised = walk.new(T * top_k, "fp32", routed_grad)
-        if routed_grad:
-            walk.save(walk.new(T, "fp32", False), normalised)
-        top_values = normalised
-    scores = walk.cast(top_values, logits.dtype) if m.model_type != "mixtral" else top_values
-    walk.pinned[x.id] = x.nbytes  # the block's reshaped input, referenced until it returns
-    # ---- experts: sort the pairs by expert, gather, two grouped matmuls, weight, restore the order, sum over k
-    expert_ids, perm, token_index = (walk.new(pairs, "int64", False) for _ in range(3))
-    gathered = walk.new(pairs * hidden, x.dtype, x.requires_grad)
-    if x.requires_grad:
-        walk.save(token_index)
-    pair_weights = walk.new(pairs, scores.dtype, routed_grad)
-    if routed_grad:
-        walk.save(perm)
-    if grad:
-        walk.per_layer_saved += experts * BYTES["int32"]  # the offsets, saved by both grouped matmuls
-    walk.transient(scores, expert_ids, perm, token_index, gathered, pair_weights, extra_ref=merged)
-    # the experts function's locals, referenced until it returns (under checkpointing too): the sorted ids,
-    # perm, the gathered input, the pair weights, the histc input (S fp32 on CPU, int32 on CUDA)
-    histc_input = walk.new(pairs, "int32", False)
-    locals_kept = (expert_ids, perm, gathered, pair_weights, histc_input)
-    walk.pinned.update({tensor.id: tensor.nbytes for tensor in locals_kept})
-    mm_input = walk.cast(gathered, param_dtype)
-    gate_up = walk.new(pairs * 2 * intermediate, param_dtype, x.requires_grad or experts_grad)
-    if experts_grad:
-        walk.save(mm_input)
-    walk.transient(gathered, mm_input, gate_up, extra_ref=merged)
-    activated = walk.new(pairs * intermediate, param_dtype, gate_up.requires_grad)
-    product = walk.new(pairs * intermediate, param_dtype, gate_up.requires_grad)
-    if gate_up.requires_grad:
-        walk.save(gate_up, activated)
-    walk.transient(gate_up, activated, product, extra_ref=merged)
-    expert_out = walk.new(pairs * hidden, param_dtype, gate_up.requires_grad)
-    if experts_grad:
-        walk.save(product)
-    walk.transient(product, expert_out, extra_ref=merged)
-    walk.pinned[expert_out.id] = expert_out.nbytes  # `proj_out`, until the function returns
-    weighted = walk.new(pairs * hidden, promote(param_dtype, scores.dtype), expert_out.requires_grad or routed_grad)
-    if routed_grad:
-        walk.save(expert_out)
-    if expert_out.requires_grad:
-        walk.save(pair_weights)
-    walk.transient(expert_out, weighted, extra_ref=merged)
-    inverse = walk.new(pairs, "int64", False)
-    reordered = walk.new(pairs * hidden, weighted.dtype, weighted.requires_grad)
-    if weighted.requires_grad:
-        walk.save(inverse)
-    arange = walk.new(pairs, "int64", False)
-    # a checkpointed recompute stops at this index, its last saved tensor (packed before the output exists)
-    walk.transient(weighted, inverse, arange, extra_ref=merged)
-    walk.recompute_stop = len(walk.live)
-    walk.transient(weighted, inverse, arange, reordered, extra_ref=merged)
-    walk.down_saved = 0  # the backward's first MoE node frees nothing before its peak (activations.py)
-    # the backward's first node that needs a saved tensor is this index (inv_perm): a checkpointed layer's
-    # recompute starts there, holding the S·H gradient of `weighted_out` (the sum's expand, reshaped: a copy)
-    # where a dense layer holds a T·H one in the compute dtype (`hidden_grad_bytes`)
-    walk.recompute_tail = pairs * hidden * BYTES[weighted.dtype] - T * hidden * BYTES[autocast_dtype or x.dtype]
-    summed = walk.new(T * hidden, weighted.dtype, weighted.requires_grad)
-    walk.transient(reordered, summed, extra_ref=merged)
-    for tensor in (x, *locals_kept, expert_out):
-        del walk.pinned[tensor.id]
-    shared = m.config.get("shared_expert_intermediate_size", 0)
-    if shared:
-        summed = _shared_expert(walk, settings, x, summed, shared, m.hidden_size, trainable)
-    return walk.cast(summed, x.dtype)
-
-
-def _shared_expert(
-    walk: Walk,
-    settings: WalkSettings,
-    x: SymbolicTensor,
-    routed: SymbolicTensor,
-    width: int,
-    hidden: int,
-    trainable: bool,
-) -> SymbolicTensor:
-    """Llama4TextMoe's shared expert (a Llama4TextMLP of `width` on the block input) while the routed sum is
-    held, then `out.add_(routed)` in place (modeling_llama4.py, 5.24): SiLU saves the gate output, the product
-    its operands; the linears as any frozen (or fully trained) nn.Linear (LoRA on them is not walked here).
-    Tiny llama4_text traces (tests/oracle/test_llama4_trace.py) hold the generic Llama 4 walk that uses it."""
-    T = settings.T
-    walk.pinned.update({x.id: x.nbytes, routed.id: routed.nbytes})
-    gate = linear(walk, settings, x, "shared_expert.gate_proj", width, trainable, settings.quantized)
-    activated = walk.new(T * width, gate.dtype, gate.requires_grad)
-    if gate.requires_grad:
-        walk.save(gate)
-    walk.transient(gate, activated)
-    walk.pinned[activated.id] = activated.nbytes
-    up = linear(walk, settings, x, "shared_expert.up_proj", width, trainable, settings.quantized)
-    del walk.pinned[activated.id]
-    product = walk.new(T * width, promote(activated.dtype, up.dtype), gate.requires_grad or up.requires_grad)
-    if product.requires_grad:
-        walk.save(activated, up)
-    walk.transient(activated, up, product)
-    out = linear(walk, settings, product, "shared_expert.down_proj", hidden, trainable, settings.quantized)
-    walk.recompute_stop = len(walk.live)  # a checkpointed recompute runs through the shared expert
-    for tensor in (x, routed):
-        del walk.pinned[tensor.id]
+    routed = moe_block(walk, settings, m, x, trainable)
+    if not m.shared_intermediate_size:
+        return routed
+    # DeepseekV3MoE: `hidden_states + self.shared_experts(residuals)`: the shared-experts MLP (nn.Linear, as a
+    # dense layer's) runs after the routed experts, whose output waits for it
+    walk.pinned[routed.id] = routed.nbytes
+    saved_before, bytes_before = len(walk.saved), walk.saved_bytes
+    shared = _gated(walk, x, project, m.shared_intermediate_size, "shared_experts.")
+    if len(walk.saved) > saved_before:  # the layer's last saved tensor is the shared MLP's: a recompute gets there
+        walk.recompute_stop = len(walk.live)
+    # the backward runs the shared MLP's first: all it saved is freed before the experts' (the MoE workspace)
+    walk.down_saved = walk.saved_bytes - bytes_before
+    del walk.pinned[routed.id]
+    out = walk.new(T * m.hidden_size, promote(routed.dtype, shared.dtype), routed.requires_grad or shared.requires_grad)
+    walk.transient(routed, shared, out)
     return out

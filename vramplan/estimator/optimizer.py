@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from vramplan.estimator.optimizer_memory_efficient import MEMORY_EFFICIENT_OPTIMIZERS, memory_efficient_states
 from vramplan.estimator.params import Shape, layer_tensor_shapes, numel, trainable_shapes
+from vramplan.estimator.weights import kept_fp32_bytes
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.units import ceil_div
 
@@ -81,11 +82,13 @@ def optimizer_bytes(m: ModelSpec, t: TrainSpec, param_bytes: int) -> OptimizerBy
     states = paged = temp = 0
     if opt in ("adamw_torch", "adamw_torch_fused"):
         total = sum(numel(s) * n for s, n in shapes)
-        states = 2 * total * param_bytes
+        # states in each parameter's dtype: the ones transformers keeps in fp32 (DeepSeek-V3's router) too
+        kept = kept_fp32_bytes(m, t) if t.method == "full" else 0
+        states = 2 * (total * param_bytes + kept)
         if opt == "adamw_torch_fused":
             states += TORCH_STEP_BYTES * sum(n for _, n in shapes)
         else:
-            temp = total * param_bytes
+            temp = total * param_bytes + kept
     elif opt in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "lion_32bit"):
         eight = "8bit" in opt
         n_states = 1 if opt.startswith("lion") else 2

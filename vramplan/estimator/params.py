@@ -81,7 +81,7 @@ def lora_params(m: ModelSpec, t: TrainSpec) -> int:
         lora_params_per_linear(lin, t.lora_rank, t.dora) * lora_instances(m, t, lin) for lin in lora_targets(m, t)
     )
     for p in lora_moe_targets(m, t.lora_target):
-        total += m.num_hidden_layers * sum(numel(shape) for shape in lora_moe_shapes(p, t.lora_rank))
+        total += m.moe_layers * sum(numel(shape) for shape in lora_moe_shapes(p, t.lora_rank))
     for _, shape, n in t.target_parameters:
         total += n * sum(numel(s) for s in lora_param_shapes(shape, t.lora_rank))
     return total + sum(numel(s) * n for s, n in embedding_lora_shapes(m, t))
@@ -109,23 +109,29 @@ Shape = tuple[int, ...]
 
 
 def layer_tensor_shapes(m: ModelSpec) -> list[tuple[Shape, int]]:
-    """(shape, count) of every parameter tensor of one decoder layer, as transformers registers them."""
-    h = m.hidden_size
+    """(shape, count) of every parameter tensor of one decoder layer, as transformers registers them (the top
+    layer's: a routed one where the bottom layers are dense)."""
     out: list[tuple[Shape, int]] = []
-    for lin in m.linears:
+    for lin in m.layer_linears():
         out.append(((lin.out_features, lin.in_features), 1))
         if lin.bias:
             out.append(((lin.out_features,), 1))
-    out.append(((h,), m.norms_per_layer * (2 if m.norm == "layer" else 1)))
+    return out + _every_layer_shapes(m) + [(p.shape, 1) for p in m.moe_params]
+
+
+def _every_layer_shapes(m: ModelSpec) -> list[tuple[Shape, int]]:
+    """One layer's tensors outside its linears and MoE parameters: norms, the Mamba mixer's (every layer)."""
+    out: list[tuple[Shape, int]] = [((m.hidden_size,), m.norms_per_layer * (2 if m.norm == "layer" else 1))]
     if m.head_norm_params:
         out.append(((m.head_dim,), m.head_norm_params // m.head_dim))
-    out += [(p.shape, 1) for p in m.moe_params]
     if m.mamba:  # conv1d weight and bias, dt_bias, A_log, D, the gated norm's weight
         mamba = m.mamba
         out.append(((mamba.conv_dim, 1, mamba.conv_kernel), 1))
         out += [((mamba.conv_dim,), 1)] if mamba.conv_bias else []
         out.append(((mamba.heads,), 3))
         out += [((mamba.d_ssm,), 1)] if mamba.rms_norm else []
+    if m.mla:  # q_a_layernorm (none without a q bottleneck), kv_a_layernorm
+        out += [((n,), 1) for n in (m.mla.q_lora_rank, m.mla.kv_lora_rank) if n]
     return out
 
 
@@ -140,7 +146,10 @@ def model_tensor_shapes(m: ModelSpec, towers: bool = True) -> list[tuple[Shape, 
     out: list[tuple[Shape, int]] = [((v, h), 1)]
     if m.embed_norm:
         out.append(((h,), 2))
-    out += [(shape, n * m.num_hidden_layers) for shape, n in layer_tensor_shapes(m)]
+    out += [(shape, n * m.num_hidden_layers) for shape, n in _every_layer_shapes(m)]
+    out += [((lin.out_features, lin.in_features), m.instances(lin)) for lin in m.linears]
+    out += [((lin.out_features,), m.instances(lin)) for lin in m.linears if lin.bias]
+    out += [(p.shape, m.moe_layers) for p in m.moe_params]
     out.append(((h,), 2 if m.norm == "layer" else 1))
     if not m.tie_word_embeddings:
         out.append(((v, h), 1))
@@ -164,7 +173,7 @@ def trainable_shapes(m: ModelSpec, t: TrainSpec) -> list[tuple[Shape, int]]:
             if t.dora:
                 out += [((lin.out_features,), n)]
         for p in lora_moe_targets(m, t.lora_target):
-            out += [(shape, m.num_hidden_layers) for shape in lora_moe_shapes(p, t.lora_rank)]
+            out += [(shape, m.moe_layers) for shape in lora_moe_shapes(p, t.lora_rank)]
         for _, shape, n in t.target_parameters:
             out += [(s, n) for s in lora_param_shapes(shape, t.lora_rank)]
         return out + embedding_lora_shapes(m, t) + saved_module_shapes(m, t)

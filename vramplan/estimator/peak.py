@@ -19,9 +19,9 @@ from vramplan.estimator.loss import loss_bytes
 from vramplan.estimator.offload import layer_offload_bytes, offload_activations
 from vramplan.estimator.optimizer import optimizer_bytes
 from vramplan.estimator.optimizer_memory_efficient import is_layerwise, largest_gradient_bytes
-from vramplan.estimator.params import count_params, lora_params_per_linear
-from vramplan.estimator.weights import weight_bytes
-from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
+from vramplan.estimator.params import count_params, lora_moe_shapes, lora_params_per_linear, numel
+from vramplan.estimator.weights import kept_fp32_bytes, weight_bytes
+from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec, lora_moe_targets
 
 _MLP_OUT = frozenset({"down_proj", "dense_4h_to_h", "fc2"})  # the MLP's last linear, per family
 
@@ -47,6 +47,8 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     trainable_bytes = weights.trainable + adapter_bytes(m, t)
     param_bytes = adapter_param_bytes(t) if t.uses_lora else DTYPE_BYTES[t.dtype]
     all_grads = count_params(m, t).trainable * param_bytes
+    if t.method == "full":
+        all_grads += kept_fp32_bytes(m, t)  # fp32 parameters have fp32 gradients
     layerwise = is_layerwise(t.optim)
     if layerwise:  # each gradient is stepped and freed by its hook: one tensor's at a time
         all_grads = largest_gradient_bytes(m, t, param_bytes)
@@ -116,24 +118,42 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     # under checkpointing DoRA's weight-sized backward tensor may outgrow the MLP's workspace
     dora_workspace = t.grad_ckpt and activation.dora_backward > activation.backward_workspace
     # (its recompute's and its backward's moments, gradients alive when its backward starts, activations kept then)
-    layer_ends = (
+    layer_ends = [
         (
             TOP_LAYER_RECOMPUTE,
             TOP_LAYER_DORA_BACKWARD if dora_workspace else TOP_LAYER_BACKWARD,
             max(accum_grads, head_grad),
             saved - activation.final_saved,
+            activation,
         ),
         (
             BOTTOM_LAYER_RECOMPUTE,
             BOTTOM_LAYER_DORA_BACKWARD if dora_workspace else BOTTOM_LAYER_BACKWARD,
-            max(accum_grads, head_grad + max(n_train_layers - 1, 0) * layer_grad),
-            activation.hidden_bytes if t.grad_ckpt else activation.layer + activation.layer_copies,
+            max(accum_grads, head_grad + _gradients_above_bottom(m, t, n_train_layers, layer_grad, param_bytes)),
+            activation.below_bottom
+            + (activation.hidden_bytes if t.grad_ckpt else activation.layer + activation.layer_copies),
+            activation,
         ),
-    )
+    ]
+    dense = activation.dense_bottom
+    if dense is not None and n_train_layers and t.method != "freeze":
+        # DeepSeek-V3's dense bottom layer 0: every layer's gradients above it (the most), its smaller layer
+        above = max(all_grads - _dense_layer_gradients(m, t, param_bytes), 0) if t.uses_lora else 0
+        if t.method == "full":
+            layer_total = m.total_params - m.embed_params - m.lm_head_params - m.final_norm_params
+            above = (layer_total - _dense_layer_params(m)) * param_bytes + kept_fp32_bytes(m, t)
+        layer_ends.append(
+            (
+                BOTTOM_LAYER_RECOMPUTE,
+                BOTTOM_LAYER_BACKWARD,
+                max(accum_grads, head_grad + above),
+                dense.hidden_bytes if t.grad_ckpt else dense.layer + dense.layer_copies,
+                dense,
+            )
+        )
     # a checkpointed layer's recomputed set (its input, if an op saves it, is the checkpointed one). While the
     # recompute runs, its graph is alive (the residual references it) and so is what ops keep outside saved
-    # tensors (int8 matmul inputs); once it is done only the saved tensors, detached, remain
-    recomputed = activation.layer + activation.layer_copies - activation.layer_ctx - activation.layer_input_saved
+    # tensors (int8 matmul inputs); once it is done only the saved tensors, detached, remain (`recomputed`)
     # at the MLP workspace peak of a layer's backward, its down projection's gradients are already there
     down = [li for li in m.linears if li.name in _MLP_OUT]
     if t.uses_lora:
@@ -142,27 +162,29 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     else:
         down_grad = sum(li.params for li in down) * param_bytes if n_train_layers else 0
     layer_moments = []
-    for recompute_moment, backward_moment, grads_then, kept in layer_ends:
+    for recompute_moment, backward_moment, grads_then, kept, a in layer_ends:
+        recomputed = a.layer + a.layer_copies - a.layer_ctx - a.layer_input_saved
+        recompute_excess = max(0, a.recompute_transient - a.layer)  # (a recompute stops early)
         if t.grad_ckpt:
             recompute = Components(
                 **persistent,
                 gradients=grads_then,
-                activations=kept + recomputed + activation.layer_ctx + recompute_excess,
-                temporaries=activation.hidden_bytes + activation.hidden_grad_bytes + activation.recompute_tail,
+                activations=kept + recomputed + a.layer_ctx + recompute_excess,
+                temporaries=a.hidden_bytes + a.hidden_grad_bytes + a.recompute_tail,
             )
             layer_moments.append((recompute_moment, recompute))
             layer_backward = Components(
                 **persistent,
                 gradients=max(accum_grads, grads_then + down_grad),
-                activations=kept + recomputed - activation.down_saved,
-                temporaries=max(activation.backward_workspace, activation.dora_backward),
+                activations=kept + recomputed - a.down_saved,
+                temporaries=max(a.backward_workspace, a.dora_backward),
             )
         else:
             layer_backward = Components(
                 **persistent,
                 gradients=max(accum_grads, grads_then + down_grad),
-                activations=kept - activation.down_saved,
-                temporaries=activation.backward_workspace,
+                activations=kept - a.down_saved,
+                temporaries=a.backward_workspace,
             )
         layer_moments.append((backward_moment, layer_backward))
     end_of_backward = Components(**persistent, gradients=all_grads, temporaries=2 * activation.hidden_bytes)
@@ -188,3 +210,31 @@ def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
 def largest_per_phase(candidates: tuple[PhaseUsage, ...]) -> tuple[PhaseUsage, ...]:
     """Each phase's largest candidate moment (the first of equals), in phase order."""
     return tuple(max((c for c in candidates if c.phase == phase), key=lambda c: c.total) for phase in PHASES)
+
+
+def _gradients_above_bottom(m: ModelSpec, t: TrainSpec, n_train_layers: int, layer_grad: int, param_bytes: int) -> int:
+    """The layer gradients alive at the bottom layer's backward: of every trained layer above it. A model whose
+    bottom layers have a dense MLP (DeepSeek-V3's `first_k_dense_replace`) peaks at its lowest routed layer, the
+    largest one, with the routed layers above it done: that layer stands for the bottom (the dense layers below
+    it, smaller, with a few more gradients alive, are not a moment of their own)."""
+    if not m.dense_mlp_layers or t.method == "freeze" or not n_train_layers:
+        return max(n_train_layers - 1, 0) * layer_grad
+    above = m.num_hidden_layers - 1 - len(m.dense_mlp_layers)
+    if t.uses_lora:
+        routed = {li.name for li in m.layer_linears() if li.name in t.lora_target}
+        per_layer = sum(lora_params_per_linear(li, t.lora_rank, t.dora) for li in m.linears if li.name in routed)
+        experts = lora_moe_targets(m, t.lora_target)
+        per_layer += sum(numel(shape) for p in experts for shape in lora_moe_shapes(p, t.lora_rank))
+        return above * per_layer * param_bytes
+    return above * layer_grad
+
+
+def _dense_layer_params(m: ModelSpec) -> int:
+    """One dense-MLP layer's parameters (DeepSeek-V3's bottom layers)."""
+    return sum(li.params for li in m.layer_linears(dense=True)) + m.norm_params_per_layer
+
+
+def _dense_layer_gradients(m: ModelSpec, t: TrainSpec, param_bytes: int) -> int:
+    """One dense-MLP layer's LoRA gradients."""
+    linears = [li for li in m.layer_linears(dense=True) if li.name in t.lora_target]
+    return sum(lora_params_per_linear(li, t.lora_rank, t.dora) for li in linears) * param_bytes

@@ -81,11 +81,12 @@ def weight_matrices(m: ModelSpec) -> tuple[WeightMatrix, ...]:
         if lin.bias:  # a column-parallel bias splits with its outputs; a row-parallel one is replicated
             out.append(WeightMatrix(lin.name + ".bias", lin.out_features, 1, n,
                                     "replicated" if shard == "row" else shard, quantizable=False))  # fmt: skip
+    routed = m.moe_layers  # DeepSeek-V3: the layers past first_k_dense_replace
     for p in m.moe_params:
         if p.experts > 1:
-            out.append(WeightMatrix(p.name, p.out_features, p.in_features, layers, "expert", experts=p.experts))
+            out.append(WeightMatrix(p.name, p.out_features, p.in_features, routed, "expert", experts=p.experts))
         else:  # the router
-            out.append(WeightMatrix(p.name, p.out_features, p.in_features, layers, "replicated", quantizable=False))
+            out.append(WeightMatrix(p.name, p.out_features, p.in_features, routed, "replicated", quantizable=False))
     if m.approximation is not None:  # generic: every non-Linear tensor from the architecture table
         for shape, n in m.other_tensors:
             per_layer = n == layers

@@ -9,7 +9,8 @@ bytes(T, s) = T·(re + im·s). The decoder layer's ops live in `layer_ops`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, replace
 
 from vramplan.estimator.adapters import adapter_dtype
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
@@ -135,6 +136,24 @@ class WalkSettings:
     # this layer's non-Linear parameters PEFT adapts through `target_parameters` (ParamSpec names: gpt-oss's
     # "gate_up_proj", "down_proj", "router.weight"), set per layer by activations.layer_kinds
     parameter_adapters: frozenset[str] = frozenset()
+
+
+@functools.lru_cache(maxsize=256)
+def dense_layer_spec(m: ModelSpec) -> ModelSpec:
+    """The ModelSpec a dense-MLP layer of an MoE model walks (DeepSeek-V3's first `first_k_dense_replace`
+    layers: a gated MLP of `dense_intermediate_size`, no router, experts or shared experts)."""
+    return replace(
+        m, mlp="gated", intermediate_size=m.dense_intermediate_size, moe_params=(), num_local_experts=0,
+        num_experts_per_tok=0, shared_intermediate_size=0, dense_mlp_layers=(),
+    )  # fmt: skip
+
+
+def layer_specs(m: ModelSpec) -> tuple[ModelSpec, ...]:
+    """The ModelSpec each decoder layer walks, bottom layer first."""
+    if not m.dense_mlp_layers:
+        return (m,) * m.num_hidden_layers
+    dense = dense_layer_spec(m)
+    return tuple(dense if index in m.dense_mlp_layers else m for index in range(m.num_hidden_layers))
 
 
 def effective_attn(m: ModelSpec, t: TrainSpec) -> str:

@@ -52,7 +52,21 @@ def weight_bytes(m: ModelSpec, t: TrainSpec) -> WeightBytes:
     return w
 
 
+def kept_fp32_bytes(m: ModelSpec, t: TrainSpec) -> int:
+    """What the parameters transformers keeps in fp32 whatever the load dtype add over the load dtype
+    (`_keep_in_fp32_modules_strict`: DeepSeek-V3's router `gate.weight`; modeling_utils.py, 5.24); none after kbit
+    prep, which casts everything else to fp32 too."""
+    return 0 if t.kbit_prep else m.fp32_params * (4 - DTYPE_BYTES[t.dtype])
+
+
 def _base_weight_bytes(m: ModelSpec, t: TrainSpec) -> WeightBytes:
+    w = _load_dtype_weight_bytes(m, t)
+    if t.method == "full" and t.quant == "none":
+        return WeightBytes(w.frozen, w.quant_state, w.trainable + kept_fp32_bytes(m, t))
+    return WeightBytes(w.frozen + kept_fp32_bytes(m, t), w.quant_state, w.trainable)
+
+
+def _load_dtype_weight_bytes(m: ModelSpec, t: TrainSpec) -> WeightBytes:
     p = DTYPE_BYTES[t.dtype]
     if t.quant == "none" and t.checkpoint is None:
         total = m.total_params * p

@@ -11,7 +11,9 @@ one transformers check cannot run on meta tensors:
 - SDPA: on meta (and fake) tensors `F.scaled_dot_product_attention` takes the math path, which saves the
   B·H·S² probabilities. Patched there (not on real CPU tensors, whose flash kernel already saves q, k, v,
   output and the fp32 logsumexp, as CUDA's flash does: `test_cpu_sdpa_saves_what_cuda_flash_saves`) to the op
-  CUDA would pick (`cuda_sdpa_backend`), both of which have meta kernels.
+  CUDA would pick (`cuda_sdpa_backend`), both of which have meta kernels. On real CPU tensors a value head dim
+  other than the query's (multi-head latent attention) leaves the CPU flash kernel for math; CUDA runs the
+  memory-efficient kernel: `efficient_attention.EfficientAttentionStandIn` allocates and saves what it does.
 - autocast: `torch.autocast` does nothing for meta tensors, and on CPU it applies the CPU policy, not CUDA's.
   `CudaAutocast` applies CUDA's op lists at the Python level (a TorchFunctionMode, above autograd, so the
   casts are recorded and saved as on CUDA), with the cast cache for fp32 leaf tensors that require grad, and
@@ -53,6 +55,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vramplan.measure.cuda_autocast import CudaAutocast, get_autocast_dtype, is_autocast_enabled
+from vramplan.measure.efficient_attention import EfficientAttentionStandIn, needs_stand_in
 
 # Versions the patches were written against and checked with (major.minor prefixes).
 PINNED: tuple[tuple[str, str], ...] = (
@@ -118,15 +121,19 @@ def cuda_dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inp
 _original_sdpa = torch.nn.functional.scaled_dot_product_attention
 
 
-def cuda_sdpa_backend(dtype: torch.dtype, has_mask: bool, head_dim: int) -> SdpaBackend:
+def cuda_sdpa_backend(
+    dtype: torch.dtype, has_mask: bool, head_dim: int, value_head_dim: int | None = None
+) -> SdpaBackend:
     """The SDPA kernel torch 2.13 picks on an Ampere-or-newer GPU (sdp_utils.cpp `select_sdp_backend`).
 
-    Flash: fp16/bf16, no explicit mask, head_dim <= 256 (GQA supported natively). Memory-efficient: masks and
-    fp32. Math otherwise (it saves the B·H·S² probabilities). Pre-Ampere GPUs (T4) run the efficient kernel
-    where flash would run; both save the output and an fp32 logsumexp, so the memory is the same to within
-    padding.
+    Flash: fp16/bf16, no explicit mask, one head_dim <= 256 for q, k and v (GQA supported natively;
+    `check_head_dim_size_flash`). Memory-efficient: masks, fp32, a value head dim of its own (multi-head latent
+    attention). Math otherwise (it saves the B·H·S² probabilities). Pre-Ampere GPUs (T4) run the efficient
+    kernel where flash would run; both save the output and an fp32 logsumexp, so the memory is the same to
+    within padding.
     """
-    if not has_mask and dtype in (torch.float16, torch.bfloat16) and head_dim <= FLASH_MAX_HEAD_DIM:
+    same_dims = value_head_dim is None or value_head_dim == head_dim
+    if not has_mask and dtype in (torch.float16, torch.bfloat16) and head_dim <= FLASH_MAX_HEAD_DIM and same_dims:
         return "flash"
     if dtype in (torch.float16, torch.bfloat16, torch.float32):
         return "efficient"
@@ -147,7 +154,9 @@ def cuda_sdpa(
     autocast = CudaAutocast.active()
     if autocast is not None:  # sdpa is a lower-precision op in CUDA's autocast policy
         query, key, value = (autocast.cast(t, autocast.dtype) for t in (query, key, value))
-    backend = cuda_sdpa_backend(query.dtype, attn_mask is not None, query.shape[-1])
+    if needs_stand_in(query, value, attn_mask, dropout_p):  # real CPU tensors (efficient_attention.py)
+        return EfficientAttentionStandIn.apply(query, key, value, is_causal, scale)
+    backend = cuda_sdpa_backend(query.dtype, attn_mask is not None, query.shape[-1], value.shape[-1])
     if backend == "flash":
         return torch.ops.aten._scaled_dot_product_flash_attention(
             query, key, value, dropout_p, is_causal, False, scale=scale
@@ -162,6 +171,17 @@ def cuda_sdpa(
             query, key, value, bias, needs_grad, dropout_p, is_causal, scale=scale
         )[0]
     return _original_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+
+
+def _cpu_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """Real CPU tensors: the CPU kernels, except a value head dim of its own (math on CPU, the memory-efficient
+    kernel on CUDA): `EfficientAttentionStandIn`, after CUDA autocast's casts."""
+    if not needs_stand_in(query, value, attn_mask, dropout_p):
+        return _original_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+    autocast = CudaAutocast.active()
+    if autocast is not None:
+        query, key, value = (autocast.cast(t, autocast.dtype) for t in (query, key, value))
+    return EfficientAttentionStandIn.apply(query, key, value, is_causal, scale)
 
 
 MEM_EFF_ALIGNMENT = 16  # attention.cpp preprocess_mask: the bias's last dim is padded to a multiple of 16
@@ -299,6 +319,8 @@ def cuda_equivalence(device_type: str, autocast_dtype: torch.dtype | None) -> It
         if device_type in ("meta", "fake"):
             stack.enter_context(patched(torch.nn.functional, "scaled_dot_product_attention", cuda_sdpa))
             stack.enter_context(GroupedMmAnyDtype())
+        else:  # real CPU tensors: only a value head dim of its own leaves the CPU flash kernel
+            stack.enter_context(patched(torch.nn.functional, "scaled_dot_product_attention", _cpu_sdpa))
         if device_type == "meta":
             stack.enter_context(_fused_devices_with_meta())
         mode = None

@@ -12,7 +12,16 @@ from typing import Any
 
 from vramplan.errors import VramplanError
 from vramplan.spec.fields import config_bool, config_int, config_names, config_str
-from vramplan.spec.model import HEAD_DIM_DEFAULTS, SUPPORTED_MODEL_TYPES, LinearSpec, MambaSpec, ModelSpec, ParamSpec
+from vramplan.spec.mla import glm4_moe_model_spec, mla_model_spec, with_defaults
+from vramplan.spec.model import (
+    DEEPSEEK_MOE,
+    HEAD_DIM_DEFAULTS,
+    SUPPORTED_MODEL_TYPES,
+    LinearSpec,
+    MambaSpec,
+    ModelSpec,
+    ParamSpec,
+)
 
 
 def _req(cfg: Mapping[str, Any], key: str, name: str) -> int:
@@ -100,6 +109,13 @@ def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         config_int(cfg, "max_window_layers", name, default=28, low=0)  # read by kvcache.layer_windows
     if mt == "qwen3_moe" and not all_layers_routed(cfg):
         raise VramplanError(f"model config {name!r}: a qwen3_moe with dense MLP layers is not hand-modelled")
+    if mt in DEEPSEEK_MOE:
+        cfg = with_defaults(cfg, mt)
+        h, heads = _req(cfg, "hidden_size", name), _req(cfg, "num_attention_heads", name)
+        common = _common(cfg, name, h, heads)
+        if mt == "glm4_moe":
+            return _check_shapes(glm4_moe_model_spec(cfg, name, common))
+        return _check_shapes(mla_model_spec(cfg, name, mt, common))
     m = _llama_like(cfg, name, mt)
     return _check_shapes(replace(m, text_of=str(wrapper)) if wrapper else m)
 

@@ -40,7 +40,11 @@ SHAPE_LIMITS: dict[str, int] = {
 }
 SHAPE_ALIASES = {"n_embed": "hidden_size", "n_head": "num_attention_heads", "n_layer": "num_hidden_layers",
                  "seq_length": "max_position_embeddings", "num_experts": "num_local_experts",
-                 "moe_intermediate_size": "intermediate_size"}  # fmt: skip
+                 "moe_intermediate_size": "intermediate_size", "n_routed_experts": "num_local_experts",
+                 "n_shared_experts": "num_local_experts", "n_group": "num_local_experts",
+                 "topk_group": "num_local_experts", "first_k_dense_replace": "num_hidden_layers",
+                 "q_lora_rank": "intermediate_size", "kv_lora_rank": "intermediate_size",
+                 "qk_rope_head_dim": "head_dim", "qk_nope_head_dim": "head_dim", "v_head_dim": "head_dim"}  # fmt: skip
 _MISSING = object()
 
 

@@ -31,10 +31,15 @@ from vramplan.spec.model import SUPPORTED_MODEL_TYPES, Approximation, LinearSpec
 # 0.189, bloom 0.131, phi-3 0.123, qwen3 0.119, llama / mistral / qwen2 / codellama 0.000), MoE stand-in 0.5014
 # (mixtral-8x7b with LoRA: the generic path does not adapt the 3-D expert tensors that `all-linear` reaches on
 # Mixtral; mixtral-8x22b 0.5009; full 0.003; qwen3-30b-a3b 0.053, qwen3-235b-a22b 0.039: its q/k norms),
-# rounded up.
+# rounded up. Re-run 2026-12-03 with DeepSeek-V3 and GLM-4.5 hand-modelled (71 profiles, 1704 rows;
+# glm-4.7-flash skipped: the generic path miscounts glm4_moe_lite): MoE stand-in 0.5348 (qwen3-30b-a3b LoRA:
+# all-linear reaches its experts, the generic path does not adapt them; deepseek-v3 / -r1 0.5231 LoRA, 0.362
+# QLoRA, 0.0004 full; glm-4.5-air 0.5145 LoRA, 0.361 QLoRA, 0.0006 full; mixtral-8x7b 0.5050), hence 0.54;
+# the dense stand-in measured 0.665 there (pythia-12b QLoRA, gpt_neox, a profile added since; pythia-1.4b 0.581,
+# redpajama-incite-3b 0.534; phi-2 0.250): its band is not widened here.
 # The `tight` band of a generic estimate is the estimator's band plus this.
 GENERIC_ERROR_BAND = 0.25
-GENERIC_MOE_ERROR_BAND = 0.51
+GENERIC_MOE_ERROR_BAND = 0.54
 TOWERS = architectures.TOWERS
 
 _ROLES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (

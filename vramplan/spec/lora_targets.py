@@ -24,6 +24,10 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "falcon_h1": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): the attention's
     "qwen3_moe": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): qwen3's
     "gpt_oss": ("q_proj", "v_proj"),  # no PEFT entry either: the Llama-shaped attention's
+    # no PEFT entry: the up-projections that make the queries and the keys / values (q_proj without q_lora_rank)
+    "deepseek_v3": ("q_b_proj", "kv_b_proj"),
+    "glm4_moe_lite": ("q_b_proj", "kv_b_proj"),
+    "glm4_moe": ("q_proj", "v_proj"),  # no PEFT entry: as Llama's
     "gemma": ("q_proj", "v_proj"),
     "gemma2": ("q_proj", "v_proj"),
     "gemma3_text": ("q_proj", "v_proj"),
@@ -86,6 +90,17 @@ def module_names(model: ModelSpec, layer: int = 0) -> list[tuple[LinearSpec, str
         (lin, f"{stack}{layer}.{lin.path or (attn if lin.group == 'attn' else mlp) + '.' + lin.name}")
         for lin in model.linears
     ]
+
+
+def converted_away(model: ModelSpec, names: tuple[str, ...]) -> tuple[str, ...]:
+    """`names` without the linears PEFT never adapts on this model: those whose last name is one of the MoE
+    conversion's transformers-4 names (peft 0.21.2 utils/transformers_weight_conversion.py
+    `_convert_peft_config_moe` moves a target ending in `gate_proj` / `up_proj` / `down_proj` to the fused experts'
+    target_parameters and drops it from target_modules, so DeepSeek-V3's dense and shared-experts MLPs of those
+    names get no adapter, whether named by all-linear, a list or a regex)."""
+    moe_names = {n for p in model.moe_params for n in p.peft_names}
+    linears = {lin.name for lin in model.linears}
+    return tuple(n for n in names if n not in linears or n in moe_names or n.rsplit(".", 1)[-1] not in moe_names)
 
 
 def _compile(pattern: str):
@@ -256,7 +271,8 @@ def select_lora_targets(model: ModelSpec, target: str, modules_to_save: tuple[st
             names, preset = _linear_targets(model, listed) if listed else ((), "custom")
             selection = LoraSelection(names, preset, (), roles, unmatched)
     kept = tuple(r for r in selection.embeddings if r not in modules_to_save)
-    return LoraSelection(selection.names, selection.preset, selection.layers, kept, selection.unmatched)
+    names = converted_away(model, selection.names)
+    return LoraSelection(names, selection.preset, selection.layers, kept, selection.unmatched)
 
 
 def _entry_matches(model: ModelSpec, entry: str) -> list[str]:
@@ -303,7 +319,10 @@ def _linear_targets(model: ModelSpec, target: str) -> tuple[tuple[str, ...], str
     if target == "attn":
         return tuple(lin.name for lin in model.linears if lin.group == "attn"), target
     if target == "qv":
-        return PEFT_DEFAULT_TARGETS.get(model.model_type, names[:1]), target
+        default = PEFT_DEFAULT_TARGETS.get(model.model_type, names[:1])
+        if model.mla and not model.mla.q_lora_rank:
+            default = tuple("q_proj" if n == "q_b_proj" else n for n in default)
+        return default, target
     if set(target) & REGEX_CHARACTERS:  # PEFT: a string target_modules is a regex, full-matched on module names
         return _regex_targets(model, target)[0], "custom"
     wanted = tuple(t.strip() for t in target.split(",") if t.strip())

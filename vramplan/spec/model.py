@@ -27,11 +27,17 @@ ATTNS: tuple[str, ...] = ("eager", "sdpa", "flash_attention_2", "flex_attention"
 LLAMA_LIKE = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text", "mixtral", "phi3", "gpt_oss"}
 )
+# Families with multi-head latent attention (DeepSeek-V2's MLA: q / kv low-rank projections, a rope / nope split)
+# and a sigmoid group-limited router over fused experts, shared experts and dense bottom layers (spec/mla.py)
+MLA_FAMILIES = frozenset({"deepseek_v3", "glm4_moe_lite"})
+# Families with DeepSeek-V3's MoE (dense bottom layers, the group-limited sigmoid router, shared experts): the MLA
+# ones and GLM-4.5's `glm4_moe` (GQA attention with partial rotary)
+DEEPSEEK_MOE = MLA_FAMILIES | {"glm4_moe"}
 # Families whose MLP is a routed mixture of experts (transformers 5 fused 3-D expert tensors + a top-k router)
-MOE_FAMILIES = frozenset({"mixtral", "qwen3_moe", "gpt_oss"})
+MOE_FAMILIES = frozenset({"mixtral", "qwen3_moe", "gpt_oss"} | DEEPSEEK_MOE)
 # Hybrid families whose decoder layer runs a Mamba-2 mixer beside the attention (spec/families.py `_falcon_h1`)
 HYBRID_SSM = frozenset({"falcon_h1"})
-SUPPORTED_MODEL_TYPES = frozenset(LLAMA_LIKE | HYBRID_SSM | {"gpt_neox", "bloom", "phi"})
+SUPPORTED_MODEL_TYPES = frozenset(LLAMA_LIKE | HYBRID_SSM | DEEPSEEK_MOE | {"gpt_neox", "bloom", "phi"})
 # `head_dim` when config.json has none: a fixed class default here (transformers 5.24 Qwen3Config 128,
 # GemmaConfig / Gemma2Config / Gemma3TextConfig 256, GptOssConfig 64), hidden_size // num_attention_heads for
 # every other family.
@@ -63,6 +69,7 @@ class LinearSpec:
     # bitsandbytes replaces it: transformers 5.24 replace_with_bnb_linear takes `type(module) is nn.Linear` or
     # Conv1D only, so a subclass (Falcon's FalconLinear, Llama 4's router) stays in the load dtype
     quantizable: bool = True
+    only: Literal["", "dense", "moe"] = ""  # hand-modelled MoE with dense layers: held only by that kind of layer
 
     @property
     def weight_params(self) -> int:
@@ -139,6 +146,29 @@ class MambaSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class MlaSpec:
+    """Multi-head latent attention's shapes (transformers 5.24 DeepseekV3Attention, modeling_deepseek_v3.py):
+    q through a `q_lora_rank` bottleneck (0: one q_proj), k / v through a `kv_lora_rank` latent plus one shared
+    `qk_rope_head_dim` rotary key; per head a query / key of qk_nope + qk_rope and a value of v_head_dim."""
+
+    q_lora_rank: int
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    rope_interleave: bool
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def norm_params(self) -> int:
+        """q_a_layernorm (q_lora_rank) and kv_a_layernorm (kv_lora_rank) RMSNorm weights."""
+        return self.q_lora_rank + self.kv_lora_rank
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     """Shapes of a causal LM, everything the estimator needs and nothing more.
 
@@ -176,6 +206,11 @@ class ModelSpec:
     text_of: str = ""  # a vision-language wrapper's model_type whose text_config this is (gemma3): text model only
     hidden_act: str = "silu"  # ACT2FN name; "gelu_new" (phi) is a Python tanh-GELU that saves 3 more tensors
     mamba: MambaSpec | None = None  # falcon_h1: the Mamba-2 mixer beside the attention in every layer
+    mla: MlaSpec | None = None  # multi-head latent attention (spec/mla.py)
+    dense_mlp_layers: tuple[int, ...] = ()  # MoE families: the layers with a dense MLP (first_k_dense_replace)
+    dense_intermediate_size: int = 0  # their MLP width (intermediate_size; the experts' is `intermediate_size`)
+    shared_intermediate_size: int = 0  # an MoE layer's always-on shared-experts MLP (0: none)
+    fp32_params: int = 0  # parameters transformers keeps in fp32 whatever the load dtype (_keep_in_fp32_modules)
     config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # ---- generic families (spec/generic.py): counted from the architecture table, walked as a stand-in ----
     other_tensors: tuple[tuple[tuple[int, ...], int], ...] = ()  # (shape, count) of every non-Linear tensor
@@ -198,13 +233,18 @@ class ModelSpec:
         if self.from_table:
             prefix = self.module_prefix.replace("*", "0")
             return tuple((prefix + path, shape, n) for path, shape, n in self.table_layer_parameters)
-        stack = self.module_prefix.replace("*", "0") if self.module_prefix else "model.layers.0."
+        layer = self.dense_mlp_layers[-1] + 1 if self.dense_mlp_layers else 0  # the first MoE layer
+        stack = self.module_prefix.replace("*", "0") if self.module_prefix else f"model.layers.{layer}."
         paths = {"gate.weight": "mlp.gate.weight", "router.weight": "mlp.router.weight",
                  "router.bias": "mlp.router.bias", "sinks": "self_attn.sinks"}  # fmt: skip
         return tuple(
-            (stack + paths.get(p.name, f"mlp.experts.{p.name}"), p.shape, self.num_hidden_layers)
-            for p in self.moe_params
+            (stack + paths.get(p.name, f"mlp.experts.{p.name}"), p.shape, self.moe_layers) for p in self.moe_params
         )
+
+    @property
+    def moe_layers(self) -> int:
+        """Decoder layers that route their tokens to experts (all but the dense-MLP ones)."""
+        return self.num_hidden_layers - len(self.dense_mlp_layers) if self.moe_params else 0
 
     @property
     def fused_expert_params(self) -> int:
@@ -213,7 +253,7 @@ class ModelSpec:
         `target_parameters`."""
         if self.from_table:
             return self.table_expert_params
-        return self.num_hidden_layers * sum(p.params for p in self.moe_params if len(p.shape) == 3)
+        return self.moe_layers * sum(p.params for p in self.moe_params if len(p.shape) == 3)
 
     @property
     def from_table(self) -> bool:
@@ -240,6 +280,9 @@ class ModelSpec:
 
     def instances(self, lin: LinearSpec) -> int:
         """How many times the model holds this linear (once per decoder layer unless counted otherwise)."""
+        if lin.only:
+            dense = len(self.dense_mlp_layers)
+            return dense if lin.only == "dense" else self.num_hidden_layers - dense
         return lin.count or self.num_hidden_layers
 
     # ---- parameter counts by module kind (exact; tests compare them to transformers on meta) ----
@@ -266,6 +309,11 @@ class ModelSpec:
     def other_layer_params(self) -> int:
         return sum(p.params for p in self.moe_params)
 
+    def layer_linears(self, dense: bool = False) -> tuple[LinearSpec, ...]:
+        """The linears of one decoder layer: of a routed one (the top layers), or of a dense-MLP one."""
+        skip = "moe" if dense else "dense"
+        return tuple(lin for lin in self.linears if lin.only != skip)
+
     @property
     def attention_sink_params(self) -> int:
         """gpt-oss's learned attention sinks (`self_attn.sinks`, one per head): part of the attention."""
@@ -277,7 +325,8 @@ class ModelSpec:
 
     @property
     def mlp_params_per_layer(self) -> int:
-        mlp = sum(lin.params for lin in self.linears if lin.group == "mlp")
+        """The top layer's MLP (a routed one when the model has experts)."""
+        mlp = sum(lin.params for lin in self.layer_linears() if lin.group == "mlp")
         return mlp + self.other_layer_params - self.attention_sink_params
 
     @property
@@ -288,10 +337,11 @@ class ModelSpec:
 
     @property
     def norm_params_per_layer(self) -> int:
-        return self.norms_per_layer * self.norm_size + self.head_norm_params
+        return self.norms_per_layer * self.norm_size + self.head_norm_params + (self.mla.norm_params if self.mla else 0)
 
     @property
     def layer_params(self) -> int:
+        """One decoder layer's parameters: the top one's (routed, when the bottom layers are dense)."""
         return (
             self.attn_params_per_layer + self.mlp_params_per_layer + self.ssm_params_per_layer
             + self.norm_params_per_layer
@@ -308,7 +358,10 @@ class ModelSpec:
         else:
             text = (
                 self.embed_params
-                + self.num_hidden_layers * self.layer_params
+                + sum(lin.params * self.instances(lin) for lin in self.linears)
+                + self.moe_layers * self.other_layer_params
+                + self.num_hidden_layers * (self.mamba.params if self.mamba else 0)
+                + self.num_hidden_layers * self.norm_params_per_layer
                 + self.final_norm_params
                 + self.lm_head_params
             )
