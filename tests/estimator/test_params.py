@@ -88,6 +88,7 @@ def _our_counts(m: ModelSpec) -> dict[str, int]:
             "embed": m.embed_params,
             "attn": sum(lin.params * m.instances(lin) for lin in m.linears if lin.group == "attn") + mixers,
             "mlp": sum(lin.params * m.instances(lin) for lin in m.linears if lin.group == "mlp"),
+            "ssm": 0,
             "norm": layers * m.norm_params_per_layer + m.final_norm_params,
             "lm_head": m.lm_head_params,
         }
