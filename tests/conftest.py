@@ -158,6 +158,26 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "use_qk_norm": True,
         "first_k_dense_replace": 1,
     },
+    # Qwen3.5: a gated DeltaNet layer below a gated full-attention layer; 2 key / 4 value heads of 16 in the
+    # DeltaNet, rotary on a quarter of head_dim 16 (2 frequencies: mrope_section [1, 1, 0])
+    "qwen3_5_text": {
+        "model_type": "qwen3_5_text",
+        **_SHAPE,
+        "head_dim": 16,
+        "layer_types": ["linear_attention", "full_attention"],
+        "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4,
+        "linear_key_head_dim": 16,
+        "linear_value_head_dim": 16,
+        "linear_conv_kernel_dim": 4,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.25,
+            "mrope_section": [1, 1, 0],
+        },
+        "tie_word_embeddings": False,
+    },
     "gpt_neox": {
         "model_type": "gpt_neox",
         "hidden_size": 64,

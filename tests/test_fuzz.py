@@ -235,7 +235,10 @@ FIT_OPTIONS = {**TRAIN_OPTIONS, "--seq": st.one_of(int_text(), st.sampled_from([
     as_json=st.booleans(),
 )
 def test_fit_never_crashes(model: str, gpu: str, options: list[str], as_json: bool):
-    r = invoke(["fit", model, "--gpu", gpu, *options, *(["--json"] if as_json else [])])
+    # the slack allocator model: fit's re-check of its printed cells with the replay costs ~6 s of CPU for a 7B
+    # model (docs/caching-allocator.md), too much for 250 cases; tests/plan holds the default path
+    slack = ["--allocator-model", "slack"]
+    r = invoke(["fit", model, "--gpu", gpu, *options, *slack, *(["--json"] if as_json else [])])
     if r.exit_code == 0 and as_json:
         d = json.loads(r.stdout)
         assert d["rows"], d

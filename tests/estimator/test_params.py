@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import TINY_CONFIGS
 from vramplan.errors import VramplanError
-from vramplan.estimator.params import count_params, lora_targets, model_tensor_shapes, trainable_shapes
+from vramplan.estimator.params import count_params, lora_targets, model_tensor_shapes, numel, trainable_shapes
 from vramplan.sources.profiles import builtin_model_names, load_model_config
 from vramplan.spec import (
     SUPPORTED_MODEL_TYPES,
@@ -62,7 +62,7 @@ def _kind(path: str, module: Any) -> str:
         return "norm"
     if "mlp" in parts or "feed_forward" in parts:  # incl. Mixtral's router and experts; Falcon-H1's MLP
         return "mlp"
-    if {"self_attn", "attention", "self_attention"} & set(parts):
+    if {"self_attn", "attention", "self_attention", "linear_attn"} & set(parts):  # linear_attn: Qwen3.5's DeltaNet
         return "attn"
     raise AssertionError(f"unclassified parameter owner {path} ({type(module).__name__})")
 
@@ -81,6 +81,17 @@ def _hf_counts(model: Any) -> dict[str, int]:
 
 def _our_counts(m: ModelSpec) -> dict[str, int]:
     layers = m.num_hidden_layers
+    if m.mixer_tensors:  # a hybrid (Qwen3.5): linears by their instances; the mixers' own tensors (conv1d, gates,
+        # head norms) count with the mixer (`_assert_counts_match`)
+        mixers = sum(numel(shape) * n for shape, n in m.mixer_tensors)
+        return {
+            "embed": m.embed_params,
+            "attn": sum(lin.params * m.instances(lin) for lin in m.linears if lin.group == "attn") + mixers,
+            "mlp": sum(lin.params * m.instances(lin) for lin in m.linears if lin.group == "mlp"),
+            "ssm": 0,
+            "norm": layers * m.norm_params_per_layer + m.final_norm_params,
+            "lm_head": m.lm_head_params,
+        }
     return {
         "embed": m.embed_params,
         "attn": layers * m.attn_params_per_layer,
@@ -98,9 +109,14 @@ def _layer_linears(model: Any) -> set[tuple[str, int, int, bool]]:
     import torch
 
     decoder = model.get_decoder()
-    layer = decoder.layers[0] if hasattr(decoder, "layers") else decoder.h[0]  # bloom: transformer.h
+    layers = decoder.layers if hasattr(decoder, "layers") else decoder.h  # bloom: transformer.h
+    kinds = getattr(model.config.get_text_config(), "layer_types", None) or [None]
+    # layer 0, and for a hybrid (Qwen3.5) the first layer of each kind
+    hybrid = "linear_attention" in kinds
+    chosen = [layers[kinds.index(kind)] for kind in dict.fromkeys(kinds)] if hybrid else [layers[0]]
     return {
         (path.rsplit(".", 1)[-1], mod.in_features, mod.out_features, mod.bias is not None)
+        for layer in chosen
         for path, mod in layer.named_modules()
         if isinstance(mod, torch.nn.Linear)
     }
@@ -109,7 +125,11 @@ def _layer_linears(model: Any) -> set[tuple[str, int, int, bool]]:
 def _assert_counts_match(cfg: dict[str, Any], name: str) -> None:
     m = model_spec_from_config(cfg, name)
     model = _build(cfg)
-    assert _our_counts(m) == _hf_counts(model)
+    hf = _hf_counts(model)
+    if m.mixer_tensors:  # the mixers' head norms (q_norm / k_norm, the DeltaNet's gated norm) count with the mixer
+        hf["attn"] += hf["norm"] - m.num_hidden_layers * m.norm_params_per_layer - m.final_norm_params
+        hf["norm"] = m.num_hidden_layers * m.norm_params_per_layer + m.final_norm_params
+    assert _our_counts(m) == hf
     assert m.total_params == sum(p.numel() for p in model.parameters())
     layer0 = m.layer_linears(dense=0 in m.dense_mlp_layers)  # layer 0's (dense when the model has dense layers)
     ours_linears = {(lin.name.rsplit(".", 1)[-1], lin.in_features, lin.out_features, lin.bias) for lin in layer0}
@@ -346,9 +366,9 @@ def test_qv_matches_peft_default_targets(family: str) -> None:
     t = resolve_train(m, method="lora", lora_rank=LORA_R, lora_target="qv")
     model = _build(TINY_CONFIGS[family])
     if family not in PEFT_DEFAULTS:
-        # phi3, qwen3_moe, falcon_h1, gpt_oss, glm4_moe: PEFT 0.21.2 has no default and asks for target_modules;
-        # vramplan's `qv` is phi3's fused qkv_proj, the MLA families' q / kv up-projections, the others' q_proj +
-        # v_proj (as qwen3's default).
+        # phi3, qwen3_moe, falcon_h1, gpt_oss, glm4_moe, qwen3_5_text: PEFT 0.21.2 has no default and asks for
+        # target_modules; vramplan's `qv` is phi3's fused qkv_proj, the MLA families' q / kv up-projections, the
+        # others' q_proj + v_proj (as qwen3's default).
         mla = {"deepseek_v3": ("q_b_proj", "kv_b_proj"), "glm4_moe_lite": ("q_b_proj", "kv_b_proj")}
         assert t.lora_target == {"phi3": ("qkv_proj",), **mla}.get(family, ("q_proj", "v_proj"))
         with pytest.raises(ValueError, match="target_modules"):

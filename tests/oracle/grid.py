@@ -86,6 +86,7 @@ FAMILIES = [
     "deepseek_v3",
     "glm4_moe_lite",
     "glm4_moe",
+    "qwen3_5_text",
     "gpt_neox",
     "bloom",
     "phi",
@@ -104,7 +105,14 @@ FAMILY_CASES = {
     "qlora": {"method": "qlora"},
     "qlora-no-ckpt": {"method": "qlora", "grad_ckpt": False},
 }
-FAMILY_GRID = ("gemma3_text", "qwen3_moe", "falcon_h1", "gpt_oss", "deepseek_v3", "glm4_moe")
+FAMILY_GRID = ("gemma3_text", "qwen3_moe", "falcon_h1", "gpt_oss", "deepseek_v3", "glm4_moe", "qwen3_5_text")
+# Qwen3.5's DeltaNet scans each sequence in 64-token chunks (the family grid's seq 64 is one): several chunks,
+# whose later ones save more, and a sequence the chunks do not divide (F.pad to whole chunks), on BASE
+DELTA_NET_CASES = {
+    "lora-4-chunks": {"seq": 256},
+    "lora-ckpt-padded": {"seq": 200, "grad_ckpt": True},
+    "qlora-padded": {"method": "qlora", "seq": 200},
+}
 
 # Full-size simulations (meta / fake tensors; bitsandbytes runs on meta), (model, device, estimate options[,
 # config.json changes: a truncated model])
@@ -154,6 +162,9 @@ FULL_SIZE = {
         {"method": "qlora", "seq": 1024, "lora_target": "attn"},
         {"num_hidden_layers": 3},
     ),
+    # Qwen3.5: 24 gated DeltaNet layers (transformers' torch fallback, 8 chunks of 64) and 8 gated attention layers
+    "qwen3.5-4b lora seq512": ("qwen3.5-4b", "fake", {"method": "lora", "seq": 512}),
+    "qwen3.5-4b lora seq512 ckpt": ("qwen3.5-4b", "fake", {"method": "lora", "seq": 512, "grad_ckpt": True}),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
     "mistral-7b qlora seq4096 window no-ckpt": (
         "mistral-7b",

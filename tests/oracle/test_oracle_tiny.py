@@ -10,7 +10,16 @@ from __future__ import annotations
 import pytest
 
 from tests.oracle.conftest import check
-from tests.oracle.grid import BASE, CASES, FAMILIES, FAMILY_CASES, FAMILY_GRID, NEEDS_TRL, SMALL_LLAMA
+from tests.oracle.grid import (
+    BASE,
+    CASES,
+    DELTA_NET_CASES,
+    FAMILIES,
+    FAMILY_CASES,
+    FAMILY_GRID,
+    NEEDS_TRL,
+    SMALL_LLAMA,
+)
 from vramplan.spec import model_spec_from_config, resolve_train
 
 # Known gaps, kept visible: strict xfails turn into failures the day the estimator models them.
@@ -98,3 +107,24 @@ def test_gpt_oss_expert_target_parameters(case):
     m = model_spec_from_config(TINY_CONFIGS["gpt_oss"], "gpt_oss")
     t = resolve_train(m, **{**BASE, "seq": 64, "lora_target": "attn", **GPT_OSS_EXPERT_LORA[case]})
     check(m, t, "cpu")
+
+
+# Checkpointed DeltaNet layers over several chunks, padded (2 × 200 tokens -> 4 chunks of 64): the estimated
+# backward peaks in the scan's backward within 1.7 % of the trace, but files 5.8 % (lora-ckpt) / 8.4 % (qlora)
+# more of it as recomputed activations and less as gradient workspace than the trace does
+DELTA_NET_GAPS = {
+    "lora-ckpt-padded": "padded multi-chunk DeltaNet backward: peak +1.7 %, activations +5.8 % of the trace",
+    "qlora-padded": "padded multi-chunk DeltaNet backward: peak +1.6 %, activations +8.4 %, temporaries -8.5 %",
+}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=pytest.mark.xfail(reason=DELTA_NET_GAPS[c], strict=True)) if c in DELTA_NET_GAPS else c
+     for c in DELTA_NET_CASES],
+)  # fmt: skip
+def test_delta_net_chunks(case):
+    from tests.conftest import TINY_CONFIGS
+
+    m = model_spec_from_config(TINY_CONFIGS["qwen3_5_text"], "qwen3_5_text")
+    check(m, resolve_train(m, **{**BASE, **DELTA_NET_CASES[case]}), "cpu")

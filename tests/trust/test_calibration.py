@@ -121,11 +121,16 @@ def test_derive(tmp_path):
 
 
 def test_uncalibrated_estimate_uses_defaults():
-    b = estimate("llama-2-7b", gpu="3060ti")
+    b = estimate("llama-2-7b", gpu="3060ti", allocator_model="slack")
     assert b.overheads.calibration is None
     assert b.cuda_context_bytes == CUDA_CONTEXT_BYTES
     # the documented tensor band with the allocator model's error (torch's defaults) in quadrature
     assert b.error_band == math.hypot(ERROR_BAND, ERRORS["default", "min_limit_bytes"][0])
+    # near the card the replay gives the verdict: the same tensor band with the replay's error for the step
+    replayed = estimate("llama-2-7b", gpu="3060ti")
+    assert replayed.replay_verdict
+    assert replayed.overheads.calibration is None
+    assert replayed.error_band == math.hypot(ERROR_BAND, replayed.replayed_allocator.need_error)
 
 
 def test_large_cuda_context_turns_fits_into_tight_or_oom(monkeypatch, tmp_path):

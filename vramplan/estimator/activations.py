@@ -16,7 +16,7 @@ from vramplan.estimator.layer_walk import decoder_layer
 from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
-from vramplan.spec.model import SINK_FAMILIES
+from vramplan.spec.model import HYBRID_LINEAR_ATTENTION, SINK_FAMILIES
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +54,12 @@ class ActivationBytes:
     hidden_grad_bytes: int  # a T·hidden gradient in the compute dtype (flows out of the attention / MLP)
     final_saved: int  # what the final norm saves (part of `saved`; freed before the top layer's backward)
     final_hidden_bytes: int  # the final norm's output, held by the model output until the loss is computed
+    # a hybrid's linear-attention layer (Qwen3.5): its backward's own peak, inside the chunked delta rule, with
+    # what the layer saved up to there (`mixer_saved`) and the workspace then; `mixer_above_saved`: the saves of
+    # the layers above the topmost such layer (freed before its backward); 0 for every other family
+    mixer_saved: int = 0
+    mixer_workspace: int = 0
+    mixer_above_saved: int = 0
     # the training forward's DynamicCache (use_cache=True unless checkpointing) holds every layer's k and v; SDPA
     # saves those same tensors unless it got repeated copies (transformers < 4.54): then they are extra until the
     # model output is dropped (traced, 4.48.3). Not counted for eager or masked SDPA (the current model's gap)
@@ -77,6 +83,8 @@ class _LayerWalk(NamedTuple):
     ctx_only: complex  # the part of `ctx` no op saves through autograd
     input_saved: complex  # the layer's input itself, when an op saves it (an fp32 residual's RMSNorm: no cast)
     recompute_tail: complex  # gradients alive when the layer's recompute starts, beyond the incoming one (DoRA)
+    mixer_backward: complex  # a token mixer's backward peak (Qwen3.5's DeltaNet): the layer's saves still alive
+    mixer_workspace: complex  # and the gradients and temporaries then
 
 
 def _undominated(entries: list[tuple[complex, int]]) -> tuple[tuple[complex, int], ...]:
@@ -112,6 +120,8 @@ def _walk_layer(
         walk.ctx_only,
         walk.saved.get(x.id, 0),
         walk.recompute_tail,
+        walk.mixer_backward,
+        walk.mixer_workspace,
     )
 
 
@@ -146,9 +156,10 @@ def adapted_parameters(m: ModelSpec, t: TrainSpec) -> tuple[frozenset[str], ...]
     return tuple(frozenset(names) for names in per_layer)
 
 
-def layer_kinds(m: ModelSpec, t: TrainSpec) -> tuple[tuple[bool, bool, bool, frozenset[str]], ...]:
+def layer_kinds(m: ModelSpec, t: TrainSpec) -> tuple[tuple[bool, bool, bool, frozenset[str], str], ...]:
     """Each decoder layer's (trainable, input requires grad, masked, parameters adapted through
-    `target_parameters`), bottom layer first."""
+    `target_parameters`, token mixer), bottom layer first; the mixer is a hybrid's layer type (Qwen3.5:
+    linear_attention / full_attention), "" for the other families."""
     layers = m.num_hidden_layers
     embed_trainable = t.method == "full"
     # kbit prep + checkpointing calls enable_input_require_grads (peft/utils/other.py): the embedding output
@@ -156,6 +167,11 @@ def layer_kinds(m: ModelSpec, t: TrainSpec) -> tuple[tuple[bool, bool, bool, fro
     # prompt learning concatenates trainable virtual-token embeddings to the inputs: every layer's input
     # requires grad (peft/peft_model.py PeftModelForCausalLM.forward, `torch.cat((prompts, inputs_embeds))`)
     embedding_output_requires_grad = embed_trainable or (t.kbit_prep and t.grad_ckpt) or t.peft.prompt_learning
+    if m.model_type in HYBRID_LINEAR_ATTENTION and t.grad_ckpt and not t.stack.reentrant_checkpointing:
+        # transformers 5.24 `gradient_checkpointing_enable` calls enable_input_require_grads for every model whose
+        # main input is input_ids (modeling_utils.py), PEFT or not: traced on Qwen3.5, whose layer-0 DeltaNet
+        # backward then runs (the other families keep the rule above until re-measured)
+        embedding_output_requires_grad = True
     first_trainable = (
         layers - t.freeze_trainable_layers if t.method == "freeze" else (0 if t.method == "full" else layers)
     )
@@ -170,7 +186,8 @@ def layer_kinds(m: ModelSpec, t: TrainSpec) -> tuple[tuple[bool, bool, bool, fro
             input_requires_grad = index > first_trainable
         else:
             input_requires_grad = embedding_output_requires_grad if index == 0 else True
-        kind = (index >= first_trainable, input_requires_grad, masked[index], adapted[index])
+        mixer = m.layer_types[index] if m.model_type in HYBRID_LINEAR_ATTENTION else ""
+        kind = (index >= first_trainable, input_requires_grad, masked[index], adapted[index], mixer)
         kinds.append(kind)
     return tuple(kinds)
 
@@ -194,7 +211,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     layers = m.num_hidden_layers
     residual_dtype = residual_dtype_of(t)
     # (the layer's ModelSpec, layer_kinds' tuple) -> how many layers
-    kinds: dict[tuple[ModelSpec, tuple[bool, bool, bool, frozenset[str]]], int] = {}
+    kinds: dict[tuple[ModelSpec, tuple[bool, bool, bool, frozenset[str], str]], int] = {}
     for key in zip(layer_specs(m), layer_kinds(m, t), strict=True):
         kinds[key] = kinds.get(key, 0) + 1
     tokens, seq = t.tokens, t.seq
@@ -205,7 +222,11 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
 
     walks = {
         (spec, kind): _walk_layer(
-            spec, replace(settings, masked=kind[2], parameter_adapters=kind[3]), kind[0], kind[1], residual_dtype
+            spec,
+            replace(settings, masked=kind[2], parameter_adapters=kind[3], mixer=kind[4]),
+            kind[0],
+            kind[1],
+            residual_dtype,
         )
         for spec, kind in kinds
     }
@@ -235,13 +256,34 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
         key = (layer_specs(m)[index], layer_kinds(m, t)[index])
         lw = walks[key]
         below_bottom += hidden if t.grad_ckpt else at(lw.saved) + lw.per_layer_saved
-    layer_walks = [lw for (spec, _), lw in walks.items() if not dense_only or spec.mlp != "moe"]
+    layer_items = [(key, lw) for key, lw in walks.items() if not dense_only or key[0].mlp != "moe"]
+    layer_walks = [lw for _, lw in layer_items]
     layer = max(at(lw.saved) + lw.per_layer_saved for lw in layer_walks)
     down_saved = max(at(lw.down_saved) for lw in layer_walks)
     layer_ctx = 0 if (reentrant and t.grad_ckpt) else max(at(lw.ctx_only) for lw in layer_walks)
     layer_input_saved = max(at(lw.input_saved) for lw in layer_walks)
     recompute_tail = max(at(lw.recompute_tail) for lw in layer_walks)
+    mixer_saved = mixer_workspace = mixer_above_saved = 0
+    mixer_walks = [lw for (_, kind), lw in layer_items if kind[4] == "linear_attention"]
+    if mixer_walks:
+        mixer_saved = max(at(lw.mixer_backward) for lw in mixer_walks)
+        mixer_workspace = max(at(lw.mixer_workspace) for lw in mixer_walks)
+        keys_in_order = list(zip(layer_specs(m), layer_kinds(m, t), strict=True))
+        top = max(i for i, (_, kind) in enumerate(keys_in_order) if kind[4] == "linear_attention")
+        above = keys_in_order[top + 1 :]
+        if not t.grad_ckpt:
+            mixer_above_saved = sum(at(walks[key].saved) + walks[key].per_layer_saved for key in above)
+        else:
+            mixer_above_saved = len(above) * hidden
     transient = max((at(per_token) + per_layer for lw in layer_walks for per_token, per_layer in lw.live), default=0)
+    if mixer_above_saved and not t.grad_ckpt:
+        # the topmost linear-attention layer runs before the layers above it have saved anything: its forward
+        # rises above the top layer's saved set by less than its own excess (peak.py adds every layer's saves)
+        transient = max(
+            max((at(pt) + pl for (_, kind), lw in layer_items if kind[4] != "linear_attention" for pt, pl in lw.live),
+                default=0),
+            max(at(pt) + pl for lw in mixer_walks for pt, pl in lw.live) - mixer_above_saved,
+        )  # fmt: skip
     recompute_transient = max(
         (at(per_token) + per_layer for lw in layer_walks for per_token, per_layer in lw.live_recomputed), default=0
     )
@@ -255,16 +297,21 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
         if settings.lora_targets and settings.adapter_dtype != autocast_dtype:
             # autocast casts each fp32 adapter weight to the autocast dtype; mm saves the copy (its input needs
             # a gradient), so a low-precision copy of every adapter lives from forward until its backward
-            layer_copies += sum(
-                lora_params_per_linear(li, t.lora_rank, False) * autocast_bytes
-                for li in m.linears
-                if li.name in settings.lora_targets
+            # (a hybrid's layers hold different linears: the mean layer's, `count` / layers; a model with dense
+            # bottom layers counts one layer holding both kinds' linears)
+            layer_copies += (
+                sum(
+                    lora_params_per_linear(li, t.lora_rank, False) * autocast_bytes * (li.count or layers)
+                    for li in m.linears
+                    if li.name in settings.lora_targets
+                )
+                // layers
             )
             layer_cached = layer_copies
         if not settings.quantized and t.dtype != autocast_dtype:
             # unquantized linear weights stored in another dtype (fp32 master weights, or a frozen fp32 base):
             # mm saves the cast copy whenever its input needs a gradient
-            base_copy = sum(li.weight_params for li in m.linears) * autocast_bytes
+            base_copy = sum(li.weight_params * (li.count or layers) for li in m.linears) // layers * autocast_bytes
             layer_copies += base_copy
             if t.method in ("full", "freeze"):
                 layer_cached += base_copy
@@ -341,6 +388,9 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
         layer_ctx=layer_ctx,
         layer_input_saved=layer_input_saved,
         recompute_tail=recompute_tail,
+        mixer_saved=mixer_saved,
+        mixer_workspace=mixer_workspace,
+        mixer_above_saved=mixer_above_saved,
         final_saved=at(final_saved),
         hidden_grad_bytes=tokens * m.hidden_size * BYTES[autocast_dtype or residual_dtype],
         final_hidden_bytes=at(final_out),

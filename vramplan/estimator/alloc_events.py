@@ -281,7 +281,11 @@ def step_events(m: ModelSpec, t: TrainSpec) -> list[Event]:
     kinds = layer_kinds(walk_model, walk_train)
     patterns = [
         layer_pattern(
-            spec, replace(settings, masked=kind[2], parameter_adapters=kind[3]), kind[0], kind[1], residual_dtype
+            spec,
+            replace(settings, masked=kind[2], parameter_adapters=kind[3], mixer=kind[4]),
+            kind[0],
+            kind[1],
+            residual_dtype,
         )
         for spec, kind in zip(layer_specs(walk_model), kinds, strict=True)
     ]

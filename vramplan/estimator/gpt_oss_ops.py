@@ -9,6 +9,7 @@ saved-tensor hooks on a tiny GptOssForCausalLM (tests/oracle: the family grid).
 
 from __future__ import annotations
 
+from vramplan.estimator.moe_ops import sort_and_gather
 from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote
 from vramplan.spec import ModelSpec
 
@@ -134,21 +135,8 @@ def gpt_oss_moe(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTen
     walk.transient(x, top_values, indices, scores, extra_ref=merged)
     walk.pinned.update({x.id: x.nbytes, indices.id: indices.nbytes, scores.id: scores.nbytes})
     # ---- experts: sort the pairs by expert, gather, two grouped matmuls with gathered biases, the gate
-    expert_ids, perm, token_index = (walk.new(pairs, "int64", False) for _ in range(3))
-    gathered = walk.new(pairs * hidden, x.dtype, x.requires_grad)
-    if x.requires_grad:
-        walk.save(token_index)
-    pair_weights = walk.new(pairs, scores.dtype, routed_grad)
-    if routed_grad:
-        walk.save(perm)
-    if grad:
-        walk.per_layer_saved += experts * BYTES["int32"]  # the offsets, saved by both grouped matmuls
-    walk.transient(expert_ids, perm, token_index, gathered, pair_weights, extra_ref=merged)
-    # the experts function's locals, referenced until it returns (under checkpointing too): the sorted ids,
-    # perm, the gathered input, the pair weights, the histc input (S fp32 on CPU, int32 on CUDA)
-    histc_input = walk.new(pairs, "int32", False)
-    locals_kept = (expert_ids, perm, gathered, pair_weights, histc_input)
-    walk.pinned.update({tensor.id: tensor.nbytes for tensor in locals_kept})
+    locals_kept = sort_and_gather(walk, x, scores, pairs, hidden, experts, routed_grad, grad, merged)
+    expert_ids, _, gathered, pair_weights, _ = locals_kept
     up_bias = walk.new(pairs * 2 * intermediate, param_dtype, trainable)
     if trainable:  # the biases train: the gather saves the sorted ids
         walk.save(expert_ids)

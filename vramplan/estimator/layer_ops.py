@@ -47,6 +47,7 @@ Saved-tensor inventory (per decoder layer, T = batch·seq tokens; "rg" = require
 
 from __future__ import annotations
 
+from vramplan.estimator.delta_net_ops import gated_attention, gated_delta_net
 from vramplan.estimator.gpt_oss_ops import eager_with_sinks, gpt_oss_moe
 from vramplan.estimator.linear_ops import linear
 from vramplan.estimator.lora_kernel_ops import kernel_group, kernel_mlp
@@ -167,17 +168,36 @@ def decoder_layer(
     walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, trainable: bool
 ) -> SymbolicTensor:
     """One attention + MLP decoder layer; returns its output hidden state. The walk's entry point is
-    `layer_walk.decoder_layer`, which sends a hybrid layer to `mamba_ops` (built on this module's ops)."""
-    T, residual_dtype = settings.T, x.dtype
+    `layer_walk.decoder_layer`, which sends a hybrid layer to `mamba_ops` (built on this module's ops); a Qwen3.5
+    layer's token mixer is `delta_net_ops`' (given this module's norm, RoPE and attention)."""
+    residual_dtype = x.dtype
 
     def project(inp: SymbolicTensor, name: str) -> SymbolicTensor:
         spec = next(li for li in m.linears if li.name == name)
         return linear(walk, settings, inp, name, spec.out_features, trainable, settings.quantized)
 
     normed_input = norm(walk, settings, m, x, trainable)
+    if settings.mixer:  # Qwen3.5: a gated DeltaNet or a gated attention layer (delta_net_ops)
+        mixer = gated_delta_net if settings.mixer == "linear_attention" else gated_attention
+        attention_out = mixer(walk, settings, m, normed_input, project, trainable, (norm, _rope, _attention))
+    else:
+        attention_out = _self_attention(walk, settings, m, normed_input, project, residual_dtype, trainable)
+    return _post_attention(walk, settings, m, x, normed_input, attention_out, project, trainable)
+
+
+def _self_attention(
+    walk: Walk,
+    settings: WalkSettings,
+    m: ModelSpec,
+    normed_input: SymbolicTensor,
+    project,
+    residual_dtype: str,
+    trainable: bool,
+) -> SymbolicTensor:
+    """The attention block through o_proj: multi-head latent attention (mla_ops), or q / k / v attention."""
     names = {li.name for li in m.linears}
     if m.mla is not None:
-        attention_out = project(
+        return project(
             mla_attention(
                 walk,
                 settings,
@@ -189,27 +209,7 @@ def decoder_layer(
             ),
             "o_proj",
         )
-    else:
-        attention_out = _attention_block(walk, settings, m, normed_input, project, names, residual_dtype, trainable)
-    if m.norms_per_layer == 4:  # gemma2, gemma3: post_attention_layernorm on the attention output
-        attention_out = norm(walk, settings, m, attention_out, trainable)
-    if m.parallel_residual:
-        mlp_input = normed_input if m.norms_per_layer == 1 else norm(walk, settings, m, x, trainable)
-        mlp_out = _mlp(walk, settings, m, mlp_input, project, trainable)
-        out_dtype = promote(promote(mlp_out.dtype, attention_out.dtype), residual_dtype)
-        return walk.new(T * m.hidden_size, out_dtype, True)
-    residual = walk.new(
-        T * m.hidden_size, promote(residual_dtype, attention_out.dtype), x.requires_grad or attention_out.requires_grad
-    )
-    walk.pinned[residual.id] = residual.nbytes  # the residual, alive through the MLP for the second residual add
-    mlp_input = norm(walk, settings, m, residual, trainable)
-    mlp_out = _mlp(walk, settings, m, mlp_input, project, trainable)
-    if m.norms_per_layer == 4:
-        mlp_out = norm(walk, settings, m, mlp_out, trainable)
-    del walk.pinned[residual.id]
-    return walk.new(
-        T * m.hidden_size, promote(residual.dtype, mlp_out.dtype), residual.requires_grad or mlp_out.requires_grad
-    )
+    return _attention_block(walk, settings, m, normed_input, project, names, residual_dtype, trainable)
 
 
 def _attention_block(
@@ -254,10 +254,33 @@ def _attention_block(
         for t in (normed_input, k, v):
             walk.pinned.pop(t.id, None)
     if "o" in kernels:  # axolotl's LoRA_O
-        attention_out = kernel_group(walk, settings, attention_out, [m.hidden_size])[0]
-    else:
-        attention_out = project(attention_out, "o_proj" if "o_proj" in names else "dense")
-    return attention_out
+        return kernel_group(walk, settings, attention_out, [m.hidden_size])[0]
+    return project(attention_out, "o_proj" if "o_proj" in names else "dense")
+
+
+def _post_attention(
+    walk: Walk, settings: WalkSettings, m: ModelSpec, x, normed_input, attention_out, project, trainable: bool
+) -> SymbolicTensor:
+    T, residual_dtype = settings.T, x.dtype
+    if m.norms_per_layer == 4:  # gemma2, gemma3: post_attention_layernorm on the attention output
+        attention_out = norm(walk, settings, m, attention_out, trainable)
+    if m.parallel_residual:
+        mlp_input = normed_input if m.norms_per_layer == 1 else norm(walk, settings, m, x, trainable)
+        mlp_out = _mlp(walk, settings, m, mlp_input, project, trainable)
+        out_dtype = promote(promote(mlp_out.dtype, attention_out.dtype), residual_dtype)
+        return walk.new(T * m.hidden_size, out_dtype, True)
+    residual = walk.new(
+        T * m.hidden_size, promote(residual_dtype, attention_out.dtype), x.requires_grad or attention_out.requires_grad
+    )
+    walk.pinned[residual.id] = residual.nbytes  # the residual, alive through the MLP for the second residual add
+    mlp_input = norm(walk, settings, m, residual, trainable)
+    mlp_out = _mlp(walk, settings, m, mlp_input, project, trainable)
+    if m.norms_per_layer == 4:
+        mlp_out = norm(walk, settings, m, mlp_out, trainable)
+    del walk.pinned[residual.id]
+    return walk.new(
+        T * m.hidden_size, promote(residual.dtype, mlp_out.dtype), residual.requires_grad or mlp_out.requires_grad
+    )
 
 
 def _down(walk: Walk, project, x: SymbolicTensor, name: str) -> SymbolicTensor:

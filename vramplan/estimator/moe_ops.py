@@ -61,21 +61,8 @@ def moe_block(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTenso
         scores = _softmax_router(walk, settings, m, x, router_grad, routed_grad, merged)
     walk.pinned[x.id] = x.nbytes  # the block's reshaped input, referenced until it returns
     # ---- experts: sort the pairs by expert, gather, two grouped matmuls, weight, restore the order, sum over k
-    expert_ids, perm, token_index = (walk.new(pairs, "int64", False) for _ in range(3))
-    gathered = walk.new(pairs * hidden, x.dtype, x.requires_grad)
-    if x.requires_grad:
-        walk.save(token_index)
-    pair_weights = walk.new(pairs, scores.dtype, routed_grad)
-    if routed_grad:
-        walk.save(perm)
-    if grad:
-        walk.per_layer_saved += experts * BYTES["int32"]  # the offsets, saved by both grouped matmuls
-    walk.transient(scores, expert_ids, perm, token_index, gathered, pair_weights, extra_ref=merged)
-    # the experts function's locals, referenced until it returns (under checkpointing too): the sorted ids,
-    # perm, the gathered input, the pair weights, the histc input (S fp32 on CPU, int32 on CUDA)
-    histc_input = walk.new(pairs, "int32", False)
-    locals_kept = (expert_ids, perm, gathered, pair_weights, histc_input)
-    walk.pinned.update({tensor.id: tensor.nbytes for tensor in locals_kept})
+    locals_kept = sort_and_gather(walk, x, scores, pairs, hidden, experts, routed_grad, grad, merged, held=(scores,))
+    _, _, gathered, pair_weights, _ = locals_kept
     mm_input = walk.cast(gathered, param_dtype)
     gate_up = walk.new(pairs * 2 * intermediate, param_dtype, x.requires_grad or experts_grad)
     if experts_grad:
@@ -119,6 +106,40 @@ def moe_block(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTenso
     if shared:
         summed = _shared_expert(walk, settings, x, summed, shared, m.hidden_size, trainable)
     return walk.cast(summed, x.dtype)
+
+
+def sort_and_gather(
+    walk: Walk,
+    x: SymbolicTensor,
+    scores: SymbolicTensor,
+    pairs: int,
+    hidden: int,
+    experts: int,
+    routed_grad: bool,
+    grad: bool,
+    merged: int,
+    held: tuple[SymbolicTensor, ...] = (),
+) -> tuple[SymbolicTensor, ...]:
+    """transformers' grouped_mm experts path before its matmuls (integrations/moe.py, 5.24): the (token, expert)
+    pairs sorted by expert (int64 ids, permutation, token index), the gathered input and the pair weights; autograd
+    saves the token index (for the input's gradient) and the permutation (for the weights'); both grouped matmuls
+    save the int32 offsets. Returns the function's locals, pinned until it returns (under checkpointing too): the
+    sorted ids, perm, the gathered input, the pair weights, the histc input (S fp32 on CPU, int32 on CUDA).
+    `held`: tensors also alive at the sort that are not pinned yet (the router's scores)."""
+    expert_ids, perm, token_index = (walk.new(pairs, "int64", False) for _ in range(3))
+    gathered = walk.new(pairs * hidden, x.dtype, x.requires_grad)
+    if x.requires_grad:
+        walk.save(token_index)
+    pair_weights = walk.new(pairs, scores.dtype, routed_grad)
+    if routed_grad:
+        walk.save(perm)
+    if grad:
+        walk.per_layer_saved += experts * BYTES["int32"]  # the offsets, saved by both grouped matmuls
+    walk.transient(*held, expert_ids, perm, token_index, gathered, pair_weights, extra_ref=merged)
+    histc_input = walk.new(pairs, "int32", False)
+    locals_kept = (expert_ids, perm, gathered, pair_weights, histc_input)
+    walk.pinned.update({tensor.id: tensor.nbytes for tensor in locals_kept})
+    return locals_kept
 
 
 def _softmax_router(

@@ -150,6 +150,7 @@ def model_tensor_shapes(m: ModelSpec, towers: bool = True) -> list[tuple[Shape, 
     out += [((lin.out_features, lin.in_features), m.instances(lin)) for lin in m.linears]
     out += [((lin.out_features,), m.instances(lin)) for lin in m.linears if lin.bias]
     out += [(p.shape, m.moe_layers) for p in m.moe_params]
+    out += list(m.mixer_tensors)  # a hybrid's (Qwen3.5) tensors in layers of one kind, with their instances
     out.append(((h,), 2 if m.norm == "layer" else 1))
     if not m.tie_word_embeddings:
         out.append(((v, h), 1))

@@ -24,6 +24,7 @@ from vramplan.estimator.weights import kept_fp32_bytes, weight_bytes
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec, lora_moe_targets
 
 _MLP_OUT = frozenset({"down_proj", "dense_4h_to_h", "fc2"})  # the MLP's last linear, per family
+_AFTER_MIXER = frozenset({"out_proj", "gate_proj", "up_proj", "down_proj"})  # a DeltaNet layer's, after the rule
 
 # The named moments of a step (`PhaseUsage.moment`). "top layer": the last decoder layer, the first one
 # backward reaches; "bottom layer": layer 0, the last one.
@@ -36,6 +37,9 @@ BOTTOM_LAYER_RECOMPUTE = "bottom-layer recompute"
 BOTTOM_LAYER_BACKWARD = "bottom-layer MLP backward"
 TOP_LAYER_DORA_BACKWARD = "top-layer DoRA backward"  # DoRA's weight-sized tensor above the MLP's workspace
 BOTTOM_LAYER_DORA_BACKWARD = "bottom-layer DoRA backward"
+# a hybrid's linear-attention layer (Qwen3.5's gated DeltaNet): the topmost one, and layer 0
+TOP_MIXER_BACKWARD = "top linear-attention layer backward"
+BOTTOM_MIXER_BACKWARD = "bottom-layer linear-attention backward"
 END_OF_BACKWARD = "all gradients"  # the end of backward
 OPTIMIZER_STEP = "step"
 
@@ -187,6 +191,8 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
                 temporaries=a.backward_workspace,
             )
         layer_moments.append((backward_moment, layer_backward))
+    if activation.mixer_workspace:
+        layer_moments += _mixer_backward(m, t, activation, persistent, layer_ends, accum_grads)
     end_of_backward = Components(**persistent, gradients=all_grads, temporaries=2 * activation.hidden_bytes)
     at_step = {**persistent, "weights": weights.frozen - offloaded + step_window}  # post_step left one layer
     step = Components(**at_step, gradients=all_grads, temporaries=optimizer.step_temporaries)
@@ -198,6 +204,40 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
         PhaseUsage("backward", end_of_backward, END_OF_BACKWARD),
         PhaseUsage("optimizer", step, OPTIMIZER_STEP),
     ), optimizer.paged
+
+
+def _mixer_backward(m: ModelSpec, t: TrainSpec, activation, persistent, layer_ends, accum_grads):
+    """A hybrid's linear-attention layer backward (Qwen3.5's gated DeltaNet, estimator/delta_net_ops.py): at its
+    peak the layer's saves up to the chunked delta rule's triangular solves are alive (recomputed, under
+    checkpointing), with the gradient workspace there and the layer's incoming gradient. The topmost such
+    layer sees every layer below it still saved (the layers above it have run their backward); layer 0 only
+    its own."""
+    top_kept = layer_ends[0][3] - activation.mixer_above_saved
+    if not t.grad_ckpt:
+        top_kept -= activation.layer  # the layer's own saves: counted by `mixer_saved`
+        bottom_kept = 0
+    else:
+        bottom_kept = activation.hidden_bytes
+    # the layer's gradients already made: its out_proj's and MLP's (adapters, or the weights when they train)
+    after = [li for li in m.linears if li.name in _AFTER_MIXER]
+    param_bytes = adapter_param_bytes(t) if t.uses_lora else DTYPE_BYTES[t.dtype]
+    if t.uses_lora:
+        layer_grads = sum(lora_params_per_linear(li, t.lora_rank, False) for li in after if li.name in t.lora_target)
+    else:
+        layer_grads = sum(li.params for li in after) if t.method == "full" else 0
+    moments = []
+    for moment, kept, (_, _, grads_then, _, _) in (
+        (TOP_MIXER_BACKWARD, top_kept, layer_ends[0]),
+        (BOTTOM_MIXER_BACKWARD, bottom_kept, layer_ends[1]),
+    ):
+        usage = Components(
+            **persistent,
+            gradients=max(accum_grads, grads_then + layer_grads * param_bytes),
+            activations=kept + activation.mixer_saved,
+            temporaries=activation.mixer_workspace + activation.hidden_grad_bytes,
+        )
+        moments.append((moment, usage))
+    return moments
 
 
 def phases(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:

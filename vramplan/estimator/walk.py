@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 from vramplan.estimator.adapters import adapter_dtype
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
+from vramplan.spec.model import HYBRID_LINEAR_ATTENTION
 
 BYTES = {**DTYPE_BYTES, "bool": 1, "int32": 4, "int64": 8}  # the walk also holds bool masks and index tensors
 
@@ -45,6 +46,8 @@ class Walk:
         "ctx_saved",
         "down_saved",
         "live",
+        "mixer_backward",
+        "mixer_workspace",
         "per_layer_saved",
         "pinned",
         "recompute_stop",
@@ -64,6 +67,10 @@ class Walk:
         # a checkpointed layer's recompute starts), beyond the incoming T·hidden gradient
         self.recompute_tail: complex = 0
         self.per_layer_saved = 0  # saved bytes that do not scale with tokens (PEFT's MoE weight deltas)
+        # a token mixer whose own backward can outgrow the MLP's (Qwen3.5's DeltaNet): what the layer has saved
+        # up to the op whose backward peaks (delta_net_ops)
+        self.mixer_backward: complex = 0
+        self.mixer_workspace: complex = 0  # the gradients and temporaries alive there
         self.count = 0  # tensors created so far (the next one's identity)
         self.saved: dict[int, complex] = {}
         self.live: list[tuple[complex, int]] = []  # (per token, per layer) bytes alive at each op
@@ -136,6 +143,9 @@ class WalkSettings:
     # this layer's non-Linear parameters PEFT adapts through `target_parameters` (ParamSpec names: gpt-oss's
     # "gate_up_proj", "down_proj", "router.weight"), set per layer by activations.layer_kinds
     parameter_adapters: frozenset[str] = frozenset()
+    # ---- hybrids (Qwen3.5): the layer's token mixer, and the sequence length its chunked kernels pad to ----
+    mixer: str = ""  # "linear_attention" (gated DeltaNet) or "full_attention"; "" every other family
+    seq: int = 0  # tokens per sequence (chunk padding, per-chunk states); 0 where the walk does not need it
 
 
 @functools.lru_cache(maxsize=256)
@@ -215,4 +225,5 @@ def walk_settings(m: ModelSpec, t: TrainSpec) -> WalkSettings:
         matmul4bit_keeps_input=t.stack.matmul4bit_keeps_input,
         bnb_compute_from_input=t.stack.bnb_compute_from_input,
         lora_kernels=frozenset(t.lora_kernels),
+        seq=t.seq if m.model_type in HYBRID_LINEAR_ATTENTION else 0,
     )

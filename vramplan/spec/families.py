@@ -107,6 +107,12 @@ def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         return _check_shapes(_falcon_h1(cfg, name))
     if mt in ("qwen2", "qwen3"):
         config_int(cfg, "max_window_layers", name, default=28, low=0)  # read by kvcache.layer_windows
+    if mt == "qwen3_5_text":
+        from vramplan.spec.qwen35 import qwen35_spec
+
+        h, heads = _req(cfg, "hidden_size", name), _req(cfg, "num_attention_heads", name)
+        m = qwen35_spec(cfg, name, _common(cfg, name, h, heads))
+        return _check_shapes(replace(m, text_of=str(wrapper)) if wrapper else m)
     if mt == "qwen3_moe" and not all_layers_routed(cfg):
         raise VramplanError(f"model config {name!r}: a qwen3_moe with dense MLP layers is not hand-modelled")
     if mt in DEEPSEEK_MOE:

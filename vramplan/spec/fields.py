@@ -37,6 +37,13 @@ SHAPE_LIMITS: dict[str, int] = {
     "mamba_n_groups": 2**12,
     "mamba_d_conv": 2**8,
     "mamba_chunk_size": 2**16,
+    # Qwen3.5's gated DeltaNet layers (32 value heads of 128 in the released checkpoints)
+    "linear_conv_kernel_dim": 2**8,
+    "linear_key_head_dim": 2**12,
+    "linear_value_head_dim": 2**12,
+    "linear_num_key_heads": 2**12,
+    "linear_num_value_heads": 2**12,
+    "full_attention_interval": 2**12,
 }
 SHAPE_ALIASES = {"n_embed": "hidden_size", "n_head": "num_attention_heads", "n_layer": "num_hidden_layers",
                  "seq_length": "max_position_embeddings", "num_experts": "num_local_experts",

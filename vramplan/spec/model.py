@@ -37,15 +37,23 @@ DEEPSEEK_MOE = MLA_FAMILIES | {"glm4_moe"}
 MOE_FAMILIES = frozenset({"mixtral", "qwen3_moe", "gpt_oss"} | DEEPSEEK_MOE)
 # Hybrid families whose decoder layer runs a Mamba-2 mixer beside the attention (spec/families.py `_falcon_h1`)
 HYBRID_SSM = frozenset({"falcon_h1"})
-SUPPORTED_MODEL_TYPES = frozenset(LLAMA_LIKE | HYBRID_SSM | DEEPSEEK_MOE | {"gpt_neox", "bloom", "phi"})
+# Families whose decoder layers mix tokens in one of two ways by `layer_types` (Qwen3.5: gated DeltaNet
+# `linear_attention` layers and gated `full_attention` layers): each layer's linears exist only in layers of
+# their kind (`LinearSpec.count`), and the walk follows each kind (estimator/delta_net_ops.py)
+HYBRID_LINEAR_ATTENTION = frozenset({"qwen3_5_text"})
+SUPPORTED_MODEL_TYPES = frozenset(
+    LLAMA_LIKE | HYBRID_SSM | HYBRID_LINEAR_ATTENTION | DEEPSEEK_MOE | {"gpt_neox", "bloom", "phi"}
+)
 # `head_dim` when config.json has none: a fixed class default here (transformers 5.24 Qwen3Config 128,
 # GemmaConfig / Gemma2Config / Gemma3TextConfig 256, GptOssConfig 64), hidden_size // num_attention_heads for
 # every other family.
-HEAD_DIM_DEFAULTS: dict[str, int] = {"qwen3": 128, "gemma": 256, "gemma2": 256, "gemma3_text": 256, "gpt_oss": 64}
+HEAD_DIM_DEFAULTS: dict[str, int] = {
+    "qwen3": 128, "gemma": 256, "gemma2": 256, "gemma3_text": 256, "gpt_oss": 64, "qwen3_5_text": 256,
+}  # fmt: skip
 # Families whose RMSNorm is Gemma's: `(x.float() normed) * (1 + weight.float())` then `.type_as(x)`
 # (modeling_gemma.py / modeling_gemma2.py / modeling_gemma3.py `Gemma*RMSNorm`, 5.24), not Llama's
 # `weight * normed.to(input_dtype)`: a trainable weight saves the fp32 normed tensor, the output has x's dtype.
-GEMMA_NORM = frozenset({"gemma", "gemma2", "gemma3_text"})
+GEMMA_NORM = frozenset({"gemma", "gemma2", "gemma3_text", "qwen3_5_text"})  # and Qwen3_5RMSNorm (zero-centred)
 # Families whose RMSNorm multiplies the fp32 normed tensor by the weight and then casts to the input dtype,
 # `(weight * normed_fp32).to(input_dtype)` (modeling_gpt_oss.py GptOssRMSNorm, 5.24): Gemma's saved set and
 # output dtype with a plain weight
@@ -225,6 +233,10 @@ class ModelSpec:
     # target_parameters; and the input / output embeddings' module names
     table_layer_parameters: tuple[tuple[str, tuple[int, ...], int], ...] = ()
     embedding_names: tuple[str, ...] = ()
+    # hand-modelled hybrids: per-layer tensors that exist only in layers of one kind and are neither an
+    # nn.Linear nor a hidden-size norm (Qwen3.5's conv1d, dt_bias, A_log, gated norm; q_norm / k_norm), as
+    # (shape, instances in the model)
+    mixer_tensors: tuple[tuple[tuple[int, ...], int], ...] = ()
 
     @property
     def layer_parameters(self) -> tuple[tuple[str, tuple[int, ...], int], ...]:
@@ -341,11 +353,23 @@ class ModelSpec:
 
     @property
     def layer_params(self) -> int:
-        """One decoder layer's parameters: the top one's (routed, when the bottom layers are dense)."""
+        """One decoder layer's parameters: the top one's (routed, when the bottom layers are dense); a hybrid's
+        (layers of two token mixers, Qwen3.5) mean layer, rounded down."""
+        if self.mixer_tensors or any(lin.count for lin in self.linears):
+            return self.decoder_params // self.num_hidden_layers
         return (
             self.attn_params_per_layer + self.mlp_params_per_layer + self.ssm_params_per_layer
             + self.norm_params_per_layer
         )  # fmt: skip
+
+    @property
+    def decoder_params(self) -> int:
+        """Every decoder layer's parameters together (hand-modelled families)."""
+        linears = sum(lin.params * self.instances(lin) for lin in self.linears)
+        mixers = sum(_numel(shape) * n for shape, n in self.mixer_tensors)
+        mamba = self.mamba.params if self.mamba else 0  # a hybrid-SSM layer's mixer outside its linears
+        routed = self.moe_layers * self.other_layer_params  # routers and fused experts: routed layers only
+        return linears + mixers + routed + self.num_hidden_layers * (mamba + self.norm_params_per_layer)
 
     @property
     def final_norm_params(self) -> int:
@@ -356,15 +380,7 @@ class ModelSpec:
         if self.from_table:  # exact: every tensor the architecture table lists
             text = sum(lin.params * self.instances(lin) for lin in self.linears) + self.embed_params
         else:
-            text = (
-                self.embed_params
-                + sum(lin.params * self.instances(lin) for lin in self.linears)
-                + self.moe_layers * self.other_layer_params
-                + self.num_hidden_layers * (self.mamba.params if self.mamba else 0)
-                + self.num_hidden_layers * self.norm_params_per_layer
-                + self.final_norm_params
-                + self.lm_head_params
-            )
+            text = self.embed_params + self.decoder_params + self.final_norm_params + self.lm_head_params
         return text + self.tower_params
 
     @property

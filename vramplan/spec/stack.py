@@ -192,16 +192,16 @@ def installed_version(package: str) -> str | None:
     sys.path, the first found as importlib.metadata finds it (the name normalized as wheels write it, PEP 427).
     Folder names only: importlib.metadata would parse every METADATA file's e-mail headers, a third of an
     estimate's cold start."""
-    return _installed_versions().get(re.sub(r"[-_.]+", "_", package).lower())
+    return _installed_versions(tuple(sys.path)).get(re.sub(r"[-_.]+", "_", package).lower())
 
 
 @functools.cache
-def _installed_versions() -> dict[str, str]:
+def _installed_versions(path: tuple[str, ...]) -> dict[str, str]:
     """Normalized project name -> version of every dist-info / egg-info folder on sys.path, the first one found
     for a name kept (sys.path order, then the folder's listing order): one listing of each sys.path entry
     for every package an estimate asks about (the stack's five and the recipe's)."""
-    found: dict[str, str] = {}
-    for entry in sys.path:
+    found: dict[str, str] = {}  # listed again when sys.path changes (a library user's, setuptools' _vendor)
+    for entry in path:
         try:
             names = os.listdir(entry or ".")
         except OSError:
