@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from oracle.allocator_grid import GRID, HELD_OUT, ISSUE_CONFIGS, label_of  # noqa: E402
 
+from tests.estimator.test_alloc_events import VARIED  # noqa: E402  (the configurations beyond the grid)
 from vramplan.allocator.blocks import ROUND_LARGE  # noqa: E402
 from vramplan.allocator.replay import replay, smallest_limit  # noqa: E402
 from vramplan.estimator.alloc_events import step_events  # noqa: E402
@@ -40,17 +41,6 @@ from vramplan.sources.profiles import load_model  # noqa: E402
 from vramplan.spec import resolve_train  # noqa: E402
 from vramplan.spec.alloc_conf import DEFAULT, EXPANDABLE  # noqa: E402
 
-VARIED = [
-    ("llama-2-7b", {"method": "lora", "dora": True, "seq": 512}),
-    ("llama-2-7b", {"method": "qlora", "quant": "int8", "seq": 512}),
-    ("gemma-2-2b", {"method": "lora", "seq": 1024}),
-    ("phi-3-mini", {"method": "qlora", "batch": 2, "seq": 1024}),
-    ("mistral-7b", {"method": "lora", "attn": "eager", "seq": 512}),
-    ("qwen2.5-7b", {"method": "full", "optim": "adamw_8bit", "seq": 1024}),
-    ("llama-3.2-1b", {"method": "full", "loss": "liger", "seq": 2048}),
-    ("tinyllama-1.1b", {"method": "freeze", "seq": 1024}),
-    ("llama-3-8b", {"method": "lora", "grad_ckpt": True, "lora_dropout": 0.05, "seq": 2048}),
-]
 CONFIGS = [*GRID, *HELD_OUT, *ISSUE_CONFIGS, *VARIED]
 SETTINGS = {"default": DEFAULT, "expandable_segments:True": EXPANDABLE}
 

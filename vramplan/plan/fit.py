@@ -152,6 +152,11 @@ def largest(ok: Callable[[int], bool], lo: int, cap: int, known_bad: int | None 
             good = probe
         else:
             return cap
+    return _bisect(ok, good, bad)
+
+
+def _bisect(ok: Callable[[int], bool], good: int, bad: int) -> int:
+    """The largest value `ok` accepts between `good` (accepted) and `bad` (refused)."""
     while bad - good > 1:
         mid = (good + bad) // 2
         if ok(mid):
@@ -188,13 +193,7 @@ def settle(ok: Callable[[int], bool], n: int, lo: int, cap: int) -> int:
             bad, step = probe, 2 * step
         if good is None:
             return lo - 1
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        if ok(mid):
-            good = mid
-        else:
-            bad = mid
-    return good
+    return _bisect(ok, good, bad)
 
 
 def _limit(
