@@ -9,7 +9,7 @@ saved-tensor hooks on a tiny GptOssForCausalLM (tests/oracle: the family grid).
 
 from __future__ import annotations
 
-from vramplan.estimator.moe_ops import sort_and_gather
+from vramplan.estimator.moe_ops import router_logits, sort_and_gather
 from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote
 from vramplan.spec import ModelSpec
 
@@ -118,13 +118,7 @@ def gpt_oss_moe(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTen
             merged += p.params * param_bytes + casts * factors
             walk.per_layer_saved += p.params * param_bytes + casts * factors
     # ---- router
-    x_router = walk.cast(x, autocast_dtype) if autocast_dtype else x
-    logits = walk.new(T * experts, autocast_dtype or x.dtype, routed_grad)
-    if router_grad:
-        walk.save(x_router)
-    if x.requires_grad and autocast_dtype and param_dtype != autocast_dtype:
-        walk.per_layer_saved += experts * hidden * BYTES[autocast_dtype]  # the weight's autocast cast
-    walk.transient(x, x_router, logits, extra_ref=merged)
+    logits = router_logits(walk, settings, m, x, router_grad, routed_grad, merged)
     top_values, indices = walk.new(T * top_k, logits.dtype, routed_grad), walk.new(T * top_k, "int64", False)
     if routed_grad:
         walk.save(indices)

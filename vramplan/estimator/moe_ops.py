@@ -142,6 +142,29 @@ def sort_and_gather(
     return locals_kept
 
 
+def router_logits(
+    walk: Walk,
+    settings: WalkSettings,
+    m: ModelSpec,
+    x: SymbolicTensor,
+    router_grad: bool,
+    routed_grad: bool,
+    merged: int,
+) -> SymbolicTensor:
+    """The router's `F.linear(x, weight)` under autocast (Mixtral's, Qwen3-MoE's, gpt-oss's with its bias): x
+    cast to the autocast dtype and saved when the router trains, the weight's autocast cast saved when x needs a
+    gradient (the router weight is in the load dtype, fp32 after kbit prep); returns the T·E logits."""
+    experts, hidden, autocast_dtype = m.num_local_experts, m.hidden_size, settings.autocast_dtype
+    x_router = walk.cast(x, autocast_dtype) if autocast_dtype else x
+    logits = walk.new(settings.T * experts, autocast_dtype or x.dtype, routed_grad)
+    if router_grad:
+        walk.save(x_router)
+    if x.requires_grad and autocast_dtype and settings.norm_dtype != autocast_dtype:
+        walk.per_layer_saved += experts * hidden * BYTES[autocast_dtype]  # the weight's autocast cast
+    walk.transient(x, x_router, logits, extra_ref=merged)
+    return logits
+
+
 def _softmax_router(
     walk: Walk,
     settings: WalkSettings,
@@ -152,15 +175,8 @@ def _softmax_router(
     merged: int,
 ) -> SymbolicTensor:
     """Mixtral's / Qwen3-MoE's router (see `moe_block`); returns the T·k routing weights."""
-    T, top_k, experts, hidden = settings.T, m.num_experts_per_tok, m.num_local_experts, m.hidden_size
-    autocast_dtype, param_dtype = settings.autocast_dtype, settings.norm_dtype
-    x_router = walk.cast(x, autocast_dtype) if autocast_dtype else x
-    logits = walk.new(T * experts, autocast_dtype or x.dtype, routed_grad)
-    if router_grad:
-        walk.save(x_router)
-    if x.requires_grad and autocast_dtype and param_dtype != autocast_dtype:
-        walk.per_layer_saved += experts * hidden * BYTES[autocast_dtype]  # the weight's autocast cast
-    walk.transient(x, x_router, logits, extra_ref=merged)
+    T, top_k, experts = settings.T, m.num_experts_per_tok, m.num_local_experts
+    logits = router_logits(walk, settings, m, x, router_grad, routed_grad, merged)
     logits_fp32 = walk.cast(logits, "fp32") if m.model_type == "mixtral" else logits
     probs = walk.new(T * experts, "fp32", routed_grad)
     indices = walk.new(T * top_k, "int64", False)

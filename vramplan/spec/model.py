@@ -385,7 +385,8 @@ class ModelSpec:
 
     @property
     def linear_weight_params(self) -> int:
-        """Weights of all decoder-layer `nn.Linear`s: what bitsandbytes quantizes (lm_head excluded)."""
+        """Weights of all decoder-layer `nn.Linear`s (lm_head excluded); bitsandbytes quantizes those that are
+        `quantizable` (`quantized_weight_params`)."""
         return sum(lin.weight_params * self.instances(lin) for lin in self.linears)
 
     @property

@@ -358,9 +358,10 @@ def resolve_train(
     grad_accum = positive(grad_accum, "--grad-accum", LIMITS["grad_accum"])
     if isinstance(freeze_trainable_layers, bool) or not isinstance(freeze_trainable_layers, int):
         raise VramplanError(f"--freeze-trainable-layers must be an integer, got {freeze_trainable_layers!r}")
+    uses_lora = method in ("lora", "qlora")
     peft_method, peft_notes = resolve_peft(peft, num_virtual_tokens, block_size)
     notes += peft_notes
-    if peft_method.name != "lora" and method not in ("lora", "qlora"):
+    if peft_method.name != "lora" and not uses_lora:
         raise VramplanError(f"--peft {peft_method.name} trains adapters: use --method lora (or qlora), not {method}")
     if peft_method.name == "ia3" and "lora_target" not in set(explicit) and lora_target == "all-linear":
         if model.model_type not in IA3_TARGETS:
@@ -369,14 +370,13 @@ def resolve_train(
     saved = resolve_modules_to_save(model, modules_to_save)
     # a LoRA target list under another method is a setting nothing reads (axolotl with an empty `adapter:` keeps
     # its lora_target_modules): not checked against the model, said by contradictions() when typed
-    uses_lora = method in ("lora", "qlora")
     selection = select_lora_targets(model, lora_target if uses_lora else "all-linear", saved)
     targets, preset = selection.names, selection.preset
-    if method in ("lora", "qlora"):
+    if uses_lora:
         named = "lora_target" in set(explicit) or lora_target.strip().lower() not in ("all-linear", "all")
         targets, mamba_note = without_mamba_refused(model, targets, named)
         notes += [mamba_note] if mamba_note else []
-    if selection.unmatched and method in ("lora", "qlora"):
+    if selection.unmatched and uses_lora:
         many = len(selection.unmatched) > 1
         notes.append(
             f"LoRA target{'s' if many else ''} {', '.join(selection.unmatched)} match{'' if many else 'es'} no "
@@ -384,7 +384,7 @@ def resolve_train(
             "raises only when none matches)"
         )
     params = resolve_target_parameters(model, target_parameters)
-    if (saved or params or selection.embeddings) and method not in ("lora", "qlora"):
+    if (saved or params or selection.embeddings) and not uses_lora:
         notes.append("modules_to_save / target_parameters / embedding targets are LoRA settings: ignored")
         saved, params, selection = (), (), LoraSelection(targets, preset)
     if selection.layers:
@@ -405,13 +405,13 @@ def resolve_train(
     notes += sink_attention_notes(model, attn, "attn" in set(explicit))
     if model.model_type in SINK_FAMILIES and attn == "sdpa":
         attn = "eager"
-    moe = lora_moe_targets(model, targets) if method in ("lora", "qlora") else ()
+    moe = lora_moe_targets(model, targets) if uses_lora else ()
     if moe and dora:
         raise VramplanError(
             f"--dora cannot adapt {model.name}'s router/experts ({', '.join(p.name for p in moe)}): PEFT's "
             "lora.ParamWrapper does not support DoRA; use --lora-target attn or --no-dora"
         )
-    if (moe or params) and lora_dropout > 0 and method in ("lora", "qlora"):
+    if (moe or params) and lora_dropout > 0 and uses_lora:
         notes.append(
             f"PEFT rejects lora_dropout != 0 on {model.name}'s router/experts (lora.ParamWrapper): "
             "train with --lora-dropout 0 (estimated as given) or --lora-target attn"
@@ -426,7 +426,7 @@ def resolve_train(
             "or --no-kbit-prep (estimated as given)"
         )
     if (
-        method in ("lora", "qlora")
+        uses_lora
         and model.fused_expert_params
         and (quant != "none" or moe or (model.from_table and preset == "all-linear"))
     ):
@@ -448,7 +448,7 @@ def resolve_train(
     layer_offload = layer_offload_setting(
         layer_offload, method, grad_ckpt, checkpoint is not None, model.from_table, notes
     )
-    stage_spec, stage_notes = resolve_stage(uses_lora=method in ("lora", "qlora"), **stage)
+    stage_spec, stage_notes = resolve_stage(uses_lora=uses_lora, **stage)
     notes += stage_notes
     return TrainSpec(
         peft=peft_method,
