@@ -55,7 +55,7 @@ from vramplan.estimator.mla_ops import mla_attention
 from vramplan.estimator.moe_ops import moe_block
 from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote
 from vramplan.spec import ModelSpec
-from vramplan.spec.model import FP32_PRODUCT_NORM, SINK_FAMILIES
+from vramplan.spec.family_traits import FP32_PRODUCT_NORM, SINK_FAMILIES
 
 
 def norm(

@@ -8,7 +8,7 @@ from vramplan.estimator.linear_ops import linear
 from vramplan.estimator.mla_ops import grouped_router
 from vramplan.estimator.walk import BYTES, SymbolicTensor, Walk, WalkSettings, promote
 from vramplan.spec import ModelSpec
-from vramplan.spec.model import DEEPSEEK_MOE
+from vramplan.spec.family_traits import DEEPSEEK_MOE
 
 
 def moe_block(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, trainable: bool) -> SymbolicTensor:

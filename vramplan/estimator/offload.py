@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from vramplan.estimator.activations import ActivationBytes
+from vramplan.estimator.activation_bytes import ActivationBytes
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
 
 ACTIVATION_OFFLOADS: tuple[str, ...] = ("none", "checkpoints", "unsloth", "all")

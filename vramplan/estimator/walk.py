@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from vramplan.estimator.adapters import adapter_dtype
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
-from vramplan.spec.model import HYBRID_LINEAR_ATTENTION
+from vramplan.spec.family_traits import HYBRID_LINEAR_ATTENTION
 
 BYTES = {**DTYPE_BYTES, "bool": 1, "int32": 4, "int64": 8}  # the walk also holds bool masks and index tensors
 

@@ -6,7 +6,8 @@ Serving's ServeSpec lives in `vramplan.estimator.serve` beside its resolver.
 from __future__ import annotations
 
 from vramplan.spec.config import model_spec_from_config  # noqa: F401
-from vramplan.spec.families import DEFAULT_ACT  # noqa: F401
+from vramplan.spec.family_common import DEFAULT_ACT  # noqa: F401
+from vramplan.spec.family_traits import HEAD_DIM_DEFAULTS, LLAMA_LIKE, SUPPORTED_MODEL_TYPES  # noqa: F401
 from vramplan.spec.lora_targets import (  # noqa: F401
     LORA_TARGET_PRESETS,
     PEFT_DEFAULT_TARGETS,
@@ -17,12 +18,9 @@ from vramplan.spec.model import (  # noqa: F401
     ATTNS,
     DTYPE_BYTES,
     DTYPES,
-    HEAD_DIM_DEFAULTS,
-    LLAMA_LIKE,
     METHODS,
     MIXED,
     QUANTS,
-    SUPPORTED_MODEL_TYPES,
     Attn,
     Dtype,
     LinearSpec,

@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from vramplan.spec.families import all_layers_routed, known_model_spec, text_config
+from vramplan.spec.family_traits import SUPPORTED_MODEL_TYPES
 from vramplan.spec.fields import config_str
-from vramplan.spec.model import SUPPORTED_MODEL_TYPES, ModelSpec
+from vramplan.spec.model import ModelSpec
 
 
 def model_spec_from_config(cfg: Mapping[str, Any], name: str, linearized_experts: bool = False) -> ModelSpec:

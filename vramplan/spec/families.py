@@ -11,22 +11,13 @@ from dataclasses import replace
 from typing import Any
 
 from vramplan.errors import VramplanError
+from vramplan.spec.falcon_h1 import falcon_h1_spec
+from vramplan.spec.family_common import common_fields, required
+from vramplan.spec.family_traits import DEEPSEEK_MOE, SUPPORTED_MODEL_TYPES
 from vramplan.spec.fields import config_bool, config_int, config_names, config_str
 from vramplan.spec.mla import glm4_moe_model_spec, mla_model_spec, with_defaults
-from vramplan.spec.model import (
-    DEEPSEEK_MOE,
-    HEAD_DIM_DEFAULTS,
-    SUPPORTED_MODEL_TYPES,
-    LinearSpec,
-    MambaSpec,
-    ModelSpec,
-    ParamSpec,
-)
-
-
-def _req(cfg: Mapping[str, Any], key: str, name: str) -> int:
-    """A required shape field: an integer in its range (vramplan.spec.fields.SHAPE_LIMITS)."""
-    return config_int(cfg, key, name)
+from vramplan.spec.model import LinearSpec, ModelSpec, ParamSpec
+from vramplan.spec.neox import neox_like_spec, phi_spec
 
 
 def text_config(cfg: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -100,25 +91,25 @@ def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
     if mt not in SUPPORTED_MODEL_TYPES:
         raise VramplanError(f"model config {name!r}: model_type {mt!r} is not hand-modelled")
     if mt in ("gpt_neox", "bloom"):
-        return _check_shapes(_neox_like(cfg, name, mt))
+        return _check_shapes(neox_like_spec(cfg, name, mt))
     if mt == "phi":
-        return _check_shapes(_phi(cfg, name))
+        return _check_shapes(phi_spec(cfg, name))
     if mt == "falcon_h1":
-        return _check_shapes(_falcon_h1(cfg, name))
+        return _check_shapes(falcon_h1_spec(cfg, name))
     if mt in ("qwen2", "qwen3"):
         config_int(cfg, "max_window_layers", name, default=28, low=0)  # read by kvcache.layer_windows
     if mt == "qwen3_5_text":
         from vramplan.spec.qwen35 import qwen35_spec
 
-        h, heads = _req(cfg, "hidden_size", name), _req(cfg, "num_attention_heads", name)
-        m = qwen35_spec(cfg, name, _common(cfg, name, h, heads))
+        h, heads = required(cfg, "hidden_size", name), required(cfg, "num_attention_heads", name)
+        m = qwen35_spec(cfg, name, common_fields(cfg, name, h, heads))
         return _check_shapes(replace(m, text_of=str(wrapper)) if wrapper else m)
     if mt == "qwen3_moe" and not all_layers_routed(cfg):
         raise VramplanError(f"model config {name!r}: a qwen3_moe with dense MLP layers is not hand-modelled")
     if mt in DEEPSEEK_MOE:
         cfg = with_defaults(cfg, mt)
-        h, heads = _req(cfg, "hidden_size", name), _req(cfg, "num_attention_heads", name)
-        common = _common(cfg, name, h, heads)
+        h, heads = required(cfg, "hidden_size", name), required(cfg, "num_attention_heads", name)
+        common = common_fields(cfg, name, h, heads)
         if mt == "glm4_moe":
             return _check_shapes(glm4_moe_model_spec(cfg, name, common))
         return _check_shapes(mla_model_spec(cfg, name, mt, common))
@@ -126,52 +117,12 @@ def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
     return _check_shapes(replace(m, text_of=str(wrapper)) if wrapper else m)
 
 
-# transformers 5.24 config classes' default `hidden_act` where it is not SiLU
-DEFAULT_ACT = {"phi": "gelu_new", "gpt_neox": "gelu", "bloom": "bloom_gelu", "gemma": "gelu_pytorch_tanh",
-               "gemma2": "gelu_pytorch_tanh", "gemma3_text": "gelu_pytorch_tanh"}  # fmt: skip
-# Softcapping defaults of the config classes (transformers 5.24): Gemma2Config attn 50.0 / final 30.0,
-# Gemma3TextConfig None / None (the Gemma 3 checkpoints set both to null)
-SOFTCAP_DEFAULTS: dict[str, tuple[float | None, float | None]] = {"gemma2": (50.0, 30.0), "gemma3_text": (None, None)}
-
-
-def _common(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> dict[str, Any]:
-    kv = config_int(cfg, "num_key_value_heads", name, default=heads)
-    head_dim = config_int(cfg, "head_dim", name, default=HEAD_DIM_DEFAULTS.get(cfg.get("model_type", ""), h // heads))
-    return {
-        "name": name,
-        "hidden_size": h,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv,
-        "head_dim": head_dim,
-        "vocab_size": _req(cfg, "vocab_size", name),
-        "max_position_embeddings": config_int(
-            cfg, "max_position_embeddings", name, default=config_int(cfg, "seq_length", name, default=2048)
-        ),
-        "attn_softcap": _softcap(cfg, 0, "attn_logit_softcapping"),
-        "final_softcap": _softcap(cfg, 1, "final_logit_softcapping"),
-        "hidden_act": config_str(
-            cfg,
-            "hidden_activation",
-            name,
-            config_str(cfg, "hidden_act", name, DEFAULT_ACT.get(cfg["model_type"], "silu")),
-        ),
-        "config": dict(cfg),
-    }
-
-
-def _softcap(cfg: Mapping[str, Any], index: int, key: str) -> bool:
-    if index == 0 and cfg.get("model_type") == "gemma3_text":
-        return False  # Gemma3Attention.forward passes no `softcap` to the attention function (5.24): never applied
-    defaults = SOFTCAP_DEFAULTS.get(cfg.get("model_type", ""))
-    return defaults is not None and cfg.get(key, defaults[index]) is not None
-
-
 def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
-    h = _req(cfg, "hidden_size", name)
-    heads = _req(cfg, "num_attention_heads", name)
-    c = _common(cfg, name, h, heads)
-    inter = _req(cfg, "intermediate_size", name)
-    layers = _req(cfg, "num_hidden_layers", name)
+    h = required(cfg, "hidden_size", name)
+    heads = required(cfg, "num_attention_heads", name)
+    c = common_fields(cfg, name, h, heads)
+    inter = required(cfg, "intermediate_size", name)
+    layers = required(cfg, "num_hidden_layers", name)
     q, kv = heads * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
     bias_default = mt == "gpt_oss"  # GptOssConfig.attention_bias defaults to True (q, k, v and o)
     qkv_bias = True if mt == "qwen2" else config_bool(cfg, "attention_bias", name, bias_default)
@@ -194,7 +145,7 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
     if mt == "mixtral":
         # transformers 5 MixtralExperts: gate_up_proj (E, 2I, H) and down_proj (E, H, I) as nn.Parameter,
         # MixtralTopKRouter.weight (E, H): no nn.Linear in the MoE block (modeling_mixtral.py, 5.24).
-        experts = _req(cfg, "num_local_experts", name)
+        experts = required(cfg, "num_local_experts", name)
         top_k = config_int(cfg, "num_experts_per_tok", name, default=2)
         other = (
             ParamSpec("gate.weight", (experts, h), ("gate",)),
@@ -208,7 +159,7 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         # (modeling_qwen3_moe.py, 5.24). PEFT 0.21.2 resolves qwen3_moe through transformers' conversion mapping
         # to qwen2_moe's `_MOE_TARGET_MODULE_MAPPING`: `gate`, `gate_proj` + `up_proj`, `down_proj` (its
         # transformers-4 names; `all-linear` includes them) become `target_parameters`.
-        experts = _req(cfg, "num_experts", name)
+        experts = required(cfg, "num_experts", name)
         top_k = config_int(cfg, "num_experts_per_tok", name, default=8)
         inter = config_int(cfg, "moe_intermediate_size", name, default=768)
         other = (
@@ -277,7 +228,7 @@ def _gpt_oss_params(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> tu
     `_MOE_TARGET_MODULE_MAPPING` entry), so `all-linear` adapts q/k/v/o only; the experts take LoRA only through
     an explicit `target_parameters`."""
     experts = config_int(cfg, "num_local_experts", name, default=128)
-    inter = _req(cfg, "intermediate_size", name)
+    inter = required(cfg, "intermediate_size", name)
     return (
         ParamSpec("router.weight", (experts, h), ()),
         ParamSpec("router.bias", (experts,), ()),
@@ -287,139 +238,3 @@ def _gpt_oss_params(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> tu
         ParamSpec("down_proj_bias", (experts, h), ()),
         ParamSpec("sinks", (heads,), ()),
     )
-
-
-def _neox_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
-    if mt == "bloom":
-        h = config_int(cfg, "hidden_size", name, default=None) or _req(cfg, "n_embed", name)
-        heads = config_int(cfg, "n_head", name, default=None) or _req(cfg, "num_attention_heads", name)
-        layers = config_int(cfg, "n_layer", name, default=None) or _req(cfg, "num_hidden_layers", name)
-        inter = 4 * h
-        tie = config_bool(cfg, "tie_word_embeddings", name, True)
-    else:
-        h = _req(cfg, "hidden_size", name)
-        heads = _req(cfg, "num_attention_heads", name)
-        layers = _req(cfg, "num_hidden_layers", name)
-        inter = _req(cfg, "intermediate_size", name)
-        tie = config_bool(cfg, "tie_word_embeddings", name, False)
-    c = _common({**cfg, "num_key_value_heads": None, "head_dim": None}, name, h, heads)
-    bias = config_bool(cfg, "attention_bias", name, True) if mt == "gpt_neox" else True
-    return ModelSpec(
-        model_type=mt,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        tie_word_embeddings=tie,
-        linears=(
-            LinearSpec("query_key_value", h, 3 * h, bias, "attn"),
-            LinearSpec("dense", h, h, bias, "attn"),
-            LinearSpec("dense_h_to_4h", h, inter, True, "mlp"),
-            LinearSpec("dense_4h_to_h", inter, h, True, "mlp"),
-        ),
-        norm="layer",
-        norms_per_layer=2,
-        embed_norm=mt == "bloom",
-        mlp="plain",
-        parallel_residual=config_bool(cfg, "use_parallel_residual", name, True) if mt == "gpt_neox" else False,
-        **c,
-    )
-
-
-def _phi(cfg: Mapping[str, Any], name: str) -> ModelSpec:
-    h = _req(cfg, "hidden_size", name)
-    heads = _req(cfg, "num_attention_heads", name)
-    c = _common(cfg, name, h, heads)
-    inter = _req(cfg, "intermediate_size", name)
-    q, kv = heads * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
-    qk_ln = config_bool(cfg, "qk_layernorm", name, False)
-    return ModelSpec(
-        model_type="phi",
-        intermediate_size=inter,
-        num_hidden_layers=_req(cfg, "num_hidden_layers", name),
-        tie_word_embeddings=config_bool(cfg, "tie_word_embeddings", name, False),
-        linears=(
-            LinearSpec("q_proj", h, q, True, "attn"),
-            LinearSpec("k_proj", h, kv, True, "attn"),
-            LinearSpec("v_proj", h, kv, True, "attn"),
-            LinearSpec("dense", q, h, True, "attn"),
-            LinearSpec("fc1", h, inter, True, "mlp"),
-            LinearSpec("fc2", inter, h, True, "mlp"),
-        ),
-        norm="layer",
-        norms_per_layer=1,
-        head_norm_params=2 * 2 * c["head_dim"] if qk_ln else 0,
-        lm_head_bias=True,
-        mlp="plain",
-        parallel_residual=True,
-        **c,
-    )
-
-
-def _falcon_h1(cfg: Mapping[str, Any], name: str) -> ModelSpec:
-    """Falcon-H1 (transformers 5.24 modeling_falcon_h1.py / configuration_falcon_h1.py): every decoder layer
-    runs a Llama attention (`self_attn`) and a Mamba-2 mixer (`mamba`) on the same normed input, then a gated
-    MLP (`feed_forward`); FalconH1Config's defaults for the fields config.json leaves out (mamba_d_ssm 1024,
-    or mamba_expand · hidden when null; 128 heads of d_ssm // heads ("auto"); state 256; 1 group; conv 4;
-    chunk 256; conv bias; no in_proj bias (mamba_proj_bias), no out_proj bias (projectors_bias); gated RMSNorm
-    only with mamba_rms_norm). The muP multipliers are scalars and a non-persistent buffer: no parameters."""
-    h = _req(cfg, "hidden_size", name)
-    heads = _req(cfg, "num_attention_heads", name)
-    c = _common(cfg, name, h, heads)
-    inter = config_int(cfg, "intermediate_size", name, default=14336)
-    layers = _req(cfg, "num_hidden_layers", name)
-    if "mamba_d_ssm" in cfg and cfg["mamba_d_ssm"] is None:
-        d_ssm = config_int(cfg, "mamba_expand", name, default=2) * h
-    else:
-        d_ssm = config_int(cfg, "mamba_d_ssm", name, default=1024)
-    ssm_heads = config_int(cfg, "mamba_n_heads", name, default=128)
-    head_dim = d_ssm // ssm_heads if cfg.get("mamba_d_head", "auto") == "auto" else None
-    head_dim = head_dim or config_int(cfg, "mamba_d_head", name)
-    if d_ssm % ssm_heads or head_dim * ssm_heads != d_ssm:  # FalconH1Config.validate_architecture
-        raise VramplanError(
-            f"model config {name!r}: mamba_n_heads {ssm_heads} × mamba_d_head {head_dim} must equal the mixer's "
-            f"width {d_ssm} (mamba_d_ssm, or mamba_expand × hidden_size); fix the config.json"
-        )
-    mamba = MambaSpec(
-        d_ssm=d_ssm,
-        heads=ssm_heads,
-        head_dim=head_dim,
-        state=config_int(cfg, "mamba_d_state", name, default=256),
-        groups=config_int(cfg, "mamba_n_groups", name, default=1),
-        conv_kernel=config_int(cfg, "mamba_d_conv", name, default=4),
-        chunk=config_int(cfg, "mamba_chunk_size", name, default=256),
-        conv_bias=config_bool(cfg, "mamba_conv_bias", name, True),
-        rms_norm=config_bool(cfg, "mamba_rms_norm", name, False),
-    )
-    if ssm_heads % mamba.groups:
-        raise VramplanError(
-            f"model config {name!r}: mamba_n_heads {ssm_heads} is not a multiple of mamba_n_groups "
-            f"{mamba.groups}; fix the config.json"
-        )
-    q, kv = heads * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
-    attn_bias = config_bool(cfg, "attention_bias", name, False)
-    mlp_bias = config_bool(cfg, "mlp_bias", name, False)
-    linears = (
-        LinearSpec("q_proj", h, q, attn_bias, "attn", "self_attn.q_proj"),
-        LinearSpec("k_proj", h, kv, attn_bias, "attn", "self_attn.k_proj"),
-        LinearSpec("v_proj", h, kv, attn_bias, "attn", "self_attn.v_proj"),
-        LinearSpec("o_proj", q, h, attn_bias, "attn", "self_attn.o_proj"),
-        LinearSpec("in_proj", h, mamba.projection, config_bool(cfg, "mamba_proj_bias", name, False), "ssm",
-                   "mamba.in_proj"),
-        LinearSpec("out_proj", d_ssm, h, config_bool(cfg, "projectors_bias", name, False), "ssm", "mamba.out_proj"),
-        LinearSpec("gate_proj", h, inter, mlp_bias, "mlp", "feed_forward.gate_proj"),
-        LinearSpec("up_proj", h, inter, mlp_bias, "mlp", "feed_forward.up_proj"),
-        LinearSpec("down_proj", inter, h, mlp_bias, "mlp", "feed_forward.down_proj"),
-    )  # fmt: skip
-    return ModelSpec(
-        model_type="falcon_h1",
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        tie_word_embeddings=config_bool(cfg, "tie_word_embeddings", name, False),
-        linears=linears,
-        norm="rms",
-        norms_per_layer=2,  # input_layernorm, pre_ff_layernorm
-        mamba=mamba,
-        **c,
-    )
-
-
-# ---------------------------------------------------------------- the training step

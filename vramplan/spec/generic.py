@@ -22,7 +22,8 @@ from typing import Any
 from vramplan.errors import VramplanError
 from vramplan.spec import architectures, llama4
 from vramplan.spec.families import known_model_spec
-from vramplan.spec.model import SUPPORTED_MODEL_TYPES, Approximation, LinearSpec, ModelSpec
+from vramplan.spec.family_traits import SUPPORTED_MODEL_TYPES
+from vramplan.spec.model import Approximation, LinearSpec, ModelSpec
 
 # Largest relative difference of the device total between this path and the exact one on the hand-modelled
 # families run as if unknown (benchmarks/generic_band.py, re-run 2026-12-03 with Gemma 3 and Qwen3-MoE

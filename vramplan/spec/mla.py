@@ -74,7 +74,7 @@ def with_defaults(cfg: Mapping[str, Any], mt: str) -> dict[str, Any]:
 
 def mla_model_spec(cfg: Mapping[str, Any], name: str, mt: str, common: dict[str, Any]) -> ModelSpec:
     """The ModelSpec of a deepseek_v3 / glm4_moe_lite config.json (`with_defaults` applied); `common`:
-    families._common's fields."""
+    family_common.common_fields's fields."""
     defaults = CONFIG_DEFAULTS[mt]
 
     def field(key: str, low: int = 1) -> int:

@@ -58,7 +58,7 @@ def qwen35_dims(m: ModelSpec) -> tuple[int, int, int, int, int]:
 
 
 def qwen35_spec(cfg: Mapping[str, Any], name: str, common: dict[str, Any]) -> ModelSpec:
-    """The ModelSpec of a qwen3_5_text config (`common`: the fields every family reads, families._common)."""
+    """The ModelSpec of a qwen3_5_text config (`common`: the fields every family reads, family_common.common_fields)."""
     h, heads, head_dim = common["hidden_size"], common["num_attention_heads"], common["head_dim"]
     kv = common["num_key_value_heads"]
     layers = config_int(cfg, "num_hidden_layers", name)

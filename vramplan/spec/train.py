@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from vramplan.errors import VramplanError
 from vramplan.spec.alloc_conf import parse_alloc_conf
+from vramplan.spec.family_traits import SINK_FAMILIES
 from vramplan.spec.fields import positive, quantization_config
 from vramplan.spec.lora_targets import (
     LoraSelection,
@@ -27,7 +28,6 @@ from vramplan.spec.model import (
     METHODS,
     MIXED,
     QUANTS,
-    SINK_FAMILIES,
     Attn,
     Dtype,
     Method,

@@ -3,7 +3,8 @@ and the contradictions the real stack would refuse or ignore (warnings; the esti
 
 from __future__ import annotations
 
-from vramplan.spec.model import SINK_FAMILIES, ModelSpec
+from vramplan.spec.family_traits import SINK_FAMILIES
+from vramplan.spec.model import ModelSpec
 
 # The first GPU generation FlashAttention-2 runs on: Ampere, compute capability 8.0 (flash-attention
 # README "FlashAttention-2 currently supports Ampere, Ada, or Hopper GPUs"; Turing is FA1 only).
