@@ -60,7 +60,7 @@ from vramplan.measure.efficient_attention import EfficientAttentionStandIn, need
 # Versions the patches were written against and checked with (major.minor prefixes).
 PINNED: tuple[tuple[str, str], ...] = (
     ("torch", "2.13"),
-    ("transformers", "5.24"),
+    ("transformers", "5.25"),
     ("peft", "0.21"),
     ("bitsandbytes", "0.50"),
 )

@@ -4,7 +4,7 @@ A recipe fills the settings nobody typed (flags beat --from files beat the recip
 It covers what the framework decides, not the run's shape: batch, sequence length and the method stay yours.
 Each default is read from the framework's code (file and version cited on the rule):
 
-- `trainer`: HF `Trainer` with `bf16=True` and PEFT, vramplan's long-standing default (transformers 5.24
+- `trainer`: HF `Trainer` with `bf16=True` and PEFT, vramplan's long-standing default (transformers 5.25
   `training_args.py`: `optim="adamw_torch_fused"`, `gradient_checkpointing=False`; the loss is the model's
   `ForCausalLMLoss`, loss/loss_utils.py); LoRA r=16, alpha 32, dropout 0.05 on all linear layers.
 - `trl`: `SFTTrainer` + `SFTConfig` (trl 1.16.0): `gradient_checkpointing=True` (trainer/base_config.py, since
@@ -46,7 +46,7 @@ PACKAGES = {"trl": "trl", "llamafactory": "llamafactory", "axolotl": "axolotl", 
 # (LLaMA-Factory and axolotl: the commits whose schemas sources/configs reads; unsloth: not pinned, the
 # defaults of `FastLlamaModel.get_peft_model`'s signature, unsloth/models/llama.py)
 CURRENT = {"trl": "1.16.0", "llamafactory": "ff6d4d1", "axolotl": "067b021", "unsloth": "unpinned",
-           "trainer": "5.24.0"}  # fmt: skip
+           "trainer": "5.25.0"}  # fmt: skip
 # trl: first release with gradient_checkpointing=True in its base config (1.0.0 has it, 0.21.0 does not) and
 # the first whose SFTTrainer computes the loss through `add_fused_lm_head` (1.15.0 has it, 1.14.0 does not).
 TRL_GRAD_CKPT_SINCE = (1, 0, 0)
@@ -66,7 +66,7 @@ class Recipe:
 
     @property
     def label(self) -> str:
-        """`trl 1.16.0`; the Trainer's version is transformers': `trainer (transformers 5.24.0)`."""
+        """`trl 1.16.0`; the Trainer's version is transformers': `trainer (transformers 5.25.0)`."""
         return f"{self.name} (transformers {self.version})" if self.name == "trainer" else f"{self.name} {self.version}"
 
 
