@@ -18,13 +18,13 @@ from vramplan.report.common import warn
 
 class Count(click.ParamType):
     """A count as typed: 2048, or 2k / 2K (× 1024), as LLaMA-Factory writes cutoff_len: every count option of
-    every command (spec.train.parse_count). The sign is kept, so the range check where the value is used names
+    every command (spec.counts.parse_count). The sign is kept, so the range check where the value is used names
     the flag and the range (`--batch must be a positive integer, got 0`) as it does for a config file's value."""
 
     name = "N"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        from vramplan.spec.train import parse_count
+        from vramplan.spec.counts import parse_count
 
         if isinstance(value, int):
             return value

@@ -24,10 +24,10 @@ from vramplan.estimator.allocator_slack import error_band
 from vramplan.estimator.build import AllocatorModel, build_breakdown
 from vramplan.estimator.distributed import shard
 from vramplan.spec import ModelSpec, TrainSpec, resolve_train
+from vramplan.spec.counts import LIMITS, parse_count
 from vramplan.spec.fields import positive
 from vramplan.spec.gpu import GpuProfile
 from vramplan.spec.parallel import ParallelSpec
-from vramplan.spec.train import LIMITS, parse_count
 
 FIT_METHODS: tuple[str, ...] = ("full", "lora", "qlora")
 DEFAULT_SEQS: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)
