@@ -57,7 +57,8 @@ def fit(
     finetuning type), each without / with gradient checkpointing, with --optim and with 8-bit AdamW. A cell is
     the largest batch whose verdict is `fits` or `tight` (* = tight).
     """
-    from vramplan.plan.fit import fit_table, parse_seqs, peak_curves
+    from vramplan.plan.curves import peak_curves
+    from vramplan.plan.fit import fit_table, parse_seqs
 
     if gpu is None:
         raise VramplanError("fit needs a GPU: --gpu NAME (see `vramplan gpus`) or --gpu auto")
