@@ -1,4 +1,5 @@
-"""The package's layering, read from its source: no import cycles, and an estimator that is pure arithmetic.
+"""The package's layering, read from its source: no import cycles, an estimator that is pure arithmetic, and no
+module over MAX_MODULE_LINES lines.
 
 The import graph is static: every `import` / `from … import` in a module's source (module level, inside
 functions, and under `if TYPE_CHECKING:`, since a type named across layers couples them as much as a call),
@@ -30,6 +31,9 @@ ESTIMATOR_FORBIDDEN = (
     "vramplan.measure",
     "vramplan.api",
 )
+# issue 15 and STYLE.md: a module past ~400 lines holds two concerns; split it along a seam (a concern that stands
+# alone, named for what it is), not by cutting it in two
+MAX_MODULE_LINES = 400
 
 
 def module_files(root: Path = PACKAGE) -> dict[str, Path]:
@@ -146,3 +150,22 @@ def test_json_and_help_import_no_renderer_and_no_store():
     lazy = ("rich", "yaml", "platformdirs")
     assert heavy_imports_after(["estimate", "llama-2-7b", "--json"], modules=lazy) == []
     assert heavy_imports_after(["--help"], modules=lazy) == []
+
+
+def module_lines() -> dict[str, int]:
+    """Lines of each module of the package, as `wc -l` counts them."""
+    return {module: path.read_bytes().count(b"\n") for module, path in module_files().items()}
+
+
+def test_the_line_count_reads_every_module():
+    """The limit below is checked on the whole package, not an empty or truncated listing."""
+    lines = module_lines()
+    assert "vramplan.estimator.alloc_events" in lines
+    assert "vramplan.spec.train" in lines
+    assert len(lines) > 100
+    assert max(lines.values()) > MAX_MODULE_LINES // 2
+
+
+def test_no_module_is_over_the_line_limit():
+    over = {module: n for module, n in module_lines().items() if n > MAX_MODULE_LINES}
+    assert over == {}, f"over {MAX_MODULE_LINES} lines (split along a seam): {over}"

@@ -1,8 +1,10 @@
 """The option groups the `vramplan` commands share, and how their values become specs.
 
-train_options (estimate, fit, measure, simulate), from_options (--from FILE, --model), parallel_options,
-serve_options; `resolve_plan` / `resolve_inputs` turn them into (ModelSpec, TrainSpec, GpuProfile), printing
-what is not modeled and the warnings on stderr. Nothing here imports more than click at module level.
+train_options (estimate, fit, measure, simulate), from_options (--from FILE, --model), parallel_options, and
+COUNT, the type of every count option; `resolve_plan` / `resolve_inputs` turn them into (ModelSpec, TrainSpec,
+GpuProfile), printing what is not modeled and the warnings on stderr. Nothing here imports more than click at
+module level. A command's own options live in its module (`cli/fit.py` seq_list_option, `cli/serve.py`
+serve_options).
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from vramplan.report.common import warn
 
 class Count(click.ParamType):
     """A count as typed: 2048, or 2k / 2K (× 1024), as LLaMA-Factory writes cutoff_len: every count option of
-    every command (spec.train.parse_count). The sign is kept, so the range check where the value is used names
+    every command (spec.counts.parse_count). The sign is kept, so the range check where the value is used names
     the flag and the range (`--batch must be a positive integer, got 0`) as it does for a config file's value."""
 
     name = "N"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        from vramplan.spec.train import parse_count
+        from vramplan.spec.counts import parse_count
 
         if isinstance(value, int):
             return value
@@ -336,76 +338,3 @@ def resolve_inputs(model: str | None, gpu: str | None, kw: dict[str, Any]):
 def emit_notes(t) -> None:
     for note in t.notes:
         warn(note)
-
-
-def seq_list_option(f: Callable) -> Callable:
-    """`fit` takes a list of sequence lengths: its --seq replaces train_options' single one."""
-    f.__click_params__ = [p for p in f.__click_params__ if p.name != "seq"]  # type: ignore[attr-defined]
-    return click.option(
-        "--seq", "seq_list", default=None, metavar="N[,N...]",
-        help="sequence lengths (columns) [512,1024,2048,4096,8192]; the first is the rank search's [1024]",
-    )(f)  # fmt: skip
-
-
-def serve_options(f: Callable) -> Callable:
-    """`vramplan serve`'s options: vLLM's engine arguments and HF generate's, names as theirs."""
-    opts = [
-        click.option("--gpu", default=None, help="GPU name or alias (see `vramplan gpus`); `auto` = this machine's"),
-        click.option("--engine", default="vllm", show_default=True, help="vllm | hf (transformers generate)"),
-        click.option("--dtype", default=None, help="model dtype: bf16 | fp16 | fp32 [bf16; fp16 w/o bf16]"),
-        click.option(
-            "--quant",
-            default=None,
-            help="bitsandbytes in flight: none | nf4 | fp4 | int8 [none; a "
-            "checkpoint's own quantization_config is read from its config.json]",
-        ),
-        click.option("--double-quant/--no-double-quant", default=True, help="bnb_4bit_use_double_quant [on]"),
-        click.option("--kv-cache-dtype", default="auto", help="vLLM: auto | fp8 | fp8_e4m3 | fp8_e5m2 [auto]"),
-        click.option("--enable-lora", is_flag=True, help="serve LoRA adapters (implied by --max-loras, --lora-rank)"),
-        click.option("--max-loras", type=COUNT, default=None, help="adapters resident on the GPU [1]"),
-        click.option("--max-lora-rank", "--lora-rank", "max_lora_rank", type=COUNT, default=None, help="LoRA r [16]"),
-        click.option(
-            "--lora-target",
-            default="all-linear",
-            show_default=True,
-            help="PEFT targets: all-linear | attn | qv | names (vLLM: lora_target_modules)",
-        ),
-        click.option("--merged-lora", is_flag=True, help="adapter merged into the weights: no adapter memory"),
-        click.option("--batch", type=COUNT, default=None, help="hf: sequences per generate() [1]"),
-        click.option("--prompt-tokens", type=COUNT, default=None, help="hf: prompt length [512]"),
-        click.option("--new-tokens", type=COUNT, default=None, help="hf: max_new_tokens [512]"),
-        click.option("--max-model-len", type=COUNT, default=None, help="vLLM [the model's max_position_embeddings]"),
-        click.option("--max-num-seqs", type=COUNT, default=None, help="vLLM [256; 1024 on >= 70 GiB GPUs but A100]"),
-        click.option("--max-num-batched-tokens", type=COUNT, default=None, help="vLLM [2048; 8192 on >= 70 GiB]"),
-        click.option(
-            "--gpu-memory-utilization",
-            type=float,
-            default=None,
-            help="vLLM [1.0 in 0.34 (extensible KV cache); 0.92 in 0.21; 0.9 before]",
-        ),
-        click.option("--block-size", type=COUNT, default=None, help="vLLM KV block, tokens [16]"),
-        click.option("--enforce-eager", is_flag=True, help="vLLM: no CUDA graphs"),
-        click.option("--tensor-parallel-size", "-tp", type=COUNT, default=None, help="vLLM: GPUs per layer [1]"),
-        click.option("--pipeline-parallel-size", "-pp", type=COUNT, default=None, help="vLLM: pipeline stages [1]"),
-        click.option("--enable-expert-parallel", is_flag=True, help="vLLM: MoE experts split across the TP ranks"),
-        click.option(
-            "--vllm-version",
-            default=None,
-            help="vLLM release whose start-up sizing applies: 0.6 | 0.10 | 0.21 | 0.34, or e.g. 0.8.5 [0.34]",
-        ),
-        click.option(
-            "--stack",
-            default=None,
-            metavar="PKG==VER,...",
-            help="hf: transformers / peft versions to plan for, e.g. transformers==4.44.2 [the installed ones]",
-        ),
-        click.option(
-            "--gpu-memory-gib",
-            type=float,
-            default=None,
-            help="the GPU's CUDA total in GiB (vLLM's total_gpu_memory) [from --gpu]",
-        ),
-    ]
-    for opt in reversed(opts):
-        f = opt(f)
-    return f

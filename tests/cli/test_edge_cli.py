@@ -134,7 +134,7 @@ def test_validate_at_80_columns_is_summarised():
 
 
 def test_every_count_option_takes_2k():
-    """One parser for counts (spec.train.parse_count): no command has an option typed as a plain int, whose
+    """One parser for counts (spec.counts.parse_count): no command has an option typed as a plain int, whose
     parser would refuse `2k`."""
     from vramplan.cli_options import Count
 

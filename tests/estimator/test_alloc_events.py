@@ -17,8 +17,9 @@ from vramplan.allocator.replay import ALLOC, FREE, replay, smallest_limit
 from vramplan.api import estimate
 from vramplan.errors import VramplanError
 from vramplan.estimator.activations import _walk_layer, layer_kinds, residual_dtype_of
-from vramplan.estimator.alloc_events import layer_pattern, step_events
+from vramplan.estimator.alloc_events import step_events
 from vramplan.estimator.allocator_replay import REPLAY_ERRORS, bisection_step, replay_route
+from vramplan.estimator.layer_pattern import layer_pattern
 from vramplan.estimator.peak import phases
 from vramplan.estimator.walk import walk_settings
 from vramplan.sources.profiles import load_model

@@ -9,18 +9,18 @@ import types
 import pytest
 
 from vramplan.errors import VramplanError
+from vramplan.plan.curves import peak_curves
 from vramplan.plan.fit import (
     DEFAULT_SEQS,
     MAX_BATCH,
     SEQ_MULTIPLE,
     fit_table,
     fits,
-    largest,
     max_lora_rank,
     parse_seqs,
-    peak_curves,
     run,
 )
+from vramplan.plan.search import largest
 from vramplan.sources.profiles import find_gpu, load_model
 from vramplan.spec import resolve_train
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -13,10 +14,18 @@ from vramplan.cli_options import (
     parallel_options,
     resolve_parallel_spec,
     resolve_plan,
-    seq_list_option,
     train_options,
 )
 from vramplan.errors import VramplanError
+
+
+def seq_list_option(f: Callable) -> Callable:
+    """`fit` takes a list of sequence lengths: its --seq replaces train_options' single one."""
+    f.__click_params__ = [p for p in f.__click_params__ if p.name != "seq"]  # type: ignore[attr-defined]
+    return click.option(
+        "--seq", "seq_list", default=None, metavar="N[,N...]",
+        help="sequence lengths (columns) [512,1024,2048,4096,8192]; the first is the rank search's [1024]",
+    )(f)  # fmt: skip
 
 
 @click.command()
@@ -57,7 +66,8 @@ def fit(
     finetuning type), each without / with gradient checkpointing, with --optim and with 8-bit AdamW. A cell is
     the largest batch whose verdict is `fits` or `tight` (* = tight).
     """
-    from vramplan.plan.fit import fit_table, parse_seqs, peak_curves
+    from vramplan.plan.curves import peak_curves
+    from vramplan.plan.fit import fit_table, parse_seqs
 
     if gpu is None:
         raise VramplanError("fit needs a GPU: --gpu NAME (see `vramplan gpus`) or --gpu auto")

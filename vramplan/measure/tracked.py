@@ -1,5 +1,21 @@
 """What the tracker reads: the categories and phases it counts by, and its result (`TrackedPeak`: the peak,
-each phase's and each named moment's, bytes per category)."""
+each phase's and each named moment's, bytes per category).
+
+Categories (the closed set `CATEGORIES`):
+- weights: frozen parameters and buffers, registered by `register_module`.
+- trainable: parameters with `requires_grad`.
+- quant_state: bitsandbytes tensors beside the packed weight: `Params4bit.quant_state` (absmax, code, offset,
+  and with double quantization the nested `state2.absmax` / `state2.code`), `Int8Params.SCB` / `CB`.
+- gradients: `param.grad` storages (relabelled by a post-accumulate-grad hook and before `optimizer.step`).
+- optimizer_states: the tensors in `optimizer.state` (relabelled after each `step`; torch AdamW's
+  non-capturable `step` counter is a 4-byte fp32 CPU scalar per parameter and is counted here too).
+- activations: storages created while `phase == "forward"` that are still alive (saved for backward, outputs,
+  the loss).
+- logits: nothing by default; storages created inside `label_scope("logits")` (the harness labels the lm_head,
+  the loss and their backward so). Any category can label a scope: `label_scope` overrides the phase rule.
+- temporaries: everything else: allocated in backward or optimizer phases (or with no phase) and not a
+  gradient or optimizer state, e.g. AdamW's `exp_avg_sq.sqrt() / c` pair, recomputed checkpoint activations.
+"""
 
 from __future__ import annotations
 

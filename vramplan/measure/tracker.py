@@ -7,20 +7,10 @@ that existed before tracking) and add nothing. It works the same for real (CPU/C
 `FakeTensorMode` tensors, so a fake or meta trace of a full-size model gives the same tensor-level peak as the
 real run, without allocating it.
 
-Categories (the closed set `CATEGORIES`):
-- weights: frozen parameters and buffers, registered by `register_module`.
-- trainable: parameters with `requires_grad`.
-- quant_state: bitsandbytes tensors beside the packed weight: `Params4bit.quant_state` (absmax, code, offset,
-  and with double quantization the nested `state2.absmax` / `state2.code`), `Int8Params.SCB` / `CB`.
-- gradients: `param.grad` storages (relabelled by a post-accumulate-grad hook and before `optimizer.step`).
-- optimizer_states: the tensors in `optimizer.state` (relabelled after each `step`; torch AdamW's
-  non-capturable `step` counter is a 4-byte fp32 CPU scalar per parameter and is counted here too).
-- activations: storages created while `phase == "forward"` that are still alive (saved for backward, outputs,
-  the loss).
-- logits: nothing by default; storages created inside `label_scope("logits")` (the harness labels the lm_head,
-  the loss and their backward so). Any category can label a scope: `label_scope` overrides the phase rule.
-- temporaries: everything else: allocated in backward or optimizer phases (or with no phase) and not a
-  gradient or optimizer state, e.g. AdamW's `exp_avg_sq.sqrt() / c` pair, recomputed checkpoint activations.
+Categories (the closed set `CATEGORIES`, each described in `vramplan.measure.tracked`): a storage created in
+forward is an activation, one created later a temporary, unless a label scope names its category or a
+registration (`vramplan.measure.registration`) or relabel hook says it is a parameter, gradient or optimizer
+state.
 
 Moments: a caller may name the instant inside a phase (`moment_scope("layer 3 recompute")`); the tracker then
 keeps the peak of each (phase, moment) too, and every peak records the moment it was reached in. Naming moments
@@ -54,7 +44,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vramplan.allocator.replay import ALLOC, FREE
-from vramplan.measure.tensors import leaf_tensors, quant_state_tensors
+from vramplan.measure.registration import Registration
+from vramplan.measure.tensors import leaf_tensors
 from vramplan.measure.tracked import (
     CATEGORIES,
     PHASES,
@@ -71,7 +62,7 @@ from vramplan.measure.tracked import (
 _FRESH_OPS = frozenset({torch.ops.aten.lift_fresh.default})
 
 
-class MemoryTracker(TorchDispatchMode):
+class MemoryTracker(Registration, TorchDispatchMode):
     """Count every tensor storage once, by category, and keep the overall and per-phase peaks.
 
     Usage::
@@ -227,51 +218,6 @@ class MemoryTracker(TorchDispatchMode):
         self._moment_peaks = {}
         self._update_peaks()
 
-    # registration of tensors that exist before tracking
-
-    def register_tensor(self, tensor: torch.Tensor, category: Category) -> None:
-        """Count `tensor`'s storage under `category` (or move it there if already counted)."""
-        if category not in CATEGORIES:
-            raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORIES)}")
-        for t in leaf_tensors(tensor):
-            if self._counts(t):
-                self._assign(t.untyped_storage(), category)
-
-    def register_module(self, module: torch.nn.Module) -> None:
-        """Count parameters (weights / trainable), buffers (weights) and bitsandbytes quant state.
-
-        Installs a post-accumulate-grad hook on each trainable parameter that relabels its `.grad` storage as
-        gradients. Shared (tied) parameters count once.
-        """
-        for param in module.parameters():
-            self.register_tensor(param, "trainable" if param.requires_grad else "weights")
-            if param.requires_grad:
-                self._handles.append(param.register_post_accumulate_grad_hook(self._on_grad_accumulated))
-            if param.grad is not None:
-                self.register_tensor(param.grad, "gradients")
-        for buf in module.buffers():
-            self.register_tensor(buf, "weights")
-        for sub in module.modules():
-            for tensor in quant_state_tensors(sub):
-                # Add-only: `Int8Params.CB` aliases the int8 weight, which stays under weights.
-                if self._counts(tensor) and tensor.untyped_storage()._cdata not in self._entries:
-                    self._track(tensor.untyped_storage(), "quant_state")
-
-    def register_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
-        """Relabel gradients before each `step()` and `optimizer.state` tensors after it.
-
-        States are created lazily inside the first `step()`; until the post-step hook runs they count as
-        temporaries, and the relabel then moves them in the recorded peaks too.
-        """
-        self._handles.append(optimizer.register_step_pre_hook(self._on_step_pre))
-        self._handles.append(optimizer.register_step_post_hook(self._on_step_post))
-        self._relabel_optimizer_states(optimizer)
-
-    def remove_hooks(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
     # the dispatch mode
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -392,24 +338,3 @@ class MemoryTracker(TorchDispatchMode):
             peak = self._moment_peaks.get((phase, moment))
             if peak is None or current > peak.nbytes:
                 self._moment_peaks[(phase, moment)] = PeakRecord(current, self._seq, dict(self._totals), phase, moment)
-
-    # hooks
-
-    def _on_grad_accumulated(self, param: torch.Tensor) -> None:
-        if param.grad is not None:
-            self.register_tensor(param.grad, "gradients")
-
-    def _on_step_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                if param.grad is not None:
-                    self.register_tensor(param.grad, "gradients")
-
-    def _on_step_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        self._relabel_optimizer_states(optimizer)
-
-    def _relabel_optimizer_states(self, optimizer: torch.optim.Optimizer) -> None:
-        for state in optimizer.state.values():
-            for value in state.values():
-                if isinstance(value, torch.Tensor):
-                    self.register_tensor(value, "optimizer_states")

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from vramplan.breakdown import Breakdown, Verdict
 from vramplan.estimator.build import AllocatorModel
-from vramplan.plan.fit import SEQ_MULTIPLE, fits, fits_printed, largest, max_seq, run, settle
+from vramplan.plan.fit import SEQ_MULTIPLE, fits, fits_printed, max_seq, run
+from vramplan.plan.search import largest, settle
 from vramplan.spec import ModelSpec, TrainSpec, resolve_lora_target
 from vramplan.spec.alloc_conf import parse_alloc_conf
 from vramplan.spec.gpu import GpuProfile
@@ -178,7 +179,7 @@ def _batch_change(m: ModelSpec, t: TrainSpec, gpu: GpuProfile, printed: Allocato
     Every candidate b < batch accumulates (eff / b >= 2), and the estimate reads only grad_accum > 1
     (estimator/peak.py), so the largest batch that fits is one bisection at grad_accum 2 (log2 of the batch
     estimates, not one per batch), then the largest divisor of eff at or below it. `printed`: the verdict the
-    limit is settled with (`fit.settle`; "slack": the probes' own)."""
+    limit is settled with (`search.settle`; "slack": the probes' own)."""
     eff = t.batch * t.grad_accum
     accumulating = dataclasses.replace(t, grad_accum=2)
     limit = largest(lambda b: fits(run(m, dataclasses.replace(accumulating, batch=b), gpu)), 1, t.batch - 1)

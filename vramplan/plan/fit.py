@@ -8,7 +8,8 @@ after it, and a doubling (galloping) search followed by bisection finds that val
 "Fits" means verdict `fits` or `tight` (device total ≤ the GPU's memory); `tight` results are flagged,
 since they are within the estimator's error band (`estimator.overhead.error_band`: the GPU's overheads and the
 allocator model's error under `--alloc-conf`).
-Suggestions (what to change when it does not fit) live in `vramplan.plan.advice`.
+The searches themselves are `vramplan.plan.search`'s; suggestions (what to change when it does not fit) live in
+`vramplan.plan.advice`, the plot's curves in `vramplan.plan.curves`.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from vramplan.errors import VramplanError
 from vramplan.estimator.allocator_slack import error_band
 from vramplan.estimator.build import AllocatorModel, build_breakdown
 from vramplan.estimator.distributed import shard
+from vramplan.plan.search import largest, settle
 from vramplan.spec import ModelSpec, TrainSpec, resolve_train
+from vramplan.spec.counts import LIMITS, parse_count
 from vramplan.spec.fields import positive
 from vramplan.spec.gpu import GpuProfile
 from vramplan.spec.parallel import ParallelSpec
-from vramplan.spec.train import LIMITS, parse_count
 
 FIT_METHODS: tuple[str, ...] = ("full", "lora", "qlora")
 DEFAULT_SEQS: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)
@@ -101,15 +103,6 @@ class FitTable:
     parallel: ParallelSpec | None = None  # cells are per GPU of this multi-GPU run
 
 
-@dataclass(frozen=True, slots=True)
-class Curve:
-    """Device total (bytes, the least that runs) against sequence length for one method at a fixed batch."""
-
-    label: str
-    seqs: tuple[int, ...]
-    device_bytes: tuple[int, ...]
-
-
 # ---------------------------------------------------------------- primitives
 
 
@@ -131,69 +124,6 @@ def run(
 def fits(b: Breakdown) -> bool:
     """Predicted to fit: `fits` or `tight` (device total ≤ the GPU's memory)."""
     return b.verdict in ("fits", "tight")
-
-
-def largest(ok: Callable[[int], bool], lo: int, cap: int, known_bad: int | None = None) -> int:
-    """Largest n in [lo, cap] with ok(n), for a monotone ok (true, then false); lo - 1 when ok(lo) fails.
-
-    Gallops (lo, 2·lo, 4·lo, ...) to bracket the limit, unless `known_bad` (a value known to fail) already
-    bounds it, then bisects: about 2·log2(limit) calls.
-    """
-    if cap < lo or not ok(lo):
-        return lo - 1
-    good = lo
-    bad = cap + 1 if known_bad is None else min(known_bad, cap + 1)
-    if known_bad is None:
-        while good < cap:
-            probe = min(2 * good, cap)
-            if not ok(probe):
-                bad = probe
-                break
-            good = probe
-        else:
-            return cap
-    return _bisect(ok, good, bad)
-
-
-def _bisect(ok: Callable[[int], bool], good: int, bad: int) -> int:
-    """The largest value `ok` accepts between `good` (accepted) and `bad` (refused)."""
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        if ok(mid):
-            good = mid
-        else:
-            bad = mid
-    return good
-
-
-def settle(ok: Callable[[int], bool], n: int, lo: int, cap: int) -> int:
-    """The largest value in [lo, cap] that `ok` accepts with the next one refused, searched from `n` (another
-    verdict's limit, close to it): up from `n` while `ok`, else down, galloping, then bisection; lo - 1 when
-    `ok(lo)` fails. Two calls when `n` is the limit (`ok(n)`, not `ok(n + 1)`)."""
-    start = max(n, lo)
-    if start > cap:
-        return lo - 1
-    if ok(start):
-        good, step, bad = start, 1, None
-        while good < cap:
-            probe = min(good + step, cap)
-            if not ok(probe):
-                bad = probe
-                break
-            good, step = probe, 2 * step
-        if bad is None:
-            return cap
-    else:
-        bad, step, good = start, 1, None
-        while bad > lo:
-            probe = max(bad - step, lo)
-            if ok(probe):
-                good = probe
-                break
-            bad, step = probe, 2 * step
-        if good is None:
-            return lo - 1
-    return _bisect(ok, good, bad)
 
 
 def _limit(
@@ -435,37 +365,3 @@ def verdict_band(gpu: GpuProfile, t: TrainSpec, printed: AllocatorModel = "auto"
         return error_band(gpu.overheads, t.alloc_conf)
     replay_error = REPLAY_ERRORS[setting_of(config), t.grad_ckpt, "min_limit_bytes"][0]
     return error_band(gpu.overheads, t.alloc_conf, replay_error)
-
-
-# ---------------------------------------------------------------- the plot's data
-
-
-def plot_seqs(seqs: tuple[int, ...], per_octave: int = 4) -> tuple[int, ...]:
-    """The x grid: `seqs` plus `per_octave` geometric steps per doubling between the shortest and longest;
-    when they are under four octaves apart, two octaves either side (a single --seq still draws a curve)."""
-    lo, hi = min(seqs), max(seqs)
-    if hi < 16 * lo:
-        lo, hi = max(1, lo // 4), hi * 4
-    n = max(1, round(math.log2(hi / lo) * per_octave))
-    grid = {round(lo * (hi / lo) ** (i / n)) for i in range(n + 1)}
-    return tuple(sorted(grid | set(seqs)))
-
-
-def peak_curves(
-    m: ModelSpec,
-    t: TrainSpec,
-    gpu: GpuProfile,
-    seqs: tuple[int, ...],
-    methods: tuple[str, ...] | None = None,
-    parallel: ParallelSpec | None = None,
-) -> list[Curve]:
-    """One curve per method at `t.batch`, with `t`'s checkpointing (or the method's default) and optimizer."""
-    xs = plot_seqs(seqs)
-    out = []
-    for meth in methods or FIT_METHODS:
-        ckpt = t.grad_ckpt if meth == t.method else meth == "qlora"
-        v = variant(m, t, gpu, meth, ckpt, t.optim)
-        ys = tuple(run(m, dataclasses.replace(v, seq=s), gpu, parallel).device_bytes for s in xs)
-        label = f"{meth}{' + ckpt' if v.grad_ckpt else ''} · {v.optim}"
-        out.append(Curve(label=label, seqs=xs, device_bytes=ys))
-    return out

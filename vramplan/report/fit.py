@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.text import Text
 
-    from vramplan.plan.fit import Curve, FitTable, Limit
+    from vramplan.plan.curves import Curve
+    from vramplan.plan.fit import FitTable, Limit
     from vramplan.sources.local_gpu import LocalGpu
 
 

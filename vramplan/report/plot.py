@@ -9,7 +9,7 @@ from vramplan.errors import VramplanError
 from vramplan.report.common import GIB, gib
 
 if TYPE_CHECKING:
-    from vramplan.plan.fit import Curve
+    from vramplan.plan.curves import Curve
     from vramplan.spec.gpu import GpuProfile
 
 PLOT_MARKERS = ("•", "+", "x", "o", "*", "#", "@", "%")  # one character per curve: readable without colour

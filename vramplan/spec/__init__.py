@@ -30,4 +30,5 @@ from vramplan.spec.model import (  # noqa: F401
     ParamSpec,
     Quant,
 )
-from vramplan.spec.train import LOSSES, OPTIM_ALIASES, OPTIMIZERS, TrainSpec, resolve_train  # noqa: F401
+from vramplan.spec.optimizer_choice import OPTIM_ALIASES, OPTIMIZERS  # noqa: F401
+from vramplan.spec.train import LOSSES, TrainSpec, resolve_train  # noqa: F401

@@ -5,23 +5,16 @@ Names follow HF TrainingArguments, PEFT's LoraConfig and bitsandbytes' BitsAndBy
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vramplan.errors import VramplanError
 from vramplan.spec.alloc_conf import parse_alloc_conf
+from vramplan.spec.counts import LIMITS
 from vramplan.spec.family_traits import SINK_FAMILIES
 from vramplan.spec.fields import positive, quantization_config
-from vramplan.spec.lora_targets import (
-    LoraSelection,
-    lora_moe_targets,
-    resolve_modules_to_save,
-    resolve_target_parameters,
-    select_lora_targets,
-    without_mamba_refused,
-)
+from vramplan.spec.lora_settings import moe_lora_checks, resolve_lora_kernels, resolve_lora_selection
 from vramplan.spec.model import (
     ATTNS,
     DTYPES,
@@ -35,13 +28,13 @@ from vramplan.spec.model import (
     ModelSpec,
     Quant,
 )
-from vramplan.spec.peft_method import BOTTLENECK_NAMES, IA3_TARGETS, LORA, PeftMethod, bottleneck_error, resolve_peft
+from vramplan.spec.optimizer_choice import resolve_optim
+from vramplan.spec.peft_method import BOTTLENECK_NAMES, LORA, PeftMethod, bottleneck_error, resolve_peft
 from vramplan.spec.stack import DEFAULT_STACK, Stack, resolve_stack
 from vramplan.spec.stage import SFT, StageSpec, resolve_stage, stage_loss
 from vramplan.spec.train_notes import (
     contradictions,
     layer_offload_setting,
-    moe_note,
     sink_attention_notes,
     unquantized_linears_note,
 )
@@ -49,55 +42,9 @@ from vramplan.spec.train_notes import (
 if TYPE_CHECKING:
     from vramplan.spec.checkpoint_quant import CheckpointQuant
 
-OPTIMIZERS: tuple[str, ...] = (
-    "adamw_torch",
-    "adamw_torch_fused",
-    "adamw_8bit",
-    "adamw_bnb_8bit",
-    "paged_adamw_8bit",
-    "paged_adamw_32bit",
-    "sgd",
-    "adafactor",
-    "lion_32bit",
-    # vramplan/estimator/optimizer_memory_efficient.py
-    "galore_adamw",
-    "galore_adamw_8bit",
-    "galore_adafactor",
-    "galore_adamw_layerwise",
-    "galore_adamw_8bit_layerwise",
-    "galore_adafactor_layerwise",
-    "apollo_adamw",
-    "apollo_adamw_layerwise",
-    "adamw_torch_8bit",
-    "adamw_torch_4bit",
-    "adamw_torch_fp8",
-    "schedule_free_adamw",
-    "muon",
-    "adam_mini",
-    "badam",
-)
-# other spellings: axolotl's torchao names (utils/schemas/enums.py CustomSupportedOptimizers), APOLLO-Mini
-# (APOLLO at rank 1 with tensor-wise scaling: its states are those of rank 1)
-OPTIM_ALIASES = {"adamw_bnb_8bit": "adamw_8bit", "ao_adamw_8bit": "adamw_torch_8bit",
-                 "ao_adamw_4bit": "adamw_torch_4bit", "ao_adamw_fp8": "adamw_torch_fp8", "apollo_mini": "apollo_adamw",
-                 "adam-mini": "adam_mini"}  # fmt: skip
-# GaLore / APOLLO projection rank when none is given: transformers trainer_optimizer.py `optim_args` "rank" 128
-DEFAULT_OPTIM_RANK = 128
-PROJECTED_OPTIMS = ("galore_", "apollo_")
 # How the loss is computed (vramplan/estimator/loss.py): transformers' ForCausalLMLoss over the full logits, TRL's
 # chunked fused LM head, Liger's fused linear cross-entropy, Apple's cut-cross-entropy.
 LOSSES: tuple[str, ...] = ("hf", "trl-chunked", "liger", "cce")
-
-# Limits on what a user types, far above any real run; beyond them a value is a typo (`--batch 1e9`), and
-# refusing it up front keeps every search over a setting short. Sizes: LLaMA-Factory's and axolotl's largest
-# documented cutoff_len / sequence_len are 1M tokens; Llama-4-Scout's context is 10M.
-LIMITS: dict[str, int] = {
-    "batch": 2**20,  # per_device_train_batch_size
-    "seq": 2**24,  # 16,777,216 tokens
-    "grad_accum": 2**20,
-    "lora_rank": 2**16,  # PEFT's r; the widest Linear of a supported model is 2**20
-    "lora_alpha": 2**20,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,25 +123,6 @@ class TrainSpec:
         out = {name: getattr(self, name) for name in self.__slots__ if name not in skip}  # type: ignore[attr-defined]
         out["checkpoint"] = self.checkpoint.label if self.checkpoint else None  # a pre-quantized base's format
         return {**out, **self.stage.as_dict(), **self.peft.as_dict(), "stack": self.stack.as_dict()}
-
-
-_COUNT = re.compile(r"\s*(-?)\s*(\d+)\s*([kK]?)\s*")
-_COUNT_DIGITS = 30  # int() of a longer digit string is slow (and past 4,300 digits refused); no count is that big
-
-
-def parse_count(text: str, flag: str, *, signed: bool = False) -> int:
-    """A count as typed: `2048`, or `2k` / `2K` for 2 × 1024 (LLaMA-Factory's cutoff_len sizes), the one parser
-    of every count option (`--batch`, `--seq`, `--grad-accum`, `--lora-rank`, `serve --max-model-len`, ...).
-
-    Positive only, unless `signed`: then `-3` parses to -3 and the caller's range check (`positive`) names the
-    flag and the range, as it does for a value from a config file.
-    """
-    found = _COUNT.fullmatch(str(text))
-    if not found or (found.group(1) and not signed) or len(found.group(2)) > _COUNT_DIGITS:
-        shown = repr(text) if len(str(text)) <= 40 else repr(str(text)[:39] + "…")
-        raise VramplanError(f"{flag} takes a positive integer such as 2048 or 2k (× 1024), got {shown}")
-    value = int(found.group(2)) * (1024 if found.group(3) else 1)
-    return -value if found.group(1) else value
 
 
 def _choice(value: Any, choices: tuple[str, ...], flag: str) -> str | None:
@@ -331,18 +259,7 @@ def resolve_train(
         grad_ckpt = True
     if grad_ckpt is None:
         grad_ckpt = method == "qlora" and kbit_prep  # prepare_model_for_kbit_training turns it on
-    if optim == "apollo_mini" and optim_rank is None:
-        optim_rank = 1
-    optim = OPTIM_ALIASES.get(optim, optim)
-    if optim not in OPTIMIZERS:
-        raise did_you_mean(optim, OPTIMIZERS, "optimizer", "HF TrainingArguments.optim names")
-    if optim.startswith(PROJECTED_OPTIMS):
-        optim_rank = positive(DEFAULT_OPTIM_RANK if optim_rank is None else optim_rank, "--optim-rank", 2**16)
-    else:
-        optim_rank = 0
-    if optim.endswith("_layerwise") and isinstance(grad_accum, int) and grad_accum > 1:
-        notes.append(f"{optim} steps each parameter from its gradient hook: transformers refuses "
-                     "gradient_accumulation_steps > 1 with it (estimated as given)")  # fmt: skip
+    optim, optim_rank = resolve_optim(optim, optim_rank, grad_accum, notes)
     lora_rank = positive(lora_rank, "--lora-rank", LIMITS["lora_rank"])
     if lora_alpha is not None:
         lora_alpha = positive(lora_alpha, "--lora-alpha", LIMITS["lora_alpha"])
@@ -363,39 +280,9 @@ def resolve_train(
     notes += peft_notes
     if peft_method.name != "lora" and not uses_lora:
         raise VramplanError(f"--peft {peft_method.name} trains adapters: use --method lora (or qlora), not {method}")
-    if peft_method.name == "ia3" and "lora_target" not in set(explicit) and lora_target == "all-linear":
-        if model.model_type not in IA3_TARGETS:
-            raise VramplanError(f"PEFT has no default IA³ targets for {model.model_type}: pass --lora-target NAMES")
-        lora_target = ",".join(IA3_TARGETS[model.model_type])
-    saved = resolve_modules_to_save(model, modules_to_save)
-    # a LoRA target list under another method is a setting nothing reads (axolotl with an empty `adapter:` keeps
-    # its lora_target_modules): not checked against the model, said by contradictions() when typed
-    selection = select_lora_targets(model, lora_target if uses_lora else "all-linear", saved)
-    targets, preset = selection.names, selection.preset
-    if uses_lora:
-        named = "lora_target" in set(explicit) or lora_target.strip().lower() not in ("all-linear", "all")
-        targets, mamba_note = without_mamba_refused(model, targets, named)
-        notes += [mamba_note] if mamba_note else []
-    if selection.unmatched and uses_lora:
-        many = len(selection.unmatched) > 1
-        notes.append(
-            f"LoRA target{'s' if many else ''} {', '.join(selection.unmatched)} match{'' if many else 'es'} no "
-            f"module of {model.name}: PEFT skips {'them' if many else 'it'} and adapts the other targets (it "
-            "raises only when none matches)"
-        )
-    params = resolve_target_parameters(model, target_parameters)
-    if (saved or params or selection.embeddings) and not uses_lora:
-        notes.append("modules_to_save / target_parameters / embedding targets are LoRA settings: ignored")
-        saved, params, selection = (), (), LoraSelection(targets, preset)
-    if selection.layers:
-        notes.append(
-            "LoRA target selects some layers only ("
-            + ", ".join(f"{name} in {n}" for name, n in selection.layers)
-            + f" of {model.num_hidden_layers}): parameters counted so, activations walked as if in every layer"
-        )
-    if peft_method.prompt_learning:
-        targets, preset = (), "none"  # virtual tokens, no adapted linear
-        saved, params, selection = (), (), LoraSelection(targets, preset)
+    targets, preset, selection, saved, params = resolve_lora_selection(
+        model, lora_target, explicit, modules_to_save, target_parameters, uses_lora, peft_method, notes
+    )
     # transformers 5.24 refuses SDPA for these (`_supports_sdpa = False`): gemma2 (logit softcapping) and
     # bloom (ALiBi); HF picks eager for them by default
     eager_only = {"gemma2": ("sdpa",), "bloom": ("sdpa", "flash_attention_2")}.get(model.model_type, ())
@@ -405,33 +292,20 @@ def resolve_train(
     notes += sink_attention_notes(model, attn, "attn" in set(explicit))
     if model.model_type in SINK_FAMILIES and attn == "sdpa":
         attn = "eager"
-    moe = lora_moe_targets(model, targets) if uses_lora else ()
-    if moe and dora:
-        raise VramplanError(
-            f"--dora cannot adapt {model.name}'s router/experts ({', '.join(p.name for p in moe)}): PEFT's "
-            "lora.ParamWrapper does not support DoRA; use --lora-target attn or --no-dora"
-        )
-    if (moe or params) and lora_dropout > 0 and uses_lora:
-        notes.append(
-            f"PEFT rejects lora_dropout != 0 on {model.name}'s router/experts (lora.ParamWrapper): "
-            "train with --lora-dropout 0 (estimated as given) or --lora-target attn"
-        )
-    if moe and kbit_prep and quant != "none" and mixed_precision != "no":
-        # traced: the autocast baddbmm gives W + s·BA in the autocast dtype while kbit prep left W in fp32, and
-        # torch.nn.utils.parametrize refuses a parametrization that changes the dtype (peft 0.21.2
-        # tuners/lora/layer.py ParamWrapper._activate_lora); Mixtral and Qwen3-MoE alike
-        notes.append(
-            f"PEFT fails at the first forward on {model.name}'s router/experts here: kbit prep leaves them fp32 "
-            "and the autocast LoRA delta is not (parametrization dtype error): train with --lora-target attn "
-            "or --no-kbit-prep (estimated as given)"
-        )
-    if (
-        uses_lora
-        and model.fused_expert_params
-        and (quant != "none" or moe or (model.from_table and preset == "all-linear"))
-    ):
-        experts_adapted = bool(moe) or any(len(shape) == 3 for _, shape, _ in params)
-        notes.append(moe_note(model, quant, dtype, kbit_prep and quant != "none", experts_adapted))
+    moe_lora_checks(
+        model,
+        targets,
+        preset,
+        params,
+        uses_lora=uses_lora,
+        dora=dora,
+        lora_dropout=lora_dropout,
+        kbit_prep=kbit_prep,
+        quant=quant,
+        mixed_precision=mixed_precision,
+        dtype=dtype,
+        notes=notes,
+    )
     # said when it moves the weights (falcon: every linear); a small router's (Llama 4) is counted, not said
     if quant != "none" and model.unquantizable_linear_params * 100 > model.linear_weight_params:
         notes.append(unquantized_linears_note(model, kbit_prep, dtype))
@@ -444,7 +318,7 @@ def resolve_train(
             f"(layers of {model.name}), got {freeze_trainable_layers!r}"
         )
     loss = stage_loss(loss, stage, set(explicit), str(recipe), notes)
-    kernels = _lora_kernels(lora_kernels, method, dora, peft_method.name, notes)
+    kernels = resolve_lora_kernels(lora_kernels, method, dora, peft_method.name, notes)
     layer_offload = layer_offload_setting(
         layer_offload, method, grad_ckpt, checkpoint is not None, model.from_table, notes
     )
@@ -490,26 +364,3 @@ def resolve_train(
         stack=stack,
         lora_kernels=kernels,
     )
-
-
-LORA_KERNELS: tuple[str, ...] = ("qkv", "o", "mlp")
-
-
-def _lora_kernels(text: str | None, method: str, dora: bool, peft: str, notes: list[str]) -> tuple[str, ...]:
-    """`--lora-kernels qkv,o,mlp` (axolotl's lora_qkv_kernel / lora_o_kernel / lora_mlp_kernel): the fused
-    Functions replace PEFT's LoRA branches of LoRA runs; DoRA through them is estimated as PEFT's DoRA."""
-    from vramplan.errors import did_you_mean
-
-    names = [n.strip().lower() for n in str(text or "").split(",") if n.strip() and n.strip().lower() != "none"]
-    for name in names:
-        if name not in LORA_KERNELS:
-            raise did_you_mean(name, LORA_KERNELS, "--lora-kernels value")
-    if not names:
-        return ()
-    if method not in ("lora", "qlora") or peft != "lora":
-        notes.append("--lora-kernels fuses LoRA branches: ignored without LoRA")
-        return ()
-    if dora:
-        notes.append("--lora-kernels with DoRA: estimated as PEFT's DoRA (the kernels' DoRA path not modelled)")
-        return ()
-    return tuple(n for n in LORA_KERNELS if n in names)
