@@ -9,19 +9,19 @@ fitted to nothing), rms / worst:
 
 | setting, checkpointing | figure | walk replay: grid; held out | slack model: grid; held out |
 |---|---|---|---|
-| default, off | reserved | 2.1 / 8.7 %; 0.6 / 1.7 % | 3.4 / 10.9 %; 1.9 / 3.0 % |
-| default, off | least that runs | 2.0 / 5.8 %; 1.1 / 2.9 % | 3.1 / 7.3 %; 1.4 / 2.3 % |
-| default, on | reserved | 5.1 / 17.1 %; 2.5 / 5.3 % | 7.1 / 19.4 %; 3.7 / 6.2 % |
-| default, on | least that runs | 6.9 / 22.8 %; 4.2 / 10.2 % | 7.8 / 22.7 %; 4.6 / 9.6 % |
-| expandable, off | reserved | 0.9 / 3.3 %; 0.5 / 1.1 % | 1.0 / 2.2 %; 0.8 / 1.8 % |
-| expandable, off | least that runs | 0.3 / 0.9 %; 0.5 / 0.9 % | 0.9 / 1.4 %; 0.8 / 1.7 % |
-| expandable, on | reserved | 1.9 / 7.8 %; 0.3 / 0.9 % | 3.3 / 12.0 %; 2.4 / 4.5 % |
-| expandable, on | least that runs | 0.4 / 1.4 %; 0.3 / 0.7 % | 0.9 / 2.4 %; 0.5 / 0.8 % |
+| default, off | reserved | 1.4 / 6.1 %; 0.6 / 1.8 % | 3.4 / 10.9 %; 1.8 / 2.9 % |
+| default, off | least that runs | 1.9 / 5.7 %; 1.1 / 2.9 % | 3.4 / 7.3 %; 1.5 / 2.6 % |
+| default, on | reserved | 5.3 / 20.2 %; 2.6 / 5.6 % | 7.6 / 22.7 %; 3.7 / 6.8 % |
+| default, on | least that runs | 7.3 / 22.8 %; 4.2 / 10.3 % | 7.8 / 23.3 %; 4.9 / 10.9 % |
+| expandable, off | reserved | 0.4 / 0.9 %; 0.5 / 1.1 % | 1.1 / 2.0 %; 0.8 / 1.7 % |
+| expandable, off | least that runs | 0.3 / 0.8 %; 0.4 / 0.8 % | 0.9 / 1.4 %; 0.8 / 1.7 % |
+| expandable, on | reserved | 1.7 / 8.6 %; 0.3 / 0.7 % | 4.3 / 16.1 %; 2.3 / 3.9 % |
+| expandable, on | least that runs | 0.4 / 0.9 %; 0.3 / 1.0 % | 0.9 / 2.4 %; 0.5 / 0.8 % |
 
-(30 grid rows per checkpointing, 16 held-out ones.) The replay's rms is the smaller everywhere, its worst case
-too but for the least memory that runs under torch's defaults with checkpointing (22.8 against 22.7 % on the
-grid, 10.2 against 9.6 % held out: a tie; the largest misses are 7B QLoRA at 4 × 2048, where the emitted
-layer order fragments more than the traced one). `estimate` replays (`replay_route`) every step the emitter
+(30 grid rows per checkpointing, 16 held-out ones.) The replay's rms and worst case are the smaller in every row
+(the least memory that runs under torch's defaults with checkpointing: 22.8 against 23.3 % on the grid, 10.3
+against 10.9 % held out); the largest misses are checkpointed steps at 4 × 2048 (7B QLoRA, a 1B full fine-tune),
+where the emitted layer order fragments more than the traced one. `estimate` replays (`replay_route`) every step the emitter
 follows whose verdict the replay could change (`may_change_verdict`: a GPU, and the slack model's device total
 within `VERDICT_WINDOW` of the card's thresholds), for its reserved figure and its verdict; elsewhere the verdict
 is the same either way and it keeps the slack model's figures, in milliseconds. `fit` and `--suggest` probe with

@@ -18,7 +18,7 @@ What the replays show (92 traces: the grid and 32 held-out ones, gemma-2-2b, lla
 qwen2.5-7b at 2×1024 and 1×4096): under torch's default settings the slack depends on the exact order and
 sizes of allocations (a cached logits segment split by a small request cannot be released); the least memory
 that runs is +0.4 % to +28 % above the tensor peak on the grid, and aggregates of the peak phase predict it to
-6.0 % rms (worst 22.7 %) left-one-family-out, 3.4 % rms (worst 9.6 %) held out. With `expandable_segments:True`
+6.0 % rms (worst 23.3 %) left-one-family-out, 3.6 % rms (worst 10.9 %) held out. With `expandable_segments:True`
 it is +0.1 % to +3.4 %, predicted to 0.9 % rms (worst 2.5 %) / 0.7 % (1.7 %). Replaying the allocation
 sequence the walk emits (`allocator_replay.py`) does better where its order follows the traced one, and
 `estimate` takes that route there; this model serves the rest and `fit`'s probes. Settings other than
