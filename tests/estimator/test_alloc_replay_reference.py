@@ -1,7 +1,8 @@
 """The walk replay made faster moves no figure: the emitted sequence and its replays under torch's defaults and
 expandable_segments:True, on a few configurations, equal what the code gave before it was made faster
 (tests/data/allocator/walk_replay_reference.jsonl, recorded by benchmarks/allocator_replay_identity.py --record
-from the code of commit 0f85151; `--compare` checks all 107 configurations)."""
+from the code at hand whenever the emitted sequence changes on purpose — last: the loss's backward in
+ForCausalLMLoss's order and the tied embedding's gradient sum; `--compare` checks all 107 configurations)."""
 
 from __future__ import annotations
 

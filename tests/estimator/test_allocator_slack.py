@@ -95,15 +95,16 @@ def test_model_within_its_stated_error_held_out(held_out, setting, figure):
     assert max(abs(e) for e in errs) <= worst + 0.002
 
 
-@pytest.mark.parametrize(("setting", "rms", "worst"), [(SETTINGS[0], 0.055, 0.20), (SETTINGS[1], 0.026, 0.105)])
+@pytest.mark.parametrize(("setting", "rms", "worst"), [(SETTINGS[0], 0.055, 0.23), (SETTINGS[1], 0.015, 0.06)])
 def test_estimate_need_end_to_end(grid, held_out, setting, rms, worst):
     """The estimate's whole figure (its own tensor peak + the modelled need) against the replay's least memory,
     as a share of the traced peak, over the grid and the held-out configurations (92 traces).
 
-    The worst cases are the estimator's tensor peak, not the allocator model: full fine-tuning of the tied-
-    embedding Llama-3.2-1B and Qwen2.5-1.5B at seq 512 is traced 7-10 % above the estimate (the backward holds
-    two embedding-sized gradient contributions of the tied weight), and under default settings the
-    checkpointed full fine-tunes fragment by up to +28 %, which the model puts near +8 %.
+    Measured: 4.8 % rms under torch's defaults, 0.9 % with expandable segments. The worst cases are the
+    allocator model's: under default settings the checkpointed full fine-tunes of Qwen2.5-1.5B fragment by up
+    to +28 %, which the model puts near +8 % (−22.4 % at 4 × 2048). (The tensor peak of a tied-embedding full
+    fine-tune, 7-10 % under the trace at seq 512 before, is exact since the backward's sum of the tied weight's
+    two gradient contributions is modelled: peak.py.)
     """
     errs = _errors(grid + held_out, setting, "min_limit_bytes", end_to_end=True)
     assert _rms(errs) < rms

@@ -235,7 +235,7 @@ def _one_step(e, m, t, act, shape, patterns, templates, grads, optimizer, layerw
     final_out = e.alloc(act.final_hidden_bytes)
     e.free(x)
     head_copy = e.alloc(act.head_copy if t.loss == "hf" else 0)
-    saved_loss, backward_extra = _loss_forward(e, m, t)
+    saved_loss, backward_extra, cast_grad_bytes = _loss_forward(e, m, t)
     e.free(final_out, embeds)
     # backward: the loss, lm_head, then the layers top down
     loss_grads = [e.alloc(nbytes) for nbytes in _loss_backward_grads(t, backward_extra)]
@@ -243,6 +243,14 @@ def _one_step(e, m, t, act, shape, patterns, templates, grads, optimizer, layerw
     head_grad_bytes = min(rest_grad, m.vocab_size * m.hidden_size * DTYPE_BYTES[t.dtype]) if t.method == "full" else 0
     # liger computes the head weight's gradient in forward (saved): it becomes the head's .grad
     liger_head = t.loss == "liger" and t.method == "full"
+    if t.loss == "hf":
+        # nll_loss's gradient and log_softmax's saved output die once log_softmax's input gradient exists; the
+        # upcast's backward (`ToCopyBackward`) casts that to the head's dtype before the head's backward runs
+        nll_grad, input_grad_fp32 = loss_grads
+        e.free(nll_grad, saved_loss[0])
+        loss_grads = [e.alloc(cast_grad_bytes)] if cast_grad_bytes else [input_grad_fp32]
+        if cast_grad_bytes:
+            e.free(input_grad_fp32)
     param_grads = [saved_loss.pop()] if liger_head else [e.alloc(head_grad_bytes)]
     grad = e.alloc(act.hidden_grad_bytes)
     e.free(*loss_grads, *saved_loss, head_copy, final_saved)
@@ -272,6 +280,12 @@ def _one_step(e, m, t, act, shape, patterns, templates, grads, optimizer, layerw
         input_grad = e.alloc(act.hidden_grad_bytes)
         e.free(grad, layer_input, *(forward_ids[index][i] for i in pattern.ctx))
         grad = input_grad
+    if m.tie_word_embeddings and head_grad_bytes:
+        # the embedding's dense gradient added to the one lm_head left: the sum is a new tensor (peak.py)
+        dense = e.alloc(head_grad_bytes)
+        total = e.alloc(head_grad_bytes)
+        e.free(param_grads[0], dense)
+        param_grads[0] = total
     e.free(grad, mask)
     param_grads.append(e.alloc(rest_grad - head_grad_bytes))  # embeddings, norms, what trains outside layers
     # optimizer step: states at the first step, param by param in the model's order (torch AdamW `_init_group`:
@@ -291,8 +305,9 @@ def _one_step(e, m, t, act, shape, patterns, templates, grads, optimizer, layerw
     e.free(*param_grads)
 
 
-def _loss_forward(e: _Emitter, m: ModelSpec, t: TrainSpec) -> tuple[list[int], int]:
-    """The loss's forward tensors; returns the ids it saves for backward and its backward's extra bytes.
+def _loss_forward(e: _Emitter, m: ModelSpec, t: TrainSpec) -> tuple[list[int], int, int]:
+    """The loss's forward tensors; returns the ids it saves for backward, its backward's extra bytes and the
+    size of the upcast's gradient cast back to the head's dtype (0 without an upcast).
     hf (`logits.py`): the logits in the head's dtype, gemma2's softcapped copy, the fp32 upcast, log_softmax's
     output; the Trainer drops the logits and the upcast once the loss is computed."""
     figures = loss_bytes(m, t)
@@ -304,7 +319,7 @@ def _loss_forward(e: _Emitter, m: ModelSpec, t: TrainSpec) -> tuple[list[int], i
         upcast = e.alloc(0 if head_bytes == 4 else 4 * tv)
         log_probs = e.alloc(4 * tv)
         e.free(upcast, logits)
-        return [log_probs, softcap], figures.backward_peak - figures.saved
+        return [log_probs, softcap], figures.backward_peak - figures.saved, 0 if head_bytes == 4 else head_bytes * tv
     if t.loss == "liger" and t.method == "full":  # the input's and the head weight's gradients, in forward
         weight_grad = m.vocab_size * m.hidden_size * (4 if t.kbit_prep else DTYPE_BYTES[t.dtype])
         saved = [e.alloc(figures.saved - weight_grad), e.alloc(weight_grad)]
@@ -312,7 +327,7 @@ def _loss_forward(e: _Emitter, m: ModelSpec, t: TrainSpec) -> tuple[list[int], i
         saved = [e.alloc(figures.saved)]
     temporary = e.alloc(figures.forward_peak - figures.saved)
     e.free(temporary)
-    return saved, figures.backward_peak - figures.saved
+    return saved, figures.backward_peak - figures.saved, 0
 
 
 def _loss_backward_grads(t: TrainSpec, extra: int) -> list[int]:

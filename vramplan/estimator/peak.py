@@ -31,6 +31,7 @@ _AFTER_MIXER = frozenset({"out_proj", "gate_proj", "up_proj", "down_proj"})  # a
 LOSS = "logits and loss"
 INSIDE_TOP_LAYER = "inside the top layer"
 LOSS_BACKWARD = "logits gradient"  # the start of backward
+HEAD_BACKWARD = "lm_head backward"  # a full fine-tune's head weight gradient, after the loss's
 TOP_LAYER_RECOMPUTE = "top-layer recompute"
 TOP_LAYER_BACKWARD = "top-layer MLP backward"
 BOTTOM_LAYER_RECOMPUTE = "bottom-layer recompute"
@@ -103,12 +104,29 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     head_grad = 0
     if t.method == "full":
         head_grad = m.vocab_size * m.hidden_size * param_bytes
+    # ForCausalLMLoss's backward: nll_loss's and log_softmax's fp32 gradients beside the saved log-probabilities;
+    # lm_head's weight gradient comes after them (the fused losses make it inside their own backward)
+    head_after_loss = t.loss == "hf" and head_grad > 0
     loss_backward = Components(
         **persistent,
-        gradients=max(accum_grads, head_grad),
+        gradients=accum_grads if head_after_loss else max(accum_grads, head_grad),
         activations=saved,
         logits=logits.backward_peak + head_copy,
     )
+    head_backward = None
+    if head_after_loss:
+        # lm_head's backward: nll_loss's gradient and the log-probabilities are gone, log_softmax's input
+        # gradient cast back to the head's dtype (`ToCopyBackward`) is what remains of the loss; the head's weight
+        # gradient and the hidden states' gradient are made (traced: tests/estimator/test_alloc_events.py)
+        head_dt = 4 if (t.kbit_prep and t.mixed_precision == "no") else DTYPE_BYTES[t.compute_dtype]
+        tv = t.tokens * m.vocab_size
+        head_backward = Components(
+            **persistent,
+            gradients=max(accum_grads, head_grad),
+            activations=saved,
+            logits=head_dt * tv * (2 if m.final_softcap else 1) + head_copy,
+            temporaries=activation.hidden_grad_bytes,
+        )
     # a decoder layer's backward: at the top layer all activations are still alive; at the bottom one only its
     # own remain while the gradients of every layer above exist. The usage is linear in between, so the two
     # ends bound it. At each end, with checkpointing, either the recompute (the layer's forward again: its
@@ -193,13 +211,19 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
         layer_moments.append((backward_moment, layer_backward))
     if activation.mixer_workspace:
         layer_moments += _mixer_backward(m, t, activation, persistent, layer_ends, accum_grads)
-    end_of_backward = Components(**persistent, gradients=all_grads, temporaries=2 * activation.hidden_bytes)
+    # tied embeddings in a full fine-tune: the embedding's dense gradient (V·H) is added to the one lm_head left
+    # (`AccumulateGrad` out of place: the sum is a third V·H tensor until the two operands are freed; traced)
+    tied_sum = 2 * head_grad if (m.tie_word_embeddings and head_grad and not layerwise and not accum_grads) else 0
+    end_of_backward = Components(
+        **persistent, gradients=all_grads, temporaries=max(2 * activation.hidden_bytes, tied_sum)
+    )
     at_step = {**persistent, "weights": weights.frozen - offloaded + step_window}  # post_step left one layer
     step = Components(**at_step, gradients=all_grads, temporaries=optimizer.step_temporaries)
     return (
         PhaseUsage("forward", loss, LOSS),
         PhaseUsage("forward", inside_top_layer, INSIDE_TOP_LAYER),
         PhaseUsage("backward", loss_backward, LOSS_BACKWARD),
+        *((PhaseUsage("backward", head_backward, HEAD_BACKWARD),) if head_backward is not None else ()),
         *(PhaseUsage("backward", components, moment) for moment, components in layer_moments),
         PhaseUsage("backward", end_of_backward, END_OF_BACKWARD),
         PhaseUsage("optimizer", step, OPTIMIZER_STEP),
