@@ -173,7 +173,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     walks = {
         (spec, kind): _walk_layer(
             spec,
-            replace(settings, masked=kind[2], parameter_adapters=kind[3], mixer=kind[4]),
+            settings._replace(masked=kind[2], parameter_adapters=kind[3], mixer=kind[4]),
             kind[0],
             kind[1],
             residual_dtype,
