@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vramplan.errors import VramplanError, did_you_mean
 from vramplan.sources.files import check_name, is_dir, is_file, parse_json, read_path_text, short
@@ -129,8 +128,7 @@ def _hf_cache_config(repo_id: str) -> Path | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class ModelConfig:
+class ModelConfig(NamedTuple):
     """A model's `config.json` mapping, the name to show, and where it was found.
 
     `origin`: `builtin:<profile>`, the path of the config.json, or `hf-cache:<path>` / `hub:<path>` for a hub
@@ -160,8 +158,7 @@ _QUANT_WORDS = frozenset(
 _DTYPE_WORDS = frozenset({"fp16", "bf16", "fp32", "dequantized"})
 
 
-@dataclass(frozen=True, slots=True)
-class RepoKey:
+class RepoKey(NamedTuple):
     """A hub id reduced to what names its architecture, and the quantization words cut off its name."""
 
     key: str

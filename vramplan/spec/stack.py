@@ -18,6 +18,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from vramplan.errors import VramplanError
 
@@ -28,8 +29,7 @@ CURRENT = {"transformers": "5.24.0", "peft": "0.21.2", "bitsandbytes": "0.50.2",
 ALIASES = {"bnb": "bitsandbytes", "pytorch": "torch"}
 
 
-@dataclass(frozen=True, slots=True)
-class StackRule:
+class StackRule(NamedTuple):
     """Releases of `package` before `since` (or torch before `torch_since`) allocate as `older` says."""
 
     name: str
