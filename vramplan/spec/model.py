@@ -7,7 +7,7 @@ The families that build a ModelSpec from a config.json: `vramplan.spec.families`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, NamedTuple
 
 Method = Literal["full", "lora", "qlora", "freeze"]
@@ -194,6 +194,21 @@ class ModelSpec:
     # nn.Linear nor a hidden-size norm (Qwen3.5's conv1d, dt_bias, A_log, gated norm; q_norm / k_norm), as
     # (shape, instances in the model)
     mixer_tensors: tuple[tuple[tuple[int, ...], int], ...] = ()
+    # the hash, computed on first use: lru_caches key on the spec several times per estimate, and the
+    # generated __hash__ would hash every field (the linears' tuple among them) each time
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        """The frozen dataclass's hash (of the compared fields, in order), kept after the first call."""
+        if self._hash is None:
+            object.__setattr__(self, "_hash", hash(tuple(getattr(self, name) for name in _HASHED)))
+        return self._hash  # type: ignore[return-value]
+
+    def __setstate__(self, state: list[Any]) -> None:
+        """Unpickling (the frozen slots dataclass's), the kept hash dropped: str hashes differ between processes."""
+        for f, value in zip(fields(self), state, strict=True):
+            object.__setattr__(self, f.name, value)
+        object.__setattr__(self, "_hash", None)
 
     @property
     def layer_parameters(self) -> tuple[tuple[str, tuple[int, ...], int], ...]:
@@ -353,6 +368,9 @@ class ModelSpec:
     @property
     def kv_dim(self) -> int:
         return self.num_key_value_heads * self.head_dim
+
+
+_HASHED: tuple[str, ...] = tuple(f.name for f in fields(ModelSpec) if f.compare)
 
 
 class Approximation(NamedTuple):
