@@ -32,6 +32,9 @@ COMMANDS: dict[str, list[str]] = {
         "-m", "vramplan.cli", "estimate", "llama-7b", "--method", "qlora", "--gpu", "3060ti", "--json",
     ],
 }  # fmt: skip
+# issue 15's targets as time above FLOOR (the interpreter took ~23 ms where they were set): --help < 50 ms,
+# estimate --json <= 60 ms
+TARGETS_ABOVE = {"vramplan --help": 0.050 - 0.023, "vramplan estimate llama-2-7b --json": 0.060 - 0.023}
 
 
 def cold_starts(runs: int = 31, site: bool = True) -> dict[str, tuple[float, float, float]]:
@@ -96,8 +99,9 @@ if __name__ == "__main__":
     print(f"above: wall time above `{FLOOR}`, the median of the per-round difference")
     if not site:
         print("every command with `python -S` (no site, no .pth file), sys.path on PYTHONPATH")
-    print(f"  {'wall':>9}  {'CPU':>9}  {'above':>10}  command")
+    print(f"  {'wall':>9}  {'CPU':>9}  {'above':>10}  {'target':>10}  command")
     for name, (wall, cpu, above) in cold_starts(runs, site).items():
         shown = "" if name == FLOOR else f"{1000 * above:+7.1f} ms"
-        print(f"  {1000 * wall:6.1f} ms  {1000 * cpu:6.1f} ms  {shown:>10}  {name}")
+        target = f"<= +{1000 * TARGETS_ABOVE[name]:.0f} ms" if name in TARGETS_ABOVE else ""
+        print(f"  {1000 * wall:6.1f} ms  {1000 * cpu:6.1f} ms  {shown:>10}  {target:>10}  {name}")
     print(f"estimates per second over 10,000 configurations (Python API, resolved specs): {throughput():,.0f}")

@@ -6,7 +6,7 @@ Component names are a closed set, so an estimate and a measurement line up key b
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from vramplan.spec.model import Approximation
@@ -153,8 +153,7 @@ class PeakAccounting:
         return "fits"
 
 
-@dataclass(frozen=True, slots=True)
-class MeasuredRun:
+class MeasuredRun(NamedTuple):
     """Where a measured or traced step ran: `device` (cuda, cpu, meta, fake) and the steps completed."""
 
     device: str

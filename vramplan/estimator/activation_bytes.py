@@ -4,11 +4,10 @@ offloading (offload.py) read."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class ActivationBytes:
+class ActivationBytes(NamedTuple):
     """Saved-for-backward bytes of a forward, and the workspace around it.
 
     `saved`: all decoder layers (with checkpointing: the layer inputs); `layer`: one layer's saved set (what a

@@ -148,7 +148,7 @@ def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     the same figures for its dense layers (the bottom layer's backward, with the most gradients alive: peak.py)."""
     result = _activation_bytes(m, t, dense_only=False)
     if m.dense_mlp_layers and m.moe_params:
-        return replace(result, dense_bottom=_activation_bytes(m, t, dense_only=True))
+        return result._replace(dense_bottom=_activation_bytes(m, t, dense_only=True))
     return result
 
 
@@ -173,7 +173,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     walks = {
         (spec, kind): _walk_layer(
             spec,
-            replace(settings, masked=kind[2], parameter_adapters=kind[3], mixer=kind[4]),
+            settings._replace(masked=kind[2], parameter_adapters=kind[3], mixer=kind[4]),
             kind[0],
             kind[1],
             residual_dtype,

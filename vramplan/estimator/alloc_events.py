@@ -155,7 +155,7 @@ def step_events(m: ModelSpec, t: TrainSpec) -> list[Event]:
     patterns = [
         layer_pattern(
             spec,
-            replace(settings, masked=kind[2], parameter_adapters=kind[3], mixer=kind[4]),
+            settings._replace(masked=kind[2], parameter_adapters=kind[3], mixer=kind[4]),
             kind[0],
             kind[1],
             residual_dtype,

@@ -29,7 +29,7 @@ the default-settings model for them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vramplan.spec.alloc_conf import AllocatorConfig, parse_alloc_conf
 from vramplan.spec.overheads import Overheads
@@ -61,8 +61,7 @@ def setting_of(config: AllocatorConfig) -> str:
     return SETTINGS[1] if config.expandable_segments else SETTINGS[0]
 
 
-@dataclass(frozen=True, slots=True)
-class PeakShape:
+class PeakShape(NamedTuple):
     """What the model reads from the estimate's peak phase (bytes): its total, logits and activations. A plain
     value, so this module does not import `vramplan.breakdown` (which reads the model from a Breakdown)."""
 
@@ -78,8 +77,7 @@ def slack_features(peak: PeakShape) -> tuple[float, float, float, float]:
     return (1.0, 1.0 if peak.grad_ckpt else 0.0, peak.logits / total, peak.activations / total)
 
 
-@dataclass(frozen=True, slots=True)
-class AllocatorSlack:
+class AllocatorSlack(NamedTuple):
     """The caching allocator's predicted figures beyond the tensor peak (bytes) under `config`.
 
     `reserved_bytes`: max_memory_reserved − peak with room to spare; `need_bytes`: the least memory beyond

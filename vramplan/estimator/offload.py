@@ -25,8 +25,6 @@ Host RAM: what left the GPU, per rank (`host_bytes`); pinned, so it is not pagea
 
 from __future__ import annotations
 
-import dataclasses
-
 from vramplan.estimator.activation_bytes import ActivationBytes
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
 
@@ -85,7 +83,7 @@ def offload_activations(t: TrainSpec, a: ActivationBytes, layers: int) -> Activa
     gone, kept = offloaded_bytes(t, a, layers)
     if not gone:
         return a
-    return dataclasses.replace(a, saved=a.saved - gone + kept)
+    return a._replace(saved=a.saved - gone + kept)
 
 
 def host_bytes(t: TrainSpec, a: ActivationBytes, layers: int) -> int:

@@ -6,7 +6,7 @@ them in every phase.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vramplan.estimator.optimizer_memory_efficient import MEMORY_EFFICIENT_OPTIMIZERS, memory_efficient_states
 from vramplan.estimator.params import Shape, layer_tensor_shapes, numel, trainable_shapes
@@ -21,8 +21,7 @@ BNB_QMAP_BYTES = 2 * 256 * 4  # the shared signed/unsigned dynamic maps, fp32, o
 TORCH_STEP_BYTES = 4  # fused AdamW keeps `step` as a float32 tensor on the device, one per parameter
 
 
-@dataclass(frozen=True, slots=True)
-class OptimizerBytes:
+class OptimizerBytes(NamedTuple):
     states: int  # device memory held between steps
     paged: int  # CUDA managed (paged) memory: can spill to host, invisible to memory_allocated
     step_temporaries: int  # extra memory during `optimizer.step()`

@@ -6,16 +6,14 @@ defaults) gets its plan without loading them (`ParallelPlan.one_gpu`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from vramplan.breakdown import Breakdown
     from vramplan.spec.parallel import ParallelSpec
 
 
-@dataclass(frozen=True, slots=True)
-class ParallelPlan:
+class ParallelPlan(NamedTuple):
     """One GPU of a data-parallel run: its Breakdown (verdict per GPU), engine buffers in it, host RAM."""
 
     spec: ParallelSpec

@@ -10,7 +10,8 @@ bytes(T, s) = T·(re + im·s). The decoder layer's ops live in `layer_ops`.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import NamedTuple
 
 from vramplan.estimator.adapters import adapter_dtype
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
@@ -26,8 +27,7 @@ def promote(a: str, b: str) -> str:
 S = 1j  # the unit of a term that also grows with the sequence length (see the module docstring)
 
 
-@dataclass(slots=True)
-class SymbolicTensor:
+class SymbolicTensor(NamedTuple):
     """A tensor of the walk: its identity, bytes and elements per token, dtype, and whether it requires grad."""
 
     id: int
@@ -111,8 +111,7 @@ class Walk:
         return sum(self.saved.values())
 
 
-@dataclass(frozen=True, slots=True)
-class WalkSettings:
+class WalkSettings(NamedTuple):
     """The training settings that shape a decoder layer's walk (dtypes as `BYTES` keys)."""
 
     T = 1  # the walk counts per token

@@ -9,7 +9,7 @@ the load dtype (transformers/quantizers/quantizer_bnb_4bit.py, `modules_to_not_c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vramplan.estimator.bnb_storage import bnb_4bit_bytes, bnb_int8_bytes
 from vramplan.estimator.params import saved_module_params
@@ -31,8 +31,7 @@ def quantized_linear_bytes(m: ModelSpec, quant: str, double_quant: bool) -> tupl
     return packed, state
 
 
-@dataclass(frozen=True, slots=True)
-class WeightBytes:
+class WeightBytes(NamedTuple):
     frozen: int  # frozen parameters (quantized packed weights + unquantized frozen params)
     quant_state: int
     trainable: int  # trainable base parameters (full / freeze); adapters are counted in adapters.py

@@ -9,10 +9,13 @@ UTF-8 (a Latin-1 export, a binary file passed by mistake).
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 from vramplan.errors import VramplanError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 MAX_NAME_CHARS = 4096  # Linux PATH_MAX; a hub id is at most 96 + 1 + 96 characters
 MAX_CONFIG_BYTES = 16 * 1024**2  # the largest config.json / training YAML on the hub is a few hundred KiB
@@ -35,35 +38,40 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
-def is_file(path: Path) -> bool:
-    """`path.is_file()`, False where the file system refuses the name (too long a component, ...)."""
-    try:
-        return path.is_file()
-    except (OSError, ValueError):
-        return False
+def is_file(path: str | os.PathLike[str]) -> bool:
+    """`Path(path).is_file()` of a path in pathlib's form, False where the file system refuses the name (too
+    long a component, ...). os.path, not pathlib: a cold `estimate` of a built-in model never imports pathlib."""
+    return os.path.isfile(path)  # False on any OSError or ValueError, as the pathlib call in a try was
 
 
-def is_dir(path: Path) -> bool:
-    """`path.is_dir()`, False where the file system refuses the name."""
-    try:
-        return path.is_dir()
-    except (OSError, ValueError):
-        return False
+def is_dir(path: str | os.PathLike[str]) -> bool:
+    """`Path(path).is_dir()` of a path in pathlib's form, False where the file system refuses the name."""
+    return os.path.isdir(path)
 
 
 def read_text(path: str | Path, what: str = "file", max_bytes: int = MAX_CONFIG_BYTES) -> str:
-    """The UTF-8 text of `path`; a missing, unreadable, oversized or non-UTF-8 file is one error line."""
-    p = Path(path)
-    shown = short(str(p), 120)
-    if is_dir(p):
+    """The UTF-8 text of `path`; a missing, unreadable, oversized or non-UTF-8 file is one error line. A str
+    is read as pathlib reads it (`a//b.json/` is `a/b.json`, `""` is `.`)."""
+    if not isinstance(path, os.PathLike):
+        from pathlib import Path
+
+        path = Path(path)
+    return read_path_text(os.fspath(path), what, max_bytes)
+
+
+def read_path_text(path: str, what: str = "file", max_bytes: int = MAX_CONFIG_BYTES) -> str:
+    """`read_text` of a path already in pathlib's form (`str(Path(path)) == path`: a shipped profile's)."""
+    shown = short(path, 120)
+    if is_dir(path):
         raise VramplanError(f"{shown} is a folder; pass the {what} in it")
     try:
-        size = p.stat().st_size
+        size = os.stat(path).st_size
         if size > max_bytes:
             raise VramplanError(
                 f"{shown}: {size:,} bytes is too large for a {what} (the limit is {max_bytes:,}); is it the right file?"
             )
-        data = p.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise VramplanError(f"no such file: {shown}") from None
     except (OSError, ValueError) as e:

@@ -5,26 +5,41 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vramplan.errors import VramplanError, did_you_mean
-from vramplan.sources.files import check_name, is_dir, is_file, parse_json, read_text, short
+from vramplan.sources.files import check_name, is_dir, is_file, parse_json, read_path_text, short
 from vramplan.spec import ModelSpec, model_spec_from_config
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from vramplan.spec.gpu import GpuProfile
 
 
 def profiles_dir() -> Path:
     """profiles/ shipped inside the wheel (vramplan/profiles), else the checkout's top-level profiles/."""
-    package = Path(__file__).resolve().parent.parent  # vramplan/
-    for cand in (package / "profiles", package.parent / "profiles"):
-        if (cand / "gpus.toml").is_file():
+    from pathlib import Path
+
+    return Path(profiles_path())
+
+
+def profiles_path() -> str:
+    """`profiles_dir()` as a str (os.path, not pathlib: a cold `estimate` of a built-in model never imports
+    pathlib)."""
+    package = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # vramplan/
+    for cand in (os.path.join(package, "profiles"), os.path.join(os.path.dirname(package), "profiles")):
+        if os.path.isfile(os.path.join(cand, "gpus.toml")):
             return cand
-    raise VramplanError(f"vramplan's profiles/ folder is missing under {package.parent}; reinstall the package")
+    raise VramplanError(
+        f"vramplan's profiles/ folder is missing under {os.path.dirname(package)}; reinstall the package"
+    )
+
+
+def builtin_path(name: str) -> str:
+    """The shipped config.json of built-in model `name` (which has no `/`)."""
+    return os.path.join(profiles_path(), "models", f"{name}.json")
 
 
 def _norm(name: str) -> str:
@@ -42,7 +57,8 @@ def load_gpus() -> dict[str, GpuProfile]:
         import tomli as tomllib
     from vramplan.spec.gpu import GpuProfile
 
-    data = tomllib.loads((profiles_dir() / "gpus.toml").read_text())
+    with open(os.path.join(profiles_path(), "gpus.toml")) as f:  # as Path.read_text: the locale's encoding
+        data = tomllib.loads(f.read())
     out = {}
     for key, d in data.items():
         out[key] = GpuProfile(
@@ -82,8 +98,9 @@ def builtin_model_names() -> list[str]:
     return sorted(p.stem for p in (profiles_dir() / "models").glob("*.json"))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    data = parse_json(read_text(path, "config.json"), short(str(path), 120), "a config.json")
+def _read_json(path: str) -> dict[str, Any]:
+    """The JSON object in config.json `path`, a path in pathlib's form (`str(Path(...))` or `builtin_path`)."""
+    data = parse_json(read_path_text(path, "config.json"), short(path, 120), "a config.json")
     if not isinstance(data, dict):
         raise VramplanError(f"{short(str(path), 120)}: expected a JSON object (a config.json)")
     return data
@@ -91,6 +108,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def _hf_cache_config(repo_id: str) -> Path | None:
     """`config.json` of `repo_id` in the local Hugging Face hub cache, without importing huggingface_hub."""
+    from pathlib import Path
+
     roots = []
     if os.environ.get("HF_HUB_CACHE"):
         roots.append(Path(os.environ["HF_HUB_CACHE"]))
@@ -109,8 +128,7 @@ def _hf_cache_config(repo_id: str) -> Path | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class ModelConfig:
+class ModelConfig(NamedTuple):
     """A model's `config.json` mapping, the name to show, and where it was found.
 
     `origin`: `builtin:<profile>`, the path of the config.json, or `hf-cache:<path>` / `hub:<path>` for a hub
@@ -140,8 +158,7 @@ _QUANT_WORDS = frozenset(
 _DTYPE_WORDS = frozenset({"fp16", "bf16", "fp32", "dequantized"})
 
 
-@dataclass(frozen=True, slots=True)
-class RepoKey:
+class RepoKey(NamedTuple):
     """A hub id reduced to what names its architecture, and the quantization words cut off its name."""
 
     key: str
@@ -175,7 +192,7 @@ def _builtin_repo_index() -> dict[str, str]:
     """Repo key -> profile, from each profile's `vramplan_profile.repo` and `aliases`; a profile's own name too."""
     index: dict[str, str] = {}
     for name in builtin_model_names():
-        meta = _read_json(profiles_dir() / "models" / f"{name}.json").get("vramplan_profile", {})
+        meta = _read_json(builtin_path(name)).get("vramplan_profile", {})
         for repo in (meta.get("repo"), *meta.get("aliases", ())):
             if repo:
                 index.setdefault(_repo_key(repo), name)
@@ -224,6 +241,7 @@ def _hub_download_config(repo_id: str) -> Path | None:
         return None
     import logging
     import threading
+    from pathlib import Path
 
     result: dict[str, Any] = {}
 
@@ -257,27 +275,29 @@ def find_model_config(model: str) -> ModelConfig:
     check_name(model, "MODEL")
     if not model.strip():
         raise VramplanError("MODEL is empty; pass a built-in name (`vramplan models`), a config.json or a hub id")
-    builtin = profiles_dir() / "models" / f"{model.lower()}.json"
+    builtin = builtin_path(model.lower())
     if "/" not in model and is_file(builtin):
         return ModelConfig(model.lower(), _read_json(builtin), f"builtin:{model.lower()}")
+    from pathlib import Path
+
     path = Path(model)
     if is_dir(path):
         path = path / "config.json"
         if not is_file(path):
             raise VramplanError(f"{short(model, 120)}: folder has no config.json")
     if is_file(path):
-        return ModelConfig(str(model), _read_json(path), str(path))
+        return ModelConfig(str(model), _read_json(str(path)), str(path))
     if model.count("/") == 1 and not model.endswith(".json") and HUB_ID.fullmatch(model):
         cached = _hf_cache_config(model)
         if cached is not None:
-            return ModelConfig(model, _read_json(cached), f"hf-cache:{cached}")
+            return ModelConfig(model, _read_json(str(cached)), f"hf-cache:{cached}")
         profile = builtin_for_repo(model)
         if profile is not None:
-            cfg = _read_json(profiles_dir() / "models" / f"{profile}.json")
+            cfg = _read_json(builtin_path(profile))
             return ModelConfig(model, cfg, f"builtin:{profile}", repo_key(model).prequantized)
         downloaded = _hub_download_config(model)
         if downloaded is not None:
-            return ModelConfig(model, _read_json(downloaded), f"hub:{downloaded}")
+            return ModelConfig(model, _read_json(str(downloaded)), f"hub:{downloaded}")
         raise VramplanError(
             f"{model!r} is not a built-in model and its config.json is not in the local Hugging Face cache "
             f"(HF_HUB_OFFLINE is set); run `{hub_download_command(model)}` or pass a path to config.json"
@@ -286,7 +306,7 @@ def find_model_config(model: str) -> ModelConfig:
         raise VramplanError(f"no such file: {short(model, 120)}")
     profile = builtin_for_repo(model)  # `Qwen3-4B-Instruct`, `llama_3_8b`: a built-in by its hub name
     if profile is not None:
-        cfg = _read_json(profiles_dir() / "models" / f"{profile}.json")
+        cfg = _read_json(builtin_path(profile))
         return ModelConfig(profile, cfg, f"builtin:{profile}", repo_key(model).prequantized)
     raise did_you_mean(short(model), builtin_model_names(), "model", "see `vramplan models`, or pass a config.json")
 

@@ -12,7 +12,7 @@ Pure Python: the estimator and the replay (`vramplan.allocator.model`) both read
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vramplan.errors import VramplanError
 
@@ -29,8 +29,7 @@ _IGNORED = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class AllocatorConfig:
+class AllocatorConfig(NamedTuple):
     """The caching allocator's settings; the defaults are torch's (`CUDAAllocatorConfig()` constructor).
 
     `max_split_size_bytes` None is torch's `std::numeric_limits<size_t>::max()` (no limit);

@@ -7,8 +7,8 @@ The families that build a ModelSpec from a config.json: `vramplan.spec.families`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, NamedTuple
 
 Method = Literal["full", "lora", "qlora", "freeze"]
 Dtype = Literal["bf16", "fp16", "fp32"]
@@ -24,8 +24,7 @@ QUANTS: tuple[str, ...] = ("none", "nf4", "fp4", "int8")
 ATTNS: tuple[str, ...] = ("eager", "sdpa", "flash_attention_2", "flex_attention")
 
 
-@dataclass(frozen=True, slots=True)
-class LinearSpec:
+class LinearSpec(NamedTuple):
     """One `nn.Linear` of a decoder layer, under its transformers attribute name."""
 
     name: str
@@ -49,8 +48,7 @@ class LinearSpec:
         return self.weight_params + (self.out_features if self.bias else 0)
 
 
-@dataclass(frozen=True, slots=True)
-class ParamSpec:
+class ParamSpec(NamedTuple):
     """A per-layer weight that is a plain `nn.Parameter`, not an `nn.Linear` (Mixtral's router and experts).
 
     `shape` as transformers registers it: (out, in), or (experts, out, in) for stacked experts. PEFT adapts it
@@ -80,8 +78,7 @@ class ParamSpec:
         return _numel(self.shape)
 
 
-@dataclass(frozen=True, slots=True)
-class MambaSpec:
+class MambaSpec(NamedTuple):
     """The Mamba-2 mixer of a hybrid decoder layer (Falcon-H1: transformers 5.24 modeling_falcon_h1.py
     `FalconH1Mixer`): `in_proj` (hidden -> gate z, x·B·C, dt), a depthwise causal conv1d over x·B·C, the chunked
     SSD scan over `heads` heads of `head_dim` with `groups` B/C groups of `state`, an optional gated RMSNorm
@@ -114,8 +111,7 @@ class MambaSpec:
         return conv + 3 * self.heads + (self.d_ssm if self.rms_norm else 0)
 
 
-@dataclass(frozen=True, slots=True)
-class MlaSpec:
+class MlaSpec(NamedTuple):
     """Multi-head latent attention's shapes (transformers 5.24 DeepseekV3Attention, modeling_deepseek_v3.py):
     q through a `q_lora_rank` bottleneck (0: one q_proj), k / v through a `kv_lora_rank` latent plus one shared
     `qk_rope_head_dim` rotary key; per head a query / key of qk_nope + qk_rope and a value of v_head_dim."""
@@ -198,6 +194,21 @@ class ModelSpec:
     # nn.Linear nor a hidden-size norm (Qwen3.5's conv1d, dt_bias, A_log, gated norm; q_norm / k_norm), as
     # (shape, instances in the model)
     mixer_tensors: tuple[tuple[tuple[int, ...], int], ...] = ()
+    # the hash, computed on first use: lru_caches key on the spec several times per estimate, and the
+    # generated __hash__ would hash every field (the linears' tuple among them) each time
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        """The frozen dataclass's hash (of the compared fields, in order), kept after the first call."""
+        if self._hash is None:
+            object.__setattr__(self, "_hash", hash(tuple(getattr(self, name) for name in _HASHED)))
+        return self._hash  # type: ignore[return-value]
+
+    def __setstate__(self, state: list[Any]) -> None:
+        """Unpickling (the frozen slots dataclass's), the kept hash dropped: str hashes differ between processes."""
+        for f, value in zip(fields(self), state, strict=True):
+            object.__setattr__(self, f.name, value)
+        object.__setattr__(self, "_hash", None)
 
     @property
     def layer_parameters(self) -> tuple[tuple[str, tuple[int, ...], int], ...]:
@@ -359,8 +370,10 @@ class ModelSpec:
         return self.num_key_value_heads * self.head_dim
 
 
-@dataclass(frozen=True, slots=True)
-class Approximation:
+_HASHED: tuple[str, ...] = tuple(f.name for f in fields(ModelSpec) if f.compare)
+
+
+class Approximation(NamedTuple):
     """A family estimated through another one's activation walk: what stands in, and how far it can be off."""
 
     kind: str  # "generic" (from the architecture table), "vision" (a hand-modelled decoder inside a VLM)

@@ -7,7 +7,7 @@ the arithmetic lives in vramplan.estimator.distributed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from vramplan.errors import VramplanError, did_you_mean
 from vramplan.spec import TrainSpec
@@ -28,8 +28,7 @@ STAGE3_PARAM_PERSISTENCE_THRESHOLD = 100_000  # stage3_param_persistence_thresho
 AUTO = "auto"  # a DeepSpeed JSON value the HF integration fills from the model (`ZeroBuckets.resolved`)
 
 
-@dataclass(frozen=True, slots=True)
-class ZeroBuckets:
+class ZeroBuckets(NamedTuple):
     """The DeepSpeed `zero_optimization` sizes that allocate device memory, in elements, or "auto".
 
     "auto" is what transformers' `HfTrainerDeepSpeedConfig.trainer_config_finalize` fills from the model's
@@ -60,7 +59,7 @@ class ZeroBuckets:
         )
 
     def as_dict(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        return self._asdict()
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from vramplan.errors import VramplanError
 
@@ -52,8 +51,7 @@ PEFT_ERROR_BAND = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class PeftMethod:
+class PeftMethod(NamedTuple):
     """`name`: the PEFT method; `num_virtual_tokens` (prompt learning), `block_size` (OFT / BOFT)."""
 
     name: str = "lora"

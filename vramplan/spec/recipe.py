@@ -29,8 +29,7 @@ Each default is read from the framework's code (file and version cited on the ru
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from vramplan.errors import VramplanError
 from vramplan.spec.stack import PACKAGES as STACK_PACKAGES
@@ -53,8 +52,7 @@ TRL_GRAD_CKPT_SINCE = (1, 0, 0)
 TRL_FUSED_HEAD_SINCE = (1, 15, 0)
 
 
-@dataclass(frozen=True, slots=True)
-class Recipe:
+class Recipe(NamedTuple):
     """A framework at a version, with the settings (resolve_train keywords) it defaults; `notes`: what it does
     that the estimate does not model."""
 

@@ -17,7 +17,7 @@ import functools
 import os
 import re
 import sys
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from vramplan.errors import VramplanError
 
@@ -28,8 +28,7 @@ CURRENT = {"transformers": "5.24.0", "peft": "0.21.2", "bitsandbytes": "0.50.2",
 ALIASES = {"bnb": "bitsandbytes", "pytorch": "torch"}
 
 
-@dataclass(frozen=True, slots=True)
-class StackRule:
+class StackRule(NamedTuple):
     """Releases of `package` before `since` (or torch before `torch_since`) allocate as `older` says."""
 
     name: str
@@ -104,8 +103,7 @@ def release(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in found.group(0).split(".")) if found else ()
 
 
-@dataclass(frozen=True, slots=True)
-class Stack:
+class Stack(NamedTuple):
     """The library versions a plan models, each with where it came from: "installed", "named" (--stack) or
     "current release" (neither: the release the estimator follows)."""
 

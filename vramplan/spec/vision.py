@@ -107,7 +107,7 @@ def with_tower(text_spec: ModelSpec, cfg: Mapping[str, Any], text: Mapping[str, 
     said += "; their activations and image positions beyond --image-tokens are not in the estimate"
     if text_spec.approximation is not None:  # a generic text decoder: its band, and this note too
         a = text_spec.approximation
-        approximation = replace(a, note="; ".join(x for x in (a.note, said) if x))
+        approximation = a._replace(note="; ".join(x for x in (a.note, said) if x))
     else:  # a hand-modelled decoder: exact activations, the tower's weights counted exactly
         approximation = Approximation("vision", f"{text_spec.model_type} decoder, hand-modelled", 0.0, said)
     stack = stack or text_spec.module_prefix

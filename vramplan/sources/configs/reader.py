@@ -7,7 +7,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from vramplan.errors import VramplanError
 from vramplan.spec import OPTIM_ALIASES, OPTIMIZERS
@@ -17,8 +17,7 @@ Format = Literal[
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Unmodeled:
+class Unmodeled(NamedTuple):
     """A file setting the estimate does not model. `affects`: the resolve_train keyword it bears on ("" if
     none); a flag that sets that keyword makes the entry moot."""
 
