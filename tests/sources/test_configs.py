@@ -379,6 +379,7 @@ def test_without_from_nothing_changes():
         ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2.5-vl-7b"),  # the VLM, not qwen2.5-7b
         ("Qwen/Qwen3.5-9B", "qwen3.5-9b"),
         ("mistralai/Magistral-Small-2509", None),  # the 2509 model is a VLM: not 2506's text-only config
+        ("microsoft/phi-1_5", "phi-1.5"),  # `_` as `-`: the real example configs' base_model
     ],
 )
 def test_builtin_for_repo(repo: str, profile: str | None):
