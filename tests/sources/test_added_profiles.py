@@ -9,7 +9,8 @@ from vramplan.sources.profiles import builtin_for_repo, load_model
 # profile: (billions the card states, tolerance, where). phi-1.5: "a Transformer with 1.3 billion parameters"
 # (microsoft/phi-1_5 model card); the built model holds 1.432 B, its untied 51200 x 2048 input and output
 # embeddings (0.21 B) included, hence 11 %.
-CARD_BILLIONS = {"phi-1.5": (1.3, 0.11)}
+# starcoder2-3b: "Parameter Count 3.03B" (https://www.promptlayer.com/models/starcoder2-3b, the hub's count).
+CARD_BILLIONS = {"phi-1.5": (1.3, 0.11), "starcoder2-3b": (3.03, 0.005)}
 
 
 @pytest.mark.parametrize("name", sorted(CARD_BILLIONS))
@@ -18,6 +19,14 @@ def test_profile_matches_the_card(name: str) -> None:
     assert load_model(name).total_params == pytest.approx(billions * 1e9, rel=rel)
 
 
-@pytest.mark.parametrize(("repo", "profile"), [("microsoft/phi-1_5", "phi-1.5"), ("microsoft/phi-1.5", "phi-1.5")])
+HUB_IDS = [
+    ("microsoft/phi-1_5", "phi-1.5"),
+    ("microsoft/phi-1.5", "phi-1.5"),
+    ("bigcode/starcoder2-3b", "starcoder2-3b"),
+    ("bigcode/starcoder2-7b", "starcoder2-7b"),  # each size its own profile
+]
+
+
+@pytest.mark.parametrize(("repo", "profile"), HUB_IDS)
 def test_hub_ids_resolve(repo: str, profile: str) -> None:
     assert builtin_for_repo(repo) == profile
