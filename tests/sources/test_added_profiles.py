@@ -10,7 +10,8 @@ from vramplan.sources.profiles import builtin_for_repo, load_model
 # (microsoft/phi-1_5 model card); the built model holds 1.432 B, its untied 51200 x 2048 input and output
 # embeddings (0.21 B) included, hence 11 %.
 # starcoder2-3b: "Parameter Count 3.03B" (https://www.promptlayer.com/models/starcoder2-3b, the hub's count).
-CARD_BILLIONS = {"phi-1.5": (1.3, 0.11), "starcoder2-3b": (3.03, 0.005)}
+# magistral-small-2509: "a small, efficient reasoning model with 24B parameters" (the card); built: 23.34 B.
+CARD_BILLIONS = {"phi-1.5": (1.3, 0.11), "starcoder2-3b": (3.03, 0.005), "magistral-small-2509": (24, 0.05)}
 
 
 @pytest.mark.parametrize("name", sorted(CARD_BILLIONS))
@@ -24,6 +25,8 @@ HUB_IDS = [
     ("microsoft/phi-1.5", "phi-1.5"),
     ("bigcode/starcoder2-3b", "starcoder2-3b"),
     ("bigcode/starcoder2-7b", "starcoder2-7b"),  # each size its own profile
+    ("mistralai/Magistral-Small-2509", "magistral-small-2509"),  # the VLM, not 2506's text-only profile
+    ("mistralai/Magistral-Small-2506", "magistral-small-2506"),
 ]
 
 

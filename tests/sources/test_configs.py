@@ -378,7 +378,7 @@ def test_without_from_nothing_changes():
         ("EleutherAI/pythia-1.4b-deduped", "pythia-1.4b"),  # not pythia-12b: its own size
         ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2.5-vl-7b"),  # the VLM, not qwen2.5-7b
         ("Qwen/Qwen3.5-9B", "qwen3.5-9b"),
-        ("mistralai/Magistral-Small-2509", None),  # the 2509 model is a VLM: not 2506's text-only config
+        ("mistralai/Magistral-Small-2509", "magistral-small-2509"),  # the 2509 model is a VLM: not 2506's text-only config
         ("microsoft/phi-1_5", "phi-1.5"),  # `_` as `-`: the real example configs' base_model
     ],
 )
