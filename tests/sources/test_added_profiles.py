@@ -27,6 +27,8 @@ HUB_IDS = [
     ("bigcode/starcoder2-7b", "starcoder2-7b"),  # each size its own profile
     ("mistralai/Magistral-Small-2509", "magistral-small-2509"),  # the VLM, not 2506's text-only profile
     ("mistralai/Magistral-Small-2506", "magistral-small-2506"),
+    ("deepseek-ai/DeepSeek-V3-0324-BF16", "deepseek-v3"),  # the alias, a dtype word dropped
+    ("deepseek-ai/DeepSeek-V3.1", None),  # a later checkpoint the card of 0324 does not speak for
 ]
 
 

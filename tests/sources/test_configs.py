@@ -361,7 +361,7 @@ def test_without_from_nothing_changes():
         ("axolotl-quants/Llama-4-Scout-17B-16E-Linearized-bnb-nf4-bf16", "llama-4-scout-17b-16e"),  # an alias
         ("meta-llama/Llama-4-Scout-17B-16E", "llama-4-scout-17b-16e"),  # the base of the Instruct profile
         ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", "nemotron-3-nano-30b-a3b"),
-        ("deepseek-ai/DeepSeek-V3-0324", None),  # a later checkpoint: its config.json was not compared
+        ("deepseek-ai/DeepSeek-V3-0324", "deepseek-v3"),  # its card: "model structure ... exactly the same as DeepSeek-V3"
         ("Qwen/Qwen3-235B-A22B-Instruct-2507", "qwen3-235b-a22b-instruct-2507"),  # 262k context: not qwen3-235b-a22b
         ("someone/llama-3-8b-sft", None),  # a fine-tune's name is not a variant of the base
         # the real example configs' checkpoints: aliases, the base of an Instruct/Chat profile, pre-quantized copies
