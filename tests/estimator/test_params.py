@@ -16,7 +16,7 @@ from vramplan.errors import VramplanError
 from vramplan.estimator.params import count_params, lora_targets, model_tensor_shapes, numel, trainable_shapes
 from vramplan.sources.profiles import builtin_model_names, load_model_config
 from vramplan.spec import (
-    SUPPORTED_MODEL_TYPES,
+    HAND_MODELLED_TYPES,
     ModelSpec,
     TrainSpec,
     lora_moe_targets,
@@ -144,7 +144,7 @@ def _text_model_type(cfg: dict[str, Any]) -> str:
     return str((cfg.get("text_config") or cfg).get("model_type", cfg.get("model_type")))
 
 
-ESTIMATED = [n for n in builtin_model_names() if _text_model_type(_builtin_config(n)) in SUPPORTED_MODEL_TYPES]
+ESTIMATED = [n for n in builtin_model_names() if _text_model_type(_builtin_config(n)) in HAND_MODELLED_TYPES]
 # Profiles of a model type the generic path counts (spec/generic.py: gemma3, qwen3_moe, gpt_oss...)
 PENDING = [
     n

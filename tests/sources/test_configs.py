@@ -361,7 +361,7 @@ def test_without_from_nothing_changes():
         ("axolotl-quants/Llama-4-Scout-17B-16E-Linearized-bnb-nf4-bf16", "llama-4-scout-17b-16e"),  # an alias
         ("meta-llama/Llama-4-Scout-17B-16E", "llama-4-scout-17b-16e"),  # the base of the Instruct profile
         ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", "nemotron-3-nano-30b-a3b"),
-        ("deepseek-ai/DeepSeek-V3-0324", None),  # a later checkpoint: its config.json was not compared
+        ("deepseek-ai/DeepSeek-V3-0324", "deepseek-v3"),  # its card: "model structure ... exactly the same as DeepSeek-V3"
         ("Qwen/Qwen3-235B-A22B-Instruct-2507", "qwen3-235b-a22b-instruct-2507"),  # 262k context: not qwen3-235b-a22b
         ("someone/llama-3-8b-sft", None),  # a fine-tune's name is not a variant of the base
         # the real example configs' checkpoints: aliases, the base of an Instruct/Chat profile, pre-quantized copies
@@ -378,7 +378,8 @@ def test_without_from_nothing_changes():
         ("EleutherAI/pythia-1.4b-deduped", "pythia-1.4b"),  # not pythia-12b: its own size
         ("Qwen/Qwen2.5-VL-7B-Instruct", "qwen2.5-vl-7b"),  # the VLM, not qwen2.5-7b
         ("Qwen/Qwen3.5-9B", "qwen3.5-9b"),
-        ("mistralai/Magistral-Small-2509", None),  # the 2509 model is a VLM: not 2506's text-only config
+        ("mistralai/Magistral-Small-2509", "magistral-small-2509"),  # the 2509 model is a VLM: not 2506's text-only config
+        ("microsoft/phi-1_5", "phi-1.5"),  # `_` as `-`: the real example configs' base_model
     ],
 )
 def test_builtin_for_repo(repo: str, profile: str | None):

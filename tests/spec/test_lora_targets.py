@@ -58,6 +58,8 @@ def test_targets_as_peft(family: str, target) -> None:
 # ---------------------------------------------------------------- trainable counts held to PEFT itself
 LAYERS4 = {"num_hidden_layers": 4}
 AXOLOTL_LAYER_REGEX = r".*\.layers\.(1|3)\.self_attn\.(q|k|v|o)_proj|.*\.mlp\.(gate|up|down)_proj"
+QWEN35_LAYERS4 = {"num_hidden_layers": 4, "layer_types": ["linear_attention", "full_attention"] * 2}
+QWEN35_LAYER_REGEX = r".*\.layers\.(%s)\.self_attn\.(q|k|v|o)_proj|.*\.mlp\.(gate|up|down)_proj"
 PEFT_CASES: dict[str, tuple[str, dict, dict]] = {
     # id: (family, config changes, LoraConfig kwargs)
     "embeddings-as-lora": ("llama", {}, {"target_modules": ["q_proj", "v_proj", "lm_head", "embed_tokens"]}),
@@ -81,6 +83,11 @@ PEFT_CASES: dict[str, tuple[str, dict, dict]] = {
                                                   ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]}),
     "gpt-oss-layer-target-parameters": ("gpt_oss", {}, {"target_modules": "all-linear", "target_parameters":
                                                         ["1.mlp.experts.gate_up_proj", "1.mlp.experts.down_proj"]}),
+    # Qwen3.5 (axolotl's ebft examples): a regex naming the full-attention layers adapts the attention in each layer
+    # that holds it (all of them, or some); the MLP in every layer
+    "qwen35-full-attention-layers": ("qwen3_5_text", QWEN35_LAYERS4, {"target_modules": QWEN35_LAYER_REGEX % "1|3"}),
+    "qwen35-some-full-attention-layers": ("qwen3_5_text", QWEN35_LAYERS4,
+                                          {"target_modules": QWEN35_LAYER_REGEX % "3"}),
 }  # fmt: skip
 
 
@@ -153,3 +160,20 @@ def test_targets_not_checked_without_lora() -> None:
     assert resolve_train(m, method="full", lora_target="q_proj,v_proj").method == "full"
     with pytest.raises(VramplanError, match="q_proj"):
         resolve_train(m, method="lora", lora_target="q_proj,v_proj")
+
+
+def test_hybrid_layer_regex_counts_the_layers_holding_the_linear() -> None:
+    """Qwen3.5 holds self_attn in its full-attention layers only: a regex naming all of them adapts it there (no
+    per-layer count), one naming some counts those; a pattern that would need the layers of a generic hybrid
+    (not known which hold the linear) is still refused."""
+    from vramplan.spec import resolve_train
+    from vramplan.spec.lora_targets import holding_layers
+
+    m = model_spec_from_config({**TINY_CONFIGS["qwen3_5_text"], **QWEN35_LAYERS4}, "qwen3.5")
+    q = next(lin for lin in m.linears if lin.path == "self_attn.q_proj")
+    assert holding_layers(m, q) == (1, 3)
+    assert resolve_train(m, method="lora", lora_target=QWEN35_LAYER_REGEX % "1|3").lora_layers == ()
+    assert dict(resolve_train(m, method="lora", lora_target=QWEN35_LAYER_REGEX % "3").lora_layers)["q_proj"] == 1
+    # layer 2 holds no self_attn: naming it alone selects nothing there, the MLP everywhere
+    t = resolve_train(m, method="lora", lora_target=QWEN35_LAYER_REGEX % "2")
+    assert "q_proj" not in t.lora_target and t.lora_layers == ()

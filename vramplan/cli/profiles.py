@@ -42,13 +42,12 @@ def models(as_json: bool) -> None:
     from vramplan.report import profiles as report
     from vramplan.sources.profiles import builtin_model_names, load_model, load_model_config
     from vramplan.spec import SUPPORTED_MODEL_TYPES
-    from vramplan.spec.architectures import known_types
 
     specs, pending = [], []  # pending: config.json kept for a model type the estimator does not build yet
     for n in builtin_model_names():
         cfg = load_model_config(n)[1]
         model_type = str((cfg.get("text_config") or cfg).get("model_type", cfg.get("model_type")))
-        if model_type in SUPPORTED_MODEL_TYPES or model_type in known_types():  # hand-modelled or generic
+        if model_type in SUPPORTED_MODEL_TYPES:  # hand-modelled or generic
             specs.append(load_model(n))
         else:
             pending.append(f"{n} ({model_type})")

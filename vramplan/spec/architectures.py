@@ -41,6 +41,17 @@ def known_types() -> frozenset[str]:
     return frozenset(table()["architectures"])
 
 
+@functools.lru_cache(maxsize=1)
+def supported_types() -> frozenset[str]:
+    """Every model_type `estimate` accepts, as a config's own or as its `text_config.model_type`: the
+    hand-modelled families, every type of the table, and the text model type of a table wrapper that has no
+    entry of its own (`glm4v_text` inside `glm4v`: spec/config.py reads it through the wrapper's record)."""
+    from vramplan.spec.family_traits import HAND_MODELLED_TYPES
+
+    inner = {a["defaults"].get("text_config.model_type") for a in table()["architectures"].values()}
+    return HAND_MODELLED_TYPES | known_types() | {t for t in inner if isinstance(t, str)}
+
+
 def not_built(model_type: str) -> str | None:
     """Why transformers could not build this model type from its own defaults, if it could not."""
     return table()["not_built"].get(model_type)

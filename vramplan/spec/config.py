@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vramplan.spec.families import all_layers_routed, known_model_spec, text_config
-from vramplan.spec.family_traits import SUPPORTED_MODEL_TYPES
+from vramplan.spec.family_traits import HAND_MODELLED_TYPES
 from vramplan.spec.fields import config_str
 from vramplan.spec.model import ModelSpec
 
@@ -20,7 +20,7 @@ def model_spec_from_config(cfg: Mapping[str, Any], name: str, linearized_experts
     `llama4_linearized_experts` (Llama 4's experts as per-expert nn.Linear, spec/llama4.py)."""
     if cfg.get("model_type") is not None:
         config_str(cfg, "model_type", name)  # a list or a number is one error line, not a lookup's TypeError
-    if "text_config" not in cfg and cfg.get("model_type") in SUPPORTED_MODEL_TYPES and all_layers_routed(cfg):
+    if "text_config" not in cfg and cfg.get("model_type") in HAND_MODELLED_TYPES and all_layers_routed(cfg):
         return known_model_spec(cfg, name)  # the common case: the architecture table is not read
     from vramplan.spec import architectures  # read only when needed (a 3 MB table)
     from vramplan.spec.generic import generic_model_spec
@@ -41,7 +41,7 @@ def model_spec_from_config(cfg: Mapping[str, Any], name: str, linearized_experts
             text = {**text, "tie_word_embeddings": tie}
     mt = config_str(text, "model_type", name)
     known = architectures.known_types()
-    if mt in SUPPORTED_MODEL_TYPES and all_layers_routed(text):
+    if mt in HAND_MODELLED_TYPES and all_layers_routed(text):
         spec = known_model_spec(text, name)
     elif text is not cfg and mt not in known and cfg.get("model_type") in known:
         # a text model type that exists only inside its wrapper (qwen2_5_vl_text): the wrapper's record, text part

@@ -1,4 +1,4 @@
-"""The hand-modelled families (SUPPORTED_MODEL_TYPES): a ModelSpec built from a Hugging Face config.json.
+"""The hand-modelled families (HAND_MODELLED_TYPES): a ModelSpec built from a Hugging Face config.json.
 
 The module layout each family gets mirrors what transformers 5.24 builds (modeling_<family>.py), so parameter
 counts are exact and LoRA / bitsandbytes targeting sees the same `nn.Linear` names as PEFT and transformers do.
@@ -13,7 +13,7 @@ from typing import Any
 from vramplan.errors import VramplanError
 from vramplan.spec.falcon_h1 import falcon_h1_spec
 from vramplan.spec.family_common import common_fields, required
-from vramplan.spec.family_traits import DEEPSEEK_MOE, SUPPORTED_MODEL_TYPES
+from vramplan.spec.family_traits import DEEPSEEK_MOE, HAND_MODELLED_TYPES
 from vramplan.spec.fields import config_bool, config_int, config_names, config_str
 from vramplan.spec.mla import glm4_moe_model_spec, mla_model_spec, with_defaults
 from vramplan.spec.model import LinearSpec, ModelSpec, ParamSpec
@@ -80,7 +80,7 @@ def _check_shapes(m: ModelSpec) -> ModelSpec:
 
 
 def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
-    """The ModelSpec of a hand-modelled family (SUPPORTED_MODEL_TYPES) from a Hugging Face `config.json`
+    """The ModelSpec of a hand-modelled family (HAND_MODELLED_TYPES) from a Hugging Face `config.json`
     mapping (the keys transformers reads); every field it reads is type- and range-checked
     (vramplan.spec.fields). Any family: `vramplan.spec.config.model_spec_from_config`."""
     wrapper = cfg.get("model_type") if cfg.get("text_config") is not None else None
@@ -88,7 +88,7 @@ def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
     mt = config_str(cfg, "model_type", name)
     if mt == "gemma3_text":
         cfg = {**GEMMA3_TEXT_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None or "softcapping" in k}}
-    if mt not in SUPPORTED_MODEL_TYPES:
+    if mt not in HAND_MODELLED_TYPES:
         raise VramplanError(f"model config {name!r}: model_type {mt!r} is not hand-modelled")
     if mt in ("gpt_neox", "bloom"):
         return _check_shapes(neox_like_spec(cfg, name, mt))

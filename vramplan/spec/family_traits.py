@@ -21,7 +21,7 @@ HYBRID_SSM = frozenset({"falcon_h1"})
 # `linear_attention` layers and gated `full_attention` layers): each layer's linears exist only in layers of
 # their kind (`LinearSpec.count`), and the walk follows each kind (estimator/delta_net_ops.py)
 HYBRID_LINEAR_ATTENTION = frozenset({"qwen3_5_text"})
-SUPPORTED_MODEL_TYPES = frozenset(
+HAND_MODELLED_TYPES = frozenset(
     LLAMA_LIKE | HYBRID_SSM | HYBRID_LINEAR_ATTENTION | DEEPSEEK_MOE | {"gpt_neox", "bloom", "phi"}
 )
 # `head_dim` when config.json has none: a fixed class default here (transformers 5.24 Qwen3Config 128,

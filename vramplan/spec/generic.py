@@ -22,7 +22,7 @@ from typing import Any
 from vramplan.errors import VramplanError
 from vramplan.spec import architectures, llama4
 from vramplan.spec.families import known_model_spec
-from vramplan.spec.family_traits import SUPPORTED_MODEL_TYPES
+from vramplan.spec.family_traits import HAND_MODELLED_TYPES
 from vramplan.spec.model import Approximation, LinearSpec, ModelSpec
 
 # Largest relative difference of the device total between this path and the exact one on the hand-modelled
@@ -119,7 +119,7 @@ def generic_model_spec(
             )
         from vramplan.errors import did_you_mean
 
-        raise did_you_mean(str(mt), SUPPORTED_MODEL_TYPES | architectures.known_types(), "model_type", f"in {name}")
+        raise did_you_mean(str(mt), HAND_MODELLED_TYPES | architectures.known_types(), "model_type", f"in {name}")
     arch = architectures.table()["architectures"][mt]
     amap = arch["attribute_map"]
     try:

@@ -113,27 +113,50 @@ def _compile(pattern: str):
         raise VramplanError(f"LoRA target {pattern!r} is not a regular expression ({e})") from None
 
 
+# the layer kind (`layer_types`) whose layers hold a token mixer's linears, by the mixer's attribute: Qwen3.5's
+# gated attention in `full_attention` layers, its gated DeltaNet in `linear_attention` ones (spec/qwen35.py)
+_MIXER_KINDS = {"self_attn": "full_attention", "linear_attn": "linear_attention"}
+
+
+def holding_layers(model: ModelSpec, lin: LinearSpec) -> tuple[int, ...] | None:
+    """The indices of the decoder layers that hold `lin` (all of them unless the model holds it in only part of
+    its layers: a MoE model's dense / expert layers, a hybrid's layers of one kind), or None when not known."""
+    n = model.num_hidden_layers
+    if model.instances(lin) == n:
+        return tuple(range(n))
+    if lin.only:
+        dense = set(model.dense_mlp_layers)
+        return tuple(i for i in range(n) if (i in dense) == (lin.only == "dense"))
+    kind = _MIXER_KINDS.get(lin.path.partition(".")[0])
+    held = tuple(i for i, k in enumerate(model.layer_types) if k == kind) if kind else ()
+    return held if held and len(model.layer_types) == n and len(held) == model.instances(lin) else None
+
+
 def _regex_targets(model: ModelSpec, pattern: str) -> tuple[tuple[str, ...], tuple[tuple[str, int], ...]]:
     """The linears a regex target_modules selects (peft 0.21 tuners_utils `match_target_against_key`:
-    `re.fullmatch(pattern, key)`), and for those it selects in only some layers, in how many
-    (`model.layers.(3|7|11)\\.self_attn...`). A linear the model holds in only part of its layers (hybrids) is
-    counted in all of them or none."""
+    `re.fullmatch(pattern, key)`), and for those it selects in only some of the layers holding them, in how
+    many (`model.layers.(3|7|11)\\.self_attn...`; on Qwen3.5 a pattern naming its full-attention layers selects
+    the attention wherever it exists). A linear held in only part of the layers where it is not known which
+    (a generic hybrid) is counted in all of them or none."""
     regex = _compile(pattern)
     per_layer = [
         {lin.name for lin, key in module_names(model, layer) if regex.fullmatch(key)}
         for layer in range(model.num_hidden_layers)
     ]
-    chosen = [lin.name for lin in model.linears if any(lin.name in names for names in per_layer)]
-    layers = []
+    chosen, layers = [], []
     for lin in model.linears:
-        n = sum(lin.name in names for names in per_layer)
-        if 0 < n < model.num_hidden_layers:
-            if model.instances(lin) != model.num_hidden_layers:
-                raise VramplanError(
-                    f"LoRA target {pattern!r} selects {lin.path or lin.name} in some layers of {model.name}, which "
-                    "holds it in only part of its layers; give a pattern that does not depend on the layer index"
-                )
-            layers.append((lin.name, n))
+        held = holding_layers(model, lin)
+        hits = [i for i, names in enumerate(per_layer) if lin.name in names and (held is None or i in held)]
+        if not hits:
+            continue
+        chosen.append(lin.name)
+        if held is None and len(hits) < model.num_hidden_layers:
+            raise VramplanError(
+                f"LoRA target {pattern!r} selects {lin.path or lin.name} in some layers of {model.name}, which "
+                "holds it in only part of its layers; give a pattern that does not depend on the layer index"
+            )
+        if held is not None and len(hits) < len(held):
+            layers.append((lin.name, len(hits)))
     return tuple(chosen), tuple(layers)
 
 
