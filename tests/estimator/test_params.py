@@ -87,7 +87,9 @@ def _our_counts(m: ModelSpec) -> dict[str, int]:
         return {
             "embed": m.embed_params,
             "attn": sum(lin.params * m.instances(lin) for lin in m.linears if lin.group == "attn") + mixers,
-            "mlp": sum(lin.params * m.instances(lin) for lin in m.linears if lin.group == "mlp"),
+            # with a Qwen3.5-MoE's routers and fused experts (`moe_params`, in every layer)
+            "mlp": sum(lin.params * m.instances(lin) for lin in m.linears if lin.group == "mlp")
+            + m.moe_layers * m.other_layer_params,
             "ssm": 0,
             "norm": layers * m.norm_params_per_layer + m.final_norm_params,
             "lm_head": m.lm_head_params,
