@@ -102,7 +102,7 @@ def moe_block(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTenso
     walk.transient(reordered, summed, extra_ref=merged)
     for tensor in (x, *locals_kept, expert_out):
         del walk.pinned[tensor.id]
-    shared = m.config.get("shared_expert_intermediate_size", 0)
+    shared = m.config.get("shared_expert_intermediate_size", 0) if m.model_type != "qwen3_5_moe_text" else 0
     if shared:
         summed = _shared_expert(walk, settings, x, summed, shared, m.hidden_size, trainable)
     return walk.cast(summed, x.dtype)
@@ -184,7 +184,7 @@ def _softmax_router(
     if routed_grad:
         walk.save(probs, indices)
     walk.transient(x, logits, logits_fp32, probs, indices, top_values, extra_ref=merged)
-    if m.model_type == "mixtral" or m.config.get("norm_topk_prob", False):
+    if m.model_type in ("mixtral", "qwen3_5_moe_text") or m.config.get("norm_topk_prob", False):
         normalised = walk.new(T * top_k, "fp32", routed_grad)
         if routed_grad:
             walk.save(walk.new(T, "fp32", False), normalised)
@@ -224,4 +224,41 @@ def _shared_expert(
     walk.recompute_stop = len(walk.live)  # a checkpointed recompute runs through the shared expert
     for tensor in (x, routed):
         del walk.pinned[tensor.id]
+    return out
+
+
+def qwen35_sparse_block(
+    walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, project, gated, trainable: bool
+) -> SymbolicTensor:
+    """Qwen3_5MoeSparseMoeBlock.forward (modeling_qwen3_5_moe.py, transformers 5.25): the shared expert (a gated
+    MLP of nn.Linear, `gated`: layer_ops._gated) on the block input, then the router (Qwen3-MoE's, the top-k
+    weights always renormalised) and the fused experts (`moe_block`) while its output waits, then
+    `sigmoid(shared_expert_gate(x)) * shared` (sigmoid saves its T·1 output, the product both operands) and the
+    sum with the routed output. The backward meets the gate's product first: what it and the gate saved is freed
+    before the experts' backward (`down_saved`), and a checkpointed recompute runs through it."""
+    T, hidden = settings.T, m.hidden_size
+    walk.pinned[x.id] = x.nbytes  # the block's reshaped input, referenced until it returns
+    shared = gated(walk, x, project, m.shared_intermediate_size, "")
+    walk.pinned[shared.id] = shared.nbytes
+    routed = moe_block(walk, settings, m, x, trainable)
+    walk.pinned.update({x.id: x.nbytes, routed.id: routed.nbytes})
+    saved_before = walk.saved_bytes
+    logit = project(x, "shared_expert_gate")
+    weight = walk.new(T, logit.dtype, logit.requires_grad)
+    if logit.requires_grad:
+        walk.save(weight)
+    walk.transient(logit, weight)
+    gated_out = walk.new(T * hidden, promote(weight.dtype, shared.dtype), weight.requires_grad or shared.requires_grad)
+    if shared.requires_grad:
+        walk.save(weight)
+    if weight.requires_grad:
+        walk.save(shared)
+    walk.transient(weight, shared, gated_out)
+    walk.recompute_stop = len(walk.live)  # the product's saves are the layer's last: a recompute gets there
+    walk.recompute_tail = 0  # the backward's first node that needs a saved tensor is the product, on a T·H gradient
+    walk.down_saved = walk.saved_bytes - saved_before
+    for tensor in (x, shared, routed):
+        del walk.pinned[tensor.id]
+    out = walk.new(T * hidden, promote(routed.dtype, gated_out.dtype), routed.requires_grad or gated_out.requires_grad)
+    walk.transient(routed, gated_out, out)
     return out
