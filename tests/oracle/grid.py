@@ -168,6 +168,14 @@ FULL_SIZE = {
     # Qwen3.5: 24 gated DeltaNet layers (transformers' torch fallback, 8 chunks of 64) and 8 gated attention layers
     "qwen3.5-4b lora seq512": ("qwen3.5-4b", "fake", {"method": "lora", "seq": 512}),
     "qwen3.5-4b lora seq512 ckpt": ("qwen3.5-4b", "fake", {"method": "lora", "seq": 512, "grad_ckpt": True}),
+    # Qwen3.5-MoE 35B-A3B with 4 of its 40 layers (3 gated DeltaNet, 1 gated attention), each a sparse block of
+    # 256 experts (top 8) + a shared expert: LoRA all-linear (the shared expert and its gate; the experts frozen)
+    "qwen3.5-35b-a3b 4 layers lora seq512": (
+        "qwen3.5-35b-a3b",
+        "fake",
+        {"method": "lora", "seq": 512},
+        {"num_hidden_layers": 4, "layer_types": ["linear_attention"] * 3 + ["full_attention"]},
+    ),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
     "mistral-7b qlora seq4096 window no-ckpt": (
         "mistral-7b",

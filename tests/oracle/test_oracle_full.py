@@ -21,6 +21,7 @@ SLOW: set[str] = {
     "gpt-oss-20b qlora seq1024",
     "qwen3.5-4b lora seq512",
     "qwen3.5-4b lora seq512 ckpt",
+    "qwen3.5-35b-a3b 4 layers lora seq512",
 }
 
 
