@@ -35,10 +35,13 @@ def moe_block(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTenso
     pairs = T * top_k
     param_dtype = settings.norm_dtype  # router and expert tensors: the load dtype, fp32 after kbit prep
     autocast_dtype = settings.autocast_dtype
-    expert_names = {name for p in m.moe_params if len(p.shape) == 3 for name in p.peft_names}
-    expert_lora = bool(settings.lora_targets & expert_names)
+    # the router / expert tensors with LoRA: through PEFT's MoE conversion of `target_modules` (their
+    # transformers-4 names), or named in `target_parameters` (Qwen3.5-MoE: `parameter_adapters`, rank r)
+    by_modules = {p.name for p in m.moe_params if settings.lora_targets & set(p.peft_names)}
+    adapted = by_modules | settings.parameter_adapters
+    expert_lora = any(p.name in adapted for p in m.moe_params if len(p.shape) == 3)
     experts_grad = trainable or expert_lora
-    router_grad = trainable or "gate" in settings.lora_targets
+    router_grad = trainable or "gate.weight" in adapted
     routed_grad = x.requires_grad or router_grad  # the routing weights need a gradient
     grad = x.requires_grad or experts_grad or routed_grad
     # LoRA on the router / experts (PEFT lora.ParamWrapper, a parametrization: W + s·BA materialised per
@@ -49,8 +52,8 @@ def moe_block(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTenso
     casts = BYTES[autocast_dtype] if autocast_dtype and autocast_dtype != settings.adapter_dtype else 0
     merged = 0
     for p in m.moe_params:
-        if settings.lora_targets & set(p.peft_names):
-            rank = settings.lora_rank * len(p.peft_names)
+        if p.name in adapted:
+            rank = settings.lora_rank * (len(p.peft_names) if p.name in by_modules else 1)
             merged += p.params * compute_bytes
             factors = p.experts * rank * (p.in_features + p.out_features)
             walk.per_layer_saved += p.params * compute_bytes + casts * factors
