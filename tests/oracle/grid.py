@@ -176,6 +176,19 @@ FULL_SIZE = {
         {"method": "lora", "seq": 512},
         {"num_hidden_layers": 4, "layer_types": ["linear_attention"] * 3 + ["full_attention"]},
     ),
+    # and QLoRA on the meta device (all-linear: the shared expert in 4-bit, the experts fp32 after kbit prep)
+    "qwen3.5-35b-a3b 4 layers qlora seq512": (
+        "qwen3.5-35b-a3b",
+        "meta",
+        {"method": "qlora", "seq": 512},
+        {"num_hidden_layers": 4, "layer_types": ["linear_attention"] * 3 + ["full_attention"]},
+    ),
+    "qwen3.5-35b-a3b 4 layers qlora seq512 no-ckpt": (
+        "qwen3.5-35b-a3b",
+        "meta",
+        {"method": "qlora", "seq": 512, "grad_ckpt": False},
+        {"num_hidden_layers": 4, "layer_types": ["linear_attention"] * 3 + ["full_attention"]},
+    ),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
     "mistral-7b qlora seq4096 window no-ckpt": (
         "mistral-7b",
