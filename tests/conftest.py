@@ -178,6 +178,30 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         },
         "tie_word_embeddings": False,
     },
+    # Qwen3.5-MoE: Qwen3.5's two layers with a sparse block (8 experts of 32, top 2, a 24-wide shared expert and
+    # its sigmoid gate) for the MLP
+    "qwen3_5_moe_text": {
+        "model_type": "qwen3_5_moe_text",
+        **{k: v for k, v in _SHAPE.items() if k != "intermediate_size"},
+        "head_dim": 16,
+        "layer_types": ["linear_attention", "full_attention"],
+        "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4,
+        "linear_key_head_dim": 16,
+        "linear_value_head_dim": 16,
+        "linear_conv_kernel_dim": 4,
+        "moe_intermediate_size": 32,
+        "shared_expert_intermediate_size": 24,
+        "num_experts": 8,
+        "num_experts_per_tok": 2,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.25,
+            "mrope_section": [1, 1, 0],
+        },
+        "tie_word_embeddings": False,
+    },
     "gpt_neox": {
         "model_type": "gpt_neox",
         "hidden_size": 64,

@@ -49,7 +49,8 @@ SLIDING_CONFIGS: dict[str, dict[str, Any]] = {
     "llama-mqa": {"model_type": "llama", **_SMALL, "num_key_value_heads": 1, "head_dim": 16},
 }  # fmt: skip
 # Qwen3.5's linear-attention layers cache a conv and a recurrent state, not K and V (test_qwen3_5_cache_gap)
-ALL_CONFIGS = {**{k: v for k, v in TINY_CONFIGS.items() if k != "qwen3_5_text"}, **SLIDING_CONFIGS}
+LINEAR_ATTENTION = ("qwen3_5_text", "qwen3_5_moe_text")  # and Qwen3.5-MoE's, the same layers
+ALL_CONFIGS = {**{k: v for k, v in TINY_CONFIGS.items() if k not in LINEAR_ATTENTION}, **SLIDING_CONFIGS}
 # transformers' own cache of a multi-head latent attention layer holds the latent (kv_lora_rank + qk_rope_head_dim
 # per token, one head: DeepseekV3Attention caches kv_nope / k_rot before expanding them); hf_generate_cache_bytes
 # counts K and V per head. vLLM's MLA page is modelled (vllm_page_bytes); the HF generate cache is not yet.
@@ -108,10 +109,11 @@ def test_forward_cache_and_layer_types_are_exact(name: str) -> None:
     reason="serve: Qwen3.5's linear-attention layers keep conv and recurrent states (LinearAttentionLayer), "
     "not K/V; the cache model counts K/V in every layer (issue 13 item 9)",
 )
-def test_qwen3_5_cache_gap() -> None:
+@pytest.mark.parametrize("family", LINEAR_ATTENTION)
+def test_qwen3_5_cache_gap(family: str) -> None:
     torch = pytest.importorskip("torch")
-    cfg = TINY_CONFIGS["qwen3_5_text"]
-    m = model_spec_from_config(cfg, "qwen3_5_text")
+    cfg = TINY_CONFIGS[family]
+    m = model_spec_from_config(cfg, family)
     with torch.no_grad():
         out = _model(cfg)(torch.randint(3, cfg["vocab_size"], (3, 13)), use_cache=True)
     assert _storage_bytes(out.cache) == hf_generate_cache_bytes(m, 3, 13, 1, BF16)

@@ -87,7 +87,9 @@ def _our_counts(m: ModelSpec) -> dict[str, int]:
         return {
             "embed": m.embed_params,
             "attn": sum(lin.params * m.instances(lin) for lin in m.linears if lin.group == "attn") + mixers,
-            "mlp": sum(lin.params * m.instances(lin) for lin in m.linears if lin.group == "mlp"),
+            # with a Qwen3.5-MoE's routers and fused experts (`moe_params`, in every layer)
+            "mlp": sum(lin.params * m.instances(lin) for lin in m.linears if lin.group == "mlp")
+            + m.moe_layers * m.other_layer_params,
             "ssm": 0,
             "norm": layers * m.norm_params_per_layer + m.final_norm_params,
             "lm_head": m.lm_head_params,
@@ -366,9 +368,9 @@ def test_qv_matches_peft_default_targets(family: str) -> None:
     t = resolve_train(m, method="lora", lora_rank=LORA_R, lora_target="qv")
     model = _build(TINY_CONFIGS[family])
     if family not in PEFT_DEFAULTS:
-        # phi3, qwen3_moe, falcon_h1, gpt_oss, glm4_moe, qwen3_5_text: PEFT 0.21.2 has no default and asks for
-        # target_modules; vramplan's `qv` is phi3's fused qkv_proj, the MLA families' q / kv up-projections, the
-        # others' q_proj + v_proj (as qwen3's default).
+        # phi3, qwen3_moe, falcon_h1, gpt_oss, glm4_moe, qwen3_5_text, qwen3_5_moe_text: PEFT 0.21.2 has no
+        # default and asks for target_modules; vramplan's `qv` is phi3's fused qkv_proj, the MLA families' q / kv
+        # up-projections, the others' q_proj + v_proj (as qwen3's default).
         mla = {"deepseek_v3": ("q_b_proj", "kv_b_proj"), "glm4_moe_lite": ("q_b_proj", "kv_b_proj")}
         assert t.lora_target == {"phi3": ("qkv_proj",), **mla}.get(family, ("q_proj", "v_proj"))
         with pytest.raises(ValueError, match="target_modules"):

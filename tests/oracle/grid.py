@@ -87,6 +87,7 @@ FAMILIES = [
     "glm4_moe_lite",
     "glm4_moe",
     "qwen3_5_text",
+    "qwen3_5_moe_text",
     "gpt_neox",
     "bloom",
     "phi",
@@ -105,7 +106,9 @@ FAMILY_CASES = {
     "qlora": {"method": "qlora"},
     "qlora-no-ckpt": {"method": "qlora", "grad_ckpt": False},
 }
-FAMILY_GRID = ("gemma3_text", "qwen3_moe", "falcon_h1", "gpt_oss", "deepseek_v3", "glm4_moe", "qwen3_5_text")
+FAMILY_GRID = (
+    "gemma3_text", "qwen3_moe", "falcon_h1", "gpt_oss", "deepseek_v3", "glm4_moe", "qwen3_5_text", "qwen3_5_moe_text",
+)  # fmt: skip
 # Qwen3.5's DeltaNet scans each sequence in 64-token chunks (the family grid's seq 64 is one): several chunks,
 # whose later ones save more, and a sequence the chunks do not divide (F.pad to whole chunks), on BASE
 DELTA_NET_CASES = {
@@ -165,6 +168,27 @@ FULL_SIZE = {
     # Qwen3.5: 24 gated DeltaNet layers (transformers' torch fallback, 8 chunks of 64) and 8 gated attention layers
     "qwen3.5-4b lora seq512": ("qwen3.5-4b", "fake", {"method": "lora", "seq": 512}),
     "qwen3.5-4b lora seq512 ckpt": ("qwen3.5-4b", "fake", {"method": "lora", "seq": 512, "grad_ckpt": True}),
+    # Qwen3.5-MoE 35B-A3B with 4 of its 40 layers (3 gated DeltaNet, 1 gated attention), each a sparse block of
+    # 256 experts (top 8) + a shared expert: LoRA all-linear (the shared expert and its gate; the experts frozen)
+    "qwen3.5-35b-a3b 4 layers lora seq512": (
+        "qwen3.5-35b-a3b",
+        "fake",
+        {"method": "lora", "seq": 512},
+        {"num_hidden_layers": 4, "layer_types": ["linear_attention"] * 3 + ["full_attention"]},
+    ),
+    # and QLoRA on the meta device (all-linear: the shared expert in 4-bit, the experts fp32 after kbit prep)
+    "qwen3.5-35b-a3b 4 layers qlora seq512": (
+        "qwen3.5-35b-a3b",
+        "meta",
+        {"method": "qlora", "seq": 512},
+        {"num_hidden_layers": 4, "layer_types": ["linear_attention"] * 3 + ["full_attention"]},
+    ),
+    "qwen3.5-35b-a3b 4 layers qlora seq512 no-ckpt": (
+        "qwen3.5-35b-a3b",
+        "meta",
+        {"method": "qlora", "seq": 512, "grad_ckpt": False},
+        {"num_hidden_layers": 4, "layer_types": ["linear_attention"] * 3 + ["full_attention"]},
+    ),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
     "mistral-7b qlora seq4096 window no-ckpt": (
         "mistral-7b",

@@ -12,7 +12,7 @@ from vramplan.sources.profiles import load_model
 from vramplan.spec import model_spec_from_config, resolve_train
 
 # each runs in 4-13 s here (gemma-3-1b: 85-95 s, qwen3-30b-a3b: 85 s, falcon-h1-1.5b: 120-220 s, gpt-oss-20b:
-# 62-96 s, qwen3.5-4b: 160 s)
+# 62-96 s, qwen3.5-4b: 160 s, qwen3.5-35b-a3b 4 layers: 50-80 s)
 SLOW: set[str] = {
     "gemma-3-1b qlora seq1024",
     "qwen3-30b-a3b qlora seq512",
@@ -21,6 +21,9 @@ SLOW: set[str] = {
     "gpt-oss-20b qlora seq1024",
     "qwen3.5-4b lora seq512",
     "qwen3.5-4b lora seq512 ckpt",
+    "qwen3.5-35b-a3b 4 layers lora seq512",
+    "qwen3.5-35b-a3b 4 layers qlora seq512",
+    "qwen3.5-35b-a3b 4 layers qlora seq512 no-ckpt",
 }
 
 

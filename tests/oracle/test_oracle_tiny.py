@@ -128,3 +128,33 @@ def test_delta_net_chunks(case):
 
     m = model_spec_from_config(TINY_CONFIGS["qwen3_5_text"], "qwen3_5_text")
     check(m, resolve_train(m, **{**BASE, **DELTA_NET_CASES[case]}), "cpu")
+
+
+# Qwen3.5-MoE under QLoRA on all linears: PEFT 0.21.2 maps qwen3_5_moe_text to no MoE conversion, so all-linear
+# adapts the attention, DeltaNet and shared-expert nn.Linear (4-bit, the 1-wide shared_expert_gate too) and leaves
+# the router and the fp32 (kbit prep) experts alone, which the family grid's attention-only QLoRA cannot show
+@pytest.mark.parametrize("case", ["qlora", "qlora-no-ckpt"])
+def test_qwen3_5_moe_qlora_all_linear(case):
+    from tests.conftest import TINY_CONFIGS
+
+    m = model_spec_from_config(TINY_CONFIGS["qwen3_5_moe_text"], "qwen3_5_moe_text")
+    check(m, resolve_train(m, **{**BASE, "seq": 64, **FAMILY_CASES[case], "lora_target": "all-linear"}), "cpu")
+
+
+# Qwen3.5-MoE's router and experts through PEFT's `target_parameters` (lora.ParamWrapper, rank r: no MoE conversion
+# for qwen3_5_moe_text), LoRA r=8 on the attention too; lora_dropout 0, as PEFT requires on a ParamWrapper
+QWEN35_MOE_PARAMETER_LORA = {
+    "experts": {"target_parameters": "mlp.experts.gate_up_proj,mlp.experts.down_proj"},
+    "experts-ckpt": {"target_parameters": "mlp.experts.gate_up_proj,mlp.experts.down_proj", "grad_ckpt": True},
+    "router-experts": {"target_parameters": "mlp.gate.weight,mlp.experts.gate_up_proj,mlp.experts.down_proj"},
+    "one-layer": {"target_parameters": "1.mlp.experts.gate_up_proj,1.mlp.experts.down_proj"},
+}
+
+
+@pytest.mark.parametrize("case", list(QWEN35_MOE_PARAMETER_LORA))
+def test_qwen3_5_moe_target_parameters(case):
+    from tests.conftest import TINY_CONFIGS
+
+    m = model_spec_from_config(TINY_CONFIGS["qwen3_5_moe_text"], "qwen3_5_moe_text")
+    settings = {**BASE, "seq": 64, "lora_target": "attn", "lora_dropout": 0.0, **QWEN35_MOE_PARAMETER_LORA[case]}
+    check(m, resolve_train(m, **settings), "cpu")

@@ -90,9 +90,10 @@ def residual_dtype_of(t: TrainSpec) -> str:
 
 def adapted_parameters(m: ModelSpec, t: TrainSpec) -> tuple[frozenset[str], ...]:
     """Each decoder layer's parameters (ParamSpec names) adapted through `target_parameters`, bottom layer
-    first: walked for gpt-oss (gpt_oss_ops.gpt_oss_moe); other families' are counted, not walked."""
+    first: walked for gpt-oss (gpt_oss_ops.gpt_oss_moe) and Qwen3.5-MoE (moe_ops.moe_block); other families'
+    are counted, not walked."""
     layers = m.num_hidden_layers
-    if not (t.uses_lora and t.target_parameters and m.model_type == "gpt_oss"):
+    if not (t.uses_lora and t.target_parameters and m.model_type in ("gpt_oss", "qwen3_5_moe_text")):
         return (frozenset(),) * layers
     per_layer: list[set[str]] = [set() for _ in range(layers)]
     for path, _, instances in t.target_parameters:
@@ -300,7 +301,11 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
         if autocast_dtype and expert_bytes < 4:
             # CUDA autocast runs the final `sum` over k in fp32: its T·H fp32 gradient is alive there too
             moe_workspace += tokens * m.hidden_size * 4
-        adapted = [p.params for p in m.moe_params if len(p.shape) == 3 and settings.lora_targets & set(p.peft_names)]
+        by_parameters = frozenset().union(*adapted_parameters(m, t))  # target_parameters (Qwen3.5-MoE)
+        adapted = [
+            p.params for p in m.moe_params
+            if len(p.shape) == 3 and (settings.lora_targets & set(p.peft_names) or p.name in by_parameters)
+        ]  # fmt: skip
         if adapted:
             # LoRA on the experts (PEFT ParamWrapper): the grouped matmul's backward makes the merged weight's
             # gradient (E·out·in, the compute dtype); the down projection's first, and by the time gate_up's

@@ -52,7 +52,7 @@ from vramplan.estimator.gpt_oss_ops import eager_with_sinks, gpt_oss_moe
 from vramplan.estimator.linear_ops import linear
 from vramplan.estimator.lora_kernel_ops import kernel_group, kernel_mlp
 from vramplan.estimator.mla_ops import mla_attention
-from vramplan.estimator.moe_ops import moe_block
+from vramplan.estimator.moe_ops import moe_block, qwen35_sparse_block
 from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote
 from vramplan.spec import ModelSpec
 from vramplan.spec.family_traits import FP32_PRODUCT_NORM, SINK_FAMILIES
@@ -379,6 +379,8 @@ def _mlp(
         return _down(walk, project, activated, down_name)
     if m.model_type == "gpt_oss":
         return gpt_oss_moe(walk, settings, m, x, trainable)
+    if m.model_type == "qwen3_5_moe_text":  # the shared expert first, the routed experts, then the expert's gate
+        return qwen35_sparse_block(walk, settings, m, x, project, _gated, trainable)
     routed = moe_block(walk, settings, m, x, trainable)
     if not m.shared_intermediate_size:
         return routed

@@ -35,10 +35,13 @@ def moe_block(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTenso
     pairs = T * top_k
     param_dtype = settings.norm_dtype  # router and expert tensors: the load dtype, fp32 after kbit prep
     autocast_dtype = settings.autocast_dtype
-    expert_names = {name for p in m.moe_params if len(p.shape) == 3 for name in p.peft_names}
-    expert_lora = bool(settings.lora_targets & expert_names)
+    # the router / expert tensors with LoRA: through PEFT's MoE conversion of `target_modules` (their
+    # transformers-4 names), or named in `target_parameters` (Qwen3.5-MoE: `parameter_adapters`, rank r)
+    by_modules = {p.name for p in m.moe_params if settings.lora_targets & set(p.peft_names)}
+    adapted = by_modules | settings.parameter_adapters
+    expert_lora = any(p.name in adapted for p in m.moe_params if len(p.shape) == 3)
     experts_grad = trainable or expert_lora
-    router_grad = trainable or "gate" in settings.lora_targets
+    router_grad = trainable or "gate.weight" in adapted
     routed_grad = x.requires_grad or router_grad  # the routing weights need a gradient
     grad = x.requires_grad or experts_grad or routed_grad
     # LoRA on the router / experts (PEFT lora.ParamWrapper, a parametrization: W + s·BA materialised per
@@ -49,8 +52,8 @@ def moe_block(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTenso
     casts = BYTES[autocast_dtype] if autocast_dtype and autocast_dtype != settings.adapter_dtype else 0
     merged = 0
     for p in m.moe_params:
-        if settings.lora_targets & set(p.peft_names):
-            rank = settings.lora_rank * len(p.peft_names)
+        if p.name in adapted:
+            rank = settings.lora_rank * (len(p.peft_names) if p.name in by_modules else 1)
             merged += p.params * compute_bytes
             factors = p.experts * rank * (p.in_features + p.out_features)
             walk.per_layer_saved += p.params * compute_bytes + casts * factors
@@ -102,7 +105,7 @@ def moe_block(walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTenso
     walk.transient(reordered, summed, extra_ref=merged)
     for tensor in (x, *locals_kept, expert_out):
         del walk.pinned[tensor.id]
-    shared = m.config.get("shared_expert_intermediate_size", 0)
+    shared = m.config.get("shared_expert_intermediate_size", 0) if m.model_type != "qwen3_5_moe_text" else 0
     if shared:
         summed = _shared_expert(walk, settings, x, summed, shared, m.hidden_size, trainable)
     return walk.cast(summed, x.dtype)
@@ -184,7 +187,7 @@ def _softmax_router(
     if routed_grad:
         walk.save(probs, indices)
     walk.transient(x, logits, logits_fp32, probs, indices, top_values, extra_ref=merged)
-    if m.model_type == "mixtral" or m.config.get("norm_topk_prob", False):
+    if m.model_type in ("mixtral", "qwen3_5_moe_text") or m.config.get("norm_topk_prob", False):
         normalised = walk.new(T * top_k, "fp32", routed_grad)
         if routed_grad:
             walk.save(walk.new(T, "fp32", False), normalised)
@@ -224,4 +227,41 @@ def _shared_expert(
     walk.recompute_stop = len(walk.live)  # a checkpointed recompute runs through the shared expert
     for tensor in (x, routed):
         del walk.pinned[tensor.id]
+    return out
+
+
+def qwen35_sparse_block(
+    walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, project, gated, trainable: bool
+) -> SymbolicTensor:
+    """Qwen3_5MoeSparseMoeBlock.forward (modeling_qwen3_5_moe.py, transformers 5.25): the shared expert (a gated
+    MLP of nn.Linear, `gated`: layer_ops._gated) on the block input, then the router (Qwen3-MoE's, the top-k
+    weights always renormalised) and the fused experts (`moe_block`) while its output waits, then
+    `sigmoid(shared_expert_gate(x)) * shared` (sigmoid saves its T·1 output, the product both operands) and the
+    sum with the routed output. The backward meets the gate's product first: what it and the gate saved is freed
+    before the experts' backward (`down_saved`), and a checkpointed recompute runs through it."""
+    T, hidden = settings.T, m.hidden_size
+    walk.pinned[x.id] = x.nbytes  # the block's reshaped input, referenced until it returns
+    shared = gated(walk, x, project, m.shared_intermediate_size, "")
+    walk.pinned[shared.id] = shared.nbytes
+    routed = moe_block(walk, settings, m, x, trainable)
+    walk.pinned.update({x.id: x.nbytes, routed.id: routed.nbytes})
+    saved_before = walk.saved_bytes
+    logit = project(x, "shared_expert_gate")
+    weight = walk.new(T, logit.dtype, logit.requires_grad)
+    if logit.requires_grad:
+        walk.save(weight)
+    walk.transient(logit, weight)
+    gated_out = walk.new(T * hidden, promote(weight.dtype, shared.dtype), weight.requires_grad or shared.requires_grad)
+    if shared.requires_grad:
+        walk.save(weight)
+    if weight.requires_grad:
+        walk.save(shared)
+    walk.transient(weight, shared, gated_out)
+    walk.recompute_stop = len(walk.live)  # the product's saves are the layer's last: a recompute gets there
+    walk.recompute_tail = 0  # the backward's first node that needs a saved tensor is the product, on a T·H gradient
+    walk.down_saved = walk.saved_bytes - saved_before
+    for tensor in (x, shared, routed):
+        del walk.pinned[tensor.id]
+    out = walk.new(T * hidden, promote(routed.dtype, gated_out.dtype), routed.requires_grad or gated_out.requires_grad)
+    walk.transient(routed, gated_out, out)
     return out

@@ -24,7 +24,8 @@ from vramplan.estimator.weights import kept_fp32_bytes, weight_bytes
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec, lora_moe_targets
 
 _MLP_OUT = frozenset({"down_proj", "dense_4h_to_h", "fc2"})  # the MLP's last linear, per family
-_AFTER_MIXER = frozenset({"out_proj", "gate_proj", "up_proj", "down_proj"})  # a DeltaNet layer's, after the rule
+# a DeltaNet layer's linears whose backward runs before the rule's (Qwen3.5-MoE's: the shared expert and its gate)
+_AFTER_MIXER = frozenset({"out_proj", "gate_proj", "up_proj", "down_proj", "shared_expert_gate"})
 
 # The named moments of a step (`PhaseUsage.moment`). "top layer": the last decoder layer, the first one
 # backward reaches; "bottom layer": layer 0, the last one.
@@ -248,7 +249,8 @@ def _mixer_backward(m: ModelSpec, t: TrainSpec, activation, persistent, layer_en
     if t.uses_lora:
         layer_grads = sum(lora_params_per_linear(li, t.lora_rank, False) for li in after if li.name in t.lora_target)
     else:
-        layer_grads = sum(li.params for li in after) if t.method == "full" else 0
+        # and a Qwen3.5-MoE's router and fused experts (`other_layer_params`, 0 for the dense family)
+        layer_grads = sum(li.params for li in after) + m.other_layer_params if t.method == "full" else 0
     moments = []
     for moment, kept, (_, _, grads_then, _, _) in (
         (TOP_MIXER_BACKWARD, top_kept, layer_ends[0]),

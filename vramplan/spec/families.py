@@ -98,7 +98,7 @@ def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         return _check_shapes(falcon_h1_spec(cfg, name))
     if mt in ("qwen2", "qwen3"):
         config_int(cfg, "max_window_layers", name, default=28, low=0)  # read by kvcache.layer_windows
-    if mt == "qwen3_5_text":
+    if mt in ("qwen3_5_text", "qwen3_5_moe_text"):
         from vramplan.spec.qwen35 import qwen35_spec
 
         h, heads = required(cfg, "hidden_size", name), required(cfg, "num_attention_heads", name)

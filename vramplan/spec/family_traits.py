@@ -14,13 +14,14 @@ MLA_FAMILIES = frozenset({"deepseek_v3", "glm4_moe_lite"})
 # ones and GLM-4.5's `glm4_moe` (GQA attention with partial rotary)
 DEEPSEEK_MOE = MLA_FAMILIES | {"glm4_moe"}
 # Families whose MLP is a routed mixture of experts (transformers 5 fused 3-D expert tensors + a top-k router)
-MOE_FAMILIES = frozenset({"mixtral", "qwen3_moe", "gpt_oss"} | DEEPSEEK_MOE)
+MOE_FAMILIES = frozenset({"mixtral", "qwen3_moe", "gpt_oss", "qwen3_5_moe_text"} | DEEPSEEK_MOE)
 # Hybrid families whose decoder layer runs a Mamba-2 mixer beside the attention (spec/falcon_h1.py)
 HYBRID_SSM = frozenset({"falcon_h1"})
 # Families whose decoder layers mix tokens in one of two ways by `layer_types` (Qwen3.5: gated DeltaNet
 # `linear_attention` layers and gated `full_attention` layers): each layer's linears exist only in layers of
-# their kind (`LinearSpec.count`), and the walk follows each kind (estimator/delta_net_ops.py)
-HYBRID_LINEAR_ATTENTION = frozenset({"qwen3_5_text"})
+# their kind (`LinearSpec.count`), and the walk follows each kind (estimator/delta_net_ops.py); Qwen3.5-MoE's
+# layers are the same with a sparse MoE block for the MLP
+HYBRID_LINEAR_ATTENTION = frozenset({"qwen3_5_text", "qwen3_5_moe_text"})
 HAND_MODELLED_TYPES = frozenset(
     LLAMA_LIKE | HYBRID_SSM | HYBRID_LINEAR_ATTENTION | DEEPSEEK_MOE | {"gpt_neox", "bloom", "phi"}
 )
@@ -29,11 +30,13 @@ HAND_MODELLED_TYPES = frozenset(
 # every other family.
 HEAD_DIM_DEFAULTS: dict[str, int] = {
     "qwen3": 128, "gemma": 256, "gemma2": 256, "gemma3_text": 256, "gpt_oss": 64, "qwen3_5_text": 256,
+    "qwen3_5_moe_text": 256,
 }  # fmt: skip
 # Families whose RMSNorm is Gemma's: `(x.float() normed) * (1 + weight.float())` then `.type_as(x)`
 # (modeling_gemma.py / modeling_gemma2.py / modeling_gemma3.py `Gemma*RMSNorm`, 5.24), not Llama's
 # `weight * normed.to(input_dtype)`: a trainable weight saves the fp32 normed tensor, the output has x's dtype.
-GEMMA_NORM = frozenset({"gemma", "gemma2", "gemma3_text", "qwen3_5_text"})  # and Qwen3_5RMSNorm (zero-centred)
+# and Qwen3_5RMSNorm / Qwen3_5MoeRMSNorm (zero-centred)
+GEMMA_NORM = frozenset({"gemma", "gemma2", "gemma3_text", "qwen3_5_text", "qwen3_5_moe_text"})
 # Families whose RMSNorm multiplies the fp32 normed tensor by the weight and then casts to the input dtype,
 # `(weight * normed_fp32).to(input_dtype)` (modeling_gpt_oss.py GptOssRMSNorm, 5.24): Gemma's saved set and
 # output dtype with a plain weight

@@ -29,6 +29,7 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "glm4_moe_lite": ("q_b_proj", "kv_b_proj"),
     "glm4_moe": ("q_proj", "v_proj"),  # no PEFT entry: as Llama's
     "qwen3_5_text": ("q_proj", "v_proj"),  # no PEFT entry: qwen3's (the full-attention layers only)
+    "qwen3_5_moe_text": ("q_proj", "v_proj"),  # no PEFT entry either: as qwen3_5_text's
     "gemma": ("q_proj", "v_proj"),
     "gemma2": ("q_proj", "v_proj"),
     "gemma3_text": ("q_proj", "v_proj"),

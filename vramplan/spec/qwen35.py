@@ -12,6 +12,16 @@ transformers 5.24 models/qwen3_5/modeling_qwen3_5.py builds each decoder layer w
   k_proj, v_proj, o_proj (`attention_bias`), q_norm / k_norm over head_dim.
 
 key_dim = linear_num_key_heads · linear_key_head_dim, value_dim = linear_num_value_heads · linear_value_head_dim.
+
+Qwen3.5-MoE (`qwen3_5_moe_text`, in the `qwen3_5_moe` wrapper; transformers 5.25 models/qwen3_5_moe/
+modeling_qwen3_5_moe.py) has the same layers with `Qwen3_5MoeSparseMoeBlock` for the MLP: a softmax top-k router
+`gate` (Qwen3_5MoeTopKRouter.weight (E, H), not an nn.Linear; the top-k weights always renormalised), fused experts
+`experts.gate_up_proj` (E, 2·moe_I, H) and `experts.down_proj` (E, H, moe_I) as nn.Parameter, an always-on
+`shared_expert` (gated MLP of shared_expert_intermediate_size, nn.Linear) and `shared_expert_gate`
+(nn.Linear H -> 1, no bias). PEFT 0.21.2 maps qwen3_5_moe_text to no MoE conversion (transformers'
+conversion_mapping.py sends it to qwen3_5_text, which `_MOE_TARGET_MODULE_MAPPING` lacks): `gate_proj` / `up_proj` /
+`down_proj` name the shared expert's nn.Linear, and the router and experts take LoRA only through an explicit
+`target_parameters`.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ from typing import Any
 
 from vramplan.errors import VramplanError
 from vramplan.spec.fields import config_bool, config_int, config_names
-from vramplan.spec.model import LinearSpec, ModelSpec
+from vramplan.spec.model import LinearSpec, ModelSpec, ParamSpec
 
 # Qwen3_5TextConfig's defaults (transformers 5.24 configuration_qwen3_5.py) for the fields read here
 QWEN35_TEXT_DEFAULTS: dict[str, Any] = {
@@ -58,11 +68,16 @@ def qwen35_dims(m: ModelSpec) -> tuple[int, int, int, int, int]:
 
 
 def qwen35_spec(cfg: Mapping[str, Any], name: str, common: dict[str, Any]) -> ModelSpec:
-    """The ModelSpec of a qwen3_5_text config (`common`: the fields every family reads, family_common.common_fields)."""
+    """The ModelSpec of a qwen3_5_text or qwen3_5_moe_text config (`common`: the fields every family reads,
+    family_common.common_fields)."""
     h, heads, head_dim = common["hidden_size"], common["num_attention_heads"], common["head_dim"]
     kv = common["num_key_value_heads"]
     layers = config_int(cfg, "num_hidden_layers", name)
-    inter = config_int(cfg, "intermediate_size", name)
+    moe = cfg.get("model_type") == "qwen3_5_moe_text"
+    if moe:  # the experts' width (Qwen3_5MoeTextConfig has no intermediate_size)
+        inter = config_int(cfg, "moe_intermediate_size", name, default=512)
+    else:
+        inter = config_int(cfg, "intermediate_size", name)
     kinds = qwen35_layer_types(cfg, name, layers)
     dims = {k: config_int(cfg, k, name, default=v) for k, v in QWEN35_TEXT_DEFAULTS.items()}
     key_heads, value_heads = dims["linear_num_key_heads"], dims["linear_num_value_heads"]
@@ -103,10 +118,18 @@ def qwen35_spec(cfg: Mapping[str, Any], name: str, common: dict[str, Any]) -> Mo
             ((value_heads,), 2 * n_linear),  # dt_bias, A_log
             ((dims["linear_value_head_dim"],), n_linear),  # norm.weight (Qwen3_5RMSNormGated)
         ]
-    for lin_name, i, o in (("gate_proj", h, inter), ("up_proj", h, inter), ("down_proj", inter, h)):
-        linears.append(LinearSpec(lin_name, i, o, False, "mlp", path=f"mlp.{lin_name}"))
+    moe_fields: dict[str, Any] = {}
+    if moe:
+        moe_fields = _sparse_block(cfg, name, h, inter)
+        width = moe_fields["shared_intermediate_size"]
+        for lin_name, i, o in (("gate_proj", h, width), ("up_proj", h, width), ("down_proj", width, h)):
+            linears.append(LinearSpec(lin_name, i, o, False, "mlp", f"mlp.shared_expert.{lin_name}"))
+        linears.append(LinearSpec("shared_expert_gate", h, 1, False, "mlp", "mlp.shared_expert_gate"))
+    else:
+        for lin_name, i, o in (("gate_proj", h, inter), ("up_proj", h, inter), ("down_proj", inter, h)):
+            linears.append(LinearSpec(lin_name, i, o, False, "mlp", path=f"mlp.{lin_name}"))
     return ModelSpec(
-        model_type="qwen3_5_text",
+        model_type="qwen3_5_moe_text" if moe else "qwen3_5_text",
         intermediate_size=inter,
         num_hidden_layers=layers,
         tie_word_embeddings=config_bool(cfg, "tie_word_embeddings", name, False),
@@ -115,5 +138,23 @@ def qwen35_spec(cfg: Mapping[str, Any], name: str, common: dict[str, Any]) -> Mo
         norms_per_layer=2,
         layer_types=kinds,
         mixer_tensors=tuple(mixer_tensors),
+        **moe_fields,
         **common,
     )
+
+
+def _sparse_block(cfg: Mapping[str, Any], name: str, h: int, inter: int) -> dict[str, Any]:
+    """Qwen3_5MoeSparseMoeBlock's fields beside its shared expert's linears (Qwen3_5MoeTextConfig defaults,
+    configuration_qwen3_5_moe.py 5.25: 256 experts, top 8, shared expert 512 wide)."""
+    experts = config_int(cfg, "num_experts", name, default=256)
+    return {
+        "mlp": "moe",
+        "num_local_experts": experts,
+        "num_experts_per_tok": config_int(cfg, "num_experts_per_tok", name, default=8),
+        "shared_intermediate_size": config_int(cfg, "shared_expert_intermediate_size", name, default=512),
+        "moe_params": (
+            ParamSpec("gate.weight", (experts, h), ()),
+            ParamSpec("gate_up_proj", (experts, 2 * inter, h), ()),
+            ParamSpec("down_proj", (experts, h, inter), ()),
+        ),
+    }
