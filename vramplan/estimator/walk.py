@@ -189,7 +189,7 @@ def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
         return (False,) * n
     if m.model_type in ("mistral", "mixtral"):
         return (True,) * n
-    if m.model_type == "gemma3_text":
+    if m.model_type in ("gemma3_text", "olmo3", "exaone4"):
         return tuple(kind == "sliding_attention" for kind in m.layer_types)
     return (False,) * n
 
