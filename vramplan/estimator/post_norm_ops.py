@@ -58,7 +58,10 @@ def post_norm_layer(
         per_token, per_layer = walk.live[-1]
         scaled = T * m.hidden_size * BYTES[settings.autocast_dtype or settings.adapter_dtype]
         walk.live.append((per_token + scaled, per_layer))
+    saved_before = walk.saved_bytes
     normed = norm(walk, settings, m, mlp_out, trainable)  # post_feedforward_layernorm
+    # its backward runs before the MLP's: what it saved is freed, with the down projection's, by the MLP's peak
+    walk.down_saved += walk.saved_bytes - saved_before
     del walk.pinned[residual.id]
     out = walk.new(T * m.hidden_size, promote(residual.dtype, normed.dtype), True)
     walk.transient(residual, normed, out)
