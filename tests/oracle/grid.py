@@ -171,6 +171,11 @@ FULL_SIZE = {
     # Qwen3.5: 24 gated DeltaNet layers (transformers' torch fallback, 8 chunks of 64) and 8 gated attention layers
     "qwen3.5-4b lora seq512": ("qwen3.5-4b", "fake", {"method": "lora", "seq": 512}),
     "qwen3.5-4b lora seq512 ckpt": ("qwen3.5-4b", "fake", {"method": "lora", "seq": 512, "grad_ckpt": True}),
+    # OLMo 2: post-norm layers (output norms before the residual adds, fp32 q / k norms over the projections);
+    # checkpointed, the bottom layer's output-norm backward or its recompute peaks
+    "olmo-2-7b lora seq512 ckpt": ("olmo-2-7b", "fake", {"method": "lora", "seq": 512, "grad_ckpt": True}),
+    "olmo-2-7b qlora seq512": ("olmo-2-7b", "meta", {"method": "qlora", "seq": 512}),
+    "olmo-2-7b full seq512 ckpt": ("olmo-2-7b", "fake", {"method": "full", "seq": 512, "grad_ckpt": True}),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
     "mistral-7b qlora seq4096 window no-ckpt": (
         "mistral-7b",

@@ -377,6 +377,6 @@ def _output_norm_freed(m: ModelSpec, t: TrainSpec, tokens: int) -> int:
         return 0
     operand = 0
     if t.method == "full":
-        elem = 4 if m.model_type in FP32_PRODUCT_NORM else BYTES[t.mixed_precision if t.mixed_precision != "no" else t.dtype]
+        elem = 4 if m.model_type in FP32_PRODUCT_NORM else BYTES[t.compute_dtype]
         operand = tokens * m.hidden_size * elem
     return tokens * 4 + operand
