@@ -176,6 +176,19 @@ FULL_SIZE = {
     "olmo-2-7b lora seq512 ckpt": ("olmo-2-7b", "fake", {"method": "lora", "seq": 512, "grad_ckpt": True}),
     "olmo-2-7b qlora seq512": ("olmo-2-7b", "meta", {"method": "qlora", "seq": 512}),
     "olmo-2-7b full seq512 ckpt": ("olmo-2-7b", "fake", {"method": "full", "seq": 512, "grad_ckpt": True}),
+    # 4 of its 32 layers and an 8192-token vocabulary: the layers' moments peak, not the logits'
+    "olmo-2-7b 4 layers lora seq2048 ckpt": (
+        "olmo-2-7b",
+        "fake",
+        {"method": "lora", "seq": 2048, "grad_ckpt": True},
+        {"num_hidden_layers": 4, "vocab_size": 8192},
+    ),
+    "olmo-2-7b 4 layers qlora seq2048": (
+        "olmo-2-7b",
+        "meta",
+        {"method": "qlora", "seq": 2048},
+        {"num_hidden_layers": 4, "vocab_size": 8192},
+    ),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
     "mistral-7b qlora seq4096 window no-ckpt": (
         "mistral-7b",
