@@ -224,6 +224,24 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         **_TOKENS,
     },
     "phi": {"model_type": "phi", **_SHAPE, "partial_rotary_factor": 0.5, "tie_word_embeddings": False},
+    # post-norm families: OLMo 2 (q / k norms over the whole projections), OLMo 3 (and sliding / full layers),
+    # EXAONE 4 (per-head q / k norms; RoPE on its sliding layers only, NoPE on the full ones)
+    "olmo2": {"model_type": "olmo2", **_SHAPE, "tie_word_embeddings": False},
+    "olmo3": {
+        "model_type": "olmo3",
+        **_SHAPE,
+        "sliding_window": 32,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "tie_word_embeddings": False,
+    },
+    "exaone4": {
+        "model_type": "exaone4",
+        **_SHAPE,
+        "head_dim": 16,
+        "sliding_window": 32,
+        "sliding_window_pattern": 2,
+        "tie_word_embeddings": False,
+    },
 }
 
 

@@ -47,6 +47,9 @@ SLIDING_CONFIGS: dict[str, dict[str, Any]] = {
     "gemma3-sw8": {"model_type": "gemma3_text", **_SMALL, "num_hidden_layers": 7, "head_dim": 16,
                    "sliding_window": 8, "query_pre_attn_scalar": 16},
     "llama-mqa": {"model_type": "llama", **_SMALL, "num_key_value_heads": 1, "head_dim": 16},
+    # OLMo 3's and EXAONE 4's class defaults (no layer_types): every 4th layer full, the others sliding
+    "olmo3-sw8": {"model_type": "olmo3", **_SMALL, "sliding_window": 8},
+    "exaone4-sw8": {"model_type": "exaone4", **_SMALL, "head_dim": 16, "sliding_window": 8},
 }  # fmt: skip
 # Qwen3.5's linear-attention layers cache a conv and a recurrent state, not K and V (test_qwen3_5_cache_gap)
 LINEAR_ATTENTION = ("qwen3_5_text", "qwen3_5_moe_text")  # and Qwen3.5-MoE's, the same layers

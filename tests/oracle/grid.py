@@ -91,6 +91,9 @@ FAMILIES = [
     "gpt_neox",
     "bloom",
     "phi",
+    "olmo2",
+    "olmo3",
+    "exaone4",
 ]
 
 # The 2025-26 families, hand-modelled: each tiny config (tests/conftest.py TINY_CONFIGS) through the methods,
@@ -108,6 +111,7 @@ FAMILY_CASES = {
 }
 FAMILY_GRID = (
     "gemma3_text", "qwen3_moe", "falcon_h1", "gpt_oss", "deepseek_v3", "glm4_moe", "qwen3_5_text", "qwen3_5_moe_text",
+    "olmo2", "olmo3", "exaone4",
 )  # fmt: skip
 # Qwen3.5's DeltaNet scans each sequence in 64-token chunks (the family grid's seq 64 is one): several chunks,
 # whose later ones save more, and a sequence the chunks do not divide (F.pad to whole chunks), on BASE
@@ -188,6 +192,24 @@ FULL_SIZE = {
         "meta",
         {"method": "qlora", "seq": 512, "grad_ckpt": False},
         {"num_hidden_layers": 4, "layer_types": ["linear_attention"] * 3 + ["full_attention"]},
+    ),
+    # OLMo 2: post-norm layers (output norms before the residual adds, fp32 q / k norms over the projections);
+    # checkpointed, the bottom layer's output-norm backward or its recompute peaks
+    "olmo-2-7b lora seq512 ckpt": ("olmo-2-7b", "fake", {"method": "lora", "seq": 512, "grad_ckpt": True}),
+    "olmo-2-7b qlora seq512": ("olmo-2-7b", "meta", {"method": "qlora", "seq": 512}),
+    "olmo-2-7b full seq512 ckpt": ("olmo-2-7b", "fake", {"method": "full", "seq": 512, "grad_ckpt": True}),
+    # 4 of its 32 layers and an 8192-token vocabulary: the layers' moments peak, not the logits'
+    "olmo-2-7b 4 layers lora seq2048 ckpt": (
+        "olmo-2-7b",
+        "fake",
+        {"method": "lora", "seq": 2048, "grad_ckpt": True},
+        {"num_hidden_layers": 4, "vocab_size": 8192},
+    ),
+    "olmo-2-7b 4 layers qlora seq2048": (
+        "olmo-2-7b",
+        "meta",
+        {"method": "qlora", "seq": 2048},
+        {"num_hidden_layers": 4, "vocab_size": 8192},
     ),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
     "mistral-7b qlora seq4096 window no-ckpt": (

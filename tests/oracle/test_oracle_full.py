@@ -27,7 +27,11 @@ SLOW: set[str] = {
 }
 
 
-KNOWN_GAPS: dict[str, str] = {}  # label -> reason, for a strict xfail
+KNOWN_GAPS: dict[str, str] = {  # label -> reason, for a strict xfail
+    # the checkpointed forward inside the top layer: traced 39.3 MB above the walk's referenced set (forward
+    # phase -3.17 %); the step's peak, the top layer's recompute, +1.85 %
+    "olmo-2-7b 4 layers qlora seq2048": "checkpointed OLMo 2 QLoRA forward inside a layer: -3.17 % (peak +1.85 %)",
+}
 
 
 def _param(k: str):

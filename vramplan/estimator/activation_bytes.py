@@ -52,6 +52,12 @@ class ActivationBytes(NamedTuple):
     # model output is dropped (traced, 4.48.3). Not counted for eager or masked SDPA (the current model's gap)
     forward_cache_bytes: int = 0
     # what the dense-MLP layers below the lowest routed one keep (DeepSeek-V3's first_k_dense_replace: that
-    # layer stands for the bottom one; peak.py): their saved sets, or their checkpointed inputs
+    # layer stands for the bottom one; peak.py): their saved sets, or their checkpointed inputs; and what the
+    # model made for every layer and the bottom one still holds (OLMo's fp32 RoPE tables)
     below_bottom: int = 0
+    # a post-norm layer (OLMo 2 / 3, EXAONE 4: family_traits.POST_NORM): the backward of its output norm, the
+    # layer's first, with every tensor the layer saved still alive: the RMSNorm's fp32 gradient chain (rsqrt,
+    # mean and pow backward: five T·H fp32 tensors at once) beside the residual's T·H gradient; 0 otherwise
+    output_norm_backward: int = 0
+    output_norm_freed: int = 0  # what that norm saved and its backward has freed by then (rsqrt, product operand)
     dense_bottom: ActivationBytes | None = None  # the same one-layer figures for the dense-MLP layers

@@ -17,7 +17,13 @@ from vramplan.estimator.layer_walk import decoder_layer
 from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
-from vramplan.spec.family_traits import HYBRID_LINEAR_ATTENTION, SINK_FAMILIES
+from vramplan.spec.family_traits import (
+    FP32_PRODUCT_NORM,
+    FP32_ROPE,
+    HYBRID_LINEAR_ATTENTION,
+    POST_NORM,
+    SINK_FAMILIES,
+)
 
 
 class _LayerWalk(NamedTuple):
@@ -192,6 +198,10 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
         saved = layers * hidden + kept
     else:
         saved = sum(count * (at(walks[kind].saved) + walks[kind].per_layer_saved) for kind, count in kinds.items())
+    # OLMo's cos / sin stay fp32, (1, S, head_dim) each: made once per forward, saved by every layer's RoPE (held
+    # as every checkpointed layer's argument), alive until the bottom layer's backward is done
+    rope_tables = 2 * seq * m.head_dim * 4 if m.model_type in FP32_ROPE else 0
+    saved += rope_tables
     if settings.masked:
         # the model's bool sliding-window mask (B·1·S·S), built once and passed to every layer (and recompute)
         saved += t.batch * seq * seq
@@ -202,7 +212,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
     final_saved, final_out = _walk_final(m, settings, residual_dtype, t.method == "full")
     saved += at(final_saved)
-    below_bottom = 0
+    below_bottom = rope_tables
     for index in m.dense_mlp_layers if m.moe_params else ():
         key = (layer_specs(m)[index], layer_kinds(m, t)[index])
         lw = walks[key]
@@ -350,6 +360,8 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
         hidden_grad_bytes=tokens * m.hidden_size * BYTES[autocast_dtype or residual_dtype],
         final_hidden_bytes=at(final_out),
         below_bottom=below_bottom,
+        output_norm_backward=hidden + 5 * tokens * m.hidden_size * 4 if m.model_type in POST_NORM else 0,
+        output_norm_freed=_output_norm_freed(m, t, tokens),
         forward_cache_bytes=(
             2 * layers * tokens * m.num_key_value_heads * m.head_dim * BYTES[autocast_dtype or t.dtype]
             if settings.repeat_kv
@@ -360,3 +372,16 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
             else 0
         ),
     )
+
+
+def _output_norm_freed(m: ModelSpec, t: TrainSpec, tokens: int) -> int:
+    """What a post-norm layer's output norm saved and its backward frees before its fp32 gradient chain peaks:
+    the inverse RMS (T·4), and with a trainable weight the product's other operand (OLMo: the fp32 normed
+    tensor; EXAONE 4's Llama norm: its cast to the input dtype). 0 for the other families."""
+    if m.model_type not in POST_NORM:
+        return 0
+    operand = 0
+    if t.method == "full":
+        elem = 4 if m.model_type in FP32_PRODUCT_NORM else BYTES[t.compute_dtype]
+        operand = tokens * m.hidden_size * elem
+    return tokens * 4 + operand

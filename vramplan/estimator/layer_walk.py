@@ -4,9 +4,10 @@ walk and the allocation-event recorder, so that neither family module imports th
 
 from __future__ import annotations
 
-from vramplan.estimator import layer_ops, mamba_ops
+from vramplan.estimator import layer_ops, mamba_ops, post_norm_ops
 from vramplan.estimator.walk import SymbolicTensor, Walk, WalkSettings
 from vramplan.spec import ModelSpec
+from vramplan.spec.family_traits import POST_NORM
 
 
 def decoder_layer(
@@ -15,4 +16,6 @@ def decoder_layer(
     """One decoder layer of `m`; returns its output hidden state."""
     if m.mamba is not None:
         return mamba_ops.hybrid_layer(walk, settings, m, x, trainable)
+    if m.model_type in POST_NORM:
+        return post_norm_ops.post_norm_layer(walk, settings, m, x, trainable)
     return layer_ops.decoder_layer(walk, settings, m, x, trainable)

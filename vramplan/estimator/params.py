@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vramplan.spec import LinearSpec, ModelSpec, ParamSpec, TrainSpec, lora_moe_targets
+from vramplan.spec.family_traits import PROJECTION_QK_NORM
 
 
 def lora_params_per_linear(lin: LinearSpec, r: int, dora: bool) -> int:
@@ -122,7 +123,9 @@ def layer_tensor_shapes(m: ModelSpec) -> list[tuple[Shape, int]]:
 def _every_layer_shapes(m: ModelSpec) -> list[tuple[Shape, int]]:
     """One layer's tensors outside its linears and MoE parameters: norms, the Mamba mixer's (every layer)."""
     out: list[tuple[Shape, int]] = [((m.hidden_size,), m.norms_per_layer * (2 if m.norm == "layer" else 1))]
-    if m.head_norm_params:
+    if m.head_norm_params and m.model_type in PROJECTION_QK_NORM:  # OLMo 2 / 3: over the whole projections
+        out += [((m.q_dim,), 1), ((m.kv_dim,), 1)]
+    elif m.head_norm_params:
         out.append(((m.head_dim,), m.head_norm_params // m.head_dim))
     if m.mamba:  # conv1d weight and bias, dt_bias, A_log, D, the gated norm's weight
         mamba = m.mamba

@@ -42,6 +42,13 @@ BOTTOM_LAYER_DORA_BACKWARD = "bottom-layer DoRA backward"
 # a hybrid's linear-attention layer (Qwen3.5's gated DeltaNet): the topmost one, and layer 0
 TOP_MIXER_BACKWARD = "top linear-attention layer backward"
 BOTTOM_MIXER_BACKWARD = "bottom-layer linear-attention backward"
+# a post-norm layer's (OLMo 2 / 3, EXAONE 4) output norm backward, the first thing its backward runs
+OUTPUT_NORM_BACKWARD = {
+    TOP_LAYER_BACKWARD: "top-layer output-norm backward",
+    TOP_LAYER_DORA_BACKWARD: "top-layer output-norm backward",
+    BOTTOM_LAYER_BACKWARD: "bottom-layer output-norm backward",
+    BOTTOM_LAYER_DORA_BACKWARD: "bottom-layer output-norm backward",
+}
 END_OF_BACKWARD = "all gradients"  # the end of backward
 OPTIMIZER_STEP = "step"
 
@@ -210,6 +217,14 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
                 temporaries=a.backward_workspace,
             )
         layer_moments.append((backward_moment, layer_backward))
+        if a.output_norm_backward:  # a post-norm layer's output norm, before its MLP frees anything
+            norm_backward = Components(
+                **persistent,
+                gradients=grads_then,
+                activations=kept + (recomputed + a.layer_ctx if t.grad_ckpt else 0) - a.output_norm_freed,
+                temporaries=a.output_norm_backward,
+            )
+            layer_moments.append((OUTPUT_NORM_BACKWARD[backward_moment], norm_backward))
     if activation.mixer_workspace:
         layer_moments += _mixer_backward(m, t, activation, persistent, layer_ends, accum_grads)
     # tied embeddings in a full fine-tune: the embedding's dense gradient (V·H) is added to the one lm_head left

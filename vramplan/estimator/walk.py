@@ -175,7 +175,8 @@ def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
     """Which decoder layers get an explicit attention mask: the sliding-window ones whose window the sequence
     reaches (transformers 5.24 masking_utils `_ignore_causal_mask_sdpa` skips the mask only while
     kv_length < window; full-attention layers run SDPA causal without one). Mistral / Mixtral slide every
-    layer; Gemma 3 its `sliding_attention` layers (modeling_gemma3.py `causal_mask_mapping`)."""
+    layer; Gemma 3, OLMo 3 and EXAONE 4 their `sliding_attention` layers (modeling_gemma3.py, 5.25
+    modeling_olmo3.py / modeling_exaone4.py `causal_mask_mapping`)."""
     n = m.num_hidden_layers
     if effective_attn(m, t) == "flex_attention":  # causal, sliding and packed masks are BlockMasks (block tables)
         return (False,) * n
@@ -188,7 +189,7 @@ def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
         return (False,) * n
     if m.model_type in ("mistral", "mixtral"):
         return (True,) * n
-    if m.model_type == "gemma3_text":
+    if m.model_type in ("gemma3_text", "olmo3", "exaone4"):
         return tuple(kind == "sliding_attention" for kind in m.layer_types)
     return (False,) * n
 

@@ -13,7 +13,7 @@ from typing import Any
 from vramplan.errors import VramplanError
 from vramplan.spec.falcon_h1 import falcon_h1_spec
 from vramplan.spec.family_common import common_fields, required
-from vramplan.spec.family_traits import DEEPSEEK_MOE, HAND_MODELLED_TYPES
+from vramplan.spec.family_traits import DEEPSEEK_MOE, HAND_MODELLED_TYPES, PROJECTION_QK_NORM
 from vramplan.spec.fields import config_bool, config_int, config_names, config_str
 from vramplan.spec.mla import glm4_moe_model_spec, mla_model_spec, with_defaults
 from vramplan.spec.model import LinearSpec, ModelSpec, ParamSpec
@@ -194,8 +194,17 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
     elif mt == "gpt_oss" and not cfg.get("layer_types"):
         # GptOssConfig.__post_init__ (5.24): sliding first, alternating with full attention
         layer_types = tuple("sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers))
+    elif mt in ("olmo3", "exaone4") and not cfg.get("layer_types"):
+        layer_types = _every_nth_full_layer_types(cfg, name, mt, layers)
     else:
         layer_types = config_names(cfg, "layer_types", name, layers) if cfg.get("layer_types") else ()
+    # q_norm / k_norm: OLMo 2 / 3 over the whole q and k projections, qwen3's and EXAONE 4's over head_dim
+    head_norms = 2 * c["head_dim"] if mt in ("qwen3", "qwen3_moe", "gemma3_text", "exaone4") else 0
+    if mt in PROJECTION_QK_NORM:
+        head_norms = q + kv
+    # config classes' sliding_window defaults (5.25): GptOssConfig 128, Olmo3Config / Exaone4Config 4096;
+    # Olmo2Config has no sliding window (a stray key in config.json is not read)
+    window_default = {"gpt_oss": 128, "olmo3": 4096, "exaone4": 4096}.get(mt)
     return ModelSpec(
         model_type=mt,
         intermediate_size=inter,
@@ -204,19 +213,40 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         linears=attn + mlp,
         norm="rms",
         norms_per_layer=4 if mt in ("gemma2", "gemma3_text") else 2,
-        head_norm_params=2 * c["head_dim"] if mt in ("qwen3", "qwen3_moe", "gemma3_text") else 0,
+        head_norm_params=head_norms,
         moe_params=other,
         mlp=mlp_kind,
         num_local_experts=experts,
         num_experts_per_tok=top_k,
         sliding_window=(
-            config_int(cfg, "sliding_window", name, default=128 if mt == "gpt_oss" else None)
-            if config_bool(cfg, "use_sliding_window", name, True)
+            config_int(cfg, "sliding_window", name, default=window_default)
+            if config_bool(cfg, "use_sliding_window", name, True) and mt != "olmo2"
             else None
         ),
         layer_types=layer_types,
         **c,
     )
+
+
+def _every_nth_full_layer_types(cfg: Mapping[str, Any], name: str, mt: str, layers: int) -> tuple[str, ...]:
+    """`layer_types` as the config class fills it when config.json has none (transformers 5.25): Olmo3Config
+    every 4th layer full attention, the others sliding; Exaone4Config every `sliding_window_pattern`-th (default
+    4), none sliding without a `sliding_window` (`sliding_window_pattern = 0`, which transformers' own rule then
+    divides by: a config that sets no window names its layer_types)."""
+    if mt == "olmo3":
+        return tuple("sliding_attention" if (i + 1) % 4 else "full_attention" for i in range(layers))
+    if cfg.get("sliding_window", 4096) is None:
+        raise VramplanError(
+            f"model config {name!r}: exaone4 without sliding_window needs layer_types (Exaone4Config divides by a "
+            "sliding_window_pattern of 0); add layer_types to the config.json"
+        )
+    pattern = cfg.get("sliding_window_pattern", 4)
+    if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
+        raise VramplanError(
+            f"model config {name!r}: sliding_window_pattern {pattern!r} without layer_types (Exaone4Config reads "
+            "only an integer pattern); add layer_types to the config.json"
+        )
+    return tuple("sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers))
 
 
 def _gpt_oss_params(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> tuple[ParamSpec, ...]:

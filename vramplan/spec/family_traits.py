@@ -6,6 +6,7 @@ from __future__ import annotations
 # Families whose decoder layer is Llama-shaped (separate q/k/v/o, gated MLP, RMSNorm).
 LLAMA_LIKE = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text", "mixtral", "phi3", "gpt_oss"}
+    | {"olmo2", "olmo3", "exaone4"}
 )
 # Families with multi-head latent attention (DeepSeek-V2's MLA: q / kv low-rank projections, a rope / nope split)
 # and a sigmoid group-limited router over fused experts, shared experts and dense bottom layers (spec/mla.py)
@@ -40,7 +41,17 @@ GEMMA_NORM = frozenset({"gemma", "gemma2", "gemma3_text", "qwen3_5_text", "qwen3
 # Families whose RMSNorm multiplies the fp32 normed tensor by the weight and then casts to the input dtype,
 # `(weight * normed_fp32).to(input_dtype)` (modeling_gpt_oss.py GptOssRMSNorm, 5.24): Gemma's saved set and
 # output dtype with a plain weight
-FP32_PRODUCT_NORM = GEMMA_NORM | {"gpt_oss"}
+FP32_PRODUCT_NORM = GEMMA_NORM | {"gpt_oss", "olmo2", "olmo3"}  # and Olmo2RMSNorm / Olmo3RMSNorm (5.25)
 # Families with learned attention sinks (a per-head logit joining the softmax): gpt-oss. transformers 5.24 runs
 # them eager, flex (sinks applied through the log-sum-exp) or a flash kernel that takes `s_aux`; not SDPA
 SINK_FAMILIES = frozenset({"gpt_oss"})
+# Post-norm decoder layers: no norm before the attention or the MLP; `post_attention_layernorm` and
+# `post_feedforward_layernorm` norm their outputs before each residual add (transformers 5.25 modeling_olmo2.py
+# Olmo2DecoderLayer, modeling_olmo3.py, modeling_exaone4.py Exaone4DecoderLayer)
+POST_NORM = frozenset({"olmo2", "olmo3", "exaone4"})
+# q_norm / k_norm over the whole projection (num_heads·head_dim, num_kv_heads·head_dim), applied to q_proj's and
+# k_proj's outputs before the head reshape (modeling_olmo2.py Olmo2Attention); EXAONE 4's are per head (qwen3's)
+PROJECTION_QK_NORM = frozenset({"olmo2", "olmo3"})
+# Families whose rotary cos / sin stay fp32 (Olmo2RotaryEmbedding.forward returns them uncast) and whose
+# apply_rotary_pos_emb casts q·cos + rotate_half(q)·sin back to q's dtype: the rotated q / k keep q's dtype
+FP32_ROPE = frozenset({"olmo2", "olmo3"})

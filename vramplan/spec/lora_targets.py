@@ -33,6 +33,9 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "gemma": ("q_proj", "v_proj"),
     "gemma2": ("q_proj", "v_proj"),
     "gemma3_text": ("q_proj", "v_proj"),
+    "olmo2": ("q_proj", "v_proj"),  # no PEFT entry for olmo2 / olmo3 / exaone4: as Llama's
+    "olmo3": ("q_proj", "v_proj"),
+    "exaone4": ("q_proj", "v_proj"),
     "phi": ("q_proj", "v_proj", "fc1", "fc2"),
     "phi3": ("qkv_proj",),
     "gpt_neox": ("query_key_value",),

@@ -156,7 +156,7 @@ class ModelSpec:
     linears: tuple[LinearSpec, ...]
     norm: Literal["rms", "layer"]
     norms_per_layer: int
-    head_norm_params: int = 0  # per layer: qwen3's (and qwen3_moe's) q_norm/k_norm over head_dim
+    head_norm_params: int = 0  # per layer: q_norm/k_norm (qwen3's over head_dim; OLMo 2/3's over q_dim, kv_dim)
     moe_params: tuple[ParamSpec, ...] = ()
     embed_norm: bool = False  # bloom's word_embeddings_layernorm
     lm_head_bias: bool = False  # phi
