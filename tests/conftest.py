@@ -200,6 +200,8 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         **_TOKENS,
     },
     "phi": {"model_type": "phi", **_SHAPE, "partial_rotary_factor": 0.5, "tie_word_embeddings": False},
+    # GLM-4 (0414): post-attention and post-MLP RMSNorms, fused gate_up_proj, q / k / v biases, half-rotary heads
+    "glm4": {"model_type": "glm4", **_SHAPE, "head_dim": 16, "partial_rotary_factor": 0.5, "tie_word_embeddings": False},
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from vramplan.errors import VramplanError
 from vramplan.spec.falcon_h1 import falcon_h1_spec
 from vramplan.spec.family_common import common_fields, required
-from vramplan.spec.family_traits import DEEPSEEK_MOE, SUPPORTED_MODEL_TYPES
+from vramplan.spec.family_traits import DEEPSEEK_MOE, FUSED_GATE_UP, POST_NORM, SUPPORTED_MODEL_TYPES
 from vramplan.spec.fields import config_bool, config_int, config_names, config_str
 from vramplan.spec.mla import glm4_moe_model_spec, mla_model_spec, with_defaults
 from vramplan.spec.model import LinearSpec, ModelSpec, ParamSpec
@@ -126,7 +126,10 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
     q, kv = heads * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
     bias_default = mt == "gpt_oss"  # GptOssConfig.attention_bias defaults to True (q, k, v and o)
     qkv_bias = True if mt == "qwen2" else config_bool(cfg, "attention_bias", name, bias_default)
-    o_bias = False if mt == "qwen2" else config_bool(cfg, "attention_bias", name, bias_default)
+    # Qwen2Attention / Glm4Attention (5.25): o_proj has no bias whatever attention_bias says
+    o_bias = False if mt in ("qwen2", "glm4") else config_bool(cfg, "attention_bias", name, bias_default)
+    if mt == "glm4":
+        qkv_bias = config_bool(cfg, "attention_bias", name, True)  # Glm4Config.attention_bias defaults to True
     mlp_bias = config_bool(cfg, "mlp_bias", name, False)
     if mt == "phi3":
         attn = (
@@ -175,7 +178,7 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         top_k = config_int(cfg, "num_experts_per_tok", name, default=4)
         mlp = ()
         mlp_kind = "moe"
-    elif mt == "phi3":
+    elif mt in FUSED_GATE_UP:
         mlp = (
             LinearSpec("gate_up_proj", h, 2 * inter, False, "mlp"),
             LinearSpec("down_proj", inter, h, False, "mlp"),
@@ -203,7 +206,7 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         tie_word_embeddings=config_bool(cfg, "tie_word_embeddings", name, tie_default),
         linears=attn + mlp,
         norm="rms",
-        norms_per_layer=4 if mt in ("gemma2", "gemma3_text") else 2,
+        norms_per_layer=4 if mt in POST_NORM else 2,
         head_norm_params=2 * c["head_dim"] if mt in ("qwen3", "qwen3_moe", "gemma3_text") else 0,
         moe_params=other,
         mlp=mlp_kind,
@@ -211,7 +214,7 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         num_experts_per_tok=top_k,
         sliding_window=(
             config_int(cfg, "sliding_window", name, default=128 if mt == "gpt_oss" else None)
-            if config_bool(cfg, "use_sliding_window", name, True)
+            if config_bool(cfg, "use_sliding_window", name, True) and mt != "glm4"  # Glm4Model: causal mask only
             else None
         ),
         layer_types=layer_types,

@@ -6,6 +6,7 @@ from __future__ import annotations
 # Families whose decoder layer is Llama-shaped (separate q/k/v/o, gated MLP, RMSNorm).
 LLAMA_LIKE = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text", "mixtral", "phi3", "gpt_oss"}
+    | {"glm4"}
 )
 # Families with multi-head latent attention (DeepSeek-V2's MLA: q / kv low-rank projections, a rope / nope split)
 # and a sigmoid group-limited router over fused experts, shared experts and dense bottom layers (spec/mla.py)
@@ -29,6 +30,7 @@ SUPPORTED_MODEL_TYPES = frozenset(
 # every other family.
 HEAD_DIM_DEFAULTS: dict[str, int] = {
     "qwen3": 128, "gemma": 256, "gemma2": 256, "gemma3_text": 256, "gpt_oss": 64, "qwen3_5_text": 256,
+    "glm4": 128,
 }  # fmt: skip
 # Families whose RMSNorm is Gemma's: `(x.float() normed) * (1 + weight.float())` then `.type_as(x)`
 # (modeling_gemma.py / modeling_gemma2.py / modeling_gemma3.py `Gemma*RMSNorm`, 5.24), not Llama's
@@ -41,3 +43,10 @@ FP32_PRODUCT_NORM = GEMMA_NORM | {"gpt_oss"}
 # Families with learned attention sinks (a per-head logit joining the softmax): gpt-oss. transformers 5.24 runs
 # them eager, flex (sinks applied through the log-sum-exp) or a flash kernel that takes `s_aux`; not SDPA
 SINK_FAMILIES = frozenset({"gpt_oss"})
+# Families whose decoder layer norms the attention and the MLP outputs before each residual add (4 RMSNorms a
+# layer): Gemma 2 / 3 (post_attention_layernorm, post_feedforward_layernorm; Gemma's norm) and GLM-4
+# (modeling_glm4.py Glm4DecoderLayer, 5.25: post_self_attn_layernorm, post_mlp_layernorm; Llama's norm)
+POST_NORM = frozenset({"gemma2", "gemma3_text", "glm4"})
+# Families whose MLP is one fused gate_up_proj, chunked in two, `up * act(gate)`, then down_proj (Phi-3's
+# Phi3MLP; GLM-4's Glm4MLP, modeling_glm4.py 5.25)
+FUSED_GATE_UP = frozenset({"phi3", "glm4"})

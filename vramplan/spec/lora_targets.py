@@ -36,6 +36,7 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "phi3": ("qkv_proj",),
     "gpt_neox": ("query_key_value",),
     "bloom": ("query_key_value",),
+    "glm4": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): as Llama's
 }
 
 
