@@ -276,7 +276,11 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     # MLP intermediates: the autocast dtype, except on a bnb base whose Linear4bit returns the input's dtype
     # (fp32 after kbit prep) and the LoRA sum promotes to it
     mlp_elem_bytes = BYTES[residual_dtype if settings.quantized else (autocast_dtype or residual_dtype)]
-    mlp_intermediates = {"gated": 3, "gated_fused": 3, "plain": 2}.get(m.mlp, 3 * max(m.num_experts_per_tok, 1))
+    # StarCoder2's ungated MLP backward (c_proj's input gradient from the base and the LoRA branch, gelu's
+    # backward output) holds 3·T·I, traced under checkpointing (tests/oracle FAMILY_GRID); the parallel-block
+    # plain MLPs (gpt_neox, bloom, phi) keep 2, not held to a checkpointed trace
+    plain = 3 if m.model_type == "starcoder2" else 2
+    mlp_intermediates = {"gated": 3, "gated_fused": 3, "plain": plain}.get(m.mlp, 3 * max(m.num_experts_per_tok, 1))
     if settings.liger and m.mlp == "gated":
         mlp_intermediates = 1  # Liger's SwiGLU backward writes both operands' gradients into the saved a and b
     if m.mlp == "gated" and "mlp" in fused_lora(settings, {li.name for li in m.linears}):

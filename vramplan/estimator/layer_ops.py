@@ -356,7 +356,8 @@ def _mlp(
         walk.transient(gate_up, activated, product)
         return _down(walk, project, product, "down_proj")
     if m.mlp == "plain":
-        up_name, down_name = ("fc1", "fc2") if m.model_type == "phi" else ("dense_h_to_4h", "dense_4h_to_h")
+        # fc1 / fc2 (phi), dense_h_to_4h / dense_4h_to_h (gpt_neox, bloom), c_fc / c_proj (starcoder2)
+        up_name, down_name = (li.name for li in m.linears if li.group == "mlp")
         up = project(x, up_name)
         if m.hidden_act == "gelu_new":
             # NewGELUActivation: 0.5·x·(1 + tanh(c·(x + 0.044715·pow(x, 3)))) (transformers/activations.py)

@@ -17,7 +17,7 @@ from vramplan.spec.family_traits import DEEPSEEK_MOE, FUSED_GATE_UP, POST_NORM, 
 from vramplan.spec.fields import config_bool, config_int, config_names, config_str
 from vramplan.spec.mla import glm4_moe_model_spec, mla_model_spec, with_defaults
 from vramplan.spec.model import LinearSpec, ModelSpec, ParamSpec
-from vramplan.spec.neox import neox_like_spec, phi_spec
+from vramplan.spec.neox import neox_like_spec, phi_spec, starcoder2_spec
 
 
 def text_config(cfg: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -94,6 +94,8 @@ def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         return _check_shapes(neox_like_spec(cfg, name, mt))
     if mt == "phi":
         return _check_shapes(phi_spec(cfg, name))
+    if mt == "starcoder2":
+        return _check_shapes(starcoder2_spec(cfg, name))
     if mt == "falcon_h1":
         return _check_shapes(falcon_h1_spec(cfg, name))
     if mt in ("qwen2", "qwen3"):

@@ -23,7 +23,7 @@ HYBRID_SSM = frozenset({"falcon_h1"})
 # their kind (`LinearSpec.count`), and the walk follows each kind (estimator/delta_net_ops.py)
 HYBRID_LINEAR_ATTENTION = frozenset({"qwen3_5_text"})
 SUPPORTED_MODEL_TYPES = frozenset(
-    LLAMA_LIKE | HYBRID_SSM | HYBRID_LINEAR_ATTENTION | DEEPSEEK_MOE | {"gpt_neox", "bloom", "phi"}
+    LLAMA_LIKE | HYBRID_SSM | HYBRID_LINEAR_ATTENTION | DEEPSEEK_MOE | {"gpt_neox", "bloom", "phi"} | {"starcoder2"}
 )
 # `head_dim` when config.json has none: a fixed class default here (transformers 5.24 Qwen3Config 128,
 # GemmaConfig / Gemma2Config / Gemma3TextConfig 256, GptOssConfig 64), hidden_size // num_attention_heads for
