@@ -205,6 +205,13 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     # StarCoder2: LayerNorms with biases, biases on every linear, an ungated gelu_pytorch_tanh MLP, a 32-token
     # sliding window on every layer (seq 64 reaches it: the masked SDPA path), tied embeddings (the class default)
     "starcoder2": {"model_type": "starcoder2", **_SHAPE, "sliding_window": 32, "tie_word_embeddings": True},
+    # Cohere 2 (Command R7B): one mean-centred LayerNorm feeding attention and MLP in parallel, 4 layers as the
+    # class's pattern makes them (3 sliding with RoPE, then 1 full without), a 32-token window, tied embeddings,
+    # logits scaled by `logit_scale`
+    "cohere2": {
+        "model_type": "cohere2", **_SHAPE, "num_hidden_layers": 4, "sliding_window": 32, "logit_scale": 0.25,
+        "tie_word_embeddings": True,
+    },
 }
 
 

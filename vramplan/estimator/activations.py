@@ -17,7 +17,7 @@ from vramplan.estimator.layer_walk import decoder_layer
 from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
-from vramplan.spec.family_traits import HYBRID_LINEAR_ATTENTION, SINK_FAMILIES
+from vramplan.spec.family_traits import HYBRID_LINEAR_ATTENTION, NOPE_ON_FULL_LAYERS, SINK_FAMILIES
 
 
 class _LayerWalk(NamedTuple):
@@ -137,6 +137,8 @@ def layer_kinds(m: ModelSpec, t: TrainSpec) -> tuple[tuple[bool, bool, bool, fro
         else:
             input_requires_grad = embedding_output_requires_grad if index == 0 else True
         mixer = m.layer_types[index] if m.model_type in HYBRID_LINEAR_ATTENTION else ""
+        if m.model_type in NOPE_ON_FULL_LAYERS and m.layer_types[index] == "full_attention":
+            mixer = "nope"  # Cohere 2's full-attention layers: no rotary embedding (layer_ops._attention_block)
         kind = (index >= first_trainable, input_requires_grad, masked[index], adapted[index], mixer)
         kinds.append(kind)
     return tuple(kinds)

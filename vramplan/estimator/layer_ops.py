@@ -55,7 +55,7 @@ from vramplan.estimator.mla_ops import mla_attention
 from vramplan.estimator.moe_ops import moe_block
 from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote
 from vramplan.spec import ModelSpec
-from vramplan.spec.family_traits import FP32_PRODUCT_NORM, SINK_FAMILIES
+from vramplan.spec.family_traits import FP32_PRODUCT_NORM, MEAN_CENTRED_NORM, NOPE_ON_FULL_LAYERS, SINK_FAMILIES
 
 
 def norm(
@@ -80,6 +80,8 @@ def norm(
             walk.save(x, walk.new(rows, "fp32", False))
         walk.transient(x, out)
         return out
+    if m.model_type in MEAN_CENTRED_NORM:
+        return _mean_centred_norm(walk, x, rows, features, trainable)
     x_fp32 = walk.cast(x, "fp32")
     inverse_rms = walk.new(rows, "fp32", False)  # torch.rsqrt(variance + eps)
     normed_fp32 = walk.new(rows * features, "fp32", x.requires_grad)
@@ -102,6 +104,26 @@ def norm(
     if trainable:
         walk.save(normed)
     walk.transient(x, x_fp32, normed_fp32, normed, out)
+    return out
+
+
+def _mean_centred_norm(walk: Walk, x: SymbolicTensor, rows: complex, features: int, trainable: bool) -> SymbolicTensor:
+    """Cohere2LayerNorm (modeling_cohere2.py, 5.25): x.to(fp32); `(x - mean).pow(2).mean()` (pow saves its
+    fp32 input, the first centred copy); `(x - mean) * rsqrt(variance + eps)` (a second centred copy and the
+    T-sized rsqrt, both saved); `weight.float() * normed` (saves normed when the weight trains); `.to(x.dtype)`."""
+    grad = x.requires_grad
+    x_fp32 = walk.cast(x, "fp32")
+    centred_for_variance = walk.new(rows * features, "fp32", grad)
+    centred = walk.new(rows * features, "fp32", grad)
+    inverse = walk.new(rows, "fp32", False)
+    normed = walk.new(rows * features, "fp32", grad)
+    product = walk.new(rows * features, "fp32", grad or trainable)
+    out = walk.cast(product, x.dtype)
+    if grad:
+        walk.save(centred_for_variance, centred, inverse)
+    if trainable:
+        walk.save(normed)
+    walk.transient(x, x_fp32, centred_for_variance, centred, normed, product, out)
     return out
 
 
@@ -164,6 +186,18 @@ def _rope(walk: Walk, q: SymbolicTensor, residual_dtype: str, liger: bool = Fals
     return walk.new(q.numel, promote(q.dtype, residual_dtype), q.requires_grad)
 
 
+def _fp32_rope(walk: Walk, q: SymbolicTensor, k: SymbolicTensor) -> tuple[SymbolicTensor, SymbolicTensor]:
+    """Cohere 2's apply_rotary_pos_emb (modeling_cohere2.py, 5.25): q.float(), k.float(), the fp32 rotation
+    (cos / sin saved, per position), `.to(q's dtype)`: new tensors in q's and k's own dtype, fp32 transients."""
+    outs = []
+    for x in (q, k):
+        x_fp32 = walk.cast(x, "fp32")
+        rotated = walk.new(x.numel, "fp32", x.requires_grad)
+        outs.append((x, x_fp32, rotated, walk.cast(rotated, x.dtype)))
+    walk.transient(*(t for group in outs for t in group))
+    return outs[0][3], outs[1][3]
+
+
 def decoder_layer(
     walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, trainable: bool
 ) -> SymbolicTensor:
@@ -177,7 +211,7 @@ def decoder_layer(
         return linear(walk, settings, inp, name, spec.out_features, trainable, settings.quantized)
 
     normed_input = norm(walk, settings, m, x, trainable)
-    if settings.mixer:  # Qwen3.5: a gated DeltaNet or a gated attention layer (delta_net_ops)
+    if settings.mixer in ("linear_attention", "full_attention"):  # Qwen3.5: gated DeltaNet / gated attention
         mixer = gated_delta_net if settings.mixer == "linear_attention" else gated_attention
         attention_out = mixer(walk, settings, m, normed_input, project, trainable, (norm, _rope, _attention))
     else:
@@ -244,7 +278,11 @@ def _attention_block(
     if m.head_norm_params and m.norm == "rms":  # qwen3, gemma3: RMSNorm over head_dim on q and k before RoPE
         q = norm(walk, settings, m, q, trainable, m.head_dim)
         k = norm(walk, settings, m, k, trainable, m.head_dim)
-    q, k = _rope(walk, q, residual_dtype, settings.liger), _rope(walk, k, residual_dtype, settings.liger)
+    if m.model_type in NOPE_ON_FULL_LAYERS:
+        if settings.mixer != "nope":  # Cohere 2's sliding layers: q / k rotated in fp32, cast back
+            q, k = _fp32_rope(walk, q, k)
+    else:
+        q, k = _rope(walk, q, residual_dtype, settings.liger), _rope(walk, k, residual_dtype, settings.liger)
     if m.model_type in SINK_FAMILIES:
         # the attention's `hidden_states` argument and its pre-repeat key / value states, referenced until it
         # returns (traced on gpt-oss: its eager scores dwarf them elsewhere, the other families leave them out)

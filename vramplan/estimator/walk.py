@@ -189,7 +189,7 @@ def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
         return (False,) * n
     if m.model_type in ("mistral", "mixtral", "starcoder2"):  # every layer slides (Starcoder2Model, 5.25)
         return (True,) * n
-    if m.model_type == "gemma3_text":
+    if m.model_type in ("gemma3_text", "cohere2"):
         return tuple(kind == "sliding_attention" for kind in m.layer_types)
     return (False,) * n
 

@@ -96,6 +96,11 @@ def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         return _check_shapes(phi_spec(cfg, name))
     if mt == "starcoder2":
         return _check_shapes(starcoder2_spec(cfg, name))
+    if mt == "cohere2":
+        # Cohere2Config.__post_init__ (5.25): head_dim = hidden_size // num_attention_heads whatever config.json
+        # says; num_key_value_heads defaults to the heads; sliding_window 4096, every 4th layer full attention
+        h, heads = required(cfg, "hidden_size", name), required(cfg, "num_attention_heads", name)
+        cfg = {**cfg, "head_dim": h // heads, "sliding_window": cfg.get("sliding_window", 4096)}
     if mt == "falcon_h1":
         return _check_shapes(falcon_h1_spec(cfg, name))
     if mt in ("qwen2", "qwen3"):
@@ -193,9 +198,11 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
             LinearSpec("down_proj", inter, h, mlp_bias, "mlp"),
         )
         mlp_kind = "gated"
-    tie_default = mt in ("gemma", "gemma2", "gemma3_text")
+    tie_default = mt in ("gemma", "gemma2", "gemma3_text", "cohere2")
     if mt == "gemma3_text":
         layer_types = gemma3_layer_types(cfg, name, layers)
+    elif mt == "cohere2":  # Cohere2Config.__post_init__: `sliding_window_pattern` (default 4): 3 sliding, 1 full
+        layer_types = gemma3_layer_types({"sliding_window_pattern": 4, **cfg}, name, layers)
     elif mt == "gpt_oss" and not cfg.get("layer_types"):
         # GptOssConfig.__post_init__ (5.24): sliding first, alternating with full attention
         layer_types = tuple("sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers))
@@ -208,7 +215,8 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         tie_word_embeddings=config_bool(cfg, "tie_word_embeddings", name, tie_default),
         linears=attn + mlp,
         norm="rms",
-        norms_per_layer=4 if mt in POST_NORM else 2,
+        norms_per_layer=4 if mt in POST_NORM else 1 if mt == "cohere2" else 2,
+        parallel_residual=mt == "cohere2",  # Cohere2DecoderLayer: residual + attention(x̂) + mlp(x̂), one norm
         head_norm_params=2 * c["head_dim"] if mt in ("qwen3", "qwen3_moe", "gemma3_text") else 0,
         moe_params=other,
         mlp=mlp_kind,

@@ -6,7 +6,7 @@ from __future__ import annotations
 # Families whose decoder layer is Llama-shaped (separate q/k/v/o, gated MLP, RMSNorm).
 LLAMA_LIKE = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text", "mixtral", "phi3", "gpt_oss"}
-    | {"glm4"}
+    | {"glm4", "cohere2"}
 )
 # Families with multi-head latent attention (DeepSeek-V2's MLA: q / kv low-rank projections, a rope / nope split)
 # and a sigmoid group-limited router over fused experts, shared experts and dense bottom layers (spec/mla.py)
@@ -50,3 +50,10 @@ POST_NORM = frozenset({"gemma2", "gemma3_text", "glm4"})
 # Families whose MLP is one fused gate_up_proj, chunked in two, `up * act(gate)`, then down_proj (Phi-3's
 # Phi3MLP; GLM-4's Glm4MLP, modeling_glm4.py 5.25)
 FUSED_GATE_UP = frozenset({"phi3", "glm4"})
+# Families whose norm is Cohere's mean-centred LayerNorm without a bias (modeling_cohere2.py Cohere2LayerNorm,
+# 5.25): fp32 math, `(x - mean)` twice (pow saves one, the product the other), rsqrt, then
+# `(weight.float() * normed).to(input_dtype)`; one weight of hidden_size (counted as an RMSNorm's)
+MEAN_CENTRED_NORM = frozenset({"cohere2"})
+# Families whose full-attention layers have no rotary embedding (NoPE): Cohere 2 rotates q / k only in its
+# sliding-window layers (Cohere2Attention.forward, 5.25: `if self.sliding_window is not None`)
+NOPE_ON_FULL_LAYERS = frozenset({"cohere2"})

@@ -38,6 +38,7 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "bloom": ("query_key_value",),
     "glm4": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): as Llama's
     "starcoder2": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): as Llama's
+    "cohere2": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): as Llama's
 }
 
 
