@@ -56,6 +56,11 @@ FAMILY_GAPS: dict[tuple[str, str], str] = {
     ("starcoder2", "lora-ckpt"): "checkpointed StarCoder2 layer: recompute activations -27,136 B: peak -3.07 %",
     ("starcoder2", "full-ckpt"): "StarCoder2 full + ckpt, tied: gradients 32,768 B estimated at the logits "
     "gradient vs 0 traced (peak +1.5 %)",
+    # Cohere 2's top layer is a full-attention (NoPE) one, smaller than the sliding layer below it: the traced
+    # QLoRA backward peaks at that layer's recompute with the top layer's adapter gradients alive, a moment
+    # between the walk's top- and bottom-layer ones. Traced 2 × 64 tokens, 4 layers:
+    ("cohere2", "qlora"): "Cohere 2 QLoRA: the second layer's recompute (activations 762,880 vs 596,480 B, "
+    "gradients 32,768 vs 6,144 B at the walk's MLP-backward moment); peak -2.05 %",
 }
 
 

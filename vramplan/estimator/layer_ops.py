@@ -304,7 +304,10 @@ def _post_attention(
         attention_out = norm(walk, settings, m, attention_out, trainable)
     if m.parallel_residual:
         mlp_input = normed_input if m.norms_per_layer == 1 else norm(walk, settings, m, x, trainable)
+        if m.model_type in MEAN_CENTRED_NORM:  # the attention output, a Python local until the three-way sum
+            walk.pinned[attention_out.id] = attention_out.nbytes
         mlp_out = _mlp(walk, settings, m, mlp_input, project, trainable)
+        walk.pinned.pop(attention_out.id, None)
         out_dtype = promote(promote(mlp_out.dtype, attention_out.dtype), residual_dtype)
         return walk.new(T * m.hidden_size, out_dtype, True)
     residual = walk.new(
