@@ -149,3 +149,27 @@ def test_delta_net_chunks(case):
 
     m = model_spec_from_config(TINY_CONFIGS["qwen3_5_text"], "qwen3_5_text")
     check(m, resolve_train(m, **{**BASE, **DELTA_NET_CASES[case]}), "cpu")
+
+
+# StarCoder2's own dropouts as the published starcoder2-7b config sets them (residual 0.1 after o_proj and
+# c_proj, embedding 0.1; attention dropout left at 0: the CPU harness cannot run SDPA's dropout as CUDA's flash
+# kernel does): bool masks saved per layer. Under checkpointing the traced step holds more than the walk
+# (the model's `inputs_embeds` beside the dropped copy through the forward, the checkpoints' saved CPU RNG
+# states, and the recompute's moment). Traced 2 × 64 tokens:
+STARCODER2_DROPOUT_GAPS = {
+    "lora-ckpt": "StarCoder2 dropout + checkpointing: forward activations -26,624 B (inputs_embeds 16,384 + two "
+    "5,056-B RNG states + 128), backward recompute activations -84,480 B: peak -7.3 %",
+}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=pytest.mark.xfail(reason=STARCODER2_DROPOUT_GAPS[c], strict=True))
+     if c in STARCODER2_DROPOUT_GAPS else c for c in ("lora", "lora-ckpt", "full", "qlora-no-ckpt")],
+)  # fmt: skip
+def test_starcoder2_dropout(case):
+    from tests.conftest import TINY_CONFIGS
+
+    cfg = {**TINY_CONFIGS["starcoder2"], "residual_dropout": 0.1, "embedding_dropout": 0.1}
+    m = model_spec_from_config(cfg, "starcoder2-dropout")
+    check(m, resolve_train(m, **{**BASE, "seq": 64, **FAMILY_CASES[case]}), "cpu")

@@ -17,7 +17,7 @@ from vramplan.estimator.layer_walk import decoder_layer
 from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
-from vramplan.spec.family_traits import HYBRID_LINEAR_ATTENTION, NOPE_ON_FULL_LAYERS, SINK_FAMILIES
+from vramplan.spec.family_traits import HYBRID_LINEAR_ATTENTION, NOPE_ON_FULL_LAYERS, SINK_FAMILIES, model_dropout
 
 
 class _LayerWalk(NamedTuple):
@@ -196,6 +196,8 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     if settings.masked:
         # the model's bool sliding-window mask (B·1·S·S), built once and passed to every layer (and recompute)
         saved += t.batch * seq * seq
+    if model_dropout(m.model_type, m.config, "embedding_dropout") > 0 and layer_kinds(m, t)[0][1]:
+        saved += tokens * m.hidden_size  # StarCoder2's embedding dropout: its bool mask, when layer 0 needs grads
     if t.grad_ckpt and settings.attn == "eager" and m.model_type in SINK_FAMILIES:
         # gpt-oss's eager masks, additive B·1·S·S in the embeddings' dtype, one per layer type (full, sliding:
         # modeling_gpt_oss.py `causal_mask_mapping`), held by the checkpointed layers' arguments through backward

@@ -55,7 +55,13 @@ from vramplan.estimator.mla_ops import mla_attention
 from vramplan.estimator.moe_ops import moe_block
 from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote
 from vramplan.spec import ModelSpec
-from vramplan.spec.family_traits import FP32_PRODUCT_NORM, MEAN_CENTRED_NORM, NOPE_ON_FULL_LAYERS, SINK_FAMILIES
+from vramplan.spec.family_traits import (
+    FP32_PRODUCT_NORM,
+    MEAN_CENTRED_NORM,
+    NOPE_ON_FULL_LAYERS,
+    SINK_FAMILIES,
+    model_dropout,
+)
 
 
 def norm(
@@ -293,7 +299,20 @@ def _attention_block(
             walk.pinned.pop(t.id, None)
     if "o" in kernels:  # axolotl's LoRA_O
         return kernel_group(walk, settings, attention_out, [m.hidden_size])[0]
-    return project(attention_out, "o_proj" if "o_proj" in names else "dense")
+    return residual_dropout(walk, m, project(attention_out, "o_proj" if "o_proj" in names else "dense"))
+
+
+def residual_dropout(walk: Walk, m: ModelSpec, x: SymbolicTensor) -> SymbolicTensor:
+    """StarCoder2's `nn.functional.dropout(out, p=residual_dropout)` after o_proj and c_proj: CUDA's
+    native_dropout, a new output and a bool mask (saved when x needs a gradient); nothing when p is 0."""
+    if model_dropout(m.model_type, m.config, "residual_dropout") <= 0:
+        return x
+    mask = walk.new(x.numel, "bool", False)
+    out = walk.new(x.numel, x.dtype, x.requires_grad)
+    if x.requires_grad:
+        walk.save(mask)
+    walk.transient(x, mask, out)
+    return out
 
 
 def _post_attention(
@@ -418,7 +437,7 @@ def _mlp(
             if up.requires_grad:
                 walk.save(up)
         walk.transient(up, activated)
-        return _down(walk, project, activated, down_name)
+        return residual_dropout(walk, m, _down(walk, project, activated, down_name))
     if m.model_type == "gpt_oss":
         return gpt_oss_moe(walk, settings, m, x, trainable)
     routed = moe_block(walk, settings, m, x, trainable)

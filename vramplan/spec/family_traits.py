@@ -57,3 +57,13 @@ MEAN_CENTRED_NORM = frozenset({"cohere2"})
 # Families whose full-attention layers have no rotary embedding (NoPE): Cohere 2 rotates q / k only in its
 # sliding-window layers (Cohere2Attention.forward, 5.25: `if self.sliding_window is not None`)
 NOPE_ON_FULL_LAYERS = frozenset({"cohere2"})
+
+
+def model_dropout(model_type: str, config, key: str) -> float:
+    """A dropout the model itself applies in training (StarCoder2's `residual_dropout` after o_proj and c_proj,
+    `embedding_dropout` after the embeddings; modeling_starcoder2.py, 5.25), 0.0 for the other families (their
+    tiny and published configs train without one)."""
+    if model_type != "starcoder2":
+        return 0.0
+    value = config.get(key, 0.0)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
