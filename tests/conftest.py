@@ -201,7 +201,9 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
     },
     "phi": {"model_type": "phi", **_SHAPE, "partial_rotary_factor": 0.5, "tie_word_embeddings": False},
     # GLM-4 (0414): post-attention and post-MLP RMSNorms, fused gate_up_proj, q / k / v biases, half-rotary heads
-    "glm4": {"model_type": "glm4", **_SHAPE, "head_dim": 16, "partial_rotary_factor": 0.5, "tie_word_embeddings": False},
+    "glm4": {
+        "model_type": "glm4", **_SHAPE, "head_dim": 16, "partial_rotary_factor": 0.5, "tie_word_embeddings": False,
+    },
     # StarCoder2: LayerNorms with biases, biases on every linear, an ungated gelu_pytorch_tanh MLP, a 32-token
     # sliding window on every layer (seq 64 reaches it: the masked SDPA path), tied embeddings (the class default)
     "starcoder2": {"model_type": "starcoder2", **_SHAPE, "sliding_window": 32, "tie_word_embeddings": True},

@@ -48,6 +48,7 @@ Saved-tensor inventory (per decoder layer, T = batch·seq tokens; "rg" = require
 from __future__ import annotations
 
 from vramplan.estimator.delta_net_ops import gated_attention, gated_delta_net
+from vramplan.estimator.family_ops import fp32_rope, mean_centred_norm, residual_dropout
 from vramplan.estimator.gpt_oss_ops import eager_with_sinks, gpt_oss_moe
 from vramplan.estimator.linear_ops import linear
 from vramplan.estimator.lora_kernel_ops import kernel_group, kernel_mlp
@@ -55,13 +56,7 @@ from vramplan.estimator.mla_ops import mla_attention
 from vramplan.estimator.moe_ops import moe_block
 from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote
 from vramplan.spec import ModelSpec
-from vramplan.spec.family_traits import (
-    FP32_PRODUCT_NORM,
-    MEAN_CENTRED_NORM,
-    NOPE_ON_FULL_LAYERS,
-    SINK_FAMILIES,
-    model_dropout,
-)
+from vramplan.spec.family_traits import FP32_PRODUCT_NORM, MEAN_CENTRED_NORM, NOPE_ON_FULL_LAYERS, SINK_FAMILIES
 
 
 def norm(
@@ -87,7 +82,7 @@ def norm(
         walk.transient(x, out)
         return out
     if m.model_type in MEAN_CENTRED_NORM:
-        return _mean_centred_norm(walk, x, rows, features, trainable)
+        return mean_centred_norm(walk, x, rows, features, trainable)
     x_fp32 = walk.cast(x, "fp32")
     inverse_rms = walk.new(rows, "fp32", False)  # torch.rsqrt(variance + eps)
     normed_fp32 = walk.new(rows * features, "fp32", x.requires_grad)
@@ -110,26 +105,6 @@ def norm(
     if trainable:
         walk.save(normed)
     walk.transient(x, x_fp32, normed_fp32, normed, out)
-    return out
-
-
-def _mean_centred_norm(walk: Walk, x: SymbolicTensor, rows: complex, features: int, trainable: bool) -> SymbolicTensor:
-    """Cohere2LayerNorm (modeling_cohere2.py, 5.25): x.to(fp32); `(x - mean).pow(2).mean()` (pow saves its
-    fp32 input, the first centred copy); `(x - mean) * rsqrt(variance + eps)` (a second centred copy and the
-    T-sized rsqrt, both saved); `weight.float() * normed` (saves normed when the weight trains); `.to(x.dtype)`."""
-    grad = x.requires_grad
-    x_fp32 = walk.cast(x, "fp32")
-    centred_for_variance = walk.new(rows * features, "fp32", grad)
-    centred = walk.new(rows * features, "fp32", grad)
-    inverse = walk.new(rows, "fp32", False)
-    normed = walk.new(rows * features, "fp32", grad)
-    product = walk.new(rows * features, "fp32", grad or trainable)
-    out = walk.cast(product, x.dtype)
-    if grad:
-        walk.save(centred_for_variance, centred, inverse)
-    if trainable:
-        walk.save(normed)
-    walk.transient(x, x_fp32, centred_for_variance, centred, normed, product, out)
     return out
 
 
@@ -190,18 +165,6 @@ def _rope(walk: Walk, q: SymbolicTensor, residual_dtype: str, liger: bool = Fals
     if liger:
         return q
     return walk.new(q.numel, promote(q.dtype, residual_dtype), q.requires_grad)
-
-
-def _fp32_rope(walk: Walk, q: SymbolicTensor, k: SymbolicTensor) -> tuple[SymbolicTensor, SymbolicTensor]:
-    """Cohere 2's apply_rotary_pos_emb (modeling_cohere2.py, 5.25): q.float(), k.float(), the fp32 rotation
-    (cos / sin saved, per position), `.to(q's dtype)`: new tensors in q's and k's own dtype, fp32 transients."""
-    outs = []
-    for x in (q, k):
-        x_fp32 = walk.cast(x, "fp32")
-        rotated = walk.new(x.numel, "fp32", x.requires_grad)
-        outs.append((x, x_fp32, rotated, walk.cast(rotated, x.dtype)))
-    walk.transient(*(t for group in outs for t in group))
-    return outs[0][3], outs[1][3]
 
 
 def decoder_layer(
@@ -286,7 +249,7 @@ def _attention_block(
         k = norm(walk, settings, m, k, trainable, m.head_dim)
     if m.model_type in NOPE_ON_FULL_LAYERS:
         if settings.mixer != "nope":  # Cohere 2's sliding layers: q / k rotated in fp32, cast back
-            q, k = _fp32_rope(walk, q, k)
+            q, k = fp32_rope(walk, q, k)
     else:
         q, k = _rope(walk, q, residual_dtype, settings.liger), _rope(walk, k, residual_dtype, settings.liger)
     if m.model_type in SINK_FAMILIES:
@@ -300,19 +263,6 @@ def _attention_block(
     if "o" in kernels:  # axolotl's LoRA_O
         return kernel_group(walk, settings, attention_out, [m.hidden_size])[0]
     return residual_dropout(walk, m, project(attention_out, "o_proj" if "o_proj" in names else "dense"))
-
-
-def residual_dropout(walk: Walk, m: ModelSpec, x: SymbolicTensor) -> SymbolicTensor:
-    """StarCoder2's `nn.functional.dropout(out, p=residual_dropout)` after o_proj and c_proj: CUDA's
-    native_dropout, a new output and a bool mask (saved when x needs a gradient); nothing when p is 0."""
-    if model_dropout(m.model_type, m.config, "residual_dropout") <= 0:
-        return x
-    mask = walk.new(x.numel, "bool", False)
-    out = walk.new(x.numel, x.dtype, x.requires_grad)
-    if x.requires_grad:
-        walk.save(mask)
-    walk.transient(x, mask, out)
-    return out
 
 
 def _post_attention(
