@@ -242,6 +242,20 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "sliding_window_pattern": 2,
         "tie_word_embeddings": False,
     },
+    # GLM-4 (0414): post-attention and post-MLP RMSNorms, fused gate_up_proj, q / k / v biases, half-rotary heads
+    "glm4": {
+        "model_type": "glm4", **_SHAPE, "head_dim": 16, "partial_rotary_factor": 0.5, "tie_word_embeddings": False,
+    },
+    # StarCoder2: LayerNorms with biases, biases on every linear, an ungated gelu_pytorch_tanh MLP, a 32-token
+    # sliding window on every layer (seq 64 reaches it: the masked SDPA path), tied embeddings (the class default)
+    "starcoder2": {"model_type": "starcoder2", **_SHAPE, "sliding_window": 32, "tie_word_embeddings": True},
+    # Cohere 2 (Command R7B): one mean-centred LayerNorm feeding attention and MLP in parallel, 4 layers as the
+    # class's pattern makes them (3 sliding with RoPE, then 1 full without), a 32-token window, tied embeddings,
+    # logits scaled by `logit_scale`
+    "cohere2": {
+        "model_type": "cohere2", **_SHAPE, "num_hidden_layers": 4, "sliding_window": 32, "logit_scale": 0.25,
+        "tie_word_embeddings": True,
+    },
 }
 
 

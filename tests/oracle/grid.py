@@ -94,6 +94,9 @@ FAMILIES = [
     "olmo2",
     "olmo3",
     "exaone4",
+    "glm4",
+    "starcoder2",
+    "cohere2",
 ]
 
 # The 2025-26 families, hand-modelled: each tiny config (tests/conftest.py TINY_CONFIGS) through the methods,
@@ -113,6 +116,7 @@ FAMILY_GRID = (
     "gemma3_text", "qwen3_moe", "falcon_h1", "gpt_oss", "deepseek_v3", "glm4_moe", "qwen3_5_text", "qwen3_5_moe_text",
     "olmo2", "olmo3", "exaone4",
 )  # fmt: skip
+FAMILY_GRID += ("glm4", "starcoder2", "cohere2")
 # Qwen3.5's DeltaNet scans each sequence in 64-token chunks (the family grid's seq 64 is one): several chunks,
 # whose later ones save more, and a sequence the chunks do not divide (F.pad to whole chunks), on BASE
 DELTA_NET_CASES = {

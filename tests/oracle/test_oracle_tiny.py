@@ -40,6 +40,27 @@ FAMILY_GAPS: dict[tuple[str, str], str] = {
     ("falcon_h1", "lora-ckpt"): "checkpointed Falcon-H1 layer: the recompute's moment: peak -4.3 %",
     ("falcon_h1", "qlora"): "checkpointed Falcon-H1 QLoRA: peak -6.0 %, backward activations -19 %, temporaries "
     "+180 % (the recompute's moment, not walked past the MLP; the workspace in fp32)",
+    # GLM-4 under checkpointing: its post-MLP norm makes the recompute run past the MLP (as Gemma 3's), and the
+    # fused gate_up_proj's backward (chunk -> cat of the two halves' gradients) holds about 4.5·T·I at the cat
+    # where the walk's gated workspace holds 3·T·I (an isolated Glm4MLP backward, bf16 and fp32). Traced 2 × 64:
+    ("glm4", "lora-ckpt"): "checkpointed GLM-4 layer: peak -3.6 % (backward temporaries 32,768 vs 180,224 B: "
+    "the fused MLP's workspace; activations +109,056 B at the recompute moment)",
+    ("glm4", "full-ckpt"): "checkpointed GLM-4 layer: peak -5.2 % (1,296,116 vs 1,367,068 B; the fused MLP's "
+    "backward workspace)",
+    ("glm4", "qlora"): "checkpointed GLM-4 QLoRA: backward activations 504,832 vs 565,760 B (-10.8 %); peak "
+    "within 3 %",
+    # StarCoder2 under checkpointing: the recompute of a LayerNorm layer holds about 180 B a token more than the
+    # walk (23,040 B without the window, 27,136 B with it: the mask's bias is not all of it); full-ckpt with tied
+    # embeddings peaks in the loss's backward before lm_head's weight gradient, which the walk's logits-gradient
+    # moment already holds. Traced 2 × 64 tokens:
+    ("starcoder2", "lora-ckpt"): "checkpointed StarCoder2 layer: recompute activations -27,136 B: peak -3.07 %",
+    ("starcoder2", "full-ckpt"): "StarCoder2 full + ckpt, tied: gradients 32,768 B estimated at the logits "
+    "gradient vs 0 traced (peak +1.5 %)",
+    # Cohere 2's top layer is a full-attention (NoPE) one, smaller than the sliding layer below it: the traced
+    # QLoRA backward peaks at that layer's recompute with the top layer's adapter gradients alive, a moment
+    # between the walk's top- and bottom-layer ones. Traced 2 × 64 tokens, 4 layers:
+    ("cohere2", "qlora"): "Cohere 2 QLoRA: the second layer's recompute (activations 762,880 vs 596,480 B, "
+    "gradients 32,768 vs 6,144 B at the walk's MLP-backward moment); peak -2.05 %",
 }
 
 
@@ -158,3 +179,27 @@ def test_qwen3_5_moe_target_parameters(case):
     m = model_spec_from_config(TINY_CONFIGS["qwen3_5_moe_text"], "qwen3_5_moe_text")
     settings = {**BASE, "seq": 64, "lora_target": "attn", "lora_dropout": 0.0, **QWEN35_MOE_PARAMETER_LORA[case]}
     check(m, resolve_train(m, **settings), "cpu")
+
+
+# StarCoder2's own dropouts as the published starcoder2-7b config sets them (residual 0.1 after o_proj and
+# c_proj, embedding 0.1; attention dropout left at 0: the CPU harness cannot run SDPA's dropout as CUDA's flash
+# kernel does): bool masks saved per layer. Under checkpointing the traced step holds more than the walk
+# (the model's `inputs_embeds` beside the dropped copy through the forward, the checkpoints' saved CPU RNG
+# states, and the recompute's moment). Traced 2 × 64 tokens:
+STARCODER2_DROPOUT_GAPS = {
+    "lora-ckpt": "StarCoder2 dropout + checkpointing: forward activations -26,624 B (inputs_embeds 16,384 + two "
+    "5,056-B RNG states + 128), backward recompute activations -84,480 B: peak -7.3 %",
+}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=pytest.mark.xfail(reason=STARCODER2_DROPOUT_GAPS[c], strict=True))
+     if c in STARCODER2_DROPOUT_GAPS else c for c in ("lora", "lora-ckpt", "full", "qlora-no-ckpt")],
+)  # fmt: skip
+def test_starcoder2_dropout(case):
+    from tests.conftest import TINY_CONFIGS
+
+    cfg = {**TINY_CONFIGS["starcoder2"], "residual_dropout": 0.1, "embedding_dropout": 0.1}
+    m = model_spec_from_config(cfg, "starcoder2-dropout")
+    check(m, resolve_train(m, **{**BASE, "seq": 64, **FAMILY_CASES[case]}), "cpu")

@@ -12,7 +12,8 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from vramplan.estimator.activation_bytes import ActivationBytes
-from vramplan.estimator.layer_ops import fused_lora, norm
+from vramplan.estimator.layer_ops import norm
+from vramplan.estimator.lora_kernel_ops import fused_lora
 from vramplan.estimator.layer_walk import decoder_layer
 from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings
@@ -21,8 +22,10 @@ from vramplan.spec.family_traits import (
     FP32_PRODUCT_NORM,
     FP32_ROPE,
     HYBRID_LINEAR_ATTENTION,
+    NOPE_ON_FULL_LAYERS,
     POST_NORM,
     SINK_FAMILIES,
+    model_dropout,
 )
 
 
@@ -144,6 +147,8 @@ def layer_kinds(m: ModelSpec, t: TrainSpec) -> tuple[tuple[bool, bool, bool, fro
         else:
             input_requires_grad = embedding_output_requires_grad if index == 0 else True
         mixer = m.layer_types[index] if m.model_type in HYBRID_LINEAR_ATTENTION else ""
+        if m.model_type in NOPE_ON_FULL_LAYERS and m.layer_types[index] == "full_attention":
+            mixer = "nope"  # Cohere 2's full-attention layers: no rotary embedding (layer_ops._attention_block)
         kind = (index >= first_trainable, input_requires_grad, masked[index], adapted[index], mixer)
         kinds.append(kind)
     return tuple(kinds)
@@ -205,6 +210,8 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     if settings.masked:
         # the model's bool sliding-window mask (B·1·S·S), built once and passed to every layer (and recompute)
         saved += t.batch * seq * seq
+    if model_dropout(m.model_type, m.config, "embedding_dropout") > 0 and layer_kinds(m, t)[0][1]:
+        saved += tokens * m.hidden_size  # StarCoder2's embedding dropout: its bool mask, when layer 0 needs grads
     if t.grad_ckpt and settings.attn == "eager" and m.model_type in SINK_FAMILIES:
         # gpt-oss's eager masks, additive B·1·S·S in the embeddings' dtype, one per layer type (full, sliding:
         # modeling_gpt_oss.py `causal_mask_mapping`), held by the checkpointed layers' arguments through backward
@@ -287,7 +294,11 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     # MLP intermediates: the autocast dtype, except on a bnb base whose Linear4bit returns the input's dtype
     # (fp32 after kbit prep) and the LoRA sum promotes to it
     mlp_elem_bytes = BYTES[residual_dtype if settings.quantized else (autocast_dtype or residual_dtype)]
-    mlp_intermediates = {"gated": 3, "gated_fused": 3, "plain": 2}.get(m.mlp, 3 * max(m.num_experts_per_tok, 1))
+    # StarCoder2's ungated MLP backward (c_proj's input gradient from the base and the LoRA branch, gelu's
+    # backward output) holds 3·T·I, traced under checkpointing (tests/oracle FAMILY_GRID); the parallel-block
+    # plain MLPs (gpt_neox, bloom, phi) keep 2, not held to a checkpointed trace
+    plain = 3 if m.model_type == "starcoder2" else 2
+    mlp_intermediates = {"gated": 3, "gated_fused": 3, "plain": plain}.get(m.mlp, 3 * max(m.num_experts_per_tok, 1))
     if settings.liger and m.mlp == "gated":
         mlp_intermediates = 1  # Liger's SwiGLU backward writes both operands' gradients into the saved a and b
     if m.mlp == "gated" and "mlp" in fused_lora(settings, {li.name for li in m.linears}):

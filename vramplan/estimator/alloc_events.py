@@ -209,7 +209,8 @@ class _BackwardShape:
 
 
 def _backward_shape(m: ModelSpec, t: TrainSpec, act: ActivationBytes, liger: bool) -> _BackwardShape:
-    parts = {"gated": 3, "gated_fused": 3, "plain": 2}.get(m.mlp, 3 * max(m.num_experts_per_tok, 1))
+    plain = 3 if m.model_type == "starcoder2" else 2  # as activations.py's workspace
+    parts = {"gated": 3, "gated_fused": 3, "plain": plain}.get(m.mlp, 3 * max(m.num_experts_per_tok, 1))
     if liger and m.mlp == "gated":
         parts = 1
     grad_bytes = act.hidden_grad_bytes // (t.tokens * m.hidden_size)

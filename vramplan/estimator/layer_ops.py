@@ -48,14 +48,15 @@ Saved-tensor inventory (per decoder layer, T = batch·seq tokens; "rg" = require
 from __future__ import annotations
 
 from vramplan.estimator.delta_net_ops import gated_attention, gated_delta_net
+from vramplan.estimator.family_ops import fp32_rope, mean_centred_norm, residual_dropout
 from vramplan.estimator.gpt_oss_ops import eager_with_sinks, gpt_oss_moe
 from vramplan.estimator.linear_ops import linear
-from vramplan.estimator.lora_kernel_ops import kernel_group, kernel_mlp
+from vramplan.estimator.lora_kernel_ops import fused_lora, kernel_group, kernel_mlp
 from vramplan.estimator.mla_ops import mla_attention
 from vramplan.estimator.moe_ops import moe_block, qwen35_sparse_block
 from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote
 from vramplan.spec import ModelSpec
-from vramplan.spec.family_traits import FP32_PRODUCT_NORM, SINK_FAMILIES
+from vramplan.spec.family_traits import FP32_PRODUCT_NORM, MEAN_CENTRED_NORM, NOPE_ON_FULL_LAYERS, SINK_FAMILIES
 
 
 def norm(
@@ -80,6 +81,8 @@ def norm(
             walk.save(x, walk.new(rows, "fp32", False))
         walk.transient(x, out)
         return out
+    if m.model_type in MEAN_CENTRED_NORM:
+        return mean_centred_norm(walk, x, rows, features, trainable)
     x_fp32 = walk.cast(x, "fp32")
     inverse_rms = walk.new(rows, "fp32", False)  # torch.rsqrt(variance + eps)
     normed_fp32 = walk.new(rows * features, "fp32", x.requires_grad)
@@ -177,7 +180,7 @@ def decoder_layer(
         return linear(walk, settings, inp, name, spec.out_features, trainable, settings.quantized)
 
     normed_input = norm(walk, settings, m, x, trainable)
-    if settings.mixer:  # Qwen3.5: a gated DeltaNet or a gated attention layer (delta_net_ops)
+    if settings.mixer in ("linear_attention", "full_attention"):  # Qwen3.5: gated DeltaNet / gated attention
         mixer = gated_delta_net if settings.mixer == "linear_attention" else gated_attention
         attention_out = mixer(walk, settings, m, normed_input, project, trainable, (norm, _rope, _attention))
     else:
@@ -244,7 +247,11 @@ def _attention_block(
     if m.head_norm_params and m.norm == "rms":  # qwen3, gemma3: RMSNorm over head_dim on q and k before RoPE
         q = norm(walk, settings, m, q, trainable, m.head_dim)
         k = norm(walk, settings, m, k, trainable, m.head_dim)
-    q, k = _rope(walk, q, residual_dtype, settings.liger), _rope(walk, k, residual_dtype, settings.liger)
+    if m.model_type in NOPE_ON_FULL_LAYERS:
+        if settings.mixer != "nope":  # Cohere 2's sliding layers: q / k rotated in fp32, cast back
+            q, k = fp32_rope(walk, q, k)
+    else:
+        q, k = _rope(walk, q, residual_dtype, settings.liger), _rope(walk, k, residual_dtype, settings.liger)
     if m.model_type in SINK_FAMILIES:
         # the attention's `hidden_states` argument and its pre-repeat key / value states, referenced until it
         # returns (traced on gpt-oss: its eager scores dwarf them elsewhere, the other families leave them out)
@@ -255,7 +262,7 @@ def _attention_block(
             walk.pinned.pop(t.id, None)
     if "o" in kernels:  # axolotl's LoRA_O
         return kernel_group(walk, settings, attention_out, [m.hidden_size])[0]
-    return project(attention_out, "o_proj" if "o_proj" in names else "dense")
+    return residual_dropout(walk, m, project(attention_out, "o_proj" if "o_proj" in names else "dense"))
 
 
 def _post_attention(
@@ -266,7 +273,10 @@ def _post_attention(
         attention_out = norm(walk, settings, m, attention_out, trainable)
     if m.parallel_residual:
         mlp_input = normed_input if m.norms_per_layer == 1 else norm(walk, settings, m, x, trainable)
+        if m.model_type in MEAN_CENTRED_NORM:  # the attention output, a Python local until the three-way sum
+            walk.pinned[attention_out.id] = attention_out.nbytes
         mlp_out = _mlp(walk, settings, m, mlp_input, project, trainable)
+        walk.pinned.pop(attention_out.id, None)
         out_dtype = promote(promote(mlp_out.dtype, attention_out.dtype), residual_dtype)
         return walk.new(T * m.hidden_size, out_dtype, True)
     residual = walk.new(
@@ -291,19 +301,6 @@ def _down(walk: Walk, project, x: SymbolicTensor, name: str) -> SymbolicTensor:
     out = project(x, name)
     walk.down_saved = walk.saved_bytes - saved_before - (sum(walk.ctx_saved.values()) - ctx_before)
     return out
-
-
-def fused_lora(settings: WalkSettings, names: set[str]) -> frozenset[str]:
-    """The axolotl LoRA kernels that apply: q/k/v when all three carry an adapter, o_proj, the gated MLP when
-    gate, up and down do (monkeypatch/lora_kernels.py `apply_lora_kernel_patches`); attention only where it has
-    separate q, k, v and o projections (`find_self_attn_in_layer`: not Phi-3's fused qkv_proj)."""
-    groups = {"qkv": {"q_proj", "k_proj", "v_proj"}, "o": {"o_proj"}, "mlp": {"gate_proj", "up_proj", "down_proj"}}
-    separate = {"q_proj", "k_proj", "v_proj", "o_proj"} <= names
-    targets = settings.lora_targets
-    return frozenset(
-        k for k in settings.lora_kernels
-        if groups[k] <= targets and groups[k] <= names and (k == "mlp" or separate)
-    )  # fmt: skip
 
 
 def _gated(walk: Walk, x: SymbolicTensor, project, intermediate: int, prefix: str) -> SymbolicTensor:
@@ -356,7 +353,8 @@ def _mlp(
         walk.transient(gate_up, activated, product)
         return _down(walk, project, product, "down_proj")
     if m.mlp == "plain":
-        up_name, down_name = ("fc1", "fc2") if m.model_type == "phi" else ("dense_h_to_4h", "dense_4h_to_h")
+        # fc1 / fc2 (phi), dense_h_to_4h / dense_4h_to_h (gpt_neox, bloom), c_fc / c_proj (starcoder2)
+        up_name, down_name = (li.name for li in m.linears if li.group == "mlp")
         up = project(x, up_name)
         if m.hidden_act == "gelu_new":
             # NewGELUActivation: 0.5·x·(1 + tanh(c·(x + 0.044715·pow(x, 3)))) (transformers/activations.py)
@@ -376,7 +374,7 @@ def _mlp(
             if up.requires_grad:
                 walk.save(up)
         walk.transient(up, activated)
-        return _down(walk, project, activated, down_name)
+        return residual_dropout(walk, m, _down(walk, project, activated, down_name))
     if m.model_type == "gpt_oss":
         return gpt_oss_moe(walk, settings, m, x, trainable)
     if m.model_type == "qwen3_5_moe_text":  # the shared expert first, the routed experts, then the expert's gate

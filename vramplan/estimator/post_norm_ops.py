@@ -25,7 +25,8 @@ What differs from a Llama layer in what autograd saves and holds:
 
 from __future__ import annotations
 
-from vramplan.estimator.layer_ops import _attention, _mlp, _rope, fused_lora, norm
+from vramplan.estimator.layer_ops import _attention, _mlp, _rope, norm
+from vramplan.estimator.lora_kernel_ops import fused_lora
 from vramplan.estimator.linear_ops import linear
 from vramplan.estimator.lora_kernel_ops import kernel_group
 from vramplan.estimator.walk import BYTES, SymbolicTensor, Walk, WalkSettings, promote

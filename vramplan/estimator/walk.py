@@ -187,9 +187,9 @@ def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
     window = m.sliding_window
     if window is None or t.seq < window:
         return (False,) * n
-    if m.model_type in ("mistral", "mixtral"):
+    if m.model_type in ("mistral", "mixtral", "starcoder2"):  # every layer slides (Starcoder2Model, 5.25)
         return (True,) * n
-    if m.model_type in ("gemma3_text", "olmo3", "exaone4"):
+    if m.model_type in ("gemma3_text", "olmo3", "exaone4", "cohere2"):
         return tuple(kind == "sliding_attention" for kind in m.layer_types)
     return (False,) * n
 

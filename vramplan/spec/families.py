@@ -13,11 +13,17 @@ from typing import Any
 from vramplan.errors import VramplanError
 from vramplan.spec.falcon_h1 import falcon_h1_spec
 from vramplan.spec.family_common import common_fields, required
-from vramplan.spec.family_traits import DEEPSEEK_MOE, HAND_MODELLED_TYPES, PROJECTION_QK_NORM
+from vramplan.spec.family_traits import (
+    DEEPSEEK_MOE,
+    FUSED_GATE_UP,
+    HAND_MODELLED_TYPES,
+    PROJECTION_QK_NORM,
+    SANDWICH_NORM,
+)
 from vramplan.spec.fields import config_bool, config_int, config_names, config_str
 from vramplan.spec.mla import glm4_moe_model_spec, mla_model_spec, with_defaults
 from vramplan.spec.model import LinearSpec, ModelSpec, ParamSpec
-from vramplan.spec.neox import neox_like_spec, phi_spec
+from vramplan.spec.neox import neox_like_spec, phi_spec, starcoder2_spec
 
 
 def text_config(cfg: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -94,6 +100,13 @@ def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         return _check_shapes(neox_like_spec(cfg, name, mt))
     if mt == "phi":
         return _check_shapes(phi_spec(cfg, name))
+    if mt == "starcoder2":
+        return _check_shapes(starcoder2_spec(cfg, name))
+    if mt == "cohere2":
+        # Cohere2Config.__post_init__ (5.25): head_dim = hidden_size // num_attention_heads whatever config.json
+        # says; num_key_value_heads defaults to the heads; sliding_window 4096, every 4th layer full attention
+        h, heads = required(cfg, "hidden_size", name), required(cfg, "num_attention_heads", name)
+        cfg = {**cfg, "head_dim": h // heads, "sliding_window": cfg.get("sliding_window", 4096)}
     if mt == "falcon_h1":
         return _check_shapes(falcon_h1_spec(cfg, name))
     if mt in ("qwen2", "qwen3"):
@@ -126,7 +139,10 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
     q, kv = heads * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
     bias_default = mt == "gpt_oss"  # GptOssConfig.attention_bias defaults to True (q, k, v and o)
     qkv_bias = True if mt == "qwen2" else config_bool(cfg, "attention_bias", name, bias_default)
-    o_bias = False if mt == "qwen2" else config_bool(cfg, "attention_bias", name, bias_default)
+    # Qwen2Attention / Glm4Attention (5.25): o_proj has no bias whatever attention_bias says
+    o_bias = False if mt in ("qwen2", "glm4") else config_bool(cfg, "attention_bias", name, bias_default)
+    if mt == "glm4":
+        qkv_bias = config_bool(cfg, "attention_bias", name, True)  # Glm4Config.attention_bias defaults to True
     mlp_bias = config_bool(cfg, "mlp_bias", name, False)
     if mt == "phi3":
         attn = (
@@ -175,7 +191,7 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         top_k = config_int(cfg, "num_experts_per_tok", name, default=4)
         mlp = ()
         mlp_kind = "moe"
-    elif mt == "phi3":
+    elif mt in FUSED_GATE_UP:
         mlp = (
             LinearSpec("gate_up_proj", h, 2 * inter, False, "mlp"),
             LinearSpec("down_proj", inter, h, False, "mlp"),
@@ -188,9 +204,11 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
             LinearSpec("down_proj", inter, h, mlp_bias, "mlp"),
         )
         mlp_kind = "gated"
-    tie_default = mt in ("gemma", "gemma2", "gemma3_text")
+    tie_default = mt in ("gemma", "gemma2", "gemma3_text", "cohere2")
     if mt == "gemma3_text":
         layer_types = gemma3_layer_types(cfg, name, layers)
+    elif mt == "cohere2":  # Cohere2Config.__post_init__: `sliding_window_pattern` (default 4): 3 sliding, 1 full
+        layer_types = gemma3_layer_types({"sliding_window_pattern": 4, **cfg}, name, layers)
     elif mt == "gpt_oss" and not cfg.get("layer_types"):
         # GptOssConfig.__post_init__ (5.24): sliding first, alternating with full attention
         layer_types = tuple("sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers))
@@ -212,7 +230,8 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         tie_word_embeddings=config_bool(cfg, "tie_word_embeddings", name, tie_default),
         linears=attn + mlp,
         norm="rms",
-        norms_per_layer=4 if mt in ("gemma2", "gemma3_text") else 2,
+        norms_per_layer=4 if mt in SANDWICH_NORM else 1 if mt == "cohere2" else 2,
+        parallel_residual=mt == "cohere2",  # Cohere2DecoderLayer: residual + attention(x̂) + mlp(x̂), one norm
         head_norm_params=head_norms,
         moe_params=other,
         mlp=mlp_kind,
@@ -220,7 +239,8 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         num_experts_per_tok=top_k,
         sliding_window=(
             config_int(cfg, "sliding_window", name, default=window_default)
-            if config_bool(cfg, "use_sliding_window", name, True) and mt != "olmo2"
+            # Olmo2Model, Glm4Model: a causal mask only
+            if config_bool(cfg, "use_sliding_window", name, True) and mt not in ("olmo2", "glm4")
             else None
         ),
         layer_types=layer_types,

@@ -7,6 +7,7 @@ from __future__ import annotations
 LLAMA_LIKE = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text", "mixtral", "phi3", "gpt_oss"}
     | {"olmo2", "olmo3", "exaone4"}
+    | {"glm4", "cohere2"}
 )
 # Families with multi-head latent attention (DeepSeek-V2's MLA: q / kv low-rank projections, a rope / nope split)
 # and a sigmoid group-limited router over fused experts, shared experts and dense bottom layers (spec/mla.py)
@@ -24,7 +25,7 @@ HYBRID_SSM = frozenset({"falcon_h1"})
 # layers are the same with a sparse MoE block for the MLP
 HYBRID_LINEAR_ATTENTION = frozenset({"qwen3_5_text", "qwen3_5_moe_text"})
 HAND_MODELLED_TYPES = frozenset(
-    LLAMA_LIKE | HYBRID_SSM | HYBRID_LINEAR_ATTENTION | DEEPSEEK_MOE | {"gpt_neox", "bloom", "phi"}
+    LLAMA_LIKE | HYBRID_SSM | HYBRID_LINEAR_ATTENTION | DEEPSEEK_MOE | {"gpt_neox", "bloom", "phi"} | {"starcoder2"}
 )
 # `head_dim` when config.json has none: a fixed class default here (transformers 5.24 Qwen3Config 128,
 # GemmaConfig / Gemma2Config / Gemma3TextConfig 256, GptOssConfig 64), hidden_size // num_attention_heads for
@@ -32,6 +33,7 @@ HAND_MODELLED_TYPES = frozenset(
 HEAD_DIM_DEFAULTS: dict[str, int] = {
     "qwen3": 128, "gemma": 256, "gemma2": 256, "gemma3_text": 256, "gpt_oss": 64, "qwen3_5_text": 256,
     "qwen3_5_moe_text": 256,
+    "glm4": 128,
 }  # fmt: skip
 # Families whose RMSNorm is Gemma's: `(x.float() normed) * (1 + weight.float())` then `.type_as(x)`
 # (modeling_gemma.py / modeling_gemma2.py / modeling_gemma3.py `Gemma*RMSNorm`, 5.24), not Llama's
@@ -55,3 +57,27 @@ PROJECTION_QK_NORM = frozenset({"olmo2", "olmo3"})
 # Families whose rotary cos / sin stay fp32 (Olmo2RotaryEmbedding.forward returns them uncast) and whose
 # apply_rotary_pos_emb casts q·cos + rotate_half(q)·sin back to q's dtype: the rotated q / k keep q's dtype
 FP32_ROPE = frozenset({"olmo2", "olmo3"})
+# Sandwich-norm decoder layers: a norm before the attention and the MLP and one on each output before the residual
+# add (4 RMSNorms a layer): Gemma 2 / 3 (post_attention_layernorm, post_feedforward_layernorm; Gemma's norm) and GLM-4
+# (modeling_glm4.py Glm4DecoderLayer, 5.25: post_self_attn_layernorm, post_mlp_layernorm; Llama's norm)
+SANDWICH_NORM = frozenset({"gemma2", "gemma3_text", "glm4"})
+# Families whose MLP is one fused gate_up_proj, chunked in two, `up * act(gate)`, then down_proj (Phi-3's
+# Phi3MLP; GLM-4's Glm4MLP, modeling_glm4.py 5.25)
+FUSED_GATE_UP = frozenset({"phi3", "glm4"})
+# Families whose norm is Cohere's mean-centred LayerNorm without a bias (modeling_cohere2.py Cohere2LayerNorm,
+# 5.25): fp32 math, `(x - mean)` twice (pow saves one, the product the other), rsqrt, then
+# `(weight.float() * normed).to(input_dtype)`; one weight of hidden_size (counted as an RMSNorm's)
+MEAN_CENTRED_NORM = frozenset({"cohere2"})
+# Families whose full-attention layers have no rotary embedding (NoPE): Cohere 2 rotates q / k only in its
+# sliding-window layers (Cohere2Attention.forward, 5.25: `if self.sliding_window is not None`)
+NOPE_ON_FULL_LAYERS = frozenset({"cohere2"})
+
+
+def model_dropout(model_type: str, config, key: str) -> float:
+    """A dropout the model itself applies in training (StarCoder2's `residual_dropout` after o_proj and c_proj,
+    `embedding_dropout` after the embeddings; modeling_starcoder2.py, 5.25), 0.0 for the other families (their
+    tiny and published configs train without one)."""
+    if model_type != "starcoder2":
+        return 0.0
+    value = config.get(key, 0.0)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0

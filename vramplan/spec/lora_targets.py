@@ -40,6 +40,9 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "phi3": ("qkv_proj",),
     "gpt_neox": ("query_key_value",),
     "bloom": ("query_key_value",),
+    "glm4": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): as Llama's
+    "starcoder2": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): as Llama's
+    "cohere2": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): as Llama's
 }
 
 

@@ -1,5 +1,5 @@
-"""The parallel-block families with an ungated MLP and LayerNorms (transformers 5.24 modeling_gpt_neox.py,
-modeling_bloom.py, modeling_phi.py): their ModelSpec from a config.json."""
+"""The families with an ungated MLP and LayerNorms (transformers 5.24 modeling_gpt_neox.py, modeling_bloom.py,
+modeling_phi.py: parallel blocks; 5.25 modeling_starcoder2.py: sequential): their ModelSpec from a config.json."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vramplan.spec.family_common import common_fields, required
-from vramplan.spec.fields import config_bool, config_int
+from vramplan.spec.fields import config_bool, config_int, config_str
 from vramplan.spec.model import LinearSpec, ModelSpec
 
 
@@ -72,5 +72,40 @@ def phi_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         lm_head_bias=True,
         mlp="plain",
         parallel_residual=True,
+        **c,
+    )
+
+
+def starcoder2_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
+    """StarCoder2 (transformers 5.25 modeling_starcoder2.py): a Mistral-shaped sequential layer (q / k / v / o,
+    GQA, RoPE, a sliding window on every layer when `sliding_window` is set) with nn.LayerNorm (weight + bias)
+    before the attention and the MLP, an ungated MLP c_fc -> gelu_pytorch_tanh -> c_proj, a bias on every
+    linear (`use_bias`, default True), tied embeddings by default (Starcoder2Config, 5.25: num_key_value_heads
+    2, tie_word_embeddings True, hidden_act gelu_pytorch_tanh)."""
+    h = required(cfg, "hidden_size", name)
+    heads = required(cfg, "num_attention_heads", name)
+    kv = config_int(cfg, "num_key_value_heads", name, default=2)
+    c = common_fields({**cfg, "num_key_value_heads": kv}, name, h, heads)
+    inter = required(cfg, "intermediate_size", name)
+    q, kv_dim = heads * c["head_dim"], kv * c["head_dim"]
+    bias = config_bool(cfg, "use_bias", name, True)
+    config_str(cfg, "hidden_act", name, "gelu_pytorch_tanh")
+    return ModelSpec(
+        model_type="starcoder2",
+        intermediate_size=inter,
+        num_hidden_layers=required(cfg, "num_hidden_layers", name),
+        tie_word_embeddings=config_bool(cfg, "tie_word_embeddings", name, True),
+        linears=(
+            LinearSpec("q_proj", h, q, bias, "attn"),
+            LinearSpec("k_proj", h, kv_dim, bias, "attn"),
+            LinearSpec("v_proj", h, kv_dim, bias, "attn"),
+            LinearSpec("o_proj", q, h, bias, "attn"),
+            LinearSpec("c_fc", h, inter, bias, "mlp"),
+            LinearSpec("c_proj", inter, h, bias, "mlp"),
+        ),
+        norm="layer",
+        norms_per_layer=2,
+        mlp="plain",
+        sliding_window=config_int(cfg, "sliding_window", name, default=None),
         **c,
     )
