@@ -32,6 +32,9 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "gemma": ("q_proj", "v_proj"),
     "gemma2": ("q_proj", "v_proj"),
     "gemma3_text": ("q_proj", "v_proj"),
+    # no PEFT entry for gemma4_text (its gemma4 wrapper's: `.*language_model\..*\.(q_proj|v_proj)`); v_proj only
+    # in the layers that have one (not the k = v global layers nor the KV-shared ones)
+    "gemma4_text": ("q_proj", "v_proj"),
     "phi": ("q_proj", "v_proj", "fc1", "fc2"),
     "phi3": ("qkv_proj",),
     "gpt_neox": ("query_key_value",),
