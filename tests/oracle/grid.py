@@ -87,6 +87,7 @@ FAMILIES = [
     "glm4_moe_lite",
     "glm4_moe",
     "qwen3_5_text",
+    "gemma4_text",
     "gpt_neox",
     "bloom",
     "phi",
@@ -105,7 +106,9 @@ FAMILY_CASES = {
     "qlora": {"method": "qlora"},
     "qlora-no-ckpt": {"method": "qlora", "grad_ckpt": False},
 }
-FAMILY_GRID = ("gemma3_text", "qwen3_moe", "falcon_h1", "gpt_oss", "deepseek_v3", "glm4_moe", "qwen3_5_text")
+FAMILY_GRID = (
+    "gemma3_text", "qwen3_moe", "falcon_h1", "gpt_oss", "deepseek_v3", "glm4_moe", "qwen3_5_text", "gemma4_text",
+)  # fmt: skip
 # Qwen3.5's DeltaNet scans each sequence in 64-token chunks (the family grid's seq 64 is one): several chunks,
 # whose later ones save more, and a sequence the chunks do not divide (F.pad to whole chunks), on BASE
 DELTA_NET_CASES = {

@@ -228,3 +228,28 @@ def gemma4_tower_tensors(
         ]  # fmt: skip
     note = "the audio tower (audio_config) is not counted" if cfg.get("audio_config") else ""
     return tuple(tensors), note
+
+
+def layer_linears(m: ModelSpec, index: int) -> tuple[int, int, tuple[LinearSpec, ...]]:
+    """Layer `index`'s (head_dim, key heads, its linears as one-per-layer LinearSpecs), for the walk."""
+    d = gemma4_dims(m)
+    head_dim, kv = d["shapes"][index]
+    kind, mode = m.layer_types[index], d["modes"][index]
+    h, heads = m.hidden_size, m.num_attention_heads
+    width = m.intermediate_size * (2 if d["double_wide"] and mode == "reuse" else 1)
+    wanted = {"q_proj": (h, heads * head_dim), "o_proj": (heads * head_dim, h), "gate_proj": (h, width),
+              "up_proj": (h, width), "down_proj": (width, h)}  # fmt: skip
+    if mode != "reuse":
+        wanted["k_proj"] = (h, kv * head_dim)
+        if not (d["k_eq_v"] and kind == "full_attention"):
+            wanted["v_proj"] = (h, kv * head_dim)
+    if d["per_layer_input"]:
+        wanted["per_layer_input_gate"] = (h, d["per_layer_input"])
+        wanted["per_layer_projection"] = (d["per_layer_input"], h)
+    if m.num_local_experts:
+        wanted["proj"] = (h, m.num_local_experts)
+    chosen = []
+    for lin in m.linears:
+        if wanted.get(lin.name) == (lin.in_features, lin.out_features) and lin.name not in {c.name for c in chosen}:
+            chosen.append(LinearSpec(lin.name, lin.in_features, lin.out_features, lin.bias, lin.group, path=lin.path))
+    return head_dim, kv, tuple(chosen)
