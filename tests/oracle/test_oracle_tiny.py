@@ -37,12 +37,12 @@ FAMILY_GAPS: dict[tuple[str, str], str] = {
     ("gemma3_text", "qlora"): "checkpointed Gemma 3 layer recompute runs past the MLP: backward activations -7.0 %",
     # Falcon-H1 under checkpointing: the traced backward peaks inside the layer's recompute, at the down
     # projection's LoRA branch (its fp32 input copy), above the walk's recompute moment. Traced 2 × 64 tokens:
-    # Gemma 4 under checkpointing: the last non-shared layer of each type stores its keys and values in the
-    # model's `shared_kv_states` dict (kv_sharing_modes "store", even with no KV-shared layer), which the
-    # checkpointed layers' arguments keep alive through forward and backward; not modelled yet. Traced 2 × 64:
-    ("gemma4_text", "lora-ckpt"): "checkpointed Gemma 4: shared_kv_states held: peak -15.6 %",
-    ("gemma4_text", "full-ckpt"): "checkpointed Gemma 4: shared_kv_states held: peak -13.9 %",
-    ("gemma4_text", "qlora"): "checkpointed Gemma 4: shared_kv_states held: peak -16.4 %",
+    # Gemma 4 under checkpointing: the forward is within 1 % (shared_kv_states held, activations.py); the traced
+    # backward peaks with every gradient alive and 147,456 B more temporaries than the walk's recompute moment
+    # (2 × 64 tokens, not yet walked):
+    ("gemma4_text", "lora-ckpt"): "checkpointed Gemma 4 backward: peak -15.2 % (temporaries -147,456 B)",
+    ("gemma4_text", "full-ckpt"): "checkpointed Gemma 4 backward: peak -13.9 %",
+    ("gemma4_text", "qlora"): "checkpointed Gemma 4 backward: peak -14.4 % (forward -4.8 %)",
     ("falcon_h1", "lora-ckpt"): "checkpointed Falcon-H1 layer: the recompute's moment: peak -4.3 %",
     ("falcon_h1", "qlora"): "checkpointed Falcon-H1 QLoRA: peak -6.0 %, backward activations -19 %, temporaries "
     "+180 % (the recompute's moment, not walked past the MLP; the workspace in fp32)",

@@ -17,7 +17,7 @@ from vramplan.estimator.layer_walk import decoder_layer
 from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
-from vramplan.spec.family_traits import HYBRID_LINEAR_ATTENTION, SINK_FAMILIES
+from vramplan.spec.family_traits import HYBRID_LINEAR_ATTENTION, PER_LAYER_SHAPES, SINK_FAMILIES
 
 
 class _LayerWalk(NamedTuple):
@@ -142,6 +142,22 @@ def layer_kinds(m: ModelSpec, t: TrainSpec) -> tuple[tuple[bool, bool, bool, fro
     return tuple(kinds)
 
 
+def _shared_kv_held(m: ModelSpec, t: TrainSpec, tokens: int) -> int:
+    """Gemma 4 under checkpointing: the last non-shared layer of each type (`kv_sharing_modes` "store") puts its
+    keys and values in the model's `shared_kv_states` dict, which the checkpointed layers' arguments keep alive
+    (modeling_gemma4.py `Gemma4TextAttention.forward`, 5.25); without checkpointing that layer's attention has
+    saved them anyway."""
+    if m.model_type not in PER_LAYER_SHAPES:
+        return 0
+    from vramplan.estimator.kvcache import layer_kv_elems
+    from vramplan.spec.gemma4 import gemma4_dims
+
+    elems = layer_kv_elems(m)
+    modes = gemma4_dims(m)["modes"]
+    dtype_bytes = BYTES[residual_dtype_of(t) if t.mixed_precision == "no" else t.mixed_precision]
+    return sum(e * tokens * dtype_bytes for e, mode in zip(elems, modes, strict=True) if mode == "store")
+
+
 def activation_bytes(m: ModelSpec, t: TrainSpec) -> ActivationBytes:
     """What one step's forward saves and the workspace around it (ActivationBytes). For a model with dense-MLP
     bottom layers (DeepSeek-V3) the one-layer figures are the largest (routed) layer's, and `dense_bottom` holds
@@ -188,7 +204,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
         # non-reentrant checkpoint keeps each layer's input hidden state (and whatever ops keep outside
         # autograd's saved tensors: bitsandbytes int8 matmul inputs)
         kept = 0 if reentrant else sum(count * at(walks[kind].ctx) for kind, count in kinds.items())
-        saved = layers * hidden + kept
+        saved = layers * hidden + kept + _shared_kv_held(m, t, tokens)
     else:
         saved = sum(count * (at(walks[kind].saved) + walks[kind].per_layer_saved) for kind, count in kinds.items())
     if settings.masked:
