@@ -100,10 +100,13 @@ def attention_shapes(
 def gemma4_dims(m: ModelSpec) -> dict[str, Any]:
     """The per-layer attention shapes and the Gemma 4 switches of a gemma4_text spec (from its config)."""
     c = {**GEMMA4_TEXT_DEFAULTS, **{k: v for k, v in m.config.items() if v is not None}}
+    # a pipeline stage's slice (vllm.rank_model: the bottom layers) shares KV as the whole model does
+    whole = gemma4_layer_types(c, m.name, int(c["num_hidden_layers"]))
+    modes = kv_sharing_modes(whole, int(c["num_kv_shared_layers"]), m.name)[: len(m.layer_types)]
     return {
         "shapes": attention_shapes(c, m.name, m.layer_types, m.head_dim, m.num_key_value_heads),
         "k_eq_v": bool(c["attention_k_eq_v"]),
-        "modes": kv_sharing_modes(m.layer_types, int(c["num_kv_shared_layers"]), m.name),
+        "modes": modes,
         "double_wide": bool(c["use_double_wide_mlp"]),
         "per_layer_input": int(c["hidden_size_per_layer_input"]),
     }
@@ -253,3 +256,19 @@ def layer_linears(m: ModelSpec, index: int) -> tuple[int, int, tuple[LinearSpec,
         if wanted.get(lin.name) == (lin.in_features, lin.out_features) and lin.name not in {c.name for c in chosen}:
             chosen.append(LinearSpec(lin.name, lin.in_features, lin.out_features, lin.bias, lin.group, path=lin.path))
     return head_dim, kv, tuple(chosen)
+
+
+def tensor_parallel_config(config: Mapping[str, Any], tp: int) -> dict[str, Any]:
+    """The config of one tensor-parallel rank's slice for the per-layer KV shapes: every layer type's key heads
+    max(1, heads // tp), as vllm.rank_model splits num_key_value_heads."""
+    out = dict(config)
+    if out.get("num_global_key_value_heads"):
+        out["num_global_key_value_heads"] = max(1, int(out["num_global_key_value_heads"]) // tp)
+    given = out.get("per_layer_config")
+    if isinstance(given, Mapping):
+        out["per_layer_config"] = {
+            k: {**v, "num_key_value_heads": max(1, int(v["num_key_value_heads"]) // tp)}
+            if isinstance(v, Mapping) and v.get("num_key_value_heads") else v
+            for k, v in given.items()
+        }
+    return out
