@@ -134,3 +134,38 @@ def test_delta_net_chunks(case):
 
     m = model_spec_from_config(TINY_CONFIGS["qwen3_5_text"], "qwen3_5_text")
     check(m, resolve_train(m, **{**BASE, **DELTA_NET_CASES[case]}), "cpu")
+
+
+# Gemma 4's other switches on the tiny gemma4_text (configuration_gemma4.py, 5.25): the 26B-A4B MoE block beside
+# the MLP, KV-shared top layers with a double-wide MLP (E2B / E4B), per-layer embeddings (PLE, E2B / E4B)
+GEMMA4_VARIANTS = {
+    "moe-lora": ({"enable_moe_block": True, "num_experts": 4, "top_k_experts": 2, "moe_intermediate_size": 32}, {}),
+    "moe-full": (
+        {"enable_moe_block": True, "num_experts": 4, "top_k_experts": 2, "moe_intermediate_size": 32},
+        {"method": "full"},
+    ),
+    "kv-shared-lora": (
+        {"num_hidden_layers": 5, "num_kv_shared_layers": 2, "use_double_wide_mlp": True,
+         "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention",
+                         "full_attention"]},
+        {},
+    ),
+    "per-layer-embeddings-lora": ({"hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": 256}, {}),
+}  # fmt: skip
+# (the model-level PLE tensors, lookup, projection, norm and the per-layer inputs each layer's product saves a
+# slice of, are not walked and the estimate notes it: traced 2 × 64 tokens, activations -2.6 %, peak -1.5 %,
+# inside the oracle's tolerances)
+GEMMA4_VARIANT_GAPS: dict[str, str] = {}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=pytest.mark.xfail(reason=GEMMA4_VARIANT_GAPS[c], strict=True))
+     if c in GEMMA4_VARIANT_GAPS else c for c in GEMMA4_VARIANTS],
+)  # fmt: skip
+def test_gemma4_variants(case):
+    from tests.conftest import TINY_CONFIGS
+
+    changes, settings = GEMMA4_VARIANTS[case]
+    m = model_spec_from_config({**TINY_CONFIGS["gemma4_text"], **changes}, f"gemma4-{case}")
+    check(m, resolve_train(m, **{**BASE, "seq": 64, **settings}), "cpu")
