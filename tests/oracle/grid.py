@@ -117,6 +117,7 @@ DELTA_NET_CASES = {
     "qlora-padded": {"method": "qlora", "seq": 200},
 }
 
+GEMMA4_6 = ["sliding_attention"] * 5 + ["full_attention"]  # Gemma 4's first 6 layers (a truncated model)
 # Full-size simulations (meta / fake tensors; bitsandbytes runs on meta), (model, device, estimate options[,
 # config.json changes: a truncated model])
 FULL_SIZE = {
@@ -166,6 +167,20 @@ FULL_SIZE = {
         {"num_hidden_layers": 3},
     ),
     # Qwen3.5: 24 gated DeltaNet layers (transformers' torch fallback, 8 chunks of 64) and 8 gated attention layers
+    # Gemma 4 with 6 of its layers (5 sliding, 1 global of head_dim 512 with k = v), seq 2048 past the 1024 window;
+    # 26B-A4B: the MoE block beside the MLP (128 experts, top 8)
+    "gemma-4-31b 6 layers lora seq2048": (
+        "gemma-4-31b", "fake", {"method": "lora", "seq": 2048}, {"num_hidden_layers": 6, "layer_types": GEMMA4_6},
+    ),
+    "gemma-4-31b 6 layers qlora seq2048": (
+        "gemma-4-31b", "meta", {"method": "qlora", "seq": 2048}, {"num_hidden_layers": 6, "layer_types": GEMMA4_6},
+    ),
+    "gemma-4-26b-a4b 6 layers lora seq2048": (
+        "gemma-4-26b-a4b",
+        "fake",
+        {"method": "lora", "seq": 2048, "lora_target": "attn"},
+        {"num_hidden_layers": 6, "layer_types": GEMMA4_6},
+    ),
     "qwen3.5-4b lora seq512": ("qwen3.5-4b", "fake", {"method": "lora", "seq": 512}),
     "qwen3.5-4b lora seq512 ckpt": ("qwen3.5-4b", "fake", {"method": "lora", "seq": 512, "grad_ckpt": True}),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),

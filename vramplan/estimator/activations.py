@@ -154,7 +154,10 @@ def _shared_kv_held(m: ModelSpec, t: TrainSpec, tokens: int) -> int:
 
     elems = layer_kv_elems(m)
     modes = gemma4_dims(m)["modes"]
-    dtype_bytes = BYTES[residual_dtype_of(t) if t.mixed_precision == "no" else t.mixed_precision]
+    # k / v in the projections' output dtype: a bitsandbytes linear returns its input's (the residual stream's,
+    # fp32 after kbit prep), an unquantized one under autocast the autocast dtype
+    quantized = t.quant != "none"
+    dtype_bytes = BYTES[residual_dtype_of(t) if quantized or t.mixed_precision == "no" else t.mixed_precision]
     return sum(e * tokens * dtype_bytes for e, mode in zip(elems, modes, strict=True) if mode == "store")
 
 
