@@ -283,8 +283,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gemma4-no-k-eq-v": {**TINY_CONFIGS["gemma4_text"], "attention_k_eq_v": False},
     "gemma4-per-layer-embeddings": {**TINY_CONFIGS["gemma4_text"], "hidden_size_per_layer_input": 8,
                                     "vocab_size_per_layer_input": 128},
-    "gemma4-per-layer-config": {**_without(TINY_CONFIGS["gemma4_text"], "global_head_dim", "num_global_key_value_heads"),
-                                "per_layer_config": {"02": {"head_dim": 24, "num_key_value_heads": 1}}},
+    "gemma4-per-layer-config": {
+        **_without(TINY_CONFIGS["gemma4_text"], "global_head_dim", "num_global_key_value_heads"),
+        "per_layer_config": {"02": {"head_dim": 24, "num_key_value_heads": 1}},
+    },
 }  # fmt: skip
 
 

@@ -215,8 +215,9 @@ def gemma4_tower_tensors(
     tensors: list[tuple[tuple[int, ...], int, bool]] = []
     if isinstance(vision, Mapping):
         v = {**GEMMA4_VISION_DEFAULTS, **{k: val for k, val in vision.items() if val is not None}}
-        dims = {k: config_int(v, k, name) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                                     "num_attention_heads", "num_key_value_heads", "head_dim")}  # fmt: skip
+        keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim")  # fmt: skip
+        dims = {k: config_int(v, k, name) for k in keys}
         patch = config_int(v, "patch_size", name)
         positions = config_int(v, "position_embedding_size", name)
         hv, inter, n = dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"]
