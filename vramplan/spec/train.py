@@ -437,7 +437,7 @@ def resolve_train(
     if quant != "none" and model.unquantizable_linear_params * 100 > model.linear_weight_params:
         notes.append(unquantized_linears_note(model, kbit_prep, dtype))
     if model.model_type == "gemma4_text":
-        notes += gemma4_notes(model, grad_ckpt)
+        notes += gemma4_notes(model, grad_ckpt, bool(uses_lora and params))
     notes += contradictions(
         model, method, quant, attn, seq, kbit_prep, double_quant, gpu_compute_capability, set(explicit)
     )

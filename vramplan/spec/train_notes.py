@@ -140,10 +140,15 @@ def sink_attention_notes(model: ModelSpec, attn: str, explicit: bool) -> list[st
     return []
 
 
-def gemma4_notes(model: ModelSpec, grad_ckpt: bool) -> list[str]:
+def gemma4_notes(model: ModelSpec, grad_ckpt: bool, target_parameters: bool = False) -> list[str]:
     """What the Gemma 4 walk leaves out (held to tiny traces in tests/oracle/test_oracle_tiny.py): the backward
-    of a checkpointed step, and the model-level per-layer-embedding tensors (PLE)."""
+    of a checkpointed step, the model-level per-layer-embedding tensors (PLE), LoRA on the experts."""
     notes = []
+    if target_parameters:
+        notes.append(
+            "LoRA on Gemma 4's router / experts (target_parameters): the adapters, their gradients and optimizer "
+            "states are counted; the merged expert weights PEFT builds in the forward are not walked: approximated"
+        )
     if grad_ckpt:
         notes.append(
             "Gemma 4 with gradient checkpointing: the backward's peak is walked short of the trace "
