@@ -423,3 +423,20 @@ def test_mixtral_fused_experts_and_dropout_follow_peft() -> None:
         get_peft_model(_build(TINY_CONFIGS["mixtral"]), config)
     attn_only = resolve_train(m, method="lora", lora_target="attn", lora_dropout=0.05, seq=256)
     assert not attn_only.notes  # seq 256 = the tiny config's context: no length warning either
+
+
+@pytest.mark.parametrize("targets", ["experts.gate_up_proj", "experts.gate_up_proj,experts.down_proj"])
+def test_gemma4_expert_target_parameters_match_peft(targets: str) -> None:
+    """Gemma 4's experts sit beside its MLP (`layers.N.experts.*`): PEFT's `target_parameters` adapters on them
+    counted as PEFT 0.21.2 builds them (LoRA on the attention too)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = dict(VARIANTS["gemma4-moe"])
+    m = model_spec_from_config(cfg, "gemma4-moe")
+    t = resolve_train(
+        m, method="lora", lora_rank=LORA_R, lora_target="attn", lora_dropout=0.0, target_parameters=targets
+    )
+    config = LoraConfig(r=LORA_R, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                        target_parameters=targets.split(","))  # fmt: skip
+    peft_model = get_peft_model(_build(cfg, "cpu"), config)
+    assert count_params(m, t).trainable == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
