@@ -202,6 +202,24 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         },
         "tie_word_embeddings": False,
     },
+    # Gemma 4 (31B's layout): two sliding layers of head_dim 16 / 2 key heads below a full-attention layer of
+    # global_head_dim 32 with one key head whose values are its keys (attention_k_eq_v: no v_proj); no per-layer
+    # embeddings (hidden_size_per_layer_input 0), final logits soft-capped at 30
+    "gemma4_text": {
+        "model_type": "gemma4_text",
+        **_SHAPE,
+        "num_hidden_layers": 3,
+        "head_dim": 16,
+        "global_head_dim": 32,
+        "num_global_key_value_heads": 1,
+        "attention_k_eq_v": True,
+        "sliding_window": 32,
+        "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+        "hidden_size_per_layer_input": 0,
+        "final_logit_softcapping": 30.0,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "tie_word_embeddings": True,
+    },
     "gpt_neox": {
         "model_type": "gpt_neox",
         "hidden_size": 64,

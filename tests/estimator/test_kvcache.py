@@ -19,6 +19,7 @@ from vramplan.estimator.kvcache import (
     hf_layer_cache_tokens,
     kv_bytes_per_token,
     kv_cache_bytes,
+    layer_kv_elems,
     layer_windows,
     vllm_blocks_per_layer,
     vllm_kv_groups,
@@ -50,6 +51,13 @@ SLIDING_CONFIGS: dict[str, dict[str, Any]] = {
     # OLMo 3's and EXAONE 4's class defaults (no layer_types): every 4th layer full, the others sliding
     "olmo3-sw8": {"model_type": "olmo3", **_SMALL, "sliding_window": 8},
     "exaone4-sw8": {"model_type": "exaone4", **_SMALL, "head_dim": 16, "sliding_window": 8},
+    # Gemma 4: sliding layers of head_dim 16 / 2 key heads, global ones of 32 / 1 (k = v), the top two layers
+    # KV-shared (no cache of their own), window 8
+    "gemma4-sw8-kv-shared": {"model_type": "gemma4_text", **_SMALL, "num_hidden_layers": 6, "head_dim": 16,
+                             "global_head_dim": 32, "num_global_key_value_heads": 1, "attention_k_eq_v": True,
+                             "sliding_window": 8, "num_kv_shared_layers": 2, "hidden_size_per_layer_input": 0,
+                             "layer_types": ["sliding_attention", "full_attention", "sliding_attention",
+                                             "full_attention", "sliding_attention", "full_attention"]},
 }  # fmt: skip
 # Qwen3.5's linear-attention layers cache a conv and a recurrent state, not K and V (test_qwen3_5_cache_gap)
 LINEAR_ATTENTION = ("qwen3_5_text", "qwen3_5_moe_text")  # and Qwen3.5-MoE's, the same layers
@@ -82,13 +90,19 @@ def _storage_bytes(cache) -> int:
     seen: dict[int, int] = {}
     for layer in cache.layers:
         for t in (layer.keys, layer.values):
+            if t is None:  # a dummy layer (Gemma 4's KV-shared ones) stores nothing
+                continue
             st = t.untyped_storage()
             seen[st.data_ptr()] = st.nbytes()
     return sum(seen.values())
 
 
 def _real_windows(cache) -> tuple[int | None, ...]:
-    return tuple(getattr(layer, "sliding_window", None) if layer.is_sliding else None for layer in cache.layers)
+    # a dummy layer (Gemma 4's KV-shared ones) has no window: None, as a layer caching no K / V
+    return tuple(
+        getattr(layer, "sliding_window", None) if getattr(layer, "is_sliding", False) else None
+        for layer in cache.layers
+    )
 
 
 # ---------------------------------------------------------------- oracle: transformers DynamicCache
@@ -104,7 +118,9 @@ def test_forward_cache_and_layer_types_are_exact(name: str) -> None:
     with torch.no_grad():
         out = model(torch.randint(3, cfg["vocab_size"], (batch, prompt)), use_cache=True)
     assert _storage_bytes(out.cache) == hf_generate_cache_bytes(m, batch, prompt, 1, BF16)
-    assert _real_windows(out.cache) == layer_windows(m)
+    assert _real_windows(out.cache) == tuple(
+        w if elems else None for elems, w in zip(layer_kv_elems(m), layer_windows(m), strict=True)
+    )
 
 
 @pytest.mark.xfail(

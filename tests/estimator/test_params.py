@@ -54,12 +54,16 @@ def _kind(path: str, module: Any) -> str:
     parts = path.split(".")
     if parts[-1] == "lm_head":
         return "lm_head"
+    if parts[-1] == "embed_tokens_per_layer":  # Gemma 4's per-layer embeddings: with the spec's mixer tensors
+        return "attn"
     if any("embed" in p for p in parts):
         return "embed"
     if "mamba" in parts:  # Falcon-H1's mixer: in_proj, out_proj, conv1d, dt_bias, A_log, D, its gated norm
         return "ssm"
     if "norm" in type(module).__name__.lower():  # RMSNorm, LayerNorm, also qwen3 q_norm and phi q_layernorm
         return "norm"
+    if {"router", "experts"} & set(parts) or parts[-1].startswith("per_layer_"):  # Gemma 4's MoE block and PLE
+        return "mlp"
     if "mlp" in parts or "feed_forward" in parts:  # incl. Mixtral's router and experts; Falcon-H1's MLP
         return "mlp"
     if {"self_attn", "attention", "self_attention", "linear_attn"} & set(parts):  # linear_attn: Qwen3.5's DeltaNet
@@ -116,6 +120,8 @@ def _layer_linears(model: Any) -> set[tuple[str, int, int, bool]]:
     # layer 0, and for a hybrid (Qwen3.5) the first layer of each kind
     hybrid = "linear_attention" in kinds
     chosen = [layers[kinds.index(kind)] for kind in dict.fromkeys(kinds)] if hybrid else [layers[0]]
+    if model.config.get_text_config().model_type == "gemma4_text":  # shapes by layer type and KV sharing: all
+        chosen = list(layers)
     return {
         (path.rsplit(".", 1)[-1], mod.in_features, mod.out_features, mod.bias is not None)
         for layer in chosen
@@ -134,7 +140,11 @@ def _assert_counts_match(cfg: dict[str, Any], name: str) -> None:
     assert _our_counts(m) == hf
     assert m.total_params == sum(p.numel() for p in model.parameters())
     layer0 = m.layer_linears(dense=0 in m.dense_mlp_layers)  # layer 0's (dense when the model has dense layers)
-    ours_linears = {(lin.name.rsplit(".", 1)[-1], lin.in_features, lin.out_features, lin.bias) for lin in layer0}
+    ours_linears = {
+        (lin.name.rsplit(".", 1)[-1], lin.in_features, lin.out_features, lin.bias)
+        for lin in layer0
+        if lin.path != "per_layer_model_projection"  # Gemma 4's PLE projection sits in the model, not a layer
+    }
     assert ours_linears == _layer_linears(model)
     ours = Counter({shape: 0 for shape, _ in model_tensor_shapes(m)})
     for shape, n in model_tensor_shapes(m):
@@ -160,13 +170,9 @@ CONFIG_ONLY = [n for n in builtin_model_names() if n not in ESTIMATED and n not 
 # once spec/generic.py counts them, so the marker cannot outlive the bug.
 GENERIC_MISCOUNTS = {
     "deepseek_v2": "the generic path counts 16.25 of DeepSeek-V2-Lite's 15.75 B parameters",
-    # global layers' k_proj under attention_k_eq_v read as num_key_value_heads (not num_global_key_value_heads);
-    # post_per_layer_input_norm counted at hidden_size_per_layer_input 0, where transformers leaves it out
-    "gemma4_text": "the generic path counts 25.28 of Gemma 4 26B-A4B's 25.81 B parameters",
     "jamba": "the generic path counts 51.76 of Jamba v0.1's 51.57 B parameters",
     "deepseek_v4": "the generic path counts 284.40 of DeepSeek-V4-Flash's 284.33 B parameters",
     "glm_moe_dsa": "the generic path counts 745.28 of GLM-5.2's 743.38 B parameters",
-    "gemma-4-31b": "the generic path counts 31.03 of Gemma 4 31B's 31.27 B parameters (as gemma4_text above)",
 }
 
 
@@ -268,7 +274,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "phi-qk-layernorm": {**TINY_CONFIGS["phi"], "qk_layernorm": True},
     "llama-tied": {**TINY_CONFIGS["llama"], "tie_word_embeddings": True},
     "mixtral-8-experts-top-1": {**TINY_CONFIGS["mixtral"], "num_local_experts": 8, "num_experts_per_tok": 1},
-}
+    # Gemma 4's switches (configuration_gemma4.py, 5.25): the 26B-A4B MoE block, KV-shared top layers with a
+    # double-wide MLP, no k = v, per-layer embeddings (E2B / E4B), a saved config's per_layer_config
+    "gemma4-moe": {**TINY_CONFIGS["gemma4_text"], "enable_moe_block": True, "num_experts": 4, "top_k_experts": 2,
+                   "moe_intermediate_size": 32},
+    "gemma4-kv-shared-double-wide": {**TINY_CONFIGS["gemma4_text"], "num_hidden_layers": 5, "num_kv_shared_layers": 2,
+                                     "use_double_wide_mlp": True, "layer_types": ["sliding_attention", "full_attention",
+                                     "sliding_attention", "sliding_attention", "full_attention"]},
+    "gemma4-no-k-eq-v": {**TINY_CONFIGS["gemma4_text"], "attention_k_eq_v": False},
+    "gemma4-per-layer-embeddings": {**TINY_CONFIGS["gemma4_text"], "hidden_size_per_layer_input": 8,
+                                    "vocab_size_per_layer_input": 128},
+    "gemma4-per-layer-config": {
+        **_without(TINY_CONFIGS["gemma4_text"], "global_head_dim", "num_global_key_value_heads"),
+        "per_layer_config": {"02": {"head_dim": 24, "num_key_value_heads": 1}},
+    },
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -404,3 +424,20 @@ def test_mixtral_fused_experts_and_dropout_follow_peft() -> None:
         get_peft_model(_build(TINY_CONFIGS["mixtral"]), config)
     attn_only = resolve_train(m, method="lora", lora_target="attn", lora_dropout=0.05, seq=256)
     assert not attn_only.notes  # seq 256 = the tiny config's context: no length warning either
+
+
+@pytest.mark.parametrize("targets", ["experts.gate_up_proj", "experts.gate_up_proj,experts.down_proj"])
+def test_gemma4_expert_target_parameters_match_peft(targets: str) -> None:
+    """Gemma 4's experts sit beside its MLP (`layers.N.experts.*`): PEFT's `target_parameters` adapters on them
+    counted as PEFT 0.21.2 builds them (LoRA on the attention too)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = dict(VARIANTS["gemma4-moe"])
+    m = model_spec_from_config(cfg, "gemma4-moe")
+    t = resolve_train(
+        m, method="lora", lora_rank=LORA_R, lora_target="attn", lora_dropout=0.0, target_parameters=targets
+    )
+    config = LoraConfig(r=LORA_R, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                        target_parameters=targets.split(","))  # fmt: skip
+    peft_model = get_peft_model(_build(cfg, "cpu"), config)
+    assert count_params(m, t).trainable == sum(p.numel() for p in peft_model.parameters() if p.requires_grad)

@@ -88,6 +88,7 @@ FAMILIES = [
     "glm4_moe",
     "qwen3_5_text",
     "qwen3_5_moe_text",
+    "gemma4_text",
     "gpt_neox",
     "bloom",
     "phi",
@@ -117,6 +118,7 @@ FAMILY_GRID = (
     "olmo2", "olmo3", "exaone4",
 )  # fmt: skip
 FAMILY_GRID += ("glm4", "starcoder2", "cohere2")
+FAMILY_GRID += ("gemma4_text",)
 # Qwen3.5's DeltaNet scans each sequence in 64-token chunks (the family grid's seq 64 is one): several chunks,
 # whose later ones save more, and a sequence the chunks do not divide (F.pad to whole chunks), on BASE
 DELTA_NET_CASES = {
@@ -125,6 +127,7 @@ DELTA_NET_CASES = {
     "qlora-padded": {"method": "qlora", "seq": 200},
 }
 
+GEMMA4_6 = ["sliding_attention"] * 5 + ["full_attention"]  # Gemma 4's first 6 layers (a truncated model)
 # Full-size simulations (meta / fake tensors; bitsandbytes runs on meta), (model, device, estimate options[,
 # config.json changes: a truncated model])
 FULL_SIZE = {
@@ -174,6 +177,20 @@ FULL_SIZE = {
         {"num_hidden_layers": 3},
     ),
     # Qwen3.5: 24 gated DeltaNet layers (transformers' torch fallback, 8 chunks of 64) and 8 gated attention layers
+    # Gemma 4 with 6 of its layers (5 sliding, 1 global of head_dim 512 with k = v), seq 2048 past the 1024 window;
+    # 26B-A4B: the MoE block beside the MLP (128 experts, top 8)
+    "gemma-4-31b 6 layers lora seq2048": (
+        "gemma-4-31b", "fake", {"method": "lora", "seq": 2048}, {"num_hidden_layers": 6, "layer_types": GEMMA4_6},
+    ),
+    "gemma-4-31b 6 layers qlora seq2048": (
+        "gemma-4-31b", "meta", {"method": "qlora", "seq": 2048}, {"num_hidden_layers": 6, "layer_types": GEMMA4_6},
+    ),
+    "gemma-4-26b-a4b 6 layers lora seq2048": (
+        "gemma-4-26b-a4b",
+        "fake",
+        {"method": "lora", "seq": 2048, "lora_target": "attn"},
+        {"num_hidden_layers": 6, "layer_types": GEMMA4_6},
+    ),
     "qwen3.5-4b lora seq512": ("qwen3.5-4b", "fake", {"method": "lora", "seq": 512}),
     "qwen3.5-4b lora seq512 ckpt": ("qwen3.5-4b", "fake", {"method": "lora", "seq": 512, "grad_ckpt": True}),
     # Qwen3.5-MoE 35B-A3B with 4 of its 40 layers (3 gated DeltaNet, 1 gated attention), each a sparse block of

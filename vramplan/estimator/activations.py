@@ -12,14 +12,14 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from vramplan.estimator.activation_bytes import ActivationBytes
+from vramplan.estimator.layer_extras import output_norm_freed, shared_kv_held
 from vramplan.estimator.layer_ops import norm
-from vramplan.estimator.lora_kernel_ops import fused_lora
 from vramplan.estimator.layer_walk import decoder_layer
+from vramplan.estimator.lora_kernel_ops import fused_lora
 from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.spec.family_traits import (
-    FP32_PRODUCT_NORM,
     FP32_ROPE,
     HYBRID_LINEAR_ATTENTION,
     NOPE_ON_FULL_LAYERS,
@@ -200,7 +200,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
         # non-reentrant checkpoint keeps each layer's input hidden state (and whatever ops keep outside
         # autograd's saved tensors: bitsandbytes int8 matmul inputs)
         kept = 0 if reentrant else sum(count * at(walks[kind].ctx) for kind, count in kinds.items())
-        saved = layers * hidden + kept
+        saved = layers * hidden + kept + shared_kv_held(m, t, tokens, residual_dtype_of(t))
     else:
         saved = sum(count * (at(walks[kind].saved) + walks[kind].per_layer_saved) for kind, count in kinds.items())
     # OLMo's cos / sin stay fp32, (1, S, head_dim) each: made once per forward, saved by every layer's RoPE (held
@@ -372,7 +372,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
         final_hidden_bytes=at(final_out),
         below_bottom=below_bottom,
         output_norm_backward=hidden + 5 * tokens * m.hidden_size * 4 if m.model_type in POST_NORM else 0,
-        output_norm_freed=_output_norm_freed(m, t, tokens),
+        output_norm_freed=output_norm_freed(m, t, tokens),
         forward_cache_bytes=(
             2 * layers * tokens * m.num_key_value_heads * m.head_dim * BYTES[autocast_dtype or t.dtype]
             if settings.repeat_kv
@@ -383,16 +383,3 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
             else 0
         ),
     )
-
-
-def _output_norm_freed(m: ModelSpec, t: TrainSpec, tokens: int) -> int:
-    """What a post-norm layer's output norm saved and its backward frees before its fp32 gradient chain peaks:
-    the inverse RMS (T·4), and with a trainable weight the product's other operand (OLMo: the fp32 normed
-    tensor; EXAONE 4's Llama norm: its cast to the input dtype). 0 for the other families."""
-    if m.model_type not in POST_NORM:
-        return 0
-    operand = 0
-    if t.method == "full":
-        elem = 4 if m.model_type in FP32_PRODUCT_NORM else BYTES[t.compute_dtype]
-        operand = tokens * m.hidden_size * elem
-    return tokens * 4 + operand

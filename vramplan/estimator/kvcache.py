@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from vramplan.serve_breakdown import PagedKV
 from vramplan.spec import ModelSpec
+from vramplan.spec.family_traits import PER_LAYER_SHAPES
 from vramplan.spec.serve import FP8_BYTES, KV_CACHE_DTYPES, VLLM_BLOCK_SIZE  # noqa: F401 (re-exported)
 from vramplan.units import ceil_div
 
 # Config-class defaults that apply when config.json omits `sliding_window` (transformers 5.24
 # configuration_mistral.py / configuration_gemma2.py: `sliding_window: int | None = 4096`).
-HF_DEFAULT_SLIDING_WINDOW: dict[str, int] = {"mistral": 4096, "gemma2": 4096, "gemma3_text": 4096}
+HF_DEFAULT_SLIDING_WINDOW: dict[str, int] = {"mistral": 4096, "gemma2": 4096, "gemma3_text": 4096, "gemma4_text": 512}
 SLIDING_LAYER_TYPES = frozenset({"sliding_attention", "chunked_attention"})
 
 
@@ -43,13 +44,26 @@ def kv_bytes_per_token(m: ModelSpec, elem_bytes: int) -> int:
     return 2 * m.num_key_value_heads * m.head_dim * elem_bytes
 
 
+def layer_kv_elems(m: ModelSpec) -> tuple[int, ...]:
+    """K and V elements of one token in each layer: 2 · kv_heads · head_dim, Gemma 4 by its layer's shape
+    (global layers: global_head_dim and their key heads; a k = v layer still caches the normed values apart)
+    and 0 for its KV-shared layers, which transformers 5.25 gives a "dummy" cache layer that stores nothing
+    (cache_utils.py `get_layer_types_and_kwargs`, `kv_sharing_modes` "reuse")."""
+    if m.model_type in PER_LAYER_SHAPES:
+        from vramplan.spec.gemma4 import gemma4_dims
+
+        d = gemma4_dims(m)
+        return tuple(0 if mode == "reuse" else 2 * kv * hd for (hd, kv), mode in zip(d["shapes"], d["modes"]))
+    return (2 * m.num_key_value_heads * m.head_dim,) * m.num_hidden_layers
+
+
 def kv_cache_bytes(m: ModelSpec, tokens: int, elem_bytes: int) -> int:
     """K and V of every layer: 2 · layers · kv_heads · head_dim · tokens, full attention everywhere.
 
     Cache tensors only, not vLLM's block table; GQA: kv heads. Sliding-window layers: hf_generate_cache_bytes.
     Source: transformers cache_utils.py DynamicCache.
     """
-    return m.num_hidden_layers * kv_bytes_per_token(m, elem_bytes) * tokens
+    return sum(layer_kv_elems(m)) * elem_bytes * tokens
 
 
 def layer_windows(m: ModelSpec) -> tuple[int | None, ...]:
@@ -113,8 +127,10 @@ def hf_generate_cache_bytes(m: ModelSpec, batch: int, prompt_tokens: int, new_to
     Σ over layers of kv_bytes_per_token · batch · hf_layer_cache_tokens. Lifetime: the whole generate call.
     Source: transformers 5.24 cache_utils.py; checked against a real cache in tests/estimator/test_kvcache.py.
     """
-    per = kv_bytes_per_token(m, elem_bytes) * batch
-    return sum(per * hf_layer_cache_tokens(w, prompt_tokens, new_tokens) for w in layer_windows(m))
+    return sum(
+        elems * elem_bytes * batch * hf_layer_cache_tokens(w, prompt_tokens, new_tokens)
+        for elems, w in zip(layer_kv_elems(m), layer_windows(m), strict=True)
+    )
 
 
 def hf_cache_step_transient_bytes(
@@ -127,8 +143,10 @@ def hf_cache_step_transient_bytes(
     """
     if new_tokens <= 1:
         return 0
-    before = max(hf_layer_cache_tokens(w, prompt_tokens, new_tokens - 1) for w in layer_windows(m))
-    return kv_bytes_per_token(m, elem_bytes) * batch * before
+    return max(
+        elems * elem_bytes * batch * hf_layer_cache_tokens(w, prompt_tokens, new_tokens - 1)
+        for elems, w in zip(layer_kv_elems(m), layer_windows(m), strict=True)
+    )
 
 
 # ---------------------------------------------------------------- vLLM paged cache
@@ -146,6 +164,8 @@ def vllm_page_bytes(m: ModelSpec, elem_bytes: int, block_size: int = VLLM_BLOCK_
     if m.config.get("kv_lora_rank"):
         latent = int(m.config["kv_lora_rank"]) + int(m.config.get("qk_rope_head_dim") or 0)
         return block_size * latent * elem_bytes
+    if m.model_type in PER_LAYER_SHAPES:  # Gemma 4: the largest layer's page (an approximation, serve notes it)
+        return block_size * max(layer_kv_elems(m)) * elem_bytes
     return 2 * block_size * m.num_key_value_heads * m.head_dim * elem_bytes
 
 
@@ -194,6 +214,12 @@ def vllm_request_bytes(
     vLLM refuses to start when this exceeds the available KV memory ("To serve at least one request with
     the models's max seq len ..."). Source: kv_cache_utils.py check_enough_kv_cache_memory.
     """
+    if m.model_type in PER_LAYER_SHAPES:  # each caching layer's own page (Gemma 4's shapes; none when KV-shared)
+        return sum(
+            vllm_blocks_per_layer(w, max_model_len, max_num_batched_tokens, block_size) * block_size * e * elem_bytes
+            for e, w in zip(layer_kv_elems(m), layer_windows(m), strict=True)
+            if e
+        )
     page = vllm_page_bytes(m, elem_bytes, block_size)
     return sum(
         vllm_blocks_per_layer(w, max_model_len, max_num_batched_tokens, block_size) * page for w in layer_windows(m)
@@ -215,6 +241,8 @@ def vllm_paged_kv(
     (`get_max_concurrency_for_kv_cache_config`). Source: kv_cache_utils.py (vllm-project/vllm@bbf906a8).
     """
     windows = layer_windows(m)
+    if m.model_type in PER_LAYER_SHAPES:  # KV-shared layers hold no blocks
+        windows = tuple(w for e, w in zip(layer_kv_elems(m), windows, strict=True) if e)
     size, groups = vllm_kv_groups(windows)
     page = vllm_page_bytes(m, elem_bytes, block_size)
     blocks = max(int(available_bytes // page // size), 0)

@@ -78,8 +78,14 @@ def rank_model(m: ModelSpec, s: ServeSpec) -> ModelSpec:
     if tp == 1 and pp == 1:
         return m
     layers = -(-m.num_hidden_layers // pp)
+    config = m.config
+    if m.model_type == "gemma4_text":  # the global layers' own key heads split too
+        from vramplan.spec.gemma4 import tensor_parallel_config
+
+        config = tensor_parallel_config(m.config, tp)
     return replace(
         m,
+        config=config,
         num_attention_heads=max(1, m.num_attention_heads // tp),
         num_key_value_heads=max(1, m.num_key_value_heads // tp),
         intermediate_size=-(-m.intermediate_size // tp),

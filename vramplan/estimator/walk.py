@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from vramplan.estimator.adapters import adapter_dtype
 from vramplan.spec import DTYPE_BYTES, ModelSpec, TrainSpec
-from vramplan.spec.family_traits import HYBRID_LINEAR_ATTENTION
+from vramplan.spec.family_traits import HYBRID_LINEAR_ATTENTION, PER_LAYER_SHAPES
 
 BYTES = {**DTYPE_BYTES, "bool": 1, "int32": 4, "int64": 8}  # the walk also holds bool masks and index tensors
 
@@ -157,8 +157,24 @@ def dense_layer_spec(m: ModelSpec) -> ModelSpec:
     )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=64)
+def _gemma4_layer_specs(m: ModelSpec) -> tuple[ModelSpec, ...]:
+    """Gemma 4: each layer's own head_dim, key heads and linears (spec/gemma4.py)."""
+    from vramplan.spec.gemma4 import layer_linears
+
+    out = []
+    for index, kind in enumerate(m.layer_types):
+        head_dim, kv_heads, linears = layer_linears(m, index)
+        window = m.sliding_window if kind == "sliding_attention" else None
+        out.append(replace(m, head_dim=head_dim, num_key_value_heads=kv_heads, linears=linears, sliding_window=window,
+                           layer_types=(kind,), num_hidden_layers=1))  # fmt: skip
+    return tuple(out)
+
+
 def layer_specs(m: ModelSpec) -> tuple[ModelSpec, ...]:
     """The ModelSpec each decoder layer walks, bottom layer first."""
+    if m.model_type in PER_LAYER_SHAPES:
+        return _gemma4_layer_specs(m)
     if not m.dense_mlp_layers:
         return (m,) * m.num_hidden_layers
     dense = dense_layer_spec(m)
@@ -189,7 +205,7 @@ def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
         return (False,) * n
     if m.model_type in ("mistral", "mixtral", "starcoder2"):  # every layer slides (Starcoder2Model, 5.25)
         return (True,) * n
-    if m.model_type in ("gemma3_text", "olmo3", "exaone4", "cohere2"):
+    if m.model_type in ("gemma3_text", "gemma4_text", "olmo3", "exaone4", "cohere2"):
         return tuple(kind == "sliding_attention" for kind in m.layer_types)
     return (False,) * n
 

@@ -24,8 +24,11 @@ HYBRID_SSM = frozenset({"falcon_h1"})
 # their kind (`LinearSpec.count`), and the walk follows each kind (estimator/delta_net_ops.py); Qwen3.5-MoE's
 # layers are the same with a sparse MoE block for the MLP
 HYBRID_LINEAR_ATTENTION = frozenset({"qwen3_5_text", "qwen3_5_moe_text"})
+# Families whose layers differ in shape by `layer_types` and KV sharing (Gemma 4: global layers' own head_dim and
+# key heads, shared-KV layers without k / v): spec/gemma4.py, walked layer by layer (estimator/gemma4_ops.py)
+PER_LAYER_SHAPES = frozenset({"gemma4_text"})
 HAND_MODELLED_TYPES = frozenset(
-    LLAMA_LIKE | HYBRID_SSM | HYBRID_LINEAR_ATTENTION | DEEPSEEK_MOE | {"gpt_neox", "bloom", "phi"} | {"starcoder2"}
+    LLAMA_LIKE | HYBRID_SSM | HYBRID_LINEAR_ATTENTION | DEEPSEEK_MOE | PER_LAYER_SHAPES | {"gpt_neox", "bloom", "phi"} | {"starcoder2"}
 )
 # `head_dim` when config.json has none: a fixed class default here (transformers 5.24 Qwen3Config 128,
 # GemmaConfig / Gemma2Config / Gemma3TextConfig 256, GptOssConfig 64), hidden_size // num_attention_heads for
@@ -34,6 +37,7 @@ HEAD_DIM_DEFAULTS: dict[str, int] = {
     "qwen3": 128, "gemma": 256, "gemma2": 256, "gemma3_text": 256, "gpt_oss": 64, "qwen3_5_text": 256,
     "qwen3_5_moe_text": 256,
     "glm4": 128,
+    "gemma4_text": 256,
 }  # fmt: skip
 # Families whose RMSNorm is Gemma's: `(x.float() normed) * (1 + weight.float())` then `.type_as(x)`
 # (modeling_gemma.py / modeling_gemma2.py / modeling_gemma3.py `Gemma*RMSNorm`, 5.24), not Llama's
@@ -43,7 +47,8 @@ GEMMA_NORM = frozenset({"gemma", "gemma2", "gemma3_text", "qwen3_5_text", "qwen3
 # Families whose RMSNorm multiplies the fp32 normed tensor by the weight and then casts to the input dtype,
 # `(weight * normed_fp32).to(input_dtype)` (modeling_gpt_oss.py GptOssRMSNorm, 5.24): Gemma's saved set and
 # output dtype with a plain weight
-FP32_PRODUCT_NORM = GEMMA_NORM | {"gpt_oss", "olmo2", "olmo3"}  # and Olmo2RMSNorm / Olmo3RMSNorm (5.25)
+# and Olmo2RMSNorm / Olmo3RMSNorm (5.25); Gemma 4 too: `(normed_fp32 * weight.float()).type_as(x)` (Gemma4RMSNorm)
+FP32_PRODUCT_NORM = GEMMA_NORM | {"gpt_oss", "olmo2", "olmo3", "gemma4_text"}
 # Families with learned attention sinks (a per-head logit joining the softmax): gpt-oss. transformers 5.24 runs
 # them eager, flex (sinks applied through the log-sum-exp) or a flash kernel that takes `s_aux`; not SDPA
 SINK_FAMILIES = frozenset({"gpt_oss"})

@@ -52,7 +52,11 @@ SHAPE_ALIASES = {"n_embed": "hidden_size", "n_head": "num_attention_heads", "n_l
                  "topk_group": "num_local_experts", "first_k_dense_replace": "num_hidden_layers",
                  "q_lora_rank": "intermediate_size", "kv_lora_rank": "intermediate_size",
                  "qk_rope_head_dim": "head_dim", "qk_nope_head_dim": "head_dim", "v_head_dim": "head_dim",
-                 "shared_expert_intermediate_size": "intermediate_size"}  # fmt: skip
+                 "shared_expert_intermediate_size": "intermediate_size",
+                 "global_head_dim": "head_dim", "num_global_key_value_heads": "num_key_value_heads",
+                 "top_k_experts": "num_experts_per_tok", "num_kv_shared_layers": "num_hidden_layers",
+                 "hidden_size_per_layer_input": "hidden_size", "vocab_size_per_layer_input": "vocab_size",
+                 "patch_size": "head_dim", "position_embedding_size": "max_position_embeddings"}  # fmt: skip
 _MISSING = object()
 
 

@@ -36,6 +36,9 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "olmo2": ("q_proj", "v_proj"),  # no PEFT entry for olmo2 / olmo3 / exaone4: as Llama's
     "olmo3": ("q_proj", "v_proj"),
     "exaone4": ("q_proj", "v_proj"),
+    # no PEFT entry for gemma4_text (its gemma4 wrapper's: `.*language_model\..*\.(q_proj|v_proj)`); v_proj only
+    # in the layers that have one (not the k = v global layers nor the KV-shared ones)
+    "gemma4_text": ("q_proj", "v_proj"),
     "phi": ("q_proj", "v_proj", "fc1", "fc2"),
     "phi3": ("qkv_proj",),
     "gpt_neox": ("query_key_value",),

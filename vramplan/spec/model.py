@@ -221,8 +221,11 @@ class ModelSpec:
         stack = self.module_prefix.replace("*", "0") if self.module_prefix else f"model.layers.{layer}."
         paths = {"gate.weight": "mlp.gate.weight", "router.weight": "mlp.router.weight",
                  "router.bias": "mlp.router.bias", "sinks": "self_attn.sinks"}  # fmt: skip
+        experts = "experts." if self.model_type == "gemma4_text" else "mlp.experts."  # Gemma 4: beside its `mlp`
+        if self.model_type == "gemma4_text":
+            paths = {"router.scale": "router.scale", "router.per_expert_scale": "router.per_expert_scale"}
         return tuple(
-            (stack + paths.get(p.name, f"mlp.experts.{p.name}"), p.shape, self.moe_layers) for p in self.moe_params
+            (stack + paths.get(p.name, f"{experts}{p.name}"), p.shape, self.moe_layers) for p in self.moe_params
         )
 
     @property

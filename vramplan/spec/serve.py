@@ -201,6 +201,11 @@ def resolve_serve(
         raise VramplanError(f"{m.name}'s config.json is already quantized ({checkpoint.label}); drop --quant {quant}")
     if checkpoint is not None:
         notes.extend(checkpoint_notes(checkpoint, gpu, engine))
+    if engine == "vllm" and m.model_type == "gemma4_text":
+        notes.append(
+            "Gemma 4's layers cache K and V of two shapes (global layers: global_head_dim, their own key heads): "
+            "one request's KV counted layer by layer, the pool cut into blocks of the largest page (approximated)"
+        )
     tp = positive(_or(tensor_parallel_size, 1), "--tensor-parallel-size")
     pp = positive(_or(pipeline_parallel_size, 1), "--pipeline-parallel-size")
     if m.num_attention_heads % tp:

@@ -34,6 +34,7 @@ from vramplan.spec.stack import DEFAULT_STACK, Stack, resolve_stack
 from vramplan.spec.stage import SFT, StageSpec, resolve_stage, stage_loss
 from vramplan.spec.train_notes import (
     contradictions,
+    gemma4_notes,
     layer_offload_setting,
     sink_attention_notes,
     unquantized_linears_note,
@@ -309,6 +310,8 @@ def resolve_train(
     # said when it moves the weights (falcon: every linear); a small router's (Llama 4) is counted, not said
     if quant != "none" and model.unquantizable_linear_params * 100 > model.linear_weight_params:
         notes.append(unquantized_linears_note(model, kbit_prep, dtype))
+    if model.model_type == "gemma4_text":
+        notes += gemma4_notes(model, grad_ckpt, bool(uses_lora and params))
     notes += contradictions(
         model, method, quant, attn, seq, kbit_prep, double_quant, gpu_compute_capability, set(explicit)
     )

@@ -59,6 +59,12 @@ def tower_tensors(
     """(every tensor outside the text model as (shape, count, bitsandbytes packs it), a note when not counted,
     the text decoder's layer prefix inside the wrapper)."""
     mt = cfg.get("model_type")
+    if mt == "gemma4":  # its record holds no tower (Gemma4Config's default has none): counted by hand
+        from vramplan.spec.gemma4 import gemma4_tower_tensors
+
+        hidden = text.get("hidden_size", 2304)
+        tensors, note = gemma4_tower_tensors(cfg, hidden if isinstance(hidden, int) else 2304, str(cfg.get("name", mt)))
+        return tensors, note, "model.language_model.layers.*."
     if mt not in architectures.known_types():
         return (), f"the vision tower of a {mt!s} wrapper is not counted (transformers has no record of it)", ""
     arch = architectures.table()["architectures"][mt]
@@ -100,6 +106,7 @@ def with_tower(text_spec: ModelSpec, cfg: Mapping[str, Any], text: Mapping[str, 
     said = (
         f"vision-language model ({wrapper}): vision tower + projector, "
         f"{sum(_numel(s) * n for s, n, _ in tower):,} parameters, counted as frozen weights"
+        + (f" ({missing})" if missing else "")
         if tower
         else f"vision-language model ({wrapper}) estimated as its text model: "
         + (missing or f"the vision tower is not counted ({wrapper}'s record holds none)")
