@@ -45,7 +45,8 @@ def test_headline_excludes_what_the_estimator_does_not_model():
     v = validate()
     by_id = {r.id: r for r in v.rows}
     assert by_id["litgpt-rt-llama2-7b-lora-mb1"].headline
-    assert by_id["litgpt-rt-phi15-lora-mb1"].reasons == ("architecture not in profiles",)
+    phi = by_id["litgpt-rt-phi15-lora-mb1"]  # mapped (the phi-1.5 profile), shown, not headlined
+    assert phi.mapped is not None and not phi.headline
     paged = by_id["litgpt-rt-llama2-7b-qlora-nf4-mb1"]
     assert paged.mapped is not None
     assert not paged.headline
@@ -72,6 +73,19 @@ def test_lit_gpt_maps_onto_hf_equivalent_settings():
     lora = map_record(next(r for r in RECORDS if r["id"] == "litgpt-rt-llama2-7b-lora-mb1"))[0]
     assert lora.options["optim"] == "adamw_torch"
     assert lora.options["grad_accum"] == 128
+
+
+def test_lit_gpt_records_of_its_own_non_llama_models_are_shown_not_headlined():
+    """lit-gpt runs its own model code: its Llama records are in the headline, its phi-1_5 ones (mapped since the
+    phi-1.5 profile exists) are estimated and shown with the reason, not averaged in."""
+    phi = [r for r in RECORDS if str(r.get("framework", "")).startswith("lit-gpt") and "phi" in str(r["model"])]
+    assert phi
+    for rec in phi:
+        mapped, reasons = map_record(rec)
+        assert mapped is not None and mapped.model == "phi-1.5"
+        assert any("lit-gpt's own phi implementation" in x for x in reasons)
+    llama = map_record(next(r for r in RECORDS if r["id"] == "litgpt-rt-llama2-7b-lora-mb1"))[1]
+    assert not any("lit-gpt's own" in x for x in llama)
 
 
 def test_unit_conversion():
