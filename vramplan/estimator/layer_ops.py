@@ -53,9 +53,9 @@ from vramplan.estimator.linear_ops import linear
 from vramplan.estimator.lora_kernel_ops import kernel_group, kernel_mlp
 from vramplan.estimator.mla_ops import mla_attention
 from vramplan.estimator.moe_ops import moe_block
-from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote
+from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote, scaled
 from vramplan.spec import ModelSpec
-from vramplan.spec.family_traits import FP32_PRODUCT_NORM, SINK_FAMILIES
+from vramplan.spec.family_traits import FP32_PRODUCT_NORM, QUERY_POSITION_SCALE, SCALED_RESIDUAL, SINK_FAMILIES
 
 
 def norm(
@@ -244,7 +244,12 @@ def _attention_block(
     if m.head_norm_params and m.norm == "rms":  # qwen3, gemma3: RMSNorm over head_dim on q and k before RoPE
         q = norm(walk, settings, m, q, trainable, m.head_dim)
         k = norm(walk, settings, m, k, trainable, m.head_dim)
-    q, k = _rope(walk, q, residual_dtype, settings.liger), _rope(walk, k, residual_dtype, settings.liger)
+    if m.rope:  # SmolLM3's NoPE layers skip it (`if self.use_rope:`): SDPA saves the projections' outputs
+        q, k = _rope(walk, q, residual_dtype, settings.liger), _rope(walk, k, residual_dtype, settings.liger)
+    if m.model_type in QUERY_POSITION_SCALE:
+        # Ministral 3: `query_states * get_llama_4_attn_scale(...).to(query_states.dtype)`: a new q; the product
+        # saves the (1, 1, S, 1) scale (S elements per layer, left out)
+        q = scaled(walk, q)
     if m.model_type in SINK_FAMILIES:
         # the attention's `hidden_states` argument and its pre-repeat key / value states, referenced until it
         # returns (traced on gpt-oss: its eager scores dwarf them elsewhere, the other families leave them out)
@@ -264,6 +269,8 @@ def _post_attention(
     T, residual_dtype = settings.T, x.dtype
     if m.norms_per_layer == 4:  # gemma2, gemma3: post_attention_layernorm on the attention output
         attention_out = norm(walk, settings, m, attention_out, trainable)
+    if m.model_type in SCALED_RESIDUAL:  # Granite: `residual + hidden_states * self.residual_multiplier`
+        attention_out = scaled(walk, attention_out)
     if m.parallel_residual:
         mlp_input = normed_input if m.norms_per_layer == 1 else norm(walk, settings, m, x, trainable)
         mlp_out = _mlp(walk, settings, m, mlp_input, project, trainable)
@@ -277,6 +284,8 @@ def _post_attention(
     mlp_out = _mlp(walk, settings, m, mlp_input, project, trainable)
     if m.norms_per_layer == 4:
         mlp_out = norm(walk, settings, m, mlp_out, trainable)
+    if m.model_type in SCALED_RESIDUAL:
+        mlp_out = scaled(walk, mlp_out)
     del walk.pinned[residual.id]
     return walk.new(
         T * m.hidden_size, promote(residual.dtype, mlp_out.dtype), residual.requires_grad or mlp_out.requires_grad

@@ -111,6 +111,14 @@ class Walk:
         return sum(self.saved.values())
 
 
+def scaled(walk: Walk, x: SymbolicTensor) -> SymbolicTensor:
+    """`x * multiplier` (a Python float, or a tensor that needs no grad): a new tensor in x's dtype; a float
+    saves nothing."""
+    out = walk.new(x.numel, x.dtype, x.requires_grad)
+    walk.transient(x, out)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class WalkSettings:
     """The training settings that shape a decoder layer's walk (dtypes as `BYTES` keys)."""
@@ -158,8 +166,17 @@ def dense_layer_spec(m: ModelSpec) -> ModelSpec:
     )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=256)
+def nope_layer_spec(m: ModelSpec) -> ModelSpec:
+    """The ModelSpec a NoPE layer walks (SmolLM3's `no_rope_layers`): the same layer without RoPE."""
+    return replace(m, rope=False)
+
+
 def layer_specs(m: ModelSpec) -> tuple[ModelSpec, ...]:
     """The ModelSpec each decoder layer walks, bottom layer first."""
+    if m.no_rope_layers:
+        nope = nope_layer_spec(m)
+        return tuple(nope if index in m.no_rope_layers else m for index in range(m.num_hidden_layers))
     if not m.dense_mlp_layers:
         return (m,) * m.num_hidden_layers
     dense = dense_layer_spec(m)
@@ -187,9 +204,9 @@ def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
     window = m.sliding_window
     if window is None or t.seq < window:
         return (False,) * n
-    if m.model_type in ("mistral", "mixtral"):
+    if m.model_type in ("mistral", "mixtral", "ministral3"):
         return (True,) * n
-    if m.model_type == "gemma3_text":
+    if m.model_type in ("gemma3_text", "ministral", "smollm3"):  # per layer (modeling_ministral.py, _smollm3.py)
         return tuple(kind == "sliding_attention" for kind in m.layer_types)
     return (False,) * n
 

@@ -13,7 +13,7 @@ from typing import Any
 from vramplan.errors import VramplanError
 from vramplan.spec.falcon_h1 import falcon_h1_spec
 from vramplan.spec.family_common import common_fields, required
-from vramplan.spec.family_traits import DEEPSEEK_MOE, SUPPORTED_MODEL_TYPES
+from vramplan.spec.family_traits import DEEPSEEK_MOE, NOPE_FAMILIES, SUPPORTED_MODEL_TYPES
 from vramplan.spec.fields import config_bool, config_int, config_names, config_str
 from vramplan.spec.mla import glm4_moe_model_spec, mla_model_spec, with_defaults
 from vramplan.spec.model import LinearSpec, ModelSpec, ParamSpec
@@ -125,9 +125,11 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
     layers = required(cfg, "num_hidden_layers", name)
     q, kv = heads * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
     bias_default = mt == "gpt_oss"  # GptOssConfig.attention_bias defaults to True (q, k, v and o)
-    qkv_bias = True if mt == "qwen2" else config_bool(cfg, "attention_bias", name, bias_default)
-    o_bias = False if mt == "qwen2" else config_bool(cfg, "attention_bias", name, bias_default)
-    mlp_bias = config_bool(cfg, "mlp_bias", name, False)
+    # InternLM3Config.attribute_map (5.25): config.json's `qkv_bias` is attention_bias, `bias` is mlp_bias
+    bias_key, mlp_bias_key = ("qkv_bias", "bias") if mt == "internlm3" else ("attention_bias", "mlp_bias")
+    qkv_bias = True if mt == "qwen2" else config_bool(cfg, bias_key, name, bias_default)
+    o_bias = False if mt == "qwen2" else config_bool(cfg, bias_key, name, bias_default)
+    mlp_bias = config_bool(cfg, mlp_bias_key, name, False)
     if mt == "phi3":
         attn = (
             LinearSpec("qkv_proj", h, q + 2 * kv, False, "attn"),
@@ -188,12 +190,15 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
             LinearSpec("down_proj", inter, h, mlp_bias, "mlp"),
         )
         mlp_kind = "gated"
-    tie_default = mt in ("gemma", "gemma2", "gemma3_text")
+    tie_default = mt in ("gemma", "gemma2", "gemma3_text", "smollm3")  # SmolLM3Config: tie_word_embeddings True
+    window = _sliding_window(cfg, name, mt)
     if mt == "gemma3_text":
         layer_types = gemma3_layer_types(cfg, name, layers)
     elif mt == "gpt_oss" and not cfg.get("layer_types"):
         # GptOssConfig.__post_init__ (5.24): sliding first, alternating with full attention
         layer_types = tuple("sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers))
+    elif mt in ("ministral", "smollm3") and not cfg.get("layer_types"):
+        layer_types = _default_layer_types(cfg, name, mt, layers, window)
     else:
         layer_types = config_names(cfg, "layer_types", name, layers) if cfg.get("layer_types") else ()
     return ModelSpec(
@@ -209,14 +214,47 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         mlp=mlp_kind,
         num_local_experts=experts,
         num_experts_per_tok=top_k,
-        sliding_window=(
-            config_int(cfg, "sliding_window", name, default=128 if mt == "gpt_oss" else None)
-            if config_bool(cfg, "use_sliding_window", name, True)
-            else None
-        ),
+        sliding_window=window,
         layer_types=layer_types,
+        no_rope_layers=no_rope_layers(cfg, name, layers) if mt in NOPE_FAMILIES else (),
         **c,
     )
+
+
+def _sliding_window(cfg: Mapping[str, Any], name: str, mt: str) -> int | None:
+    """The window sliding layers attend: the config's `sliding_window` (class defaults: GptOssConfig 128,
+    MinistralConfig 4096, 5.25), none where `use_sliding_window` is false (Qwen2 / Qwen3, and SmolLM3, whose
+    SmolLM3Config defaults it to False: modeling_smollm3.py gives a layer a window only when it is set)."""
+    default = {"gpt_oss": 128, "ministral": 4096}.get(mt)
+    if not config_bool(cfg, "use_sliding_window", name, mt != "smollm3"):
+        return None
+    if "sliding_window" in cfg and cfg["sliding_window"] is None:
+        return None  # an explicit null: no window, whatever the class default
+    return config_int(cfg, "sliding_window", name, default=default)
+
+
+def _default_layer_types(cfg: Mapping[str, Any], name: str, mt: str, layers: int, window: int | None):
+    """`layer_types` as the config class fills it when config.json has none (5.25): MinistralConfig every layer
+    sliding when there is a window; SmolLM3Config the NoPE layers sliding when `use_sliding_window` and a window
+    are set, every other layer full attention."""
+    if mt == "ministral":
+        return ("sliding_attention" if window is not None else "full_attention",) * layers
+    nope = set(no_rope_layers(cfg, name, layers))
+    return tuple("sliding_attention" if window is not None and i in nope else "full_attention" for i in range(layers))
+
+
+def no_rope_layers(cfg: Mapping[str, Any], name: str, layers: int) -> tuple[int, ...]:
+    """The layers that skip RoPE (SmolLM3: `no_rope_layers[i] == 0`; without the list, SmolLM3Config.__post_init__
+    (5.25) makes every `no_rope_layer_interval`-th layer one: `(i + 1) % interval == 0`)."""
+    flags = cfg.get("no_rope_layers")
+    if flags is None:
+        interval = config_int(cfg, "no_rope_layer_interval", name, default=4)
+        return tuple(i for i in range(layers) if (i + 1) % interval == 0)
+    if not isinstance(flags, list) or len(flags) < layers or any(f not in (0, 1) or isinstance(f, float) for f in flags):
+        raise VramplanError(
+            f"model config {name!r}: no_rope_layers must be a list of {layers} or more 0 / 1 flags; fix the config.json"
+        )
+    return tuple(i for i in range(layers) if not flags[i])
 
 
 def _gpt_oss_params(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> tuple[ParamSpec, ...]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 # Families whose decoder layer is Llama-shaped (separate q/k/v/o, gated MLP, RMSNorm).
 LLAMA_LIKE = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text", "mixtral", "phi3", "gpt_oss"}
+    | {"smollm3", "granite", "ministral", "ministral3", "internlm3"}  # Llama's layer with the changes below
 )
 # Families with multi-head latent attention (DeepSeek-V2's MLA: q / kv low-rank projections, a rope / nope split)
 # and a sigmoid group-limited router over fused experts, shared experts and dense bottom layers (spec/mla.py)
@@ -29,6 +30,7 @@ SUPPORTED_MODEL_TYPES = frozenset(
 # every other family.
 HEAD_DIM_DEFAULTS: dict[str, int] = {
     "qwen3": 128, "gemma": 256, "gemma2": 256, "gemma3_text": 256, "gpt_oss": 64, "qwen3_5_text": 256,
+    "internlm3": 128, "ministral3": 128,  # InternLM3Config / Ministral3Config (5.25): head_dim 128
 }  # fmt: skip
 # Families whose RMSNorm is Gemma's: `(x.float() normed) * (1 + weight.float())` then `.type_as(x)`
 # (modeling_gemma.py / modeling_gemma2.py / modeling_gemma3.py `Gemma*RMSNorm`, 5.24), not Llama's
@@ -41,3 +43,13 @@ FP32_PRODUCT_NORM = GEMMA_NORM | {"gpt_oss"}
 # Families with learned attention sinks (a per-head logit joining the softmax): gpt-oss. transformers 5.24 runs
 # them eager, flex (sinks applied through the log-sum-exp) or a flash kernel that takes `s_aux`; not SDPA
 SINK_FAMILIES = frozenset({"gpt_oss"})
+# Families whose decoder layers skip RoPE where `no_rope_layers[i]` is 0 (modeling_smollm3.py SmolLM3Attention,
+# 5.25: `if self.use_rope:`), by default every `no_rope_layer_interval`-th (4th) layer: NoPE layers
+NOPE_FAMILIES = frozenset({"smollm3"})
+# Granite's muP multipliers (modeling_granite.py, 5.25): `inputs_embeds * embedding_multiplier`, each sublayer's
+# output `* residual_multiplier` before the residual add, `logits / logits_scaling`; attention_multiplier is
+# only SDPA's `scale`. Each is a Python float: a new tensor in its operand's dtype, nothing saved
+SCALED_RESIDUAL = frozenset({"granite"})
+# Ministral 3's query scaling after RoPE (modeling_ministral3.py `get_llama_4_attn_scale`, 5.25): q times a
+# (1, 1, S, 1) scale cast to q's dtype, which the product saves (per layer, S elements)
+QUERY_POSITION_SCALE = frozenset({"ministral3"})

@@ -51,7 +51,8 @@ SHAPE_ALIASES = {"n_embed": "hidden_size", "n_head": "num_attention_heads", "n_l
                  "n_shared_experts": "num_local_experts", "n_group": "num_local_experts",
                  "topk_group": "num_local_experts", "first_k_dense_replace": "num_hidden_layers",
                  "q_lora_rank": "intermediate_size", "kv_lora_rank": "intermediate_size",
-                 "qk_rope_head_dim": "head_dim", "qk_nope_head_dim": "head_dim", "v_head_dim": "head_dim"}  # fmt: skip
+                 "qk_rope_head_dim": "head_dim", "qk_nope_head_dim": "head_dim", "v_head_dim": "head_dim",
+                 "no_rope_layer_interval": "num_hidden_layers"}  # fmt: skip
 _MISSING = object()
 
 

@@ -36,6 +36,12 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "phi3": ("qkv_proj",),
     "gpt_neox": ("query_key_value",),
     "bloom": ("query_key_value",),
+    # no PEFT 0.21.2 entry (PEFT asks for target_modules): as Llama's
+    "smollm3": ("q_proj", "v_proj"),
+    "granite": ("q_proj", "v_proj"),
+    "ministral": ("q_proj", "v_proj"),
+    "ministral3": ("q_proj", "v_proj"),
+    "internlm3": ("q_proj", "v_proj"),
 }
 
 
