@@ -90,6 +90,11 @@ FAMILIES = [
     "gpt_neox",
     "bloom",
     "phi",
+    "smollm3",
+    "granite",
+    "ministral",
+    "ministral3",
+    "internlm3",
 ]
 
 # The 2025-26 families, hand-modelled: each tiny config (tests/conftest.py TINY_CONFIGS) through the methods,
@@ -105,7 +110,9 @@ FAMILY_CASES = {
     "qlora": {"method": "qlora"},
     "qlora-no-ckpt": {"method": "qlora", "grad_ckpt": False},
 }
-FAMILY_GRID = ("gemma3_text", "qwen3_moe", "falcon_h1", "gpt_oss", "deepseek_v3", "glm4_moe", "qwen3_5_text")
+FAMILY_GRID = ("gemma3_text", "qwen3_moe", "falcon_h1", "gpt_oss", "deepseek_v3", "glm4_moe", "qwen3_5_text") + (
+    "smollm3", "granite", "ministral", "ministral3", "internlm3",
+)
 # Qwen3.5's DeltaNet scans each sequence in 64-token chunks (the family grid's seq 64 is one): several chunks,
 # whose later ones save more, and a sequence the chunks do not divide (F.pad to whole chunks), on BASE
 DELTA_NET_CASES = {

@@ -53,6 +53,7 @@ class ActivationBytes:
     # model output is dropped (traced, 4.48.3). Not counted for eager or masked SDPA (the current model's gap)
     forward_cache_bytes: int = 0
     # what the dense-MLP layers below the lowest routed one keep (DeepSeek-V3's first_k_dense_replace: that
-    # layer stands for the bottom one; peak.py): their saved sets, or their checkpointed inputs
+    # layer stands for the bottom one; peak.py): their saved sets, or their checkpointed inputs; and Granite's
+    # embedding-output leaf (activations.py), alive to the end of backward
     below_bottom: int = 0
     dense_bottom: ActivationBytes | None = None  # the same one-layer figures for the dense-MLP layers

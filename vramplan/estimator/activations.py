@@ -17,7 +17,7 @@ from vramplan.estimator.layer_walk import decoder_layer
 from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
-from vramplan.spec.family_traits import HYBRID_LINEAR_ATTENTION, SINK_FAMILIES
+from vramplan.spec.family_traits import HYBRID_LINEAR_ATTENTION, SCALED_RESIDUAL, SINK_FAMILIES
 
 
 class _LayerWalk(NamedTuple):
@@ -191,6 +191,11 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
         saved = layers * hidden + kept
     else:
         saved = sum(count * (at(walks[kind].saved) + walks[kind].per_layer_saved) for kind, count in kinds.items())
+    # Granite: gradient_checkpointing_enable hooks the embedding (enable_input_require_grads, 5.25
+    # modeling_utils.py): its output becomes a leaf that requires grad, held by its AccumulateGrad node through
+    # backward, while `inputs_embeds * embedding_multiplier` is what the layers read (on Llama the two are one)
+    embedding_leaf = hidden if m.model_type in SCALED_RESIDUAL and t.grad_ckpt and t.method != "full" else 0
+    saved += embedding_leaf
     if settings.masked:
         # the model's bool sliding-window mask (B·1·S·S), built once and passed to every layer (and recompute)
         saved += t.batch * seq * seq
@@ -201,7 +206,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
     final_saved, final_out = _walk_final(m, settings, residual_dtype, t.method == "full")
     saved += at(final_saved)
-    below_bottom = 0
+    below_bottom = embedding_leaf
     for index in m.dense_mlp_layers if m.moe_params else ():
         key = (layer_specs(m)[index], layer_kinds(m, t)[index])
         lw = walks[key]

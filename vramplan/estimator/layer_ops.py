@@ -286,6 +286,9 @@ def _post_attention(
         mlp_out = norm(walk, settings, m, mlp_out, trainable)
     if m.model_type in SCALED_RESIDUAL:
         mlp_out = scaled(walk, mlp_out)
+        # its backward (`grad * residual_multiplier`, mlp_out's dtype) runs before the down projection's, where a
+        # checkpointed layer's recompute starts: one more T·hidden gradient alive then
+        walk.recompute_tail += mlp_out.nbytes
     del walk.pinned[residual.id]
     return walk.new(
         T * m.hidden_size, promote(residual.dtype, mlp_out.dtype), residual.requires_grad or mlp_out.requires_grad
