@@ -17,7 +17,12 @@ from vramplan.estimator.layer_walk import decoder_layer
 from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
-from vramplan.spec.family_traits import HYBRID_LINEAR_ATTENTION, SCALED_RESIDUAL, SINK_FAMILIES
+from vramplan.spec.family_traits import (
+    HYBRID_LINEAR_ATTENTION,
+    INPUT_GRADS_UNDER_CHECKPOINTING,
+    SCALED_RESIDUAL,
+    SINK_FAMILIES,
+)
 
 
 class _LayerWalk(NamedTuple):
@@ -117,10 +122,11 @@ def layer_kinds(m: ModelSpec, t: TrainSpec) -> tuple[tuple[bool, bool, bool, fro
     # prompt learning concatenates trainable virtual-token embeddings to the inputs: every layer's input
     # requires grad (peft/peft_model.py PeftModelForCausalLM.forward, `torch.cat((prompts, inputs_embeds))`)
     embedding_output_requires_grad = embed_trainable or (t.kbit_prep and t.grad_ckpt) or t.peft.prompt_learning
-    if m.model_type in HYBRID_LINEAR_ATTENTION and t.grad_ckpt and not t.stack.reentrant_checkpointing:
+    if m.model_type in INPUT_GRADS_UNDER_CHECKPOINTING and t.grad_ckpt and not t.stack.reentrant_checkpointing:
         # transformers 5.24 `gradient_checkpointing_enable` calls enable_input_require_grads for every model whose
         # main input is input_ids (modeling_utils.py), PEFT or not: traced on Qwen3.5, whose layer-0 DeltaNet
-        # backward then runs (the other families keep the rule above until re-measured)
+        # backward then runs; and on Ministral, whose sliding bottom layer's recompute then saves more (the other
+        # families keep the rule above until re-measured)
         embedding_output_requires_grad = True
     first_trainable = (
         layers - t.freeze_trainable_layers if t.method == "freeze" else (0 if t.method == "full" else layers)

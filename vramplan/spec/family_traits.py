@@ -53,3 +53,8 @@ SCALED_RESIDUAL = frozenset({"granite"})
 # Ministral 3's query scaling after RoPE (modeling_ministral3.py `get_llama_4_attn_scale`, 5.25): q times a
 # (1, 1, S, 1) scale cast to q's dtype, which the product saves (per layer, S elements)
 QUERY_POSITION_SCALE = frozenset({"ministral3"})
+# Families whose estimate takes transformers 5's `gradient_checkpointing_enable` -> enable_input_require_grads
+# (modeling_utils.py, 5.25: every model whose main input is input_ids) into account: under checkpointing the
+# bottom layer's input requires grad whatever the method (traced on each; the older families keep the PEFT-only
+# rule until re-measured)
+INPUT_GRADS_UNDER_CHECKPOINTING = HYBRID_LINEAR_ATTENTION | {"smollm3", "granite", "ministral", "ministral3", "internlm3"}
