@@ -17,7 +17,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "smollm3-list": {**TINY_CONFIGS["smollm3"], "no_rope_layers": [0, 1]},
     "smollm3-sliding": {**TINY_CONFIGS["smollm3"], "use_sliding_window": True, "sliding_window": 32},
     "ministral": TINY_CONFIGS["ministral"],
-    "ministral-defaults": {k: v for k, v in TINY_CONFIGS["ministral"].items() if k not in ("sliding_window", "layer_types")},
+    "ministral-defaults": {
+        k: v for k, v in TINY_CONFIGS["ministral"].items() if k not in ("sliding_window", "layer_types")
+    },
     "ministral-no-window": {**TINY_CONFIGS["ministral"], "sliding_window": None, "layer_types": None},
     "ministral3": TINY_CONFIGS["ministral3"],
 }

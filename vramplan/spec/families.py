@@ -250,7 +250,8 @@ def no_rope_layers(cfg: Mapping[str, Any], name: str, layers: int) -> tuple[int,
     if flags is None:
         interval = config_int(cfg, "no_rope_layer_interval", name, default=4)
         return tuple(i for i in range(layers) if (i + 1) % interval == 0)
-    if not isinstance(flags, list) or len(flags) < layers or any(f not in (0, 1) or isinstance(f, float) for f in flags):
+    flags_ok = isinstance(flags, list) and len(flags) >= layers
+    if not flags_ok or any(f not in (0, 1) or isinstance(f, float) for f in flags):
         raise VramplanError(
             f"model config {name!r}: no_rope_layers must be a list of {layers} or more 0 / 1 flags; fix the config.json"
         )

@@ -57,4 +57,6 @@ QUERY_POSITION_SCALE = frozenset({"ministral3"})
 # (modeling_utils.py, 5.25: every model whose main input is input_ids) into account: under checkpointing the
 # bottom layer's input requires grad whatever the method (traced on each; the older families keep the PEFT-only
 # rule until re-measured)
-INPUT_GRADS_UNDER_CHECKPOINTING = HYBRID_LINEAR_ATTENTION | {"smollm3", "granite", "ministral", "ministral3", "internlm3"}
+INPUT_GRADS_UNDER_CHECKPOINTING = HYBRID_LINEAR_ATTENTION | {
+    "smollm3", "granite", "ministral", "ministral3", "internlm3",
+}  # fmt: skip
