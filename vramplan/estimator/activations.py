@@ -12,7 +12,8 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from vramplan.estimator.activation_bytes import ActivationBytes
-from vramplan.estimator.layer_ops import fused_lora, norm
+from vramplan.estimator.layer_ops import norm
+from vramplan.estimator.lora_kernel_ops import fused_lora
 from vramplan.estimator.layer_walk import decoder_layer
 from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings

@@ -50,7 +50,7 @@ from __future__ import annotations
 from vramplan.estimator.delta_net_ops import gated_attention, gated_delta_net
 from vramplan.estimator.gpt_oss_ops import eager_with_sinks, gpt_oss_moe
 from vramplan.estimator.linear_ops import linear
-from vramplan.estimator.lora_kernel_ops import kernel_group, kernel_mlp
+from vramplan.estimator.lora_kernel_ops import fused_lora, kernel_group, kernel_mlp
 from vramplan.estimator.mla_ops import mla_attention
 from vramplan.estimator.moe_ops import moe_block
 from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote, scaled
@@ -246,9 +246,7 @@ def _attention_block(
         k = norm(walk, settings, m, k, trainable, m.head_dim)
     if m.rope:  # SmolLM3's NoPE layers skip it (`if self.use_rope:`): SDPA saves the projections' outputs
         q, k = _rope(walk, q, residual_dtype, settings.liger), _rope(walk, k, residual_dtype, settings.liger)
-    if m.model_type in QUERY_POSITION_SCALE:
-        # Ministral 3: `query_states * get_llama_4_attn_scale(...).to(query_states.dtype)`: a new q; the product
-        # saves the (1, 1, S, 1) scale (S elements per layer, left out)
+    if m.model_type in QUERY_POSITION_SCALE:  # Ministral 3: q * its (1, 1, S, 1) scale (saved: S per layer, left out)
         q = scaled(walk, q)
     if m.model_type in SINK_FAMILIES:
         # the attention's `hidden_states` argument and its pre-repeat key / value states, referenced until it
@@ -285,9 +283,7 @@ def _post_attention(
     if m.norms_per_layer == 4:
         mlp_out = norm(walk, settings, m, mlp_out, trainable)
     if m.model_type in SCALED_RESIDUAL:
-        mlp_out = scaled(walk, mlp_out)
-        # its backward (`grad * residual_multiplier`, mlp_out's dtype) runs before the down projection's, where a
-        # checkpointed layer's recompute starts: one more T·hidden gradient alive then
+        mlp_out = scaled(walk, mlp_out)  # its gradient `grad * multiplier` is alive when a layer's recompute starts
         walk.recompute_tail += mlp_out.nbytes
     del walk.pinned[residual.id]
     return walk.new(
@@ -303,19 +299,6 @@ def _down(walk: Walk, project, x: SymbolicTensor, name: str) -> SymbolicTensor:
     out = project(x, name)
     walk.down_saved = walk.saved_bytes - saved_before - (sum(walk.ctx_saved.values()) - ctx_before)
     return out
-
-
-def fused_lora(settings: WalkSettings, names: set[str]) -> frozenset[str]:
-    """The axolotl LoRA kernels that apply: q/k/v when all three carry an adapter, o_proj, the gated MLP when
-    gate, up and down do (monkeypatch/lora_kernels.py `apply_lora_kernel_patches`); attention only where it has
-    separate q, k, v and o projections (`find_self_attn_in_layer`: not Phi-3's fused qkv_proj)."""
-    groups = {"qkv": {"q_proj", "k_proj", "v_proj"}, "o": {"o_proj"}, "mlp": {"gate_proj", "up_proj", "down_proj"}}
-    separate = {"q_proj", "k_proj", "v_proj", "o_proj"} <= names
-    targets = settings.lora_targets
-    return frozenset(
-        k for k in settings.lora_kernels
-        if groups[k] <= targets and groups[k] <= names and (k == "mlp" or separate)
-    )  # fmt: skip
 
 
 def _gated(walk: Walk, x: SymbolicTensor, project, intermediate: int, prefix: str) -> SymbolicTensor:

@@ -66,3 +66,16 @@ def _projections(
         results.append(out)
     walk.recompute_tail = 0
     return results
+
+
+def fused_lora(settings: WalkSettings, names: set[str]) -> frozenset[str]:
+    """The axolotl LoRA kernels that apply: q/k/v when all three carry an adapter, o_proj, the gated MLP when
+    gate, up and down do (monkeypatch/lora_kernels.py `apply_lora_kernel_patches`); attention only where it has
+    separate q, k, v and o projections (`find_self_attn_in_layer`: not Phi-3's fused qkv_proj)."""
+    groups = {"qkv": {"q_proj", "k_proj", "v_proj"}, "o": {"o_proj"}, "mlp": {"gate_proj", "up_proj", "down_proj"}}
+    separate = {"q_proj", "k_proj", "v_proj", "o_proj"} <= names
+    targets = settings.lora_targets
+    return frozenset(
+        k for k in settings.lora_kernels
+        if groups[k] <= targets and groups[k] <= names and (k == "mlp" or separate)
+    )  # fmt: skip
