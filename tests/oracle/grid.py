@@ -172,6 +172,14 @@ FULL_SIZE = {
     # Qwen3.5: 24 gated DeltaNet layers (transformers' torch fallback, 8 chunks of 64) and 8 gated attention layers
     "qwen3.5-4b lora seq512": ("qwen3.5-4b", "fake", {"method": "lora", "seq": 512}),
     "qwen3.5-4b lora seq512 ckpt": ("qwen3.5-4b", "fake", {"method": "lora", "seq": 512, "grad_ckpt": True}),
+    # SmolLM3-3B: every 4th layer NoPE, tied embeddings; Granite 3.3 8B (4 of its 40 layers): the muP multipliers
+    "smollm3-3b qlora seq1024": ("smollm3-3b", "meta", {"method": "qlora", "seq": 1024}),
+    "granite-3.3-8b 4 layers lora seq512 ckpt": (
+        "granite-3.3-8b-instruct",
+        "fake",
+        {"method": "lora", "seq": 512, "grad_ckpt": True},
+        {"num_hidden_layers": 4},
+    ),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
     "mistral-7b qlora seq4096 window no-ckpt": (
         "mistral-7b",
