@@ -252,6 +252,28 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "layer_types": ["sliding_attention", "full_attention"],
         "tie_word_embeddings": False,
     },
+    # SmolLM3: a NoPE layer every 2nd (the checkpoints: every 4th) layer, tied embeddings as SmolLM3-3B
+    "smollm3": {"model_type": "smollm3", **_SHAPE, "no_rope_layer_interval": 2, "tie_word_embeddings": True},
+    # Granite: granite-3.x's muP multipliers (embedding 12, residual 0.22, attention 1/128 as SDPA's scale, the
+    # logits divided by 8)
+    "granite": {
+        "model_type": "granite",
+        **_SHAPE,
+        "embedding_multiplier": 12.0,
+        "residual_multiplier": 0.22,
+        "attention_multiplier": 0.0078125,
+        "logits_scaling": 8.0,
+        "tie_word_embeddings": True,
+    },
+    # Ministral: a sliding layer (32-token window: seq 64 reaches it) below a full-attention one
+    "ministral": {
+        "model_type": "ministral",
+        **_SHAPE,
+        "head_dim": 16,
+        "sliding_window": 32,
+        "layer_types": ["sliding_attention", "full_attention"],
+        "tie_word_embeddings": False,
+    },
     "exaone4": {
         "model_type": "exaone4",
         **_SHAPE,
@@ -274,6 +296,23 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "model_type": "cohere2", **_SHAPE, "num_hidden_layers": 4, "sliding_window": 32, "logit_scale": 0.25,
         "tie_word_embeddings": True,
     },
+    # Ministral 3: the query scaled by position after RoPE (yarn's llama_4_scaling_beta; a 16-token original
+    # context, so seq 64 scales)
+    "ministral3": {
+        "model_type": "ministral3",
+        **_SHAPE,
+        "head_dim": 16,
+        "rope_parameters": {
+            "rope_type": "yarn", "rope_theta": 1000000.0, "factor": 16.0, "original_max_position_embeddings": 16,
+            "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1,
+        },
+        "tie_word_embeddings": False,
+    },  # fmt: skip
+    # InternLM3: LlamaForCausalLM under InternLM3Config (config.json's qkv_bias / bias keys)
+    "internlm3": {
+        "model_type": "internlm3", **_SHAPE, "head_dim": 16, "qkv_bias": False, "bias": False,
+        "tie_word_embeddings": False,
+    },  # fmt: skip
 }
 
 

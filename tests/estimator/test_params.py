@@ -264,7 +264,9 @@ def _without(cfg: dict[str, Any], *keys: str) -> dict[str, Any]:
 # Config keys left to the family's defaults, and bias / norm switches the built-in profiles leave off.
 VARIANTS: dict[str, dict[str, Any]] = {
     **{f"{f}-default-tie": _without(c, "tie_word_embeddings") for f, c in TINY_CONFIGS.items()},
-    **{f"{f}-default-head-dim": _without(c, "head_dim") for f, c in TINY_CONFIGS.items() if "head_dim" in c},
+    # (MinistralAttention reads `getattr(config, "head_dim", ...)`, None without one: transformers 5.25 cannot build it)
+    **{f"{f}-default-head-dim": _without(c, "head_dim") for f, c in TINY_CONFIGS.items()
+       if "head_dim" in c and f != "ministral"},
     "llama-biases": {**TINY_CONFIGS["llama"], "attention_bias": True, "mlp_bias": True},
     "qwen3-attention-bias": {**TINY_CONFIGS["qwen3"], "attention_bias": True},
     "gemma-attention-bias": {**TINY_CONFIGS["gemma"], "attention_bias": True},
@@ -288,6 +290,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         **_without(TINY_CONFIGS["gemma4_text"], "global_head_dim", "num_global_key_value_heads"),
         "per_layer_config": {"02": {"head_dim": 24, "num_key_value_heads": 1}},
     },
+    "internlm3-biases": {**TINY_CONFIGS["internlm3"], "qkv_bias": True, "bias": True},
+    "granite-biases": {**TINY_CONFIGS["granite"], "attention_bias": True, "mlp_bias": True},
+    "smollm3-nope-list": {**TINY_CONFIGS["smollm3"], "no_rope_layers": [0, 1], "mlp_bias": True},
+    "ministral-default-window": _without(TINY_CONFIGS["ministral"], "sliding_window", "layer_types"),
 }  # fmt: skip
 
 

@@ -98,6 +98,11 @@ FAMILIES = [
     "glm4",
     "starcoder2",
     "cohere2",
+    "smollm3",
+    "granite",
+    "ministral",
+    "ministral3",
+    "internlm3",
 ]
 
 # The 2025-26 families, hand-modelled: each tiny config (tests/conftest.py TINY_CONFIGS) through the methods,
@@ -119,6 +124,7 @@ FAMILY_GRID = (
 )  # fmt: skip
 FAMILY_GRID += ("glm4", "starcoder2", "cohere2")
 FAMILY_GRID += ("gemma4_text",)
+FAMILY_GRID += ("smollm3", "granite", "ministral", "ministral3", "internlm3")
 # Qwen3.5's DeltaNet scans each sequence in 64-token chunks (the family grid's seq 64 is one): several chunks,
 # whose later ones save more, and a sequence the chunks do not divide (F.pad to whole chunks), on BASE
 DELTA_NET_CASES = {
@@ -231,6 +237,14 @@ FULL_SIZE = {
         "meta",
         {"method": "qlora", "seq": 2048},
         {"num_hidden_layers": 4, "vocab_size": 8192},
+    ),
+    # SmolLM3-3B: every 4th layer NoPE, tied embeddings; Granite 3.3 8B (4 of its 40 layers): the muP multipliers
+    "smollm3-3b qlora seq1024": ("smollm3-3b", "meta", {"method": "qlora", "seq": 1024}),
+    "granite-3.3-8b 4 layers lora seq512 ckpt": (
+        "granite-3.3-8b-instruct",
+        "fake",
+        {"method": "lora", "seq": 512, "grad_ckpt": True},
+        {"num_hidden_layers": 4},
     ),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
     "mistral-7b qlora seq4096 window no-ckpt": (

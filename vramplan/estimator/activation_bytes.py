@@ -53,7 +53,8 @@ class ActivationBytes(NamedTuple):
     forward_cache_bytes: int = 0
     # what the dense-MLP layers below the lowest routed one keep (DeepSeek-V3's first_k_dense_replace: that
     # layer stands for the bottom one; peak.py): their saved sets, or their checkpointed inputs; and what the
-    # model made for every layer and the bottom one still holds (OLMo's fp32 RoPE tables)
+    # model made for every layer and the bottom one still holds (OLMo's fp32 RoPE tables, Granite's
+    # embedding-output leaf: activations.py), alive to the end of backward
     below_bottom: int = 0
     # a post-norm layer (OLMo 2 / 3, EXAONE 4: family_traits.POST_NORM): the backward of its output norm, the
     # layer's first, with every tensor the layer saved still alive: the RMSNorm's fp32 gradient chain (rsqrt,

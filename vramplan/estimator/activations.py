@@ -22,8 +22,10 @@ from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.spec.family_traits import (
     FP32_ROPE,
     HYBRID_LINEAR_ATTENTION,
+    INPUT_GRADS_UNDER_CHECKPOINTING,
     NOPE_ON_FULL_LAYERS,
     POST_NORM,
+    SCALED_RESIDUAL,
     SINK_FAMILIES,
     model_dropout,
 )
@@ -127,10 +129,11 @@ def layer_kinds(m: ModelSpec, t: TrainSpec) -> tuple[tuple[bool, bool, bool, fro
     # prompt learning concatenates trainable virtual-token embeddings to the inputs: every layer's input
     # requires grad (peft/peft_model.py PeftModelForCausalLM.forward, `torch.cat((prompts, inputs_embeds))`)
     embedding_output_requires_grad = embed_trainable or (t.kbit_prep and t.grad_ckpt) or t.peft.prompt_learning
-    if m.model_type in HYBRID_LINEAR_ATTENTION and t.grad_ckpt and not t.stack.reentrant_checkpointing:
+    if m.model_type in INPUT_GRADS_UNDER_CHECKPOINTING and t.grad_ckpt and not t.stack.reentrant_checkpointing:
         # transformers 5.24 `gradient_checkpointing_enable` calls enable_input_require_grads for every model whose
         # main input is input_ids (modeling_utils.py), PEFT or not: traced on Qwen3.5, whose layer-0 DeltaNet
-        # backward then runs (the other families keep the rule above until re-measured)
+        # backward then runs; and on Ministral, whose sliding bottom layer's recompute then saves more (the other
+        # families keep the rule above until re-measured)
         embedding_output_requires_grad = True
     first_trainable = (
         layers - t.freeze_trainable_layers if t.method == "freeze" else (0 if t.method == "full" else layers)
@@ -207,6 +210,11 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     # as every checkpointed layer's argument), alive until the bottom layer's backward is done
     rope_tables = 2 * seq * m.head_dim * 4 if m.model_type in FP32_ROPE else 0
     saved += rope_tables
+    # Granite: gradient_checkpointing_enable hooks the embedding (enable_input_require_grads, 5.25
+    # modeling_utils.py): its output becomes a leaf that requires grad, held by its AccumulateGrad node through
+    # backward, while `inputs_embeds * embedding_multiplier` is what the layers read (on Llama the two are one)
+    embedding_leaf = hidden if m.model_type in SCALED_RESIDUAL and t.grad_ckpt and t.method != "full" else 0
+    saved += embedding_leaf
     if settings.masked:
         # the model's bool sliding-window mask (B·1·S·S), built once and passed to every layer (and recompute)
         saved += t.batch * seq * seq
@@ -219,7 +227,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
     final_saved, final_out = _walk_final(m, settings, residual_dtype, t.method == "full")
     saved += at(final_saved)
-    below_bottom = rope_tables
+    below_bottom = rope_tables + embedding_leaf
     for index in m.dense_mlp_layers if m.moe_params else ():
         key = (layer_specs(m)[index], layer_kinds(m, t)[index])
         lw = walks[key]

@@ -20,7 +20,8 @@ holds). Where it differs from Gemma 3's walk (`layer_ops`):
 
 from __future__ import annotations
 
-from vramplan.estimator.layer_ops import _attention, _down, _gated, _rope
+from vramplan.estimator.layer_ops import _attention, _rope
+from vramplan.estimator.mlp_ops import _down, _gated
 from vramplan.estimator.linear_ops import linear
 from vramplan.estimator.moe_ops import sort_and_gather
 from vramplan.estimator.walk import SymbolicTensor, Walk, WalkSettings, promote

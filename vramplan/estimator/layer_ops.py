@@ -53,10 +53,18 @@ from vramplan.estimator.gpt_oss_ops import eager_with_sinks, gpt_oss_moe
 from vramplan.estimator.linear_ops import linear
 from vramplan.estimator.lora_kernel_ops import fused_lora, kernel_group, kernel_mlp
 from vramplan.estimator.mla_ops import mla_attention
+from vramplan.estimator.mlp_ops import _down, _gated
 from vramplan.estimator.moe_ops import moe_block, qwen35_sparse_block
-from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote
+from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote, scaled
 from vramplan.spec import ModelSpec
-from vramplan.spec.family_traits import FP32_PRODUCT_NORM, MEAN_CENTRED_NORM, NOPE_ON_FULL_LAYERS, SINK_FAMILIES
+from vramplan.spec.family_traits import (
+    FP32_PRODUCT_NORM,
+    MEAN_CENTRED_NORM,
+    NOPE_ON_FULL_LAYERS,
+    QUERY_POSITION_SCALE,
+    SCALED_RESIDUAL,
+    SINK_FAMILIES,
+)
 
 
 def norm(
@@ -250,8 +258,10 @@ def _attention_block(
     if m.model_type in NOPE_ON_FULL_LAYERS:
         if settings.mixer != "nope":  # Cohere 2's sliding layers: q / k rotated in fp32, cast back
             q, k = fp32_rope(walk, q, k)
-    else:
+    elif m.rope:  # SmolLM3's NoPE layers skip it (`if self.use_rope:`): SDPA saves the projections' outputs
         q, k = _rope(walk, q, residual_dtype, settings.liger), _rope(walk, k, residual_dtype, settings.liger)
+    if m.model_type in QUERY_POSITION_SCALE:  # Ministral 3: q * its (1, 1, S, 1) scale (saved: S per layer, left out)
+        q = scaled(walk, q)
     if m.model_type in SINK_FAMILIES:
         # the attention's `hidden_states` argument and its pre-repeat key / value states, referenced until it
         # returns (traced on gpt-oss: its eager scores dwarf them elsewhere, the other families leave them out)
@@ -271,6 +281,8 @@ def _post_attention(
     T, residual_dtype = settings.T, x.dtype
     if m.norms_per_layer == 4:  # gemma2, gemma3: post_attention_layernorm on the attention output
         attention_out = norm(walk, settings, m, attention_out, trainable)
+    if m.model_type in SCALED_RESIDUAL:  # Granite: `residual + hidden_states * self.residual_multiplier`
+        attention_out = scaled(walk, attention_out)
     if m.parallel_residual:
         mlp_input = normed_input if m.norms_per_layer == 1 else norm(walk, settings, m, x, trainable)
         if m.model_type in MEAN_CENTRED_NORM:  # the attention output, a Python local until the three-way sum
@@ -287,39 +299,13 @@ def _post_attention(
     mlp_out = _mlp(walk, settings, m, mlp_input, project, trainable)
     if m.norms_per_layer == 4:
         mlp_out = norm(walk, settings, m, mlp_out, trainable)
+    if m.model_type in SCALED_RESIDUAL:
+        mlp_out = scaled(walk, mlp_out)  # its gradient `grad * multiplier` is alive when a layer's recompute starts
+        walk.recompute_tail += mlp_out.nbytes
     del walk.pinned[residual.id]
     return walk.new(
         T * m.hidden_size, promote(residual.dtype, mlp_out.dtype), residual.requires_grad or mlp_out.requires_grad
     )
-
-
-def _down(walk: Walk, project, x: SymbolicTensor, name: str) -> SymbolicTensor:
-    """The MLP's down projection; records what it saves (freed first in the layer's backward), except what it
-    keeps in ctx.tensors (int8): that lives until its backward has run."""
-    walk.mark("down")
-    saved_before, ctx_before = walk.saved_bytes, sum(walk.ctx_saved.values())
-    out = project(x, name)
-    walk.down_saved = walk.saved_bytes - saved_before - (sum(walk.ctx_saved.values()) - ctx_before)
-    return out
-
-
-def _gated(walk: Walk, x: SymbolicTensor, project, intermediate: int, prefix: str) -> SymbolicTensor:
-    """act_fn(gate_proj(x)) * up_proj(x), then down_proj: the activation waits for up_proj. `prefix`: where the
-    linears' names say they sit (DeepSeek-V3's `mlp.` dense MLP, its `shared_experts.`)."""
-    T = 1
-    gate = project(x, prefix + "gate_proj")
-    activated = walk.new(T * intermediate, gate.dtype, gate.requires_grad)
-    if gate.requires_grad:
-        walk.save(gate)
-    walk.transient(gate, activated)
-    walk.pinned[activated.id] = activated.nbytes
-    up = project(x, prefix + "up_proj")
-    del walk.pinned[activated.id]
-    product = walk.new(T * intermediate, promote(activated.dtype, up.dtype), gate.requires_grad or up.requires_grad)
-    if product.requires_grad:
-        walk.save(activated, up)
-    walk.transient(activated, up, product)
-    return _down(walk, project, product, prefix + "down_proj")
 
 
 def _mlp(

@@ -22,17 +22,12 @@ reference (not counted), and the chunk-to-chunk decay (batch · heads · (chunks
 
 from __future__ import annotations
 
-from vramplan.estimator.layer_ops import _attention, _down, _rope, norm
+from vramplan.estimator.layer_ops import _attention, _rope, norm
+from vramplan.estimator.mlp_ops import _down
 from vramplan.estimator.linear_ops import linear
 from vramplan.estimator.walk import SymbolicTensor, Walk, WalkSettings, promote
+from vramplan.estimator.walk import scaled as _scaled
 from vramplan.spec import ModelSpec
-
-
-def _scaled(walk: Walk, x: SymbolicTensor) -> SymbolicTensor:
-    """`x * multiplier` (a Python float): a new tensor in x's dtype; nothing saved."""
-    out = walk.new(x.numel, x.dtype, x.requires_grad)
-    walk.transient(x, out)
-    return out
 
 
 def _product(walk: Walk, a: SymbolicTensor, b: SymbolicTensor, numel: complex) -> SymbolicTensor:

@@ -234,7 +234,7 @@ def qwen35_sparse_block(
     walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, project, gated, trainable: bool
 ) -> SymbolicTensor:
     """Qwen3_5MoeSparseMoeBlock.forward (modeling_qwen3_5_moe.py, transformers 5.25): the shared expert (a gated
-    MLP of nn.Linear, `gated`: layer_ops._gated) on the block input, then the router (Qwen3-MoE's, the top-k
+    MLP of nn.Linear, `gated`: mlp_ops._gated) on the block input, then the router (Qwen3-MoE's, the top-k
     weights always renormalised) and the fused experts (`moe_block`) while its output waits, then
     `sigmoid(shared_expert_gate(x)) * shared` (sigmoid saves its T·1 output, the product both operands) and the
     sum with the routed output. The backward meets the gate's product first: what it and the gate saved is freed

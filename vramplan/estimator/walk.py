@@ -111,6 +111,14 @@ class Walk:
         return sum(self.saved.values())
 
 
+def scaled(walk: Walk, x: SymbolicTensor) -> SymbolicTensor:
+    """`x * multiplier` (a Python float, or a tensor that needs no grad): a new tensor in x's dtype; a float
+    saves nothing."""
+    out = walk.new(x.numel, x.dtype, x.requires_grad)
+    walk.transient(x, out)
+    return out
+
+
 class WalkSettings(NamedTuple):
     """The training settings that shape a decoder layer's walk (dtypes as `BYTES` keys)."""
 
@@ -171,10 +179,19 @@ def _gemma4_layer_specs(m: ModelSpec) -> tuple[ModelSpec, ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=256)
+def nope_layer_spec(m: ModelSpec) -> ModelSpec:
+    """The ModelSpec a NoPE layer walks (SmolLM3's `no_rope_layers`): the same layer without RoPE."""
+    return replace(m, rope=False)
+
+
 def layer_specs(m: ModelSpec) -> tuple[ModelSpec, ...]:
     """The ModelSpec each decoder layer walks, bottom layer first."""
     if m.model_type in PER_LAYER_SHAPES:
         return _gemma4_layer_specs(m)
+    if m.no_rope_layers:
+        nope = nope_layer_spec(m)
+        return tuple(nope if index in m.no_rope_layers else m for index in range(m.num_hidden_layers))
     if not m.dense_mlp_layers:
         return (m,) * m.num_hidden_layers
     dense = dense_layer_spec(m)
@@ -203,9 +220,9 @@ def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
     window = m.sliding_window
     if window is None or t.seq < window:
         return (False,) * n
-    if m.model_type in ("mistral", "mixtral", "starcoder2"):  # every layer slides (Starcoder2Model, 5.25)
+    if m.model_type in ("mistral", "mixtral", "starcoder2", "ministral3"):  # every layer slides (Starcoder2Model, 5.25)
         return (True,) * n
-    if m.model_type in ("gemma3_text", "gemma4_text", "olmo3", "exaone4", "cohere2"):
+    if m.model_type in ("gemma3_text", "gemma4_text", "olmo3", "exaone4", "cohere2", "ministral", "smollm3"):
         return tuple(kind == "sliding_attention" for kind in m.layer_types)
     return (False,) * n
 

@@ -17,6 +17,7 @@ from vramplan.spec.family_traits import (
     DEEPSEEK_MOE,
     FUSED_GATE_UP,
     HAND_MODELLED_TYPES,
+    NOPE_FAMILIES,
     PROJECTION_QK_NORM,
     SANDWICH_NORM,
 )
@@ -148,12 +149,14 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
     layers = required(cfg, "num_hidden_layers", name)
     q, kv = heads * c["head_dim"], c["num_key_value_heads"] * c["head_dim"]
     bias_default = mt == "gpt_oss"  # GptOssConfig.attention_bias defaults to True (q, k, v and o)
-    qkv_bias = True if mt == "qwen2" else config_bool(cfg, "attention_bias", name, bias_default)
+    # InternLM3Config.attribute_map (5.25): config.json's `qkv_bias` is attention_bias, `bias` is mlp_bias
+    bias_key, mlp_bias_key = ("qkv_bias", "bias") if mt == "internlm3" else ("attention_bias", "mlp_bias")
+    qkv_bias = True if mt == "qwen2" else config_bool(cfg, bias_key, name, bias_default)
     # Qwen2Attention / Glm4Attention (5.25): o_proj has no bias whatever attention_bias says
-    o_bias = False if mt in ("qwen2", "glm4") else config_bool(cfg, "attention_bias", name, bias_default)
+    o_bias = False if mt in ("qwen2", "glm4") else config_bool(cfg, bias_key, name, bias_default)
     if mt == "glm4":
         qkv_bias = config_bool(cfg, "attention_bias", name, True)  # Glm4Config.attention_bias defaults to True
-    mlp_bias = config_bool(cfg, "mlp_bias", name, False)
+    mlp_bias = config_bool(cfg, mlp_bias_key, name, False)
     if mt == "phi3":
         attn = (
             LinearSpec("qkv_proj", h, q + 2 * kv, False, "attn"),
@@ -214,7 +217,8 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
             LinearSpec("down_proj", inter, h, mlp_bias, "mlp"),
         )
         mlp_kind = "gated"
-    tie_default = mt in ("gemma", "gemma2", "gemma3_text", "cohere2")
+    tie_default = mt in ("gemma", "gemma2", "gemma3_text", "cohere2", "smollm3")  # SmolLM3Config: tied
+    window = _sliding_window(cfg, name, mt)
     if mt == "gemma3_text":
         layer_types = gemma3_layer_types(cfg, name, layers)
     elif mt == "cohere2":  # Cohere2Config.__post_init__: `sliding_window_pattern` (default 4): 3 sliding, 1 full
@@ -224,15 +228,14 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         layer_types = tuple("sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers))
     elif mt in ("olmo3", "exaone4") and not cfg.get("layer_types"):
         layer_types = _every_nth_full_layer_types(cfg, name, mt, layers)
+    elif mt in ("ministral", "smollm3") and not cfg.get("layer_types"):
+        layer_types = _default_layer_types(cfg, name, mt, layers, window)
     else:
         layer_types = config_names(cfg, "layer_types", name, layers) if cfg.get("layer_types") else ()
     # q_norm / k_norm: OLMo 2 / 3 over the whole q and k projections, qwen3's and EXAONE 4's over head_dim
     head_norms = 2 * c["head_dim"] if mt in ("qwen3", "qwen3_moe", "gemma3_text", "exaone4") else 0
     if mt in PROJECTION_QK_NORM:
         head_norms = q + kv
-    # config classes' sliding_window defaults (5.25): GptOssConfig 128, Olmo3Config / Exaone4Config 4096;
-    # Olmo2Config has no sliding window (a stray key in config.json is not read)
-    window_default = {"gpt_oss": 128, "olmo3": 4096, "exaone4": 4096}.get(mt)
     return ModelSpec(
         model_type=mt,
         intermediate_size=inter,
@@ -247,13 +250,9 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         mlp=mlp_kind,
         num_local_experts=experts,
         num_experts_per_tok=top_k,
-        sliding_window=(
-            config_int(cfg, "sliding_window", name, default=window_default)
-            # Olmo2Model, Glm4Model: a causal mask only
-            if config_bool(cfg, "use_sliding_window", name, True) and mt not in ("olmo2", "glm4")
-            else None
-        ),
+        sliding_window=window,
         layer_types=layer_types,
+        no_rope_layers=no_rope_layers(cfg, name, layers) if mt in NOPE_FAMILIES else (),
         **c,
     )
 
@@ -277,6 +276,45 @@ def _every_nth_full_layer_types(cfg: Mapping[str, Any], name: str, mt: str, laye
             "only an integer pattern); add layer_types to the config.json"
         )
     return tuple("sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers))
+
+
+def _sliding_window(cfg: Mapping[str, Any], name: str, mt: str) -> int | None:
+    """The window sliding layers attend: the config's `sliding_window` (class defaults: GptOssConfig 128,
+    MinistralConfig 4096, 5.25), none where `use_sliding_window` is false (Qwen2 / Qwen3, and SmolLM3, whose
+    SmolLM3Config defaults it to False: modeling_smollm3.py gives a layer a window only when it is set);
+    Olmo3Config / Exaone4Config default 4096; Olmo2Model and Glm4Model build a causal mask only (a stray key in
+    config.json is not read)."""
+    default = {"gpt_oss": 128, "ministral": 4096, "olmo3": 4096, "exaone4": 4096}.get(mt)
+    if mt in ("olmo2", "glm4") or not config_bool(cfg, "use_sliding_window", name, mt != "smollm3"):
+        return None
+    if "sliding_window" in cfg and cfg["sliding_window"] is None:
+        return None  # an explicit null: no window, whatever the class default
+    return config_int(cfg, "sliding_window", name, default=default)
+
+
+def _default_layer_types(cfg: Mapping[str, Any], name: str, mt: str, layers: int, window: int | None):
+    """`layer_types` as the config class fills it when config.json has none (5.25): MinistralConfig every layer
+    sliding when there is a window; SmolLM3Config the NoPE layers sliding when `use_sliding_window` and a window
+    are set, every other layer full attention."""
+    if mt == "ministral":
+        return ("sliding_attention" if window is not None else "full_attention",) * layers
+    nope = set(no_rope_layers(cfg, name, layers))
+    return tuple("sliding_attention" if window is not None and i in nope else "full_attention" for i in range(layers))
+
+
+def no_rope_layers(cfg: Mapping[str, Any], name: str, layers: int) -> tuple[int, ...]:
+    """The layers that skip RoPE (SmolLM3: `no_rope_layers[i] == 0`; without the list, SmolLM3Config.__post_init__
+    (5.25) makes every `no_rope_layer_interval`-th layer one: `(i + 1) % interval == 0`)."""
+    flags = cfg.get("no_rope_layers")
+    if flags is None:
+        interval = config_int(cfg, "no_rope_layer_interval", name, default=4)
+        return tuple(i for i in range(layers) if (i + 1) % interval == 0)
+    flags_ok = isinstance(flags, list) and len(flags) >= layers
+    if not flags_ok or any(f not in (0, 1) or isinstance(f, float) for f in flags):
+        raise VramplanError(
+            f"model config {name!r}: no_rope_layers must be a list of {layers} or more 0 / 1 flags; fix the config.json"
+        )
+    return tuple(i for i in range(layers) if not flags[i])
 
 
 def _gpt_oss_params(cfg: Mapping[str, Any], name: str, h: int, heads: int) -> tuple[ParamSpec, ...]:

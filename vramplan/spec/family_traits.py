@@ -8,6 +8,7 @@ LLAMA_LIKE = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text", "mixtral", "phi3", "gpt_oss"}
     | {"olmo2", "olmo3", "exaone4"}
     | {"glm4", "cohere2"}
+    | {"smollm3", "granite", "ministral", "ministral3", "internlm3"}  # Llama's layer with the changes below
 )
 # Families with multi-head latent attention (DeepSeek-V2's MLA: q / kv low-rank projections, a rope / nope split)
 # and a sigmoid group-limited router over fused experts, shared experts and dense bottom layers (spec/mla.py)
@@ -38,6 +39,7 @@ HEAD_DIM_DEFAULTS: dict[str, int] = {
     "qwen3_5_moe_text": 256,
     "glm4": 128,
     "gemma4_text": 256,
+    "internlm3": 128, "ministral3": 128,  # InternLM3Config / Ministral3Config (5.25): head_dim 128
 }  # fmt: skip
 # Families whose RMSNorm is Gemma's: `(x.float() normed) * (1 + weight.float())` then `.type_as(x)`
 # (modeling_gemma.py / modeling_gemma2.py / modeling_gemma3.py `Gemma*RMSNorm`, 5.24), not Llama's
@@ -86,3 +88,20 @@ def model_dropout(model_type: str, config, key: str) -> float:
         return 0.0
     value = config.get(key, 0.0)
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+# Families whose decoder layers skip RoPE where `no_rope_layers[i]` is 0 (modeling_smollm3.py SmolLM3Attention,
+# 5.25: `if self.use_rope:`), by default every `no_rope_layer_interval`-th (4th) layer: NoPE layers
+NOPE_FAMILIES = frozenset({"smollm3"})
+# Granite's muP multipliers (modeling_granite.py, 5.25): `inputs_embeds * embedding_multiplier`, each sublayer's
+# output `* residual_multiplier` before the residual add, `logits / logits_scaling`; attention_multiplier is
+# only SDPA's `scale`. Each is a Python float: a new tensor in its operand's dtype, nothing saved
+SCALED_RESIDUAL = frozenset({"granite"})
+# Ministral 3's query scaling after RoPE (modeling_ministral3.py `get_llama_4_attn_scale`, 5.25): q times a
+# (1, 1, S, 1) scale cast to q's dtype, which the product saves (per layer, S elements)
+QUERY_POSITION_SCALE = frozenset({"ministral3"})
+# Families whose estimate takes transformers 5's `gradient_checkpointing_enable` -> enable_input_require_grads
+# (modeling_utils.py, 5.25: every model whose main input is input_ids) into account: under checkpointing the
+# bottom layer's input requires grad whatever the method (traced on each; the older families keep the PEFT-only
+# rule until re-measured)
+INPUT_GRADS_UNDER_CHECKPOINTING = HYBRID_LINEAR_ATTENTION | {
+    "smollm3", "granite", "ministral", "ministral3", "internlm3",
+}  # fmt: skip

@@ -56,7 +56,8 @@ SHAPE_ALIASES = {"n_embed": "hidden_size", "n_head": "num_attention_heads", "n_l
                  "global_head_dim": "head_dim", "num_global_key_value_heads": "num_key_value_heads",
                  "top_k_experts": "num_experts_per_tok", "num_kv_shared_layers": "num_hidden_layers",
                  "hidden_size_per_layer_input": "hidden_size", "vocab_size_per_layer_input": "vocab_size",
-                 "patch_size": "head_dim", "position_embedding_size": "max_position_embeddings"}  # fmt: skip
+                 "patch_size": "head_dim", "position_embedding_size": "max_position_embeddings",
+                 "no_rope_layer_interval": "num_hidden_layers"}  # fmt: skip
 _MISSING = object()
 
 

@@ -46,6 +46,12 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "glm4": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): as Llama's
     "starcoder2": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): as Llama's
     "cohere2": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): as Llama's
+    # no PEFT 0.21.2 entry (PEFT asks for target_modules): as Llama's
+    "smollm3": ("q_proj", "v_proj"),
+    "granite": ("q_proj", "v_proj"),
+    "ministral": ("q_proj", "v_proj"),
+    "ministral3": ("q_proj", "v_proj"),
+    "internlm3": ("q_proj", "v_proj"),
 }
 
 

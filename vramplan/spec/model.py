@@ -168,6 +168,8 @@ class ModelSpec:
     layer_types: tuple[str, ...] = ()
     attn_softcap: bool = False  # gemma2/3 attn_logit_softcapping: tanh on the scores (eager attention)
     final_softcap: bool = False  # gemma2/3 final_logit_softcapping: tanh on the logits
+    no_rope_layers: tuple[int, ...] = ()  # smollm3: the NoPE layers (indices), which skip RoPE
+    rope: bool = True  # False: the ModelSpec a NoPE layer walks (walk.layer_specs)
     text_of: str = ""  # a vision-language wrapper's model_type whose text_config this is (gemma3): text model only
     hidden_act: str = "silu"  # ACT2FN name; "gelu_new" (phi) is a Python tanh-GELU that saves 3 more tensors
     mamba: MambaSpec | None = None  # falcon_h1: the Mamba-2 mixer beside the attention in every layer
