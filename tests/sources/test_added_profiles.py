@@ -29,6 +29,10 @@ HUB_IDS = [
     ("mistralai/Magistral-Small-2506", "magistral-small-2506"),
     ("deepseek-ai/DeepSeek-V3-0324-BF16", "deepseek-v3"),  # the alias, a dtype word dropped
     ("deepseek-ai/DeepSeek-V3.1", None),  # a later checkpoint the card of 0324 does not speak for
+    ("Skywork/Skywork-Reward-V2-Qwen3-8B", "qwen3-8b"),  # its card's base model (a reward model: --stage rm)
+    ("deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", "qwen2.5-14b"),  # DeepSeek-R1's table: base Qwen2.5-14B
+    ("agentica-org/DeepCoder-14B-Preview", "qwen2.5-14b"),  # fine-tuned from R1-Distill-Qwen-14B (its card)
+    ("Skywork/Skywork-Reward-V2-Qwen3-4B", None),  # only the named sizes are aliased
 ]
 
 
