@@ -238,14 +238,8 @@ FULL_SIZE = {
         {"method": "qlora", "seq": 2048},
         {"num_hidden_layers": 4, "vocab_size": 8192},
     ),
-    # SmolLM3-3B: every 4th layer NoPE, tied embeddings; Granite 3.3 8B (4 of its 40 layers): the muP multipliers
+    # SmolLM3-3B: every 4th layer NoPE, tied embeddings
     "smollm3-3b qlora seq1024": ("smollm3-3b", "meta", {"method": "qlora", "seq": 1024}),
-    "granite-3.3-8b 4 layers lora seq512 ckpt": (
-        "granite-3.3-8b-instruct",
-        "fake",
-        {"method": "lora", "seq": 512, "grad_ckpt": True},
-        {"num_hidden_layers": 4},
-    ),
     "mistral-7b qlora seq4096 window": ("mistral-7b", "meta", {"method": "qlora", "seq": 4096}),
     "mistral-7b qlora seq4096 window no-ckpt": (
         "mistral-7b",

@@ -58,14 +58,7 @@ def phi_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         intermediate_size=inter,
         num_hidden_layers=required(cfg, "num_hidden_layers", name),
         tie_word_embeddings=config_bool(cfg, "tie_word_embeddings", name, False),
-        linears=(
-            LinearSpec("q_proj", h, q, True, "attn"),
-            LinearSpec("k_proj", h, kv, True, "attn"),
-            LinearSpec("v_proj", h, kv, True, "attn"),
-            LinearSpec("dense", q, h, True, "attn"),
-            LinearSpec("fc1", h, inter, True, "mlp"),
-            LinearSpec("fc2", inter, h, True, "mlp"),
-        ),
+        linears=separate_qkv_linears(h, q, kv, inter, True, ("dense", "fc1", "fc2")),
         norm="layer",
         norms_per_layer=1,
         head_norm_params=2 * 2 * c["head_dim"] if qk_ln else 0,
@@ -95,17 +88,26 @@ def starcoder2_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         intermediate_size=inter,
         num_hidden_layers=required(cfg, "num_hidden_layers", name),
         tie_word_embeddings=config_bool(cfg, "tie_word_embeddings", name, True),
-        linears=(
-            LinearSpec("q_proj", h, q, bias, "attn"),
-            LinearSpec("k_proj", h, kv_dim, bias, "attn"),
-            LinearSpec("v_proj", h, kv_dim, bias, "attn"),
-            LinearSpec("o_proj", q, h, bias, "attn"),
-            LinearSpec("c_fc", h, inter, bias, "mlp"),
-            LinearSpec("c_proj", inter, h, bias, "mlp"),
-        ),
+        linears=separate_qkv_linears(h, q, kv_dim, inter, bias, ("o_proj", "c_fc", "c_proj")),
         norm="layer",
         norms_per_layer=2,
         mlp="plain",
         sliding_window=config_int(cfg, "sliding_window", name, default=None),
         **c,
+    )
+
+
+def separate_qkv_linears(
+    h: int, q: int, kv: int, inter: int, bias: bool, names: tuple[str, str, str]
+) -> tuple[LinearSpec, ...]:
+    """q / k / v projections, the attention's output and an ungated MLP's two linears (`names`: the output
+    projection's, the MLP's up and down names: Phi's dense / fc1 / fc2, StarCoder2's o_proj / c_fc / c_proj)."""
+    out, up, down = names
+    return (
+        LinearSpec("q_proj", h, q, bias, "attn"),
+        LinearSpec("k_proj", h, kv, bias, "attn"),
+        LinearSpec("v_proj", h, kv, bias, "attn"),
+        LinearSpec(out, q, h, bias, "attn"),
+        LinearSpec(up, h, inter, bias, "mlp"),
+        LinearSpec(down, inter, h, bias, "mlp"),
     )
