@@ -37,6 +37,7 @@ from vramplan.estimator.activations import (
 from vramplan.estimator.adapters import adapter_bytes
 from vramplan.estimator.bnb_storage import bnb_4bit_bytes
 from vramplan.estimator.layer_pattern import LayerTemplate, Size, layer_pattern, layer_template
+from vramplan.estimator.logits import head_dtype_bytes
 from vramplan.estimator.loss import loss_bytes
 from vramplan.estimator.optimizer import optimizer_bytes
 from vramplan.estimator.optimizer_memory_efficient import is_layerwise
@@ -236,7 +237,7 @@ def _one_step(e, m, t, act, shape, patterns, templates, grads, optimizer, layerw
     final_out = e.alloc(act.final_hidden_bytes)
     e.free(x)
     head_copy = e.alloc(act.head_copy if t.loss == "hf" else 0)
-    saved_loss, backward_extra, cast_grad_bytes = _loss_forward(e, m, t)
+    saved_loss, backward_extra = _loss_forward(e, m, t)
     e.free(final_out, embeds)
     # backward: the loss, lm_head, then the layers top down
     loss_grads = [e.alloc(nbytes) for nbytes in _loss_backward_grads(t, backward_extra)]
@@ -248,9 +249,11 @@ def _one_step(e, m, t, act, shape, patterns, templates, grads, optimizer, layerw
         # nll_loss's gradient and log_softmax's saved output die once log_softmax's input gradient exists; the
         # upcast's backward (`ToCopyBackward`) casts that to the head's dtype before the head's backward runs
         nll_grad, input_grad_fp32 = loss_grads
-        e.free(nll_grad, saved_loss[0])
-        loss_grads = [e.alloc(cast_grad_bytes)] if cast_grad_bytes else [input_grad_fp32]
-        if cast_grad_bytes:
+        e.free(nll_grad, saved_loss.pop(0))
+        loss_grads = [input_grad_fp32]
+        head_bytes = head_dtype_bytes(t)
+        if head_bytes != 4:
+            loss_grads = [e.alloc(head_bytes * t.tokens * m.vocab_size)]
             e.free(input_grad_fp32)
     param_grads = [saved_loss.pop()] if liger_head else [e.alloc(head_grad_bytes)]
     grad = e.alloc(act.hidden_grad_bytes)
@@ -306,21 +309,20 @@ def _one_step(e, m, t, act, shape, patterns, templates, grads, optimizer, layerw
     e.free(*param_grads)
 
 
-def _loss_forward(e: _Emitter, m: ModelSpec, t: TrainSpec) -> tuple[list[int], int, int]:
-    """The loss's forward tensors; returns the ids it saves for backward, its backward's extra bytes and the
-    size of the upcast's gradient cast back to the head's dtype (0 without an upcast).
+def _loss_forward(e: _Emitter, m: ModelSpec, t: TrainSpec) -> tuple[list[int], int]:
+    """The loss's forward tensors; returns the ids it saves for backward and its backward's extra bytes.
     hf (`logits.py`): the logits in the head's dtype, gemma2's softcapped copy, the fp32 upcast, log_softmax's
     output; the Trainer drops the logits and the upcast once the loss is computed."""
     figures = loss_bytes(m, t)
     if t.loss == "hf":
         tv = t.tokens * m.vocab_size
-        head_bytes = 4 if (t.kbit_prep and t.mixed_precision == "no") else DTYPE_BYTES[t.compute_dtype]
+        head_bytes = head_dtype_bytes(t)
         logits = e.alloc(head_bytes * tv)
         softcap = e.alloc(head_bytes * tv if m.final_softcap else 0)
         upcast = e.alloc(0 if head_bytes == 4 else 4 * tv)
         log_probs = e.alloc(4 * tv)
         e.free(upcast, logits)
-        return [log_probs, softcap], figures.backward_peak - figures.saved, 0 if head_bytes == 4 else head_bytes * tv
+        return [log_probs, softcap], figures.backward_peak - figures.saved
     if t.loss == "liger" and t.method == "full":  # the input's and the head weight's gradients, in forward
         weight_grad = m.vocab_size * m.hidden_size * (4 if t.kbit_prep else DTYPE_BYTES[t.dtype])
         saved = [e.alloc(figures.saved - weight_grad), e.alloc(weight_grad)]
@@ -328,7 +330,7 @@ def _loss_forward(e: _Emitter, m: ModelSpec, t: TrainSpec) -> tuple[list[int], i
         saved = [e.alloc(figures.saved)]
     temporary = e.alloc(figures.forward_peak - figures.saved)
     e.free(temporary)
-    return saved, figures.backward_peak - figures.saved, 0
+    return saved, figures.backward_peak - figures.saved
 
 
 def _loss_backward_grads(t: TrainSpec, extra: int) -> list[int]:

@@ -29,14 +29,18 @@ class LogitsBytes(NamedTuple):
     backward_peak: int
 
 
+def head_dtype_bytes(t: TrainSpec) -> int:
+    """Bytes per element of lm_head's output (the logits before the loss's upcast): the compute dtype's, fp32 for
+    kbit prep's fp32 lm_head without autocast."""
+    return 4 if t.kbit_prep and t.mixed_precision == "no" else DTYPE_BYTES[t.compute_dtype]
+
+
 def logits_bytes(m: ModelSpec, t: TrainSpec) -> LogitsBytes:
     tv = t.tokens * m.vocab_size
     upcast_at = t.stack.logits_upcast
     if upcast_at != "loss" and not m.final_softcap:
         return _shifted_copy(m, t, in_model=upcast_at == "model")
-    head_dt = DTYPE_BYTES[t.compute_dtype]
-    if t.kbit_prep and t.mixed_precision == "no":
-        head_dt = 4  # fp32 lm_head after kbit prep, no autocast
+    head_dt = head_dtype_bytes(t)
     upcast = 0 if head_dt == 4 else 4 * tv
     # gemma2 final_logit_softcapping: logits / cap -> tanh -> * cap; tanh saves its output (head dtype)
     softcap = head_dt * tv if m.final_softcap else 0
@@ -51,9 +55,7 @@ def _shifted_copy(m: ModelSpec, t: TrainSpec, in_model: bool) -> LogitsBytes:
     """transformers < 4.49: the fp32 logits' shifted copy (N·V) is what log_softmax reads (module docstring)."""
     tv = t.tokens * m.vocab_size
     nv = t.batch * (t.seq - 1) * m.vocab_size  # shifted positions
-    head_dt = DTYPE_BYTES[t.compute_dtype]
-    if t.kbit_prep and t.mixed_precision == "no":
-        head_dt = 4
+    head_dt = head_dtype_bytes(t)
     upcast = 0 if head_dt == 4 else 4 * tv
     if in_model:  # the head's output dies at the cast; the fp32 logits (or the fp32 head output) remain
         forward_peak = max(head_dt * tv + upcast, 4 * tv + 4 * nv + 4 * nv)

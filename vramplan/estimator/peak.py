@@ -15,6 +15,7 @@ from __future__ import annotations
 from vramplan.breakdown import PHASES, Components, PhaseUsage
 from vramplan.estimator.activations import activation_bytes
 from vramplan.estimator.adapters import adapter_bytes, adapter_param_bytes
+from vramplan.estimator.logits import head_dtype_bytes
 from vramplan.estimator.loss import loss_bytes
 from vramplan.estimator.offload import layer_offload_bytes, offload_activations
 from vramplan.estimator.optimizer import optimizer_bytes
@@ -125,14 +126,12 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     if head_after_loss:
         # lm_head's backward: nll_loss's gradient and the log-probabilities are gone, log_softmax's input
         # gradient cast back to the head's dtype (`ToCopyBackward`) is what remains of the loss; the head's weight
-        # gradient and the hidden states' gradient are made (traced: tests/estimator/test_alloc_events.py)
-        head_dt = 4 if (t.kbit_prep and t.mixed_precision == "no") else DTYPE_BYTES[t.compute_dtype]
-        tv = t.tokens * m.vocab_size
+        # gradient and the hidden states' gradient are made (traced: tests/oracle/test_moments.py, case full)
         head_backward = Components(
             **persistent,
             gradients=max(accum_grads, head_grad),
             activations=saved,
-            logits=head_dt * tv * (2 if m.final_softcap else 1) + head_copy,
+            logits=head_dtype_bytes(t) * t.tokens * m.vocab_size * (2 if m.final_softcap else 1) + head_copy,
             temporaries=activation.hidden_grad_bytes,
         )
     # a decoder layer's backward: at the top layer all activations are still alive; at the bottom one only its
@@ -228,7 +227,9 @@ def moments(m: ModelSpec, t: TrainSpec) -> tuple[tuple[PhaseUsage, ...], int]:
     if activation.mixer_workspace:
         layer_moments += _mixer_backward(m, t, activation, persistent, layer_ends, accum_grads)
     # tied embeddings in a full fine-tune: the embedding's dense gradient (V·H) is added to the one lm_head left
-    # (`AccumulateGrad` out of place: the sum is a third V·H tensor until the two operands are freed; traced)
+    # (`AccumulateGrad` out of place: the sum is a third V·H tensor until the two operands are freed; traced on
+    # Llama-3.2-1B and Gemma-2-2B at full size). Left out under gradient accumulation and layer-wise optimizers,
+    # whose accumulation was not traced
     tied_sum = 2 * head_grad if (m.tie_word_embeddings and head_grad and not layerwise and not accum_grads) else 0
     end_of_backward = Components(
         **persistent, gradients=all_grads, temporaries=max(2 * activation.hidden_bytes, tied_sum)
