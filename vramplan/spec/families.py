@@ -12,7 +12,7 @@ from typing import Any
 
 from vramplan.errors import VramplanError
 from vramplan.spec.falcon_h1 import falcon_h1_spec
-from vramplan.spec.family_common import common_fields, required
+from vramplan.spec.family_common import common_fields, every_nth_full, required
 from vramplan.spec.family_traits import (
     DEEPSEEK_MOE,
     FUSED_GATE_UP,
@@ -50,8 +50,7 @@ def gemma3_layer_types(cfg: Mapping[str, Any], name: str, layers: int) -> tuple[
     `sliding_window_pattern`-th layer (default 6) full attention, the others sliding (5 local : 1 global)."""
     if cfg.get("layer_types"):
         return config_names(cfg, "layer_types", name, layers)
-    pattern = config_int(cfg, "sliding_window_pattern", name, default=6)
-    return tuple("sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers))
+    return every_nth_full(layers, config_int(cfg, "sliding_window_pattern", name, default=6))
 
 
 def all_layers_routed(cfg: Mapping[str, Any]) -> bool:
@@ -225,7 +224,7 @@ def _llama_like(cfg: Mapping[str, Any], name: str, mt: str) -> ModelSpec:
         layer_types = gemma3_layer_types({"sliding_window_pattern": 4, **cfg}, name, layers)
     elif mt == "gpt_oss" and not cfg.get("layer_types"):
         # GptOssConfig.__post_init__ (5.24): sliding first, alternating with full attention
-        layer_types = tuple("sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers))
+        layer_types = every_nth_full(layers, 2)
     elif mt in ("olmo3", "exaone4") and not cfg.get("layer_types"):
         layer_types = _every_nth_full_layer_types(cfg, name, mt, layers)
     elif mt in ("ministral", "smollm3") and not cfg.get("layer_types"):
@@ -263,7 +262,7 @@ def _every_nth_full_layer_types(cfg: Mapping[str, Any], name: str, mt: str, laye
     4), none sliding without a `sliding_window` (`sliding_window_pattern = 0`, which transformers' own rule then
     divides by: a config that sets no window names its layer_types)."""
     if mt == "olmo3":
-        return tuple("sliding_attention" if (i + 1) % 4 else "full_attention" for i in range(layers))
+        return every_nth_full(layers, 4)
     if cfg.get("sliding_window", 4096) is None:
         raise VramplanError(
             f"model config {name!r}: exaone4 without sliding_window needs layer_types (Exaone4Config divides by a "
@@ -275,7 +274,7 @@ def _every_nth_full_layer_types(cfg: Mapping[str, Any], name: str, mt: str, laye
             f"model config {name!r}: sliding_window_pattern {pattern!r} without layer_types (Exaone4Config reads "
             "only an integer pattern); add layer_types to the config.json"
         )
-    return tuple("sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers))
+    return every_nth_full(layers, pattern)
 
 
 def _sliding_window(cfg: Mapping[str, Any], name: str, mt: str) -> int | None:

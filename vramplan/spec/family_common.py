@@ -57,3 +57,10 @@ def _softcap(cfg: Mapping[str, Any], index: int, key: str) -> bool:
         return False  # Gemma3Attention.forward passes no `softcap` to the attention function (5.24): never applied
     defaults = SOFTCAP_DEFAULTS.get(cfg.get("model_type", ""))
     return defaults is not None and cfg.get(key, defaults[index]) is not None
+
+
+def every_nth_full(layers: int, pattern: int) -> tuple[str, ...]:
+    """Every `pattern`-th layer full attention, the others sliding: the rule the config classes fill
+    `layer_types` by (Gemma3TextConfig, Gemma4TextConfig, Cohere2Config, GptOssConfig,
+    Olmo3Config, Exaone4Config)."""
+    return tuple("sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers))

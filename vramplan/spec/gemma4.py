@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vramplan.errors import VramplanError
+from vramplan.spec.family_common import every_nth_full
 from vramplan.spec.fields import config_bool, config_int, config_names
 from vramplan.spec.model import LinearSpec, ModelSpec, ParamSpec
 
@@ -45,7 +46,7 @@ def gemma4_layer_types(cfg: Mapping[str, Any], name: str, layers: int) -> tuple[
     last layer is forced to full attention either way."""
     kinds = list(config_names(cfg, "layer_types", name, layers)) if cfg.get("layer_types") else []
     if not kinds:
-        kinds = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(layers)]
+        kinds = list(every_nth_full(layers, 6))
     unknown = sorted(set(kinds) - set(LAYER_KINDS))
     if unknown:
         raise VramplanError(
