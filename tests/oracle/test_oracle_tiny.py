@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.oracle.conftest import check
+from tests.oracle.conftest import check, with_gaps
 from tests.oracle.grid import (
     BASE,
     CASES,
@@ -82,9 +82,8 @@ FAMILY_GAPS: dict[tuple[str, str], str] = {
 
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(c, marks=pytest.mark.xfail(reason=KNOWN_GAPS[c], strict=True)) if c in KNOWN_GAPS else c
-     for c in CASES],
-)  # fmt: skip
+    with_gaps(CASES, KNOWN_GAPS),
+)
 def test_small_llama(case):
     if case in NEEDS_TRL:
         pytest.importorskip("trl")
@@ -104,9 +103,8 @@ def test_family_lora(family):
 
 @pytest.mark.parametrize(
     ("family", "case"),
-    [pytest.param(f, c, marks=pytest.mark.xfail(reason=FAMILY_GAPS[f, c], strict=True)) if (f, c) in FAMILY_GAPS
-     else (f, c) for f in FAMILY_GRID for c in FAMILY_CASES],
-)  # fmt: skip
+    with_gaps([(f, c) for f in FAMILY_GRID for c in FAMILY_CASES], FAMILY_GAPS),
+)
 def test_family_grid(family, case):
     from tests.conftest import TINY_CONFIGS
 
@@ -135,9 +133,8 @@ GPT_OSS_EXPERT_GAPS = {"every-layer-ckpt": "checkpointed forward with expert LoR
 
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(c, marks=pytest.mark.xfail(reason=GPT_OSS_EXPERT_GAPS[c], strict=True))
-     if c in GPT_OSS_EXPERT_GAPS else c for c in GPT_OSS_EXPERT_LORA],
-)  # fmt: skip
+    with_gaps(GPT_OSS_EXPERT_LORA, GPT_OSS_EXPERT_GAPS),
+)
 def test_gpt_oss_expert_target_parameters(case):
     from tests.conftest import TINY_CONFIGS
 
@@ -157,9 +154,8 @@ DELTA_NET_GAPS = {
 
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(c, marks=pytest.mark.xfail(reason=DELTA_NET_GAPS[c], strict=True)) if c in DELTA_NET_GAPS else c
-     for c in DELTA_NET_CASES],
-)  # fmt: skip
+    with_gaps(DELTA_NET_CASES, DELTA_NET_GAPS),
+)
 def test_delta_net_chunks(case):
     from tests.conftest import TINY_CONFIGS
 
@@ -232,9 +228,8 @@ GEMMA4_VARIANT_GAPS: dict[str, str] = {}
 
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(c, marks=pytest.mark.xfail(reason=STARCODER2_DROPOUT_GAPS[c], strict=True))
-     if c in STARCODER2_DROPOUT_GAPS else c for c in ("lora", "lora-ckpt", "full", "qlora-no-ckpt")],
-)  # fmt: skip
+    with_gaps(("lora", "lora-ckpt", "full", "qlora-no-ckpt"), STARCODER2_DROPOUT_GAPS),
+)
 def test_starcoder2_dropout(case):
     from tests.conftest import TINY_CONFIGS
 
@@ -245,9 +240,8 @@ def test_starcoder2_dropout(case):
 
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(c, marks=pytest.mark.xfail(reason=GEMMA4_VARIANT_GAPS[c], strict=True))
-     if c in GEMMA4_VARIANT_GAPS else c for c in GEMMA4_VARIANTS],
-)  # fmt: skip
+    with_gaps(GEMMA4_VARIANTS, GEMMA4_VARIANT_GAPS),
+)
 def test_gemma4_variants(case):
     from tests.conftest import TINY_CONFIGS
 
