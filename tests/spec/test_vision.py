@@ -42,6 +42,10 @@ CASES: dict[str, dict[str, Any]] = {
                "vision_config": {"model_type": "siglip_vision_model", "num_hidden_layers": 2}},
     "mistral3": {"model_type": "mistral3", "text_config": {"model_type": "mistral", **SMALL_TEXT},
                  "vision_config": {"model_type": "pixtral", "num_hidden_layers": 2}},
+    # the hub's Qwen3-VL configs name their vision_config "qwen3_vl", not the class's "qwen3_vl_vision": a fixed
+    # sub-config class ignores the name and builds its tower all the same
+    "qwen3-vl-named": {"model_type": "qwen3_vl", "text_config": {"model_type": "qwen3_vl_text", **SMALL_TEXT},
+                       "vision_config": {"model_type": "qwen3_vl", "depth": 2}},
 }  # fmt: skip
 
 
@@ -113,3 +117,23 @@ def test_unknown_vision_tower_said() -> None:
     assert m.tower_params == 0
     assert m.approximation is not None
     assert "not counted" in m.approximation.note
+
+
+def test_causal_lm_wrapper_loads_text_only() -> None:
+    """Qwen3.5 is in transformers' causal-LM mapping (Qwen3_5ForCausalLM): AutoModelForCausalLM builds the text
+    model from the wrapper's config.json and never the vision tower, whatever its vision_config says."""
+    import torch
+    import transformers
+    from transformers import AutoConfig
+
+    small = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 1000, "linear_num_key_heads": 2,
+             "linear_num_value_heads": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 16}  # fmt: skip
+    cfg = {"model_type": "qwen3_5", "text_config": {"model_type": "qwen3_5_text", **small},
+           "vision_config": {"model_type": "qwen3_5", "depth": 2}}  # fmt: skip
+    m = model_spec_from_config(cfg, "qwen3.5-small")
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg))
+    assert m.tower_params == 0
+    assert m.total_params == sum(p.numel() for p in model.parameters())
+    assert m.approximation is not None and "text model only" in m.approximation.note

@@ -43,6 +43,7 @@ from vramplan.measure.architecture_record import record
 from vramplan.measure.meta_build import (  # noqa: F401 (BUILD_FIXES is read from here by the tests)
     BUILD_FIXES,
     auto_class,
+    auto_sub_configs,
     keep_in_fp32,
     model_types,
     sub_config_defaults,
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         entry.setdefault("auto_class", auto_class(mt))
         entry.setdefault("keep_in_fp32_modules", sorted(keep_in_fp32(mt)))
         entry.setdefault("sub_config_defaults", sub_config_defaults(mt))
+        entry.setdefault("auto_sub_configs", auto_sub_configs(mt))
     signal.signal(signal.SIGALRM, _on_alarm)
     for mt in types:
         if a.resume and not a.only and (mt in table or mt in failed):

@@ -185,6 +185,19 @@ def sub_config_defaults(model_type: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def auto_sub_configs(model_type: str) -> list[str]:
+    """The sub-configs whose class a config.json's `model_type` picks (`sub_configs = {"vision_config":
+    AutoConfig}`: LLaVA's CLIP or SigLIP, `CONFIG_MAPPING[type](**dict)`). The others have a fixed class
+    (Qwen3_5Config's `Qwen3_5VisionConfig`) that ignores the dict's `model_type`: Qwen3.5's hub config says
+    `"model_type": "qwen3_5"` in its vision_config and builds the Qwen3_5VisionConfig tower all the same
+    (transformers 5.25 configuration_utils.py, PreTrainedConfig sub-config handling)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    subs = getattr(CONFIG_MAPPING[model_type], "sub_configs", {}) or {}
+    return sorted(name for name, cls in subs.items() if cls is AutoConfig)
+
+
 def keep_in_fp32(model_type: str) -> set[str]:
     """Module names the model class keeps in fp32 and bitsandbytes leaves unquantized (`_keep_in_fp32_modules`,
     `_keep_in_fp32_modules_strict`; transformers quantizers/base.py get_modules_to_not_convert)."""

@@ -137,7 +137,8 @@ def config_fields(model_type: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     for sub, sub_defaults in arch.get("sub_config_defaults", {}).items():
         value = cfg.get(sub)
         recorded = arch["defaults"].get(f"{sub}.model_type")
-        if isinstance(value, Mapping) and value.get("model_type", recorded) == recorded:
+        picked_by_name = sub in arch.get("auto_sub_configs", (sub,))  # else a fixed class, whatever the name
+        if isinstance(value, Mapping) and (not picked_by_name or value.get("model_type", recorded) == recorded):
             given.update({f"{sub}.{k}": v for k, v in sub_defaults.items() if v is not None})
     base = {**arch["defaults"], **given}
     fields = {**base, **{k: v for k, v in user.items() if v is not None}}

@@ -69,7 +69,9 @@ def tower_tensors(
         return (), f"the vision tower of a {mt!s} wrapper is not counted (transformers has no record of it)", ""
     arch = architectures.table()["architectures"][mt]
     defaults = arch["defaults"]
-    for sub in ("vision_config", "audio_config"):
+    for sub in set(arch.get("auto_sub_configs", ("vision_config", "audio_config"))) & {"vision_config", "audio_config"}:
+        # only a sub-config whose class the dict's model_type picks (LLaVA's CLIP vs SigLIP) can be another
+        # tower than the record's; a fixed class (Qwen3.5's) ignores the name (meta_build.auto_sub_configs)
         user_type = (cfg.get(sub) or {}).get("model_type") if isinstance(cfg.get(sub), Mapping) else None
         default_type = defaults.get(f"{sub}.model_type")
         if user_type and default_type and user_type != default_type:
@@ -96,6 +98,9 @@ def tower_tensors(
             and not _kept(t.name.removesuffix(".weight"), keep32)
         )
         out.append((t.shape, t.count, packed))
+    if not out and arch.get("auto_class") == "AutoModelForCausalLM":  # Qwen3.5: Qwen3_5ForCausalLM, text only
+        only = f"AutoModelForCausalLM builds {mt}'s text model only: the checkpoint's vision tower is not loaded"
+        return (), only, ""
     return tuple(out), "", text_stack_prefix(ts, text_part)
 
 
