@@ -26,8 +26,11 @@ def model_spec_from_config(cfg: Mapping[str, Any], name: str, linearized_experts
     from vramplan.spec.generic import generic_model_spec
     from vramplan.spec.vision import text_config_filled, with_tower
 
+    entry = architectures.record(cfg.get("model_type"))
+    if entry is not None and entry.get("wrapper") and "remote_class" in entry:  # a remote-code VLM (MOSS-VL):
+        text = cfg.get("text_config")  # its record holds text model and tower together, read as a whole
+        return with_tower(generic_model_spec(cfg, name, text_part=True), cfg, text if isinstance(text, Mapping) else {})
     inner = cfg.get("text_config")
-    entry = architectures.table()["architectures"].get(cfg.get("model_type"))
     default = entry["defaults"].get("text_config.model_type") if entry else None
     if default and (inner is None or (isinstance(inner, Mapping) and not inner.get("model_type"))):
         # no text_config, or one without model_type: the wrapper class's default text model (LlavaConfig: llama)
