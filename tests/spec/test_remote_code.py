@@ -169,3 +169,35 @@ def test_builtin_profiles_estimate_offline(name: str, total: int) -> None:
     assert model_spec_from_config(cfg, name).total_params == total
     result = CliRunner().invoke(main, ["estimate", cfg["vramplan_profile"]["repo"], "--gpu", "a100-80", "--json"])
     assert result.exit_code == 0, result.output
+
+
+MAMBA_SSM_2_8B = {"d_model": 2560, "n_layer": 64, "vocab_size": 50277, "ssm_cfg": {}, "rms_norm": True,
+                  "residual_in_fp32": True, "fused_add_norm": True, "pad_vocab_size_multiple": 8}  # fmt: skip
+
+
+def test_mamba_ssm_config_is_transformers_mamba() -> None:
+    """state-spaces/mamba-2.8b's own config.json (no model_type) read as the MambaConfig transformers' conversion
+    writes (hidden_size = d_model, vocab padded to a multiple of 8, time_step_rank = ceil(d_model / 16)): the
+    same parameters as MambaForCausalLM built from it on meta, 2,768,345,600 ("2.8b")."""
+    import torch
+    import transformers
+
+    config = transformers.MambaConfig(hidden_size=2560, num_hidden_layers=64, vocab_size=50280)
+    with torch.device("meta"):
+        total = sum(p.numel() for p in transformers.MambaForCausalLM(config).parameters())
+    m = model_spec_from_config(MAMBA_SSM_2_8B, "state-spaces/mamba-2.8b")
+    assert m.total_params == total and m.model_type == "mamba"
+    assert "mamba_ssm's config.json" in m.approximation.note
+    assert round(total / 1e9, 1) == 2.8
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [({"ssm_cfg": {"layer": "Mamba2"}}, "not a Mamba1 block"), ({"ssm_cfg": {"d_ssm": 64}}, "ssm_cfg keys"),
+     ({"n_layer": "64"}, "'n_layer' is '64'")],
+)  # fmt: skip
+def test_mamba_ssm_config_it_cannot_read_is_one_line(tmp_path: Path, change: dict, said: str) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**MAMBA_SSM_2_8B, **change}))
+    result = CliRunner().invoke(main, ["estimate", str(path), "--gpu", "a100-80"])
+    assert result.exit_code == 2 and said in result.output and len(result.output.strip().splitlines()) == 1

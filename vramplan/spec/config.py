@@ -5,12 +5,14 @@ vision tower and projector as frozen weights (spec/vision.py)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from vramplan.spec.families import all_layers_routed, known_model_spec, text_config
 from vramplan.spec.family_traits import HAND_MODELLED_TYPES
 from vramplan.spec.fields import config_str
 from vramplan.spec.model import ModelSpec
+from vramplan.spec.remote_code import mamba_ssm_as_transformers, mamba_ssm_layout
 
 
 def model_spec_from_config(cfg: Mapping[str, Any], name: str, linearized_experts: bool = False) -> ModelSpec:
@@ -20,6 +22,12 @@ def model_spec_from_config(cfg: Mapping[str, Any], name: str, linearized_experts
     `llama4_linearized_experts` (Llama 4's experts as per-expert nn.Linear, spec/llama4.py)."""
     if cfg.get("model_type") is not None:
         config_str(cfg, "model_type", name)  # a list or a number is one error line, not a lookup's TypeError
+    elif mamba_ssm_layout(cfg):  # state-spaces/mamba-2.8b's own config.json: transformers' mamba, converted
+        spec = model_spec_from_config(mamba_ssm_as_transformers(cfg, name), name)
+        said = (f"{name} is mamba_ssm's config.json (no model_type): estimated as transformers' mamba it converts to "
+                "(convert_mamba_ssm_checkpoint_to_pytorch.py; the -hf repository), which is what transformers loads")
+        a = spec.approximation
+        return replace(spec, approximation=a._replace(note="; ".join(x for x in (said, a.note) if x)) if a else None)
     if "text_config" not in cfg and cfg.get("model_type") in HAND_MODELLED_TYPES and all_layers_routed(cfg):
         return known_model_spec(cfg, name)  # the common case: the architecture table is not read
     from vramplan.spec import architectures  # read only when needed (a 3 MB table)

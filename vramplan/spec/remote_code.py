@@ -321,3 +321,48 @@ def _lookup(cfg: Mapping[str, Any], key: str) -> tuple[Any, bool]:
             return None, False
         node = node[part]
     return node, True
+
+
+# mamba_ssm's own config.json (state-spaces/mamba-2.8b: d_model, n_layer, vocab_size, ssm_cfg; no model_type) and
+# the MambaConfig fields transformers' conversion reads it into (convert_mamba_ssm_checkpoint_to_pytorch.py,
+# transformers 4.39-4.57, `convert_ssm_config_to_hf_config`: hidden_size = d_model, intermediate_size =
+# 2 * d_model, time_step_rank = ceil(d_model / 16), num_hidden_layers = n_layer, vocab_size padded up to
+# pad_vocab_size_multiple); the ssm_cfg keys mamba_ssm's Mamba block takes, as MambaConfig names them
+MAMBA_SSM_KEYS = ("d_model", "n_layer", "vocab_size")
+_SSM_CFG = {"d_state": "state_size", "d_conv": "conv_kernel", "expand": "expand", "dt_rank": "time_step_rank",
+            "conv_bias": "use_conv_bias", "bias": "use_bias"}  # fmt: skip
+
+
+def mamba_ssm_layout(cfg: Mapping[str, Any]) -> bool:
+    """A config.json in mamba_ssm's own layout (no model_type; d_model, n_layer, vocab_size)."""
+    return cfg.get("model_type") is None and all(k in cfg for k in MAMBA_SSM_KEYS) and "hidden_size" not in cfg
+
+
+def mamba_ssm_as_transformers(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """transformers' `mamba` config for a mamba_ssm config.json: the same tensors (backbone.embeddings,
+    backbone.layers.*.mixer.in_proj / conv1d / x_proj / dt_proj / A_log / D / out_proj, backbone.norm_f) the
+    converted checkpoint (state-spaces/mamba-2.8b-hf) holds. Anything the conversion cannot carry is one line."""
+    ssm = cfg.get("ssm_cfg") or {}
+    fix = "; estimate its transformers conversion instead (config.json with model_type 'mamba', e.g. the -hf repository)"
+    if not isinstance(ssm, Mapping) or ssm.get("layer", "Mamba1") != "Mamba1":
+        raise VramplanError(f"{name}: a mamba_ssm config.json with ssm_cfg {ssm!r} (not a Mamba1 block) has no "
+                            f"transformers model_type vramplan reads as is{fix}")  # fmt: skip
+    unknown = sorted(set(ssm) - set(_SSM_CFG) - {"layer"})
+    if unknown or cfg.get("rms_norm", True) is not True or cfg.get("attn_layer_idx"):
+        said = f"ssm_cfg keys {unknown}" if unknown else "rms_norm false or attention layers"
+        raise VramplanError(f"{name}: a mamba_ssm config.json with {said}: transformers' MambaConfig has no such "
+                            f"setting{fix}")  # fmt: skip
+    for key in MAMBA_SSM_KEYS:
+        value = cfg[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise VramplanError(f"{name}: mamba_ssm config field {key!r} is {value!r}; a positive integer is needed")
+    multiple = cfg.get("pad_vocab_size_multiple", 1)
+    vocab = cfg["vocab_size"]
+    if isinstance(multiple, int) and multiple > 1 and vocab % multiple:
+        vocab += multiple - vocab % multiple
+    out = {"model_type": "mamba", "hidden_size": cfg["d_model"], "num_hidden_layers": cfg["n_layer"],
+           "vocab_size": vocab, "tie_word_embeddings": cfg.get("tie_embeddings", True),
+           "time_step_rank": -(-cfg["d_model"] // 16),  # mamba_ssm's dt_rank "auto", as the conversion sets it
+           "residual_in_fp32": cfg.get("residual_in_fp32", True)}  # fmt: skip
+    out |= {_SSM_CFG[k]: v for k, v in ssm.items() if k in _SSM_CFG and v != "auto"}
+    return out
