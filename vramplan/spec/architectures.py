@@ -10,7 +10,9 @@ it is the output embedding (absent when tied).
 
 Here, in pure Python: the user's config.json over the defaults, derived fields filled in, then every tensor's
 shape and count. tests/spec/test_architectures.py holds the result to `AutoModelForCausalLM.from_config` on
-the meta device for every model type at a size other than the defaults.
+the meta device for every model type at a size other than the defaults. `record` also serves the model types
+transformers has no class for, written from their remote modeling code (spec/remote_code.py), to the same
+evaluator.
 """
 
 from __future__ import annotations

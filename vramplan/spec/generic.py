@@ -12,6 +12,10 @@ same hidden size, heads, KV heads, head_dim, MLP width and layer count, with the
 Llama projections they play (`walk_roles`). That is an approximation, stated in the estimate with the band
 `GENERIC_ERROR_BAND`, measured by running this path on the hand-modelled families as if they were unknown
 (benchmarks/generic_band.py; tests/spec/test_generic.py holds a sample of it under the band).
+
+Remote-code types (spec/remote_code.py: Qwen-1, BTLM, MiMo, MOSS-VL) take the same path from their layout: the
+Llama roles their linears play are declared there, not guessed from names (Qwen-1's `w2` passes the SiLU), and
+stacks the training forward never runs (MiMo's MTP layers) are frozen weights, as a VLM's tower.
 """
 
 from __future__ import annotations

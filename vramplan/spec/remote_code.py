@@ -26,7 +26,7 @@ def _x(*factors: int | str) -> Expr:
     coef: int | str = 1
     fields = []
     for f in factors:
-        if isinstance(f, int) or "/" in f and "//" not in f:
+        if isinstance(f, int) or ("/" in f and "//" not in f):
             coef = f
         else:
             fields.append(f)
@@ -274,6 +274,7 @@ def _merger_fields(fields: dict[str, Any]) -> None:
         fields["merger_width"] = hidden * merge * merge * (1 + deep)
 
 
+# model_type -> layout; add a type here with the remote file it was read from, and a test holding its count
 LAYOUTS: dict[str, dict[str, Any]] = {"qwen": _qwen(), "btlm": _btlm(), "mimo": _mimo(), "moss_vl": _moss_vl()}
 FIELD_HOOKS = {"moss_vl": _merger_fields}
 
