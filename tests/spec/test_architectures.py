@@ -42,11 +42,11 @@ def _other_size(model_type: str) -> dict[str, Any]:
 def _build(model_type: str, changes: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     import torch
     import transformers
-    from transformers import AutoConfig
 
-    from vramplan.measure.architectures import BUILD_FIXES, auto_class
+    from vramplan.measure.architectures import auto_class
+    from vramplan.measure.meta_build import make_config
 
-    config = AutoConfig.for_model(model_type, **BUILD_FIXES.get(model_type, {}), **changes)
+    config = make_config(model_type, changes)  # the class's defaults, BUILD_FIXES, then the changes
     with torch.device("meta"):
         model = getattr(transformers, auto_class(model_type)).from_config(config)
     return model, {"model_type": model_type, **config.to_diff_dict()}
@@ -149,3 +149,23 @@ def test_table_covers_every_causal_lm_type() -> None:
     assert t["transformers"] == transformers.__version__
     assert set(t["architectures"]) | set(t["not_built"]) == set(model_types())
     assert not set(t["architectures"]) & set(t["not_built"])
+
+
+def test_lfm2_moe_at_its_checkpoint() -> None:
+    """lfm2_moe, recorded with its checkpoint's layer pattern (BUILD_FIXES: Lfm2MoeConfig derives no
+    layer_types): at a size it was not fitted at, and at LiquidAI/LFM2-8B-A1B's (hub config.json) against
+    from_config on meta and the published total, "8.3B total parameters" (transformers docs model_doc/lfm2_moe.md)."""
+    import torch
+    import transformers
+
+    _check("lfm2_moe")
+    attention = (2, 6, 10, 14, 18, 21)
+    cfg = {"model_type": "lfm2_moe", "vocab_size": 65536, "hidden_size": 2048, "intermediate_size": 7168,
+           "moe_intermediate_size": 1792, "num_hidden_layers": 24, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "num_dense_layers": 2, "num_experts": 32, "num_experts_per_tok": 4, "tie_word_embeddings": True,
+           "layer_types": ["full_attention" if i in attention else "conv" for i in range(24)]}  # fmt: skip
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**cfg))
+    total = sum(t.count * t.numel for t in tensors("lfm2_moe", cfg))
+    assert total == sum(p.numel() for p in model.parameters())
+    assert round(total / 1e9, 1) == 8.3

@@ -1,5 +1,5 @@
 """`vramplan.spec.SUPPORTED_MODEL_TYPES`: every model_type `estimate` accepts (the hand-modelled families, every
-type of the architecture table, a table wrapper's text model type), computed lazily; `HAND_MODELLED_TYPES`: the
+type of the architecture table, a table wrapper's text model type, the remote-code layouts), computed lazily; `HAND_MODELLED_TYPES`: the
 families spec/families.py builds exactly."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from tests.conftest import TINY_CONFIGS
 from vramplan.errors import VramplanError
 from vramplan.spec import HAND_MODELLED_TYPES, model_spec_from_config
 from vramplan.spec.architectures import known_types, table
+from vramplan.spec.remote_code import LAYOUTS
 
 # the text model type of each table wrapper whose text model has no entry of its own (glm4v -> glm4v_text)
 WRAPPED = {
@@ -25,7 +26,8 @@ WRAPPED = {
 
 def test_supported_is_hand_modelled_table_and_wrapped_text_types() -> None:
     supported = vramplan.spec.SUPPORTED_MODEL_TYPES
-    assert supported == HAND_MODELLED_TYPES | known_types() | set(WRAPPED)
+    assert supported == HAND_MODELLED_TYPES | known_types() | set(WRAPPED) | set(LAYOUTS)
+    assert {"qwen", "btlm", "mimo", "moss_vl"} <= supported - known_types()  # remote code (spec/remote_code.py)
     assert {"glm4v_text", "mllama_text_model", "dbrx", "starcoder2", "gemma3n_text"} <= supported  # real configs'
     assert "no_such_model" not in supported
     assert vramplan.spec.SUPPORTED_MODEL_TYPES is supported  # computed once

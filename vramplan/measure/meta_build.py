@@ -20,6 +20,12 @@ BUILD_FIXES: dict[str, dict[str, Any]] = {
     "reformer": {"is_decoder": True},  # ReformerModelWithLMHead asserts is_decoder
     "dbrx": {"attn_config": {"rope_theta": 500000.0}},  # DbrxAttentionConfig has no rope_theta default (DBRX's)
     "nemotron": {"num_key_value_heads": 8},  # NemotronConfig leaves it None, its attention divides by it (Minitron's)
+    # Lfm2MoeConfig leaves layer_types None and derives none, while Lfm2MoeDecoderLayer reads
+    # `config.layer_types[layer_idx]` (configuration_lfm2_moe.py, modeling_lfm2_moe.py:479, 5.25): the layers of
+    # its docstring checkpoint LiquidAI/LFM2-8B-A1B (24 layers, attention at 2, 6, 10, 14, 18, 21; its hub
+    # config.json as copied in find_string ids 61253251750 and 56276023557), which follow the layer count below
+    "lfm2_moe": {"num_hidden_layers": 24, "layer_types": [
+        "full_attention" if i in (2, 6, 10, 14, 18, 21) else "conv" for i in range(24)]},
 }
 
 
@@ -89,8 +95,9 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
 def make_config(model_type: str, changes: dict[str, Any]):
     from transformers import AutoConfig
 
-    base = AutoConfig.for_model(model_type, **BUILD_FIXES.get(model_type, {}))
-    kwargs = {**BUILD_FIXES.get(model_type, {})}
+    fixes = BUILD_FIXES.get(model_type, {})
+    base = AutoConfig.for_model(model_type, **fixes)
+    kwargs = {**fixes}
     for k, v in changes.items():
         top, _, rest = k.partition(".")
         if rest:
@@ -102,6 +109,10 @@ def make_config(model_type: str, changes: dict[str, Any]):
             kwargs[top] = _nest(sub)
         else:
             kwargs[k] = v
+    layers = kwargs.get("num_hidden_layers")
+    for k, v in fixes.items():  # a fix's per-layer list follows a new layer count (its pattern, cut or repeated)
+        if isinstance(v, list) and k not in changes and len(v) == fixes.get("num_hidden_layers") != layers:
+            kwargs[k] = [v[i % len(v)] for i in range(layers)]
     return AutoConfig.for_model(model_type, **kwargs)
 
 

@@ -160,8 +160,9 @@ def render_breakdown(b: Breakdown, console: Console, title: str | None = None) -
             print_labelled(
                 "approximated",
                 "yellow",
-                f"{b.model} is not hand-modelled: parameters exact from transformers' module tree, activations "
-                f"from a {a.basis} (±{100 * a.error_band:.0f} % more error, in the band)"
+                f"{b.model} is not hand-modelled: parameters exact from "
+                + ("its remote modeling code's layout" if a.kind == "remote" else "transformers' module tree")
+                + f", activations from a {a.basis} (±{100 * a.error_band:.0f} % more error, in the band)"
                 + (f"; {a.note}" if a.note else ""),
                 console,
             )

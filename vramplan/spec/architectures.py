@@ -10,7 +10,9 @@ it is the output embedding (absent when tied).
 
 Here, in pure Python: the user's config.json over the defaults, derived fields filled in, then every tensor's
 shape and count. tests/spec/test_architectures.py holds the result to `AutoModelForCausalLM.from_config` on
-the meta device for every model type at a size other than the defaults.
+the meta device for every model type at a size other than the defaults. `record` also serves the model types
+transformers has no class for, written from their remote modeling code (spec/remote_code.py), to the same
+evaluator.
 """
 
 from __future__ import annotations
@@ -41,6 +43,15 @@ def known_types() -> frozenset[str]:
     return frozenset(table()["architectures"])
 
 
+def record(model_type: Any) -> dict[str, Any] | None:
+    """A model type's record: the table's (transformers builds it), else a remote-code layout
+    (spec/remote_code.py, written from the hub repository's modeling file), else None."""
+    from vramplan.spec.remote_code import layout
+
+    entry = table()["architectures"].get(model_type) if isinstance(model_type, str) else None
+    return entry if entry is not None else layout(model_type)
+
+
 @functools.lru_cache(maxsize=1)
 def supported_types() -> frozenset[str]:
     """Every model_type `estimate` accepts, as a config's own or as its `text_config.model_type`: the
@@ -49,7 +60,9 @@ def supported_types() -> frozenset[str]:
     from vramplan.spec.family_traits import HAND_MODELLED_TYPES
 
     inner = {a["defaults"].get("text_config.model_type") for a in table()["architectures"].values()}
-    return HAND_MODELLED_TYPES | known_types() | {t for t in inner if isinstance(t, str)}
+    from vramplan.spec.remote_code import LAYOUTS
+
+    return HAND_MODELLED_TYPES | known_types() | {t for t in inner if isinstance(t, str)} | frozenset(LAYOUTS)
 
 
 def not_built(model_type: str) -> str | None:
@@ -119,7 +132,7 @@ def _field(fields: Mapping[str, Any], name: str) -> int:
 
 def config_fields(model_type: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The config as the config class leaves it: defaults, the user's values, derived fields, list counts."""
-    arch = table()["architectures"][model_type]
+    arch = _record(model_type)
     user = flatten(cfg)
     renames = arch["attribute_map"]
     user = {renames.get(k, k): v for k, v in user.items()}
@@ -158,7 +171,18 @@ def config_fields(model_type: str, cfg: Mapping[str, Any]) -> dict[str, Any]:
             fields[f"count({k})"] = len(v)
             for x in set(v):
                 fields[f"count({k}={x})"] = sum(1 for y in v if y == x)
+    from vramplan.spec.remote_code import FIELD_HOOKS
+
+    if model_type in FIELD_HOOKS:  # a width the remote code computes from several fields (MOSS-VL's merger)
+        FIELD_HOOKS[model_type](fields)
     return fields
+
+
+def _record(model_type: str) -> dict[str, Any]:
+    entry = record(model_type)
+    if entry is None:
+        raise KeyError(model_type)
+    return entry
 
 
 def _layers_of(list_field: str) -> str:
@@ -176,7 +200,7 @@ def _extend(pattern: list, n: int) -> list:
 
 def tensors(model_type: str, cfg: Mapping[str, Any]) -> tuple[Tensor, ...]:
     """Every parameter tensor transformers would build for this config (tied output embedding left out)."""
-    arch = table()["architectures"][model_type]
+    arch = _record(model_type)
     fields = config_fields(model_type, cfg)
     tied = _tied(fields)
     out = []
@@ -220,5 +244,5 @@ def _text_root(keys: list[str]) -> str:
 def text_keys(model_type: str, ts: tuple[Tensor, ...]) -> frozenset[str]:
     """The keys of a wrapper's tensors that belong to its text model: under its root, and the output embedding."""
     root = _text_root([t.key for t in ts])
-    untied = {key for key, e in table()["architectures"][model_type]["params"].items() if e.get("untied")}
+    untied = {key for key, e in _record(model_type)["params"].items() if e.get("untied")}
     return frozenset(t.key for t in ts if (root and t.key.startswith(root)) or t.key in untied)

@@ -12,6 +12,10 @@ same hidden size, heads, KV heads, head_dim, MLP width and layer count, with the
 Llama projections they play (`walk_roles`). That is an approximation, stated in the estimate with the band
 `GENERIC_ERROR_BAND`, measured by running this path on the hand-modelled families as if they were unknown
 (benchmarks/generic_band.py; tests/spec/test_generic.py holds a sample of it under the band).
+
+Remote-code types (spec/remote_code.py: Qwen-1, BTLM, MiMo, MOSS-VL) take the same path from their layout: the
+Llama roles their linears play are declared there, not guessed from names (Qwen-1's `w2` passes the SiLU), and
+stacks the training forward never runs (MiMo's MTP layers) are frozen weights, as a VLM's tower.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from vramplan.errors import VramplanError
-from vramplan.spec import architectures, llama4
+from vramplan.spec import architectures, llama4, remote_code
 from vramplan.spec.families import known_model_spec
 from vramplan.spec.family_traits import HAND_MODELLED_TYPES
-from vramplan.spec.model import Approximation, LinearSpec, ModelSpec
+from vramplan.spec.model import Approximation, LinearSpec, ModelSpec, _numel
 
 # Largest relative difference of the device total between this path and the exact one on the hand-modelled
 # families run as if unknown (benchmarks/generic_band.py, re-run 2026-12-03 with Gemma 3 and Qwen3-MoE
@@ -110,7 +114,7 @@ def generic_model_spec(
     VLM wrapper, only its text model's tensors (spec/vision.py counts the rest as the tower).
     `linearized_experts`: axolotl's `llama4_linearized_experts` (Llama 4's experts as per-expert nn.Linear)."""
     mt = cfg.get("model_type")
-    if mt not in architectures.known_types():
+    if architectures.record(mt) is None:
         reason = architectures.not_built(str(mt))
         if reason is not None:
             raise VramplanError(
@@ -120,15 +124,23 @@ def generic_model_spec(
         from vramplan.errors import did_you_mean
 
         raise did_you_mean(str(mt), HAND_MODELLED_TYPES | architectures.known_types(), "model_type", f"in {name}")
-    arch = architectures.table()["architectures"][mt]
+    arch = architectures.record(mt)
     amap = arch["attribute_map"]
+    remote = "remote_class" in arch  # a remote-code layout (spec/remote_code.py), not a transformers class
+    if remote:
+        remote_code.check_required(str(mt), cfg, name)
     try:
         fields = architectures.config_fields(mt, cfg)
         ts = architectures.tensors(mt, cfg)
         if mt == "llama4_text":  # by hand: the table has no rule for Maverick's dense layers (spec/llama4.py)
             ts = llama4.text_tensors(cfg, fields, name, linearized_experts)
     except (VramplanError, ZeroDivisionError, TypeError) as e:
-        raise VramplanError(f"{name}: transformers could not build this {mt} config.json: {e}") from None
+        builder = arch.get("remote_class", "transformers")
+        raise VramplanError(f"{name}: {builder} could not build this {mt} config.json: {e}") from None
+    frozen = tuple(arch.get("frozen", ()))  # stacks the training forward never runs (MiMo's MTP layers)
+    held = tuple((t.shape, t.count, t.kind in ("Linear", "Conv1D") and t.name.endswith(".weight") and len(t.shape) == 2)
+                 for t in ts if frozen and t.key.startswith(frozen))  # fmt: skip
+    ts = tuple(t for t in ts if not (frozen and t.key.startswith(frozen)))
     if text_part:
         keep = architectures.text_keys(mt, ts)
         ts = tuple(t for t in ts if t.key in keep)
@@ -190,7 +202,7 @@ def generic_model_spec(
         "tie_word_embeddings": False,
     }
     moe = bool(experts > 1 and top_k)
-    basis_name, band = _dense_stand_in(linears, layer_parameters, moe)
+    basis_name, band = _dense_stand_in(linears, layer_parameters, moe, arch.get("roles", {}))
     if moe:
         moe_inter = _field(fields, amap, "moe_intermediate_size") or inter
         # Llama4TextMoe routes every token through every expert (`hidden_states.repeat(num_experts, 1)` times
@@ -203,7 +215,9 @@ def generic_model_spec(
         basis_name, band = "mixtral-like walk", max(band, GENERIC_MOE_ERROR_BAND)
     basis = known_model_spec(basis_cfg, f"{name} (stand-in)")
     basis_names = {lin.name for lin in basis.linears}
-    roles = tuple((lin.name, role) for lin in linears for role in _roles(lin.path, lin.group) if role in basis_names)
+    declared = arch.get("roles", {})  # a remote layout says which Llama projection each linear plays
+    roles = tuple((lin.name, role) for lin in linears for role in declared.get(lin.path) or _roles(lin.path, lin.group)
+                  if role in basis_names)  # fmt: skip
     unresolved = arch.get("unresolved", [])
     note = (
         f"{len(unresolved)} tensor shapes / counts of {mt} did not fit a rule over its config fields: they take "
@@ -211,6 +225,12 @@ def generic_model_spec(
         if unresolved
         else ""
     )
+    if remote:
+        note = "; ".join(x for x in (f"{mt} is remote code, {arch['remote_class']}: its layer walked as {arch['walk']}",
+                                     note,
+                                     f"{sum(_numel(s) * n for s, n, _ in held):,} parameters of {', '.join(frozen)} "
+                                     "counted as frozen weights (not run by the training forward; adapters on them "
+                                     "not counted)" if held else "") if x)  # fmt: skip
     tie = architectures._tied(fields)
     return ModelSpec(
         name=name,
@@ -232,13 +252,14 @@ def generic_model_spec(
         num_experts_per_tok=top_k,
         config=dict(cfg),
         other_tensors=tuple(other),
-        approximation=Approximation("generic", basis_name, band, note),
+        approximation=Approximation("remote" if remote else "generic", basis_name, band, note),
         walk_basis=basis,
         walk_roles=roles,
         module_prefix=prefix,
         table_expert_params=fused_experts,
         table_layer_parameters=tuple(layer_parameters),
         embedding_names=_embedding_names(mt, ts, vocab, hidden),
+        tower_tensors=held,
     )
 
 
@@ -273,14 +294,16 @@ def _kv_heads_of(linears: list[LinearSpec], heads: int, head_dim: int) -> int | 
 
 
 def _dense_stand_in(
-    linears: list[LinearSpec], layer_parameters: list[tuple[str, tuple[int, ...], int]], moe: bool
+    linears: list[LinearSpec], layer_parameters: list[tuple[str, tuple[int, ...], int]], moe: bool,
+    declared: Mapping[str, list[str]],
 ) -> tuple[str, float]:
     """(what the Llama stand-in walks, its measured band) by how far the layer is from a Llama layer: a recurrent
     token mixer (Mamba's A_log / dt_bias, a causal conv1d) or an MLP without a gate widen it (GENERIC_* above).
     A MoE's experts are gated in kind: its band is the MoE one (widened only by a recurrent mixer)."""
     if any(name.endswith(_RECURRENT_TENSORS) for name, _, _ in layer_parameters):
         return "llama-like walk (recurrent layers walked as attention)", GENERIC_HYBRID_ERROR_BAND
-    if not moe and not any("gate_proj" in _roles(lin.path, lin.group) for lin in linears if lin.group == "mlp"):
+    if not moe and not any("gate_proj" in (declared.get(lin.path) or _roles(lin.path, lin.group))
+                           for lin in linears if lin.group == "mlp"):  # fmt: skip
         return "llama-like walk (an ungated MLP walked as gated)", GENERIC_UNGATED_ERROR_BAND
     return "llama-like walk", GENERIC_ERROR_BAND
 
@@ -293,7 +316,7 @@ def _is_layer_linear(t: architectures.Tensor, prefix: str) -> bool:
 def _embedding_names(mt: str, ts: tuple[architectures.Tensor, ...], vocab: int, hidden: int) -> tuple[str, ...]:
     """(input embedding, output embedding) module names: the output is the table's `untied` entry (present even
     when tied), the input the one other (vocab, hidden) tensor outside an nn.Linear."""
-    params = architectures.table()["architectures"][mt]["params"]
+    params = architectures.record(mt)["params"]
     head = next((k for k, e in params.items() if e.get("untied")), "lm_head.weight")
     embed = next(
         (t.key for t in ts if t.key != head and t.kind is None and t.shape == (vocab, hidden) and t.count == 1),

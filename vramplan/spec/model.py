@@ -381,7 +381,7 @@ _HASHED: tuple[str, ...] = tuple(f.name for f in fields(ModelSpec) if f.compare)
 class Approximation(NamedTuple):
     """A family estimated through another one's activation walk: what stands in, and how far it can be off."""
 
-    kind: str  # "generic" (from the architecture table), "vision" (a hand-modelled decoder inside a VLM)
+    kind: str  # "generic" (from the architecture table), "vision" (a hand-modelled decoder inside a VLM), "remote"
     basis: str  # "llama-like walk"
     error_band: float  # relative: measured on the hand-modelled families run as if unknown (spec/generic.py)
     note: str = ""  # e.g. "text model only: the vision tower is not counted"

@@ -30,6 +30,7 @@ from vramplan.spec.model import (
 )
 from vramplan.spec.optimizer_choice import resolve_optim
 from vramplan.spec.peft_method import BOTTLENECK_NAMES, LORA, PeftMethod, bottleneck_error, resolve_peft
+from vramplan.spec.remote_code import attention_only as remote_attention_only
 from vramplan.spec.stack import DEFAULT_STACK, Stack, resolve_stack
 from vramplan.spec.stage import SFT, StageSpec, resolve_stage, stage_loss
 from vramplan.spec.train_notes import (
@@ -287,8 +288,12 @@ def resolve_train(
     # transformers 5.24 refuses SDPA for these (`_supports_sdpa = False`): gemma2 (logit softcapping) and
     # bloom (ALiBi); HF picks eager for them by default
     eager_only = {"gemma2": ("sdpa",), "bloom": ("sdpa", "flash_attention_2")}.get(model.model_type, ())
+    remote_attn = remote_attention_only(model.model_type)  # remote code computing attention itself (BTLM)
+    if remote_attn == "eager":
+        eager_only = ("sdpa", "flash_attention_2", "flex_attention")
     if attn in eager_only:
-        notes.append(f"{model.model_type} has no {attn} attention in transformers: using eager")
+        where = "its remote code" if remote_attn else "transformers"
+        notes.append(f"{model.model_type} has no {attn} attention in {where}: using eager")
         attn = "eager"
     notes += sink_attention_notes(model, attn, "attn" in set(explicit))
     if model.model_type in SINK_FAMILIES and attn == "sdpa":

@@ -65,9 +65,9 @@ def tower_tensors(
         hidden = text.get("hidden_size", 2304)
         tensors, note = gemma4_tower_tensors(cfg, hidden if isinstance(hidden, int) else 2304, str(cfg.get("name", mt)))
         return tensors, note, "model.language_model.layers.*."
-    if mt not in architectures.known_types():
+    arch = architectures.record(mt)
+    if arch is None:
         return (), f"the vision tower of a {mt!s} wrapper is not counted (transformers has no record of it)", ""
-    arch = architectures.table()["architectures"][mt]
     defaults = arch["defaults"]
     for sub in set(arch.get("auto_sub_configs", ("vision_config", "audio_config"))) & {"vision_config", "audio_config"}:
         # only a sub-config whose class the dict's model_type picks (LLaVA's CLIP vs SigLIP) can be another
