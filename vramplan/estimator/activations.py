@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from vramplan.estimator.activation_bytes import ActivationBytes
-from vramplan.estimator.layer_extras import output_norm_freed, shared_kv_held
+from vramplan.estimator.layer_extras import output_norm_freed, shared_kv_held, stored_kv_graphs
 from vramplan.estimator.layer_ops import norm
 from vramplan.estimator.layer_walk import decoder_layer
 from vramplan.estimator.lora_kernel_ops import fused_lora
@@ -24,7 +24,7 @@ from vramplan.spec.family_traits import (
     HYBRID_LINEAR_ATTENTION,
     INPUT_GRADS_UNDER_CHECKPOINTING,
     NOPE_ON_FULL_LAYERS,
-    POST_NORM,
+    OUTPUT_NORM,
     SCALED_RESIDUAL,
     SINK_FAMILIES,
     model_dropout,
@@ -227,7 +227,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
     final_saved, final_out = _walk_final(m, settings, residual_dtype, t.method == "full")
     saved += at(final_saved)
-    below_bottom = rope_tables + embedding_leaf
+    below_bottom = rope_tables + embedding_leaf + stored_kv_graphs(m, t, settings, residual_dtype)
     for index in m.dense_mlp_layers if m.moe_params else ():
         key = (layer_specs(m)[index], layer_kinds(m, t)[index])
         lw = walks[key]
@@ -379,7 +379,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
         hidden_grad_bytes=tokens * m.hidden_size * BYTES[autocast_dtype or residual_dtype],
         final_hidden_bytes=at(final_out),
         below_bottom=below_bottom,
-        output_norm_backward=hidden + 5 * tokens * m.hidden_size * 4 if m.model_type in POST_NORM else 0,
+        output_norm_backward=hidden + 5 * tokens * m.hidden_size * 4 if m.model_type in OUTPUT_NORM else 0,
         output_norm_freed=output_norm_freed(m, t, tokens),
         forward_cache_bytes=(
             2 * layers * tokens * m.num_key_value_heads * m.head_dim * BYTES[autocast_dtype or t.dtype]

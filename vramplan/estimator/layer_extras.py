@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from vramplan.estimator.walk import BYTES
 from vramplan.spec import ModelSpec, TrainSpec
-from vramplan.spec.family_traits import FP32_PRODUCT_NORM, PER_LAYER_SHAPES, POST_NORM
+from vramplan.spec.family_traits import FP32_PRODUCT_NORM, OUTPUT_NORM, PER_LAYER_SHAPES
 
 
 def shared_kv_held(m: ModelSpec, t: TrainSpec, tokens: int, residual_dtype: str) -> int:
@@ -27,11 +27,31 @@ def shared_kv_held(m: ModelSpec, t: TrainSpec, tokens: int, residual_dtype: str)
     return sum(e * tokens * dtype_bytes for e, mode in zip(elems, modes, strict=True) if mode == "store")
 
 
+def stored_kv_graphs(m: ModelSpec, t: TrainSpec, settings, residual_dtype: str) -> int:
+    """Gemma 4 under checkpointing: what the KV-storing layers above the bottom one leave in `shared_kv_states`
+    once their recompute has run (gemma4_ops.stored_kv_graph), alive at the bottom layer's backward. Traced on
+    the tiny gemma4_text (2 × 64 tokens, LoRA all-linear: 232,640 B at layer 0's recompute)."""
+    if m.model_type not in PER_LAYER_SHAPES or not t.grad_ckpt or t.stack.reentrant_checkpointing:
+        return 0
+    from vramplan.estimator.activations import layer_kinds
+    from vramplan.estimator.gemma4_ops import stored_kv_graph
+    from vramplan.estimator.walk import layer_specs
+    from vramplan.spec.gemma4 import gemma4_dims
+
+    modes = gemma4_dims(m)["modes"]
+    per_token = sum(
+        stored_kv_graph(spec, settings, kind[0], kind[1], residual_dtype)
+        for index, (spec, kind, mode) in enumerate(zip(layer_specs(m), layer_kinds(m, t), modes, strict=True))
+        if mode == "store" and index > 0
+    )
+    return round(t.tokens * (per_token.real + per_token.imag * t.seq))
+
+
 def output_norm_freed(m: ModelSpec, t: TrainSpec, tokens: int) -> int:
     """What a post-norm layer's output norm saved and its backward frees before its fp32 gradient chain peaks:
     the inverse RMS (T·4), and with a trainable weight the product's other operand (OLMo: the fp32 normed
     tensor; EXAONE 4's Llama norm: its cast to the input dtype). 0 for the other families."""
-    if m.model_type not in POST_NORM:
+    if m.model_type not in OUTPUT_NORM:
         return 0
     operand = 0
     if t.method == "full":
