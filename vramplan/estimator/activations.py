@@ -227,7 +227,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
     final_saved, final_out = _walk_final(m, settings, residual_dtype, t.method == "full")
     saved += at(final_saved)
-    below_bottom = rope_tables + embedding_leaf + stored_kv_graphs(m, t, settings, residual_dtype)
+    below_bottom = rope_tables + embedding_leaf + stored_kv_graphs(m, t, settings, residual_dtype, layer_kinds(m, t))
     for index in m.dense_mlp_layers if m.moe_params else ():
         key = (layer_specs(m)[index], layer_kinds(m, t)[index])
         lw = walks[key]
