@@ -20,12 +20,12 @@ from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.spec.family_traits import (
+    EMBEDDING_SCALED_OUTSIDE,
     FP32_ROPE,
     HYBRID_LINEAR_ATTENTION,
     INPUT_GRADS_UNDER_CHECKPOINTING,
     NOPE_ON_FULL_LAYERS,
     OUTPUT_NORM,
-    SCALED_RESIDUAL,
     SINK_FAMILIES,
     model_dropout,
 )
@@ -210,10 +210,10 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     # as every checkpointed layer's argument), alive until the bottom layer's backward is done
     rope_tables = 2 * seq * m.head_dim * 4 if m.model_type in FP32_ROPE else 0
     saved += rope_tables
-    # Granite: gradient_checkpointing_enable hooks the embedding (enable_input_require_grads, 5.25
+    # Granite, Falcon-H1: gradient_checkpointing_enable hooks the embedding (enable_input_require_grads, 5.25
     # modeling_utils.py): its output becomes a leaf that requires grad, held by its AccumulateGrad node through
     # backward, while `inputs_embeds * embedding_multiplier` is what the layers read (on Llama the two are one)
-    embedding_leaf = hidden if m.model_type in SCALED_RESIDUAL and t.grad_ckpt and t.method != "full" else 0
+    embedding_leaf = hidden if m.model_type in EMBEDDING_SCALED_OUTSIDE and t.grad_ckpt and t.method != "full" else 0
     saved += embedding_leaf
     if settings.masked:
         # the model's bool sliding-window mask (B·1·S·S), built once and passed to every layer (and recompute)
