@@ -24,37 +24,13 @@ from vramplan.spec import model_spec_from_config, resolve_train
 
 # Known gaps, kept visible: strict xfails turn into failures the day the estimator models them.
 KNOWN_GAPS: dict[str, str] = {}
-# A checkpointed Gemma 3 layer saves last in its post-feedforward norm, so its recompute does not stop inside
-# the MLP's down projection (as a Llama layer's does) but runs through the down projection's LoRA sum (the
-# scaled lora_B output the walk does not hold) into that norm; the backward reaches the recompute holding the
-# norm's fp32 gradient (T·H·4, not the T·H·2 LoRA-scaling gradient of a Llama layer). Traced 2 × 64 tokens:
-# bottom-layer recompute activations −42,880 B (−6.1 %), temporaries −16,384 B; peak −4.3 % (gemma2, same
-# layer, not in this grid: −5.3 %).
 FAMILY_GAPS: dict[tuple[str, str], str] = {
-    ("gemma3_text", "lora-ckpt"): "checkpointed Gemma 3 layer recompute runs past the MLP: peak -4.3 %",
-    ("gemma3_text", "full-ckpt"): "checkpointed Gemma 3 layer: estimated peak at the recompute, traced at the "
-    "layer's backward (activations +17 %, temporaries -82 %; phase total within 3 %)",
-    ("gemma3_text", "qlora"): "checkpointed Gemma 3 layer recompute runs past the MLP: backward activations -7.0 %",
-    # Falcon-H1 under checkpointing: the traced backward peaks inside the layer's recompute, at the down
-    # projection's LoRA branch (its fp32 input copy), above the walk's recompute moment. Traced 2 × 64 tokens:
-    # Gemma 4 under checkpointing: the forward is within 1 % (shared_kv_states held, activations.py); the traced
-    # backward peaks with every gradient alive and 147,456 B more temporaries than the walk's recompute moment
-    # (2 × 64 tokens, not yet walked):
-    ("gemma4_text", "lora-ckpt"): "checkpointed Gemma 4 backward: peak -15.2 % (temporaries -147,456 B)",
-    ("gemma4_text", "full-ckpt"): "checkpointed Gemma 4 backward: peak -13.9 %",
-    ("gemma4_text", "qlora"): "checkpointed Gemma 4 backward: peak -12.4 % (forward -2.1 %)",
-    ("falcon_h1", "lora-ckpt"): "checkpointed Falcon-H1 layer: the recompute's moment: peak -4.3 %",
-    ("falcon_h1", "qlora"): "checkpointed Falcon-H1 QLoRA: peak -6.0 %, backward activations -19 %, temporaries "
-    "+180 % (the recompute's moment, not walked past the MLP; the workspace in fp32)",
-    # GLM-4 under checkpointing: its post-MLP norm makes the recompute run past the MLP (as Gemma 3's), and the
-    # fused gate_up_proj's backward (chunk -> cat of the two halves' gradients) holds about 4.5·T·I at the cat
-    # where the walk's gated workspace holds 3·T·I (an isolated Glm4MLP backward, bf16 and fp32). Traced 2 × 64:
-    ("glm4", "lora-ckpt"): "checkpointed GLM-4 layer: peak -3.6 % (backward temporaries 32,768 vs 180,224 B: "
-    "the fused MLP's workspace; activations +109,056 B at the recompute moment)",
-    ("glm4", "full-ckpt"): "checkpointed GLM-4 layer: peak -5.2 % (1,296,116 vs 1,367,068 B; the fused MLP's "
-    "backward workspace)",
-    ("glm4", "qlora"): "checkpointed GLM-4 QLoRA: backward activations 504,832 vs 565,760 B (-10.8 %); peak "
-    "within 3 %",
+    # Falcon-H1 QLoRA: the traced backward peaks inside the bottom layer's recompute, at the down projection's
+    # 4-bit matmul (its bf16 input copy and output beside the fp32 MLP intermediates); the recomputed set is
+    # 53,906 B above the walk's and the model's own tensors (RoPE tables, hooked embedding) 42,496 B above.
+    # Traced 2 × 64 tokens:
+    ("falcon_h1", "qlora"): "checkpointed Falcon-H1 QLoRA: peak -4.5 % (2,085,022 traced vs 1,991,660 B), "
+    "recompute activations 1,483,762 vs 1,387,360 B",
     # StarCoder2 under checkpointing: the recompute of a LayerNorm layer holds about 180 B a token more than the
     # walk (23,040 B without the window, 27,136 B with it: the mask's bias is not all of it); full-ckpt with tied
     # embeddings peaks in the loss's backward before lm_head's weight gradient, which the walk's logits-gradient

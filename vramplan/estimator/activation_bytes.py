@@ -56,7 +56,8 @@ class ActivationBytes(NamedTuple):
     # model made for every layer and the bottom one still holds (OLMo's fp32 RoPE tables, Granite's
     # embedding-output leaf: activations.py), alive to the end of backward
     below_bottom: int = 0
-    # a post-norm layer (OLMo 2 / 3, EXAONE 4: family_traits.POST_NORM): the backward of its output norm, the
+    # a layer ending in a norm of its MLP output (family_traits.OUTPUT_NORM: post-norm, sandwich-norm, Gemma 4;
+    # estimator/output_norm_ops.py): the backward of that norm, the
     # layer's first, with every tensor the layer saved still alive: the RMSNorm's fp32 gradient chain (rsqrt,
     # mean and pow backward: five T·H fp32 tensors at once) beside the residual's T·H gradient; 0 otherwise
     output_norm_backward: int = 0

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from vramplan.estimator.activation_bytes import ActivationBytes
-from vramplan.estimator.layer_extras import output_norm_freed, shared_kv_held
+from vramplan.estimator.layer_extras import output_norm_freed, shared_kv_held, stored_kv_graphs
 from vramplan.estimator.layer_ops import norm
 from vramplan.estimator.layer_walk import decoder_layer
 from vramplan.estimator.lora_kernel_ops import fused_lora
@@ -20,12 +20,12 @@ from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.spec.family_traits import (
+    EMBEDDING_SCALED_OUTSIDE,
     FP32_ROPE,
     HYBRID_LINEAR_ATTENTION,
     INPUT_GRADS_UNDER_CHECKPOINTING,
     NOPE_ON_FULL_LAYERS,
-    POST_NORM,
-    SCALED_RESIDUAL,
+    OUTPUT_NORM,
     SINK_FAMILIES,
     model_dropout,
 )
@@ -210,10 +210,10 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     # as every checkpointed layer's argument), alive until the bottom layer's backward is done
     rope_tables = 2 * seq * m.head_dim * 4 if m.model_type in FP32_ROPE else 0
     saved += rope_tables
-    # Granite: gradient_checkpointing_enable hooks the embedding (enable_input_require_grads, 5.25
+    # Granite, Falcon-H1: gradient_checkpointing_enable hooks the embedding (enable_input_require_grads, 5.25
     # modeling_utils.py): its output becomes a leaf that requires grad, held by its AccumulateGrad node through
     # backward, while `inputs_embeds * embedding_multiplier` is what the layers read (on Llama the two are one)
-    embedding_leaf = hidden if m.model_type in SCALED_RESIDUAL and t.grad_ckpt and t.method != "full" else 0
+    embedding_leaf = hidden if m.model_type in EMBEDDING_SCALED_OUTSIDE and t.grad_ckpt and t.method != "full" else 0
     saved += embedding_leaf
     if settings.masked:
         # the model's bool sliding-window mask (B·1·S·S), built once and passed to every layer (and recompute)
@@ -227,7 +227,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
     final_saved, final_out = _walk_final(m, settings, residual_dtype, t.method == "full")
     saved += at(final_saved)
-    below_bottom = rope_tables + embedding_leaf
+    below_bottom = rope_tables + embedding_leaf + stored_kv_graphs(m, t, settings, residual_dtype, layer_kinds(m, t))
     for index in m.dense_mlp_layers if m.moe_params else ():
         key = (layer_specs(m)[index], layer_kinds(m, t)[index])
         lw = walks[key]
@@ -379,7 +379,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
         hidden_grad_bytes=tokens * m.hidden_size * BYTES[autocast_dtype or residual_dtype],
         final_hidden_bytes=at(final_out),
         below_bottom=below_bottom,
-        output_norm_backward=hidden + 5 * tokens * m.hidden_size * 4 if m.model_type in POST_NORM else 0,
+        output_norm_backward=hidden + 5 * tokens * m.hidden_size * 4 if m.model_type in OUTPUT_NORM else 0,
         output_norm_freed=output_norm_freed(m, t, tokens),
         forward_cache_bytes=(
             2 * layers * tokens * m.num_key_value_heads * m.head_dim * BYTES[autocast_dtype or t.dtype]

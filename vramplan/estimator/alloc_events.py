@@ -36,6 +36,7 @@ from vramplan.estimator.activations import (
 )
 from vramplan.estimator.adapters import adapter_bytes
 from vramplan.estimator.bnb_storage import bnb_4bit_bytes
+from vramplan.estimator.layer_extras import stored_kv_layers
 from vramplan.estimator.layer_pattern import LayerTemplate, Size, layer_pattern, layer_template
 from vramplan.estimator.logits import head_dtype_bytes
 from vramplan.estimator.loss import loss_bytes
@@ -176,8 +177,10 @@ def step_events(m: ModelSpec, t: TrainSpec) -> list[Event]:
     templates = [resolved[id(pattern)] for pattern in patterns]
     mask_bytes = t.batch * seq * seq if settings.masked else 0
     shape = _backward_shape(walk_model, t, act, settings.liger)
+    stored_kv = stored_kv_layers(walk_model, walk_train, settings, residual_dtype, kinds)
     for step in range(STEPS):
-        _one_step(e, m, t, act, shape, patterns, templates, grads, optimizer, layerwise, step == 0, mask_bytes)
+        _one_step(e, m, t, act, shape, patterns, templates, grads, optimizer, layerwise, step == 0, mask_bytes,
+                  stored_kv)  # fmt: skip
     return e.events
 
 
@@ -219,8 +222,13 @@ def _backward_shape(m: ModelSpec, t: TrainSpec, act: ActivationBytes, liger: boo
     return _BackwardShape(parts, (act.backward_workspace - act.hidden_bytes) // parts, (q, kv, kv))
 
 
-def _one_step(e, m, t, act, shape, patterns, templates, grads, optimizer, layerwise, first, mask_bytes) -> None:
+def _one_step(
+    e, m, t, act, shape, patterns, templates, grads, optimizer, layerwise, first, mask_bytes, stored_kv
+) -> None:
     ckpt = t.grad_ckpt
+    # Gemma 4's shared_kv_states (layer_extras.stored_kv_layers): a storing layer's keys and values from its
+    # forward, replaced by its recompute's (with that recompute's graph) until the end of backward
+    kv_states: dict[int, int] = {}
     mask = e.alloc(mask_bytes)  # the sliding-window mask, built once and passed to every layer
     x = embeds = e.alloc(act.hidden_bytes)  # inputs_embeds, held by the model's forward until it returns
     forward_ids = []
@@ -231,6 +239,8 @@ def _one_step(e, m, t, act, shape, patterns, templates, grads, optimizer, layerw
         elif not pattern.input_saved and x != embeds:
             e.free(x)
         forward_ids.append(ids)
+        if len(forward_ids) - 1 in stored_kv:
+            kv_states[len(forward_ids) - 1] = e.alloc(stored_kv[len(forward_ids) - 1][0])
         x = ids[pattern.output]
     # final norm and the loss
     final_saved = e.alloc(act.final_saved)
@@ -265,11 +275,18 @@ def _one_step(e, m, t, act, shape, patterns, templates, grads, optimizer, layerw
         if ckpt:  # the layer's forward again: its saved tensors back, its transients come and go
             ids = _replay_layer(e, templates[index][False], layer_input)
             e.free(ids[pattern.output])
+            if index in stored_kv:
+                e.free(kv_states[index])
+                kv_states[index] = e.alloc(stored_kv[index][1])
         layer_grads = [] if layerwise else grads[index]
         half = len(layer_grads) // 2
         saved = [ids[i] for i in pattern.saved if i != 0]
         mlp_saved, attention_saved = saved[pattern.mlp_from :], saved[: pattern.mlp_from]
         down = saved[pattern.down_from :]
+        if act.output_norm_backward:  # a layer ending in a norm of the MLP output: that norm's backward first,
+            # its fp32 gradient chain (five T·H fp32 tensors at once, peak.py's output-norm moment)
+            chain = [e.alloc((act.output_norm_backward - act.hidden_bytes) // 5) for _ in range(5)]
+            e.free(*chain)
         # the MLP's gradients: the down projection's input's first, then the product's operands'
         workspace = [e.alloc(shape.mlp_grad)]
         e.free(*reversed(down))
@@ -290,7 +307,7 @@ def _one_step(e, m, t, act, shape, patterns, templates, grads, optimizer, layerw
         total = e.alloc(head_grad_bytes)
         e.free(param_grads[0], dense)
         param_grads[0] = total
-    e.free(grad, mask)
+    e.free(grad, mask, *kv_states.values())
     param_grads.append(e.alloc(rest_grad - head_grad_bytes))  # embeddings, norms, what trains outside layers
     # optimizer step: states at the first step, param by param in the model's order (torch AdamW `_init_group`:
     # exp_avg, exp_avg_sq), the step's temporaries (`_multi_tensor_adam`: a list at once), then zero_grad

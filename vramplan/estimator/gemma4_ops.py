@@ -20,11 +20,14 @@ holds). Where it differs from Gemma 3's walk (`layer_ops`):
 
 from __future__ import annotations
 
+import functools
+
 from vramplan.estimator.layer_ops import _attention, _rope
 from vramplan.estimator.mlp_ops import _down, _gated
 from vramplan.estimator.linear_ops import linear
 from vramplan.estimator.moe_ops import sort_and_gather
-from vramplan.estimator.walk import SymbolicTensor, Walk, WalkSettings, promote
+from vramplan.estimator.output_norm_ops import output_norm
+from vramplan.estimator.walk import BYTES, SymbolicTensor, Walk, WalkSettings, promote
 from vramplan.spec import ModelSpec
 
 
@@ -71,10 +74,7 @@ def decoder_layer(
     q = norm(project(normed_input, "q_proj"), m.head_dim)
     q = _rope(walk, q, residual_dtype)
     if "k_proj" in names:
-        k_raw = project(normed_input, "k_proj")
-        v_raw = project(normed_input, "v_proj") if "v_proj" in names else k_raw
-        k = _rope(walk, norm(k_raw, m.head_dim), residual_dtype)
-        v = norm(v_raw, m.head_dim, with_scale=False)
+        k, v = _keys_values(walk, m, normed_input, residual_dtype, project, norm)
     else:  # KV-shared: the storing layer's keys and values, saved by its own attention already
         k = walk.new(T * m.kv_dim, q.dtype, False)
         v = walk.new(T * m.kv_dim, q.dtype, False)
@@ -95,12 +95,49 @@ def decoder_layer(
         del walk.pinned[dense.id]
         mlp_out = walk.new(T * hidden, promote(dense.dtype, routed.dtype), dense.requires_grad or routed.requires_grad)
         walk.transient(dense, routed, mlp_out)
-    mlp_out = norm(mlp_out)
+    mlp_out = output_norm(walk, settings, m, mlp_out, residual_dtype, norm)  # post_feedforward_layernorm
+    # `*= layer_scalar` saves the scalar: backward's first node needs a saved tensor, so the recompute starts
+    # there, on the incoming gradient alone
+    walk.recompute_tail = -T * hidden * BYTES[settings.autocast_dtype or residual_dtype]
     del walk.pinned[residual.id]
     out = walk.new(T * hidden, promote(residual.dtype, mlp_out.dtype), residual.requires_grad or mlp_out.requires_grad)
     if "per_layer_input_gate" in names:
         out = _per_layer_input(walk, settings, m, out, project, norm)
     return out  # `*= layer_scalar`: in place by a buffer, nothing saved
+
+
+def _keys_values(walk: Walk, m: ModelSpec, normed_input, residual_dtype: str, project, norm):
+    """k_proj (and v_proj, unless k = v), k_norm, RoPE on k, v_norm: the attention's keys and values."""
+    k_raw = project(normed_input, "k_proj")
+    v_raw = project(normed_input, "v_proj") if any(li.name == "v_proj" for li in m.linears) else k_raw
+    k = _rope(walk, norm(k_raw, m.head_dim), residual_dtype)
+    return k, norm(v_raw, m.head_dim, with_scale=False)
+
+
+@functools.lru_cache(maxsize=256)
+def stored_kv_graph(
+    m: ModelSpec, settings: WalkSettings, trainable: bool, input_requires_grad: bool, residual_dtype: str
+) -> complex:
+    """Per token: what a KV-storing layer's recompute leaves in `shared_kv_states` under checkpointing. The
+    recompute stores its keys and values there again (Gemma4TextAttention.forward, 5.25), replacing the
+    forward's, and they carry the recompute's graph: every tensor saved from the layer's input to them (the
+    input norm's, k_proj's / v_proj's, k_norm's and v_norm's; torch/utils/checkpoint.py `_recomputation_hook`
+    returns what it packs, so the recomputed graph holds it). The dict lives as long as the checkpointed layers'
+    arguments, to the end of the bottom layer's backward. `m` is the layer's spec (walk.layer_specs)."""
+    walk = Walk()
+    x = walk.new(m.hidden_size, residual_dtype, input_requires_grad)
+
+    def project(inp: SymbolicTensor, name: str) -> SymbolicTensor:
+        spec = next(li for li in m.linears if li.name == name)
+        return linear(walk, settings, inp, name, spec.out_features, trainable, settings.quantized)
+
+    def norm(tensor: SymbolicTensor, features: int = 0, with_scale: bool = True) -> SymbolicTensor:
+        return g4_norm(walk, tensor, features or m.hidden_size, trainable, with_scale)
+
+    # the layer's input too, where the input norm saves it (an fp32 residual, no cast): freed with the layer's
+    # backward otherwise, here held to the end
+    k, v = _keys_values(walk, m, norm(x), x.dtype, project, norm)
+    return walk.saved_bytes + sum({t.id: t.nbytes for t in (k, v)}.values())
 
 
 def _width(m: ModelSpec) -> int:

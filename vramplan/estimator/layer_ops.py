@@ -55,6 +55,7 @@ from vramplan.estimator.lora_kernel_ops import fused_lora, kernel_group, kernel_
 from vramplan.estimator.mla_ops import mla_attention
 from vramplan.estimator.mlp_ops import _down, _gated
 from vramplan.estimator.moe_ops import moe_block, qwen35_sparse_block
+from vramplan.estimator.output_norm_ops import output_norm
 from vramplan.estimator.walk import BYTES, S, SymbolicTensor, Walk, WalkSettings, promote, scaled
 from vramplan.spec import ModelSpec
 from vramplan.spec.family_traits import (
@@ -297,8 +298,9 @@ def _post_attention(
     walk.pinned[residual.id] = residual.nbytes  # the residual, alive through the MLP for the second residual add
     mlp_input = norm(walk, settings, m, residual, trainable)
     mlp_out = _mlp(walk, settings, m, mlp_input, project, trainable)
-    if m.norms_per_layer == 4:
-        mlp_out = norm(walk, settings, m, mlp_out, trainable)
+    if m.norms_per_layer == 4:  # the sandwich's post-MLP norm, the layer's last saving op (output_norm_ops)
+        post_norm = lambda t: norm(walk, settings, m, t, trainable)  # noqa: E731
+        mlp_out = output_norm(walk, settings, m, mlp_out, residual_dtype, post_norm)
     if m.model_type in SCALED_RESIDUAL:
         mlp_out = scaled(walk, mlp_out)  # its gradient `grad * multiplier` is alive when a layer's recompute starts
         walk.recompute_tail += mlp_out.nbytes

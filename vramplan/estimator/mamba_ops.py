@@ -265,6 +265,8 @@ def hybrid_layer(
     del walk.pinned[up.id]
     product = _product(walk, up, activated, T * m.intermediate_size)
     down = _scaled(walk, _down(walk, project, product, "down_proj"))  # down_multiplier
+    # its gradient `grad * down_multiplier` (a node that saves nothing) is alive when the recompute starts
+    walk.recompute_tail += down.nbytes
     del walk.pinned[residual.id]
     out = walk.new(T * m.hidden_size, promote(residual.dtype, down.dtype), True)
     walk.transient(residual, down, out)

@@ -29,9 +29,10 @@ from vramplan.estimator.layer_ops import _attention, _mlp, _rope, norm
 from vramplan.estimator.lora_kernel_ops import fused_lora
 from vramplan.estimator.linear_ops import linear
 from vramplan.estimator.lora_kernel_ops import kernel_group
-from vramplan.estimator.walk import BYTES, SymbolicTensor, Walk, WalkSettings, promote
+from vramplan.estimator.output_norm_ops import output_norm
+from vramplan.estimator.walk import SymbolicTensor, Walk, WalkSettings, promote
 from vramplan.spec import ModelSpec
-from vramplan.spec.family_traits import FP32_PRODUCT_NORM, FP32_ROPE, PROJECTION_QK_NORM
+from vramplan.spec.family_traits import FP32_ROPE, PROJECTION_QK_NORM
 
 
 def post_norm_layer(
@@ -52,25 +53,10 @@ def post_norm_layer(
     walk.transient(x, normed, residual)
     walk.pinned[residual.id] = residual.nbytes  # alive through the MLP for the second residual add
     mlp_out = _mlp(walk, settings, m, residual, project, trainable)
-    if "down_proj" in settings.lora_targets and not settings.dora and not settings.lora_kernels:
-        # PEFT's `result + lora_B(lora_A(x)) * scaling`: the scaled product is alive beside lora_B's output, the
-        # base output and the input's adapter-dtype copy (the linear's last moment, `live[-1]`); a Llama layer's
-        # recompute stops before it (at lora_B's saves), this layer's runs on into the output norm
-        per_token, per_layer = walk.live[-1]
-        scaled = T * m.hidden_size * BYTES[settings.autocast_dtype or settings.adapter_dtype]
-        walk.live.append((per_token + scaled, per_layer))
-    saved_before = walk.saved_bytes
-    normed = norm(walk, settings, m, mlp_out, trainable)  # post_feedforward_layernorm
-    # its backward runs before the MLP's: what it saved is freed, with the down projection's, by the MLP's peak
-    walk.down_saved += walk.saved_bytes - saved_before
+    normed = output_norm(walk, settings, m, mlp_out, x.dtype, lambda t: norm(walk, settings, m, t, trainable))
     del walk.pinned[residual.id]
     out = walk.new(T * m.hidden_size, promote(residual.dtype, normed.dtype), True)
     walk.transient(residual, normed, out)
-    # backward reaches the output norm's first saving node (its product with the weight) holding the incoming
-    # gradient and, where the norm casts its fp32 product back (`.to(input_dtype)`), that cast's fp32 gradient;
-    # not the T·H gradient of a Llama layer's LoRA scaling (`hidden_grad_bytes`, which this replaces)
-    cast_back = m.model_type in FP32_PRODUCT_NORM and mlp_out.dtype != "fp32"
-    walk.recompute_tail = T * m.hidden_size * ((4 if cast_back else 0) - BYTES[settings.autocast_dtype or x.dtype])
     return out
 
 

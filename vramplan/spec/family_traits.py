@@ -105,3 +105,11 @@ QUERY_POSITION_SCALE = frozenset({"ministral3"})
 INPUT_GRADS_UNDER_CHECKPOINTING = HYBRID_LINEAR_ATTENTION | {
     "smollm3", "granite", "ministral", "ministral3", "internlm3",
 }  # fmt: skip
+# Families whose decoder layer ends in a norm of the MLP's output, its last saving op (estimator/output_norm_ops.py):
+# the post-norm and sandwich-norm layers, and Gemma 4's (modeling_gemma4.py Gemma4TextDecoderLayer, 5.25:
+# `post_feedforward_layernorm`)
+OUTPUT_NORM = POST_NORM | SANDWICH_NORM | {"gemma4_text"}
+# Families whose model multiplies the embedding module's output outside it (`self.embed_tokens(input_ids) *
+# embedding_multiplier`: modeling_granite.py, modeling_falcon_h1.py FalconH1Model.forward, 5.25): under
+# checkpointing the hooked embedding output is a leaf of its own beside the layers' input (activations.py)
+EMBEDDING_SCALED_OUTSIDE = SCALED_RESIDUAL | {"falcon_h1"}
