@@ -48,7 +48,7 @@ Saved-tensor inventory (per decoder layer, T = batch·seq tokens; "rg" = require
 from __future__ import annotations
 
 from vramplan.estimator.delta_net_ops import gated_attention, gated_delta_net
-from vramplan.estimator.family_ops import fp32_rope, mean_centred_norm, residual_dropout
+from vramplan.estimator.family_ops import fp32_rope, mask_bias, mean_centred_norm, residual_dropout
 from vramplan.estimator.gpt_oss_ops import eager_with_sinks, gpt_oss_moe
 from vramplan.estimator.linear_ops import linear
 from vramplan.estimator.lora_kernel_ops import fused_lora, kernel_group, kernel_mlp
@@ -161,8 +161,8 @@ def _attention(
         walk.save(kv_store if (kv_store is not None and v_cast is v) else v_cast)
         if masked:
             # the memory-efficient kernel takes the bool mask as an additive bias in q's dtype (torch
-            # `convert_boolean_attn_mask`: B·1·S·S) and saves it for backward
-            walk.save(walk.new(T * S, dtype, False))
+            # `convert_boolean_attn_mask`: B·1·S·S) and saves it for backward; ALiBi Falcon's float mask: family_ops
+            walk.save(*mask_bias(walk, settings, m, T * S, dtype))
     walk.transient(q_cast, k_cast, v_cast, out)
     return out
 
@@ -185,6 +185,9 @@ def decoder_layer(
 
     def project(inp: SymbolicTensor, name: str) -> SymbolicTensor:
         spec = next(li for li in m.linears if li.name == name)
+        if settings.quantized and not spec.quantizable:  # FalconLinear: bitsandbytes leaves it (fp32 by kbit prep)
+            return linear(walk, settings._replace(weight_dtype=settings.norm_dtype), inp, name, spec.out_features,
+                          trainable, False)  # fmt: skip
         return linear(walk, settings, inp, name, spec.out_features, trainable, settings.quantized)
 
     normed_input = norm(walk, settings, m, x, trainable)
@@ -245,7 +248,7 @@ def _attention_block(
         k = project(normed_input, "k_proj")
         v = project(normed_input, "v_proj")
     else:
-        fused = "qkv_proj" if "qkv_proj" in names else "query_key_value"
+        fused = next(n for n in ("qkv_proj", "query_key_value", "attn.c_attn") if n in names)  # phi3, neox, bigcode
         qkv = project(normed_input, fused)
         kv_store = qkv  # q, k, v are views of one storage
         itemsize = BYTES[qkv.dtype]
@@ -272,7 +275,8 @@ def _attention_block(
             walk.pinned.pop(t.id, None)
     if "o" in kernels:  # axolotl's LoRA_O
         return kernel_group(walk, settings, attention_out, [m.hidden_size])[0]
-    return residual_dropout(walk, m, project(attention_out, "o_proj" if "o_proj" in names else "dense"))
+    out_name = next(n for n in ("o_proj", "dense", "attn.c_proj") if n in names)
+    return residual_dropout(walk, m, project(attention_out, out_name))
 
 
 def _post_attention(

@@ -47,7 +47,7 @@ def falcon_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         {**cfg, "vocab_size": cfg.get("vocab_size", 65024), "num_key_value_heads": kv, "head_dim": head_dim,
          "hidden_act": act, "max_position_embeddings": cfg.get("max_position_embeddings", 2048)},
         name, h, heads,
-    )  # fmt: skip
+    ) | {"config": dict(cfg)}  # fmt: skip
     bias = config_bool(cfg, "bias", name, False)
     qkv_out = (heads + 2 * kv) * head_dim if new_decoder else (h + 2 * head_dim if multi_query else 3 * h)
     linears = (
@@ -98,7 +98,7 @@ def gpt_bigcode_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         {**cfg, "vocab_size": cfg.get("vocab_size", 50257), "num_key_value_heads": kv, "head_dim": head_dim,
          "hidden_act": act, "max_position_embeddings": positions},
         name, h, heads,
-    )  # fmt: skip
+    ) | {"config": dict(cfg)}  # fmt: skip
     return ModelSpec(
         model_type="gpt_bigcode",
         intermediate_size=inter,
