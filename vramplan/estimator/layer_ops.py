@@ -289,10 +289,12 @@ def _post_attention(
         attention_out = scaled(walk, attention_out)
     if m.parallel_residual:
         mlp_input = normed_input if m.norms_per_layer == 1 else norm(walk, settings, m, x, trainable)
-        if m.model_type in MEAN_CENTRED_NORM:  # the attention output, a Python local until the three-way sum
+        if m.model_type in MEAN_CENTRED_NORM or m.model_type == "falcon":  # a Python local until the sum
             walk.pinned[attention_out.id] = attention_out.nbytes
+        if m.model_type == "falcon":  # FalconDecoderLayer's `attention_layernorm_out`, a local through the MLP
+            walk.pinned[normed_input.id] = normed_input.nbytes
         mlp_out = _mlp(walk, settings, m, mlp_input, project, trainable)
-        walk.pinned.pop(attention_out.id, None)
+        walk.pinned.pop(attention_out.id, None), walk.pinned.pop(normed_input.id, None)
         out_dtype = promote(promote(mlp_out.dtype, attention_out.dtype), residual_dtype)
         return walk.new(T * m.hidden_size, out_dtype, True)
     residual = walk.new(
