@@ -366,7 +366,10 @@ def _mlp(
             if up.requires_grad:
                 walk.save(up)
         walk.transient(up, activated)
-        return residual_dropout(walk, m, _down(walk, project, activated, down_name))
+        down = _down(walk, project, activated, down_name)
+        if m.model_type == "falcon":  # the layer's last save: lora_B's input (before its output), or the base's
+            walk.recompute_stop = len(walk.live) - (down_name in settings.lora_targets and not settings.dora)
+        return residual_dropout(walk, m, down)
     if m.model_type == "gpt_oss":
         return gpt_oss_moe(walk, settings, m, x, trainable)
     if m.model_type == "qwen3_5_moe_text":  # the shared expert first, the routed experts, then the expert's gate
