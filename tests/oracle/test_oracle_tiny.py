@@ -77,6 +77,14 @@ FAMILY_GAPS: dict[tuple[str, str], str] = {
     # T·hidden tensor (32,768 B) above the walk there: peak 1,042,912 vs 1,076,264 B (-3.1 %), activations
     # 490,496 vs 677,376 B at the two moments
     ("granite", "qlora"): "checkpointed Granite QLoRA: top-layer recompute one fp32 hidden above the walk: peak -3.1 %",
+    # Falcon QLoRA under checkpointing (FalconLinear fp32 after kbit prep, its bf16 autocast copies saved again by
+    # the recompute): the traced top-layer recompute holds 13,824 B more activations and 16,384 B more gradient
+    # temporaries (a second fp32 T·hidden output gradient) than the walk's. Traced 2 × 64 tokens:
+    ("falcon", "qlora"): "checkpointed Falcon QLoRA: top-layer recompute 998,024 vs 967,744 B: peak -3.03 %",
+    # GPT-BigCode under checkpointing: the LayerNorm layer's recompute holds more than the walk (as StarCoder2's),
+    # activations 459,264 vs 408,064 B (lora-ckpt), 134,528 vs 99,328 B (qlora, both phases). Traced 2 × 64:
+    ("gpt_bigcode", "lora-ckpt"): "checkpointed GPT-BigCode layer: recompute activations -51,200 B: peak -5.80 %",
+    ("gpt_bigcode", "qlora"): "checkpointed GPT-BigCode QLoRA: activations -35,200 B: peak -3.50 %",
 }
 
 
