@@ -313,6 +313,20 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "model_type": "internlm3", **_SHAPE, "head_dim": 16, "qkv_bias": False, "bias": False,
         "tie_word_embeddings": False,
     },  # fmt: skip
+    # Falcon (falcon-7b's layout): fused query_key_value with one K/V head (multi_query), attention and MLP in
+    # parallel off one LayerNorm, RoPE, no biases, FalconLinear everywhere (bitsandbytes leaves it), tied
+    "falcon": {
+        "model_type": "falcon", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "ffn_hidden_size": 128, "vocab_size": 256, "max_position_embeddings": 256, "tie_word_embeddings": True,
+        **_TOKENS,
+    },  # fmt: skip
+    # GPT-BigCode (StarCoder 1 / SantaCoder): fused c_attn with one K/V head, learned position embeddings, GPT-2's
+    # sequential block, tied; its dropouts (0.1 by default) off here (tests/oracle: their own cases)
+    "gpt_bigcode": {
+        "model_type": "gpt_bigcode", "n_embd": 64, "n_layer": 2, "n_head": 4, "n_inner": 128, "vocab_size": 256,
+        "n_positions": 256, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": True,
+        **_TOKENS,
+    },  # fmt: skip
 }
 
 

@@ -56,7 +56,7 @@ def _kind(path: str, module: Any) -> str:
         return "lm_head"
     if parts[-1] == "embed_tokens_per_layer":  # Gemma 4's per-layer embeddings: with the spec's mixer tensors
         return "attn"
-    if any("embed" in p for p in parts):
+    if any("embed" in p for p in parts) or parts[-1] in ("wte", "wpe"):  # GPT-BigCode's token / position tables
         return "embed"
     if "mamba" in parts:  # Falcon-H1's mixer: in_proj, out_proj, conv1d, dt_bias, A_log, D, its gated norm
         return "ssm"
@@ -66,7 +66,7 @@ def _kind(path: str, module: Any) -> str:
         return "mlp"
     if "mlp" in parts or "feed_forward" in parts:  # incl. Mixtral's router and experts; Falcon-H1's MLP
         return "mlp"
-    if {"self_attn", "attention", "self_attention", "linear_attn"} & set(parts):  # linear_attn: Qwen3.5's DeltaNet
+    if {"self_attn", "attention", "self_attention", "linear_attn", "attn"} & set(parts):  # attn: GPT-BigCode  # linear_attn: Qwen3.5's DeltaNet
         return "attn"
     raise AssertionError(f"unclassified parameter owner {path} ({type(module).__name__})")
 
@@ -294,6 +294,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "granite-biases": {**TINY_CONFIGS["granite"], "attention_bias": True, "mlp_bias": True},
     "smollm3-nope-list": {**TINY_CONFIGS["smollm3"], "no_rope_layers": [0, 1], "mlp_bias": True},
     "ministral-default-window": _without(TINY_CONFIGS["ministral"], "sliding_window", "layer_types"),
+    # Falcon's attention kinds (FalconConfig, 5.25): the new decoder (falcon-40b: K/V groups, ln_attn + ln_mlp;
+    # Falcon2-11B: one norm), Falcon-RW (every head its own K/V, ALiBi, sequential, biases); a config.json that
+    # sets `num_kv_heads` beside multi_query (falcon-7b's: 71, one K/V head used)
+    "falcon-new-decoder": {**TINY_CONFIGS["falcon"], "new_decoder_architecture": True, "num_kv_heads": 2},
+    "falcon-new-decoder-one-ln": {**TINY_CONFIGS["falcon"], "new_decoder_architecture": True, "num_kv_heads": 2,
+                                  "num_ln_in_parallel_attn": 1},
+    "falcon-rw": {**TINY_CONFIGS["falcon"], "multi_query": False, "parallel_attn": False, "alibi": True,
+                  "bias": True},
+    "falcon-kv-heads-field": {**TINY_CONFIGS["falcon"], "num_kv_heads": 4, "bias": True},
+    "falcon-defaults": {"model_type": "falcon", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+                        "vocab_size": 256},
+    "gpt_bigcode-mha": {**TINY_CONFIGS["gpt_bigcode"], "multi_query": False},
+    "gpt_bigcode-defaults": {"model_type": "gpt_bigcode", "n_embd": 64, "n_head": 4, "n_layer": 2, "vocab_size": 256},
 }  # fmt: skip
 
 
@@ -327,7 +340,9 @@ def _peft_adapted(peft_model: Any) -> set[str]:
 
 
 def _our_adapted(m: ModelSpec, t: TrainSpec) -> set[str]:
-    return {lin.name for lin in lora_targets(m, t)} | {p.name for p in lora_moe_targets(m, t.lora_target)}
+    # leaf names, as PEFT's modules show them (GPT-BigCode's linears are named by their paths: attn.c_proj)
+    linears = {lin.name.rsplit(".", 1)[-1] for lin in lora_targets(m, t)}
+    return linears | {p.name for p in lora_moe_targets(m, t.lora_target)}
 
 
 def _assert_matches_peft(m: ModelSpec, t: TrainSpec, peft_model: Any) -> None:

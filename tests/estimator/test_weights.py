@@ -143,8 +143,10 @@ def _load_and_check(
             model = prepare_model_for_kbit_training(model)  # fp32 upcast of every non-quantized parameter
         t = resolve_train(m, method="qlora", dtype="bf16", quant=quant, double_quant=double_quant, kbit_prep=kbit_prep)
         want = weight_bytes(m, t)
+        # GPTBigCodeModel's bool tril buffer `bias` (n_positions², on the device with the weights) is counted too
+        tril = [model.transformer.bias] if family == "gpt_bigcode" else []
         measured = (
-            _storage_bytes(model.parameters()),
+            _storage_bytes([*model.parameters(), *tril]),
             _storage_bytes(_quant_state_tensors(model.parameters())),
         )
         assert measured == (want.frozen, want.quant_state), f"kbit_prep={kbit_prep}"

@@ -103,6 +103,8 @@ FAMILIES = [
     "ministral",
     "ministral3",
     "internlm3",
+    "falcon",
+    "gpt_bigcode",
 ]
 
 # The 2025-26 families, hand-modelled: each tiny config (tests/conftest.py TINY_CONFIGS) through the methods,
@@ -125,6 +127,7 @@ FAMILY_GRID = (
 FAMILY_GRID += ("glm4", "starcoder2", "cohere2")
 FAMILY_GRID += ("gemma4_text",)
 FAMILY_GRID += ("smollm3", "granite", "ministral", "ministral3", "internlm3")
+FAMILY_GRID += ("falcon", "gpt_bigcode")
 # Qwen3.5's DeltaNet scans each sequence in 64-token chunks (the family grid's seq 64 is one): several chunks,
 # whose later ones save more, and a sequence the chunks do not divide (F.pad to whole chunks), on BASE
 DELTA_NET_CASES = {
@@ -246,4 +249,9 @@ FULL_SIZE = {
         "meta",
         {"method": "qlora", "seq": 4096, "grad_ckpt": False},
     ),
+    # Falcon-7B: FalconLinear stays fp32 under QLoRA (bitsandbytes skips the subclass; kbit prep upcasts it), and
+    # without checkpointing every layer's mm saves its weights' bf16 autocast copy (+0.46 %; with it -0.001 %)
+    "falcon-7b lora seq512": ("falcon-7b", "fake", {"method": "lora", "seq": 512}),
+    "falcon-7b qlora seq512": ("falcon-7b", "meta", {"method": "qlora", "seq": 512}),
+    "falcon-7b qlora seq512 no-ckpt": ("falcon-7b", "meta", {"method": "qlora", "seq": 512, "grad_ckpt": False}),
 }

@@ -53,6 +53,14 @@ FAMILY_GAPS: dict[tuple[str, str], str] = {
     # T·hidden tensor (32,768 B) above the walk there: peak 1,042,912 vs 1,076,264 B (-3.1 %), activations
     # 490,496 vs 677,376 B at the two moments
     ("granite", "qlora"): "checkpointed Granite QLoRA: top-layer recompute one fp32 hidden above the walk: peak -3.1 %",
+    # Falcon QLoRA under checkpointing (FalconLinear fp32 after kbit prep, its bf16 autocast copies saved again by
+    # the recompute): the traced top-layer recompute holds 13,824 B more activations and 16,384 B more gradient
+    # temporaries (a second fp32 T·hidden output gradient) than the walk's. Traced 2 × 64 tokens:
+    ("falcon", "qlora"): "checkpointed Falcon QLoRA: top-layer recompute 998,024 vs 967,744 B: peak -3.03 %",
+    # GPT-BigCode under checkpointing: the LayerNorm layer's recompute holds more than the walk (as StarCoder2's),
+    # activations 459,264 vs 408,064 B (lora-ckpt), 134,528 vs 99,328 B (qlora, both phases). Traced 2 × 64:
+    ("gpt_bigcode", "lora-ckpt"): "checkpointed GPT-BigCode layer: recompute activations -51,200 B: peak -5.80 %",
+    ("gpt_bigcode", "qlora"): "checkpointed GPT-BigCode QLoRA: activations -35,200 B: peak -3.50 %",
 }
 
 
@@ -224,3 +232,25 @@ def test_gemma4_variants(case):
     changes, settings = GEMMA4_VARIANTS[case]
     m = model_spec_from_config({**TINY_CONFIGS["gemma4_text"], **changes}, f"gemma4-{case}")
     check(m, resolve_train(m, **{**BASE, "seq": 64, **settings}), "cpu")
+
+
+# Falcon's other layouts (FalconConfig, 5.25): the new decoder (falcon-40b / 180b: K/V groups, ln_attn + ln_mlp)
+# and Falcon-RW (every head its own K/V, sequential block, biases, ALiBi: a float B·heads·S·S mask)
+FALCON_VARIANTS = {
+    "new-decoder": {"new_decoder_architecture": True, "num_kv_heads": 2},
+    "rw-alibi": {"multi_query": False, "parallel_attn": False, "alibi": True, "bias": True},
+}
+# ALiBi under kbit prep: the mask is fp32 (inputs_embeds'); the walk saves a bf16 autocast copy per layer (SDPA's
+# cast), the trace holds less: activations 966,656 vs 877,568 B estimated vs traced, peak +5.14 % (2 × 64 tokens)
+FALCON_VARIANT_GAPS = {("rw-alibi", "qlora-no-ckpt"): "ALiBi Falcon QLoRA: per-layer fp32 mask copies: peak +5.14 %"}
+
+
+@pytest.mark.parametrize(
+    ("variant", "case"),
+    with_gaps([(v, c) for v in FALCON_VARIANTS for c in ("lora", "full", "qlora-no-ckpt")], FALCON_VARIANT_GAPS),
+)
+def test_falcon_variants(variant, case):
+    from tests.conftest import TINY_CONFIGS
+
+    m = model_spec_from_config({**TINY_CONFIGS["falcon"], **FALCON_VARIANTS[variant]}, f"falcon-{variant}")
+    check(m, resolve_train(m, **{**BASE, "seq": 64, **FAMILY_CASES[case]}), "cpu")

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from vramplan.estimator.activation_bytes import ActivationBytes
+from vramplan.estimator.family_ops import model_mask_bytes
 from vramplan.estimator.layer_extras import output_norm_freed, shared_kv_held, stored_kv_graphs
 from vramplan.estimator.layer_ops import norm
 from vramplan.estimator.layer_walk import decoder_layer
@@ -217,7 +218,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     saved += embedding_leaf
     if settings.masked:
         # the model's bool sliding-window mask (B·1·S·S), built once and passed to every layer (and recompute)
-        saved += t.batch * seq * seq
+        saved += model_mask_bytes(m, settings, t.batch, seq)
     if model_dropout(m.model_type, m.config, "embedding_dropout") > 0 and layer_kinds(m, t)[0][1]:
         saved += tokens * m.hidden_size  # StarCoder2's embedding dropout: its bool mask, when layer 0 needs grads
     if t.grad_ckpt and settings.attn == "eager" and m.model_type in SINK_FAMILIES:
@@ -284,12 +285,14 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
                 // layers
             )
             layer_cached = layer_copies
-        if not settings.quantized and t.dtype != autocast_dtype:
-            # unquantized linear weights stored in another dtype (fp32 master weights, or a frozen fp32 base):
-            # mm saves the cast copy whenever its input needs a gradient
-            base_copy = sum(li.weight_params * (li.count or layers) for li in m.linears) // layers * autocast_bytes
+        # unquantized linear weights stored in another dtype (fp32 master weights, a frozen fp32 base, Falcon's
+        # FalconLinear that bitsandbytes leaves, fp32 after kbit prep): mm saves the cast copy whenever its input
+        # needs a gradient; FalconLinear casts `weight.T`, a view, which autocast's cache never keeps
+        kept = [li for li in m.linears if not (settings.quantized and li.quantizable)]
+        if kept and (settings.norm_dtype if settings.quantized else t.dtype) != autocast_dtype:
+            base_copy = sum(li.weight_params * (li.count or layers) for li in kept) // layers * autocast_bytes
             layer_copies += base_copy
-            if t.method in ("full", "freeze"):
+            if t.method in ("full", "freeze") and m.model_type != "falcon":
                 layer_cached += base_copy
         # autocast's cast cache keeps the copies of leaf tensors that require grad (adapters, trainable weights)
         # until the autocast region exits, i.e. through the whole forward even under checkpointing

@@ -1,10 +1,11 @@
 """Decoder-layer ops only some hand-modelled families run (the walk's `layer_ops` calls them): Cohere 2's
-mean-centred LayerNorm and fp32 RoPE (modeling_cohere2.py, transformers 5.25), StarCoder2's residual dropout
-(modeling_starcoder2.py, 5.25)."""
+mean-centred LayerNorm and fp32 RoPE (modeling_cohere2.py, transformers 5.25), StarCoder2's and GPT-BigCode's
+residual dropout (modeling_starcoder2.py, modeling_gpt_bigcode.py, 5.25), ALiBi Falcon's attention mask
+(modeling_falcon.py, 5.25)."""
 
 from __future__ import annotations
 
-from vramplan.estimator.walk import SymbolicTensor, Walk
+from vramplan.estimator.walk import BYTES, SymbolicTensor, Walk, WalkSettings
 from vramplan.spec import ModelSpec
 from vramplan.spec.family_traits import model_dropout
 
@@ -42,7 +43,8 @@ def fp32_rope(walk: Walk, q: SymbolicTensor, k: SymbolicTensor) -> tuple[Symboli
 
 
 def residual_dropout(walk: Walk, m: ModelSpec, x: SymbolicTensor) -> SymbolicTensor:
-    """StarCoder2's `nn.functional.dropout(out, p=residual_dropout)` after o_proj and c_proj: CUDA's
+    """StarCoder2's `nn.functional.dropout(out, p=residual_dropout)` after o_proj and c_proj (GPT-BigCode's
+    `resid_dropout` / the MLP's `dropout`, nn.Dropout(resid_pdrop), after attn.c_proj and mlp.c_proj): CUDA's
     native_dropout, a new output and a bool mask (saved when x needs a gradient); nothing when p is 0."""
     if model_dropout(m.model_type, m.config, "residual_dropout") <= 0:
         return x
@@ -52,3 +54,25 @@ def residual_dropout(walk: Walk, m: ModelSpec, x: SymbolicTensor) -> SymbolicTen
         walk.save(mask)
     walk.transient(x, mask, out)
     return out
+
+
+def mask_bias(walk: Walk, settings: WalkSettings, m: ModelSpec, bool_mask: complex, dtype: str) -> tuple:
+    """What one layer's masked SDPA (the memory-efficient kernel) saves for its mask, beyond the model's mask
+    (activations.py counts that once): the bool mask made an additive bias in q's dtype (B·1·S·S, torch
+    `convert_boolean_attn_mask`); nothing for ALiBi Falcon, whose FalconModel.forward passes every layer one
+    float mask (B·heads·S·S: the ALiBi bias with the causal -inf, in inputs_embeds' dtype), unless autocast
+    casts it to q's dtype (an fp32 embedding after kbit prep: SDPA is an autocast lower-precision op, each
+    layer saves its own copy)."""
+    if not (m.model_type == "falcon" and not m.rope):
+        return (walk.new(bool_mask, dtype, False),)
+    if settings.norm_dtype == dtype:
+        return ()
+    return (walk.new(bool_mask * m.num_attention_heads, dtype, False),)
+
+
+def model_mask_bytes(m: ModelSpec, settings: WalkSettings, batch: int, seq: int) -> int:
+    """The attention mask the model builds once and passes to every layer (and recompute): a bool B·1·S·S; ALiBi
+    Falcon's float B·heads·S·S in inputs_embeds' dtype (the embedding's: fp32 after kbit prep)."""
+    if m.model_type == "falcon" and not m.rope:
+        return batch * m.num_attention_heads * seq * seq * BYTES[settings.norm_dtype]
+    return batch * seq * seq

@@ -48,7 +48,7 @@ Saved-tensor inventory (per decoder layer, T = batch·seq tokens; "rg" = require
 from __future__ import annotations
 
 from vramplan.estimator.delta_net_ops import gated_attention, gated_delta_net
-from vramplan.estimator.family_ops import fp32_rope, mean_centred_norm, residual_dropout
+from vramplan.estimator.family_ops import fp32_rope, mask_bias, mean_centred_norm, residual_dropout
 from vramplan.estimator.gpt_oss_ops import eager_with_sinks, gpt_oss_moe
 from vramplan.estimator.linear_ops import linear
 from vramplan.estimator.lora_kernel_ops import fused_lora, kernel_group, kernel_mlp
@@ -162,8 +162,8 @@ def _attention(
         walk.save(kv_store if (kv_store is not None and v_cast is v) else v_cast)
         if masked:
             # the memory-efficient kernel takes the bool mask as an additive bias in q's dtype (torch
-            # `convert_boolean_attn_mask`: B·1·S·S) and saves it for backward
-            walk.save(walk.new(T * S, dtype, False))
+            # `convert_boolean_attn_mask`: B·1·S·S) and saves it for backward; ALiBi Falcon's float mask: family_ops
+            walk.save(*mask_bias(walk, settings, m, T * S, dtype))
     walk.transient(q_cast, k_cast, v_cast, out)
     return out
 
@@ -186,6 +186,9 @@ def decoder_layer(
 
     def project(inp: SymbolicTensor, name: str) -> SymbolicTensor:
         spec = next(li for li in m.linears if li.name == name)
+        if settings.quantized and not spec.quantizable:  # FalconLinear: bitsandbytes leaves it (fp32 by kbit prep)
+            return linear(walk, settings._replace(weight_dtype=settings.norm_dtype), inp, name, spec.out_features,
+                          trainable, False)  # fmt: skip
         return linear(walk, settings, inp, name, spec.out_features, trainable, settings.quantized)
 
     normed_input = norm(walk, settings, m, x, trainable)
@@ -246,7 +249,7 @@ def _attention_block(
         k = project(normed_input, "k_proj")
         v = project(normed_input, "v_proj")
     else:
-        fused = "qkv_proj" if "qkv_proj" in names else "query_key_value"
+        fused = next(n for n in ("qkv_proj", "query_key_value", "attn.c_attn") if n in names)  # phi3, neox, bigcode
         qkv = project(normed_input, fused)
         kv_store = qkv  # q, k, v are views of one storage
         itemsize = BYTES[qkv.dtype]
@@ -273,7 +276,8 @@ def _attention_block(
             walk.pinned.pop(t.id, None)
     if "o" in kernels:  # axolotl's LoRA_O
         return kernel_group(walk, settings, attention_out, [m.hidden_size])[0]
-    return residual_dropout(walk, m, project(attention_out, "o_proj" if "o_proj" in names else "dense"))
+    out_name = next(n for n in ("o_proj", "dense", "attn.c_proj") if n in names)
+    return residual_dropout(walk, m, project(attention_out, out_name))
 
 
 def _post_attention(
@@ -286,10 +290,12 @@ def _post_attention(
         attention_out = scaled(walk, attention_out)
     if m.parallel_residual:
         mlp_input = normed_input if m.norms_per_layer == 1 else norm(walk, settings, m, x, trainable)
-        if m.model_type in MEAN_CENTRED_NORM:  # the attention output, a Python local until the three-way sum
+        if m.model_type in MEAN_CENTRED_NORM or m.model_type == "falcon":  # a Python local until the sum
             walk.pinned[attention_out.id] = attention_out.nbytes
+        if m.model_type == "falcon":  # FalconDecoderLayer's `attention_layernorm_out`, a local through the MLP
+            walk.pinned[normed_input.id] = normed_input.nbytes
         mlp_out = _mlp(walk, settings, m, mlp_input, project, trainable)
-        walk.pinned.pop(attention_out.id, None)
+        walk.pinned.pop(attention_out.id, None), walk.pinned.pop(normed_input.id, None)
         out_dtype = promote(promote(mlp_out.dtype, attention_out.dtype), residual_dtype)
         return walk.new(T * m.hidden_size, out_dtype, True)
     residual = walk.new(
@@ -362,7 +368,10 @@ def _mlp(
             if up.requires_grad:
                 walk.save(up)
         walk.transient(up, activated)
-        return residual_dropout(walk, m, _down(walk, project, activated, down_name))
+        down = _down(walk, project, activated, down_name)
+        if m.model_type == "falcon":  # the layer's last save: lora_B's input (before its output), or the base's
+            walk.recompute_stop = len(walk.live) - (down_name in settings.lora_targets and not settings.dora)
+        return residual_dropout(walk, m, down)
     if m.model_type == "gpt_oss":
         return gpt_oss_moe(walk, settings, m, x, trainable)
     if m.model_type == "qwen3_5_moe_text":  # the shared expert first, the routed experts, then the expert's gate

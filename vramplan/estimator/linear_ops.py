@@ -77,6 +77,8 @@ def linear(
     walk.save(lora_a_input)
     lora_a_out = walk.new(T * settings.lora_rank, autocast_dtype or settings.adapter_dtype, True)
     walk.save(lora_a_out)
+    # lora_B's mm packs its input before its output exists: where a checkpointed recompute that stops there ends
+    walk.transient(x, x_adapter, x_dropped, lora_a_input, lora_a_out, out)
     lora_b_out = walk.new(T * out_features, autocast_dtype or settings.adapter_dtype, True)
     walk.transient(x, x_adapter, x_dropped, lora_a_input, lora_a_out, lora_b_out, out)
     if quantized and not autocast_dtype:

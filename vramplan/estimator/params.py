@@ -149,6 +149,8 @@ def model_tensor_shapes(m: ModelSpec, towers: bool = True) -> list[tuple[Shape, 
     out: list[tuple[Shape, int]] = [((v, h), 1)]
     if m.embed_norm:
         out.append(((h,), 2))
+    if m.position_embeddings:  # gpt_bigcode's wpe
+        out.append(((m.position_embeddings, h), 1))
     out += [(shape, n * m.num_hidden_layers) for shape, n in _every_layer_shapes(m)]
     out += [((lin.out_features, lin.in_features), m.instances(lin)) for lin in m.linears]
     out += [((lin.out_features,), m.instances(lin)) for lin in m.linears if lin.bias]

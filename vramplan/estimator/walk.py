@@ -217,6 +217,8 @@ def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
         # packed rows (position_ids restarting inside a row): `find_packed_sequence_indices` turns the causal
         # skip off and SDPA gets the block-diagonal B·1·S·S mask (masking_utils.py `_preprocess_mask_arguments`)
         return (True,) * n
+    if m.model_type == "falcon":  # FalconModel: create_causal_mask(allow_is_causal_skip=False), for ALiBi too
+        return (True,) * n
     window = m.sliding_window
     if window is None or t.seq < window:
         return (False,) * n

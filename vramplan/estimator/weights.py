@@ -44,11 +44,21 @@ def base_param_dtype_bytes(t: TrainSpec) -> int:
 
 def weight_bytes(m: ModelSpec, t: TrainSpec) -> WeightBytes:
     w = _base_weight_bytes(m, t)
+    if m.model_type == "gpt_bigcode":
+        w = WeightBytes(frozen=w.frozen + model_buffer_bytes(m), quant_state=w.quant_state, trainable=w.trainable)
     if t.uses_lora and not t.peft.lora_equivalent:  # frozen tensors of other PEFT methods (BOFT, VeRA)
         from vramplan.estimator.peft_methods import peft_buffer_bytes
 
         w = WeightBytes(frozen=w.frozen + peft_buffer_bytes(m, t), quant_state=w.quant_state, trainable=w.trainable)
     return w
+
+
+def model_buffer_bytes(m: ModelSpec) -> int:
+    """Buffers a model keeps on its device beside the parameters, where one is large: GPTBigCodeModel's `bias`,
+    a bool tril of n_positions × n_positions (persistent=False: made at init, moved with the model, no longer
+    read by transformers 5.25's forward, which builds its mask with create_causal_mask): 64 MiB at StarCoder's
+    8192 positions. Rotary `inv_freq` tables (head_dim / 2 fp32) are left out."""
+    return m.max_position_embeddings**2 if m.model_type == "gpt_bigcode" else 0
 
 
 def kept_fp32_bytes(m: ModelSpec, t: TrainSpec) -> int:

@@ -106,6 +106,10 @@ def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         return _check_shapes(phi_spec(cfg, name))
     if mt == "starcoder2":
         return _check_shapes(starcoder2_spec(cfg, name))
+    if mt in ("falcon", "gpt_bigcode"):
+        from vramplan.spec.falcon_bigcode import falcon_spec, gpt_bigcode_spec
+
+        return _check_shapes((falcon_spec if mt == "falcon" else gpt_bigcode_spec)(cfg, name))
     if mt == "cohere2":
         # Cohere2Config.__post_init__ (5.25): head_dim = hidden_size // num_attention_heads whatever config.json
         # says; num_key_value_heads defaults to the heads; sliding_window 4096, every 4th layer full attention

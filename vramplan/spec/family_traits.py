@@ -30,6 +30,7 @@ HYBRID_LINEAR_ATTENTION = frozenset({"qwen3_5_text", "qwen3_5_moe_text"})
 PER_LAYER_SHAPES = frozenset({"gemma4_text"})
 HAND_MODELLED_TYPES = frozenset(
     LLAMA_LIKE | HYBRID_SSM | HYBRID_LINEAR_ATTENTION | DEEPSEEK_MOE | PER_LAYER_SHAPES | {"gpt_neox", "bloom", "phi"} | {"starcoder2"}
+    | {"falcon", "gpt_bigcode"}
 )
 # `head_dim` when config.json has none: a fixed class default here (transformers 5.24 Qwen3Config 128,
 # GemmaConfig / Gemma2Config / Gemma3TextConfig 256, GptOssConfig 64), hidden_size // num_attention_heads for
@@ -82,11 +83,15 @@ NOPE_ON_FULL_LAYERS = frozenset({"cohere2"})
 
 def model_dropout(model_type: str, config, key: str) -> float:
     """A dropout the model itself applies in training (StarCoder2's `residual_dropout` after o_proj and c_proj,
-    `embedding_dropout` after the embeddings; modeling_starcoder2.py, 5.25), 0.0 for the other families (their
-    tiny and published configs train without one)."""
-    if model_type != "starcoder2":
+    `embedding_dropout` after the embeddings; modeling_starcoder2.py, 5.25; GPT-BigCode's `resid_pdrop` after
+    attn.c_proj and mlp.c_proj, `embd_pdrop` after wte + wpe, modeling_gpt_bigcode.py), 0.0 for the other
+    families (their tiny and published configs train without one; Falcon's are 0 in its published configs)."""
+    default = 0.0
+    if model_type == "gpt_bigcode":  # GPTBigCodeConfig (5.25): resid_pdrop, embd_pdrop, attn_pdrop, 0.1 each
+        key, default = {"residual_dropout": "resid_pdrop", "embedding_dropout": "embd_pdrop"}.get(key, key), 0.1
+    elif model_type != "starcoder2":
         return 0.0
-    value = config.get(key, 0.0)
+    value = config.get(key, default)
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 # Families whose decoder layers skip RoPE where `no_rope_layers[i]` is 0 (modeling_smollm3.py SmolLM3Attention,
 # 5.25: `if self.use_rope:`), by default every `no_rope_layer_interval`-th (4th) layer: NoPE layers
@@ -113,3 +118,4 @@ OUTPUT_NORM = POST_NORM | SANDWICH_NORM | {"gemma4_text"}
 # embedding_multiplier`: modeling_granite.py, modeling_falcon_h1.py FalconH1Model.forward, 5.25): under
 # checkpointing the hooked embedding output is a leaf of its own beside the layers' input (activations.py)
 EMBEDDING_SCALED_OUTSIDE = SCALED_RESIDUAL | {"falcon_h1"}
+INPUT_GRADS_UNDER_CHECKPOINTING |= {"falcon", "gpt_bigcode"}  # traced on each (tests/oracle FAMILY_GRID)

@@ -58,6 +58,10 @@ SHAPE_ALIASES = {"n_embed": "hidden_size", "n_head": "num_attention_heads", "n_l
                  "hidden_size_per_layer_input": "hidden_size", "vocab_size_per_layer_input": "vocab_size",
                  "patch_size": "head_dim", "position_embedding_size": "max_position_embeddings",
                  "no_rope_layer_interval": "num_hidden_layers"}  # fmt: skip
+# Falcon's and GPT-BigCode's own names (FalconConfig, GPTBigCodeConfig: n_embd, n_positions, n_inner)
+SHAPE_ALIASES.update({"num_kv_heads": "num_key_value_heads", "ffn_hidden_size": "intermediate_size",
+                      "num_ln_in_parallel_attn": "num_hidden_layers", "n_embd": "hidden_size",
+                      "n_positions": "max_position_embeddings", "n_inner": "intermediate_size"})  # fmt: skip
 _MISSING = object()
 
 

@@ -52,6 +52,8 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "ministral": ("q_proj", "v_proj"),
     "ministral3": ("q_proj", "v_proj"),
     "internlm3": ("q_proj", "v_proj"),
+    "falcon": ("query_key_value",),
+    "gpt_bigcode": ("attn.c_attn",),  # PEFT's `c_attn` (vramplan names gpt_bigcode's linears by their paths)
 }
 
 
@@ -87,11 +89,13 @@ REGEX_CHARACTERS = frozenset("*+?[](){}|\\^$")
 _LAYER_MODULES: dict[str, tuple[str, str, str]] = {
     "gpt_neox": ("gpt_neox.layers.", "attention", "mlp"),
     "bloom": ("transformer.h.", "self_attention", "mlp"),
+    "falcon": ("transformer.h.", "self_attention", "mlp"), "gpt_bigcode": ("transformer.h.", "attn", "mlp"),
 }
 # their input and output embeddings' module names (the other families: model.embed_tokens, lm_head)
 _EMBEDDINGS: dict[str, tuple[str, str]] = {
     "gpt_neox": ("gpt_neox.embed_in", "lm_head"),  # transformers 5 renamed embed_out
     "bloom": ("transformer.word_embeddings", "lm_head"),
+    "falcon": ("transformer.word_embeddings", "lm_head"), "gpt_bigcode": ("transformer.wte", "lm_head"),
 }
 
 

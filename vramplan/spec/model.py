@@ -159,6 +159,7 @@ class ModelSpec:
     head_norm_params: int = 0  # per layer: q_norm/k_norm (qwen3's over head_dim; OLMo 2/3's over q_dim, kv_dim)
     moe_params: tuple[ParamSpec, ...] = ()
     embed_norm: bool = False  # bloom's word_embeddings_layernorm
+    position_embeddings: int = 0  # rows of a learned position embedding beside the tokens' (gpt_bigcode's wpe)
     lm_head_bias: bool = False  # phi
     mlp: Literal["gated", "gated_fused", "plain", "moe"] = "gated"
     parallel_residual: bool = False  # gpt_neox, phi: attention and MLP read the same normed input
@@ -285,7 +286,8 @@ class ModelSpec:
         """Generic families: every parameter outside the decoder-layer linears (embeddings, norms, ...)."""
         if self.from_table:
             return sum(_numel(shape) * n for shape, n in self.other_tensors)
-        return self.vocab_size * self.hidden_size + (self.norm_size if self.embed_norm else 0)
+        rows = self.vocab_size + self.position_embeddings
+        return rows * self.hidden_size + (self.norm_size if self.embed_norm else 0)
 
     @property
     def lm_head_params(self) -> int:
