@@ -16,10 +16,10 @@ def shared_kv_held(m: ModelSpec, t: TrainSpec, tokens: int, residual_dtype: str)
     if m.model_type not in PER_LAYER_SHAPES:
         return 0
     from vramplan.estimator.kvcache import layer_kv_elems
-    from vramplan.spec.gemma4 import gemma4_dims
+    from vramplan.spec.gemma3n import per_layer_dims
 
     elems = layer_kv_elems(m)
-    modes = gemma4_dims(m)["modes"]
+    modes = per_layer_dims(m)["modes"]
     # k / v in the projections' output dtype: a bitsandbytes linear returns its input's (the residual stream's,
     # fp32 after kbit prep), an unquantized one under autocast the autocast dtype
     quantized = t.quant != "none"

@@ -52,6 +52,9 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "ministral": ("q_proj", "v_proj"),
     "ministral3": ("q_proj", "v_proj"),
     "internlm3": ("q_proj", "v_proj"),
+    # no PEFT 0.21.2 entry for gemma3n_text nor its gemma3n wrapper (PEFT asks for target_modules): as Gemma 3's;
+    # v_proj only in the layers that have one (not the KV-shared ones)
+    "gemma3n_text": ("q_proj", "v_proj"),
 }
 
 
