@@ -19,6 +19,8 @@ from vramplan.estimator.lora_kernel_ops import fused_lora
 from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
+from vramplan.estimator.gemma3n_ops import model_input_saved, output_walk, stack_dtype
+from vramplan.spec.gemma3n import residual_streams
 from vramplan.spec.family_traits import (
     FP32_ROPE,
     HYBRID_LINEAR_ATTENTION,
@@ -68,7 +70,7 @@ def _walk_layer(
     m: ModelSpec, settings: WalkSettings, trainable: bool, input_requires_grad: bool, residual_dtype: str
 ) -> _LayerWalk:
     walk = Walk()
-    x = walk.new(m.hidden_size, residual_dtype, input_requires_grad)
+    x = walk.new(m.hidden_size * residual_streams(m), residual_dtype, input_requires_grad)  # Gemma 3n: n states
     decoder_layer(walk, settings, m, x, trainable)
     return _LayerWalk(
         walk.saved_bytes,
@@ -88,7 +90,9 @@ def _walk_layer(
 
 @functools.lru_cache(maxsize=4096)
 def _walk_final(m: ModelSpec, settings: WalkSettings, residual_dtype: str, trainable: bool) -> tuple[complex, complex]:
-    """(saved bytes, output bytes) per token of the final norm."""
+    """(saved bytes, output bytes) per token of the final norm (Gemma 3n: with the AltUp stack folded back)."""
+    if m.model_type == "gemma3n_text":
+        return output_walk(m, settings, residual_dtype, trainable, settings.norm_dtype)
     walk = Walk()
     out = norm(walk, settings, m, walk.new(m.hidden_size, residual_dtype, True), trainable)
     return walk.saved_bytes, out.nbytes
@@ -174,7 +178,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     settings = walk_settings(m, t)
     autocast_dtype = settings.autocast_dtype
     layers = m.num_hidden_layers
-    residual_dtype = residual_dtype_of(t)
+    residual_dtype = stack_dtype(m, t, residual_dtype_of(t))  # Gemma 3n: its AltUp stack's
     # (the layer's ModelSpec, layer_kinds' tuple) -> how many layers
     kinds: dict[tuple[ModelSpec, tuple[bool, bool, bool, frozenset[str], str]], int] = {}
     for key in zip(layer_specs(m), layer_kinds(m, t), strict=True):
@@ -195,7 +199,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
         )
         for spec, kind in kinds
     }
-    hidden = tokens * m.hidden_size * BYTES[residual_dtype]
+    hidden = tokens * m.hidden_size * BYTES[residual_dtype] * residual_streams(m)  # the layers' input and output
     # transformers < 5.0 checkpoints reentrantly (spec/stack.py): the layer's forward runs under no_grad, so
     # nothing an op keeps in ctx outlives it; its recompute holds them like any other activation
     reentrant = t.stack.reentrant_checkpointing
@@ -214,6 +218,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     # modeling_utils.py): its output becomes a leaf that requires grad, held by its AccumulateGrad node through
     # backward, while `inputs_embeds * embedding_multiplier` is what the layers read (on Llama the two are one)
     embedding_leaf = hidden if m.model_type in SCALED_RESIDUAL and t.grad_ckpt and t.method != "full" else 0
+    embedding_leaf += at(model_input_saved(m, t, settings, t.method == "full"))  # Gemma 3n's AltUp stack, PLE
     saved += embedding_leaf
     if settings.masked:
         # the model's bool sliding-window mask (B·1·S·S), built once and passed to every layer (and recompute)

@@ -357,4 +357,11 @@ def materialize(model: nn.Module, quantizer: Any, dtype: torch.dtype, device: to
                     module._buffers[bname] = torch.empty_like(b, device=device)
                     touched = True
             if touched:
-                model._init_weights(module)
+                try:
+                    model._init_weights(module)
+                except AttributeError:  # Gemma 3n's reads its base model's `hidden_size`: the owning model's
+                    from transformers import PreTrainedModel
+
+                    owner = next(o for o in model.modules() if isinstance(o, PreTrainedModel) and module in o.modules()
+                                 and not hasattr(o, "lm_head"))  # fmt: skip
+                    owner._init_weights(module)
