@@ -19,7 +19,7 @@ from vramplan.estimator.lora_kernel_ops import fused_lora
 from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
-from vramplan.estimator.gemma3n_ops import model_input_saved, output_walk, stack_dtype
+from vramplan.estimator.gemma3n_ops import kv_graph_bytes, model_input_saved, output_walk, stack_dtype
 from vramplan.spec.gemma3n import residual_streams
 from vramplan.spec.family_traits import (
     FP32_ROPE,
@@ -232,7 +232,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
     final_saved, final_out = _walk_final(m, settings, residual_dtype, t.method == "full")
     saved += at(final_saved)
-    below_bottom = rope_tables + embedding_leaf
+    below_bottom = rope_tables + embedding_leaf + kv_graph_bytes(m, t, tokens, settings, residual_dtype)
     for index in m.dense_mlp_layers if m.moe_params else ():
         key = (layer_specs(m)[index], layer_kinds(m, t)[index])
         lw = walks[key]

@@ -68,9 +68,10 @@ def g3n_norm(
 
 
 def decoder_layer(
-    walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, trainable: bool
+    walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, trainable: bool, kv_graph: list | None = None
 ) -> SymbolicTensor:
-    """One Gemma 3n decoder layer of `m` (this layer's spec, `walk.layer_specs`) on the AltUp stack `x`."""
+    """One Gemma 3n decoder layer of `m` (this layer's spec, `walk.layer_specs`) on the AltUp stack `x`;
+    `kv_graph` collects what the graph behind its keys and values saves (`kv_graph_bytes`)."""
     T, hidden, n = settings.T, m.hidden_size, residual_streams(m)
     residual_dtype = x.dtype
     names = {li.name for li in m.linears}
@@ -80,8 +81,8 @@ def decoder_layer(
     per_layer_grad = trainable or "per_layer_model_projection" in settings.lora_targets
 
     def project(inp: SymbolicTensor, name: str) -> SymbolicTensor:
-        spec = next(li for li in m.linears if li.name == name)
-        return linear(walk, settings, inp, name, spec.out_features, trainable, settings.quantized)
+        spec = next(li for li in m.linears if li.name == name)  # (AltUp's coefficients stay unquantized)
+        return linear(walk, settings, inp, name, spec.out_features, trainable, settings.quantized and spec.quantizable)
 
     def norm(tensor: SymbolicTensor, features: int = 0, with_scale: bool = True, base=None) -> SymbolicTensor:
         return g3n_norm(walk, tensor, features or hidden, trainable, with_scale, base)
@@ -96,6 +97,7 @@ def decoder_layer(
     del walk.pinned[x.id]
     walk.pinned[predictions.id] = predictions.nbytes  # until `correct` has added it
     normed_input = norm(view(predictions), base=predictions)
+    upstream = walk.saved_bytes  # saved so far: all of it lies behind the keys and values
     # ---- Laurel beside the attention
     left = project(normed_input, "linear_left")
     laurel = norm(project(left, "linear_right"))
@@ -103,7 +105,10 @@ def decoder_layer(
     walk.transient(laurel, laurel_out)
     walk.pinned[laurel_out.id] = laurel_out.nbytes
     # ---- attention
-    attention_out = norm(_attention_block(walk, settings, m, normed_input, project, norm, names, residual_dtype))
+    attention_out = _attention_block(walk, settings, m, normed_input, project, norm, names, residual_dtype, kv_graph)
+    if kv_graph is not None:  # (laurel's and q's saves lie beside them, not behind: kv_graph holds k / v's own)
+        kv_graph[0] += upstream + (0 if x.id in walk.saved else x.nbytes)
+    attention_out = norm(attention_out)
     gated = walk.new(T * hidden, promote(residual_dtype, attention_out.dtype), True)
     walk.transient(attention_out, gated)
     summed = walk.new(T * hidden, promote(gated.dtype, laurel_out.dtype), True)
@@ -208,12 +213,15 @@ def _correct(walk: Walk, settings, activated, predictions, modalities, n: int, t
     return out
 
 
-def _attention_block(walk, settings, m, normed_input, project, norm, names, residual_dtype) -> SymbolicTensor:
+def _attention_block(walk, settings, m, normed_input, project, norm, names, residual_dtype, kv_graph=None):
     """q / k / v projections, q / k norms (with weight) and v_norm (without), RoPE, attention, o_proj."""
     q = _rope(walk, norm(project(normed_input, "q_proj"), m.head_dim), residual_dtype)
     if "k_proj" in names:
+        before = walk.saved_bytes
         k = _rope(walk, norm(project(normed_input, "k_proj"), m.head_dim), residual_dtype)
         v = norm(project(normed_input, "v_proj"), m.head_dim, with_scale=False)
+        if kv_graph is not None:  # k and v themselves and what their projections and norms saved
+            kv_graph[0] += walk.saved_bytes - before + k.nbytes + v.nbytes
     else:  # KV-shared: the storing layer's keys and values, saved by its own attention already (no bytes here)
         k = walk.new(0, q.dtype, False)
         v = walk.new(0, q.dtype, False)
@@ -289,7 +297,7 @@ def model_input_saved(m: ModelSpec, t, settings: WalkSettings, trainable: bool) 
     n = residual_streams(m)
     walk = Walk()
     embed_dtype = "fp32" if t.kbit_prep else t.dtype
-    requires_grad = t.method == "full" or (t.kbit_prep and t.grad_ckpt)  # enable_input_require_grads
+    requires_grad = t.method == "full" or t.grad_ckpt  # enable_input_require_grads (family_traits, traced)
     x0 = walk.new(h, embed_dtype, requires_grad)
     projection = next(li for li in m.linears if li.name == "per_layer_model_projection")
     ple = linear(walk, settings, x0, projection.name, projection.out_features, trainable, settings.quantized)
@@ -323,3 +331,29 @@ def output_walk(m: ModelSpec, settings: WalkSettings, stack: str, trainable: boo
     mean = walk.new(T * h, stack, True)
     out = g3n_norm(walk, mean, h, trainable)
     return walk.saved_bytes, out.nbytes
+
+
+def kv_graph_bytes(m: ModelSpec, t, tokens: int, settings: WalkSettings, residual_dtype: str) -> int:
+    """Under checkpointing, what the KV-storing layers' recomputes leave alive to the end of backward: a "store"
+    layer's recompute puts its recomputed keys and values in the model's `shared_kv_states` dict (held by every
+    checkpointed layer's arguments), and with them their autograd graph, whose nodes hold what the recompute saved
+    behind k and v (torch 2.13 utils/checkpoint.py `_recomputation_hook` returns the tensor itself): the stack,
+    the predictions, the input norm's, the k / v projections' and norms'. Those of the storing layers above the
+    bottom one are alive at its backward (traced: modeling_gemma3n.py 5.25 `Gemma3nTextAttention.forward`). 0
+    without checkpointing, and for other families."""
+    if m.model_type != "gemma3n_text" or not t.grad_ckpt:
+        return 0
+    from vramplan.estimator.activations import layer_kinds
+    from vramplan.estimator.walk import layer_specs
+    from vramplan.spec.gemma3n import gemma3n_dims
+
+    total = 0.0
+    modes = gemma3n_dims(m)["modes"]
+    for index, (spec, kind) in enumerate(zip(layer_specs(m), layer_kinds(m, t), strict=True)):
+        if index == 0 or modes[index] != "store":
+            continue
+        walk, graph = Walk(), [0]
+        x = walk.new(m.hidden_size * residual_streams(m), residual_dtype, kind[1])
+        decoder_layer(walk, settings._replace(masked=kind[2]), spec, x, kind[0], graph)
+        total += graph[0].real
+    return round(tokens * total)

@@ -111,3 +111,4 @@ QUERY_POSITION_SCALE = frozenset({"ministral3"})
 INPUT_GRADS_UNDER_CHECKPOINTING = HYBRID_LINEAR_ATTENTION | {
     "smollm3", "granite", "ministral", "ministral3", "internlm3",
 }  # fmt: skip
+INPUT_GRADS_UNDER_CHECKPOINTING |= {"gemma3n_text"}  # traced: its stack's making saves more then (gemma3n_ops)

@@ -38,7 +38,12 @@ GEMMA3N_TEXT_DEFAULTS: dict[str, Any] = {
     "num_kv_shared_layers": 15, "laurel_rank": 64,
 }  # fmt: skip
 LAYER_KINDS = ("sliding_attention", "full_attention")
-SPARSE_ACT = "gaussian_topk+"  # a per-layer walk spec's hidden_act prefix: this layer's MLP runs the top-k
+SPARSE_ACT = "gaussian_topk+"
+# AltUp's coefficient linears clamp their weight in training (`prediction_coefs.weight.data.clamp_`,
+# `correction_coefs.weight.clamp` then F.linear: modeling_gemma3n.py 5.25), which fails on a bitsandbytes 4-bit or
+# int8 weight (uint8 / int8 storage): a QLoRA run must leave them unquantized (BitsAndBytesConfig
+# `llm_int8_skip_modules`), and the estimate does (train note)
+UNQUANTIZABLE = frozenset({"correction_coefs", "prediction_coefs"})  # a per-layer walk spec's hidden_act prefix: this layer's MLP runs the top-k
 
 
 def gemma3n_layer_types(cfg: Mapping[str, Any], name: str, layers: int) -> tuple[str, ...]:
@@ -152,7 +157,8 @@ def gemma3n_spec(cfg: Mapping[str, Any], name: str, common: dict[str, Any]) -> M
             add(f"{stack}.{i}", f"{stack}.{i}", h, h, "mlp")
     add("per_layer_model_projection", "per_layer_model_projection", h, layers * ple, "mlp")
     linears = tuple(
-        LinearSpec(lin, i, o, bias if group == "attn" else False, group, path=path, count=0 if n == layers else n)
+        LinearSpec(lin, i, o, bias if group == "attn" else False, group, path=path, count=0 if n == layers else n,
+                   quantizable=lin not in UNQUANTIZABLE)  # fmt: skip
         for (lin, path, i, o, group), n in counts.items()
         if n
     )
@@ -194,7 +200,8 @@ def layer_linears(m: ModelSpec, index: int) -> tuple[int, int, tuple[LinearSpec,
     chosen: list[LinearSpec] = []
     for lin in m.linears:
         if wanted.get(lin.name) == (lin.in_features, lin.out_features) and lin.name not in {c.name for c in chosen}:
-            chosen.append(LinearSpec(lin.name, lin.in_features, lin.out_features, lin.bias, lin.group, path=lin.path))
+            chosen.append(LinearSpec(lin.name, lin.in_features, lin.out_features, lin.bias, lin.group, path=lin.path,
+                                     quantizable=lin.quantizable))  # fmt: skip
     return hd, m.num_key_value_heads, tuple(chosen)
 
 
