@@ -181,7 +181,8 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     residual_dtype = stack_dtype(m, t, residual_dtype_of(t))  # Gemma 3n: its AltUp stack's
     # (the layer's ModelSpec, layer_kinds' tuple) -> how many layers
     kinds: dict[tuple[ModelSpec, tuple[bool, bool, bool, frozenset[str], str]], int] = {}
-    for key in zip(layer_specs(m), layer_kinds(m, t), strict=True):
+    kinds_of = layer_kinds(m, t)
+    for key in zip(layer_specs(m), kinds_of, strict=True):
         kinds[key] = kinds.get(key, 0) + 1
     tokens, seq = t.tokens, t.seq
 
@@ -232,7 +233,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
     final_saved, final_out = _walk_final(m, settings, residual_dtype, t.method == "full")
     saved += at(final_saved)
-    below_bottom = rope_tables + embedding_leaf + kv_graph_bytes(m, t, tokens, settings, residual_dtype)
+    below_bottom = rope_tables + embedding_leaf + kv_graph_bytes(m, t, tokens, settings, residual_dtype, kinds_of)
     for index in m.dense_mlp_layers if m.moe_params else ():
         key = (layer_specs(m)[index], layer_kinds(m, t)[index])
         lw = walks[key]

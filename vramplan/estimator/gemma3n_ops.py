@@ -333,23 +333,22 @@ def output_walk(m: ModelSpec, settings: WalkSettings, stack: str, trainable: boo
     return walk.saved_bytes, out.nbytes
 
 
-def kv_graph_bytes(m: ModelSpec, t, tokens: int, settings: WalkSettings, residual_dtype: str) -> int:
+def kv_graph_bytes(m: ModelSpec, t, tokens: int, settings: WalkSettings, residual_dtype: str, kinds) -> int:
     """Under checkpointing, what the KV-storing layers' recomputes leave alive to the end of backward: a "store"
     layer's recompute puts its recomputed keys and values in the model's `shared_kv_states` dict (held by every
     checkpointed layer's arguments), and with them their autograd graph, whose nodes hold what the recompute saved
     behind k and v (torch 2.13 utils/checkpoint.py `_recomputation_hook` returns the tensor itself): the stack,
     the predictions, the input norm's, the k / v projections' and norms'. Those of the storing layers above the
     bottom one are alive at its backward (traced: modeling_gemma3n.py 5.25 `Gemma3nTextAttention.forward`). 0
-    without checkpointing, and for other families."""
+    without checkpointing, and for other families. `kinds`: activations.layer_kinds."""
     if m.model_type != "gemma3n_text" or not t.grad_ckpt:
         return 0
-    from vramplan.estimator.activations import layer_kinds
     from vramplan.estimator.walk import layer_specs
     from vramplan.spec.gemma3n import gemma3n_dims
 
     total = 0.0
     modes = gemma3n_dims(m)["modes"]
-    for index, (spec, kind) in enumerate(zip(layer_specs(m), layer_kinds(m, t), strict=True)):
+    for index, (spec, kind) in enumerate(zip(layer_specs(m), kinds, strict=True)):
         if index == 0 or modes[index] != "store":
             continue
         walk, graph = Walk(), [0]

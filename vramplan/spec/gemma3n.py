@@ -48,7 +48,8 @@ UNQUANTIZABLE = frozenset({"correction_coefs", "prediction_coefs"})  # a per-lay
 
 def gemma3n_layer_types(cfg: Mapping[str, Any], name: str, layers: int) -> tuple[str, ...]:
     """`layer_types` as Gemma3nTextConfig.__post_init__ fills it: given, or every 5th layer full attention."""
-    kinds = config_names(cfg, "layer_types", name, layers) if cfg.get("layer_types") else every_nth_full(layers, 5)
+    given = cfg.get("layer_types")
+    kinds = config_names(cfg, "layer_types", name, layers) if given else every_nth_full(layers, 5)
     unknown = sorted(set(kinds) - set(LAYER_KINDS))
     if unknown:
         raise VramplanError(
@@ -82,7 +83,9 @@ def layer_widths(cfg: Mapping[str, Any], name: str, layers: int) -> tuple[int, .
     value = cfg.get("intermediate_size")
     if isinstance(value, list):
         if len(value) != layers:
-            raise VramplanError(f"model config {name!r}: intermediate_size must list one width per layer ({layers})")
+            raise VramplanError(
+            f"model config {name!r}: intermediate_size must list one width per layer ({layers})"
+        )
         return tuple(config_int({"intermediate_size": v}, "intermediate_size", name) for v in value)
     return (config_int(cfg, "intermediate_size", name),) * layers
 
