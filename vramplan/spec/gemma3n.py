@@ -38,12 +38,12 @@ GEMMA3N_TEXT_DEFAULTS: dict[str, Any] = {
     "num_kv_shared_layers": 15, "laurel_rank": 64,
 }  # fmt: skip
 LAYER_KINDS = ("sliding_attention", "full_attention")
-SPARSE_ACT = "gaussian_topk+"
+SPARSE_ACT = "gaussian_topk+"  # a per-layer walk spec's hidden_act prefix: this layer's MLP runs the top-k
 # AltUp's coefficient linears clamp their weight in training (`prediction_coefs.weight.data.clamp_`,
 # `correction_coefs.weight.clamp` then F.linear: modeling_gemma3n.py 5.25), which fails on a bitsandbytes 4-bit or
 # int8 weight (uint8 / int8 storage): a QLoRA run must leave them unquantized (BitsAndBytesConfig
-# `llm_int8_skip_modules`), and the estimate does (train note)
-UNQUANTIZABLE = frozenset({"correction_coefs", "prediction_coefs"})  # a per-layer walk spec's hidden_act prefix: this layer's MLP runs the top-k
+# `llm_int8_skip_modules`), and the estimate does
+UNQUANTIZABLE = frozenset({"correction_coefs", "prediction_coefs"})
 
 
 def gemma3n_layer_types(cfg: Mapping[str, Any], name: str, layers: int) -> tuple[str, ...]:
@@ -197,7 +197,8 @@ def layer_linears(m: ModelSpec, index: int) -> tuple[int, int, tuple[LinearSpec,
     wanted = {"q_proj": (h, heads * hd), "o_proj": (heads * hd, h), "gate_proj": (h, width),
               "up_proj": (h, width), "down_proj": (width, h), "correction_coefs": (n, n),
               "prediction_coefs": (n, n * n), "modality_router": (h, n), "linear_left": (h, rank),
-              "linear_right": (rank, h), "per_layer_input_gate": (h, ple), "per_layer_projection": (ple, h)}  # fmt: skip
+              "linear_right": (rank, h), "per_layer_input_gate": (h, ple),
+              "per_layer_projection": (ple, h)}  # fmt: skip
     if d["modes"][index] != "reuse":
         wanted["k_proj"] = wanted["v_proj"] = (h, m.num_key_value_heads * hd)
     chosen: list[LinearSpec] = []
