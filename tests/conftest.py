@@ -327,6 +327,17 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "n_positions": 256, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "tie_word_embeddings": True,
         **_TOKENS,
     },  # fmt: skip
+    # Gemma 3n (E2B's layout, small): 5 layers (sliding, full, sliding; then 2 KV-shared ones reusing the last
+    # sliding and full layers' keys and values), activation sparsity (gaussian top-k) on the first 2 MLPs, an AltUp
+    # stack of 4, Laurel rank 8, per-layer inputs of 8, a 32-token window, tied embeddings, logits soft-capped at 30
+    "gemma3n_text": {
+        "model_type": "gemma3n_text", **_SHAPE, "num_hidden_layers": 5, "head_dim": 16, "sliding_window": 32,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "sliding_attention",
+                        "full_attention"],
+        "num_kv_shared_layers": 2, "activation_sparsity_pattern": [0.95, 0.95, 0.0, 0.0, 0.0],
+        "hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": 256, "laurel_rank": 8,
+        "altup_num_inputs": 4, "final_logit_softcapping": 30.0, "tie_word_embeddings": True,
+    },  # fmt: skip
 }
 
 

@@ -56,6 +56,10 @@ def _kind(path: str, module: Any) -> str:
         return "lm_head"
     if parts[-1] == "embed_tokens_per_layer":  # Gemma 4's per-layer embeddings: with the spec's mixer tensors
         return "attn"
+    if parts[-1] == "altup":  # Gemma 3n's AltUp correct_output_scale (its own parameter): a mixer tensor too
+        return "attn"
+    if {"altup", "laurel", "altup_projections", "altup_unembed_projections"} & set(parts):  # Gemma 3n's linears
+        return "norm" if "norm" in type(module).__name__.lower() else "mlp"
     if any("embed" in p for p in parts) or parts[-1] in ("wte", "wpe"):  # GPT-BigCode's token / position tables
         return "embed"
     if "mamba" in parts:  # Falcon-H1's mixer: in_proj, out_proj, conv1d, dt_bias, A_log, D, its gated norm
@@ -120,7 +124,7 @@ def _layer_linears(model: Any) -> set[tuple[str, int, int, bool]]:
     # layer 0, and for a hybrid (Qwen3.5) the first layer of each kind
     hybrid = "linear_attention" in kinds
     chosen = [layers[kinds.index(kind)] for kind in dict.fromkeys(kinds)] if hybrid else [layers[0]]
-    if model.config.get_text_config().model_type == "gemma4_text":  # shapes by layer type and KV sharing: all
+    if model.config.get_text_config().model_type in ("gemma4_text", "gemma3n_text"):  # shapes by layer: all
         chosen = list(layers)
     return {
         (path.rsplit(".", 1)[-1], mod.in_features, mod.out_features, mod.bias is not None)
@@ -143,7 +147,8 @@ def _assert_counts_match(cfg: dict[str, Any], name: str) -> None:
     ours_linears = {
         (lin.name.rsplit(".", 1)[-1], lin.in_features, lin.out_features, lin.bias)
         for lin in layer0
-        if lin.path != "per_layer_model_projection"  # Gemma 4's PLE projection sits in the model, not a layer
+        # Gemma 4's PLE projection sits in the model, not a layer; so do Gemma 3n's AltUp projections
+        if lin.path != "per_layer_model_projection" and not lin.path.startswith("altup_")
     }
     assert ours_linears == _layer_linears(model)
     ours = Counter({shape: 0 for shape, _ in model_tensor_shapes(m)})
@@ -307,6 +312,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
                         "vocab_size": 256},
     "gpt_bigcode-mha": {**TINY_CONFIGS["gpt_bigcode"], "multi_query": False},
     "gpt_bigcode-defaults": {"model_type": "gpt_bigcode", "n_embd": 64, "n_head": 4, "n_layer": 2, "vocab_size": 256},
+    # Gemma 3n's switches (configuration_gemma3n.py, 5.25): per-layer MLP widths (MatFormer), no KV sharing, a
+    # 12-layer model of the class's layer_types and sparsity defaults (every 5th layer full, the first 10
+    # sparse), an AltUp stack of 2, attention biases, the default vocab_size_per_layer_input
+    "gemma3n-per-layer-widths": {**TINY_CONFIGS["gemma3n_text"], "intermediate_size": [128, 96, 96, 64, 64]},
+    "gemma3n-no-kv-sharing": {**TINY_CONFIGS["gemma3n_text"], "num_kv_shared_layers": 0},
+    "gemma3n-class-defaults": {
+        **_without(TINY_CONFIGS["gemma3n_text"], "layer_types", "activation_sparsity_pattern"),
+        "num_hidden_layers": 12, "num_kv_shared_layers": 5,
+    },
+    "gemma3n-altup-2-biases": {**TINY_CONFIGS["gemma3n_text"], "altup_num_inputs": 2, "attention_bias": True},
 }  # fmt: skip
 
 
@@ -332,6 +347,8 @@ def _peft_adapted(peft_model: Any) -> set[str]:
     out = set()
     for path, module in peft_model.named_modules():
         leaf = path.rsplit(".", 1)[-1]
+        if leaf.isdigit():  # a ModuleList's Linear (Gemma 3n's `altup_projections.0`): named with its list
+            leaf = ".".join(path.split(".")[-2:])
         if isinstance(module, ParamWrapper):  # the router weight `gate.weight`, experts' `gate_up_proj`, ...
             out.add(f"{leaf}.weight" if module.parameter_name == "weight" else module.parameter_name)
         elif isinstance(module, LoraLayer):

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 from vramplan.estimator.activation_bytes import ActivationBytes
 from vramplan.estimator.family_ops import model_mask_bytes
+from vramplan.estimator.gemma3n_ops import kv_graph_bytes, model_input_saved, output_walk, stack_dtype
 from vramplan.estimator.layer_extras import output_norm_freed, shared_kv_held, stored_kv_graphs
 from vramplan.estimator.layer_ops import norm
 from vramplan.estimator.layer_walk import decoder_layer
@@ -20,17 +21,9 @@ from vramplan.estimator.lora_kernel_ops import fused_lora
 from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
-from vramplan.spec.family_traits import (
-    EMBEDDING_SCALED_OUTSIDE,
-    FP32_ROPE,
-    HYBRID_LINEAR_ATTENTION,
-    INPUT_GRADS_UNDER_CHECKPOINTING,
-    NOPE_ON_FULL_LAYERS,
-    OUTPUT_NORM,
-    SINK_FAMILIES,
-    model_dropout,
-)
-
+from vramplan.spec.family_traits import EMBEDDING_SCALED_OUTSIDE, FP32_ROPE, HYBRID_LINEAR_ATTENTION, model_dropout
+from vramplan.spec.family_traits import INPUT_GRADS_UNDER_CHECKPOINTING, NOPE_ON_FULL_LAYERS, OUTPUT_NORM, SINK_FAMILIES
+from vramplan.spec.gemma3n import residual_streams
 
 class _LayerWalk(NamedTuple):
     """One decoder layer's walk. Per token (complex: the imaginary part grows with seq) unless noted."""
@@ -69,7 +62,7 @@ def _walk_layer(
     m: ModelSpec, settings: WalkSettings, trainable: bool, input_requires_grad: bool, residual_dtype: str
 ) -> _LayerWalk:
     walk = Walk()
-    x = walk.new(m.hidden_size, residual_dtype, input_requires_grad)
+    x = walk.new(m.hidden_size * residual_streams(m), residual_dtype, input_requires_grad)  # Gemma 3n: n states
     decoder_layer(walk, settings, m, x, trainable)
     return _LayerWalk(
         walk.saved_bytes,
@@ -89,7 +82,9 @@ def _walk_layer(
 
 @functools.lru_cache(maxsize=4096)
 def _walk_final(m: ModelSpec, settings: WalkSettings, residual_dtype: str, trainable: bool) -> tuple[complex, complex]:
-    """(saved bytes, output bytes) per token of the final norm."""
+    """(saved bytes, output bytes) per token of the final norm (Gemma 3n: with the AltUp stack folded back)."""
+    if m.model_type == "gemma3n_text":
+        return output_walk(m, settings, residual_dtype, trainable, settings.norm_dtype)
     walk = Walk()
     out = norm(walk, settings, m, walk.new(m.hidden_size, residual_dtype, True), trainable)
     return walk.saved_bytes, out.nbytes
@@ -175,10 +170,11 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     settings = walk_settings(m, t)
     autocast_dtype = settings.autocast_dtype
     layers = m.num_hidden_layers
-    residual_dtype = residual_dtype_of(t)
+    residual_dtype = stack_dtype(m, t, residual_dtype_of(t))  # Gemma 3n: its AltUp stack's
     # (the layer's ModelSpec, layer_kinds' tuple) -> how many layers
     kinds: dict[tuple[ModelSpec, tuple[bool, bool, bool, frozenset[str], str]], int] = {}
-    for key in zip(layer_specs(m), layer_kinds(m, t), strict=True):
+    kinds_of = layer_kinds(m, t)
+    for key in zip(layer_specs(m), kinds_of, strict=True):
         kinds[key] = kinds.get(key, 0) + 1
     tokens, seq = t.tokens, t.seq
 
@@ -196,7 +192,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
         )
         for spec, kind in kinds
     }
-    hidden = tokens * m.hidden_size * BYTES[residual_dtype]
+    hidden = tokens * m.hidden_size * BYTES[residual_dtype] * residual_streams(m)  # the layers' input and output
     # transformers < 5.0 checkpoints reentrantly (spec/stack.py): the layer's forward runs under no_grad, so
     # nothing an op keeps in ctx outlives it; its recompute holds them like any other activation
     reentrant = t.stack.reentrant_checkpointing
@@ -215,6 +211,7 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     # modeling_utils.py): its output becomes a leaf that requires grad, held by its AccumulateGrad node through
     # backward, while `inputs_embeds * embedding_multiplier` is what the layers read (on Llama the two are one)
     embedding_leaf = hidden if m.model_type in EMBEDDING_SCALED_OUTSIDE and t.grad_ckpt and t.method != "full" else 0
+    embedding_leaf += at(model_input_saved(m, t, settings, t.method == "full"))  # Gemma 3n's AltUp stack, PLE
     saved += embedding_leaf
     if settings.masked:
         # the model's bool sliding-window mask (B·1·S·S), built once and passed to every layer (and recompute)
@@ -228,7 +225,8 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
     # the final norm, outside the checkpointed layers; its input requires grad whenever anything trains
     final_saved, final_out = _walk_final(m, settings, residual_dtype, t.method == "full")
     saved += at(final_saved)
-    below_bottom = rope_tables + embedding_leaf + stored_kv_graphs(m, t, settings, residual_dtype, layer_kinds(m, t))
+    below_bottom = rope_tables + embedding_leaf + stored_kv_graphs(m, t, settings, residual_dtype, kinds_of)
+    below_bottom += kv_graph_bytes(m, t, tokens, settings, residual_dtype, kinds_of)  # Gemma 3n's (gemma3n_ops)
     for index in m.dense_mlp_layers if m.moe_params else ():
         key = (layer_specs(m)[index], layer_kinds(m, t)[index])
         lw = walks[key]

@@ -50,9 +50,9 @@ def layer_kv_elems(m: ModelSpec) -> tuple[int, ...]:
     and 0 for its KV-shared layers, which transformers 5.25 gives a "dummy" cache layer that stores nothing
     (cache_utils.py `get_layer_types_and_kwargs`, `kv_sharing_modes` "reuse")."""
     if m.model_type in PER_LAYER_SHAPES:
-        from vramplan.spec.gemma4 import gemma4_dims
+        from vramplan.spec.gemma3n import per_layer_dims
 
-        d = gemma4_dims(m)
+        d = per_layer_dims(m)
         return tuple(0 if mode == "reuse" else 2 * kv * hd for (hd, kv), mode in zip(d["shapes"], d["modes"]))
     return (2 * m.num_key_value_heads * m.head_dim,) * m.num_hidden_layers
 

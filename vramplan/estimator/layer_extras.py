@@ -17,10 +17,10 @@ def shared_kv_held(m: ModelSpec, t: TrainSpec, tokens: int, residual_dtype: str)
     if m.model_type not in PER_LAYER_SHAPES:
         return 0
     from vramplan.estimator.kvcache import layer_kv_elems
-    from vramplan.spec.gemma4 import gemma4_dims
+    from vramplan.spec.gemma3n import per_layer_dims
 
     elems = layer_kv_elems(m)
-    modes = gemma4_dims(m)["modes"]
+    modes = per_layer_dims(m)["modes"]
     # k / v in the projections' output dtype: a bitsandbytes linear returns its input's (the residual stream's,
     # fp32 after kbit prep), an unquantized one under autocast the autocast dtype
     quantized = t.quant != "none"
@@ -34,7 +34,7 @@ def stored_kv_layers(m: ModelSpec, t: TrainSpec, settings, residual_dtype: str, 
     place (gemma4_ops.stored_kv_graph: the recomputed keys and values with the recompute's graph), alive from
     that recompute to the end of the bottom layer's backward. `kinds`: activations.layer_kinds. Empty for the
     other families."""
-    if m.model_type not in PER_LAYER_SHAPES or not t.grad_ckpt or t.stack.reentrant_checkpointing:
+    if m.model_type != "gemma4_text" or not t.grad_ckpt or t.stack.reentrant_checkpointing:  # Gemma 3n: its own
         return {}
     from vramplan.estimator.gemma4_ops import stored_kv_graph
     from vramplan.estimator.kvcache import layer_kv_elems

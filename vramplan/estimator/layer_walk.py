@@ -14,6 +14,10 @@ def decoder_layer(
     walk: Walk, settings: WalkSettings, m: ModelSpec, x: SymbolicTensor, trainable: bool
 ) -> SymbolicTensor:
     """One decoder layer of `m`; returns its output hidden state."""
+    if m.model_type == "gemma3n_text":
+        from vramplan.estimator import gemma3n_ops
+
+        return gemma3n_ops.decoder_layer(walk, settings, m, x, trainable)
     if m.model_type == "gemma4_text":
         from vramplan.estimator import gemma4_ops
 

@@ -167,15 +167,15 @@ def dense_layer_spec(m: ModelSpec) -> ModelSpec:
 
 @functools.lru_cache(maxsize=64)
 def _gemma4_layer_specs(m: ModelSpec) -> tuple[ModelSpec, ...]:
-    """Gemma 4: each layer's own head_dim, key heads and linears (spec/gemma4.py)."""
-    from vramplan.spec.gemma4 import layer_linears
+    """Gemma 4 and Gemma 3n: each layer's own head_dim, key heads and linears (spec/gemma4.py, spec/gemma3n.py)."""
+    from vramplan.spec.gemma3n import per_layer_linears
 
     out = []
     for index, kind in enumerate(m.layer_types):
-        head_dim, kv_heads, linears = layer_linears(m, index)
+        head_dim, kv_heads, linears, act = per_layer_linears(m, index)
         window = m.sliding_window if kind == "sliding_attention" else None
         out.append(replace(m, head_dim=head_dim, num_key_value_heads=kv_heads, linears=linears, sliding_window=window,
-                           layer_types=(kind,), num_hidden_layers=1))  # fmt: skip
+                           layer_types=(kind,), num_hidden_layers=1, hidden_act=act))  # fmt: skip
     return tuple(out)
 
 
@@ -224,7 +224,9 @@ def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
         return (False,) * n
     if m.model_type in ("mistral", "mixtral", "starcoder2", "ministral3"):  # every layer slides (Starcoder2Model, 5.25)
         return (True,) * n
-    if m.model_type in ("gemma3_text", "gemma4_text", "olmo3", "exaone4", "cohere2", "ministral", "smollm3"):
+    if m.model_type in ("gemma3_text", "gemma4_text", "olmo3", "exaone4", "cohere2", "ministral", "smollm3") or (
+        m.model_type == "gemma3n_text"
+    ):
         return tuple(kind == "sliding_attention" for kind in m.layer_types)
     return (False,) * n
 

@@ -82,12 +82,17 @@ def supports_sdpa(m: ModelSpec) -> bool:
     return bool(getattr(model_cls, "_supports_sdpa", True))
 
 
-def bnb_config(t: TrainSpec):
+def bnb_config(t: TrainSpec, m: ModelSpec | None = None):
+    """`t`'s BitsAndBytesConfig; for a model with linears bitsandbytes must not take (Gemma 3n's AltUp
+    coefficients, spec/gemma3n.py), `llm_int8_skip_modules` names them with lm_head, as a user must."""
     from transformers import BitsAndBytesConfig
 
+    skipped = sorted({li.name for li in m.linears if not li.quantizable}) if m is not None else []
+    skip = {"llm_int8_skip_modules": ["lm_head", *skipped]} if skipped and m.model_type == "gemma3n_text" else {}
     if t.quant == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_8bit=True, **skip)
     return BitsAndBytesConfig(
+        **skip,
         load_in_4bit=True,
         bnb_4bit_quant_type=t.quant,
         bnb_4bit_use_double_quant=t.double_quant,
@@ -287,7 +292,7 @@ def _quantized_from_config(m: ModelSpec, t: TrainSpec, attn: str, device: torch.
     config = hf_config(m, t, attn)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=TORCH_DTYPES[t.dtype], attn_implementation=attn)
-    quantizer = AutoHfQuantizer.from_config(bnb_config(t), pre_quantized=False)
+    quantizer = AutoHfQuantizer.from_config(bnb_config(t, m), pre_quantized=False)
     quantizer.preprocess_model(model, device_map={"": device}, dtype=TORCH_DTYPES[t.dtype])
     materialize(model, quantizer, TORCH_DTYPES[t.dtype], device, say)
     quantizer.postprocess_model(model)
@@ -357,4 +362,11 @@ def materialize(model: nn.Module, quantizer: Any, dtype: torch.dtype, device: to
                     module._buffers[bname] = torch.empty_like(b, device=device)
                     touched = True
             if touched:
-                model._init_weights(module)
+                try:
+                    model._init_weights(module)
+                except AttributeError:  # Gemma 3n's reads its base model's `hidden_size`: the owning model's
+                    from transformers import PreTrainedModel
+
+                    owner = next(o for o in model.modules() if isinstance(o, PreTrainedModel) and module in o.modules()
+                                 and not hasattr(o, "lm_head"))  # fmt: skip
+                    owner._init_weights(module)

@@ -98,6 +98,10 @@ def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         from vramplan.spec.gemma4 import GEMMA4_TEXT_DEFAULTS
 
         cfg = {**GEMMA4_TEXT_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None or "softcapping" in k}}
+    if mt == "gemma3n_text":
+        from vramplan.spec.gemma3n import GEMMA3N_TEXT_DEFAULTS
+
+        cfg = {**GEMMA3N_TEXT_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None or "softcapping" in k}}
     if mt not in HAND_MODELLED_TYPES:
         raise VramplanError(f"model config {name!r}: model_type {mt!r} is not hand-modelled")
     if mt in ("gpt_neox", "bloom"):
@@ -130,6 +134,12 @@ def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
 
         h, heads = required(cfg, "hidden_size", name), required(cfg, "num_attention_heads", name)
         m = gemma4_spec(cfg, name, common_fields(cfg, name, h, heads))
+        return _check_shapes(replace(m, text_of=str(wrapper)) if wrapper else m)
+    if mt == "gemma3n_text":
+        from vramplan.spec.gemma3n import gemma3n_spec
+
+        h, heads = required(cfg, "hidden_size", name), required(cfg, "num_attention_heads", name)
+        m = gemma3n_spec(cfg, name, common_fields(cfg, name, h, heads))
         return _check_shapes(replace(m, text_of=str(wrapper)) if wrapper else m)
     if mt == "qwen3_moe" and not all_layers_routed(cfg):
         raise VramplanError(f"model config {name!r}: a qwen3_moe with dense MLP layers is not hand-modelled")

@@ -19,11 +19,13 @@ def required(cfg: Mapping[str, Any], key: str, name: str) -> int:
 # transformers 5.24 config classes' default `hidden_act` where it is not SiLU
 DEFAULT_ACT = {"phi": "gelu_new", "gpt_neox": "gelu", "bloom": "bloom_gelu", "gemma": "gelu_pytorch_tanh",
                "gemma2": "gelu_pytorch_tanh", "gemma3_text": "gelu_pytorch_tanh",
-               "starcoder2": "gelu_pytorch_tanh", "gemma4_text": "gelu_pytorch_tanh"}  # fmt: skip
+               "starcoder2": "gelu_pytorch_tanh", "gemma4_text": "gelu_pytorch_tanh",
+               "gemma3n_text": "gelu_pytorch_tanh"}  # fmt: skip
 # Softcapping defaults of the config classes (transformers 5.24): Gemma2Config attn 50.0 / final 30.0,
 # Gemma3TextConfig None / None (the Gemma 3 checkpoints set both to null)
 SOFTCAP_DEFAULTS: dict[str, tuple[float | None, float | None]] = {
     "gemma2": (50.0, 30.0), "gemma3_text": (None, None), "gemma4_text": (None, None),
+    "gemma3n_text": (None, 30.0),  # Gemma3nTextConfig (5.25): final_logit_softcapping 30.0, no attention softcap
 }  # Gemma4TextConfig (5.25): final_logit_softcapping None; no attention softcap field
 
 

@@ -32,6 +32,10 @@ HAND_MODELLED_TYPES = frozenset(
     LLAMA_LIKE | HYBRID_SSM | HYBRID_LINEAR_ATTENTION | DEEPSEEK_MOE | PER_LAYER_SHAPES | {"gpt_neox", "bloom", "phi"} | {"starcoder2"}
     | {"falcon", "gpt_bigcode"}
 )
+# Gemma 3n (spec/gemma3n.py): Gemma 4's per-layer shapes (KV-shared layers, per-layer MLP widths) around the AltUp
+# stack of `altup_num_inputs` hidden states, Laurel and per-layer inputs, walked by estimator/gemma3n_ops.py
+PER_LAYER_SHAPES |= {"gemma3n_text"}
+HAND_MODELLED_TYPES |= {"gemma3n_text"}
 # `head_dim` when config.json has none: a fixed class default here (transformers 5.24 Qwen3Config 128,
 # GemmaConfig / Gemma2Config / Gemma3TextConfig 256, GptOssConfig 64), hidden_size // num_attention_heads for
 # every other family.
@@ -41,6 +45,7 @@ HEAD_DIM_DEFAULTS: dict[str, int] = {
     "glm4": 128,
     "gemma4_text": 256,
     "internlm3": 128, "ministral3": 128,  # InternLM3Config / Ministral3Config (5.25): head_dim 128
+    "gemma3n_text": 256,  # Gemma3nTextConfig (5.25)
 }  # fmt: skip
 # Families whose RMSNorm is Gemma's: `(x.float() normed) * (1 + weight.float())` then `.type_as(x)`
 # (modeling_gemma.py / modeling_gemma2.py / modeling_gemma3.py `Gemma*RMSNorm`, 5.24), not Llama's
@@ -52,6 +57,7 @@ GEMMA_NORM = frozenset({"gemma", "gemma2", "gemma3_text", "qwen3_5_text", "qwen3
 # output dtype with a plain weight
 # and Olmo2RMSNorm / Olmo3RMSNorm (5.25); Gemma 4 too: `(normed_fp32 * weight.float()).type_as(x)` (Gemma4RMSNorm)
 FP32_PRODUCT_NORM = GEMMA_NORM | {"gpt_oss", "olmo2", "olmo3", "gemma4_text"}
+FP32_PRODUCT_NORM |= {"gemma3n_text"}  # Gemma3nRMSNorm (5.25): Gemma4RMSNorm's math
 # Families with learned attention sinks (a per-head logit joining the softmax): gpt-oss. transformers 5.24 runs
 # them eager, flex (sinks applied through the log-sum-exp) or a flash kernel that takes `s_aux`; not SDPA
 SINK_FAMILIES = frozenset({"gpt_oss"})
@@ -119,3 +125,4 @@ OUTPUT_NORM = POST_NORM | SANDWICH_NORM | {"gemma4_text"}
 # checkpointing the hooked embedding output is a leaf of its own beside the layers' input (activations.py)
 EMBEDDING_SCALED_OUTSIDE = SCALED_RESIDUAL | {"falcon_h1"}
 INPUT_GRADS_UNDER_CHECKPOINTING |= {"falcon", "gpt_bigcode"}  # traced on each (tests/oracle FAMILY_GRID)
+INPUT_GRADS_UNDER_CHECKPOINTING |= {"gemma3n_text"}  # traced: its stack's making saves more then (gemma3n_ops)

@@ -54,6 +54,9 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "internlm3": ("q_proj", "v_proj"),
     "falcon": ("query_key_value",),
     "gpt_bigcode": ("attn.c_attn",),  # PEFT's `c_attn` (vramplan names gpt_bigcode's linears by their paths)
+    # no PEFT 0.21.2 entry for gemma3n_text nor its gemma3n wrapper (PEFT asks for target_modules): as Gemma 3's;
+    # v_proj only in the layers that have one (not the KV-shared ones)
+    "gemma3n_text": ("q_proj", "v_proj"),
 }
 
 

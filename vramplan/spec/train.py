@@ -317,6 +317,9 @@ def resolve_train(
         notes.append(unquantized_linears_note(model, kbit_prep, dtype))
     if model.model_type == "gemma4_text":
         notes += gemma4_notes(model, grad_ckpt, bool(uses_lora and params))
+    if model.model_type == "gemma3n_text" and quant != "none":  # spec/gemma3n.py UNQUANTIZABLE
+        notes.append("Gemma 3n: AltUp's correction_coefs / prediction_coefs clamp their weight in training, which "
+                     "fails on a bitsandbytes weight: estimated unquantized (llm_int8_skip_modules)")  # fmt: skip
     notes += contradictions(
         model, method, quant, attn, seq, kbit_prep, double_quant, gpu_compute_capability, set(explicit)
     )

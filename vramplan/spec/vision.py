@@ -65,6 +65,9 @@ def tower_tensors(
         hidden = text.get("hidden_size", 2304)
         tensors, note = gemma4_tower_tensors(cfg, hidden if isinstance(hidden, int) else 2304, str(cfg.get("name", mt)))
         return tensors, note, "model.language_model.layers.*."
+    if mt == "gemma3n":  # Gemma3nModel (5.25): a timm MobileNetV5 vision tower and a Conformer audio tower
+        note = "its vision (timm MobileNetV5) and audio towers and their embedders are not counted"
+        return (), note, "model.language_model.layers.*."
     arch = architectures.record(mt)
     if arch is None:
         return (), f"the vision tower of a {mt!s} wrapper is not counted (transformers has no record of it)", ""
