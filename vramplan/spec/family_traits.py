@@ -31,6 +31,9 @@ PER_LAYER_SHAPES = frozenset({"gemma4_text"})
 HAND_MODELLED_TYPES = frozenset(
     LLAMA_LIKE | HYBRID_SSM | HYBRID_LINEAR_ATTENTION | DEEPSEEK_MOE | PER_LAYER_SHAPES | {"gpt_neox", "bloom", "phi"} | {"starcoder2"}
 )
+# Llama 4's text model (spec/llama4.py): interleaved dense / routed layers (a shared expert, a sigmoid router whose
+# experts see every token), chunked RoPE layers with an L2 qk-norm, NoPE global layers (estimator/llama4_ops.py)
+HAND_MODELLED_TYPES |= {"llama4_text"}
 # `head_dim` when config.json has none: a fixed class default here (transformers 5.24 Qwen3Config 128,
 # GemmaConfig / Gemma2Config / Gemma3TextConfig 256, GptOssConfig 64), hidden_size // num_attention_heads for
 # every other family.

@@ -58,6 +58,7 @@ SHAPE_ALIASES = {"n_embed": "hidden_size", "n_head": "num_attention_heads", "n_l
                  "hidden_size_per_layer_input": "hidden_size", "vocab_size_per_layer_input": "vocab_size",
                  "patch_size": "head_dim", "position_embedding_size": "max_position_embeddings",
                  "no_rope_layer_interval": "num_hidden_layers"}  # fmt: skip
+SHAPE_ALIASES |= {"intermediate_size_mlp": "intermediate_size", "attention_chunk_size": "max_position_embeddings"}
 _MISSING = object()
 
 
