@@ -119,7 +119,7 @@ LLAMA4_TEXT_DEFAULTS: dict[str, Any] = {
 }  # fmt: skip
 
 
-def llama4_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
+def llama4_spec(cfg: Mapping[str, Any], name: str, nope: tuple[int, ...]) -> ModelSpec:
     """Llama4ForCausalLM's layout as a hand-modelled ModelSpec (`cfg`: LLAMA4_TEXT_DEFAULTS filled in): the
     tensors of `text_tensors` (fused experts), walked layer by layer (estimator/llama4_ops.py):
 
@@ -130,9 +130,9 @@ def llama4_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
       the temperature-tuned query and no qk-norm; the others rotate q / k, L2-norm them (`use_qk_norm`) and
       attend in `attention_chunk_size` chunks (`layer_types` "chunked_attention", Llama4TextConfig.__post_init__).
     The router is an nn.Linear subclass whose forward returns a tuple: bitsandbytes leaves it in the load
-    dtype and it is no LoRA target here (PEFT 0.21.2 wraps it under all-linear and fails in its forward)."""
+    dtype and it is no LoRA target here (PEFT 0.21.2 wraps it under all-linear and fails in its forward).
+    `nope`: the NoPE layer indices (families.no_rope_layers: SmolLM3's rule is Llama4TextConfig's)."""
     from vramplan.spec.family_common import common_fields, required
-    from vramplan.spec.families import no_rope_layers
     from vramplan.spec.fields import config_bool, config_int
     from vramplan.spec.model import LinearSpec, ModelSpec, ParamSpec
 
@@ -169,7 +169,6 @@ def llama4_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         if routed
         else ()
     )
-    nope = no_rope_layers(cfg, name, layers)
     chunk = cfg.get("attention_chunk_size")
     if chunk is not None:
         chunk = config_int(cfg, "attention_chunk_size", name)
