@@ -352,7 +352,8 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
             moe_workspace = max(moe_workspace, min(adapted) * compute + around)
         workspace = max(workspace, moe_workspace) if m.dense_mlp_layers or m.shared_intermediate_size else moe_workspace
         if m.model_type == "llama4_text":  # every expert sees every token (estimator/llama4_ops.py)
-            workspace = max(workspace, backward_workspace(m, tokens, BYTES[autocast_dtype or settings.norm_dtype], hidden))
+            compute_bytes = BYTES[autocast_dtype or settings.norm_dtype]
+            workspace = max(workspace, backward_workspace(m, tokens, compute_bytes, hidden))
     if dense_only:
         workspace = 3 * tokens * m.dense_intermediate_size * mlp_elem_bytes + hidden
     largest_target = max((li.weight_params for li in m.linears if li.name in settings.lora_targets), default=0)

@@ -309,6 +309,11 @@ def _gradients_above_bottom(m: ModelSpec, t: TrainSpec, n_train_layers: int, lay
         experts = lora_moe_targets(m, t.lora_target)
         per_layer += sum(numel(shape) for p in experts for shape in lora_moe_shapes(p, t.lora_rank))
         return above * per_layer * param_bytes
+    if m.model_type == "llama4_text":  # interleaved: each layer above by its own kind (dense or routed)
+        lowest = m.num_hidden_layers - 1 - above
+        dense_above = sum(1 for i in m.dense_mlp_layers if i > lowest)
+        routed_layer = (m.decoder_params - len(m.dense_mlp_layers) * _dense_layer_params(m)) // m.moe_layers
+        return (dense_above * _dense_layer_params(m) + (above - dense_above) * routed_layer) * param_bytes
     return above * layer_grad
 
 
