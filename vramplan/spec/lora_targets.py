@@ -52,6 +52,7 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "ministral": ("q_proj", "v_proj"),
     "ministral3": ("q_proj", "v_proj"),
     "internlm3": ("q_proj", "v_proj"),
+    "llama4_text": ("q_proj", "v_proj"),  # PEFT 0.21.2 constants.py "llama4" (its text model: the same)
 }
 
 
