@@ -188,6 +188,7 @@ def llama4_spec(cfg: Mapping[str, Any], name: str, nope: tuple[int, ...]) -> Mod
         layer_types=tuple(
             "chunked_attention" if i not in nope and chunk is not None else "full_attention" for i in range(layers)
         ),
+        sliding_window=chunk,  # the chunked layers' cache window (DynamicCache: chunk-size sliding layers)
         no_rope_layers=nope,
         dense_mlp_layers=dense if routed else (),
         dense_intermediate_size=inter_mlp if routed and dense else 0,
