@@ -338,6 +338,13 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
         "hidden_size_per_layer_input": 8, "vocab_size_per_layer_input": 256, "laurel_rank": 8,
         "altup_num_inputs": 4, "final_logit_softcapping": 30.0, "tie_word_embeddings": True,
     },  # fmt: skip
+    # Llama 4: 4 layers, dense / routed alternating (Maverick's interleave step 2; 4 experts, top-1, a shared
+    # expert), chunked RoPE layers (32-token chunks: seq 64 masks them) and a NoPE top layer (every 4th)
+    "llama4_text": {
+        "model_type": "llama4_text", **_SHAPE, "num_hidden_layers": 4, "head_dim": 16, "intermediate_size_mlp": 128,
+        "num_local_experts": 4, "num_experts_per_tok": 1, "interleave_moe_layer_step": 2,
+        "attention_chunk_size": 32, "tie_word_embeddings": False,
+    },  # fmt: skip
 }
 
 

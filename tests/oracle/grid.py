@@ -130,6 +130,7 @@ FAMILY_GRID += ("gemma4_text",)
 FAMILY_GRID += ("smollm3", "granite", "ministral", "ministral3", "internlm3")
 FAMILY_GRID += ("falcon", "gpt_bigcode")
 FAMILY_GRID += ("gemma3n_text",)
+FAMILY_GRID += ("llama4_text",)
 # Qwen3.5's DeltaNet scans each sequence in 64-token chunks (the family grid's seq 64 is one): several chunks,
 # whose later ones save more, and a sequence the chunks do not divide (F.pad to whole chunks), on BASE
 DELTA_NET_CASES = {

@@ -1,11 +1,12 @@
-"""Llama 4 text (generic path, spec/generic.py's Llama 4 stand-in) held to traced real steps of a tiny
-llama4_text on CPU: transformers 5.24's fused experts, and axolotl's linearized experts (the stand-in module of
-vramplan/measure/llama4_linearized.py swapped in while the harness builds the model, as axolotl's patch is).
+"""Llama 4 text held to traced real steps of a tiny llama4_text on CPU: transformers' fused experts walked by hand
+(spec/llama4.py, estimator/llama4_ops.py), and axolotl's linearized experts (the stand-in module of
+vramplan/measure/llama4_linearized.py swapped in while the harness builds the model, as axolotl's patch is),
+which still go through the generic path (spec/generic.py's Mixtral stand-in, every token to every expert).
 
-The estimate walks a Mixtral layer with every token sent to every expert, plus the shared expert: a generic
-estimate (band ±51 %), held here to the grid's peak tolerance (tests/oracle/conftest.py PEAK_TOL, 3 %); its
-phase breakdown is not (the moments differ: the stand-in has no Llama 4 router or repeat). Cases outside the
-tolerance are strict xfails with the traced difference (batch 2 × 128 tokens, LoRA r 16 on q/v, dropout 0.05).
+Held to the grid's peak tolerance (tests/oracle/conftest.py PEAK_TOL, 3 %); the tiny family grid
+(tests/oracle/test_oracle_tiny.py, TINY_CONFIGS["llama4_text"]) holds the hand walk phase by phase. Cases
+outside the tolerance are strict xfails with the traced difference (batch 2 × 128 tokens, LoRA r 16 on q/v,
+dropout 0.05).
 """
 
 from __future__ import annotations
@@ -38,12 +39,7 @@ CASES = {
 # every case on transformers' fused experts; the linearized layout on the cases the real axolotl configs run
 LAYOUTS = {"fused": tuple(CASES), "linearized": ("lora-ckpt", "qlora")}
 GAPS: dict[tuple[str, str], str] = {
-    # (within 3 % until lm_head's weight gradient, counted beside the loss's fp32 gradients, left the "logits
-    # gradient" moment: traced, ForCausalLMLoss's backward frees them first; the shortfall it hid is this family's)
-    ("fused", "full"): "full fine-tune without checkpointing: estimated peak -3.1 % (55,560,972 vs 57,365,844 B)",
-    ("fused", "lora"): "no checkpointing: estimated peak -4.5 % (28.46 vs 29.79 MiB traced)",
-    ("fused", "full-ckpt"): "the bottom layer's recompute during its backward (traced 5.1 MiB activations + 1.25 "
-    "MiB temporaries beside 8.1 MiB of gradients): estimated peak -9.6 % (40.21 vs 44.48 MiB)",
+    # (the fused full / full-ckpt / lora gaps of the generic walk, -3.1 % / -9.6 % / -4.5 %, closed by the hand walk)
     ("linearized", "qlora"): "per-expert Linear4bit layers (fp32 outputs, the in-place next_states[i] copies) "
     "walked as the stand-in's grouped experts: estimated peak -7.8 % (15,868,160 vs 17,201,528 B)",
 }

@@ -65,6 +65,7 @@ def test_maverick_routes_every_other_layer() -> None:
     spec = model_spec_from_config(VARIANTS["every-other-layer-routed"], "tiny")
     by_path = {lin.path: lin for lin in spec.linears}
     assert by_path["feed_forward.gate_proj"].out_features == 96
-    assert by_path["feed_forward.gate_proj"].count == 2  # layers 0 and 2
-    assert by_path["feed_forward.shared_expert.gate_proj"].count == 2  # layers 1 and 3
+    assert spec.instances(by_path["feed_forward.gate_proj"]) == 2  # layers 0 and 2
+    assert spec.instances(by_path["feed_forward.shared_expert.gate_proj"]) == 2  # layers 1 and 3
+    assert spec.dense_mlp_layers == (0, 2)  # walked as Llama4TextMLP; 1 and 3 as Llama4TextMoe
     assert spec.fused_expert_params == 2 * 4 * 3 * 64 * 48  # moe layers · experts · (gate, up, down) · H · I

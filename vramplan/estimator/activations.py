@@ -19,6 +19,7 @@ from vramplan.estimator.layer_ops import norm
 from vramplan.estimator.layer_walk import decoder_layer
 from vramplan.estimator.lora_kernel_ops import fused_lora
 from vramplan.estimator.params import lora_params_per_linear
+from vramplan.estimator.llama4_ops import backward_workspace
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.spec.family_traits import EMBEDDING_SCALED_OUTSIDE, FP32_ROPE, HYBRID_LINEAR_ATTENTION, model_dropout
@@ -351,6 +352,9 @@ def _activation_bytes(m: ModelSpec, t: TrainSpec, dense_only: bool) -> Activatio
             )
             moe_workspace = max(moe_workspace, min(adapted) * compute + around)
         workspace = max(workspace, moe_workspace) if m.dense_mlp_layers or m.shared_intermediate_size else moe_workspace
+        if m.model_type == "llama4_text":  # every expert sees every token (estimator/llama4_ops.py)
+            compute_bytes = BYTES[autocast_dtype or settings.norm_dtype]
+            workspace = max(workspace, backward_workspace(m, tokens, compute_bytes, hidden))
     if dense_only:
         workspace = 3 * tokens * m.dense_intermediate_size * mlp_elem_bytes + hidden
     largest_target = max((li.weight_params for li in m.linears if li.name in settings.lora_targets), default=0)

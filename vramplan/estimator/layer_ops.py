@@ -47,6 +47,7 @@ Saved-tensor inventory (per decoder layer, T = batch·seq tokens; "rg" = require
 
 from __future__ import annotations
 
+from vramplan.estimator import llama4_ops
 from vramplan.estimator.delta_net_ops import gated_attention, gated_delta_net
 from vramplan.estimator.family_ops import fp32_rope, mask_bias, mean_centred_norm, residual_dropout
 from vramplan.estimator.gpt_oss_ops import eager_with_sinks, gpt_oss_moe
@@ -259,7 +260,9 @@ def _attention_block(
     if m.head_norm_params and m.norm == "rms":  # qwen3, gemma3: RMSNorm over head_dim on q and k before RoPE
         q = norm(walk, settings, m, q, trainable, m.head_dim)
         k = norm(walk, settings, m, k, trainable, m.head_dim)
-    if m.model_type in NOPE_ON_FULL_LAYERS:
+    if m.model_type == "llama4_text":  # complex RoPE + L2 qk-norm, or NoPE with a temperature-tuned query
+        q, k = llama4_ops.query_key(walk, m, q, k)
+    elif m.model_type in NOPE_ON_FULL_LAYERS:
         if settings.mixer != "nope":  # Cohere 2's sliding layers: q / k rotated in fp32, cast back
             q, k = fp32_rope(walk, q, k)
     elif m.rope:  # SmolLM3's NoPE layers skip it (`if self.use_rope:`): SDPA saves the projections' outputs
@@ -321,6 +324,8 @@ def _mlp(
 ) -> SymbolicTensor:
     T, intermediate = settings.T, m.intermediate_size
     walk.mark("mlp")
+    if m.model_type == "llama4_text":
+        return llama4_ops.feed_forward(walk, settings, m, x, project, trainable)
     if m.mlp == "gated" and "mlp" in fused_lora(settings, {li.name for li in m.linears}):
         walk.down_saved = 0  # one Function: everything it saved is freed together after its backward
         return kernel_mlp(walk, settings, x, intermediate, m.hidden_size)

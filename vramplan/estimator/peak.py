@@ -301,13 +301,19 @@ def _gradients_above_bottom(m: ModelSpec, t: TrainSpec, n_train_layers: int, lay
     it, smaller, with a few more gradients alive, are not a moment of their own)."""
     if not m.dense_mlp_layers or t.method == "freeze" or not n_train_layers:
         return max(n_train_layers - 1, 0) * layer_grad
-    above = m.num_hidden_layers - 1 - len(m.dense_mlp_layers)
+    # above the lowest routed layer (Llama 4 interleaves dense and routed layers: Maverick's layer 1)
+    above = m.num_hidden_layers - 1 - min(set(range(m.num_hidden_layers)) - set(m.dense_mlp_layers))
     if t.uses_lora:
         routed = {li.name for li in m.layer_linears() if li.name in t.lora_target}
         per_layer = sum(lora_params_per_linear(li, t.lora_rank, t.dora) for li in m.linears if li.name in routed)
         experts = lora_moe_targets(m, t.lora_target)
         per_layer += sum(numel(shape) for p in experts for shape in lora_moe_shapes(p, t.lora_rank))
         return above * per_layer * param_bytes
+    if m.model_type == "llama4_text":  # interleaved: each layer above by its own kind (dense or routed)
+        lowest = m.num_hidden_layers - 1 - above
+        dense_above = sum(1 for i in m.dense_mlp_layers if i > lowest)
+        routed_layer = (m.decoder_params - len(m.dense_mlp_layers) * _dense_layer_params(m)) // m.moe_layers
+        return (dense_above * _dense_layer_params(m) + (above - dense_above) * routed_layer) * param_bytes
     return above * layer_grad
 
 

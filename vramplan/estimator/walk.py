@@ -189,13 +189,11 @@ def layer_specs(m: ModelSpec) -> tuple[ModelSpec, ...]:
     """The ModelSpec each decoder layer walks, bottom layer first."""
     if m.model_type in PER_LAYER_SHAPES:
         return _gemma4_layer_specs(m)
-    if m.no_rope_layers:
-        nope = nope_layer_spec(m)
-        return tuple(nope if index in m.no_rope_layers else m for index in range(m.num_hidden_layers))
-    if not m.dense_mlp_layers:
+    if not m.no_rope_layers and not m.dense_mlp_layers:
         return (m,) * m.num_hidden_layers
-    dense = dense_layer_spec(m)
-    return tuple(dense if index in m.dense_mlp_layers else m for index in range(m.num_hidden_layers))
+    dense = dense_layer_spec(m) if m.dense_mlp_layers else m  # Llama 4: dense or routed, RoPE or NoPE
+    kinds = ((dense if index in m.dense_mlp_layers else m) for index in range(m.num_hidden_layers))
+    return tuple(nope_layer_spec(s) if i in m.no_rope_layers else s for i, s in enumerate(kinds))
 
 
 def effective_attn(m: ModelSpec, t: TrainSpec) -> str:
@@ -219,6 +217,9 @@ def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
         return (True,) * n
     if m.model_type == "falcon":  # FalconModel: create_causal_mask(allow_is_causal_skip=False), for ALiBi too
         return (True,) * n
+    if m.model_type == "llama4_text":  # chunked RoPE layers: create_chunked_causal_mask's `local_size` (5.25)
+        chunk = m.config.get("attention_chunk_size")
+        return tuple(kind == "chunked_attention" and t.seq >= chunk for kind in m.layer_types)
     window = m.sliding_window
     if window is None or t.seq < window:
         return (False,) * n

@@ -28,7 +28,11 @@ def model_spec_from_config(cfg: Mapping[str, Any], name: str, linearized_experts
                 "(convert_mamba_ssm_checkpoint_to_pytorch.py; the -hf repository), which is what transformers loads")
         a = spec.approximation
         return replace(spec, approximation=a._replace(note="; ".join(x for x in (said, a.note) if x)) if a else None)
-    if "text_config" not in cfg and cfg.get("model_type") in HAND_MODELLED_TYPES and all_layers_routed(cfg):
+    if linearized_experts:  # axolotl's per-expert nn.Linear layout: counted from its tensors (spec/generic.py)
+        hand = HAND_MODELLED_TYPES - {"llama4_text"}
+    else:
+        hand = HAND_MODELLED_TYPES
+    if "text_config" not in cfg and cfg.get("model_type") in hand and all_layers_routed(cfg):
         return known_model_spec(cfg, name)  # the common case: the architecture table is not read
     from vramplan.spec import architectures  # read only when needed (a 3 MB table)
     from vramplan.spec.generic import generic_model_spec
@@ -52,7 +56,7 @@ def model_spec_from_config(cfg: Mapping[str, Any], name: str, linearized_experts
             text = {**text, "tie_word_embeddings": tie}
     mt = config_str(text, "model_type", name)
     known = architectures.known_types()
-    if mt in HAND_MODELLED_TYPES and all_layers_routed(text):
+    if mt in hand and all_layers_routed(text):
         spec = known_model_spec(text, name)
     elif text is not cfg and mt not in known and cfg.get("model_type") in known:
         # a text model type that exists only inside its wrapper (qwen2_5_vl_text): the wrapper's record, text part

@@ -141,6 +141,12 @@ def known_model_spec(cfg: Mapping[str, Any], name: str) -> ModelSpec:
         h, heads = required(cfg, "hidden_size", name), required(cfg, "num_attention_heads", name)
         m = gemma3n_spec(cfg, name, common_fields(cfg, name, h, heads))
         return _check_shapes(replace(m, text_of=str(wrapper)) if wrapper else m)
+    if mt == "llama4_text":
+        from vramplan.spec.llama4 import LLAMA4_TEXT_DEFAULTS, llama4_spec
+
+        cfg = {**LLAMA4_TEXT_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
+        m = llama4_spec(cfg, name, no_rope_layers(cfg, name, required(cfg, "num_hidden_layers", name)))
+        return _check_shapes(replace(m, text_of=str(wrapper)) if wrapper else m)
     if mt == "qwen3_moe" and not all_layers_routed(cfg):
         raise VramplanError(f"model config {name!r}: a qwen3_moe with dense MLP layers is not hand-modelled")
     if mt in DEEPSEEK_MOE:

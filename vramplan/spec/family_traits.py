@@ -36,6 +36,9 @@ HAND_MODELLED_TYPES = frozenset(
 # stack of `altup_num_inputs` hidden states, Laurel and per-layer inputs, walked by estimator/gemma3n_ops.py
 PER_LAYER_SHAPES |= {"gemma3n_text"}
 HAND_MODELLED_TYPES |= {"gemma3n_text"}
+# Llama 4's text model (spec/llama4.py): interleaved dense / routed layers (a shared expert, a sigmoid router whose
+# experts see every token), chunked RoPE layers with an L2 qk-norm, NoPE global layers (estimator/llama4_ops.py)
+HAND_MODELLED_TYPES |= {"llama4_text"}
 # `head_dim` when config.json has none: a fixed class default here (transformers 5.24 Qwen3Config 128,
 # GemmaConfig / Gemma2Config / Gemma3TextConfig 256, GptOssConfig 64), hidden_size // num_attention_heads for
 # every other family.

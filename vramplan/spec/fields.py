@@ -63,6 +63,7 @@ SHAPE_ALIASES.update({"num_kv_heads": "num_key_value_heads", "ffn_hidden_size": 
                       "num_ln_in_parallel_attn": "num_hidden_layers", "n_embd": "hidden_size",
                       "n_positions": "max_position_embeddings", "n_inner": "intermediate_size"})  # fmt: skip
 SHAPE_ALIASES |= {"altup_num_inputs": "num_attention_heads", "laurel_rank": "intermediate_size"}  # Gemma 3n
+SHAPE_ALIASES |= {"intermediate_size_mlp": "intermediate_size", "attention_chunk_size": "max_position_embeddings"}
 _MISSING = object()
 
 

@@ -51,6 +51,14 @@ def resolve_lora_selection(
         named = "lora_target" in set(explicit) or lora_target.strip().lower() not in ("all-linear", "all")
         targets, mamba_note = without_mamba_refused(model, targets, named)
         notes += [mamba_note] if mamba_note else []
+        if model.model_type == "llama4_text" and preset == "all-linear":
+            # PEFT 0.21.2's all-linear also wraps Llama4Router (an nn.Linear subclass whose forward returns a
+            # tuple): LoRA's forward then fails (`'tuple' object has no attribute 'dtype'`, lora/layer.py)
+            notes.append(
+                "LoRA on every nn.Linear but Llama 4's router: PEFT's all-linear also wraps the router and then "
+                "fails in its forward; pass the linears as a list (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"
+                "down_proj), as this estimate does"
+            )
     if selection.unmatched and uses_lora:
         many = len(selection.unmatched) > 1
         notes.append(

@@ -57,6 +57,7 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     # no PEFT 0.21.2 entry for gemma3n_text nor its gemma3n wrapper (PEFT asks for target_modules): as Gemma 3's;
     # v_proj only in the layers that have one (not the KV-shared ones)
     "gemma3n_text": ("q_proj", "v_proj"),
+    "llama4_text": ("q_proj", "v_proj"),  # PEFT 0.21.2 constants.py "llama4" (its text model: the same)
 }
 
 
