@@ -11,7 +11,14 @@ from vramplan.sources.profiles import builtin_for_repo, load_model
 # embeddings (0.21 B) included, hence 11 %.
 # starcoder2-3b: "Parameter Count 3.03B" (https://www.promptlayer.com/models/starcoder2-3b, the hub's count).
 # magistral-small-2509: "a small, efficient reasoning model with 24B parameters" (the card); built: 23.34 B.
-CARD_BILLIONS = {"phi-1.5": (1.3, 0.11), "starcoder2-3b": (3.03, 0.005), "magistral-small-2509": (24, 0.05)}
+# dbrx: "132B total parameters of which 36B parameters are active" (transformers docs/source/en/model_doc/dbrx.md,
+# from the DBRX card); built: 131.60 B.
+CARD_BILLIONS = {
+    "phi-1.5": (1.3, 0.11),
+    "starcoder2-3b": (3.03, 0.005),
+    "magistral-small-2509": (24, 0.05),
+    "dbrx": (132, 0.005),
+}
 
 
 @pytest.mark.parametrize("name", sorted(CARD_BILLIONS))
@@ -33,6 +40,8 @@ HUB_IDS = [
     ("deepseek-ai/DeepSeek-R1-Distill-Qwen-14B", "qwen2.5-14b"),  # DeepSeek-R1's table: base Qwen2.5-14B
     ("agentica-org/DeepCoder-14B-Preview", "qwen2.5-14b"),  # fine-tuned from R1-Distill-Qwen-14B (its card)
     ("Skywork/Skywork-Reward-V2-Qwen3-4B", None),  # only the named sizes are aliased
+    ("LnL-AI/dbrx-base-converted-v2", "dbrx"),  # dbrx-base, its experts split per expert
+    ("databricks/dbrx-instruct", "dbrx"),
 ]
 
 
