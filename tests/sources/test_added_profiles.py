@@ -18,10 +18,24 @@ CARD_BILLIONS = {
     "starcoder2-3b": (3.03, 0.005),
     "magistral-small-2509": (24, 0.05),
     "dbrx": (132, 0.005),
+    "deepseek-v2": (236, 0.005),
+}
+# deepseek-v2: "236B total parameters, of which 21B are activated for each token" (the DeepSeek-V2 card).
+# AutoModelForCausalLM.from_config on meta (transformers 5.25) builds 235.74 B: layer 0 a dense 12288 MLP
+# (first_k_dense_replace 1), 59 MoE layers; the generic path counts 239.38 B, layer 0 as a MoE layer too (+3.63 B).
+CARD_GAPS = {
+    "deepseek-v2": "generic path: 239.38 B (layer 0 counted as MoE, first_k_dense_replace ignored) vs 235.74 B built "
+    "by transformers 5.25 and the card's 236 B",
 }
 
 
-@pytest.mark.parametrize("name", sorted(CARD_BILLIONS))
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(reason=CARD_GAPS[n], strict=True)) if n in CARD_GAPS else n
+        for n in sorted(CARD_BILLIONS)
+    ],
+)
 def test_profile_matches_the_card(name: str) -> None:
     billions, rel = CARD_BILLIONS[name]
     assert load_model(name).total_params == pytest.approx(billions * 1e9, rel=rel)
@@ -42,6 +56,8 @@ HUB_IDS = [
     ("Skywork/Skywork-Reward-V2-Qwen3-4B", None),  # only the named sizes are aliased
     ("LnL-AI/dbrx-base-converted-v2", "dbrx"),  # dbrx-base, its experts split per expert
     ("databricks/dbrx-instruct", "dbrx"),
+    ("axolotl-quants/DeepSeek-V2.5-bnb-nf4-bf16", "deepseek-v2"),  # V2.5: DeepSeek-V2's architecture (its card)
+    ("deepseek-ai/DeepSeek-V2-Lite", "deepseek-v2-lite"),  # not the 236B profile
 ]
 
 
