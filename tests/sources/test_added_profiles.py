@@ -19,11 +19,17 @@ CARD_BILLIONS = {
     "magistral-small-2509": (24, 0.05),
     "dbrx": (132, 0.005),
     "deepseek-v2": (236, 0.005),
+    "llama-3.2-11b-vision": (10.6, 0.005),
 }
 # deepseek-v2: "236B total parameters, of which 21B are activated for each token" (the DeepSeek-V2 card).
 # AutoModelForCausalLM.from_config on meta (transformers 5.25) builds 235.74 B: layer 0 a dense 12288 MLP
 # (first_k_dense_replace 1), 59 MoE layers; the generic path counts 239.38 B, layer 0 as a MoE layer too (+3.63 B).
+# llama-3.2-11b-vision: "Llama 3.2-Vision 11B (10.6)" (the card's table); MllamaForConditionalGeneration on meta
+# (transformers 5.25) holds 10.643 B, MllamaForCausalLM (what AutoModelForCausalLM builds) 9.775 B.
 CARD_GAPS = {
+    "llama-3.2-11b-vision": "generic path: 8.349 B, the text model only (AutoModelForCausalLM loads no vision tower) "
+    "and 13 mllama tensor shapes from the class defaults' table; transformers 5.25 builds 9.775 B text-only, "
+    "10.643 B with the tower",
     "deepseek-v2": "generic path: 239.38 B (layer 0 counted as MoE, first_k_dense_replace ignored) vs 235.74 B built "
     "by transformers 5.25 and the card's 236 B",
 }
@@ -58,6 +64,8 @@ HUB_IDS = [
     ("databricks/dbrx-instruct", "dbrx"),
     ("axolotl-quants/DeepSeek-V2.5-bnb-nf4-bf16", "deepseek-v2"),  # V2.5: DeepSeek-V2's architecture (its card)
     ("deepseek-ai/DeepSeek-V2-Lite", "deepseek-v2-lite"),  # not the 236B profile
+    ("alpindale/Llama-3.2-11B-Vision-Instruct", "llama-3.2-11b-vision"),  # a mirror of the -Instruct checkpoint
+    ("meta-llama/Llama-3.2-1B", "llama-3.2-1b"),  # the text models keep their own profiles
 ]
 
 
