@@ -20,7 +20,10 @@ CARD_BILLIONS = {
     "dbrx": (132, 0.005),
     "deepseek-v2": (236, 0.005),
     "llama-3.2-11b-vision": (10.6, 0.005),
+    "olmo-3-7b": (7.3, 0.005),
 }
+# olmo-3-7b: the hub page's "7.3B" for allenai/Olmo-3-7B-Think, an Olmo3ForCausalLM checkpoint of the same 7B
+# (a stored hub-cache test, find_string id 61374415609, formats 7_298_011_136 as "7.3B"); built: 7,298,011,136.
 # deepseek-v2: "236B total parameters, of which 21B are activated for each token" (the DeepSeek-V2 card).
 # AutoModelForCausalLM.from_config on meta (transformers 5.25) builds 235.74 B: layer 0 a dense 12288 MLP
 # (first_k_dense_replace 1), 59 MoE layers; the generic path counts 239.38 B, layer 0 as a MoE layer too (+3.63 B).
@@ -66,6 +69,8 @@ HUB_IDS = [
     ("deepseek-ai/DeepSeek-V2-Lite", "deepseek-v2-lite"),  # not the 236B profile
     ("alpindale/Llama-3.2-11B-Vision-Instruct", "llama-3.2-11b-vision"),  # a mirror of the -Instruct checkpoint
     ("meta-llama/Llama-3.2-1B", "llama-3.2-1b"),  # the text models keep their own profiles
+    ("allenai/Olmo-3-7B-Instruct-SFT", "olmo-3-7b"),  # the alias: -SFT is not a variant word
+    ("allenai/OLMo-2-1124-7B", "olmo-2-7b"),
 ]
 
 
