@@ -181,6 +181,8 @@ GENERIC_MISCOUNTS = {
     "jamba": "the generic path counts 51.76 of Jamba v0.1's 51.57 B parameters",
     "deepseek_v4": "the generic path counts 284.40 of DeepSeek-V4-Flash's 284.33 B parameters",
     "glm_moe_dsa": "the generic path counts 745.28 of GLM-5.2's 743.38 B parameters",
+    "dbrx": "transformers 5.25's DbrxFFNConfig refuses the hub's int moe_normalize_expert_weights 1 (float or None)",
+    "llama-3.2-11b-vision": "the generic path counts 8.349 of MllamaForCausalLM's 9.775 B parameters",
 }
 
 
