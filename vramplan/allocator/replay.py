@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from vramplan.allocator.blocks import ROUND_LARGE, AllocatorOutOfMemory, AllocatorStats, Block
 from vramplan.allocator.model import CachingAllocator
-from vramplan.allocator.resume import Cursor, replay_from, resumable
+from vramplan.allocator.resume import Probes, resumable
 from vramplan.spec.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig
 
 ALLOC, FREE = 0, 1
@@ -106,7 +106,7 @@ def limit_bounds(
     outcomes = {} if outcomes is None else outcomes
     high = unlimited.stats.max_reserved_bytes
     low = unlimited.stats.max_requested_bytes - 1  # below the tensor peak nothing runs
-    cursor = None  # every replay at a limit above `low` starts alike (`resume.py`): from the cursor's state
+    probes = None  # every replay at a limit above `low` starts alike, some are known (`resume.py`)
     while high - low > granularity:
         if decided is not None and decided(low, high):
             break
@@ -117,10 +117,8 @@ def limit_bounds(
             break
         if middle not in outcomes:
             if resumable(config):
-                if cursor is None:
-                    cursor = Cursor(events, config)
-                cursor.advance(low)
-                outcomes[middle] = replay_from(cursor, middle) is None
+                probes = probes or Probes(events, config)
+                outcomes[middle] = probes.runs(low, middle)
             else:
                 outcomes[middle] = replay(events, config, limit_bytes=middle).ok
         if outcomes[middle]:

@@ -106,9 +106,14 @@ class Cursor:
         return allocator, live
 
 
-def replay_from(cursor: Cursor, limit_bytes: int) -> int | None:
+def replay_from(cursor: Cursor, limit_bytes: int) -> tuple[int | None, int]:
     """Replay the cursor's events with `limit_bytes` (above the cursor's limit) from where the cursor stopped:
-    the index of the allocation that failed, or None when the sequence ran through (as `replay.replay`)."""
+    the index of the allocation that failed, or None when the sequence ran through (as `replay.replay`), and
+    the most bytes reserved at any time.
+
+    A replay that ran through with at most R reserved runs alike at every limit from R to its own: each
+    cudaMalloc that fitted took the reserved bytes to at most R, each that did not would have exceeded the
+    larger limit too, so `_fits` answers alike (`Probes`)."""
     allocator, live = cursor.copy(limit_bytes)
     malloc, free = allocator.malloc, allocator.free
     events = cursor.events
@@ -120,9 +125,30 @@ def replay_from(cursor: Cursor, limit_bytes: int) -> int | None:
             try:
                 live[key] = malloc(nbytes)
             except AllocatorOutOfMemory:
-                return index
+                return index, allocator.max_reserved
         else:
             block = live.pop(key, None)
             if block is not None:
                 free(block)
-    return None
+    return None, allocator.max_reserved
+
+
+class Probes:
+    """Whether a sequence runs at a limit, replayed from a `Cursor` that follows the bisection's lower end, or
+    known without a replay: a limit between the reserved peak of a replay that ran through and that replay's
+    own limit runs (`replay_from`)."""
+
+    def __init__(self, events: Sequence, config: AllocatorConfig) -> None:
+        self.cursor = Cursor(events, config)
+        self.ran: list[tuple[int, int]] = []  # (reserved peak, limit) of the replays that ran through
+
+    def runs(self, low: int, limit_bytes: int) -> bool:
+        """Whether the sequence runs at `limit_bytes` (> `low`, the bisection's lower end: no limit at or
+        below it is asked afterwards)."""
+        if any(peak <= limit_bytes <= limit for peak, limit in self.ran):
+            return True
+        self.cursor.advance(low)
+        oom_event, peak = replay_from(self.cursor, limit_bytes)
+        if oom_event is None:
+            self.ran.append((peak, limit_bytes))
+        return oom_event is None
