@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from vramplan.allocator.blocks import ROUND_LARGE, AllocatorOutOfMemory, AllocatorStats, Block
 from vramplan.allocator.model import CachingAllocator
+from vramplan.allocator.resume import Probes, resumable
 from vramplan.spec.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig
 
 ALLOC, FREE = 0, 1
@@ -105,6 +106,7 @@ def limit_bounds(
     outcomes = {} if outcomes is None else outcomes
     high = unlimited.stats.max_reserved_bytes
     low = unlimited.stats.max_requested_bytes - 1  # below the tensor peak nothing runs
+    probes = None  # every replay at a limit above `low` starts alike, some are known (`resume.py`)
     while high - low > granularity:
         if decided is not None and decided(low, high):
             break
@@ -114,7 +116,11 @@ def limit_bounds(
         if middle >= high:
             break
         if middle not in outcomes:
-            outcomes[middle] = replay(events, config, limit_bytes=middle).ok
+            if resumable(config):
+                probes = probes or Probes(events, config)
+                outcomes[middle] = probes.runs(low, middle)
+            else:
+                outcomes[middle] = replay(events, config, limit_bytes=middle).ok
         if outcomes[middle]:
             high = middle
         else:
