@@ -43,20 +43,12 @@ PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "phi3": ("qkv_proj",),
     "gpt_neox": ("query_key_value",),
     "bloom": ("query_key_value",),
-    "glm4": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): as Llama's
-    "starcoder2": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): as Llama's
-    "cohere2": ("q_proj", "v_proj"),  # no PEFT entry (PEFT asks for target_modules): as Llama's
-    # no PEFT 0.21.2 entry (PEFT asks for target_modules): as Llama's
-    "smollm3": ("q_proj", "v_proj"),
-    "granite": ("q_proj", "v_proj"),
-    "ministral": ("q_proj", "v_proj"),
-    "ministral3": ("q_proj", "v_proj"),
-    "internlm3": ("q_proj", "v_proj"),
+    # no PEFT 0.21.2 entry (PEFT asks for target_modules): as Llama's (Gemma 3n: v_proj only in the layers that
+    # have one, not the KV-shared ones)
+    **dict.fromkeys(("glm4", "starcoder2", "cohere2", "smollm3", "granite"), ("q_proj", "v_proj")),
+    **dict.fromkeys(("ministral", "ministral3", "internlm3", "gemma3n_text"), ("q_proj", "v_proj")),
     "falcon": ("query_key_value",),
     "gpt_bigcode": ("attn.c_attn",),  # PEFT's `c_attn` (vramplan names gpt_bigcode's linears by their paths)
-    # no PEFT 0.21.2 entry for gemma3n_text nor its gemma3n wrapper (PEFT asks for target_modules): as Gemma 3's;
-    # v_proj only in the layers that have one (not the KV-shared ones)
-    "gemma3n_text": ("q_proj", "v_proj"),
     "llama4_text": ("q_proj", "v_proj"),  # PEFT 0.21.2 constants.py "llama4" (its text model: the same)
 }
 
