@@ -269,8 +269,9 @@ def map_record(r: Mapping[str, Any]) -> tuple[Mapped | None, tuple[str, ...]]:
     if profile is None:
         stop.append("architecture not in profiles")
     base, compute = r.get("base_dtype"), r.get("compute_dtype")
-    if base not in (*DTYPES, *QUANT_DTYPES) and "gptq_int4_not_nf4" not in r.get("flags", ()):
-        stop.append(f"base dtype {base!r} not modelled")
+    if base not in (*DTYPES, *QUANT_DTYPES):  # a GPTQ checkpoint (Qwen-7B-Chat-Int4): its flag's reason
+        flagged = "gptq_int4_not_nf4" in r.get("flags", ())
+        stop.append(FLAG_REASONS["gptq_int4_not_nf4"] if flagged else f"base dtype {base!r} not modelled")
     if compute not in DTYPES:
         stop.append(f"compute dtype {compute!r} not modelled")
     if optim is None:
