@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from vramplan.allocator.blocks import ROUND_LARGE, AllocatorOutOfMemory, AllocatorStats, Block
 from vramplan.allocator.model import CachingAllocator
-from vramplan.allocator.resume import Probes, resumable
+from vramplan.allocator.resume import Probes, resumable, run_events
 from vramplan.spec.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig
 
 ALLOC, FREE = 0, 1
@@ -41,21 +41,8 @@ def replay(
 ) -> Replay:
     """Run `events` through a fresh allocator. Zero-byte allocations take no block (`allocate`: `size != 0`)."""
     allocator = CachingAllocator(config, limit_bytes, device_bytes)
-    live: dict[int, Block] = {}
-    malloc, free = allocator.malloc, allocator.free
-    for index, (op, key, nbytes) in enumerate(events):
-        if op == ALLOC:
-            if nbytes <= 0:
-                continue
-            try:
-                live[key] = malloc(nbytes)
-            except AllocatorOutOfMemory:
-                return Replay(config, limit_bytes, allocator.stats(), index)
-        else:
-            block = live.pop(key, None)
-            if block is not None:
-                free(block)
-    return Replay(config, limit_bytes, allocator.stats(), None)
+    failed = run_events(allocator, {}, events)
+    return Replay(config, limit_bytes, allocator.stats(), failed)
 
 
 def with_load_warmup(events: Sequence[Event], load_events: int | None = None) -> list[Event]:

@@ -13,7 +13,9 @@ from the limit (`device_bytes`), so a replay under them runs from the start (`re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+
+from collections.abc import Iterable, Sequence
 
 from vramplan.allocator.blocks import AllocatorOutOfMemory, Block, Pool
 from vramplan.allocator.model import CachingAllocator
@@ -115,22 +117,7 @@ def replay_from(cursor: Cursor, limit_bytes: int) -> tuple[int | None, int]:
     cudaMalloc that fitted took the reserved bytes to at most R, each that did not would have exceeded the
     larger limit too, so `_fits` answers alike (`Probes`)."""
     allocator, live = cursor.copy(limit_bytes)
-    malloc, free = allocator.malloc, allocator.free
-    events = cursor.events
-    for index in range(cursor.index, len(events)):
-        op, key, nbytes = events[index]
-        if op == ALLOC:
-            if nbytes <= 0:
-                continue
-            try:
-                live[key] = malloc(nbytes)
-            except AllocatorOutOfMemory:
-                return index, allocator.max_reserved
-        else:
-            block = live.pop(key, None)
-            if block is not None:
-                free(block)
-    return None, allocator.max_reserved
+    return run_events(allocator, live, cursor.events, cursor.index), allocator.max_reserved
 
 
 class Probes:
@@ -152,3 +139,24 @@ class Probes:
         if oom_event is None:
             self.ran.append((peak, limit_bytes))
         return oom_event is None
+
+
+def run_events(
+    allocator: CachingAllocator, live: dict[int, Block], events: Iterable[tuple[int, int, int]], start: int = 0
+) -> int | None:
+    """Run `events` (from index `start` of the sequence) through `allocator`, whose live blocks by event key are
+    `live`: the index of the allocation that failed, or None when the sequence ran through."""
+    malloc, free = allocator.malloc, allocator.free
+    for index, (op, key, nbytes) in enumerate(itertools.islice(events, start, None), start):
+        if op == ALLOC:
+            if nbytes <= 0:
+                continue
+            try:
+                live[key] = malloc(nbytes)
+            except AllocatorOutOfMemory:
+                return index
+        else:
+            block = live.pop(key, None)
+            if block is not None:
+                free(block)
+    return None
