@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from vramplan.allocator.blocks import ROUND_LARGE, AllocatorOutOfMemory, AllocatorStats, Block
+from vramplan.allocator.blocks import ROUND_LARGE, AllocatorStats
 from vramplan.allocator.model import CachingAllocator
 from vramplan.allocator.resume import Probes, resumable, run_events
 from vramplan.spec.alloc_conf import DEFAULT, EXPANDABLE, AllocatorConfig
