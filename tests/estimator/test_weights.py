@@ -125,10 +125,16 @@ def _load_and_check(
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    m = model_spec_from_config(config or TINY_CONFIGS[family], f"tiny-{family}")
+    # the linears a family must keep out of bitsandbytes to train at all (Gemma 3n's AltUp coefficients, whose
+    # training-time clamp fails on a packed weight) are skipped, as the harness and a user must
+    skipped = sorted({li.name for li in m.linears if not li.quantizable}) if family == "gemma3n_text" else []
+    skip = {"llm_int8_skip_modules": ["lm_head", *skipped]} if skipped else {}
     if quant == "int8":
-        bnb_config = BitsAndBytesConfig(load_in_8bit=True)
+        bnb_config = BitsAndBytesConfig(load_in_8bit=True, **skip)
     else:
         bnb_config = BitsAndBytesConfig(
+            **skip,
             load_in_4bit=True,
             bnb_4bit_quant_type=quant,
             bnb_4bit_use_double_quant=double_quant,
@@ -137,7 +143,6 @@ def _load_and_check(
     model = AutoModelForCausalLM.from_pretrained(
         folder, quantization_config=bnb_config, dtype=torch.bfloat16, device_map="cpu"
     )
-    m = model_spec_from_config(config or TINY_CONFIGS[family], f"tiny-{family}")
     for kbit_prep in (False, True):
         if kbit_prep:
             model = prepare_model_for_kbit_training(model)  # fp32 upcast of every non-quantized parameter
