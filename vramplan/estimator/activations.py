@@ -18,13 +18,14 @@ from vramplan.estimator.layer_extras import output_norm_freed, shared_kv_held, s
 from vramplan.estimator.layer_ops import norm
 from vramplan.estimator.layer_walk import decoder_layer
 from vramplan.estimator.lora_kernel_ops import fused_lora
-from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.llama4_ops import backward_workspace
+from vramplan.estimator.params import lora_params_per_linear
 from vramplan.estimator.walk import BYTES, Walk, WalkSettings, layer_specs, masked_layers, walk_settings
 from vramplan.spec import ModelSpec, TrainSpec
 from vramplan.spec.family_traits import EMBEDDING_SCALED_OUTSIDE, FP32_ROPE, HYBRID_LINEAR_ATTENTION, model_dropout
 from vramplan.spec.family_traits import INPUT_GRADS_UNDER_CHECKPOINTING, NOPE_ON_FULL_LAYERS, OUTPUT_NORM, SINK_FAMILIES
 from vramplan.spec.gemma3n import residual_streams
+
 
 class _LayerWalk(NamedTuple):
     """One decoder layer's walk. Per token (complex: the imaginary part grows with seq) unless noted."""

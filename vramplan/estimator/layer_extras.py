@@ -21,11 +21,15 @@ def shared_kv_held(m: ModelSpec, t: TrainSpec, tokens: int, residual_dtype: str)
 
     elems = layer_kv_elems(m)
     modes = per_layer_dims(m)["modes"]
-    # k / v in the projections' output dtype: a bitsandbytes linear returns its input's (the residual stream's,
-    # fp32 after kbit prep), an unquantized one under autocast the autocast dtype
-    quantized = t.quant != "none"
-    dtype_bytes = BYTES[residual_dtype if quantized or t.mixed_precision == "no" else t.mixed_precision]
+    dtype_bytes = _kv_bytes(t, residual_dtype)
     return sum(e * tokens * dtype_bytes for e, mode in zip(elems, modes, strict=True) if mode == "store")
+
+
+def _kv_bytes(t: TrainSpec, residual_dtype: str) -> int:
+    """Bytes per element of k / v, the projections' output dtype: a bitsandbytes linear returns its input's (the
+    residual stream's, fp32 after kbit prep), an unquantized one under autocast the autocast dtype."""
+    quantized = t.quant != "none"
+    return BYTES[residual_dtype if quantized or t.mixed_precision == "no" else t.mixed_precision]
 
 
 def stored_kv_layers(m: ModelSpec, t: TrainSpec, settings, residual_dtype: str, kinds) -> dict[int, tuple[int, int]]:
@@ -41,8 +45,7 @@ def stored_kv_layers(m: ModelSpec, t: TrainSpec, settings, residual_dtype: str, 
     from vramplan.estimator.walk import layer_specs
     from vramplan.spec.gemma4 import gemma4_dims
 
-    quantized = t.quant != "none"  # (as shared_kv_held)
-    dtype_bytes = BYTES[residual_dtype if quantized or t.mixed_precision == "no" else t.mixed_precision]
+    dtype_bytes = _kv_bytes(t, residual_dtype)
     held = {}
     layers = zip(layer_specs(m), kinds, gemma4_dims(m)["modes"], layer_kv_elems(m), strict=True)
     for index, (spec, kind, mode, elems) in enumerate(layers):

@@ -298,7 +298,8 @@ def _post_attention(
         if m.model_type == "falcon":  # FalconDecoderLayer's `attention_layernorm_out`, a local through the MLP
             walk.pinned[normed_input.id] = normed_input.nbytes
         mlp_out = _mlp(walk, settings, m, mlp_input, project, trainable)
-        walk.pinned.pop(attention_out.id, None), walk.pinned.pop(normed_input.id, None)
+        for local in (attention_out, normed_input):
+            walk.pinned.pop(local.id, None)
         out_dtype = promote(promote(mlp_out.dtype, attention_out.dtype), residual_dtype)
         return walk.new(T * m.hidden_size, out_dtype, True)
     residual = walk.new(

@@ -225,9 +225,9 @@ def masked_layers(m: ModelSpec, t: TrainSpec) -> tuple[bool, ...]:
         return (False,) * n
     if m.model_type in ("mistral", "mixtral", "starcoder2", "ministral3"):  # every layer slides (Starcoder2Model, 5.25)
         return (True,) * n
-    if m.model_type in ("gemma3_text", "gemma4_text", "olmo3", "exaone4", "cohere2", "ministral", "smollm3") or (
-        m.model_type == "gemma3n_text"
-    ):
+    if m.model_type in (
+        "gemma3_text", "gemma3n_text", "gemma4_text", "olmo3", "exaone4", "cohere2", "ministral", "smollm3"
+    ):  # fmt: skip
         return tuple(kind == "sliding_attention" for kind in m.layer_types)
     return (False,) * n
 
